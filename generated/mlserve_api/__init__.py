@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the mlserve.v1 API."""

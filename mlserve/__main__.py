@@ -1,0 +1,5 @@
+import sys
+
+from mlserve.cli import main
+
+sys.exit(main())

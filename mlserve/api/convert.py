@@ -1,0 +1,156 @@
+"""Domain records to protos and back; nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mlserve.catalog import FileSpec, ModelFields, ModelRecord, VersionRecord
+from mlserve.deployments import DeploymentRecord
+from mlserve.fleet import ServerFields, ServerRecord
+from mlserve.uploads import Chunk, UploadHeader, UploadRecord
+from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+
+
+def timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def model(record: ModelRecord) -> model_pb2.Model:
+    return model_pb2.Model(
+        name=record.name,
+        description=record.description,
+        tags=record.tags,
+        labels=record.labels,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+        latest_version=record.latest_version,
+        version_count=record.version_count,
+    )
+
+
+def model_fields(message: model_pb2.Model) -> ModelFields:
+    return ModelFields(
+        description=message.description, tags=list(message.tags), labels=dict(message.labels)
+    )
+
+
+def file_manifest(spec: FileSpec) -> model_pb2.FileManifest:
+    return model_pb2.FileManifest(path=spec.path, size=spec.size, sha256=spec.sha256)
+
+
+def version(record: VersionRecord) -> model_pb2.ModelVersion:
+    return model_pb2.ModelVersion(
+        model=record.model,
+        version=record.version,
+        sha256=record.sha256,
+        size_bytes=record.size_bytes,
+        files=[file_manifest(spec) for spec in record.files],
+        create_time=timestamp(record.create_time),
+        config=record.config,
+        upload_id=record.upload_id,
+    )
+
+
+def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | Chunk:
+    if message.HasField("header"):
+        header = message.header
+        return UploadHeader(
+            model=header.model,
+            upload_id=header.upload_id,
+            files=[FileSpec(f.path, f.size, f.sha256) for f in header.files],
+            config=header.config,
+        )
+    chunk = message.chunk
+    return Chunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+
+
+def upload(record: UploadRecord) -> model_pb2.Upload:
+    return model_pb2.Upload(
+        upload_id=record.upload_id,
+        model=record.model,
+        state=(
+            model_pb2.UPLOAD_STATE_COMMITTED
+            if record.committed_version
+            else model_pb2.UPLOAD_STATE_RECEIVING
+        ),
+        files=[
+            model_pb2.UploadFileStatus(
+                path=p.spec.path, size=p.spec.size, sha256=p.spec.sha256, received_bytes=p.received
+            )
+            for p in record.files
+        ],
+        received_bytes=record.received_bytes,
+        size_bytes=record.size_bytes,
+        version=record.committed_version,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+    )
+
+
+_SERVER_STATES = {
+    "READY": server_pb2.SERVER_STATE_READY,
+    "NOT_READY": server_pb2.SERVER_STATE_NOT_READY,
+    "UNREACHABLE": server_pb2.SERVER_STATE_UNREACHABLE,
+}
+
+
+def server(record: ServerRecord) -> server_pb2.Server:
+    status = record.status
+    return server_pb2.Server(
+        name=record.name,
+        address=record.address,
+        state=_SERVER_STATES.get(status.state, server_pb2.SERVER_STATE_UNSPECIFIED),
+        loaded_models=[
+            server_pb2.LoadedModel(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
+            for entry in status.loaded
+        ],
+        last_health_time=timestamp(status.last_health_time),
+        labels=record.labels,
+        description=record.description,
+        create_time=timestamp(record.create_time),
+        embedded=record.embedded,
+        status_message=status.message,
+    )
+
+
+def server_fields(message: server_pb2.Server) -> ServerFields:
+    return ServerFields(
+        address=message.address, description=message.description, labels=dict(message.labels)
+    )
+
+
+_DEPLOYMENT_STATES = {
+    "PENDING": deployment_pb2.DEPLOYMENT_STATE_PENDING,
+    "READY": deployment_pb2.DEPLOYMENT_STATE_READY,
+    "FAILED": deployment_pb2.DEPLOYMENT_STATE_FAILED,
+    "UNREACHABLE": deployment_pb2.DEPLOYMENT_STATE_UNREACHABLE,
+}
+
+
+def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
+    return deployment_pb2.Deployment(
+        name=record.name,
+        model=record.model,
+        version=record.version,
+        servers=record.servers,
+        targets=[
+            deployment_pb2.DeploymentTarget(
+                server=target.server,
+                state=_DEPLOYMENT_STATES[target.state],
+                message=target.message,
+                update_time=timestamp(target.update_time),
+            )
+            for target in record.targets
+        ],
+        state=_DEPLOYMENT_STATES[record.state],
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+    )

@@ -1,0 +1,94 @@
+"""mlserve.v1.ModelService over the catalog and uploads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.empty_pb2 import Empty
+
+from mlserve.api import convert
+from mlserve.catalog import Catalog
+from mlserve.uploads import Chunk, UploadHeader, Uploads
+from mlserve_api.v1 import model_pb2, model_pb2_grpc
+
+Context = Any
+
+
+class ModelService(model_pb2_grpc.ModelServiceServicer):
+    def __init__(self, catalog: Catalog, uploads: Uploads) -> None:
+        self.catalog = catalog
+        self.uploads = uploads
+
+    async def CreateModel(
+        self, request: model_pb2.CreateModelRequest, context: Context
+    ) -> model_pb2.Model:
+        record = await self.catalog.create_model(
+            request.model.name, convert.model_fields(request.model)
+        )
+        return convert.model(record)
+
+    async def GetModel(self, request: model_pb2.GetModelRequest, context: Context) -> model_pb2.Model:
+        return convert.model(await self.catalog.get_model(request.name))
+
+    async def ListModels(
+        self, request: model_pb2.ListModelsRequest, context: Context
+    ) -> model_pb2.ListModelsResponse:
+        page = await self.catalog.list_models(
+            request.page_size, request.page_token, request.name_prefix, request.tag
+        )
+        return model_pb2.ListModelsResponse(
+            models=[convert.model(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateModel(
+        self, request: model_pb2.UpdateModelRequest, context: Context
+    ) -> model_pb2.Model:
+        record = await self.catalog.update_model(
+            request.model.name, convert.model_fields(request.model), list(request.update_mask.paths)
+        )
+        return convert.model(record)
+
+    async def DeleteModel(self, request: model_pb2.DeleteModelRequest, context: Context) -> Empty:
+        await self.catalog.delete_model(request.name)
+        return Empty()
+
+    async def UploadModelVersion(
+        self, request_iterator: AsyncIterator[model_pb2.UploadModelVersionRequest], context: Context
+    ) -> model_pb2.ModelVersion:
+        async def parts() -> AsyncIterator[UploadHeader | Chunk]:
+            async for message in request_iterator:
+                yield convert.upload_part(message)
+
+        return convert.version(await self.uploads.receive(parts()))
+
+    async def GetUpload(self, request: model_pb2.GetUploadRequest, context: Context) -> model_pb2.Upload:
+        return convert.upload(await self.uploads.get(request.upload_id))
+
+    async def ListModelVersions(
+        self, request: model_pb2.ListModelVersionsRequest, context: Context
+    ) -> model_pb2.ListModelVersionsResponse:
+        page = await self.catalog.list_versions(request.model, request.page_size, request.page_token)
+        return model_pb2.ListModelVersionsResponse(
+            versions=[convert.version(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetModelVersion(
+        self, request: model_pb2.GetModelVersionRequest, context: Context
+    ) -> model_pb2.ModelVersion:
+        return convert.version(await self.catalog.get_version(request.model, request.version))
+
+    async def DeleteModelVersion(
+        self, request: model_pb2.DeleteModelVersionRequest, context: Context
+    ) -> Empty:
+        await self.catalog.delete_version(request.model, request.version)
+        return Empty()
+
+    async def DownloadModelVersion(
+        self, request: model_pb2.DownloadModelVersionRequest, context: Context
+    ) -> AsyncIterator[model_pb2.FileChunk]:
+        chunks = self.catalog.download(request.model, request.version, request.path, request.offset)
+        async for chunk in chunks:
+            yield model_pb2.FileChunk(path=chunk.path, offset=chunk.offset, data=chunk.data)

@@ -1,0 +1,54 @@
+"""mlserve.v1.ServerService over the fleet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.empty_pb2 import Empty
+
+from mlserve.api import convert
+from mlserve.fleet import Fleet
+from mlserve_api.v1 import server_pb2, server_pb2_grpc
+
+Context = Any
+
+
+class ServerService(server_pb2_grpc.ServerServiceServicer):
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    async def RegisterServer(
+        self, request: server_pb2.RegisterServerRequest, context: Context
+    ) -> server_pb2.Server:
+        record = await self.fleet.register(
+            request.server.name, convert.server_fields(request.server)
+        )
+        return convert.server(record)
+
+    async def GetServer(
+        self, request: server_pb2.GetServerRequest, context: Context
+    ) -> server_pb2.Server:
+        return convert.server(await self.fleet.get(request.name))
+
+    async def ListServers(
+        self, request: server_pb2.ListServersRequest, context: Context
+    ) -> server_pb2.ListServersResponse:
+        page = await self.fleet.list_servers(request.page_size, request.page_token)
+        return server_pb2.ListServersResponse(
+            servers=[convert.server(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateServer(
+        self, request: server_pb2.UpdateServerRequest, context: Context
+    ) -> server_pb2.Server:
+        record = await self.fleet.update(
+            request.server.name,
+            convert.server_fields(request.server),
+            list(request.update_mask.paths),
+        )
+        return convert.server(record)
+
+    async def DeleteServer(self, request: server_pb2.DeleteServerRequest, context: Context) -> Empty:
+        await self.fleet.delete(request.name)
+        return Empty()

@@ -1,0 +1,87 @@
+"""The ``mlserve`` command: ``serve``, and client commands over the Python client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlserve.settings import DEFAULT_LISTEN, Settings, default_home
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    suffix = text[-1:].lower()
+    if suffix in units:
+        return int(float(text[:-1]) * units[suffix])
+    return int(text)
+
+
+def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="run the MLServe server in the foreground")
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, help="host:port (default %(default)s)")
+    serve.add_argument(
+        "--database", default="", help="peewee database URL (default: SQLite in --home)"
+    )
+    serve.add_argument(
+        "--no-embedded-triton",
+        action="store_true",
+        help="do not start a Triton; only registered servers are used",
+    )
+    serve.add_argument(
+        "--max-upload-bytes", type=_size, default="64G", help="largest version (e.g. 64G)"
+    )
+    serve.add_argument(
+        "--max-message-bytes", type=_size, default="64M", help="largest gRPC message"
+    )
+    serve.add_argument("--health-interval", type=float, default=2.0, help="seconds")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings(
+        home=args.home,
+        listen=args.listen,
+        database=args.database,
+        embedded_triton=not args.no_embedded_triton,
+        max_upload_bytes=args.max_upload_bytes,
+        max_message_bytes=args.max_message_bytes,
+        health_interval=args.health_interval,
+    )
+    from mlserve.server import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mlserve", description=__doc__)
+    root.add_argument(
+        "--home",
+        type=Path,
+        default=default_home(),
+        help="state directory (default: $MLSERVE_HOME or ~/.mlserve)",
+    )
+    root.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = root.add_subparsers(dest="command", required=True)
+    add_serve_command(commands)
+    from mlserve.cli_client import add_client_commands
+
+    add_client_commands(commands)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Deployments: the desired state "model M at version V on servers S", and the
+reconciler that makes each Triton match it.
+
+Two ways to put a version on a Triton (DESIGN.md): *shared*, for a Triton that
+reads MLServe's repository directory (the embedded one), loads by name with
+the version's config pinned to that version; *push*, for any other Triton,
+sends the config and the version's files in RepositoryModelLoad overrides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from mlserve import modelconfig, store
+from mlserve.aio import in_thread
+from mlserve.catalog import Page, VersionRecord, find_version
+from mlserve.errors import AlreadyExists, InvalidArgument, MLServeError, NotFound, Unavailable
+from mlserve.fleet import READY, Fleet
+from mlserve.names import check_name
+from mlserve.paging import PageTokens, page_size
+from mlserve.repository import Repository
+
+log = logging.getLogger(__name__)
+
+PENDING = "PENDING"
+FAILED = "FAILED"
+UNREACHABLE = "UNREACHABLE"
+# Worst first: the overall state of a deployment is its worst target's.
+_SEVERITY = [FAILED, UNREACHABLE, PENDING, READY]
+DEFAULT_SERVER = "local"
+UPDATABLE_DEPLOYMENT_FIELDS = frozenset({"version", "servers"})
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    server: str
+    state: str
+    message: str
+    update_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    name: str
+    model: str
+    version: int
+    targets: list[TargetRecord]
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+    @property
+    def servers(self) -> list[str]:
+        return [target.server for target in self.targets]
+
+    @property
+    def state(self) -> str:
+        states = {target.state for target in self.targets}
+        return next((state for state in _SEVERITY if state in states), PENDING)
+
+
+class Deployments:
+    def __init__(self, fleet: Fleet, repository: Repository, tokens: PageTokens) -> None:
+        self.fleet = fleet
+        self.repository = repository
+        self.tokens = tokens
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def create(self, model: str, version: int, servers: Sequence[str]) -> DeploymentRecord:
+        async with self._locks[model]:
+            if await in_thread(_deployment_row_or_none)(model) is not None:
+                raise AlreadyExists(
+                    f"model {model!r} is already deployed; use UpdateDeployment to change it"
+                )
+            return await self._apply(model, version, servers)
+
+    async def update(
+        self,
+        name: str,
+        version: int | None,
+        servers: Sequence[str] | None,
+        *,
+        allow_missing: bool = False,
+    ) -> DeploymentRecord:
+        async with self._locks[name]:
+            current = await in_thread(_deployment_row_or_none)(name)
+            if current is None:
+                if not allow_missing:
+                    raise NotFound(f"model {name!r} is not deployed")
+                return await self._apply(name, version or 0, servers or ())
+            record = await in_thread(_record)(current)
+            return await self._apply(
+                name,
+                record.version if version is None else version,
+                record.servers if servers is None else servers,
+            )
+
+    async def get(self, name: str) -> DeploymentRecord:
+        row = await in_thread(_deployment_row_or_none)(check_name(name, "deployment name"))
+        if row is None:
+            raise NotFound(f"deployment {name!r} does not exist")
+        return await in_thread(_record)(row)
+
+    async def list_deployments(self, requested_size: int, token: str) -> Page[DeploymentRecord]:
+        size = page_size(requested_size)
+        query_key = {"list": "deployments"}
+        after = self.tokens.decode(query_key, token)
+
+        def fetch() -> list[DeploymentRecord]:
+            query = store.Deployment.select().order_by(store.Deployment.name).limit(size + 1)
+            if after is not None:
+                query = query.where(store.Deployment.name > str(after))
+            return [_record(row) for row in query]
+
+        records = await in_thread(fetch)()
+        next_token = (
+            self.tokens.encode(query_key, records[size - 1].name) if len(records) > size else ""
+        )
+        return Page(records[:size], next_token)
+
+    async def delete(self, name: str) -> None:
+        async with self._locks[name]:
+            record = await self.get(name)
+            for server in record.servers:
+                await self._unload_quietly(record.model, server)
+            await in_thread(_delete_row)(name)
+
+    async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
+        server = server or DEFAULT_SERVER
+        async with self._locks[model]:
+            current = await in_thread(_deployment_row_or_none)(model)
+            servers = [] if current is None else (await in_thread(_record)(current)).servers
+            if server not in servers:
+                servers.append(server)
+            return await self._apply(model, version, servers)
+
+    async def unload_model(self, model: str, server: str) -> None:
+        record = await self.get(model)
+        if server and server not in record.servers:
+            raise NotFound(f"model {model!r} is not deployed on server {server!r}")
+        remaining = [name for name in record.servers if server and name != server]
+        if not remaining:
+            await self.delete(model)
+            return
+        async with self._locks[model]:
+            await self._apply(model, record.version, remaining)
+
+    # --- reconciling --------------------------------------------------------
+
+    async def reconcile_server(self, server: str) -> None:
+        """Load on ``server`` every deployment that targets it but is not loaded there."""
+        loaded = {
+            (entry.name, entry.version)
+            for entry in self.fleet.status(server).loaded
+            if entry.state == READY
+        }
+        for record in await in_thread(_records_on_server)(server):
+            if (record.model, record.version) in loaded:
+                await in_thread(_set_target)(record.name, server, READY, "")
+                continue
+            async with self._locks[record.name]:
+                log.info("reconciling: loading %s v%d on %s", record.model, record.version, server)
+                await self._load_on(record.name, record.model, record.version, server)
+
+    # --- the work -----------------------------------------------------------
+
+    async def _apply(self, model: str, version: int, servers: Sequence[str]) -> DeploymentRecord:
+        """Record the desired state and make the servers match; caller holds the lock."""
+        check_name(model, "model name")
+        target = await in_thread(find_version)(model, version)
+        servers = await self._resolve_servers(servers)
+        for server in servers:
+            client = await self.fleet.client(server)
+            if not await client.is_ready():
+                raise Unavailable(
+                    f"Triton server {server!r} at {client.address} is not reachable; "
+                    "nothing was deployed"
+                )
+        previous = await in_thread(_write_desired)(model, target.version, servers)
+        for server in sorted(set(previous) - set(servers)):
+            await self._unload_quietly(model, server)
+        for server in servers:
+            await self._load_on(model, model, target.version, server)
+        return await self.get(model)
+
+    async def _resolve_servers(self, servers: Sequence[str]) -> list[str]:
+        if servers:
+            if len(set(servers)) != len(servers):
+                raise InvalidArgument("servers lists a server twice")
+            for server in servers:
+                await self.fleet.client(server)  # NotFound for unknown names
+            return list(servers)
+        names = await self.fleet.names()
+        if DEFAULT_SERVER in names:
+            return [DEFAULT_SERVER]
+        if len(names) == 1:
+            return names
+        raise InvalidArgument(
+            "name the servers to deploy on: there is no 'local' server and "
+            f"{len(names)} are registered"
+        )
+
+    async def _load_on(self, name: str, model: str, version: int, server: str) -> None:
+        record = await in_thread(find_version)(model, version)
+        try:
+            await self._load(record, server)
+        except Unavailable as error:
+            await in_thread(_set_target)(name, server, UNREACHABLE, error.message)
+        except MLServeError as error:
+            await in_thread(_set_target)(name, server, FAILED, error.message)
+        else:
+            await in_thread(_set_target)(name, server, READY, "")
+        await self.fleet.refresh(server)
+
+    async def _load(self, record: VersionRecord, server: str) -> None:
+        client = await self.fleet.client(server)
+        row = await in_thread(store.Server.get)(store.Server.name == server)
+        config = modelconfig.for_version(
+            modelconfig.parse(record.config, record.model), record.version
+        )
+        files = None if row.embedded else await in_thread(self._files_to_push)(record)
+        await client.load(record.model, config_json=modelconfig.to_json(config), files=files)
+
+    def _files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        for spec in record.files:
+            with self.repository.open_version_file(record.model, record.version, spec.path) as f:
+                files[f"{record.version}/{spec.path}"] = f.read()
+        return files
+
+    async def _unload_quietly(self, model: str, server: str) -> None:
+        try:
+            client = await self.fleet.client(server)
+            await client.unload(model)
+        except (Unavailable, NotFound) as error:
+            log.warning("could not unload %s from %s: %s", model, server, error.message)
+
+
+def _deployment_row_or_none(name: str) -> Any:
+    return store.Deployment.get_or_none(store.Deployment.name == name)
+
+
+def _write_desired(model: str, version: int, servers: Sequence[str]) -> list[str]:
+    """Make the store say "model at version on servers"; return the servers it named before."""
+    with store.database.atomic():
+        model_row = store.Model.get(store.Model.name == model)
+        row = _deployment_row_or_none(model)
+        if row is None:
+            row = store.Deployment.create(name=model, model=model_row, version=version)
+            previous: list[str] = []
+        else:
+            previous = [t.server.name for t in row.targets]
+            changed = row.version != version
+            row.version = version
+            row.update_time = store.utcnow()
+            row.save()
+            if changed:
+                store.DeploymentTarget.update(state=PENDING, message="").where(
+                    store.DeploymentTarget.deployment == row
+                ).execute()
+        store.DeploymentTarget.delete().where(
+            (store.DeploymentTarget.deployment == row)
+            & store.DeploymentTarget.server.not_in(
+                store.Server.select().where(store.Server.name.in_(list(servers)))
+            )
+        ).execute()
+        for position, server in enumerate(servers):
+            server_row = store.Server.get(store.Server.name == server)
+            try:
+                with store.database.atomic():
+                    store.DeploymentTarget.create(
+                        deployment=row, server=server_row, position=position
+                    )
+            except pw.IntegrityError:
+                store.DeploymentTarget.update(position=position).where(
+                    (store.DeploymentTarget.deployment == row)
+                    & (store.DeploymentTarget.server == server_row)
+                ).execute()
+    return previous
+
+
+def _set_target(name: str, server: str, state: str, message: str) -> None:
+    deployment = _deployment_row_or_none(name)
+    server_row = store.Server.get_or_none(store.Server.name == server)
+    if deployment is None or server_row is None:
+        return
+    store.DeploymentTarget.update(state=state, message=message, update_time=store.utcnow()).where(
+        (store.DeploymentTarget.deployment == deployment)
+        & (store.DeploymentTarget.server == server_row)
+    ).execute()
+
+
+def _delete_row(name: str) -> None:
+    with store.database.atomic():
+        row = _deployment_row_or_none(name)
+        if row is not None:
+            row.delete_instance(recursive=True)
+
+
+def _record(row: Any) -> DeploymentRecord:
+    targets = (
+        store.DeploymentTarget.select(store.DeploymentTarget, store.Server)
+        .join(store.Server)
+        .where(store.DeploymentTarget.deployment == row)
+        .order_by(store.DeploymentTarget.position)
+    )
+    return DeploymentRecord(
+        name=row.name,
+        model=row.model.name,
+        version=row.version,
+        targets=[
+            TargetRecord(t.server.name, t.state, t.message, t.update_time) for t in targets
+        ],
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+def _records_on_server(server: str) -> list[DeploymentRecord]:
+    rows = (
+        store.Deployment.select()
+        .join(store.DeploymentTarget)
+        .join(store.Server)
+        .where(store.Server.name == server)
+    )
+    return [_record(row) for row in rows]

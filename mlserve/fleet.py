@@ -1,0 +1,275 @@
+"""The fleet: registered Triton servers, their clients, and their observed health.
+
+Registration only records a server; its health is observed by ``watch``,
+which polls every server, keeps the last status in memory (``ListServers``
+reads it without touching a Triton) and tells the reconciler when a server
+becomes ready again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import peewee as pw
+
+from mlserve import store
+from mlserve.aio import in_thread
+from mlserve.catalog import Page
+from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.names import check_name
+from mlserve.paging import PageTokens, page_size
+from mlserve.triton.client import IndexEntry, TritonClient
+
+log = logging.getLogger(__name__)
+
+READY = "READY"
+NOT_READY = "NOT_READY"
+UNREACHABLE = "UNREACHABLE"
+UNCHECKED = "UNSPECIFIED"
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*")
+UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels"})
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    state: str = UNCHECKED
+    last_health_time: dt.datetime | None = None
+    loaded: list[IndexEntry] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    name: str
+    address: str
+    description: str
+    labels: dict[str, str]
+    embedded: bool
+    create_time: dt.datetime
+    status: ServerStatus
+
+
+@dataclass(frozen=True)
+class ServerFields:
+    address: str = ""
+    description: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+ReadyCallback = Callable[[str], Awaitable[None]]
+
+
+def check_address(address: str) -> str:
+    """``host:port`` with a hostname, an IPv4 address or a bracketed IPv6 address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"address {address!r} must be host:port with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise InvalidArgument(f"address {address!r} has a malformed IPv6 host") from None
+        return address
+    if not _HOSTNAME.fullmatch(host):
+        raise InvalidArgument(f"address {address!r} has a malformed host {host!r}")
+    return address
+
+
+class Fleet:
+    def __init__(self, tokens: PageTokens) -> None:
+        self.tokens = tokens
+        self._clients: dict[str, TritonClient] = {}
+        self._status: dict[str, ServerStatus] = {}
+        self._on_ready: list[ReadyCallback] = []
+
+    def on_ready(self, callback: ReadyCallback) -> None:
+        """Call ``callback(server_name)`` whenever a server turns READY."""
+        self._on_ready.append(callback)
+
+    # --- registry -----------------------------------------------------------
+
+    async def register(
+        self, name: str, fields: ServerFields, *, embedded: bool = False
+    ) -> ServerRecord:
+        check_name(name, "server name")
+        check_address(fields.address)
+        labels = json.dumps(dict(sorted(fields.labels.items())))
+        try:
+            await in_thread(store.Server.create)(
+                name=name,
+                address=fields.address,
+                description=fields.description,
+                labels=labels,
+                embedded=embedded,
+            )
+        except pw.IntegrityError:
+            raise AlreadyExists(f"server {name!r} is already registered") from None
+        await self.refresh(name)
+        return await self.get(name)
+
+    async def register_embedded(self, name: str, address: str) -> ServerRecord:
+        """Record the embedded Triton under ``name``, updating its address on restarts."""
+        row = await in_thread(store.Server.get_or_none)(store.Server.name == name)
+        if row is None:
+            return await self.register(
+                name, ServerFields(address=address, description="embedded Triton"), embedded=True
+            )
+        await self.update(name, ServerFields(address=address), ["address"])
+        return await self.get(name)
+
+    async def get(self, name: str) -> ServerRecord:
+        return self._record(await in_thread(_server_row)(name))
+
+    async def list_servers(self, requested_size: int, token: str) -> Page[ServerRecord]:
+        size = page_size(requested_size)
+        query_key = {"list": "servers"}
+        after = self.tokens.decode(query_key, token)
+
+        def fetch() -> list[Any]:
+            query = store.Server.select().order_by(store.Server.name).limit(size + 1)
+            if after is not None:
+                query = query.where(store.Server.name > str(after))
+            return list(query)
+
+        rows = await in_thread(fetch)()
+        records = [self._record(row) for row in rows[:size]]
+        next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
+        return Page(records, next_token)
+
+    async def update(self, name: str, fields: ServerFields, mask: Sequence[str]) -> ServerRecord:
+        unknown = set(mask) - UPDATABLE_SERVER_FIELDS
+        if unknown or not mask:
+            raise InvalidArgument(
+                "update_mask must name some of: " + ", ".join(sorted(UPDATABLE_SERVER_FIELDS))
+            )
+        if "address" in mask:
+            check_address(fields.address)
+
+        def write() -> Any:
+            row = _server_row(name)
+            if "address" in mask:
+                row.address = fields.address
+            if "description" in mask:
+                row.description = fields.description
+            if "labels" in mask:
+                row.labels = json.dumps(dict(sorted(fields.labels.items())))
+            row.save()
+            return row
+
+        row = await in_thread(write)()
+        if "address" in mask:
+            await self._drop_client(name)
+            await self.refresh(name)
+        return self._record(row)
+
+    async def delete(self, name: str) -> None:
+        def remove() -> None:
+            with store.database.atomic():
+                row = _server_row(name)
+                target = store.DeploymentTarget.get_or_none(store.DeploymentTarget.server == row)
+                if target is not None:
+                    raise FailedPrecondition(
+                        f"server {name!r} is a target of deployment "
+                        f"{target.deployment.name!r}; undeploy from it first"
+                    )
+                row.delete_instance()
+
+        await in_thread(remove)()
+        await self._drop_client(name)
+        self._status.pop(name, None)
+
+    # --- clients and health -------------------------------------------------
+
+    async def client(self, name: str) -> TritonClient:
+        """The (cached) client of a registered server, or NotFound."""
+        client = self._clients.get(name)
+        if client is None:
+            row = await in_thread(_server_row)(name)
+            client = self._clients.setdefault(name, TritonClient(name, row.address))
+        return client
+
+    def status(self, name: str) -> ServerStatus:
+        return self._status.get(name, ServerStatus())
+
+    async def refresh(self, name: str) -> ServerStatus:
+        """Check one server now; fire on_ready callbacks when it turned READY."""
+        client = await self.client(name)
+        before = self.status(name).state
+        now = store.utcnow()
+        if await client.is_ready():
+            try:
+                loaded = await client.index()
+            except Exception as error:  # noqa: BLE001 - any failure means unreachable
+                status = replace(self.status(name), state=UNREACHABLE, message=str(error))
+            else:
+                status = ServerStatus(READY, now, loaded, "")
+        else:
+            status = replace(
+                self.status(name),
+                state=UNREACHABLE,
+                message=f"no answer from {client.address}",
+            )
+        self._status[name] = status
+        if status.state == READY and before != READY:
+            log.info("server %s is ready at %s", name, client.address)
+            for callback in self._on_ready:
+                await callback(name)
+        elif status.state != READY and before == READY:
+            log.warning("server %s is %s: %s", name, status.state, status.message)
+        return status
+
+    async def names(self) -> list[str]:
+        def fetch() -> list[str]:
+            return [row.name for row in store.Server.select(store.Server.name)]
+
+        return await in_thread(fetch)()
+
+    async def refresh_all(self) -> None:
+        """Check every registered server once."""
+        names = await self.names()
+        results = await asyncio.gather(
+            *(self.refresh(name) for name in names), return_exceptions=True
+        )
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("health check of server %s failed: %s", name, result)
+
+    def any_ready(self) -> bool:
+        return any(status.state == READY for status in self._status.values())
+
+    async def close(self) -> None:
+        for name in list(self._clients):
+            await self._drop_client(name)
+
+    async def _drop_client(self, name: str) -> None:
+        client = self._clients.pop(name, None)
+        if client is not None:
+            await client.close()
+
+    def _record(self, row: Any) -> ServerRecord:
+        return ServerRecord(
+            name=row.name,
+            address=row.address,
+            description=row.description,
+            labels=json.loads(row.labels),
+            embedded=row.embedded,
+            create_time=row.create_time,
+            status=self.status(row.name),
+        )
+
+
+def _server_row(name: str) -> Any:
+    check_name(name, "server name")
+    row = store.Server.get_or_none(store.Server.name == name)
+    if row is None:
+        raise NotFound(f"server {name!r} is not registered")
+    return row

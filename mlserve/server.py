@@ -1,0 +1,206 @@
+"""Assembles one MLServe process: store, domain, gRPC services, health,
+reflection, the embedded Triton, the health watch, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mlserve import store
+from mlserve.access import Access
+from mlserve.api.deployments import DeploymentService
+from mlserve.api.interceptor import CallGuard
+from mlserve.api.models import ModelService
+from mlserve.api.servers import ServerService
+from mlserve.catalog import Catalog
+from mlserve.deployments import DEFAULT_SERVER, Deployments
+from mlserve.fleet import Fleet
+from mlserve.paging import PageTokens
+from mlserve.repository import Repository
+from mlserve.settings import Settings
+from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.uploads import UploadLimits, Uploads
+from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc, model_pb2, model_pb2_grpc
+from mlserve_api.v1 import server_pb2, server_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MANAGEMENT_SERVICES = (
+    model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
+    deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+)
+
+
+@dataclass
+class Domain:
+    """The domain objects one process shares between its services."""
+
+    repository: Repository
+    catalog: Catalog
+    uploads: Uploads
+    fleet: Fleet
+    deployments: Deployments
+    access: Access
+
+
+def build_domain(settings: Settings) -> Domain:
+    store.connect(settings.database_url)
+    tokens = PageTokens(store.get_or_create_setting("page_token_secret", _random_secret))
+    repository = Repository(settings.repository_dir, settings.staging_dir)
+    catalog = Catalog(repository, tokens)
+    uploads = Uploads(repository, catalog, UploadLimits(max_upload_bytes=settings.max_upload_bytes))
+    fleet = Fleet(tokens)
+    deployments = Deployments(fleet, repository, tokens)
+    fleet.on_ready(deployments.reconcile_server)
+    return Domain(repository, catalog, uploads, fleet, deployments, Access())
+
+
+def _random_secret() -> bytes:
+    return secrets.token_bytes(32)
+
+
+class MLServe:
+    """One running MLServe: ``await start()``, then ``await stop()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._server: aio.Server | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._triton: EmbeddedTriton | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._domain: Domain | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        domain = self._domain = await asyncio.to_thread(build_domain, settings)
+        key_file = await asyncio.to_thread(domain.access.bootstrap_admin_key, settings.home)
+        if key_file is not None:
+            log.info("wrote the first admin key to %s (mode 0600)", key_file)
+        self._server = self._grpc_server(domain)
+        self.port = self._server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise RuntimeError(f"could not listen on {settings.listen}")
+        await self._server.start()
+        await self._set_health(False)
+        log.info("MLServe listening on %s", self.address)
+        log.info("state in %s (database %s)", settings.home, _redact(settings.database_url))
+        if settings.embedded_triton:
+            await self._start_embedded_triton(domain)
+        await domain.fleet.refresh_all()
+        await self._update_health()
+        self._watch = asyncio.create_task(self._watch_fleet(), name="fleet-watch")
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        log.info("shutting down: in-flight calls get %.0fs", self.settings.shutdown_grace)
+        await self._health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace)
+        if self._domain is not None:
+            await self._domain.fleet.close()
+        if self._triton is not None:
+            await self._triton.stop()
+            log.info("embedded Triton stopped")
+        if not store.database.is_closed():
+            store.database.close()
+
+    def _grpc_server(self, domain: Domain) -> aio.Server:
+        limit = self.settings.max_message_bytes
+        server = aio.server(
+            interceptors=[CallGuard(domain.access)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        model_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(domain.catalog, domain.uploads), server
+        )
+        server_pb2_grpc.add_ServerServiceServicer_to_server(ServerService(domain.fleet), server)
+        deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
+            DeploymentService(domain.deployments), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*MANAGEMENT_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        return server
+
+    async def _start_embedded_triton(self, domain: Domain) -> None:
+        settings = self.settings
+        self._triton = EmbeddedTriton(
+            settings.repository_dir, settings.home / "triton", log_path=settings.triton_log
+        )
+        log.info("starting the embedded Triton (log: %s)", settings.triton_log)
+        await self._triton.start()
+        await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
+        log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
+
+    async def _watch_fleet(self) -> None:
+        assert self._domain is not None
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            try:
+                await self._domain.fleet.refresh_all()
+                await self._update_health()
+            except Exception:
+                log.exception("fleet health round failed")
+
+    async def _update_health(self) -> None:
+        assert self._domain is not None
+        await self._set_health(self._domain.fleet.any_ready())
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *MANAGEMENT_SERVICES):
+            await self._health.set(service, status)
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return scheme + sep + rest
+
+
+async def serve(settings: Settings) -> None:
+    """Run MLServe until SIGTERM or SIGINT, then shut down gracefully."""
+    mlserve = MLServe(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await mlserve.start()
+        await stopping.wait()
+    finally:
+        await mlserve.stop()
+

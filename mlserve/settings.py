@@ -1,0 +1,49 @@
+"""How one MLServe process is configured: every option of ``mlserve serve``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MLSERVE_HOME", "~/.mlserve")).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """State directory: database, repository, staging, admin.key, Triton's log."""
+    listen: str = DEFAULT_LISTEN
+    """host:port for every gRPC service; loopback unless told otherwise."""
+    database: str = ""
+    """peewee database URL; empty means SQLite at <home>/mlserve.db."""
+    embedded_triton: bool = True
+    """Start a Triton on the repository and register it as 'local'."""
+    max_upload_bytes: int = 64 * 1024**3
+    """Largest model version accepted, in bytes (RESOURCE_EXHAUSTED above)."""
+    max_message_bytes: int = 64 * 1024**2
+    """Largest single gRPC message accepted or sent."""
+    health_interval: float = 2.0
+    """Seconds between health checks of every Triton."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.home / 'mlserve.db'}"
+
+    @property
+    def repository_dir(self) -> Path:
+        return self.home / "repository"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def triton_log(self) -> Path:
+        return self.home / "triton.log"

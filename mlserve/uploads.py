@@ -1,0 +1,330 @@
+"""Resumable, checksummed uploads of model versions.
+
+The rules follow Google Cloud Storage's resumable writes. Each file's
+received offset is the size of its staged file: it never decreases, bytes
+re-sent below it are skipped, a chunk that starts beyond it (a gap) or runs
+past the declared size is OUT_OF_RANGE. Bytes go to disk as they arrive, so a
+killed server keeps what it wrote; the version exists only once every file
+matches its declared size and sha256.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlserve import modelconfig, store
+from mlserve.aio import in_thread
+from mlserve.catalog import Catalog, FileSpec, VersionRecord, find_version
+from mlserve.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from mlserve.names import check_name, check_relative_path
+from mlserve.repository import Repository, sha256_of
+
+MAX_FILES = 10_000
+# Room left on the disk beyond an upload, so the database and logs can still write.
+DISK_RESERVE_BYTES = 256 * 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    model: str
+    upload_id: str
+    files: Sequence[FileSpec]
+    config: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    path: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    spec: FileSpec
+    received: int
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    upload_id: str
+    model: str
+    files: list[FileProgress]
+    committed_version: int
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+    @property
+    def received_bytes(self) -> int:
+        return sum(progress.received for progress in self.files)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(progress.spec.size for progress in self.files)
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_upload_bytes: int = 64 * 1024**3
+    max_chunk_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked header: what the upload must produce."""
+
+    model: str
+    upload_id: str
+    files: dict[str, FileSpec]
+    config: str
+    manifest_sha256: str
+
+
+class _StagedFile:
+    """One file being written: where it is, and a running digest while that is possible."""
+
+    def __init__(self, spec: FileSpec, received: int) -> None:
+        self.spec = spec
+        self.received = received
+        self.fd: int | None = None
+        # The running digest covers the file only if this stream wrote it from
+        # byte 0; after a resume the prefix is hashed from disk at commit.
+        self.digest: Any = hashlib.sha256() if received == 0 else None
+
+
+class Uploads:
+    def __init__(self, repository: Repository, catalog: Catalog, limits: UploadLimits) -> None:
+        self.repository = repository
+        self.catalog = catalog
+        self.limits = limits
+
+    async def receive(self, parts: AsyncIterator[UploadHeader | Chunk]) -> VersionRecord:
+        """Consume one upload stream: a header, then chunks. Returns the version."""
+        header = await anext(parts, None)
+        if not isinstance(header, UploadHeader):
+            raise InvalidArgument("the first message of an upload must be its header")
+        plan = await in_thread(self._plan)(header)
+        committed = await in_thread(self._open_record)(plan)
+        if committed is not None:
+            return committed
+        lock = self.repository.upload_lock(plan.upload_id)
+        lock.__enter__()
+        staged = {
+            path: _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
+            for path, spec in plan.files.items()
+        }
+        try:
+            async for part in parts:
+                if isinstance(part, UploadHeader):
+                    raise InvalidArgument("the header was sent twice; send it once, first")
+                await self._write(plan, staged, part)
+            await in_thread(_sync_and_close)(staged.values())
+            return await in_thread(self._commit)(plan, staged)
+        finally:
+            _close_all(staged.values())
+            lock.__exit__(None, None, None)
+
+    @in_thread
+    def get(self, upload_id: str) -> UploadRecord:
+        check_name(upload_id, "upload_id")
+        row = store.Upload.get_or_none(store.Upload.upload_id == upload_id)
+        if row is None:
+            raise NotFound(f"upload {upload_id!r} does not exist")
+        specs = [FileSpec(*entry) for entry in json.loads(row.files)]
+        progress = [
+            FileProgress(
+                spec,
+                spec.size
+                if row.committed_version
+                else self.repository.staged_size(upload_id, spec.path),
+            )
+            for spec in specs
+        ]
+        return UploadRecord(
+            upload_id=row.upload_id,
+            model=row.model,
+            files=progress,
+            committed_version=row.committed_version,
+            create_time=row.create_time,
+            update_time=row.update_time,
+        )
+
+    # --- steps --------------------------------------------------------------
+
+    def _plan(self, header: UploadHeader) -> _Plan:
+        model = check_name(header.model, "model name")
+        if len(header.files) > MAX_FILES:
+            raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
+        files: dict[str, FileSpec] = {}
+        for spec in header.files:
+            path = check_relative_path(spec.path)
+            if path in files:
+                raise InvalidArgument(f"file {path!r} is declared twice in the manifest")
+            if spec.size < 0:
+                raise InvalidArgument(f"file {path!r} has a negative size")
+            digest = spec.sha256.lower()
+            if len(digest) != 64 or not set(digest) <= _HEX:
+                raise InvalidArgument(f"file {path!r}: sha256 must be 64 hex digits")
+            files[path] = FileSpec(path, spec.size, digest)
+        total = sum(spec.size for spec in files.values())
+        if total > self.limits.max_upload_bytes:
+            raise ResourceExhausted(
+                f"the upload is {total} bytes; this server accepts at most "
+                f"{self.limits.max_upload_bytes} bytes per version (--max-upload-bytes)"
+            )
+        config = modelconfig.render(modelconfig.parse(header.config, model, files))
+        ordered = dict(sorted(files.items()))
+        manifest = json.dumps(
+            {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]},
+            separators=(",", ":"),
+        )
+        manifest_sha256 = hashlib.sha256(manifest.encode()).hexdigest()
+        upload_id = header.upload_id or (
+            "auto-" + hashlib.sha256(f"{model}\n{manifest_sha256}".encode()).hexdigest()[:40]
+        )
+        check_name(upload_id, "upload_id")
+        return _Plan(model, upload_id, ordered, config, manifest_sha256)
+
+    def _open_record(self, plan: _Plan) -> VersionRecord | None:
+        """Create or match the upload's record; the version if it already committed."""
+        with store.database.atomic():
+            row = store.Upload.get_or_none(store.Upload.upload_id == plan.upload_id)
+            if row is None:
+                self._require_disk_space(plan)
+                store.Upload.create(
+                    upload_id=plan.upload_id,
+                    model=plan.model,
+                    files=json.dumps([[s.path, s.size, s.sha256] for s in plan.files.values()]),
+                    config=plan.config,
+                    manifest_sha256=plan.manifest_sha256,
+                )
+                return None
+        if row.model != plan.model or row.manifest_sha256 != plan.manifest_sha256:
+            raise FailedPrecondition(
+                f"upload_id {plan.upload_id!r} was used for a different model or file set; "
+                "choose a new upload_id"
+            )
+        if row.committed_version:
+            return self._committed_version(plan, row.committed_version)
+        self._require_disk_space(plan)
+        return None
+
+    def _committed_version(self, plan: _Plan, version: int) -> VersionRecord:
+        try:
+            return find_version(plan.model, version)
+        except NotFound:
+            raise FailedPrecondition(
+                f"upload {plan.upload_id!r} committed version {version} of {plan.model!r}, "
+                "which has since been deleted; upload again with a new upload_id"
+            ) from None
+
+    def _require_disk_space(self, plan: _Plan) -> None:
+        remaining = sum(
+            spec.size - self.repository.staged_size(plan.upload_id, spec.path)
+            for spec in plan.files.values()
+        )
+        free = self.repository.free_bytes() - DISK_RESERVE_BYTES
+        if remaining > free:
+            raise ResourceExhausted(
+                f"the upload needs {remaining} more bytes but the repository disk has "
+                f"{max(free, 0)} to spare"
+            )
+
+    async def _write(self, plan: _Plan, staged: dict[str, _StagedFile], chunk: Chunk) -> None:
+        target = staged.get(chunk.path)
+        if target is None:
+            raise InvalidArgument(f"chunk for {chunk.path!r}, which is not in the manifest")
+        size = len(chunk.data)
+        if size > self.limits.max_chunk_bytes:
+            raise ResourceExhausted(
+                f"chunk of {size} bytes; at most {self.limits.max_chunk_bytes} per chunk"
+            )
+        if chunk.offset < 0:
+            raise OutOfRange(f"chunk for {chunk.path!r} has a negative offset")
+        if chunk.offset + size > target.spec.size:
+            raise OutOfRange(
+                f"chunk for {chunk.path!r} ends at byte {chunk.offset + size}, past the declared "
+                f"size {target.spec.size}"
+            )
+        if chunk.offset > target.received:
+            raise OutOfRange(
+                f"chunk for {chunk.path!r} starts at byte {chunk.offset} but only "
+                f"{target.received} have been received: resume from {target.received}"
+            )
+        skip = target.received - chunk.offset
+        if skip >= size:
+            return  # already have these bytes
+        await in_thread(self._append)(plan.upload_id, target, memoryview(chunk.data)[skip:])
+
+    def _append(self, upload_id: str, target: _StagedFile, data: memoryview) -> None:
+        if target.fd is None:
+            target.fd = self.repository.open_staged_for_write(upload_id, target.spec.path)
+        written = 0
+        while written < len(data):
+            written += os.pwrite(target.fd, data[written:], target.received + written)
+        target.received += written
+        if target.digest is not None:
+            target.digest.update(data)
+
+    def _commit(self, plan: _Plan, staged: dict[str, _StagedFile]) -> VersionRecord:
+        incomplete = [f for f in staged.values() if f.received < f.spec.size]
+        if incomplete:
+            described = ", ".join(
+                f"{f.spec.path!r} has {f.received} of {f.spec.size} bytes" for f in incomplete
+            )
+            raise FailedPrecondition(
+                f"upload {plan.upload_id!r} is incomplete ({described}); send the rest "
+                "from the offsets GetUpload reports"
+            )
+        for target in staged.values():
+            if target.spec.size == 0:
+                # Nothing was ever sent for an empty file; it must still exist.
+                os.close(self.repository.open_staged_for_write(plan.upload_id, target.spec.path))
+            actual = self._digest(plan.upload_id, target)
+            if actual != target.spec.sha256:
+                self.repository.discard_staged_file(plan.upload_id, target.spec.path)
+                raise DataLoss(
+                    f"file {target.spec.path!r} arrived with sha256 {actual}, not the declared "
+                    f"{target.spec.sha256}; its bytes were discarded, send the file again"
+                )
+        return self.catalog.commit_version(
+            model=plan.model,
+            upload_id=plan.upload_id,
+            files=list(plan.files.values()),
+            config=plan.config,
+            manifest_sha256=plan.manifest_sha256,
+        )
+
+    def _digest(self, upload_id: str, target: _StagedFile) -> str:
+        if target.digest is not None:
+            return str(target.digest.hexdigest())
+        with self.repository.open_staged_for_read(upload_id, target.spec.path) as handle:
+            return sha256_of(handle)
+
+
+def _sync_and_close(files: Sequence[_StagedFile] | Any) -> None:
+    for staged in files:
+        if staged.fd is not None:
+            os.fsync(staged.fd)
+    _close_all(files)
+
+
+def _close_all(files: Sequence[_StagedFile] | Any) -> None:
+    for staged in files:
+        if staged.fd is not None:
+            os.close(staged.fd)
+            staged.fd = None
