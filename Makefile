@@ -1,0 +1,46 @@
+# MLServe: `make run` serves with the embedded defaults, `make test` runs
+# everything CI runs. Both install what they need first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := .tools/node_modules/.bin/buf
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck generate check-generated bench clean
+
+install: $(INSTALLED) $(BUF)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
+
+run: install
+	$(BIN)/mlserve serve
+
+generate: install
+	$(BIN)/python scripts/generate_protos.py
+
+lint: install
+	$(BUF) lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: install
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
+test: install lint
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

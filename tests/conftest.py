@@ -1,0 +1,142 @@
+"""Fixtures that start real processes: MLServe (with its embedded, real Triton)
+on free loopback ports, and gRPC stubs talking to it over real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mlserve_api.v1 import deployment_pb2_grpc, model_pb2_grpc, server_pb2_grpc
+
+STARTUP_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stubs:
+    channel: grpc.Channel
+    key: str
+    models: model_pb2_grpc.ModelServiceStub = field(init=False)
+    servers: server_pb2_grpc.ServerServiceStub = field(init=False)
+    deployments: deployment_pb2_grpc.DeploymentServiceStub = field(init=False)
+    health: health_pb2_grpc.HealthStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.models = model_pb2_grpc.ModelServiceStub(self.channel)
+        self.servers = server_pb2_grpc.ServerServiceStub(self.channel)
+        self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    @property
+    def auth(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.key}")]
+
+
+class MLServeProcess:
+    """``mlserve serve`` as a child process on a free port, with its own home."""
+
+    def __init__(self, home: Path, *extra: str, port: int | None = None) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = home / "mlserve.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def key(self) -> str:
+        return (self.home / "admin.key").read_text().strip()
+
+    def start(self, *, wait_for_triton: bool = True) -> MLServeProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "mlserve", "--home", str(self.home),
+            "serve", "--listen", self.address, "--health-interval", "0.5", *self.extra,
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self._wait(serving=wait_for_triton)
+        return self
+
+    def _wait(self, serving: bool) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"mlserve exited early:\n{self.log.read_text()[-3000:]}")
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                except grpc.RpcError:
+                    time.sleep(0.2)
+                    continue
+                if not serving or status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                time.sleep(0.2)
+        raise RuntimeError(f"mlserve did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stubs(self) -> Stubs:
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        channel = grpc.insecure_channel(self.address, options=options)
+        return Stubs(channel, self.key)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+
+@pytest.fixture(scope="session")
+def mlserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
+    """One MLServe with its embedded Triton for the whole session."""
+    process = MLServeProcess(tmp_path_factory.mktemp("mlserve-home"))
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def stubs(mlserve: MLServeProcess) -> Iterator[Stubs]:
+    stubs = mlserve.stubs()
+    yield stubs
+    stubs.channel.close()
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """A model name unique to the test, so tests sharing one server never collide."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
+    return f"t-{name}"[:100] + f"-{os.getpid() % 1000}"
