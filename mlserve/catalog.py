@@ -390,9 +390,9 @@ def _model_record(row: Any) -> ModelRecord:
     )
     tags = [
         t.tag
-        for t in store.ModelTag.select().where(store.ModelTag.model == row).order_by(
-            store.ModelTag.tag
-        )
+        for t in store.ModelTag.select()
+        .where(store.ModelTag.model == row)
+        .order_by(store.ModelTag.tag)
     ]
     return ModelRecord(
         name=row.name,

@@ -315,9 +315,7 @@ def _record(row: Any) -> DeploymentRecord:
         name=row.name,
         model=row.model.name,
         version=row.version,
-        targets=[
-            TargetRecord(t.server.name, t.state, t.message, t.update_time) for t in targets
-        ],
+        targets=[TargetRecord(t.server.name, t.state, t.message, t.update_time) for t in targets],
         create_time=row.create_time,
         update_time=row.update_time,
     )

@@ -35,7 +35,8 @@ NOT_READY = "NOT_READY"
 UNREACHABLE = "UNREACHABLE"
 UNCHECKED = "UNSPECIFIED"
 
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*")
+_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
 UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels"})
 
 
@@ -208,7 +209,7 @@ class Fleet:
         if await client.is_ready():
             try:
                 loaded = await client.index()
-            except Exception as error:  # noqa: BLE001 - any failure means unreachable
+            except Exception as error:
                 status = replace(self.status(name), state=UNREACHABLE, message=str(error))
             else:
                 status = ServerStatus(READY, now, loaded, "")

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from mlserve import store
 from mlserve.access import Access
+from mlserve.api import reflection
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
@@ -28,8 +28,14 @@ from mlserve.repository import Repository
 from mlserve.settings import Settings
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve.uploads import UploadLimits, Uploads
-from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc, model_pb2, model_pb2_grpc
-from mlserve_api.v1 import server_pb2, server_pb2_grpc
+from mlserve_api.v1 import (
+    deployment_pb2,
+    deployment_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    server_pb2,
+    server_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +151,7 @@ class MLServe:
             DeploymentService(domain.deployments), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [*MANAGEMENT_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        reflection.enable(server, [*MANAGEMENT_SERVICES, health.SERVICE_NAME])
         return server
 
     async def _start_embedded_triton(self, domain: Domain) -> None:
@@ -203,4 +207,3 @@ async def serve(settings: Settings) -> None:
         await stopping.wait()
     finally:
         await mlserve.stop()
-

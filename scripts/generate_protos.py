@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 PROTO_PACKAGE = "mlserve.v1"
 PYTHON_PACKAGE = "mlserve_api"
+DESCRIPTOR_SET = "descriptors.binpb"
 # mypy-protobuf's plugins sit beside the interpreter, in the venv's bin/.
 _BIN = Path(sys.executable).parent
 
@@ -50,6 +51,9 @@ def generate(output: Path) -> None:
             f"--grpc_python_out={scratch}",
             f"--mypy_out={scratch}",
             f"--mypy_grpc_out={scratch}",
+            # Descriptors with comments, so reflection (grpcurl describe) shows the docs.
+            f"--descriptor_set_out={scratch}/{DESCRIPTOR_SET}",
+            "--include_source_info",
             *protos,
         ]
         if protoc.main(args) != 0:
@@ -59,6 +63,7 @@ def generate(output: Path) -> None:
             shutil.rmtree(target)
         source = Path(scratch) / PROTO_PACKAGE.replace(".", "/")
         shutil.copytree(source, target / "v1")
+        shutil.copy(Path(scratch) / DESCRIPTOR_SET, target / "v1" / DESCRIPTOR_SET)
     (target / "__init__.py").write_text('"""Generated gRPC stubs for the mlserve.v1 API."""\n')
     (target / "py.typed").write_text("")
     (target / "v1" / "__init__.py").write_text("")

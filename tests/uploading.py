@@ -31,7 +31,9 @@ def chunk(path: str, offset: int, data: bytes) -> Request:
     return Request(chunk=model_pb2.FileChunk(path=path, offset=offset, data=data))
 
 
-def chunks(files: Mapping[str, bytes], size: int = 1024 * 1024, start: int = 0) -> Iterator[Request]:
+def chunks(
+    files: Mapping[str, bytes], size: int = 1024 * 1024, start: int = 0
+) -> Iterator[Request]:
     for path, data in sorted(files.items()):
         for offset in range(start, len(data), size):
             yield chunk(path, offset, data[offset : offset + size])

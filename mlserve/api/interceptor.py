@@ -75,8 +75,6 @@ class CallGuard(aio.ServerInterceptor):  # type: ignore[type-arg]
             )
 
 
-
-
 def _authorization(context: aio.ServicerContext[Any, Any]) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":

@@ -28,7 +28,9 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         )
         return convert.model(record)
 
-    async def GetModel(self, request: model_pb2.GetModelRequest, context: Context) -> model_pb2.Model:
+    async def GetModel(
+        self, request: model_pb2.GetModelRequest, context: Context
+    ) -> model_pb2.Model:
         return convert.model(await self.catalog.get_model(request.name))
 
     async def ListModels(
@@ -63,13 +65,17 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
 
         return convert.version(await self.uploads.receive(parts()))
 
-    async def GetUpload(self, request: model_pb2.GetUploadRequest, context: Context) -> model_pb2.Upload:
+    async def GetUpload(
+        self, request: model_pb2.GetUploadRequest, context: Context
+    ) -> model_pb2.Upload:
         return convert.upload(await self.uploads.get(request.upload_id))
 
     async def ListModelVersions(
         self, request: model_pb2.ListModelVersionsRequest, context: Context
     ) -> model_pb2.ListModelVersionsResponse:
-        page = await self.catalog.list_versions(request.model, request.page_size, request.page_token)
+        page = await self.catalog.list_versions(
+            request.model, request.page_size, request.page_token
+        )
         return model_pb2.ListModelVersionsResponse(
             versions=[convert.version(record) for record in page.items],
             next_page_token=page.next_page_token,

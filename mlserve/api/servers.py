@@ -49,6 +49,8 @@ class ServerService(server_pb2_grpc.ServerServiceServicer):
         )
         return convert.server(record)
 
-    async def DeleteServer(self, request: server_pb2.DeleteServerRequest, context: Context) -> Empty:
+    async def DeleteServer(
+        self, request: server_pb2.DeleteServerRequest, context: Context
+    ) -> Empty:
         await self.fleet.delete(request.name)
         return Empty()

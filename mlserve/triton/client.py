@@ -1,0 +1,249 @@
+"""A small asyncio client for the Triton calls MLServe's control plane makes.
+
+It speaks Triton's gRPC protocol through the stubs ``tritonclient`` ships
+(``service_pb2``/``service_pb2_grpc``) over one reused ``grpc.aio`` channel,
+and turns gRPC failures into MLServe's domain errors so nothing above this
+module sees a gRPC status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from mlserve.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MLServeError,
+    NotFound,
+    Unavailable,
+)
+from mlserve.names import check_relative_path
+
+__all__ = ["IndexEntry", "TritonClient"]
+
+# Model files pushed in a load request can be large; gRPC's 4 MiB default
+# would refuse them (and large inference results).
+_MAX_MESSAGE_BYTES = 2**31 - 1
+_CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+)
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Index states that mean a version still occupies the server.
+_RESIDENT_STATES = frozenset({"READY", "UNLOADING", "LOADING"})
+_UNLOAD_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of Triton's repository index: a model version and its state."""
+
+    name: str
+    version: int  # 0 when Triton names no version (a model it has not loaded)
+    state: str  # "" (never loaded), LOADING, READY, UNLOADING, UNAVAILABLE
+    reason: str
+
+
+class TritonClient:
+    """Control-plane calls to one Triton server.
+
+    ``name`` is the server's name in MLServe; it appears in every error so the
+    person reading one knows which registered server misbehaved.
+    """
+
+    def __init__(self, name: str, address: str) -> None:
+        self._name = name
+        self._address = address
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def close(self) -> None:
+        """Close the channel; the client reopens it if used again."""
+        channel, self._channel, self._stub, self._loop = self._channel, None, None, None
+        if channel is not None:
+            await channel.close(grace=None)
+
+    async def is_ready(self, timeout: float = 2.0) -> bool:
+        """True if the server is live and ready; False, never an error, if unreachable.
+
+        Beware: a Triton running with its default ``--strict-readiness=true``
+        answers "not ready" from the first failed model load on, even after
+        that model is unloaded. The embedded launcher turns that off.
+        """
+        try:
+            live = await self._call("ServerLive", service_pb2.ServerLiveRequest(), timeout)
+            if not live.live:
+                return False
+            ready = await self._call("ServerReady", service_pb2.ServerReadyRequest(), timeout)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+            return False
+        return bool(ready.ready)
+
+    async def index(self, timeout: float = 5.0) -> list[IndexEntry]:
+        """Every model version the server knows of, loaded or not."""
+        request = service_pb2.RepositoryIndexRequest(ready=False)
+        try:
+            response = await self._call("RepositoryIndex", request, timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "list the models of") from None
+        return [
+            IndexEntry(
+                name=model.name,
+                version=int(model.version) if model.version else 0,
+                state=model.state,
+                reason=model.reason,
+            )
+            for model in response.models
+        ]
+
+    async def load(
+        self,
+        model: str,
+        *,
+        config_json: str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        """Load (or reload) ``model`` and return once Triton has finished.
+
+        ``config_json`` replaces the repository's ``config.pbtxt`` (it is a
+        ModelConfig in protobuf's JSON form). ``files`` maps paths relative to
+        the model directory (``"1/model.py"``) to their bytes; Triton then
+        loads from those alone, not from its repository, and requires
+        ``config_json`` alongside them.
+        """
+        if files and config_json is None:
+            # Triton would answer only "failed to poll from model repository".
+            raise InvalidArgument(
+                f"loading model '{model}' from pushed files needs its config as well"
+            )
+        request = service_pb2.RepositoryModelLoadRequest(model_name=model)
+        if config_json is not None:
+            request.parameters["config"].string_param = config_json
+        for path, content in (files or {}).items():
+            request.parameters["file:" + check_relative_path(path)].bytes_param = content
+        try:
+            await self._call("RepositoryModelLoad", request, timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "load", model) from None
+
+    async def unload(self, model: str, timeout: float = 60.0) -> None:
+        """Unload every version of ``model`` and wait until Triton has let go of it.
+
+        Raises NotFound if Triton knows no model of that name. Triton answers
+        the unload request while the model is still UNLOADING (about a second
+        for a Python-backend model), so the index is polled until it is gone
+        and the caller may reload or free its files at once.
+        """
+        deadline = time.monotonic() + timeout
+        # Triton returns OK for unloading a name it never heard of, so ask
+        # first. Models loaded from pushed files never appear in the index
+        # (it lists repository directories only), hence the readiness check.
+        listed = any(entry.name == model for entry in await self.index(timeout))
+        if not listed and not await self.model_ready(model, timeout=_remaining(deadline)):
+            raise NotFound(f"Triton server '{self._name}' has no model '{model}' to unload")
+        request = service_pb2.RepositoryModelUnloadRequest(model_name=model)
+        try:
+            await self._call("RepositoryModelUnload", request, _remaining(deadline))
+            # A pushed model cannot be watched: once it is not ready, which
+            # happens at once, Triton shows nothing more.
+            if listed:
+                await self._wait_until_gone(model, deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "unload", model) from None
+
+    async def model_ready(self, model: str, version: int = 0, timeout: float = 5.0) -> bool:
+        """True if ``model`` (``version``, or Triton's choice when 0) can serve requests."""
+        request = service_pb2.ModelReadyRequest(name=model, version=str(version) if version else "")
+        try:
+            response = await self._call("ModelReady", request, timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _UNREACHABLE:
+                raise self._error(exc, "query", model) from None
+            # Triton answers NOT_FOUND-like errors for models it never heard of.
+            return False
+        return bool(response.ready)
+
+    async def _wait_until_gone(self, model: str, deadline: float) -> None:
+        while True:
+            if not await self._resident(model, deadline):
+                return
+            await asyncio.sleep(_UNLOAD_POLL_INTERVAL)
+
+    async def _resident(self, model: str, deadline: float) -> bool:
+        if time.monotonic() >= deadline:
+            raise Unavailable(
+                f"Triton server '{self._name}' at {self._address} did not finish "
+                f"unloading model '{model}' in time"
+            )
+        entries = await self._call(
+            "RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=False), _remaining(deadline)
+        )
+        return any(e.name == model and e.state in _RESIDENT_STATES for e in entries.models)
+
+    async def _call(self, method: str, request: Any, timeout: float) -> Any:
+        stub = self._stub_for_running_loop()
+        return await getattr(stub, method)(request, timeout=timeout)
+
+    def _stub_for_running_loop(self) -> Any:
+        # grpc.aio channels belong to the event loop they were made on.
+        # Callers (tests, CLI commands) may use successive asyncio.run calls,
+        # so a channel from a finished loop is replaced rather than reused.
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            self._channel = grpc.aio.insecure_channel(self._address, options=_CHANNEL_OPTIONS)
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+            self._loop = loop
+        return self._stub
+
+    def _error(self, exc: grpc.aio.AioRpcError, action: str, model: str = "") -> MLServeError:
+        """Translate a failed call into the domain error a caller can act on."""
+        code = exc.code()
+        details = _tidy(exc.details() or code.name, model)
+        if code in _UNREACHABLE:
+            return Unavailable(
+                f"Triton server '{self._name}' at {self._address} is unreachable: {details}"
+            )
+        if action == "unload" and code in (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ):
+            return NotFound(
+                f"Triton server '{self._name}' has no model '{model}' to unload: {details}"
+            )
+        if action == "load":
+            return FailedPrecondition(
+                f"Triton server '{self._name}' could not load model '{model}': {details}"
+            )
+        target = f" model '{model}' on" if model else ""
+        return FailedPrecondition(
+            f"could not {action}{target} Triton server '{self._name}': {details}"
+        )
+
+
+def _tidy(details: str, model: str) -> str:
+    # Triton wraps its reason as "load failed for model 'x': <reason>;\n";
+    # our message names the model already.
+    details = details.strip().removesuffix(";").rstrip()
+    return details.removeprefix(f"load failed for model '{model}': ")
+
+
+def _remaining(deadline: float) -> float:
+    # A small floor so a nearly spent budget still makes one real attempt.
+    return max(deadline - time.monotonic(), 0.1)

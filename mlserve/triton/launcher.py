@@ -1,0 +1,384 @@
+"""Start and stop the Triton server that the nvidia-pytriton wheel carries.
+
+The wheel ships a complete ``tritonserver`` (CPU capable), its shared
+libraries, the Python backend and one backend stub per Python version. None of
+it is laid out the way Triton expects, so the launcher assembles a backend
+directory of symlinks and an environment in which Triton finds its libraries
+and the Python backend finds this interpreter's packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from mlserve.errors import FailedPrecondition, Unavailable
+from mlserve.triton.client import TritonClient
+
+__all__ = ["EmbeddedTriton", "TritonInstallation"]
+
+log = logging.getLogger(__name__)
+
+_HOST = "127.0.0.1"
+_LOG_TAIL_LINES = 20
+_POLL_INTERVAL = 0.1
+_INSTALL_HINT = "install it into this environment with `pip install nvidia-pytriton`"
+# Messages Triton (via gRPC core) logs when its gRPC port is held by someone else.
+_PORT_IN_USE_MARKERS = ("already in use", "Address in use", "Failed to add port")
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where the pieces of the nvidia-pytriton wheel lie on disk."""
+
+    server_binary: Path
+    library_dir: Path
+    python_backend_dir: Path
+    backend_stub: Path
+
+    @classmethod
+    def find(cls) -> TritonInstallation:
+        """Locate the wheel's Triton for the running Python.
+
+        Raises FailedPrecondition, saying what to install, when the wheel or
+        a piece of it (such as the stub for this Python version) is missing.
+        """
+        package_dir = _pytriton_package_dir()
+        server_dir = package_dir / "tritonserver"
+        python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        installation = cls(
+            server_binary=server_dir / "bin" / "tritonserver",
+            # auditwheel puts the vendored libraries beside the package, not in it.
+            library_dir=package_dir.parent / "nvidia_pytriton.libs",
+            python_backend_dir=server_dir / "backends" / "python",
+            backend_stub=server_dir
+            / "python_backend_stubs"
+            / python_version
+            / "triton_python_backend_stub",
+        )
+        installation._check(python_version)
+        return installation
+
+    def _check(self, python_version: str) -> None:
+        if not self.backend_stub.is_file():
+            raise FailedPrecondition(
+                f"nvidia-pytriton has no Python backend stub for Python {python_version} "
+                f"(looked for {self.backend_stub}); run MLServe on a Python it supports "
+                "(3.8-3.13) or upgrade nvidia-pytriton"
+            )
+        for path in (self.server_binary, self.python_backend_dir, self.library_dir):
+            if not path.exists():
+                raise FailedPrecondition(
+                    f"nvidia-pytriton is incomplete: {path} is missing; reinstall it "
+                    "with `pip install --force-reinstall nvidia-pytriton`"
+                )
+
+
+def _pytriton_package_dir() -> Path:
+    # find_spec reads the package's location without running its __init__,
+    # which would import much of pytriton for nothing.
+    spec = importlib.util.find_spec("pytriton")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise FailedPrecondition(f"the Triton server is not installed: {_INSTALL_HINT}")
+    return Path(locations[0])
+
+
+class EmbeddedTriton:
+    """One ``tritonserver`` child process serving ``repository`` over gRPC on loopback.
+
+    The process is started with :class:`subprocess.Popen` rather than asyncio's
+    subprocess support so that it is not tied to one event loop: a caller may
+    start it under one ``asyncio.run`` and stop it under another.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        workdir: Path,
+        *,
+        log_path: Path,
+        grpc_port: int = 0,
+        installation: TritonInstallation | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self._repository = repository
+        self._workdir = workdir
+        self._log_path = log_path
+        self._requested_port = grpc_port
+        self._port = grpc_port
+        self._installation = installation
+        self._extra_args = tuple(extra_args)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of Triton's gRPC endpoint (the port is chosen by :meth:`start` if 0)."""
+        return f"{_HOST}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start Triton and return once it reports itself ready.
+
+        Raises Unavailable, quoting the end of Triton's log, if it exits or is
+        not ready within ``timeout`` seconds.
+        """
+        if self.running:
+            return
+        installation = self._installation or TritonInstallation.find()
+        self._installation = installation
+        backend_dir = self._prepare_backends(installation)
+        self._repository.mkdir(parents=True, exist_ok=True)
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A port picked here may be taken by someone else before Triton binds
+        # it; a second pick almost never loses the same race.
+        attempts = 2
+        for attempt in range(1, attempts + 1):
+            self._port = self._requested_port or _free_loopback_port()
+            log_offset = self._spawn(installation, backend_dir)
+            try:
+                await self._wait_ready(timeout, log_offset)
+                return
+            except _RetryableStart as exc:
+                await self.stop()
+                if attempt == attempts:
+                    raise Unavailable(str(exc)) from None
+                log.warning("Triton failed to start; retrying once: %s", exc)
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """Stop Triton: SIGTERM, then SIGKILL after ``timeout`` seconds. Safe to repeat."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            if not await _wait_exit(process, timeout):
+                log.warning(
+                    "Triton (pid %d) ignored SIGTERM for %.0fs; killing it", process.pid, timeout
+                )
+                process.kill()
+                await _wait_exit(process, None)
+        self._process = None
+
+    def _prepare_backends(self, installation: TritonInstallation) -> Path:
+        backend_dir = self._workdir / "backends"
+        python_dir = backend_dir / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for target in (
+            installation.python_backend_dir / "libtriton_python.so",
+            installation.python_backend_dir / "triton_python_backend_utils.py",
+            installation.backend_stub,
+        ):
+            _ensure_symlink(python_dir / target.name, target)
+        return backend_dir
+
+    def _command(self, installation: TritonInstallation, backend_dir: Path) -> list[str]:
+        command = [
+            str(installation.server_binary),
+            f"--model-repository={self._repository}",
+            f"--backend-directory={backend_dir}",
+            "--model-control-mode=explicit",
+            # Triton binds every interface by default; MLServe is its only client.
+            f"--grpc-address={_HOST}",
+            f"--grpc-port={self._port}",
+            "--allow-http=false",
+            "--allow-metrics=false",
+            "--exit-timeout-secs=5",
+            "--strict-model-config=false",
+        ]
+        help_text = _server_help(installation)
+        if "--allow-gpu-metrics" in help_text:
+            command.append("--allow-gpu-metrics=false")
+        if "--strict-readiness" in help_text:
+            # By default one model that ever failed to load makes ServerReady
+            # false for good (unloading it does not help), which would make
+            # the whole server look down to MLServe's health checks.
+            command.append("--strict-readiness=false")
+        command.extend(self._extra_args)
+        return command
+
+    def _spawn(self, installation: TritonInstallation, backend_dir: Path) -> int:
+        command = self._command(installation, backend_dir)
+        with self._log_path.open("ab") as log_file:
+            header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n"
+            log_file.write(header.encode())
+            log_file.flush()
+            offset = log_file.tell()
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=_triton_environment(installation),
+                cwd=self._workdir,
+                preexec_fn=_die_with_parent(),
+            )
+        log.info(
+            "started Triton (pid %d) on %s; log: %s",
+            self._process.pid,
+            self.address,
+            self._log_path,
+        )
+        return offset
+
+    async def _wait_ready(self, timeout: float, log_offset: int) -> None:
+        deadline = time.monotonic() + timeout
+        client = TritonClient("embedded", self.address)
+        try:
+            while True:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    self._raise_exited(log_offset)
+                if await client.is_ready(timeout=1.0):
+                    return
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        f"Triton did not become ready within {timeout:.0f}s at {self.address}; "
+                        f"the end of its log ({self._log_path}):\n{self._log_tail(log_offset)}"
+                    )
+                await asyncio.sleep(_POLL_INTERVAL)
+        finally:
+            await client.close()
+
+    def _raise_exited(self, log_offset: int) -> NoReturn:
+        code = self._process.returncode if self._process else None
+        tail = self._log_tail(log_offset)
+        message = (
+            f"Triton exited during startup (exit code {code}); "
+            f"the end of its log ({self._log_path}):\n{tail}"
+        )
+        if self._requested_port == 0 and any(marker in tail for marker in _PORT_IN_USE_MARKERS):
+            raise _RetryableStart(message)
+        if code is not None and code < 0:
+            # Killed by a signal during start-up (seen once: SIGABRT from gRPC's
+            # epoll engine); a second start is worth it.
+            raise _RetryableStart(message)
+        raise Unavailable(message)
+
+    def _log_tail(self, offset: int) -> str:
+        try:
+            with self._log_path.open("rb") as log_file:
+                log_file.seek(offset)
+                text = log_file.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+
+
+class _RetryableStart(Exception):
+    """Triton failed to start in a way worth one retry (port taken, killed by a signal)."""
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _ensure_symlink(link: Path, target: Path) -> None:
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    # Build the new link beside the old one and rename it over, so a
+    # concurrent reader never sees the link missing.
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    temporary.symlink_to(target)
+    os.replace(temporary, link)
+
+
+def _prepend_path(directory: str, current: str | None) -> str:
+    return f"{directory}{os.pathsep}{current}" if current else directory
+
+
+def _triton_environment(installation: TritonInstallation) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = _prepend_path(
+        str(installation.library_dir), env.get("LD_LIBRARY_PATH")
+    )
+    # The backend stub runs the first python3 on PATH to find its
+    # site-packages; it must be this interpreter, or models lack numpy.
+    env["PATH"] = _prepend_path(str(Path(sys.executable).parent), env.get("PATH"))
+    return env
+
+
+@functools.cache
+def _server_help(installation: TritonInstallation) -> str:
+    # Tritons refuse to start on a flag they do not know, and which flags
+    # exist changes between releases; --help answers in milliseconds.
+    try:
+        result = subprocess.run(
+            [str(installation.server_binary), "--help"],
+            capture_output=True,
+            env=_triton_environment(installation),
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (result.stdout + result.stderr).decode(errors="replace")
+
+
+async def _wait_exit(process: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while process.poll() is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_POLL_INTERVAL)
+    return True
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM Triton when MLServe dies, even by SIGKILL.
+
+    SIGTERM rather than SIGKILL lets Triton stop its Python backend stubs and
+    free their shared memory. Linux sends it when the *thread* that spawned
+    Triton ends, so call :meth:`EmbeddedTriton.start` from a long-lived thread
+    (the main thread's event loop), not from a short-lived worker thread.
+    Returns None where prctl does not exist.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl; then no signal
+        # would ever come.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return set_death_signal

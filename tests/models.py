@@ -1,0 +1,77 @@
+"""Small real Triton models for tests, written the way a user would write them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+_ADD_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ -1 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] }
+]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+# The offset is baked into the source so two versions of "add" are told apart
+# by their answers, which is how tests prove which version served a request.
+_ADD_MODEL_PY = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+OFFSET = np.float32({offset!r})
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            out = pb_utils.Tensor("OUTPUT0", (a + b + OFFSET).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"""
+
+
+def add_model_config(name: str = "add") -> model_config_pb2.ModelConfig:
+    """The parsed config of the "add" model, named ``name``."""
+    config = text_format.Parse(_ADD_CONFIG, model_config_pb2.ModelConfig())
+    config.name = name
+    return config
+
+
+def add_model_files(offset: float = 0.0, *, name: str = "add") -> dict[str, bytes]:
+    """Contents of "add"'s ``config.pbtxt`` and ``model.py``.
+
+    The model computes OUTPUT0 = INPUT0 + INPUT1 + offset.
+    """
+    config = text_format.MessageToString(add_model_config(name))
+    return {
+        "config.pbtxt": config.encode(),
+        "model.py": _ADD_MODEL_PY.format(offset=float(offset)).encode(),
+    }
+
+
+def write_add_model(
+    directory: Path, *, name: str = "add", offset: float = 0.0, version: int = 1
+) -> Path:
+    """Write ``<directory>/<name>/config.pbtxt`` and ``<name>/<version>/model.py``.
+
+    Returns the model directory. Calling it again with another ``version``
+    adds that version beside the existing ones.
+    """
+    files = add_model_files(offset, name=name)
+    model_dir = directory / name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_bytes(files["config.pbtxt"])
+    (version_dir / "model.py").write_bytes(files["model.py"])
+    return model_dir
