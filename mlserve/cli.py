@@ -35,7 +35,13 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--max-upload-bytes", type=_size, default="64G", help="largest version (e.g. 64G)"
     )
     serve.add_argument(
-        "--max-message-bytes", type=_size, default="64M", help="largest gRPC message"
+        "--max-message-bytes",
+        type=_size,
+        default=str(2**31 - 1),
+        help="largest gRPC message (default: 2G-1, what Triton accepts)",
+    )
+    serve.add_argument(
+        "--metrics-listen", default="", help="host:port to serve Prometheus metrics on (off)"
     )
     serve.add_argument("--health-interval", type=float, default=2.0, help="seconds")
     serve.set_defaults(run=_serve)
@@ -50,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_bytes,
         max_message_bytes=args.max_message_bytes,
         health_interval=args.health_interval,
+        metrics_listen=args.metrics_listen,
     )
     from mlserve.server import serve
 

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,15 @@ class Deployments:
         self.repository = repository
         self.tokens = tokens
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
+
+    def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call ``listener()`` after any deployment or target state changed."""
+        self._listeners.append(listener)
+
+    async def _changed(self) -> None:
+        for listener in self._listeners:
+            await listener()
 
     async def create(self, model: str, version: int, servers: Sequence[str]) -> DeploymentRecord:
         async with self._locks[model]:
@@ -131,6 +140,7 @@ class Deployments:
             for server in record.servers:
                 await self._unload_quietly(record.model, server)
             await in_thread(_delete_row)(name)
+        await self._changed()
 
     async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
         server = server or DEFAULT_SERVER
@@ -154,20 +164,29 @@ class Deployments:
 
     # --- reconciling --------------------------------------------------------
 
+    async def server_changed(self, server: str, state: str) -> None:
+        """Fleet callback: reconcile a server that became ready; mark one that left."""
+        if state == READY:
+            await self.reconcile_server(server)
+        else:
+            await in_thread(_set_targets_on_server)(server, UNREACHABLE, f"server is {state}")
+        await self._changed()
+
     async def reconcile_server(self, server: str) -> None:
-        """Load on ``server`` every deployment that targets it but is not loaded there."""
-        loaded = {
-            (entry.name, entry.version)
-            for entry in self.fleet.status(server).loaded
-            if entry.state == READY
-        }
+        """Load on ``server`` every deployment that targets it but is not serving there.
+
+        Readiness is asked per model: models pushed as files never appear in
+        Triton's repository index.
+        """
+        client = await self.fleet.client(server)
         for record in await in_thread(_records_on_server)(server):
-            if (record.model, record.version) in loaded:
+            if await client.model_ready(record.model, record.version):
                 await in_thread(_set_target)(record.name, server, READY, "")
                 continue
             async with self._locks[record.name]:
                 log.info("reconciling: loading %s v%d on %s", record.model, record.version, server)
                 await self._load_on(record.name, record.model, record.version, server)
+        await self._changed()
 
     # --- the work -----------------------------------------------------------
 
@@ -188,6 +207,7 @@ class Deployments:
             await self._unload_quietly(model, server)
         for server in servers:
             await self._load_on(model, model, target.version, server)
+        await self._changed()
         return await self.get(model)
 
     async def _resolve_servers(self, servers: Sequence[str]) -> list[str]:
@@ -294,6 +314,15 @@ def _set_target(name: str, server: str, state: str, message: str) -> None:
     store.DeploymentTarget.update(state=state, message=message, update_time=store.utcnow()).where(
         (store.DeploymentTarget.deployment == deployment)
         & (store.DeploymentTarget.server == server_row)
+    ).execute()
+
+
+def _set_targets_on_server(server: str, state: str, message: str) -> None:
+    server_row = store.Server.get_or_none(store.Server.name == server)
+    if server_row is None:
+        return
+    store.DeploymentTarget.update(state=state, message=message, update_time=store.utcnow()).where(
+        store.DeploymentTarget.server == server_row
     ).execute()
 
 

@@ -66,7 +66,7 @@ class ServerFields:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-ReadyCallback = Callable[[str], Awaitable[None]]
+ChangeCallback = Callable[[str, str], Awaitable[None]]
 
 
 def check_address(address: str) -> str:
@@ -90,11 +90,12 @@ class Fleet:
         self.tokens = tokens
         self._clients: dict[str, TritonClient] = {}
         self._status: dict[str, ServerStatus] = {}
-        self._on_ready: list[ReadyCallback] = []
+        self._on_change: list[ChangeCallback] = []
+        self._checks: dict[str, asyncio.Task[ServerStatus]] = {}
 
-    def on_ready(self, callback: ReadyCallback) -> None:
-        """Call ``callback(server_name)`` whenever a server turns READY."""
-        self._on_ready.append(callback)
+    def on_change(self, callback: ChangeCallback) -> None:
+        """Call ``callback(server_name, state)`` whenever a server turns READY or stops being so."""
+        self._on_change.append(callback)
 
     # --- registry -----------------------------------------------------------
 
@@ -202,7 +203,7 @@ class Fleet:
         return self._status.get(name, ServerStatus())
 
     async def refresh(self, name: str) -> ServerStatus:
-        """Check one server now; fire on_ready callbacks when it turned READY."""
+        """Check one server now; fire on_change callbacks when it turned READY or left READY."""
         client = await self.client(name)
         before = self.status(name).state
         now = store.utcnow()
@@ -220,12 +221,13 @@ class Fleet:
                 message=f"no answer from {client.address}",
             )
         self._status[name] = status
-        if status.state == READY and before != READY:
-            log.info("server %s is ready at %s", name, client.address)
-            for callback in self._on_ready:
-                await callback(name)
-        elif status.state != READY and before == READY:
-            log.warning("server %s is %s: %s", name, status.state, status.message)
+        if (status.state == READY) != (before == READY):
+            if status.state == READY:
+                log.info("server %s is ready at %s", name, client.address)
+            else:
+                log.warning("server %s is %s: %s", name, status.state, status.message)
+            for callback in self._on_change:
+                await callback(name, status.state)
         return status
 
     async def names(self) -> list[str]:
@@ -233,6 +235,13 @@ class Fleet:
             return [row.name for row in store.Server.select(store.Server.name)]
 
         return await in_thread(fetch)()
+
+    def suspect(self, name: str) -> None:
+        """Check ``name`` soon, in the background (a call to it just failed)."""
+        if name not in self._checks:
+            check = asyncio.create_task(self.refresh(name))
+            self._checks[name] = check
+            check.add_done_callback(lambda _: self._checks.pop(name, None))
 
     async def refresh_all(self) -> None:
         """Check every registered server once."""

@@ -12,20 +12,25 @@ from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
 
 from mlserve import store
 from mlserve.access import Access
 from mlserve.api import reflection
 from mlserve.api.deployments import DeploymentService
+from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
+from mlserve.api.inference import InferenceGateway
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.servers import ServerService
 from mlserve.catalog import Catalog
 from mlserve.deployments import DEFAULT_SERVER, Deployments
 from mlserve.fleet import Fleet
+from mlserve.gateway import Router
 from mlserve.paging import PageTokens
 from mlserve.repository import Repository
 from mlserve.settings import Settings
+from mlserve.stats import InferenceStats
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve.uploads import UploadLimits, Uploads
 from mlserve_api.v1 import (
@@ -39,7 +44,8 @@ from mlserve_api.v1 import (
 
 log = logging.getLogger(__name__)
 
-MANAGEMENT_SERVICES = (
+SERVICES = (
+    INFERENCE_SERVICE,
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
     deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
@@ -56,6 +62,8 @@ class Domain:
     fleet: Fleet
     deployments: Deployments
     access: Access
+    router: Router
+    stats: InferenceStats
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -66,8 +74,12 @@ def build_domain(settings: Settings) -> Domain:
     uploads = Uploads(repository, catalog, UploadLimits(max_upload_bytes=settings.max_upload_bytes))
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
-    fleet.on_ready(deployments.reconcile_server)
-    return Domain(repository, catalog, uploads, fleet, deployments, Access())
+    fleet.on_change(deployments.server_changed)
+    router = Router(fleet)
+    deployments.on_change(router.reload)
+    return Domain(
+        repository, catalog, uploads, fleet, deployments, Access(), router, InferenceStats()
+    )
 
 
 def _random_secret() -> bytes:
@@ -103,8 +115,13 @@ class MLServe:
         log.info("state in %s (database %s)", settings.home, _redact(settings.database_url))
         if settings.embedded_triton:
             await self._start_embedded_triton(domain)
+        await domain.router.reload()
         await domain.fleet.refresh_all()
         await self._update_health()
+        if settings.metrics_listen:
+            host, _, port = settings.metrics_listen.rpartition(":")
+            start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
+            log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
         self._watch = asyncio.create_task(self._watch_fleet(), name="fleet-watch")
 
     @property
@@ -126,6 +143,7 @@ class MLServe:
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
+            await self._domain.stats.flush()
             await self._domain.fleet.close()
         if self._triton is not None:
             await self._triton.stop()
@@ -144,14 +162,16 @@ class MLServe:
             ],
         )
         model_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(domain.catalog, domain.uploads), server
+            ModelService(domain.catalog, domain.uploads, domain.stats), server
         )
         server_pb2_grpc.add_ServerServiceServicer_to_server(ServerService(domain.fleet), server)
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(domain.deployments), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable(server, [*MANAGEMENT_SERVICES, health.SERVICE_NAME])
+        gateway = InferenceGateway(domain.router, domain.fleet, domain.deployments, domain.stats)
+        server.add_generic_rpc_handlers((gateway.handler(),))
+        reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
 
     async def _start_embedded_triton(self, domain: Domain) -> None:
@@ -171,6 +191,7 @@ class MLServe:
             try:
                 await self._domain.fleet.refresh_all()
                 await self._update_health()
+                await self._domain.stats.flush()
             except Exception:
                 log.exception("fleet health round failed")
 
@@ -184,7 +205,7 @@ class MLServe:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", *MANAGEMENT_SERVICES):
+        for service in ("", *SERVICES):
             await self._health.set(service, status)
 
 

@@ -25,8 +25,10 @@ class Settings:
     """Start a Triton on the repository and register it as 'local'."""
     max_upload_bytes: int = 64 * 1024**3
     """Largest model version accepted, in bytes (RESOURCE_EXHAUSTED above)."""
-    max_message_bytes: int = 64 * 1024**2
-    """Largest single gRPC message accepted or sent."""
+    max_message_bytes: int = 2**31 - 1
+    """Largest single gRPC message accepted or sent; by default what Triton accepts."""
+    metrics_listen: str = ""
+    """host:port for Prometheus metrics over HTTP; empty means off."""
     health_interval: float = 2.0
     """Seconds between health checks of every Triton."""
     shutdown_grace: float = 10.0

@@ -17,7 +17,7 @@ from playhouse.db_url import connect as connect_url
 
 database = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> dt.datetime:
@@ -131,6 +131,19 @@ class DeploymentTarget(BaseModel):
         indexes = ((("deployment", "server"), True),)
 
 
+class InferenceCount(BaseModel):
+    """Inferences served per model version, flushed from memory every few seconds."""
+
+    model = pw.CharField(max_length=128)
+    version = pw.BigIntegerField()
+    count = pw.BigIntegerField(default=0)
+    failures = pw.BigIntegerField(default=0)
+    last_time = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("model", "version"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -142,11 +155,19 @@ TABLES: list[type[BaseModel]] = [
     Server,
     Deployment,
     DeploymentTarget,
+    InferenceCount,
 ]
+
 
 # MIGRATIONS[n] brings a database from schema version n to n + 1. Later
 # issues append here (playhouse.migrate); never edit an entry once released.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {}
+def _add_inference_counts(db: pw.Database) -> None:
+    db.create_tables([InferenceCount])
+
+
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
+    1: _add_inference_counts,
+}
 
 
 def connect(url: str) -> pw.Database:

@@ -49,8 +49,8 @@ def generate(output: Path) -> None:
             f"--plugin=protoc-gen-mypy_grpc={_BIN / 'protoc-gen-mypy_grpc'}",
             f"--python_out={scratch}",
             f"--grpc_python_out={scratch}",
-            f"--mypy_out={scratch}",
-            f"--mypy_grpc_out={scratch}",
+            f"--mypy_out=quiet:{scratch}",
+            f"--mypy_grpc_out=quiet:{scratch}",
             # Descriptors with comments, so reflection (grpcurl describe) shows the docs.
             f"--descriptor_set_out={scratch}/{DESCRIPTOR_SET}",
             "--include_source_info",

@@ -9,8 +9,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mlserve.catalog import FileSpec, ModelFields, ModelRecord, VersionRecord
 from mlserve.deployments import DeploymentRecord
 from mlserve.fleet import ServerFields, ServerRecord
+from mlserve.stats import UsageRecord
 from mlserve.uploads import Chunk, UploadHeader, UploadRecord
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+
+_NO_USAGE = UsageRecord()
 
 
 def timestamp(value: dt.datetime | None) -> Timestamp | None:
@@ -21,8 +24,11 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
     return stamp
 
 
-def model(record: ModelRecord) -> model_pb2.Model:
+def model(record: ModelRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.Model:
     return model_pb2.Model(
+        inference_count=usage.count,
+        inference_failures=usage.failures,
+        last_inference_time=timestamp(usage.last_time),
         name=record.name,
         description=record.description,
         tags=record.tags,
@@ -44,8 +50,11 @@ def file_manifest(spec: FileSpec) -> model_pb2.FileManifest:
     return model_pb2.FileManifest(path=spec.path, size=spec.size, sha256=spec.sha256)
 
 
-def version(record: VersionRecord) -> model_pb2.ModelVersion:
+def version(record: VersionRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.ModelVersion:
     return model_pb2.ModelVersion(
+        inference_count=usage.count,
+        inference_failures=usage.failures,
+        last_inference_time=timestamp(usage.last_time),
         model=record.model,
         version=record.version,
         sha256=record.sha256,

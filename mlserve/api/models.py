@@ -9,6 +9,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
 from mlserve.catalog import Catalog
+from mlserve.stats import InferenceStats
 from mlserve.uploads import Chunk, UploadHeader, Uploads
 from mlserve_api.v1 import model_pb2, model_pb2_grpc
 
@@ -16,9 +17,10 @@ Context = Any
 
 
 class ModelService(model_pb2_grpc.ModelServiceServicer):
-    def __init__(self, catalog: Catalog, uploads: Uploads) -> None:
+    def __init__(self, catalog: Catalog, uploads: Uploads, stats: InferenceStats) -> None:
         self.catalog = catalog
         self.uploads = uploads
+        self.stats = stats
 
     async def CreateModel(
         self, request: model_pb2.CreateModelRequest, context: Context
@@ -31,7 +33,8 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
     async def GetModel(
         self, request: model_pb2.GetModelRequest, context: Context
     ) -> model_pb2.Model:
-        return convert.model(await self.catalog.get_model(request.name))
+        record = await self.catalog.get_model(request.name)
+        return convert.model(record, await self.stats.usage(record.name))
 
     async def ListModels(
         self, request: model_pb2.ListModelsRequest, context: Context
@@ -84,7 +87,8 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
     async def GetModelVersion(
         self, request: model_pb2.GetModelVersionRequest, context: Context
     ) -> model_pb2.ModelVersion:
-        return convert.version(await self.catalog.get_version(request.model, request.version))
+        record = await self.catalog.get_version(request.model, request.version)
+        return convert.version(record, await self.stats.usage(record.model, record.version))
 
     async def DeleteModelVersion(
         self, request: model_pb2.DeleteModelVersionRequest, context: Context

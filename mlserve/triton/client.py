@@ -39,6 +39,7 @@ _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_
 # Index states that mean a version still occupies the server.
 _RESIDENT_STATES = frozenset({"READY", "UNLOADING", "LOADING"})
 _UNLOAD_POLL_INTERVAL = 0.05
+_SERVICE = "inference.GRPCInferenceService"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class TritonClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._raw: dict[tuple[str, str], Any] = {}  # raw callables on the current channel
 
     @property
     def name(self) -> str:
@@ -197,6 +199,27 @@ class TritonClient:
         )
         return any(e.name == model and e.state in _RESIDENT_STATES for e in entries.models)
 
+    def raw_unary(self, method: str) -> Any:
+        """A bytes-in, bytes-out callable for one unary method of Triton's service.
+
+        The gateway forwards requests and responses as the bytes it received,
+        so tensors are never parsed or re-serialised on the way through.
+        """
+        return self._raw_callable("unary_unary", method)
+
+    def raw_stream(self, method: str) -> Any:
+        """A bytes-in, bytes-out callable for a bidirectional streaming method."""
+        return self._raw_callable("stream_stream", method)
+
+    def _raw_callable(self, kind: str, method: str) -> Any:
+        self._stub_for_running_loop()
+        callable_ = self._raw.get((kind, method))
+        if callable_ is None:
+            factory = getattr(self._channel, kind)
+            callable_ = factory(f"/{_SERVICE}/{method}", None, None)
+            self._raw[(kind, method)] = callable_
+        return callable_
+
     async def _call(self, method: str, request: Any, timeout: float) -> Any:
         stub = self._stub_for_running_loop()
         return await getattr(stub, method)(request, timeout=timeout)
@@ -209,6 +232,7 @@ class TritonClient:
         if self._channel is None or self._loop is not loop:
             self._channel = grpc.aio.insecure_channel(self._address, options=_CHANNEL_OPTIONS)
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+            self._raw.clear()
             self._loop = loop
         return self._stub
 

@@ -79,6 +79,9 @@ class Model(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     VERSION_COUNT_FIELD_NUMBER: _builtins.int
+    INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
+    INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters,
     not starting with '.'. Used as the Triton model name.
@@ -89,6 +92,10 @@ class Model(_message.Message):
     """The highest version number, 0 while the model has none. Output only."""
     version_count: _builtins.int
     """How many versions the model has. Output only."""
+    inference_count: _builtins.int
+    """Inferences routed to any version of the model by the gateway. Output only."""
+    inference_failures: _builtins.int
+    """Of those, how many failed. Output only."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags for finding the model; each at most 64 characters."""
@@ -105,6 +112,10 @@ class Model(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the model's metadata last changed. Output only."""
 
+    @_builtins.property
+    def last_inference_time(self) -> _timestamp_pb2.Timestamp:
+        """When the model last served an inference. Output only."""
+
     def __init__(
         self,
         *,
@@ -116,10 +127,13 @@ class Model(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         latest_version: _builtins.int = ...,
         version_count: _builtins.int = ...,
+        inference_count: _builtins.int = ...,
+        inference_failures: _builtins.int = ...,
+        last_inference_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "labels", b"labels", "latest_version", b"latest_version", "name", b"name", "tags", b"tags", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "tags", b"tags", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,6 +213,9 @@ class ModelVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
+    INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of the model this version belongs to."""
     version: _builtins.int
@@ -213,6 +230,10 @@ class ModelVersion(_message.Message):
     """The version's Triton config.pbtxt text, with name set to the model's."""
     upload_id: _builtins.str
     """The upload that created this version."""
+    inference_count: _builtins.int
+    """Inferences routed to this version by the gateway. Output only."""
+    inference_failures: _builtins.int
+    """Of those, how many failed. Output only."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileManifest]:
         """Every file of the version, ordered by path."""
@@ -220,6 +241,10 @@ class ModelVersion(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the version was committed."""
+
+    @_builtins.property
+    def last_inference_time(self) -> _timestamp_pb2.Timestamp:
+        """When this version last served an inference. Output only."""
 
     def __init__(
         self,
@@ -232,10 +257,13 @@ class ModelVersion(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         config: _builtins.str = ...,
         upload_id: _builtins.str = ...,
+        inference_count: _builtins.int = ...,
+        inference_failures: _builtins.int = ...,
+        last_inference_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "files", b"files", "model", b"model", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "files", b"files", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "last_inference_time", b"last_inference_time", "model", b"model", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

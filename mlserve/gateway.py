@@ -1,0 +1,125 @@
+"""The gateway's routing: which Triton serves a model right now.
+
+Routes are the deployments whose target on a server loaded successfully,
+kept in memory and reloaded whenever a deployment or a server's health
+changes, so choosing a replica is a dictionary lookup. Among a model's ready
+replicas the one with the fewest requests in flight wins (ties rotate): with
+Python-backend models whose latency varies, least-outstanding keeps a slow
+replica from piling up a queue that round robin would keep feeding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mlserve import store
+from mlserve.aio import in_thread
+from mlserve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mlserve.fleet import READY, Fleet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    model: str
+    version: int
+    servers: tuple[str, ...]  # targets whose load succeeded
+
+
+@dataclass(frozen=True)
+class Choice:
+    server: str
+    version: int
+
+
+class Router:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._routes: dict[str, Route] = {}
+        self._outstanding: defaultdict[str, int] = defaultdict(int)
+        self._turn = itertools.count()
+
+    async def reload(self) -> None:
+        """Read the routes from the store (call after any deployment change)."""
+        self._routes = await in_thread(_load_routes)()
+
+    def routes(self) -> list[Route]:
+        return sorted(self._routes.values(), key=lambda route: route.model)
+
+    def route(self, model: str) -> Route | None:
+        return self._routes.get(model)
+
+    async def choose(
+        self, model: str, version: str, exclude: frozenset[str] = frozenset()
+    ) -> Choice:
+        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to."""
+        route = self._routes.get(model)
+        if route is None:
+            await self._explain_missing(model)
+        assert route is not None
+        if version and version != str(route.version):
+            if not version.isdigit():
+                raise InvalidArgument(f"model_version {version!r} is not a version number")
+            raise FailedPrecondition(
+                f"version {version} of model {model!r} is not deployed; "
+                f"version {route.version} is (leave model_version empty to use it)"
+            )
+        ready = [
+            server
+            for server in route.servers
+            if server not in exclude and self.fleet.status(server).state == READY
+        ]
+        if not ready:
+            raise Unavailable(
+                f"no replica of model {model!r} is reachable "
+                f"(deployed on: {', '.join(route.servers) or 'none loaded'})"
+            )
+        if len(ready) == 1:
+            return Choice(ready[0], route.version)
+        # Rotate the starting point so equal loads take turns.
+        start = next(self._turn) % len(ready)
+        rotated = ready[start:] + ready[:start]
+        return Choice(min(rotated, key=self._outstanding.__getitem__), route.version)
+
+    @contextmanager
+    def in_flight(self, server: str) -> Iterator[None]:
+        self._outstanding[server] += 1
+        try:
+            yield
+        finally:
+            self._outstanding[server] -= 1
+
+    async def _explain_missing(self, model: str) -> None:
+        exists = await in_thread(
+            lambda: store.Model.select().where(store.Model.name == model).exists()
+        )()
+        if not exists:
+            raise NotFound(f"model {model!r} does not exist")
+        raise FailedPrecondition(
+            f"model {model!r} is not deployed: deploy it first (mlserve deploy {model})"
+        )
+
+
+def _load_routes() -> dict[str, Route]:
+    rows = (
+        store.DeploymentTarget.select(store.DeploymentTarget, store.Deployment, store.Server)
+        .join_from(store.DeploymentTarget, store.Deployment)
+        .join_from(store.DeploymentTarget, store.Server)
+        .order_by(store.Deployment.name, store.DeploymentTarget.position)
+    )
+    servers: defaultdict[str, list[str]] = defaultdict(list)
+    versions: dict[str, int] = {}
+    for row in rows:
+        versions[row.deployment.name] = row.deployment.version
+        if row.state == READY:
+            servers[row.deployment.name].append(row.server.name)
+    return {
+        name: Route(name, version, tuple(servers.get(name, ())))
+        for name, version in versions.items()
+    }

@@ -1,0 +1,100 @@
+"""Inference counts per model version: in memory on the hot path, flushed to
+the store every few seconds (so every replica's counts add up there), and
+exported as Prometheus metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import peewee as pw
+from prometheus_client import CollectorRegistry, Counter
+
+from mlserve import store
+from mlserve.aio import in_thread
+
+
+@dataclass
+class _Pending:
+    count: int = 0
+    failures: int = 0
+    last_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    count: int = 0
+    failures: int = 0
+    last_time: dt.datetime | None = None
+
+
+@dataclass
+class InferenceStats:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self._pending: defaultdict[tuple[str, int], _Pending] = defaultdict(_Pending)
+        self._requests = Counter(
+            "mlserve_inference_requests",
+            "Inference requests routed by the gateway",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+
+    def record(self, model: str, version: int, ok: bool) -> None:
+        pending = self._pending[(model, version)]
+        pending.count += 1
+        if not ok:
+            pending.failures += 1
+        pending.last_time = store.utcnow()
+        self._requests.labels(model, str(version), "ok" if ok else "error").inc()
+
+    @in_thread
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the store."""
+        pending, self._pending = self._pending, defaultdict(_Pending)
+        for (model, version), counts in pending.items():
+            _add(model, version, counts)
+
+    @in_thread
+    def usage(self, model: str, version: int | None = None) -> UsageRecord:
+        """Counts for one version, or summed over all versions when ``version`` is None."""
+        query = store.InferenceCount.select(
+            pw.fn.SUM(store.InferenceCount.count),
+            pw.fn.SUM(store.InferenceCount.failures),
+            pw.fn.MAX(store.InferenceCount.last_time),
+        ).where(store.InferenceCount.model == model)
+        if version is not None:
+            query = query.where(store.InferenceCount.version == version)
+        count, failures, last_time = query.scalar(as_tuple=True)
+        return UsageRecord(int(count or 0), int(failures or 0), _as_datetime(last_time))
+
+
+def _add(model: str, version: int, counts: _Pending) -> None:
+    table = store.InferenceCount
+    with store.database.atomic():
+        updated = (
+            table.update(
+                count=table.count + counts.count,
+                failures=table.failures + counts.failures,
+                last_time=counts.last_time,
+            )
+            .where((table.model == model) & (table.version == version))
+            .execute()
+        )
+        if not updated:
+            table.create(
+                model=model,
+                version=version,
+                count=counts.count,
+                failures=counts.failures,
+                last_time=counts.last_time,
+            )
+
+
+def _as_datetime(value: object) -> dt.datetime | None:
+    # SQLite hands MAX() of a datetime column back as text.
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
