@@ -13,8 +13,8 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import peewee as pw
@@ -22,7 +22,14 @@ import peewee as pw
 from mlserve import modelconfig, store
 from mlserve.aio import in_thread
 from mlserve.catalog import Page, VersionRecord, find_version
-from mlserve.errors import AlreadyExists, InvalidArgument, MLServeError, NotFound, Unavailable
+from mlserve.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MLServeError,
+    NotFound,
+    Unavailable,
+)
 from mlserve.fleet import READY, Fleet
 from mlserve.names import check_name
 from mlserve.paging import PageTokens, page_size
@@ -37,6 +44,15 @@ UNREACHABLE = "UNREACHABLE"
 _SEVERITY = [FAILED, UNREACHABLE, PENDING, READY]
 DEFAULT_SERVER = "local"
 UPDATABLE_DEPLOYMENT_FIELDS = frozenset({"version", "servers"})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a deployment should go: named servers, or a count and a label selector."""
+
+    servers: Sequence[str] = ()
+    replicas: int = 0
+    selector: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,13 +98,13 @@ class Deployments:
         for listener in self._listeners:
             await listener()
 
-    async def create(self, model: str, version: int, servers: Sequence[str]) -> DeploymentRecord:
+    async def create(self, model: str, version: int, placement: Placement) -> DeploymentRecord:
         async with self._locks[model]:
             if await in_thread(_deployment_row_or_none)(model) is not None:
                 raise AlreadyExists(
                     f"model {model!r} is already deployed; use UpdateDeployment to change it"
                 )
-            return await self._apply(model, version, servers)
+            return await self._apply(model, version, placement)
 
     async def update(
         self,
@@ -103,12 +119,12 @@ class Deployments:
             if current is None:
                 if not allow_missing:
                     raise NotFound(f"model {name!r} is not deployed")
-                return await self._apply(name, version or 0, servers or ())
+                return await self._apply(name, version or 0, Placement(servers or ()))
             record = await in_thread(_record)(current)
             return await self._apply(
                 name,
                 record.version if version is None else version,
-                record.servers if servers is None else servers,
+                Placement(record.servers if servers is None else servers),
             )
 
     async def get(self, name: str) -> DeploymentRecord:
@@ -149,7 +165,7 @@ class Deployments:
             servers = [] if current is None else (await in_thread(_record)(current)).servers
             if server not in servers:
                 servers.append(server)
-            return await self._apply(model, version, servers)
+            return await self._apply(model, version, Placement(servers))
 
     async def unload_model(self, model: str, server: str) -> None:
         record = await self.get(model)
@@ -160,7 +176,7 @@ class Deployments:
             await self.delete(model)
             return
         async with self._locks[model]:
-            await self._apply(model, record.version, remaining)
+            await self._apply(model, record.version, Placement(remaining))
 
     # --- reconciling --------------------------------------------------------
 
@@ -190,11 +206,11 @@ class Deployments:
 
     # --- the work -----------------------------------------------------------
 
-    async def _apply(self, model: str, version: int, servers: Sequence[str]) -> DeploymentRecord:
+    async def _apply(self, model: str, version: int, placement: Placement) -> DeploymentRecord:
         """Record the desired state and make the servers match; caller holds the lock."""
         check_name(model, "model name")
         target = await in_thread(find_version)(model, version)
-        servers = await self._resolve_servers(servers)
+        servers = await self._place(placement)
         for server in servers:
             client = await self.fleet.client(server)
             if not await client.is_ready():
@@ -205,18 +221,25 @@ class Deployments:
         previous = await in_thread(_write_desired)(model, target.version, servers)
         for server in sorted(set(previous) - set(servers)):
             await self._unload_quietly(model, server)
-        for server in servers:
-            await self._load_on(model, model, target.version, server)
+        await asyncio.gather(
+            *(self._load_on(model, model, target.version, server) for server in servers)
+        )
         await self._changed()
         return await self.get(model)
 
-    async def _resolve_servers(self, servers: Sequence[str]) -> list[str]:
+    async def _place(self, placement: Placement) -> list[str]:
+        """The servers a deployment goes on: named, chosen by replicas/selector, or the default."""
+        servers = placement.servers
         if servers:
             if len(set(servers)) != len(servers):
                 raise InvalidArgument("servers lists a server twice")
             for server in servers:
                 await self.fleet.client(server)  # NotFound for unknown names
             return list(servers)
+        if placement.replicas < 0:
+            raise InvalidArgument(f"replicas must not be negative, got {placement.replicas}")
+        if placement.replicas or placement.selector:
+            return await self._choose_servers(placement)
         names = await self.fleet.names()
         if DEFAULT_SERVER in names:
             return [DEFAULT_SERVER]
@@ -226,6 +249,23 @@ class Deployments:
             "name the servers to deploy on: there is no 'local' server and "
             f"{len(names)} are registered"
         )
+
+    async def _choose_servers(self, placement: Placement) -> list[str]:
+        """Ready servers matching the selector first, the least used among them first."""
+        selector = placement.selector.items()
+        candidates = [
+            server for server in await self.fleet.servers() if selector <= server.labels.items()
+        ]
+        usage = await in_thread(_targets_per_server)()
+        candidates.sort(key=lambda s: (s.status.state != READY, usage.get(s.name, 0), s.name))
+        wanted = placement.replicas or len(candidates)
+        described = ",".join(f"{k}={v}" for k, v in sorted(placement.selector.items()))
+        if not candidates or wanted > len(candidates):
+            raise FailedPrecondition(
+                f"{wanted or 1} replica(s) wanted but {len(candidates)} registered server(s) "
+                f"match {described or 'any labels'}"
+            )
+        return [server.name for server in candidates[:wanted]]
 
     async def _load_on(self, name: str, model: str, version: int, server: str) -> None:
         record = await in_thread(find_version)(model, version)
@@ -245,7 +285,7 @@ class Deployments:
         config = modelconfig.for_version(
             modelconfig.parse(record.config, record.model), record.version
         )
-        files = None if row.embedded else await in_thread(self._files_to_push)(record)
+        files = None if row.shares_repository else await in_thread(self._files_to_push)(record)
         await client.load(record.model, config_json=modelconfig.to_json(config), files=files)
 
     def _files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
@@ -315,6 +355,17 @@ def _set_target(name: str, server: str, state: str, message: str) -> None:
         (store.DeploymentTarget.deployment == deployment)
         & (store.DeploymentTarget.server == server_row)
     ).execute()
+
+
+def _targets_per_server() -> dict[str, int]:
+    query = (
+        store.DeploymentTarget.select(store.Server.name, pw.fn.COUNT(store.DeploymentTarget.server))
+        .join(store.Server)
+        .group_by(store.Server.name)
+        .tuples()
+    )
+    rows: list[tuple[str, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
+    return dict(rows)
 
 
 def _set_targets_on_server(server: str, state: str, message: str) -> None:

@@ -37,7 +37,7 @@ UNCHECKED = "UNSPECIFIED"
 
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
-UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels"})
+UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels", "shares_repository"})
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class ServerRecord:
     description: str
     labels: dict[str, str]
     embedded: bool
+    shares_repository: bool
     create_time: dt.datetime
     status: ServerStatus
 
@@ -64,6 +65,7 @@ class ServerFields:
     address: str = ""
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    shares_repository: bool = False
 
 
 ChangeCallback = Callable[[str, str], Awaitable[None]]
@@ -112,6 +114,7 @@ class Fleet:
                 description=fields.description,
                 labels=labels,
                 embedded=embedded,
+                shares_repository=embedded or fields.shares_repository,
             )
         except pw.IntegrityError:
             raise AlreadyExists(f"server {name!r} is already registered") from None
@@ -164,6 +167,8 @@ class Fleet:
                 row.description = fields.description
             if "labels" in mask:
                 row.labels = json.dumps(dict(sorted(fields.labels.items())))
+            if "shares_repository" in mask:
+                row.shares_repository = fields.shares_repository
             row.save()
             return row
 
@@ -230,6 +235,11 @@ class Fleet:
                 await callback(name, status.state)
         return status
 
+    async def servers(self) -> list[ServerRecord]:
+        """Every registered server with its last observed status."""
+        rows = await in_thread(lambda: list(store.Server.select().order_by(store.Server.name)))()
+        return [self._record(row) for row in rows]
+
     async def names(self) -> list[str]:
         def fetch() -> list[str]:
             return [row.name for row in store.Server.select(store.Server.name)]
@@ -272,6 +282,7 @@ class Fleet:
             description=row.description,
             labels=json.loads(row.labels),
             embedded=row.embedded,
+            shares_repository=row.shares_repository,
             create_time=row.create_time,
             status=self.status(row.name),
         )

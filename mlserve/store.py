@@ -14,10 +14,12 @@ from typing import Any
 
 import peewee as pw
 from playhouse.db_url import connect as connect_url
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as migrate_schema
 
 database = pw.DatabaseProxy()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> dt.datetime:
@@ -106,6 +108,7 @@ class Server(BaseModel):
     description = pw.TextField(default="")
     labels = pw.TextField(default="{}")
     embedded = pw.BooleanField(default=False)
+    shares_repository = pw.BooleanField(default=False)
     create_time = pw.DateTimeField(default=utcnow)
 
 
@@ -165,8 +168,16 @@ def _add_inference_counts(db: pw.Database) -> None:
     db.create_tables([InferenceCount])
 
 
+def _add_shares_repository(db: pw.Database) -> None:
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(migrator.add_column("server", "shares_repository", Server.shares_repository))
+    # The embedded Triton has always read the repository directly.
+    Server.update(shares_repository=True).where(Server.embedded == True).execute()  # noqa: E712
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
+    2: _add_shares_repository,
 }
 
 

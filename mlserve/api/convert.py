@@ -127,12 +127,16 @@ def server(record: ServerRecord) -> server_pb2.Server:
         create_time=timestamp(record.create_time),
         embedded=record.embedded,
         status_message=status.message,
+        shares_repository=record.shares_repository,
     )
 
 
 def server_fields(message: server_pb2.Server) -> ServerFields:
     return ServerFields(
-        address=message.address, description=message.description, labels=dict(message.labels)
+        address=message.address,
+        description=message.description,
+        labels=dict(message.labels),
+        shares_repository=message.shares_repository,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
-from mlserve.deployments import UPDATABLE_DEPLOYMENT_FIELDS, Deployments
+from mlserve.deployments import UPDATABLE_DEPLOYMENT_FIELDS, Deployments, Placement
 from mlserve.errors import InvalidArgument
 from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
 
@@ -24,7 +24,8 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
         wanted = request.deployment
         if wanted.name and wanted.name != wanted.model:
             raise InvalidArgument("a deployment is named after its model: leave name empty")
-        record = await self.deployments.create(wanted.model, wanted.version, list(wanted.servers))
+        placement = Placement(list(wanted.servers), wanted.replicas, dict(wanted.server_selector))
+        record = await self.deployments.create(wanted.model, wanted.version, placement)
         return convert.deployment(record)
 
     async def GetDeployment(

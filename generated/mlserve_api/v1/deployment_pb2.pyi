@@ -95,6 +95,26 @@ class Deployment(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ServerSelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -103,6 +123,8 @@ class Deployment(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    SERVER_SELECTOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name: the model's name (one deployment per model)."""
     model: _builtins.str
@@ -113,10 +135,15 @@ class Deployment(_message.Message):
     """READY when every target is READY, FAILED when any failed, else the
     worst target state. Output only.
     """
+    replicas: _builtins.int
+    """How many servers to place the model on when servers is empty; 0 means
+    every server server_selector matches. Input only.
+    """
     @_builtins.property
     def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the servers to load it on; empty at create means every
-        registered server when only one exists, else "local".
+        """Names of the servers to load it on. Empty at create means: chosen by
+        replicas and server_selector when either is set, else "local" (or the
+        only registered server).
         """
 
     @_builtins.property
@@ -131,6 +158,12 @@ class Deployment(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the desired state last changed. Output only."""
 
+    @_builtins.property
+    def server_selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only servers carrying all these labels (e.g. zone=a) are chosen when
+        servers is empty. Input only.
+        """
+
     def __init__(
         self,
         *,
@@ -142,10 +175,12 @@ class Deployment(_message.Message):
         state: Global___DeploymentState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        replicas: _builtins.int = ...,
+        server_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "model", b"model", "name", b"name", "servers", b"servers", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "model", b"model", "name", b"name", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,6 +119,7 @@ class Server(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EMBEDDED_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    SHARES_REPOSITORY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters."""
     address: _builtins.str
@@ -131,6 +132,12 @@ class Server(_message.Message):
     """True for the Triton that MLServe itself started. Output only."""
     status_message: _builtins.str
     """Why the server is not READY, when it is not. Output only."""
+    shares_repository: _builtins.bool
+    """True when this Triton reads MLServe's repository directory (or bucket)
+    itself: versions are loaded by name ("shared" placement). False: the
+    config and files are pushed in each load request ("push" placement), so
+    the Triton needs no shared storage.
+    """
     @_builtins.property
     def loaded_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoadedModel]:
         """Model versions the server reports, ready or not. Output only."""
@@ -160,10 +167,11 @@ class Server(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         embedded: _builtins.bool = ...,
         status_message: _builtins.str = ...,
+        shares_repository: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_health_time", b"last_health_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "state", b"state", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
