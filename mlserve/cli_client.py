@@ -1,9 +1,445 @@
-"""Client commands of ``mlserve`` (models, deploy, servers); filled in next."""
+"""Client commands of ``mlserve``: models, deploy/undeploy, servers, deployments.
+
+Each command talks to a running MLServe through :class:`mlserve_client.Client`; the
+address and key default to $MLSERVE_ADDRESS and ``<home>/admin.key``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timezone
+from pathlib import Path
+from typing import NoReturn, TypeAlias
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from tqdm import tqdm
+
+from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+from mlserve_client import DEFAULT_ADDRESS, Client, ClientError
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Command = Callable[[Client, argparse.Namespace], int]
+
+_TROUBLED_DEPLOYMENT = {
+    deployment_pb2.DEPLOYMENT_STATE_FAILED,
+    deployment_pb2.DEPLOYMENT_STATE_UNREACHABLE,
+}
 
 
-def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    del commands
+def add_client_commands(commands: Subcommands) -> None:
+    connection = _connection_options()
+    _add_model_commands(commands, connection)
+    _add_deploy_commands(commands, connection)
+    _add_server_commands(commands, connection)
+    _add_deployment_commands(commands, connection)
+
+
+# --- wiring -----------------------------------------------------------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--address",
+        default=os.environ.get("MLSERVE_ADDRESS", DEFAULT_ADDRESS),
+        help="MLServe's host:port (default: $MLSERVE_ADDRESS or %(default)s)",
+    )
+    options.add_argument("--key", help="API key (default: read from <home>/admin.key)")
+    options.add_argument("--ca", type=Path, help="CA certificate (PEM) to connect with TLS")
+    return options
+
+
+def _group(commands: Subcommands, name: str, help_text: str) -> Subcommands:
+    group = commands.add_parser(name, help=help_text, description=help_text)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def _command(
+    group: Subcommands,
+    name: str,
+    run: Command,
+    help_text: str,
+    connection: argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, help=help_text, description=help_text, parents=[connection])
+    parser.set_defaults(run=_connected(run))
+    return parser
+
+
+def _connected(run: Command) -> Callable[[argparse.Namespace], int]:
+    """Run a command with a client; turn failures into one line on stderr and exit code 1."""
+
+    def connected(args: argparse.Namespace) -> int:
+        try:
+            with Client(args.address, args.key, home=args.home, ca=args.ca) as client:
+                return run(client, args)
+        except grpc.RpcError as error:
+            return _fail(_rpc_error_text(error))
+        except (ClientError, OSError, ValueError) as error:
+            return _fail(str(error))
+
+    return connected
+
+
+def _rpc_error_text(error: grpc.RpcError) -> str:
+    if isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+# --- models -----------------------------------------------------------------
+
+
+def _add_model_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    models = _group(commands, "models", "upload, list, download and delete models")
+    upload = _command(
+        models, "upload", _upload, "upload a model folder as a new version", connection
+    )
+    upload.add_argument("dir", type=Path, help="Triton model directory or flat folder of files")
+    upload.add_argument("--name", required=True, help="model name")
+    upload.add_argument("--version-dir", help="which version folder to upload (default: highest)")
+    upload.add_argument("--upload-id", help="resume id (default: derived from name and content)")
+    _command(models, "list", _list_models, "list every model", connection)
+    for name, run, help_text in (
+        ("get", _get_model, "show one model"),
+        ("delete", _delete_model, "delete a model and all of its versions"),
+        ("versions", _list_versions, "list a model's versions"),
+    ):
+        _command(models, name, run, help_text, connection).add_argument("name", help="model name")
+    download = _command(models, "download", _download, "download a version's files", connection)
+    download.add_argument("name")
+    download.add_argument("dest", type=Path, help="folder to write the files and config.pbtxt to")
+    download.add_argument("--version", type=int, default=0, help="version (default: latest)")
+    delete_version = _command(
+        models, "delete-version", _delete_version, "delete one version", connection
+    )
+    delete_version.add_argument("name")
+    delete_version.add_argument("version", type=int)
+
+
+def _upload(client: Client, args: argparse.Namespace) -> int:
+    try:
+        with contextlib.closing(_ByteProgressBar(args.name)) as bar:
+            version = client.upload(
+                args.dir,
+                args.name,
+                version_dir=args.version_dir,
+                upload_id=args.upload_id,
+                progress=bar,
+            )
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume the upload")
+    print(
+        f"model {version.model} version {version.version}  sha256 {version.sha256}  "
+        f"{version.size_bytes} bytes"
+    )
+    return 0
+
+
+class _ByteProgressBar:
+    """A tqdm bar on stderr, opened on the first report, when the total is known."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: tqdm[NoReturn] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = self._open(done, total)
+        self.bar.update(done - self.bar.n)
+
+    def _open(self, done: int, total: int) -> tqdm[NoReturn]:
+        return tqdm(
+            desc=self.description,
+            total=total,
+            initial=done,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _list_models(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("NAME", "LATEST", "VERSIONS", "TAGS", "DESCRIPTION"),
+        (
+            (
+                model.name,
+                str(model.latest_version or "-"),
+                str(model.version_count),
+                ",".join(model.tags) or "-",
+                " ".join(model.description.split()),
+            )
+            for model in client.list_models()
+        ),
+    )
+    return 0
+
+
+def _get_model(client: Client, args: argparse.Namespace) -> int:
+    model = client.models.GetModel(model_pb2.GetModelRequest(name=args.name))
+    _print_fields(
+        ("name", model.name),
+        ("description", model.description),
+        ("tags", ", ".join(model.tags)),
+        ("labels", _labels(model.labels)),
+        ("latest version", str(model.latest_version or "-")),
+        ("versions", str(model.version_count)),
+        ("created", _when(model.create_time)),
+        ("updated", _when(model.update_time)),
+    )
+    return 0
+
+
+def _delete_model(client: Client, args: argparse.Namespace) -> int:
+    client.models.DeleteModel(model_pb2.DeleteModelRequest(name=args.name))
+    print(f"deleted model {args.name}")
+    return 0
+
+
+def _list_versions(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("VERSION", "BYTES", "FILES", "SHA256", "CREATED"),
+        (
+            (
+                str(version.version),
+                str(version.size_bytes),
+                str(len(version.files)),
+                version.sha256,
+                _when(version.create_time),
+            )
+            for version in client.list_versions(args.name)
+        ),
+    )
+    return 0
+
+
+def _download(client: Client, args: argparse.Namespace) -> int:
+    version = client.download(args.name, args.version, args.dest)
+    print(
+        f"model {version.model} version {version.version}  {len(version.files)} files  "
+        f"{version.size_bytes} bytes  -> {args.dest}"
+    )
+    return 0
+
+
+def _delete_version(client: Client, args: argparse.Namespace) -> int:
+    request = model_pb2.DeleteModelVersionRequest(model=args.name, version=args.version)
+    client.models.DeleteModelVersion(request)
+    print(f"deleted model {args.name} version {args.version}")
+    return 0
+
+
+# --- deploy / undeploy ------------------------------------------------------
+
+
+def _add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    deploy = _command(
+        commands, "deploy", _deploy, "deploy a model version (create or update)", connection
+    )
+    deploy.add_argument("name", help="model name")
+    deploy.add_argument("--version", type=int, default=0, help="version (default: latest)")
+    deploy.add_argument(
+        "--server",
+        dest="servers",
+        metavar="SERVER",
+        action="append",
+        help="server to load it on; repeat for several (default: keep, or 'local' when new)",
+    )
+    undeploy = _command(
+        commands, "undeploy", _undeploy, "unload a model and delete its deployment", connection
+    )
+    undeploy.add_argument("name", help="model name")
+
+
+def _deploy(client: Client, args: argparse.Namespace) -> int:
+    deployment = client.deploy(args.name, args.version, args.servers)
+    _print_deployment(deployment)
+    if deployment.state in _TROUBLED_DEPLOYMENT:
+        return _fail(f"deployment {deployment.name} is {_deployment_state(deployment.state)}")
+    return 0
+
+
+def _undeploy(client: Client, args: argparse.Namespace) -> int:
+    client.deployments.DeleteDeployment(deployment_pb2.DeleteDeploymentRequest(name=args.name))
+    print(f"undeployed {args.name}")
+    return 0
+
+
+# --- servers ----------------------------------------------------------------
+
+
+def _add_server_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    servers = _group(commands, "servers", "register, list and delete Triton servers")
+    _command(servers, "list", _list_servers, "list every server", connection)
+    register = _command(
+        servers, "register", _register_server, "register a Triton by gRPC address", connection
+    )
+    register.add_argument("name")
+    register.add_argument("address", help="host:port of Triton's gRPC endpoint")
+    register.add_argument(
+        "--label", dest="labels", action="append", type=_label, default=[], help="k=v, repeatable"
+    )
+    register.add_argument("--description", default="")
+    delete = _command(servers, "delete", _delete_server, "forget a server", connection)
+    delete.add_argument("name")
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is key=value, not {text!r}")
+    return key, value
+
+
+def _list_servers(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("NAME", "ADDRESS", "STATE", "MODELS", "LAST HEALTH"),
+        (
+            (
+                server.name,
+                server.address,
+                _server_state(server.state),
+                _loaded_models(server) or "-",
+                _when(server.last_health_time),
+            )
+            for server in client.list_servers()
+        ),
+    )
+    return 0
+
+
+def _loaded_models(server: server_pb2.Server) -> str:
+    """name:version(state) of each model Triton has tried to load, not mere repository entries."""
+    return ", ".join(
+        f"{model.name}:{model.version}({model.state})"
+        for model in server.loaded_models
+        if model.state
+    )
+
+
+def _register_server(client: Client, args: argparse.Namespace) -> int:
+    wanted = server_pb2.Server(
+        name=args.name, address=args.address, labels=dict(args.labels), description=args.description
+    )
+    server = client.servers.RegisterServer(server_pb2.RegisterServerRequest(server=wanted))
+    state = _server_state(server.state)
+    print(f"registered server {server.name} at {server.address} ({state})")
+    return 0
+
+
+def _delete_server(client: Client, args: argparse.Namespace) -> int:
+    client.servers.DeleteServer(server_pb2.DeleteServerRequest(name=args.name))
+    print(f"deleted server {args.name}")
+    return 0
+
+
+# --- deployments ------------------------------------------------------------
+
+
+def _add_deployment_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    deployments = _group(commands, "deployments", "show deployments and their per-server state")
+    _command(deployments, "list", _list_deployments, "list every deployment", connection)
+    get = _command(deployments, "get", _get_deployment, "show one deployment", connection)
+    get.add_argument("name", help="deployment (model) name")
+
+
+def _list_deployments(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("NAME", "VERSION", "STATE", "SERVERS"),
+        (
+            (
+                deployment.name,
+                str(deployment.version),
+                _deployment_state(deployment.state),
+                ", ".join(
+                    f"{target.server}({_deployment_state(target.state)})"
+                    for target in deployment.targets
+                ),
+            )
+            for deployment in client.list_deployments()
+        ),
+    )
+    return 0
+
+
+def _get_deployment(client: Client, args: argparse.Namespace) -> int:
+    request = deployment_pb2.GetDeploymentRequest(name=args.name)
+    _print_deployment(client.deployments.GetDeployment(request))
+    return 0
+
+
+def _print_deployment(deployment: deployment_pb2.Deployment) -> None:
+    print(
+        f"deployment {deployment.name}  model {deployment.model} version {deployment.version}  "
+        f"{_deployment_state(deployment.state)}"
+    )
+    _print_table(
+        ("SERVER", "STATE", "UPDATED", "MESSAGE"),
+        (
+            (
+                target.server,
+                _deployment_state(target.state),
+                _when(target.update_time),
+                " ".join(target.message.split()),
+            )
+            for target in deployment.targets
+        ),
+    )
+
+
+# --- output -----------------------------------------------------------------
+
+
+def _print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Columns aligned by their widest cell, two spaces apart."""
+    lines = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
+    for line in lines:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def _print_fields(*fields: tuple[str, str]) -> None:
+    width = max(len(label) for label, _ in fields) + 1
+    for label, value in fields:
+        print(f"{label + ':':<{width}} {value or '-'}")
+
+
+def _deployment_state(state: deployment_pb2.DeploymentState.ValueType) -> str:
+    return _state_word(deployment_pb2.DeploymentState.Name(state))
+
+
+def _server_state(state: server_pb2.ServerState.ValueType) -> str:
+    return _state_word(server_pb2.ServerState.Name(state))
+
+
+def _state_word(full_name: str) -> str:
+    """READY for DEPLOYMENT_STATE_READY or SERVER_STATE_READY."""
+    return full_name.split("_STATE_", 1)[-1]
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def _when(moment: Timestamp) -> str:
+    if not moment.seconds and not moment.nanos:
+        return "-"
+    local = moment.ToDatetime(tzinfo=timezone.utc).astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S")

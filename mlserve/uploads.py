@@ -145,11 +145,12 @@ class Uploads:
         if row is None:
             raise NotFound(f"upload {upload_id!r} does not exist")
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
+        committed = _surviving_version(row) if row.committed_version else None
         progress = [
             FileProgress(
                 spec,
                 spec.size
-                if row.committed_version
+                if committed is not None
                 else self.repository.staged_size(upload_id, spec.path),
             )
             for spec in specs
@@ -158,7 +159,7 @@ class Uploads:
             upload_id=row.upload_id,
             model=row.model,
             files=progress,
-            committed_version=row.committed_version,
+            committed_version=0 if committed is None else committed.version,
             create_time=row.create_time,
             update_time=row.update_time,
         )
@@ -219,18 +220,14 @@ class Uploads:
                 "choose a new upload_id"
             )
         if row.committed_version:
-            return self._committed_version(plan, row.committed_version)
+            committed = _surviving_version(row)
+            if committed is not None:
+                return committed
+            # The version it made was deleted since: the upload starts over.
+            row.committed_version = 0
+            row.save()
         self._require_disk_space(plan)
         return None
-
-    def _committed_version(self, plan: _Plan, version: int) -> VersionRecord:
-        try:
-            return find_version(plan.model, version)
-        except NotFound:
-            raise FailedPrecondition(
-                f"upload {plan.upload_id!r} committed version {version} of {plan.model!r}, "
-                "which has since been deleted; upload again with a new upload_id"
-            ) from None
 
     def _require_disk_space(self, plan: _Plan) -> None:
         remaining = sum(
@@ -314,6 +311,14 @@ class Uploads:
             return str(target.digest.hexdigest())
         with self.repository.open_staged_for_read(upload_id, target.spec.path) as handle:
             return sha256_of(handle)
+
+
+def _surviving_version(row: Any) -> VersionRecord | None:
+    """The version an upload committed, unless it has been deleted since."""
+    try:
+        return find_version(row.model, row.committed_version)
+    except NotFound:
+        return None
 
 
 def _sync_and_close(files: Sequence[_StagedFile] | Any) -> None:

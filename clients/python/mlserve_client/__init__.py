@@ -1,0 +1,35 @@
+"""Python client for MLServe: typed gRPC stubs, resumable upload, verified download.
+
+from mlserve_client import Client
+
+with Client("127.0.0.1:50051") as mlserve:  # key from $MLSERVE_HOME/admin.key
+    version = mlserve.upload(Path("my_model"), "my_model")
+    mlserve.deploy("my_model", version.version)
+"""
+
+from __future__ import annotations
+
+from mlserve_client.channel import DEFAULT_ADDRESS, default_home, read_admin_key
+from mlserve_client.client import Client
+from mlserve_client.download import safe_destination
+from mlserve_client.errors import ClientError, DownloadError, MissingKeyError, ModelDirectoryError
+from mlserve_client.layout import LocalFile, LocalVersion, derive_upload_id, read_model_directory
+from mlserve_client.upload import DEFAULT_CHUNK_SIZE, Progress
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_CHUNK_SIZE",
+    "Client",
+    "ClientError",
+    "DownloadError",
+    "LocalFile",
+    "LocalVersion",
+    "MissingKeyError",
+    "ModelDirectoryError",
+    "Progress",
+    "default_home",
+    "derive_upload_id",
+    "read_admin_key",
+    "read_model_directory",
+    "safe_destination",
+]
