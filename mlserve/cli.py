@@ -65,7 +65,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="mlserve", description=__doc__)
+    root = argparse.ArgumentParser(
+        prog="mlserve", description="MLServe: control plane and inference gateway for Triton"
+    )
     root.add_argument(
         "--home",
         type=Path,

@@ -46,8 +46,8 @@ def check_relative_path(value: str, what: str = "file path") -> str:
     """
     if not value:
         raise InvalidArgument(f"{what} is required")
-    if len(value) > MAX_PATH_LENGTH:
-        raise InvalidArgument(f"{what} is longer than {MAX_PATH_LENGTH} characters")
+    if len(value.encode()) > MAX_PATH_LENGTH:
+        raise InvalidArgument(f"{what} is longer than {MAX_PATH_LENGTH} bytes")
     if "\x00" in value or "\\" in value:
         raise InvalidArgument(f"{what} {value!r} contains NUL or a backslash")
     if value.startswith("/"):
@@ -58,8 +58,8 @@ def check_relative_path(value: str, what: str = "file path") -> str:
             raise InvalidArgument(
                 f"{what} {value!r} must not contain empty, '.' or '..' components"
             )
-        if len(part) > MAX_COMPONENT_LENGTH:
-            raise InvalidArgument(f"{what} {value!r} has a component over 255 characters")
+        if len(part.encode()) > MAX_COMPONENT_LENGTH:
+            raise InvalidArgument(f"{what} {value!r} has a component over 255 bytes")
     return str(PurePosixPath(*parts))
 
 

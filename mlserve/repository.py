@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -56,9 +57,17 @@ class Repository:
         directory = self.model_dir(model)
         directory.mkdir(parents=True, exist_ok=True)
         target = safe_join(directory, CONFIG_FILE)
-        scratch = safe_join(directory, f".{CONFIG_FILE}.tmp")
-        scratch.write_text(config_text)
-        os.replace(scratch, target)
+        # A fresh, exclusively created scratch file: writing to a fixed name
+        # would follow a hard link planted there and truncate its target.
+        fd, scratch = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(config_text)
+            os.replace(scratch, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(scratch)
+            raise
 
     def delete_version(self, model: str, version: int) -> None:
         _remove_tree(self.version_dir(model, version))

@@ -121,22 +121,20 @@ class Uploads:
         committed = await in_thread(self._open_record)(plan)
         if committed is not None:
             return committed
-        lock = self.repository.upload_lock(plan.upload_id)
-        lock.__enter__()
-        staged = {
-            path: _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
-            for path, spec in plan.files.items()
-        }
-        try:
-            async for part in parts:
-                if isinstance(part, UploadHeader):
-                    raise InvalidArgument("the header was sent twice; send it once, first")
-                await self._write(plan, staged, part)
-            await in_thread(_sync_and_close)(staged.values())
-            return await in_thread(self._commit)(plan, staged)
-        finally:
-            _close_all(staged.values())
-            lock.__exit__(None, None, None)
+        with self.repository.upload_lock(plan.upload_id):
+            staged = {
+                path: _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
+                for path, spec in plan.files.items()
+            }
+            try:
+                async for part in parts:
+                    if isinstance(part, UploadHeader):
+                        raise InvalidArgument("the header was sent twice; send it once, first")
+                    await self._write(plan, staged, part)
+                await in_thread(_sync_and_close)(staged.values())
+                return await in_thread(self._commit)(plan, staged)
+            finally:
+                _close_all(staged.values())
 
     @in_thread
     def get(self, upload_id: str) -> UploadRecord:
@@ -181,6 +179,12 @@ class Uploads:
             if len(digest) != 64 or not set(digest) <= _HEX:
                 raise InvalidArgument(f"file {path!r}: sha256 must be 64 hex digits")
             files[path] = FileSpec(path, spec.size, digest)
+        directories = {parent for path in files for parent in _parents(path)}
+        clash = sorted(directories & files.keys())
+        if clash:
+            raise InvalidArgument(
+                f"{clash[0]!r} is declared as a file but other paths use it as a directory"
+            )
         total = sum(spec.size for spec in files.values())
         if total > self.limits.max_upload_bytes:
             raise ResourceExhausted(
@@ -311,6 +315,11 @@ class Uploads:
             return str(target.digest.hexdigest())
         with self.repository.open_staged_for_read(upload_id, target.spec.path) as handle:
             return sha256_of(handle)
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _surviving_version(row: Any) -> VersionRecord | None:
