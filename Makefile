@@ -20,10 +20,11 @@ $(INSTALLED): pyproject.toml
 $(BUF):
 	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
 
-run: install
+# Serving needs only the Python side; buf (npm) is for linting the protos.
+run: $(INSTALLED)
 	$(BIN)/mlserve serve
 
-generate: install
+generate: $(INSTALLED)
 	$(BIN)/python scripts/generate_protos.py
 
 lint: install
@@ -39,7 +40,7 @@ typecheck: install
 test: install lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
-bench: install
+bench: $(INSTALLED)
 	$(BIN)/python -m bench
 
 clean:
