@@ -87,6 +87,16 @@ class Access:
         )
         return path
 
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal for a recently verified header value, without awaiting anything."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        entry = self._cache.get(key.strip())
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        return None
+
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal behind an ``authorization: Bearer <key>`` value, or Unauthenticated."""
         if not authorization:

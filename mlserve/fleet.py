@@ -196,6 +196,10 @@ class Fleet:
 
     # --- clients and health -------------------------------------------------
 
+    def cached_client(self, name: str) -> TritonClient | None:
+        """The client of ``name`` if one was made already (the gateway's fast path)."""
+        return self._clients.get(name)
+
     async def client(self, name: str) -> TritonClient:
         """The (cached) client of a registered server, or NotFound."""
         client = self._clients.get(name)

@@ -62,7 +62,12 @@ class Router:
         route = self._routes.get(model)
         if route is None:
             await self._explain_missing(model)
-        assert route is not None
+            raise AssertionError("explained by raising")  # pragma: no cover
+        return self.choose_routed(route, version, exclude)
+
+    def choose_routed(self, route: Route, version: str, exclude: frozenset[str]) -> Choice:
+        """``choose`` for a model known to be routed: no awaiting on the hot path."""
+        model = route.model
         if version and version != str(route.version):
             if not version.isdigit():
                 raise InvalidArgument(f"model_version {version!r} is not a version number")

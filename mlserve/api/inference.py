@@ -101,16 +101,24 @@ class InferenceGateway:
 
     # --- routed calls -------------------------------------------------------
 
-    async def _forward(self, method: str, request: bytes, context: Context) -> tuple[bytes, int]:
-        """Send ``request`` to a ready replica; returns the response and the version used."""
-        try:
-            model, version = wire.model_name_and_version(request)
-        except (wire.WireError, UnicodeDecodeError):
-            raise InvalidArgument(f"the {method} request is not a valid message") from None
-        tried: set[str] = set()
+    async def _forward(
+        self, method: str, request: bytes, context: Context, model: str, version: str
+    ) -> tuple[bytes, int]:
+        """Send ``request`` to a ready replica; returns the response and the version used.
+
+        The common case — a routed model, a client already open — awaits
+        nothing but the forwarded call itself.
+        """
+        tried: frozenset[str] = frozenset()
         while True:
-            choice = await self.router.choose(model, version, frozenset(tried))
-            client = await self.fleet.client(choice.server)
+            route = self.router.route(model)
+            if route is None:
+                choice = await self.router.choose(model, version, tried)
+            else:
+                choice = self.router.choose_routed(route, version, tried)
+            client = self.fleet.cached_client(choice.server) or await self.fleet.client(
+                choice.server
+            )
             try:
                 with self.router.in_flight(choice.server):
                     response: bytes = await client.raw_unary(method)(
@@ -119,7 +127,7 @@ class InferenceGateway:
                 return response, choice.version
             except aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
-                    tried.add(choice.server)
+                    tried |= {choice.server}
                     self.fleet.suspect(choice.server)
                     if len(tried) < MAX_ATTEMPTS:
                         continue
@@ -127,29 +135,32 @@ class InferenceGateway:
 
     def _routed(self, method: str) -> RawUnary:
         async def forward(request: bytes, context: Context) -> bytes:
-            response, _ = await self._forward(method, request, context)
+            model, version = _routing_fields(method, request)
+            response, _ = await self._forward(method, request, context, model, version)
             return response
 
         return forward
 
     async def _model_infer(self, request: bytes, context: Context) -> bytes:
-        ok = False
-        model, version = "", 0
+        model, version = _routing_fields("ModelInfer", request)
         try:
-            response, version = await self._forward("ModelInfer", request, context)
-            ok = True
-            return response
-        finally:
-            with contextlib.suppress(wire.WireError, UnicodeDecodeError):
-                model = model or wire.model_name_and_version(request)[0]
-            route = self.router.route(model)
-            if route is not None:
-                self.stats.record(model, version or route.version, ok)
+            response, served = await self._forward("ModelInfer", request, context, model, version)
+        except BaseException:
+            self._count(model, False)
+            raise
+        self.stats.record(model, served, True)
+        return response
+
+    def _count(self, model: str, ok: bool) -> None:
+        route = self.router.route(model)
+        if route is not None:
+            self.stats.record(model, route.version, ok)
 
     async def _model_ready(self, request: bytes, context: Context) -> bytes:
         # Like Triton: a model that cannot serve is "not ready", not an error.
+        model, version = _routing_fields("ModelReady", request)
         try:
-            response, _ = await self._forward("ModelReady", request, context)
+            response, _ = await self._forward("ModelReady", request, context, model, version)
         except _NOT_READY_ERRORS:
             return _encode(service_pb2.ModelReadyResponse(ready=False))
         return response
@@ -157,7 +168,9 @@ class InferenceGateway:
     async def _model_statistics(self, request: bytes, context: Context) -> bytes:
         parsed = service_pb2.ModelStatisticsRequest.FromString(request)
         if parsed.name:
-            response, _ = await self._forward("ModelStatistics", request, context)
+            response, _ = await self._forward(
+                "ModelStatistics", request, context, parsed.name, parsed.version
+            )
             return response
         merged = service_pb2.ModelStatisticsResponse()
         for route in self.router.routes():
@@ -165,7 +178,9 @@ class InferenceGateway:
                 continue
             single = service_pb2.ModelStatisticsRequest(name=route.model)
             with contextlib.suppress(MLServeError):
-                raw, _ = await self._forward("ModelStatistics", _encode(single), context)
+                raw, _ = await self._forward(
+                    "ModelStatistics", _encode(single), context, route.model, ""
+                )
                 merged.model_stats.extend(
                     service_pb2.ModelStatisticsResponse.FromString(raw).model_stats
                 )
@@ -268,6 +283,13 @@ class InferenceGateway:
         parsed = service_pb2.RepositoryModelUnloadRequest.FromString(request)
         await self.deployments.delete(parsed.model_name)
         return _encode(service_pb2.RepositoryModelUnloadResponse())
+
+
+def _routing_fields(method: str, request: bytes) -> tuple[str, str]:
+    try:
+        return wire.model_name_and_version(request)
+    except (wire.WireError, UnicodeDecodeError):
+        raise InvalidArgument(f"the {method} request is not a valid message") from None
 
 
 def _refuse(reason: str) -> RawUnary:

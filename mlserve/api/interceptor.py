@@ -1,17 +1,17 @@
 """Every call passes one guard: authenticate, then map what the domain raises.
 
 A grpc.aio interceptor cannot see a call's outcome, so it wraps each method
-handler's behaviour instead; unary and streaming handlers get the same guard.
+handler's behaviour instead (once per method); unary and streaming handlers
+get the same guard.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from grpc import aio
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-Guard = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
 
 # Health stays open so load balancers and orchestrators can probe without a key.
 PUBLIC_SERVICES = ("/grpc.health.v1.Health/",)
@@ -40,6 +39,9 @@ PUBLIC_SERVICES = ("/grpc.health.v1.Health/",)
 class CallGuard(aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, access: Access) -> None:
         self.access = access
+        # method -> (the handler as served, its guarded twin); wrapping once
+        # per method keeps the per-call cost to the guard itself.
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -50,29 +52,71 @@ class CallGuard(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        public = method.startswith(PUBLIC_SERVICES)
-        return _wrap(handler, lambda context: self._guard(context, method, public))
+        cached = self._guarded.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._wrap(handler, method))
+            self._guarded[method] = cached
+        return cached[1]
 
-    @contextlib.asynccontextmanager
-    async def _guard(
-        self, context: aio.ServicerContext[Any, Any], method: str, public: bool
-    ) -> AsyncIterator[None]:
-        try:
-            if not public:
-                principal = await self.access.authenticate(_authorization(context))
-                current_principal.set(principal)
-            yield
-        except MLServeError as error:
+    async def _authenticate(self, context: aio.ServicerContext[Any, Any]) -> None:
+        authorization = _authorization(context)
+        principal = self.access.cached(authorization)
+        if principal is None:
+            principal = await self.access.authenticate(authorization)
+        current_principal.set(principal)
+
+    async def _fail(
+        self, context: aio.ServicerContext[Any, Any], method: str, error: Exception
+    ) -> NoReturn:
+        """Turn what a call raised into its status: the one place errors meet codes."""
+        if isinstance(error, MLServeError):
             await context.abort(status_code(error), error.message)
-        except (aio.AbortError, grpc.RpcError):
-            raise
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("unexpected error in %s (incident %s)", method, incident)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"internal error (incident {incident}); the server log has the details",
-            )
+        if isinstance(error, (aio.AbortError, grpc.RpcError)):
+            raise error
+        incident = uuid.uuid4().hex[:12]
+        log.error("unexpected error in %s (incident %s)", method, incident, exc_info=error)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error (incident {incident}); the server log has the details",
+        )
+        raise AssertionError("abort raises")  # pragma: no cover
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        check = None if method.startswith(PUBLIC_SERVICES) else self._authenticate
+        fail = self._fail
+        if handler.unary_unary or handler.stream_unary:
+            inner: Any = handler.unary_unary or handler.stream_unary
+
+            async def single_response(request: Any, context: Any) -> Any:
+                try:
+                    if check is not None:
+                        await check(context)
+                    return await inner(request, context)
+                except Exception as error:
+                    await fail(context, method, error)
+
+            if handler.unary_unary:
+                return grpc.unary_unary_rpc_method_handler(single_response, **serializers)
+            return grpc.stream_unary_rpc_method_handler(single_response, **serializers)
+
+        streaming: Any = handler.unary_stream or handler.stream_stream
+
+        async def many_responses(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                if check is not None:
+                    await check(context)
+                async for response in streaming(request, context):
+                    yield response
+            except Exception as error:
+                await fail(context, method, error)
+
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(many_responses, **serializers)
+        return grpc.stream_stream_rpc_method_handler(many_responses, **serializers)
 
 
 def _authorization(context: aio.ServicerContext[Any, Any]) -> str | None:
@@ -80,43 +124,3 @@ def _authorization(context: aio.ServicerContext[Any, Any]) -> str | None:
         if key == "authorization":
             return value if isinstance(value, str) else value.decode()
     return None
-
-
-def _wrap(handler: Handler, guard: Guard) -> Handler:
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Any) -> Any:
-            async with guard(context):
-                return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: Any) -> Any:
-            async with guard(context):
-                return await inner_su(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
-    if handler.unary_stream:
-        inner_us: Any = handler.unary_stream
-
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with guard(context):
-                async for response in inner_us(request, context):
-                    yield response
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
-    inner_ss: Any = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-        async with guard(context):
-            async for response in inner_ss(requests, context):
-                yield response
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
