@@ -1,0 +1,113 @@
+"""``python -m bench [upload|deploy|all] [--upload-size 2G] [--upload-rounds 3] [--rounds 5]``.
+
+Prints each benchmark's tables and appends a markdown summary of the run to
+bench/results/latest.md (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from bench import deploy, upload
+from bench.common import RESULTS_DIR, Report, machine_description, parse_size
+
+LATEST = RESULTS_DIR / "latest.md"
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    root.add_argument(
+        "which",
+        nargs="?",
+        choices=["upload", "deploy", "all"],
+        default="all",
+        help="which benchmark to run (default: %(default)s)",
+    )
+    root.add_argument(
+        "--upload-size",
+        type=parse_size,
+        default=upload.DEFAULT_SIZE,
+        help="size of the uploaded file, e.g. 2G or 256M (default: 2G)",
+    )
+    root.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=upload.DEFAULT_CHUNK,
+        help="upload chunk size, at most 4M (default: 2M)",
+    )
+    root.add_argument(
+        "--upload-rounds",
+        type=int,
+        default=upload.DEFAULT_ROUNDS,
+        help="interleaved cp / MLServe upload rounds (default: %(default)s)",
+    )
+    root.add_argument(
+        "--settle",
+        type=float,
+        default=upload.DEFAULT_SETTLE,
+        help="seconds of pause before each timed upload step (default: %(default)s)",
+    )
+    root.add_argument(
+        "--rounds",
+        type=int,
+        default=deploy.DEFAULT_ROUNDS,
+        help="timed deploy rounds (default: %(default)s)",
+    )
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if (
+        args.upload_size <= 0
+        or not 0 < args.chunk_size <= 4 * 1024 * 1024
+        or args.rounds < 1
+        or args.upload_rounds < 1
+        or args.settle < 0
+    ):
+        print("sizes and rounds must be positive, --settle not negative, --chunk-size at most 4M")
+        return 2
+    benchmarks: list[tuple[str, Callable[[], Report]]] = []
+    if args.which in ("upload", "all"):
+        benchmarks.append(
+            (
+                "upload",
+                lambda: upload.run(
+                    args.upload_size, args.chunk_size, args.upload_rounds, args.settle
+                ),
+            )
+        )
+    if args.which in ("deploy", "all"):
+        benchmarks.append(("deploy", lambda: deploy.run(args.rounds)))
+
+    started = dt.datetime.now().astimezone()
+    reports: list[Report] = []
+    for name, run in benchmarks:
+        began = time.monotonic()
+        result = run()
+        reports.append(result)
+        print(f"\n{result.text()}({name} took {time.monotonic() - began:.0f}s)\n", flush=True)
+    append_summary(started, argv if argv is not None else sys.argv[1:], reports)
+    print(f"summary appended to {LATEST}")
+    return 0
+
+
+def append_summary(started: dt.datetime, argv: Sequence[str], reports: Sequence[Report]) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m bench", *argv])
+    heading = (
+        f"## {started:%Y-%m-%d %H:%M %Z}: `{command}`\n\n"
+        f"{machine_description()}; Python {platform.python_version()}; {platform.platform()}\n"
+    )
+    body = "\n".join(report.markdown() for report in reports)
+    with LATEST.open("a", encoding="utf-8") as latest:
+        latest.write(f"{heading}\n{body}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
