@@ -178,6 +178,14 @@ class Deployments:
         async with self._locks[model]:
             await self._apply(model, record.version, Placement(remaining))
 
+    async def serving(self) -> dict[str, list[tuple[str, int]]]:
+        """Per server, the (model, version) pairs whose load there succeeded.
+
+        Triton's index lists only models in its own repository directory, so
+        for push-placed models this is the only record of what a server holds.
+        """
+        return await in_thread(_ready_targets)()
+
     # --- reconciling --------------------------------------------------------
 
     async def server_changed(self, server: str, state: str) -> None:
@@ -196,10 +204,14 @@ class Deployments:
         """
         client = await self.fleet.client(server)
         for record in await in_thread(_records_on_server)(server):
+            lock = self._locks[record.name]
+            if lock.locked():
+                continue  # a deploy is changing it right now; the next round looks again
             if await client.model_ready(record.model, record.version):
-                await in_thread(_set_target)(record.name, server, READY, "")
+                if any(t.server == server and t.state != READY for t in record.targets):
+                    await in_thread(_set_target)(record.name, server, READY, "")
                 continue
-            async with self._locks[record.name]:
+            async with lock:
                 log.info("reconciling: loading %s v%d on %s", record.model, record.version, server)
                 await self._load_on(record.name, record.model, record.version, server)
         await self._changed()
@@ -277,7 +289,9 @@ class Deployments:
             await in_thread(_set_target)(name, server, FAILED, error.message)
         else:
             await in_thread(_set_target)(name, server, READY, "")
-        await self.fleet.refresh(server)
+        # Only to show what is loaded; the caller holds the deployment's lock,
+        # so the reconciler must not be called from here.
+        await self.fleet.refresh(server, notify=False)
 
     async def _load(self, record: VersionRecord, server: str) -> None:
         client = await self.fleet.client(server)
@@ -355,6 +369,19 @@ def _set_target(name: str, server: str, state: str, message: str) -> None:
         (store.DeploymentTarget.deployment == deployment)
         & (store.DeploymentTarget.server == server_row)
     ).execute()
+
+
+def _ready_targets() -> dict[str, list[tuple[str, int]]]:
+    rows = (
+        store.DeploymentTarget.select(store.DeploymentTarget, store.Deployment, store.Server)
+        .join_from(store.DeploymentTarget, store.Deployment)
+        .join_from(store.DeploymentTarget, store.Server)
+        .where(store.DeploymentTarget.state == READY)
+    )
+    serving: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
+    for row in rows:
+        serving[row.server.name].append((row.deployment.name, row.deployment.version))
+    return dict(serving)
 
 
 def _targets_per_server() -> dict[str, int]:

@@ -211,7 +211,7 @@ class Fleet:
     def status(self, name: str) -> ServerStatus:
         return self._status.get(name, ServerStatus())
 
-    async def refresh(self, name: str) -> ServerStatus:
+    async def refresh(self, name: str, *, notify: bool = True) -> ServerStatus:
         """Check one server now; fire on_change callbacks when it turned READY or left READY."""
         client = await self.client(name)
         before = self.status(name).state
@@ -235,6 +235,9 @@ class Fleet:
                 log.info("server %s is ready at %s", name, client.address)
             else:
                 log.warning("server %s is %s: %s", name, status.state, status.message)
+        # Every READY round is reported, not only the flips: a Triton that
+        # restarts between two rounds looks READY twice but has lost its models.
+        if notify and (status.state == READY or before == READY):
             for callback in self._on_change:
                 await callback(name, status.state)
         return status

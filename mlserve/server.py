@@ -164,7 +164,9 @@ class MLServe:
         model_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(domain.catalog, domain.uploads, domain.stats), server
         )
-        server_pb2_grpc.add_ServerServiceServicer_to_server(ServerService(domain.fleet), server)
+        server_pb2_grpc.add_ServerServiceServicer_to_server(
+            ServerService(domain.fleet, domain.deployments), server
+        )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(domain.deployments), server
         )

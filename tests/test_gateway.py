@@ -466,12 +466,6 @@ def test_inferences_are_counted_per_model_and_version(
         remove_model(stubs, model_name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ModelStreamInfer counts every request as a success when it is sent "
-    "(mlserve/api/inference.py _model_stream_infer: stats.record(..., True)); "
-    "Triton's refusals, which come back as error_message responses, are never failures",
-)
 def test_stream_refusals_are_counted_as_failures(
     stubs: Stubs, gateway: triton.InferenceServerClient, headers: Headers, model_name: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -109,8 +110,15 @@ _SERVER_STATES = {
 }
 
 
-def server(record: ServerRecord) -> server_pb2.Server:
+def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> server_pb2.Server:
+    """``serving``: deployments loaded there that Triton's index may not list (push)."""
     status = record.status
+    listed = {(entry.name, entry.version) for entry in status.loaded}
+    pushed = [
+        server_pb2.LoadedModel(name=name, version=version, state="READY")
+        for name, version in serving
+        if (name, version) not in listed
+    ]
     return server_pb2.Server(
         name=record.name,
         address=record.address,
@@ -120,7 +128,8 @@ def server(record: ServerRecord) -> server_pb2.Server:
                 name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
             )
             for entry in status.loaded
-        ],
+        ]
+        + pushed,
         last_health_time=timestamp(status.last_health_time),
         labels=record.labels,
         description=record.description,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -192,11 +193,17 @@ class InferenceGateway:
         """One upstream stream per replica used; responses merged as they come."""
         responses: asyncio.Queue[bytes | None] = asyncio.Queue()
         upstreams: dict[str, Any] = {}
+        waiting: dict[str, deque[tuple[str, int]]] = {}
         readers: list[asyncio.Task[None]] = []
 
-        async def read(call: Any) -> None:
+        async def read(call: Any, sent: deque[tuple[str, int]]) -> None:
+            # Triton answers a stream's requests in order, so each response
+            # settles the oldest request still waiting on that upstream.
             try:
                 async for response in call:
+                    if sent:
+                        model, version = sent.popleft()
+                        self.stats.record(model, version, not wire.stream_response_failed(response))
                     await responses.put(response)
             except aio.AioRpcError as error:
                 await responses.put(_stream_error(error.details() or error.code().name))
@@ -214,9 +221,10 @@ class InferenceGateway:
                     if call is None:
                         client = await self.fleet.client(choice.server)
                         call = upstreams[choice.server] = client.raw_stream("ModelStreamInfer")()
-                        readers.append(asyncio.create_task(read(call)))
+                        waiting[choice.server] = deque()
+                        readers.append(asyncio.create_task(read(call, waiting[choice.server])))
+                    waiting[choice.server].append((model, choice.version))
                     await call.write(request)
-                    self.stats.record(model, choice.version, True)
                 for call in upstreams.values():
                     await call.done_writing()
                 await asyncio.gather(*readers)

@@ -8,9 +8,10 @@ get the same guard.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -104,15 +105,29 @@ class CallGuard(aio.ServerInterceptor):  # type: ignore[type-arg]
             return grpc.stream_unary_rpc_method_handler(single_response, **serializers)
 
         streaming: Any = handler.unary_stream or handler.stream_stream
+        if not inspect.isasyncgenfunction(streaming):
+            # A streaming handler may also be a coroutine that writes through
+            # context.write() (the health service's Watch does).
+            writes = streaming
 
-        async def many_responses(request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                if check is not None:
-                    await check(context)
-                async for response in streaming(request, context):
-                    yield response
-            except Exception as error:
-                await fail(context, method, error)
+            async def many_responses(request: Any, context: Any) -> Any:
+                try:
+                    if check is not None:
+                        await check(context)
+                    return await writes(request, context)
+                except Exception as error:
+                    await fail(context, method, error)
+
+        else:
+
+            async def many_responses(request: Any, context: Any) -> Any:  # type: ignore[misc]
+                try:
+                    if check is not None:
+                        await check(context)
+                    async for response in streaming(request, context):
+                        yield response
+                except Exception as error:
+                    await fail(context, method, error)
 
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(many_responses, **serializers)

@@ -7,15 +7,21 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
-from mlserve.fleet import Fleet
+from mlserve.deployments import Deployments
+from mlserve.fleet import Fleet, ServerRecord
 from mlserve_api.v1 import server_pb2, server_pb2_grpc
 
 Context = Any
 
 
 class ServerService(server_pb2_grpc.ServerServiceServicer):
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, deployments: Deployments) -> None:
         self.fleet = fleet
+        self.deployments = deployments
+
+    async def _server(self, record: ServerRecord) -> server_pb2.Server:
+        serving = await self.deployments.serving()
+        return convert.server(record, serving.get(record.name, ()))
 
     async def RegisterServer(
         self, request: server_pb2.RegisterServerRequest, context: Context
@@ -23,19 +29,20 @@ class ServerService(server_pb2_grpc.ServerServiceServicer):
         record = await self.fleet.register(
             request.server.name, convert.server_fields(request.server)
         )
-        return convert.server(record)
+        return await self._server(record)
 
     async def GetServer(
         self, request: server_pb2.GetServerRequest, context: Context
     ) -> server_pb2.Server:
-        return convert.server(await self.fleet.get(request.name))
+        return await self._server(await self.fleet.get(request.name))
 
     async def ListServers(
         self, request: server_pb2.ListServersRequest, context: Context
     ) -> server_pb2.ListServersResponse:
         page = await self.fleet.list_servers(request.page_size, request.page_token)
+        serving = await self.deployments.serving()
         return server_pb2.ListServersResponse(
-            servers=[convert.server(record) for record in page.items],
+            servers=[convert.server(record, serving.get(record.name, ())) for record in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -47,7 +54,7 @@ class ServerService(server_pb2_grpc.ServerServiceServicer):
             convert.server_fields(request.server),
             list(request.update_mask.paths),
         )
-        return convert.server(record)
+        return await self._server(record)
 
     async def DeleteServer(
         self, request: server_pb2.DeleteServerRequest, context: Context

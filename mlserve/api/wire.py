@@ -33,9 +33,9 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def model_name_and_version(data: bytes) -> tuple[str, str]:
-    """Fields 1 and 2 of a serialized request, as strings ("" when absent)."""
-    name = version = ""
+def _spans(data: bytes, wanted: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    """Where the length-delimited top-level fields numbered ``wanted`` lie in ``data``."""
+    spans: dict[int, tuple[int, int]] = {}
     position = 0
     end = len(data)
     while position < end:
@@ -46,10 +46,8 @@ def model_name_and_version(data: bytes) -> tuple[str, str]:
             stop = position + length
             if stop > end:
                 raise WireError("truncated field")
-            if field == 1:
-                name = data[position:stop].decode()
-            elif field == 2:
-                version = data[position:stop].decode()
+            if field in wanted:
+                spans[field] = (position, stop)
             position = stop
         elif wire_type == _VARINT:
             _, position = _varint(data, position)
@@ -61,4 +59,18 @@ def model_name_and_version(data: bytes) -> tuple[str, str]:
             raise WireError(f"unsupported wire type {wire_type}")
     if position != end:
         raise WireError("truncated message")
+    return spans
+
+
+def model_name_and_version(data: bytes) -> tuple[str, str]:
+    """Fields 1 and 2 of a serialized request, as strings ("" when absent)."""
+    spans = _spans(data, (1, 2))
+    name = data[slice(*spans[1])].decode() if 1 in spans else ""
+    version = data[slice(*spans[2])].decode() if 2 in spans else ""
     return name, version
+
+
+def stream_response_failed(data: bytes) -> bool:
+    """True when a ModelStreamInferResponse carries an error_message (field 1)."""
+    start, stop = _spans(data, (1,)).get(1, (0, 0))
+    return stop > start
