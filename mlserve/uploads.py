@@ -10,11 +10,14 @@ matches its declared size and sha256.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,9 @@ MAX_FILES = 10_000
 # Room left on the disk beyond an upload, so the database and logs can still write.
 DISK_RESERVE_BYTES = 256 * 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
+# Chunks handed to the writer thread but not yet on disk: enough to overlap
+# receiving with writing, few enough to bound memory (each at most 4 MiB).
+_WRITES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,8 @@ class _StagedFile:
 
     def __init__(self, spec: FileSpec, received: int) -> None:
         self.spec = spec
-        self.received = received
+        self.received = received  # written to disk (updated by the writer thread)
+        self.accepted = received  # taken for writing, in flight or done (event loop)
         self.fd: int | None = None
         # The running digest covers the file only if this stream wrote it from
         # byte 0; after a resume the prefix is hashed from disk at commit.
@@ -126,15 +133,32 @@ class Uploads:
                 path: _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
                 for path, spec in plan.files.items()
             }
+            # One writer thread per upload: writes (and the final close) run in
+            # order, off the event loop, while the next chunk is being received.
+            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+            loop = asyncio.get_running_loop()
+            in_flight: deque[asyncio.Future[None]] = deque()
             try:
                 async for part in parts:
                     if isinstance(part, UploadHeader):
                         raise InvalidArgument("the header was sent twice; send it once, first")
-                    await self._write(plan, staged, part)
-                await in_thread(_sync_and_close)(staged.values())
+                    job = self._accept(staged, part)
+                    if job is not None:
+                        in_flight.append(
+                            loop.run_in_executor(writer, self._append, plan.upload_id, *job)
+                        )
+                    while len(in_flight) > _WRITES_IN_FLIGHT:
+                        await in_flight.popleft()
+                while in_flight:
+                    await in_flight.popleft()
+                await loop.run_in_executor(writer, _sync_and_close, staged.values())
                 return await in_thread(self._commit)(plan, staged)
             finally:
-                _close_all(staged.values())
+                # Queued behind any write still running, so no descriptor is
+                # closed under a write; the lock is held until then.
+                closed = loop.run_in_executor(writer, _close_all, staged.values())
+                writer.shutdown(wait=False)
+                await asyncio.shield(closed)
 
     @in_thread
     def get(self, upload_id: str) -> UploadRecord:
@@ -245,7 +269,10 @@ class Uploads:
                 f"{max(free, 0)} to spare"
             )
 
-    async def _write(self, plan: _Plan, staged: dict[str, _StagedFile], chunk: Chunk) -> None:
+    def _accept(
+        self, staged: dict[str, _StagedFile], chunk: Chunk
+    ) -> tuple[_StagedFile, memoryview] | None:
+        """Check a chunk against the resume rules; the bytes to write, or None if all are known."""
         target = staged.get(chunk.path)
         if target is None:
             raise InvalidArgument(f"chunk for {chunk.path!r}, which is not in the manifest")
@@ -261,15 +288,16 @@ class Uploads:
                 f"chunk for {chunk.path!r} ends at byte {chunk.offset + size}, past the declared "
                 f"size {target.spec.size}"
             )
-        if chunk.offset > target.received:
+        if chunk.offset > target.accepted:
             raise OutOfRange(
                 f"chunk for {chunk.path!r} starts at byte {chunk.offset} but only "
-                f"{target.received} have been received: resume from {target.received}"
+                f"{target.accepted} have been received: resume from {target.accepted}"
             )
-        skip = target.received - chunk.offset
+        skip = target.accepted - chunk.offset
         if skip >= size:
-            return  # already have these bytes
-        await in_thread(self._append)(plan.upload_id, target, memoryview(chunk.data)[skip:])
+            return None  # already have these bytes
+        target.accepted += size - skip
+        return target, memoryview(chunk.data)[skip:]
 
     def _append(self, upload_id: str, target: _StagedFile, data: memoryview) -> None:
         if target.fd is None:
