@@ -140,3 +140,6 @@ def model_name(request: pytest.FixtureRequest) -> str:
     """A model name unique to the test, so tests sharing one server never collide."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
     return f"t-{name}"[:100] + f"-{os.getpid() % 1000}"
+
+
+pytest_plugins = ["tests.databases"]
