@@ -59,7 +59,12 @@ def store_db(database_url: str) -> Iterator[pw.Database]:
     try:
         yield db
     finally:
-        if isinstance(db, PooledDatabase):
-            db.close_all()
-        else:
-            db.close()
+        close_database(db)
+
+
+def close_database(db: pw.Database) -> None:
+    """Close ``db`` for good: every pooled connection too, so it can be dropped."""
+    if isinstance(db, PooledDatabase):
+        db.close_all()
+    else:
+        db.close()
