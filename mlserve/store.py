@@ -281,24 +281,45 @@ def describe(db: pw.Database | None) -> str:
 
 
 def migrate(db: pw.Database) -> None:
-    with db.atomic():
-        if isinstance(db, pw.PostgresqlDatabase):
-            # Replicas starting together on one database take turns here.
-            pw.Select(columns=[pw.fn.pg_advisory_xact_lock(_MIGRATION_LOCK)]).bind(db).scalar()
-        if not db.table_exists(SchemaInfo._meta.table_name):
-            db.create_tables(TABLES)
-            SchemaInfo.create(version=SCHEMA_VERSION)
-            return
-        info = SchemaInfo.get()
-        if info.version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database is at schema version {info.version}, newer than this "
-                f"MLServe ({SCHEMA_VERSION}): upgrade MLServe"
-            )
-        while info.version < SCHEMA_VERSION:
-            MIGRATIONS[info.version](db)
-            info.version += 1
-        info.save()
+    """Create the schema in an empty database, or bring an older one forward.
+
+    One transaction: a failed migration leaves the database as it was. On
+    SQLite, playhouse.migrate rebuilds a table to change a column (copy, drop,
+    rename), which the foreign keys of the rows pointing at it would refuse;
+    so, as SQLite's ALTER TABLE guide says, they are off while migrating and
+    checked before the commit. (The pragma has no effect inside a transaction.)
+    """
+    sqlite = db if isinstance(db, pw.SqliteDatabase) else None
+    if sqlite is not None:
+        sqlite.pragma("foreign_keys", 0)
+    try:
+        with db.atomic():
+            _migrate(db)
+            if sqlite is not None and (broken := sqlite.pragma("foreign_key_check")):
+                raise RuntimeError(f"migrating left rows in {broken!r} whose references broke")
+    finally:
+        if sqlite is not None:
+            sqlite.pragma("foreign_keys", 1)
+
+
+def _migrate(db: pw.Database) -> None:
+    if isinstance(db, pw.PostgresqlDatabase):
+        # Replicas starting together on one database take turns here.
+        pw.Select(columns=[pw.fn.pg_advisory_xact_lock(_MIGRATION_LOCK)]).bind(db).scalar()
+    if not db.table_exists(SchemaInfo._meta.table_name):
+        db.create_tables(TABLES)
+        SchemaInfo.create(version=SCHEMA_VERSION)
+        return
+    info = SchemaInfo.get()
+    if info.version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database is at schema version {info.version}, newer than this "
+            f"MLServe ({SCHEMA_VERSION}): upgrade MLServe"
+        )
+    while info.version < SCHEMA_VERSION:
+        MIGRATIONS[info.version](db)
+        info.version += 1
+    info.save()
 
 
 def get_or_create_setting(key: str, make: Callable[[], bytes]) -> bytes:

@@ -93,23 +93,22 @@ def test_foundation_database_opens_with_every_row_intact(database_url: str) -> N
 
 
 def test_schema_1_database_is_migrated_without_losing_rows(database_url: str) -> None:
-    db = store.connect(database_url)
-    store.Model.create(name="kept", description="from schema 1")
-    store.Server.create(name="local", address="127.0.0.1:1", embedded=True)
-    store.Server.create(name="remote", address="127.0.0.1:2")
-    # Turn it into what the foundation's first schema wrote.
+    restore_foundation(database_url)
+    # Take the saved database back to what the foundation's first schema wrote.
+    db = store.open_database(database_url)
     db.execute_sql('DROP TABLE "inference_count"')
     db.execute_sql('ALTER TABLE "server" DROP COLUMN "shares_repository"')
-    store.SchemaInfo.update(version=1).execute()
+    db.execute_sql('UPDATE "schema_info" SET "version" = 1')
     close_database(db)
 
     db = store.connect(database_url)
     try:
         assert store.SchemaInfo.get().version == store.SCHEMA_VERSION
-        assert store.Model.get(store.Model.name == "kept").description == "from schema 1"
+        assert store.Model.get(store.Model.name == "resnet").description == "image classifier"
         shares = {row.name: row.shares_repository for row in store.Server.select()}
         assert shares == {"local": True, "remote": False}
-        store.InferenceCount.create(model="kept", version=1, count=1)
+        assert store.DeploymentTarget.select().count() == 2
+        store.InferenceCount.create(model="resnet", version=1, count=1)
     finally:
         close_database(db)
 
