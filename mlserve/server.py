@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from mlserve import store
 from mlserve.access import Access
+from mlserve.aio import in_thread
 from mlserve.api import reflection
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
@@ -68,7 +69,8 @@ class Domain:
 
 def build_domain(settings: Settings) -> Domain:
     store.connect(settings.database_url)
-    tokens = PageTokens(store.get_or_create_setting("page_token_secret", _random_secret))
+    secret = store.run(store.get_or_create_setting, "page_token_secret", _random_secret)
+    tokens = PageTokens(secret)
     repository = Repository(settings.repository_dir, settings.staging_dir)
     catalog = Catalog(repository, tokens)
     uploads = Uploads(repository, catalog, UploadLimits(max_upload_bytes=settings.max_upload_bytes))
@@ -101,8 +103,8 @@ class MLServe:
     async def start(self) -> None:
         settings = self.settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        domain = self._domain = await asyncio.to_thread(build_domain, settings)
-        key_file = await asyncio.to_thread(domain.access.bootstrap_admin_key, settings.home)
+        domain = self._domain = await in_thread(build_domain)(settings)
+        key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
         self._server = self._grpc_server(domain)
@@ -112,7 +114,7 @@ class MLServe:
         await self._server.start()
         await self._set_health(False)
         log.info("MLServe listening on %s", self.address)
-        log.info("state in %s (database %s)", settings.home, _redact(settings.database_url))
+        log.info("state in %s (%s)", settings.home, store.describe(store.database.obj))
         if settings.embedded_triton:
             await self._start_embedded_triton(domain)
         await domain.router.reload()
@@ -209,13 +211,6 @@ class MLServe:
         )
         for service in ("", *SERVICES):
             await self._health.set(service, status)
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    return scheme + sep + rest
 
 
 async def serve(settings: Settings) -> None:

@@ -72,25 +72,23 @@ class InferenceStats:
 
 
 def _add(model: str, version: int, counts: _Pending) -> None:
+    # One upsert, so replicas flushing the same version at once add up
+    # instead of colliding on the (model, version) index.
     table = store.InferenceCount
-    with store.database.atomic():
-        updated = (
-            table.update(
-                count=table.count + counts.count,
-                failures=table.failures + counts.failures,
-                last_time=counts.last_time,
-            )
-            .where((table.model == model) & (table.version == version))
-            .execute()
-        )
-        if not updated:
-            table.create(
-                model=model,
-                version=version,
-                count=counts.count,
-                failures=counts.failures,
-                last_time=counts.last_time,
-            )
+    table.insert(
+        model=model,
+        version=version,
+        count=counts.count,
+        failures=counts.failures,
+        last_time=counts.last_time,
+    ).on_conflict(
+        conflict_target=[table.model, table.version],
+        update={
+            table.count: table.count + pw.EXCLUDED.count,
+            table.failures: table.failures + pw.EXCLUDED.failures,
+            table.last_time: pw.EXCLUDED.last_time,
+        },
+    ).execute()
 
 
 def _as_datetime(value: object) -> dt.datetime | None:

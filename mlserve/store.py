@@ -1,23 +1,48 @@
 """The store: peewee models for everything MLServe remembers, and migrations.
 
-SQLite (WAL, busy timeout, foreign keys) in ``$MLSERVE_HOME`` by default; any
-peewee database URL (``postgresql://…``) through ``connect``. The schema
-carries a version number; ``migrate`` brings an older database forward
-without losing rows.
+SQLite (WAL, busy timeout, foreign keys) in ``$MLSERVE_HOME`` by default;
+PostgreSQL from a ``postgresql://`` URL, always through a connection pool
+(``connect``). The schema carries a version number; ``migrate`` brings an
+older database forward without losing rows. Domain code reaches the database
+only inside ``run`` (``aio.in_thread`` calls it), which lends the call one
+pooled connection and turns a lost database into ``errors.Unavailable``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import peewee as pw
 from playhouse.db_url import connect as connect_url
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as migrate_schema
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
+
+from mlserve.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 database = pw.DatabaseProxy()
+
+POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+pool", "postgres+pool")
+# Pool settings a postgresql:// URL gets unless its query string says otherwise
+# (e.g. ?max_connections=50&timeout=30). Limits are per MLServe process.
+POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
+    "max_connections": 20,  # connections open at once; more callers wait ...
+    "timeout": 10,  # ... this many seconds for one, then get UNAVAILABLE
+    "stale_timeout": 300,  # seconds before an idle connection is replaced
+    "connect_timeout": 5,  # seconds to reach the server (libpq)
+}
+# Any number, as long as every MLServe on one database uses the same: the
+# advisory lock that lets one replica at a time create or migrate the schema.
+_MIGRATION_LOCK = 0x6D6C7376
 
 SCHEMA_VERSION = 3
 
@@ -182,8 +207,27 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
 
 
 def connect(url: str) -> pw.Database:
-    """Open the database at ``url``, bind the models to it, and migrate it."""
-    db: pw.Database
+    """Open the database at ``url``, bind the models to it, and migrate it.
+
+    ``sqlite:///PATH`` or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME``
+    (``postgres://`` and the ``+pool`` forms mean the same); a PostgreSQL URL's
+    query string may set the pool's limits (``POSTGRESQL_POOL_DEFAULTS``) and
+    any libpq parameter (``sslmode``, ``application_name`` …).
+    """
+    db = open_database(url)
+    database.initialize(db)
+    run(migrate, db)
+    return db
+
+
+def open_database(url: str) -> pw.Database:
+    """The database at ``url``, configured for MLServe but not yet bound or migrated."""
+    scheme, _, rest = url.partition("://")
+    if scheme in POSTGRESQL_SCHEMES:
+        given = {key for key, _ in parse_qsl(urlsplit(url).query)}
+        defaults = {k: v for k, v in POSTGRESQL_POOL_DEFAULTS.items() if k not in given}
+        db: pw.Database = connect_url(f"postgresql+pool://{rest}", **defaults)
+        return db
     if url.startswith("sqlite:"):
         db = connect_url(
             url,
@@ -199,27 +243,83 @@ def connect(url: str) -> pw.Database:
         )
     else:
         db = connect_url(url)
-    database.initialize(db)
-    migrate(db)
     return db
 
 
+def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Call blocking store work in this thread: the one gate to the database.
+
+    On a pooled database the call holds one connection and hands it back at
+    the end; the pool checks a connection before lending it again, so after a
+    database restart dead connections are dropped and new ones opened. A
+    database that cannot be reached (refused, dropped mid-call, no free
+    connection in time) becomes ``Unavailable`` naming the database.
+    """
+    db = database.obj
+    try:
+        if isinstance(db, PooledDatabase):
+            with db.connection_context():
+                return function(*args, **kwargs)
+        return function(*args, **kwargs)
+    except (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("database call failed: %s", reason, exc_info=error)
+        raise Unavailable(
+            f"the {describe(db)} cannot be reached or is busy ({reason}); retry once it is back"
+        ) from None
+
+
+def describe(db: pw.Database | None) -> str:
+    """``db`` for messages and logs: kind, place and name, never a password."""
+    if isinstance(db, pw.PostgresqlDatabase):
+        params = db.connect_params
+        where = f"{params.get('host', 'local socket')}:{params.get('port', 5432)}"
+        return f"PostgreSQL database {db.database!r} at {where}"
+    if isinstance(db, pw.SqliteDatabase):
+        return f"SQLite database {db.database}"
+    return "database"
+
+
 def migrate(db: pw.Database) -> None:
-    with db.atomic():
-        if not db.table_exists(SchemaInfo._meta.table_name):
-            db.create_tables(TABLES)
-            SchemaInfo.create(version=SCHEMA_VERSION)
-            return
-        info = SchemaInfo.get()
-        if info.version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database is at schema version {info.version}, newer than this "
-                f"MLServe ({SCHEMA_VERSION}): upgrade MLServe"
-            )
-        while info.version < SCHEMA_VERSION:
-            MIGRATIONS[info.version](db)
-            info.version += 1
-        info.save()
+    """Create the schema in an empty database, or bring an older one forward.
+
+    One transaction: a failed migration leaves the database as it was. On
+    SQLite, playhouse.migrate rebuilds a table to change a column (copy, drop,
+    rename), which the foreign keys of the rows pointing at it would refuse;
+    so, as SQLite's ALTER TABLE guide says, they are off while migrating and
+    checked before the commit. (The pragma has no effect inside a transaction.)
+    """
+    sqlite = db if isinstance(db, pw.SqliteDatabase) else None
+    if sqlite is not None:
+        sqlite.pragma("foreign_keys", 0)
+    try:
+        with db.atomic():
+            _migrate(db)
+            if sqlite is not None and (broken := sqlite.pragma("foreign_key_check")):
+                raise RuntimeError(f"migrating left rows in {broken!r} whose references broke")
+    finally:
+        if sqlite is not None:
+            sqlite.pragma("foreign_keys", 1)
+
+
+def _migrate(db: pw.Database) -> None:
+    if isinstance(db, pw.PostgresqlDatabase):
+        # Replicas starting together on one database take turns here.
+        pw.Select(columns=[pw.fn.pg_advisory_xact_lock(_MIGRATION_LOCK)]).bind(db).scalar()
+    if not db.table_exists(SchemaInfo._meta.table_name):
+        db.create_tables(TABLES)
+        SchemaInfo.create(version=SCHEMA_VERSION)
+        return
+    info = SchemaInfo.get()
+    if info.version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database is at schema version {info.version}, newer than this "
+            f"MLServe ({SCHEMA_VERSION}): upgrade MLServe"
+        )
+    while info.version < SCHEMA_VERSION:
+        MIGRATIONS[info.version](db)
+        info.version += 1
+    info.save()
 
 
 def get_or_create_setting(key: str, make: Callable[[], bytes]) -> bytes:

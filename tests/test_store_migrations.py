@@ -1,39 +1,121 @@
-"""An older database opens under the current schema with every row intact."""
+"""An older database opens under the current schema with every row intact,
+on SQLite and on PostgreSQL (``database_url`` gives a new database of each)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import shutil
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from mlserve import store
+from tests.databases import close_database
+
+DATA = Path(__file__).resolve().parent / "data"
+WHEN = dt.datetime(2026, 11, 1, 12, 0, 0)  # as tests/data/make_foundation_databases.py wrote
 
 
-def test_schema_1_database_is_migrated_without_losing_rows(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    db = store.connect(url)
-    store.Model.create(name="kept", description="from schema 1")
-    store.Server.create(name="local", address="127.0.0.1:1", embedded=True)
-    store.Server.create(name="remote", address="127.0.0.1:2")
-    # Turn it into what the foundation's first schema wrote.
+def restore_foundation(url: str) -> None:
+    """Put the saved foundation-schema database (schema 3, 12c1548) at ``url``."""
+    if url.startswith("sqlite:///"):
+        shutil.copyfile(DATA / "foundation.sqlite3", url.removeprefix("sqlite:///"))
+        return
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute((DATA / "foundation.postgresql.sql").read_text())
+    finally:
+        conn.close()
+
+
+def test_foundation_database_opens_with_every_row_intact(database_url: str) -> None:
+    restore_foundation(database_url)
+    db = store.connect(database_url)
+    try:
+        assert store.SchemaInfo.get().version == store.SCHEMA_VERSION
+        assert bytes(store.Setting.get_by_id("page_token_secret").value) == b"\x00\x01secret\xff"
+        key = store.ApiKey.get(store.ApiKey.prefix == "oldprefix")
+        assert (key.owner, key.role, key.revoked, key.create_time) == (
+            "admin",
+            "admin",
+            False,
+            WHEN,
+        )
+
+        resnet = store.Model.get(store.Model.name == "resnet")
+        assert (resnet.description, json.loads(resnet.labels)) == (
+            "image classifier",
+            {"team": "vision"},
+        )
+        assert (resnet.create_time, resnet.update_time) == (WHEN, WHEN)
+        assert sorted(row.tag for row in resnet.tag_rows) == ["prod", "vision"]
+        assert store.Model.get(store.Model.name == "empty").description == ""
+        versions = {row.version: row for row in resnet.versions}
+        assert sorted(versions) == [1, 2]
+        assert json.loads(versions[2].files) == [["model.py", 20, f"{2:064x}"]]
+        assert (versions[2].sha256, versions[2].size_bytes) == (f"{12:064x}", 20)
+        uploads = {row.upload_id: row.committed_version for row in store.Upload.select()}
+        assert uploads == {"upload-1": 1, "upload-2": 2}
+
+        servers = {row.name: row for row in store.Server.select()}
+        assert (servers["local"].embedded, servers["local"].shares_repository) == (True, True)
+        assert (servers["remote"].embedded, servers["remote"].shares_repository) == (False, False)
+        assert json.loads(servers["remote"].labels) == {"zone": "b"}
+        deployment = store.Deployment.get(store.Deployment.name == "resnet")
+        assert (deployment.model.name, deployment.version) == ("resnet", 2)
+        targets = [
+            (target.server.name, target.state)
+            for target in deployment.targets.order_by(store.DeploymentTarget.position)
+        ]
+        assert targets == [("local", "READY"), ("remote", "READY")]
+        count = store.InferenceCount.get()
+        assert (count.model, count.version, count.count, count.failures, count.last_time) == (
+            "resnet",
+            2,
+            42,
+            1,
+            WHEN,
+        )
+
+        # New rows take fresh ids: PostgreSQL's sequences came along.
+        fresh = store.Model.create(name="after-migration")
+        assert fresh.id > resnet.id
+        store.ModelVersion.create(
+            model=resnet, version=3, sha256="f" * 64, size_bytes=0, files="[]", config="",
+            upload_id="upload-3",
+        )  # fmt: skip
+        assert store.ModelVersion.select().count() == 3
+    finally:
+        close_database(db)
+
+
+def test_schema_1_database_is_migrated_without_losing_rows(database_url: str) -> None:
+    restore_foundation(database_url)
+    # Take the saved database back to what the foundation's first schema wrote.
+    db = store.open_database(database_url)
     db.execute_sql('DROP TABLE "inference_count"')
     db.execute_sql('ALTER TABLE "server" DROP COLUMN "shares_repository"')
-    store.SchemaInfo.update(version=1).execute()
-    db.close()
+    db.execute_sql('UPDATE "schema_info" SET "version" = 1')
+    close_database(db)
 
-    db = store.connect(url)
-    assert store.SchemaInfo.get().version == store.SCHEMA_VERSION
-    assert store.Model.get(store.Model.name == "kept").description == "from schema 1"
-    shares = {row.name: row.shares_repository for row in store.Server.select()}
-    assert shares == {"local": True, "remote": False}
-    store.InferenceCount.create(model="kept", version=1, count=1)
-    db.close()
+    db = store.connect(database_url)
+    try:
+        assert store.SchemaInfo.get().version == store.SCHEMA_VERSION
+        assert store.Model.get(store.Model.name == "resnet").description == "image classifier"
+        shares = {row.name: row.shares_repository for row in store.Server.select()}
+        assert shares == {"local": True, "remote": False}
+        assert store.DeploymentTarget.select().count() == 2
+        store.InferenceCount.create(model="resnet", version=1, count=1)
+    finally:
+        close_database(db)
 
 
-def test_newer_database_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    db = store.connect(url)
+def test_newer_database_is_refused(database_url: str) -> None:
+    db = store.connect(database_url)
     store.SchemaInfo.update(version=store.SCHEMA_VERSION + 1).execute()
-    db.close()
+    close_database(db)
     with pytest.raises(RuntimeError, match="newer than this MLServe"):
-        store.connect(url)
+        store.connect(database_url)

@@ -1,0 +1,191 @@
+"""The store on every database kind (``store_db``: SQLite and PostgreSQL).
+
+Model rows and unique names, version numbering under real concurrency,
+deployment rows and their foreign keys, inference counts from two replicas;
+then, on PostgreSQL only, the pool's limit and a database restart seen
+through ``store.run``. (Listing, filters and paging are the catalog's tests,
+which take ``store_db`` too and so run on both kinds.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import peewee as pw
+import pytest
+from playhouse.pool import PooledDatabase
+
+from mlserve import store
+from mlserve.catalog import Catalog, FileSpec, ModelFields
+from mlserve.errors import AlreadyExists, FailedPrecondition, Unavailable
+from mlserve.paging import PageTokens
+from mlserve.repository import Repository
+from mlserve.stats import InferenceStats
+from tests.postgres import PostgresCluster
+
+
+@pytest.fixture
+def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
+    repository = Repository(tmp_path / "repository", tmp_path / "staging")
+    return Catalog(repository, PageTokens(b"secret" * 4))
+
+
+def stage(catalog: Catalog, upload_id: str, content: bytes) -> list[FileSpec]:
+    path = catalog.repository.staging_dir(upload_id) / "model.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    return [FileSpec("model.bin", len(content), hashlib.sha256(content).hexdigest())]
+
+
+def commit(catalog: Catalog, model: str, upload_id: str, content: bytes) -> int:
+    files = stage(catalog, upload_id, content)
+    record = store.run(
+        catalog.commit_version,
+        model=model,
+        upload_id=upload_id,
+        files=files,
+        config="",
+        manifest_sha256=hashlib.sha256(content).hexdigest(),
+    )
+    return record.version
+
+
+def test_duplicate_model_is_refused_and_nothing_changes(catalog: Catalog) -> None:
+    asyncio.run(catalog.create_model("dup", ModelFields(description="first", tags=["one"])))
+    with pytest.raises(AlreadyExists):
+        asyncio.run(catalog.create_model("dup", ModelFields(description="second", tags=["two"])))
+    assert store.Model.get(store.Model.name == "dup").description == "first"
+    assert [row.tag for row in store.ModelTag.select()] == ["one"]
+    assert store.Model.select().count() == 1
+    # The failed insert left the connection usable (PostgreSQL aborts a
+    # transaction on a unique violation; the atomic block rolled it back).
+    asyncio.run(catalog.create_model("after-dup", ModelFields()))
+
+
+def test_versions_are_numbered_from_one_and_identical_content_is_reused(
+    catalog: Catalog,
+) -> None:
+    assert commit(catalog, "numbered", "up-1", b"first") == 1
+    assert commit(catalog, "numbered", "up-2", b"second") == 2
+    assert commit(catalog, "numbered", "up-3", b"first") == 1
+    versions = [row.version for row in store.ModelVersion.select().order_by(store.ModelVersion.id)]
+    assert versions == [1, 2]
+    assert (catalog.repository.version_dir("numbered", 2) / "model.bin").read_bytes() == b"second"
+
+
+def test_concurrent_commits_get_distinct_version_numbers(catalog: Catalog) -> None:
+    """Threads commit at once, each on its own connection: the unique index decides."""
+    count = 8
+    barrier = threading.Barrier(count)
+
+    def one(index: int) -> int:
+        barrier.wait()
+        return commit(catalog, "raced", f"race-{index}", f"content {index}".encode())
+
+    with ThreadPoolExecutor(count) as pool:
+        numbers = sorted(pool.map(one, range(count)))
+    assert numbers == list(range(1, count + 1))
+    stored = sorted(row.version for row in store.ModelVersion.select())
+    assert stored == numbers
+    for number in numbers:
+        assert (catalog.repository.version_dir("raced", number) / "model.bin").is_file()
+
+
+def test_unique_version_index_is_enforced_by_the_database(store_db: pw.Database) -> None:
+    model = store.Model.create(name="indexed")
+    row = {"model": model, "sha256": "0" * 64, "size_bytes": 0, "files": "[]", "config": ""}
+    store.ModelVersion.create(version=1, upload_id="a", **row)
+    with pytest.raises(pw.IntegrityError), store_db.atomic():
+        store.ModelVersion.create(version=1, upload_id="b", **row)
+    assert store.ModelVersion.select().count() == 1
+
+
+def test_deployed_model_cannot_be_deleted(catalog: Catalog) -> None:
+    commit(catalog, "deployed", "dep-1", b"weights")
+    model = store.Model.get(store.Model.name == "deployed")
+    server = store.Server.create(name="triton-a", address="127.0.0.1:1")
+    deployment = store.Deployment.create(name="deployed", model=model, version=1)
+    store.DeploymentTarget.create(deployment=deployment, server=server)
+    with pytest.raises(FailedPrecondition, match="undeploy it first"):
+        asyncio.run(catalog.delete_model("deployed"))
+    # The database itself refuses too (ON DELETE RESTRICT), on both kinds.
+    with pytest.raises(pw.IntegrityError), store.database.atomic():
+        store.Model.delete().where(store.Model.id == model.id).execute()
+    deployment.delete_instance(recursive=True)
+    asyncio.run(catalog.delete_model("deployed"))
+    assert not store.ModelVersion.select().exists()
+
+
+def test_inference_counts_add_up_across_flushes(store_db: pw.Database) -> None:
+    first, second = InferenceStats(), InferenceStats()  # two replicas' counters
+    for stats, ok in [(first, True), (first, False), (second, True)]:
+        stats.record("counted", 1, ok)
+    asyncio.run(first.flush())
+    asyncio.run(second.flush())
+    usage = asyncio.run(first.usage("counted", 1))
+    assert (usage.count, usage.failures) == (3, 1)
+
+
+# --- PostgreSQL only: the pool and outages -------------------------------------
+
+
+@pytest.fixture
+def pg_database(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    name = postgres_cluster.create_database("pool")
+    try:
+        yield name
+    finally:
+        postgres_cluster.drop_database(name)
+
+
+def test_postgresql_urls_always_get_a_pool_with_limits(
+    postgres_cluster: PostgresCluster, pg_database: str
+) -> None:
+    db = store.connect(postgres_cluster.url(pg_database, max_connections=1, timeout=1))
+    try:
+        assert isinstance(db, PooledDatabase)
+        assert db._max_connections == 1
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            store.run(lambda: (store.Model.select().count(), holding.set(), release.wait(30)))
+
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(hold)
+            assert holding.wait(30)
+            with pytest.raises(Unavailable, match="cannot be reached or is busy"):
+                store.run(store.Model.select().count)
+            release.set()
+            held.result()
+        assert store.run(store.Model.select().count) == 0
+    finally:
+        db.close_all()
+
+
+def test_postgresql_restart_is_unavailable_then_recovers(
+    postgres_cluster: PostgresCluster, pg_database: str
+) -> None:
+    db = store.connect(postgres_cluster.url(pg_database))
+    try:
+        store.run(store.Model.create, name="before")
+        postgres_cluster.stop()
+        try:
+            with pytest.raises(Unavailable) as refused:
+                store.run(store.Model.create, name="during")
+            assert f"PostgreSQL database {pg_database!r}" in refused.value.message
+            with pytest.raises(Unavailable):
+                store.run(store.Model.select().count)
+        finally:
+            postgres_cluster.start()
+        # The pooled connections died with the server: they are dropped and
+        # new ones opened, with no reconnect by hand.
+        store.run(store.Model.create, name="after")
+        names = store.run(lambda: sorted(row.name for row in store.Model.select()))
+        assert names == ["after", "before"]
+    finally:
+        db.close_all()
