@@ -16,6 +16,7 @@ import tritonclient.grpc as triton
 from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
+from mlserve_client import Client
 from tests.conftest import MLServeProcess, Stubs
 from tests.test_bad_input import expect_error
 from tests.test_grpcurl import grpcurl
@@ -66,6 +67,14 @@ def all_models(stubs: Stubs) -> list[bytes]:
         token = page.next_page_token
         if not token:
             return models
+
+
+def refused(stubs: Stubs, code: grpc.StatusCode, call: Callable[..., Any], request: Any) -> str:
+    """Make the call, which must fail with ``code`` and change no model; its details."""
+    before = all_models(stubs)
+    error = expect_error(code, call, request, metadata=stubs.auth)
+    assert all_models(stubs) == before
+    return str(error.details())
 
 
 def settable(model: model_pb2.Model) -> model_pb2.Model:
@@ -212,6 +221,18 @@ def test_list_filters_and_orders(stubs: Stubs, shelf: str) -> None:
     assert names(stubs, shelf, order_by="update_time") == ["a", "b", "c", "d", "e"]
 
 
+def test_python_client_lists_with_filters(mlserve: MLServeProcess, shelf: str) -> None:
+    with Client(mlserve.address, mlserve.key) as client:
+
+        def listed(**filters: Any) -> list[str]:
+            models = client.list_models(name_prefix=shelf, **filters)
+            return [m.name.removeprefix(shelf) for m in models]
+
+        assert listed(kind="classification", labels={"team": "x"}) == ["a", "c"]
+        assert listed(tags_any=["small", "tabular"], order_by="name desc") == ["d", "b", "a"]
+        assert listed(tags_all=["small", "tabular"]) == ["d"]
+
+
 @pytest.mark.parametrize(
     ("filters", "field"),
     [
@@ -282,39 +303,20 @@ def test_bad_metadata_is_invalid_argument_and_writes_nothing(
     if field is None:  # a control: the same path accepts good input
         stubs.models.CreateModel(model_pb2.CreateModelRequest(model=model), metadata=stubs.auth)
         return
-    before = all_models(stubs)
-    error = expect_error(
-        Code.INVALID_ARGUMENT,
-        stubs.models.CreateModel,
-        model_pb2.CreateModelRequest(model=model),
-        metadata=stubs.auth,
-    )
-    assert field in error.details()
+    create = model_pb2.CreateModelRequest(model=model)
+    assert field in refused(stubs, Code.INVALID_ARGUMENT, stubs.models.CreateModel, create)
     model.name = model_name
-    error = expect_error(
-        Code.INVALID_ARGUMENT,
-        stubs.models.UpdateModel,
-        model_pb2.UpdateModelRequest(
-            model=model, update_mask=field_mask_pb2.FieldMask(paths=list(change))
-        ),
-        metadata=stubs.auth,
-    )
-    assert field in error.details()
-    assert all_models(stubs) == before
+    mask = field_mask_pb2.FieldMask(paths=list(change))
+    update = model_pb2.UpdateModelRequest(model=model, update_mask=mask)
+    assert field in refused(stubs, Code.INVALID_ARGUMENT, stubs.models.UpdateModel, update)
 
 
 def test_non_finite_hyperparameter_is_invalid_argument(stubs: Stubs, model_name: str) -> None:
     model = model_pb2.Model(name=model_name)
     model.hyperparameters["lr"].number_value = float("inf")
-    before = all_models(stubs)
-    error = expect_error(
-        Code.INVALID_ARGUMENT,
-        stubs.models.CreateModel,
-        model_pb2.CreateModelRequest(model=model),
-        metadata=stubs.auth,
-    )
-    assert "model.hyperparameters['lr']" in error.details()
-    assert all_models(stubs) == before
+    create = model_pb2.CreateModelRequest(model=model)
+    details = refused(stubs, Code.INVALID_ARGUMENT, stubs.models.CreateModel, create)
+    assert "model.hyperparameters['lr']" in details
 
 
 @pytest.mark.parametrize(
@@ -335,18 +337,11 @@ def test_bad_update_mask_is_invalid_argument_and_changes_nothing(
     stubs.models.CreateModel(
         model_pb2.CreateModelRequest(model=rich_model(model_name)), metadata=stubs.auth
     )
-    before = all_models(stubs)
-    error = expect_error(
-        Code.INVALID_ARGUMENT,
-        stubs.models.UpdateModel,
-        model_pb2.UpdateModelRequest(
-            model=model_pb2.Model(name=model_name, description="x"),
-            update_mask=field_mask_pb2.FieldMask(paths=paths),
-        ),
-        metadata=stubs.auth,
+    update = model_pb2.UpdateModelRequest(
+        model=model_pb2.Model(name=model_name, description="x"),
+        update_mask=field_mask_pb2.FieldMask(paths=paths),
     )
-    assert message in error.details()
-    assert all_models(stubs) == before
+    assert message in refused(stubs, Code.INVALID_ARGUMENT, stubs.models.UpdateModel, update)
 
 
 def test_duplicate_name_is_already_exists_and_changes_nothing(
@@ -355,16 +350,9 @@ def test_duplicate_name_is_already_exists_and_changes_nothing(
     stubs.models.CreateModel(
         model_pb2.CreateModelRequest(model=rich_model(model_name)), metadata=stubs.auth
     )
-    before = all_models(stubs)
-    expect_error(
-        Code.ALREADY_EXISTS,
-        stubs.models.CreateModel,
-        model_pb2.CreateModelRequest(
-            model=model_pb2.Model(name=model_name, description="other", tags=["other"])
-        ),
-        metadata=stubs.auth,
-    )
-    assert all_models(stubs) == before
+    again = model_pb2.Model(name=model_name, description="other", tags=["other"])
+    create = model_pb2.CreateModelRequest(model=again)
+    assert model_name in refused(stubs, Code.ALREADY_EXISTS, stubs.models.CreateModel, create)
 
 
 def test_keyset_paging_while_another_client_inserts(
