@@ -19,6 +19,7 @@ from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
 from tests.conftest import MLServeProcess, Stubs
 from tests.test_bad_input import expect_error
+from tests.test_cli import mlserve_cli
 from tests.test_grpcurl import grpcurl
 from tests.test_lifecycle import upload_add
 
@@ -231,6 +232,23 @@ def test_python_client_lists_with_filters(mlserve: MLServeProcess, shelf: str) -
         assert listed(kind="classification", labels={"team": "x"}) == ["a", "c"]
         assert listed(tags_any=["small", "tabular"], order_by="name desc") == ["d", "b", "a"]
         assert listed(tags_all=["small", "tabular"]) == ["d"]
+
+
+def test_cli_lists_with_filters(mlserve: MLServeProcess, shelf: str) -> None:
+    result = mlserve_cli(
+        mlserve, "models", "list", "--kind", "classification", "--label", "team=x",
+        "--order-by", "name desc",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [(row[0], row[1]) for row in rows] == [
+        (f"{shelf}c", "classification"),
+        (f"{shelf}a", "classification"),
+    ]
+    shown = mlserve_cli(mlserve, "models", "get", f"{shelf}a")
+    fields = dict(line.partition(":")[::2] for line in shown.stdout.splitlines())
+    assert fields["kind"].strip() == "classification"
+    assert fields["deployed"].strip() == "no"
 
 
 @pytest.mark.parametrize(
