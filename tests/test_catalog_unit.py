@@ -166,6 +166,14 @@ def test_update_changes_only_the_masked_fields(catalog: Catalog) -> None:
     assert list(listing(catalog, ModelQuery(labels=["stage=prod"]))) == []
 
 
+def test_delete_removes_tag_and_label_rows(catalog: Catalog) -> None:
+    run(catalog.create_model("kept", RICH))
+    kept = snapshot()
+    run(catalog.create_model("gone", RICH))
+    run(catalog.delete_model("gone"))
+    assert snapshot() == kept
+
+
 def test_update_star_replaces_everything(catalog: Catalog) -> None:
     run(catalog.create_model("churn", RICH))
     updated = run(catalog.update_model("churn", ModelFields(description="fresh"), ["*"]))
