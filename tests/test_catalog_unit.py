@@ -26,7 +26,7 @@ from mlserve.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
-from mlserve.paging import PageTokens
+from mlserve.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens
 from mlserve.repository import Repository
 
 RICH = ModelFields(
@@ -293,10 +293,16 @@ def test_token_is_bound_to_its_query_and_tamper_evident(zoo: Catalog) -> None:
     assert [m.name for m in run(zoo.list_models(1, token, same)).items] == ["b-reg"]
 
 
-def test_page_size_rules(zoo: Catalog) -> None:
-    assert len(run(zoo.list_models(0, "", ModelQuery())).items) == 5  # 0: the default (50)
+def test_page_size_rules(catalog: Catalog) -> None:
+    store.Model.insert_many([{"name": f"m{i:04d}"} for i in range(MAX_PAGE_SIZE + 1)]).execute()
+    default = run(catalog.list_models(0, "", ModelQuery()))
+    assert (len(default.items), bool(default.next_page_token)) == (DEFAULT_PAGE_SIZE, True)
+    clamped = run(catalog.list_models(MAX_PAGE_SIZE * 5, "", ModelQuery()))
+    assert (len(clamped.items), bool(clamped.next_page_token)) == (MAX_PAGE_SIZE, True)
+    last = run(catalog.list_models(MAX_PAGE_SIZE, clamped.next_page_token, ModelQuery()))
+    assert ([m.name for m in last.items], last.next_page_token) == ([f"m{MAX_PAGE_SIZE:04d}"], "")
     with pytest.raises(InvalidArgument, match="page_size"):
-        run(zoo.list_models(-1, "", ModelQuery()))
+        run(catalog.list_models(-1, "", ModelQuery()))
 
 
 # --- keyset paging under concurrent writes ----------------------------------------
