@@ -130,7 +130,7 @@ class Catalog:
         size = page_size(requested_size)
         column_name, descending = _parse_order(query.order_by)
         column = _ORDERS[column_name]
-        condition = _model_filter(query)
+        conditions = _model_filter(query)
         query_key = {
             "list": "models",
             "prefix": query.name_prefix,
@@ -142,9 +142,10 @@ class Catalog:
         }
         after = self.tokens.decode(query_key, token)
         if after is not None:
-            condition &= _after(column, descending, after)
+            conditions.append(_after(column, descending, after))
         order = (column.desc(), store.Model.id.desc()) if descending else (column, store.Model.id)
-        rows = list(store.Model.select().where(condition).order_by(*order).limit(size + 1))
+        select = store.Model.select().order_by(*order).limit(size + 1)
+        rows = list(select.where(*conditions) if conditions else select)
         next_token = ""
         if len(rows) > size:
             last = rows[size - 1]
@@ -373,19 +374,19 @@ def _parse_order(order_by: str) -> tuple[str, bool]:
     )
 
 
-def _model_filter(query: ModelQuery) -> Any:
-    """The WHERE clause for ``query``'s filters; InvalidArgument names a bad one."""
+def _model_filter(query: ModelQuery) -> list[Any]:
+    """The conditions (all must hold) for ``query``'s filters; InvalidArgument names a bad one."""
     model = store.Model
-    condition: Any = pw.SQL("1 = 1")
+    conditions: list[Any] = []
     if query.name_prefix:
-        condition &= model.name.startswith(query.name_prefix)
+        conditions.append(model.name.startswith(query.name_prefix))
     if model_metadata.check_kind(query.kind, "kind"):
-        condition &= model.kind == query.kind
+        conditions.append(model.kind == query.kind)
     for tag in model_metadata.check_tags(query.tags_all, "tags_all"):
-        condition &= _has_tags([tag])
+        conditions.append(_has_tags([tag]))
     tags_any = model_metadata.check_tags(query.tags_any, "tags_any")
     if tags_any:
-        condition &= _has_tags(tags_any)
+        conditions.append(_has_tags(tags_any))
     for index, entry in enumerate(query.labels):
         key, equals, value = entry.partition("=")
         where = f"labels[{index}]"
@@ -393,12 +394,14 @@ def _model_filter(query: ModelQuery) -> Any:
             raise InvalidArgument(f"{where}: {entry!r} is not key=value (e.g. 'team=vision')")
         model_metadata.check_label(key, value, where)
         label = store.ModelLabel
-        condition &= pw.fn.EXISTS(
-            label.select(pw.SQL("1")).where(
-                (label.model == model.id) & (label.key == key) & (label.value == value)
+        conditions.append(
+            pw.fn.EXISTS(
+                label.select(pw.SQL("1")).where(
+                    (label.model == model.id) & (label.key == key) & (label.value == value)
+                )
             )
         )
-    return condition
+    return conditions
 
 
 def _has_tags(tags: list[str]) -> Any:
