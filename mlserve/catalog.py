@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import peewee as pw
 
-from mlserve import store
+from mlserve import model_metadata, store
 from mlserve.aio import in_thread
 from mlserve.errors import (
     AlreadyExists,
@@ -23,15 +22,13 @@ from mlserve.errors import (
     InvalidArgument,
     NotFound,
 )
+from mlserve.model_metadata import ModelFields
 from mlserve.names import check_name, check_relative_path
 from mlserve.paging import PageTokens, page_size
 from mlserve.repository import Repository
 
 T = TypeVar("T")
 
-MAX_TAG_LENGTH = 64
-MAX_TAGS = 64
-_LABEL_KEY = re.compile(r"[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?")
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
@@ -47,9 +44,7 @@ class FileSpec:
 @dataclass(frozen=True)
 class ModelRecord:
     name: str
-    description: str
-    tags: list[str]
-    labels: dict[str, str]
+    fields: ModelFields
     create_time: dt.datetime
     update_time: dt.datetime
     latest_version: int
@@ -75,15 +70,23 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True)
-class ModelFields:
-    """The caller-settable fields of a model."""
+class ModelQuery:
+    """What ListModels asks for: filters (all must hold) and an order."""
 
-    description: str = ""
-    tags: Sequence[str] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
+    name_prefix: str = ""
+    kind: str = ""
+    tags_all: Sequence[str] = ()
+    tags_any: Sequence[str] = ()
+    labels: Sequence[str] = ()  # "key=value"
+    order_by: str = ""  # AIP-132: "name" | "create_time" | "update_time", then " desc"
 
 
-UPDATABLE_MODEL_FIELDS = frozenset({"description", "tags", "labels"})
+# The orders ListModels offers; each has an index on (column, id).
+_ORDERS: dict[str, Any] = {
+    "name": store.Model.name,
+    "create_time": store.Model.create_time,
+    "update_time": store.Model.update_time,
+}
 
 
 @dataclass(frozen=True)
@@ -103,61 +106,63 @@ class Catalog:
     @in_thread
     def create_model(self, name: str, fields: ModelFields) -> ModelRecord:
         check_name(name, "model name")
-        tags, labels = _check_tags(fields.tags), _check_labels(fields.labels)
+        fields = model_metadata.check_fields(fields)
         try:
             with store.database.atomic():
-                row = store.Model.create(name=name, description=fields.description, labels=labels)
-                _replace_tags(row, tags)
+                row = store.Model(name=name)
+                model_metadata.write(row, fields)
         except pw.IntegrityError:
             raise AlreadyExists(f"model {name!r} already exists") from None
-        return _model_record(row)
+        return _model_records([row])[0]
 
     @in_thread
     def get_model(self, name: str) -> ModelRecord:
-        return _model_record(_model_row(name))
+        return _model_records([_model_row(name)])[0]
 
     @in_thread
-    def list_models(
-        self, requested_size: int, token: str, name_prefix: str = "", tag: str = ""
-    ) -> Page[ModelRecord]:
+    def list_models(self, requested_size: int, token: str, query: ModelQuery) -> Page[ModelRecord]:
+        """One page in ``query``'s order, after the (sort key, id) the token carries.
+
+        Keyset paging: a page starts strictly after the previous page's last
+        row, so rows inserted or deleted between pages shift nothing; the id
+        breaks ties between equal sort keys.
+        """
         size = page_size(requested_size)
-        query_key = {"list": "models", "prefix": name_prefix, "tag": tag}
+        column_name, descending = _parse_order(query.order_by)
+        column = _ORDERS[column_name]
+        conditions = _model_filter(query)
+        query_key = {
+            "list": "models",
+            "prefix": query.name_prefix,
+            "kind": query.kind,
+            "all": sorted(set(query.tags_all)),
+            "any": sorted(set(query.tags_any)),
+            "labels": sorted(set(query.labels)),
+            "order": [column_name, descending],
+        }
         after = self.tokens.decode(query_key, token)
-        query = store.Model.select().order_by(store.Model.name).limit(size + 1)
         if after is not None:
-            query = query.where(store.Model.name > str(after))
-        if name_prefix:
-            query = query.where(store.Model.name.startswith(name_prefix))
-        if tag:
-            tagged = store.ModelTag.select(store.ModelTag.model).where(store.ModelTag.tag == tag)
-            query = query.where(store.Model.id.in_(tagged))
-        rows = list(query)
-        records = [_model_record(row) for row in rows[:size]]
-        next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
-        return Page(records, next_token)
+            conditions.append(_after(column, descending, after))
+        order = (column.desc(), store.Model.id.desc()) if descending else (column, store.Model.id)
+        select = store.Model.select().order_by(*order).limit(size + 1)
+        rows = list(select.where(*conditions) if conditions else select)
+        next_token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            key = getattr(last, column_name)
+            key = key.isoformat() if isinstance(key, dt.datetime) else key
+            next_token = self.tokens.encode(query_key, [key, last.id])
+        return Page(_model_records(rows[:size]), next_token)
 
     @in_thread
     def update_model(self, name: str, fields: ModelFields, mask: Sequence[str]) -> ModelRecord:
-        unknown = set(mask) - UPDATABLE_MODEL_FIELDS
-        if unknown:
-            raise InvalidArgument(
-                f"update_mask names fields that cannot be updated: {', '.join(sorted(unknown))}; "
-                f"updatable: {', '.join(sorted(UPDATABLE_MODEL_FIELDS))}"
-            )
-        if not mask:
-            raise InvalidArgument("update_mask is empty: name the fields to change")
-        tags, labels = _check_tags(fields.tags), _check_labels(fields.labels)
         with store.database.atomic():
             row = _model_row(name)
-            if "description" in mask:
-                row.description = fields.description
-            if "labels" in mask:
-                row.labels = labels
-            if "tags" in mask:
-                _replace_tags(row, tags)
+            current = model_metadata.read(row, _tags_of([row.id])[row.id])
+            merged = model_metadata.check_fields(model_metadata.apply_mask(current, fields, mask))
             row.update_time = store.utcnow()
-            row.save()
-        return _model_record(row)
+            model_metadata.write(row, merged)
+        return _model_records([row])[0]
 
     @in_thread
     def delete_model(self, name: str) -> None:
@@ -354,56 +359,112 @@ def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
         )
 
 
-def _replace_tags(row: Any, tags: list[str]) -> None:
-    store.ModelTag.delete().where(store.ModelTag.model == row).execute()
-    if tags:
-        store.ModelTag.insert_many([{"model": row, "tag": tag} for tag in tags]).execute()
+def _parse_order(order_by: str) -> tuple[str, bool]:
+    """AIP-132 ``order_by``: a column, optionally " asc" or " desc"; empty is "name"."""
+    words = order_by.split()
+    if not words:
+        return "name", False
+    if words[0] in _ORDERS and (
+        len(words) == 1 or (len(words) == 2 and words[1] in ("asc", "desc"))
+    ):
+        return words[0], words[-1] == "desc"
+    raise InvalidArgument(
+        f"order_by {order_by!r} is not understood: use one of {', '.join(_ORDERS)}, "
+        "optionally followed by ' desc' (e.g. 'create_time desc')"
+    )
 
 
-def _check_tags(tags: Sequence[str]) -> list[str]:
-    if len(tags) > MAX_TAGS:
-        raise InvalidArgument(f"at most {MAX_TAGS} tags, got {len(tags)}")
-    for tag in tags:
-        if not tag or len(tag) > MAX_TAG_LENGTH or "\x00" in tag:
-            raise InvalidArgument(f"tag {tag!r} must be 1 to {MAX_TAG_LENGTH} characters, no NUL")
-    return sorted(set(tags))
-
-
-def _check_labels(labels: Mapping[str, str]) -> str:
-    for key, value in labels.items():
-        if not _LABEL_KEY.fullmatch(key):
-            raise InvalidArgument(
-                f"label key {key!r} must be 1 to 63 lower-case letters, digits, '_', '-', '.', '/'"
+def _model_filter(query: ModelQuery) -> list[Any]:
+    """The conditions (all must hold) for ``query``'s filters; InvalidArgument names a bad one."""
+    model = store.Model
+    conditions: list[Any] = []
+    if query.name_prefix:
+        conditions.append(model.name.startswith(query.name_prefix))
+    if model_metadata.check_kind(query.kind, "kind"):
+        conditions.append(model.kind == query.kind)
+    for tag in model_metadata.check_tags(query.tags_all, "tags_all"):
+        conditions.append(_has_tags([tag]))
+    tags_any = model_metadata.check_tags(query.tags_any, "tags_any")
+    if tags_any:
+        conditions.append(_has_tags(tags_any))
+    for index, entry in enumerate(query.labels):
+        key, equals, value = entry.partition("=")
+        where = f"labels[{index}]"
+        if not equals:
+            raise InvalidArgument(f"{where}: {entry!r} is not key=value (e.g. 'team=vision')")
+        model_metadata.check_label(key, value, where)
+        label = store.ModelLabel
+        conditions.append(
+            pw.fn.EXISTS(
+                label.select(pw.SQL("1")).where(
+                    (label.model == model.id) & (label.key == key) & (label.value == value)
+                )
             )
-        if len(value) > 256:
-            raise InvalidArgument(f"label {key!r} has a value over 256 characters")
-    return json.dumps(dict(sorted(labels.items())))
-
-
-def _model_record(row: Any) -> ModelRecord:
-    stats: tuple[int | None, int] = (
-        store.ModelVersion.select(
-            pw.fn.MAX(store.ModelVersion.version), pw.fn.COUNT(store.ModelVersion.id)
         )
-        .where(store.ModelVersion.model == row)
-        .scalar(as_tuple=True)
+    return conditions
+
+
+def _has_tags(tags: list[str]) -> Any:
+    """True for a model carrying any of ``tags``: a probe of model_tag's (model, tag) index."""
+    tag = store.ModelTag
+    return pw.fn.EXISTS(
+        tag.select(pw.SQL("1")).where((tag.model == store.Model.id) & tag.tag.in_(tags))
     )
-    tags = [
-        t.tag
-        for t in store.ModelTag.select()
-        .where(store.ModelTag.model == row)
+
+
+def _after(column: Any, descending: bool, key: Any) -> Any:
+    """Rows after the page token's ``[sort key, id]`` in the page order."""
+    if not (isinstance(key, list) and len(key) == 2 and isinstance(key[1], int)):
+        raise InvalidArgument("page_token is malformed: ask for the first page again")
+    value, last_id = key
+    if isinstance(column, pw.DateTimeField):
+        value = dt.datetime.fromisoformat(value)
+    if column is store.Model.name:  # unique: the name alone is the key
+        return column < value if descending else column > value
+    row, last = pw.Tuple(column, store.Model.id), pw.Tuple(value, last_id)
+    return row < last if descending else row > last
+
+
+def _tags_of(model_ids: list[int]) -> dict[int, list[str]]:
+    tags: dict[int, list[str]] = {model_id: [] for model_id in model_ids}
+    query = (
+        store.ModelTag.select(store.ModelTag.model, store.ModelTag.tag)
+        .where(store.ModelTag.model.in_(model_ids))
         .order_by(store.ModelTag.tag)
-    ]
-    return ModelRecord(
-        name=row.name,
-        description=row.description,
-        tags=tags,
-        labels=json.loads(row.labels),
-        create_time=row.create_time,
-        update_time=row.update_time,
-        latest_version=stats[0] or 0,
-        version_count=stats[1] or 0,
+        .tuples()
     )
+    rows: list[tuple[int, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
+    for model_id, tag in rows:
+        tags[model_id].append(tag)
+    return tags
+
+
+def _model_records(rows: list[Any]) -> list[ModelRecord]:
+    """Records for ``rows`` with two more queries in all (tags, version counts), not per row."""
+    if not rows:
+        return []
+    ids = [row.id for row in rows]
+    tags = _tags_of(ids)
+    version = store.ModelVersion
+    query = (
+        version.select(version.model, pw.fn.MAX(version.version), pw.fn.COUNT(version.id))
+        .where(version.model.in_(ids))
+        .group_by(version.model)
+        .tuples()
+    )
+    counts: list[tuple[int, int, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
+    stats = {model_id: (latest, count) for model_id, latest, count in counts}
+    return [
+        ModelRecord(
+            name=row.name,
+            fields=model_metadata.read(row, tags[row.id]),
+            create_time=row.create_time,
+            update_time=row.update_time,
+            latest_version=stats.get(row.id, (0, 0))[0],
+            version_count=stats.get(row.id, (0, 0))[1],
+        )
+        for row in rows
+    ]
 
 
 def _version_record(row: Any, model: str) -> VersionRecord:

@@ -109,7 +109,16 @@ def _add_model_commands(commands: Subcommands, connection: argparse.ArgumentPars
     upload.add_argument("--name", required=True, help="model name")
     upload.add_argument("--version-dir", help="which version folder to upload (default: highest)")
     upload.add_argument("--upload-id", help="resume id (default: derived from name and content)")
-    _command(models, "list", _list_models, "list every model", connection)
+    listing = _command(models, "list", _list_models, "list models, filtered", connection)
+    listing.add_argument(
+        "--kind", default="", choices=["classification", "regression", "clustering", "other"]
+    )
+    listing.add_argument("--tag", action="append", default=[], help="must carry it (repeatable)")
+    listing.add_argument(
+        "--any-tag", action="append", default=[], help="must carry one of them (repeatable)"
+    )
+    listing.add_argument("--label", action="append", default=[], help="KEY=VALUE (repeatable)")
+    listing.add_argument("--order-by", default="", help='e.g. "create_time desc" (default: name)')
     for name, run, help_text in (
         ("get", _get_model, "show one model"),
         ("delete", _delete_model, "delete a model and all of its versions"),
@@ -176,16 +185,23 @@ class _ByteProgressBar:
 
 def _list_models(client: Client, args: argparse.Namespace) -> int:
     _print_table(
-        ("NAME", "LATEST", "VERSIONS", "TAGS", "DESCRIPTION"),
+        ("NAME", "KIND", "LATEST", "VERSIONS", "TAGS", "DESCRIPTION"),
         (
             (
                 model.name,
+                _kind(model.kind),
                 str(model.latest_version or "-"),
                 str(model.version_count),
                 ",".join(model.tags) or "-",
                 " ".join(model.description.split()),
             )
-            for model in client.list_models()
+            for model in client.list_models(
+                kind=args.kind,
+                tags_all=args.tag,
+                tags_any=args.any_tag,
+                labels=dict(label.partition("=")[::2] for label in args.label),
+                order_by=args.order_by,
+            )
         ),
     )
     return 0
@@ -198,8 +214,12 @@ def _get_model(client: Client, args: argparse.Namespace) -> int:
         ("description", model.description),
         ("tags", ", ".join(model.tags)),
         ("labels", _labels(model.labels)),
+        ("kind", _kind(model.kind)),
         ("latest version", str(model.latest_version or "-")),
         ("versions", str(model.version_count)),
+        ("deployed", _deployed(model)),
+        ("inferences", str(model.inference_count)),
+        ("drift detection", model.drift_detection.method or "-"),
         ("created", _when(model.create_time)),
         ("updated", _when(model.update_time)),
     )
@@ -436,6 +456,18 @@ def _state_word(full_name: str) -> str:
 
 def _labels(labels: Mapping[str, str]) -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def _kind(kind: model_pb2.ModelKind.ValueType) -> str:
+    return model_pb2.ModelKind.Name(kind).removeprefix("MODEL_KIND_").lower() if kind else "-"
+
+
+def _deployed(model: model_pb2.Model) -> str:
+    if not model.HasField("deployment"):
+        return "no"
+    deployment = model.deployment
+    state = _deployment_state(deployment.state)
+    return f"version {deployment.version} on {', '.join(deployment.servers)}: {state}"
 
 
 def _when(moment: Timestamp) -> str:

@@ -133,6 +133,15 @@ class Deployments:
             raise NotFound(f"deployment {name!r} does not exist")
         return await in_thread(_record)(row)
 
+    async def of_model(self, model: str) -> DeploymentRecord | None:
+        """``model``'s deployment (one per model, named after it), or None."""
+
+        def fetch() -> DeploymentRecord | None:
+            row = _deployment_row_or_none(model)
+            return None if row is None else _record(row)
+
+        return await in_thread(fetch)()
+
     async def list_deployments(self, requested_size: int, token: str) -> Page[DeploymentRecord]:
         size = page_size(requested_size)
         query_key = {"list": "deployments"}

@@ -164,7 +164,7 @@ class MLServe:
             ],
         )
         model_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(domain.catalog, domain.uploads, domain.stats), server
+            ModelService(domain.catalog, domain.uploads, domain.stats, domain.deployments), server
         )
         server_pb2_grpc.add_ServerServiceServicer_to_server(
             ServerService(domain.fleet, domain.deployments), server

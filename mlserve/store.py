@@ -11,6 +11,7 @@ pooled connection and turns a lost database into ``errors.Unavailable``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -44,7 +45,7 @@ POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> dt.datetime:
@@ -83,12 +84,31 @@ class ApiKey(BaseModel):
 
 
 class Model(BaseModel):
+    """A model's metadata. What ListModels filters or orders by is a column
+    (or a row of model_tag / model_label) with an index; what is only
+    returned is JSON text."""
+
     id = pw.AutoField()
     name = pw.CharField(unique=True, max_length=128)
     description = pw.TextField(default="")
-    labels = pw.TextField(default="{}")  # JSON object
+    labels = pw.TextField(default="{}")  # JSON object; model_label indexes it
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
+    kind = pw.CharField(max_length=32, default="", index=True)
+    hyperparameters = pw.TextField(default="{}")  # JSON object
+    performance = pw.TextField(default="[]")  # JSON list of metrics
+    training_resources = pw.TextField(default="[]")  # JSON list of {resource, amount}
+    run_resources = pw.TextField(default="[]")  # JSON list of {resource, amount}
+    features = pw.TextField(default="[]")  # JSON list of {name, type, description}
+    inference = pw.TextField(default="{}")  # JSON object of inference hints
+    drift_detection = pw.TextField(default="{}")  # JSON object {enabled, method}
+
+    class Meta:
+        # Keyset paging orders by (key, id); these keep each order an index walk.
+        indexes = (
+            (("create_time", "id"), False),
+            (("update_time", "id"), False),
+        )
 
 
 class ModelTag(BaseModel):
@@ -98,7 +118,19 @@ class ModelTag(BaseModel):
     tag = pw.CharField(max_length=64, index=True)
 
     class Meta:
-        indexes = ((("model", "tag"), True),)
+        indexes = ((("model", "tag"), True), (("tag", "model"), False))
+
+
+class ModelLabel(BaseModel):
+    """One label of a model, so label filters use an index (the model's
+    ``labels`` column keeps the same pairs for returning them)."""
+
+    model = pw.ForeignKeyField(Model, backref="label_rows", on_delete="CASCADE")
+    key = pw.CharField(max_length=63)
+    value = pw.CharField(max_length=256)
+
+    class Meta:
+        indexes = ((("model", "key"), True), (("key", "value", "model"), False))
 
 
 class ModelVersion(BaseModel):
@@ -178,6 +210,7 @@ TABLES: list[type[BaseModel]] = [
     ApiKey,
     Model,
     ModelTag,
+    ModelLabel,
     ModelVersion,
     Upload,
     Server,
@@ -200,9 +233,45 @@ def _add_shares_repository(db: pw.Database) -> None:
     Server.update(shares_repository=True).where(Server.embedded == True).execute()  # noqa: E712
 
 
+def _add_model_metadata(db: pw.Database) -> None:
+    """Issue 5's catalog: metadata columns, their indexes, and model_label."""
+    migrator = SchemaMigrator.from_database(db)
+    text_columns = {
+        "hyperparameters": "{}",
+        "performance": "[]",
+        "training_resources": "[]",
+        "run_resources": "[]",
+        "features": "[]",
+        "inference": "{}",
+        "drift_detection": "{}",
+    }
+    migrate_schema(
+        migrator.add_column("model", "kind", pw.CharField(max_length=32, default="")),
+        *(
+            migrator.add_column("model", column, pw.TextField(default=empty))
+            for column, empty in text_columns.items()
+        ),
+        migrator.add_index("model", ("kind",)),
+        migrator.add_index("model", ("create_time", "id")),
+        migrator.add_index("model", ("update_time", "id")),
+        migrator.add_index("model_tag", ("tag", "model_id")),
+    )
+    db.create_tables([ModelLabel])
+    query = Model.select(Model.id, Model.labels).tuples()
+    rows: list[tuple[int, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
+    pairs = [
+        {"model": model_id, "key": key, "value": value}
+        for model_id, labels in rows
+        for key, value in json.loads(labels).items()
+    ]
+    for start in range(0, len(pairs), 500):
+        ModelLabel.insert_many(pairs[start : start + 500]).execute()
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
+    3: _add_model_metadata,
 }
 
 

@@ -53,6 +53,13 @@ def test_foundation_database_opens_with_every_row_intact(database_url: str) -> N
         assert (resnet.create_time, resnet.update_time) == (WHEN, WHEN)
         assert sorted(row.tag for row in resnet.tag_rows) == ["prod", "vision"]
         assert store.Model.get(store.Model.name == "empty").description == ""
+        # Schema 4 (model metadata): the label JSON is indexed in model_label,
+        # the new columns hold their empty values, the keyset indexes exist.
+        labels = {(row.key, row.value) for row in store.ModelLabel.select()}
+        assert labels == {("team", "vision")}
+        assert (resnet.kind, resnet.features, resnet.hyperparameters) == ("", "[]", "{}")
+        indexes = {index.name for index in db.get_indexes("model")}
+        assert {"model_kind", "model_create_time_id", "model_update_time_id"} <= indexes
         versions = {row.version: row for row in resnet.versions}
         assert sorted(versions) == [1, 2]
         assert json.loads(versions[2].files) == [["model.py", 20, f"{2:064x}"]]

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mlserve.catalog import FileSpec, ModelFields, ModelRecord, VersionRecord
+from mlserve.catalog import FileSpec, ModelQuery, ModelRecord, VersionRecord
 from mlserve.deployments import DeploymentRecord
+from mlserve.errors import InvalidArgument
 from mlserve.fleet import ServerFields, ServerRecord
+from mlserve.model_metadata import (
+    DriftDetection,
+    Feature,
+    InferenceHints,
+    Metric,
+    ModelFields,
+    ResourceAmount,
+)
 from mlserve.stats import UsageRecord
 from mlserve.uploads import Chunk, UploadHeader, UploadRecord
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
@@ -25,25 +38,148 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
     return stamp
 
 
-def model(record: ModelRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.Model:
+def enum_name(enum: EnumDescriptor, prefix: str, value: int) -> str:
+    """A proto enum value as the domain names it: "" for the zero value, the
+    lower-case name without ``prefix``, or the bare number when the value is
+    unknown (the domain refuses it, naming the field)."""
+    if value == 0:
+        return ""
+    if value not in enum.values_by_number:
+        return str(value)
+    return enum.values_by_number[value].name.removeprefix(prefix).lower()
+
+
+def enum_value(enum: EnumDescriptor, prefix: str, name: str) -> int:
+    return enum.values_by_name[prefix + name.upper()].number if name else 0
+
+
+_KIND = (model_pb2.ModelKind.DESCRIPTOR, "MODEL_KIND_")
+_ORDER = (model_pb2.MetricOrder.DESCRIPTOR, "METRIC_ORDER_")
+
+
+def model(
+    record: ModelRecord,
+    usage: UsageRecord = _NO_USAGE,
+    deployed: DeploymentRecord | None = None,
+) -> model_pb2.Model:
+    fields = record.fields
+    hints = fields.inference
     return model_pb2.Model(
         inference_count=usage.count,
         inference_failures=usage.failures,
         last_inference_time=timestamp(usage.last_time),
         name=record.name,
-        description=record.description,
-        tags=record.tags,
-        labels=record.labels,
+        description=fields.description,
+        tags=fields.tags,
+        labels=fields.labels,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
         latest_version=record.latest_version,
         version_count=record.version_count,
+        kind=model_pb2.ModelKind.ValueType(enum_value(*_KIND, fields.kind)),
+        hyperparameters={
+            name: json_format.ParseDict(value, struct_pb2.Value())
+            for name, value in fields.hyperparameters.items()
+        },
+        performance=[
+            model_pb2.PerformanceMetric(
+                metric=m.metric,
+                value=m.value,
+                threshold=m.threshold,
+                order=model_pb2.MetricOrder.ValueType(enum_value(*_ORDER, m.order)),
+            )
+            for m in fields.performance
+        ],
+        training_resources=[_resource(r) for r in fields.training_resources],
+        run_resources=[_resource(r) for r in fields.run_resources],
+        features=[
+            model_pb2.Feature(name=f.name, type=f.type, description=f.description)
+            for f in fields.features
+        ],
+        inference=model_pb2.InferenceHints(
+            max_batch_size=hints.max_batch_size,
+            instance_count=hints.instance_count,
+            accelerator=hints.accelerator,
+            timeout=None if hints.timeout is None else _duration(hints.timeout),
+        ),
+        drift_detection=model_pb2.DriftDetection(
+            enabled=fields.drift_detection.enabled, method=fields.drift_detection.method
+        ),
+        deployment=None
+        if deployed is None
+        else model_pb2.ModelDeployment(
+            version=deployed.version,
+            state=_DEPLOYMENT_STATES[deployed.state],
+            servers=deployed.servers,
+        ),
     )
 
 
+def _resource(resource: ResourceAmount) -> model_pb2.ResourceAmount:
+    return model_pb2.ResourceAmount(resource=resource.resource, amount=resource.amount)
+
+
+def _duration(value: dt.timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(value)
+    return duration
+
+
 def model_fields(message: model_pb2.Model) -> ModelFields:
+    hints = message.inference
     return ModelFields(
-        description=message.description, tags=list(message.tags), labels=dict(message.labels)
+        description=message.description,
+        tags=list(message.tags),
+        labels=dict(message.labels),
+        kind=enum_name(*_KIND, message.kind),
+        hyperparameters={
+            name: _json_value(value, f"model.hyperparameters[{name!r}]")
+            for name, value in message.hyperparameters.items()
+        },
+        performance=[
+            Metric(
+                metric=m.metric,
+                value=m.value,
+                threshold=m.threshold if m.HasField("threshold") else None,
+                order=enum_name(*_ORDER, m.order),
+            )
+            for m in message.performance
+        ],
+        training_resources=[
+            ResourceAmount(r.resource, r.amount) for r in message.training_resources
+        ],
+        run_resources=[ResourceAmount(r.resource, r.amount) for r in message.run_resources],
+        features=[Feature(f.name, f.type, f.description) for f in message.features],
+        inference=InferenceHints(
+            max_batch_size=hints.max_batch_size,
+            instance_count=hints.instance_count,
+            accelerator=hints.accelerator,
+            timeout=hints.timeout.ToTimedelta() if hints.HasField("timeout") else None,
+        ),
+        drift_detection=DriftDetection(
+            enabled=message.drift_detection.enabled, method=message.drift_detection.method
+        ),
+    )
+
+
+def _json_value(value: struct_pb2.Value, where: str) -> Any:
+    try:
+        return json_format.MessageToDict(value)
+    except ValueError as error:  # NaN or infinity: JSON has no such number
+        raise InvalidArgument(f"{where}: {error}") from None
+
+
+def model_query(request: model_pb2.ListModelsRequest) -> ModelQuery:
+    tags_all = list(request.tags_all)
+    if request.tag:  # the older single-tag filter is one more required tag
+        tags_all.append(request.tag)
+    return ModelQuery(
+        name_prefix=request.name_prefix,
+        kind=enum_name(*_KIND, request.kind),
+        tags_all=tags_all,
+        tags_any=list(request.tags_any),
+        labels=list(request.labels),
+        order_by=request.order_by,
     )
 
 

@@ -9,6 +9,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
 from mlserve.catalog import Catalog
+from mlserve.deployments import Deployments
 from mlserve.stats import InferenceStats
 from mlserve.uploads import Chunk, UploadHeader, Uploads
 from mlserve_api.v1 import model_pb2, model_pb2_grpc
@@ -17,10 +18,13 @@ Context = Any
 
 
 class ModelService(model_pb2_grpc.ModelServiceServicer):
-    def __init__(self, catalog: Catalog, uploads: Uploads, stats: InferenceStats) -> None:
+    def __init__(
+        self, catalog: Catalog, uploads: Uploads, stats: InferenceStats, deployments: Deployments
+    ) -> None:
         self.catalog = catalog
         self.uploads = uploads
         self.stats = stats
+        self.deployments = deployments
 
     async def CreateModel(
         self, request: model_pb2.CreateModelRequest, context: Context
@@ -34,13 +38,14 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.GetModelRequest, context: Context
     ) -> model_pb2.Model:
         record = await self.catalog.get_model(request.name)
-        return convert.model(record, await self.stats.usage(record.name))
+        usage = await self.stats.usage(record.name)
+        return convert.model(record, usage, await self.deployments.of_model(record.name))
 
     async def ListModels(
         self, request: model_pb2.ListModelsRequest, context: Context
     ) -> model_pb2.ListModelsResponse:
         page = await self.catalog.list_models(
-            request.page_size, request.page_token, request.name_prefix, request.tag
+            request.page_size, request.page_token, convert.model_query(request)
         )
         return model_pb2.ListModelsResponse(
             models=[convert.model(record) for record in page.items],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -114,9 +114,34 @@ class Client:
             writer.finish()
         return found
 
-    def list_models(self) -> Iterator[model_pb2.Model]:
+    def list_models(
+        self,
+        *,
+        name_prefix: str = "",
+        kind: str = "",
+        tags_all: Sequence[str] = (),
+        tags_any: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        order_by: str = "",
+    ) -> Iterator[model_pb2.Model]:
+        """Every model matching all the filters given, page after page.
+
+        ``kind`` is a name such as "classification"; ``labels`` must all match;
+        ``order_by`` is "name" (the default), "create_time" or "update_time",
+        optionally followed by " desc".
+        """
+        request = model_pb2.ListModelsRequest(
+            name_prefix=name_prefix,
+            kind=model_pb2.ModelKind.Value(f"MODEL_KIND_{kind.upper() or 'UNSPECIFIED'}"),
+            tags_all=tags_all,
+            tags_any=tags_any,
+            labels=[f"{key}={value}" for key, value in (labels or {}).items()],
+            order_by=order_by,
+        )
+
         def page(token: str) -> tuple[Sequence[model_pb2.Model], str]:
-            response = self.models.ListModels(model_pb2.ListModelsRequest(page_token=token))
+            request.page_token = token
+            response = self.models.ListModels(request)
             return response.models, response.next_page_token
 
         return _every_page(page)

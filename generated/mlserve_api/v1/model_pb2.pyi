@@ -5,11 +5,14 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mlserve_api.v1 import deployment_pb2 as _deployment_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +23,62 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ModelKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_KIND_UNSPECIFIED: _ModelKind.ValueType  # 0
+    """Not set."""
+    MODEL_KIND_CLASSIFICATION: _ModelKind.ValueType  # 1
+    """Predicts a class (or class probabilities)."""
+    MODEL_KIND_REGRESSION: _ModelKind.ValueType  # 2
+    """Predicts a number."""
+    MODEL_KIND_CLUSTERING: _ModelKind.ValueType  # 3
+    """Groups inputs into clusters."""
+    MODEL_KIND_OTHER: _ModelKind.ValueType  # 4
+    """Anything else (e.g. ranking, generation, embedding)."""
+
+class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
+    """ModelKind is the kind of problem a model solves."""
+
+MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
+"""Not set."""
+MODEL_KIND_CLASSIFICATION: ModelKind.ValueType  # 1
+"""Predicts a class (or class probabilities)."""
+MODEL_KIND_REGRESSION: ModelKind.ValueType  # 2
+"""Predicts a number."""
+MODEL_KIND_CLUSTERING: ModelKind.ValueType  # 3
+"""Groups inputs into clusters."""
+MODEL_KIND_OTHER: ModelKind.ValueType  # 4
+"""Anything else (e.g. ranking, generation, embedding)."""
+Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
+
+class _MetricOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_ORDER_UNSPECIFIED: _MetricOrder.ValueType  # 0
+    """Not set."""
+    METRIC_ORDER_HIGHER_IS_BETTER: _MetricOrder.ValueType  # 1
+    """Higher values are better (accuracy, F1, AUC)."""
+    METRIC_ORDER_LOWER_IS_BETTER: _MetricOrder.ValueType  # 2
+    """Lower values are better (loss, RMSE, latency)."""
+
+class MetricOrder(_MetricOrder, metaclass=_MetricOrderEnumTypeWrapper):
+    """MetricOrder says which direction of a metric is better."""
+
+METRIC_ORDER_UNSPECIFIED: MetricOrder.ValueType  # 0
+"""Not set."""
+METRIC_ORDER_HIGHER_IS_BETTER: MetricOrder.ValueType  # 1
+"""Higher values are better (accuracy, F1, AUC)."""
+METRIC_ORDER_LOWER_IS_BETTER: MetricOrder.ValueType  # 2
+"""Lower values are better (loss, RMSE, latency)."""
+Global___MetricOrder: _TypeAlias = MetricOrder  # noqa: Y015
 
 class _UploadState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -71,6 +130,27 @@ class Model(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HyperparametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
@@ -82,6 +162,15 @@ class Model(_message.Message):
     INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
     INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    PERFORMANCE_FIELD_NUMBER: _builtins.int
+    TRAINING_RESOURCES_FIELD_NUMBER: _builtins.int
+    RUN_RESOURCES_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    INFERENCE_FIELD_NUMBER: _builtins.int
+    DRIFT_DETECTION_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters,
     not starting with '.'. Used as the Triton model name.
@@ -96,6 +185,8 @@ class Model(_message.Message):
     """Inferences routed to any version of the model by the gateway. Output only."""
     inference_failures: _builtins.int
     """Of those, how many failed. Output only."""
+    kind: Global___ModelKind.ValueType
+    """What kind of problem the model solves; unspecified until set."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags for finding the model; each at most 64 characters."""
@@ -116,6 +207,43 @@ class Model(_message.Message):
     def last_inference_time(self) -> _timestamp_pb2.Timestamp:
         """When the model last served an inference. Output only."""
 
+    @_builtins.property
+    def hyperparameters(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
+        """Training hyperparameters, name to value. A value keeps its JSON type
+        (number, string, bool, list, object), so {"layers": [64, 32]} stays a
+        list; numbers must be finite. Names at most 128 characters.
+        """
+
+    @_builtins.property
+    def performance(self) -> _containers.RepeatedCompositeFieldContainer[Global___PerformanceMetric]:
+        """Measured performance, one entry per metric name."""
+
+    @_builtins.property
+    def training_resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceAmount]:
+        """What training the model needs, one entry per resource name."""
+
+    @_builtins.property
+    def run_resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceAmount]:
+        """What serving the model needs, one entry per resource name."""
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]:
+        """The model's input features, in input order, names unique."""
+
+    @_builtins.property
+    def inference(self) -> Global___InferenceHints:
+        """Hints for callers and deployers on how to run inference."""
+
+    @_builtins.property
+    def drift_detection(self) -> Global___DriftDetection:
+        """Whether drift detection is on for this model, and how."""
+
+    @_builtins.property
+    def deployment(self) -> Global___ModelDeployment:
+        """The model's deployment, unset when it is not deployed. Filled by
+        GetModel only. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -130,14 +258,223 @@ class Model(_message.Message):
         inference_count: _builtins.int = ...,
         inference_failures: _builtins.int = ...,
         last_inference_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___ModelKind.ValueType = ...,
+        hyperparameters: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        performance: _abc.Iterable[Global___PerformanceMetric] | None = ...,
+        training_resources: _abc.Iterable[Global___ResourceAmount] | None = ...,
+        run_resources: _abc.Iterable[Global___ResourceAmount] | None = ...,
+        features: _abc.Iterable[Global___Feature] | None = ...,
+        inference: Global___InferenceHints | None = ...,
+        drift_detection: Global___DriftDetection | None = ...,
+        deployment: Global___ModelDeployment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployment", b"deployment", "drift_detection", b"drift_detection", "inference", b"inference", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "tags", b"tags", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployment", b"deployment", "description", b"description", "drift_detection", b"drift_detection", "features", b"features", "hyperparameters", b"hyperparameters", "inference", b"inference", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "kind", b"kind", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "performance", b"performance", "run_resources", b"run_resources", "tags", b"tags", "training_resources", b"training_resources", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class PerformanceMetric(_message.Message):
+    """PerformanceMetric is one measured figure of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric's name, e.g. "accuracy"; 1 to 64 characters, unique per model."""
+    value: _builtins.float
+    """The measured value; finite."""
+    threshold: _builtins.float
+    """The value the model must reach, if any; finite."""
+    order: Global___MetricOrder.ValueType
+    """Which direction is better; needed to judge value against threshold."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        threshold: _builtins.float | None = ...,
+        order: Global___MetricOrder.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "metric", b"metric", "order", b"order", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___PerformanceMetric: _TypeAlias = PerformanceMetric  # noqa: Y015
+
+@_typing.final
+class ResourceAmount(_message.Message):
+    """ResourceAmount is an amount of one resource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """The resource, e.g. "cpu", "memory", "nvidia.com/gpu"; 1 to 64
+    characters, unique per list.
+    """
+    amount: _builtins.str
+    """A non-negative quantity as Kubernetes writes them: "2", "500m", "16Gi",
+    "1.5".
+    """
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+        amount: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceAmount: _TypeAlias = ResourceAmount  # noqa: Y015
+
+@_typing.final
+class Feature(_message.Message):
+    """Feature is one input feature of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The feature's name; 1 to 128 characters, unique per model."""
+    type: _builtins.str
+    """Its type as the model sees it, e.g. "FP32", "INT64", "categorical";
+    at most 64 characters.
+    """
+    description: _builtins.str
+    """Free text for people."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Feature: _TypeAlias = Feature  # noqa: Y015
+
+@_typing.final
+class InferenceHints(_message.Message):
+    """InferenceHints tell callers and deployers how the model is best run.
+    MLServe records them; it does not enforce them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    INSTANCE_COUNT_FIELD_NUMBER: _builtins.int
+    ACCELERATOR_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    max_batch_size: _builtins.int
+    """The largest batch the model accepts in one request; 0 means unknown."""
+    instance_count: _builtins.int
+    """Model instances per server worth running; 0 means unknown."""
+    accelerator: _builtins.str
+    """The accelerator the model is built for, e.g. "cpu", "gpu",
+    "nvidia-a100"; at most 64 characters, empty means any.
+    """
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long one inference may take before a caller should give up; unset
+        means no hint.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_batch_size: _builtins.int = ...,
+        instance_count: _builtins.int = ...,
+        accelerator: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accelerator", b"accelerator", "instance_count", b"instance_count", "max_batch_size", b"max_batch_size", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceHints: _TypeAlias = InferenceHints  # noqa: Y015
+
+@_typing.final
+class DriftDetection(_message.Message):
+    """DriftDetection says whether a model's inputs are checked for drift."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Whether drift detection is on."""
+    method: _builtins.str
+    """The method, e.g. "psi", "ks", "kl"; required when enabled, at most 64
+    characters.
+    """
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "method", b"method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftDetection: _TypeAlias = DriftDetection  # noqa: Y015
+
+@_typing.final
+class ModelDeployment(_message.Message):
+    """ModelDeployment summarises where a model is deployed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version deployed."""
+    state: _deployment_pb2.DeploymentState.ValueType
+    """READY when every server has it loaded, else the worst server's state."""
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The servers it is deployed on."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        state: _deployment_pb2.DeploymentState.ValueType = ...,
+        servers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["servers", b"servers", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
 
 @_typing.final
 class FileManifest(_message.Message):
@@ -516,6 +853,11 @@ class ListModelsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NAME_PREFIX_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TAGS_ALL_FIELD_NUMBER: _builtins.int
+    TAGS_ANY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many models; 0 means 50, above 1000 is clamped to 1000,
     negative is INVALID_ARGUMENT.
@@ -525,7 +867,28 @@ class ListModelsRequest(_message.Message):
     name_prefix: _builtins.str
     """Only models whose name starts with this."""
     tag: _builtins.str
-    """Only models carrying this tag."""
+    """Only models carrying this tag (the same as one entry of tags_all)."""
+    kind: Global___ModelKind.ValueType
+    """Only models of this kind; unspecified means any kind."""
+    order_by: _builtins.str
+    """The order, as AIP-132 writes it: one of "name", "create_time",
+    "update_time", optionally followed by " desc" (or " asc"); empty means
+    "name". Equal keys are ordered by creation.
+    """
+    @_builtins.property
+    def tags_all(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only models carrying every one of these tags."""
+
+    @_builtins.property
+    def tags_any(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only models carrying at least one of these tags."""
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only models carrying every one of these labels, each written
+        "key=value" (e.g. "team=vision"); a value may be empty ("key=").
+        """
+
     def __init__(
         self,
         *,
@@ -533,10 +896,15 @@ class ListModelsRequest(_message.Message):
         page_token: _builtins.str = ...,
         name_prefix: _builtins.str = ...,
         tag: _builtins.str = ...,
+        kind: Global___ModelKind.ValueType = ...,
+        tags_all: _abc.Iterable[_builtins.str] | None = ...,
+        tags_any: _abc.Iterable[_builtins.str] | None = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "labels", b"labels", "name_prefix", b"name_prefix", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "tags_all", b"tags_all", "tags_any", b"tags_any"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -554,7 +922,7 @@ class ListModelsResponse(_message.Message):
     """Token for the next page; empty only on the last page."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
-        """The models, in name order."""
+        """The models, in the requested order."""
 
     def __init__(
         self,
@@ -584,7 +952,14 @@ class UpdateModelRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: description, tags, labels."""
+        """Fields to change: description, tags, labels, kind, hyperparameters,
+        performance, training_resources, run_resources, features, inference,
+        drift_detection; sub-fields ("inference.max_batch_size",
+        "drift_detection.enabled"); or map keys ("labels.team",
+        "hyperparameters.learning_rate": set from the model, removed when the
+        model lacks the key). "*" replaces every one of them. Name and output-only
+        fields are refused.
+        """
 
     def __init__(
         self,

@@ -117,15 +117,18 @@ class ModelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """ListModels pages through models in name order.
+        """ListModels pages through models, filtered by kind, tags, labels and name
+        prefix, in the order order_by asks (name by default). Paging is by key,
+        not offset: rows inserted or deleted between pages never shift a page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateModel(self, request, context):
-        """UpdateModel changes the fields named in update_mask (description, tags,
-        labels).
+        """UpdateModel changes the fields named in update_mask: any caller-settable
+        field of Model, a sub-field such as "drift_detection.enabled", or one key
+        of a map such as "labels.team" or "hyperparameters.learning_rate".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,10 +44,14 @@ class ModelServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetModelRequest, _model_pb2.Model]
     """GetModel returns one model by name."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]
-    """ListModels pages through models in name order."""
+    """ListModels pages through models, filtered by kind, tags, labels and name
+    prefix, in the order order_by asks (name by default). Paging is by key,
+    not offset: rows inserted or deleted between pages never shift a page.
+    """
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.UpdateModelRequest, _model_pb2.Model]
-    """UpdateModel changes the fields named in update_mask (description, tags,
-    labels).
+    """UpdateModel changes the fields named in update_mask: any caller-settable
+    field of Model, a sub-field such as "drift_detection.enabled", or one key
+    of a map such as "labels.team" or "hyperparameters.learning_rate".
     """
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.DeleteModelRequest, _empty_pb2.Empty]
     """DeleteModel removes a model with all of its versions. Refused with
@@ -91,10 +95,14 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_model_pb2.GetModelRequest, _model_pb2.Model]  # type: ignore[assignment]
     """GetModel returns one model by name."""
     ListModels: _aio.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """ListModels pages through models in name order."""
+    """ListModels pages through models, filtered by kind, tags, labels and name
+    prefix, in the order order_by asks (name by default). Paging is by key,
+    not offset: rows inserted or deleted between pages never shift a page.
+    """
     UpdateModel: _aio.UnaryUnaryMultiCallable[_model_pb2.UpdateModelRequest, _model_pb2.Model]  # type: ignore[assignment]
-    """UpdateModel changes the fields named in update_mask (description, tags,
-    labels).
+    """UpdateModel changes the fields named in update_mask: any caller-settable
+    field of Model, a sub-field such as "drift_detection.enabled", or one key
+    of a map such as "labels.team" or "hyperparameters.learning_rate".
     """
     DeleteModel: _aio.UnaryUnaryMultiCallable[_model_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """DeleteModel removes a model with all of its versions. Refused with
@@ -153,7 +161,10 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.ListModelsResponse, _abc.Awaitable[_model_pb2.ListModelsResponse]]:
-        """ListModels pages through models in name order."""
+        """ListModels pages through models, filtered by kind, tags, labels and name
+        prefix, in the order order_by asks (name by default). Paging is by key,
+        not offset: rows inserted or deleted between pages never shift a page.
+        """
 
     @_abc_1.abstractmethod
     def UpdateModel(
@@ -161,8 +172,9 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_pb2.UpdateModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.Model, _abc.Awaitable[_model_pb2.Model]]:
-        """UpdateModel changes the fields named in update_mask (description, tags,
-        labels).
+        """UpdateModel changes the fields named in update_mask: any caller-settable
+        field of Model, a sub-field such as "drift_detection.enabled", or one key
+        of a map such as "labels.team" or "hyperparameters.learning_rate".
         """
 
     @_abc_1.abstractmethod
