@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import importlib.util
 import logging
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -231,13 +230,12 @@ class EmbeddedTriton:
             log_file.flush()
             offset = log_file.tell()
             self._process = subprocess.Popen(
-                command,
+                [*_die_with_parent(), *command],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=_triton_environment(installation),
                 cwd=self._workdir,
-                preexec_fn=_die_with_parent(),
             )
         log.info(
             "started Triton (pid %d) on %s; log: %s",
@@ -355,30 +353,22 @@ async def _wait_exit(process: subprocess.Popen[bytes], timeout: float | None) ->
     return True
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM Triton when MLServe dies, even by SIGKILL.
+def _die_with_parent() -> list[str]:
+    """A command prefix asking Linux to SIGTERM Triton when MLServe dies, even by SIGKILL.
+
+    ``setpriv --pdeathsig`` (util-linux, essential on Debian) sets the signal
+    and then execs Triton. A ``preexec_fn`` could do the same, but it runs
+    Python between fork and exec in a process full of gRPC threads, where
+    the child can deadlock or abort on locks those threads held.
 
     SIGTERM rather than SIGKILL lets Triton stop its Python backend stubs and
     free their shared memory. Linux sends it when the *thread* that spawned
     Triton ends, so call :meth:`EmbeddedTriton.start` from a long-lived thread
     (the main thread's event loop), not from a short-lived worker thread.
-    Returns None where prctl does not exist.
+    Empty where there is no setpriv: Triton then outlives a killed MLServe.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-        # The parent may have died between fork and prctl; then no signal
-        # would ever come.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return set_death_signal
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        log.warning("setpriv not found: Triton will not be stopped if MLServe is killed")
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
