@@ -17,6 +17,7 @@ import peewee as pw
 
 from mlserve import store
 from mlserve.aio import in_thread
+from mlserve.blobs import Blobs
 from mlserve.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -94,9 +95,10 @@ class DownloadChunk:
 
 
 class Catalog:
-    def __init__(self, repository: Repository, tokens: PageTokens) -> None:
+    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
         self.repository = repository
         self.tokens = tokens
+        self.blobs = blobs
 
     # --- models -------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class Catalog:
             _refuse_if_deployed(row)
             row.delete_instance(recursive=False)
         self.repository.delete_model(name)
+        self.blobs.collect()
 
     # --- versions -----------------------------------------------------------
 
@@ -201,6 +204,7 @@ class Catalog:
             _refuse_if_deployed(row.model, row.version)
             row.delete_instance()
         self.repository.delete_version(model, row.version)
+        self.blobs.collect()
 
     async def download(
         self, model: str, version: int, path: str = "", offset: int = 0
@@ -223,7 +227,7 @@ class Catalog:
         self, record: VersionRecord, spec: FileSpec, offset: int
     ) -> AsyncIterator[DownloadChunk]:
         handle = await in_thread(self.repository.open_version_file)(
-            record.model, record.version, spec.path
+            record.model, record.version, spec.path, spec.sha256
         )
         try:
             handle.seek(offset)
@@ -253,9 +257,11 @@ class Catalog:
         config: str,
         manifest_sha256: str,
     ) -> VersionRecord:
-        """Number the staged upload and move it into place (blocking; call in a thread).
+        """Number the upload and put its version in place (blocking; call in a thread).
 
-        A version with the same manifest digest is returned instead of a copy.
+        Every file must be a blob the upload pins; the version directory is
+        made of links to them. A version with the same manifest digest is
+        returned instead of a copy.
         The version number comes from a unique index, so two concurrent commits
         can never share one: the loser retries with the next number.
         """
@@ -286,6 +292,7 @@ class Catalog:
                 store.Upload.update(committed_version=same.version).where(
                     store.Upload.upload_id == upload_id
                 ).execute()
+                self.blobs.release(upload_id)
                 self.repository.discard_staging(upload_id)
                 return _version_record(same, model)
             latest = (
@@ -306,6 +313,12 @@ class Catalog:
             store.Upload.update(committed_version=number, update_time=store.utcnow()).where(
                 store.Upload.upload_id == upload_id
             ).execute()
+            uses = [{"version": row, "path": spec.path, "blob": spec.sha256} for spec in files]
+            for batch in pw.chunked(uses, 200):
+                store.VersionFile.insert_many(batch).execute()
+            self.blobs.release(upload_id)
+            for spec in files:
+                self.repository.link_staged_blob(upload_id, spec.path, spec.sha256)
             self.repository.commit_staging(upload_id, model, number)
             self.repository.write_model_config(model, config)
         self.repository.discard_staging(upload_id)

@@ -23,6 +23,7 @@ from typing import Any
 
 from mlserve import modelconfig, store
 from mlserve.aio import in_thread
+from mlserve.blobs import Blobs
 from mlserve.catalog import Catalog, FileSpec, VersionRecord, find_version
 from mlserve.errors import (
     DataLoss,
@@ -103,20 +104,27 @@ class _Plan:
 class _StagedFile:
     """One file being written: where it is, and a running digest while that is possible."""
 
-    def __init__(self, spec: FileSpec, received: int) -> None:
+    def __init__(self, spec: FileSpec, received: int, stored: bool = False) -> None:
         self.spec = spec
-        self.received = received  # written to disk (updated by the writer thread)
-        self.accepted = received  # taken for writing, in flight or done (event loop)
+        # The content is a blob this upload pins: no bytes are needed, all count as received.
+        self.stored = stored
+        self.received = (
+            spec.size if stored else received
+        )  # written to disk (updated by the writer thread)
+        self.accepted = self.received  # taken for writing, in flight or done (event loop)
         self.fd: int | None = None
         # The running digest covers the file only if this stream wrote it from
         # byte 0; after a resume the prefix is hashed from disk at commit.
-        self.digest: Any = hashlib.sha256() if received == 0 else None
+        self.digest: Any = hashlib.sha256() if self.received == 0 else None
 
 
 class Uploads:
-    def __init__(self, repository: Repository, catalog: Catalog, limits: UploadLimits) -> None:
+    def __init__(
+        self, repository: Repository, catalog: Catalog, blobs: Blobs, limits: UploadLimits
+    ) -> None:
         self.repository = repository
         self.catalog = catalog
+        self.blobs = blobs
         self.limits = limits
 
     async def receive(self, parts: AsyncIterator[UploadHeader | Chunk]) -> VersionRecord:
@@ -129,10 +137,7 @@ class Uploads:
         if committed is not None:
             return committed
         with self.repository.upload_lock(plan.upload_id):
-            staged = {
-                path: _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
-                for path, spec in plan.files.items()
-            }
+            staged = await in_thread(self._stage)(plan)
             # One writer thread per upload: writes (and the final close) run in
             # order, off the event loop, while the next chunk is being received.
             writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
@@ -168,11 +173,12 @@ class Uploads:
             raise NotFound(f"upload {upload_id!r} does not exist")
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
         committed = _surviving_version(row) if row.committed_version else None
+        stored = self.blobs.pinned(upload_id)
         progress = [
             FileProgress(
                 spec,
                 spec.size
-                if committed is not None
+                if committed is not None or spec.sha256 in stored
                 else self.repository.staged_size(upload_id, spec.path),
             )
             for spec in specs
@@ -257,10 +263,22 @@ class Uploads:
         self._require_disk_space(plan)
         return None
 
+    def _stage(self, plan: _Plan) -> dict[str, _StagedFile]:
+        """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
+        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values())
+        return {
+            path: _StagedFile(spec, 0, stored=True)
+            if spec.sha256 in stored
+            else _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
+            for path, spec in plan.files.items()
+        }
+
     def _require_disk_space(self, plan: _Plan) -> None:
+        stored = self.blobs.pinned(plan.upload_id)
         remaining = sum(
             spec.size - self.repository.staged_size(plan.upload_id, spec.path)
             for spec in plan.files.values()
+            if spec.sha256 not in stored
         )
         free = self.repository.free_bytes() - DISK_RESERVE_BYTES
         if remaining > free:
@@ -320,6 +338,8 @@ class Uploads:
                 "from the offsets GetUpload reports"
             )
         for target in staged.values():
+            if target.stored:
+                continue
             if target.spec.size == 0:
                 # Nothing was ever sent for an empty file; it must still exist.
                 os.close(self.repository.open_staged_for_write(plan.upload_id, target.spec.path))
@@ -330,6 +350,10 @@ class Uploads:
                     f"file {target.spec.path!r} arrived with sha256 {actual}, not the declared "
                     f"{target.spec.sha256}; its bytes were discarded, send the file again"
                 )
+        for target in staged.values():
+            if not target.stored:
+                self.blobs.ingest(plan.upload_id, target.spec)
+                target.stored = True
         return self.catalog.commit_version(
             model=plan.model,
             upload_id=plan.upload_id,
