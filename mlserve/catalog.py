@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import peewee as pw
 
@@ -34,6 +34,7 @@ MAX_TAG_LENGTH = 64
 MAX_TAGS = 64
 _LABEL_KEY = re.compile(r"[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?")
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+ARTIFACT_KINDS = ("model", "data", "code", "env")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,18 @@ class VersionRecord:
     size_bytes: int
     files: list[FileSpec]
     config: str
+    upload_id: str
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    model: str
+    version: int
+    path: str
+    kind: str
+    size_bytes: int
+    sha256: str
     upload_id: str
     create_time: dt.datetime
 
@@ -220,33 +233,97 @@ class Catalog:
         if offset < 0 or (offset and not path):
             raise InvalidArgument("offset must be >= 0 and is allowed only with a path")
         for spec in files:
-            async for chunk in self._read_file(record, spec, offset if path else 0):
+
+            def open_file(spec: FileSpec = spec) -> BinaryIO:
+                return self.repository.open_version_file(
+                    record.model, record.version, spec.path, spec.sha256
+                )
+
+            what = f"{spec.path!r} of {model!r} version {record.version}"
+            async for chunk in _read_file(open_file, spec, offset if path else 0, what):
                 yield chunk
 
-    async def _read_file(
-        self, record: VersionRecord, spec: FileSpec, offset: int
-    ) -> AsyncIterator[DownloadChunk]:
-        handle = await in_thread(self.repository.open_version_file)(
-            record.model, record.version, spec.path, spec.sha256
+    # --- artifacts ----------------------------------------------------------
+
+    @in_thread
+    def get_artifact(self, model: str, version: int, path: str) -> ArtifactRecord:
+        return find_artifact(model, version, path)
+
+    @in_thread
+    def list_artifacts(
+        self, model: str, version: int, requested_size: int, token: str, kind: str = ""
+    ) -> Page[ArtifactRecord]:
+        size = page_size(requested_size)
+        if kind and kind not in ARTIFACT_KINDS:
+            raise InvalidArgument(f"kind {kind!r} is not one of {', '.join(ARTIFACT_KINDS)}")
+        row = version_row(model, version)
+        query_key = {"list": "artifacts", "model": model, "version": row.version, "kind": kind}
+        after = self.tokens.decode(query_key, token)
+        query = (
+            store.Artifact.select(store.Artifact, store.Blob)
+            .join(store.Blob)
+            .where(store.Artifact.version == row)
+            .order_by(store.Artifact.path)
+            .limit(size + 1)
         )
+        if after is not None:
+            query = query.where(store.Artifact.path > str(after))
+        if kind:
+            query = query.where(store.Artifact.kind == kind)
+        rows = list(query)
+        records = [_artifact_record(found, model, row.version) for found in rows[:size]]
+        next_token = self.tokens.encode(query_key, rows[size - 1].path) if len(rows) > size else ""
+        return Page(records, next_token)
+
+    async def download_artifact(
+        self, model: str, version: int, path: str, offset: int = 0
+    ) -> AsyncIterator[DownloadChunk]:
+        """Stream an artifact's bytes from ``offset``."""
+        record = await self.get_artifact(model, version, path)
+        require_download_allowed(record.model)
+        if offset < 0:
+            raise InvalidArgument("offset must be >= 0")
+        spec = FileSpec(record.path, record.size_bytes, record.sha256)
+
+        def open_blob() -> BinaryIO:
+            return self.repository.open_blob(record.sha256)
+
+        what = f"artifact {record.path!r} of {model!r} version {record.version}"
+        async for chunk in _read_file(open_blob, spec, offset, what):
+            yield chunk
+
+    def attached_artifact(
+        self, model: str, version: int, file: FileSpec, kind: str
+    ) -> ArtifactRecord | None:
+        """The artifact already at ``file.path``, if it is this content; AlreadyExists if not."""
         try:
-            handle.seek(offset)
-            position = offset
-            while True:
-                data = await in_thread(handle.read)(DOWNLOAD_CHUNK_BYTES)
-                if not data and position >= spec.size:
-                    break
-                if not data:
-                    raise FailedPrecondition(
-                        f"{spec.path!r} of {record.model!r} version {record.version} is "
-                        f"shorter on disk than its manifest says"
-                    )
-                yield DownloadChunk(spec.path, position, data)
-                position += len(data)
-            if spec.size == 0 and offset == 0:
-                yield DownloadChunk(spec.path, 0, b"")
-        finally:
-            handle.close()
+            found = find_artifact(model, version, file.path)
+        except NotFound:
+            return None
+        if (found.sha256, found.size_bytes, found.kind) != (file.sha256, file.size, kind):
+            raise AlreadyExists(
+                f"version {version} of {model!r} already has a different artifact "
+                f"{file.path!r}; artifacts are immutable, choose another path"
+            )
+        return found
+
+    def attach_artifact(
+        self, *, model: str, version: int, upload_id: str, file: FileSpec, kind: str
+    ) -> ArtifactRecord:
+        """Attach the blob the upload pins as an artifact (blocking; call in a thread)."""
+        with store.database.atomic():
+            row = version_row(model, version)
+            attached = self.attached_artifact(model, version, file, kind)
+            if attached is None:
+                store.Artifact.create(
+                    version=row, path=file.path, kind=kind, blob=file.sha256, upload_id=upload_id
+                )
+            store.Upload.update(committed_version=version, update_time=store.utcnow()).where(
+                store.Upload.upload_id == upload_id
+            ).execute()
+            self.blobs.release(upload_id)
+        self.repository.discard_staging(upload_id)
+        return attached or find_artifact(model, version, file.path)
 
     def commit_version(
         self,
@@ -323,6 +400,52 @@ class Catalog:
             self.repository.write_model_config(model, config)
         self.repository.discard_staging(upload_id)
         return _version_record(row, model)
+
+
+async def _read_file(
+    open_file: Callable[[], BinaryIO], spec: FileSpec, offset: int, what: str
+) -> AsyncIterator[DownloadChunk]:
+    """Chunks of the file ``open_file`` opens, from ``offset``, checked against ``spec.size``."""
+    handle = await in_thread(open_file)()
+    try:
+        handle.seek(offset)
+        position = offset
+        while True:
+            data = await in_thread(handle.read)(DOWNLOAD_CHUNK_BYTES)
+            if not data and position >= spec.size:
+                break
+            if not data:
+                raise FailedPrecondition(f"{what} is shorter on disk than its manifest says")
+            yield DownloadChunk(spec.path, position, data)
+            position += len(data)
+        if spec.size == 0 and offset == 0:
+            yield DownloadChunk(spec.path, 0, b"")
+    finally:
+        handle.close()
+
+
+def require_download_allowed(model: str) -> None:
+    """Hook: may the caller download ``model``'s artifacts? Raise PermissionDenied if not.
+
+    Every artifact download passes here. Issue 4's ``allow_download`` (not on
+    this branch) is to be enforced in this one place.
+    """
+    del model
+
+
+def find_artifact(model: str, version: int, path: str) -> ArtifactRecord:
+    """``model``'s artifact ``path`` of ``version`` (0: the latest), or NotFound (blocking)."""
+    row = version_row(model, version)
+    check_relative_path(path, "artifact path")
+    found = (
+        store.Artifact.select(store.Artifact, store.Blob)
+        .join(store.Blob)
+        .where((store.Artifact.version == row) & (store.Artifact.path == path))
+        .first()
+    )
+    if found is None:
+        raise NotFound(f"version {row.version} of {model!r} has no artifact {path!r}")
+    return _artifact_record(found, model, row.version)
 
 
 def find_version(model: str, version: int) -> VersionRecord:
@@ -427,6 +550,19 @@ def _version_record(row: Any, model: str) -> VersionRecord:
         size_bytes=row.size_bytes,
         files=[FileSpec(*entry) for entry in json.loads(row.files)],
         config=row.config,
+        upload_id=row.upload_id,
+        create_time=row.create_time,
+    )
+
+
+def _artifact_record(row: Any, model: str, version: int) -> ArtifactRecord:
+    return ArtifactRecord(
+        model=model,
+        version=version,
+        path=row.path,
+        kind=row.kind,
+        size_bytes=row.blob.size,
+        sha256=row.blob.sha256,
         upload_id=row.upload_id,
         create_time=row.create_time,
     )

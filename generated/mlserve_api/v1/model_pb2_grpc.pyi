@@ -75,6 +75,18 @@ class ModelServiceStub:
     """DownloadModelVersion streams the version's files back, byte-identical,
     file after file in manifest order.
     """
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_model_pb2.UploadArtifactRequest, _model_pb2.Artifact]
+    """UploadArtifact attaches a file (training data, code, environment …) to a
+    model version: one header, then chunks, with the same resume, size and
+    checksum rules as UploadModelVersion (GetUpload reports its progress).
+    Content already stored under the same sha256 need not be sent again.
+    """
+    GetArtifact: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetArtifactRequest, _model_pb2.Artifact]
+    """GetArtifact returns one artifact of a version by its path."""
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListArtifactsRequest, _model_pb2.ListArtifactsResponse]
+    """ListArtifacts pages through a version's artifacts in path order."""
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_model_pb2.DownloadArtifactRequest, _model_pb2.FileChunk]
+    """DownloadArtifact streams an artifact's bytes back, byte-identical."""
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -122,6 +134,18 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """DownloadModelVersion streams the version's files back, byte-identical,
     file after file in manifest order.
     """
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_model_pb2.UploadArtifactRequest, _model_pb2.Artifact]  # type: ignore[assignment]
+    """UploadArtifact attaches a file (training data, code, environment …) to a
+    model version: one header, then chunks, with the same resume, size and
+    checksum rules as UploadModelVersion (GetUpload reports its progress).
+    Content already stored under the same sha256 need not be sent again.
+    """
+    GetArtifact: _aio.UnaryUnaryMultiCallable[_model_pb2.GetArtifactRequest, _model_pb2.Artifact]  # type: ignore[assignment]
+    """GetArtifact returns one artifact of a version by its path."""
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_model_pb2.ListArtifactsRequest, _model_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """ListArtifacts pages through a version's artifacts in path order."""
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_model_pb2.DownloadArtifactRequest, _model_pb2.FileChunk]  # type: ignore[assignment]
+    """DownloadArtifact streams an artifact's bytes back, byte-identical."""
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelService keeps models and their immutable, numbered versions: it takes
@@ -232,5 +256,41 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         """DownloadModelVersion streams the version's files back, byte-identical,
         file after file in manifest order.
         """
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_pb2.UploadArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Artifact, _abc.Awaitable[_model_pb2.Artifact]]:
+        """UploadArtifact attaches a file (training data, code, environment …) to a
+        model version: one header, then chunks, with the same resume, size and
+        checksum rules as UploadModelVersion (GetUpload reports its progress).
+        Content already stored under the same sha256 need not be sent again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifact(
+        self,
+        request: _model_pb2.GetArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Artifact, _abc.Awaitable[_model_pb2.Artifact]]:
+        """GetArtifact returns one artifact of a version by its path."""
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _model_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.ListArtifactsResponse, _abc.Awaitable[_model_pb2.ListArtifactsResponse]]:
+        """ListArtifacts pages through a version's artifacts in path order."""
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _model_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_pb2.FileChunk], _abc.AsyncIterator[_model_pb2.FileChunk]]:
+        """DownloadArtifact streams an artifact's bytes back, byte-identical."""
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
