@@ -31,6 +31,7 @@ from tests.test_bad_input import (
     upload,
     upload_error,
 )
+from tests.test_cli import mlserve_cli
 from tests.test_grpcurl import grpcurl
 from tests.uploading import chunk, header, stream
 
@@ -390,3 +391,30 @@ def test_artifacts_through_grpcurl(
     refused = grpcurl(mlserve, "-d", bad, mlserve.address, "mlserve.v1.ModelService/GetArtifact")
     assert refused.returncode != 0
     assert "InvalidArgument" in refused.stderr
+
+
+def test_artifacts_from_the_shell(
+    stubs: Stubs, mlserve: MLServeProcess, model_name: str, tmp_path: Path
+) -> None:
+    upload(stubs, stream(model_name, {"model.py": b"# v1\n"}))
+    data = tmp_path / "train.csv"
+    data.write_bytes(b"x,y\n1,2\n")
+    attached = mlserve_cli(
+        mlserve, "artifacts", "upload", model_name, "1", str(data), "--kind", "data"
+    )
+    assert attached.returncode == 0, attached.stderr
+    assert f"model {model_name} version 1 artifact train.csv (data)" in attached.stdout
+    listed = mlserve_cli(mlserve, "artifacts", "list", model_name, "0")
+    assert listed.returncode == 0, listed.stderr
+    row = listed.stdout.splitlines()[1].split()
+    assert row[:3] == ["train.csv", "data", "8"]
+    dest = tmp_path / "copy.csv"
+    fetched = mlserve_cli(mlserve, "artifacts", "download", model_name, "1", "train.csv", str(dest))
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == b"x,y\n1,2\n"
+    unknown = mlserve_cli(
+        mlserve, "artifacts", "upload", model_name, "9", str(data), "--kind", "code"
+    )
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr
+    delete_model_quietly(stubs, model_name)
