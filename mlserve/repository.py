@@ -203,8 +203,13 @@ class Repository:
         source = self.staged_file(upload_id, path)
         target = self.blob_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
+        try:
             _link_or_copy(source, target)
+        except FileExistsError:
+            pass
+        else:
+            # Read-only: every version linking it shares this inode.
+            os.chmod(target, 0o444)
         os.unlink(source)
 
     def open_blob(self, sha256: str) -> BinaryIO:
