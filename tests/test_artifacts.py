@@ -18,9 +18,10 @@ from typing import Any
 import grpc
 import pytest
 
-from mlserve_api.v1 import model_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client, DownloadError
 from tests.conftest import MLServeProcess, Stubs
+from tests.models import add_model_files
 from tests.test_bad_input import (
     delete_model_quietly,
     download,
@@ -33,6 +34,7 @@ from tests.test_bad_input import (
 )
 from tests.test_cli import mlserve_cli
 from tests.test_grpcurl import grpcurl
+from tests.test_lifecycle import infer_add, local_triton
 from tests.uploading import chunk, header, stream
 
 MiB = 1024 * 1024
@@ -418,3 +420,36 @@ def test_artifacts_from_the_shell(
     assert unknown.returncode == 1
     assert "NOT_FOUND" in unknown.stderr
     delete_model_quietly(stubs, model_name)
+
+
+def test_version_built_from_a_stored_file_deploys_and_serves(
+    stubs: Stubs, mlserve: MLServeProcess, model_name: str
+) -> None:
+    files = add_model_files(name=model_name)
+    config = files.pop("config.pbtxt").decode()
+    upload(stubs, stream(model_name, files, config=config))
+    # Version 2: the same model.py, another config. Every file is stored, so the
+    # header alone makes the version.
+    noted = config + '\nparameters { key: "note" value { string_value: "v2" } }\n'
+    second = upload(stubs, [header(model_name, files, config=noted)])
+    assert second.version == 2
+    stubs.models.DeleteModelVersion(
+        model_pb2.DeleteModelVersionRequest(model=model_name, version=1), metadata=stubs.auth
+    )  # collection keeps model.py: version 2 links it
+    linked = mlserve.home / "repository" / model_name / "2" / "model.py"
+    assert linked.stat().st_nlink == 2  # the blob and version 2
+    deployment = stubs.deployments.CreateDeployment(
+        deployment_pb2.CreateDeploymentRequest(
+            deployment=deployment_pb2.Deployment(model=model_name, version=2)
+        ),
+        metadata=stubs.auth,
+    )
+    try:
+        assert deployment.state == deployment_pb2.DEPLOYMENT_STATE_READY, deployment
+        output = infer_add(local_triton(stubs), model_name)
+        assert output.tolist() == [11, 22, 33, 44]
+    finally:
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=model_name), metadata=stubs.auth
+        )
+        delete_model_quietly(stubs, model_name)
