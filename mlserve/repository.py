@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 HASH_BLOCK = 4 * 1024 * 1024
 CONFIG_FILE = "config.pbtxt"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SCRATCH_PREFIX = ".copy."
 # link(2) failures that mean "this file system cannot link here": copy instead.
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
@@ -221,11 +222,13 @@ class Repository:
             os.unlink(self.blob_path(sha256))
 
     def stored_blobs(self) -> Iterator[str]:
-        """The sha256 of every blob file on disk."""
+        """The sha256 of every blob file on disk (removing scratch copies a crash left)."""
         for shard in sorted((self.blobs / "sha256").glob("??")):
             for entry in sorted(shard.iterdir()):
                 if _SHA256.fullmatch(entry.name) and entry.name[:2] == shard.name:
                     yield entry.name
+                elif entry.name.startswith(_SCRATCH_PREFIX) and not entry.is_symlink():
+                    entry.unlink()
 
     def _blob_inode(self, sha256: str) -> tuple[int, int] | None:
         try:
@@ -292,7 +295,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     if not stat.S_ISREG(os.fstat(source_fd).st_mode):
         os.close(source_fd)
         raise InvalidArgument(f"{source.name!r} is not a regular file")
-    fd, scratch = tempfile.mkstemp(prefix=".copy.", dir=target.parent)
+    fd, scratch = tempfile.mkstemp(prefix=_SCRATCH_PREFIX, dir=target.parent)
     try:
         with os.fdopen(source_fd, "rb") as reader, os.fdopen(fd, "wb") as writer:
             shutil.copyfileobj(reader, writer, HASH_BLOCK)

@@ -453,3 +453,25 @@ def test_version_built_from_a_stored_file_deploys_and_serves(
             deployment_pb2.DeleteDeploymentRequest(name=model_name), metadata=stubs.auth
         )
         delete_model_quietly(stubs, model_name)
+
+
+def test_artifact_page_token_from_another_query_or_altered_is_invalid(
+    stubs: Stubs, mlserve: MLServeProcess, version_with_artifact: model_pb2.Artifact
+) -> None:
+    model = version_with_artifact.model
+    attach(
+        stubs, artifact_header(model, 1, "more.csv", b"m\n"), *artifact_chunks("more.csv", b"m\n")
+    )
+    token = list_artifacts(stubs, model, 1, page_size=1).next_page_token
+    assert token
+    altered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    with _Unchanged(stubs, mlserve, model):
+        for fields in (
+            {"page_token": token, "kind": CODE},
+            {"page_token": altered},
+            {"page_size": -1},
+        ):
+            expect_error(Code.INVALID_ARGUMENT, list_artifacts, stubs, model, 1, **fields)
+    assert [a.path for a in list_artifacts(stubs, model, 1, page_token=token).artifacts] == [
+        "more.csv"
+    ]

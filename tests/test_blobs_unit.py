@@ -184,8 +184,11 @@ def test_startup_sweep_removes_blob_files_no_row_names(domain: Domain) -> None:
     stray = hashlib.sha256(b"crashed").hexdigest()
     domain.blob_file(stray).parent.mkdir(parents=True, exist_ok=True)
     domain.blob_file(stray).write_bytes(b"crashed")
+    scratch = domain.blob_file(stray).parent / ".copy.abc123"
+    scratch.write_bytes(b"half a copy")
     assert domain.blobs.sweep() == [stray]
     assert domain.blob_file().exists()
+    assert not scratch.exists()
 
 
 def test_versions_get_copies_where_links_are_refused(

@@ -37,3 +37,30 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer than this MLServe"):
         store.connect(url)
+
+
+def test_schema_3_database_gains_blobs_and_artifacts_with_rows_intact(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'schema3.db'}"
+    db = store.connect(url)
+    model = store.Model.create(name="kept")
+    store.ModelVersion.create(
+        model=model, version=1, sha256="0" * 64, size_bytes=3, files="[]", config="", upload_id="u"
+    )
+    store.Upload.create(upload_id="u", model="kept", files="[]", config="", manifest_sha256="0")
+    # What schema 3 had: no blob tables, no artifact columns on uploads.
+    for table in ("artifact", "blob_pin", "version_file", "blob"):
+        db.execute_sql(f'DROP TABLE "{table}"')
+    db.execute_sql('ALTER TABLE "upload" DROP COLUMN "artifact_kind"')
+    db.execute_sql('ALTER TABLE "upload" DROP COLUMN "artifact_version"')
+    store.SchemaInfo.update(version=3).execute()
+    db.close()
+
+    db = store.connect(url)
+    assert store.SchemaInfo.get().version == store.SCHEMA_VERSION
+    assert store.ModelVersion.get().version == 1
+    upload = store.Upload.get(store.Upload.upload_id == "u")
+    assert (upload.model, upload.artifact_kind, upload.artifact_version) == ("kept", "", 0)
+    blob = store.Blob.create(sha256="a" * 64, size=3)
+    store.VersionFile.create(version=store.ModelVersion.get(), path="f", blob=blob)
+    store.BlobPin.create(upload=upload, blob=blob)
+    db.close()
