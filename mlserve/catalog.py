@@ -1,4 +1,4 @@
-"""The catalog: models and their committed versions.
+"""The catalog: models, their committed versions, and the artifacts attached to them.
 
 Every public method is a coroutine; the blocking store and file work runs in
 a thread (``in_thread``) so the event loop only routes bytes.

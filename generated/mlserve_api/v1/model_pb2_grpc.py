@@ -164,6 +164,9 @@ class ModelServiceServicer:
         version is numbered and becomes visible only when every file matches its
         declared size and sha256. An interrupted upload is resumed by sending the
         same header (same upload_id) and the bytes after GetUpload's offsets.
+        A file whose content MLServe already stores (same sha256 and size) counts
+        as received once the header arrives: GetUpload shows it complete, and a
+        client that sends the header alone first learns which bytes to send.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,6 +58,9 @@ class ModelServiceStub:
     version is numbered and becomes visible only when every file matches its
     declared size and sha256. An interrupted upload is resumed by sending the
     same header (same upload_id) and the bytes after GetUpload's offsets.
+    A file whose content MLServe already stores (same sha256 and size) counts
+    as received once the header arrives: GetUpload shows it complete, and a
+    client that sends the header alone first learns which bytes to send.
     """
     GetUpload: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetUploadRequest, _model_pb2.Upload]
     """GetUpload reports how many bytes of each file have been durably received,
@@ -117,6 +120,9 @@ class ModelServiceAsyncStub(ModelServiceStub):
     version is numbered and becomes visible only when every file matches its
     declared size and sha256. An interrupted upload is resumed by sending the
     same header (same upload_id) and the bytes after GetUpload's offsets.
+    A file whose content MLServe already stores (same sha256 and size) counts
+    as received once the header arrives: GetUpload shows it complete, and a
+    client that sends the header alone first learns which bytes to send.
     """
     GetUpload: _aio.UnaryUnaryMultiCallable[_model_pb2.GetUploadRequest, _model_pb2.Upload]  # type: ignore[assignment]
     """GetUpload reports how many bytes of each file have been durably received,
@@ -209,6 +215,9 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         version is numbered and becomes visible only when every file matches its
         declared size and sha256. An interrupted upload is resumed by sending the
         same header (same upload_id) and the bytes after GetUpload's offsets.
+        A file whose content MLServe already stores (same sha256 and size) counts
+        as received once the header arrives: GetUpload shows it complete, and a
+        client that sends the header alone first learns which bytes to send.
         """
 
     @_abc_1.abstractmethod
