@@ -1,4 +1,4 @@
-"""``python -m bench [upload|deploy|gateway|catalog|all] [--upload-size 2G] [--rounds 5] ...``.
+"""``python -m bench [upload|deploy|gateway|catalog|dedup|all] [--rounds 5] ...``.
 
 Prints each benchmark's tables and appends a markdown summary of the run to
 bench/results/latest.md (gitignored).
@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import catalog_list, deploy, gateway, upload
+from bench import catalog_list, dedup, deploy, gateway, upload
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "which",
         nargs="?",
-        choices=["upload", "deploy", "gateway", "catalog", "all"],
+        choices=["upload", "deploy", "gateway", "catalog", "dedup", "all"],
         default="all",
         help="which benchmark to run (default: %(default)s)",
     )
@@ -53,6 +53,18 @@ def parser() -> argparse.ArgumentParser:
         help="seconds of pause before each timed upload step (default: %(default)s)",
     )
     root.add_argument(
+        "--dedup-size",
+        type=parse_size,
+        default=dedup.DEFAULT_SIZE,
+        help="size of the file uploaded twice by the dedup benchmark (default: 1G)",
+    )
+    root.add_argument(
+        "--dedup-rounds",
+        type=int,
+        default=dedup.DEFAULT_ROUNDS,
+        help="first/second upload rounds of the dedup benchmark (default: %(default)s)",
+    )
+    root.add_argument(
         "--rounds",
         type=int,
         default=deploy.DEFAULT_ROUNDS,
@@ -68,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         or not 0 < args.chunk_size <= 4 * 1024 * 1024
         or args.rounds < 1
         or args.upload_rounds < 1
+        or args.dedup_size <= 0
+        or args.dedup_rounds < 1
         or args.settle < 0
     ):
         print("sizes and rounds must be positive, --settle not negative, --chunk-size at most 4M")
@@ -88,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("gateway", lambda: gateway.run()))
     if args.which in ("catalog", "all"):
         benchmarks.append(("catalog", catalog_list.run))
+    if args.which in ("dedup", "all"):
+        benchmarks.append(
+            ("dedup", lambda: dedup.run(args.dedup_size, args.dedup_rounds, args.settle))
+        )
 
     started = dt.datetime.now().astimezone()
     reports: list[Report] = []

@@ -1,4 +1,4 @@
-"""The catalog: models and their committed versions.
+"""The catalog: models, their committed versions, and the artifacts attached to them.
 
 Every public method is a coroutine; the blocking store and file work runs in
 a thread (``in_thread``) so the event loop only routes bytes.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import peewee as pw
 
 from mlserve import model_metadata, store
 from mlserve.aio import in_thread
+from mlserve.blobs import Blobs
 from mlserve.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -30,6 +31,7 @@ from mlserve.repository import Repository
 T = TypeVar("T")
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+ARTIFACT_KINDS = ("model", "data", "code", "env")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,18 @@ class VersionRecord:
     size_bytes: int
     files: list[FileSpec]
     config: str
+    upload_id: str
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    model: str
+    version: int
+    path: str
+    kind: str
+    size_bytes: int
+    sha256: str
     upload_id: str
     create_time: dt.datetime
 
@@ -97,9 +111,10 @@ class DownloadChunk:
 
 
 class Catalog:
-    def __init__(self, repository: Repository, tokens: PageTokens) -> None:
+    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
         self.repository = repository
         self.tokens = tokens
+        self.blobs = blobs
 
     # --- models -------------------------------------------------------------
 
@@ -171,6 +186,7 @@ class Catalog:
             _refuse_if_deployed(row)
             row.delete_instance(recursive=False)
         self.repository.delete_model(name)
+        self.blobs.collect()
 
     # --- versions -----------------------------------------------------------
 
@@ -206,6 +222,7 @@ class Catalog:
             _refuse_if_deployed(row.model, row.version)
             row.delete_instance()
         self.repository.delete_version(model, row.version)
+        self.blobs.collect()
 
     async def download(
         self, model: str, version: int, path: str = "", offset: int = 0
@@ -221,33 +238,97 @@ class Catalog:
         if offset < 0 or (offset and not path):
             raise InvalidArgument("offset must be >= 0 and is allowed only with a path")
         for spec in files:
-            async for chunk in self._read_file(record, spec, offset if path else 0):
+
+            def open_file(spec: FileSpec = spec) -> BinaryIO:
+                return self.repository.open_version_file(
+                    record.model, record.version, spec.path, spec.sha256
+                )
+
+            what = f"{spec.path!r} of {model!r} version {record.version}"
+            async for chunk in _read_file(open_file, spec, offset if path else 0, what):
                 yield chunk
 
-    async def _read_file(
-        self, record: VersionRecord, spec: FileSpec, offset: int
-    ) -> AsyncIterator[DownloadChunk]:
-        handle = await in_thread(self.repository.open_version_file)(
-            record.model, record.version, spec.path
+    # --- artifacts ----------------------------------------------------------
+
+    @in_thread
+    def get_artifact(self, model: str, version: int, path: str) -> ArtifactRecord:
+        return find_artifact(model, version, path)
+
+    @in_thread
+    def list_artifacts(
+        self, model: str, version: int, requested_size: int, token: str, kind: str = ""
+    ) -> Page[ArtifactRecord]:
+        size = page_size(requested_size)
+        if kind and kind not in ARTIFACT_KINDS:
+            raise InvalidArgument(f"kind {kind!r} is not one of {', '.join(ARTIFACT_KINDS)}")
+        row = version_row(model, version)
+        query_key = {"list": "artifacts", "model": model, "version": row.version, "kind": kind}
+        after = self.tokens.decode(query_key, token)
+        query = (
+            store.Artifact.select(store.Artifact, store.Blob)
+            .join(store.Blob)
+            .where(store.Artifact.version == row)
+            .order_by(store.Artifact.path)
+            .limit(size + 1)
         )
+        if after is not None:
+            query = query.where(store.Artifact.path > str(after))
+        if kind:
+            query = query.where(store.Artifact.kind == kind)
+        rows = list(query)
+        records = [_artifact_record(found, model, row.version) for found in rows[:size]]
+        next_token = self.tokens.encode(query_key, rows[size - 1].path) if len(rows) > size else ""
+        return Page(records, next_token)
+
+    async def download_artifact(
+        self, model: str, version: int, path: str, offset: int = 0
+    ) -> AsyncIterator[DownloadChunk]:
+        """Stream an artifact's bytes from ``offset``."""
+        record = await self.get_artifact(model, version, path)
+        require_download_allowed(record.model)
+        if offset < 0:
+            raise InvalidArgument("offset must be >= 0")
+        spec = FileSpec(record.path, record.size_bytes, record.sha256)
+
+        def open_blob() -> BinaryIO:
+            return self.repository.open_blob(record.sha256)
+
+        what = f"artifact {record.path!r} of {model!r} version {record.version}"
+        async for chunk in _read_file(open_blob, spec, offset, what):
+            yield chunk
+
+    def attached_artifact(
+        self, model: str, version: int, file: FileSpec, kind: str
+    ) -> ArtifactRecord | None:
+        """The artifact already at ``file.path``, if it is this content; AlreadyExists if not."""
         try:
-            handle.seek(offset)
-            position = offset
-            while True:
-                data = await in_thread(handle.read)(DOWNLOAD_CHUNK_BYTES)
-                if not data and position >= spec.size:
-                    break
-                if not data:
-                    raise FailedPrecondition(
-                        f"{spec.path!r} of {record.model!r} version {record.version} is "
-                        f"shorter on disk than its manifest says"
-                    )
-                yield DownloadChunk(spec.path, position, data)
-                position += len(data)
-            if spec.size == 0 and offset == 0:
-                yield DownloadChunk(spec.path, 0, b"")
-        finally:
-            handle.close()
+            found = find_artifact(model, version, file.path)
+        except NotFound:
+            return None
+        if (found.sha256, found.size_bytes, found.kind) != (file.sha256, file.size, kind):
+            raise AlreadyExists(
+                f"version {version} of {model!r} already has a different artifact "
+                f"{file.path!r}; artifacts are immutable, choose another path"
+            )
+        return found
+
+    def attach_artifact(
+        self, *, model: str, version: int, upload_id: str, file: FileSpec, kind: str
+    ) -> ArtifactRecord:
+        """Attach the blob the upload pins as an artifact (blocking; call in a thread)."""
+        with store.database.atomic():
+            row = version_row(model, version)
+            attached = self.attached_artifact(model, version, file, kind)
+            if attached is None:
+                store.Artifact.create(
+                    version=row, path=file.path, kind=kind, blob=file.sha256, upload_id=upload_id
+                )
+            store.Upload.update(committed_version=version, update_time=store.utcnow()).where(
+                store.Upload.upload_id == upload_id
+            ).execute()
+            self.blobs.release(upload_id)
+        self.repository.discard_staging(upload_id)
+        return attached or find_artifact(model, version, file.path)
 
     def commit_version(
         self,
@@ -258,16 +339,18 @@ class Catalog:
         config: str,
         manifest_sha256: str,
     ) -> VersionRecord:
-        """Number the staged upload and move it into place (blocking; call in a thread).
+        """Number the upload and put its version in place (blocking; call in a thread).
 
-        A version with the same manifest digest is returned instead of a copy.
+        Every file must be a blob the upload pins; the version directory is
+        made of links to them. A version with the same manifest digest is
+        returned instead of a copy.
         The version number comes from a unique index, so two concurrent commits
         can never share one: the loser retries with the next number.
         """
         for _ in range(20):
             try:
                 return self._commit_once(model, upload_id, files, config, manifest_sha256)
-            except pw.IntegrityError:
+            except _LostRace:
                 continue
         raise FailedPrecondition(f"could not number a new version of {model!r}; retry")
 
@@ -280,8 +363,8 @@ class Catalog:
         manifest_sha256: str,
     ) -> VersionRecord:
         with store.database.atomic():
-            model_row = store.Model.get_or_none(store.Model.name == model) or store.Model.create(
-                name=model
+            model_row = store.Model.get_or_none(store.Model.name == model) or _created_in_savepoint(
+                lambda: store.Model.create(name=model)
             )
             same = store.ModelVersion.get_or_none(
                 (store.ModelVersion.model == model_row)
@@ -291,6 +374,7 @@ class Catalog:
                 store.Upload.update(committed_version=same.version).where(
                     store.Upload.upload_id == upload_id
                 ).execute()
+                self.blobs.release(upload_id)
                 self.repository.discard_staging(upload_id)
                 return _version_record(same, model)
             latest = (
@@ -299,22 +383,94 @@ class Catalog:
                 .scalar()
             )
             number = (latest or 0) + 1
-            row = store.ModelVersion.create(
-                model=model_row,
-                version=number,
-                sha256=manifest_sha256,
-                size_bytes=sum(spec.size for spec in files),
-                files=json.dumps([[spec.path, spec.size, spec.sha256] for spec in files]),
-                config=config,
-                upload_id=upload_id,
+            row = _created_in_savepoint(
+                lambda: store.ModelVersion.create(
+                    model=model_row,
+                    version=number,
+                    sha256=manifest_sha256,
+                    size_bytes=sum(spec.size for spec in files),
+                    files=json.dumps([[spec.path, spec.size, spec.sha256] for spec in files]),
+                    config=config,
+                    upload_id=upload_id,
+                )
             )
             store.Upload.update(committed_version=number, update_time=store.utcnow()).where(
                 store.Upload.upload_id == upload_id
             ).execute()
+            uses = [{"version": row, "path": spec.path, "blob": spec.sha256} for spec in files]
+            for batch in pw.chunked(uses, 200):
+                store.VersionFile.insert_many(batch).execute()
+            self.blobs.release(upload_id)
+            for spec in files:
+                self.repository.link_staged_blob(upload_id, spec.path, spec.sha256)
             self.repository.commit_staging(upload_id, model, number)
             self.repository.write_model_config(model, config)
         self.repository.discard_staging(upload_id)
         return _version_record(row, model)
+
+
+async def _read_file(
+    open_file: Callable[[], BinaryIO], spec: FileSpec, offset: int, what: str
+) -> AsyncIterator[DownloadChunk]:
+    """Chunks of the file ``open_file`` opens, from ``offset``, checked against ``spec.size``."""
+    handle = await in_thread(open_file)()
+    try:
+        handle.seek(offset)
+        position = offset
+        while True:
+            data = await in_thread(handle.read)(DOWNLOAD_CHUNK_BYTES)
+            if not data and position >= spec.size:
+                break
+            if not data:
+                raise FailedPrecondition(f"{what} is shorter on disk than its manifest says")
+            yield DownloadChunk(spec.path, position, data)
+            position += len(data)
+        if spec.size == 0 and offset == 0:
+            yield DownloadChunk(spec.path, 0, b"")
+    finally:
+        handle.close()
+
+
+def require_download_allowed(model: str) -> None:
+    """Hook: may the caller download ``model``'s artifacts? Raise PermissionDenied if not.
+
+    Every artifact download passes here. Issue 4's ``allow_download`` (not on
+    this branch) is to be enforced in this one place.
+    """
+    del model
+
+
+def find_artifact(model: str, version: int, path: str) -> ArtifactRecord:
+    """``model``'s artifact ``path`` of ``version`` (0: the latest), or NotFound (blocking)."""
+    row = version_row(model, version)
+    check_relative_path(path, "artifact path")
+    found = (
+        store.Artifact.select(store.Artifact, store.Blob)
+        .join(store.Blob)
+        .where((store.Artifact.version == row) & (store.Artifact.path == path))
+        .first()
+    )
+    if found is None:
+        raise NotFound(f"version {row.version} of {model!r} has no artifact {path!r}")
+    return _artifact_record(found, model, row.version)
+
+
+class _LostRace(Exception):
+    """A concurrent commit created the model or took the version number first.
+
+    Retrying sees its row. Any other integrity error is a real fault and is
+    not retried.
+    """
+
+
+def _created_in_savepoint(create: Callable[[], Any]) -> Any:
+    """``create()`` in a savepoint (PostgreSQL aborts the whole transaction on a
+    unique violation unless it is contained), a unique clash as ``_LostRace``."""
+    try:
+        with store.database.atomic():
+            return create()
+    except pw.IntegrityError:
+        raise _LostRace from None
 
 
 def find_version(model: str, version: int) -> VersionRecord:
@@ -475,6 +631,19 @@ def _version_record(row: Any, model: str) -> VersionRecord:
         size_bytes=row.size_bytes,
         files=[FileSpec(*entry) for entry in json.loads(row.files)],
         config=row.config,
+        upload_id=row.upload_id,
+        create_time=row.create_time,
+    )
+
+
+def _artifact_record(row: Any, model: str, version: int) -> ArtifactRecord:
+    return ArtifactRecord(
+        model=model,
+        version=version,
+        path=row.path,
+        kind=row.kind,
+        size_bytes=row.blob.size,
+        sha256=row.blob.sha256,
         upload_id=row.upload_id,
         create_time=row.create_time,
     )

@@ -1,4 +1,4 @@
-"""Client commands of ``mlserve``: models, deploy/undeploy, servers, deployments.
+"""Client commands of ``mlserve``: models, artifacts, deploy/undeploy, servers, deployments.
 
 Each command talks to a running MLServe through :class:`mlserve_client.Client`; the
 address and key default to $MLSERVE_ADDRESS and ``<home>/admin.key``.
@@ -34,6 +34,7 @@ _TROUBLED_DEPLOYMENT = {
 def add_client_commands(commands: Subcommands) -> None:
     connection = _connection_options()
     _add_model_commands(commands, connection)
+    _add_artifact_commands(commands, connection)
     _add_deploy_commands(commands, connection)
     _add_server_commands(commands, connection)
     _add_deployment_commands(commands, connection)
@@ -262,6 +263,84 @@ def _delete_version(client: Client, args: argparse.Namespace) -> int:
     request = model_pb2.DeleteModelVersionRequest(model=args.name, version=args.version)
     client.models.DeleteModelVersion(request)
     print(f"deleted model {args.name} version {args.version}")
+    return 0
+
+
+# --- artifacts --------------------------------------------------------------
+
+_ARTIFACT_KINDS = {
+    "model": model_pb2.ARTIFACT_KIND_MODEL,
+    "data": model_pb2.ARTIFACT_KIND_DATA,
+    "code": model_pb2.ARTIFACT_KIND_CODE,
+    "env": model_pb2.ARTIFACT_KIND_ENV,
+}
+
+
+def _add_artifact_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    artifacts = _group(commands, "artifacts", "attach files to model versions, list, download")
+    upload = _command(
+        artifacts, "upload", _upload_artifact, "attach a file to a model version", connection
+    )
+    upload.add_argument("name", help="model name")
+    upload.add_argument("version", type=int, help="version (0: the latest)")
+    upload.add_argument("file", type=Path, help="the file to attach")
+    upload.add_argument("--kind", required=True, choices=sorted(_ARTIFACT_KINDS))
+    upload.add_argument("--path", help="the artifact's name (default: the file's name)")
+    listing = _command(artifacts, "list", _list_artifacts, "list a version's artifacts", connection)
+    listing.add_argument("name", help="model name")
+    listing.add_argument("version", type=int, help="version (0: the latest)")
+    download = _command(
+        artifacts, "download", _download_artifact, "download an artifact", connection
+    )
+    download.add_argument("name", help="model name")
+    download.add_argument("version", type=int, help="version (0: the latest)")
+    download.add_argument("path", help="the artifact's path, as listed")
+    download.add_argument("dest", type=Path, help="file to write (resumes a dest.part)")
+
+
+def _upload_artifact(client: Client, args: argparse.Namespace) -> int:
+    try:
+        with contextlib.closing(_ByteProgressBar(args.file.name)) as bar:
+            artifact = client.upload_artifact(
+                args.name,
+                args.version,
+                args.file,
+                _ARTIFACT_KINDS[args.kind],
+                name=args.path,
+                progress=bar,
+            )
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume the upload")
+    print(
+        f"model {artifact.model} version {artifact.version} artifact {artifact.path} "
+        f"({args.kind})  sha256 {artifact.sha256}  {artifact.size_bytes} bytes"
+    )
+    return 0
+
+
+def _list_artifacts(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("PATH", "KIND", "BYTES", "SHA256", "CREATED"),
+        (
+            (
+                artifact.path,
+                model_pb2.ArtifactKind.Name(artifact.kind).removeprefix("ARTIFACT_KIND_").lower(),
+                str(artifact.size_bytes),
+                artifact.sha256,
+                _when(artifact.create_time),
+            )
+            for artifact in client.list_artifacts(args.name, args.version)
+        ),
+    )
+    return 0
+
+
+def _download_artifact(client: Client, args: argparse.Namespace) -> int:
+    artifact = client.download_artifact(args.name, args.version, args.path, args.dest)
+    print(
+        f"model {artifact.model} version {artifact.version} artifact {artifact.path}  "
+        f"{artifact.size_bytes} bytes  -> {args.dest}"
+    )
     return 0
 
 

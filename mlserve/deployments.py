@@ -314,7 +314,9 @@ class Deployments:
     def _files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         for spec in record.files:
-            with self.repository.open_version_file(record.model, record.version, spec.path) as f:
+            with self.repository.open_version_file(
+                record.model, record.version, spec.path, spec.sha256
+            ) as f:
                 files[f"{record.version}/{spec.path}"] = f.read()
         return files
 

@@ -8,6 +8,12 @@ reader. Every path is built with ``safe_join`` and every file is opened with
 O_NOFOLLOW, and files with more than one hard link are refused: neither a
 symlink nor a hard link planted in the tree can make MLServe read or write
 outside it.
+
+File contents are stored once, by sha256, in ``<blobs>/sha256/ab/abcd…`` (a
+sibling of the repository, so Triton never sees it as a model, and on the same
+file system, so versions hard-link to it). A version file may therefore have
+several links, but only as the very inode of its blob; where the file system
+refuses links, the version gets a copy (one link) instead.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -27,16 +35,24 @@ from typing import BinaryIO
 from mlserve.errors import Aborted, FailedPrecondition, InvalidArgument
 from mlserve.names import check_name, check_relative_path, safe_join
 
+log = logging.getLogger(__name__)
+
 HASH_BLOCK = 4 * 1024 * 1024
 CONFIG_FILE = "config.pbtxt"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SCRATCH_PREFIX = ".copy."
+# link(2) failures that mean "this file system cannot link here": copy instead.
+_CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
 
 class Repository:
-    def __init__(self, root: Path, staging: Path) -> None:
+    def __init__(self, root: Path, staging: Path, blobs: Path | None = None) -> None:
         self.root = root
         self.staging = staging
+        self.blobs = blobs if blobs is not None else root.parent / "blobs"
         root.mkdir(parents=True, exist_ok=True)
         staging.mkdir(parents=True, exist_ok=True)
+        self.blobs.mkdir(parents=True, exist_ok=True)
 
     # --- committed versions -------------------------------------------------
 
@@ -49,8 +65,11 @@ class Repository:
     def version_file(self, model: str, version: int, path: str) -> Path:
         return safe_join(self.version_dir(model, version), check_relative_path(path))
 
-    def open_version_file(self, model: str, version: int, path: str) -> BinaryIO:
-        return open_regular_file(self.version_file(model, version, path))
+    def open_version_file(self, model: str, version: int, path: str, sha256: str = "") -> BinaryIO:
+        """Open a committed file; several links are allowed only as the inode of blob ``sha256``."""
+        return open_regular_file(
+            self.version_file(model, version, path), self._blob_inode(sha256) if sha256 else None
+        )
 
     def write_model_config(self, model: str, config_text: str) -> None:
         """Write the model's config.pbtxt (the latest version's), atomically."""
@@ -152,6 +171,72 @@ class Repository:
             _remove_tree(target)
         os.rename(source, target)
 
+    def link_staged_blob(self, upload_id: str, path: str, sha256: str) -> None:
+        """Put blob ``sha256`` at ``path`` of the staged upload: a hard link, or a copy."""
+        target = self.staged_file(upload_id, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self.staged_file(upload_id, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)  # left by a commit that failed after linking
+        _link_or_copy(self.blob_path(sha256), target)
+
+    # --- blobs --------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        if not _SHA256.fullmatch(sha256):
+            raise InvalidArgument(f"{sha256!r} is not a lower-case hex sha256")
+        return safe_join(self.blobs, "sha256", sha256[:2], sha256)
+
+    def has_blob(self, sha256: str, size: int) -> bool:
+        """True when blob ``sha256`` is on disk, a regular file of ``size`` bytes."""
+        try:
+            info = os.lstat(self.blob_path(sha256))
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(info.st_mode) and info.st_size == size
+
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
+        """Move the verified staged file ``path`` into the blob store as ``sha256``.
+
+        A blob already there is kept (its inode is what versions link to) and
+        the staged copy dropped.
+        """
+        source = self.staged_file(upload_id, path)
+        target = self.blob_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _link_or_copy(source, target)
+        except FileExistsError:
+            pass
+        else:
+            # Read-only: every version linking it shares this inode.
+            os.chmod(target, 0o444)
+        os.unlink(source)
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        """Open a blob for reading (not through a symlink; any number of links)."""
+        return open_regular_file(self.blob_path(sha256), self._blob_inode(sha256))
+
+    def remove_blob(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.blob_path(sha256))
+
+    def stored_blobs(self) -> Iterator[str]:
+        """The sha256 of every blob file on disk (removing scratch copies a crash left)."""
+        for shard in sorted((self.blobs / "sha256").glob("??")):
+            for entry in sorted(shard.iterdir()):
+                if _SHA256.fullmatch(entry.name) and entry.name[:2] == shard.name:
+                    yield entry.name
+                elif entry.name.startswith(_SCRATCH_PREFIX) and not entry.is_symlink():
+                    entry.unlink()
+
+    def _blob_inode(self, sha256: str) -> tuple[int, int] | None:
+        try:
+            info = os.lstat(self.blob_path(sha256))
+        except FileNotFoundError:
+            return None
+        return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
     def free_bytes(self) -> int:
         usage = shutil.disk_usage(self.staging)
         return usage.free
@@ -160,8 +245,12 @@ class Repository:
         return safe_join(self.staging, f"{check_name(upload_id, 'upload_id')}.lock")
 
 
-def open_regular_file(path: Path) -> BinaryIO:
-    """Open ``path`` for reading, refusing symlinks, special files and hard links."""
+def open_regular_file(path: Path, inode: tuple[int, int] | None = None) -> BinaryIO:
+    """Open ``path`` for reading, refusing symlinks, special files and hard links.
+
+    Several links are allowed only when the file is ``inode`` (device, inode):
+    a blob of MLServe's own store.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -170,7 +259,9 @@ def open_regular_file(path: Path) -> BinaryIO:
         if error.errno == errno.ELOOP:
             raise InvalidArgument(f"{path.name!r} is a symlink; refusing to follow it") from None
         raise
-    _require_plain_file(os.fstat(fd), path.name, fd)
+    info = os.fstat(fd)
+    if inode is None or (info.st_dev, info.st_ino) != inode:
+        _require_plain_file(info, path.name, fd)
     return os.fdopen(fd, "rb")
 
 
@@ -187,6 +278,32 @@ def _require_plain_file(info: os.stat_result, name: str, fd: int | None = None) 
     if fd is not None:
         os.close(fd)
     raise InvalidArgument(f"{name!r} is not a plain file (symlink, hard link or special file)")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target``; copy where links are refused. Never overwrites."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+        return
+    except OSError as error:
+        if error.errno not in _CANNOT_LINK:
+            raise
+        log.warning("cannot hard-link %s (%s); copying it instead", source, error.strerror)
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "already there", str(target))
+    source_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(source_fd).st_mode):
+        os.close(source_fd)
+        raise InvalidArgument(f"{source.name!r} is not a regular file")
+    fd, scratch = tempfile.mkstemp(prefix=_SCRATCH_PREFIX, dir=target.parent)
+    try:
+        with os.fdopen(source_fd, "rb") as reader, os.fdopen(fd, "wb") as writer:
+            shutil.copyfileobj(reader, writer, HASH_BLOCK)
+        os.replace(scratch, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+        raise
 
 
 def _remove_tree(path: Path) -> None:

@@ -24,6 +24,7 @@ from mlserve.api.inference import InferenceGateway
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.servers import ServerService
+from mlserve.blobs import Blobs
 from mlserve.catalog import Catalog
 from mlserve.deployments import DEFAULT_SERVER, Deployments
 from mlserve.fleet import Fleet
@@ -71,9 +72,13 @@ def build_domain(settings: Settings) -> Domain:
     store.connect(settings.database_url)
     secret = store.run(store.get_or_create_setting, "page_token_secret", _random_secret)
     tokens = PageTokens(secret)
-    repository = Repository(settings.repository_dir, settings.staging_dir)
-    catalog = Catalog(repository, tokens)
-    uploads = Uploads(repository, catalog, UploadLimits(max_upload_bytes=settings.max_upload_bytes))
+    repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
+    blobs = Blobs(repository)
+    store.run(blobs.sweep)
+    catalog = Catalog(repository, tokens, blobs)
+    uploads = Uploads(
+        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+    )
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)

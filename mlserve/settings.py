@@ -47,5 +47,10 @@ class Settings:
         return self.home / "staging"
 
     @property
+    def blobs_dir(self) -> Path:
+        """Content-addressed file store; versions hard-link to it, so same file system."""
+        return self.home / "blobs"
+
+    @property
     def triton_log(self) -> Path:
         return self.home / "triton.log"

@@ -45,7 +45,7 @@ POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def utcnow() -> dt.datetime:
@@ -157,6 +157,49 @@ class Upload(BaseModel):
     committed_version = pw.BigIntegerField(default=0)
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
+    # Set for an artifact upload: its kind, and the version it attaches to.
+    artifact_kind = pw.CharField(max_length=16, default="")
+    artifact_version = pw.BigIntegerField(default=0)
+
+
+class Blob(BaseModel):
+    """A file's content, stored once under ``<home>/blobs`` by its sha256."""
+
+    sha256 = pw.CharField(primary_key=True, max_length=64)
+    size = pw.BigIntegerField()
+    create_time = pw.DateTimeField(default=utcnow)
+
+
+class VersionFile(BaseModel):
+    """A file of a version, hard-linked from the blob holding its bytes."""
+
+    version = pw.ForeignKeyField(ModelVersion, backref="file_rows", on_delete="CASCADE")
+    path = pw.TextField()
+    blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT", column_name="blob_sha256", index=True)
+
+
+class BlobPin(BaseModel):
+    """A blob an unfinished upload counts on: garbage collection keeps it."""
+
+    upload = pw.ForeignKeyField(Upload, on_delete="CASCADE", column_name="upload_id")
+    blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT", column_name="blob_sha256", index=True)
+
+    class Meta:
+        indexes = ((("upload", "blob"), True),)
+
+
+class Artifact(BaseModel):
+    """A file attached to a model version (training data, code, environment …)."""
+
+    version = pw.ForeignKeyField(ModelVersion, backref="artifacts", on_delete="CASCADE")
+    path = pw.CharField(max_length=1024)
+    kind = pw.CharField(max_length=16)
+    blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT", column_name="blob_sha256", index=True)
+    upload_id = pw.CharField(max_length=128)
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("version", "path"), True),)
 
 
 class Server(BaseModel):
@@ -217,6 +260,10 @@ TABLES: list[type[BaseModel]] = [
     Deployment,
     DeploymentTarget,
     InferenceCount,
+    Blob,
+    VersionFile,
+    BlobPin,
+    Artifact,
 ]
 
 
@@ -268,10 +315,26 @@ def _add_model_metadata(db: pw.Database) -> None:
         ModelLabel.insert_many(pairs[start : start + 500]).execute()
 
 
+def _add_blobs_and_artifacts(db: pw.Database) -> None:
+    # Versions committed before this keep their plain files and have no
+    # VersionFile rows: they are neither deduplicated nor garbage-collected.
+    db.create_tables([Blob, VersionFile, BlobPin, Artifact])
+    present = {column.name for column in db.get_columns(Upload._meta.table_name)}
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        *(
+            migrator.add_column(Upload._meta.table_name, name, getattr(Upload, name))
+            for name in ("artifact_kind", "artifact_version")
+            if name not in present
+        )
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
     3: _add_model_metadata,
+    4: _add_blobs_and_artifacts,
 }
 
 

@@ -23,7 +23,16 @@ from typing import Any
 
 from mlserve import modelconfig, store
 from mlserve.aio import in_thread
-from mlserve.catalog import Catalog, FileSpec, VersionRecord, find_version
+from mlserve.blobs import Blobs
+from mlserve.catalog import (
+    ARTIFACT_KINDS,
+    ArtifactRecord,
+    Catalog,
+    FileSpec,
+    VersionRecord,
+    find_artifact,
+    find_version,
+)
 from mlserve.errors import (
     DataLoss,
     FailedPrecondition,
@@ -50,6 +59,15 @@ class UploadHeader:
     upload_id: str
     files: Sequence[FileSpec]
     config: str = ""
+
+
+@dataclass(frozen=True)
+class ArtifactHeader:
+    model: str
+    version: int
+    upload_id: str
+    kind: str
+    file: FileSpec
 
 
 @dataclass(frozen=True)
@@ -98,25 +116,33 @@ class _Plan:
     files: dict[str, FileSpec]
     config: str
     manifest_sha256: str
+    # An artifact upload: its kind and the version it attaches to.
+    artifact_kind: str = ""
+    artifact_version: int = 0
 
 
 class _StagedFile:
     """One file being written: where it is, and a running digest while that is possible."""
 
-    def __init__(self, spec: FileSpec, received: int) -> None:
+    def __init__(self, spec: FileSpec, received: int, stored: bool = False) -> None:
         self.spec = spec
-        self.received = received  # written to disk (updated by the writer thread)
-        self.accepted = received  # taken for writing, in flight or done (event loop)
+        # The content is a blob this upload pins: no bytes are needed, all count as received.
+        self.stored = stored
+        self.received = spec.size if stored else received  # on disk (the writer thread's)
+        self.accepted = self.received  # taken for writing, in flight or done (event loop)
         self.fd: int | None = None
         # The running digest covers the file only if this stream wrote it from
         # byte 0; after a resume the prefix is hashed from disk at commit.
-        self.digest: Any = hashlib.sha256() if received == 0 else None
+        self.digest: Any = hashlib.sha256() if self.received == 0 else None
 
 
 class Uploads:
-    def __init__(self, repository: Repository, catalog: Catalog, limits: UploadLimits) -> None:
+    def __init__(
+        self, repository: Repository, catalog: Catalog, blobs: Blobs, limits: UploadLimits
+    ) -> None:
         self.repository = repository
         self.catalog = catalog
+        self.blobs = blobs
         self.limits = limits
 
     async def receive(self, parts: AsyncIterator[UploadHeader | Chunk]) -> VersionRecord:
@@ -124,15 +150,29 @@ class Uploads:
         header = await anext(parts, None)
         if not isinstance(header, UploadHeader):
             raise InvalidArgument("the first message of an upload must be its header")
-        plan = await in_thread(self._plan)(header)
+        result = await self._receive(await in_thread(self._plan)(header), parts)
+        assert isinstance(result, VersionRecord)
+        return result
+
+    async def receive_artifact(
+        self, parts: AsyncIterator[ArtifactHeader | Chunk]
+    ) -> ArtifactRecord:
+        """Consume one artifact upload stream: a header, then chunks. Returns the artifact."""
+        header = await anext(parts, None)
+        if not isinstance(header, ArtifactHeader):
+            raise InvalidArgument("the first message of an artifact upload must be its header")
+        result = await self._receive(await in_thread(self._plan_artifact)(header), parts)
+        assert isinstance(result, ArtifactRecord)
+        return result
+
+    async def _receive(
+        self, plan: _Plan, parts: AsyncIterator[UploadHeader | ArtifactHeader | Chunk]
+    ) -> VersionRecord | ArtifactRecord:
         committed = await in_thread(self._open_record)(plan)
         if committed is not None:
             return committed
         with self.repository.upload_lock(plan.upload_id):
-            staged = {
-                path: _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
-                for path, spec in plan.files.items()
-            }
+            staged = await in_thread(self._stage)(plan)
             # One writer thread per upload: writes (and the final close) run in
             # order, off the event loop, while the next chunk is being received.
             writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
@@ -140,7 +180,7 @@ class Uploads:
             in_flight: deque[asyncio.Future[None]] = deque()
             try:
                 async for part in parts:
-                    if isinstance(part, UploadHeader):
+                    if not isinstance(part, Chunk):
                         raise InvalidArgument("the header was sent twice; send it once, first")
                     job = self._accept(staged, part)
                     if job is not None:
@@ -167,12 +207,13 @@ class Uploads:
         if row is None:
             raise NotFound(f"upload {upload_id!r} does not exist")
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
-        committed = _surviving_version(row) if row.committed_version else None
+        committed = _surviving(row) if row.committed_version else None
+        stored = self.blobs.pinned(upload_id)
         progress = [
             FileProgress(
                 spec,
                 spec.size
-                if committed is not None
+                if committed is not None or spec.sha256 in stored
                 else self.repository.staged_size(upload_id, spec.path),
             )
             for spec in specs
@@ -194,27 +235,17 @@ class Uploads:
             raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
         files: dict[str, FileSpec] = {}
         for spec in header.files:
-            path = check_relative_path(spec.path)
-            if path in files:
-                raise InvalidArgument(f"file {path!r} is declared twice in the manifest")
-            if spec.size < 0:
-                raise InvalidArgument(f"file {path!r} has a negative size")
-            digest = spec.sha256.lower()
-            if len(digest) != 64 or not set(digest) <= _HEX:
-                raise InvalidArgument(f"file {path!r}: sha256 must be 64 hex digits")
-            files[path] = FileSpec(path, spec.size, digest)
+            checked = _check_spec(spec)
+            if checked.path in files:
+                raise InvalidArgument(f"file {checked.path!r} is declared twice in the manifest")
+            files[checked.path] = checked
         directories = {parent for path in files for parent in _parents(path)}
         clash = sorted(directories & files.keys())
         if clash:
             raise InvalidArgument(
                 f"{clash[0]!r} is declared as a file but other paths use it as a directory"
             )
-        total = sum(spec.size for spec in files.values())
-        if total > self.limits.max_upload_bytes:
-            raise ResourceExhausted(
-                f"the upload is {total} bytes; this server accepts at most "
-                f"{self.limits.max_upload_bytes} bytes per version (--max-upload-bytes)"
-            )
+        self._check_total(sum(spec.size for spec in files.values()))
         config = modelconfig.render(modelconfig.parse(header.config, model, files))
         ordered = dict(sorted(files.items()))
         manifest = json.dumps(
@@ -222,14 +253,47 @@ class Uploads:
             separators=(",", ":"),
         )
         manifest_sha256 = hashlib.sha256(manifest.encode()).hexdigest()
-        upload_id = header.upload_id or (
-            "auto-" + hashlib.sha256(f"{model}\n{manifest_sha256}".encode()).hexdigest()[:40]
-        )
-        check_name(upload_id, "upload_id")
+        upload_id = _upload_id(header.upload_id, model, manifest_sha256)
         return _Plan(model, upload_id, ordered, config, manifest_sha256)
 
-    def _open_record(self, plan: _Plan) -> VersionRecord | None:
-        """Create or match the upload's record; the version if it already committed."""
+    def _plan_artifact(self, header: ArtifactHeader) -> _Plan:
+        model = check_name(header.model, "model name")
+        if header.kind not in ARTIFACT_KINDS:
+            raise InvalidArgument(
+                f"artifact kind {header.kind or 'unspecified'!r} is not one of "
+                f"{', '.join(ARTIFACT_KINDS)}: set kind"
+            )
+        spec = _check_spec(header.file)
+        self._check_total(spec.size)
+        version = find_version(model, header.version).version
+        manifest = json.dumps(
+            {
+                "artifact": header.kind,
+                "version": version,
+                "file": [spec.path, spec.size, spec.sha256],
+            },
+            separators=(",", ":"),
+        )
+        manifest_sha256 = hashlib.sha256(manifest.encode()).hexdigest()
+        upload_id = _upload_id(header.upload_id, model, manifest_sha256)
+        return _Plan(model, upload_id, {spec.path: spec}, "", manifest_sha256, header.kind, version)
+
+    def _check_total(self, total: int) -> None:
+        if total > self.limits.max_upload_bytes:
+            raise ResourceExhausted(
+                f"the upload is {total} bytes; this server accepts at most "
+                f"{self.limits.max_upload_bytes} bytes per upload (--max-upload-bytes)"
+            )
+
+    def _open_record(self, plan: _Plan) -> VersionRecord | ArtifactRecord | None:
+        """Create or match the upload's record; its result if it already committed."""
+        if plan.artifact_kind:
+            (spec,) = plan.files.values()
+            attached = self.catalog.attached_artifact(
+                plan.model, plan.artifact_version, spec, plan.artifact_kind
+            )
+            if attached is not None:
+                return attached
         with store.database.atomic():
             row = store.Upload.get_or_none(store.Upload.upload_id == plan.upload_id)
             if row is None:
@@ -240,6 +304,8 @@ class Uploads:
                     files=json.dumps([[s.path, s.size, s.sha256] for s in plan.files.values()]),
                     config=plan.config,
                     manifest_sha256=plan.manifest_sha256,
+                    artifact_kind=plan.artifact_kind,
+                    artifact_version=plan.artifact_version,
                 )
                 return None
         if row.model != plan.model or row.manifest_sha256 != plan.manifest_sha256:
@@ -248,19 +314,31 @@ class Uploads:
                 "choose a new upload_id"
             )
         if row.committed_version:
-            committed = _surviving_version(row)
+            committed = _surviving(row)
             if committed is not None:
                 return committed
-            # The version it made was deleted since: the upload starts over.
+            # What it made was deleted since: the upload starts over.
             row.committed_version = 0
             row.save()
         self._require_disk_space(plan)
         return None
 
+    def _stage(self, plan: _Plan) -> dict[str, _StagedFile]:
+        """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
+        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values())
+        return {
+            path: _StagedFile(spec, 0, stored=True)
+            if spec.sha256 in stored
+            else _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
+            for path, spec in plan.files.items()
+        }
+
     def _require_disk_space(self, plan: _Plan) -> None:
+        stored = self.blobs.pinned(plan.upload_id)
         remaining = sum(
             spec.size - self.repository.staged_size(plan.upload_id, spec.path)
             for spec in plan.files.values()
+            if spec.sha256 not in stored
         )
         free = self.repository.free_bytes() - DISK_RESERVE_BYTES
         if remaining > free:
@@ -309,7 +387,9 @@ class Uploads:
         if target.digest is not None:
             target.digest.update(data)
 
-    def _commit(self, plan: _Plan, staged: dict[str, _StagedFile]) -> VersionRecord:
+    def _commit(
+        self, plan: _Plan, staged: dict[str, _StagedFile]
+    ) -> VersionRecord | ArtifactRecord:
         incomplete = [f for f in staged.values() if f.received < f.spec.size]
         if incomplete:
             described = ", ".join(
@@ -320,6 +400,8 @@ class Uploads:
                 "from the offsets GetUpload reports"
             )
         for target in staged.values():
+            if target.stored:
+                continue
             if target.spec.size == 0:
                 # Nothing was ever sent for an empty file; it must still exist.
                 os.close(self.repository.open_staged_for_write(plan.upload_id, target.spec.path))
@@ -330,6 +412,19 @@ class Uploads:
                     f"file {target.spec.path!r} arrived with sha256 {actual}, not the declared "
                     f"{target.spec.sha256}; its bytes were discarded, send the file again"
                 )
+        for target in staged.values():
+            if not target.stored:
+                self.blobs.ingest(plan.upload_id, target.spec)
+                target.stored = True
+        if plan.artifact_kind:
+            (spec,) = plan.files.values()
+            return self.catalog.attach_artifact(
+                model=plan.model,
+                version=plan.artifact_version,
+                upload_id=plan.upload_id,
+                file=spec,
+                kind=plan.artifact_kind,
+            )
         return self.catalog.commit_version(
             model=plan.model,
             upload_id=plan.upload_id,
@@ -350,9 +445,31 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _surviving_version(row: Any) -> VersionRecord | None:
-    """The version an upload committed, unless it has been deleted since."""
+def _check_spec(spec: FileSpec) -> FileSpec:
+    """A declared file with its path and digest checked and normalised."""
+    path = check_relative_path(spec.path)
+    if spec.size < 0:
+        raise InvalidArgument(f"file {path!r} has a negative size")
+    digest = spec.sha256.lower()
+    if len(digest) != 64 or not set(digest) <= _HEX:
+        raise InvalidArgument(f"file {path!r}: sha256 must be 64 hex digits")
+    return FileSpec(path, spec.size, digest)
+
+
+def _upload_id(chosen: str, model: str, manifest_sha256: str) -> str:
+    """The client's upload id, or one derived from the content so a rerun resumes."""
+    upload_id = chosen or (
+        "auto-" + hashlib.sha256(f"{model}\n{manifest_sha256}".encode()).hexdigest()[:40]
+    )
+    return check_name(upload_id, "upload_id")
+
+
+def _surviving(row: Any) -> VersionRecord | ArtifactRecord | None:
+    """What an upload committed (version or artifact), unless it has been deleted since."""
     try:
+        if row.artifact_kind:
+            ((path, _, _),) = json.loads(row.files)
+            return find_artifact(row.model, row.committed_version, path)
         return find_version(row.model, row.committed_version)
     except NotFound:
         return None

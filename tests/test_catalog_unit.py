@@ -16,6 +16,7 @@ import peewee as pw
 import pytest
 
 from mlserve import store
+from mlserve.blobs import Blobs
 from mlserve.catalog import Catalog, ModelQuery, ModelRecord
 from mlserve.errors import AlreadyExists, InvalidArgument
 from mlserve.model_metadata import (
@@ -49,8 +50,8 @@ RICH = ModelFields(
 
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging")
-    return Catalog(repository, PageTokens(b"k" * 32))
+    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+    return Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
 
 
 def run(awaitable: Any) -> Any:

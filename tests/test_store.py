@@ -21,6 +21,7 @@ import pytest
 from playhouse.pool import PooledDatabase
 
 from mlserve import store
+from mlserve.blobs import Blobs
 from mlserve.catalog import Catalog, FileSpec, ModelFields
 from mlserve.errors import AlreadyExists, FailedPrecondition, Unavailable
 from mlserve.paging import PageTokens
@@ -31,8 +32,8 @@ from tests.postgres import PostgresCluster
 
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging")
-    return Catalog(repository, PageTokens(b"secret" * 4))
+    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+    return Catalog(repository, PageTokens(b"secret" * 4), Blobs(repository))
 
 
 def stage(catalog: Catalog, upload_id: str, content: bytes) -> list[FileSpec]:
@@ -43,7 +44,14 @@ def stage(catalog: Catalog, upload_id: str, content: bytes) -> list[FileSpec]:
 
 
 def commit(catalog: Catalog, model: str, upload_id: str, content: bytes) -> int:
+    """Commit ``content`` as an upload does: staged, verified, moved into the blob store."""
     files = stage(catalog, upload_id, content)
+    store.run(
+        store.Upload.create,
+        upload_id=upload_id, model=model, files="[]", config="", manifest_sha256="",
+    )  # fmt: skip
+    for spec in files:
+        store.run(catalog.blobs.ingest, upload_id, spec)
     record = store.run(
         catalog.commit_version,
         model=model,

@@ -95,6 +95,13 @@ def test_foundation_database_opens_with_every_row_intact(database_url: str) -> N
             upload_id="upload-3",
         )  # fmt: skip
         assert store.ModelVersion.select().count() == 3
+        # Schema 5 (content-addressed files): uploads gained their artifact
+        # columns, and the blob tables take rows that point at old versions.
+        upload = store.Upload.get(store.Upload.upload_id == "upload-2")
+        assert (upload.artifact_kind, upload.artifact_version) == ("", 0)
+        blob = store.Blob.create(sha256="a" * 64, size=3)
+        store.VersionFile.create(version=versions[2], path="model.py", blob=blob)
+        store.BlobPin.create(upload=upload, blob=blob)
     finally:
         close_database(db)
 

@@ -11,7 +11,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mlserve.catalog import FileSpec, ModelQuery, ModelRecord, VersionRecord
+from mlserve.catalog import ArtifactRecord, FileSpec, ModelQuery, ModelRecord, VersionRecord
 from mlserve.deployments import DeploymentRecord
 from mlserve.errors import InvalidArgument
 from mlserve.fleet import ServerFields, ServerRecord
@@ -24,7 +24,7 @@ from mlserve.model_metadata import (
     ResourceAmount,
 )
 from mlserve.stats import UsageRecord
-from mlserve.uploads import Chunk, UploadHeader, UploadRecord
+from mlserve.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
 
 _NO_USAGE = UsageRecord()
@@ -212,8 +212,55 @@ def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | 
             files=[FileSpec(f.path, f.size, f.sha256) for f in header.files],
             config=header.config,
         )
-    chunk = message.chunk
+    return file_chunk(message.chunk)
+
+
+def file_chunk(chunk: model_pb2.FileChunk) -> Chunk:
     return Chunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+
+
+_ARTIFACT_KINDS: dict[int, str] = {
+    model_pb2.ARTIFACT_KIND_MODEL: "model",
+    model_pb2.ARTIFACT_KIND_DATA: "data",
+    model_pb2.ARTIFACT_KIND_CODE: "code",
+    model_pb2.ARTIFACT_KIND_ENV: "env",
+}
+_ARTIFACT_KIND_VALUES = {
+    name: model_pb2.ArtifactKind.ValueType(value) for value, name in _ARTIFACT_KINDS.items()
+}
+
+
+def artifact_kind(value: int) -> str:
+    """The domain's name of a proto ArtifactKind: "" when unspecified, the number if unknown."""
+    if value == model_pb2.ARTIFACT_KIND_UNSPECIFIED:
+        return ""
+    return _ARTIFACT_KINDS.get(value, str(value))
+
+
+def artifact_upload_part(message: model_pb2.UploadArtifactRequest) -> ArtifactHeader | Chunk:
+    if message.HasField("header"):
+        header = message.header
+        return ArtifactHeader(
+            model=header.model,
+            version=header.version,
+            upload_id=header.upload_id,
+            kind=artifact_kind(header.kind),
+            file=FileSpec(header.file.path, header.file.size, header.file.sha256),
+        )
+    return file_chunk(message.chunk)
+
+
+def artifact(record: ArtifactRecord) -> model_pb2.Artifact:
+    return model_pb2.Artifact(
+        model=record.model,
+        version=record.version,
+        path=record.path,
+        kind=_ARTIFACT_KIND_VALUES[record.kind],
+        size_bytes=record.size_bytes,
+        sha256=record.sha256,
+        create_time=timestamp(record.create_time),
+        upload_id=record.upload_id,
+    )
 
 
 def upload(record: UploadRecord) -> model_pb2.Upload:

@@ -11,7 +11,7 @@ from mlserve.api import convert
 from mlserve.catalog import Catalog
 from mlserve.deployments import Deployments
 from mlserve.stats import InferenceStats
-from mlserve.uploads import Chunk, UploadHeader, Uploads
+from mlserve.uploads import ArtifactHeader, Chunk, UploadHeader, Uploads
 from mlserve_api.v1 import model_pb2, model_pb2_grpc
 
 Context = Any
@@ -105,5 +105,44 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.DownloadModelVersionRequest, context: Context
     ) -> AsyncIterator[model_pb2.FileChunk]:
         chunks = self.catalog.download(request.model, request.version, request.path, request.offset)
+        async for chunk in chunks:
+            yield model_pb2.FileChunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+
+    async def UploadArtifact(
+        self, request_iterator: AsyncIterator[model_pb2.UploadArtifactRequest], context: Context
+    ) -> model_pb2.Artifact:
+        async def parts() -> AsyncIterator[ArtifactHeader | Chunk]:
+            async for message in request_iterator:
+                yield convert.artifact_upload_part(message)
+
+        return convert.artifact(await self.uploads.receive_artifact(parts()))
+
+    async def GetArtifact(
+        self, request: model_pb2.GetArtifactRequest, context: Context
+    ) -> model_pb2.Artifact:
+        record = await self.catalog.get_artifact(request.model, request.version, request.path)
+        return convert.artifact(record)
+
+    async def ListArtifacts(
+        self, request: model_pb2.ListArtifactsRequest, context: Context
+    ) -> model_pb2.ListArtifactsResponse:
+        page = await self.catalog.list_artifacts(
+            request.model,
+            request.version,
+            request.page_size,
+            request.page_token,
+            convert.artifact_kind(request.kind),
+        )
+        return model_pb2.ListArtifactsResponse(
+            artifacts=[convert.artifact(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def DownloadArtifact(
+        self, request: model_pb2.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[model_pb2.FileChunk]:
+        chunks = self.catalog.download_artifact(
+            request.model, request.version, request.path, request.offset
+        )
         async for chunk in chunks:
             yield model_pb2.FileChunk(path=chunk.path, offset=chunk.offset, data=chunk.data)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,9 +19,16 @@ from mlserve_api.v1 import (
     server_pb2_grpc,
 )
 from mlserve_client.channel import DEFAULT_ADDRESS, default_home, open_channel, read_admin_key
-from mlserve_client.download import VersionWriter
-from mlserve_client.layout import derive_upload_id, read_model_directory
-from mlserve_client.upload import DEFAULT_CHUNK_SIZE, Progress, received_offsets, upload_requests
+from mlserve_client.download import ArtifactWriter, VersionWriter
+from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
+from mlserve_client.upload import (
+    DEFAULT_CHUNK_SIZE,
+    Progress,
+    artifact_requests,
+    received_offsets,
+    upload_requests,
+    version_header,
+)
 
 _Item = TypeVar("_Item")
 
@@ -81,15 +89,96 @@ class Client:
         """
         version = read_model_directory(path, version_dir)
         upload_id = upload_id or derive_upload_id(name, version)
+        done, received = self._announce(
+            self.models.UploadModelVersion, version_header(name, upload_id, version), upload_id
+        )
+        if done is not None:
+            return done  # type: ignore[no-any-return]
         requests = upload_requests(
-            name,
-            upload_id,
-            version,
-            received_offsets(self.find_upload(upload_id)),
-            chunk_size=chunk_size,
-            progress=progress,
+            name, upload_id, version, received, chunk_size=chunk_size, progress=progress
         )
         return self.models.UploadModelVersion(requests)
+
+    def _announce(
+        self, call: Callable[[Iterator[Any]], Any], header: Any, upload_id: str
+    ) -> tuple[Any, Mapping[str, int]]:
+        """Send the header alone, then learn which bytes the server still needs.
+
+        The server counts content it already stores (same sha256) as received,
+        so only new bytes travel; when it needs none the header alone finishes
+        the upload and its result comes back. Otherwise the stream ends
+        incomplete (FAILED_PRECONDITION, expected) and GetUpload says what to send.
+        """
+        received = received_offsets(self.find_upload(upload_id))
+        try:
+            return call(iter([header])), received
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+        return None, received_offsets(self.find_upload(upload_id))
+
+    # --- artifacts ----------------------------------------------------------
+
+    def upload_artifact(
+        self,
+        model: str,
+        version: int,
+        path: Path,
+        kind: model_pb2.ArtifactKind.ValueType,
+        *,
+        name: str | None = None,
+        upload_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> model_pb2.Artifact:
+        """Attach the file ``path`` to ``model``'s ``version`` as ``name`` (its file name by
+        default), resuming an interrupted upload; content the server has is not sent."""
+        size, sha256 = file_sha256(path)
+        file = LocalFile(path=name or path.name, source=path, size=size, sha256=sha256)
+        if upload_id is None:
+            key = f"{model}\n{version}\n{kind}\n{file.path}\n{size}\n{sha256}"
+            upload_id = "a-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+        header = model_pb2.ArtifactUploadHeader(
+            model=model, version=version, upload_id=upload_id, kind=kind, file=file.manifest()
+        )
+        request = model_pb2.UploadArtifactRequest(header=header)
+        done, received = self._announce(self.models.UploadArtifact, request, upload_id)
+        if done is not None:
+            return done  # type: ignore[no-any-return]
+        requests = artifact_requests(
+            header, file, received, chunk_size=chunk_size, progress=progress
+        )
+        return self.models.UploadArtifact(requests)
+
+    def download_artifact(
+        self, model: str, version: int, path: str, dest: Path
+    ) -> model_pb2.Artifact:
+        """Write artifact ``path`` to the file ``dest``, checked against its sha256.
+
+        Bytes go to ``dest`` + ".part" first; if that exists from an interrupted
+        download, the download resumes after it.
+        """
+        artifact = self.models.GetArtifact(
+            model_pb2.GetArtifactRequest(model=model, version=version, path=path)
+        )
+        with ArtifactWriter(dest, artifact) as writer:
+            chunks = self.models.DownloadArtifact(
+                model_pb2.DownloadArtifactRequest(
+                    model=model, version=artifact.version, path=path, offset=writer.written
+                )
+            )
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.finish()
+        return artifact
+
+    def list_artifacts(self, model: str, version: int) -> Iterator[model_pb2.Artifact]:
+        def page(token: str) -> tuple[Sequence[model_pb2.Artifact], str]:
+            request = model_pb2.ListArtifactsRequest(model=model, version=version, page_token=token)
+            response = self.models.ListArtifacts(request)
+            return response.artifacts, response.next_page_token
+
+        return _every_page(page)
 
     def find_upload(self, upload_id: str) -> model_pb2.Upload | None:
         """The server's record of an upload, or None when it has none."""

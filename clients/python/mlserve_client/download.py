@@ -31,16 +31,29 @@ def safe_destination(dest: Path, relative: str) -> Path:
 
 
 class _FileInProgress:
-    """One file being written to ``<name>.part``, hashed as it grows."""
+    """One file being written to ``<name>.part``, hashed as it grows.
 
-    def __init__(self, spec: model_pb2.FileManifest, target: Path) -> None:
+    With ``resume`` an existing ``.part`` is kept and appended to (its bytes
+    are hashed first); otherwise it starts empty.
+    """
+
+    def __init__(self, spec: model_pb2.FileManifest, target: Path, resume: bool = False) -> None:
         self.spec = spec
         self.target = target
         self.partial = target.with_name(target.name + ".part")
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.handle: BinaryIO = self.partial.open("wb")
         self.digest = hashlib.sha256()
         self.written = 0
+        if resume and self.partial.is_file() and not self.partial.is_symlink():
+            with self.partial.open("rb") as existing:
+                while block := existing.read(1024 * 1024):
+                    self.digest.update(block)
+                    self.written += len(block)
+            if self.written > spec.size:
+                self.digest, self.written = hashlib.sha256(), 0
+        self.handle: BinaryIO = self.partial.open("r+b" if self.written else "wb")
+        self.handle.seek(self.written)
+        self.handle.truncate()
 
     def append(self, chunk: model_pb2.FileChunk) -> None:
         if chunk.offset != self.written:
@@ -131,3 +144,40 @@ class VersionWriter:
             raise DownloadError(f"{spec.path}: the server sent none of its {spec.size} bytes")
         self._current = self._start(spec.path)
         self._complete_current()
+
+
+class ArtifactWriter:
+    """Writes one artifact's chunks to ``dest``, resuming a ``.part`` left before."""
+
+    def __init__(self, dest: Path, artifact: model_pb2.Artifact) -> None:
+        spec = model_pb2.FileManifest(
+            path=artifact.path, size=artifact.size_bytes, sha256=artifact.sha256
+        )
+        self._file = _FileInProgress(spec, dest, resume=True)
+
+    @property
+    def written(self) -> int:
+        """Bytes already held: where the download starts."""
+        return self._file.written
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._file.handle.close()  # keeps the .part, so a rerun resumes
+
+    def write(self, chunk: model_pb2.FileChunk) -> None:
+        self._file.append(chunk)
+
+    def finish(self) -> None:
+        """Check size and sha256, then move the file into place (a bad file is discarded)."""
+        try:
+            self._file.complete()
+        except DownloadError:
+            self._file.discard()
+            raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from mlserve_api.v1 import model_pb2
 from mlserve_client.layout import LocalFile, LocalVersion
@@ -40,21 +40,52 @@ def upload_requests(
     progress: Progress | None = None,
 ) -> Iterator[Request]:
     """The header, then every byte the server still lacks, chunk by chunk."""
-    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} bytes")
+    yield version_header(model, upload_id, version)
+    for chunk in missing_chunks(version.files, received, chunk_size=chunk_size, progress=progress):
+        yield Request(chunk=chunk)
+
+
+def version_header(model: str, upload_id: str, version: LocalVersion) -> Request:
+    """The first message of a version upload: what the version holds."""
     header = model_pb2.UploadHeader(
         model=model, upload_id=upload_id, files=version.manifest(), config=version.config
     )
-    yield Request(header=header)
+    return Request(header=header)
+
+
+def missing_chunks(
+    files: Sequence[LocalFile],
+    received: Mapping[str, int],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Progress | None = None,
+) -> Iterator[model_pb2.FileChunk]:
+    """Every byte of ``files`` the server still lacks, chunk by chunk."""
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE} bytes")
     report = progress or _ignore_progress
-    total = version.size_bytes
-    done = sum(resume_offset(file, received) for file in version.files)
+    total = sum(file.size for file in files)
+    done = sum(resume_offset(file, received) for file in files)
     report(done, total)
-    for file in version.files:
+    for file in files:
         for chunk in file_chunks(file, resume_offset(file, received), chunk_size):
-            yield Request(chunk=chunk)
+            yield chunk
             done += len(chunk.data)
             report(done, total)
+
+
+def artifact_requests(
+    header: model_pb2.ArtifactUploadHeader,
+    file: LocalFile,
+    received: Mapping[str, int],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Progress | None = None,
+) -> Iterator[model_pb2.UploadArtifactRequest]:
+    """The artifact's header, then every byte the server still lacks."""
+    yield model_pb2.UploadArtifactRequest(header=header)
+    for chunk in missing_chunks([file], received, chunk_size=chunk_size, progress=progress):
+        yield model_pb2.UploadArtifactRequest(chunk=chunk)
 
 
 def file_chunks(file: LocalFile, start: int, chunk_size: int) -> Iterator[model_pb2.FileChunk]:

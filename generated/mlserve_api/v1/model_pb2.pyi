@@ -104,6 +104,38 @@ UPLOAD_STATE_COMMITTED: UploadState.ValueType  # 2
 """Every file checked out and the version exists."""
 Global___UploadState: _TypeAlias = UploadState  # noqa: Y015
 
+class _ArtifactKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArtifactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArtifactKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARTIFACT_KIND_UNSPECIFIED: _ArtifactKind.ValueType  # 0
+    """Not set; refused with INVALID_ARGUMENT."""
+    ARTIFACT_KIND_MODEL: _ArtifactKind.ValueType  # 1
+    """Model files kept beside the version (e.g. the original checkpoint)."""
+    ARTIFACT_KIND_DATA: _ArtifactKind.ValueType  # 2
+    """Training or evaluation data, e.g. a CSV or Parquet file."""
+    ARTIFACT_KIND_CODE: _ArtifactKind.ValueType  # 3
+    """Code, e.g. the retraining script."""
+    ARTIFACT_KIND_ENV: _ArtifactKind.ValueType  # 4
+    """The environment, e.g. requirements.txt."""
+
+class ArtifactKind(_ArtifactKind, metaclass=_ArtifactKindEnumTypeWrapper):
+    """ArtifactKind says what an artifact is for."""
+
+ARTIFACT_KIND_UNSPECIFIED: ArtifactKind.ValueType  # 0
+"""Not set; refused with INVALID_ARGUMENT."""
+ARTIFACT_KIND_MODEL: ArtifactKind.ValueType  # 1
+"""Model files kept beside the version (e.g. the original checkpoint)."""
+ARTIFACT_KIND_DATA: ArtifactKind.ValueType  # 2
+"""Training or evaluation data, e.g. a CSV or Parquet file."""
+ARTIFACT_KIND_CODE: ArtifactKind.ValueType  # 3
+"""Code, e.g. the retraining script."""
+ARTIFACT_KIND_ENV: ArtifactKind.ValueType  # 4
+"""The environment, e.g. requirements.txt."""
+Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     """Model is a named family of versions."""
@@ -1140,3 +1172,265 @@ class DownloadModelVersionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadModelVersionRequest: _TypeAlias = DownloadModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class Artifact(_message.Message):
+    """Artifact is a file attached to a model version. Artifacts are deleted with
+    their version; equal contents are stored once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Name of the model."""
+    version: _builtins.int
+    """The version the artifact is attached to."""
+    path: _builtins.str
+    """Path naming the artifact within the version, '/'-separated, e.g.
+    "data/train.csv"; unique per version.
+    """
+    kind: Global___ArtifactKind.ValueType
+    """What the artifact is for."""
+    size_bytes: _builtins.int
+    """Size in bytes."""
+    sha256: _builtins.str
+    """Lower-case hex sha256 of the artifact's bytes."""
+    upload_id: _builtins.str
+    """The upload that attached it. Output only."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the artifact was attached. Output only."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        path: _builtins.str = ...,
+        kind: Global___ArtifactKind.ValueType = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "kind", b"kind", "model", b"model", "path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
+
+@_typing.final
+class ArtifactUploadHeader(_message.Message):
+    """ArtifactUploadHeader names the version and declares the file to attach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name; the model must exist."""
+    version: _builtins.int
+    """Version number; 0 means the latest. It must exist."""
+    upload_id: _builtins.str
+    """Client-chosen id for resuming (the rules of UploadHeader.upload_id).
+    Empty means an id derived from the model, version, kind and file.
+    """
+    kind: Global___ArtifactKind.ValueType
+    """What the artifact is for; required."""
+    @_builtins.property
+    def file(self) -> Global___FileManifest:
+        """The file: its path (the artifact's name), size and sha256."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        upload_id: _builtins.str = ...,
+        kind: Global___ArtifactKind.ValueType = ...,
+        file: Global___FileManifest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "model", b"model", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactUploadHeader: _TypeAlias = ArtifactUploadHeader  # noqa: Y015
+
+@_typing.final
+class UploadArtifactRequest(_message.Message):
+    """UploadArtifactRequest is one message of an artifact upload stream: the
+    first carries the header, every later one a chunk.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ArtifactUploadHeader:
+        """The header: must come first, exactly once."""
+
+    @_builtins.property
+    def chunk(self) -> Global___FileChunk:
+        """File bytes; path must be the header's file path."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ArtifactUploadHeader | None = ...,
+        chunk: Global___FileChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadArtifactRequest: _TypeAlias = UploadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class GetArtifactRequest(_message.Message):
+    """GetArtifactRequest names one artifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """The version number; 0 means the latest."""
+    path: _builtins.str
+    """The artifact's path."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "path", b"path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArtifactRequest: _TypeAlias = GetArtifactRequest  # noqa: Y015
+
+@_typing.final
+class ListArtifactsRequest(_message.Message):
+    """ListArtifactsRequest asks for one page of a version's artifacts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """The version number; 0 means the latest."""
+    page_size: _builtins.int
+    """At most this many artifacts; 0 means 50, above 1000 is clamped."""
+    page_token: _builtins.str
+    """next_page_token from the previous page; empty for the first."""
+    kind: Global___ArtifactKind.ValueType
+    """Only artifacts of this kind; unspecified means every kind."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        kind: Global___ArtifactKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model", b"model", "page_size", b"page_size", "page_token", b"page_token", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListArtifactsRequest: _TypeAlias = ListArtifactsRequest  # noqa: Y015
+
+@_typing.final
+class ListArtifactsResponse(_message.Message):
+    """ListArtifactsResponse is one page of artifacts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty only on the last page."""
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """The artifacts, in path order."""
+
+    def __init__(
+        self,
+        *,
+        artifacts: _abc.Iterable[Global___Artifact] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListArtifactsResponse: _TypeAlias = ListArtifactsResponse  # noqa: Y015
+
+@_typing.final
+class DownloadArtifactRequest(_message.Message):
+    """DownloadArtifactRequest names an artifact to stream back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name."""
+    version: _builtins.int
+    """The version number; 0 means the latest."""
+    path: _builtins.str
+    """The artifact's path."""
+    offset: _builtins.int
+    """Start at this byte offset (to resume a download)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        path: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "offset", b"offset", "path", b"path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadArtifactRequest: _TypeAlias = DownloadArtifactRequest  # noqa: Y015

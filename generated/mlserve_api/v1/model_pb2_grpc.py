@@ -93,6 +93,26 @@ class ModelServiceStub:
                 request_serializer=mlserve_dot_v1_dot_model__pb2.DownloadModelVersionRequest.SerializeToString,
                 response_deserializer=mlserve_dot_v1_dot_model__pb2.FileChunk.FromString,
                 _registered_method=True)
+        self.UploadArtifact = channel.stream_unary(
+                '/mlserve.v1.ModelService/UploadArtifact',
+                request_serializer=mlserve_dot_v1_dot_model__pb2.UploadArtifactRequest.SerializeToString,
+                response_deserializer=mlserve_dot_v1_dot_model__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/mlserve.v1.ModelService/GetArtifact',
+                request_serializer=mlserve_dot_v1_dot_model__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=mlserve_dot_v1_dot_model__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/mlserve.v1.ModelService/ListArtifacts',
+                request_serializer=mlserve_dot_v1_dot_model__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=mlserve_dot_v1_dot_model__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/mlserve.v1.ModelService/DownloadArtifact',
+                request_serializer=mlserve_dot_v1_dot_model__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=mlserve_dot_v1_dot_model__pb2.FileChunk.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -147,6 +167,9 @@ class ModelServiceServicer:
         version is numbered and becomes visible only when every file matches its
         declared size and sha256. An interrupted upload is resumed by sending the
         same header (same upload_id) and the bytes after GetUpload's offsets.
+        A file whose content MLServe already stores (same sha256 and size) counts
+        as received once the header arrives: GetUpload shows it complete, and a
+        client that sends the header alone first learns which bytes to send.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +208,37 @@ class ModelServiceServicer:
     def DownloadModelVersion(self, request, context):
         """DownloadModelVersion streams the version's files back, byte-identical,
         file after file in manifest order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadArtifact(self, request_iterator, context):
+        """UploadArtifact attaches a file (training data, code, environment …) to a
+        model version: one header, then chunks, with the same resume, size and
+        checksum rules as UploadModelVersion (GetUpload reports its progress).
+        Content already stored under the same sha256 need not be sent again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifact(self, request, context):
+        """GetArtifact returns one artifact of a version by its path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """ListArtifacts pages through a version's artifacts in path order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """DownloadArtifact streams an artifact's bytes back, byte-identical.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +300,26 @@ def add_ModelServiceServicer_to_server(servicer, server):
             'DownloadModelVersion': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadModelVersion,
                     request_deserializer=mlserve_dot_v1_dot_model__pb2.DownloadModelVersionRequest.FromString,
+                    response_serializer=mlserve_dot_v1_dot_model__pb2.FileChunk.SerializeToString,
+            ),
+            'UploadArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadArtifact,
+                    request_deserializer=mlserve_dot_v1_dot_model__pb2.UploadArtifactRequest.FromString,
+                    response_serializer=mlserve_dot_v1_dot_model__pb2.Artifact.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=mlserve_dot_v1_dot_model__pb2.GetArtifactRequest.FromString,
+                    response_serializer=mlserve_dot_v1_dot_model__pb2.Artifact.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=mlserve_dot_v1_dot_model__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=mlserve_dot_v1_dot_model__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=mlserve_dot_v1_dot_model__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=mlserve_dot_v1_dot_model__pb2.FileChunk.SerializeToString,
             ),
     }
@@ -548,6 +622,114 @@ class ModelService:
             target,
             '/mlserve.v1.ModelService/DownloadModelVersion',
             mlserve_dot_v1_dot_model__pb2.DownloadModelVersionRequest.SerializeToString,
+            mlserve_dot_v1_dot_model__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlserve.v1.ModelService/UploadArtifact',
+            mlserve_dot_v1_dot_model__pb2.UploadArtifactRequest.SerializeToString,
+            mlserve_dot_v1_dot_model__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlserve.v1.ModelService/GetArtifact',
+            mlserve_dot_v1_dot_model__pb2.GetArtifactRequest.SerializeToString,
+            mlserve_dot_v1_dot_model__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlserve.v1.ModelService/ListArtifacts',
+            mlserve_dot_v1_dot_model__pb2.ListArtifactsRequest.SerializeToString,
+            mlserve_dot_v1_dot_model__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlserve.v1.ModelService/DownloadArtifact',
+            mlserve_dot_v1_dot_model__pb2.DownloadArtifactRequest.SerializeToString,
             mlserve_dot_v1_dot_model__pb2.FileChunk.FromString,
             options,
             channel_credentials,

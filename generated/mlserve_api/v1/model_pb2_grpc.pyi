@@ -62,6 +62,9 @@ class ModelServiceStub:
     version is numbered and becomes visible only when every file matches its
     declared size and sha256. An interrupted upload is resumed by sending the
     same header (same upload_id) and the bytes after GetUpload's offsets.
+    A file whose content MLServe already stores (same sha256 and size) counts
+    as received once the header arrives: GetUpload shows it complete, and a
+    client that sends the header alone first learns which bytes to send.
     """
     GetUpload: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetUploadRequest, _model_pb2.Upload]
     """GetUpload reports how many bytes of each file have been durably received,
@@ -79,6 +82,18 @@ class ModelServiceStub:
     """DownloadModelVersion streams the version's files back, byte-identical,
     file after file in manifest order.
     """
+    UploadArtifact: _grpc.StreamUnaryMultiCallable[_model_pb2.UploadArtifactRequest, _model_pb2.Artifact]
+    """UploadArtifact attaches a file (training data, code, environment …) to a
+    model version: one header, then chunks, with the same resume, size and
+    checksum rules as UploadModelVersion (GetUpload reports its progress).
+    Content already stored under the same sha256 need not be sent again.
+    """
+    GetArtifact: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetArtifactRequest, _model_pb2.Artifact]
+    """GetArtifact returns one artifact of a version by its path."""
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListArtifactsRequest, _model_pb2.ListArtifactsResponse]
+    """ListArtifacts pages through a version's artifacts in path order."""
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_model_pb2.DownloadArtifactRequest, _model_pb2.FileChunk]
+    """DownloadArtifact streams an artifact's bytes back, byte-identical."""
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -113,6 +128,9 @@ class ModelServiceAsyncStub(ModelServiceStub):
     version is numbered and becomes visible only when every file matches its
     declared size and sha256. An interrupted upload is resumed by sending the
     same header (same upload_id) and the bytes after GetUpload's offsets.
+    A file whose content MLServe already stores (same sha256 and size) counts
+    as received once the header arrives: GetUpload shows it complete, and a
+    client that sends the header alone first learns which bytes to send.
     """
     GetUpload: _aio.UnaryUnaryMultiCallable[_model_pb2.GetUploadRequest, _model_pb2.Upload]  # type: ignore[assignment]
     """GetUpload reports how many bytes of each file have been durably received,
@@ -130,6 +148,18 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """DownloadModelVersion streams the version's files back, byte-identical,
     file after file in manifest order.
     """
+    UploadArtifact: _aio.StreamUnaryMultiCallable[_model_pb2.UploadArtifactRequest, _model_pb2.Artifact]  # type: ignore[assignment]
+    """UploadArtifact attaches a file (training data, code, environment …) to a
+    model version: one header, then chunks, with the same resume, size and
+    checksum rules as UploadModelVersion (GetUpload reports its progress).
+    Content already stored under the same sha256 need not be sent again.
+    """
+    GetArtifact: _aio.UnaryUnaryMultiCallable[_model_pb2.GetArtifactRequest, _model_pb2.Artifact]  # type: ignore[assignment]
+    """GetArtifact returns one artifact of a version by its path."""
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_model_pb2.ListArtifactsRequest, _model_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """ListArtifacts pages through a version's artifacts in path order."""
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_model_pb2.DownloadArtifactRequest, _model_pb2.FileChunk]  # type: ignore[assignment]
+    """DownloadArtifact streams an artifact's bytes back, byte-identical."""
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelService keeps models and their immutable, numbered versions: it takes
@@ -197,6 +227,9 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         version is numbered and becomes visible only when every file matches its
         declared size and sha256. An interrupted upload is resumed by sending the
         same header (same upload_id) and the bytes after GetUpload's offsets.
+        A file whose content MLServe already stores (same sha256 and size) counts
+        as received once the header arrives: GetUpload shows it complete, and a
+        client that sends the header alone first learns which bytes to send.
         """
 
     @_abc_1.abstractmethod
@@ -244,5 +277,41 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         """DownloadModelVersion streams the version's files back, byte-identical,
         file after file in manifest order.
         """
+
+    @_abc_1.abstractmethod
+    def UploadArtifact(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_pb2.UploadArtifactRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Artifact, _abc.Awaitable[_model_pb2.Artifact]]:
+        """UploadArtifact attaches a file (training data, code, environment …) to a
+        model version: one header, then chunks, with the same resume, size and
+        checksum rules as UploadModelVersion (GetUpload reports its progress).
+        Content already stored under the same sha256 need not be sent again.
+        """
+
+    @_abc_1.abstractmethod
+    def GetArtifact(
+        self,
+        request: _model_pb2.GetArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.Artifact, _abc.Awaitable[_model_pb2.Artifact]]:
+        """GetArtifact returns one artifact of a version by its path."""
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _model_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.ListArtifactsResponse, _abc.Awaitable[_model_pb2.ListArtifactsResponse]]:
+        """ListArtifacts pages through a version's artifacts in path order."""
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _model_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_pb2.FileChunk], _abc.AsyncIterator[_model_pb2.FileChunk]]:
+        """DownloadArtifact streams an artifact's bytes back, byte-identical."""
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,146 @@
+"""Content-addressed storage: each distinct file content is stored once, by sha256.
+
+A blob is a row (``store.Blob``) and a file (``Repository.blob_path``). What
+uses a blob is a row too: ``VersionFile`` (a version's file, hard-linked to the
+blob in the directory Triton reads) and ``Artifact``. An upload that was told
+"this content is already here, skip its bytes" holds a ``BlobPin`` until it
+commits, so the blob it was promised cannot vanish under it.
+
+Garbage collection deletes the blobs nothing uses or pins. It is safe against
+a concurrent upload of the same content because of two things:
+
+- The database refuses it: pins and uses name their blob by a RESTRICT foreign
+  key, so a blob row that is pinned or used cannot be deleted, whatever runs
+  concurrently.
+- Files follow rows in one order. A lock file (flock, so it also orders several
+  MLServe processes sharing the home) is held shared while an upload pins
+  blobs or moves its file into the store, and exclusively by the collector from
+  before its transaction until the freed files are unlinked. So no upload can
+  see a blob row the collector is deleting, nor store a file the collector is
+  about to unlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import peewee as pw
+
+from mlserve import store
+from mlserve.repository import Repository
+
+if TYPE_CHECKING:
+    from mlserve.catalog import FileSpec
+
+log = logging.getLogger(__name__)
+
+_LOCK_FILE = ".lock"
+
+
+class Blobs:
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+
+    def pin_stored(self, upload_id: str, files: Iterable[FileSpec]) -> set[str]:
+        """Pin for ``upload_id`` every declared content already stored; all its pinned sha256s.
+
+        A pinned file counts as received: the upload need not send its bytes.
+        """
+        wanted = {spec.sha256: spec.size for spec in files}
+        with self._lock(exclusive=False), store.database.atomic():
+            stored = [
+                row.sha256
+                for row in store.Blob.select().where(store.Blob.sha256.in_(list(wanted)))
+                if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
+            ]
+            if stored:
+                store.BlobPin.insert_many(
+                    [{"upload": upload_id, "blob": sha256} for sha256 in stored]
+                ).on_conflict_ignore().execute()
+            return self.pinned(upload_id)
+
+    def pinned(self, upload_id: str) -> set[str]:
+        """The sha256s ``upload_id`` holds pins on."""
+        query: Any = store.BlobPin.select(store.BlobPin.blob).where(
+            store.BlobPin.upload == upload_id
+        )
+        return {str(sha256) for (sha256,) in query.tuples()}
+
+    def ingest(self, upload_id: str, spec: FileSpec) -> None:
+        """Move the verified staged file of ``spec`` into the store, pinned for ``upload_id``."""
+        with self._lock(exclusive=False):
+            # The file first: a crash between the two leaves a file with no
+            # row, which the startup sweep removes, never a row with no file.
+            self.repository.store_blob(upload_id, spec.path, spec.sha256)
+            with store.database.atomic():
+                store.Blob.insert(sha256=spec.sha256, size=spec.size).on_conflict_ignore().execute()
+                store.BlobPin.insert(
+                    upload=upload_id, blob=spec.sha256
+                ).on_conflict_ignore().execute()
+
+    def release(self, upload_id: str) -> None:
+        """Drop the upload's pins (call in the transaction that records its blobs' uses)."""
+        store.BlobPin.delete().where(store.BlobPin.upload == upload_id).execute()
+
+    def collect(self) -> list[str]:
+        """Delete every blob nothing uses or pins, rows then files; their sha256s."""
+        with self._lock(exclusive=True):
+            with store.database.atomic():
+                unused = [str(sha256) for (sha256,) in _unused_blobs().tuples()]
+                freed = []
+                for sha256 in unused:
+                    try:
+                        with store.database.atomic():  # a savepoint per blob
+                            store.Blob.delete().where(store.Blob.sha256 == sha256).execute()
+                    except pw.IntegrityError:
+                        continue  # used or pinned after all: the foreign key said no
+                    freed.append(sha256)
+            for sha256 in freed:
+                self.repository.remove_blob(sha256)
+        if freed:
+            log.info("garbage collection freed %d blobs", len(freed))
+        return freed
+
+    def sweep(self) -> list[str]:
+        """At startup: collect, then remove blob files no row names (a crash's leftovers)."""
+        freed = self.collect()
+        with self._lock(exclusive=True):
+            on_disk = list(self.repository.stored_blobs())
+            known: set[str] = set()
+            for start in range(0, len(on_disk), 500):
+                batch = on_disk[start : start + 500]
+                query = store.Blob.select(store.Blob.sha256).where(store.Blob.sha256.in_(batch))
+                known.update(row.sha256 for row in query)
+            orphans = [sha256 for sha256 in on_disk if sha256 not in known]
+            for sha256 in orphans:
+                self.repository.remove_blob(sha256)
+        if orphans:
+            log.info("removed %d blob files that no database row names", len(orphans))
+        return freed + orphans
+
+    @contextlib.contextmanager
+    def _lock(self, *, exclusive: bool) -> Iterator[None]:
+        fd = os.open(
+            self.repository.blobs / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _unused_blobs() -> Any:
+    def used_by(model: Any) -> Any:
+        return model.select(model.blob).where(model.blob == store.Blob.sha256)
+
+    return store.Blob.select(store.Blob.sha256).where(
+        ~pw.fn.EXISTS(used_by(store.VersionFile))
+        & ~pw.fn.EXISTS(used_by(store.Artifact))
+        & ~pw.fn.EXISTS(used_by(store.BlobPin))
+    )
