@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import peewee as pw
 
 from mlserve import store
+from mlserve.access import changed, rules
 from mlserve.aio import in_thread
 from mlserve.errors import (
     AlreadyExists,
@@ -54,6 +55,10 @@ class ModelRecord:
     update_time: dt.datetime
     latest_version: int
     version_count: int
+    workspace: str = ""
+    visibility: str = rules.PRIVATE
+    allow_download: bool = True
+    allow_remote_inference: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,16 @@ class ModelFields:
     description: str = ""
     tags: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    workspace: str = ""
+    visibility: str = ""  # "" means private on create
+    allow_download: bool | None = None  # None means true on create
+    allow_remote_inference: bool | None = None
 
 
-UPDATABLE_MODEL_FIELDS = frozenset({"description", "tags", "labels"})
+UPDATABLE_MODEL_FIELDS = frozenset(
+    {"description", "tags", "labels", "visibility", "allow_download", "allow_remote_inference"}
+)
+_VISIBILITIES = (rules.PRIVATE, rules.PUBLIC)
 
 
 @dataclass(frozen=True)
@@ -104,12 +116,22 @@ class Catalog:
     def create_model(self, name: str, fields: ModelFields) -> ModelRecord:
         check_name(name, "model name")
         tags, labels = _check_tags(fields.tags), _check_labels(fields.labels)
+        visibility = _check_visibility(fields.visibility or rules.PRIVATE)
         try:
             with store.database.atomic():
-                row = store.Model.create(name=name, description=fields.description, labels=labels)
+                row = store.Model.create(
+                    name=name,
+                    description=fields.description,
+                    labels=labels,
+                    workspace=rules.workspace_for_new_model(fields.workspace),
+                    visibility=visibility,
+                    allow_download=fields.allow_download is not False,
+                    allow_remote_inference=fields.allow_remote_inference is not False,
+                )
                 _replace_tags(row, tags)
         except pw.IntegrityError:
             raise AlreadyExists(f"model {name!r} already exists") from None
+        changed()
         return _model_record(row)
 
     @in_thread
@@ -118,12 +140,29 @@ class Catalog:
 
     @in_thread
     def list_models(
-        self, requested_size: int, token: str, name_prefix: str = "", tag: str = ""
+        self,
+        requested_size: int,
+        token: str,
+        name_prefix: str = "",
+        tag: str = "",
+        workspace: str = "",
     ) -> Page[ModelRecord]:
+        """The models the caller may see, in name order."""
         size = page_size(requested_size)
         query_key = {"list": "models", "prefix": name_prefix, "tag": tag}
+        if workspace:
+            query_key["workspace"] = workspace
         after = self.tokens.decode(query_key, token)
         query = store.Model.select().order_by(store.Model.name).limit(size + 1)
+        visible = rules.visible_models()
+        if visible is not None:
+            query = query.where(visible)
+        if workspace:
+            check_name(workspace, "workspace name")
+            space = store.Workspace.select(store.Workspace.id).where(
+                store.Workspace.name == workspace
+            )
+            query = query.where(store.Model.workspace.in_(space))
         if after is not None:
             query = query.where(store.Model.name > str(after))
         if name_prefix:
@@ -148,7 +187,13 @@ class Catalog:
             raise InvalidArgument("update_mask is empty: name the fields to change")
         tags, labels = _check_tags(fields.tags), _check_labels(fields.labels)
         with store.database.atomic():
-            row = _model_row(name)
+            row = rules.check_model_write(_model_row(name))
+            if "visibility" in mask:
+                row.visibility = _check_visibility(fields.visibility)
+            if "allow_download" in mask:
+                row.allow_download = bool(fields.allow_download)
+            if "allow_remote_inference" in mask:
+                row.allow_remote_inference = bool(fields.allow_remote_inference)
             if "description" in mask:
                 row.description = fields.description
             if "labels" in mask:
@@ -157,14 +202,16 @@ class Catalog:
                 _replace_tags(row, tags)
             row.update_time = store.utcnow()
             row.save()
+        changed()
         return _model_record(row)
 
     @in_thread
     def delete_model(self, name: str) -> None:
         with store.database.atomic():
-            row = _model_row(name)
+            row = rules.check_model_write(_model_row(name))
             _refuse_if_deployed(row)
             row.delete_instance(recursive=False)
+        changed()
         self.repository.delete_model(name)
 
     # --- versions -----------------------------------------------------------
@@ -197,6 +244,7 @@ class Catalog:
     @in_thread
     def delete_version(self, model: str, version: int) -> None:
         with store.database.atomic():
+            rules.check_model_write(_model_row(model))
             row = version_row(model, version)
             _refuse_if_deployed(row.model, row.version)
             row.delete_instance()
@@ -205,7 +253,11 @@ class Catalog:
     async def download(
         self, model: str, version: int, path: str = "", offset: int = 0
     ) -> AsyncIterator[DownloadChunk]:
-        """Stream a version's files; only ``path`` from ``offset`` when given."""
+        """Stream a version's files; only ``path`` from ``offset`` when given.
+
+        PERMISSION_DENIED when the model's allow_download is off.
+        """
+        await in_thread(lambda: rules.check_download(_model_row(model)))()
         record = await self.get_version(model, version)
         files = record.files
         if path:
@@ -276,7 +328,7 @@ class Catalog:
     ) -> VersionRecord:
         with store.database.atomic():
             model_row = store.Model.get_or_none(store.Model.name == model) or store.Model.create(
-                name=model
+                name=model, workspace=rules.workspace_for_new_model("")
             )
             same = store.ModelVersion.get_or_none(
                 (store.ModelVersion.model == model_row)
@@ -312,6 +364,20 @@ class Catalog:
         return _version_record(row, model)
 
 
+def writable_model(name: str) -> Any:
+    """The row of model ``name`` if the caller may change it (blocking)."""
+    return rules.check_model_write(_model_row(name))
+
+
+def check_upload(name: str) -> None:
+    """Raise unless the caller may add a version to ``name``, or create it (blocking)."""
+    row = store.Model.get_or_none(store.Model.name == name)
+    if row is None:
+        rules.workspace_for_new_model("")
+    else:
+        rules.check_model_write(row)
+
+
 def find_version(model: str, version: int) -> VersionRecord:
     """``model``'s ``version`` (0: the latest), or NotFound (blocking)."""
     return _version_record(version_row(model, version), model)
@@ -335,11 +401,12 @@ def version_row(model: str, version: int) -> Any:
 
 
 def _model_row(name: str) -> Any:
+    """The model's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "model name")
     row = store.Model.get_or_none(store.Model.name == name)
     if row is None:
-        raise NotFound(f"model {name!r} does not exist")
-    return row
+        raise rules.not_found(name)
+    return rules.check_model_read(row)
 
 
 def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
@@ -367,6 +434,12 @@ def _check_tags(tags: Sequence[str]) -> list[str]:
         if not tag or len(tag) > MAX_TAG_LENGTH or "\x00" in tag:
             raise InvalidArgument(f"tag {tag!r} must be 1 to {MAX_TAG_LENGTH} characters, no NUL")
     return sorted(set(tags))
+
+
+def _check_visibility(visibility: str) -> str:
+    if visibility not in _VISIBILITIES:
+        raise InvalidArgument(f"visibility must be private or public, not {visibility!r}")
+    return visibility
 
 
 def _check_labels(labels: Mapping[str, str]) -> str:
@@ -403,6 +476,10 @@ def _model_record(row: Any) -> ModelRecord:
         update_time=row.update_time,
         latest_version=stats[0] or 0,
         version_count=stats[1] or 0,
+        workspace=row.workspace.name if row.workspace_id is not None else "",
+        visibility=row.visibility,
+        allow_download=row.allow_download,
+        allow_remote_inference=row.allow_remote_inference,
     )
 
 

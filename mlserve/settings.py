@@ -33,6 +33,10 @@ class Settings:
     """Seconds between health checks of every Triton."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve TLS with on the same port; with tls_key."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
 
     @property
     def database_url(self) -> str:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlserve import modelconfig, store
+from mlserve.access import rules
 from mlserve.aio import in_thread
-from mlserve.catalog import Catalog, FileSpec, VersionRecord, find_version
+from mlserve.catalog import Catalog, FileSpec, VersionRecord, check_upload, find_version
 from mlserve.errors import (
     DataLoss,
     FailedPrecondition,
@@ -164,7 +165,8 @@ class Uploads:
     def get(self, upload_id: str) -> UploadRecord:
         check_name(upload_id, "upload_id")
         row = store.Upload.get_or_none(store.Upload.upload_id == upload_id)
-        if row is None:
+        model = None if row is None else store.Model.get_or_none(store.Model.name == row.model)
+        if row is None or (model is not None and not rules.can_see_model(rules.caller(), model)):
             raise NotFound(f"upload {upload_id!r} does not exist")
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
         committed = _surviving_version(row) if row.committed_version else None
@@ -190,6 +192,7 @@ class Uploads:
 
     def _plan(self, header: UploadHeader) -> _Plan:
         model = check_name(header.model, "model name")
+        check_upload(model)
         if len(header.files) > MAX_FILES:
             raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
         files: dict[str, FileSpec] = {}

@@ -17,7 +17,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mlserve_api.v1 import deployment_pb2_grpc, model_pb2_grpc, server_pb2_grpc
+from mlserve_api.v1 import (
+    app_pb2_grpc,
+    audit_pb2_grpc,
+    deployment_pb2_grpc,
+    model_pb2_grpc,
+    server_pb2_grpc,
+    user_pb2_grpc,
+    workspace_pb2_grpc,
+)
 
 STARTUP_TIMEOUT = 90.0
 
@@ -36,12 +44,20 @@ class Stubs:
     servers: server_pb2_grpc.ServerServiceStub = field(init=False)
     deployments: deployment_pb2_grpc.DeploymentServiceStub = field(init=False)
     health: health_pb2_grpc.HealthStub = field(init=False)
+    users: user_pb2_grpc.UserServiceStub = field(init=False)
+    workspaces: workspace_pb2_grpc.WorkspaceServiceStub = field(init=False)
+    apps: app_pb2_grpc.AppServiceStub = field(init=False)
+    audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self.channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.users = user_pb2_grpc.UserServiceStub(self.channel)
+        self.workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self.channel)
+        self.apps = app_pb2_grpc.AppServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

@@ -38,12 +38,28 @@ def model(record: ModelRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.Mode
         update_time=timestamp(record.update_time),
         latest_version=record.latest_version,
         version_count=record.version_count,
+        workspace=record.workspace,
+        visibility=_VISIBILITIES[record.visibility],
+        allow_download=record.allow_download,
+        allow_remote_inference=record.allow_remote_inference,
     )
+
+
+_VISIBILITIES = {"private": model_pb2.VISIBILITY_PRIVATE, "public": model_pb2.VISIBILITY_PUBLIC}
+_VISIBILITY_NAMES = {value: name for name, value in _VISIBILITIES.items()}
 
 
 def model_fields(message: model_pb2.Model) -> ModelFields:
     return ModelFields(
-        description=message.description, tags=list(message.tags), labels=dict(message.labels)
+        description=message.description,
+        tags=list(message.tags),
+        labels=dict(message.labels),
+        workspace=message.workspace,
+        visibility=_VISIBILITY_NAMES.get(message.visibility, ""),
+        allow_download=(message.allow_download if message.HasField("allow_download") else None),
+        allow_remote_inference=(
+            message.allow_remote_inference if message.HasField("allow_remote_inference") else None
+        ),
     )
 
 

@@ -40,7 +40,11 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.ListModelsRequest, context: Context
     ) -> model_pb2.ListModelsResponse:
         page = await self.catalog.list_models(
-            request.page_size, request.page_token, request.name_prefix, request.tag
+            request.page_size,
+            request.page_token,
+            request.name_prefix,
+            request.tag,
+            request.workspace,
         )
         return model_pb2.ListModelsResponse(
             models=[convert.model(record) for record in page.items],

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlserve/v1/model.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.mlserve.v1.Model.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elatest_version\x18\x07 \x01(\x03\x12\x15\n\rversion_count\x18\x08 \x01(\x03\x12\x17\n\x0finference_count\x18\t \x01(\x03\x12\x1a\n\x12inference_failures\x18\n \x01(\x03\x12\x37\n\x13last_inference_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0c\x46ileManifest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xbd\x02\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\'\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x18.mlserve.v1.FileManifest\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63onfig\x18\x07 \x01(\t\x12\x11\n\tupload_id\x18\x08 \x01(\t\x12\x17\n\x0finference_count\x18\t \x01(\x03\x12\x1a\n\x12inference_failures\x18\n \x01(\x03\x12\x37\n\x13last_inference_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x19UploadModelVersionRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.mlserve.v1.UploadHeaderH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.mlserve.v1.FileChunkH\x00\x42\x06\n\x04part\"i\n\x0cUploadHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.mlserve.v1.FileManifest\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\t\"%\n\x10GetUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"V\n\x10UploadFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x16\n\x0ereceived_bytes\x18\x04 \x01(\x03\"\x9e\x02\n\x06Upload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.mlserve.v1.UploadState\x12+\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1c.mlserve.v1.UploadFileStatus\x12\x16\n\x0ereceived_bytes\x18\x05 \x01(\x03\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x12\x43reateModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.mlserve.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bname_prefix\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\"P\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.mlserve.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"g\n\x12UpdateModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.mlserve.v1.Model\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x18ListModelVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x19ListModelVersionsResponse\x12*\n\x08versions\x18\x01 \x03(\x0b\x32\x18.mlserve.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x16GetModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\";\n\x19\x44\x65leteModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"[\n\x1b\x44ownloadModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03*c\n\x0bUploadState\x12\x1c\n\x18UPLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLOAD_STATE_RECEIVING\x10\x01\x12\x1a\n\x16UPLOAD_STATE_COMMITTED\x10\x02\x32\xdc\x06\n\x0cModelService\x12@\n\x0b\x43reateModel\x12\x1e.mlserve.v1.CreateModelRequest\x1a\x11.mlserve.v1.Model\x12:\n\x08GetModel\x12\x1b.mlserve.v1.GetModelRequest\x1a\x11.mlserve.v1.Model\x12K\n\nListModels\x12\x1d.mlserve.v1.ListModelsRequest\x1a\x1e.mlserve.v1.ListModelsResponse\x12@\n\x0bUpdateModel\x12\x1e.mlserve.v1.UpdateModelRequest\x1a\x11.mlserve.v1.Model\x12\x45\n\x0b\x44\x65leteModel\x12\x1e.mlserve.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12W\n\x12UploadModelVersion\x12%.mlserve.v1.UploadModelVersionRequest\x1a\x18.mlserve.v1.ModelVersion(\x01\x12=\n\tGetUpload\x12\x1c.mlserve.v1.GetUploadRequest\x1a\x12.mlserve.v1.Upload\x12`\n\x11ListModelVersions\x12$.mlserve.v1.ListModelVersionsRequest\x1a%.mlserve.v1.ListModelVersionsResponse\x12O\n\x0fGetModelVersion\x12\".mlserve.v1.GetModelVersionRequest\x1a\x18.mlserve.v1.ModelVersion\x12S\n\x12\x44\x65leteModelVersion\x12%.mlserve.v1.DeleteModelVersionRequest\x1a\x16.google.protobuf.Empty\x12X\n\x14\x44ownloadModelVersion\x12\'.mlserve.v1.DownloadModelVersionRequest\x1a\x15.mlserve.v1.FileChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlserve/v1/model.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.mlserve.v1.Model.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elatest_version\x18\x07 \x01(\x03\x12\x15\n\rversion_count\x18\x08 \x01(\x03\x12\x17\n\x0finference_count\x18\t \x01(\x03\x12\x1a\n\x12inference_failures\x18\n \x01(\x03\x12\x37\n\x13last_inference_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworkspace\x18\x0c \x01(\t\x12*\n\nvisibility\x18\r \x01(\x0e\x32\x16.mlserve.v1.Visibility\x12\x1b\n\x0e\x61llow_download\x18\x0e \x01(\x08H\x00\x88\x01\x01\x12#\n\x16\x61llow_remote_inference\x18\x0f \x01(\x08H\x01\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_allow_downloadB\x19\n\x17_allow_remote_inference\":\n\x0c\x46ileManifest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xbd\x02\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\'\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x18.mlserve.v1.FileManifest\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63onfig\x18\x07 \x01(\t\x12\x11\n\tupload_id\x18\x08 \x01(\t\x12\x17\n\x0finference_count\x18\t \x01(\x03\x12\x1a\n\x12inference_failures\x18\n \x01(\x03\x12\x37\n\x13last_inference_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x19UploadModelVersionRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.mlserve.v1.UploadHeaderH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.mlserve.v1.FileChunkH\x00\x42\x06\n\x04part\"i\n\x0cUploadHeader\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tupload_id\x18\x02 \x01(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.mlserve.v1.FileManifest\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\t\"%\n\x10GetUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"V\n\x10UploadFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x16\n\x0ereceived_bytes\x18\x04 \x01(\x03\"\x9e\x02\n\x06Upload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.mlserve.v1.UploadState\x12+\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1c.mlserve.v1.UploadFileStatus\x12\x16\n\x0ereceived_bytes\x18\x05 \x01(\x03\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x12\x43reateModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.mlserve.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bname_prefix\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x11\n\tworkspace\x18\x05 \x01(\t\"P\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.mlserve.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"g\n\x12UpdateModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.mlserve.v1.Model\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x18ListModelVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x19ListModelVersionsResponse\x12*\n\x08versions\x18\x01 \x03(\x0b\x32\x18.mlserve.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x16GetModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\";\n\x19\x44\x65leteModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"[\n\x1b\x44ownloadModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03*W\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x02*c\n\x0bUploadState\x12\x1c\n\x18UPLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLOAD_STATE_RECEIVING\x10\x01\x12\x1a\n\x16UPLOAD_STATE_COMMITTED\x10\x02\x32\xdc\x06\n\x0cModelService\x12@\n\x0b\x43reateModel\x12\x1e.mlserve.v1.CreateModelRequest\x1a\x11.mlserve.v1.Model\x12:\n\x08GetModel\x12\x1b.mlserve.v1.GetModelRequest\x1a\x11.mlserve.v1.Model\x12K\n\nListModels\x12\x1d.mlserve.v1.ListModelsRequest\x1a\x1e.mlserve.v1.ListModelsResponse\x12@\n\x0bUpdateModel\x12\x1e.mlserve.v1.UpdateModelRequest\x1a\x11.mlserve.v1.Model\x12\x45\n\x0b\x44\x65leteModel\x12\x1e.mlserve.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12W\n\x12UploadModelVersion\x12%.mlserve.v1.UploadModelVersionRequest\x1a\x18.mlserve.v1.ModelVersion(\x01\x12=\n\tGetUpload\x12\x1c.mlserve.v1.GetUploadRequest\x1a\x12.mlserve.v1.Upload\x12`\n\x11ListModelVersions\x12$.mlserve.v1.ListModelVersionsRequest\x1a%.mlserve.v1.ListModelVersionsResponse\x12O\n\x0fGetModelVersion\x12\".mlserve.v1.GetModelVersionRequest\x1a\x18.mlserve.v1.ModelVersion\x12S\n\x12\x44\x65leteModelVersion\x12%.mlserve.v1.DeleteModelVersionRequest\x1a\x16.google.protobuf.Empty\x12X\n\x14\x44ownloadModelVersion\x12\'.mlserve.v1.DownloadModelVersionRequest\x1a\x15.mlserve.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,50 +36,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL_LABELSENTRY']._loaded_options = None
   _globals['_MODEL_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_UPLOADSTATE']._serialized_start=2421
-  _globals['_UPLOADSTATE']._serialized_end=2520
+  _globals['_VISIBILITY']._serialized_start=2615
+  _globals['_VISIBILITY']._serialized_end=2702
+  _globals['_UPLOADSTATE']._serialized_start=2704
+  _globals['_UPLOADSTATE']._serialized_end=2803
   _globals['_MODEL']._serialized_start=135
-  _globals['_MODEL']._serialized_end=540
-  _globals['_MODEL_LABELSENTRY']._serialized_start=495
-  _globals['_MODEL_LABELSENTRY']._serialized_end=540
-  _globals['_FILEMANIFEST']._serialized_start=542
-  _globals['_FILEMANIFEST']._serialized_end=600
-  _globals['_FILECHUNK']._serialized_start=602
-  _globals['_FILECHUNK']._serialized_end=657
-  _globals['_MODELVERSION']._serialized_start=660
-  _globals['_MODELVERSION']._serialized_end=977
-  _globals['_UPLOADMODELVERSIONREQUEST']._serialized_start=979
-  _globals['_UPLOADMODELVERSIONREQUEST']._serialized_end=1098
-  _globals['_UPLOADHEADER']._serialized_start=1100
-  _globals['_UPLOADHEADER']._serialized_end=1205
-  _globals['_GETUPLOADREQUEST']._serialized_start=1207
-  _globals['_GETUPLOADREQUEST']._serialized_end=1244
-  _globals['_UPLOADFILESTATUS']._serialized_start=1246
-  _globals['_UPLOADFILESTATUS']._serialized_end=1332
-  _globals['_UPLOAD']._serialized_start=1335
-  _globals['_UPLOAD']._serialized_end=1621
-  _globals['_CREATEMODELREQUEST']._serialized_start=1623
-  _globals['_CREATEMODELREQUEST']._serialized_end=1677
-  _globals['_GETMODELREQUEST']._serialized_start=1679
-  _globals['_GETMODELREQUEST']._serialized_end=1710
-  _globals['_LISTMODELSREQUEST']._serialized_start=1712
-  _globals['_LISTMODELSREQUEST']._serialized_end=1804
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1806
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1886
-  _globals['_UPDATEMODELREQUEST']._serialized_start=1888
-  _globals['_UPDATEMODELREQUEST']._serialized_end=1991
-  _globals['_DELETEMODELREQUEST']._serialized_start=1993
-  _globals['_DELETEMODELREQUEST']._serialized_end=2027
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=2029
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2109
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2111
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2207
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=2209
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=2265
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=2267
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=2326
-  _globals['_DOWNLOADMODELVERSIONREQUEST']._serialized_start=2328
-  _globals['_DOWNLOADMODELVERSIONREQUEST']._serialized_end=2419
-  _globals['_MODELSERVICE']._serialized_start=2523
-  _globals['_MODELSERVICE']._serialized_end=3383
+  _globals['_MODEL']._serialized_end=715
+  _globals['_MODEL_LABELSENTRY']._serialized_start=624
+  _globals['_MODEL_LABELSENTRY']._serialized_end=669
+  _globals['_FILEMANIFEST']._serialized_start=717
+  _globals['_FILEMANIFEST']._serialized_end=775
+  _globals['_FILECHUNK']._serialized_start=777
+  _globals['_FILECHUNK']._serialized_end=832
+  _globals['_MODELVERSION']._serialized_start=835
+  _globals['_MODELVERSION']._serialized_end=1152
+  _globals['_UPLOADMODELVERSIONREQUEST']._serialized_start=1154
+  _globals['_UPLOADMODELVERSIONREQUEST']._serialized_end=1273
+  _globals['_UPLOADHEADER']._serialized_start=1275
+  _globals['_UPLOADHEADER']._serialized_end=1380
+  _globals['_GETUPLOADREQUEST']._serialized_start=1382
+  _globals['_GETUPLOADREQUEST']._serialized_end=1419
+  _globals['_UPLOADFILESTATUS']._serialized_start=1421
+  _globals['_UPLOADFILESTATUS']._serialized_end=1507
+  _globals['_UPLOAD']._serialized_start=1510
+  _globals['_UPLOAD']._serialized_end=1796
+  _globals['_CREATEMODELREQUEST']._serialized_start=1798
+  _globals['_CREATEMODELREQUEST']._serialized_end=1852
+  _globals['_GETMODELREQUEST']._serialized_start=1854
+  _globals['_GETMODELREQUEST']._serialized_end=1885
+  _globals['_LISTMODELSREQUEST']._serialized_start=1887
+  _globals['_LISTMODELSREQUEST']._serialized_end=1998
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2000
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2080
+  _globals['_UPDATEMODELREQUEST']._serialized_start=2082
+  _globals['_UPDATEMODELREQUEST']._serialized_end=2185
+  _globals['_DELETEMODELREQUEST']._serialized_start=2187
+  _globals['_DELETEMODELREQUEST']._serialized_end=2221
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=2223
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2303
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2305
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2401
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=2403
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=2459
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=2461
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=2520
+  _globals['_DOWNLOADMODELVERSIONREQUEST']._serialized_start=2522
+  _globals['_DOWNLOADMODELVERSIONREQUEST']._serialized_end=2613
+  _globals['_MODELSERVICE']._serialized_start=2806
+  _globals['_MODELSERVICE']._serialized_end=3666
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Visibility:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Visibility.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VISIBILITY_UNSPECIFIED: _Visibility.ValueType  # 0
+    """Not set: private on create."""
+    VISIBILITY_PRIVATE: _Visibility.ValueType  # 1
+    """Only members of the model's workspace (and admins) see it; to anyone
+    else it does not exist (NOT_FOUND, never PERMISSION_DENIED).
+    """
+    VISIBILITY_PUBLIC: _Visibility.ValueType  # 2
+    """Every user may read it and infer on it; only its workspace's editors
+    may change it.
+    """
+
+class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper):
+    """Visibility says who besides a workspace's members may see a model."""
+
+VISIBILITY_UNSPECIFIED: Visibility.ValueType  # 0
+"""Not set: private on create."""
+VISIBILITY_PRIVATE: Visibility.ValueType  # 1
+"""Only members of the model's workspace (and admins) see it; to anyone
+else it does not exist (NOT_FOUND, never PERMISSION_DENIED).
+"""
+VISIBILITY_PUBLIC: Visibility.ValueType  # 2
+"""Every user may read it and infer on it; only its workspace's editors
+may change it.
+"""
+Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
+
 class _UploadState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -82,6 +114,10 @@ class Model(_message.Message):
     INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
     INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    ALLOW_DOWNLOAD_FIELD_NUMBER: _builtins.int
+    ALLOW_REMOTE_INFERENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters,
     not starting with '.'. Used as the Triton model name.
@@ -96,6 +132,22 @@ class Model(_message.Message):
     """Inferences routed to any version of the model by the gateway. Output only."""
     inference_failures: _builtins.int
     """Of those, how many failed. Output only."""
+    workspace: _builtins.str
+    """The workspace the model belongs to. Set on create (empty: the caller's
+    default workspace); cannot be changed afterwards.
+    """
+    visibility: Global___Visibility.ValueType
+    """Who may read and infer: the workspace's members (private, the default)
+    or every user (public).
+    """
+    allow_download: _builtins.bool
+    """Whether DownloadModelVersion may stream the model's files. Unset on
+    create means true.
+    """
+    allow_remote_inference: _builtins.bool
+    """Whether the gateway serves inference for the model. Unset on create
+    means true.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags for finding the model; each at most 64 characters."""
@@ -130,12 +182,23 @@ class Model(_message.Message):
         inference_count: _builtins.int = ...,
         inference_failures: _builtins.int = ...,
         last_inference_time: _timestamp_pb2.Timestamp | None = ...,
+        workspace: _builtins.str = ...,
+        visibility: Global___Visibility.ValueType = ...,
+        allow_download: _builtins.bool | None = ...,
+        allow_remote_inference: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_download", b"_allow_download", "_allow_remote_inference", b"_allow_remote_inference", "allow_download", b"allow_download", "allow_remote_inference", b"allow_remote_inference", "create_time", b"create_time", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "tags", b"tags", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_download", b"_allow_download", "_allow_remote_inference", b"_allow_remote_inference", "allow_download", b"allow_download", "allow_remote_inference", b"allow_remote_inference", "create_time", b"create_time", "description", b"description", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "tags", b"tags", "update_time", b"update_time", "version_count", b"version_count", "visibility", b"visibility", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__allow_download: _TypeAlias = _typing.Literal["allow_download"]  # noqa: Y015
+    _WhichOneofArgType__allow_download: _TypeAlias = _typing.Literal["_allow_download", b"_allow_download"]  # noqa: Y015
+    _WhichOneofReturnType__allow_remote_inference: _TypeAlias = _typing.Literal["allow_remote_inference"]  # noqa: Y015
+    _WhichOneofArgType__allow_remote_inference: _TypeAlias = _typing.Literal["_allow_remote_inference", b"_allow_remote_inference"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_download) -> _WhichOneofReturnType__allow_download | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_remote_inference) -> _WhichOneofReturnType__allow_remote_inference | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
@@ -516,6 +579,7 @@ class ListModelsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NAME_PREFIX_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many models; 0 means 50, above 1000 is clamped to 1000,
     negative is INVALID_ARGUMENT.
@@ -526,6 +590,8 @@ class ListModelsRequest(_message.Message):
     """Only models whose name starts with this."""
     tag: _builtins.str
     """Only models carrying this tag."""
+    workspace: _builtins.str
+    """Only models of this workspace."""
     def __init__(
         self,
         *,
@@ -533,10 +599,11 @@ class ListModelsRequest(_message.Message):
         page_token: _builtins.str = ...,
         name_prefix: _builtins.str = ...,
         tag: _builtins.str = ...,
+        workspace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -584,7 +651,9 @@ class UpdateModelRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: description, tags, labels."""
+        """Fields to change: description, tags, labels, visibility,
+        allow_download, allow_remote_inference.
+        """
 
     def __init__(
         self,
