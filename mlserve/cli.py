@@ -46,6 +46,8 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve.add_argument("--health-interval", type=float, default=2.0, help="seconds")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (with --tls-key)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    # Hidden: lets bench/auth.py compare keyed and keyless gateway calls in one process.
+    serve.add_argument("--bench-anonymous-gateway", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
 
@@ -64,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        bench_anonymous_gateway=args.bench_anonymous_gateway,
     )
     from mlserve.server import serve
 

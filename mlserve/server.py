@@ -190,7 +190,7 @@ class MLServe:
     def _grpc_server(self, domain: Domain) -> aio.Server:
         limit = self.settings.max_message_bytes
         server = aio.server(
-            interceptors=[CallGuard(domain.access, domain.audit)],
+            interceptors=[CallGuard(domain.access, domain.audit, self._anonymous_gateway())],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -219,6 +219,15 @@ class MLServe:
         server.add_generic_rpc_handlers((gateway.handler(),))
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
+
+    def _anonymous_gateway(self) -> bool:
+        if not self.settings.bench_anonymous_gateway:
+            return False
+        host = self.settings.listen.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            raise RuntimeError("--bench-anonymous-gateway is allowed only on a loopback address")
+        log.warning("BENCHMARK MODE: gateway calls without a key are served unauthenticated")
+        return True
 
     async def _start_embedded_triton(self, domain: Domain) -> None:
         settings = self.settings

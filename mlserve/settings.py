@@ -37,6 +37,9 @@ class Settings:
     """PEM certificate (chain) to serve TLS with on the same port; with tls_key."""
     tls_key: Path | None = None
     """PEM private key of tls_cert."""
+    bench_anonymous_gateway: bool = False
+    """For the auth benchmark only: gateway calls that send no key at all are served
+    unauthenticated (calls with a key are checked as always). Loopback only."""
 
     @property
     def database_url(self) -> str:
