@@ -20,9 +20,10 @@ import grpc
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from bench.gateway import load
-from mlserve_api.v1 import deployment_pb2, model_pb2
+from mlserve_api.v1 import model_pb2
 from tests.conftest import Stubs
 from tests.test_lifecycle import upload_add
+from tests.tritons import deploy
 
 DEFAULT_SECONDS = 4.0
 DEFAULT_ROUNDS = 3
@@ -38,12 +39,7 @@ def run(seconds: float = DEFAULT_SECONDS, rounds: int = DEFAULT_ROUNDS) -> Repor
         try:
             stubs = server.stubs()
             upload_add(stubs, "add")
-            stubs.deployments.CreateDeployment(
-                deployment_pb2.CreateDeploymentRequest(
-                    deployment=deployment_pb2.Deployment(model="add")
-                ),
-                metadata=stubs.auth,
-            )
+            deploy(stubs, "add")
             keyed = {"authorization": f"Bearer {server.key}"}
             rows: list[list[str]] = []
             for label, elements, concurrency in CASES:

@@ -21,6 +21,7 @@ from mlserve.access.keys import changed, create_key_row
 from mlserve.access.rules import ADMIN, COLLABORATOR, OWNER, USER_ROLES, caller
 from mlserve.aio import in_thread
 from mlserve.catalog import Page
+from mlserve.catalog import _check_tags as check_tags  # users' tags: as models'
 from mlserve.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -35,7 +36,6 @@ T = TypeVar("T")
 
 UPDATABLE_USER_FIELDS = frozenset({"role", "tags", "display_name"})
 MAX_RETRIES = 5
-MAX_TAGS = 64
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class Directory:
     def create_user(self, name: str, fields: UserFields) -> UserRecord:
         check_name(name, "user name")
         role = _check_role(fields.role)
-        tags = _check_tags(fields.tags)
+        tags = check_tags(fields.tags)
         try:
             with store.database.atomic():
                 workspace = store.Workspace.create(name=name)
@@ -194,7 +194,7 @@ class Directory:
                 user.role = role
                 store.ApiKey.update(role=role).where(store.ApiKey.user == user).execute()
             if "tags" in mask:
-                user.tags = json.dumps(_check_tags(fields.tags))
+                user.tags = json.dumps(check_tags(fields.tags))
             if "display_name" in mask:
                 user.display_name = fields.display_name
             user.update_time = store.utcnow()
@@ -527,15 +527,6 @@ def _check_role(role: str) -> str:
     if role not in USER_ROLES:
         raise InvalidArgument(f"role must be one of {', '.join(USER_ROLES)}, not {role!r}")
     return role
-
-
-def _check_tags(tags: Sequence[str]) -> list[str]:
-    if len(tags) > MAX_TAGS:
-        raise InvalidArgument(f"at most {MAX_TAGS} tags, got {len(tags)}")
-    for tag in tags:
-        if not tag or len(tag) > 64 or "\x00" in tag:
-            raise InvalidArgument(f"tag {tag!r} must be 1 to 64 characters, no NUL")
-    return sorted(set(tags))
 
 
 def _user_record(row: Any) -> UserRecord:
