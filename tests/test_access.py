@@ -176,6 +176,15 @@ def test_bad_keys_are_unauthenticated(root: Stubs) -> None:
     error = refused(viewer.models.ListModels, listing, metadata=viewer.auth)
     assert error.code() == Code.UNAUTHENTICATED
     assert "revoked" in (error.details() or "")
+    events = audit_count(root)
+    space = workspace_pb2.CreateWorkspaceRequest(workspace=workspace_pb2.Workspace(name="nope"))
+    error = refused(viewer.workspaces.CreateWorkspace, space, metadata=viewer.auth)
+    assert error.code() == Code.UNAUTHENTICATED
+    assert audit_count(root) == events  # nobody known: nothing recorded, nothing made
+    get_space = workspace_pb2.GetWorkspaceRequest(name="nope")
+    assert refused(root.workspaces.GetWorkspace, get_space, metadata=root.auth).code() == (
+        Code.NOT_FOUND
+    )
 
     # Deactivated user: every key stops, and works again on activation.
     second = as_key(
@@ -191,6 +200,11 @@ def test_bad_keys_are_unauthenticated(root: Stubs) -> None:
     assert "deactivated" in (error.details() or "")
     root.users.ActivateUser(user_pb2.ActivateUserRequest(name="keyholder"), metadata=root.auth)
     second.models.ListModels(listing, metadata=second.auth)
+
+    # Deleted user: their keys go with them.
+    root.users.DeleteUser(user_pb2.DeleteUserRequest(name="keyholder"), metadata=root.auth)
+    error = refused(second.models.ListModels, listing, metadata=second.auth)
+    assert error.code() == Code.UNAUTHENTICATED
 
 
 def test_expired_keys_are_unauthenticated(root: Stubs) -> None:
@@ -507,6 +521,10 @@ def test_a_consumer_infers_on_its_apps_routes_only(
     ):
         error = refused(call, request, metadata=as_consumer.auth)
         assert error.code() == Code.PERMISSION_DENIED
+    still = stubs.deployments.GetDeployment(
+        deployment_pb2.GetDeploymentRequest(name=routed), metadata=stubs.auth
+    )
+    assert still.state == deployment_pb2.DEPLOYMENT_STATE_READY
     assert _infer(mlserve, routed, headers).as_numpy("OUTPUT0").tolist() == result.tolist()
 
 
@@ -519,6 +537,25 @@ def test_users_infer_on_what_they_may_see(
     _infer(mlserve, routed, ann)
     error = _gateway_error(mlserve, routed, bob)
     assert str(error.status()) == "StatusCode.NOT_FOUND"  # private: as if it did not exist
+    assert error.message() == f"model {routed!r} does not exist"
+    # Nor do its deployment, its readiness or its place in the gateway's index.
+    bob_stubs = team["bob"]
+    listed = bob_stubs.deployments.ListDeployments(
+        deployment_pb2.ListDeploymentsRequest(), metadata=bob_stubs.auth
+    )
+    assert routed not in {deployment.name for deployment in listed.deployments}
+    get = deployment_pb2.GetDeploymentRequest(name=routed)
+    assert refused(bob_stubs.deployments.GetDeployment, get, metadata=bob_stubs.auth).code() == (
+        Code.NOT_FOUND
+    )
+    client = triton.InferenceServerClient(mlserve.address)
+    try:
+        index = client.get_model_repository_index(headers=bob, as_json=True)
+        assert routed not in {model["name"] for model in index.get("models", [])}
+        index = client.get_model_repository_index(headers=ann, as_json=True)
+        assert routed in {model["name"] for model in index.get("models", [])}
+    finally:
+        client.close()
 
 
 def test_remote_inference_refused_when_the_flag_is_off(
