@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -526,6 +527,30 @@ def test_a_consumer_infers_on_its_apps_routes_only(
     )
     assert still.state == deployment_pb2.DEPLOYMENT_STATE_READY
     assert _infer(mlserve, routed, headers).as_numpy("OUTPUT0").tolist() == result.tolist()
+
+
+def test_a_consumers_stream_is_held_to_the_same_routes(
+    mlserve: MLServeProcess, served: tuple[str, str], consumer: dict[str, str]
+) -> None:
+    routed, other = served
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = triton.InferenceServerClient(mlserve.address)
+    client.start_stream(
+        callback=lambda result, error: answers.put((result, error)),
+        headers={"authorization": consumer["authorization"]},
+    )
+    try:
+        client.async_stream_infer(routed, add_inputs(), request_id="allowed")
+        first = answers.get(timeout=60)
+        client.async_stream_infer(other, add_inputs(), request_id="refused")
+        second = answers.get(timeout=60)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert first[1] is None, first[1]
+    assert first[0].as_numpy("OUTPUT0").tolist() == [11.0, 22.0, 33.0, 44.0]
+    assert second[0] is None
+    assert "route" in str(second[1])
 
 
 def test_users_infer_on_what_they_may_see(
