@@ -263,6 +263,26 @@ def test_users_manage_only_their_own_keys(root: Stubs) -> None:
     ann.users.RevokeApiKey(user_pb2.RevokeApiKeyRequest(id=own.id), metadata=ann.auth)
 
 
+def test_apps_validate_and_update_with_a_mask(root: Stubs) -> None:
+    for bad in (app_pb2.App(name="bad-app", retries=9), app_pb2.App(name="bad/app")):
+        error = refused(root.apps.CreateApp, app_pb2.CreateAppRequest(app=bad), metadata=root.auth)
+        assert error.code() == Code.INVALID_ARGUMENT
+    get = app_pb2.GetAppRequest(name="bad-app")
+    assert refused(root.apps.GetApp, get, metadata=root.auth).code() == Code.NOT_FOUND
+    root.apps.CreateApp(
+        app_pb2.CreateAppRequest(app=app_pb2.App(name="edit-app")), metadata=root.auth
+    )
+    update = app_pb2.UpdateAppRequest(app=app_pb2.App(name="edit-app", retries=4, description="d"))
+    update.app.timeout.FromMilliseconds(1500)
+    update.update_mask.paths.extend(["retries", "timeout"])
+    updated = root.apps.UpdateApp(update, metadata=root.auth)
+    assert (updated.retries, updated.timeout.ToMilliseconds(), updated.description) == (4, 1500, "")
+    update.app.retries = -1
+    assert refused(root.apps.UpdateApp, update, metadata=root.auth).code() == Code.INVALID_ARGUMENT
+    get = app_pb2.GetAppRequest(name="edit-app")
+    assert root.apps.GetApp(get, metadata=root.auth) == updated
+
+
 def test_viewers_and_editors_cannot_manage_users_servers_or_apps(root: Stubs) -> None:
     for role in ("viewer", "editor"):
         caller = make_user(root, f"plain-{role}", role)

@@ -35,6 +35,7 @@ from mlserve.paging import PageTokens, page_size
 T = TypeVar("T")
 
 UPDATABLE_USER_FIELDS = frozenset({"role", "tags", "display_name"})
+UPDATABLE_APP_FIELDS = frozenset({"description", "retries", "timeout"})
 MAX_RETRIES = 5
 
 
@@ -179,12 +180,7 @@ class Directory:
 
     @in_thread
     def update_user(self, name: str, fields: UserFields, mask: Sequence[str]) -> UserRecord:
-        unknown = set(mask) - UPDATABLE_USER_FIELDS
-        if unknown or not mask:
-            raise InvalidArgument(
-                f"update_mask must name some of {', '.join(sorted(UPDATABLE_USER_FIELDS))}"
-                + (f"; cannot update {', '.join(sorted(unknown))}" if unknown else "")
-            )
+        _check_mask(mask, UPDATABLE_USER_FIELDS)
         with store.database.atomic():
             user = _user_row(name)
             if "role" in mask:
@@ -376,10 +372,7 @@ class Directory:
     @in_thread
     def create_app(self, name: str, fields: AppFields) -> AppRecord:
         check_name(name, "app name")
-        if not 0 <= fields.retries <= MAX_RETRIES:
-            raise InvalidArgument(f"retries must be 0 to {MAX_RETRIES}, got {fields.retries}")
-        if fields.timeout_seconds < 0:
-            raise InvalidArgument("timeout must not be negative")
+        _check_app_fields(fields)
         try:
             row = store.App.create(
                 name=name,
@@ -402,6 +395,21 @@ class Directory:
             {"list": "apps"},
         )  # fmt: skip
         return self._page(listing, requested, token)
+
+    @in_thread
+    def update_app(self, name: str, fields: AppFields, mask: Sequence[str]) -> AppRecord:
+        _check_mask(mask, UPDATABLE_APP_FIELDS)
+        _check_app_fields(fields)
+        row = _app_row(name)
+        if "description" in mask:
+            row.description = fields.description
+        if "retries" in mask:
+            row.retries = fields.retries
+        if "timeout" in mask:
+            row.timeout_seconds = fields.timeout_seconds
+        row.save()
+        changed()
+        return _app_record(row)
 
     @in_thread
     def delete_app(self, name: str) -> None:
@@ -521,6 +529,22 @@ def _refuse_last_owner(space: Any) -> None:
         raise FailedPrecondition(
             f"that is the last owner of workspace {space.name!r}; add another owner first"
         )
+
+
+def _check_mask(mask: Sequence[str], updatable: frozenset[str]) -> None:
+    unknown = set(mask) - updatable
+    if unknown or not mask:
+        raise InvalidArgument(
+            f"update_mask must name some of {', '.join(sorted(updatable))}"
+            + (f"; cannot update {', '.join(sorted(unknown))}" if unknown else "")
+        )
+
+
+def _check_app_fields(fields: AppFields) -> None:
+    if not 0 <= fields.retries <= MAX_RETRIES:
+        raise InvalidArgument(f"retries must be 0 to {MAX_RETRIES}, got {fields.retries}")
+    if fields.timeout_seconds < 0:
+        raise InvalidArgument("timeout must not be negative")
 
 
 def _check_role(role: str) -> str:

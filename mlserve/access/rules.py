@@ -165,6 +165,7 @@ RULES: dict[str, Rule] = {
         CreateApp=_ADMIN,
         GetApp=_READ,
         ListApps=_READ,
+        UpdateApp=_ADMIN,
         DeleteApp=_ADMIN,
         AddRoute=_ADMIN,
         RemoveRoute=_ADMIN,

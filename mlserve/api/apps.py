@@ -33,6 +33,12 @@ class AppService(app_pb2_grpc.AppServiceServicer):
             next_page_token=page.next_page_token,
         )
 
+    async def UpdateApp(self, request: app_pb2.UpdateAppRequest, context: Context) -> app_pb2.App:
+        record = await self.directory.update_app(
+            request.app.name, convert.app_fields(request.app), list(request.update_mask.paths)
+        )
+        return convert.app(record)
+
     async def DeleteApp(self, request: app_pb2.DeleteAppRequest, context: Context) -> Empty:
         await self.directory.delete_app(request.name)
         return Empty()

@@ -24,48 +24,51 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mlserve/v1/app.proto\x12\nmlserve.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07retries\x18\x03 \x01(\x05\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x05Route\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x08\x43onsumer\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x10\x43reateAppRequest\x12\x1c\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0f.mlserve.v1.App\"\x1d\n\rGetAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x0fListAppsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x10ListAppsResponse\x12\x1d\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x0f.mlserve.v1.App\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x0f\x41\x64\x64RouteRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"0\n\x12RemoveRouteRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"G\n\x11ListRoutesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x12ListRoutesResponse\x12!\n\x06routes\x18\x01 \x03(\x0b\x32\x11.mlserve.v1.Route\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x12\x41\x64\x64\x43onsumerRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"2\n\x15RemoveConsumerRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"J\n\x14ListConsumersRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x15ListConsumersResponse\x12\'\n\tconsumers\x18\x01 \x03(\x0b\x32\x14.mlserve.v1.Consumer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc0\x05\n\nAppService\x12:\n\tCreateApp\x12\x1c.mlserve.v1.CreateAppRequest\x1a\x0f.mlserve.v1.App\x12\x34\n\x06GetApp\x12\x19.mlserve.v1.GetAppRequest\x1a\x0f.mlserve.v1.App\x12\x45\n\x08ListApps\x12\x1b.mlserve.v1.ListAppsRequest\x1a\x1c.mlserve.v1.ListAppsResponse\x12\x41\n\tDeleteApp\x12\x1c.mlserve.v1.DeleteAppRequest\x1a\x16.google.protobuf.Empty\x12:\n\x08\x41\x64\x64Route\x12\x1b.mlserve.v1.AddRouteRequest\x1a\x11.mlserve.v1.Route\x12\x45\n\x0bRemoveRoute\x12\x1e.mlserve.v1.RemoveRouteRequest\x1a\x16.google.protobuf.Empty\x12K\n\nListRoutes\x12\x1d.mlserve.v1.ListRoutesRequest\x1a\x1e.mlserve.v1.ListRoutesResponse\x12\x43\n\x0b\x41\x64\x64\x43onsumer\x12\x1e.mlserve.v1.AddConsumerRequest\x1a\x14.mlserve.v1.Consumer\x12K\n\x0eRemoveConsumer\x12!.mlserve.v1.RemoveConsumerRequest\x1a\x16.google.protobuf.Empty\x12T\n\rListConsumers\x12 .mlserve.v1.ListConsumersRequest\x1a!.mlserve.v1.ListConsumersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mlserve/v1/app.proto\x12\nmlserve.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07retries\x18\x03 \x01(\x05\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x05Route\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x08\x43onsumer\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x10\x43reateAppRequest\x12\x1c\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0f.mlserve.v1.App\"\x1d\n\rGetAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x0fListAppsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x10ListAppsResponse\x12\x1d\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x0f.mlserve.v1.App\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x10UpdateAppRequest\x12\x1c\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x0f.mlserve.v1.App\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x0f\x41\x64\x64RouteRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"0\n\x12RemoveRouteRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"G\n\x11ListRoutesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x12ListRoutesResponse\x12!\n\x06routes\x18\x01 \x03(\x0b\x32\x11.mlserve.v1.Route\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x12\x41\x64\x64\x43onsumerRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"2\n\x15RemoveConsumerRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"J\n\x14ListConsumersRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x15ListConsumersResponse\x12\'\n\tconsumers\x18\x01 \x03(\x0b\x32\x14.mlserve.v1.Consumer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfc\x05\n\nAppService\x12:\n\tCreateApp\x12\x1c.mlserve.v1.CreateAppRequest\x1a\x0f.mlserve.v1.App\x12\x34\n\x06GetApp\x12\x19.mlserve.v1.GetAppRequest\x1a\x0f.mlserve.v1.App\x12\x45\n\x08ListApps\x12\x1b.mlserve.v1.ListAppsRequest\x1a\x1c.mlserve.v1.ListAppsResponse\x12:\n\tUpdateApp\x12\x1c.mlserve.v1.UpdateAppRequest\x1a\x0f.mlserve.v1.App\x12\x41\n\tDeleteApp\x12\x1c.mlserve.v1.DeleteAppRequest\x1a\x16.google.protobuf.Empty\x12:\n\x08\x41\x64\x64Route\x12\x1b.mlserve.v1.AddRouteRequest\x1a\x11.mlserve.v1.Route\x12\x45\n\x0bRemoveRoute\x12\x1e.mlserve.v1.RemoveRouteRequest\x1a\x16.google.protobuf.Empty\x12K\n\nListRoutes\x12\x1d.mlserve.v1.ListRoutesRequest\x1a\x1e.mlserve.v1.ListRoutesResponse\x12\x43\n\x0b\x41\x64\x64\x43onsumer\x12\x1e.mlserve.v1.AddConsumerRequest\x1a\x14.mlserve.v1.Consumer\x12K\n\x0eRemoveConsumer\x12!.mlserve.v1.RemoveConsumerRequest\x1a\x16.google.protobuf.Empty\x12T\n\rListConsumers\x12 .mlserve.v1.ListConsumersRequest\x1a!.mlserve.v1.ListConsumersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlserve_api.v1.app_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APP']._serialized_start=131
-  _globals['_APP']._serialized_end=281
-  _globals['_ROUTE']._serialized_start=283
-  _globals['_ROUTE']._serialized_end=367
-  _globals['_CONSUMER']._serialized_start=369
-  _globals['_CONSUMER']._serialized_end=455
-  _globals['_CREATEAPPREQUEST']._serialized_start=457
-  _globals['_CREATEAPPREQUEST']._serialized_end=505
-  _globals['_GETAPPREQUEST']._serialized_start=507
-  _globals['_GETAPPREQUEST']._serialized_end=536
-  _globals['_LISTAPPSREQUEST']._serialized_start=538
-  _globals['_LISTAPPSREQUEST']._serialized_end=594
-  _globals['_LISTAPPSRESPONSE']._serialized_start=596
-  _globals['_LISTAPPSRESPONSE']._serialized_end=670
-  _globals['_DELETEAPPREQUEST']._serialized_start=672
-  _globals['_DELETEAPPREQUEST']._serialized_end=704
-  _globals['_ADDROUTEREQUEST']._serialized_start=706
-  _globals['_ADDROUTEREQUEST']._serialized_end=751
-  _globals['_REMOVEROUTEREQUEST']._serialized_start=753
-  _globals['_REMOVEROUTEREQUEST']._serialized_end=801
-  _globals['_LISTROUTESREQUEST']._serialized_start=803
-  _globals['_LISTROUTESREQUEST']._serialized_end=874
-  _globals['_LISTROUTESRESPONSE']._serialized_start=876
-  _globals['_LISTROUTESRESPONSE']._serialized_end=956
-  _globals['_ADDCONSUMERREQUEST']._serialized_start=958
-  _globals['_ADDCONSUMERREQUEST']._serialized_end=1005
-  _globals['_REMOVECONSUMERREQUEST']._serialized_start=1007
-  _globals['_REMOVECONSUMERREQUEST']._serialized_end=1057
-  _globals['_LISTCONSUMERSREQUEST']._serialized_start=1059
-  _globals['_LISTCONSUMERSREQUEST']._serialized_end=1133
-  _globals['_LISTCONSUMERSRESPONSE']._serialized_start=1135
-  _globals['_LISTCONSUMERSRESPONSE']._serialized_end=1224
-  _globals['_APPSERVICE']._serialized_start=1227
-  _globals['_APPSERVICE']._serialized_end=1931
+  _globals['_APP']._serialized_start=165
+  _globals['_APP']._serialized_end=315
+  _globals['_ROUTE']._serialized_start=317
+  _globals['_ROUTE']._serialized_end=401
+  _globals['_CONSUMER']._serialized_start=403
+  _globals['_CONSUMER']._serialized_end=489
+  _globals['_CREATEAPPREQUEST']._serialized_start=491
+  _globals['_CREATEAPPREQUEST']._serialized_end=539
+  _globals['_GETAPPREQUEST']._serialized_start=541
+  _globals['_GETAPPREQUEST']._serialized_end=570
+  _globals['_LISTAPPSREQUEST']._serialized_start=572
+  _globals['_LISTAPPSREQUEST']._serialized_end=628
+  _globals['_LISTAPPSRESPONSE']._serialized_start=630
+  _globals['_LISTAPPSRESPONSE']._serialized_end=704
+  _globals['_UPDATEAPPREQUEST']._serialized_start=706
+  _globals['_UPDATEAPPREQUEST']._serialized_end=803
+  _globals['_DELETEAPPREQUEST']._serialized_start=805
+  _globals['_DELETEAPPREQUEST']._serialized_end=837
+  _globals['_ADDROUTEREQUEST']._serialized_start=839
+  _globals['_ADDROUTEREQUEST']._serialized_end=884
+  _globals['_REMOVEROUTEREQUEST']._serialized_start=886
+  _globals['_REMOVEROUTEREQUEST']._serialized_end=934
+  _globals['_LISTROUTESREQUEST']._serialized_start=936
+  _globals['_LISTROUTESREQUEST']._serialized_end=1007
+  _globals['_LISTROUTESRESPONSE']._serialized_start=1009
+  _globals['_LISTROUTESRESPONSE']._serialized_end=1089
+  _globals['_ADDCONSUMERREQUEST']._serialized_start=1091
+  _globals['_ADDCONSUMERREQUEST']._serialized_end=1138
+  _globals['_REMOVECONSUMERREQUEST']._serialized_start=1140
+  _globals['_REMOVECONSUMERREQUEST']._serialized_end=1190
+  _globals['_LISTCONSUMERSREQUEST']._serialized_start=1192
+  _globals['_LISTCONSUMERSREQUEST']._serialized_end=1266
+  _globals['_LISTCONSUMERSRESPONSE']._serialized_start=1268
+  _globals['_LISTCONSUMERSRESPONSE']._serialized_end=1357
+  _globals['_APPSERVICE']._serialized_start=1360
+  _globals['_APPSERVICE']._serialized_end=2124
 # @@protoc_insertion_point(module_scope)

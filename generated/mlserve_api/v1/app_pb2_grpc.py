@@ -53,6 +53,11 @@ class AppServiceStub:
                 request_serializer=mlserve_dot_v1_dot_app__pb2.ListAppsRequest.SerializeToString,
                 response_deserializer=mlserve_dot_v1_dot_app__pb2.ListAppsResponse.FromString,
                 _registered_method=True)
+        self.UpdateApp = channel.unary_unary(
+                '/mlserve.v1.AppService/UpdateApp',
+                request_serializer=mlserve_dot_v1_dot_app__pb2.UpdateAppRequest.SerializeToString,
+                response_deserializer=mlserve_dot_v1_dot_app__pb2.App.FromString,
+                _registered_method=True)
         self.DeleteApp = channel.unary_unary(
                 '/mlserve.v1.AppService/DeleteApp',
                 request_serializer=mlserve_dot_v1_dot_app__pb2.DeleteAppRequest.SerializeToString,
@@ -112,6 +117,14 @@ class AppServiceServicer:
 
     def ListApps(self, request, context):
         """ListApps pages through apps in name order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApp(self, request, context):
+        """UpdateApp changes the fields named in update_mask (description,
+        retries, timeout).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +196,11 @@ def add_AppServiceServicer_to_server(servicer, server):
                     servicer.ListApps,
                     request_deserializer=mlserve_dot_v1_dot_app__pb2.ListAppsRequest.FromString,
                     response_serializer=mlserve_dot_v1_dot_app__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'UpdateApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApp,
+                    request_deserializer=mlserve_dot_v1_dot_app__pb2.UpdateAppRequest.FromString,
+                    response_serializer=mlserve_dot_v1_dot_app__pb2.App.SerializeToString,
             ),
             'DeleteApp': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteApp,
@@ -304,6 +322,33 @@ class AppService:
             '/mlserve.v1.AppService/ListApps',
             mlserve_dot_v1_dot_app__pb2.ListAppsRequest.SerializeToString,
             mlserve_dot_v1_dot_app__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlserve.v1.AppService/UpdateApp',
+            mlserve_dot_v1_dot_app__pb2.UpdateAppRequest.SerializeToString,
+            mlserve_dot_v1_dot_app__pb2.App.FromString,
             options,
             channel_credentials,
             insecure,

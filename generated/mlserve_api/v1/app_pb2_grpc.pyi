@@ -43,6 +43,10 @@ class AppServiceStub:
     """GetApp returns one app by name."""
     ListApps: _grpc.UnaryUnaryMultiCallable[_app_pb2.ListAppsRequest, _app_pb2.ListAppsResponse]
     """ListApps pages through apps in name order."""
+    UpdateApp: _grpc.UnaryUnaryMultiCallable[_app_pb2.UpdateAppRequest, _app_pb2.App]
+    """UpdateApp changes the fields named in update_mask (description,
+    retries, timeout).
+    """
     DeleteApp: _grpc.UnaryUnaryMultiCallable[_app_pb2.DeleteAppRequest, _empty_pb2.Empty]
     """DeleteApp removes an app with its routes, consumers and their keys."""
     AddRoute: _grpc.UnaryUnaryMultiCallable[_app_pb2.AddRouteRequest, _app_pb2.Route]
@@ -72,6 +76,10 @@ class AppServiceAsyncStub(AppServiceStub):
     """GetApp returns one app by name."""
     ListApps: _aio.UnaryUnaryMultiCallable[_app_pb2.ListAppsRequest, _app_pb2.ListAppsResponse]  # type: ignore[assignment]
     """ListApps pages through apps in name order."""
+    UpdateApp: _aio.UnaryUnaryMultiCallable[_app_pb2.UpdateAppRequest, _app_pb2.App]  # type: ignore[assignment]
+    """UpdateApp changes the fields named in update_mask (description,
+    retries, timeout).
+    """
     DeleteApp: _aio.UnaryUnaryMultiCallable[_app_pb2.DeleteAppRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """DeleteApp removes an app with its routes, consumers and their keys."""
     AddRoute: _aio.UnaryUnaryMultiCallable[_app_pb2.AddRouteRequest, _app_pb2.Route]  # type: ignore[assignment]
@@ -116,6 +124,16 @@ class AppServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_app_pb2.ListAppsResponse, _abc.Awaitable[_app_pb2.ListAppsResponse]]:
         """ListApps pages through apps in name order."""
+
+    @_abc_1.abstractmethod
+    def UpdateApp(
+        self,
+        request: _app_pb2.UpdateAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_app_pb2.App, _abc.Awaitable[_app_pb2.App]]:
+        """UpdateApp changes the fields named in update_mask (description,
+        retries, timeout).
+        """
 
     @_abc_1.abstractmethod
     def DeleteApp(
