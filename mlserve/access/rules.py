@@ -52,6 +52,11 @@ class Principal:
     timeout_seconds: float = 0.0
 
     @property
+    def owner(self) -> str:
+        """The name the key stands for (what schema 3's Principal called owner)."""
+        return self.name
+
+    @property
     def is_admin(self) -> bool:
         return self.role == ADMIN
 

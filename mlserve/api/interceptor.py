@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Fields naming what a call is about, most specific first (audit trail).
 _RESOURCE_MESSAGES = ("model", "user", "workspace", "app", "server", "deployment")
-_RESOURCE_FIELDS = ("name", "model", "workspace", "app", "id", "upload_id")
+_RESOURCE_FIELDS = ("name", "model", "workspace", "app", "user", "id", "upload_id")
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
