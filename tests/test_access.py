@@ -549,6 +549,16 @@ def test_a_consumer_infers_on_its_apps_routes_only(
     assert _infer(mlserve, routed, headers).as_numpy("OUTPUT0").tolist() == result.tolist()
 
 
+def test_routes_to_private_models_are_listed_only_to_who_may_see_them(
+    stubs: Stubs, team: dict[str, Stubs], served: tuple[str, str], consumer: dict[str, str]
+) -> None:
+    app = f"shop-{PID}"
+    request = app_pb2.ListRoutesRequest(app=app)
+    for caller, expected in ((stubs, [served[0]]), (team["ann"], [served[0]]), (team["bob"], [])):
+        routes = caller.apps.ListRoutes(request, metadata=caller.auth).routes
+        assert [route.model for route in routes] == expected
+
+
 def test_a_consumers_stream_is_held_to_the_same_routes(
     mlserve: MLServeProcess, served: tuple[str, str], consumer: dict[str, str]
 ) -> None:

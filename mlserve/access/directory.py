@@ -444,6 +444,11 @@ class Directory:
     @in_thread
     def list_routes(self, app: str, requested: int, token: str) -> Page[RouteRecord]:
         query = store.AppRoute.select().where(store.AppRoute.app == _app_row(app))
+        visible = rules.visible_models()
+        if visible is not None:  # routes to models the caller may not see are not listed
+            query = query.where(
+                store.AppRoute.model.in_(store.Model.select(store.Model.name).where(visible))
+            )
         listing = _Listing(
             query, store.AppRoute.model,
             lambda row: RouteRecord(app, row.model, row.create_time), lambda row: row.model,
