@@ -116,6 +116,30 @@ def test_the_first_admin_key_belongs_to_the_admin_user(root: Stubs) -> None:
     assert all(not key.secret for key in keys)
 
 
+def test_lists_page_with_opaque_tokens(root: Stubs) -> None:
+    for index in range(3):
+        make_user(root, f"paged-{index}", "viewer")
+    for call, request_type, field in (
+        (root.users.ListUsers, user_pb2.ListUsersRequest, "users"),
+        (root.users.ListApiKeys, user_pb2.ListApiKeysRequest, "keys"),
+        (root.workspaces.ListWorkspaces, workspace_pb2.ListWorkspacesRequest, "workspaces"),
+    ):
+        whole = getattr(call(request_type(page_size=1000), metadata=root.auth), field)
+        seen, token = [], ""
+        while True:
+            page = call(request_type(page_size=2, page_token=token), metadata=root.auth)
+            seen += getattr(page, field)
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == list(whole)
+        assert len(seen) >= 4
+        error = refused(call, request_type(page_size=-1), metadata=root.auth)
+        assert error.code() == Code.INVALID_ARGUMENT
+        error = refused(call, request_type(page_token="forged"), metadata=root.auth)
+        assert error.code() == Code.INVALID_ARGUMENT
+
+
 def test_last_admin_cannot_be_deleted_demoted_or_deactivated(root: Stubs) -> None:
     before = root.users.GetUser(user_pb2.GetUserRequest(name="admin"), metadata=root.auth)
     demote = user_pb2.UpdateUserRequest(user=user_pb2.User(name="admin", role=ROLES["viewer"]))
