@@ -116,6 +116,32 @@ def test_the_first_admin_key_belongs_to_the_admin_user(root: Stubs) -> None:
     assert all(not key.secret for key in keys)
 
 
+def test_update_user_with_a_mask_takes_effect_at_once(root: Stubs) -> None:
+    promoted = make_user(root, "promoted", "viewer")
+    create = model_pb2.CreateModelRequest(model=model_pb2.Model(name="promoted-model"))
+    assert refused(promoted.models.CreateModel, create, metadata=promoted.auth).code() == (
+        Code.PERMISSION_DENIED
+    )
+    update = user_pb2.UpdateUserRequest(
+        user=user_pb2.User(
+            name="promoted", role=ROLES["editor"], tags=["ml", "ops"], display_name="Pro Moted"
+        )
+    )
+    update.update_mask.paths.extend(["role", "tags", "display_name"])
+    updated = root.users.UpdateUser(update, metadata=root.auth)
+    assert (updated.role, list(updated.tags), updated.display_name) == (
+        ROLES["editor"],
+        ["ml", "ops"],
+        "Pro Moted",
+    )
+    assert promoted.models.CreateModel(create, metadata=promoted.auth).workspace == "promoted"
+    bad = user_pb2.UpdateUserRequest(user=user_pb2.User(name="promoted", active=False))
+    bad.update_mask.paths.append("active")
+    assert refused(root.users.UpdateUser, bad, metadata=root.auth).code() == Code.INVALID_ARGUMENT
+    get = user_pb2.GetUserRequest(name="promoted")
+    assert root.users.GetUser(get, metadata=root.auth) == updated
+
+
 def test_lists_page_with_opaque_tokens(root: Stubs) -> None:
     for index in range(3):
         make_user(root, f"paged-{index}", "viewer")
