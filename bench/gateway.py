@@ -37,7 +37,7 @@ class Run:
     p99_ms: float
 
 
-async def _load(address: str, headers: dict[str, str], elements: int, concurrency: int,
+async def load(address: str, headers: dict[str, str], elements: int, concurrency: int,
                 seconds: float) -> Run:  # fmt: skip
     client = triton_aio.InferenceServerClient(address)
     data = np.ones(elements, dtype=np.float32)
@@ -87,11 +87,9 @@ def run(seconds: float = DEFAULT_SECONDS) -> Report:
             rows: list[list[str]] = []
             assert server.process is not None
             for label, elements, concurrency in CASES:
-                straight = asyncio.run(_load(direct, {}, elements, concurrency, seconds))
+                straight = asyncio.run(load(direct, {}, elements, concurrency, seconds))
                 cpu_before = cpu_seconds(server.process.pid)
-                through = asyncio.run(
-                    _load(server.address, headers, elements, concurrency, seconds)
-                )
+                through = asyncio.run(load(server.address, headers, elements, concurrency, seconds))
                 cpu_used = cpu_seconds(server.process.pid) - cpu_before
                 per_request = cpu_used / max(through.rate * seconds, 1) * 1e6
                 rows.append([

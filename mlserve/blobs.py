@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import peewee as pw
 
 from mlserve import store
+from mlserve.access import rules
 from mlserve.repository import Repository
 
 if TYPE_CHECKING:
@@ -52,10 +53,14 @@ class Blobs:
         A pinned file counts as received: the upload need not send its bytes.
         """
         wanted = {spec.sha256: spec.size for spec in files}
+        candidates = store.Blob.select().where(store.Blob.sha256.in_(list(wanted)))
+        readable = _readable_by_caller()
+        if readable is not None:
+            candidates = candidates.where(readable)
         with self._lock(exclusive=False), store.database.atomic():
             stored = [
                 row.sha256
-                for row in store.Blob.select().where(store.Blob.sha256.in_(list(wanted)))
+                for row in candidates
                 if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
             ]
             if stored:
@@ -144,3 +149,29 @@ def _unused_blobs() -> Any:
         & ~pw.fn.EXISTS(used_by(store.Artifact))
         & ~pw.fn.EXISTS(used_by(store.BlobPin))
     )
+
+
+def _readable_by_caller() -> Any:
+    """A where-clause on blobs keeping those the caller could download anyway (None: all).
+
+    Skipping an upload's bytes on a digest match hands the caller the stored
+    content. Without this, knowing a private file's sha256 and size would be
+    enough to copy it into one's own model and download it from there.
+    """
+    visible = rules.visible_models()
+    if visible is None:
+        return None
+    readable = visible & (store.Model.allow_download == True)  # noqa: E712
+    in_versions = (
+        store.VersionFile.select(store.VersionFile.blob)
+        .join(store.ModelVersion)
+        .join(store.Model)
+        .where(readable)
+    )
+    in_artifacts = (
+        store.Artifact.select(store.Artifact.blob)
+        .join(store.ModelVersion)
+        .join(store.Model)
+        .where(readable)
+    )
+    return store.Blob.sha256.in_(in_versions) | store.Blob.sha256.in_(in_artifacts)

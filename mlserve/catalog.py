@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Generic, TypeVar
 import peewee as pw
 
 from mlserve import model_metadata, store
+from mlserve.access import changed, rules
 from mlserve.aio import in_thread
 from mlserve.blobs import Blobs
 from mlserve.errors import (
@@ -51,6 +52,7 @@ class ModelRecord:
     update_time: dt.datetime
     latest_version: int
     version_count: int
+    workspace: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class ModelQuery:
     tags_any: Sequence[str] = ()
     labels: Sequence[str] = ()  # "key=value"
     order_by: str = ""  # AIP-132: "name" | "create_time" | "update_time", then " desc"
+    workspace: str = ""
 
 
 # The orders ListModels offers; each has an index on (column, id).
@@ -119,15 +122,16 @@ class Catalog:
     # --- models -------------------------------------------------------------
 
     @in_thread
-    def create_model(self, name: str, fields: ModelFields) -> ModelRecord:
+    def create_model(self, name: str, fields: ModelFields, workspace: str = "") -> ModelRecord:
         check_name(name, "model name")
-        fields = model_metadata.check_fields(fields)
+        fields = model_metadata.check_fields(model_metadata.for_create(fields))
         try:
             with store.database.atomic():
-                row = store.Model(name=name)
+                row = store.Model(name=name, workspace=rules.workspace_for_new_model(workspace))
                 model_metadata.write(row, fields)
         except pw.IntegrityError:
             raise AlreadyExists(f"model {name!r} already exists") from None
+        changed()
         return _model_records([row])[0]
 
     @in_thread
@@ -146,6 +150,9 @@ class Catalog:
         column_name, descending = _parse_order(query.order_by)
         column = _ORDERS[column_name]
         conditions = _model_filter(query)
+        visible = rules.visible_models()
+        if visible is not None:
+            conditions.append(visible)
         query_key = {
             "list": "models",
             "prefix": query.name_prefix,
@@ -154,6 +161,7 @@ class Catalog:
             "any": sorted(set(query.tags_any)),
             "labels": sorted(set(query.labels)),
             "order": [column_name, descending],
+            "workspace": query.workspace,
         }
         after = self.tokens.decode(query_key, token)
         if after is not None:
@@ -172,19 +180,21 @@ class Catalog:
     @in_thread
     def update_model(self, name: str, fields: ModelFields, mask: Sequence[str]) -> ModelRecord:
         with store.database.atomic():
-            row = _model_row(name)
+            row = rules.check_model_write(_model_row(name))
             current = model_metadata.read(row, _tags_of([row.id])[row.id])
             merged = model_metadata.check_fields(model_metadata.apply_mask(current, fields, mask))
             row.update_time = store.utcnow()
             model_metadata.write(row, merged)
+        changed()
         return _model_records([row])[0]
 
     @in_thread
     def delete_model(self, name: str) -> None:
         with store.database.atomic():
-            row = _model_row(name)
+            row = rules.check_model_write(_model_row(name))
             _refuse_if_deployed(row)
             row.delete_instance(recursive=False)
+        changed()
         self.repository.delete_model(name)
         self.blobs.collect()
 
@@ -218,6 +228,7 @@ class Catalog:
     @in_thread
     def delete_version(self, model: str, version: int) -> None:
         with store.database.atomic():
+            rules.check_model_write(_model_row(model))
             row = version_row(model, version)
             _refuse_if_deployed(row.model, row.version)
             row.delete_instance()
@@ -227,7 +238,11 @@ class Catalog:
     async def download(
         self, model: str, version: int, path: str = "", offset: int = 0
     ) -> AsyncIterator[DownloadChunk]:
-        """Stream a version's files; only ``path`` from ``offset`` when given."""
+        """Stream a version's files; only ``path`` from ``offset`` when given.
+
+        PERMISSION_DENIED when the model's allow_download is off.
+        """
+        await in_thread(require_download_allowed)(model)
         record = await self.get_version(model, version)
         files = record.files
         if path:
@@ -364,7 +379,7 @@ class Catalog:
     ) -> VersionRecord:
         with store.database.atomic():
             model_row = store.Model.get_or_none(store.Model.name == model) or _created_in_savepoint(
-                lambda: store.Model.create(name=model)
+                lambda: store.Model.create(name=model, workspace=rules.workspace_for_new_model(""))
             )
             same = store.ModelVersion.get_or_none(
                 (store.ModelVersion.model == model_row)
@@ -432,12 +447,12 @@ async def _read_file(
 
 
 def require_download_allowed(model: str) -> None:
-    """Hook: may the caller download ``model``'s artifacts? Raise PermissionDenied if not.
+    """Raise unless the caller may download ``model``'s files (blocking).
 
-    Every artifact download passes here. Issue 4's ``allow_download`` (not on
-    this branch) is to be enforced in this one place.
+    Versions and artifacts alike pass here: NOT_FOUND when the caller may not
+    see the model, PERMISSION_DENIED when its allow_download is off.
     """
-    del model
+    rules.check_download(_model_row(model))
 
 
 def find_artifact(model: str, version: int, path: str) -> ArtifactRecord:
@@ -473,6 +488,20 @@ def _created_in_savepoint(create: Callable[[], Any]) -> Any:
         raise _LostRace from None
 
 
+def writable_model(name: str) -> Any:
+    """The row of model ``name`` if the caller may change it (blocking)."""
+    return rules.check_model_write(_model_row(name))
+
+
+def check_upload(name: str) -> None:
+    """Raise unless the caller may add a version to ``name``, or create it (blocking)."""
+    row = store.Model.get_or_none(store.Model.name == name)
+    if row is None:
+        rules.workspace_for_new_model("")
+    else:
+        rules.check_model_write(row)
+
+
 def find_version(model: str, version: int) -> VersionRecord:
     """``model``'s ``version`` (0: the latest), or NotFound (blocking)."""
     return _version_record(version_row(model, version), model)
@@ -496,11 +525,12 @@ def version_row(model: str, version: int) -> Any:
 
 
 def _model_row(name: str) -> Any:
+    """The model's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "model name")
     row = store.Model.get_or_none(store.Model.name == name)
     if row is None:
-        raise NotFound(f"model {name!r} does not exist")
-    return row
+        raise rules.not_found(name)
+    return rules.check_model_read(row)
 
 
 def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
@@ -536,6 +566,12 @@ def _model_filter(query: ModelQuery) -> list[Any]:
     conditions: list[Any] = []
     if query.name_prefix:
         conditions.append(model.name.startswith(query.name_prefix))
+    if query.workspace:
+        check_name(query.workspace, "workspace name")
+        space = store.Workspace.select(store.Workspace.id).where(
+            store.Workspace.name == query.workspace
+        )
+        conditions.append(model.workspace.in_(space))
     if model_metadata.check_kind(query.kind, "kind"):
         conditions.append(model.kind == query.kind)
     for tag in model_metadata.check_tags(query.tags_all, "tags_all"):
@@ -610,6 +646,12 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
     )
     counts: list[tuple[int, int, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
     stats = {model_id: (latest, count) for model_id, latest, count in counts}
+    spaces = {row.workspace_id for row in rows} - {None}
+    space_names: dict[int, str] = dict(
+        store.Workspace.select(store.Workspace.id, store.Workspace.name)
+        .where(store.Workspace.id.in_(list(spaces)))
+        .tuples()  # type: ignore[arg-type]  # .tuples()
+    )
     return [
         ModelRecord(
             name=row.name,
@@ -618,6 +660,7 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
             update_time=row.update_time,
             latest_version=stats.get(row.id, (0, 0))[0],
             version_count=stats.get(row.id, (0, 0))[1],
+            workspace=space_names.get(row.workspace_id, ""),
         )
         for row in rows
     ]

@@ -44,10 +44,17 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--metrics-listen", default="", help="host:port to serve Prometheus metrics on (off)"
     )
     serve.add_argument("--health-interval", type=float, default=2.0, help="seconds")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (with --tls-key)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    # Hidden: lets bench/auth.py compare keyed and keyless gateway calls in one process.
+    serve.add_argument("--bench-anonymous-gateway", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     settings = Settings(
         home=args.home,
         listen=args.listen,
@@ -57,6 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         health_interval=args.health_interval,
         metrics_listen=args.metrics_listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        bench_anonymous_gateway=args.bench_anonymous_gateway,
     )
     from mlserve.server import serve
 

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 
@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from tqdm import tqdm
 
-from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2, user_pb2
 from mlserve_client import DEFAULT_ADDRESS, Client, ClientError
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -38,6 +38,7 @@ def add_client_commands(commands: Subcommands) -> None:
     _add_deploy_commands(commands, connection)
     _add_server_commands(commands, connection)
     _add_deployment_commands(commands, connection)
+    _add_access_commands(commands, connection)
 
 
 # --- wiring -----------------------------------------------------------------
@@ -500,6 +501,86 @@ def _print_deployment(deployment: deployment_pb2.Deployment) -> None:
             for target in deployment.targets
         ),
     )
+
+
+# --- users and keys ---------------------------------------------------------
+
+
+def _add_access_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    users = _group(commands, "users", "create and list users (admins)")
+    create = _command(users, "create", _create_user, "create a user", connection)
+    create.add_argument("name")
+    create.add_argument("--role", required=True, choices=("admin", "editor", "viewer"))
+    create.add_argument("--display-name", default="")
+    _command(users, "list", _list_users, "list every user", connection)
+    keys = _group(commands, "keys", "create, list and revoke API keys")
+    make = _command(keys, "create", _create_key, "make a key; prints it once", connection)
+    make.add_argument("--user", default="", help="whose key (default: yours)")
+    make.add_argument("--app", default="", help="an app, with --consumer: a consumer's key")
+    make.add_argument("--consumer", default="")
+    make.add_argument("--expires-in-days", type=float, help="the key stops working after this")
+    _command(keys, "list", _list_keys, "list keys (no secrets)", connection).add_argument(
+        "--user", default=""
+    )
+    revoke = _command(keys, "revoke", _revoke_key, "revoke a key by its id", connection)
+    revoke.add_argument("id", help="the key's id (the part after 'mls_')")
+
+
+def _create_user(client: Client, args: argparse.Namespace) -> int:
+    user = client.create_user(args.name, args.role, args.display_name)
+    print(f"created user {user.name} ({args.role}); default workspace {user.default_workspace}")
+    return 0
+
+
+def _list_users(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("NAME", "ROLE", "ACTIVE", "DEFAULT WORKSPACE"),
+        (
+            (
+                user.name,
+                user_pb2.Role.Name(user.role).removeprefix("ROLE_").lower(),
+                "yes" if user.active else "no",
+                user.default_workspace,
+            )
+            for user in client.list_users()
+        ),
+    )
+    return 0
+
+
+def _create_key(client: Client, args: argparse.Namespace) -> int:
+    expire = None
+    if args.expires_in_days is not None:
+        expire = datetime.now(timezone.utc) + timedelta(days=args.expires_in_days)
+    key = client.create_key(args.user, app=args.app, consumer=args.consumer, expire_time=expire)
+    print(key.secret)
+    whose = f"{key.app}/{key.consumer}" if key.app else key.user
+    print(f"key {key.id} for {whose}: store it now, it is not shown again", file=sys.stderr)
+    return 0
+
+
+def _list_keys(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("ID", "OWNER", "CREATED", "LAST USED", "EXPIRES", "REVOKED"),
+        (
+            (
+                key.id,
+                f"{key.app}/{key.consumer}" if key.app else key.user,
+                _when(key.create_time),
+                _when(key.last_used_time),
+                _when(key.expire_time),
+                "yes" if key.revoked else "no",
+            )
+            for key in client.list_keys(args.user)
+        ),
+    )
+    return 0
+
+
+def _revoke_key(client: Client, args: argparse.Namespace) -> int:
+    client.users.RevokeApiKey(user_pb2.RevokeApiKeyRequest(id=args.id))
+    print(f"revoked key {args.id}")
+    return 0
 
 
 # --- output -----------------------------------------------------------------

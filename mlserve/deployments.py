@@ -20,8 +20,9 @@ from typing import Any
 import peewee as pw
 
 from mlserve import modelconfig, store
+from mlserve.access import rules
 from mlserve.aio import in_thread
-from mlserve.catalog import Page, VersionRecord, find_version
+from mlserve.catalog import Page, VersionRecord, find_version, writable_model
 from mlserve.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -99,6 +100,7 @@ class Deployments:
             await listener()
 
     async def create(self, model: str, version: int, placement: Placement) -> DeploymentRecord:
+        await in_thread(writable_model)(model)
         async with self._locks[model]:
             if await in_thread(_deployment_row_or_none)(model) is not None:
                 raise AlreadyExists(
@@ -114,6 +116,7 @@ class Deployments:
         *,
         allow_missing: bool = False,
     ) -> DeploymentRecord:
+        await in_thread(writable_model)(name)
         async with self._locks[name]:
             current = await in_thread(_deployment_row_or_none)(name)
             if current is None:
@@ -129,7 +132,7 @@ class Deployments:
 
     async def get(self, name: str) -> DeploymentRecord:
         row = await in_thread(_deployment_row_or_none)(check_name(name, "deployment name"))
-        if row is None:
+        if row is None or not rules.can_see_model(rules.caller(), row.model):
             raise NotFound(f"deployment {name!r} does not exist")
         return await in_thread(_record)(row)
 
@@ -149,6 +152,9 @@ class Deployments:
 
         def fetch() -> list[DeploymentRecord]:
             query = store.Deployment.select().order_by(store.Deployment.name).limit(size + 1)
+            visible = rules.visible_models()
+            if visible is not None:
+                query = query.join(store.Model).where(visible)
             if after is not None:
                 query = query.where(store.Deployment.name > str(after))
             return [_record(row) for row in query]
@@ -160,6 +166,7 @@ class Deployments:
         return Page(records[:size], next_token)
 
     async def delete(self, name: str) -> None:
+        await in_thread(writable_model)(check_name(name, "deployment name"))
         async with self._locks[name]:
             record = await self.get(name)
             for server in record.servers:
@@ -169,6 +176,7 @@ class Deployments:
 
     async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
         server = server or DEFAULT_SERVER
+        await in_thread(writable_model)(model)
         async with self._locks[model]:
             current = await in_thread(_deployment_row_or_none)(model)
             servers = [] if current is None else (await in_thread(_record)(current)).servers
@@ -177,6 +185,7 @@ class Deployments:
             return await self._apply(model, version, Placement(servers))
 
     async def unload_model(self, model: str, server: str) -> None:
+        await in_thread(writable_model)(check_name(model, "model name"))
         record = await self.get(model)
         if server and server not in record.servers:
             raise NotFound(f"model {model!r} is not deployed on server {server!r}")

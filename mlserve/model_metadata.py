@@ -29,6 +29,7 @@ MAX_NAME_LENGTH = 128
 MAX_SHORT_TEXT = 64
 LABEL_KEY = re.compile(r"[a-z0-9]([a-z0-9_.\-/]{0,61}[a-z0-9])?")
 MAX_LABEL_VALUE = 256
+VISIBILITIES = ("private", "public")  # "" means private on create
 # Kubernetes' quantity notation, non-negative: "2", "0.5", "500m", "16Gi", "1e3".
 _QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[mkMGTPE])?")
 
@@ -85,6 +86,9 @@ class ModelFields:
     features: Sequence[Feature] = field(default_factory=list)
     inference: InferenceHints = InferenceHints()
     drift_detection: DriftDetection = DriftDetection()
+    visibility: str = ""
+    allow_download: bool | None = None
+    allow_remote_inference: bool | None = None
 
 
 UPDATABLE = tuple(f.name for f in dataclasses.fields(ModelFields))
@@ -104,6 +108,7 @@ IMMUTABLE = frozenset(
         "inference_failures",
         "last_inference_time",
         "deployment",
+        "workspace",
     }
 )
 
@@ -111,9 +116,23 @@ IMMUTABLE = frozenset(
 # --- rules ------------------------------------------------------------------
 
 
+def for_create(fields: ModelFields) -> ModelFields:
+    """``fields`` with what a new model gets when the caller left it out."""
+    return dataclasses.replace(
+        fields,
+        visibility=fields.visibility or VISIBILITIES[0],
+        allow_download=fields.allow_download is not False,
+        allow_remote_inference=fields.allow_remote_inference is not False,
+    )
+
+
 def check_fields(fields: ModelFields) -> ModelFields:
     """``fields`` with tags sorted and deduplicated, or InvalidArgument naming the field."""
     check_kind(fields.kind, "model.kind")
+    if fields.visibility not in VISIBILITIES:
+        raise InvalidArgument(
+            f"model.visibility must be {' or '.join(VISIBILITIES)}, not {fields.visibility!r}"
+        )
     for key in fields.labels:
         check_label(key, fields.labels[key], f"model.labels[{key!r}]")
     _check_hyperparameters(fields.hyperparameters)
@@ -243,7 +262,8 @@ def apply_mask(current: ModelFields, new: ModelFields, mask: Sequence[str]) -> M
 
     A path is a field ("tags"), a sub-field ("drift_detection.enabled"), or a
     map key ("labels.team": set from ``new``, removed when ``new`` lacks it);
-    "*" alone means every field.
+    "*" alone means every field. Visibility and the allow_* flags left unset
+    in ``new`` but masked take their create defaults.
     """
     if not mask:
         raise InvalidArgument("update_mask is empty: name the fields to change")
@@ -271,7 +291,9 @@ def apply_mask(current: ModelFields, new: ModelFields, mask: Sequence[str]) -> M
         elif dot:
             raise InvalidArgument(f"update_mask: {head} has no sub-fields; name {head!r} alone")
         merged = dataclasses.replace(merged, **{head: value})
-    return merged
+    # A masked visibility or flag the request left unset takes the value a new
+    # model gets (private; on): "*" must not quietly switch a model off.
+    return for_create(merged)
 
 
 def _not_updatable(path: str, head: str) -> str:
@@ -303,6 +325,9 @@ def write(row: Any, fields: ModelFields) -> None:
     )
     row.inference = json.dumps(hints)
     row.drift_detection = json.dumps(dataclasses.asdict(fields.drift_detection))
+    row.visibility = fields.visibility
+    row.allow_download = bool(fields.allow_download)
+    row.allow_remote_inference = bool(fields.allow_remote_inference)
     row.save()
     store.ModelTag.delete().where(store.ModelTag.model == row).execute()
     if fields.tags:
@@ -331,4 +356,7 @@ def read(row: Any, tags: Sequence[str]) -> ModelFields:
         features=[Feature(**f) for f in json.loads(row.features)],
         inference=InferenceHints(**hints),
         drift_detection=DriftDetection(**json.loads(row.drift_detection)),
+        visibility=row.visibility,
+        allow_download=row.allow_download,
+        allow_remote_inference=row.allow_remote_inference,
     )

@@ -10,20 +10,27 @@ import secrets
 import signal
 from dataclasses import dataclass
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from mlserve import store
 from mlserve.access import Access
+from mlserve.access.audit import AuditLog
+from mlserve.access.directory import Directory
 from mlserve.aio import in_thread
 from mlserve.api import reflection
+from mlserve.api.apps import AppService
+from mlserve.api.audit import AuditService
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.servers import ServerService
+from mlserve.api.users import UserService
+from mlserve.api.workspaces import WorkspaceService
 from mlserve.blobs import Blobs
 from mlserve.catalog import Catalog
 from mlserve.deployments import DEFAULT_SERVER, Deployments
@@ -36,12 +43,20 @@ from mlserve.stats import InferenceStats
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve.uploads import UploadLimits, Uploads
 from mlserve_api.v1 import (
+    app_pb2,
+    app_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+    workspace_pb2,
+    workspace_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +66,10 @@ SERVICES = (
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
     deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+    user_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"].full_name,
+    app_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -66,6 +85,8 @@ class Domain:
     access: Access
     router: Router
     stats: InferenceStats
+    directory: Directory
+    audit: AuditLog
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -85,7 +106,16 @@ def build_domain(settings: Settings) -> Domain:
     router = Router(fleet)
     deployments.on_change(router.reload)
     return Domain(
-        repository, catalog, uploads, fleet, deployments, Access(), router, InferenceStats()
+        repository,
+        catalog,
+        uploads,
+        fleet,
+        deployments,
+        Access(),
+        router,
+        InferenceStats(),
+        Directory(tokens),
+        AuditLog(tokens),
     )
 
 
@@ -113,7 +143,13 @@ class MLServe:
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
         self._server = self._grpc_server(domain)
-        self.port = self._server.add_insecure_port(settings.listen)
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            self.port = self._server.add_secure_port(settings.listen, credentials)
+        else:
+            self.port = self._server.add_insecure_port(settings.listen)
         if self.port == 0:
             raise RuntimeError(f"could not listen on {settings.listen}")
         await self._server.start()
@@ -161,7 +197,7 @@ class MLServe:
     def _grpc_server(self, domain: Domain) -> aio.Server:
         limit = self.settings.max_message_bytes
         server = aio.server(
-            interceptors=[CallGuard(domain.access)],
+            interceptors=[CallGuard(domain.access, domain.audit, self._anonymous_gateway())],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -177,11 +213,28 @@ class MLServe:
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(domain.deployments), server
         )
+        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.directory), server)
+        workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
+            WorkspaceService(domain.directory), server
+        )
+        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        gateway = InferenceGateway(domain.router, domain.fleet, domain.deployments, domain.stats)
+        gateway = InferenceGateway(
+            domain.router, domain.fleet, domain.deployments, domain.stats, domain.access
+        )
         server.add_generic_rpc_handlers((gateway.handler(),))
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
+
+    def _anonymous_gateway(self) -> bool:
+        if not self.settings.bench_anonymous_gateway:
+            return False
+        host = self.settings.listen.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            raise RuntimeError("--bench-anonymous-gateway is allowed only on a loopback address")
+        log.warning("BENCHMARK MODE: gateway calls without a key are served unauthenticated")
+        return True
 
     async def _start_embedded_triton(self, domain: Domain) -> None:
         settings = self.settings

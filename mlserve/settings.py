@@ -33,6 +33,13 @@ class Settings:
     """Seconds between health checks of every Triton."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve TLS with on the same port; with tls_key."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+    bench_anonymous_gateway: bool = False
+    """For the auth benchmark only: gateway calls that send no key at all are served
+    unauthenticated (calls with a key are checked as always). Loopback only."""
 
     @property
     def database_url(self) -> str:

@@ -45,7 +45,7 @@ POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def utcnow() -> dt.datetime:
@@ -71,16 +71,92 @@ class Setting(BaseModel):
     value = pw.BlobField()
 
 
+class Workspace(BaseModel):
+    """A group of users sharing models, versions and deployments."""
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    archived = pw.BooleanField(default=False)
+    create_time = pw.DateTimeField(default=utcnow)
+
+
+class User(BaseModel):
+    """A person (or service account) with a role; keys stand for users."""
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    display_name = pw.CharField(max_length=256, default="")
+    role = pw.CharField(max_length=32)
+    tags = pw.TextField(default="[]")  # JSON list
+    active = pw.BooleanField(default=True)
+    default_workspace = pw.ForeignKeyField(Workspace, null=True, on_delete="SET NULL")
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+
+class WorkspaceMember(BaseModel):
+    """``user`` belongs to ``workspace`` as ``role`` (owner or collaborator)."""
+
+    workspace = pw.ForeignKeyField(Workspace, backref="members", on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+    role = pw.CharField(max_length=32)
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("workspace", "user"), True),)
+
+
+class App(BaseModel):
+    """An application: routes (models it exposes) and consumers (who may call them)."""
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    description = pw.TextField(default="")
+    retries = pw.IntegerField(default=2)
+    timeout_seconds = pw.FloatField(default=0.0)
+    create_time = pw.DateTimeField(default=utcnow)
+
+
+class AppRoute(BaseModel):
+    """``app`` exposes the model named ``model`` to its consumers."""
+
+    app = pw.ForeignKeyField(App, backref="routes", on_delete="CASCADE")
+    model = pw.CharField(max_length=128, index=True)
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("app", "model"), True),)
+
+
+class AppConsumer(BaseModel):
+    """A calling service of ``app``; its keys may infer on the app's routes only."""
+
+    app = pw.ForeignKeyField(App, backref="consumers", on_delete="CASCADE")
+    name = pw.CharField(max_length=128)
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("app", "name"), True),)
+
+
 class ApiKey(BaseModel):
     """An API key: looked up by its public prefix, verified by its hash."""
 
+    id = pw.AutoField()
     prefix = pw.CharField(unique=True, max_length=32)
-    secret_hash = pw.CharField(max_length=128)
+    secret_hash = pw.CharField(max_length=256)
     owner = pw.CharField(max_length=128)
     role = pw.CharField(max_length=32)
     create_time = pw.DateTimeField(default=utcnow)
     last_used_time = pw.DateTimeField(null=True)
     revoked = pw.BooleanField(default=False)
+    # Schema 6: whose key it is (a user or an app consumer), how the secret
+    # is hashed ("sha256" rows predate it and are re-hashed on first use),
+    # and when it expires.
+    user = pw.ForeignKeyField(User, null=True, backref="keys", on_delete="CASCADE")
+    consumer = pw.ForeignKeyField(AppConsumer, null=True, backref="keys", on_delete="CASCADE")
+    algorithm = pw.CharField(max_length=16, default="sha256")
+    expire_time = pw.DateTimeField(null=True)
 
 
 class Model(BaseModel):
@@ -102,6 +178,11 @@ class Model(BaseModel):
     features = pw.TextField(default="[]")  # JSON list of {name, type, description}
     inference = pw.TextField(default="{}")  # JSON object of inference hints
     drift_detection = pw.TextField(default="{}")  # JSON object {enabled, method}
+    # Schema 6: tenancy and per-model permissions.
+    workspace = pw.ForeignKeyField(Workspace, null=True, backref="models", on_delete="RESTRICT")
+    visibility = pw.CharField(max_length=16, default="private")
+    allow_download = pw.BooleanField(default=True)
+    allow_remote_inference = pw.BooleanField(default=True)
 
     class Meta:
         # Keyset paging orders by (key, id); these keep each order an index walk.
@@ -234,6 +315,18 @@ class DeploymentTarget(BaseModel):
         indexes = ((("deployment", "server"), True),)
 
 
+class AuditEvent(BaseModel):
+    """Who did what to which resource, when, and how it ended."""
+
+    id = pw.AutoField()
+    time = pw.DateTimeField(default=utcnow, index=True)
+    actor = pw.CharField(max_length=300, index=True)
+    key_prefix = pw.CharField(max_length=32)
+    method = pw.CharField(max_length=200)
+    resource = pw.CharField(max_length=300, index=True)
+    outcome = pw.CharField(max_length=32)
+
+
 class InferenceCount(BaseModel):
     """Inferences served per model version, flushed from memory every few seconds."""
 
@@ -264,6 +357,13 @@ TABLES: list[type[BaseModel]] = [
     VersionFile,
     BlobPin,
     Artifact,
+    Workspace,
+    User,
+    WorkspaceMember,
+    App,
+    AppRoute,
+    AppConsumer,
+    AuditEvent,
 ]
 
 
@@ -330,11 +430,48 @@ def _add_blobs_and_artifacts(db: pw.Database) -> None:
     )
 
 
+def _add_access_control(db: pw.Database) -> None:
+    """Users, workspaces, apps and audit; keys and models gain owners.
+
+    Every existing key owner becomes a user with the key's role, with a
+    default workspace named after it; every existing model moves into the
+    first admin's workspace (or a workspace named "default" when there is no
+    key at all). Old keys keep their sha256 hash and are re-hashed with
+    scrypt the first time they are used.
+    """
+    db.create_tables([Workspace, User, WorkspaceMember, App, AppRoute, AppConsumer, AuditEvent])
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("api_key", "user_id", ApiKey.user),
+        migrator.add_column("api_key", "consumer_id", ApiKey.consumer),
+        migrator.add_column("api_key", "algorithm", ApiKey.algorithm),
+        migrator.add_column("api_key", "expire_time", ApiKey.expire_time),
+        migrator.add_column("model", "workspace_id", Model.workspace),
+        migrator.add_column("model", "visibility", Model.visibility),
+        migrator.add_column("model", "allow_download", Model.allow_download),
+        migrator.add_column("model", "allow_remote_inference", Model.allow_remote_inference),
+    )
+    owners = ApiKey.select(ApiKey.owner, pw.fn.MIN(ApiKey.role)).group_by(ApiKey.owner)
+    homes: dict[str, Workspace] = {}
+    rows: list[tuple[str, str]] = list(owners.tuples())  # type: ignore[arg-type]  # .tuples()
+    for owner, role in rows:
+        workspace = homes[role] = Workspace.create(name=owner)
+        user = User.create(name=owner, role=role, default_workspace=workspace)
+        WorkspaceMember.create(workspace=workspace, user=user, role="owner")
+        ApiKey.update(user=user).where(ApiKey.owner == owner).execute()
+    home = homes.get("admin") or next(iter(homes.values()), None)
+    if home is None and Model.select().exists():
+        home = Workspace.create(name="default")
+    if home is not None:
+        Model.update(workspace=home).execute()
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
     3: _add_model_metadata,
     4: _add_blobs_and_artifacts,
+    5: _add_access_control,
 }
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlserve import modelconfig, store
+from mlserve.access import rules
 from mlserve.aio import in_thread
 from mlserve.blobs import Blobs
 from mlserve.catalog import (
@@ -30,8 +31,10 @@ from mlserve.catalog import (
     Catalog,
     FileSpec,
     VersionRecord,
+    check_upload,
     find_artifact,
     find_version,
+    writable_model,
 )
 from mlserve.errors import (
     DataLoss,
@@ -204,7 +207,8 @@ class Uploads:
     def get(self, upload_id: str) -> UploadRecord:
         check_name(upload_id, "upload_id")
         row = store.Upload.get_or_none(store.Upload.upload_id == upload_id)
-        if row is None:
+        model = None if row is None else store.Model.get_or_none(store.Model.name == row.model)
+        if row is None or (model is not None and not rules.can_see_model(rules.caller(), model)):
             raise NotFound(f"upload {upload_id!r} does not exist")
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
         committed = _surviving(row) if row.committed_version else None
@@ -231,6 +235,7 @@ class Uploads:
 
     def _plan(self, header: UploadHeader) -> _Plan:
         model = check_name(header.model, "model name")
+        check_upload(model)
         if len(header.files) > MAX_FILES:
             raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
         files: dict[str, FileSpec] = {}
@@ -265,6 +270,7 @@ class Uploads:
             )
         spec = _check_spec(header.file)
         self._check_total(spec.size)
+        writable_model(model)
         version = find_version(model, header.version).version
         manifest = json.dumps(
             {

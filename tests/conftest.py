@@ -17,7 +17,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mlserve_api.v1 import deployment_pb2_grpc, model_pb2_grpc, server_pb2_grpc
+from mlserve_api.v1 import (
+    app_pb2_grpc,
+    audit_pb2_grpc,
+    deployment_pb2_grpc,
+    model_pb2_grpc,
+    server_pb2_grpc,
+    user_pb2_grpc,
+    workspace_pb2_grpc,
+)
 
 STARTUP_TIMEOUT = 90.0
 
@@ -36,12 +44,20 @@ class Stubs:
     servers: server_pb2_grpc.ServerServiceStub = field(init=False)
     deployments: deployment_pb2_grpc.DeploymentServiceStub = field(init=False)
     health: health_pb2_grpc.HealthStub = field(init=False)
+    users: user_pb2_grpc.UserServiceStub = field(init=False)
+    workspaces: workspace_pb2_grpc.WorkspaceServiceStub = field(init=False)
+    apps: app_pb2_grpc.AppServiceStub = field(init=False)
+    audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self.channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.users = user_pb2_grpc.UserServiceStub(self.channel)
+        self.workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self.channel)
+        self.apps = app_pb2_grpc.AppServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:
@@ -51,8 +67,11 @@ class Stubs:
 class MLServeProcess:
     """``mlserve serve`` as a child process on a free port, with its own home."""
 
-    def __init__(self, home: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self, home: Path, *extra: str, port: int | None = None, ca: Path | None = None
+    ) -> None:
         self.home = home
+        self.ca = ca  # when MLServe serves TLS: the CA that signed its certificate
         self.port = port or free_port()
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
@@ -79,7 +98,7 @@ class MLServeProcess:
 
     def _wait(self, serving: bool) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.process is not None
@@ -95,10 +114,15 @@ class MLServeProcess:
                 time.sleep(0.2)
         raise RuntimeError(f"mlserve did not become ready:\n{self.log.read_text()[-3000:]}")
 
-    def stubs(self) -> Stubs:
+    def channel(self) -> grpc.Channel:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        channel = grpc.insecure_channel(self.address, options=options)
-        return Stubs(channel, self.key)
+        if self.ca is None:
+            return grpc.insecure_channel(self.address, options=options)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+        return grpc.secure_channel(self.address, credentials, options=options)
+
+    def stubs(self) -> Stubs:
+        return Stubs(self.channel(), self.key)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

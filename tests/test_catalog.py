@@ -82,7 +82,14 @@ def settable(model: model_pb2.Model) -> model_pb2.Model:
     """``model`` without its output-only fields."""
     copy = model_pb2.Model()
     copy.CopyFrom(model)
-    for name in ("create_time", "update_time", "latest_version", "version_count", "deployment"):
+    output_only = ("create_time", "update_time", "latest_version", "version_count", "deployment")
+    for name in (
+        *output_only,
+        "workspace",
+        "visibility",
+        "allow_download",
+        "allow_remote_inference",
+    ):
         copy.ClearField(name)
     copy.ClearField("inference_count")
     copy.ClearField("last_inference_time")

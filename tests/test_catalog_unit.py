@@ -45,6 +45,9 @@ RICH = ModelFields(
     features=[Feature("age", "INT64", "years"), Feature("plan", "categorical", "")],
     inference=InferenceHints(8, 2, "cpu", dt.timedelta(milliseconds=250)),
     drift_detection=DriftDetection(True, "psi"),
+    visibility="public",
+    allow_download=False,
+    allow_remote_inference=True,
 )
 
 
@@ -88,7 +91,10 @@ def test_create_and_get_keep_every_field(catalog: Catalog) -> None:
 
 
 def test_a_model_with_only_a_name_has_empty_metadata(catalog: Catalog) -> None:
-    assert run(catalog.create_model("bare", ModelFields())).fields == ModelFields()
+    fields = run(catalog.create_model("bare", ModelFields())).fields
+    assert fields == ModelFields(
+        visibility="private", allow_download=True, allow_remote_inference=True
+    )
 
 
 def test_duplicate_name_is_already_exists_and_changes_nothing(catalog: Catalog) -> None:
@@ -178,7 +184,11 @@ def test_delete_removes_tag_and_label_rows(catalog: Catalog) -> None:
 def test_update_star_replaces_everything(catalog: Catalog) -> None:
     run(catalog.create_model("churn", RICH))
     updated = run(catalog.update_model("churn", ModelFields(description="fresh"), ["*"]))
-    assert updated.fields == ModelFields(description="fresh")
+    # Unset visibility and flags take a new model's defaults, not "off".
+    expected = ModelFields(
+        description="fresh", visibility="private", allow_download=True, allow_remote_inference=True
+    )
+    assert updated.fields == expected
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,22 @@ def test_foundation_database_opens_with_every_row_intact(database_url: str) -> N
         blob = store.Blob.create(sha256="a" * 64, size=3)
         store.VersionFile.create(version=versions[2], path="model.py", blob=blob)
         store.BlobPin.create(upload=upload, blob=blob)
+        # Schema 6 (access control): the key's owner became a user with the
+        # key's role and a default workspace it owns; the old key keeps its
+        # sha256 hash (re-hashed on first use); models moved into the admin's
+        # workspace, private, with both flags on.
+        admin = store.User.get(store.User.name == "admin")
+        assert (admin.role, admin.active, admin.default_workspace.name) == ("admin", True, "admin")
+        key = store.ApiKey.get(store.ApiKey.prefix == "oldprefix")
+        assert (key.user_id, key.algorithm) == (admin.id, "sha256")
+        member = store.WorkspaceMember.get(store.WorkspaceMember.user == admin)
+        assert (member.workspace_id, member.role) == (admin.default_workspace_id, "owner")
+        for model in store.Model.select().where(store.Model.name.in_(["resnet", "empty"])):
+            flags = (model.visibility, model.allow_download, model.allow_remote_inference)
+            assert (model.workspace_id, flags) == (
+                admin.default_workspace_id,
+                ("private", True, True),
+            )
     finally:
         close_database(db)
 

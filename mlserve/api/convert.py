@@ -55,6 +55,7 @@ def enum_value(enum: EnumDescriptor, prefix: str, name: str) -> int:
 
 _KIND = (model_pb2.ModelKind.DESCRIPTOR, "MODEL_KIND_")
 _ORDER = (model_pb2.MetricOrder.DESCRIPTOR, "METRIC_ORDER_")
+_VISIBILITY = (model_pb2.Visibility.DESCRIPTOR, "VISIBILITY_")
 
 
 def model(
@@ -112,6 +113,10 @@ def model(
             state=_DEPLOYMENT_STATES[deployed.state],
             servers=deployed.servers,
         ),
+        workspace=record.workspace,
+        visibility=model_pb2.Visibility.ValueType(enum_value(*_VISIBILITY, fields.visibility)),
+        allow_download=fields.allow_download,
+        allow_remote_inference=fields.allow_remote_inference,
     )
 
 
@@ -159,6 +164,11 @@ def model_fields(message: model_pb2.Model) -> ModelFields:
         drift_detection=DriftDetection(
             enabled=message.drift_detection.enabled, method=message.drift_detection.method
         ),
+        visibility=enum_name(*_VISIBILITY, message.visibility),
+        allow_download=message.allow_download if message.HasField("allow_download") else None,
+        allow_remote_inference=(
+            message.allow_remote_inference if message.HasField("allow_remote_inference") else None
+        ),
     )
 
 
@@ -180,6 +190,7 @@ def model_query(request: model_pb2.ListModelsRequest) -> ModelQuery:
         tags_any=list(request.tags_any),
         labels=list(request.labels),
         order_by=request.order_by,
+        workspace=request.workspace,
     )
 
 

@@ -21,8 +21,9 @@ from grpc import aio
 from tritonclient.grpc import service_pb2
 
 from mlserve import __version__
+from mlserve.access import Access, current_principal
 from mlserve.deployments import Deployments
-from mlserve.errors import InvalidArgument, MLServeError, Unavailable
+from mlserve.errors import InvalidArgument, MLServeError, PermissionDenied, Unavailable
 from mlserve.fleet import Fleet
 from mlserve.gateway import Router
 from mlserve.stats import InferenceStats
@@ -31,7 +32,8 @@ from . import wire
 
 SERVICE = "inference.GRPCInferenceService"
 # Another replica is tried when one is unreachable; a Triton's own answers
-# (bad input, model errors) are final and pass through unchanged.
+# (bad input, model errors) are final and pass through unchanged. An app's
+# consumers get 1 + the app's retries attempts instead.
 MAX_ATTEMPTS = 3
 EXTENSIONS = (
     "classification",
@@ -59,12 +61,35 @@ RawUnary = Callable[[bytes, Context], Awaitable[bytes]]
 
 class InferenceGateway:
     def __init__(
-        self, router: Router, fleet: Fleet, deployments: Deployments, stats: InferenceStats
+        self,
+        router: Router,
+        fleet: Fleet,
+        deployments: Deployments,
+        stats: InferenceStats,
+        access: Access,
     ) -> None:
         self.router = router
         self.fleet = fleet
         self.deployments = deployments
         self.stats = stats
+        self.access = access
+
+    async def _may_infer(self, model: str) -> tuple[int, float | None]:
+        """Raise unless the caller may use ``model``: (attempts, per-call timeout or None)."""
+        principal = current_principal.get()
+        if principal is None:
+            return MAX_ATTEMPTS, None
+        await self.access.check_infer(principal, model)
+        if principal.is_consumer:
+            return 1 + principal.retries, principal.timeout_seconds or None
+        return MAX_ATTEMPTS, None
+
+    async def _visible(self, model: str) -> bool:
+        try:
+            await self._may_infer(model)
+        except MLServeError:
+            return False
+        return True
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         unary: dict[str, RawUnary] = {
@@ -110,6 +135,10 @@ class InferenceGateway:
         The common case — a routed model, a client already open — awaits
         nothing but the forwarded call itself.
         """
+        attempts, app_timeout = await self._may_infer(model)
+        timeout = context.time_remaining()
+        if app_timeout is not None:
+            timeout = app_timeout if timeout is None else min(timeout, app_timeout)
         tried: frozenset[str] = frozenset()
         while True:
             route = self.router.route(model)
@@ -122,15 +151,13 @@ class InferenceGateway:
             )
             try:
                 with self.router.in_flight(choice.server):
-                    response: bytes = await client.raw_unary(method)(
-                        request, timeout=context.time_remaining()
-                    )
+                    response: bytes = await client.raw_unary(method)(request, timeout=timeout)
                 return response, choice.version
             except aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNAVAILABLE:
                     tried |= {choice.server}
                     self.fleet.suspect(choice.server)
-                    if len(tried) < MAX_ATTEMPTS:
+                    if len(tried) < attempts:
                         continue
                 await context.abort(error.code(), error.details() or "")
 
@@ -162,6 +189,8 @@ class InferenceGateway:
         model, version = _routing_fields("ModelReady", request)
         try:
             response, _ = await self._forward("ModelReady", request, context, model, version)
+        except PermissionDenied:
+            raise
         except _NOT_READY_ERRORS:
             return _encode(service_pb2.ModelReadyResponse(ready=False))
         return response
@@ -175,7 +204,7 @@ class InferenceGateway:
             return response
         merged = service_pb2.ModelStatisticsResponse()
         for route in self.router.routes():
-            if not route.servers:
+            if not route.servers or not await self._visible(route.model):
                 continue
             single = service_pb2.ModelStatisticsRequest(name=route.model)
             with contextlib.suppress(MLServeError):
@@ -213,6 +242,7 @@ class InferenceGateway:
                 async for request in requests:
                     try:
                         model, version = wire.model_name_and_version(request)
+                        await self._may_infer(model)
                         choice = await self.router.choose(model, version)
                     except (MLServeError, wire.WireError, UnicodeDecodeError) as error:
                         await responses.put(_stream_error(str(error)))
@@ -261,6 +291,8 @@ class InferenceGateway:
         ready_only = service_pb2.RepositoryIndexRequest.FromString(request).ready
         response = service_pb2.RepositoryIndexResponse()
         for route in self.router.routes():
+            if not await self._visible(route.model):
+                continue
             serving = any(self.fleet.status(s).state == "READY" for s in route.servers)
             if ready_only and not serving:
                 continue

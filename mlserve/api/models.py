@@ -30,7 +30,7 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.CreateModelRequest, context: Context
     ) -> model_pb2.Model:
         record = await self.catalog.create_model(
-            request.model.name, convert.model_fields(request.model)
+            request.model.name, convert.model_fields(request.model), request.model.workspace
         )
         return convert.model(record)
 

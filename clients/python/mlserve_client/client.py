@@ -11,12 +11,17 @@ from typing import Any, TypeVar
 import grpc
 
 from mlserve_api.v1 import (
+    app_pb2_grpc,
+    audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+    workspace_pb2_grpc,
 )
 from mlserve_client.channel import DEFAULT_ADDRESS, default_home, open_channel, read_admin_key
 from mlserve_client.download import ArtifactWriter, VersionWriter
@@ -36,7 +41,8 @@ _Item = TypeVar("_Item")
 class Client:
     """A connection to MLServe.
 
-    ``models``, ``servers`` and ``deployments`` are the generated stubs, so every RPC
+    ``models``, ``servers``, ``deployments``, ``users``, ``workspaces``, ``apps`` and
+    ``audit`` are the generated stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
     """
@@ -55,6 +61,10 @@ class Client:
         self.models = model_pb2_grpc.ModelServiceStub(self._channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self._channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self._channel)
+        self.users = user_pb2_grpc.UserServiceStub(self._channel)
+        self.workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self._channel)
+        self.apps = app_pb2_grpc.AppServiceStub(self._channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -240,6 +250,38 @@ class Client:
             request = model_pb2.ListModelVersionsRequest(model=model, page_token=token)
             response = self.models.ListModelVersions(request)
             return response.versions, response.next_page_token
+
+        return _every_page(page)
+
+    # --- users and keys -----------------------------------------------------
+
+    def create_user(self, name: str, role: str, display_name: str = "") -> user_pb2.User:
+        """Create a user; ``role`` is admin, editor or viewer."""
+        role_value = user_pb2.Role.Value(f"ROLE_{role.upper()}")
+        user = user_pb2.User(name=name, role=role_value, display_name=display_name)
+        return self.users.CreateUser(user_pb2.CreateUserRequest(user=user))
+
+    def create_key(
+        self, user: str = "", *, app: str = "", consumer: str = "", expire_time: Any = None
+    ) -> user_pb2.ApiKey:
+        """A new key (``.secret`` holds it, shown once) for a user or an app consumer."""
+        request = user_pb2.CreateApiKeyRequest(user=user, app=app, consumer=consumer)
+        if expire_time is not None:
+            request.expire_time.FromDatetime(expire_time)
+        return self.users.CreateApiKey(request)
+
+    def list_keys(self, user: str = "", app: str = "") -> Iterator[user_pb2.ApiKey]:
+        def page(token: str) -> tuple[Sequence[user_pb2.ApiKey], str]:
+            request = user_pb2.ListApiKeysRequest(user=user, app=app, page_token=token)
+            response = self.users.ListApiKeys(request)
+            return response.keys, response.next_page_token
+
+        return _every_page(page)
+
+    def list_users(self) -> Iterator[user_pb2.User]:
+        def page(token: str) -> tuple[Sequence[user_pb2.User], str]:
+            response = self.users.ListUsers(user_pb2.ListUsersRequest(page_token=token))
+            return response.users, response.next_page_token
 
         return _every_page(page)
 

@@ -80,6 +80,38 @@ METRIC_ORDER_LOWER_IS_BETTER: MetricOrder.ValueType  # 2
 """Lower values are better (loss, RMSE, latency)."""
 Global___MetricOrder: _TypeAlias = MetricOrder  # noqa: Y015
 
+class _Visibility:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Visibility.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VISIBILITY_UNSPECIFIED: _Visibility.ValueType  # 0
+    """Not set: private on create."""
+    VISIBILITY_PRIVATE: _Visibility.ValueType  # 1
+    """Only members of the model's workspace (and admins) see it; to anyone
+    else it does not exist (NOT_FOUND, never PERMISSION_DENIED).
+    """
+    VISIBILITY_PUBLIC: _Visibility.ValueType  # 2
+    """Every user may read it and infer on it; only its workspace's editors
+    may change it.
+    """
+
+class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper):
+    """Visibility says who besides a workspace's members may see a model."""
+
+VISIBILITY_UNSPECIFIED: Visibility.ValueType  # 0
+"""Not set: private on create."""
+VISIBILITY_PRIVATE: Visibility.ValueType  # 1
+"""Only members of the model's workspace (and admins) see it; to anyone
+else it does not exist (NOT_FOUND, never PERMISSION_DENIED).
+"""
+VISIBILITY_PUBLIC: Visibility.ValueType  # 2
+"""Every user may read it and infer on it; only its workspace's editors
+may change it.
+"""
+Global___Visibility: _TypeAlias = Visibility  # noqa: Y015
+
 class _UploadState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -194,6 +226,10 @@ class Model(_message.Message):
     INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
     INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    ALLOW_DOWNLOAD_FIELD_NUMBER: _builtins.int
+    ALLOW_REMOTE_INFERENCE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
     PERFORMANCE_FIELD_NUMBER: _builtins.int
@@ -217,6 +253,22 @@ class Model(_message.Message):
     """Inferences routed to any version of the model by the gateway. Output only."""
     inference_failures: _builtins.int
     """Of those, how many failed. Output only."""
+    workspace: _builtins.str
+    """The workspace the model belongs to. Set on create (empty: the caller's
+    default workspace); cannot be changed afterwards.
+    """
+    visibility: Global___Visibility.ValueType
+    """Who may read and infer: the workspace's members (private, the default)
+    or every user (public).
+    """
+    allow_download: _builtins.bool
+    """Whether DownloadModelVersion may stream the model's files. Unset on
+    create means true.
+    """
+    allow_remote_inference: _builtins.bool
+    """Whether the gateway serves inference for the model. Unset on create
+    means true.
+    """
     kind: Global___ModelKind.ValueType
     """What kind of problem the model solves; unspecified until set."""
     @_builtins.property
@@ -290,6 +342,10 @@ class Model(_message.Message):
         inference_count: _builtins.int = ...,
         inference_failures: _builtins.int = ...,
         last_inference_time: _timestamp_pb2.Timestamp | None = ...,
+        workspace: _builtins.str = ...,
+        visibility: Global___Visibility.ValueType = ...,
+        allow_download: _builtins.bool | None = ...,
+        allow_remote_inference: _builtins.bool | None = ...,
         kind: Global___ModelKind.ValueType = ...,
         hyperparameters: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
         performance: _abc.Iterable[Global___PerformanceMetric] | None = ...,
@@ -300,11 +356,18 @@ class Model(_message.Message):
         drift_detection: Global___DriftDetection | None = ...,
         deployment: Global___ModelDeployment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployment", b"deployment", "drift_detection", b"drift_detection", "inference", b"inference", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_download", b"_allow_download", "_allow_remote_inference", b"_allow_remote_inference", "allow_download", b"allow_download", "allow_remote_inference", b"allow_remote_inference", "create_time", b"create_time", "deployment", b"deployment", "drift_detection", b"drift_detection", "inference", b"inference", "last_inference_time", b"last_inference_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployment", b"deployment", "description", b"description", "drift_detection", b"drift_detection", "features", b"features", "hyperparameters", b"hyperparameters", "inference", b"inference", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "kind", b"kind", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "performance", b"performance", "run_resources", b"run_resources", "tags", b"tags", "training_resources", b"training_resources", "update_time", b"update_time", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_download", b"_allow_download", "_allow_remote_inference", b"_allow_remote_inference", "allow_download", b"allow_download", "allow_remote_inference", b"allow_remote_inference", "create_time", b"create_time", "deployment", b"deployment", "description", b"description", "drift_detection", b"drift_detection", "features", b"features", "hyperparameters", b"hyperparameters", "inference", b"inference", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "kind", b"kind", "labels", b"labels", "last_inference_time", b"last_inference_time", "latest_version", b"latest_version", "name", b"name", "performance", b"performance", "run_resources", b"run_resources", "tags", b"tags", "training_resources", b"training_resources", "update_time", b"update_time", "version_count", b"version_count", "visibility", b"visibility", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__allow_download: _TypeAlias = _typing.Literal["allow_download"]  # noqa: Y015
+    _WhichOneofArgType__allow_download: _TypeAlias = _typing.Literal["_allow_download", b"_allow_download"]  # noqa: Y015
+    _WhichOneofReturnType__allow_remote_inference: _TypeAlias = _typing.Literal["allow_remote_inference"]  # noqa: Y015
+    _WhichOneofArgType__allow_remote_inference: _TypeAlias = _typing.Literal["_allow_remote_inference", b"_allow_remote_inference"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_download) -> _WhichOneofReturnType__allow_download | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_remote_inference) -> _WhichOneofReturnType__allow_remote_inference | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
@@ -885,6 +948,7 @@ class ListModelsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NAME_PREFIX_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     TAGS_ALL_FIELD_NUMBER: _builtins.int
     TAGS_ANY_FIELD_NUMBER: _builtins.int
@@ -900,6 +964,8 @@ class ListModelsRequest(_message.Message):
     """Only models whose name starts with this."""
     tag: _builtins.str
     """Only models carrying this tag (the same as one entry of tags_all)."""
+    workspace: _builtins.str
+    """Only models of this workspace."""
     kind: Global___ModelKind.ValueType
     """Only models of this kind; unspecified means any kind."""
     order_by: _builtins.str
@@ -928,6 +994,7 @@ class ListModelsRequest(_message.Message):
         page_token: _builtins.str = ...,
         name_prefix: _builtins.str = ...,
         tag: _builtins.str = ...,
+        workspace: _builtins.str = ...,
         kind: Global___ModelKind.ValueType = ...,
         tags_all: _abc.Iterable[_builtins.str] | None = ...,
         tags_any: _abc.Iterable[_builtins.str] | None = ...,
@@ -936,7 +1003,7 @@ class ListModelsRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "labels", b"labels", "name_prefix", b"name_prefix", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "tags_all", b"tags_all", "tags_any", b"tags_any"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "labels", b"labels", "name_prefix", b"name_prefix", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "tag", b"tag", "tags_all", b"tags_all", "tags_any", b"tags_any", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -986,7 +1053,8 @@ class UpdateModelRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: description, tags, labels, kind, hyperparameters,
         performance, training_resources, run_resources, features, inference,
-        drift_detection; sub-fields ("inference.max_batch_size",
+        drift_detection, visibility, allow_download, allow_remote_inference;
+        sub-fields ("inference.max_batch_size",
         "drift_detection.enabled"); or map keys ("labels.team",
         "hyperparameters.learning_rate": set from the model, removed when the
         model lacks the key). "*" replaces every one of them. Name and output-only

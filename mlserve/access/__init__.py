@@ -1,0 +1,13 @@
+"""Access control: who is calling (keys), what each caller may do (rules), the
+users, workspaces and apps those rules read (directory), and the audit trail.
+
+Every rule lives in :mod:`mlserve.access.rules`; the call guard authenticates
+and applies the per-RPC table, the domain asks the rules about resources.
+"""
+
+from __future__ import annotations
+
+from mlserve.access.keys import ADMIN_KEY_FILE, Access, changed
+from mlserve.access.rules import Principal, current_principal
+
+__all__ = ["ADMIN_KEY_FILE", "Access", "Principal", "changed", "current_principal"]

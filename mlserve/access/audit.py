@@ -1,0 +1,65 @@
+"""The audit trail: every management write, who made it, when, and how it ended."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from mlserve import store
+from mlserve.access.rules import Principal
+from mlserve.aio import in_thread
+from mlserve.catalog import Page
+from mlserve.paging import PageTokens, page_size
+
+MAX_RESOURCE_LENGTH = 300
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    time: dt.datetime
+    actor: str
+    key_id: str
+    method: str
+    resource: str
+    outcome: str
+
+
+class AuditLog:
+    def __init__(self, tokens: PageTokens) -> None:
+        self.tokens = tokens
+
+    @in_thread
+    def record(self, principal: Principal, method: str, resource: str, outcome: str) -> None:
+        store.AuditEvent.create(
+            actor=principal.name,
+            key_prefix=principal.key_prefix,
+            method=method,
+            resource=resource[:MAX_RESOURCE_LENGTH],
+            outcome=outcome,
+        )
+
+    @in_thread
+    def list_events(
+        self, requested: int, token: str, actor: str = "", resource: str = ""
+    ) -> Page[AuditRecord]:
+        size = page_size(requested)
+        fingerprint = {"list": "audit", "actor": actor, "resource": resource}
+        after = self.tokens.decode(fingerprint, token)
+        query = store.AuditEvent.select().order_by(store.AuditEvent.id.desc()).limit(size + 1)
+        if after is not None:
+            query = query.where(store.AuditEvent.id < int(after))
+        if actor:
+            query = query.where(store.AuditEvent.actor == actor)
+        if resource:
+            query = query.where(store.AuditEvent.resource == resource)
+        rows = list(query)
+        next_token = self.tokens.encode(fingerprint, rows[size - 1].id) if len(rows) > size else ""
+        return Page([_record(row) for row in rows[:size]], next_token)
+
+
+def _record(row: Any) -> AuditRecord:
+    return AuditRecord(
+        row.id, row.time, row.actor, row.key_prefix, row.method, row.resource, row.outcome
+    )

@@ -1,0 +1,279 @@
+"""Who is calling: API keys, and the principal a valid key stands for.
+
+A key reads ``mls_<prefix>_<secret>``. The prefix is public and indexed, so a
+wrong key costs one indexed lookup and at most one hash, never a scan; an
+unknown prefix costs no hash at all. Secrets are stored with scrypt (memory
+hard) and compared in constant time; at most ``_HASHING_AT_ONCE`` hashes run
+at a time, so a flood of wrong keys cannot take every worker thread. Keys of
+databases before schema 6 carry a SHA-256 hash (``algorithm`` "sha256") and
+are re-hashed with scrypt the first time they verify.
+
+Decisions are cached for ``cache_seconds`` (1 s) so the gateway's hot path
+does no database work. After that the key's row, its user and memberships are
+read again (no re-hash: the verified hash is remembered), so revocation,
+expiry and deactivation by another replica take effect within the bound; in
+this process they take effect at once (``forget`` clears the cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlserve import store
+from mlserve.access.rules import (
+    ADMIN,
+    CONSUMER,
+    OWNER,
+    Principal,
+    infer_decision,
+    model_policy,
+)
+from mlserve.aio import in_thread
+from mlserve.errors import MLServeError, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+ADMIN_KEY_FILE = "admin.key"
+ADMIN_USER = "admin"
+_CACHE_LIMIT = 10_000
+SCRYPT = "scrypt"
+# 16 MiB and a few tens of milliseconds per hash.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_HASHING_AT_ONCE = 2
+_LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+_INVALID = "the API key is not valid"
+
+
+# Bumped by every change that can alter a decision (keys, users, models,
+# memberships, apps): cached decisions of an older generation are not used.
+_generation = 0
+
+
+def changed() -> None:
+    """Cached decisions of this process are stale: decide again on the next call."""
+    global _generation
+    _generation += 1
+
+
+@dataclass(frozen=True)
+class NewKey:
+    plaintext: str
+    prefix: str
+    secret_hash: str
+
+
+def make_key() -> NewKey:
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return NewKey(f"mls_{prefix}_{secret}", prefix, hash_secret(secret))
+
+
+def hash_secret(secret: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(secret, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    return f"{SCRYPT}${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+
+
+def verify_secret(secret: str, stored: str, algorithm: str) -> bool:
+    """Constant-time check of ``secret`` against a stored hash of either algorithm."""
+    if algorithm != SCRYPT:
+        expected = hashlib.sha256(secret.encode()).hexdigest()
+        return hmac.compare_digest(stored, expected)
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        actual = _scrypt(secret, bytes.fromhex(salt), int(n), int(r), int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(bytes.fromhex(digest), actual)
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "mls" or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def create_key_row(**owner: Any) -> tuple[str, Any]:
+    """Make a key for ``owner`` (user=… or consumer=…, expire_time=…): (plaintext, row)."""
+    key = make_key()
+    name = owner["user"].name if owner.get("user") else _consumer_name(owner["consumer"])
+    role = owner["user"].role if owner.get("user") else CONSUMER
+    row = store.ApiKey.create(
+        prefix=key.prefix,
+        secret_hash=key.secret_hash,
+        algorithm=SCRYPT,
+        owner=name,
+        role=role,
+        **owner,
+    )
+    return key.plaintext, row
+
+
+def _consumer_name(consumer: Any) -> str:
+    return f"{consumer.app.name}/{consumer.name}"
+
+
+class Access:
+    """Authenticates keys, with a short decision cache."""
+
+    def __init__(self, cache_seconds: float = 1.0) -> None:
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, int, Principal]] = {}
+        # key -> the stored hash it verified against: refreshing a principal
+        # re-reads the row but does not hash again while the hash is the same.
+        self._verified: dict[str, str] = {}
+        self._hashing = threading.BoundedSemaphore(_HASHING_AT_ONCE)
+        # (key prefix, model) -> (expiry, why not or None): the gateway's decisions.
+        self._infer: dict[tuple[str, str], tuple[float, int, MLServeError | None]] = {}
+
+    async def check_infer(self, principal: Principal, model: str) -> None:
+        """Raise unless ``principal`` may infer on ``model``; cached like keys."""
+        cache_key = (principal.key_prefix, model)
+        now = time.monotonic()
+        entry = self._infer.get(cache_key)
+        if entry is None or entry[0] <= now or entry[1] != _generation:
+            generation = _generation
+            policy = await in_thread(model_policy)(model)
+            if len(self._infer) >= _CACHE_LIMIT:
+                self._infer.clear()
+            decision = infer_decision(principal, policy)
+            entry = self._infer[cache_key] = (now + self.cache_seconds, generation, decision)
+        refusal = entry[2]
+        if refusal is not None:
+            raise type(refusal)(refusal.message)
+
+    def bootstrap_admin_key(self, home: Path) -> Path | None:
+        """On first start, create the admin user and key, written to ``home/admin.key`` (0600).
+
+        Returns the file written, or None when keys already exist.
+        """
+        if store.ApiKey.select().exists():
+            return None
+        path = home / ADMIN_KEY_FILE
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a key file from a database that no longer exists
+        with store.database.atomic():
+            user = store.User.get_or_none(store.User.name == ADMIN_USER)
+            if user is None:
+                workspace = store.Workspace.create(name=ADMIN_USER)
+                user = store.User.create(name=ADMIN_USER, role=ADMIN, default_workspace=workspace)
+                store.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
+                orphans = store.Model.workspace.is_null()
+                store.Model.update(workspace=workspace).where(orphans).execute()
+            plaintext, _ = create_key_row(user=user)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(plaintext + "\n")
+        return path
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal for a recently verified header value, without awaiting anything."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        entry = self._cache.get(key.strip())
+        if entry is not None and entry[0] > time.monotonic() and entry[1] == _generation:
+            return entry[2]
+        return None
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal behind an ``authorization: Bearer <key>`` value, or Unauthenticated."""
+        if not authorization:
+            raise Unauthenticated(
+                "missing API key: send metadata 'authorization: Bearer <key>' "
+                "(the first admin key is in $MLSERVE_HOME/admin.key)"
+            )
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("authorization metadata must read 'Bearer <key>'")
+        key = key.strip()
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now and cached[1] == _generation:
+            return cached[2]
+        generation = _generation
+        principal = await self._verify(key)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = (now + self.cache_seconds, generation, principal)
+        return principal
+
+    @in_thread
+    def _verify(self, key: str) -> Principal:
+        parts = split_key(key)
+        row = None if parts is None else store.ApiKey.get_or_none(store.ApiKey.prefix == parts[0])
+        if parts is None or row is None:
+            raise Unauthenticated(_INVALID)
+        if self._verified.get(key) != row.secret_hash:
+            with self._hashing:
+                good = verify_secret(parts[1], row.secret_hash, row.algorithm)
+            if not good:
+                raise Unauthenticated(_INVALID)
+            if row.algorithm != SCRYPT:
+                row.secret_hash, row.algorithm = hash_secret(parts[1]), SCRYPT
+                row.save(only=[store.ApiKey.secret_hash, store.ApiKey.algorithm])
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.clear()
+            self._verified[key] = row.secret_hash
+        _check_usable(row)
+        now = store.utcnow()
+        if row.last_used_time is None or now - row.last_used_time > _LAST_USED_RESOLUTION:
+            store.ApiKey.update(last_used_time=now).where(store.ApiKey.id == row.id).execute()
+        return _principal(row)
+
+
+def _check_usable(row: Any) -> None:
+    if row.revoked:
+        raise Unauthenticated(f"API key {row.prefix} was revoked: ask for a new key")
+    if row.expire_time is not None and row.expire_time <= store.utcnow():
+        raise Unauthenticated(f"API key {row.prefix} expired: ask for a new key")
+    if row.user_id is not None and not row.user.active:
+        raise Unauthenticated(
+            f"user {row.user.name!r} is deactivated: an admin can activate the user again"
+        )
+    if row.user_id is None and row.consumer_id is None:
+        raise Unauthenticated(_INVALID)
+
+
+def _principal(row: Any) -> Principal:
+    if row.consumer_id is not None:
+        consumer = row.consumer
+        app = consumer.app
+        routes = store.AppRoute.select(store.AppRoute.model).where(store.AppRoute.app == app)
+        return Principal(
+            key_prefix=row.prefix,
+            name=_consumer_name(consumer),
+            role=CONSUMER,
+            app=app.name,
+            routes=frozenset(route.model for route in routes),
+            retries=app.retries,
+            timeout_seconds=app.timeout_seconds,
+        )
+    user = row.user
+    memberships = store.WorkspaceMember.select(
+        store.WorkspaceMember.workspace, store.WorkspaceMember.role
+    ).where(store.WorkspaceMember.user == user)
+    return Principal(
+        key_prefix=row.prefix,
+        name=user.name,
+        role=user.role,
+        user_id=user.id,
+        default_workspace=user.default_workspace_id,
+        workspaces=dict(memberships.tuples()),  # type: ignore[arg-type]  # .tuples()
+    )

@@ -1,0 +1,67 @@
+"""mlserve.v1.WorkspaceService over the access directory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.empty_pb2 import Empty
+
+from mlserve.access.directory import Directory
+from mlserve.api import convert_access as convert
+from mlserve_api.v1 import workspace_pb2, workspace_pb2_grpc
+
+Context = Any
+
+
+class WorkspaceService(workspace_pb2_grpc.WorkspaceServiceServicer):
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    async def CreateWorkspace(
+        self, request: workspace_pb2.CreateWorkspaceRequest, context: Context
+    ) -> workspace_pb2.Workspace:
+        return convert.workspace(await self.directory.create_workspace(request.workspace.name))
+
+    async def GetWorkspace(
+        self, request: workspace_pb2.GetWorkspaceRequest, context: Context
+    ) -> workspace_pb2.Workspace:
+        return convert.workspace(await self.directory.get_workspace(request.name))
+
+    async def ListWorkspaces(
+        self, request: workspace_pb2.ListWorkspacesRequest, context: Context
+    ) -> workspace_pb2.ListWorkspacesResponse:
+        page = await self.directory.list_workspaces(request.page_size, request.page_token)
+        return workspace_pb2.ListWorkspacesResponse(
+            workspaces=[convert.workspace(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ArchiveWorkspace(
+        self, request: workspace_pb2.ArchiveWorkspaceRequest, context: Context
+    ) -> workspace_pb2.Workspace:
+        return convert.workspace(await self.directory.archive_workspace(request.name))
+
+    async def AddMember(
+        self, request: workspace_pb2.AddMemberRequest, context: Context
+    ) -> workspace_pb2.Member:
+        record = await self.directory.add_member(
+            request.workspace, request.user, convert.member_role(request.role)
+        )
+        return convert.member(record)
+
+    async def RemoveMember(
+        self, request: workspace_pb2.RemoveMemberRequest, context: Context
+    ) -> Empty:
+        await self.directory.remove_member(request.workspace, request.user)
+        return Empty()
+
+    async def ListMembers(
+        self, request: workspace_pb2.ListMembersRequest, context: Context
+    ) -> workspace_pb2.ListMembersResponse:
+        page = await self.directory.list_members(
+            request.workspace, request.page_size, request.page_token
+        )
+        return workspace_pb2.ListMembersResponse(
+            members=[convert.member(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
