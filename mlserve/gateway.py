@@ -102,7 +102,10 @@ class Router:
 
     async def _explain_missing(self, model: str) -> None:
         exists = await in_thread(
-            lambda: store.Model.select().where(store.Model.name == model).exists()
+            lambda: (
+                store.Model.select().where(store.Model.name == model).exists()
+                or store.Pipeline.select().where(store.Pipeline.name == model).exists()
+            )
         )()
         if not exists:
             raise NotFound(f"model {model!r} does not exist")
@@ -124,6 +127,20 @@ def _load_routes() -> dict[str, Route]:
         versions[row.deployment.name] = row.deployment.version
         if row.state == READY:
             servers[row.deployment.name].append(row.server.name)
+    # A deployed pipeline is routed by its name to its ensemble.
+    pipeline_rows = (
+        store.PipelineTarget.select(
+            store.PipelineTarget, store.PipelineDeployment, store.Pipeline, store.Server
+        )
+        .join_from(store.PipelineTarget, store.PipelineDeployment)
+        .join_from(store.PipelineDeployment, store.Pipeline)
+        .join_from(store.PipelineTarget, store.Server)
+        .order_by(store.Pipeline.name, store.PipelineTarget.position)
+    )
+    for target in pipeline_rows:
+        versions[target.deployment.pipeline.name] = target.deployment.version
+        if target.state == READY:
+            servers[target.deployment.pipeline.name].append(target.server.name)
     return {
         name: Route(name, version, tuple(servers.get(name, ())))
         for name, version in versions.items()

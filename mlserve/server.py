@@ -22,12 +22,15 @@ from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
+from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.catalog import Catalog
 from mlserve.deployments import DEFAULT_SERVER, Deployments
 from mlserve.fleet import Fleet
 from mlserve.gateway import Router
 from mlserve.paging import PageTokens
+from mlserve.pipeline_deployments import PipelineDeployments
+from mlserve.pipelines import Pipelines
 from mlserve.repository import Repository
 from mlserve.settings import Settings
 from mlserve.stats import InferenceStats
@@ -38,6 +41,8 @@ from mlserve_api.v1 import (
     deployment_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
 )
@@ -49,6 +54,7 @@ SERVICES = (
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
     deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+    pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
 )
 
 
@@ -64,6 +70,8 @@ class Domain:
     access: Access
     router: Router
     stats: InferenceStats
+    pipelines: Pipelines
+    pipeline_deployments: PipelineDeployments
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -77,8 +85,21 @@ def build_domain(settings: Settings) -> Domain:
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
+    # After the model deployments' callback: members may be deployments too.
+    pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
+    fleet.on_change(pipeline_deployments.server_changed)
+    pipeline_deployments.on_change(router.reload)
     return Domain(
-        repository, catalog, uploads, fleet, deployments, Access(), router, InferenceStats()
+        repository,
+        catalog,
+        uploads,
+        fleet,
+        deployments,
+        Access(),
+        router,
+        InferenceStats(),
+        Pipelines(tokens),
+        pipeline_deployments,
     )
 
 
@@ -168,7 +189,10 @@ class MLServe:
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(domain.deployments), server
+            DeploymentService(domain.deployments, domain.pipeline_deployments), server
+        )
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
+            PipelineService(domain.pipelines, lambda: self.address), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         gateway = InferenceGateway(domain.router, domain.fleet, domain.deployments, domain.stats)

@@ -23,7 +23,7 @@ from typing import Any
 
 from mlserve import modelconfig, store
 from mlserve.aio import in_thread
-from mlserve.catalog import Catalog, FileSpec, VersionRecord, find_version
+from mlserve.catalog import Catalog, FileSpec, VersionRecord, find_version, refuse_pipeline_name
 from mlserve.errors import (
     DataLoss,
     FailedPrecondition,
@@ -190,6 +190,7 @@ class Uploads:
 
     def _plan(self, header: UploadHeader) -> _Plan:
         model = check_name(header.model, "model name")
+        refuse_pipeline_name(model)
         if len(header.files) > MAX_FILES:
             raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
         files: dict[str, FileSpec] = {}

@@ -17,7 +17,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mlserve_api.v1 import deployment_pb2_grpc, model_pb2_grpc, server_pb2_grpc
+from mlserve_api.v1 import (
+    deployment_pb2_grpc,
+    model_pb2_grpc,
+    pipeline_pb2_grpc,
+    server_pb2_grpc,
+)
 
 STARTUP_TIMEOUT = 90.0
 
@@ -36,12 +41,14 @@ class Stubs:
     servers: server_pb2_grpc.ServerServiceStub = field(init=False)
     deployments: deployment_pb2_grpc.DeploymentServiceStub = field(init=False)
     health: health_pb2_grpc.HealthStub = field(init=False)
+    pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self.channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

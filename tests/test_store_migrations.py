@@ -18,6 +18,8 @@ def test_schema_1_database_is_migrated_without_losing_rows(tmp_path: Path) -> No
     # Turn it into what the foundation's first schema wrote.
     db.execute_sql('DROP TABLE "inference_count"')
     db.execute_sql('ALTER TABLE "server" DROP COLUMN "shares_repository"')
+    db.drop_tables(store.PIPELINE_TABLES)
+    db.execute_sql('ALTER TABLE "deployment" DROP COLUMN "serving"')
     store.SchemaInfo.update(version=1).execute()
     db.close()
 
