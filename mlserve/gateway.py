@@ -11,6 +11,7 @@ replica from piling up a queue that round robin would keep feeding.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -141,6 +142,11 @@ def _load_routes() -> dict[str, Route]:
         versions[target.deployment.pipeline.name] = target.deployment.version
         if target.state == READY:
             servers[target.deployment.pipeline.name].append(target.server.name)
+            # Members are routed too: per-step statistics, and calling a step alone.
+            for model, version, *_ in json.loads(target.members):
+                versions.setdefault(model, version)
+                if target.server.name not in servers[model]:
+                    servers[model].append(target.server.name)
     return {
         name: Route(name, version, tuple(servers.get(name, ())))
         for name, version in versions.items()

@@ -1,0 +1,331 @@
+"""Pipelines end to end, as a new user meets them: Python-backend models
+uploaded to a real MLServe, chained into a pipeline, deployed as a Triton
+ensemble on its real embedded Triton, and called through the gateway with
+tritonclient and grpcurl. No mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2
+from tests.conftest import MLServeProcess, Stubs
+from tests.models import add_model_files, scale_model_files
+from tests.test_grpcurl import grpcurl
+from tests.test_lifecycle import local_triton
+from tests.uploading import stream
+
+Code = grpc.StatusCode
+READY = deployment_pb2.DEPLOYMENT_STATE_READY
+FAILED = deployment_pb2.DEPLOYMENT_STATE_FAILED
+
+
+def upload(stubs: Stubs, files: dict[str, bytes], name: str) -> model_pb2.ModelVersion:
+    files = dict(files)
+    config = files.pop("config.pbtxt").decode()
+    version: model_pb2.ModelVersion = stubs.models.UploadModelVersion(
+        stream(name, files, config=config), metadata=stubs.auth
+    )
+    return version
+
+
+def step(name: str, model: str, inputs: dict[str, str], outputs: dict[str, str], **kw: Any) -> Any:
+    return pipeline_pb2.PipelineStep(
+        name=name, model=model, input_map=inputs, output_map=outputs, **kw
+    )
+
+
+def chain(
+    name: str, models: tuple[str, str, str], **changes: pipeline_pb2.PipelineStep
+) -> pipeline_pb2.Pipeline:
+    """A -> pre (x2) -> P; (P, B) -> model (add) -> S; S -> post (+100) -> OUT."""
+    pre, add, post = models
+    steps = {
+        "pre": step("pre", pre, {"INPUT": "A"}, {"OUTPUT": "P"}),
+        "model": step("model", add, {"INPUT0": "P", "INPUT1": "B"}, {"OUTPUT0": "S"}),
+        "post": step("post", post, {"INPUT": "S"}, {"OUTPUT": "OUT"}),
+    }
+    steps.update(changes)
+    return pipeline_pb2.Pipeline(
+        name=name,
+        inputs=[pipeline_pb2.PipelineTensor(name="A"), pipeline_pb2.PipelineTensor(name="B")],
+        outputs=[pipeline_pb2.PipelineTensor(name="OUT")],
+        steps=list(steps.values()),
+    )
+
+
+class Members:
+    def __init__(self, prefix: str) -> None:
+        self.pre, self.add, self.post = f"{prefix}-pre", f"{prefix}-add", f"{prefix}-post"
+
+    @property
+    def all(self) -> tuple[str, str, str]:
+        return (self.pre, self.add, self.post)
+
+
+@pytest.fixture(scope="module")
+def members(stubs: Stubs) -> Members:
+    names = Members(f"t-pl-{os.getpid() % 1000}")
+    upload(stubs, scale_model_files(names.pre, factor=2.0), names.pre)
+    upload(stubs, add_model_files(name=names.add), names.add)
+    upload(stubs, scale_model_files(names.post, offset=100.0), names.post)
+    return names
+
+
+def create(stubs: Stubs, pipeline: pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
+    created: pipeline_pb2.Pipeline = stubs.pipelines.CreatePipeline(
+        pipeline_pb2.CreatePipelineRequest(pipeline=pipeline), metadata=stubs.auth
+    )
+    return created
+
+
+def deploy_pipeline(stubs: Stubs, name: str) -> deployment_pb2.Deployment:
+    deployment: deployment_pb2.Deployment = stubs.deployments.CreateDeployment(
+        deployment_pb2.CreateDeploymentRequest(deployment=deployment_pb2.Deployment(pipeline=name)),
+        metadata=stubs.auth,
+        timeout=180,
+    )
+    return deployment
+
+
+def cleanup(stubs: Stubs, name: str) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=name), metadata=stubs.auth, timeout=60
+        )
+    with contextlib.suppress(grpc.RpcError):
+        stubs.pipelines.DeletePipeline(
+            pipeline_pb2.DeletePipelineRequest(name=name), metadata=stubs.auth
+        )
+
+
+def error_of(call: Any, request: Any, stubs: Stubs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, metadata=stubs.auth, timeout=120)
+    return caught.value
+
+
+def pipeline_names(stubs: Stubs) -> list[str]:
+    page = stubs.pipelines.ListPipelines(
+        pipeline_pb2.ListPipelinesRequest(page_size=1000), metadata=stubs.auth
+    )
+    return [p.name for p in page.pipelines]
+
+
+def infer(address: str, model: str, headers: dict[str, str]) -> np.ndarray:
+    client = triton.InferenceServerClient(address)
+    a = np.array([1, 2, 3, 4], dtype=np.float32)
+    b = np.array([10, 20, 30, 40], dtype=np.float32)
+    inputs = [triton.InferInput("A", [4], "FP32"), triton.InferInput("B", [4], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result: np.ndarray = client.infer(model, inputs, headers=headers).as_numpy("OUT")
+    return result
+
+
+def test_a_three_step_pipeline_answers_through_the_gateway(
+    stubs: Stubs, mlserve: MLServeProcess, members: Members
+) -> None:
+    name = f"t-pl-chain-{os.getpid() % 1000}"
+    try:
+        created = create(stubs, chain(name, members.all))
+        assert (created.version, created.state) == (1, pipeline_pb2.PIPELINE_STATE_REGISTERED)
+        assert [(t.name, t.datatype) for t in created.inputs] == [("A", "FP32"), ("B", "FP32")]
+        assert (created.inference_address, created.inference_model) == (mlserve.address, name)
+
+        deployment = deploy_pipeline(stubs, name)
+        assert deployment.state == READY, deployment
+        (target,) = deployment.targets
+        assert target.server == "local"
+        assert [(m.model, m.version, m.state) for m in target.members] == [
+            (members.pre, 1, READY),
+            (members.add, 1, READY),
+            (members.post, 1, READY),
+        ]
+        assert (
+            stubs.deployments.GetDeployment(
+                deployment_pb2.GetDeploymentRequest(name=name), metadata=stubs.auth
+            )
+            == deployment
+        )
+        shown = stubs.pipelines.GetPipeline(
+            pipeline_pb2.GetPipelineRequest(name=name), metadata=stubs.auth
+        )
+        assert (shown.state, shown.deployed_version) == (pipeline_pb2.PIPELINE_STATE_DEPLOYED, 1)
+
+        headers = {"authorization": f"Bearer {mlserve.key}"}
+        # (2A + B) + 100
+        np.testing.assert_array_equal(
+            infer(shown.inference_address, shown.inference_model, headers),
+            np.array([112, 124, 136, 148], dtype=np.float32),
+        )
+        # Per-step statistics through the gateway: each member counted the call.
+        client = triton.InferenceServerClient(mlserve.address)
+        for member in (members.pre, members.add, members.post):
+            stats = client.get_inference_statistics(member, headers=headers, as_json=True)
+            assert int(stats["model_stats"][0]["inference_count"]) >= 1, (member, stats)
+
+        # A member version in use, and the deployed pipeline, cannot be deleted.
+        failure = error_of(
+            stubs.models.DeleteModelVersion,
+            model_pb2.DeleteModelVersionRequest(model=members.add, version=1),
+            stubs,
+        )
+        assert failure.code() == Code.FAILED_PRECONDITION
+        assert f"pipeline {name!r}" in (failure.details() or "")
+        failure = error_of(
+            stubs.pipelines.DeletePipeline, pipeline_pb2.DeletePipelineRequest(name=name), stubs
+        )
+        assert failure.code() == Code.FAILED_PRECONDITION
+        assert (
+            stubs.models.GetModelVersion(
+                model_pb2.GetModelVersionRequest(model=members.add, version=1), metadata=stubs.auth
+            ).version
+            == 1
+        )
+
+        # Undeploying removes the ensemble and its members from Triton.
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=name), metadata=stubs.auth, timeout=120
+        )
+        local = local_triton(stubs)
+        for model in (name, members.pre, members.add, members.post):
+            assert not local.is_model_ready(model), model
+    finally:
+        cleanup(stubs, name)
+
+
+def test_bad_pipelines_are_refused_with_the_right_code_and_nothing_created(
+    stubs: Stubs, members: Members
+) -> None:
+    name = f"t-pl-bad-{os.getpid() % 1000}"
+    m = members
+    cases = [
+        (step("pre", "../secret", {"INPUT": "A"}, {"OUTPUT": "P"}), Code.INVALID_ARGUMENT, "pre"),
+        (step("pre", "a/b", {"INPUT": "A"}, {"OUTPUT": "P"}), Code.INVALID_ARGUMENT, "pre"),
+        (step("pre", m.pre, {"INPUT": "OUT"}, {"OUTPUT": "P"}), Code.INVALID_ARGUMENT, "cycle"),
+        (step("pre", m.pre, {"INPUT": "Z"}, {"OUTPUT": "P"}), Code.INVALID_ARGUMENT, "'Z'"),
+        (step("pre", m.add, {"INPUT0": "A"}, {"OUTPUT0": "P"}), Code.INVALID_ARGUMENT, "INPUT1"),
+        (step("pre", "ghost", {"INPUT": "A"}, {"OUTPUT": "P"}), Code.NOT_FOUND, "'pre'"),
+        (
+            step("pre", m.pre, {"INPUT": "A"}, {"OUTPUT": "P"}, model_version=9),
+            Code.NOT_FOUND,
+            "'pre'",
+        ),
+    ]
+    for bad_step, code, named in cases:
+        error = error_of(
+            stubs.pipelines.CreatePipeline,
+            pipeline_pb2.CreatePipelineRequest(pipeline=chain(name, m.all, pre=bad_step)),
+            stubs,
+        )
+        assert error.code() == code, (bad_step, error.details())
+        assert named in (error.details() or ""), error.details()
+    taken = error_of(
+        stubs.pipelines.CreatePipeline,
+        pipeline_pb2.CreatePipelineRequest(pipeline=chain(m.add, m.all)),
+        stubs,
+    )
+    assert taken.code() == Code.ALREADY_EXISTS
+    assert name not in pipeline_names(stubs)
+    assert m.add not in pipeline_names(stubs)
+    try:
+        create(stubs, chain(name, m.all))
+        again = error_of(
+            stubs.pipelines.CreatePipeline,
+            pipeline_pb2.CreatePipelineRequest(pipeline=chain(name, m.all)),
+            stubs,
+        )
+        assert again.code() == Code.ALREADY_EXISTS
+        # A model cannot take the pipeline's name either, by upload or create.
+        clash = error_of(
+            stubs.models.CreateModel,
+            model_pb2.CreateModelRequest(model=model_pb2.Model(name=name)),
+            stubs,
+        )
+        assert clash.code() == Code.ALREADY_EXISTS
+        files = add_model_files(name=name)
+        config = files.pop("config.pbtxt").decode()
+        with pytest.raises(grpc.RpcError) as caught:
+            stubs.models.UploadModelVersion(stream(name, files, config=config), metadata=stubs.auth)
+        assert caught.value.code() == Code.ALREADY_EXISTS
+        missing = error_of(stubs.models.GetModel, model_pb2.GetModelRequest(name=name), stubs)
+        assert missing.code() == Code.NOT_FOUND
+    finally:
+        cleanup(stubs, name)
+
+
+def test_a_member_that_fails_to_load_fails_the_deployment_and_leaves_nothing_loaded(
+    stubs: Stubs, members: Members
+) -> None:
+    name = f"t-pl-broken-{os.getpid() % 1000}"
+    broken = f"t-pl-broken-post-{os.getpid() % 1000}"
+    upload(stubs, scale_model_files(broken, broken=True), broken)
+    try:
+        create(stubs, chain(name, (members.pre, members.add, broken)))
+        deployment = deploy_pipeline(stubs, name)
+        assert deployment.state == FAILED, deployment
+        (target,) = deployment.targets
+        assert "this model refuses to load" in target.message, target.message
+        assert broken in target.message
+        states = {m.model: m.state for m in target.members}
+        assert states[broken] == FAILED
+        local = local_triton(stubs)
+        for model in (name, members.pre, members.add, broken):
+            assert not local.is_model_ready(model), model
+    finally:
+        cleanup(stubs, name)
+        with contextlib.suppress(grpc.RpcError):
+            stubs.models.DeleteModel(model_pb2.DeleteModelRequest(name=broken), metadata=stubs.auth)
+
+
+def test_grpcurl_creates_and_describes_a_pipeline(
+    stubs: Stubs, mlserve: MLServeProcess, members: Members
+) -> None:
+    name = f"t-pl-grpcurl-{os.getpid() % 1000}"
+    body = {
+        "pipeline": {
+            "name": name,
+            "inputs": [{"name": "X"}],
+            "outputs": [{"name": "Y"}],
+            "steps": [
+                {"model": members.pre, "inputMap": {"INPUT": "X"}, "outputMap": {"OUTPUT": "M"}},
+                {
+                    "name": "again",
+                    "model": members.post,
+                    "inputMap": {"INPUT": "M"},
+                    "outputMap": {"OUTPUT": "Y"},
+                },
+            ],
+        }
+    }
+    try:
+        service = "mlserve.v1.PipelineService"
+        result = grpcurl(
+            mlserve, "-d", json.dumps(body), mlserve.address, f"{service}/CreatePipeline"
+        )
+        assert result.returncode == 0, result.stderr
+        result = grpcurl(
+            mlserve, "-d", json.dumps({"name": name}), mlserve.address, f"{service}/GetPipeline"
+        )
+        assert result.returncode == 0, result.stderr
+        shown = json.loads(result.stdout)
+        assert shown["inferenceModel"] == name
+        assert [s["name"] for s in shown["steps"]] == [members.pre, "again"]
+        bad = dict(body, pipeline=dict(body["pipeline"], name=name + "-x", steps=[
+            {"model": "../secret", "inputMap": {"INPUT": "X"}, "outputMap": {"OUTPUT": "Y"}}
+        ]))  # fmt: skip
+        result = grpcurl(
+            mlserve, "-d", json.dumps(bad), mlserve.address, f"{service}/CreatePipeline"
+        )
+        assert result.returncode != 0
+        assert "InvalidArgument" in result.stderr, result.stderr
+    finally:
+        cleanup(stubs, name)
