@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ import tritonclient.grpc as triton
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2
 from tests.conftest import MLServeProcess, Stubs
 from tests.models import add_model_files, scale_model_files
+from tests.test_cli import mlserve_cli
 from tests.test_grpcurl import grpcurl
 from tests.test_lifecycle import local_triton
 from tests.uploading import stream
@@ -327,5 +329,131 @@ def test_grpcurl_creates_and_describes_a_pipeline(
         )
         assert result.returncode != 0
         assert "InvalidArgument" in result.stderr, result.stderr
+    finally:
+        cleanup(stubs, name)
+
+
+def test_serving_settings_reach_triton_for_pipeline_steps_and_models(
+    stubs: Stubs, members: Members
+) -> None:
+    name = f"t-pl-batch-{os.getpid() % 1000}"
+    batched = f"t-pl-batched-{os.getpid() % 1000}"
+    alone = f"t-pl-alone-{os.getpid() % 1000}"
+    upload(stubs, scale_model_files(batched, factor=3.0, max_batch_size=8), batched)
+    upload(stubs, scale_model_files(alone, max_batch_size=8), alone)
+    settings = pipeline_pb2.ServingSettings(
+        instance_count=2,
+        max_batch_size=4,
+        dynamic_batching=pipeline_pb2.DynamicBatching(
+            preferred_batch_sizes=[2, 4], max_queue_delay_microseconds=500
+        ),
+    )
+    pipeline = pipeline_pb2.Pipeline(
+        name=name,
+        inputs=[pipeline_pb2.PipelineTensor(name="X")],
+        outputs=[pipeline_pb2.PipelineTensor(name="Y")],
+        steps=[step("triple", batched, {"INPUT": "X"}, {"OUTPUT": "Y"}, serving=settings)],
+    )
+    local = local_triton(stubs)
+    try:
+        created = create(stubs, pipeline)
+        assert created.steps[0].serving == settings
+        assert deploy_pipeline(stubs, name).state == READY
+        config = local.get_model_config(batched).config
+        assert (config.max_batch_size, config.instance_group[0].count) == (4, 2)
+        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert local.get_model_config(name).config.max_batch_size == 4
+
+        # The same settings on a model's own deployment, at deploy time.
+        deployment = stubs.deployments.CreateDeployment(
+            deployment_pb2.CreateDeploymentRequest(
+                deployment=deployment_pb2.Deployment(model=alone, serving=settings)
+            ),
+            metadata=stubs.auth,
+            timeout=120,
+        )
+        assert (deployment.state, deployment.serving) == (READY, settings)
+        config = local.get_model_config(alone).config
+        assert (config.max_batch_size, config.instance_group[0].count) == (4, 2)
+        # A model without a batch dimension cannot be made to batch: nothing deployed.
+        refused = error_of(
+            stubs.deployments.CreateDeployment,
+            deployment_pb2.CreateDeploymentRequest(
+                deployment=deployment_pb2.Deployment(model=members.pre, serving=settings)
+            ),
+            stubs,
+        )
+        assert refused.code() == Code.INVALID_ARGUMENT
+        assert "max_batch_size" in (refused.details() or "")
+        missing = error_of(
+            stubs.deployments.GetDeployment,
+            deployment_pb2.GetDeploymentRequest(name=members.pre),
+            stubs,
+        )
+        assert missing.code() == Code.NOT_FOUND
+    finally:
+        cleanup(stubs, name)
+        cleanup(stubs, alone)
+        for model in (batched, alone):
+            with contextlib.suppress(grpc.RpcError):
+                stubs.models.DeleteModel(
+                    model_pb2.DeleteModelRequest(name=model), metadata=stubs.auth
+                )
+
+
+SPEC = """\
+name: {name}
+description: three steps from YAML
+inputs: [A, B]
+outputs: [OUT]
+steps:
+  - {{name: pre, model: {pre}, input_map: {{INPUT: A}}, output_map: {{OUTPUT: P}}}}
+  - name: model
+    model: {add}
+    model_version: 1
+    input_map: {{INPUT0: P, INPUT1: B}}
+    output_map: {{OUTPUT0: S}}
+  - {{name: post, model: {post}, input_map: {{INPUT: S}}, output_map: {{OUTPUT: OUT}}}}
+"""
+
+
+def test_the_cli_creates_deploys_and_removes_a_pipeline_from_yaml(
+    stubs: Stubs, mlserve: MLServeProcess, members: Members, tmp_path: Path
+) -> None:
+    name = f"t-pl-cli-{os.getpid() % 1000}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(name=name, pre=members.pre, add=members.add, post=members.post))
+    try:
+        created = mlserve_cli(mlserve, "pipelines", "create", str(spec))
+        assert created.returncode == 0, created.stderr
+        assert f"created pipeline {name} version 1" in created.stdout
+        listed = mlserve_cli(mlserve, "pipelines", "list")
+        assert f"{name}  1" in listed.stdout
+        assert "pre -> model -> post" in listed.stdout
+        shown = mlserve_cli(mlserve, "pipelines", "get", name)
+        assert shown.returncode == 0, shown.stderr
+        assert f"{mlserve.address} model {name}" in shown.stdout
+        assert "A FP32[-1]" in shown.stdout
+
+        deployed = mlserve_cli(mlserve, "pipelines", "deploy", name)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert f"pipeline {name} version 1  READY" in deployed.stdout
+        assert members.add in deployed.stdout
+        headers = {"authorization": f"Bearer {mlserve.key}"}
+        np.testing.assert_array_equal(
+            infer(mlserve.address, name, headers), np.array([112, 124, 136, 148], np.float32)
+        )
+        refused = mlserve_cli(mlserve, "pipelines", "delete", name)
+        assert refused.returncode == 1
+        assert "FAILED_PRECONDITION" in refused.stderr
+        assert mlserve_cli(mlserve, "pipelines", "undeploy", name).returncode == 0
+        assert mlserve_cli(mlserve, "pipelines", "delete", name).returncode == 0
+        assert name not in pipeline_names(stubs)
+
+        spec.write_text("name: [not, a, name]\n")
+        broken = mlserve_cli(mlserve, "pipelines", "create", str(spec))
+        assert broken.returncode == 1
+        assert "pipeline spec is not valid" in broken.stderr
     finally:
         cleanup(stubs, name)
