@@ -1,4 +1,4 @@
-"""``python -m bench [upload|deploy|gateway|all] [--upload-size 2G] [--rounds 5] ...``.
+"""``python -m bench [upload|deploy|gateway|pipeline|all] [--upload-size 2G] [--rounds 5] ...``.
 
 Prints each benchmark's tables and appends a markdown summary of the run to
 bench/results/latest.md (gitignored).
@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import deploy, gateway, upload
+from bench import deploy, gateway, pipeline, upload
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "which",
         nargs="?",
-        choices=["upload", "deploy", "gateway", "all"],
+        choices=["upload", "deploy", "gateway", "pipeline", "all"],
         default="all",
         help="which benchmark to run (default: %(default)s)",
     )
@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("deploy", lambda: deploy.run(args.rounds)))
     if args.which in ("gateway", "all"):
         benchmarks.append(("gateway", lambda: gateway.run()))
+    if args.which in ("pipeline", "all"):
+        benchmarks.append(("pipeline", lambda: pipeline.run()))
 
     started = dt.datetime.now().astimezone()
     reports: list[Report] = []
