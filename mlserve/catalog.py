@@ -352,9 +352,9 @@ def refuse_pipeline_name(name: str) -> None:
         )
 
 
-def pipeline_members(model: str) -> list[tuple[str, int]]:
-    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
-    rows = (
+def member_rows(model: str) -> Any:
+    """The PipelineMember rows, with their deployment and pipeline, that run ``model``."""
+    return (
         store.PipelineMember.select(store.PipelineMember, store.PipelineDeployment, store.Pipeline)
         .join(store.PipelineDeployment)
         .join(store.Pipeline)
@@ -363,7 +363,11 @@ def pipeline_members(model: str) -> list[tuple[str, int]]:
         .where(store.Model.name == model)
         .order_by(store.Pipeline.name)
     )
-    return [(row.deployment.pipeline.name, row.version) for row in rows]
+
+
+def pipeline_members(model: str) -> list[tuple[str, int]]:
+    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
+    return [(row.deployment.pipeline.name, row.version) for row in member_rows(model)]
 
 
 def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:

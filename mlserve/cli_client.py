@@ -270,7 +270,11 @@ def _add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentPar
 
 
 def _deploy(client: Client, args: argparse.Namespace) -> int:
-    deployment = client.deploy(args.name, args.version, args.servers)
+    return _report_deployment(client.deploy(args.name, args.version, args.servers))
+
+
+def _report_deployment(deployment: deployment_pb2.Deployment) -> int:
+    """Print a deployment; exit code 1 when a target failed or is unreachable."""
     _print_deployment(deployment)
     if deployment.state in _TROUBLED_DEPLOYMENT:
         return _fail(f"deployment {deployment.name} is {_deployment_state(deployment.state)}")
@@ -511,11 +515,7 @@ def _delete_pipeline(client: Client, args: argparse.Namespace) -> int:
 
 
 def _deploy_pipeline(client: Client, args: argparse.Namespace) -> int:
-    deployment = client.deploy_pipeline(args.name, args.version, args.servers)
-    _print_deployment(deployment)
-    if deployment.state in _TROUBLED_DEPLOYMENT:
-        return _fail(f"deployment {deployment.name} is {_deployment_state(deployment.state)}")
-    return 0
+    return _report_deployment(client.deploy_pipeline(args.name, args.version, args.servers))
 
 
 def _tensors(tensors: Iterable[pipeline_pb2.PipelineTensor]) -> str:

@@ -101,9 +101,12 @@ class Deployments:
         """Call ``listener()`` after any deployment or target state changed."""
         self._listeners.append(listener)
 
-    async def _changed(self) -> None:
+    async def changed(self) -> None:
+        """Tell the listeners (the router) that deployments changed."""
         for listener in self._listeners:
             await listener()
+
+    _changed = changed
 
     async def create(
         self,
@@ -340,19 +343,25 @@ class Deployments:
         files = None if row.shares_repository else await in_thread(self._files_to_push)(record)
         await client.load(record.model, config_json=modelconfig.to_json(config), files=files)
 
-    def _files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
+    def files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
+        """A version's files keyed as RepositoryModelLoad takes them (blocking)."""
         files: dict[str, bytes] = {}
         for spec in record.files:
             with self.repository.open_version_file(record.model, record.version, spec.path) as f:
                 files[f"{record.version}/{spec.path}"] = f.read()
         return files
 
-    async def _unload_quietly(self, model: str, server: str) -> None:
+    _files_to_push = files_to_push
+
+    async def unload_quietly(self, model: str, server: str) -> None:
+        """Unload ``model`` from ``server``; log, do not raise, when it cannot be done."""
         try:
             client = await self.fleet.client(server)
             await client.unload(model)
         except (Unavailable, NotFound) as error:
             log.warning("could not unload %s from %s: %s", model, server, error.message)
+
+    _unload_quietly = unload_quietly
 
 
 def _deployment_row_or_none(name: str) -> Any:

@@ -21,13 +21,13 @@ import datetime as dt
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlserve import modelconfig, serving, store
 from mlserve.aio import in_thread
-from mlserve.catalog import VersionRecord, find_version
+from mlserve.catalog import find_version, member_rows
 from mlserve.deployments import (
     FAILED,
     PENDING,
@@ -87,22 +87,14 @@ class PipelineDeployments:
         self.deployments = deployments
         self.repository = repository
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._listeners: list[Callable[[], Awaitable[None]]] = []
-
-    def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
-        self._listeners.append(listener)
-
-    async def _changed(self) -> None:
-        for listener in self._listeners:
-            await listener()
+        # The router listens to model deployments; pipelines tell it the same way.
+        self._changed = deployments.changed
+        self._unload_quietly = deployments.unload_quietly
 
     async def get_or_none(self, name: str) -> PipelineDeploymentRecord | None:
         """The deployment of pipeline ``name``, or None when it is not deployed."""
         check_name(name, "deployment name")
         return await in_thread(_record_or_none)(name)
-
-    async def list_all(self) -> list[PipelineDeploymentRecord]:
-        return await in_thread(_all_records)()
 
     async def create(
         self, pipeline: str, version: int, placement: Placement
@@ -206,7 +198,7 @@ class PipelineDeployments:
             await client.load(member.model, config_json=config_json)
             return
         record = await in_thread(find_version)(member.model, member.version)
-        files = await in_thread(self._files_to_push)(record)
+        files = await in_thread(self.deployments.files_to_push)(record)
         await client.load(member.model, config_json=config_json, files=files)
 
     async def _load_ensemble(self, plan: _Plan, client: Any) -> None:
@@ -221,13 +213,6 @@ class PipelineDeployments:
             # See the module docstring: Triton's member poll failed on a
             # server without the repository, yet the ensemble is serving.
 
-    def _files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
-        files: dict[str, bytes] = {}
-        for spec in record.files:
-            with self.repository.open_version_file(record.model, record.version, spec.path) as f:
-                files[f"{record.version}/{spec.path}"] = f.read()
-        return files
-
     async def _unload_members(
         self, plan: _Plan, server: str, models: set[str], *, keep_own: bool = True
     ) -> None:
@@ -235,13 +220,6 @@ class PipelineDeployments:
         in_use = await in_thread(_models_in_use_on)(server, "" if keep_own else plan.name)
         for model in sorted(models - in_use):
             await self._unload_quietly(model, server)
-
-    async def _unload_quietly(self, model: str, server: str) -> None:
-        try:
-            client = await self.fleet.client(server)
-            await client.unload(model)
-        except (Unavailable, NotFound) as error:
-            log.warning("could not unload %s from %s: %s", model, server, error.message)
 
 
 @dataclass(frozen=True)
@@ -303,15 +281,7 @@ def _refuse_clash(pipeline: str, member: _PlannedMember) -> None:
                 f"{member.version} with its step's settings, but the model is deployed on its "
                 f"own at version {own.version}: undeploy it, or pin the step to that version"
             )
-    other = (
-        store.PipelineMember.select(store.PipelineMember, store.PipelineDeployment, store.Pipeline)
-        .join(store.PipelineDeployment)
-        .join(store.Pipeline)
-        .switch(store.PipelineMember)
-        .join(store.Model)
-        .where(store.Model.name == member.model)
-        .first()
-    )
+    other = member_rows(member.model).first()
     if other is not None and other.config != config_text:
         raise FailedPrecondition(
             f"model {member.model!r} is a member of deployed pipeline "
@@ -445,10 +415,6 @@ def _record_or_none(name: str) -> PipelineDeploymentRecord | None:
     except NotFound:
         return None
     return _record(row)
-
-
-def _all_records() -> list[PipelineDeploymentRecord]:
-    return [_record(row) for row in store.PipelineDeployment.select()]
 
 
 def _record(row: Any) -> PipelineDeploymentRecord:

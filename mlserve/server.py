@@ -88,7 +88,6 @@ def build_domain(settings: Settings) -> Domain:
     # After the model deployments' callback: members may be deployments too.
     pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
     fleet.on_change(pipeline_deployments.server_changed)
-    pipeline_deployments.on_change(router.reload)
     return Domain(
         repository,
         catalog,

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlserve.catalog import FileSpec, ModelFields, ModelRecord, VersionRecord
-from mlserve.deployments import DeploymentRecord
+from mlserve.deployments import DeploymentRecord, TargetRecord
 from mlserve.fleet import ServerFields, ServerRecord
-from mlserve.pipeline_deployments import PipelineDeploymentRecord
+from mlserve.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
 from mlserve.pipelines import PipelineRecord, Spec, Step, Tensor
 from mlserve.serving import ServingSettings
 from mlserve.stats import UsageRecord
@@ -166,19 +166,20 @@ def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
         model=record.model,
         version=record.version,
         servers=record.servers,
-        targets=[
-            deployment_pb2.DeploymentTarget(
-                server=target.server,
-                state=_DEPLOYMENT_STATES[target.state],
-                message=target.message,
-                update_time=timestamp(target.update_time),
-            )
-            for target in record.targets
-        ],
+        targets=[_target(target) for target in record.targets],
         state=_DEPLOYMENT_STATES[record.state],
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
         serving=serving_message(record.serving),
+    )
+
+
+def _target(target: TargetRecord) -> deployment_pb2.DeploymentTarget:
+    return deployment_pb2.DeploymentTarget(
+        server=target.server,
+        state=_DEPLOYMENT_STATES[target.state],
+        message=target.message,
+        update_time=timestamp(target.update_time),
     )
 
 
@@ -269,25 +270,22 @@ def pipeline_deployment(record: PipelineDeploymentRecord) -> deployment_pb2.Depl
         pipeline=record.pipeline,
         version=record.version,
         servers=record.servers,
-        targets=[
-            deployment_pb2.DeploymentTarget(
-                server=target.server,
-                state=_DEPLOYMENT_STATES[target.state],
-                message=target.message,
-                update_time=timestamp(target.update_time),
-                members=[
-                    deployment_pb2.MemberTarget(
-                        model=member.model,
-                        version=member.version,
-                        state=_DEPLOYMENT_STATES[member.state],
-                        message=member.message,
-                    )
-                    for member in target.members
-                ],
-            )
-            for target in record.targets
-        ],
+        targets=[_pipeline_target(target) for target in record.targets],
         state=_DEPLOYMENT_STATES[record.state],
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
     )
+
+
+def _pipeline_target(target: PipelineTargetRecord) -> deployment_pb2.DeploymentTarget:
+    message = _target(target)
+    message.members.extend(
+        deployment_pb2.MemberTarget(
+            model=member.model,
+            version=member.version,
+            state=_DEPLOYMENT_STATES[member.state],
+            message=member.message,
+        )
+        for member in target.members
+    )
+    return message
