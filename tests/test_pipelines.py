@@ -157,6 +157,19 @@ def test_a_three_step_pipeline_answers_through_the_gateway(
             )
             == deployment
         )
+        # ListDeployments pages through model and pipeline deployments alike.
+        listed, token = [], ""
+        while True:
+            page = stubs.deployments.ListDeployments(
+                deployment_pb2.ListDeploymentsRequest(page_size=1, page_token=token),
+                metadata=stubs.auth,
+            )
+            listed.extend(page.deployments)
+            token = page.next_page_token
+            if not token:
+                break
+        assert [d.name for d in listed] == sorted(d.name for d in listed)
+        assert [d for d in listed if d.name == name] == [deployment]
         shown = stubs.pipelines.GetPipeline(
             pipeline_pb2.GetPipelineRequest(name=name), metadata=stubs.auth
         )

@@ -7,7 +7,12 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
-from mlserve.deployments import UPDATABLE_DEPLOYMENT_FIELDS, Deployments, Placement
+from mlserve.deployments import (
+    UPDATABLE_DEPLOYMENT_FIELDS,
+    DeploymentRecord,
+    Deployments,
+    Placement,
+)
 from mlserve.errors import InvalidArgument
 from mlserve.pipeline_deployments import PipelineDeployments
 from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
@@ -53,9 +58,14 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def ListDeployments(
         self, request: deployment_pb2.ListDeploymentsRequest, context: Context
     ) -> deployment_pb2.ListDeploymentsResponse:
-        page = await self.deployments.list_deployments(request.page_size, request.page_token)
+        page = await self.pipelines.list_with_models(request.page_size, request.page_token)
         return deployment_pb2.ListDeploymentsResponse(
-            deployments=[convert.deployment(record) for record in page.items],
+            deployments=[
+                convert.deployment(record)
+                if isinstance(record, DeploymentRecord)
+                else convert.pipeline_deployment(record)
+                for record in page.items
+            ],
             next_page_token=page.next_page_token,
         )
 
