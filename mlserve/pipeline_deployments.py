@@ -155,7 +155,11 @@ class PipelineDeployments:
     # --- reconciling --------------------------------------------------------
 
     async def server_changed(self, server: str, state: str) -> None:
-        """Fleet callback: reload pipelines on a server that became ready."""
+        """Fleet callback: reload pipelines on a server that became ready.
+
+        A FAILED target is left alone: retrying would load and unload its
+        healthy members every round; undeploy and deploy again to retry.
+        """
         if state != READY:
             await in_thread(_set_targets_on_server)(server, UNREACHABLE, f"server is {state}")
             await self._changed()
@@ -392,12 +396,13 @@ def _set_targets_on_server(server: str, state: str, message: str) -> None:
 
 
 def _names_on_server(server: str) -> list[str]:
+    """Pipelines deployed on ``server`` whose target there has not FAILED."""
     rows = (
         store.Pipeline.select(store.Pipeline.name)
         .join(store.PipelineDeployment)
         .join(store.PipelineTarget)
         .join(store.Server)
-        .where(store.Server.name == server)
+        .where((store.Server.name == server) & (store.PipelineTarget.state != FAILED))
     )
     return [row.name for row in rows]
 

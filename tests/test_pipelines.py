@@ -17,6 +17,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2
+from mlserve_client import Client, PipelineSpecError, read_pipeline_spec
 from tests.conftest import MLServeProcess, Stubs
 from tests.models import add_model_files, scale_model_files
 from tests.test_cli import mlserve_cli
@@ -97,15 +98,15 @@ def deploy_pipeline(stubs: Stubs, name: str) -> deployment_pb2.Deployment:
     return deployment
 
 
-def cleanup(stubs: Stubs, name: str) -> None:
+def cleanup(stubs: Stubs | Client, name: str) -> None:
+    """Undeploy and delete pipeline ``name``, whatever state a failed test left it in."""
+    auth = stubs.auth if isinstance(stubs, Stubs) else None
     with contextlib.suppress(grpc.RpcError):
         stubs.deployments.DeleteDeployment(
-            deployment_pb2.DeleteDeploymentRequest(name=name), metadata=stubs.auth, timeout=60
+            deployment_pb2.DeleteDeploymentRequest(name=name), metadata=auth, timeout=60
         )
     with contextlib.suppress(grpc.RpcError):
-        stubs.pipelines.DeletePipeline(
-            pipeline_pb2.DeletePipelineRequest(name=name), metadata=stubs.auth
-        )
+        stubs.pipelines.DeletePipeline(pipeline_pb2.DeletePipelineRequest(name=name), metadata=auth)
 
 
 def error_of(call: Any, request: Any, stubs: Stubs) -> grpc.RpcError:
@@ -470,3 +471,77 @@ def test_the_cli_creates_deploys_and_removes_a_pipeline_from_yaml(
         assert "pipeline spec is not valid" in broken.stderr
     finally:
         cleanup(stubs, name)
+
+
+def test_the_python_client_versions_and_copies_a_pipeline(
+    mlserve: MLServeProcess, members: Members, tmp_path: Path
+) -> None:
+    name = f"t-pl-client-{os.getpid() % 1000}"
+    copy = f"{name}-copy"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(name=name, pre=members.pre, add=members.add, post=members.post))
+    with Client(mlserve.address, mlserve.key) as client:
+        try:
+            first = client.create_pipeline(spec)
+            assert (first.version, first.steps[1].model_version) == (1, 1)
+            # Dropping the last step (its output becomes the pipeline's) is version 2.
+            shorter = pipeline_pb2.Pipeline(
+                name=name,
+                outputs=[pipeline_pb2.PipelineTensor(name="S")],
+                steps=first.steps[:2],
+            )
+            request = pipeline_pb2.UpdatePipelineRequest(pipeline=shorter)
+            request.update_mask.paths.extend(["outputs", "steps"])
+            second = client.pipelines.UpdatePipeline(request)
+            assert (second.version, second.version_count) == (2, 2)
+            assert [s.name for s in second.steps] == ["pre", "model"]
+            old = client.pipelines.GetPipeline(
+                pipeline_pb2.GetPipelineRequest(name=name, version=1)
+            )
+            assert [s.name for s in old.steps] == ["pre", "model", "post"]
+
+            settings = pipeline_pb2.ServingSettings(instance_count=2)
+            copied = client.pipelines.CopyPipeline(
+                pipeline_pb2.CopyPipelineRequest(
+                    name=name, version=1, new_name=copy, serving={"post": settings}
+                )
+            )
+            assert (copied.name, copied.version) == (copy, 1)
+            assert [s.serving for s in copied.steps] == [
+                pipeline_pb2.ServingSettings(),
+                pipeline_pb2.ServingSettings(),
+                settings,
+            ]
+            listed = [p.name for p in client.list_pipelines()]
+            assert name in listed
+            assert copy in listed
+            with pytest.raises(grpc.RpcError) as unknown:
+                client.pipelines.CopyPipeline(
+                    pipeline_pb2.CopyPipelineRequest(
+                        name=name, new_name=f"{name}-x", serving={"nope": settings}
+                    )
+                )
+            assert unknown.value.code() == Code.INVALID_ARGUMENT
+            assert f"{name}-x" not in [p.name for p in client.list_pipelines()]
+        finally:
+            cleanup(client, name)
+            cleanup(client, copy)
+
+
+def test_a_spec_file_reads_as_the_pipeline_message(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(name="chain", pre="p", add="a", post="q"))
+    pipeline = read_pipeline_spec(spec)
+    assert [t.name for t in pipeline.inputs] == ["A", "B"]
+    assert [(s.name, s.model, s.model_version) for s in pipeline.steps] == [
+        ("pre", "p", 0),
+        ("model", "a", 1),
+        ("post", "q", 0),
+    ]
+    assert dict(pipeline.steps[1].input_map) == {"INPUT0": "P", "INPUT1": "B"}
+    spec.write_text("name: chain\nsteps: [{model: p, input_mapp: {}}]\n")
+    with pytest.raises(PipelineSpecError, match="input_mapp"):
+        read_pipeline_spec(spec)
+    spec.write_text("name: [unclosed\n")
+    with pytest.raises(PipelineSpecError, match="not valid YAML"):
+        read_pipeline_spec(spec)
