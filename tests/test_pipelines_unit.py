@@ -4,7 +4,7 @@ copies and the shared model namespace, on a fresh migrated store."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import peewee as pw
@@ -30,13 +30,16 @@ from tests.models import add_model_config, scale_model_config
 T = TypeVar("T")
 
 
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
+def run(awaitable: Awaitable[T]) -> T:
+    async def wait() -> T:
+        return await awaitable
+
+    return asyncio.run(wait())
 
 
 def add_version(name: str, config: Any) -> int:
     model = store.Model.get_or_none(store.Model.name == name) or store.Model.create(name=name)
-    number = model.versions.count() + 1
+    number = store.ModelVersion.select().where(store.ModelVersion.model == model).count() + 1
     config.name = name
     store.ModelVersion.create(
         model=model,
