@@ -248,6 +248,11 @@ class Deployments:
         ``settings`` None keeps the deployment's serving settings.
         """
         check_name(model, "model name")
+        if await in_thread(_is_pipeline)(model):
+            raise InvalidArgument(
+                f"{model!r} is a pipeline, not a model: deploy it with CreateDeployment naming "
+                f"it in 'pipeline' (mlserve pipelines deploy {model})"
+            )
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
             serving.apply(modelconfig.parse(target.config, model), settings, "serving")
@@ -366,6 +371,10 @@ class Deployments:
 
 def _deployment_row_or_none(name: str) -> Any:
     return store.Deployment.get_or_none(store.Deployment.name == name)
+
+
+def _is_pipeline(name: str) -> bool:
+    return bool(store.Pipeline.select().where(store.Pipeline.name == name).exists())
 
 
 def _serving_of(name: str) -> ServingSettings:

@@ -274,6 +274,16 @@ def test_bad_pipelines_are_refused_with_the_right_code_and_nothing_created(
         assert caught.value.code() == Code.ALREADY_EXISTS
         missing = error_of(stubs.models.GetModel, model_pb2.GetModelRequest(name=name), stubs)
         assert missing.code() == Code.NOT_FOUND
+        # Deploying it as a model is refused with the way to do it.
+        as_model = error_of(
+            stubs.deployments.CreateDeployment,
+            deployment_pb2.CreateDeploymentRequest(
+                deployment=deployment_pb2.Deployment(model=name)
+            ),
+            stubs,
+        )
+        assert as_model.code() == Code.INVALID_ARGUMENT
+        assert "'pipeline'" in (as_model.details() or "")
     finally:
         cleanup(stubs, name)
 

@@ -39,3 +39,22 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer than this MLServe"):
         store.connect(url)
+
+
+def test_schema_3_database_gains_pipelines_and_keeps_its_deployments(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'three.db'}"
+    db = store.connect(url)
+    model = store.Model.create(name="kept")
+    store.Deployment.create(name="kept", model=model, version=1)
+    # What schema 3 had: no pipeline tables, no deployment.serving.
+    db.drop_tables(store.PIPELINE_TABLES)
+    db.execute_sql('ALTER TABLE "deployment" DROP COLUMN "serving"')
+    store.SchemaInfo.update(version=3).execute()
+    db.close()
+
+    db = store.connect(url)
+    assert store.SchemaInfo.get().version == store.SCHEMA_VERSION
+    assert store.Deployment.get(store.Deployment.name == "kept").serving == "{}"
+    pipeline = store.Pipeline.create(name="chain")
+    store.PipelineVersion.create(pipeline=pipeline, version=1, spec="{}")
+    db.close()
