@@ -33,6 +33,7 @@ from mlserve.errors import (
 from mlserve.fleet import READY, Fleet
 from mlserve.names import check_name
 from mlserve.paging import PageTokens, page_size
+from mlserve.pipelines import deployed_models
 from mlserve.repository import Repository
 from mlserve.serving import NO_SETTINGS, ServingSettings
 
@@ -451,6 +452,9 @@ def _ready_targets() -> dict[str, list[tuple[str, int]]]:
     serving: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
     for row in rows:
         serving[row.server.name].append((row.deployment.name, row.deployment.version))
+    for server, model, version, ready in deployed_models():
+        if ready and (model, version) not in serving[server]:
+            serving[server].append((model, version))
     return dict(serving)
 
 

@@ -11,7 +11,6 @@ replica from piling up a queue that round robin would keep feeding.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from mlserve import store
 from mlserve.aio import in_thread
 from mlserve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.fleet import READY, Fleet
+from mlserve.pipelines import deployed_models
 
 log = logging.getLogger(__name__)
 
@@ -128,25 +128,12 @@ def _load_routes() -> dict[str, Route]:
         versions[row.deployment.name] = row.deployment.version
         if row.state == READY:
             servers[row.deployment.name].append(row.server.name)
-    # A deployed pipeline is routed by its name to its ensemble.
-    pipeline_rows = (
-        store.PipelineTarget.select(
-            store.PipelineTarget, store.PipelineDeployment, store.Pipeline, store.Server
-        )
-        .join_from(store.PipelineTarget, store.PipelineDeployment)
-        .join_from(store.PipelineDeployment, store.Pipeline)
-        .join_from(store.PipelineTarget, store.Server)
-        .order_by(store.Pipeline.name, store.PipelineTarget.position)
-    )
-    for target in pipeline_rows:
-        versions[target.deployment.pipeline.name] = target.deployment.version
-        if target.state == READY:
-            servers[target.deployment.pipeline.name].append(target.server.name)
-            # Members are routed too: per-step statistics, and calling a step alone.
-            for model, version, *_ in json.loads(target.members):
-                versions.setdefault(model, version)
-                if target.server.name not in servers[model]:
-                    servers[model].append(target.server.name)
+    # A deployed pipeline is routed by its name to its ensemble; its members
+    # too, for per-step statistics and for calling a step alone.
+    for server, model, version, ready in deployed_models():
+        versions.setdefault(model, version)
+        if ready and server not in servers[model]:
+            servers[model].append(server)
     return {
         name: Route(name, version, tuple(servers.get(name, ())))
         for name, version in versions.items()

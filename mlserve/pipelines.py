@@ -21,6 +21,7 @@ from mlserve import modelconfig, serving, store
 from mlserve.aio import in_thread
 from mlserve.catalog import Page, find_version
 from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.fleet import READY
 from mlserve.modelconfig import ModelConfig
 from mlserve.names import check_name
 from mlserve.paging import PageTokens, page_size
@@ -503,3 +504,28 @@ def _record(row: Any, version: int) -> PipelineRecord:
         create_time=row.create_time,
         update_time=chosen.create_time,
     )
+
+
+def deployed_models() -> list[tuple[str, str, int, bool]]:
+    """(server, Triton model, version, ready) of every deployed ensemble and its members.
+
+    A member counts as ready where its pipeline's target is READY (blocking).
+    """
+    rows = (
+        store.PipelineTarget.select(
+            store.PipelineTarget, store.PipelineDeployment, store.Pipeline, store.Server
+        )
+        .join_from(store.PipelineTarget, store.PipelineDeployment)
+        .join_from(store.PipelineDeployment, store.Pipeline)
+        .join_from(store.PipelineTarget, store.Server)
+        .order_by(store.Pipeline.name, store.PipelineTarget.position)
+    )
+    found: list[tuple[str, str, int, bool]] = []
+    for target in rows:
+        ready = target.state == READY
+        server = target.server.name
+        found.append((server, target.deployment.pipeline.name, target.deployment.version, ready))
+        found.extend(
+            (server, model, version, ready) for model, version, *_ in json.loads(target.members)
+        )
+    return found

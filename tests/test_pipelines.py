@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2
 from mlserve_client import Client, PipelineSpecError, read_pipeline_spec
 from tests.conftest import MLServeProcess, Stubs
 from tests.models import add_model_files, scale_model_files
@@ -158,6 +158,12 @@ def test_a_three_step_pipeline_answers_through_the_gateway(
             )
             == deployment
         )
+        # The server shows the ensemble (pushed: not in Triton's index) and its members.
+        local_server = stubs.servers.GetServer(
+            server_pb2.GetServerRequest(name="local"), metadata=stubs.auth
+        )
+        loaded = {(m.name, m.version) for m in local_server.loaded_models if m.state == "READY"}
+        assert {(name, 1), (members.pre, 1), (members.add, 1), (members.post, 1)} <= loaded
         # ListDeployments pages through model and pipeline deployments alike.
         listed, token = [], ""
         while True:
