@@ -561,3 +561,59 @@ def test_a_spec_file_reads_as_the_pipeline_message(tmp_path: Path) -> None:
     spec.write_text("name: [unclosed\n")
     with pytest.raises(PipelineSpecError, match="not valid YAML"):
         read_pipeline_spec(spec)
+
+
+def test_a_member_deployed_on_its_own_is_shared_at_its_version_and_kept_loaded(
+    stubs: Stubs, members: Members
+) -> None:
+    name = f"t-pl-shared-{os.getpid() % 1000}"
+    own = f"t-pl-own-{os.getpid() % 1000}"
+    upload(stubs, scale_model_files(own, factor=2.0), own)
+    upload(stubs, scale_model_files(own, factor=3.0), own)
+    local = local_triton(stubs)
+    try:
+        alone = stubs.deployments.CreateDeployment(
+            deployment_pb2.CreateDeploymentRequest(
+                deployment=deployment_pb2.Deployment(model=own, version=1)
+            ),
+            metadata=stubs.auth,
+            timeout=120,
+        )
+        assert alone.state == READY
+        # Pinned to another version than the one deployed: refused, nothing deployed.
+        pinned = step("pre", own, {"INPUT": "A"}, {"OUTPUT": "P"}, model_version=2)
+        create(stubs, chain(name, members.all, pre=pinned))
+        clash = error_of(
+            stubs.deployments.CreateDeployment,
+            deployment_pb2.CreateDeploymentRequest(
+                deployment=deployment_pb2.Deployment(pipeline=name)
+            ),
+            stubs,
+        )
+        assert clash.code() == Code.FAILED_PRECONDITION
+        assert "deployed on its own at version 1" in (clash.details() or "")
+        gone = error_of(
+            stubs.deployments.GetDeployment, deployment_pb2.GetDeploymentRequest(name=name), stubs
+        )
+        assert gone.code() == Code.NOT_FOUND
+        assert not local.is_model_ready(name)
+
+        # "Latest deployed" takes version 1, the one deployed on its own: shared.
+        latest = step("pre", own, {"INPUT": "A"}, {"OUTPUT": "P"})
+        request = pipeline_pb2.UpdatePipelineRequest(pipeline=chain(name, members.all, pre=latest))
+        request.update_mask.paths.append("steps")
+        assert stubs.pipelines.UpdatePipeline(request, metadata=stubs.auth).version == 2
+        deployment = deploy_pipeline(stubs, name)
+        assert deployment.state == READY, deployment
+        assert (deployment.version, deployment.targets[0].members[0].version) == (2, 1)
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=name), metadata=stubs.auth, timeout=120
+        )
+        assert local.is_model_ready(own, "1")
+        assert not local.is_model_ready(name)
+        assert not local.is_model_ready(members.add)  # a member nothing else uses
+    finally:
+        cleanup(stubs, name)
+        cleanup(stubs, own)
+        with contextlib.suppress(grpc.RpcError):
+            stubs.models.DeleteModel(model_pb2.DeleteModelRequest(name=own), metadata=stubs.auth)
