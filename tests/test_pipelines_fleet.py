@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from mlserve_api.v1 import deployment_pb2
+from mlserve_api.v1 import deployment_pb2, server_pb2
 from tests.conftest import MLServeProcess, Stubs
 from tests.models import add_model_files, scale_model_files
 from tests.test_fleet import ready_on, register
@@ -72,6 +73,11 @@ def test_a_pushed_pipeline_serves_and_comes_back_after_a_triton_restart(
             return False
 
     wait_for(answers, 120, "the reconciler to reload the pipeline", step=0.5)
+
+    with pytest.raises(grpc.RpcError) as in_use:
+        stubs.servers.DeleteServer(server_pb2.DeleteServerRequest(name="p1"), metadata=stubs.auth)
+    assert in_use.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pipeline 'pushed'" in (in_use.value.details() or "")
 
     cleanup(stubs, "pushed")
     for model in ("pushed", *names.all):
