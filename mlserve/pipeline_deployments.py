@@ -186,14 +186,17 @@ class PipelineDeployments:
         shares = await in_thread(_shares_repository)(server)
         states: dict[str, MemberState] = {}
         loaded: set[str] = set()
-        failure = ""
+        failure, outcome = "", FAILED
         for model, member in plan.members.items():
             try:
-                if not await client.model_ready(model, member.version):
+                ready = await client.model_ready(model, member.version)
+                if not ready:
                     loaded.add(model)
-                await self._load_member(member, shares, client)
+                await self._load_member(member, shares, client, ready=ready)
             except MLServeError as error:
-                states[model] = MemberState(model, member.version, FAILED, error.message)
+                # An unreachable server is retried by the reconciler; a refusal is not.
+                outcome = UNREACHABLE if isinstance(error, Unavailable) else FAILED
+                states[model] = MemberState(model, member.version, outcome, error.message)
                 failure = f"member {model!r} failed to load: {error.message}"
                 break
             states[model] = MemberState(model, member.version, READY, "")
@@ -201,24 +204,31 @@ class PipelineDeployments:
             try:
                 await self._load_ensemble(plan, client)
             except MLServeError as error:
+                outcome = UNREACHABLE if isinstance(error, Unavailable) else FAILED
                 failure = f"the ensemble failed to load: {error.message}"
         for model, member in plan.members.items():
             states.setdefault(model, MemberState(model, member.version, PENDING, "not loaded"))
         if failure:
             await self._unload_quietly(plan.name, server)
             await self._unload_members(plan, server, loaded, keep_own=False)
-            await in_thread(_set_target)(plan.name, server, FAILED, failure, list(states.values()))
+            await in_thread(_set_target)(plan.name, server, outcome, failure, list(states.values()))
         else:
             await in_thread(_set_target)(plan.name, server, READY, "", list(states.values()))
         await self.fleet.refresh(server, notify=False)
 
-    async def _load_member(self, member: _PlannedMember, shares: bool, client: Any) -> None:
+    async def _load_member(
+        self, member: _PlannedMember, shares: bool, client: Any, *, ready: bool
+    ) -> None:
+        """Load a member unless it is ``ready`` already (shared with another deployment)."""
         config_json = modelconfig.to_json(member.config)
         if shares:
             # Triton reloads members from here when the ensemble loads.
             await in_thread(self.repository.write_model_config)(
                 member.model, modelconfig.render(member.config)
             )
+        if ready:
+            return  # only at this version and config: clashes were refused at planning
+        if shares:
             await client.load(member.model, config_json=config_json)
             return
         record = await in_thread(find_version)(member.model, member.version)
