@@ -124,6 +124,7 @@ class Catalog:
     @in_thread
     def create_model(self, name: str, fields: ModelFields, workspace: str = "") -> ModelRecord:
         check_name(name, "model name")
+        refuse_pipeline_name(name)
         fields = model_metadata.check_fields(model_metadata.for_create(fields))
         try:
             with store.database.atomic():
@@ -533,7 +534,40 @@ def _model_row(name: str) -> Any:
     return rules.check_model_read(row)
 
 
+def refuse_pipeline_name(name: str) -> None:
+    """AlreadyExists when a pipeline has ``name``: pipelines and models share names."""
+    if store.Pipeline.select().where(store.Pipeline.name == name).exists():
+        raise AlreadyExists(
+            f"a pipeline is named {name!r}; pipelines and models share one namespace "
+            "(the pipeline is a Triton model): choose another name"
+        )
+
+
+def member_rows(model: str) -> Any:
+    """The PipelineMember rows, with their deployment and pipeline, that run ``model``."""
+    return (
+        store.PipelineMember.select(store.PipelineMember, store.PipelineDeployment, store.Pipeline)
+        .join(store.PipelineDeployment)
+        .join(store.Pipeline)
+        .switch(store.PipelineMember)
+        .join(store.Model)
+        .where(store.Model.name == model)
+        .order_by(store.Pipeline.name)
+    )
+
+
+def pipeline_members(model: str) -> list[tuple[str, int]]:
+    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
+    return [(row.deployment.pipeline.name, row.version) for row in member_rows(model)]
+
+
 def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
+    for pipeline, used in pipeline_members(model_row.name):
+        if version is None or used == version:
+            raise FailedPrecondition(
+                f"version {used} of {model_row.name!r} is used by deployed pipeline "
+                f"{pipeline!r}; undeploy the pipeline first"
+            )
     query = store.Deployment.select().where(store.Deployment.model == model_row)
     if version is not None:
         query = query.where(store.Deployment.version == version)

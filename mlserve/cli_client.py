@@ -1,4 +1,5 @@
-"""Client commands of ``mlserve``: models, artifacts, deploy/undeploy, servers, deployments.
+"""Client commands of ``mlserve``: models, artifacts, deploy/undeploy, servers, deployments,
+pipelines.
 
 Each command talks to a running MLServe through :class:`mlserve_client.Client`; the
 address and key default to $MLSERVE_ADDRESS and ``<home>/admin.key``.
@@ -19,7 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from tqdm import tqdm
 
-from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2, user_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2, user_pb2
 from mlserve_client import DEFAULT_ADDRESS, Client, ClientError
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -39,6 +40,7 @@ def add_client_commands(commands: Subcommands) -> None:
     _add_server_commands(commands, connection)
     _add_deployment_commands(commands, connection)
     _add_access_commands(commands, connection)
+    _add_pipeline_commands(commands, connection)
 
 
 # --- wiring -----------------------------------------------------------------
@@ -368,7 +370,11 @@ def _add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentPar
 
 
 def _deploy(client: Client, args: argparse.Namespace) -> int:
-    deployment = client.deploy(args.name, args.version, args.servers)
+    return _report_deployment(client.deploy(args.name, args.version, args.servers))
+
+
+def _report_deployment(deployment: deployment_pb2.Deployment) -> int:
+    """Print a deployment; exit code 1 when a target failed or is unreachable."""
     _print_deployment(deployment)
     if deployment.state in _TROUBLED_DEPLOYMENT:
         return _fail(f"deployment {deployment.name} is {_deployment_state(deployment.state)}")
@@ -485,8 +491,9 @@ def _get_deployment(client: Client, args: argparse.Namespace) -> int:
 
 
 def _print_deployment(deployment: deployment_pb2.Deployment) -> None:
+    what = f"pipeline {deployment.pipeline}" if deployment.pipeline else f"model {deployment.model}"
     print(
-        f"deployment {deployment.name}  model {deployment.model} version {deployment.version}  "
+        f"deployment {deployment.name}  {what} version {deployment.version}  "
         f"{_deployment_state(deployment.state)}"
     )
     _print_table(
@@ -501,6 +508,137 @@ def _print_deployment(deployment: deployment_pb2.Deployment) -> None:
             for target in deployment.targets
         ),
     )
+    members = [(t.server, m) for t in deployment.targets for m in t.members]
+    if members:
+        _print_table(
+            ("SERVER", "MEMBER", "VERSION", "STATE", "MESSAGE"),
+            (
+                (
+                    server,
+                    member.model,
+                    str(member.version),
+                    _deployment_state(member.state),
+                    " ".join(member.message.split()),
+                )
+                for server, member in members
+            ),
+        )
+
+
+# --- pipelines --------------------------------------------------------------
+
+
+def _add_pipeline_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    pipelines = _group(commands, "pipelines", "create, show, deploy and delete pipelines")
+    create = _command(
+        pipelines, "create", _create_pipeline, "create a pipeline from a YAML spec", connection
+    )
+    create.add_argument("spec", type=Path, help="YAML file: name, inputs, outputs, steps")
+    _command(pipelines, "list", _list_pipelines, "list every pipeline", connection)
+    get = _command(pipelines, "get", _get_pipeline, "show a pipeline's DAG", connection)
+    get.add_argument("name")
+    get.add_argument("--version", type=int, default=0, help="version (default: latest)")
+    delete = _command(pipelines, "delete", _delete_pipeline, "delete a pipeline", connection)
+    delete.add_argument("name")
+    deploy = _command(
+        pipelines, "deploy", _deploy_pipeline, "deploy a pipeline as a Triton ensemble", connection
+    )
+    deploy.add_argument("name")
+    deploy.add_argument("--version", type=int, default=0, help="version (default: latest)")
+    deploy.add_argument(
+        "--server", dest="servers", metavar="SERVER", action="append", default=[],
+        help="server to deploy on; repeat for several (default: 'local')",
+    )  # fmt: skip
+    undeploy = _command(
+        pipelines, "undeploy", _undeploy, "undeploy a pipeline and its unshared members", connection
+    )
+    undeploy.add_argument("name")
+
+
+def _create_pipeline(client: Client, args: argparse.Namespace) -> int:
+    pipeline = client.create_pipeline(args.spec)
+    print(f"created pipeline {pipeline.name} version {pipeline.version}")
+    return 0
+
+
+def _list_pipelines(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("NAME", "VERSION", "STEPS", "STATE", "DESCRIPTION"),
+        (
+            (
+                pipeline.name,
+                str(pipeline.version),
+                " -> ".join(step.name for step in pipeline.steps),
+                _state_word(pipeline_pb2.PipelineState.Name(pipeline.state)),
+                " ".join(pipeline.description.split()),
+            )
+            for pipeline in client.list_pipelines()
+        ),
+    )
+    return 0
+
+
+def _get_pipeline(client: Client, args: argparse.Namespace) -> int:
+    request = pipeline_pb2.GetPipelineRequest(name=args.name, version=args.version)
+    pipeline = client.pipelines.GetPipeline(request)
+    _print_fields(
+        ("name", pipeline.name),
+        ("description", pipeline.description),
+        ("version", f"{pipeline.version} of {pipeline.version_count}"),
+        ("state", _state_word(pipeline_pb2.PipelineState.Name(pipeline.state))),
+        ("deployed version", str(pipeline.deployed_version or "-")),
+        ("infer on", f"{pipeline.inference_address} model {pipeline.inference_model}"),
+        ("inputs", _tensors(pipeline.inputs)),
+        ("outputs", _tensors(pipeline.outputs)),
+    )
+    _print_table(
+        ("STEP", "MODEL", "VERSION", "INPUTS", "OUTPUTS", "SERVING"),
+        (
+            (
+                step.name,
+                step.model,
+                str(step.model_version or "deployed/latest"),
+                _mapping(step.input_map),
+                _mapping(step.output_map),
+                _serving(step.serving),
+            )
+            for step in pipeline.steps
+        ),
+    )
+    return 0
+
+
+def _delete_pipeline(client: Client, args: argparse.Namespace) -> int:
+    client.pipelines.DeletePipeline(pipeline_pb2.DeletePipelineRequest(name=args.name))
+    print(f"deleted pipeline {args.name}")
+    return 0
+
+
+def _deploy_pipeline(client: Client, args: argparse.Namespace) -> int:
+    return _report_deployment(client.deploy_pipeline(args.name, args.version, args.servers))
+
+
+def _tensors(tensors: Iterable[pipeline_pb2.PipelineTensor]) -> str:
+    return ", ".join(
+        f"{t.name} {t.datatype or '?'}[{','.join(str(d) for d in t.dims)}]" for t in tensors
+    )
+
+
+def _mapping(mapping: Mapping[str, str]) -> str:
+    return ", ".join(f"{key}<->{value}" for key, value in sorted(mapping.items()))
+
+
+def _serving(settings: pipeline_pb2.ServingSettings) -> str:
+    parts = []
+    if settings.max_batch_size:
+        parts.append(f"max_batch_size={settings.max_batch_size}")
+    if settings.instance_count:
+        parts.append(f"instances={settings.instance_count}")
+    if settings.HasField("dynamic_batching"):
+        batching = settings.dynamic_batching
+        sizes = ",".join(str(size) for size in batching.preferred_batch_sizes) or "auto"
+        parts.append(f"batching({sizes}; {batching.max_queue_delay_microseconds}us)")
+    return " ".join(parts) or "-"
 
 
 # --- users and keys ---------------------------------------------------------

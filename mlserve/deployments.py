@@ -13,16 +13,16 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import peewee as pw
 
-from mlserve import modelconfig, store
+from mlserve import modelconfig, serving, store
 from mlserve.access import rules
 from mlserve.aio import in_thread
-from mlserve.catalog import Page, VersionRecord, find_version, writable_model
+from mlserve.catalog import Page, VersionRecord, find_version, pipeline_members, writable_model
 from mlserve.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -34,7 +34,9 @@ from mlserve.errors import (
 from mlserve.fleet import READY, Fleet
 from mlserve.names import check_name
 from mlserve.paging import PageTokens, page_size
+from mlserve.pipelines import deployed_models
 from mlserve.repository import Repository
+from mlserve.serving import NO_SETTINGS, ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class DeploymentRecord:
     targets: list[TargetRecord]
     create_time: dt.datetime
     update_time: dt.datetime
+    serving: ServingSettings = NO_SETTINGS
 
     @property
     def servers(self) -> list[str]:
@@ -79,8 +82,13 @@ class DeploymentRecord:
 
     @property
     def state(self) -> str:
-        states = {target.state for target in self.targets}
-        return next((state for state in _SEVERITY if state in states), PENDING)
+        return severity(target.state for target in self.targets)
+
+
+def severity(states: Iterable[str]) -> str:
+    """The overall state of targets in ``states``: the worst of them."""
+    present = set(states)
+    return next((state for state in _SEVERITY if state in present), PENDING)
 
 
 class Deployments:
@@ -95,18 +103,27 @@ class Deployments:
         """Call ``listener()`` after any deployment or target state changed."""
         self._listeners.append(listener)
 
-    async def _changed(self) -> None:
+    async def changed(self) -> None:
+        """Tell the listeners (the router) that deployments changed."""
         for listener in self._listeners:
             await listener()
 
-    async def create(self, model: str, version: int, placement: Placement) -> DeploymentRecord:
-        await in_thread(writable_model)(model)
+    _changed = changed
+
+    async def create(
+        self,
+        model: str,
+        version: int,
+        placement: Placement,
+        settings: ServingSettings = NO_SETTINGS,
+    ) -> DeploymentRecord:
+        await in_thread(_deployable_model)(model)
         async with self._locks[model]:
             if await in_thread(_deployment_row_or_none)(model) is not None:
                 raise AlreadyExists(
                     f"model {model!r} is already deployed; use UpdateDeployment to change it"
                 )
-            return await self._apply(model, version, placement)
+            return await self._apply(model, version, placement, settings)
 
     async def update(
         self,
@@ -116,7 +133,7 @@ class Deployments:
         *,
         allow_missing: bool = False,
     ) -> DeploymentRecord:
-        await in_thread(writable_model)(name)
+        await in_thread(_deployable_model)(name)
         async with self._locks[name]:
             current = await in_thread(_deployment_row_or_none)(name)
             if current is None:
@@ -169,14 +186,16 @@ class Deployments:
         await in_thread(writable_model)(check_name(name, "deployment name"))
         async with self._locks[name]:
             record = await self.get(name)
-            for server in record.servers:
-                await self._unload_quietly(record.model, server)
+            # A deployed pipeline may share the model: it stays loaded for it.
+            if not await in_thread(pipeline_members)(record.model):
+                for server in record.servers:
+                    await self._unload_quietly(record.model, server)
             await in_thread(_delete_row)(name)
         await self._changed()
 
     async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
         server = server or DEFAULT_SERVER
-        await in_thread(writable_model)(model)
+        await in_thread(_deployable_model)(model)
         async with self._locks[model]:
             current = await in_thread(_deployment_row_or_none)(model)
             servers = [] if current is None else (await in_thread(_record)(current)).servers
@@ -236,10 +255,27 @@ class Deployments:
 
     # --- the work -----------------------------------------------------------
 
-    async def _apply(self, model: str, version: int, placement: Placement) -> DeploymentRecord:
-        """Record the desired state and make the servers match; caller holds the lock."""
-        check_name(model, "model name")
+    async def _apply(
+        self,
+        model: str,
+        version: int,
+        placement: Placement,
+        settings: ServingSettings | None = None,
+    ) -> DeploymentRecord:
+        """Record the desired state and make the servers match; caller holds the lock.
+
+        ``settings`` None keeps the deployment's serving settings.
+        """
+        await in_thread(_deployable_model)(model)
         target = await in_thread(find_version)(model, version)
+        if settings is not None:  # refuse settings the config cannot take, before anything
+            serving.apply(modelconfig.parse(target.config, model), settings, "serving")
+        for pipeline, used in await in_thread(pipeline_members)(model):
+            if used != target.version:
+                raise FailedPrecondition(
+                    f"deployed pipeline {pipeline!r} runs version {used} of {model!r}; "
+                    "undeploy the pipeline before deploying another version"
+                )
         servers = await self._place(placement)
         for server in servers:
             client = await self.fleet.client(server)
@@ -248,7 +284,7 @@ class Deployments:
                     f"Triton server {server!r} at {client.address} is not reachable; "
                     "nothing was deployed"
                 )
-        previous = await in_thread(_write_desired)(model, target.version, servers)
+        previous = await in_thread(_write_desired)(model, target.version, servers, settings)
         for server in sorted(set(previous) - set(servers)):
             await self._unload_quietly(model, server)
         await asyncio.gather(
@@ -256,6 +292,10 @@ class Deployments:
         )
         await self._changed()
         return await self.get(model)
+
+    async def place(self, placement: Placement) -> list[str]:
+        """The servers a deployment with ``placement`` goes on (pipelines use it too)."""
+        return await self._place(placement)
 
     async def _place(self, placement: Placement) -> list[str]:
         """The servers a deployment goes on: named, chosen by replicas/selector, or the default."""
@@ -317,10 +357,13 @@ class Deployments:
         config = modelconfig.for_version(
             modelconfig.parse(record.config, record.model), record.version
         )
+        row_settings = await in_thread(_serving_of)(record.model)
+        config = serving.apply(config, row_settings, "serving")
         files = None if row.shares_repository else await in_thread(self._files_to_push)(record)
         await client.load(record.model, config_json=modelconfig.to_json(config), files=files)
 
-    def _files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
+    def files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
+        """A version's files keyed as RepositoryModelLoad takes them (blocking)."""
         files: dict[str, bytes] = {}
         for spec in record.files:
             with self.repository.open_version_file(
@@ -329,29 +372,66 @@ class Deployments:
                 files[f"{record.version}/{spec.path}"] = f.read()
         return files
 
-    async def _unload_quietly(self, model: str, server: str) -> None:
+    _files_to_push = files_to_push
+
+    async def unload_quietly(self, model: str, server: str) -> None:
+        """Unload ``model`` from ``server``; log, do not raise, when it cannot be done."""
         try:
             client = await self.fleet.client(server)
             await client.unload(model)
         except (Unavailable, NotFound) as error:
             log.warning("could not unload %s from %s: %s", model, server, error.message)
 
+    _unload_quietly = unload_quietly
+
 
 def _deployment_row_or_none(name: str) -> Any:
     return store.Deployment.get_or_none(store.Deployment.name == name)
 
 
-def _write_desired(model: str, version: int, servers: Sequence[str]) -> list[str]:
+def _deployable_model(name: str) -> Any:
+    """The row of model ``name`` if the caller may deploy it (blocking).
+
+    A pipeline's name is refused first, saying how pipelines are deployed.
+    """
+    check_name(name, "model name")
+    if _is_pipeline(name):
+        raise InvalidArgument(
+            f"{name!r} is a pipeline, not a model: deploy it with CreateDeployment naming "
+            f"it in 'pipeline' (mlserve pipelines deploy {name})"
+        )
+    return writable_model(name)
+
+
+def _is_pipeline(name: str) -> bool:
+    return bool(store.Pipeline.select().where(store.Pipeline.name == name).exists())
+
+
+def _serving_of(name: str) -> ServingSettings:
+    row = _deployment_row_or_none(name)
+    return NO_SETTINGS if row is None else ServingSettings.from_json(row.serving)
+
+
+def _write_desired(
+    model: str, version: int, servers: Sequence[str], settings: ServingSettings | None = None
+) -> list[str]:
     """Make the store say "model at version on servers"; return the servers it named before."""
     with store.database.atomic():
         model_row = store.Model.get(store.Model.name == model)
         row = _deployment_row_or_none(model)
         if row is None:
-            row = store.Deployment.create(name=model, model=model_row, version=version)
+            row = store.Deployment.create(
+                name=model,
+                model=model_row,
+                version=version,
+                serving=(settings or NO_SETTINGS).to_json(),
+            )
             previous: list[str] = []
         else:
             previous = [t.server.name for t in row.targets]
             changed = row.version != version
+            if settings is not None:
+                row.serving = settings.to_json()
             row.version = version
             row.update_time = store.utcnow()
             row.save()
@@ -401,6 +481,9 @@ def _ready_targets() -> dict[str, list[tuple[str, int]]]:
     serving: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
     for row in rows:
         serving[row.server.name].append((row.deployment.name, row.deployment.version))
+    for server, model, version, ready in deployed_models():
+        if ready and (model, version) not in serving[server]:
+            serving[server].append((model, version))
     return dict(serving)
 
 
@@ -445,6 +528,7 @@ def _record(row: Any) -> DeploymentRecord:
         targets=[TargetRecord(t.server.name, t.state, t.message, t.update_time) for t in targets],
         create_time=row.create_time,
         update_time=row.update_time,
+        serving=ServingSettings.from_json(row.serving),
     )
 
 

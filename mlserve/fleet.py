@@ -188,6 +188,12 @@ class Fleet:
                         f"server {name!r} is a target of deployment "
                         f"{target.deployment.name!r}; undeploy from it first"
                     )
+                pipeline = store.PipelineTarget.get_or_none(store.PipelineTarget.server == row)
+                if pipeline is not None:
+                    raise FailedPrecondition(
+                        f"server {name!r} is a target of pipeline "
+                        f"{pipeline.deployment.pipeline.name!r}; undeploy it first"
+                    )
                 row.delete_instance()
 
         await in_thread(remove)()

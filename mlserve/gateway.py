@@ -21,6 +21,7 @@ from mlserve import store
 from mlserve.aio import in_thread
 from mlserve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.fleet import READY, Fleet
+from mlserve.pipelines import deployed_models
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,10 @@ class Router:
 
     async def _explain_missing(self, model: str) -> None:
         exists = await in_thread(
-            lambda: store.Model.select().where(store.Model.name == model).exists()
+            lambda: (
+                store.Model.select().where(store.Model.name == model).exists()
+                or store.Pipeline.select().where(store.Pipeline.name == model).exists()
+            )
         )()
         if not exists:
             raise NotFound(f"model {model!r} does not exist")
@@ -124,6 +128,12 @@ def _load_routes() -> dict[str, Route]:
         versions[row.deployment.name] = row.deployment.version
         if row.state == READY:
             servers[row.deployment.name].append(row.server.name)
+    # A deployed pipeline is routed by its name to its ensemble; its members
+    # too, for per-step statistics and for calling a step alone.
+    for server, model, version, ready in deployed_models():
+        versions.setdefault(model, version)
+        if ready and server not in servers[model]:
+            servers[model].append(server)
     return {
         name: Route(name, version, tuple(servers.get(name, ())))
         for name, version in versions.items()

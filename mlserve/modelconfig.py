@@ -52,7 +52,7 @@ def parse(text: str, model: str, files: Iterable[str] = ()) -> ModelConfig:
             )
         config.backend = backend
     _check_tensors(config)
-    _check_ensemble_steps(config)
+    check_ensemble_steps(config)
     return config
 
 
@@ -94,7 +94,7 @@ def _check_tensors(config: ModelConfig) -> None:
             seen.add(tensor.name)
 
 
-def _check_ensemble_steps(config: ModelConfig) -> None:
+def check_ensemble_steps(config: ModelConfig) -> None:
     # Triton validates only top-level model names, not the models an ensemble
     # step names; a step such as "../secret" must never reach a Triton.
     for step in config.ensemble_scheduling.step:

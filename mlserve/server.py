@@ -28,6 +28,7 @@ from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
+from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
@@ -37,6 +38,8 @@ from mlserve.deployments import DEFAULT_SERVER, Deployments
 from mlserve.fleet import Fleet
 from mlserve.gateway import Router
 from mlserve.paging import PageTokens
+from mlserve.pipeline_deployments import PipelineDeployments
+from mlserve.pipelines import Pipelines
 from mlserve.repository import Repository
 from mlserve.settings import Settings
 from mlserve.stats import InferenceStats
@@ -51,6 +54,8 @@ from mlserve_api.v1 import (
     deployment_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
     user_pb2,
@@ -70,6 +75,7 @@ SERVICES = (
     workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"].full_name,
     app_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
 )
 
 
@@ -87,6 +93,8 @@ class Domain:
     stats: InferenceStats
     directory: Directory
     audit: AuditLog
+    pipelines: Pipelines
+    pipeline_deployments: PipelineDeployments
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -105,6 +113,9 @@ def build_domain(settings: Settings) -> Domain:
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
+    # After the model deployments' callback: members may be deployments too.
+    pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
+    fleet.on_change(pipeline_deployments.server_changed)
     return Domain(
         repository,
         catalog,
@@ -116,6 +127,8 @@ def build_domain(settings: Settings) -> Domain:
         InferenceStats(),
         Directory(tokens),
         AuditLog(tokens),
+        Pipelines(tokens),
+        pipeline_deployments,
     )
 
 
@@ -211,7 +224,10 @@ class MLServe:
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(domain.deployments), server
+            DeploymentService(domain.deployments, domain.pipeline_deployments), server
+        )
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
+            PipelineService(domain.pipelines, lambda: self.address), server
         )
         user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.directory), server)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(

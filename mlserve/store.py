@@ -45,7 +45,7 @@ POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def utcnow() -> dt.datetime:
@@ -299,6 +299,7 @@ class Deployment(BaseModel):
     version = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
+    serving = pw.TextField(default="{}")  # JSON: batching and instance settings
 
 
 class DeploymentTarget(BaseModel):
@@ -340,6 +341,70 @@ class InferenceCount(BaseModel):
         indexes = ((("model", "version"), True),)
 
 
+class Pipeline(BaseModel):
+    """A DAG of model steps served as one Triton ensemble named ``name``."""
+
+    name = pw.CharField(unique=True, max_length=128)
+    description = pw.TextField(default="")
+    create_time = pw.DateTimeField(default=utcnow)
+
+
+class PipelineVersion(BaseModel):
+    """One immutable version of a pipeline's inputs, outputs and steps."""
+
+    pipeline = pw.ForeignKeyField(Pipeline, backref="versions", on_delete="CASCADE")
+    version = pw.BigIntegerField()
+    spec = pw.TextField()  # JSON: {"inputs": [...], "outputs": [...], "steps": [...]}
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pipeline", "version"), True),)
+
+
+class PipelineDeployment(BaseModel):
+    """Desired: ``pipeline`` at ``version`` (an ensemble plus its members) on targets."""
+
+    pipeline = pw.ForeignKeyField(Pipeline, backref="deployments", on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pipeline",), True),)
+
+
+class PipelineMember(BaseModel):
+    """A member model version a deployed pipeline pins (its ensemble steps name it)."""
+
+    deployment = pw.ForeignKeyField(PipelineDeployment, backref="members", on_delete="CASCADE")
+    model = pw.ForeignKeyField(Model, backref="pipeline_members", on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    config = pw.TextField()  # the config.pbtxt Triton gets, settings applied
+
+
+class PipelineTarget(BaseModel):
+    """A pipeline deployment on one server: the ensemble's state and its members'."""
+
+    deployment = pw.ForeignKeyField(PipelineDeployment, backref="targets", on_delete="CASCADE")
+    server = pw.ForeignKeyField(Server, backref="pipeline_targets", on_delete="RESTRICT")
+    position = pw.IntegerField(default=0)
+    state = pw.CharField(max_length=32, default="PENDING")
+    message = pw.TextField(default="")
+    members = pw.TextField(default="[]")  # JSON: [[model, version, state, message], ...]
+    update_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("deployment", "server"), True),)
+
+
+PIPELINE_TABLES: list[type[BaseModel]] = [
+    Pipeline,
+    PipelineVersion,
+    PipelineDeployment,
+    PipelineMember,
+    PipelineTarget,
+]
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -364,6 +429,7 @@ TABLES: list[type[BaseModel]] = [
     AppRoute,
     AppConsumer,
     AuditEvent,
+    *PIPELINE_TABLES,
 ]
 
 
@@ -466,12 +532,19 @@ def _add_access_control(db: pw.Database) -> None:
         Model.update(workspace=home).execute()
 
 
+def _add_pipelines(db: pw.Database) -> None:
+    db.create_tables(PIPELINE_TABLES)
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
     3: _add_model_metadata,
     4: _add_blobs_and_artifacts,
     5: _add_access_control,
+    6: _add_pipelines,
 }
 
 

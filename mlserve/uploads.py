@@ -34,6 +34,7 @@ from mlserve.catalog import (
     check_upload,
     find_artifact,
     find_version,
+    refuse_pipeline_name,
     writable_model,
 )
 from mlserve.errors import (
@@ -236,6 +237,7 @@ class Uploads:
     def _plan(self, header: UploadHeader) -> _Plan:
         model = check_name(header.model, "model name")
         check_upload(model)
+        refuse_pipeline_name(model)
         if len(header.files) > MAX_FILES:
             raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
         files: dict[str, FileSpec] = {}

@@ -22,6 +22,7 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     deployment_pb2_grpc,
     model_pb2_grpc,
+    pipeline_pb2_grpc,
     server_pb2_grpc,
     user_pb2_grpc,
     workspace_pb2_grpc,
@@ -48,6 +49,7 @@ class Stubs:
     workspaces: workspace_pb2_grpc.WorkspaceServiceStub = field(init=False)
     apps: app_pb2_grpc.AppServiceStub = field(init=False)
     audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
+    pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -58,6 +60,7 @@ class Stubs:
         self.workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self.channel)
         self.apps = app_pb2_grpc.AppServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -75,3 +76,78 @@ def write_add_model(
     (model_dir / "config.pbtxt").write_bytes(files["config.pbtxt"])
     (version_dir / "model.py").write_bytes(files["model.py"])
     return model_dir
+
+
+# --- one-input models for pipelines -------------------------------------------
+
+_SCALE_MODEL_PY = """\
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FACTOR = np.float32({factor!r})
+OFFSET = np.float32({offset!r})
+SLEEP = {sleep!r}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        # A fixed cost per call, whatever the batch size: batching pays it once.
+        if SLEEP:
+            time.sleep(SLEEP)
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            out = pb_utils.Tensor("OUTPUT", (x * FACTOR + OFFSET).astype(x.dtype))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"""
+
+_BROKEN_MODEL_PY = """\
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("this model refuses to load")
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def scale_model_config(
+    name: str,
+    *,
+    datatype: str = "TYPE_FP32",
+    dims: tuple[int, ...] = (-1,),
+    max_batch_size: int = 0,
+) -> model_config_pb2.ModelConfig:
+    """A one-input model: OUTPUT = INPUT * factor + offset."""
+    config = model_config_pb2.ModelConfig(name=name, backend="python")
+    config.max_batch_size = max_batch_size
+    data_type = model_config_pb2.DataType.Value(datatype)
+    config.input.add(name="INPUT", data_type=data_type, dims=list(dims))
+    config.output.add(name="OUTPUT", data_type=data_type, dims=list(dims))
+    config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=1)
+    return config
+
+
+def scale_model_files(
+    name: str,
+    factor: float = 1.0,
+    offset: float = 0.0,
+    *,
+    sleep: float = 0.0,
+    broken: bool = False,
+    **config: Any,
+) -> dict[str, bytes]:
+    """``config.pbtxt`` and ``model.py`` of a scale model (``broken``: fails to load).
+
+    ``sleep`` adds a fixed cost to every execute call, as a model with a
+    per-call overhead has; ``config`` goes to ``scale_model_config``.
+    """
+    source = _BROKEN_MODEL_PY if broken else _SCALE_MODEL_PY
+    text = text_format.MessageToString(scale_model_config(name, **config))
+    return {
+        "config.pbtxt": text.encode(),
+        "model.py": source.format(factor=float(factor), offset=float(offset), sleep=sleep).encode(),
+    }

@@ -118,6 +118,10 @@ def test_foundation_database_opens_with_every_row_intact(database_url: str) -> N
                 admin.default_workspace_id,
                 ("private", True, True),
             )
+        # Schema 7 (pipelines): deployments keep their rows with no serving
+        # settings, and the pipeline tables take rows.
+        assert store.Deployment.get(store.Deployment.name == "resnet").serving == "{}"
+        store.Pipeline.create(name="chain")
     finally:
         close_database(db)
 

@@ -147,6 +147,15 @@ RULES: dict[str, Rule] = {
         UnloadModel=_EDIT,
     ),
     **_service(
+        "mlserve.v1.PipelineService",
+        CreatePipeline=_EDIT,
+        GetPipeline=_READ,
+        ListPipelines=_READ,
+        UpdatePipeline=_EDIT,
+        DeletePipeline=_EDIT,
+        CopyPipeline=_EDIT,
+    ),
+    **_service(
         "mlserve.v1.UserService",
         CreateUser=_ADMIN,
         GetUser=_READ,

@@ -12,7 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlserve.catalog import ArtifactRecord, FileSpec, ModelQuery, ModelRecord, VersionRecord
-from mlserve.deployments import DeploymentRecord
+from mlserve.deployments import DeploymentRecord, TargetRecord
 from mlserve.errors import InvalidArgument
 from mlserve.fleet import ServerFields, ServerRecord
 from mlserve.model_metadata import (
@@ -23,9 +23,12 @@ from mlserve.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
+from mlserve.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
+from mlserve.pipelines import PipelineRecord, Spec, Step, Tensor
+from mlserve.serving import ServingSettings
 from mlserve.stats import UsageRecord
 from mlserve.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
-from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2
 
 _NO_USAGE = UsageRecord()
 
@@ -357,16 +360,126 @@ def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
         model=record.model,
         version=record.version,
         servers=record.servers,
-        targets=[
-            deployment_pb2.DeploymentTarget(
-                server=target.server,
-                state=_DEPLOYMENT_STATES[target.state],
-                message=target.message,
-                update_time=timestamp(target.update_time),
+        targets=[_target(target) for target in record.targets],
+        state=_DEPLOYMENT_STATES[record.state],
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+        serving=serving_message(record.serving),
+    )
+
+
+def _target(target: TargetRecord) -> deployment_pb2.DeploymentTarget:
+    return deployment_pb2.DeploymentTarget(
+        server=target.server,
+        state=_DEPLOYMENT_STATES[target.state],
+        message=target.message,
+        update_time=timestamp(target.update_time),
+    )
+
+
+def serving_settings(message: pipeline_pb2.ServingSettings) -> ServingSettings:
+    batching = message.dynamic_batching
+    return ServingSettings(
+        max_batch_size=message.max_batch_size,
+        instance_count=message.instance_count,
+        dynamic_batching=message.HasField("dynamic_batching"),
+        preferred_batch_sizes=tuple(batching.preferred_batch_sizes),
+        max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
+    )
+
+
+def serving_message(settings: ServingSettings) -> pipeline_pb2.ServingSettings:
+    message = pipeline_pb2.ServingSettings(
+        max_batch_size=settings.max_batch_size, instance_count=settings.instance_count
+    )
+    if settings.dynamic_batching:
+        message.dynamic_batching.CopyFrom(
+            pipeline_pb2.DynamicBatching(
+                preferred_batch_sizes=settings.preferred_batch_sizes,
+                max_queue_delay_microseconds=settings.max_queue_delay_microseconds,
             )
-            for target in record.targets
+        )
+    return message
+
+
+def pipeline_spec(message: pipeline_pb2.Pipeline) -> Spec:
+    return Spec(
+        inputs=[tensor.name for tensor in message.inputs],
+        outputs=[tensor.name for tensor in message.outputs],
+        steps=[
+            Step(
+                name=step.name,
+                model=step.model,
+                model_version=step.model_version,
+                input_map=dict(step.input_map),
+                output_map=dict(step.output_map),
+                serving=serving_settings(step.serving),
+            )
+            for step in message.steps
         ],
+    )
+
+
+def pipeline(record: PipelineRecord, address: str) -> pipeline_pb2.Pipeline:
+    def tensors(items: Sequence[Tensor]) -> list[pipeline_pb2.PipelineTensor]:
+        return [
+            pipeline_pb2.PipelineTensor(name=t.name, datatype=t.datatype, dims=t.dims)
+            for t in items
+        ]
+
+    return pipeline_pb2.Pipeline(
+        name=record.name,
+        description=record.description,
+        version=record.version,
+        inputs=tensors(record.inputs),
+        outputs=tensors(record.outputs),
+        steps=[
+            pipeline_pb2.PipelineStep(
+                name=step.name,
+                model=step.model,
+                model_version=step.model_version,
+                input_map=step.input_map,
+                output_map=step.output_map,
+                serving=serving_message(step.serving),
+            )
+            for step in record.spec.steps
+        ],
+        version_count=record.version_count,
+        state=(
+            pipeline_pb2.PIPELINE_STATE_DEPLOYED
+            if record.deployed_version
+            else pipeline_pb2.PIPELINE_STATE_REGISTERED
+        ),
+        deployed_version=record.deployed_version,
+        inference_address=address,
+        inference_model=record.name,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+    )
+
+
+def pipeline_deployment(record: PipelineDeploymentRecord) -> deployment_pb2.Deployment:
+    return deployment_pb2.Deployment(
+        name=record.name,
+        pipeline=record.pipeline,
+        version=record.version,
+        servers=record.servers,
+        targets=[_pipeline_target(target) for target in record.targets],
         state=_DEPLOYMENT_STATES[record.state],
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
     )
+
+
+def _pipeline_target(target: PipelineTargetRecord) -> deployment_pb2.DeploymentTarget:
+    message = _target(target)
+    message.members.extend(
+        deployment_pb2.MemberTarget(
+            model=member.model,
+            version=member.version,
+            state=_DEPLOYMENT_STATES[member.state],
+            message=member.message,
+        )
+        for member in target.members
+    )
+    return message

@@ -14,6 +14,7 @@ from mlserve_client.client import Client
 from mlserve_client.download import safe_destination
 from mlserve_client.errors import ClientError, DownloadError, MissingKeyError, ModelDirectoryError
 from mlserve_client.layout import LocalFile, LocalVersion, derive_upload_id, read_model_directory
+from mlserve_client.pipelines import PipelineSpecError, pipeline_from_spec, read_pipeline_spec
 from mlserve_client.upload import DEFAULT_CHUNK_SIZE, Progress
 
 __all__ = [
@@ -26,10 +27,13 @@ __all__ = [
     "LocalVersion",
     "MissingKeyError",
     "ModelDirectoryError",
+    "PipelineSpecError",
     "Progress",
     "default_home",
     "derive_upload_id",
+    "pipeline_from_spec",
     "read_admin_key",
     "read_model_directory",
+    "read_pipeline_spec",
     "safe_destination",
 ]

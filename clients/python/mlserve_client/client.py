@@ -17,6 +17,8 @@ from mlserve_api.v1 import (
     deployment_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
     user_pb2,
@@ -26,6 +28,7 @@ from mlserve_api.v1 import (
 from mlserve_client.channel import DEFAULT_ADDRESS, default_home, open_channel, read_admin_key
 from mlserve_client.download import ArtifactWriter, VersionWriter
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
+from mlserve_client.pipelines import read_pipeline_spec
 from mlserve_client.upload import (
     DEFAULT_CHUNK_SIZE,
     Progress,
@@ -41,8 +44,8 @@ _Item = TypeVar("_Item")
 class Client:
     """A connection to MLServe.
 
-    ``models``, ``servers``, ``deployments``, ``users``, ``workspaces``, ``apps`` and
-    ``audit`` are the generated stubs, so every RPC
+    ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
+    ``apps`` and ``audit`` are the generated stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
     """
@@ -65,6 +68,7 @@ class Client:
         self.workspaces = workspace_pb2_grpc.WorkspaceServiceStub(self._channel)
         self.apps = app_pb2_grpc.AppServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -321,6 +325,29 @@ class Client:
         )
         request.update_mask.paths.extend(fields)
         return self.deployments.UpdateDeployment(request)
+
+    # --- pipelines ----------------------------------------------------------
+
+    def create_pipeline(self, spec: Path | pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
+        """Create a pipeline from a YAML spec file (see mlserve_client.pipelines) or message."""
+        pipeline = read_pipeline_spec(spec) if isinstance(spec, Path) else spec
+        return self.pipelines.CreatePipeline(pipeline_pb2.CreatePipelineRequest(pipeline=pipeline))
+
+    def list_pipelines(self) -> Iterator[pipeline_pb2.Pipeline]:
+        def page(token: str) -> tuple[Sequence[pipeline_pb2.Pipeline], str]:
+            request = pipeline_pb2.ListPipelinesRequest(page_token=token)
+            response = self.pipelines.ListPipelines(request)
+            return response.pipelines, response.next_page_token
+
+        return _every_page(page)
+
+    def deploy_pipeline(
+        self, name: str, version: int = 0, servers: Sequence[str] = ()
+    ) -> deployment_pb2.Deployment:
+        """Deploy a pipeline version (0: the latest) as a Triton ensemble; wait for the outcome."""
+        wanted = deployment_pb2.Deployment(pipeline=name, version=version, servers=servers)
+        request = deployment_pb2.CreateDeploymentRequest(deployment=wanted)
+        return self.deployments.CreateDeployment(request)
 
 
 def _every_page(

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mlserve_api.v1 import pipeline_pb2 as _pipeline_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -63,6 +64,7 @@ class DeploymentTarget(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     server: _builtins.str
     """The server's name."""
     state: Global___DeploymentState.ValueType
@@ -73,6 +75,12 @@ class DeploymentTarget(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When this state was observed."""
 
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberTarget]:
+        """For a pipeline: the state of each member model on that server (the
+        target's own state is the ensemble's). Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -80,14 +88,49 @@ class DeploymentTarget(_message.Message):
         state: Global___DeploymentState.ValueType = ...,
         message: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        members: _abc.Iterable[Global___MemberTarget] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "server", b"server", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "message", b"message", "server", b"server", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeploymentTarget: _TypeAlias = DeploymentTarget  # noqa: Y015
+
+@_typing.final
+class MemberTarget(_message.Message):
+    """MemberTarget is the state of one member model of a pipeline on a server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The member model's name (its Triton model name)."""
+    version: _builtins.int
+    """The member version the ensemble pins."""
+    state: Global___DeploymentState.ValueType
+    """State of the member on the server."""
+    message: _builtins.str
+    """Triton's reason when not READY."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        state: Global___DeploymentState.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "model", b"model", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberTarget: _TypeAlias = MemberTarget  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):
@@ -125,6 +168,8 @@ class Deployment(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     SERVER_SELECTOR_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name: the model's name (one deployment per model)."""
     model: _builtins.str
@@ -138,6 +183,11 @@ class Deployment(_message.Message):
     replicas: _builtins.int
     """How many servers to place the model on when servers is empty; 0 means
     every server server_selector matches. Input only.
+    """
+    pipeline: _builtins.str
+    """The pipeline to deploy as a Triton ensemble, instead of a model; the
+    deployment is then named after the pipeline and version is the pipeline
+    version. Members are deployed first on the same servers.
     """
     @_builtins.property
     def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -164,6 +214,12 @@ class Deployment(_message.Message):
         servers is empty. Input only.
         """
 
+    @_builtins.property
+    def serving(self) -> _pipeline_pb2.ServingSettings:
+        """Batching and instance settings written into the config MLServe gives
+        Triton for the model (for a pipeline, set them per step).
+        """
+
     def __init__(
         self,
         *,
@@ -177,10 +233,12 @@ class Deployment(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         replicas: _builtins.int = ...,
         server_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        pipeline: _builtins.str = ...,
+        serving: _pipeline_pb2.ServingSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "model", b"model", "name", b"name", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,531 @@
+"""Pipelines: DAGs of model steps, checked against the member models' configs
+and served as one Triton ensemble named after the pipeline.
+
+A pipeline shares the model namespace (the ensemble is a Triton model).
+Changing its inputs, outputs or steps records a new, immutable version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import graphlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import peewee as pw
+from tritonclient.grpc import model_config_pb2
+
+from mlserve import modelconfig, serving, store
+from mlserve.aio import in_thread
+from mlserve.catalog import Page, find_version
+from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.fleet import READY
+from mlserve.modelconfig import ModelConfig
+from mlserve.names import check_name
+from mlserve.paging import PageTokens, page_size
+from mlserve.serving import ServingSettings
+
+MAX_STEPS = 64
+MAX_TENSOR_NAME = 256
+UPDATABLE_PIPELINE_FIELDS = frozenset({"description", "inputs", "outputs", "steps"})
+_SPEC_FIELDS = frozenset({"inputs", "outputs", "steps"})
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    model: str
+    model_version: int = 0  # 0: the deployed version when deploying, else the latest
+    input_map: Mapping[str, str] = field(default_factory=dict)
+    output_map: Mapping[str, str] = field(default_factory=dict)
+    serving: ServingSettings = serving.NO_SETTINGS
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a pipeline version is: its input and output names and its steps."""
+
+    inputs: Sequence[str]
+    outputs: Sequence[str]
+    steps: Sequence[Step]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "inputs": list(self.inputs),
+                "outputs": list(self.outputs),
+                "steps": [asdict(step) for step in self.steps],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Spec:
+        data = json.loads(text)
+        steps = [
+            Step(**{**step, "serving": ServingSettings.from_dict(step["serving"])})
+            for step in data["steps"]
+        ]
+        return cls(data["inputs"], data["outputs"], steps)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str  # Triton's name without TYPE_, e.g. "FP32"
+    dims: tuple[int, ...]  # without the batch dimension
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A spec that passed validation, with what the member configs tell about it."""
+
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    max_batch_size: int
+    versions: dict[str, int]  # step name -> the member version checked against
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    name: str
+    description: str
+    version: int
+    version_count: int
+    spec: Spec
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    deployed_version: int
+    create_time: dt.datetime
+    update_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member model version with the config Triton gets for it."""
+
+    model: str
+    version: int
+    config: ModelConfig
+
+
+class Pipelines:
+    def __init__(self, tokens: PageTokens) -> None:
+        self.tokens = tokens
+
+    @in_thread
+    def create(self, name: str, description: str, spec: Spec) -> PipelineRecord:
+        check_name(name, "pipeline name")
+        spec = normalise(spec)
+        check(spec, member_configs(spec))
+        try:
+            with store.database.atomic():
+                _refuse_taken_name(name)
+                row = store.Pipeline.create(name=name, description=description)
+                store.PipelineVersion.create(pipeline=row, version=1, spec=spec.to_json())
+        except pw.IntegrityError:
+            raise AlreadyExists(f"pipeline {name!r} already exists") from None
+        return _record(row, 0)
+
+    @in_thread
+    def get(self, name: str, version: int = 0) -> PipelineRecord:
+        return _record(_pipeline_row(name), version)
+
+    @in_thread
+    def list_pipelines(self, requested_size: int, token: str) -> Page[PipelineRecord]:
+        size = page_size(requested_size)
+        query_key = {"list": "pipelines"}
+        after = self.tokens.decode(query_key, token)
+        query = store.Pipeline.select().order_by(store.Pipeline.name).limit(size + 1)
+        if after is not None:
+            query = query.where(store.Pipeline.name > str(after))
+        rows = list(query)
+        records = [_record(row, 0) for row in rows[:size]]
+        next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
+        return Page(records, next_token)
+
+    @in_thread
+    def update(
+        self, name: str, description: str, spec: Spec, mask: Sequence[str]
+    ) -> PipelineRecord:
+        unknown = set(mask) - UPDATABLE_PIPELINE_FIELDS
+        if unknown or not mask:
+            raise InvalidArgument(
+                "update_mask must name some of: " + ", ".join(sorted(UPDATABLE_PIPELINE_FIELDS))
+            )
+        row = _pipeline_row(name)
+        current = _latest_version_row(row)
+        old = Spec.from_json(current.spec)
+        new = normalise(
+            Spec(
+                spec.inputs if "inputs" in mask else old.inputs,
+                spec.outputs if "outputs" in mask else old.outputs,
+                spec.steps if "steps" in mask else old.steps,
+            )
+        )
+        changed = new != old
+        if changed:
+            check(new, member_configs(new))
+        with store.database.atomic():
+            if "description" in mask:
+                row.description = description
+                row.save()
+            if changed:
+                store.PipelineVersion.create(
+                    pipeline=row, version=current.version + 1, spec=new.to_json()
+                )
+        return _record(row, 0)
+
+    @in_thread
+    def delete(self, name: str) -> None:
+        with store.database.atomic():
+            row = _pipeline_row(name)
+            deployment = store.PipelineDeployment.get_or_none(
+                store.PipelineDeployment.pipeline == row
+            )
+            if deployment is not None:
+                raise FailedPrecondition(
+                    f"pipeline {name!r} is deployed (version {deployment.version}); "
+                    "undeploy it first (DeleteDeployment)"
+                )
+            row.delete_instance(recursive=True)
+
+    async def copy(
+        self,
+        name: str,
+        version: int,
+        new_name: str,
+        settings: Mapping[str, ServingSettings],
+    ) -> PipelineRecord:
+        source = await self.get(name, version)
+        steps = {step.name: step for step in source.spec.steps}
+        unknown = sorted(set(settings) - steps.keys())
+        if unknown:
+            raise InvalidArgument(
+                f"pipeline {name!r} has no step {unknown[0]!r}; its steps are: {', '.join(steps)}"
+            )
+        spec = replace(
+            source.spec,
+            steps=[replace(s, serving=settings.get(s.name, s.serving)) for s in steps.values()],
+        )
+        return await self.create(new_name, source.description, spec)
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def normalise(spec: Spec) -> Spec:
+    """Check the spec's shape and names (no store access); default step names.
+
+    Step model names are checked here, before any config is read or written:
+    Triton checks only top-level model names, not the models ensemble steps
+    name.
+    """
+    if not spec.steps:
+        raise InvalidArgument("a pipeline needs at least one step")
+    if len(spec.steps) > MAX_STEPS:
+        raise InvalidArgument(f"a pipeline may have at most {MAX_STEPS} steps")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for position, step in enumerate(spec.steps, 1):
+        label = f"step {position}" + (f" ({step.name!r})" if step.name else "")
+        check_name(step.model, f"{label}: model name")
+        name = step.name or step.model
+        check_name(name, f"{label}: step name")
+        if name in seen:
+            raise InvalidArgument(
+                f"step {position}: the name {name!r} is used twice; give each step a distinct name"
+            )
+        seen.add(name)
+        if step.model_version < 0:
+            raise InvalidArgument(f"step {name!r}: model_version must not be negative")
+        for kind, mapping in (("input_map", step.input_map), ("output_map", step.output_map)):
+            for key, value in mapping.items():
+                _check_tensor_name(key, f"step {name!r}: {kind} key")
+                _check_tensor_name(value, f"step {name!r}: {kind}[{key!r}]")
+        if not step.output_map:
+            raise InvalidArgument(f"step {name!r}: output_map is empty; map at least one output")
+        serving.check(step.serving, f"step {name!r}")
+        steps.append(replace(step, name=name, input_map=dict(step.input_map)))
+    for kind, names in (("input", spec.inputs), ("output", spec.outputs)):
+        if not names:
+            raise InvalidArgument(f"a pipeline needs at least one {kind}")
+        for tensor in names:
+            _check_tensor_name(tensor, f"pipeline {kind}")
+        if len(set(names)) != len(names):
+            raise InvalidArgument(f"a pipeline {kind} is named twice")
+    return Spec(list(spec.inputs), list(spec.outputs), steps)
+
+
+def member_configs(spec: Spec, deployed: Mapping[str, int] | None = None) -> dict[str, Member]:
+    """Per step, its member version and config with the step's settings (blocking).
+
+    ``deployed`` gives, per model, the version to use for steps that name
+    none; absent models fall back to their latest version.
+    """
+    members: dict[str, Member] = {}
+    for step in spec.steps:
+        wanted = step.model_version or (deployed or {}).get(step.model, 0)
+        try:
+            record = find_version(step.model, wanted)
+        except NotFound as error:
+            raise NotFound(f"step {step.name!r}: {error.message}") from None
+        config = modelconfig.for_version(
+            modelconfig.parse(record.config, step.model), record.version
+        )
+        config = serving.apply(config, step.serving, f"step {step.name!r}")
+        members[step.name] = Member(step.model, record.version, config)
+    return members
+
+
+def check(spec: Spec, members: Mapping[str, Member]) -> Checked:
+    """Check the DAG against the member configs; INVALID_ARGUMENT names step and tensor."""
+    by_model: dict[str, tuple[str, Member]] = {}
+    for step in spec.steps:
+        member = members[step.name]
+        other = by_model.setdefault(step.model, (step.name, member))
+        if other[1] != member:
+            raise InvalidArgument(
+                f"steps {other[0]!r} and {step.name!r} run model {step.model!r} with a different "
+                "version or serving settings; Triton loads one config per model"
+            )
+    # tensor -> (producing step or "" for a pipeline input, its full shape, datatype)
+    produced: dict[str, tuple[str, list[int], int]] = {}
+    for step in spec.steps:
+        config = members[step.name].config
+        outputs = {tensor.name: tensor for tensor in config.output}
+        for model_output, tensor in step.output_map.items():
+            if model_output not in outputs:
+                raise InvalidArgument(
+                    f"step {step.name!r}: model {step.model!r} has no output {model_output!r} "
+                    f"(its outputs: {', '.join(outputs)})"
+                )
+            if tensor in produced or tensor in spec.inputs:
+                first = produced[tensor][0] if tensor in produced else ""
+                source = f"step {first!r}" if first else "a pipeline input"
+                raise InvalidArgument(
+                    f"step {step.name!r}: tensor {tensor!r} is already produced by {source}; "
+                    "every tensor needs exactly one producer"
+                )
+            spec_tensor = outputs[model_output]
+            produced[tensor] = (step.name, _full_shape(config, spec_tensor), spec_tensor.data_type)
+    inputs: dict[str, tuple[list[int], int]] = {}
+    graph: dict[str, set[str]] = {step.name: set() for step in spec.steps}
+    for step in spec.steps:
+        config = members[step.name].config
+        model_inputs = {tensor.name: tensor for tensor in config.input}
+        for model_input in model_inputs:
+            if model_input not in step.input_map:
+                raise InvalidArgument(
+                    f"step {step.name!r}: input {model_input!r} of model {step.model!r} is fed "
+                    "by nothing; map it in input_map to a pipeline input or a step output"
+                )
+        for model_input, tensor in step.input_map.items():
+            if model_input not in model_inputs:
+                raise InvalidArgument(
+                    f"step {step.name!r}: model {step.model!r} has no input {model_input!r} "
+                    f"(its inputs: {', '.join(model_inputs)})"
+                )
+            wanted = model_inputs[model_input]
+            shape, datatype = _full_shape(config, wanted), wanted.data_type
+            if tensor in produced:
+                producer, have_shape, have_type = produced[tensor]
+                graph[step.name].add(producer)
+                source = f"step {producer!r}"
+            elif tensor in spec.inputs:
+                have_shape, have_type = inputs.setdefault(tensor, (shape, datatype))
+                source = "pipeline input"
+            else:
+                raise InvalidArgument(
+                    f"step {step.name!r}: input {model_input!r} reads tensor {tensor!r}, which "
+                    "is neither a pipeline input nor produced by any step (dangling input)"
+                )
+            if have_type != datatype:
+                raise InvalidArgument(
+                    f"step {step.name!r}: input {model_input!r} is {_type_name(datatype)} but "
+                    f"tensor {tensor!r} from {source} is {_type_name(have_type)}"
+                )
+            merged = _merge_shapes(have_shape, shape)
+            if merged is None:
+                raise InvalidArgument(
+                    f"step {step.name!r}: input {model_input!r} has shape {shape} but tensor "
+                    f"{tensor!r} from {source} has shape {have_shape} "
+                    "(-1 is any size; a batching model adds a leading batch dimension)"
+                )
+            if tensor in inputs:
+                inputs[tensor] = (merged, datatype)
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        cycle = " -> ".join(error.args[1])
+        raise InvalidArgument(f"the steps form a cycle: {cycle}") from None
+    for tensor in spec.inputs:
+        if tensor not in inputs:
+            raise InvalidArgument(f"pipeline input {tensor!r} is read by no step")
+    for tensor in spec.outputs:
+        if tensor not in produced:
+            raise InvalidArgument(
+                f"pipeline output {tensor!r} is produced by no step: name it in a step's output_map"
+            )
+    batch_sizes = [member.config.max_batch_size for member in members.values()]
+    max_batch = min(batch_sizes) if all(batch_sizes) else 0
+
+    def tensor_of(name: str, shape: list[int], datatype: int) -> Tensor:
+        dims = tuple(shape[1:] if max_batch else shape)
+        return Tensor(name, _type_name(datatype), dims)
+
+    return Checked(
+        inputs=[tensor_of(name, *inputs[name]) for name in spec.inputs],
+        outputs=[tensor_of(name, *produced[name][1:]) for name in spec.outputs],
+        max_batch_size=max_batch,
+        versions={name: member.version for name, member in members.items()},
+    )
+
+
+def ensemble_config(
+    name: str, version: int, spec: Spec, members: Mapping[str, Member], checked: Checked
+) -> ModelConfig:
+    """The Triton ensemble config of ``spec`` with each member's version pinned."""
+    config = model_config_pb2.ModelConfig(
+        name=name, platform="ensemble", max_batch_size=checked.max_batch_size
+    )
+    config.version_policy.specific.versions.append(version)
+    for tensors, target in ((checked.inputs, config.input), (checked.outputs, config.output)):
+        for tensor in tensors:
+            target.add(
+                name=tensor.name,
+                data_type=model_config_pb2.DataType.Value("TYPE_" + tensor.datatype),
+                dims=list(tensor.dims),
+            )
+    for step in spec.steps:
+        entry = config.ensemble_scheduling.step.add(
+            model_name=step.model, model_version=members[step.name].version
+        )
+        entry.input_map.update(step.input_map)
+        entry.output_map.update(step.output_map)
+    modelconfig.check_ensemble_steps(config)
+    return config
+
+
+def _check_tensor_name(value: str, what: str) -> None:
+    if not value or len(value) > MAX_TENSOR_NAME or "\x00" in value:
+        raise InvalidArgument(f"{what}: a tensor name must be 1 to {MAX_TENSOR_NAME} characters")
+
+
+def _full_shape(config: ModelConfig, tensor: Any) -> list[int]:
+    dims = [int(d) for d in tensor.dims]
+    return [-1, *dims] if config.max_batch_size > 0 else dims
+
+
+def _merge_shapes(a: Sequence[int], b: Sequence[int]) -> list[int] | None:
+    """The more specific of two compatible shapes (-1 matches any size), else None."""
+    if len(a) != len(b):
+        return None
+    merged = []
+    for x, y in zip(a, b, strict=True):
+        if x != y and -1 not in (x, y):
+            return None
+        merged.append(y if x == -1 else x)
+    return merged
+
+
+def _type_name(datatype: int) -> str:
+    return str(model_config_pb2.DataType.Name(datatype)).removeprefix("TYPE_")
+
+
+# --- store -----------------------------------------------------------------------
+
+
+def _refuse_taken_name(name: str) -> None:
+    if store.Model.select().where(store.Model.name == name).exists():
+        raise AlreadyExists(
+            f"a model is named {name!r}; pipelines and models share one namespace "
+            "(the pipeline is a Triton model): choose another name"
+        )
+    if store.Pipeline.select().where(store.Pipeline.name == name).exists():
+        raise AlreadyExists(f"pipeline {name!r} already exists")
+
+
+def _pipeline_row(name: str) -> Any:
+    check_name(name, "pipeline name")
+    row = store.Pipeline.get_or_none(store.Pipeline.name == name)
+    if row is None:
+        raise NotFound(f"pipeline {name!r} does not exist")
+    return row
+
+
+def _latest_version_row(row: Any) -> Any:
+    return (
+        store.PipelineVersion.select()
+        .where(store.PipelineVersion.pipeline == row)
+        .order_by(store.PipelineVersion.version.desc())
+        .first()
+    )
+
+
+def version_row(name: str, version: int) -> Any:
+    """The store row of pipeline ``name`` at ``version`` (0: the latest), or NotFound."""
+    row = _pipeline_row(name)
+    if version < 0:
+        raise InvalidArgument(f"version must not be negative, got {version}")
+    if version == 0:
+        return _latest_version_row(row)
+    found = store.PipelineVersion.get_or_none(
+        (store.PipelineVersion.pipeline == row) & (store.PipelineVersion.version == version)
+    )
+    if found is None:
+        raise NotFound(f"pipeline {name!r} has no version {version}")
+    return found
+
+
+def _record(row: Any, version: int) -> PipelineRecord:
+    chosen = version_row(row.name, version)
+    spec = Spec.from_json(chosen.spec)
+    count = store.PipelineVersion.select().where(store.PipelineVersion.pipeline == row).count()
+    deployment = store.PipelineDeployment.get_or_none(store.PipelineDeployment.pipeline == row)
+    try:
+        checked = check(spec, member_configs(spec))
+        inputs, outputs = checked.inputs, checked.outputs
+    except (InvalidArgument, NotFound):
+        # A member version was deleted since; show the names without types.
+        inputs = [Tensor(name, "", ()) for name in spec.inputs]
+        outputs = [Tensor(name, "", ()) for name in spec.outputs]
+    return PipelineRecord(
+        name=row.name,
+        description=row.description,
+        version=chosen.version,
+        version_count=count,
+        spec=spec,
+        inputs=inputs,
+        outputs=outputs,
+        deployed_version=deployment.version if deployment is not None else 0,
+        create_time=row.create_time,
+        update_time=chosen.create_time,
+    )
+
+
+def deployed_models() -> list[tuple[str, str, int, bool]]:
+    """(server, Triton model, version, ready) of every deployed ensemble and its members.
+
+    A member counts as ready where its pipeline's target is READY (blocking).
+    """
+    rows = (
+        store.PipelineTarget.select(
+            store.PipelineTarget, store.PipelineDeployment, store.Pipeline, store.Server
+        )
+        .join_from(store.PipelineTarget, store.PipelineDeployment)
+        .join_from(store.PipelineDeployment, store.Pipeline)
+        .join_from(store.PipelineTarget, store.Server)
+        .order_by(store.Pipeline.name, store.PipelineTarget.position)
+    )
+    found: list[tuple[str, str, int, bool]] = []
+    for target in rows:
+        ready = target.state == READY
+        server = target.server.name
+        found.append((server, target.deployment.pipeline.name, target.deployment.version, ready))
+        found.extend(
+            (server, model, version, ready) for model, version, *_ in json.loads(target.members)
+        )
+    return found
