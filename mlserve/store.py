@@ -35,7 +35,9 @@ POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+pool", "postgres+poo
 # Pool settings a postgresql:// URL gets unless its query string says otherwise
 # (e.g. ?max_connections=50&timeout=30). Limits are per MLServe process.
 POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
-    "max_connections": 20,  # connections open at once; more callers wait ...
+    # Connections open at once; more callers wait ... (32 is the most threads
+    # asyncio's default executor runs, so by default no call waits.)
+    "max_connections": 32,
     "timeout": 10,  # ... this many seconds for one, then get UNAVAILABLE
     "stale_timeout": 300,  # seconds before an idle connection is replaced
     "connect_timeout": 5,  # seconds to reach the server (libpq)

@@ -25,12 +25,12 @@ import tritonclient.grpc as triton
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
-from tests.conftest import MLServeProcess
+from tests.conftest import MLServeProcess, Stubs
 from tests.postgres import PostgresCluster
 from tests.test_grpcurl import grpcurl
 from tests.test_lifecycle import upload_add
 from tests.tritons import add_inputs, deploy, remove_model
-from tests.uploading import chunks, header
+from tests.uploading import chunks, header, stream
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +169,41 @@ def test_one_upload_cannot_be_written_through_both_replicas(replicas: Replicas) 
         assert through_a.result().version == 1
     a_stubs.channel.close()
     b_stubs.channel.close()
+
+
+def upload_or_code(
+    stubs: Stubs, files: dict[str, bytes], upload_id: str, barrier: threading.Barrier
+) -> int | grpc.StatusCode:
+    """The version uploaded, or the status code the upload failed with."""
+    barrier.wait()
+    try:
+        request = stream("twice", files, upload_id=upload_id)
+        return stubs.models.UploadModelVersion(request, metadata=stubs.auth, timeout=60).version
+    except grpc.RpcError as error:
+        return error.code()
+
+
+def test_one_new_upload_sent_through_both_at_once(replicas: Replicas) -> None:
+    """Both replicas record the same new upload id at the same moment: one writes it,
+    the other is ABORTED or gets the same version. Never INTERNAL."""
+    a_stubs, b_stubs = replicas.a.stubs(), replicas.b.stubs()
+    try:
+        for round_ in range(4):
+            files = {"model.py": f"# round {round_}\n".encode()}
+            barrier = threading.Barrier(2)
+            with ThreadPoolExecutor(2) as pool:
+                sent = [
+                    pool.submit(upload_or_code, stubs, files, f"twice-{round_}", barrier)
+                    for stubs in (a_stubs, b_stubs)
+                ]
+                outcomes = [future.result() for future in sent]
+            versions = {outcome for outcome in outcomes if isinstance(outcome, int)}
+            refused = [outcome for outcome in outcomes if not isinstance(outcome, int)]
+            assert len(versions) == 1, outcomes
+            assert refused in ([], [grpc.StatusCode.ABORTED]), outcomes
+    finally:
+        a_stubs.channel.close()
+        b_stubs.channel.close()
 
 
 def test_postgresql_restart_mid_run(
