@@ -251,17 +251,15 @@ def open_database(url: str) -> pw.Database:
 def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Call blocking store work in this thread: the one gate to the database.
 
-    On a pooled database the call holds one connection and hands it back at
-    the end; the pool checks a connection before lending it again, so after a
-    database restart dead connections are dropped and new ones opened. A
-    database that cannot be reached (refused, dropped mid-call, no free
-    connection in time) becomes ``Unavailable`` naming the database.
+    On a pooled database the call takes a connection when it first queries
+    (work that never queries, such as reading a file, takes none) and hands
+    it back at the end; the pool checks a connection before lending it again,
+    so after a database restart dead connections are dropped and new ones
+    opened. A database that cannot be reached (refused, dropped mid-call, no
+    free connection in time) becomes ``Unavailable`` naming the database.
     """
     db = database.obj
     try:
-        if isinstance(db, PooledDatabase):
-            with db.connection_context():
-                return function(*args, **kwargs)
         return function(*args, **kwargs)
     except (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -269,6 +267,9 @@ def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         raise Unavailable(
             f"the {describe(db)} cannot be reached or is busy ({reason}); retry once it is back"
         ) from None
+    finally:
+        if isinstance(db, PooledDatabase) and not db.is_closed() and not db.in_transaction():
+            db.close()
 
 
 def describe(db: pw.Database | None) -> str:
