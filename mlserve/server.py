@@ -69,8 +69,7 @@ class Domain:
 
 def build_domain(settings: Settings) -> Domain:
     store.connect(settings.database_url)
-    secret = store.run(store.get_or_create_setting, "page_token_secret", _random_secret)
-    tokens = PageTokens(secret)
+    tokens = PageTokens(store.get_or_create_setting("page_token_secret", _random_secret))
     repository = Repository(settings.repository_dir, settings.staging_dir)
     catalog = Catalog(repository, tokens)
     uploads = Uploads(repository, catalog, UploadLimits(max_upload_bytes=settings.max_upload_bytes))

@@ -258,16 +258,18 @@ def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     opened. A database that cannot be reached (refused, dropped mid-call, no
     free connection in time) becomes ``Unavailable`` naming the database.
     """
-    db = database.obj
     try:
         return function(*args, **kwargs)
     except (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning("database call failed: %s", reason, exc_info=error)
         raise Unavailable(
-            f"the {describe(db)} cannot be reached or is busy ({reason}); retry once it is back"
+            f"the {describe(database.obj)} cannot be reached or is busy ({reason}); "
+            "retry once it is back"
         ) from None
     finally:
+        # Read again: the call may have bound the database (startup does).
+        db = database.obj
         if isinstance(db, PooledDatabase) and not db.is_closed() and not db.in_transaction():
             db.close()
 
