@@ -212,7 +212,8 @@ def connect(url: str) -> pw.Database:
     """Open the database at ``url``, bind the models to it, and migrate it.
 
     ``sqlite:///PATH`` or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME``
-    (``postgres://`` and the ``+pool`` forms mean the same); a PostgreSQL URL's
+    (``postgres://`` and the ``+pool`` forms mean the same; user and password
+    percent-encoded, e.g. ``%40`` for ``@``); a PostgreSQL URL's
     query string may set the pool's limits (``POSTGRESQL_POOL_DEFAULTS``) and
     any libpq parameter (``sslmode``, ``application_name`` …).
     """
@@ -228,7 +229,9 @@ def open_database(url: str) -> pw.Database:
     if scheme in POSTGRESQL_SCHEMES:
         given = {key for key, _ in parse_qsl(urlsplit(url).query)}
         defaults = {k: v for k, v in POSTGRESQL_POOL_DEFAULTS.items() if k not in given}
-        db: pw.Database = connect_url(f"postgresql+pool://{rest}", **defaults)
+        db: pw.Database = connect_url(
+            f"postgresql+pool://{rest}", unquote_password=True, unquote_user=True, **defaults
+        )
         return db
     if url.startswith("sqlite:"):
         db = connect_url(
