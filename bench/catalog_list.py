@@ -30,7 +30,7 @@ SIZES = (1_000, 10_000, 100_000)
 PAGE = 100
 TAG = "hot"  # on every tenth model
 OTHER_TAGS = ("vision", "text", "tabular")
-MIN_CALLS = 200  # pages read per size at least (the walk repeats when shorter)
+MIN_CALLS = 400  # pages read per size at least (the walk repeats when shorter)
 BATCH = 1_000
 
 

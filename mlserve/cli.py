@@ -24,7 +24,10 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serve = commands.add_parser("serve", help="run the MLServe server in the foreground")
     serve.add_argument("--listen", default=DEFAULT_LISTEN, help="host:port (default %(default)s)")
     serve.add_argument(
-        "--database", default="", help="peewee database URL (default: SQLite in --home)"
+        "--database",
+        default="",
+        help="sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME"
+        "[?max_connections=N&timeout=S] (default: SQLite in --home)",
     )
     serve.add_argument(
         "--no-embedded-triton",

@@ -62,6 +62,10 @@ class Router:
         """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to."""
         route = self._routes.get(model)
         if route is None:
+            # Perhaps just deployed through another replica on the same database.
+            await self.reload()
+            route = self._routes.get(model)
+        if route is None:
             await self._explain_missing(model)
             raise AssertionError("explained by raising")  # pragma: no cover
         return self.choose_routed(route, version, exclude)

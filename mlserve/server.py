@@ -270,6 +270,8 @@ class MLServe:
                 await self._domain.fleet.refresh_all()
                 await self._update_health()
                 await self._domain.stats.flush()
+                # Deployments changed through another replica on the same database.
+                await self._domain.router.reload()
             except Exception:
                 log.exception("fleet health round failed")
 

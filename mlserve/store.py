@@ -36,7 +36,9 @@ POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+pool", "postgres+poo
 # Pool settings a postgresql:// URL gets unless its query string says otherwise
 # (e.g. ?max_connections=50&timeout=30). Limits are per MLServe process.
 POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
-    "max_connections": 20,  # connections open at once; more callers wait ...
+    # Connections open at once; more callers wait ... (32 is the most threads
+    # asyncio's default executor runs, so by default no call waits.)
+    "max_connections": 32,
     "timeout": 10,  # ... this many seconds for one, then get UNAVAILABLE
     "stale_timeout": 300,  # seconds before an idle connection is replaced
     "connect_timeout": 5,  # seconds to reach the server (libpq)
@@ -552,7 +554,8 @@ def connect(url: str) -> pw.Database:
     """Open the database at ``url``, bind the models to it, and migrate it.
 
     ``sqlite:///PATH`` or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME``
-    (``postgres://`` and the ``+pool`` forms mean the same); a PostgreSQL URL's
+    (``postgres://`` and the ``+pool`` forms mean the same; user and password
+    percent-encoded, e.g. ``%40`` for ``@``); a PostgreSQL URL's
     query string may set the pool's limits (``POSTGRESQL_POOL_DEFAULTS``) and
     any libpq parameter (``sslmode``, ``application_name`` …).
     """
@@ -568,7 +571,9 @@ def open_database(url: str) -> pw.Database:
     if scheme in POSTGRESQL_SCHEMES:
         given = {key for key, _ in parse_qsl(urlsplit(url).query)}
         defaults = {k: v for k, v in POSTGRESQL_POOL_DEFAULTS.items() if k not in given}
-        db: pw.Database = connect_url(f"postgresql+pool://{rest}", **defaults)
+        db: pw.Database = connect_url(
+            f"postgresql+pool://{rest}", unquote_password=True, unquote_user=True, **defaults
+        )
         return db
     if url.startswith("sqlite:"):
         db = connect_url(
@@ -591,24 +596,27 @@ def open_database(url: str) -> pw.Database:
 def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Call blocking store work in this thread: the one gate to the database.
 
-    On a pooled database the call holds one connection and hands it back at
-    the end; the pool checks a connection before lending it again, so after a
-    database restart dead connections are dropped and new ones opened. A
-    database that cannot be reached (refused, dropped mid-call, no free
-    connection in time) becomes ``Unavailable`` naming the database.
+    On a pooled database the call takes a connection when it first queries
+    (work that never queries, such as reading a file, takes none) and hands
+    it back at the end; the pool checks a connection before lending it again,
+    so after a database restart dead connections are dropped and new ones
+    opened. A database that cannot be reached (refused, dropped mid-call, no
+    free connection in time) becomes ``Unavailable`` naming the database.
     """
-    db = database.obj
     try:
-        if isinstance(db, PooledDatabase):
-            with db.connection_context():
-                return function(*args, **kwargs)
         return function(*args, **kwargs)
     except (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning("database call failed: %s", reason, exc_info=error)
         raise Unavailable(
-            f"the {describe(db)} cannot be reached or is busy ({reason}); retry once it is back"
+            f"the {describe(database.obj)} cannot be reached or is busy ({reason}); "
+            "retry once it is back"
         ) from None
+    finally:
+        # Read again: the call may have bound the database (startup does).
+        db = database.obj
+        if isinstance(db, PooledDatabase) and not db.is_closed() and not db.in_transaction():
+            db.close()
 
 
 def describe(db: pw.Database | None) -> str:

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import peewee as pw
+
 from mlserve import modelconfig, store
 from mlserve.access import rules
 from mlserve.aio import in_thread
@@ -306,16 +308,23 @@ class Uploads:
             row = store.Upload.get_or_none(store.Upload.upload_id == plan.upload_id)
             if row is None:
                 self._require_disk_space(plan)
-                store.Upload.create(
-                    upload_id=plan.upload_id,
-                    model=plan.model,
-                    files=json.dumps([[s.path, s.size, s.sha256] for s in plan.files.values()]),
-                    config=plan.config,
-                    manifest_sha256=plan.manifest_sha256,
-                    artifact_kind=plan.artifact_kind,
-                    artifact_version=plan.artifact_version,
-                )
-                return None
+                try:
+                    with store.database.atomic():  # a savepoint: PostgreSQL goes on after a clash
+                        store.Upload.create(
+                            upload_id=plan.upload_id,
+                            model=plan.model,
+                            files=json.dumps(
+                                [[s.path, s.size, s.sha256] for s in plan.files.values()]
+                            ),
+                            config=plan.config,
+                            manifest_sha256=plan.manifest_sha256,
+                            artifact_kind=plan.artifact_kind,
+                            artifact_version=plan.artifact_version,
+                        )
+                    return None
+                except pw.IntegrityError:
+                    # Recorded at this moment through another replica: go on with its row.
+                    row = store.Upload.get(store.Upload.upload_id == plan.upload_id)
         if row.model != plan.model or row.manifest_sha256 != plan.manifest_sha256:
             raise FailedPrecondition(
                 f"upload_id {plan.upload_id!r} was used for a different model or file set; "

@@ -1,10 +1,12 @@
 """Two MLServe replicas on one PostgreSQL database, and that database restarting.
 
-Both processes run ``mlserve serve --database postgresql://… --no-embedded-triton``
-with the same ``--home``, so they share the repository, the staging area
-(and its upload locks) and the admin key; everything else they know comes
-from the database. Clients nobody here wrote talk to them: the Python client
-and grpcurl.
+Both processes run ``mlserve serve --database postgresql://…`` with the same
+``--home``, so they share the repository, the staging area (and its upload
+locks) and the admin key; everything else they know comes from the database.
+Replica a runs the embedded Triton (server ``local``), b runs with
+``--no-embedded-triton`` and reaches that Triton through the server row.
+Clients nobody here wrote talk to them: the Python client, tritonclient and
+grpcurl.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
-from mlserve_api.v1 import model_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
-from tests.conftest import MLServeProcess
+from tests.conftest import MLServeProcess, Stubs
 from tests.postgres import PostgresCluster
 from tests.test_grpcurl import grpcurl
-from tests.uploading import chunks, header
+from tests.test_lifecycle import upload_add
+from tests.tritons import add_inputs, deploy, remove_model
+from tests.uploading import chunks, header, stream
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +54,10 @@ def replicas(
     home = tmp_path_factory.mktemp("shared-home")
     started: list[MLServeProcess] = []
     try:
-        for name in ("a", "b"):
-            process = MLServeProcess(home, "--database", url, "--no-embedded-triton")
+        for name, extra in (("a", ()), ("b", ("--no-embedded-triton",))):
+            process = MLServeProcess(home, "--database", url, *extra)
             process.log = home / f"mlserve-{name}.log"
-            started.append(process.start(wait_for_triton=False))
+            started.append(process.start(wait_for_triton=name == "a"))
         yield Replicas(started[0], started[1], database)
     finally:
         for process in started:
@@ -81,6 +87,25 @@ def test_uploads_through_either_replica_appear_in_both(replicas: Replicas, tmp_p
         assert second.version == 2
         assert versions(a, "shared") == versions(b, "shared") == [1, 2]
         assert "shared" in {model.name for model in a.list_models()}
+
+
+def test_deployed_through_one_replica_served_through_the_other(replicas: Replicas) -> None:
+    b_stubs = replicas.b.stubs()
+    a_stubs = replicas.a.stubs()
+    try:
+        assert upload_add(b_stubs, "add-shared").version == 1
+        deployment = deploy(a_stubs, "add-shared")
+        assert deployment.state == deployment_pb2.DEPLOYMENT_STATE_READY, deployment
+        # b's gateway routes to the Triton a registered, found through the database.
+        gateway = triton.InferenceServerClient(replicas.b.address)
+        result = gateway.infer(
+            "add-shared", add_inputs(), headers={"authorization": f"Bearer {replicas.b.key}"}
+        )
+        np.testing.assert_allclose(result.as_numpy("OUTPUT0"), [11, 22, 33, 44])
+    finally:
+        remove_model(a_stubs, "add-shared")
+        a_stubs.channel.close()
+        b_stubs.channel.close()
 
 
 def test_concurrent_uploads_through_both_get_distinct_versions(
@@ -144,6 +169,41 @@ def test_one_upload_cannot_be_written_through_both_replicas(replicas: Replicas) 
         assert through_a.result().version == 1
     a_stubs.channel.close()
     b_stubs.channel.close()
+
+
+def upload_or_code(
+    stubs: Stubs, files: dict[str, bytes], upload_id: str, barrier: threading.Barrier
+) -> int | grpc.StatusCode:
+    """The version uploaded, or the status code the upload failed with."""
+    barrier.wait()
+    try:
+        request = stream("twice", files, upload_id=upload_id)
+        return stubs.models.UploadModelVersion(request, metadata=stubs.auth, timeout=60).version
+    except grpc.RpcError as error:
+        return error.code()
+
+
+def test_one_new_upload_sent_through_both_at_once(replicas: Replicas) -> None:
+    """Both replicas record the same new upload id at the same moment: one writes it,
+    the other is ABORTED or gets the same version. Never INTERNAL."""
+    a_stubs, b_stubs = replicas.a.stubs(), replicas.b.stubs()
+    try:
+        for round_ in range(4):
+            files = {"model.py": f"# round {round_}\n".encode()}
+            barrier = threading.Barrier(2)
+            with ThreadPoolExecutor(2) as pool:
+                sent = [
+                    pool.submit(upload_or_code, stubs, files, f"twice-{round_}", barrier)
+                    for stubs in (a_stubs, b_stubs)
+                ]
+                outcomes = [future.result() for future in sent]
+            versions = {outcome for outcome in outcomes if isinstance(outcome, int)}
+            refused = [outcome for outcome in outcomes if not isinstance(outcome, int)]
+            assert len(versions) == 1, outcomes
+            assert refused in ([], [grpc.StatusCode.ABORTED]), outcomes
+    finally:
+        a_stubs.channel.close()
+        b_stubs.channel.close()
 
 
 def test_postgresql_restart_mid_run(

@@ -151,6 +151,23 @@ def pg_database(postgres_cluster: PostgresCluster) -> Iterator[str]:
         postgres_cluster.drop_database(name)
 
 
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+pool", "postgres+pool"])
+def test_postgresql_url_forms(scheme: str) -> None:
+    db = store.open_database(f"{scheme}://ml%40user:p%40ss@db.example:6543/registry?timeout=3")
+    assert isinstance(db, PooledDatabase)
+    assert isinstance(db, pw.PostgresqlDatabase)
+    assert db.database == "registry"
+    assert (db._max_connections, db._wait_timeout) == (32, 3)  # default, and from the URL
+    assert db.connect_params == {
+        "user": "ml@user",
+        "password": "p@ss",
+        "host": "db.example",
+        "port": 6543,
+        "connect_timeout": 5,
+    }
+    assert store.describe(db) == "PostgreSQL database 'registry' at db.example:6543"
+
+
 def test_postgresql_urls_always_get_a_pool_with_limits(
     postgres_cluster: PostgresCluster, pg_database: str
 ) -> None:
