@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlserve import modelconfig, serving, store
+from mlserve.access import rules
 from mlserve.aio import in_thread
 from mlserve.catalog import Page, find_version, member_rows
 from mlserve.deployments import (
@@ -42,7 +43,15 @@ from mlserve.errors import AlreadyExists, FailedPrecondition, MLServeError, NotF
 from mlserve.fleet import READY, Fleet
 from mlserve.names import check_name
 from mlserve.paging import page_size
-from mlserve.pipelines import Member, Spec, check, ensemble_config, member_configs, version_row
+from mlserve.pipelines import (
+    Member,
+    Spec,
+    check,
+    ensemble_config,
+    member_configs,
+    version_row,
+    writable_pipeline,
+)
 from mlserve.repository import Repository
 from mlserve.serving import ServingSettings
 
@@ -120,6 +129,7 @@ class PipelineDeployments:
         self, pipeline: str, version: int, placement: Placement
     ) -> PipelineDeploymentRecord:
         check_name(pipeline, "pipeline name")
+        await in_thread(writable_pipeline)(pipeline)
         async with self._locks[pipeline]:
             if await in_thread(_record_or_none)(pipeline) is not None:
                 raise AlreadyExists(f"pipeline {pipeline!r} is already deployed")
@@ -140,6 +150,7 @@ class PipelineDeployments:
         return record
 
     async def delete(self, name: str) -> None:
+        await in_thread(writable_pipeline)(check_name(name, "deployment name"))
         async with self._locks[name]:
             record = await self.get_or_none(name)
             if record is None:
@@ -445,9 +456,12 @@ def _delete_row(name: str) -> None:
 
 
 def _record_or_none(name: str) -> PipelineDeploymentRecord | None:
+    """The deployment of pipeline ``name``; None also when the caller may not see it."""
     try:
         row = _deployment_row(name)
     except NotFound:
+        return None
+    if not rules.can_see_model(rules.caller(), row.pipeline):
         return None
     return _record(row)
 
@@ -461,6 +475,9 @@ def _records_after(after: str | None, limit: int) -> list[PipelineDeploymentReco
     )
     if after is not None:
         query = query.where(store.Pipeline.name > str(after))
+    visible = rules.visible_models(store.Pipeline)
+    if visible is not None:
+        query = query.where(visible)
     return [_record(row) for row in query]
 
 

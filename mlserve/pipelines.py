@@ -18,6 +18,7 @@ import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
 from mlserve import modelconfig, serving, store
+from mlserve.access import changed, rules
 from mlserve.aio import in_thread
 from mlserve.catalog import Page, find_version
 from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -100,6 +101,7 @@ class PipelineRecord:
     deployed_version: int
     create_time: dt.datetime
     update_time: dt.datetime
+    workspace: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,17 +118,25 @@ class Pipelines:
         self.tokens = tokens
 
     @in_thread
-    def create(self, name: str, description: str, spec: Spec) -> PipelineRecord:
+    def create(
+        self, name: str, description: str, spec: Spec, workspace: str = ""
+    ) -> PipelineRecord:
+        """A new pipeline in ``workspace`` (empty: the caller's default).
+
+        Its members must be models the caller may see.
+        """
         check_name(name, "pipeline name")
+        home = rules.workspace_for_new_model(workspace)
         spec = normalise(spec)
         check(spec, member_configs(spec))
         try:
             with store.database.atomic():
                 _refuse_taken_name(name)
-                row = store.Pipeline.create(name=name, description=description)
+                row = store.Pipeline.create(name=name, description=description, workspace=home)
                 store.PipelineVersion.create(pipeline=row, version=1, spec=spec.to_json())
         except pw.IntegrityError:
             raise AlreadyExists(f"pipeline {name!r} already exists") from None
+        changed()
         return _record(row, 0)
 
     @in_thread
@@ -139,6 +149,9 @@ class Pipelines:
         query_key = {"list": "pipelines"}
         after = self.tokens.decode(query_key, token)
         query = store.Pipeline.select().order_by(store.Pipeline.name).limit(size + 1)
+        visible = rules.visible_models(store.Pipeline)
+        if visible is not None:
+            query = query.where(visible)
         if after is not None:
             query = query.where(store.Pipeline.name > str(after))
         rows = list(query)
@@ -155,7 +168,7 @@ class Pipelines:
             raise InvalidArgument(
                 "update_mask must name some of: " + ", ".join(sorted(UPDATABLE_PIPELINE_FIELDS))
             )
-        row = _pipeline_row(name)
+        row = rules.check_model_write(_pipeline_row(name))
         current = _latest_version_row(row)
         old = Spec.from_json(current.spec)
         new = normalise(
@@ -181,7 +194,7 @@ class Pipelines:
     @in_thread
     def delete(self, name: str) -> None:
         with store.database.atomic():
-            row = _pipeline_row(name)
+            row = rules.check_model_write(_pipeline_row(name))
             deployment = store.PipelineDeployment.get_or_none(
                 store.PipelineDeployment.pipeline == row
             )
@@ -191,6 +204,7 @@ class Pipelines:
                     "undeploy it first (DeleteDeployment)"
                 )
             row.delete_instance(recursive=True)
+        changed()
 
     async def copy(
         self,
@@ -449,11 +463,17 @@ def _refuse_taken_name(name: str) -> None:
 
 
 def _pipeline_row(name: str) -> Any:
+    """The pipeline's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "pipeline name")
     row = store.Pipeline.get_or_none(store.Pipeline.name == name)
     if row is None:
-        raise NotFound(f"pipeline {name!r} does not exist")
-    return row
+        raise rules.not_found(name, "pipeline")
+    return rules.check_model_read(row)
+
+
+def writable_pipeline(name: str) -> Any:
+    """The row of pipeline ``name`` if the caller may change (or deploy) it (blocking)."""
+    return rules.check_model_write(_pipeline_row(name))
 
 
 def _latest_version_row(row: Any) -> Any:
@@ -503,6 +523,7 @@ def _record(row: Any, version: int) -> PipelineRecord:
         deployed_version=deployment.version if deployment is not None else 0,
         create_time=row.create_time,
         update_time=chosen.create_time,
+        workspace=row.workspace.name if row.workspace_id is not None else "",
     )
 
 

@@ -348,6 +348,9 @@ class Pipeline(BaseModel):
 
     name = pw.CharField(unique=True, max_length=128)
     description = pw.TextField(default="")
+    # Pipelines belong to a workspace, as models do; private to it for now.
+    workspace = pw.ForeignKeyField(Workspace, null=True, backref="pipelines", on_delete="RESTRICT")
+    visibility = pw.CharField(max_length=16, default="private")
     create_time = pw.DateTimeField(default=utcnow)
 
 

@@ -15,11 +15,13 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2
 from mlserve_client import Client, PipelineSpecError, read_pipeline_spec
 from tests.conftest import MLServeProcess, Stubs
 from tests.models import add_model_files, scale_model_files
+from tests.test_access import make_user
 from tests.test_cli import mlserve_cli
 from tests.test_grpcurl import grpcurl
 from tests.test_lifecycle import local_triton
@@ -617,3 +619,61 @@ def test_a_member_deployed_on_its_own_is_shared_at_its_version_and_kept_loaded(
         cleanup(stubs, own)
         with contextlib.suppress(grpc.RpcError):
             stubs.models.DeleteModel(model_pb2.DeleteModelRequest(name=own), metadata=stubs.auth)
+
+
+def test_a_pipeline_is_private_to_its_workspace(
+    stubs: Stubs, mlserve: MLServeProcess, members: Members
+) -> None:
+    """An editor of another workspace cannot see, change, deploy or infer on it."""
+    name = f"t-pl-private-{os.getpid() % 1000}"
+    outsider = make_user(stubs, f"{name}-bob", "editor")
+    try:
+        created = create(stubs, chain(name, members.all))
+        assert created.workspace == "admin"  # the creator's default workspace
+        deploy_pipeline(stubs, name)
+        missing = f"pipeline {name!r} does not exist"
+        for call, request in (
+            (outsider.pipelines.GetPipeline, pipeline_pb2.GetPipelineRequest(name=name)),
+            (outsider.pipelines.DeletePipeline, pipeline_pb2.DeletePipelineRequest(name=name)),
+            (
+                outsider.deployments.CreateDeployment,
+                deployment_pb2.CreateDeploymentRequest(
+                    deployment=deployment_pb2.Deployment(pipeline=name)
+                ),
+            ),
+        ):
+            hidden = error_of(call, request, outsider)
+            assert (hidden.code(), hidden.details()) == (Code.NOT_FOUND, missing)
+        gone = error_of(
+            outsider.deployments.GetDeployment,
+            deployment_pb2.GetDeploymentRequest(name=name),
+            outsider,
+        )
+        assert gone.code() == Code.NOT_FOUND
+        assert name not in pipeline_names(outsider)
+        listed = outsider.deployments.ListDeployments(
+            deployment_pb2.ListDeploymentsRequest(page_size=1000), metadata=outsider.auth
+        )
+        assert name not in [d.name for d in listed.deployments]
+        # Nor can the outsider compose the workspace's private models into one.
+        copied = error_of(
+            outsider.pipelines.CreatePipeline,
+            pipeline_pb2.CreatePipelineRequest(pipeline=chain(f"{name}-2", members.all)),
+            outsider,
+        )
+        assert copied.code() == Code.NOT_FOUND
+        # The gateway answers as for a model that does not exist.
+        with pytest.raises(InferenceServerException) as refused:
+            infer(mlserve.address, name, {"authorization": f"Bearer {outsider.key}"})
+        assert refused.value.status() == "StatusCode.NOT_FOUND"
+        answer = infer(mlserve.address, name, {"authorization": f"Bearer {stubs.key}"})
+        assert answer.tolist() == [112.0, 124.0, 136.0, 148.0]
+        # Nothing was changed by the refused calls.
+        assert (
+            stubs.pipelines.GetPipeline(
+                pipeline_pb2.GetPipelineRequest(name=name), metadata=stubs.auth
+            ).state
+            == pipeline_pb2.PIPELINE_STATE_DEPLOYED
+        )
+    finally:
+        cleanup(stubs, name)

@@ -271,43 +271,52 @@ def can_see_model(principal: Principal | None, row: Any) -> bool:
     return row.visibility == PUBLIC or row.workspace_id in principal.workspaces
 
 
-def visible_models() -> pw.Expression | None:
-    """A where-clause keeping the models the caller may see (None: all)."""
+def visible_models(table: Any = store.Model) -> pw.Expression | None:
+    """A where-clause keeping the models (or pipelines) the caller may see (None: all)."""
     principal = caller()
     if principal is None or principal.is_admin:
         return None
+    where: pw.Expression
     if principal.is_consumer:
-        return store.Model.name.in_(sorted(principal.routes))
-    return (store.Model.visibility == PUBLIC) | store.Model.workspace.in_(
-        sorted(principal.workspaces)
-    )
+        where = table.name.in_(sorted(principal.routes))
+    else:
+        where = (table.visibility == PUBLIC) | table.workspace.in_(sorted(principal.workspaces))
+    return where
 
 
-def not_found(name: str) -> NotFound:
+def not_found(name: str, noun: str = "model") -> NotFound:
     """The one answer for 'no such model' and 'a model you may not see'."""
-    return NotFound(f"model {name!r} does not exist")
+    return NotFound(f"{noun} {name!r} does not exist")
+
+
+def _noun(row: Any) -> str:
+    """What ``row`` is called in messages: the rules hold for models and pipelines alike."""
+    return "pipeline" if isinstance(row, store.Pipeline) else "model"
 
 
 def check_model_read(row: Any) -> Any:
+    """The model (or pipeline) row, if the caller may see it; NotFound otherwise."""
     if not can_see_model(caller(), row):
-        raise not_found(row.name)
+        raise not_found(row.name, _noun(row))
     return row
 
 
 def check_model_write(row: Any) -> Any:
-    """The model row, if the caller may change it (editors of its workspace, admins)."""
+    """The model (or pipeline) row, if the caller may change it (editors of its
+    workspace, admins)."""
     principal = caller()
     check_model_read(row)
     if principal is None or principal.is_admin:
         return row
     if principal.role != EDITOR:
         raise PermissionDenied(
-            f"changing model {row.name!r} needs the editor role; user {principal.name!r} is "
+            f"changing {_noun(row)} {row.name!r} needs the editor role; user {principal.name!r} is "
             f"{principal.role}"
         )
     if row.workspace_id not in principal.workspaces:
         raise PermissionDenied(
-            f"model {row.name!r} belongs to another workspace; only its members may change it"
+            f"{_noun(row)} {row.name!r} belongs to another workspace; only its members may "
+            "change it"
         )
     return row
 
@@ -391,9 +400,12 @@ class ModelPolicy:
 def model_policy(name: str) -> ModelPolicy:
     """Read a model's policy from the store (blocking)."""
     row: Any = store.Model.get_or_none(store.Model.name == name)
-    if row is None:
-        return ModelPolicy(name, exists=False)
-    return ModelPolicy(name, True, row.workspace_id, row.visibility, row.allow_remote_inference)
+    if row is not None:
+        return ModelPolicy(name, True, row.workspace_id, row.visibility, row.allow_remote_inference)
+    pipeline: Any = store.Pipeline.get_or_none(store.Pipeline.name == name)
+    if pipeline is not None:  # an ensemble: served by name like a model
+        return ModelPolicy(name, True, pipeline.workspace_id, pipeline.visibility)
+    return ModelPolicy(name, exists=False)
 
 
 def infer_decision(principal: Principal, policy: ModelPolicy) -> MLServeError | None:

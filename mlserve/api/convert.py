@@ -455,6 +455,7 @@ def pipeline(record: PipelineRecord, address: str) -> pipeline_pb2.Pipeline:
         inference_model=record.name,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
+        workspace=record.workspace,
     )
 
 

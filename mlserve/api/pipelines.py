@@ -24,7 +24,7 @@ class PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
     ) -> pipeline_pb2.Pipeline:
         wanted = request.pipeline
         record = await self.pipelines.create(
-            wanted.name, wanted.description, convert.pipeline_spec(wanted)
+            wanted.name, wanted.description, convert.pipeline_spec(wanted), wanted.workspace
         )
         return convert.pipeline(record, self.address())
 

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mlserve/v1/pipeline.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0f\x44ynamicBatching\x12\x1d\n\x15preferred_batch_sizes\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x03\"x\n\x0fServingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x16\n\x0einstance_count\x18\x02 \x01(\x05\x12\x35\n\x10\x64ynamic_batching\x18\x03 \x01(\x0b\x32\x1b.mlserve.v1.DynamicBatching\">\n\x0ePipelineTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"\xcb\x02\n\x0cPipelineStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x39\n\tinput_map\x18\x04 \x03(\x0b\x32&.mlserve.v1.PipelineStep.InputMapEntry\x12;\n\noutput_map\x18\x05 \x03(\x0b\x32\'.mlserve.v1.PipelineStep.OutputMapEntry\x12,\n\x07serving\x18\x06 \x01(\x0b\x32\x1b.mlserve.v1.ServingSettings\x1a/\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eOutputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x03\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12*\n\x06inputs\x18\x04 \x03(\x0b\x32\x1a.mlserve.v1.PipelineTensor\x12+\n\x07outputs\x18\x05 \x03(\x0b\x32\x1a.mlserve.v1.PipelineTensor\x12\'\n\x05steps\x18\x06 \x03(\x0b\x32\x18.mlserve.v1.PipelineStep\x12\x15\n\rversion_count\x18\x07 \x01(\x03\x12(\n\x05state\x18\x08 \x01(\x0e\x32\x19.mlserve.v1.PipelineState\x12\x18\n\x10\x64\x65ployed_version\x18\t \x01(\x03\x12\x19\n\x11inference_address\x18\n \x01(\t\x12\x17\n\x0finference_model\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x15\x43reatePipelineRequest\x12&\n\x08pipeline\x18\x01 \x01(\x0b\x32\x14.mlserve.v1.Pipeline\"3\n\x12GetPipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x15ListPipelinesResponse\x12\'\n\tpipelines\x18\x01 \x03(\x0b\x32\x14.mlserve.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x15UpdatePipelineRequest\x12&\n\x08pipeline\x18\x01 \x01(\x0b\x32\x14.mlserve.v1.Pipeline\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd2\x01\n\x13\x43opyPipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08new_name\x18\x03 \x01(\t\x12=\n\x07serving\x18\x04 \x03(\x0b\x32,.mlserve.v1.CopyPipelineRequest.ServingEntry\x1aK\n\x0cServingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.mlserve.v1.ServingSettings:\x02\x38\x01*k\n\rPipelineState\x12\x1e\n\x1aPIPELINE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19PIPELINE_STATE_REGISTERED\x10\x01\x12\x1b\n\x17PIPELINE_STATE_DEPLOYED\x10\x02\x32\xd6\x03\n\x0fPipelineService\x12I\n\x0e\x43reatePipeline\x12!.mlserve.v1.CreatePipelineRequest\x1a\x14.mlserve.v1.Pipeline\x12\x43\n\x0bGetPipeline\x12\x1e.mlserve.v1.GetPipelineRequest\x1a\x14.mlserve.v1.Pipeline\x12T\n\rListPipelines\x12 .mlserve.v1.ListPipelinesRequest\x1a!.mlserve.v1.ListPipelinesResponse\x12I\n\x0eUpdatePipeline\x12!.mlserve.v1.UpdatePipelineRequest\x1a\x14.mlserve.v1.Pipeline\x12K\n\x0e\x44\x65letePipeline\x12!.mlserve.v1.DeletePipelineRequest\x1a\x16.google.protobuf.Empty\x12\x45\n\x0c\x43opyPipeline\x12\x1f.mlserve.v1.CopyPipelineRequest\x1a\x14.mlserve.v1.Pipelineb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mlserve/v1/pipeline.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0f\x44ynamicBatching\x12\x1d\n\x15preferred_batch_sizes\x18\x01 \x03(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x03\"x\n\x0fServingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x16\n\x0einstance_count\x18\x02 \x01(\x05\x12\x35\n\x10\x64ynamic_batching\x18\x03 \x01(\x0b\x32\x1b.mlserve.v1.DynamicBatching\">\n\x0ePipelineTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"\xcb\x02\n\x0cPipelineStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x39\n\tinput_map\x18\x04 \x03(\x0b\x32&.mlserve.v1.PipelineStep.InputMapEntry\x12;\n\noutput_map\x18\x05 \x03(\x0b\x32\'.mlserve.v1.PipelineStep.OutputMapEntry\x12,\n\x07serving\x18\x06 \x01(\x0b\x32\x1b.mlserve.v1.ServingSettings\x1a/\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eOutputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x03\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12*\n\x06inputs\x18\x04 \x03(\x0b\x32\x1a.mlserve.v1.PipelineTensor\x12+\n\x07outputs\x18\x05 \x03(\x0b\x32\x1a.mlserve.v1.PipelineTensor\x12\'\n\x05steps\x18\x06 \x03(\x0b\x32\x18.mlserve.v1.PipelineStep\x12\x15\n\rversion_count\x18\x07 \x01(\x03\x12(\n\x05state\x18\x08 \x01(\x0e\x32\x19.mlserve.v1.PipelineState\x12\x18\n\x10\x64\x65ployed_version\x18\t \x01(\x03\x12\x19\n\x11inference_address\x18\n \x01(\t\x12\x17\n\x0finference_model\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tworkspace\x18\x0e \x01(\t\"?\n\x15\x43reatePipelineRequest\x12&\n\x08pipeline\x18\x01 \x01(\x0b\x32\x14.mlserve.v1.Pipeline\"3\n\x12GetPipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"=\n\x14ListPipelinesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x15ListPipelinesResponse\x12\'\n\tpipelines\x18\x01 \x03(\x0b\x32\x14.mlserve.v1.Pipeline\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x15UpdatePipelineRequest\x12&\n\x08pipeline\x18\x01 \x01(\x0b\x32\x14.mlserve.v1.Pipeline\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"%\n\x15\x44\x65letePipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd2\x01\n\x13\x43opyPipelineRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08new_name\x18\x03 \x01(\t\x12=\n\x07serving\x18\x04 \x03(\x0b\x32,.mlserve.v1.CopyPipelineRequest.ServingEntry\x1aK\n\x0cServingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.mlserve.v1.ServingSettings:\x02\x38\x01*k\n\rPipelineState\x12\x1e\n\x1aPIPELINE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19PIPELINE_STATE_REGISTERED\x10\x01\x12\x1b\n\x17PIPELINE_STATE_DEPLOYED\x10\x02\x32\xd6\x03\n\x0fPipelineService\x12I\n\x0e\x43reatePipeline\x12!.mlserve.v1.CreatePipelineRequest\x1a\x14.mlserve.v1.Pipeline\x12\x43\n\x0bGetPipeline\x12\x1e.mlserve.v1.GetPipelineRequest\x1a\x14.mlserve.v1.Pipeline\x12T\n\rListPipelines\x12 .mlserve.v1.ListPipelinesRequest\x1a!.mlserve.v1.ListPipelinesResponse\x12I\n\x0eUpdatePipeline\x12!.mlserve.v1.UpdatePipelineRequest\x1a\x14.mlserve.v1.Pipeline\x12K\n\x0e\x44\x65letePipeline\x12!.mlserve.v1.DeletePipelineRequest\x1a\x16.google.protobuf.Empty\x12\x45\n\x0c\x43opyPipeline\x12\x1f.mlserve.v1.CopyPipelineRequest\x1a\x14.mlserve.v1.Pipelineb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESTEP_OUTPUTMAPENTRY']._serialized_options = b'8\001'
   _globals['_COPYPIPELINEREQUEST_SERVINGENTRY']._loaded_options = None
   _globals['_COPYPIPELINEREQUEST_SERVINGENTRY']._serialized_options = b'8\001'
-  _globals['_PIPELINESTATE']._serialized_start=1819
-  _globals['_PIPELINESTATE']._serialized_end=1926
+  _globals['_PIPELINESTATE']._serialized_start=1838
+  _globals['_PIPELINESTATE']._serialized_end=1945
   _globals['_DYNAMICBATCHING']._serialized_start=137
   _globals['_DYNAMICBATCHING']._serialized_end=223
   _globals['_SERVINGSETTINGS']._serialized_start=225
@@ -55,23 +55,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESTEP_OUTPUTMAPENTRY']._serialized_start=695
   _globals['_PIPELINESTEP_OUTPUTMAPENTRY']._serialized_end=743
   _globals['_PIPELINE']._serialized_start=746
-  _globals['_PIPELINE']._serialized_end=1179
-  _globals['_CREATEPIPELINEREQUEST']._serialized_start=1181
-  _globals['_CREATEPIPELINEREQUEST']._serialized_end=1244
-  _globals['_GETPIPELINEREQUEST']._serialized_start=1246
-  _globals['_GETPIPELINEREQUEST']._serialized_end=1297
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=1299
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=1360
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1362
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1451
-  _globals['_UPDATEPIPELINEREQUEST']._serialized_start=1453
-  _globals['_UPDATEPIPELINEREQUEST']._serialized_end=1565
-  _globals['_DELETEPIPELINEREQUEST']._serialized_start=1567
-  _globals['_DELETEPIPELINEREQUEST']._serialized_end=1604
-  _globals['_COPYPIPELINEREQUEST']._serialized_start=1607
-  _globals['_COPYPIPELINEREQUEST']._serialized_end=1817
-  _globals['_COPYPIPELINEREQUEST_SERVINGENTRY']._serialized_start=1742
-  _globals['_COPYPIPELINEREQUEST_SERVINGENTRY']._serialized_end=1817
-  _globals['_PIPELINESERVICE']._serialized_start=1929
-  _globals['_PIPELINESERVICE']._serialized_end=2399
+  _globals['_PIPELINE']._serialized_end=1198
+  _globals['_CREATEPIPELINEREQUEST']._serialized_start=1200
+  _globals['_CREATEPIPELINEREQUEST']._serialized_end=1263
+  _globals['_GETPIPELINEREQUEST']._serialized_start=1265
+  _globals['_GETPIPELINEREQUEST']._serialized_end=1316
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=1318
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=1379
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1381
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1470
+  _globals['_UPDATEPIPELINEREQUEST']._serialized_start=1472
+  _globals['_UPDATEPIPELINEREQUEST']._serialized_end=1584
+  _globals['_DELETEPIPELINEREQUEST']._serialized_start=1586
+  _globals['_DELETEPIPELINEREQUEST']._serialized_end=1623
+  _globals['_COPYPIPELINEREQUEST']._serialized_start=1626
+  _globals['_COPYPIPELINEREQUEST']._serialized_end=1836
+  _globals['_COPYPIPELINEREQUEST_SERVINGENTRY']._serialized_start=1761
+  _globals['_COPYPIPELINEREQUEST_SERVINGENTRY']._serialized_end=1836
+  _globals['_PIPELINESERVICE']._serialized_start=1948
+  _globals['_PIPELINESERVICE']._serialized_end=2418
 # @@protoc_insertion_point(module_scope)

@@ -256,6 +256,7 @@ class Pipeline(_message.Message):
     INFERENCE_MODEL_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name among pipelines and models: letters, digits, '_', '-' and
     '.'. The Triton model name to infer on.
@@ -276,6 +277,12 @@ class Pipeline(_message.Message):
     """
     inference_model: _builtins.str
     """The model name to infer on at inference_address. Output only."""
+    workspace: _builtins.str
+    """The workspace the pipeline belongs to. Set on create (empty: the
+    caller's default workspace; a copy goes to the caller's default); cannot
+    be changed. Only its members and admins see it, change it and infer on
+    it; to anyone else it does not exist (NOT_FOUND).
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineTensor]:
         """The pipeline's inputs, fed by clients."""
@@ -312,10 +319,11 @@ class Pipeline(_message.Message):
         inference_model: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        workspace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployed_version", b"deployed_version", "description", b"description", "inference_address", b"inference_address", "inference_model", b"inference_model", "inputs", b"inputs", "name", b"name", "outputs", b"outputs", "state", b"state", "steps", b"steps", "update_time", b"update_time", "version", b"version", "version_count", b"version_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deployed_version", b"deployed_version", "description", b"description", "inference_address", b"inference_address", "inference_model", b"inference_model", "inputs", b"inputs", "name", b"name", "outputs", b"outputs", "state", b"state", "steps", b"steps", "update_time", b"update_time", "version", b"version", "version_count", b"version_count", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
