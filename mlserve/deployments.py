@@ -108,8 +108,6 @@ class Deployments:
         for listener in self._listeners:
             await listener()
 
-    _changed = changed
-
     async def create(
         self,
         model: str,
@@ -189,9 +187,9 @@ class Deployments:
             # A deployed pipeline may share the model: it stays loaded for it.
             if not await in_thread(pipeline_members)(record.model):
                 for server in record.servers:
-                    await self._unload_quietly(record.model, server)
+                    await self.unload_quietly(record.model, server)
             await in_thread(_delete_row)(name)
-        await self._changed()
+        await self.changed()
 
     async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
         server = server or DEFAULT_SERVER
@@ -231,7 +229,7 @@ class Deployments:
             await self.reconcile_server(server)
         else:
             await in_thread(_set_targets_on_server)(server, UNREACHABLE, f"server is {state}")
-        await self._changed()
+        await self.changed()
 
     async def reconcile_server(self, server: str) -> None:
         """Load on ``server`` every deployment that targets it but is not serving there.
@@ -251,7 +249,7 @@ class Deployments:
             async with lock:
                 log.info("reconciling: loading %s v%d on %s", record.model, record.version, server)
                 await self._load_on(record.name, record.model, record.version, server)
-        await self._changed()
+        await self.changed()
 
     # --- the work -----------------------------------------------------------
 
@@ -286,11 +284,11 @@ class Deployments:
                 )
         previous = await in_thread(_write_desired)(model, target.version, servers, settings)
         for server in sorted(set(previous) - set(servers)):
-            await self._unload_quietly(model, server)
+            await self.unload_quietly(model, server)
         await asyncio.gather(
             *(self._load_on(model, model, target.version, server) for server in servers)
         )
-        await self._changed()
+        await self.changed()
         return await self.get(model)
 
     async def place(self, placement: Placement) -> list[str]:
@@ -359,7 +357,7 @@ class Deployments:
         )
         row_settings = await in_thread(_serving_of)(record.model)
         config = serving.apply(config, row_settings, "serving")
-        files = None if row.shares_repository else await in_thread(self._files_to_push)(record)
+        files = None if row.shares_repository else await in_thread(self.files_to_push)(record)
         await client.load(record.model, config_json=modelconfig.to_json(config), files=files)
 
     def files_to_push(self, record: VersionRecord) -> dict[str, bytes]:
@@ -372,8 +370,6 @@ class Deployments:
                 files[f"{record.version}/{spec.path}"] = f.read()
         return files
 
-    _files_to_push = files_to_push
-
     async def unload_quietly(self, model: str, server: str) -> None:
         """Unload ``model`` from ``server``; log, do not raise, when it cannot be done."""
         try:
@@ -381,8 +377,6 @@ class Deployments:
             await client.unload(model)
         except (Unavailable, NotFound) as error:
             log.warning("could not unload %s from %s: %s", model, server, error.message)
-
-    _unload_quietly = unload_quietly
 
 
 def _deployment_row_or_none(name: str) -> Any:
