@@ -102,6 +102,13 @@ class Repository:
     def staged_file(self, upload_id: str, path: str) -> Path:
         return safe_join(self.staging_dir(upload_id), check_relative_path(path))
 
+    def _staged_file_with_parents(self, upload_id: str, path: str) -> Path:
+        """``staged_file``, with its directories created and the path checked again:
+        only once they exist can they be resolved (a planted symlink seen)."""
+        target = self.staged_file(upload_id, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return self.staged_file(upload_id, path)
+
     def staged_size(self, upload_id: str, path: str) -> int:
         """Bytes of ``path`` received so far; 0 when nothing arrived."""
         try:
@@ -113,10 +120,7 @@ class Repository:
 
     def open_staged_for_write(self, upload_id: str, path: str) -> int:
         """An O_WRONLY descriptor on the staged file, created if missing."""
-        target = self.staged_file(upload_id, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Re-check after mkdir: the directories now exist and can be resolved.
-        target = self.staged_file(upload_id, path)
+        target = self._staged_file_with_parents(upload_id, path)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as error:
@@ -173,9 +177,7 @@ class Repository:
 
     def link_staged_blob(self, upload_id: str, path: str, sha256: str) -> None:
         """Put blob ``sha256`` at ``path`` of the staged upload: a hard link, or a copy."""
-        target = self.staged_file(upload_id, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target = self.staged_file(upload_id, path)
+        target = self._staged_file_with_parents(upload_id, path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(target)  # left by a commit that failed after linking
         _link_or_copy(self.blob_path(sha256), target)
