@@ -257,11 +257,9 @@ class Uploads:
         self._check_total(sum(spec.size for spec in files.values()))
         config = modelconfig.render(modelconfig.parse(header.config, model, files))
         ordered = dict(sorted(files.items()))
-        manifest = json.dumps(
-            {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]},
-            separators=(",", ":"),
+        manifest_sha256 = _manifest_sha256(
+            {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}
         )
-        manifest_sha256 = hashlib.sha256(manifest.encode()).hexdigest()
         upload_id = _upload_id(header.upload_id, model, manifest_sha256)
         return _Plan(model, upload_id, ordered, config, manifest_sha256)
 
@@ -276,15 +274,13 @@ class Uploads:
         self._check_total(spec.size)
         writable_model(model)
         version = find_version(model, header.version).version
-        manifest = json.dumps(
+        manifest_sha256 = _manifest_sha256(
             {
                 "artifact": header.kind,
                 "version": version,
                 "file": [spec.path, spec.size, spec.sha256],
-            },
-            separators=(",", ":"),
+            }
         )
-        manifest_sha256 = hashlib.sha256(manifest.encode()).hexdigest()
         upload_id = _upload_id(header.upload_id, model, manifest_sha256)
         return _Plan(model, upload_id, {spec.path: spec}, "", manifest_sha256, header.kind, version)
 
@@ -471,6 +467,15 @@ def _check_spec(spec: FileSpec) -> FileSpec:
     if len(digest) != 64 or not set(digest) <= _HEX:
         raise InvalidArgument(f"file {path!r}: sha256 must be 64 hex digits")
     return FileSpec(path, spec.size, digest)
+
+
+def _manifest_sha256(document: dict[str, Any]) -> str:
+    """The digest of an upload's canonical manifest: identical content, identical digest.
+
+    Compact JSON in the document's own key order; never change it, or stored
+    versions stop matching re-uploads of the same content.
+    """
+    return hashlib.sha256(json.dumps(document, separators=(",", ":")).encode()).hexdigest()
 
 
 def _upload_id(chosen: str, model: str, manifest_sha256: str) -> str:
