@@ -243,8 +243,7 @@ class Catalog:
 
         PERMISSION_DENIED when the model's allow_download is off.
         """
-        await in_thread(require_download_allowed)(model)
-        record = await self.get_version(model, version)
+        record = await in_thread(_downloadable_version)(model, version)
         files = record.files
         if path:
             check_relative_path(path)
@@ -300,8 +299,7 @@ class Catalog:
         self, model: str, version: int, path: str, offset: int = 0
     ) -> AsyncIterator[DownloadChunk]:
         """Stream an artifact's bytes from ``offset``."""
-        record = await self.get_artifact(model, version, path)
-        require_download_allowed(record.model)
+        record = await in_thread(_downloadable_artifact)(model, version, path)
         if offset < 0:
             raise InvalidArgument("offset must be >= 0")
         spec = FileSpec(record.path, record.size_bytes, record.sha256)
@@ -454,6 +452,19 @@ def require_download_allowed(model: str) -> None:
     see the model, PERMISSION_DENIED when its allow_download is off.
     """
     rules.check_download(_model_row(model))
+
+
+def _downloadable_version(model: str, version: int) -> VersionRecord:
+    """``model``'s ``version``, if the caller may download its files (blocking)."""
+    require_download_allowed(model)
+    return find_version(model, version)
+
+
+def _downloadable_artifact(model: str, version: int, path: str) -> ArtifactRecord:
+    """The artifact, if the caller may download it (blocking)."""
+    record = find_artifact(model, version, path)
+    require_download_allowed(record.model)
+    return record
 
 
 def find_artifact(model: str, version: int, path: str) -> ArtifactRecord:

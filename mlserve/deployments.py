@@ -146,10 +146,7 @@ class Deployments:
             )
 
     async def get(self, name: str) -> DeploymentRecord:
-        row = await in_thread(_deployment_row_or_none)(check_name(name, "deployment name"))
-        if row is None or not rules.can_see_model(rules.caller(), row.model):
-            raise NotFound(f"deployment {name!r} does not exist")
-        return await in_thread(_record)(row)
+        return await in_thread(_visible_record)(check_name(name, "deployment name"))
 
     async def of_model(self, model: str) -> DeploymentRecord | None:
         """``model``'s deployment (one per model, named after it), or None."""
@@ -381,6 +378,14 @@ class Deployments:
 
 def _deployment_row_or_none(name: str) -> Any:
     return store.Deployment.get_or_none(store.Deployment.name == name)
+
+
+def _visible_record(name: str) -> DeploymentRecord:
+    """Deployment ``name``, or NotFound alike when absent or its model is hidden (blocking)."""
+    row = _deployment_row_or_none(name)
+    if row is None or not rules.can_see_model(rules.caller(), row.model):
+        raise NotFound(f"deployment {name!r} does not exist")
+    return _record(row)
 
 
 def _deployable_model(name: str) -> Any:
