@@ -24,6 +24,7 @@ from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
 from mlserve.api.deployments import DeploymentService
+from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.interceptor import CallGuard
@@ -209,14 +210,21 @@ class MLServe:
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
         limit = self.settings.max_message_bytes
-        server = aio.server(
-            interceptors=[CallGuard(domain.access, domain.audit, self._anonymous_gateway())],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ],
+        server = GenericHandlersOnly(
+            aio.server(
+                interceptors=[CallGuard(domain.access, domain.audit, self._anonymous_gateway())],
+                options=[
+                    ("grpc.max_receive_message_length", limit),
+                    ("grpc.max_send_message_length", limit),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
         )
+        # First, so that inference calls find their handler at the first lookup.
+        gateway = InferenceGateway(
+            domain.router, domain.fleet, domain.deployments, domain.stats, domain.access
+        )
+        server.add_generic_rpc_handlers((gateway.handler(),))
         model_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(domain.catalog, domain.uploads, domain.stats, domain.deployments), server
         )
@@ -236,10 +244,6 @@ class MLServe:
         app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        gateway = InferenceGateway(
-            domain.router, domain.fleet, domain.deployments, domain.stats, domain.access
-        )
-        server.add_generic_rpc_handlers((gateway.handler(),))
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
 
