@@ -71,8 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         bench_anonymous_gateway=args.bench_anonymous_gateway,
     )
+    from mlserve.memory import keep_freed_buffers
     from mlserve.server import serve
 
+    keep_freed_buffers()
     asyncio.run(serve(settings))
     return 0
 
