@@ -35,11 +35,12 @@ from mlserve.access.rules import (
     ADMIN,
     CONSUMER,
     OWNER,
+    ModelPolicy,
     Principal,
     infer_decision,
     model_policy,
 )
-from mlserve.aio import in_thread
+from mlserve.aio import SingleFlight, in_thread
 from mlserve.errors import MLServeError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,10 @@ class Access:
         self._hashing = threading.BoundedSemaphore(_HASHING_AT_ONCE)
         # (key prefix, model) -> (expiry, why not or None): the gateway's decisions.
         self._infer: dict[tuple[str, str], tuple[float, int, MLServeError | None]] = {}
+        # Keyed with the generation too: a lookup that began before a
+        # revocation must not answer callers that arrive after it.
+        self._verifying: SingleFlight[tuple[str, int], Principal] = SingleFlight()
+        self._reading_policy: SingleFlight[tuple[str, int], ModelPolicy] = SingleFlight()
 
     async def check_infer(self, principal: Principal, model: str) -> None:
         """Raise unless ``principal`` may infer on ``model``; cached like keys."""
@@ -149,7 +154,9 @@ class Access:
         entry = self._infer.get(cache_key)
         if entry is None or entry[0] <= now or entry[1] != _generation:
             generation = _generation
-            policy = await in_thread(model_policy)(model)
+            policy = await self._reading_policy.run(
+                (model, generation), lambda: in_thread(model_policy)(model)
+            )
             if len(self._infer) >= _CACHE_LIMIT:
                 self._infer.clear()
             decision = infer_decision(principal, policy)
@@ -208,7 +215,7 @@ class Access:
         if cached is not None and cached[0] > now and cached[1] == _generation:
             return cached[2]
         generation = _generation
-        principal = await self._verify(key)
+        principal = await self._verifying.run((key, generation), lambda: self._verify(key))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = (now + self.cache_seconds, generation, principal)
