@@ -5,8 +5,10 @@ exported as Prometheus metrics."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import peewee as pw
 from prometheus_client import CollectorRegistry, Counter
@@ -19,7 +21,7 @@ from mlserve.aio import in_thread
 class _Pending:
     count: int = 0
     failures: int = 0
-    last_time: dt.datetime | None = None
+    last_time: float | None = None  # time.time(): cheaper than a datetime per request
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,20 @@ class InferenceStats:
             ["model", "version", "outcome"],
             registry=self.registry,
         )
+        self._counters: dict[tuple[str, int, bool], Any] = {}
 
     def record(self, model: str, version: int, ok: bool) -> None:
         pending = self._pending[(model, version)]
         pending.count += 1
         if not ok:
             pending.failures += 1
-        pending.last_time = store.utcnow()
-        self._requests.labels(model, str(version), "ok" if ok else "error").inc()
+        pending.last_time = time.time()
+        counter = self._counters.get((model, version, ok))
+        if counter is None:
+            # labels() takes a lock and builds a key each time: once per series.
+            counter = self._requests.labels(model, str(version), "ok" if ok else "error")
+            self._counters[(model, version, ok)] = counter
+        counter.inc()
 
     @in_thread
     def flush(self) -> None:
@@ -80,7 +88,7 @@ def _add(model: str, version: int, counts: _Pending) -> None:
         version=version,
         count=counts.count,
         failures=counts.failures,
-        last_time=counts.last_time,
+        last_time=_utc(counts.last_time),
     ).on_conflict(
         conflict_target=[table.model, table.version],
         update={
@@ -89,6 +97,13 @@ def _add(model: str, version: int, counts: _Pending) -> None:
             table.last_time: pw.EXCLUDED.last_time,
         },
     ).execute()
+
+
+def _utc(timestamp: float | None) -> dt.datetime | None:
+    if timestamp is None:
+        return None
+    # Naive UTC, like store.utcnow().
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).replace(tzinfo=None)
 
 
 def _as_datetime(value: object) -> dt.datetime | None:
