@@ -3,13 +3,26 @@
 
 Small tensors: the 1x4 FP32 "add" model at concurrency 1 and 16 (throughput
 ratio, added p50/p99). Large tensors: 4 MiB per input at concurrency 1 and 8.
+
+Each case runs in rounds (direct, then through MLServe) and the table shows
+medians over the rounds, in two CPU layouts:
+
+- *shared*: client, Triton and MLServe on all cores, competing for them;
+- *own core*: the client and Triton confined to CPU 0 for both columns, the
+  gateway alone on CPU 1 — a gateway deployed beside, not on top of, the
+  machines it routes for. Needs at least two CPUs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +33,9 @@ from bench.common import RESULTS_DIR, MLServeProcess, Report, Table, cpu_seconds
 from mlserve_api.v1 import deployment_pb2, server_pb2
 from tests.test_lifecycle import upload_add
 
-DEFAULT_SECONDS = 6.0
+DEFAULT_SECONDS = 4.0
+DEFAULT_ROUNDS = 3
+GATEWAY_WORKERS = 1  # gateway processes serving the port in this benchmark
 # (label, FP32 elements per input, concurrency)
 CASES = (
     ("small 1x4, c=1", 4, 1),
@@ -67,8 +82,9 @@ async def load(address: str, headers: dict[str, str], elements: int, concurrency
     )
 
 
-def run(seconds: float = DEFAULT_SECONDS) -> Report:
+def run(seconds: float = DEFAULT_SECONDS, rounds: int = DEFAULT_ROUNDS) -> Report:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    tables: list[Table] = []
     with tempfile.TemporaryDirectory(dir=RESULTS_DIR) as work:
         server = MLServeProcess(Path(work) / "home").start()
         try:
@@ -83,32 +99,100 @@ def run(seconds: float = DEFAULT_SECONDS) -> Report:
             direct = stubs.servers.GetServer(
                 server_pb2.GetServerRequest(name="local"), metadata=stubs.auth
             ).address
-            headers = {"authorization": f"Bearer {server.key}"}
-            rows: list[list[str]] = []
-            assert server.process is not None
-            for label, elements, concurrency in CASES:
-                straight = asyncio.run(load(direct, {}, elements, concurrency, seconds))
-                cpu_before = cpu_seconds(server.process.pid)
-                through = asyncio.run(load(server.address, headers, elements, concurrency, seconds))
-                cpu_used = cpu_seconds(server.process.pid) - cpu_before
-                per_request = cpu_used / max(through.rate * seconds, 1) * 1e6
-                rows.append([
-                    label,
-                    f"{straight.rate:.0f}", f"{through.rate:.0f}",
-                    f"{through.rate / straight.rate:.2f}",
-                    f"{through.p50_ms - straight.p50_ms:+.2f}",
-                    f"{through.p99_ms - straight.p99_ms:+.2f}",
-                    f"{per_request:.0f}",
-                ])  # fmt: skip
             stubs.channel.close()
+            assert server.process is not None
+            side = _Sides(direct, server.address, f"Bearer {server.key}", server.process.pid)
+            tables.append(side.measure("shared", seconds, rounds))
+            if _cpu_count() >= 2:
+                with _own_core_for(server.process.pid):
+                    tables.append(side.measure("own core", seconds, rounds))
         finally:
             server.stop()
-    header = ["case", "direct req/s", "MLServe req/s", "ratio", "added p50 ms", "added p99 ms",
-              "MLServe CPU us/req"]  # fmt: skip
     notes = [
-        f"{seconds:.0f} s per measurement; direct then through MLServe, one gateway process",
-        "client, MLServe and Triton share this machine's cores: the ratio includes the CPU "
+        f"{rounds} rounds of {seconds:.0f} s per case and column, direct then through MLServe; "
+        f"medians over the rounds (ratio: median of the per-round ratios); "
+        f"{GATEWAY_WORKERS} gateway process",
+        "shared: client, Triton and MLServe compete for all cores, so the ratio includes the CPU "
         "the gateway takes from the client and Triton",
+        "own core: client and Triton pinned to one CPU in both columns, MLServe alone on another",
     ]
-    return Report("gateway: tritonclient.grpc.aio direct vs through MLServe", [Table(header, rows)],
-                  notes)  # fmt: skip
+    return Report("gateway: tritonclient.grpc.aio direct vs through MLServe", tables, notes)
+
+
+@dataclass(frozen=True)
+class _Sides:
+    direct: str
+    gateway: str
+    authorization: str
+    gateway_pid: int
+
+    def measure(self, layout: str, seconds: float, rounds: int) -> Table:
+        rows: list[list[str]] = []
+        headers = {"authorization": self.authorization}
+        for label, elements, concurrency in CASES:
+            ratios, added_p50, added_p99, cpu, rates = [], [], [], [], []
+            for _ in range(rounds):
+                straight = asyncio.run(load(self.direct, {}, elements, concurrency, seconds))
+                cpu_before = cpu_seconds(self.gateway_pid)
+                through = asyncio.run(load(self.gateway, headers, elements, concurrency, seconds))
+                cpu_used = cpu_seconds(self.gateway_pid) - cpu_before
+                ratios.append(through.rate / straight.rate)
+                added_p50.append(through.p50_ms - straight.p50_ms)
+                added_p99.append(through.p99_ms - straight.p99_ms)
+                cpu.append(cpu_used / max(through.rate * seconds, 1) * 1e6)
+                rates.append((straight.rate, through.rate))
+            median = statistics.median
+            rows.append([
+                label,
+                f"{median(r[0] for r in rates):.0f}", f"{median(r[1] for r in rates):.0f}",
+                f"{median(ratios):.2f}", f"{min(ratios):.2f}-{max(ratios):.2f}",
+                f"{median(added_p50):+.2f}", f"{median(added_p99):+.2f}",
+                f"{median(cpu):.0f}",
+            ])  # fmt: skip
+        header = [f"{layout}: case", "direct req/s", "MLServe req/s", "ratio", "ratio range",
+                  "added p50 ms", "added p99 ms", "MLServe CPU us/req"]  # fmt: skip
+        return Table(header, rows)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@contextmanager
+def _own_core_for(gateway_pid: int) -> Iterator[None]:
+    """Pin this process (the client) and Triton to one CPU, the gateway to another."""
+    every_cpu = os.sched_getaffinity(0)
+    first, second = sorted(every_cpu)[:2]
+    triton = _descendants(gateway_pid)
+    for pid in (os.getpid(), *triton):
+        _pin(pid, {first})
+    _pin(gateway_pid, {second})
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        for pid in (os.getpid(), gateway_pid, *triton):
+            _pin(pid, every_cpu)
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid``; threads started later inherit it from their creator."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for thread in threads:
+        with contextlib.suppress(OSError):  # the thread has just ended
+            os.sched_setaffinity(int(thread), cpus)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``: the embedded Triton and its Python-backend stubs."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found: list[int] = []
+    for child in map(int, children):
+        found += [child, *_descendants(child)]
+    return found
