@@ -12,7 +12,8 @@ Decisions are cached for ``cache_seconds`` (1 s) so the gateway's hot path
 does no database work. After that the key's row, its user and memberships are
 read again (no re-hash: the verified hash is remembered), so revocation,
 expiry and deactivation by another replica take effect within the bound; in
-this process they take effect at once (``forget`` clears the cache).
+this process they take effect at once (``changed()`` makes every cached
+decision stale).
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mlserve import store
 from mlserve.access.rules import (
     ADMIN,
     CONSUMER,
     OWNER,
-    ModelPolicy,
     Principal,
     infer_decision,
     model_policy,
@@ -54,6 +55,8 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _HASHING_AT_ONCE = 2
 _LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 _INVALID = "the API key is not valid"
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 # Bumped by every change that can alter a decision (keys, users, models,
@@ -65,6 +68,44 @@ def changed() -> None:
     """Cached decisions of this process are stale: decide again on the next call."""
     global _generation
     _generation += 1
+
+
+class _DecisionCache(Generic[K, V]):
+    """Answers kept for ``seconds``, and never used once ``changed()`` was called.
+
+    Callers that miss at the same moment share one lookup (the cache expires
+    every second, and every request in flight then would otherwise read the
+    same rows). Lookups are shared within one generation only: one begun
+    before a revocation never answers a caller that arrives after it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[K, tuple[float, int, V]] = {}
+        self._lookups: SingleFlight[tuple[K, int], V] = SingleFlight()
+
+    def peek(self, key: K) -> V | None:
+        """The fresh answer for ``key``, or None (for caches whose answers are never None)."""
+        entry = self._fresh(key, time.monotonic())
+        return None if entry is None else entry[2]
+
+    async def get(self, key: K, lookup: Callable[[], Awaitable[V]]) -> V:
+        now = time.monotonic()
+        entry = self._fresh(key, now)
+        if entry is not None:
+            return entry[2]
+        generation = _generation
+        answer = await self._lookups.run((key, generation), lookup)
+        if len(self._entries) >= _CACHE_LIMIT:
+            self._entries.clear()
+        self._entries[key] = (now + self.seconds, generation, answer)
+        return answer
+
+    def _fresh(self, key: K, now: float) -> tuple[float, int, V] | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now or entry[1] != _generation:
+            return None
+        return entry
 
 
 @dataclass(frozen=True)
@@ -134,34 +175,24 @@ class Access:
     """Authenticates keys, with a short decision cache."""
 
     def __init__(self, cache_seconds: float = 1.0) -> None:
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, int, Principal]] = {}
+        # key -> its principal
+        self._principals: _DecisionCache[str, Principal] = _DecisionCache(cache_seconds)
         # key -> the stored hash it verified against: refreshing a principal
         # re-reads the row but does not hash again while the hash is the same.
         self._verified: dict[str, str] = {}
         self._hashing = threading.BoundedSemaphore(_HASHING_AT_ONCE)
-        # (key prefix, model) -> (expiry, why not or None): the gateway's decisions.
-        self._infer: dict[tuple[str, str], tuple[float, int, MLServeError | None]] = {}
-        # Keyed with the generation too: a lookup that began before a
-        # revocation must not answer callers that arrive after it.
-        self._verifying: SingleFlight[tuple[str, int], Principal] = SingleFlight()
-        self._reading_policy: SingleFlight[tuple[str, int], ModelPolicy] = SingleFlight()
+        # (key prefix, model) -> why not, or None: the gateway's decisions.
+        self._infer: _DecisionCache[tuple[str, str], MLServeError | None] = _DecisionCache(
+            cache_seconds
+        )
 
     async def check_infer(self, principal: Principal, model: str) -> None:
         """Raise unless ``principal`` may infer on ``model``; cached like keys."""
-        cache_key = (principal.key_prefix, model)
-        now = time.monotonic()
-        entry = self._infer.get(cache_key)
-        if entry is None or entry[0] <= now or entry[1] != _generation:
-            generation = _generation
-            policy = await self._reading_policy.run(
-                (model, generation), lambda: in_thread(model_policy)(model)
-            )
-            if len(self._infer) >= _CACHE_LIMIT:
-                self._infer.clear()
-            decision = infer_decision(principal, policy)
-            entry = self._infer[cache_key] = (now + self.cache_seconds, generation, decision)
-        refusal = entry[2]
+
+        async def decide() -> MLServeError | None:
+            return infer_decision(principal, await in_thread(model_policy)(model))
+
+        refusal = await self._infer.get((principal.key_prefix, model), decide)
         if refusal is not None:
             raise type(refusal)(refusal.message)
 
@@ -194,10 +225,7 @@ class Access:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer":
             return None
-        entry = self._cache.get(key.strip())
-        if entry is not None and entry[0] > time.monotonic() and entry[1] == _generation:
-            return entry[2]
-        return None
+        return self._principals.peek(key.strip())
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal behind an ``authorization: Bearer <key>`` value, or Unauthenticated."""
@@ -210,16 +238,7 @@ class Access:
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must read 'Bearer <key>'")
         key = key.strip()
-        now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now and cached[1] == _generation:
-            return cached[2]
-        generation = _generation
-        principal = await self._verifying.run((key, generation), lambda: self._verify(key))
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (now + self.cache_seconds, generation, principal)
-        return principal
+        return await self._principals.get(key, lambda: self._verify(key))
 
     @in_thread
     def _verify(self, key: str) -> Principal:
