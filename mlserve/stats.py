@@ -8,7 +8,6 @@ import datetime as dt
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import peewee as pw
 from prometheus_client import CollectorRegistry, Counter
@@ -43,7 +42,7 @@ class InferenceStats:
             ["model", "version", "outcome"],
             registry=self.registry,
         )
-        self._counters: dict[tuple[str, int, bool], Any] = {}
+        self._counters: dict[tuple[str, int, bool], Counter] = {}
 
     def record(self, model: str, version: int, ok: bool) -> None:
         pending = self._pending[(model, version)]
