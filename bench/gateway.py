@@ -101,11 +101,13 @@ def run(seconds: float = DEFAULT_SECONDS, rounds: int = DEFAULT_ROUNDS) -> Repor
             ).address
             stubs.channel.close()
             assert server.process is not None
-            side = _Sides(direct, server.address, f"Bearer {server.key}", server.process.pid)
-            tables.append(side.measure("shared", seconds, rounds))
+            endpoints = _Endpoints(
+                direct, server.address, f"Bearer {server.key}", server.process.pid
+            )
+            tables.append(endpoints.measure("shared", seconds, rounds))
             if _cpu_count() >= 2:
                 with _own_core_for(server.process.pid):
-                    tables.append(side.measure("own core", seconds, rounds))
+                    tables.append(endpoints.measure("own core", seconds, rounds))
         finally:
             server.stop()
     notes = [
@@ -120,7 +122,7 @@ def run(seconds: float = DEFAULT_SECONDS, rounds: int = DEFAULT_ROUNDS) -> Repor
 
 
 @dataclass(frozen=True)
-class _Sides:
+class _Endpoints:
     direct: str
     gateway: str
     authorization: str
