@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
-from mlserve import store
+from mlserve.storage import tables
 from mlserve_api.v1 import model_pb2
 from tests.databases import close_database
 from tests.postgres import PostgresCluster
@@ -36,18 +36,18 @@ BATCH = 1_000
 
 def _grow(url: str, start: int, end: int) -> None:
     """Add models ``start``..``end - 1`` with their tags, in batches, in this process."""
-    db = store.connect(url)
+    db = tables.connect(url)
     try:
         for first in range(start, end, BATCH):
             last = min(first + BATCH, end)
             names = [f"model-{index:06d}" for index in range(first, last)]
             with db.atomic():
-                store.Model.insert_many(
+                tables.Model.insert_many(
                     [{"name": name, "description": "bench"} for name in names]
                 ).execute()
                 ids = dict(
-                    store.Model.select(store.Model.name, store.Model.id)
-                    .where(store.Model.name.in_(names))
+                    tables.Model.select(tables.Model.name, tables.Model.id)
+                    .where(tables.Model.name.in_(names))
                     .tuples()
                 )
                 tags = []
@@ -55,7 +55,7 @@ def _grow(url: str, start: int, end: int) -> None:
                     tags.append({"model": ids[name], "tag": OTHER_TAGS[index % 3]})
                     if index % 10 == 0:
                         tags.append({"model": ids[name], "tag": TAG})
-                store.ModelTag.insert_many(tags).execute()
+                tables.ModelTag.insert_many(tags).execute()
         # What autovacuum (PostgreSQL) or an occasional ANALYZE would do after a bulk load.
         db.execute_sql("ANALYZE")
     finally:

@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table, summary
-from mlserve import modelconfig
+from mlserve.triton import modelconfig
 from mlserve.triton.client import TritonClient
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve_api.v1 import deployment_pb2, model_pb2

@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = root.add_subparsers(dest="command", required=True)
     add_serve_command(commands)
-    from mlserve.cli_client import add_client_commands
+    from mlserve_client.cli import add_client_commands
 
     add_client_commands(commands)
     return root

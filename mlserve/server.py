@@ -15,11 +15,9 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from mlserve import store
 from mlserve.access import Access
 from mlserve.access.audit import AuditLog
 from mlserve.access.directory import Directory
-from mlserve.aio import in_thread
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
@@ -33,19 +31,21 @@ from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
-from mlserve.blobs import Blobs
-from mlserve.catalog import Catalog
-from mlserve.deployments import DEFAULT_SERVER, Deployments
-from mlserve.fleet import Fleet
-from mlserve.gateway import Router
-from mlserve.paging import PageTokens
-from mlserve.pipeline_deployments import PipelineDeployments
-from mlserve.pipelines import Pipelines
-from mlserve.repository import Repository
+from mlserve.catalog.models import Catalog
+from mlserve.catalog.pipelines import Pipelines
+from mlserve.catalog.uploads import UploadLimits, Uploads
+from mlserve.core.paging import PageTokens
+from mlserve.deploy.fleet import Fleet
+from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
+from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.gateway.router import Router
+from mlserve.gateway.stats import InferenceStats
 from mlserve.settings import Settings
-from mlserve.stats import InferenceStats
+from mlserve.storage import db, tables
+from mlserve.storage.blobs import Blobs
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
-from mlserve.uploads import UploadLimits, Uploads
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -99,12 +99,12 @@ class Domain:
 
 
 def build_domain(settings: Settings) -> Domain:
-    store.connect(settings.database_url)
-    secret = store.run(store.get_or_create_setting, "page_token_secret", _random_secret)
+    tables.connect(settings.database_url)
+    secret = db.run(tables.get_or_create_setting, "page_token_secret", _random_secret)
     tokens = PageTokens(secret)
     repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
     blobs = Blobs(repository)
-    store.run(blobs.sweep)
+    db.run(blobs.sweep)
     catalog = Catalog(repository, tokens, blobs)
     uploads = Uploads(
         repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
@@ -169,7 +169,7 @@ class MLServe:
         await self._server.start()
         await self._set_health(False)
         log.info("MLServe listening on %s", self.address)
-        log.info("state in %s (%s)", settings.home, store.describe(store.database.obj))
+        log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
         if settings.embedded_triton:
             await self._start_embedded_triton(domain)
         await domain.router.reload()
@@ -205,8 +205,8 @@ class MLServe:
         if self._triton is not None:
             await self._triton.stop()
             log.info("embedded Triton stopped")
-        if not store.database.is_closed():
-            store.database.close()
+        if not db.database.is_closed():
+            db.database.close()
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
         limit = self.settings.max_message_bytes

@@ -20,7 +20,7 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     """host:port for every gRPC service; loopback unless told otherwise."""
     database: str = ""
-    """sqlite:///PATH or postgresql://… (pooled; see store.connect); empty: <home>/mlserve.db."""
+    """sqlite:///PATH or postgresql://… (pooled; see tables.connect); empty: <home>/mlserve.db."""
     embedded_triton: bool = True
     """Start a Triton on the repository and register it as 'local'."""
     max_upload_bytes: int = 64 * 1024**3

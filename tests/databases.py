@@ -6,7 +6,7 @@ the database kinds MLServe supports, so the same test runs on each of them:
 SQLite in the test's temporary directory, and a new database (``CREATE
 DATABASE``, dropped afterwards) on one throwaway PostgreSQL cluster that the
 session starts on first use (``postgres_cluster``). ``database_url`` is the
-same thing before ``store.connect``, for tests that open and reopen a URL.
+same thing before ``tables.connect``, for tests that open and reopen a URL.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import peewee as pw
 import pytest
 from playhouse.pool import PooledDatabase
 
-from mlserve import store
+from mlserve.storage import tables
 from tests.postgres import PostgresCluster
 
 DATABASE_KINDS = ["sqlite", "postgresql"]
 
 
 def sqlite_url(directory: Path) -> str:
-    return f"sqlite:///{directory / 'store.db'}"
+    return f"sqlite:///{directory / 'tables.db'}"
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def store_db(database_url: str) -> Iterator[pw.Database]:
     """An empty database at the current schema, bound to ``mlserve.store``."""
-    db = store.connect(database_url)
+    db = tables.connect(database_url)
     try:
         yield db
     finally:

@@ -13,17 +13,17 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2  # noqa: F401  # registers inference.*
 
-from mlserve import store
 from mlserve.access import current_principal, keys, rules
 from mlserve.access.directory import AppFields, Directory, UserFields
-from mlserve.errors import (
+from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
     PermissionDenied,
 )
-from mlserve.paging import PageTokens
+from mlserve.core.paging import PageTokens
 from mlserve.server import SERVICES
+from mlserve.storage import tables
 
 run = asyncio.run
 
@@ -97,8 +97,8 @@ def directory(store_db: pw.Database) -> Iterator[Directory]:
 
 def test_legacy_sha256_key_still_works_and_is_rehashed(directory: Directory) -> None:
     run(directory.create_user("old", UserFields(role="admin")))
-    user = store.User.get(store.User.name == "old")
-    store.ApiKey.create(
+    user = tables.User.get(tables.User.name == "old")
+    tables.ApiKey.create(
         prefix="abc",
         secret_hash=hashlib.sha256(b"secret").hexdigest(),
         owner="old",
@@ -107,7 +107,7 @@ def test_legacy_sha256_key_still_works_and_is_rehashed(directory: Directory) -> 
     )
     principal = run(keys.Access().authenticate("Bearer mls_abc_secret"))
     assert (principal.name, principal.role) == ("old", "admin")
-    row = store.ApiKey.get(store.ApiKey.prefix == "abc")
+    row = tables.ApiKey.get(tables.ApiKey.prefix == "abc")
     assert row.algorithm == keys.SCRYPT
     assert keys.verify_secret("secret", row.secret_hash, keys.SCRYPT)
 
@@ -121,7 +121,7 @@ def test_the_last_admin_cannot_be_removed_or_demoted(directory: Directory) -> No
     ):
         with pytest.raises(FailedPrecondition, match="last active admin"):
             run(attempt())
-    assert store.User.get(store.User.name == "root").role == "admin"
+    assert tables.User.get(tables.User.name == "root").role == "admin"
     run(directory.create_user("second", UserFields(role="admin")))
     run(directory.update_user("root", UserFields(role="editor"), ["role"]))
     with pytest.raises(FailedPrecondition):
@@ -134,7 +134,7 @@ def test_duplicate_names_already_exist(directory: Directory) -> None:
         run(directory.create_user("ann", UserFields(role="editor")))
     with pytest.raises(AlreadyExists):
         run(directory.create_workspace("ann"))  # her default workspace
-    assert store.User.select().count() == 1
+    assert tables.User.select().count() == 1
     run(directory.create_app("shop", keys_fields()))
     with pytest.raises(AlreadyExists):
         run(directory.create_app("shop", keys_fields()))
@@ -148,11 +148,11 @@ def keys_fields() -> object:
 def test_private_models_are_not_found_for_non_members(directory: Directory) -> None:
     run(directory.create_user("ann", UserFields(role="editor")))
     run(directory.create_user("bob", UserFields(role="editor")))
-    ann_space = store.Workspace.get(store.Workspace.name == "ann")
-    private = store.Model.create(name="secret", workspace=ann_space)
-    public = store.Model.create(name="shared", workspace=ann_space, visibility="public")
+    ann_space = tables.Workspace.get(tables.Workspace.name == "ann")
+    private = tables.Model.create(name="secret", workspace=ann_space)
+    public = tables.Model.create(name="shared", workspace=ann_space, visibility="public")
     bob_principal = rules.Principal(
-        "b", "bob", "editor", workspaces={store.Workspace.get(name="bob").id: "owner"}
+        "b", "bob", "editor", workspaces={tables.Workspace.get(name="bob").id: "owner"}
     )
     token = current_principal.set(bob_principal)
     try:

@@ -14,12 +14,12 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from mlserve import store
-from mlserve.blobs import Blobs
-from mlserve.catalog import Catalog, FileSpec, VersionRecord
-from mlserve.paging import PageTokens
-from mlserve.repository import Repository
-from mlserve.uploads import Chunk, UploadHeader, UploadLimits, Uploads
+from mlserve.catalog.models import Catalog, FileSpec, VersionRecord
+from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
+from mlserve.core.paging import PageTokens
+from mlserve.storage import db, tables
+from mlserve.storage.blobs import Blobs
+from mlserve.storage.repository import Repository
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(WEIGHTS).hexdigest()
@@ -105,9 +105,9 @@ def test_same_content_is_stored_once_and_versions_are_hard_links(domain: Domain)
         linked = domain.version_file("m", version).stat()
         assert (linked.st_dev, linked.st_ino) == (blob.st_dev, blob.st_ino)
     assert blob.st_nlink == 3
-    assert store.Blob.select().where(store.Blob.sha256 == SHA).count() == 1
+    assert tables.Blob.select().where(tables.Blob.sha256 == SHA).count() == 1
     assert not list((domain.home / "staging").iterdir())
-    assert store.BlobPin.select().count() == 0
+    assert tables.BlobPin.select().count() == 0
 
 
 def test_a_stored_file_counts_as_received_in_get_upload(domain: Domain) -> None:
@@ -129,7 +129,7 @@ def test_deleting_versions_frees_blobs_only_when_unused(domain: Domain) -> None:
     assert not domain.blob_file(hashlib.sha256(b"# one\n").hexdigest()).exists()
     assert read_version(domain, "m", 2)["weights.bin"] == WEIGHTS
     asyncio.run(domain.catalog.delete_model("m"))
-    assert store.Blob.select().count() == 0
+    assert tables.Blob.select().count() == 0
     assert list(domain.repository.stored_blobs()) == []
 
 
@@ -151,7 +151,7 @@ def test_collection_between_dedup_decision_and_commit_keeps_the_promised_blob(
     )
     assert read_version(domain, "m", second.version) == files
     # Once committed the version, not the pin, keeps it.
-    assert store.BlobPin.select().count() == 0
+    assert tables.BlobPin.select().count() == 0
     assert domain.blobs.collect() == []
     assert domain.blob_file().exists()
 
@@ -169,14 +169,14 @@ def test_collection_before_the_header_means_the_bytes_are_sent_again(domain: Dom
 
 def test_the_database_refuses_to_delete_a_pinned_or_used_blob(domain: Domain) -> None:
     upload(domain, "m", {"model.py": b"# one\n", "weights.bin": WEIGHTS})
-    with pytest.raises(pw.IntegrityError), store.database.atomic():
-        store.Blob.delete().where(store.Blob.sha256 == SHA).execute()
-    store.Upload.create(upload_id="p", model="m", files="[]", config="", manifest_sha256="0")
-    store.BlobPin.create(upload="p", blob=SHA)
+    with pytest.raises(pw.IntegrityError), db.database.atomic():
+        tables.Blob.delete().where(tables.Blob.sha256 == SHA).execute()
+    tables.Upload.create(upload_id="p", model="m", files="[]", config="", manifest_sha256="0")
+    tables.BlobPin.create(upload="p", blob=SHA)
     asyncio.run(domain.catalog.delete_version("m", 1))
     assert domain.blob_file().exists()
-    with pytest.raises(pw.IntegrityError), store.database.atomic():
-        store.Blob.delete().where(store.Blob.sha256 == SHA).execute()
+    with pytest.raises(pw.IntegrityError), db.database.atomic():
+        tables.Blob.delete().where(tables.Blob.sha256 == SHA).execute()
 
 
 def test_startup_sweep_removes_blob_files_no_row_names(domain: Domain) -> None:

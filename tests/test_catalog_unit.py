@@ -15,11 +15,7 @@ from typing import Any
 import peewee as pw
 import pytest
 
-from mlserve import store
-from mlserve.blobs import Blobs
-from mlserve.catalog import Catalog, ModelQuery, ModelRecord
-from mlserve.errors import AlreadyExists, InvalidArgument
-from mlserve.model_metadata import (
+from mlserve.catalog.model_metadata import (
     DriftDetection,
     Feature,
     InferenceHints,
@@ -27,8 +23,12 @@ from mlserve.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
-from mlserve.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens
-from mlserve.repository import Repository
+from mlserve.catalog.models import Catalog, ModelQuery, ModelRecord
+from mlserve.core.errors import AlreadyExists, InvalidArgument
+from mlserve.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens
+from mlserve.storage import db, tables
+from mlserve.storage.blobs import Blobs
+from mlserve.storage.repository import Repository
 
 RICH = ModelFields(
     description="predicts churn",
@@ -64,7 +64,7 @@ def run(awaitable: Any) -> Any:
 def snapshot() -> list[tuple[Any, ...]]:
     """Every model row, tag row and label row: to show nothing was written."""
     rows: list[tuple[Any, ...]] = []
-    for table in (store.Model, store.ModelTag, store.ModelLabel):
+    for table in (tables.Model, tables.ModelTag, tables.ModelLabel):
         rows += [tuple(row.values()) for row in table.select().order_by(table.id).dicts()]
     return rows
 
@@ -305,7 +305,7 @@ def test_token_is_bound_to_its_query_and_tamper_evident(zoo: Catalog) -> None:
 
 
 def test_page_size_rules(catalog: Catalog) -> None:
-    store.Model.insert_many([{"name": f"m{i:04d}"} for i in range(MAX_PAGE_SIZE + 1)]).execute()
+    tables.Model.insert_many([{"name": f"m{i:04d}"} for i in range(MAX_PAGE_SIZE + 1)]).execute()
     default = run(catalog.list_models(0, "", ModelQuery()))
     assert (len(default.items), bool(default.next_page_token)) == (DEFAULT_PAGE_SIZE, True)
     clamped = run(catalog.list_models(MAX_PAGE_SIZE * 5, "", ModelQuery()))
@@ -338,9 +338,9 @@ def test_10000_models_page_without_gaps_or_duplicates_while_others_write(
         {"name": name, "create_time": base + dt.timedelta(seconds=i // 50), "update_time": base}
         for i, name in enumerate(names)
     ]
-    with store.database.atomic():
+    with db.database.atomic():
         for start in range(0, TOTAL, 1000):
-            store.Model.insert_many(rows[start : start + 1000]).execute()
+            tables.Model.insert_many(rows[start : start + 1000]).execute()
     doomed = set(rng.sample(names, 500))  # deleted during the listing
     stable = set(names) - doomed
     deletions = iter(sorted(doomed))
@@ -365,12 +365,12 @@ def test_10000_models_page_without_gaps_or_duplicates_while_others_write(
             token = page.next_page_token
             if not token:
                 break
-            with store.database.atomic():
+            with db.database.atomic():
                 for _ in range(5):
                     name = next(deletions, None)
                     if name is not None:
-                        store.Model.delete().where(store.Model.name == name).execute()
-                store.Model.insert_many(
+                        tables.Model.delete().where(tables.Model.name == name).execute()
+                tables.Model.insert_many(
                     [
                         {"name": f"m{rng.randrange(10**9):09d}-between{len(seen)}-{k}",
                          "create_time": base + dt.timedelta(seconds=rng.randrange(TOTAL // 50)),

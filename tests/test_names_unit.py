@@ -1,5 +1,5 @@
 """Unit tests of the validation that keeps names, paths, page tokens and
-configs honest: mlserve.names, mlserve.paging, mlserve.modelconfig. No server."""
+configs honest: mlserve.core.names, mlserve.core.paging, mlserve.triton.modelconfig. No server."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from mlserve import modelconfig
-from mlserve.errors import InvalidArgument
-from mlserve.names import (
+from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import (
     MAX_NAME_LENGTH,
     check_name,
     check_relative_path,
     safe_join,
 )
-from mlserve.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens, page_size
+from mlserve.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens, page_size
+from mlserve.triton import modelconfig
 
 # --- check_name -------------------------------------------------------------
 

@@ -11,12 +11,8 @@ import peewee as pw
 import pytest
 from google.protobuf import text_format
 
-from mlserve import store
-from mlserve.blobs import Blobs
-from mlserve.catalog import Catalog, ModelFields
-from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mlserve.paging import PageTokens
-from mlserve.pipelines import (
+from mlserve.catalog.models import Catalog, ModelFields
+from mlserve.catalog.pipelines import (
     Pipelines,
     Spec,
     Step,
@@ -24,8 +20,12 @@ from mlserve.pipelines import (
     ensemble_config,
     member_configs,
 )
-from mlserve.repository import Repository
-from mlserve.serving import ServingSettings
+from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.core.paging import PageTokens
+from mlserve.storage import tables
+from mlserve.storage.blobs import Blobs
+from mlserve.storage.repository import Repository
+from mlserve.triton.serving import ServingSettings
 from tests.models import add_model_config, scale_model_config
 
 T = TypeVar("T")
@@ -39,10 +39,10 @@ def run(awaitable: Awaitable[T]) -> T:
 
 
 def add_version(name: str, config: Any) -> int:
-    model = store.Model.get_or_none(store.Model.name == name) or store.Model.create(name=name)
-    number = store.ModelVersion.select().where(store.ModelVersion.model == model).count() + 1
+    model = tables.Model.get_or_none(tables.Model.name == name) or tables.Model.create(name=name)
+    number = tables.ModelVersion.select().where(tables.ModelVersion.model == model).count() + 1
     config.name = name
-    store.ModelVersion.create(
+    tables.ModelVersion.create(
         model=model,
         version=number,
         sha256=f"{number:064d}",
@@ -74,7 +74,7 @@ def three_steps(**changes: Any) -> Spec:
 
 
 def nothing_created() -> bool:
-    return store.Pipeline.select().count() == 0 and store.PipelineVersion.select().count() == 0
+    return tables.Pipeline.select().count() == 0 and tables.PipelineVersion.select().count() == 0
 
 
 def test_a_three_step_pipeline_is_recorded_with_types_from_its_members(
@@ -231,8 +231,8 @@ def test_pipelines_and_models_share_one_namespace(pipelines: Pipelines, tmp_path
     catalog = Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
     with pytest.raises(AlreadyExists, match="a pipeline is named 'chain'"):
         run(catalog.create_model("chain", ModelFields()))
-    assert store.Pipeline.select().count() == 1
-    assert not store.Model.select().where(store.Model.name == "chain").exists()
+    assert tables.Pipeline.select().count() == 1
+    assert not tables.Model.select().where(tables.Model.name == "chain").exists()
 
 
 def test_changing_steps_makes_a_new_version_and_old_ones_stay_readable(
@@ -274,7 +274,7 @@ def test_a_copy_takes_new_serving_settings(pipelines: Pipelines) -> None:
     pre = Step("pre", "pre", 0, {"INPUT": "A"}, {"OUTPUT": "P"}, unbatched)
     with pytest.raises(InvalidArgument, match="max_batch_size 0"):
         run(pipelines.create("four", "", three_steps(pre=pre)))
-    assert not store.Pipeline.select().where(store.Pipeline.name.in_(["three", "four"])).exists()
+    assert not tables.Pipeline.select().where(tables.Pipeline.name.in_(["three", "four"])).exists()
 
 
 def test_list_pages_and_delete(pipelines: Pipelines) -> None:
@@ -294,9 +294,9 @@ def test_list_pages_and_delete(pipelines: Pipelines) -> None:
 
 def test_a_deployed_pipeline_cannot_be_deleted(pipelines: Pipelines) -> None:
     run(pipelines.create("chain", "", three_steps()))
-    store.PipelineDeployment.create(
-        pipeline=store.Pipeline.get(store.Pipeline.name == "chain"), version=1
+    tables.PipelineDeployment.create(
+        pipeline=tables.Pipeline.get(tables.Pipeline.name == "chain"), version=1
     )
     with pytest.raises(FailedPrecondition, match="pipeline 'chain' is deployed"):
         run(pipelines.delete("chain"))
-    assert store.Pipeline.select().count() == 1
+    assert tables.Pipeline.select().count() == 1

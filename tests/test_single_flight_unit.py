@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mlserve.aio import SingleFlight
+from mlserve.core.aio import SingleFlight
 
 
 def test_concurrent_callers_share_one_lookup_and_later_ones_start_another() -> None:

@@ -24,7 +24,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from google.protobuf import json_format
 
-from mlserve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.triton import EmbeddedTriton, IndexEntry, TritonClient, TritonInstallation
 from mlserve.triton import launcher as launcher_module
 from tests.models import add_model_config, add_model_files, write_add_model

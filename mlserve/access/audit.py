@@ -6,11 +6,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from mlserve import store
 from mlserve.access.rules import Principal
-from mlserve.aio import in_thread
-from mlserve.catalog import Page
-from mlserve.paging import PageTokens, page_size
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.storage import tables
+from mlserve.storage.db import in_thread
 
 MAX_RESOURCE_LENGTH = 300
 
@@ -32,7 +31,7 @@ class AuditLog:
 
     @in_thread
     def record(self, principal: Principal, method: str, resource: str, outcome: str) -> None:
-        store.AuditEvent.create(
+        tables.AuditEvent.create(
             actor=principal.name,
             key_prefix=principal.key_prefix,
             method=method,
@@ -47,13 +46,13 @@ class AuditLog:
         size = page_size(requested)
         fingerprint = {"list": "audit", "actor": actor, "resource": resource}
         after = self.tokens.decode(fingerprint, token)
-        query = store.AuditEvent.select().order_by(store.AuditEvent.id.desc()).limit(size + 1)
+        query = tables.AuditEvent.select().order_by(tables.AuditEvent.id.desc()).limit(size + 1)
         if after is not None:
-            query = query.where(store.AuditEvent.id < int(after))
+            query = query.where(tables.AuditEvent.id < int(after))
         if actor:
-            query = query.where(store.AuditEvent.actor == actor)
+            query = query.where(tables.AuditEvent.actor == actor)
         if resource:
-            query = query.where(store.AuditEvent.resource == resource)
+            query = query.where(tables.AuditEvent.resource == resource)
         rows = list(query)
         next_token = self.tokens.encode(fingerprint, rows[size - 1].id) if len(rows) > size else ""
         return Page([_record(row) for row in rows[:size]], next_token)

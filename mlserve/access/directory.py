@@ -15,22 +15,21 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
-from mlserve import store
 from mlserve.access import rules
 from mlserve.access.keys import changed, create_key_row
 from mlserve.access.rules import ADMIN, COLLABORATOR, OWNER, USER_ROLES, caller
-from mlserve.aio import in_thread
-from mlserve.catalog import Page
-from mlserve.errors import (
+from mlserve.catalog.model_metadata import check_tags  # users' tags follow models' rules
+from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
 )
-from mlserve.model_metadata import check_tags  # users' tags follow models' rules
-from mlserve.names import check_name
-from mlserve.paging import PageTokens, page_size
+from mlserve.core.names import check_name
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
 
 T = TypeVar("T")
 
@@ -150,16 +149,16 @@ class Directory:
         role = _check_role(fields.role)
         tags = check_tags(fields.tags, "user.tags")
         try:
-            with store.database.atomic():
-                workspace = store.Workspace.create(name=name)
-                user = store.User.create(
+            with db.database.atomic():
+                workspace = tables.Workspace.create(name=name)
+                user = tables.User.create(
                     name=name,
                     role=role,
                     display_name=fields.display_name,
                     tags=json.dumps(tags),
                     default_workspace=workspace,
                 )
-                store.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
+                tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
         except pw.IntegrityError:
             raise AlreadyExists(
                 f"user {name!r} (or a workspace of that name, its default) already exists"
@@ -173,7 +172,7 @@ class Directory:
     @in_thread
     def list_users(self, requested: int, token: str) -> Page[UserRecord]:
         listing = _Listing(
-            store.User.select(), store.User.name, _user_record, lambda row: row.name,
+            tables.User.select(), tables.User.name, _user_record, lambda row: row.name,
             {"list": "users"},
         )  # fmt: skip
         return self._page(listing, requested, token)
@@ -181,26 +180,26 @@ class Directory:
     @in_thread
     def update_user(self, name: str, fields: UserFields, mask: Sequence[str]) -> UserRecord:
         _check_mask(mask, UPDATABLE_USER_FIELDS)
-        with store.database.atomic():
+        with db.database.atomic():
             user = _user_row(name)
             if "role" in mask:
                 role = _check_role(fields.role)
                 if user.role == ADMIN and role != ADMIN:
                     _refuse_last_admin(user, "demote")
                 user.role = role
-                store.ApiKey.update(role=role).where(store.ApiKey.user == user).execute()
+                tables.ApiKey.update(role=role).where(tables.ApiKey.user == user).execute()
             if "tags" in mask:
                 user.tags = json.dumps(check_tags(fields.tags, "user.tags"))
             if "display_name" in mask:
                 user.display_name = fields.display_name
-            user.update_time = store.utcnow()
+            user.update_time = db.utcnow()
             user.save()
         changed()
         return _user_record(user)
 
     @in_thread
     def delete_user(self, name: str) -> None:
-        with store.database.atomic():
+        with db.database.atomic():
             user = _user_row(name)
             if user.role == ADMIN:
                 _refuse_last_admin(user, "delete")
@@ -209,12 +208,12 @@ class Directory:
 
     @in_thread
     def set_active(self, name: str, active: bool) -> UserRecord:
-        with store.database.atomic():
+        with db.database.atomic():
             user = _user_row(name)
             if not active and user.role == ADMIN:
                 _refuse_last_admin(user, "deactivate")
             user.active = active
-            user.update_time = store.utcnow()
+            user.update_time = db.utcnow()
             user.save()
         changed()
         return _user_record(user)
@@ -225,9 +224,9 @@ class Directory:
     def create_key(
         self, user: str, app: str, consumer: str, expire_time: dt.datetime | None
     ) -> KeyRecord:
-        if expire_time is not None and expire_time <= store.utcnow():
+        if expire_time is not None and expire_time <= db.utcnow():
             raise InvalidArgument("expire_time must be in the future")
-        with store.database.atomic():
+        with db.database.atomic():
             if app or consumer:
                 rules.require_admin("making a key for an app consumer")
                 owner: dict[str, Any] = {"consumer": _consumer_row(app, consumer)}
@@ -242,29 +241,29 @@ class Directory:
     @in_thread
     def list_keys(self, requested: int, token: str, user: str, app: str) -> Page[KeyRecord]:
         principal = caller()
-        query = store.ApiKey.select()
+        query = tables.ApiKey.select()
         if principal is not None and not principal.is_admin:
             if app or (user and user != principal.name):
                 raise PermissionDenied("users list only their own keys; admins list every key")
             user = principal.name
         if user:
-            query = query.where(store.ApiKey.user == _user_row(user))
+            query = query.where(tables.ApiKey.user == _user_row(user))
         if app:
-            consumers = store.AppConsumer.select().where(store.AppConsumer.app == _app_row(app))
-            query = query.where(store.ApiKey.consumer.in_(consumers))
+            consumers = tables.AppConsumer.select().where(tables.AppConsumer.app == _app_row(app))
+            query = query.where(tables.ApiKey.consumer.in_(consumers))
         # Newest first: the token holds the last id, the next page has smaller ids.
         fingerprint = {"list": "keys", "user": user, "app": app}
         size = page_size(requested)
         after = self.tokens.decode(fingerprint, token)
         if after is not None:
-            query = query.where(store.ApiKey.id < int(after))
-        rows = list(query.order_by(store.ApiKey.id.desc()).limit(size + 1))
+            query = query.where(tables.ApiKey.id < int(after))
+        rows = list(query.order_by(tables.ApiKey.id.desc()).limit(size + 1))
         next_token = self.tokens.encode(fingerprint, rows[size - 1].id) if len(rows) > size else ""
         return Page([_key_record(row) for row in rows[:size]], next_token)
 
     @in_thread
     def revoke_key(self, key_id: str) -> KeyRecord:
-        row: Any = store.ApiKey.get_or_none(store.ApiKey.prefix == key_id)
+        row: Any = tables.ApiKey.get_or_none(tables.ApiKey.prefix == key_id)
         principal = caller()
         mine = row is not None and (
             principal is None
@@ -274,7 +273,7 @@ class Directory:
         if row is None or not mine:
             raise NotFound(f"API key {key_id!r} does not exist (or is not yours)")
         row.revoked = True
-        row.save(only=[store.ApiKey.revoked])
+        row.save(only=[tables.ApiKey.revoked])
         changed()
         return _key_record(row)
 
@@ -285,10 +284,10 @@ class Directory:
         check_name(name, "workspace name")
         principal = caller()
         try:
-            with store.database.atomic():
-                row = store.Workspace.create(name=name)
+            with db.database.atomic():
+                row = tables.Workspace.create(name=name)
                 if principal is not None and principal.user_id is not None:
-                    store.WorkspaceMember.create(workspace=row, user=principal.user_id, role=OWNER)
+                    tables.WorkspaceMember.create(workspace=row, user=principal.user_id, role=OWNER)
         except pw.IntegrityError:
             raise AlreadyExists(f"workspace {name!r} already exists") from None
         changed()
@@ -301,11 +300,11 @@ class Directory:
     @in_thread
     def list_workspaces(self, requested: int, token: str) -> Page[WorkspaceRecord]:
         principal = caller()
-        query = store.Workspace.select()
+        query = tables.Workspace.select()
         if principal is not None and not principal.is_admin:
-            query = query.where(store.Workspace.id.in_(sorted(principal.workspaces)))
+            query = query.where(tables.Workspace.id.in_(sorted(principal.workspaces)))
         listing = _Listing(
-            query, store.Workspace.name, _workspace_record, lambda row: row.name,
+            query, tables.Workspace.name, _workspace_record, lambda row: row.name,
             {"list": "workspaces"},
         )  # fmt: skip
         return self._page(listing, requested, token)
@@ -322,14 +321,15 @@ class Directory:
         role = role or COLLABORATOR
         if role not in (OWNER, COLLABORATOR):
             raise InvalidArgument(f"member role must be owner or collaborator, not {role!r}")
-        with store.database.atomic():
+        with db.database.atomic():
             space = rules.check_workspace_owner(_workspace_or_none(workspace), workspace)
             member = _user_row(user)
-            row = store.WorkspaceMember.get_or_none(
-                (store.WorkspaceMember.workspace == space) & (store.WorkspaceMember.user == member)
+            row = tables.WorkspaceMember.get_or_none(
+                (tables.WorkspaceMember.workspace == space)
+                & (tables.WorkspaceMember.user == member)
             )
             if row is None:
-                row = store.WorkspaceMember.create(workspace=space, user=member, role=role)
+                row = tables.WorkspaceMember.create(workspace=space, user=member, role=role)
             elif row.role != role:
                 if row.role == OWNER:
                     _refuse_last_owner(space)
@@ -340,11 +340,11 @@ class Directory:
 
     @in_thread
     def remove_member(self, workspace: str, user: str) -> None:
-        with store.database.atomic():
+        with db.database.atomic():
             space = rules.check_workspace_owner(_workspace_or_none(workspace), workspace)
-            row = store.WorkspaceMember.get_or_none(
-                (store.WorkspaceMember.workspace == space)
-                & (store.WorkspaceMember.user == _user_row(user))
+            row = tables.WorkspaceMember.get_or_none(
+                (tables.WorkspaceMember.workspace == space)
+                & (tables.WorkspaceMember.user == _user_row(user))
             )
             if row is None:
                 raise NotFound(f"user {user!r} is not a member of workspace {workspace!r}")
@@ -357,12 +357,12 @@ class Directory:
     def list_members(self, workspace: str, requested: int, token: str) -> Page[MemberRecord]:
         space = _workspace_row(workspace)
         query = (
-            store.WorkspaceMember.select(store.WorkspaceMember, store.User)
-            .join(store.User)
-            .where(store.WorkspaceMember.workspace == space)
+            tables.WorkspaceMember.select(tables.WorkspaceMember, tables.User)
+            .join(tables.User)
+            .where(tables.WorkspaceMember.workspace == space)
         )
         listing = _Listing(
-            query, store.User.name, _member_record, lambda row: row.user.name,
+            query, tables.User.name, _member_record, lambda row: row.user.name,
             {"list": "members", "workspace": workspace},
         )  # fmt: skip
         return self._page(listing, requested, token)
@@ -374,7 +374,7 @@ class Directory:
         check_name(name, "app name")
         _check_app_fields(fields)
         try:
-            row = store.App.create(
+            row = tables.App.create(
                 name=name,
                 description=fields.description,
                 retries=fields.retries,
@@ -391,7 +391,7 @@ class Directory:
     @in_thread
     def list_apps(self, requested: int, token: str) -> Page[AppRecord]:
         listing = _Listing(
-            store.App.select(), store.App.name, _app_record, lambda row: row.name,
+            tables.App.select(), tables.App.name, _app_record, lambda row: row.name,
             {"list": "apps"},
         )  # fmt: skip
         return self._page(listing, requested, token)
@@ -418,13 +418,13 @@ class Directory:
 
     @in_thread
     def add_route(self, app: str, model: str) -> RouteRecord:
-        with store.database.atomic():
+        with db.database.atomic():
             app_row = _app_row(app)
-            model_row = store.Model.get_or_none(store.Model.name == check_name(model, "model"))
+            model_row = tables.Model.get_or_none(tables.Model.name == check_name(model, "model"))
             if model_row is None:
                 raise rules.not_found(model)
             try:
-                row = store.AppRoute.create(app=app_row, model=model)
+                row = tables.AppRoute.create(app=app_row, model=model)
             except pw.IntegrityError:
                 raise AlreadyExists(f"app {app!r} already routes model {model!r}") from None
         changed()
@@ -433,8 +433,8 @@ class Directory:
     @in_thread
     def remove_route(self, app: str, model: str) -> None:
         deleted = (
-            store.AppRoute.delete()
-            .where((store.AppRoute.app == _app_row(app)) & (store.AppRoute.model == model))
+            tables.AppRoute.delete()
+            .where((tables.AppRoute.app == _app_row(app)) & (tables.AppRoute.model == model))
             .execute()
         )
         if not deleted:
@@ -443,14 +443,14 @@ class Directory:
 
     @in_thread
     def list_routes(self, app: str, requested: int, token: str) -> Page[RouteRecord]:
-        query = store.AppRoute.select().where(store.AppRoute.app == _app_row(app))
+        query = tables.AppRoute.select().where(tables.AppRoute.app == _app_row(app))
         visible = rules.visible_models()
         if visible is not None:  # routes to models the caller may not see are not listed
             query = query.where(
-                store.AppRoute.model.in_(store.Model.select(store.Model.name).where(visible))
+                tables.AppRoute.model.in_(tables.Model.select(tables.Model.name).where(visible))
             )
         listing = _Listing(
-            query, store.AppRoute.model,
+            query, tables.AppRoute.model,
             lambda row: RouteRecord(app, row.model, row.create_time), lambda row: row.model,
             {"list": "routes", "app": app},
         )  # fmt: skip
@@ -460,7 +460,7 @@ class Directory:
     def add_consumer(self, app: str, name: str) -> ConsumerRecord:
         check_name(name, "consumer name")
         try:
-            row = store.AppConsumer.create(app=_app_row(app), name=name)
+            row = tables.AppConsumer.create(app=_app_row(app), name=name)
         except pw.IntegrityError:
             raise AlreadyExists(f"app {app!r} already has a consumer {name!r}") from None
         return ConsumerRecord(app, row.name, row.create_time)
@@ -472,9 +472,9 @@ class Directory:
 
     @in_thread
     def list_consumers(self, app: str, requested: int, token: str) -> Page[ConsumerRecord]:
-        query = store.AppConsumer.select().where(store.AppConsumer.app == _app_row(app))
+        query = tables.AppConsumer.select().where(tables.AppConsumer.app == _app_row(app))
         listing = _Listing(
-            query, store.AppConsumer.name,
+            query, tables.AppConsumer.name,
             lambda row: ConsumerRecord(app, row.name, row.create_time), lambda row: row.name,
             {"list": "consumers", "app": app},
         )  # fmt: skip
@@ -485,14 +485,14 @@ class Directory:
 
 
 def _user_row(name: str) -> Any:
-    row = store.User.get_or_none(store.User.name == check_name(name, "user name"))
+    row = tables.User.get_or_none(tables.User.name == check_name(name, "user name"))
     if row is None:
         raise NotFound(f"user {name!r} does not exist")
     return row
 
 
 def _workspace_or_none(name: str) -> Any:
-    return store.Workspace.get_or_none(store.Workspace.name == check_name(name, "workspace name"))
+    return tables.Workspace.get_or_none(tables.Workspace.name == check_name(name, "workspace name"))
 
 
 def _workspace_row(name: str) -> Any:
@@ -500,16 +500,16 @@ def _workspace_row(name: str) -> Any:
 
 
 def _app_row(name: str) -> Any:
-    row = store.App.get_or_none(store.App.name == check_name(name, "app name"))
+    row = tables.App.get_or_none(tables.App.name == check_name(name, "app name"))
     if row is None:
         raise NotFound(f"app {name!r} does not exist")
     return row
 
 
 def _consumer_row(app: str, name: str) -> Any:
-    row = store.AppConsumer.get_or_none(
-        (store.AppConsumer.app == _app_row(app))
-        & (store.AppConsumer.name == check_name(name, "consumer name"))
+    row = tables.AppConsumer.get_or_none(
+        (tables.AppConsumer.app == _app_row(app))
+        & (tables.AppConsumer.name == check_name(name, "consumer name"))
     )
     if row is None:
         raise NotFound(f"app {app!r} has no consumer {name!r}")
@@ -517,8 +517,8 @@ def _consumer_row(app: str, name: str) -> Any:
 
 
 def _refuse_last_admin(user: Any, action: str) -> None:
-    others = store.User.select().where(
-        (store.User.role == ADMIN) & (store.User.active == True) & (store.User.id != user.id)  # noqa: E712
+    others = tables.User.select().where(
+        (tables.User.role == ADMIN) & (tables.User.active == True) & (tables.User.id != user.id)  # noqa: E712
     )
     if not others.exists():
         raise FailedPrecondition(
@@ -527,8 +527,8 @@ def _refuse_last_admin(user: Any, action: str) -> None:
 
 
 def _refuse_last_owner(space: Any) -> None:
-    owners = store.WorkspaceMember.select().where(
-        (store.WorkspaceMember.workspace == space) & (store.WorkspaceMember.role == OWNER)
+    owners = tables.WorkspaceMember.select().where(
+        (tables.WorkspaceMember.workspace == space) & (tables.WorkspaceMember.role == OWNER)
     )
     if owners.count() <= 1:
         raise FailedPrecondition(

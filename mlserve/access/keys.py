@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from mlserve import store
 from mlserve.access.rules import (
     ADMIN,
     CONSUMER,
@@ -41,8 +40,10 @@ from mlserve.access.rules import (
     infer_decision,
     model_policy,
 )
-from mlserve.aio import SingleFlight, in_thread
-from mlserve.errors import MLServeError, Unauthenticated
+from mlserve.core.aio import SingleFlight
+from mlserve.core.errors import MLServeError, Unauthenticated
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def create_key_row(**owner: Any) -> tuple[str, Any]:
     key = make_key()
     name = owner["user"].name if owner.get("user") else _consumer_name(owner["consumer"])
     role = owner["user"].role if owner.get("user") else CONSUMER
-    row = store.ApiKey.create(
+    row = tables.ApiKey.create(
         prefix=key.prefix,
         secret_hash=key.secret_hash,
         algorithm=SCRYPT,
@@ -201,19 +202,19 @@ class Access:
 
         Returns the file written, or None when keys already exist.
         """
-        if store.ApiKey.select().exists():
+        if tables.ApiKey.select().exists():
             return None
         path = home / ADMIN_KEY_FILE
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a key file from a database that no longer exists
-        with store.database.atomic():
-            user = store.User.get_or_none(store.User.name == ADMIN_USER)
+        with db.database.atomic():
+            user = tables.User.get_or_none(tables.User.name == ADMIN_USER)
             if user is None:
-                workspace = store.Workspace.create(name=ADMIN_USER)
-                user = store.User.create(name=ADMIN_USER, role=ADMIN, default_workspace=workspace)
-                store.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
-                orphans = store.Model.workspace.is_null()
-                store.Model.update(workspace=workspace).where(orphans).execute()
+                workspace = tables.Workspace.create(name=ADMIN_USER)
+                user = tables.User.create(name=ADMIN_USER, role=ADMIN, default_workspace=workspace)
+                tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
+                orphans = tables.Model.workspace.is_null()
+                tables.Model.update(workspace=workspace).where(orphans).execute()
             plaintext, _ = create_key_row(user=user)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -243,7 +244,7 @@ class Access:
     @in_thread
     def _verify(self, key: str) -> Principal:
         parts = split_key(key)
-        row = None if parts is None else store.ApiKey.get_or_none(store.ApiKey.prefix == parts[0])
+        row = None if parts is None else tables.ApiKey.get_or_none(tables.ApiKey.prefix == parts[0])
         if parts is None or row is None:
             raise Unauthenticated(_INVALID)
         if self._verified.get(key) != row.secret_hash:
@@ -253,21 +254,21 @@ class Access:
                 raise Unauthenticated(_INVALID)
             if row.algorithm != SCRYPT:
                 row.secret_hash, row.algorithm = hash_secret(parts[1]), SCRYPT
-                row.save(only=[store.ApiKey.secret_hash, store.ApiKey.algorithm])
+                row.save(only=[tables.ApiKey.secret_hash, tables.ApiKey.algorithm])
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
             self._verified[key] = row.secret_hash
         _check_usable(row)
-        now = store.utcnow()
+        now = db.utcnow()
         if row.last_used_time is None or now - row.last_used_time > _LAST_USED_RESOLUTION:
-            store.ApiKey.update(last_used_time=now).where(store.ApiKey.id == row.id).execute()
+            tables.ApiKey.update(last_used_time=now).where(tables.ApiKey.id == row.id).execute()
         return _principal(row)
 
 
 def _check_usable(row: Any) -> None:
     if row.revoked:
         raise Unauthenticated(f"API key {row.prefix} was revoked: ask for a new key")
-    if row.expire_time is not None and row.expire_time <= store.utcnow():
+    if row.expire_time is not None and row.expire_time <= db.utcnow():
         raise Unauthenticated(f"API key {row.prefix} expired: ask for a new key")
     if row.user_id is not None and not row.user.active:
         raise Unauthenticated(
@@ -281,7 +282,7 @@ def _principal(row: Any) -> Principal:
     if row.consumer_id is not None:
         consumer = row.consumer
         app = consumer.app
-        routes = store.AppRoute.select(store.AppRoute.model).where(store.AppRoute.app == app)
+        routes = tables.AppRoute.select(tables.AppRoute.model).where(tables.AppRoute.app == app)
         return Principal(
             key_prefix=row.prefix,
             name=_consumer_name(consumer),
@@ -292,9 +293,9 @@ def _principal(row: Any) -> Principal:
             timeout_seconds=app.timeout_seconds,
         )
     user = row.user
-    memberships = store.WorkspaceMember.select(
-        store.WorkspaceMember.workspace, store.WorkspaceMember.role
-    ).where(store.WorkspaceMember.user == user)
+    memberships = tables.WorkspaceMember.select(
+        tables.WorkspaceMember.workspace, tables.WorkspaceMember.role
+    ).where(tables.WorkspaceMember.user == user)
     return Principal(
         key_prefix=row.prefix,
         name=user.name,

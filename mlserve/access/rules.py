@@ -26,8 +26,8 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve import store
-from mlserve.errors import FailedPrecondition, MLServeError, NotFound, PermissionDenied
+from mlserve.core.errors import FailedPrecondition, MLServeError, NotFound, PermissionDenied
+from mlserve.storage import tables
 
 ADMIN, EDITOR, VIEWER, CONSUMER = "admin", "editor", "viewer", "consumer"
 USER_ROLES = (ADMIN, EDITOR, VIEWER)
@@ -271,7 +271,7 @@ def can_see_model(principal: Principal | None, row: Any) -> bool:
     return row.visibility == PUBLIC or row.workspace_id in principal.workspaces
 
 
-def visible_models(table: Any = store.Model) -> pw.Expression | None:
+def visible_models(table: Any = tables.Model) -> pw.Expression | None:
     """A where-clause keeping the models (or pipelines) the caller may see (None: all)."""
     principal = caller()
     if principal is None or principal.is_admin:
@@ -291,7 +291,7 @@ def not_found(name: str, noun: str = "model") -> NotFound:
 
 def _noun(row: Any) -> str:
     """What ``row`` is called in messages: the rules hold for models and pipelines alike."""
-    return "pipeline" if isinstance(row, store.Pipeline) else "model"
+    return "pipeline" if isinstance(row, tables.Pipeline) else "model"
 
 
 def check_model_read(row: Any) -> Any:
@@ -339,13 +339,13 @@ def workspace_for_new_model(name: str) -> Any:
     if not name:
         if principal is None or principal.default_workspace is None:
             return None
-        row = store.Workspace.get_or_none(store.Workspace.id == principal.default_workspace)
+        row = tables.Workspace.get_or_none(tables.Workspace.id == principal.default_workspace)
         if row is None:
             raise FailedPrecondition(
                 f"user {principal.name!r} has no default workspace: name one (workspace)"
             )
     else:
-        row = store.Workspace.get_or_none(store.Workspace.name == name)
+        row = tables.Workspace.get_or_none(tables.Workspace.name == name)
         visible = row is not None and (
             principal is None or principal.is_admin or row.id in principal.workspaces
         )
@@ -399,10 +399,10 @@ class ModelPolicy:
 
 def model_policy(name: str) -> ModelPolicy:
     """Read a model's policy from the store (blocking)."""
-    row: Any = store.Model.get_or_none(store.Model.name == name)
+    row: Any = tables.Model.get_or_none(tables.Model.name == name)
     if row is not None:
         return ModelPolicy(name, True, row.workspace_id, row.visibility, row.allow_remote_inference)
-    pipeline: Any = store.Pipeline.get_or_none(store.Pipeline.name == name)
+    pipeline: Any = tables.Pipeline.get_or_none(tables.Pipeline.name == name)
     if pipeline is not None:  # an ensemble: served by name like a model
         return ModelPolicy(name, True, pipeline.workspace_id, pipeline.visibility)
     return ModelPolicy(name, exists=False)

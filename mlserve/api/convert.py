@@ -11,11 +11,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mlserve.catalog import ArtifactRecord, FileSpec, ModelQuery, ModelRecord, VersionRecord
-from mlserve.deployments import DeploymentRecord, TargetRecord
-from mlserve.errors import InvalidArgument
-from mlserve.fleet import ServerFields, ServerRecord
-from mlserve.model_metadata import (
+from mlserve.catalog.model_metadata import (
     DriftDetection,
     Feature,
     InferenceHints,
@@ -23,11 +19,15 @@ from mlserve.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
-from mlserve.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
-from mlserve.pipelines import PipelineRecord, Spec, Step, Tensor
-from mlserve.serving import ServingSettings
-from mlserve.stats import UsageRecord
-from mlserve.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
+from mlserve.catalog.models import ArtifactRecord, FileSpec, ModelQuery, ModelRecord, VersionRecord
+from mlserve.catalog.pipelines import PipelineRecord, Spec, Step, Tensor
+from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
+from mlserve.core.errors import InvalidArgument
+from mlserve.deploy.fleet import ServerFields, ServerRecord
+from mlserve.deploy.model_deployments import DeploymentRecord, TargetRecord
+from mlserve.deploy.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
+from mlserve.gateway.stats import UsageRecord
+from mlserve.triton.serving import ServingSettings
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2
 
 _NO_USAGE = UsageRecord()

@@ -7,14 +7,14 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
-from mlserve.deployments import (
+from mlserve.core.errors import InvalidArgument
+from mlserve.deploy.model_deployments import (
     UPDATABLE_DEPLOYMENT_FIELDS,
     DeploymentRecord,
     Deployments,
     Placement,
 )
-from mlserve.errors import InvalidArgument
-from mlserve.pipeline_deployments import PipelineDeployments
+from mlserve.deploy.pipeline_deployments import PipelineDeployments
 from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
 
 Context = Any

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from mlserve import errors
+from mlserve.core import errors
 
 STATUS_CODES: dict[type[errors.MLServeError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

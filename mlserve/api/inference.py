@@ -22,11 +22,11 @@ from tritonclient.grpc import service_pb2
 
 from mlserve import __version__
 from mlserve.access import Access, current_principal
-from mlserve.deployments import Deployments
-from mlserve.errors import InvalidArgument, MLServeError, PermissionDenied, Unavailable
-from mlserve.fleet import Fleet
-from mlserve.gateway import Router
-from mlserve.stats import InferenceStats
+from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied, Unavailable
+from mlserve.deploy.fleet import Fleet
+from mlserve.deploy.model_deployments import Deployments
+from mlserve.gateway.router import Router
+from mlserve.gateway.stats import InferenceStats
 
 from . import wire
 

@@ -22,7 +22,7 @@ from mlserve.access import Access, current_principal
 from mlserve.access.audit import AuditLog
 from mlserve.access.rules import Rule, Who, authorize, rule_for
 from mlserve.api.errors import status_code
-from mlserve.errors import MLServeError
+from mlserve.core.errors import MLServeError
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
-from mlserve.catalog import Catalog
-from mlserve.deployments import Deployments
-from mlserve.stats import InferenceStats
-from mlserve.uploads import ArtifactHeader, Chunk, UploadHeader, Uploads
+from mlserve.catalog.models import Catalog
+from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, Uploads
+from mlserve.deploy.model_deployments import Deployments
+from mlserve.gateway.stats import InferenceStats
 from mlserve_api.v1 import model_pb2, model_pb2_grpc
 
 Context = Any

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
-from mlserve.pipelines import Pipelines
+from mlserve.catalog.pipelines import Pipelines
 from mlserve_api.v1 import pipeline_pb2, pipeline_pb2_grpc
 
 Context = Any

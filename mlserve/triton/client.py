@@ -17,14 +17,14 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from mlserve.errors import (
+from mlserve.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     MLServeError,
     NotFound,
     Unavailable,
 )
-from mlserve.names import check_relative_path
+from mlserve.core.names import check_relative_path
 
 __all__ = ["IndexEntry", "TritonClient"]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from mlserve.errors import FailedPrecondition, Unavailable
+from mlserve.core.errors import FailedPrecondition, Unavailable
 from mlserve.triton.client import TritonClient
 
 __all__ = ["EmbeddedTriton", "TritonInstallation"]

@@ -21,66 +21,66 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mlserve import store
+from mlserve.storage import tables
 
 WHEN = dt.datetime(2026, 11, 1, 12, 0, 0)
 
 
 def fill() -> None:
-    assert store.SCHEMA_VERSION == 3, "run with the foundation's code (schema 3)"
-    store.Setting.create(key="page_token_secret", value=b"\x00\x01secret\xff")
-    store.ApiKey.create(
+    assert tables.SCHEMA_VERSION == 3, "run with the foundation's code (schema 3)"
+    tables.Setting.create(key="page_token_secret", value=b"\x00\x01secret\xff")
+    tables.ApiKey.create(
         prefix="oldprefix", secret_hash="scrypt$abc", owner="admin", role="admin",
         create_time=WHEN,
     )  # fmt: skip
-    resnet = store.Model.create(
+    resnet = tables.Model.create(
         name="resnet", description="image classifier", labels=json.dumps({"team": "vision"}),
         create_time=WHEN, update_time=WHEN,
     )  # fmt: skip
-    store.Model.create(name="empty", create_time=WHEN, update_time=WHEN)
+    tables.Model.create(name="empty", create_time=WHEN, update_time=WHEN)
     for tag in ("prod", "vision"):
-        store.ModelTag.create(model=resnet, tag=tag)
+        tables.ModelTag.create(model=resnet, tag=tag)
     for number in (1, 2):
         files = [["model.py", 10 * number, f"{number:064x}"]]
-        store.ModelVersion.create(
+        tables.ModelVersion.create(
             model=resnet, version=number, sha256=f"{number + 10:064x}",
             size_bytes=10 * number, files=json.dumps(files), config='backend: "python"',
             upload_id=f"upload-{number}", create_time=WHEN,
         )  # fmt: skip
-        store.Upload.create(
+        tables.Upload.create(
             upload_id=f"upload-{number}", model="resnet", files=json.dumps(files),
             config='backend: "python"', manifest_sha256=f"{number + 10:064x}",
             committed_version=number, create_time=WHEN, update_time=WHEN,
         )  # fmt: skip
-    local = store.Server.create(
+    local = tables.Server.create(
         name="local", address="127.0.0.1:8001", embedded=True, shares_repository=True,
         create_time=WHEN,
     )  # fmt: skip
-    remote = store.Server.create(
+    remote = tables.Server.create(
         name="remote", address="10.0.0.2:8001", labels=json.dumps({"zone": "b"}),
         create_time=WHEN,
     )  # fmt: skip
-    deployment = store.Deployment.create(
+    deployment = tables.Deployment.create(
         name="resnet", model=resnet, version=2, create_time=WHEN, update_time=WHEN
     )
     for position, server in enumerate((local, remote)):
-        store.DeploymentTarget.create(
+        tables.DeploymentTarget.create(
             deployment=deployment, server=server, position=position, state="READY",
             update_time=WHEN,
         )  # fmt: skip
-    store.InferenceCount.create(model="resnet", version=2, count=42, failures=1, last_time=WHEN)
+    tables.InferenceCount.create(model="resnet", version=2, count=42, failures=1, last_time=WHEN)
 
 
 def main(out: Path, postgresql_url: str = "") -> None:
     sqlite_file = out / "foundation.sqlite3"
     sqlite_file.unlink(missing_ok=True)
-    db = store.connect(f"sqlite:///{sqlite_file}")
+    db = tables.connect(f"sqlite:///{sqlite_file}")
     fill()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute_sql("PRAGMA journal_mode=DELETE")
     db.close()
     if postgresql_url:
-        db = store.connect(postgresql_url)
+        db = tables.connect(postgresql_url)
         fill()
         db.close()
         parts = urlsplit(postgresql_url)

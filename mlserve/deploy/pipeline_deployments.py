@@ -25,11 +25,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlserve import modelconfig, serving, store
 from mlserve.access import rules
-from mlserve.aio import in_thread
-from mlserve.catalog import Page, find_version, member_rows
-from mlserve.deployments import (
+from mlserve.catalog.models import find_version, member_rows
+from mlserve.catalog.pipelines import (
+    Member,
+    Spec,
+    check,
+    ensemble_config,
+    member_configs,
+    version_row,
+    writable_pipeline,
+)
+from mlserve.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    MLServeError,
+    NotFound,
+    Unavailable,
+)
+from mlserve.core.names import check_name
+from mlserve.core.paging import Page, page_size
+from mlserve.deploy.fleet import READY, Fleet
+from mlserve.deploy.model_deployments import (
     FAILED,
     PENDING,
     UNREACHABLE,
@@ -39,21 +56,11 @@ from mlserve.deployments import (
     TargetRecord,
     severity,
 )
-from mlserve.errors import AlreadyExists, FailedPrecondition, MLServeError, NotFound, Unavailable
-from mlserve.fleet import READY, Fleet
-from mlserve.names import check_name
-from mlserve.paging import page_size
-from mlserve.pipelines import (
-    Member,
-    Spec,
-    check,
-    ensemble_config,
-    member_configs,
-    version_row,
-    writable_pipeline,
-)
-from mlserve.repository import Repository
-from mlserve.serving import ServingSettings
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository
+from mlserve.triton import modelconfig, serving
+from mlserve.triton.serving import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +295,8 @@ def _plan(pipeline: str, version: int) -> _Plan:
     spec = Spec.from_json(row.spec)
     deployed = {
         d.model.name: d.version
-        for d in store.Deployment.select().where(
-            store.Deployment.name.in_([step.model for step in spec.steps])
+        for d in tables.Deployment.select().where(
+            tables.Deployment.name.in_([step.model for step in spec.steps])
         )
     }
     members = member_configs(spec, deployed)
@@ -310,7 +317,7 @@ def _make_plan(
 def _refuse_clash(pipeline: str, member: _PlannedMember) -> None:
     """A member model already loaded with another version or config cannot be shared."""
     config_text = modelconfig.render(member.config)
-    own = store.Deployment.get_or_none(store.Deployment.name == member.model)
+    own = tables.Deployment.get_or_none(tables.Deployment.name == member.model)
     if own is not None:
         own_config = serving.apply(
             modelconfig.for_version(
@@ -336,21 +343,21 @@ def _refuse_clash(pipeline: str, member: _PlannedMember) -> None:
 
 
 def _write_desired(plan: _Plan, servers: Sequence[str]) -> None:
-    with store.database.atomic():
-        pipeline = store.Pipeline.get(store.Pipeline.name == plan.name)
-        row = store.PipelineDeployment.create(pipeline=pipeline, version=plan.version)
+    with db.database.atomic():
+        pipeline = tables.Pipeline.get(tables.Pipeline.name == plan.name)
+        row = tables.PipelineDeployment.create(pipeline=pipeline, version=plan.version)
         for member in plan.members.values():
-            store.PipelineMember.create(
+            tables.PipelineMember.create(
                 deployment=row,
-                model=store.Model.get(store.Model.name == member.model),
+                model=tables.Model.get(tables.Model.name == member.model),
                 version=member.version,
                 config=modelconfig.render(member.config),
             )
         pending = json.dumps([[m.model, m.version, PENDING, ""] for m in plan.members.values()])
         for position, server in enumerate(servers):
-            store.PipelineTarget.create(
+            tables.PipelineTarget.create(
                 deployment=row,
-                server=store.Server.get(store.Server.name == server),
+                server=tables.Server.get(tables.Server.name == server),
                 position=position,
                 members=pending,
             )
@@ -374,9 +381,9 @@ def _deployed_plan(name: str) -> _Plan:
 
 def _deployment_row(name: str) -> Any:
     row = (
-        store.PipelineDeployment.select()
-        .join(store.Pipeline)
-        .where(store.Pipeline.name == name)
+        tables.PipelineDeployment.select()
+        .join(tables.Pipeline)
+        .where(tables.Pipeline.name == name)
         .first()
     )
     if row is None:
@@ -385,45 +392,45 @@ def _deployment_row(name: str) -> Any:
 
 
 def _shares_repository(server: str) -> bool:
-    return bool(store.Server.get(store.Server.name == server).shares_repository)
+    return bool(tables.Server.get(tables.Server.name == server).shares_repository)
 
 
 def _set_target(
     name: str, server: str, state: str, message: str, members: list[MemberState] | None
 ) -> None:
     row = (
-        store.PipelineDeployment.select()
-        .join(store.Pipeline)
-        .where(store.Pipeline.name == name)
+        tables.PipelineDeployment.select()
+        .join(tables.Pipeline)
+        .where(tables.Pipeline.name == name)
         .first()
     )
-    server_row = store.Server.get_or_none(store.Server.name == server)
+    server_row = tables.Server.get_or_none(tables.Server.name == server)
     if row is None or server_row is None:
         return
-    values: dict[str, Any] = {"state": state, "message": message, "update_time": store.utcnow()}
+    values: dict[str, Any] = {"state": state, "message": message, "update_time": db.utcnow()}
     if members is not None:
         values["members"] = json.dumps([[m.model, m.version, m.state, m.message] for m in members])
-    store.PipelineTarget.update(**values).where(
-        (store.PipelineTarget.deployment == row) & (store.PipelineTarget.server == server_row)
+    tables.PipelineTarget.update(**values).where(
+        (tables.PipelineTarget.deployment == row) & (tables.PipelineTarget.server == server_row)
     ).execute()
 
 
 def _set_targets_on_server(server: str, state: str, message: str) -> None:
-    server_row = store.Server.get_or_none(store.Server.name == server)
+    server_row = tables.Server.get_or_none(tables.Server.name == server)
     if server_row is not None:
-        store.PipelineTarget.update(state=state, message=message, update_time=store.utcnow()).where(
-            store.PipelineTarget.server == server_row
+        tables.PipelineTarget.update(state=state, message=message, update_time=db.utcnow()).where(
+            tables.PipelineTarget.server == server_row
         ).execute()
 
 
 def _names_on_server(server: str) -> list[str]:
     """Pipelines deployed on ``server`` whose target there has not FAILED."""
     rows = (
-        store.Pipeline.select(store.Pipeline.name)
-        .join(store.PipelineDeployment)
-        .join(store.PipelineTarget)
-        .join(store.Server)
-        .where((store.Server.name == server) & (store.PipelineTarget.state != FAILED))
+        tables.Pipeline.select(tables.Pipeline.name)
+        .join(tables.PipelineDeployment)
+        .join(tables.PipelineTarget)
+        .join(tables.Server)
+        .where((tables.Server.name == server) & (tables.PipelineTarget.state != FAILED))
     )
     return [row.name for row in rows]
 
@@ -431,27 +438,27 @@ def _names_on_server(server: str) -> list[str]:
 def _models_in_use_on(server: str, except_pipeline: str = "") -> set[str]:
     """Models that a model deployment or a deployed pipeline keeps on ``server``."""
     own = (
-        store.Deployment.select(store.Deployment.name)
-        .join(store.DeploymentTarget)
-        .join(store.Server)
-        .where(store.Server.name == server)
+        tables.Deployment.select(tables.Deployment.name)
+        .join(tables.DeploymentTarget)
+        .join(tables.Server)
+        .where(tables.Server.name == server)
     )
     members = (
-        store.Model.select(store.Model.name)
-        .join(store.PipelineMember)
-        .join(store.PipelineDeployment)
-        .join(store.PipelineTarget)
-        .join(store.Server)
-        .where(store.Server.name == server)
-        .switch(store.PipelineDeployment)
-        .join(store.Pipeline)
-        .where(store.Pipeline.name != except_pipeline)
+        tables.Model.select(tables.Model.name)
+        .join(tables.PipelineMember)
+        .join(tables.PipelineDeployment)
+        .join(tables.PipelineTarget)
+        .join(tables.Server)
+        .where(tables.Server.name == server)
+        .switch(tables.PipelineDeployment)
+        .join(tables.Pipeline)
+        .where(tables.Pipeline.name != except_pipeline)
     )
     return {row.name for row in own} | {row.name for row in members}
 
 
 def _delete_row(name: str) -> None:
-    with store.database.atomic():
+    with db.database.atomic():
         _deployment_row(name).delete_instance(recursive=True)
 
 
@@ -468,14 +475,14 @@ def _record_or_none(name: str) -> PipelineDeploymentRecord | None:
 
 def _records_after(after: str | None, limit: int) -> list[PipelineDeploymentRecord]:
     query = (
-        store.PipelineDeployment.select(store.PipelineDeployment, store.Pipeline)
-        .join(store.Pipeline)
-        .order_by(store.Pipeline.name)
+        tables.PipelineDeployment.select(tables.PipelineDeployment, tables.Pipeline)
+        .join(tables.Pipeline)
+        .order_by(tables.Pipeline.name)
         .limit(limit)
     )
     if after is not None:
-        query = query.where(store.Pipeline.name > str(after))
-    visible = rules.visible_models(store.Pipeline)
+        query = query.where(tables.Pipeline.name > str(after))
+    visible = rules.visible_models(tables.Pipeline)
     if visible is not None:
         query = query.where(visible)
     return [_record(row) for row in query]
@@ -483,10 +490,10 @@ def _records_after(after: str | None, limit: int) -> list[PipelineDeploymentReco
 
 def _record(row: Any) -> PipelineDeploymentRecord:
     targets = (
-        store.PipelineTarget.select(store.PipelineTarget, store.Server)
-        .join(store.Server)
-        .where(store.PipelineTarget.deployment == row)
-        .order_by(store.PipelineTarget.position)
+        tables.PipelineTarget.select(tables.PipelineTarget, tables.Server)
+        .join(tables.Server)
+        .where(tables.PipelineTarget.deployment == row)
+        .order_by(tables.PipelineTarget.position)
     )
     return PipelineDeploymentRecord(
         name=row.pipeline.name,

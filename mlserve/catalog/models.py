@@ -10,24 +10,25 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import peewee as pw
 
-from mlserve import model_metadata, store
 from mlserve.access import changed, rules
-from mlserve.aio import in_thread
-from mlserve.blobs import Blobs
-from mlserve.errors import (
+from mlserve.catalog import model_metadata
+from mlserve.catalog.model_metadata import ModelFields
+from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
-from mlserve.model_metadata import ModelFields
-from mlserve.names import check_name, check_relative_path
-from mlserve.paging import PageTokens, page_size
-from mlserve.repository import Repository
+from mlserve.core.names import check_name, check_relative_path
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.storage import db, tables
+from mlserve.storage.blobs import Blobs
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository
 
 T = TypeVar("T")
 
@@ -80,12 +81,6 @@ class ArtifactRecord:
 
 
 @dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str = ""
-
-
-@dataclass(frozen=True)
 class ModelQuery:
     """What ListModels asks for: filters (all must hold) and an order."""
 
@@ -100,9 +95,9 @@ class ModelQuery:
 
 # The orders ListModels offers; each has an index on (column, id).
 _ORDERS: dict[str, Any] = {
-    "name": store.Model.name,
-    "create_time": store.Model.create_time,
-    "update_time": store.Model.update_time,
+    "name": tables.Model.name,
+    "create_time": tables.Model.create_time,
+    "update_time": tables.Model.update_time,
 }
 
 
@@ -127,8 +122,8 @@ class Catalog:
         refuse_pipeline_name(name)
         fields = model_metadata.check_fields(model_metadata.for_create(fields))
         try:
-            with store.database.atomic():
-                row = store.Model(name=name, workspace=rules.workspace_for_new_model(workspace))
+            with db.database.atomic():
+                row = tables.Model(name=name, workspace=rules.workspace_for_new_model(workspace))
                 model_metadata.write(row, fields)
         except pw.IntegrityError:
             raise AlreadyExists(f"model {name!r} already exists") from None
@@ -167,8 +162,8 @@ class Catalog:
         after = self.tokens.decode(query_key, token)
         if after is not None:
             conditions.append(_after(column, descending, after))
-        order = (column.desc(), store.Model.id.desc()) if descending else (column, store.Model.id)
-        select = store.Model.select().order_by(*order).limit(size + 1)
+        order = (column.desc(), tables.Model.id.desc()) if descending else (column, tables.Model.id)
+        select = tables.Model.select().order_by(*order).limit(size + 1)
         rows = list(select.where(*conditions) if conditions else select)
         next_token = ""
         if len(rows) > size:
@@ -180,18 +175,18 @@ class Catalog:
 
     @in_thread
     def update_model(self, name: str, fields: ModelFields, mask: Sequence[str]) -> ModelRecord:
-        with store.database.atomic():
+        with db.database.atomic():
             row = rules.check_model_write(_model_row(name))
             current = model_metadata.read(row, _tags_of([row.id])[row.id])
             merged = model_metadata.check_fields(model_metadata.apply_mask(current, fields, mask))
-            row.update_time = store.utcnow()
+            row.update_time = db.utcnow()
             model_metadata.write(row, merged)
         changed()
         return _model_records([row])[0]
 
     @in_thread
     def delete_model(self, name: str) -> None:
-        with store.database.atomic():
+        with db.database.atomic():
             row = rules.check_model_write(_model_row(name))
             _refuse_if_deployed(row)
             row.delete_instance(recursive=False)
@@ -208,13 +203,13 @@ class Catalog:
         after = self.tokens.decode(query_key, token)
         row = _model_row(model)
         query = (
-            store.ModelVersion.select()
-            .where(store.ModelVersion.model == row)
-            .order_by(store.ModelVersion.version)
+            tables.ModelVersion.select()
+            .where(tables.ModelVersion.model == row)
+            .order_by(tables.ModelVersion.version)
             .limit(size + 1)
         )
         if after is not None:
-            query = query.where(store.ModelVersion.version > int(after))
+            query = query.where(tables.ModelVersion.version > int(after))
         rows = list(query)
         records = [_version_record(row, model) for row in rows[:size]]
         next_token = (
@@ -228,7 +223,7 @@ class Catalog:
 
     @in_thread
     def delete_version(self, model: str, version: int) -> None:
-        with store.database.atomic():
+        with db.database.atomic():
             rules.check_model_write(_model_row(model))
             row = version_row(model, version)
             _refuse_if_deployed(row.model, row.version)
@@ -280,16 +275,16 @@ class Catalog:
         query_key = {"list": "artifacts", "model": model, "version": row.version, "kind": kind}
         after = self.tokens.decode(query_key, token)
         query = (
-            store.Artifact.select(store.Artifact, store.Blob)
-            .join(store.Blob)
-            .where(store.Artifact.version == row)
-            .order_by(store.Artifact.path)
+            tables.Artifact.select(tables.Artifact, tables.Blob)
+            .join(tables.Blob)
+            .where(tables.Artifact.version == row)
+            .order_by(tables.Artifact.path)
             .limit(size + 1)
         )
         if after is not None:
-            query = query.where(store.Artifact.path > str(after))
+            query = query.where(tables.Artifact.path > str(after))
         if kind:
-            query = query.where(store.Artifact.kind == kind)
+            query = query.where(tables.Artifact.kind == kind)
         rows = list(query)
         records = [_artifact_record(found, model, row.version) for found in rows[:size]]
         next_token = self.tokens.encode(query_key, rows[size - 1].path) if len(rows) > size else ""
@@ -330,15 +325,15 @@ class Catalog:
         self, *, model: str, version: int, upload_id: str, file: FileSpec, kind: str
     ) -> ArtifactRecord:
         """Attach the blob the upload pins as an artifact (blocking; call in a thread)."""
-        with store.database.atomic():
+        with db.database.atomic():
             row = version_row(model, version)
             attached = self.attached_artifact(model, version, file, kind)
             if attached is None:
-                store.Artifact.create(
+                tables.Artifact.create(
                     version=row, path=file.path, kind=kind, blob=file.sha256, upload_id=upload_id
                 )
-            store.Upload.update(committed_version=version, update_time=store.utcnow()).where(
-                store.Upload.upload_id == upload_id
+            tables.Upload.update(committed_version=version, update_time=db.utcnow()).where(
+                tables.Upload.upload_id == upload_id
             ).execute()
             self.blobs.release(upload_id)
         self.repository.discard_staging(upload_id)
@@ -376,29 +371,31 @@ class Catalog:
         config: str,
         manifest_sha256: str,
     ) -> VersionRecord:
-        with store.database.atomic():
-            model_row = store.Model.get_or_none(store.Model.name == model) or _created_in_savepoint(
-                lambda: store.Model.create(name=model, workspace=rules.workspace_for_new_model(""))
+        with db.database.atomic():
+            model_row = tables.Model.get_or_none(
+                tables.Model.name == model
+            ) or _created_in_savepoint(
+                lambda: tables.Model.create(name=model, workspace=rules.workspace_for_new_model(""))
             )
-            same = store.ModelVersion.get_or_none(
-                (store.ModelVersion.model == model_row)
-                & (store.ModelVersion.sha256 == manifest_sha256)
+            same = tables.ModelVersion.get_or_none(
+                (tables.ModelVersion.model == model_row)
+                & (tables.ModelVersion.sha256 == manifest_sha256)
             )
             if same is not None:
-                store.Upload.update(committed_version=same.version).where(
-                    store.Upload.upload_id == upload_id
+                tables.Upload.update(committed_version=same.version).where(
+                    tables.Upload.upload_id == upload_id
                 ).execute()
                 self.blobs.release(upload_id)
                 self.repository.discard_staging(upload_id)
                 return _version_record(same, model)
             latest = (
-                store.ModelVersion.select(pw.fn.MAX(store.ModelVersion.version))
-                .where(store.ModelVersion.model == model_row)
+                tables.ModelVersion.select(pw.fn.MAX(tables.ModelVersion.version))
+                .where(tables.ModelVersion.model == model_row)
                 .scalar()
             )
             number = (latest or 0) + 1
             row = _created_in_savepoint(
-                lambda: store.ModelVersion.create(
+                lambda: tables.ModelVersion.create(
                     model=model_row,
                     version=number,
                     sha256=manifest_sha256,
@@ -408,12 +405,12 @@ class Catalog:
                     upload_id=upload_id,
                 )
             )
-            store.Upload.update(committed_version=number, update_time=store.utcnow()).where(
-                store.Upload.upload_id == upload_id
+            tables.Upload.update(committed_version=number, update_time=db.utcnow()).where(
+                tables.Upload.upload_id == upload_id
             ).execute()
             uses = [{"version": row, "path": spec.path, "blob": spec.sha256} for spec in files]
             for batch in pw.chunked(uses, 200):
-                store.VersionFile.insert_many(batch).execute()
+                tables.VersionFile.insert_many(batch).execute()
             self.blobs.release(upload_id)
             for spec in files:
                 self.repository.link_staged_blob(upload_id, spec.path, spec.sha256)
@@ -472,9 +469,9 @@ def find_artifact(model: str, version: int, path: str) -> ArtifactRecord:
     row = version_row(model, version)
     check_relative_path(path, "artifact path")
     found = (
-        store.Artifact.select(store.Artifact, store.Blob)
-        .join(store.Blob)
-        .where((store.Artifact.version == row) & (store.Artifact.path == path))
+        tables.Artifact.select(tables.Artifact, tables.Blob)
+        .join(tables.Blob)
+        .where((tables.Artifact.version == row) & (tables.Artifact.path == path))
         .first()
     )
     if found is None:
@@ -494,7 +491,7 @@ def _created_in_savepoint(create: Callable[[], Any]) -> Any:
     """``create()`` in a savepoint (PostgreSQL aborts the whole transaction on a
     unique violation unless it is contained), a unique clash as ``_LostRace``."""
     try:
-        with store.database.atomic():
+        with db.database.atomic():
             return create()
     except pw.IntegrityError:
         raise _LostRace from None
@@ -507,7 +504,7 @@ def writable_model(name: str) -> Any:
 
 def check_upload(name: str) -> None:
     """Raise unless the caller may add a version to ``name``, or create it (blocking)."""
-    row = store.Model.get_or_none(store.Model.name == name)
+    row = tables.Model.get_or_none(tables.Model.name == name)
     if row is None:
         rules.workspace_for_new_model("")
     else:
@@ -522,15 +519,15 @@ def find_version(model: str, version: int) -> VersionRecord:
 def version_row(model: str, version: int) -> Any:
     """The store row of ``model``'s ``version`` (0: the latest), or NotFound."""
     model_row = _model_row(model)
-    query = store.ModelVersion.select().where(store.ModelVersion.model == model_row)
+    query = tables.ModelVersion.select().where(tables.ModelVersion.model == model_row)
     if version < 0:
         raise InvalidArgument(f"version must be positive, got {version}")
     if version == 0:
-        row = query.order_by(store.ModelVersion.version.desc()).first()
+        row = query.order_by(tables.ModelVersion.version.desc()).first()
         if row is None:
             raise NotFound(f"model {model!r} has no versions yet: upload one first")
         return row
-    row = query.where(store.ModelVersion.version == version).first()
+    row = query.where(tables.ModelVersion.version == version).first()
     if row is None:
         raise NotFound(f"model {model!r} has no version {version}")
     return row
@@ -539,7 +536,7 @@ def version_row(model: str, version: int) -> Any:
 def _model_row(name: str) -> Any:
     """The model's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "model name")
-    row = store.Model.get_or_none(store.Model.name == name)
+    row = tables.Model.get_or_none(tables.Model.name == name)
     if row is None:
         raise rules.not_found(name)
     return rules.check_model_read(row)
@@ -547,7 +544,7 @@ def _model_row(name: str) -> Any:
 
 def refuse_pipeline_name(name: str) -> None:
     """AlreadyExists when a pipeline has ``name``: pipelines and models share names."""
-    if store.Pipeline.select().where(store.Pipeline.name == name).exists():
+    if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
         raise AlreadyExists(
             f"a pipeline is named {name!r}; pipelines and models share one namespace "
             "(the pipeline is a Triton model): choose another name"
@@ -557,13 +554,15 @@ def refuse_pipeline_name(name: str) -> None:
 def member_rows(model: str) -> Any:
     """The PipelineMember rows, with their deployment and pipeline, that run ``model``."""
     return (
-        store.PipelineMember.select(store.PipelineMember, store.PipelineDeployment, store.Pipeline)
-        .join(store.PipelineDeployment)
-        .join(store.Pipeline)
-        .switch(store.PipelineMember)
-        .join(store.Model)
-        .where(store.Model.name == model)
-        .order_by(store.Pipeline.name)
+        tables.PipelineMember.select(
+            tables.PipelineMember, tables.PipelineDeployment, tables.Pipeline
+        )
+        .join(tables.PipelineDeployment)
+        .join(tables.Pipeline)
+        .switch(tables.PipelineMember)
+        .join(tables.Model)
+        .where(tables.Model.name == model)
+        .order_by(tables.Pipeline.name)
     )
 
 
@@ -579,9 +578,9 @@ def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
                 f"version {used} of {model_row.name!r} is used by deployed pipeline "
                 f"{pipeline!r}; undeploy the pipeline first"
             )
-    query = store.Deployment.select().where(store.Deployment.model == model_row)
+    query = tables.Deployment.select().where(tables.Deployment.model == model_row)
     if version is not None:
-        query = query.where(store.Deployment.version == version)
+        query = query.where(tables.Deployment.version == version)
     deployment = query.first()
     if deployment is not None:
         what = f"version {deployment.version} of {model_row.name!r}"
@@ -607,14 +606,14 @@ def _parse_order(order_by: str) -> tuple[str, bool]:
 
 def _model_filter(query: ModelQuery) -> list[Any]:
     """The conditions (all must hold) for ``query``'s filters; InvalidArgument names a bad one."""
-    model = store.Model
+    model = tables.Model
     conditions: list[Any] = []
     if query.name_prefix:
         conditions.append(model.name.startswith(query.name_prefix))
     if query.workspace:
         check_name(query.workspace, "workspace name")
-        space = store.Workspace.select(store.Workspace.id).where(
-            store.Workspace.name == query.workspace
+        space = tables.Workspace.select(tables.Workspace.id).where(
+            tables.Workspace.name == query.workspace
         )
         conditions.append(model.workspace.in_(space))
     if model_metadata.check_kind(query.kind, "kind"):
@@ -630,7 +629,7 @@ def _model_filter(query: ModelQuery) -> list[Any]:
         if not equals:
             raise InvalidArgument(f"{where}: {entry!r} is not key=value (e.g. 'team=vision')")
         model_metadata.check_label(key, value, where)
-        label = store.ModelLabel
+        label = tables.ModelLabel
         conditions.append(
             pw.fn.EXISTS(
                 label.select(pw.SQL("1")).where(
@@ -643,9 +642,9 @@ def _model_filter(query: ModelQuery) -> list[Any]:
 
 def _has_tags(tags: list[str]) -> Any:
     """True for a model carrying any of ``tags``: a probe of model_tag's (model, tag) index."""
-    tag = store.ModelTag
+    tag = tables.ModelTag
     return pw.fn.EXISTS(
-        tag.select(pw.SQL("1")).where((tag.model == store.Model.id) & tag.tag.in_(tags))
+        tag.select(pw.SQL("1")).where((tag.model == tables.Model.id) & tag.tag.in_(tags))
     )
 
 
@@ -656,18 +655,18 @@ def _after(column: Any, descending: bool, key: Any) -> Any:
     value, last_id = key
     if isinstance(column, pw.DateTimeField):
         value = dt.datetime.fromisoformat(value)
-    if column is store.Model.name:  # unique: the name alone is the key
+    if column is tables.Model.name:  # unique: the name alone is the key
         return column < value if descending else column > value
-    row, last = pw.Tuple(column, store.Model.id), pw.Tuple(value, last_id)
+    row, last = pw.Tuple(column, tables.Model.id), pw.Tuple(value, last_id)
     return row < last if descending else row > last
 
 
 def _tags_of(model_ids: list[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {model_id: [] for model_id in model_ids}
     query = (
-        store.ModelTag.select(store.ModelTag.model, store.ModelTag.tag)
-        .where(store.ModelTag.model.in_(model_ids))
-        .order_by(store.ModelTag.tag)
+        tables.ModelTag.select(tables.ModelTag.model, tables.ModelTag.tag)
+        .where(tables.ModelTag.model.in_(model_ids))
+        .order_by(tables.ModelTag.tag)
         .tuples()
     )
     rows: list[tuple[int, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
@@ -682,7 +681,7 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
         return []
     ids = [row.id for row in rows]
     tags = _tags_of(ids)
-    version = store.ModelVersion
+    version = tables.ModelVersion
     query = (
         version.select(version.model, pw.fn.MAX(version.version), pw.fn.COUNT(version.id))
         .where(version.model.in_(ids))
@@ -693,8 +692,8 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
     stats = {model_id: (latest, count) for model_id, latest, count in counts}
     spaces = {row.workspace_id for row in rows} - {None}
     space_names: dict[int, str] = dict(
-        store.Workspace.select(store.Workspace.id, store.Workspace.name)
-        .where(store.Workspace.id.in_(list(spaces)))
+        tables.Workspace.select(tables.Workspace.id, tables.Workspace.name)
+        .where(tables.Workspace.id.in_(list(spaces)))
         .tuples()  # type: ignore[arg-type]  # .tuples()
     )
     return [

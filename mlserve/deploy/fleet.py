@@ -20,12 +20,11 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve import store
-from mlserve.aio import in_thread
-from mlserve.catalog import Page
-from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mlserve.names import check_name
-from mlserve.paging import PageTokens, page_size
+from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.core.names import check_name
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
 from mlserve.triton.client import IndexEntry, TritonClient
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ class Fleet:
         check_address(fields.address)
         labels = json.dumps(dict(sorted(fields.labels.items())))
         try:
-            await in_thread(store.Server.create)(
+            await in_thread(tables.Server.create)(
                 name=name,
                 address=fields.address,
                 description=fields.description,
@@ -123,7 +122,7 @@ class Fleet:
 
     async def register_embedded(self, name: str, address: str) -> ServerRecord:
         """Record the embedded Triton under ``name``, updating its address on restarts."""
-        row = await in_thread(store.Server.get_or_none)(store.Server.name == name)
+        row = await in_thread(tables.Server.get_or_none)(tables.Server.name == name)
         if row is None:
             return await self.register(
                 name, ServerFields(address=address, description="embedded Triton"), embedded=True
@@ -140,9 +139,9 @@ class Fleet:
         after = self.tokens.decode(query_key, token)
 
         def fetch() -> list[Any]:
-            query = store.Server.select().order_by(store.Server.name).limit(size + 1)
+            query = tables.Server.select().order_by(tables.Server.name).limit(size + 1)
             if after is not None:
-                query = query.where(store.Server.name > str(after))
+                query = query.where(tables.Server.name > str(after))
             return list(query)
 
         rows = await in_thread(fetch)()
@@ -180,15 +179,15 @@ class Fleet:
 
     async def delete(self, name: str) -> None:
         def remove() -> None:
-            with store.database.atomic():
+            with db.database.atomic():
                 row = _server_row(name)
-                target = store.DeploymentTarget.get_or_none(store.DeploymentTarget.server == row)
+                target = tables.DeploymentTarget.get_or_none(tables.DeploymentTarget.server == row)
                 if target is not None:
                     raise FailedPrecondition(
                         f"server {name!r} is a target of deployment "
                         f"{target.deployment.name!r}; undeploy from it first"
                     )
-                pipeline = store.PipelineTarget.get_or_none(store.PipelineTarget.server == row)
+                pipeline = tables.PipelineTarget.get_or_none(tables.PipelineTarget.server == row)
                 if pipeline is not None:
                     raise FailedPrecondition(
                         f"server {name!r} is a target of pipeline "
@@ -221,7 +220,7 @@ class Fleet:
         """Check one server now; fire on_change callbacks when it turned READY or left READY."""
         client = await self.client(name)
         before = self.status(name).state
-        now = store.utcnow()
+        now = db.utcnow()
         if await client.is_ready():
             try:
                 loaded = await client.index()
@@ -250,12 +249,12 @@ class Fleet:
 
     async def servers(self) -> list[ServerRecord]:
         """Every registered server with its last observed status."""
-        rows = await in_thread(lambda: list(store.Server.select().order_by(store.Server.name)))()
+        rows = await in_thread(lambda: list(tables.Server.select().order_by(tables.Server.name)))()
         return [self._record(row) for row in rows]
 
     async def names(self) -> list[str]:
         def fetch() -> list[str]:
-            return [row.name for row in store.Server.select(store.Server.name)]
+            return [row.name for row in tables.Server.select(tables.Server.name)]
 
         return await in_thread(fetch)()
 
@@ -303,7 +302,7 @@ class Fleet:
 
 def _server_row(name: str) -> Any:
     check_name(name, "server name")
-    row = store.Server.get_or_none(store.Server.name == name)
+    row = tables.Server.get_or_none(tables.Server.name == name)
     if row is None:
         raise NotFound(f"server {name!r} is not registered")
     return row

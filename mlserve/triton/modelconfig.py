@@ -13,8 +13,8 @@ from typing import Any, TypeAlias
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from mlserve.errors import InvalidArgument
-from mlserve.names import check_name
+from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import check_name
 
 # tritonclient ships no type stubs; the alias keeps signatures readable.
 ModelConfig: TypeAlias = Any

@@ -19,11 +19,10 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve import modelconfig, serving, store
 from mlserve.access import rules
-from mlserve.aio import in_thread
-from mlserve.catalog import Page, VersionRecord, find_version, pipeline_members, writable_model
-from mlserve.errors import (
+from mlserve.catalog.models import VersionRecord, find_version, pipeline_members, writable_model
+from mlserve.catalog.pipelines import deployed_models
+from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -31,12 +30,14 @@ from mlserve.errors import (
     NotFound,
     Unavailable,
 )
-from mlserve.fleet import READY, Fleet
-from mlserve.names import check_name
-from mlserve.paging import PageTokens, page_size
-from mlserve.pipelines import deployed_models
-from mlserve.repository import Repository
-from mlserve.serving import NO_SETTINGS, ServingSettings
+from mlserve.core.names import check_name
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.deploy.fleet import READY, Fleet
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository
+from mlserve.triton import modelconfig, serving
+from mlserve.triton.serving import NO_SETTINGS, ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,12 @@ class Deployments:
         after = self.tokens.decode(query_key, token)
 
         def fetch() -> list[DeploymentRecord]:
-            query = store.Deployment.select().order_by(store.Deployment.name).limit(size + 1)
+            query = tables.Deployment.select().order_by(tables.Deployment.name).limit(size + 1)
             visible = rules.visible_models()
             if visible is not None:
-                query = query.join(store.Model).where(visible)
+                query = query.join(tables.Model).where(visible)
             if after is not None:
-                query = query.where(store.Deployment.name > str(after))
+                query = query.where(tables.Deployment.name > str(after))
             return [_record(row) for row in query]
 
         records = await in_thread(fetch)()
@@ -348,7 +349,7 @@ class Deployments:
 
     async def _load(self, record: VersionRecord, server: str) -> None:
         client = await self.fleet.client(server)
-        row = await in_thread(store.Server.get)(store.Server.name == server)
+        row = await in_thread(tables.Server.get)(tables.Server.name == server)
         config = modelconfig.for_version(
             modelconfig.parse(record.config, record.model), record.version
         )
@@ -377,7 +378,7 @@ class Deployments:
 
 
 def _deployment_row_or_none(name: str) -> Any:
-    return store.Deployment.get_or_none(store.Deployment.name == name)
+    return tables.Deployment.get_or_none(tables.Deployment.name == name)
 
 
 def _visible_record(name: str) -> DeploymentRecord:
@@ -403,7 +404,7 @@ def _deployable_model(name: str) -> Any:
 
 
 def _is_pipeline(name: str) -> bool:
-    return bool(store.Pipeline.select().where(store.Pipeline.name == name).exists())
+    return bool(tables.Pipeline.select().where(tables.Pipeline.name == name).exists())
 
 
 def _serving_of(name: str) -> ServingSettings:
@@ -415,11 +416,11 @@ def _write_desired(
     model: str, version: int, servers: Sequence[str], settings: ServingSettings | None = None
 ) -> list[str]:
     """Make the store say "model at version on servers"; return the servers it named before."""
-    with store.database.atomic():
-        model_row = store.Model.get(store.Model.name == model)
+    with db.database.atomic():
+        model_row = tables.Model.get(tables.Model.name == model)
         row = _deployment_row_or_none(model)
         if row is None:
-            row = store.Deployment.create(
+            row = tables.Deployment.create(
                 name=model,
                 model=model_row,
                 version=version,
@@ -432,50 +433,50 @@ def _write_desired(
             if settings is not None:
                 row.serving = settings.to_json()
             row.version = version
-            row.update_time = store.utcnow()
+            row.update_time = db.utcnow()
             row.save()
             if changed:
-                store.DeploymentTarget.update(state=PENDING, message="").where(
-                    store.DeploymentTarget.deployment == row
+                tables.DeploymentTarget.update(state=PENDING, message="").where(
+                    tables.DeploymentTarget.deployment == row
                 ).execute()
-        store.DeploymentTarget.delete().where(
-            (store.DeploymentTarget.deployment == row)
-            & store.DeploymentTarget.server.not_in(
-                store.Server.select().where(store.Server.name.in_(list(servers)))
+        tables.DeploymentTarget.delete().where(
+            (tables.DeploymentTarget.deployment == row)
+            & tables.DeploymentTarget.server.not_in(
+                tables.Server.select().where(tables.Server.name.in_(list(servers)))
             )
         ).execute()
         for position, server in enumerate(servers):
-            server_row = store.Server.get(store.Server.name == server)
+            server_row = tables.Server.get(tables.Server.name == server)
             try:
-                with store.database.atomic():
-                    store.DeploymentTarget.create(
+                with db.database.atomic():
+                    tables.DeploymentTarget.create(
                         deployment=row, server=server_row, position=position
                     )
             except pw.IntegrityError:
-                store.DeploymentTarget.update(position=position).where(
-                    (store.DeploymentTarget.deployment == row)
-                    & (store.DeploymentTarget.server == server_row)
+                tables.DeploymentTarget.update(position=position).where(
+                    (tables.DeploymentTarget.deployment == row)
+                    & (tables.DeploymentTarget.server == server_row)
                 ).execute()
     return previous
 
 
 def _set_target(name: str, server: str, state: str, message: str) -> None:
     deployment = _deployment_row_or_none(name)
-    server_row = store.Server.get_or_none(store.Server.name == server)
+    server_row = tables.Server.get_or_none(tables.Server.name == server)
     if deployment is None or server_row is None:
         return
-    store.DeploymentTarget.update(state=state, message=message, update_time=store.utcnow()).where(
-        (store.DeploymentTarget.deployment == deployment)
-        & (store.DeploymentTarget.server == server_row)
+    tables.DeploymentTarget.update(state=state, message=message, update_time=db.utcnow()).where(
+        (tables.DeploymentTarget.deployment == deployment)
+        & (tables.DeploymentTarget.server == server_row)
     ).execute()
 
 
 def _ready_targets() -> dict[str, list[tuple[str, int]]]:
     rows = (
-        store.DeploymentTarget.select(store.DeploymentTarget, store.Deployment, store.Server)
-        .join_from(store.DeploymentTarget, store.Deployment)
-        .join_from(store.DeploymentTarget, store.Server)
-        .where(store.DeploymentTarget.state == READY)
+        tables.DeploymentTarget.select(tables.DeploymentTarget, tables.Deployment, tables.Server)
+        .join_from(tables.DeploymentTarget, tables.Deployment)
+        .join_from(tables.DeploymentTarget, tables.Server)
+        .where(tables.DeploymentTarget.state == READY)
     )
     serving: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
     for row in rows:
@@ -488,9 +489,11 @@ def _ready_targets() -> dict[str, list[tuple[str, int]]]:
 
 def _targets_per_server() -> dict[str, int]:
     query = (
-        store.DeploymentTarget.select(store.Server.name, pw.fn.COUNT(store.DeploymentTarget.server))
-        .join(store.Server)
-        .group_by(store.Server.name)
+        tables.DeploymentTarget.select(
+            tables.Server.name, pw.fn.COUNT(tables.DeploymentTarget.server)
+        )
+        .join(tables.Server)
+        .group_by(tables.Server.name)
         .tuples()
     )
     rows: list[tuple[str, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
@@ -498,16 +501,16 @@ def _targets_per_server() -> dict[str, int]:
 
 
 def _set_targets_on_server(server: str, state: str, message: str) -> None:
-    server_row = store.Server.get_or_none(store.Server.name == server)
+    server_row = tables.Server.get_or_none(tables.Server.name == server)
     if server_row is None:
         return
-    store.DeploymentTarget.update(state=state, message=message, update_time=store.utcnow()).where(
-        store.DeploymentTarget.server == server_row
+    tables.DeploymentTarget.update(state=state, message=message, update_time=db.utcnow()).where(
+        tables.DeploymentTarget.server == server_row
     ).execute()
 
 
 def _delete_row(name: str) -> None:
-    with store.database.atomic():
+    with db.database.atomic():
         row = _deployment_row_or_none(name)
         if row is not None:
             row.delete_instance(recursive=True)
@@ -515,10 +518,10 @@ def _delete_row(name: str) -> None:
 
 def _record(row: Any) -> DeploymentRecord:
     targets = (
-        store.DeploymentTarget.select(store.DeploymentTarget, store.Server)
-        .join(store.Server)
-        .where(store.DeploymentTarget.deployment == row)
-        .order_by(store.DeploymentTarget.position)
+        tables.DeploymentTarget.select(tables.DeploymentTarget, tables.Server)
+        .join(tables.Server)
+        .where(tables.DeploymentTarget.deployment == row)
+        .order_by(tables.DeploymentTarget.position)
     )
     return DeploymentRecord(
         name=row.name,
@@ -533,9 +536,9 @@ def _record(row: Any) -> DeploymentRecord:
 
 def _records_on_server(server: str) -> list[DeploymentRecord]:
     rows = (
-        store.Deployment.select()
-        .join(store.DeploymentTarget)
-        .join(store.Server)
-        .where(store.Server.name == server)
+        tables.Deployment.select()
+        .join(tables.DeploymentTarget)
+        .join(tables.Server)
+        .where(tables.Server.name == server)
     )
     return [_record(row) for row in rows]

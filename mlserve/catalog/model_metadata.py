@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlserve import store
-from mlserve.errors import InvalidArgument
+from mlserve.core.errors import InvalidArgument
+from mlserve.storage import tables
 
 KINDS = ("classification", "regression", "clustering", "other")  # "" means not set
 METRIC_ORDERS = ("higher_is_better", "lower_is_better")  # "" means not set
@@ -329,12 +329,12 @@ def write(row: Any, fields: ModelFields) -> None:
     row.allow_download = bool(fields.allow_download)
     row.allow_remote_inference = bool(fields.allow_remote_inference)
     row.save()
-    store.ModelTag.delete().where(store.ModelTag.model == row).execute()
+    tables.ModelTag.delete().where(tables.ModelTag.model == row).execute()
     if fields.tags:
-        store.ModelTag.insert_many([{"model": row, "tag": tag} for tag in fields.tags]).execute()
-    store.ModelLabel.delete().where(store.ModelLabel.model == row).execute()
+        tables.ModelTag.insert_many([{"model": row, "tag": tag} for tag in fields.tags]).execute()
+    tables.ModelLabel.delete().where(tables.ModelLabel.model == row).execute()
     if fields.labels:
-        store.ModelLabel.insert_many(
+        tables.ModelLabel.insert_many(
             [{"model": row, "key": key, "value": value} for key, value in fields.labels.items()]
         ).execute()
 

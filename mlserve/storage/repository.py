@@ -32,8 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mlserve.errors import Aborted, FailedPrecondition, InvalidArgument
-from mlserve.names import check_name, check_relative_path, safe_join
+from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument
+from mlserve.core.names import check_name, check_relative_path, safe_join
 
 log = logging.getLogger(__name__)
 

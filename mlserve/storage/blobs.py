@@ -1,6 +1,6 @@
 """Content-addressed storage: each distinct file content is stored once, by sha256.
 
-A blob is a row (``store.Blob``) and a file (``Repository.blob_path``). What
+A blob is a row (``tables.Blob``) and a file (``Repository.blob_path``). What
 uses a blob is a row too: ``VersionFile`` (a version's file, hard-linked to the
 blob in the directory Triton reads) and ``Artifact``. An upload that was told
 "this content is already here, skip its bytes" holds a ``BlobPin`` until it
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import peewee as pw
 
-from mlserve import store
 from mlserve.access import rules
-from mlserve.repository import Repository
+from mlserve.storage import db, tables
+from mlserve.storage.repository import Repository
 
 if TYPE_CHECKING:
-    from mlserve.catalog import FileSpec
+    from mlserve.catalog.models import FileSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +53,26 @@ class Blobs:
         A pinned file counts as received: the upload need not send its bytes.
         """
         wanted = {spec.sha256: spec.size for spec in files}
-        candidates = store.Blob.select().where(store.Blob.sha256.in_(list(wanted)))
+        candidates = tables.Blob.select().where(tables.Blob.sha256.in_(list(wanted)))
         readable = _readable_by_caller()
         if readable is not None:
             candidates = candidates.where(readable)
-        with self._lock(exclusive=False), store.database.atomic():
+        with self._lock(exclusive=False), db.database.atomic():
             stored = [
                 row.sha256
                 for row in candidates
                 if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
             ]
             if stored:
-                store.BlobPin.insert_many(
+                tables.BlobPin.insert_many(
                     [{"upload": upload_id, "blob": sha256} for sha256 in stored]
                 ).on_conflict_ignore().execute()
             return self.pinned(upload_id)
 
     def pinned(self, upload_id: str) -> set[str]:
         """The sha256s ``upload_id`` holds pins on."""
-        query: Any = store.BlobPin.select(store.BlobPin.blob).where(
-            store.BlobPin.upload == upload_id
+        query: Any = tables.BlobPin.select(tables.BlobPin.blob).where(
+            tables.BlobPin.upload == upload_id
         )
         return {str(sha256) for (sha256,) in query.tuples()}
 
@@ -82,26 +82,28 @@ class Blobs:
             # The file first: a crash between the two leaves a file with no
             # row, which the startup sweep removes, never a row with no file.
             self.repository.store_blob(upload_id, spec.path, spec.sha256)
-            with store.database.atomic():
-                store.Blob.insert(sha256=spec.sha256, size=spec.size).on_conflict_ignore().execute()
-                store.BlobPin.insert(
+            with db.database.atomic():
+                tables.Blob.insert(
+                    sha256=spec.sha256, size=spec.size
+                ).on_conflict_ignore().execute()
+                tables.BlobPin.insert(
                     upload=upload_id, blob=spec.sha256
                 ).on_conflict_ignore().execute()
 
     def release(self, upload_id: str) -> None:
         """Drop the upload's pins (call in the transaction that records its blobs' uses)."""
-        store.BlobPin.delete().where(store.BlobPin.upload == upload_id).execute()
+        tables.BlobPin.delete().where(tables.BlobPin.upload == upload_id).execute()
 
     def collect(self) -> list[str]:
         """Delete every blob nothing uses or pins, rows then files; their sha256s."""
         with self._lock(exclusive=True):
-            with store.database.atomic():
+            with db.database.atomic():
                 unused = [str(sha256) for (sha256,) in _unused_blobs().tuples()]
                 freed = []
                 for sha256 in unused:
                     try:
-                        with store.database.atomic():  # a savepoint per blob
-                            store.Blob.delete().where(store.Blob.sha256 == sha256).execute()
+                        with db.database.atomic():  # a savepoint per blob
+                            tables.Blob.delete().where(tables.Blob.sha256 == sha256).execute()
                     except pw.IntegrityError:
                         continue  # used or pinned after all: the foreign key said no
                     freed.append(sha256)
@@ -119,7 +121,7 @@ class Blobs:
             known: set[str] = set()
             for start in range(0, len(on_disk), 500):
                 batch = on_disk[start : start + 500]
-                query = store.Blob.select(store.Blob.sha256).where(store.Blob.sha256.in_(batch))
+                query = tables.Blob.select(tables.Blob.sha256).where(tables.Blob.sha256.in_(batch))
                 known.update(row.sha256 for row in query)
             orphans = [sha256 for sha256 in on_disk if sha256 not in known]
             for sha256 in orphans:
@@ -142,12 +144,12 @@ class Blobs:
 
 def _unused_blobs() -> Any:
     def used_by(model: Any) -> Any:
-        return model.select(model.blob).where(model.blob == store.Blob.sha256)
+        return model.select(model.blob).where(model.blob == tables.Blob.sha256)
 
-    return store.Blob.select(store.Blob.sha256).where(
-        ~pw.fn.EXISTS(used_by(store.VersionFile))
-        & ~pw.fn.EXISTS(used_by(store.Artifact))
-        & ~pw.fn.EXISTS(used_by(store.BlobPin))
+    return tables.Blob.select(tables.Blob.sha256).where(
+        ~pw.fn.EXISTS(used_by(tables.VersionFile))
+        & ~pw.fn.EXISTS(used_by(tables.Artifact))
+        & ~pw.fn.EXISTS(used_by(tables.BlobPin))
     )
 
 
@@ -161,17 +163,17 @@ def _readable_by_caller() -> Any:
     visible = rules.visible_models()
     if visible is None:
         return None
-    readable = visible & (store.Model.allow_download == True)  # noqa: E712
+    readable = visible & (tables.Model.allow_download == True)  # noqa: E712
     in_versions = (
-        store.VersionFile.select(store.VersionFile.blob)
-        .join(store.ModelVersion)
-        .join(store.Model)
+        tables.VersionFile.select(tables.VersionFile.blob)
+        .join(tables.ModelVersion)
+        .join(tables.Model)
         .where(readable)
     )
     in_artifacts = (
-        store.Artifact.select(store.Artifact.blob)
-        .join(store.ModelVersion)
-        .join(store.Model)
+        tables.Artifact.select(tables.Artifact.blob)
+        .join(tables.ModelVersion)
+        .join(tables.Model)
         .where(readable)
     )
-    return store.Blob.sha256.in_(in_versions) | store.Blob.sha256.in_(in_artifacts)
+    return tables.Blob.sha256.in_(in_versions) | tables.Blob.sha256.in_(in_artifacts)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import peewee as pw
 from prometheus_client import CollectorRegistry, Counter
 
-from mlserve import store
-from mlserve.aio import in_thread
+from mlserve.storage import tables
+from mlserve.storage.db import in_thread
 
 
 @dataclass
@@ -67,13 +67,13 @@ class InferenceStats:
     @in_thread
     def usage(self, model: str, version: int | None = None) -> UsageRecord:
         """Counts for one version, or summed over all versions when ``version`` is None."""
-        query = store.InferenceCount.select(
-            pw.fn.SUM(store.InferenceCount.count),
-            pw.fn.SUM(store.InferenceCount.failures),
-            pw.fn.MAX(store.InferenceCount.last_time),
-        ).where(store.InferenceCount.model == model)
+        query = tables.InferenceCount.select(
+            pw.fn.SUM(tables.InferenceCount.count),
+            pw.fn.SUM(tables.InferenceCount.failures),
+            pw.fn.MAX(tables.InferenceCount.last_time),
+        ).where(tables.InferenceCount.model == model)
         if version is not None:
-            query = query.where(store.InferenceCount.version == version)
+            query = query.where(tables.InferenceCount.version == version)
         count, failures, last_time = query.scalar(as_tuple=True)
         return UsageRecord(int(count or 0), int(failures or 0), _as_datetime(last_time))
 
@@ -81,7 +81,7 @@ class InferenceStats:
 def _add(model: str, version: int, counts: _Pending) -> None:
     # One upsert, so replicas flushing the same version at once add up
     # instead of colliding on the (model, version) index.
-    table = store.InferenceCount
+    table = tables.InferenceCount
     table.insert(
         model=model,
         version=version,
@@ -101,7 +101,7 @@ def _add(model: str, version: int, counts: _Pending) -> None:
 def _utc(timestamp: float | None) -> dt.datetime | None:
     if timestamp is None:
         return None
-    # Naive UTC, like store.utcnow().
+    # Naive UTC, like db.utcnow().
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).replace(tzinfo=None)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
-from mlserve.errors import InvalidArgument
-from mlserve.modelconfig import ModelConfig
+from mlserve.core.errors import InvalidArgument
+from mlserve.triton.modelconfig import ModelConfig
 
 
 @dataclass(frozen=True)

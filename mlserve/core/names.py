@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from mlserve.errors import InvalidArgument
+from mlserve.core.errors import InvalidArgument
 
 MAX_NAME_LENGTH = 128
 MAX_PATH_LENGTH = 1024

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mlserve import store
-from mlserve.aio import in_thread
-from mlserve.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from mlserve.fleet import READY, Fleet
-from mlserve.pipelines import deployed_models
+from mlserve.catalog.pipelines import deployed_models
+from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mlserve.deploy.fleet import READY, Fleet
+from mlserve.storage import tables
+from mlserve.storage.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ class Router:
     async def _explain_missing(self, model: str) -> None:
         exists = await in_thread(
             lambda: (
-                store.Model.select().where(store.Model.name == model).exists()
-                or store.Pipeline.select().where(store.Pipeline.name == model).exists()
+                tables.Model.select().where(tables.Model.name == model).exists()
+                or tables.Pipeline.select().where(tables.Pipeline.name == model).exists()
             )
         )()
         if not exists:
@@ -121,10 +121,10 @@ class Router:
 
 def _load_routes() -> dict[str, Route]:
     rows = (
-        store.DeploymentTarget.select(store.DeploymentTarget, store.Deployment, store.Server)
-        .join_from(store.DeploymentTarget, store.Deployment)
-        .join_from(store.DeploymentTarget, store.Server)
-        .order_by(store.Deployment.name, store.DeploymentTarget.position)
+        tables.DeploymentTarget.select(tables.DeploymentTarget, tables.Deployment, tables.Server)
+        .join_from(tables.DeploymentTarget, tables.Deployment)
+        .join_from(tables.DeploymentTarget, tables.Server)
+        .order_by(tables.Deployment.name, tables.DeploymentTarget.position)
     )
     servers: defaultdict[str, list[str]] = defaultdict(list)
     versions: dict[str, int] = {}

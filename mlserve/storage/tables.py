@@ -1,57 +1,32 @@
-"""The store: peewee models for everything MLServe remembers, and migrations.
+"""The schema: peewee models for everything MLServe remembers, and migrations.
 
 SQLite (WAL, busy timeout, foreign keys) in ``$MLSERVE_HOME`` by default;
 PostgreSQL from a ``postgresql://`` URL, always through a connection pool
 (``connect``). The schema carries a version number; ``migrate`` brings an
 older database forward without losing rows. Domain code reaches the database
-only inside ``run`` (``aio.in_thread`` calls it), which lends the call one
-pooled connection and turns a lost database into ``errors.Unavailable``.
+only through the gate (``db.run`` / ``db.in_thread``), which lends the call
+one pooled connection and turns a lost database into ``errors.Unavailable``.
+
+Each table has one owning domain module; only that module queries it
+(``tests/test_layers.py`` holds the list and checks it).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import logging
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
 import peewee as pw
-from playhouse.db_url import connect as connect_url
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as migrate_schema
-from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
-from mlserve.errors import Unavailable
+from mlserve.storage.db import database, open_database, run, utcnow
 
-log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-database = pw.DatabaseProxy()
-
-POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+pool", "postgres+pool")
-# Pool settings a postgresql:// URL gets unless its query string says otherwise
-# (e.g. ?max_connections=50&timeout=30). Limits are per MLServe process.
-POSTGRESQL_POOL_DEFAULTS: dict[str, Any] = {
-    # Connections open at once; more callers wait ... (32 is the most threads
-    # asyncio's default executor runs, so by default no call waits.)
-    "max_connections": 32,
-    "timeout": 10,  # ... this many seconds for one, then get UNAVAILABLE
-    "stale_timeout": 300,  # seconds before an idle connection is replaced
-    "connect_timeout": 5,  # seconds to reach the server (libpq)
-}
 # Any number, as long as every MLServe on one database uses the same: the
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
 SCHEMA_VERSION = 7
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 class BaseModel(pw.Model):
@@ -568,71 +543,6 @@ def connect(url: str) -> pw.Database:
     return db
 
 
-def open_database(url: str) -> pw.Database:
-    """The database at ``url``, configured for MLServe but not yet bound or migrated."""
-    scheme, _, rest = url.partition("://")
-    if scheme in POSTGRESQL_SCHEMES:
-        given = {key for key, _ in parse_qsl(urlsplit(url).query)}
-        defaults = {k: v for k, v in POSTGRESQL_POOL_DEFAULTS.items() if k not in given}
-        db: pw.Database = connect_url(
-            f"postgresql+pool://{rest}", unquote_password=True, unquote_user=True, **defaults
-        )
-        return db
-    if url.startswith("sqlite:"):
-        db = connect_url(
-            url,
-            pragmas={
-                "journal_mode": "wal",
-                "busy_timeout": 10_000,
-                "foreign_keys": 1,
-                "synchronous": "normal",
-            },
-            # Writers take the lock at BEGIN, so two writers queue on the busy
-            # timeout instead of deadlocking on a read-to-write upgrade.
-            lock_type="IMMEDIATE",
-        )
-    else:
-        db = connect_url(url)
-    return db
-
-
-def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Call blocking store work in this thread: the one gate to the database.
-
-    On a pooled database the call takes a connection when it first queries
-    (work that never queries, such as reading a file, takes none) and hands
-    it back at the end; the pool checks a connection before lending it again,
-    so after a database restart dead connections are dropped and new ones
-    opened. A database that cannot be reached (refused, dropped mid-call, no
-    free connection in time) becomes ``Unavailable`` naming the database.
-    """
-    try:
-        return function(*args, **kwargs)
-    except (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.warning("database call failed: %s", reason, exc_info=error)
-        raise Unavailable(
-            f"the {describe(database.obj)} cannot be reached or is busy ({reason}); "
-            "retry once it is back"
-        ) from None
-    finally:
-        # Read again: the call may have bound the database (startup does).
-        db = database.obj
-        if isinstance(db, PooledDatabase) and not db.is_closed() and not db.in_transaction():
-            db.close()
-
-
-def describe(db: pw.Database | None) -> str:
-    """``db`` for messages and logs: kind, place and name, never a password."""
-    if isinstance(db, pw.PostgresqlDatabase):
-        params = db.connect_params
-        where = f"{params.get('host', 'local socket')}:{params.get('port', 5432)}"
-        return f"PostgreSQL database {db.database!r} at {where}"
-    if isinstance(db, pw.SqliteDatabase):
-        return f"SQLite database {db.database}"
-    return "database"
-
-
 def migrate(db: pw.Database) -> None:
     """Create the schema in an empty database, or bring an older one forward.
 
@@ -681,7 +591,3 @@ def get_or_create_setting(key: str, make: Callable[[], bytes]) -> bytes:
         if row is None:
             row = Setting.create(key=key, value=make())
         return bytes(row.value)
-
-
-def as_dict(row: Any) -> dict[str, Any]:
-    return dict(row.__data__)

@@ -23,11 +23,8 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve import modelconfig, store
 from mlserve.access import rules
-from mlserve.aio import in_thread
-from mlserve.blobs import Blobs
-from mlserve.catalog import (
+from mlserve.catalog.models import (
     ARTIFACT_KINDS,
     ArtifactRecord,
     Catalog,
@@ -39,7 +36,7 @@ from mlserve.catalog import (
     refuse_pipeline_name,
     writable_model,
 )
-from mlserve.errors import (
+from mlserve.core.errors import (
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -47,8 +44,12 @@ from mlserve.errors import (
     OutOfRange,
     ResourceExhausted,
 )
-from mlserve.names import check_name, check_relative_path
-from mlserve.repository import Repository, sha256_of
+from mlserve.core.names import check_name, check_relative_path
+from mlserve.storage import db, tables
+from mlserve.storage.blobs import Blobs
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository, sha256_of
+from mlserve.triton import modelconfig
 
 MAX_FILES = 10_000
 # Room left on the disk beyond an upload, so the database and logs can still write.
@@ -209,8 +210,8 @@ class Uploads:
     @in_thread
     def get(self, upload_id: str) -> UploadRecord:
         check_name(upload_id, "upload_id")
-        row = store.Upload.get_or_none(store.Upload.upload_id == upload_id)
-        model = None if row is None else store.Model.get_or_none(store.Model.name == row.model)
+        row = tables.Upload.get_or_none(tables.Upload.upload_id == upload_id)
+        model = None if row is None else tables.Model.get_or_none(tables.Model.name == row.model)
         if row is None or (model is not None and not rules.can_see_model(rules.caller(), model)):
             raise NotFound(f"upload {upload_id!r} does not exist")
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
@@ -300,13 +301,13 @@ class Uploads:
             )
             if attached is not None:
                 return attached
-        with store.database.atomic():
-            row = store.Upload.get_or_none(store.Upload.upload_id == plan.upload_id)
+        with db.database.atomic():
+            row = tables.Upload.get_or_none(tables.Upload.upload_id == plan.upload_id)
             if row is None:
                 self._require_disk_space(plan)
                 try:
-                    with store.database.atomic():  # a savepoint: PostgreSQL goes on after a clash
-                        store.Upload.create(
+                    with db.database.atomic():  # a savepoint: PostgreSQL goes on after a clash
+                        tables.Upload.create(
                             upload_id=plan.upload_id,
                             model=plan.model,
                             files=json.dumps(
@@ -320,7 +321,7 @@ class Uploads:
                     return None
                 except pw.IntegrityError:
                     # Recorded at this moment through another replica: go on with its row.
-                    row = store.Upload.get(store.Upload.upload_id == plan.upload_id)
+                    row = tables.Upload.get(tables.Upload.upload_id == plan.upload_id)
         if row.model != plan.model or row.manifest_sha256 != plan.manifest_sha256:
             raise FailedPrecondition(
                 f"upload_id {plan.upload_id!r} was used for a different model or file set; "

@@ -17,16 +17,17 @@ from typing import Any
 import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
-from mlserve import modelconfig, serving, store
 from mlserve.access import changed, rules
-from mlserve.aio import in_thread
-from mlserve.catalog import Page, find_version
-from mlserve.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mlserve.fleet import READY
-from mlserve.modelconfig import ModelConfig
-from mlserve.names import check_name
-from mlserve.paging import PageTokens, page_size
-from mlserve.serving import ServingSettings
+from mlserve.catalog.models import find_version
+from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.core.names import check_name
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.deploy.fleet import READY
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
+from mlserve.triton import modelconfig, serving
+from mlserve.triton.modelconfig import ModelConfig
+from mlserve.triton.serving import ServingSettings
 
 MAX_STEPS = 64
 MAX_TENSOR_NAME = 256
@@ -130,10 +131,10 @@ class Pipelines:
         spec = normalise(spec)
         check(spec, member_configs(spec))
         try:
-            with store.database.atomic():
+            with db.database.atomic():
                 _refuse_taken_name(name)
-                row = store.Pipeline.create(name=name, description=description, workspace=home)
-                store.PipelineVersion.create(pipeline=row, version=1, spec=spec.to_json())
+                row = tables.Pipeline.create(name=name, description=description, workspace=home)
+                tables.PipelineVersion.create(pipeline=row, version=1, spec=spec.to_json())
         except pw.IntegrityError:
             raise AlreadyExists(f"pipeline {name!r} already exists") from None
         changed()
@@ -148,12 +149,12 @@ class Pipelines:
         size = page_size(requested_size)
         query_key = {"list": "pipelines"}
         after = self.tokens.decode(query_key, token)
-        query = store.Pipeline.select().order_by(store.Pipeline.name).limit(size + 1)
-        visible = rules.visible_models(store.Pipeline)
+        query = tables.Pipeline.select().order_by(tables.Pipeline.name).limit(size + 1)
+        visible = rules.visible_models(tables.Pipeline)
         if visible is not None:
             query = query.where(visible)
         if after is not None:
-            query = query.where(store.Pipeline.name > str(after))
+            query = query.where(tables.Pipeline.name > str(after))
         rows = list(query)
         records = [_record(row, 0) for row in rows[:size]]
         next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
@@ -181,22 +182,22 @@ class Pipelines:
         changed = new != old
         if changed:
             check(new, member_configs(new))
-        with store.database.atomic():
+        with db.database.atomic():
             if "description" in mask:
                 row.description = description
                 row.save()
             if changed:
-                store.PipelineVersion.create(
+                tables.PipelineVersion.create(
                     pipeline=row, version=current.version + 1, spec=new.to_json()
                 )
         return _record(row, 0)
 
     @in_thread
     def delete(self, name: str) -> None:
-        with store.database.atomic():
+        with db.database.atomic():
             row = rules.check_model_write(_pipeline_row(name))
-            deployment = store.PipelineDeployment.get_or_none(
-                store.PipelineDeployment.pipeline == row
+            deployment = tables.PipelineDeployment.get_or_none(
+                tables.PipelineDeployment.pipeline == row
             )
             if deployment is not None:
                 raise FailedPrecondition(
@@ -453,19 +454,19 @@ def _type_name(datatype: int) -> str:
 
 
 def _refuse_taken_name(name: str) -> None:
-    if store.Model.select().where(store.Model.name == name).exists():
+    if tables.Model.select().where(tables.Model.name == name).exists():
         raise AlreadyExists(
             f"a model is named {name!r}; pipelines and models share one namespace "
             "(the pipeline is a Triton model): choose another name"
         )
-    if store.Pipeline.select().where(store.Pipeline.name == name).exists():
+    if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
         raise AlreadyExists(f"pipeline {name!r} already exists")
 
 
 def _pipeline_row(name: str) -> Any:
     """The pipeline's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "pipeline name")
-    row = store.Pipeline.get_or_none(store.Pipeline.name == name)
+    row = tables.Pipeline.get_or_none(tables.Pipeline.name == name)
     if row is None:
         raise rules.not_found(name, "pipeline")
     return rules.check_model_read(row)
@@ -478,9 +479,9 @@ def writable_pipeline(name: str) -> Any:
 
 def _latest_version_row(row: Any) -> Any:
     return (
-        store.PipelineVersion.select()
-        .where(store.PipelineVersion.pipeline == row)
-        .order_by(store.PipelineVersion.version.desc())
+        tables.PipelineVersion.select()
+        .where(tables.PipelineVersion.pipeline == row)
+        .order_by(tables.PipelineVersion.version.desc())
         .first()
     )
 
@@ -492,8 +493,8 @@ def version_row(name: str, version: int) -> Any:
         raise InvalidArgument(f"version must not be negative, got {version}")
     if version == 0:
         return _latest_version_row(row)
-    found = store.PipelineVersion.get_or_none(
-        (store.PipelineVersion.pipeline == row) & (store.PipelineVersion.version == version)
+    found = tables.PipelineVersion.get_or_none(
+        (tables.PipelineVersion.pipeline == row) & (tables.PipelineVersion.version == version)
     )
     if found is None:
         raise NotFound(f"pipeline {name!r} has no version {version}")
@@ -503,8 +504,8 @@ def version_row(name: str, version: int) -> Any:
 def _record(row: Any, version: int) -> PipelineRecord:
     chosen = version_row(row.name, version)
     spec = Spec.from_json(chosen.spec)
-    count = store.PipelineVersion.select().where(store.PipelineVersion.pipeline == row).count()
-    deployment = store.PipelineDeployment.get_or_none(store.PipelineDeployment.pipeline == row)
+    count = tables.PipelineVersion.select().where(tables.PipelineVersion.pipeline == row).count()
+    deployment = tables.PipelineDeployment.get_or_none(tables.PipelineDeployment.pipeline == row)
     try:
         checked = check(spec, member_configs(spec))
         inputs, outputs = checked.inputs, checked.outputs
@@ -533,13 +534,13 @@ def deployed_models() -> list[tuple[str, str, int, bool]]:
     A member counts as ready where its pipeline's target is READY (blocking).
     """
     rows = (
-        store.PipelineTarget.select(
-            store.PipelineTarget, store.PipelineDeployment, store.Pipeline, store.Server
+        tables.PipelineTarget.select(
+            tables.PipelineTarget, tables.PipelineDeployment, tables.Pipeline, tables.Server
         )
-        .join_from(store.PipelineTarget, store.PipelineDeployment)
-        .join_from(store.PipelineDeployment, store.Pipeline)
-        .join_from(store.PipelineTarget, store.Server)
-        .order_by(store.Pipeline.name, store.PipelineTarget.position)
+        .join_from(tables.PipelineTarget, tables.PipelineDeployment)
+        .join_from(tables.PipelineDeployment, tables.Pipeline)
+        .join_from(tables.PipelineTarget, tables.Server)
+        .order_by(tables.Pipeline.name, tables.PipelineTarget.position)
     )
     found: list[tuple[str, str, int, bool]] = []
     for target in rows:

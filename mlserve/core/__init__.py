@@ -1,0 +1,1 @@
+"""The bottom layer: errors, names, paging and asyncio helpers. Imports nothing of MLServe."""
