@@ -30,18 +30,14 @@ from mlserve_api.v1 import (
     workspace_pb2,
 )
 from mlserve_client import Client
-from tests.conftest import MLServeProcess, Stubs
-from tests.test_grpcurl import GRPCURL
-from tests.test_lifecycle import upload_add
-from tests.tritons import add_inputs, deploy, remove_model
-from tests.uploading import header, stream
+from tests.support.commands import GRPCURL
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import upload_add
+from tests.support.tritons import add_inputs, deploy, remove_model
+from tests.support.uploading import header, stream
+from tests.support.users import ROLES, as_key, make_user
 
 Code = grpc.StatusCode
-ROLES = {
-    "admin": user_pb2.ROLE_ADMIN,
-    "editor": user_pb2.ROLE_EDITOR,
-    "viewer": user_pb2.ROLE_VIEWER,
-}
 PID = os.getpid() % 1000
 
 
@@ -55,21 +51,6 @@ def refused(call: Callable[..., Any], *args: Any, **kwargs: Any) -> grpc.RpcErro
     with pytest.raises(grpc.RpcError) as failure:
         _complete(call, *args, **kwargs)
     return failure.value
-
-
-def as_key(stubs: Stubs, key: str) -> Stubs:
-    """Stubs on the same channel that send ``key``."""
-    return Stubs(stubs.channel, key)
-
-
-def make_user(admin: Stubs, name: str, role: str) -> Stubs:
-    admin.users.CreateUser(
-        user_pb2.CreateUserRequest(user=user_pb2.User(name=name, role=ROLES[role])),
-        metadata=admin.auth,
-    )
-    key = admin.users.CreateApiKey(user_pb2.CreateApiKeyRequest(user=name), metadata=admin.auth)
-    assert key.secret.startswith(f"mls_{key.id}_")
-    return as_key(admin, key.secret)
 
 
 def model_names(caller: Stubs, **filters: Any) -> list[str]:

@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.uploading import stream
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.uploading import stream
 
 
 def _reflection_services(stubs: Stubs, metadata: Any) -> list[str]:

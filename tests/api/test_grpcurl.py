@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MLServeProcess
-
-GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-
-
-def grpcurl(
-    mlserve: MLServeProcess, *args: str, key: bool = True
-) -> subprocess.CompletedProcess[str]:
-    auth = ["-H", f"authorization: Bearer {mlserve.key}"] if key else []
-    return subprocess.run(
-        [GRPCURL, "-plaintext", *auth, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.commands import GRPCURL, grpcurl
+from tests.support.mlserve import MLServeProcess
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,22 +20,11 @@ import pytest
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client, DownloadError
-from tests.conftest import MLServeProcess, Stubs
-from tests.models import add_model_files
-from tests.test_bad_input import (
-    delete_model_quietly,
-    download,
-    expect_error,
-    get_upload,
-    nothing_written,
-    tree,
-    upload,
-    upload_error,
-)
-from tests.test_cli import mlserve_cli
-from tests.test_grpcurl import grpcurl
-from tests.test_lifecycle import infer_add, local_triton
-from tests.uploading import chunk, header, stream
+from tests.support.checks import delete_model_quietly, download, expect_error, nothing_written, tree
+from tests.support.commands import grpcurl, mlserve_cli
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import add_model_files, infer_add, local_triton
+from tests.support.uploading import chunk, get_upload, header, stream, upload, upload_error
 
 MiB = 1024 * 1024
 Code = grpc.StatusCode

@@ -17,11 +17,10 @@ from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
-from tests.conftest import MLServeProcess, Stubs
-from tests.test_bad_input import expect_error
-from tests.test_cli import mlserve_cli
-from tests.test_grpcurl import grpcurl
-from tests.test_lifecycle import upload_add
+from tests.support.checks import expect_error
+from tests.support.commands import grpcurl, mlserve_cli
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import upload_add
 
 Code = grpc.StatusCode
 

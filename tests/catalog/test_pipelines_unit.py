@@ -26,7 +26,7 @@ from mlserve.storage import tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.repository import Repository
 from mlserve.triton.serving import ServingSettings
-from tests.models import add_model_config, scale_model_config
+from tests.support.models import add_model_config, scale_model_config
 
 T = TypeVar("T")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,21 +13,10 @@ import pytest
 
 from mlserve_api.v1 import model_pb2
 from mlserve_client import Client
-from tests.conftest import MLServeProcess
+from tests.support.commands import mlserve_cli
+from tests.support.mlserve import MLServeProcess
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def mlserve_cli(server: MLServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlserve", "--home", str(server.home), *args,
-         "--address", server.address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "MLSERVE_HOME": str(server.home)},
-    )  # fmt: skip
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_upload_deploy_list_undeploy_from_the_shell(

@@ -27,11 +27,19 @@ from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, server_pb2
-from tests.conftest import MLServeProcess, Stubs, free_port
-from tests.models import add_model_files
-from tests.test_lifecycle import upload_add
-from tests.tritons import TritonProcess, add_inputs, deploy, remove_model, start_all, wait_for
-from tests.uploading import stream
+from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.models import add_model_files, upload_add
+from tests.support.tritons import (
+    TritonProcess,
+    add_inputs,
+    deploy,
+    ready_on,
+    register,
+    remove_model,
+    start_all,
+    wait_for,
+)
+from tests.support.uploading import stream
 
 Code = grpc.StatusCode
 READY = deployment_pb2.DEPLOYMENT_STATE_READY
@@ -77,17 +85,6 @@ class Fleet:
         return deployment
 
 
-def register(stubs: Stubs, name: str, address: str, **fields: Any) -> server_pb2.Server:
-    server: server_pb2.Server = stubs.servers.RegisterServer(
-        server_pb2.RegisterServerRequest(
-            server=server_pb2.Server(name=name, address=address, **fields)
-        ),
-        metadata=stubs.auth,
-        timeout=30,
-    )
-    return server
-
-
 def executions(tritonserver: TritonProcess, model: str) -> int:
     """Successful inferences of ``model`` as that Triton itself counts them (0 if absent)."""
     client = tritonserver.client()
@@ -98,16 +95,6 @@ def executions(tritonserver: TritonProcess, model: str) -> int:
     finally:
         client.close()
     return sum(int(s.inference_stats.success.count) for s in stats)
-
-
-def ready_on(tritonserver: TritonProcess, model: str) -> bool:
-    client = tritonserver.client()
-    try:
-        return bool(client.is_model_ready(model))
-    except InferenceServerException:
-        return False
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")

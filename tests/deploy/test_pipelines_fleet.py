@@ -13,11 +13,10 @@ import pytest
 import tritonclient.grpc as triton
 
 from mlserve_api.v1 import deployment_pb2, server_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.models import add_model_files, scale_model_files
-from tests.test_fleet import ready_on, register
-from tests.test_pipelines import Members, chain, cleanup, create, infer, upload
-from tests.tritons import TritonProcess, wait_for
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import add_model_files, scale_model_files
+from tests.support.pipelines import Members, chain, cleanup, create, infer, upload
+from tests.support.tritons import TritonProcess, ready_on, register, wait_for
 
 READY = deployment_pb2.DEPLOYMENT_STATE_READY
 

@@ -18,9 +18,9 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import app_pb2, server_pb2, user_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.test_lifecycle import upload_add
-from tests.tritons import TritonProcess, add_inputs, deploy, start_all, wait_for
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import upload_add
+from tests.support.tritons import TritonProcess, add_inputs, deploy, start_all, wait_for
 
 
 def _consumer_key(stubs: Stubs, app: str, retries: int, model: str) -> str:

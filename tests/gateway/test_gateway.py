@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
-from tests.conftest import MLServeProcess, Stubs, free_port
-from tests.test_grpcurl import GRPCURL
-from tests.test_lifecycle import local_triton, upload_add
-from tests.tritons import add_inputs, deploy, remove_model, wait_for
+from tests.support.commands import GRPCURL
+from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.models import local_triton, upload_add
+from tests.support.tritons import add_inputs, deploy, remove_model, wait_for
 
 MiB = 1024 * 1024
 Code = grpc.StatusCode

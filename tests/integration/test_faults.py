@@ -16,9 +16,10 @@ import grpc
 import pytest
 
 from mlserve_api.v1 import model_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.test_bad_input import delete_model_quietly, download, triton_pid
-from tests.uploading import Request, chunk, header, stream
+from tests.support.checks import delete_model_quietly, download
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.procfs import triton_pid
+from tests.support.uploading import Request, chunk, header, stream
 
 MiB = 1024 * 1024
 

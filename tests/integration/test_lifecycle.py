@@ -8,38 +8,12 @@ import hashlib
 import grpc
 import numpy as np
 import pytest
-import tritonclient.grpc as triton
 from google.protobuf import field_mask_pb2
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
-from tests.conftest import Stubs
-from tests.models import add_model_files
-from tests.uploading import stream
-
-
-def upload_add(stubs: Stubs, name: str, offset: float = 0.0) -> model_pb2.ModelVersion:
-    files = add_model_files(offset, name=name)
-    config = files.pop("config.pbtxt").decode()
-    response: model_pb2.ModelVersion = stubs.models.UploadModelVersion(
-        stream(name, files, config=config), metadata=stubs.auth
-    )
-    return response
-
-
-def local_triton(stubs: Stubs) -> triton.InferenceServerClient:
-    local = stubs.servers.GetServer(server_pb2.GetServerRequest(name="local"), metadata=stubs.auth)
-    return triton.InferenceServerClient(local.address)
-
-
-def infer_add(client: triton.InferenceServerClient, model: str) -> np.ndarray:
-    a = np.array([1, 2, 3, 4], dtype=np.float32)
-    b = np.array([10, 20, 30, 40], dtype=np.float32)
-    inputs = [triton.InferInput("INPUT0", [4], "FP32"), triton.InferInput("INPUT1", [4], "FP32")]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
-    result = client.infer(model, inputs)
-    output: np.ndarray = result.as_numpy("OUTPUT0")
-    return output
+from tests.support.mlserve import Stubs
+from tests.support.models import infer_add, local_triton, upload_add
+from tests.support.uploading import stream
 
 
 def test_upload_deploy_infer_upgrade_undeploy_delete(stubs: Stubs, model_name: str) -> None:

@@ -25,12 +25,12 @@ import tritonclient.grpc as triton
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
-from tests.conftest import MLServeProcess, Stubs
-from tests.postgres import PostgresCluster
-from tests.test_grpcurl import grpcurl
-from tests.test_lifecycle import upload_add
-from tests.tritons import add_inputs, deploy, remove_model
-from tests.uploading import chunks, header, stream
+from tests.support.commands import grpcurl
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import upload_add
+from tests.support.postgres import PostgresCluster
+from tests.support.tritons import add_inputs, deploy, remove_model
+from tests.support.uploading import chunks, header, stream
 
 pytestmark = pytest.mark.integration
 

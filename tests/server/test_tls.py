@@ -13,8 +13,8 @@ import pytest
 
 from mlserve_api.v1 import model_pb2, user_pb2
 from mlserve_client import Client
-from tests.conftest import MLServeProcess
-from tests.test_grpcurl import GRPCURL
+from tests.support.commands import GRPCURL
+from tests.support.mlserve import MLServeProcess
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

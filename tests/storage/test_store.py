@@ -27,7 +27,7 @@ from mlserve.gateway.stats import InferenceStats
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.repository import Repository
-from tests.postgres import PostgresCluster
+from tests.support.postgres import PostgresCluster
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import psycopg2
 import pytest
 
 from mlserve.storage import db, tables
-from tests.databases import close_database
+from tests.support.databases import close_database
 
 DATA = Path(__file__).resolve().parent / "data"
-WHEN = dt.datetime(2026, 11, 1, 12, 0, 0)  # as tests/data/make_foundation_databases.py wrote
+WHEN = dt.datetime(
+    2026, 11, 1, 12, 0, 0
+)  # as tests/storage/data/make_foundation_databases.py wrote
 
 
 def restore_foundation(url: str) -> None:

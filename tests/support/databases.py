@@ -19,7 +19,7 @@ import pytest
 from playhouse.pool import PooledDatabase
 
 from mlserve.storage import tables
-from tests.postgres import PostgresCluster
+from tests.support.postgres import PostgresCluster
 
 DATABASE_KINDS = ["sqlite", "postgresql"]
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tritonclient.grpc as triton
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+
+from mlserve_api.v1 import model_pb2, server_pb2
+from tests.support.mlserve import Stubs
+from tests.support.uploading import stream
 
 _ADD_CONFIG = """
 backend: "python"
@@ -151,3 +157,28 @@ def scale_model_files(
         "config.pbtxt": text.encode(),
         "model.py": source.format(factor=float(factor), offset=float(offset), sleep=sleep).encode(),
     }
+
+
+def upload_add(stubs: Stubs, name: str, offset: float = 0.0) -> model_pb2.ModelVersion:
+    files = add_model_files(offset, name=name)
+    config = files.pop("config.pbtxt").decode()
+    response: model_pb2.ModelVersion = stubs.models.UploadModelVersion(
+        stream(name, files, config=config), metadata=stubs.auth
+    )
+    return response
+
+
+def local_triton(stubs: Stubs) -> triton.InferenceServerClient:
+    local = stubs.servers.GetServer(server_pb2.GetServerRequest(name="local"), metadata=stubs.auth)
+    return triton.InferenceServerClient(local.address)
+
+
+def infer_add(client: triton.InferenceServerClient, model: str) -> np.ndarray:
+    a = np.array([1, 2, 3, 4], dtype=np.float32)
+    b = np.array([10, 20, 30, 40], dtype=np.float32)
+    inputs = [triton.InferInput("INPUT0", [4], "FP32"), triton.InferInput("INPUT1", [4], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = client.infer(model, inputs)
+    output: np.ndarray = result.as_numpy("OUTPUT0")
+    return output

@@ -20,9 +20,9 @@ from urllib.parse import urlencode
 
 import psycopg2
 
-from tests.conftest import free_port
+from tests.support.mlserve import free_port
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 USER = "mlserve"
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from mlserve.triton.launcher import EmbeddedTriton
-from mlserve_api.v1 import deployment_pb2, model_pb2
-from tests.conftest import Stubs, free_port
+from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+from tests.support.mlserve import Stubs, free_port
 
 
 class TritonProcess:
@@ -139,3 +140,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: floa
             return result
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
         time.sleep(step)
+
+
+def register(stubs: Stubs, name: str, address: str, **fields: Any) -> server_pb2.Server:
+    server: server_pb2.Server = stubs.servers.RegisterServer(
+        server_pb2.RegisterServerRequest(
+            server=server_pb2.Server(name=name, address=address, **fields)
+        ),
+        metadata=stubs.auth,
+        timeout=30,
+    )
+    return server
+
+
+def ready_on(tritonserver: TritonProcess, model: str) -> bool:
+    client = tritonserver.client()
+    try:
+        return bool(client.is_model_ready(model))
+    except InferenceServerException:
+        return False
+    finally:
+        client.close()

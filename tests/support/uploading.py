@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import grpc
 
 from mlserve_api.v1 import model_pb2
+from tests.support.checks import expect_error
+from tests.support.mlserve import Stubs
 
 Request = model_pb2.UploadModelVersionRequest
 
@@ -49,3 +54,17 @@ def stream(
 ) -> Iterator[Request]:
     yield header(model, files, config=config, upload_id=upload_id)
     yield from chunks(files, size)
+
+
+def upload(stubs: Stubs, messages: Iterable[Request], timeout: float = 120) -> Any:
+    return stubs.models.UploadModelVersion(iter(messages), metadata=stubs.auth, timeout=timeout)
+
+
+def upload_error(stubs: Stubs, code: grpc.StatusCode, messages: Iterable[Request]) -> Any:
+    return expect_error(code, upload, stubs, messages)
+
+
+def get_upload(stubs: Stubs, upload_id: str) -> Any:
+    return stubs.models.GetUpload(
+        model_pb2.GetUploadRequest(upload_id=upload_id), metadata=stubs.auth, timeout=30
+    )

@@ -27,12 +27,12 @@ from google.protobuf import json_format
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.triton import EmbeddedTriton, IndexEntry, TritonClient, TritonInstallation
 from mlserve.triton import launcher as launcher_module
-from tests.models import add_model_config, add_model_files, write_add_model
+from tests.support.models import add_model_config, add_model_files, write_add_model
 
 pytestmark = pytest.mark.integration
 
 SERVER = "test-triton"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 

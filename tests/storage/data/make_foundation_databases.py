@@ -4,8 +4,9 @@ Run it with the foundation's code (schema 3, commit 12c1548) on the path, so
 the files are what that MLServe wrote, e.g.::
 
     git worktree add /tmp/foundation 12c1548
-    cd /tmp/foundation && ../wt/.venv/bin/python ../wt/tests/data/make_foundation_databases.py \
-        ../wt/tests/data postgresql://USER@127.0.0.1:PORT/EMPTY_DB
+    cd /tmp/foundation && ../wt/.venv/bin/python \
+        ../wt/tests/storage/data/make_foundation_databases.py \
+        ../wt/tests/storage/data postgresql://USER@127.0.0.1:PORT/EMPTY_DB
 
 It writes ``foundation.sqlite3`` and, given a PostgreSQL URL of an empty
 database, ``foundation.postgresql.sql`` (``pg_dump --inserts`` of it).
