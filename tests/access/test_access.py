@@ -35,10 +35,9 @@ from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import upload_add
 from tests.support.tritons import add_inputs, deploy, remove_model
 from tests.support.uploading import header, stream
-from tests.support.users import ROLES, as_key, make_user
+from tests.support.users import PID, ROLES, as_key, make_user
 
 Code = grpc.StatusCode
-PID = os.getpid() % 1000
 
 
 def _complete(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

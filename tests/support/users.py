@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mlserve_api.v1 import user_pb2
 from tests.support.mlserve import Stubs
 
@@ -25,3 +27,6 @@ def make_user(admin: Stubs, name: str, role: str) -> Stubs:
     key = admin.users.CreateApiKey(user_pb2.CreateApiKeyRequest(user=name), metadata=admin.auth)
     assert key.secret.startswith(f"mls_{key.id}_")
     return as_key(admin, key.secret)
+
+
+PID = os.getpid() % 1000
