@@ -10,7 +10,19 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mlserve.settings import Option, SettingError, flag, options, parse_path, resolve, shown_default
+from mlserve.settings import Option, SettingError, flag, options, resolve, shown_default
+from mlserve_client.cli import add_client_commands, root_parser, state_options
+
+FIRST_STEPS = """\
+MLServe serves models on NVIDIA Triton. First steps:
+
+  mlserve serve                                    # in one terminal: serve on 127.0.0.1:50051
+  mlserve models upload examples/add --name add    # in another: upload a model folder
+  mlserve deploy add                               # load it on the embedded Triton
+  mlserve models list                              # what is stored, and what is deployed
+
+Every command: mlserve --help; one command: mlserve COMMAND --help (each shows an example).
+"""
 
 
 def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -37,21 +49,26 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     """``mlserve serve``: one flag per field of Settings, made from the field.
 
     Every flag defaults to "not given" (None), so ``settings.resolve`` can tell a
-    flag from the environment from the default. ``--home`` also stands before the
-    command (``mlserve --home DIR serve``), where the client commands read it too.
+    flag from the environment from the default. ``--home`` is the global option
+    (before or after the command, shared with the client commands), which already
+    falls back to $MLSERVE_HOME and then ~/.mlserve.
     """
     serve = commands.add_parser(
         "serve",
         help="run the MLServe server in the foreground",
-        description="Run the MLServe server. Each flag may instead come from its "
-        "environment variable (an empty one counts as unset); a flag beats its variable.",
+        description="Run the MLServe server in the foreground (Ctrl-C stops it). Each "
+        "flag may instead come from its environment variable (an empty one counts as "
+        "unset); a flag beats its variable.",
+        parents=[state_options()],
+        example="mlserve serve --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9090",
     )
     for setting, option in options():
+        if setting.name == "home":
+            continue
         given: dict[str, Any] = {
             "dest": setting.name,
             "help": _help(option, shown_default(setting, option)),
-            # --home before the command fills args.home; this one may override it
-            "default": argparse.SUPPRESS if setting.name == "home" else None,
+            "default": None,
         }
         if isinstance(setting.default, bool):
             given["action"] = argparse.BooleanOptionalAction
@@ -76,26 +93,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="mlserve", description="MLServe: control plane and inference gateway for Triton"
+    root = root_parser(
+        prog="mlserve",
+        description="MLServe: control plane and inference gateway for Triton. The options "
+        "below are accepted before or after the command.",
+        example="mlserve --home /srv/mlserve models list --tag tabular",
     )
-    root.add_argument(
-        "--home",
-        type=_flag_type(parse_path),
-        metavar="DIR",
-        help="state directory (env $MLSERVE_HOME; default: ~/.mlserve)",
-    )
-    root.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = root.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", metavar="COMMAND")
     add_serve_command(commands)
-    from mlserve_client.cli import add_client_commands
-
     add_client_commands(commands)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command is None:
+        print(FIRST_STEPS, end="")
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
