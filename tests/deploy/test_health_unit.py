@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import pytest
 
 from mlserve.deploy.fleet import READY, UNREACHABLE, Fleet
 from mlserve.deploy.health import HealthLoop
+from tests.support.aio import run, running
 from tests.support.scripted_triton import ScriptedTritons, scripted_fleet
 
-T = TypeVar("T")
 INTERVAL = 0.05
 
 
@@ -27,25 +24,6 @@ pytestmark = [
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.usefixtures("store_db"),
 ]
-
-
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        # Not a timing assertion: a hung scenario fails instead of hanging the suite.
-        return await asyncio.wait_for(scenario(), timeout=30)
-
-    return asyncio.run(bounded())
-
-
-@asynccontextmanager
-async def reconciling(fleet: Fleet) -> AsyncIterator[None]:
-    task = asyncio.create_task(fleet.reconciler.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 def seen(fleet: Fleet, name: str) -> dt.datetime:
@@ -68,7 +46,7 @@ def test_rounds_go_on_while_a_reconcile_is_stuck() -> None:
 
         fleet.on_change(slow_load)
         rounds = HealthLoop(fleet, INTERVAL)
-        async with reconciling(fleet):
+        async with running(fleet.reconciler.run()):
             await stuck.wait()
             before = {name: seen(fleet, name) for name in ("a", "b")}
             for _ in range(3):
@@ -116,7 +94,7 @@ def test_leaving_ready_is_reported_once_and_coming_back_every_round() -> None:
 
         fleet.on_change(record)
         rounds = HealthLoop(fleet, INTERVAL)
-        async with reconciling(fleet):
+        async with running(fleet.reconciler.run()):
             await fleet.reconciler.wait_idle()
             tritons["a"].ready = False
             for _ in range(3):

@@ -6,39 +6,19 @@ No Triton and no database: the callbacks are the test's own."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import pytest
 
 from mlserve.core.aio import Backoff
 from mlserve.deploy.reconciler import Reconciler
+from tests.support.aio import run, running
 
 READY = "READY"
 UNREACHABLE = "UNREACHABLE"
 # Long enough that a held-back server is not retried during a test.
 NEVER = Backoff(initial=3600.0, cap=3600.0)
-T = TypeVar("T")
-
-
-def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    async def bounded() -> T:
-        # Not a timing assertion: a hung scenario fails instead of hanging the suite.
-        return await asyncio.wait_for(scenario(), timeout=30)
-
-    return asyncio.run(bounded())
-
-
-@asynccontextmanager
-async def running(reconciler: Reconciler) -> AsyncIterator[Reconciler]:
-    task = asyncio.create_task(reconciler.run())
-    try:
-        yield reconciler
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 class Recorder:
@@ -49,6 +29,7 @@ class Recorder:
         self.gates: dict[str, asyncio.Event] = {}
         self.entered: dict[str, asyncio.Event] = {}
         self.failing: set[str] = set()
+        self.cancelled: list[str] = []
         self._called = asyncio.Condition()
 
     def hold(self, server: str) -> asyncio.Event:
@@ -63,7 +44,11 @@ class Recorder:
         if server in self.entered:
             self.entered[server].set()
         if server in self.gates:
-            await self.gates[server].wait()
+            try:
+                await self.gates[server].wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(server)
+                raise
         if server in self.failing:
             raise RuntimeError(f"scripted failure on {server}")
 
@@ -76,15 +61,24 @@ class Recorder:
             await self._called.wait_for(lambda: len(self.of(server)) >= times)
 
 
+@asynccontextmanager
+async def stuck_on(
+    server: str, *, workers: int = 4
+) -> AsyncIterator[tuple[Reconciler, Recorder, asyncio.Event]]:
+    """A running reconciler whose callback is stuck on ``server`` until the event is set."""
+    recorder = Recorder()
+    reconciler = Reconciler(workers=workers)
+    reconciler.on_change(recorder)
+    gate = recorder.hold(server)
+    async with running(reconciler.run()):
+        reconciler.request(server, READY)
+        await recorder.entered[server].wait()
+        yield reconciler, recorder, gate
+
+
 def test_requests_for_a_server_being_reconciled_coalesce_into_one_more_run() -> None:
     async def scenario() -> None:
-        recorder = Recorder()
-        reconciler = Reconciler()
-        reconciler.on_change(recorder)
-        gate = recorder.hold("a")
-        async with running(reconciler):
-            reconciler.request("a", READY)
-            await recorder.entered["a"].wait()
+        async with stuck_on("a") as (reconciler, recorder, gate):
             for round_number in range(100):  # a hundred health rounds during a slow load
                 reconciler.request("a", READY if round_number % 2 else UNREACHABLE)
             reconciler.request("a", UNREACHABLE)
@@ -99,13 +93,7 @@ def test_requests_for_a_server_being_reconciled_coalesce_into_one_more_run() -> 
 
 def test_a_queued_server_carries_only_its_latest_state() -> None:
     async def scenario() -> None:
-        recorder = Recorder()
-        reconciler = Reconciler(workers=1)
-        reconciler.on_change(recorder)
-        gate = recorder.hold("busy")
-        async with running(reconciler):
-            reconciler.request("busy", READY)
-            await recorder.entered["busy"].wait()
+        async with stuck_on("busy", workers=1) as (reconciler, recorder, gate):
             for state in (READY, UNREACHABLE, READY):
                 reconciler.request("b", state)
             assert reconciler.pending() == {"b": READY}
@@ -118,13 +106,7 @@ def test_a_queued_server_carries_only_its_latest_state() -> None:
 
 def test_a_slow_server_does_not_hold_up_the_others() -> None:
     async def scenario() -> None:
-        recorder = Recorder()
-        reconciler = Reconciler(workers=2)
-        reconciler.on_change(recorder)
-        gate = recorder.hold("slow")
-        async with running(reconciler):
-            reconciler.request("slow", READY)
-            await recorder.entered["slow"].wait()
+        async with stuck_on("slow", workers=2) as (reconciler, recorder, gate):
             for runs in range(1, 4):
                 reconciler.request("fast", READY)
                 await recorder.called("fast", runs)
@@ -152,7 +134,7 @@ def test_one_server_is_never_reconciled_twice_at_once() -> None:
             active[server] -= 1
 
         reconciler.on_change(reconcile)
-        async with running(reconciler):
+        async with running(reconciler.run()):
             for step in range(300):
                 reconciler.request(f"s{step % 3}", READY)
                 if step % 7 == 0:
@@ -166,13 +148,7 @@ def test_one_server_is_never_reconciled_twice_at_once() -> None:
 
 def test_requests_never_wait_and_the_queue_holds_one_entry_per_server() -> None:
     async def scenario() -> None:
-        recorder = Recorder()
-        reconciler = Reconciler(workers=1)
-        reconciler.on_change(recorder)
-        gate = recorder.hold("first")
-        async with running(reconciler):
-            reconciler.request("first", READY)
-            await recorder.entered["first"].wait()
+        async with stuck_on("first", workers=1) as (reconciler, recorder, gate):
             # The only worker is stuck; ten rounds over a thousand servers.
             for _ in range(10):
                 for number in range(1000):
@@ -195,7 +171,7 @@ def test_a_failing_callback_is_logged_and_the_loop_goes_on(
         reconciler.on_change(recorder)
         reconciler.on_change(second)
         recorder.failing.add("bad")
-        async with running(reconciler):
+        async with running(reconciler.run()):
             reconciler.request("bad", READY)
             reconciler.request("good", READY)
             await second.called("good", 1)
@@ -223,7 +199,7 @@ def test_a_failed_server_is_retried_with_growing_delays_until_it_succeeds(
         reconciler = Reconciler(retry=Backoff(initial=0.01, cap=0.04))
         reconciler.on_change(recorder)
         recorder.failing.add("flaky")
-        async with running(reconciler):
+        async with running(reconciler.run()):
             reconciler.request("flaky", READY)  # asked once; every retry is the loop's own
             await recorder.called("flaky", 5)
             recorder.failing.clear()
@@ -261,7 +237,7 @@ def test_a_forgotten_server_is_not_retried() -> None:
         reconciler.on_change(recorder)
         reconciler.on_change(last)
         recorder.failing.add("gone")
-        async with running(reconciler):
+        async with running(reconciler.run()):
             reconciler.request("gone", READY)
             await last.called("gone", 1)
             assert reconciler.pending() == {"gone": READY}  # held for its retry
@@ -279,7 +255,7 @@ def test_a_server_deleted_while_being_reconciled_is_not_retried() -> None:
         reconciler.on_change(recorder)
         recorder.failing.add("gone")
         gate = recorder.hold("gone")
-        async with running(reconciler):
+        async with running(reconciler.run()):
             reconciler.request("gone", READY)
             await recorder.entered["gone"].wait()
             reconciler.request("gone", READY)
@@ -293,16 +269,9 @@ def test_a_server_deleted_while_being_reconciled_is_not_retried() -> None:
 
 
 def test_cancelling_the_loop_stops_a_reconcile_in_progress() -> None:
-    async def scenario() -> None:
-        recorder = Recorder()
-        reconciler = Reconciler()
-        reconciler.on_change(recorder)
-        recorder.hold("stuck")
-        task = asyncio.create_task(reconciler.run())
-        reconciler.request("stuck", READY)
-        await recorder.entered["stuck"].wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    async def scenario() -> Recorder:
+        async with stuck_on("stuck") as (_, recorder, _gate):
+            pass  # leaving the block cancels the loop
+        return recorder
 
-    run(scenario)
+    assert run(scenario).cancelled == ["stuck"]
