@@ -24,18 +24,14 @@ from typing import Any
 import peewee as pw
 
 from mlserve.access import rules
+from mlserve.catalog.artifacts import ARTIFACT_KINDS, ArtifactRecord, Artifacts, find_artifact
 from mlserve.catalog.models import (
-    ARTIFACT_KINDS,
-    ArtifactRecord,
-    Catalog,
-    FileSpec,
-    VersionRecord,
     check_upload,
-    find_artifact,
-    find_version,
+    downloadable_blobs,
     refuse_pipeline_name,
     writable_model,
 )
+from mlserve.catalog.versions import VersionRecord, Versions, find_version
 from mlserve.core.errors import (
     DataLoss,
     FailedPrecondition,
@@ -46,7 +42,7 @@ from mlserve.core.errors import (
 )
 from mlserve.core.names import check_name, check_relative_path
 from mlserve.storage import db, tables
-from mlserve.storage.blobs import Blobs
+from mlserve.storage.blobs import Blobs, FileSpec
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository, sha256_of
 from mlserve.triton import modelconfig
@@ -145,10 +141,16 @@ class _StagedFile:
 
 class Uploads:
     def __init__(
-        self, repository: Repository, catalog: Catalog, blobs: Blobs, limits: UploadLimits
+        self,
+        repository: Repository,
+        versions: Versions,
+        artifacts: Artifacts,
+        blobs: Blobs,
+        limits: UploadLimits,
     ) -> None:
         self.repository = repository
-        self.catalog = catalog
+        self.versions = versions
+        self.artifacts = artifacts
         self.blobs = blobs
         self.limits = limits
 
@@ -296,7 +298,7 @@ class Uploads:
         """Create or match the upload's record; its result if it already committed."""
         if plan.artifact_kind:
             (spec,) = plan.files.values()
-            attached = self.catalog.attached_artifact(
+            attached = self.artifacts.attached_artifact(
                 plan.model, plan.artifact_version, spec, plan.artifact_kind
             )
             if attached is not None:
@@ -339,7 +341,7 @@ class Uploads:
 
     def _stage(self, plan: _Plan) -> dict[str, _StagedFile]:
         """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
-        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values())
+        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values(), downloadable_blobs())
         return {
             path: _StagedFile(spec, 0, stored=True)
             if spec.sha256 in stored
@@ -432,14 +434,14 @@ class Uploads:
                 target.stored = True
         if plan.artifact_kind:
             (spec,) = plan.files.values()
-            return self.catalog.attach_artifact(
+            return self.artifacts.attach_artifact(
                 model=plan.model,
                 version=plan.artifact_version,
                 upload_id=plan.upload_id,
                 file=spec,
                 kind=plan.artifact_kind,
             )
-        return self.catalog.commit_version(
+        return self.versions.commit_version(
             model=plan.model,
             upload_id=plan.upload_id,
             files=list(plan.files.values()),
