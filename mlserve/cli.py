@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlserve.core.errors import FailedPrecondition
 from mlserve.settings import DEFAULT_LISTEN, Settings, default_home
 
 
@@ -33,6 +34,12 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--no-embedded-triton",
         action="store_true",
         help="do not start a Triton; only registered servers are used",
+    )
+    serve.add_argument(
+        "--unsafe-shared-user",
+        action="store_true",
+        help="start the embedded Triton even without a sandbox (bubblewrap): model code "
+        "then runs as MLServe's user and can read its keys and database",
     )
     serve.add_argument(
         "--max-upload-bytes", type=_size, default="64G", help="largest version (e.g. 64G)"
@@ -63,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         database=args.database,
         embedded_triton=not args.no_embedded_triton,
+        unsafe_shared_user=args.unsafe_shared_user,
         max_upload_bytes=args.max_upload_bytes,
         max_message_bytes=args.max_message_bytes,
         health_interval=args.health_interval,
@@ -75,7 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
     from mlserve.server import serve
 
     keep_freed_buffers()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except FailedPrecondition as exc:
+        # Refused to start (e.g. no sandbox for the embedded Triton): say why, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,6 +23,9 @@ class Settings:
     """sqlite:///PATH or postgresql://… (pooled; see tables.connect); empty: <home>/mlserve.db."""
     embedded_triton: bool = True
     """Start a Triton on the repository and register it as 'local'."""
+    unsafe_shared_user: bool = False
+    """Start the embedded Triton even where no sandbox (bubblewrap) can confine it,
+    unconfined as MLServe's own user: model code can then read MLServe's secrets."""
     max_upload_bytes: int = 64 * 1024**3
     """Largest model version accepted, in bytes (RESOURCE_EXHAUSTED above)."""
     max_message_bytes: int = 2**31 - 1
