@@ -361,26 +361,20 @@ def _check_holds_only(server: Any, workspaces: Sequence[str]) -> None:
 def _held_on(server: Any) -> list[tuple[str, str, str]]:
     """(kind, name, workspace) of every deployment and pipeline deployment on ``server``."""
     T = tables
-    models = (
-        T.Model.select(T.Model.name, T.Workspace.name.alias("workspace"))
-        .join(T.Deployment)
-        .join(T.DeploymentTarget)
-        .switch(T.Model)
-        .join(T.Workspace)
-        .where(T.DeploymentTarget.server == server)
-        .tuples()
-    )
-    pipelines = (
-        T.Pipeline.select(T.Pipeline.name, T.Workspace.name.alias("workspace"))
-        .join(T.PipelineDeployment)
-        .join(T.PipelineTarget)
-        .switch(T.Pipeline)
-        .join(T.Workspace)
-        .where(T.PipelineTarget.server == server)
-        .tuples()
-    )
     held: list[tuple[str, str, str]] = []
-    for kind, query in (("model", models), ("pipeline", pipelines)):
+    for kind, owner, deployment, target in (
+        ("model", T.Model, T.Deployment, T.DeploymentTarget),
+        ("pipeline", T.Pipeline, T.PipelineDeployment, T.PipelineTarget),
+    ):
+        query = (
+            owner.select(owner.name, T.Workspace.name.alias("workspace"))
+            .join(deployment)
+            .join(target)
+            .switch(owner)
+            .join(T.Workspace)
+            .where(target.server == server)
+            .tuples()
+        )
         rows: list[tuple[str, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
         held += [(kind, name, workspace) for name, workspace in rows]
     return held
