@@ -41,7 +41,7 @@ typecheck: install
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
 # The store tests also run on a throwaway PostgreSQL cluster: Debian's server
-# is installed first when absent (tests/postgres.py starts and removes it),
+# is installed first when absent (tests/support/postgres.py starts and removes it),
 # and so is bubblewrap, the embedded Triton's sandbox.
 test: install lint
 	scripts/ensure_postgresql.sh

@@ -217,6 +217,7 @@ class Deployments:
 
         Triton's index lists only models in its own repository directory, so
         for push-placed models this is the only record of what a server holds.
+        Only models the caller may see are listed.
         """
         return await in_thread(_ready_targets)()
 
@@ -486,6 +487,7 @@ def _set_target(name: str, server: str, state: str, message: str) -> None:
 
 
 def _ready_targets() -> dict[str, list[tuple[str, int]]]:
+    """Per server, the (model, version) pairs loaded there that the caller may see."""
     rows = (
         tables.DeploymentTarget.select(tables.DeploymentTarget, tables.Deployment, tables.Server)
         .join_from(tables.DeploymentTarget, tables.Deployment)
@@ -498,7 +500,11 @@ def _ready_targets() -> dict[str, list[tuple[str, int]]]:
     for server, model, version, ready in deployed_models():
         if ready and (model, version) not in serving[server]:
             serving[server].append((model, version))
-    return dict(serving)
+    visible = rules.visible_model_names(model for pairs in serving.values() for model, _ in pairs)
+    return {
+        server: [(model, version) for model, version in pairs if model in visible]
+        for server, pairs in serving.items()
+    }
 
 
 def _targets_per_server() -> dict[str, int]:

@@ -15,10 +15,10 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2, workspace_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.models import add_model_files
-from tests.tritons import deploy, remove_model
-from tests.uploading import stream
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import add_model_files
+from tests.support.tritons import deploy, remove_model
+from tests.support.uploading import stream
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,10 @@ import tritonclient.grpc as triton_grpc
 from mlserve.core.errors import FailedPrecondition
 from mlserve.triton.sandbox import PASSED_VARIABLES, UNSAFE_FLAG, Sandbox
 from mlserve_api.v1 import server_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.test_tls import make_certificate
-from tests.tritons import deploy, remove_model
-from tests.uploading import stream
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.server.test_tls import make_certificate
+from tests.support.tritons import deploy, remove_model
+from tests.support.uploading import stream
 
 pytestmark = pytest.mark.integration
 
