@@ -27,8 +27,8 @@ import tritonclient.grpc as triton_grpc
 from mlserve.core.errors import FailedPrecondition
 from mlserve.triton.sandbox import PASSED_VARIABLES, UNSAFE_FLAG, Sandbox
 from mlserve_api.v1 import server_pb2
-from tests.support.mlserve import MLServeProcess, Stubs
 from tests.server.test_tls import make_certificate
+from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.tritons import deploy, remove_model
 from tests.support.uploading import stream
 
