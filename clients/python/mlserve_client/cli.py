@@ -35,6 +35,7 @@ _TROUBLED_DEPLOYMENT = {
 def add_client_commands(commands: Subcommands) -> None:
     connection = _connection_options()
     _add_model_commands(commands, connection)
+    _add_upload_commands(commands, connection)
     _add_artifact_commands(commands, connection)
     _add_deploy_commands(commands, connection)
     _add_server_commands(commands, connection)
@@ -156,6 +157,39 @@ def _upload(client: Client, args: argparse.Namespace) -> int:
         f"model {version.model} version {version.version}  sha256 {version.sha256}  "
         f"{version.size_bytes} bytes"
     )
+    return 0
+
+
+def _add_upload_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    uploads = _group(commands, "uploads", "list and cancel your uploads")
+    listing = _command(uploads, "list", _list_uploads, "list your uploads", connection)
+    listing.add_argument("--all", action="store_true", help="every user's uploads (admins)")
+    cancel = _command(uploads, "cancel", _cancel_upload, "abandon an unfinished upload", connection)
+    cancel.add_argument("upload_id", help="the upload's id (see: mlserve uploads list)")
+
+
+def _list_uploads(client: Client, args: argparse.Namespace) -> int:
+    _print_table(
+        ("UPLOAD ID", "MODEL", "OWNER", "STATE", "RECEIVED", "SIZE", "EXPIRES"),
+        (
+            (
+                upload.upload_id,
+                upload.model,
+                upload.owner or "-",
+                model_pb2.UploadState.Name(upload.state).removeprefix("UPLOAD_STATE_"),
+                str(upload.received_bytes),
+                str(upload.size_bytes),
+                _when(upload.expire_time),
+            )
+            for upload in client.list_uploads(all_users=args.all)
+        ),
+    )
+    return 0
+
+
+def _cancel_upload(client: Client, args: argparse.Namespace) -> int:
+    client.cancel_upload(args.upload_id)
+    print(f"cancelled upload {args.upload_id}")
     return 0
 
 
