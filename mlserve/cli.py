@@ -20,6 +20,16 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _duration(text: str) -> float:
+    """Seconds from "30s", "90m", "24h", "7d" or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    suffix = text[-1:].lower()
+    seconds = float(text[:-1]) * units[suffix] if suffix in units else float(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return seconds
+
+
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the MLServe server in the foreground")
     serve.add_argument("--listen", default=DEFAULT_LISTEN, help="host:port (default %(default)s)")
@@ -36,6 +46,19 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     serve.add_argument(
         "--max-upload-bytes", type=_size, default="64G", help="largest version (e.g. 64G)"
+    )
+    serve.add_argument(
+        "--max-staging-bytes",
+        type=_size,
+        default="128G",
+        help="staging one user's unfinished uploads may fill together (default %(default)s)",
+    )
+    serve.add_argument(
+        "--upload-expiry",
+        type=_duration,
+        default="24h",
+        help="delete an unfinished upload untouched this long (e.g. 24h, 90m, 30s; "
+        "default %(default)s)",
     )
     serve.add_argument(
         "--max-message-bytes",
@@ -64,6 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
         database=args.database,
         embedded_triton=not args.no_embedded_triton,
         max_upload_bytes=args.max_upload_bytes,
+        max_staging_bytes=args.max_staging_bytes,
+        upload_expiry=args.upload_expiry,
         max_message_bytes=args.max_message_bytes,
         health_interval=args.health_interval,
         metrics_listen=args.metrics_listen,

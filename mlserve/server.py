@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import secrets
 import signal
@@ -106,9 +107,12 @@ def build_domain(settings: Settings) -> Domain:
     blobs = Blobs(repository)
     db.run(blobs.sweep)
     catalog = Catalog(repository, tokens, blobs)
-    uploads = Uploads(
-        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+    limits = UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_staging_bytes=settings.max_staging_bytes,
+        expire_after=dt.timedelta(seconds=settings.upload_expiry),
     )
+    uploads = Uploads(repository, catalog, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -147,6 +151,7 @@ class MLServe:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._triton: EmbeddedTriton | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._upload_sweep: asyncio.Task[None] | None = None
         self._domain: Domain | None = None
 
     async def start(self) -> None:
@@ -180,6 +185,9 @@ class MLServe:
             start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
         self._watch = asyncio.create_task(self._watch_fleet(), name="fleet-watch")
+        self._upload_sweep = asyncio.create_task(
+            expire_uploads(domain.uploads, settings.upload_sweep_interval), name="upload-expiry"
+        )
 
     @property
     def address(self) -> str:
@@ -193,10 +201,11 @@ class MLServe:
     async def stop(self) -> None:
         log.info("shutting down: in-flight calls get %.0fs", self.settings.shutdown_grace)
         await self._health.enter_graceful_shutdown()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._upload_sweep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -291,6 +300,16 @@ class MLServe:
         )
         for service in ("", *SERVICES):
             await self._health.set(service, status)
+
+
+async def expire_uploads(uploads: Uploads, interval: float) -> None:
+    """Forever: delete abandoned uploads, then wait ``interval`` seconds."""
+    while True:
+        try:
+            await uploads.expire_abandoned()
+        except Exception:
+            log.exception("sweep for abandoned uploads failed")
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings) -> None:

@@ -25,6 +25,10 @@ class Settings:
     """Start a Triton on the repository and register it as 'local'."""
     max_upload_bytes: int = 64 * 1024**3
     """Largest model version accepted, in bytes (RESOURCE_EXHAUSTED above)."""
+    max_staging_bytes: int = 128 * 1024**3
+    """Staging one user's unfinished uploads may fill together (RESOURCE_EXHAUSTED above)."""
+    upload_expiry: float = 24 * 3600.0
+    """Seconds an unfinished upload may sit untouched before it is deleted."""
     max_message_bytes: int = 2**31 - 1
     """Largest single gRPC message accepted or sent; by default what Triton accepts."""
     metrics_listen: str = ""
@@ -40,6 +44,11 @@ class Settings:
     bench_anonymous_gateway: bool = False
     """For the auth benchmark only: gateway calls that send no key at all are served
     unauthenticated (calls with a key are checked as always). Loopback only."""
+
+    @property
+    def upload_sweep_interval(self) -> float:
+        """Seconds between sweeps for expired uploads: often enough to honour the expiry."""
+        return min(self.upload_expiry / 4, 300.0)
 
     @property
     def database_url(self) -> str:
