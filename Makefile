@@ -38,7 +38,7 @@ typecheck: install
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
 # The store tests also run on a throwaway PostgreSQL cluster: Debian's server
-# is installed first when absent (tests/postgres.py starts and removes it).
+# is installed first when absent (tests/support/postgres.py starts and removes it).
 test: install lint
 	scripts/ensure_postgresql.sh
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
