@@ -11,6 +11,7 @@ matches its declared size and sha256.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -295,28 +296,27 @@ class Uploads:
                 _unfinished() & (tables.Upload.update_time < cutoff)
             )
         ]
-        expired = [upload_id for upload_id in stale if self._discard_if(upload_id, cutoff)]
+        expired = [upload_id for upload_id in stale if self._expire(upload_id, cutoff)]
         for upload_id in self.repository.staged_uploads():
-            if (
-                not tables.Upload.select()
-                .where((tables.Upload.upload_id == upload_id) & _unfinished())
-                .exists()
-            ):
-                self._discard_if(upload_id, None)
+            claimed = tables.Upload.select().where(
+                (tables.Upload.upload_id == upload_id) & _unfinished()
+            )
+            if not claimed.exists():
+                with contextlib.suppress(Aborted), self.repository.upload_lock(upload_id):
+                    self.repository.discard_staging(upload_id)
         if expired:
             log.info("deleted %d abandoned uploads: %s", len(expired), ", ".join(expired))
             self.blobs.collect()
         return expired
 
-    def _discard_if(self, upload_id: str, cutoff: dt.datetime | None) -> bool:
-        """Discard the upload if no stream holds it and it is still older than ``cutoff``
-        (None: whatever its age, for leftovers); True when it was discarded."""
+    def _expire(self, upload_id: str, cutoff: dt.datetime) -> bool:
+        """Discard the upload if no stream holds it and it is still unfinished and
+        untouched since ``cutoff``; True when it was discarded."""
         try:
             with self.repository.upload_lock(upload_id):
-                if cutoff is not None:
-                    row = tables.Upload.get_or_none(tables.Upload.upload_id == upload_id)
-                    if row is None or row.committed_version or row.update_time >= cutoff:
-                        return False
+                row = tables.Upload.get_or_none(tables.Upload.upload_id == upload_id)
+                if row is None or row.committed_version or row.update_time >= cutoff:
+                    return False
                 self._discard(upload_id)
                 return True
         except Aborted:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from mlserve_api.v1 import model_pb2
 from tests.support.checks import expect_error, nothing_written, tree, wait_until
-from tests.support.mlserve import MLServeProcess
+from tests.support.mlserve import MLServeProcess, started_without_triton
 from tests.support.uploading import get_upload, header, stream, upload, upload_error
 from tests.support.uploads import begin, blob_file, missing, upload_ids
 from tests.support.users import PID, make_user
@@ -26,22 +25,19 @@ Code = grpc.StatusCode
 CAP = 10_000
 
 
-def bare_mlserve(home: Path, *options: str) -> Iterator[MLServeProcess]:
-    process = MLServeProcess(home, "--no-embedded-triton", *options)
-    try:
-        yield process.start(wait_for_triton=False)
-    finally:
-        process.stop()
-
-
 @pytest.fixture(scope="module")
 def expiring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
-    yield from bare_mlserve(tmp_path_factory.mktemp("expiring-home"), "--upload-expiry", "5s")
+    with started_without_triton(
+        tmp_path_factory.mktemp("expiring-home"), "--upload-expiry", "5s"
+    ) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
-    yield from bare_mlserve(tmp_path_factory.mktemp("capped-home"), "--max-staging-bytes", str(CAP))
+    home = tmp_path_factory.mktemp("capped-home")
+    with started_without_triton(home, "--max-staging-bytes", str(CAP)) as process:
+        yield process
 
 
 def test_an_abandoned_upload_expires_with_its_staging_and_pins(

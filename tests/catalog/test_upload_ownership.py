@@ -16,7 +16,7 @@ import pytest
 
 from mlserve_api.v1 import model_pb2, workspace_pb2
 from tests.support.checks import expect_error, nothing_written, sha, tree
-from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.mlserve import MLServeProcess, Stubs, started_without_triton
 from tests.support.uploading import get_upload, stream, upload, upload_error
 from tests.support.uploads import begin, blob_file, missing, upload_ids
 from tests.support.users import PID, make_user
@@ -29,11 +29,8 @@ FILES = {"model.py": b"# owned\n", "weights.bin": WEIGHTS}
 @pytest.fixture(scope="module")
 def owners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
     """An MLServe without Triton: uploads need none."""
-    process = MLServeProcess(tmp_path_factory.mktemp("owners-home"), "--no-embedded-triton")
-    try:
-        yield process.start(wait_for_triton=False)
-    finally:
-        process.stop()
+    with started_without_triton(tmp_path_factory.mktemp("owners-home")) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
