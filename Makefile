@@ -11,14 +11,18 @@ INSTALLED := $(VENV)/.installed
 
 install: $(INSTALLED) $(BUF)
 
+# -qq: pip prints errors only; the two echo lines say what is going on instead.
 $(INSTALLED): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	@echo "make: installing MLServe and its Python packages into $(VENV) (pip; minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -qq --upgrade pip
+	@$(BIN)/pip install -qq -e '.[dev]'
+	@touch $@
+	@echo "make: $(VENV) is ready ($(BIN)/mlserve)"
 
 $(BUF):
-	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
+	@echo "make: installing buf (npm) into .tools, for linting the protos"
+	@npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
 
 # Serving needs only the Python side; buf (npm) is for linting the protos.
 run: $(INSTALLED)

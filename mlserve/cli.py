@@ -9,7 +9,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlserve.settings import DEFAULT_LISTEN, Settings, default_home
+from mlserve.settings import DEFAULT_LISTEN, Settings
+from mlserve_client.cli import add_client_commands, root_parser, state_options
+
+FIRST_STEPS = """\
+MLServe serves models on NVIDIA Triton. First steps:
+
+  mlserve serve                                    # in one terminal: serve on 127.0.0.1:50051
+  mlserve models upload examples/add --name add    # in another: upload a model folder
+  mlserve deploy add                               # load it on the embedded Triton
+  mlserve models list                              # what is stored, and what is deployed
+
+Every command: mlserve --help; one command: mlserve COMMAND --help (each shows an example).
+"""
 
 
 def _size(text: str) -> int:
@@ -31,7 +43,13 @@ def _duration(text: str) -> float:
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser("serve", help="run the MLServe server in the foreground")
+    serve = commands.add_parser(
+        "serve",
+        help="run the MLServe server in the foreground",
+        description="Run the MLServe server in the foreground (Ctrl-C stops it).",
+        parents=[state_options()],
+        example="mlserve serve --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9090",
+    )
     serve.add_argument("--listen", default=DEFAULT_LISTEN, help="host:port (default %(default)s)")
     serve.add_argument(
         "--database",
@@ -105,26 +123,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="mlserve", description="MLServe: control plane and inference gateway for Triton"
+    root = root_parser(
+        prog="mlserve",
+        description="MLServe: control plane and inference gateway for Triton. The options "
+        "below are accepted before or after the command.",
+        example="mlserve --home /srv/mlserve models list --tag tabular",
     )
-    root.add_argument(
-        "--home",
-        type=Path,
-        default=default_home(),
-        help="state directory (default: $MLSERVE_HOME or ~/.mlserve)",
-    )
-    root.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = root.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", metavar="COMMAND")
     add_serve_command(commands)
-    from mlserve_client.cli import add_client_commands
-
     add_client_commands(commands)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command is None:
+        print(FIRST_STEPS, end="")
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

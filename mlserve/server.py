@@ -16,7 +16,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from mlserve.access import Access
+from mlserve.access import ADMIN_KEY_FILE, Access
 from mlserve.access.audit import AuditLog
 from mlserve.access.directory import Directory
 from mlserve.api import reflection
@@ -173,7 +173,7 @@ class MLServe:
             raise RuntimeError(f"could not listen on {settings.listen}")
         await self._server.start()
         await self._set_health(False)
-        log.info("MLServe listening on %s", self.address)
+        log.info("MLServe listening on %s (TLS %s)", self.address, self._tls_word)
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
         if settings.embedded_triton:
             await self._start_embedded_triton(domain)
@@ -188,6 +188,20 @@ class MLServe:
         self._upload_sweep = asyncio.create_task(
             expire_uploads(domain.uploads, settings.upload_sweep_interval), name="upload-expiry"
         )
+        log.info("%s", self.ready_line())
+
+    def ready_line(self) -> str:
+        """The one line that tells someone who just ran ``mlserve serve`` where things are."""
+        settings = self.settings
+        triton = f"; Triton's log {settings.triton_log}" if settings.embedded_triton else ""
+        return (
+            f"ready: serving on {self.address}, TLS {self._tls_word}; admin key in "
+            f"{settings.home / ADMIN_KEY_FILE}; MLServe logs here{triton}"
+        )
+
+    @property
+    def _tls_word(self) -> str:
+        return "on" if self.settings.tls_cert is not None else "off"
 
     @property
     def address(self) -> str:

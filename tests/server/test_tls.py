@@ -77,3 +77,33 @@ def test_cli_and_grpcurl_take_the_ca(secure: MLServeProcess) -> None:
     )  # fmt: skip
     assert curl.returncode == 0, curl.stderr
     assert '"admin"' in curl.stdout
+
+
+def test_a_missing_ca_is_named_and_the_log_says_tls_on(secure: MLServeProcess) -> None:
+    plain = subprocess.run(
+        [sys.executable, "-m", "mlserve", "--home", str(secure.home), "users", "list",
+         "--address", secure.address],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert plain.returncode == 1
+    assert "UNAVAILABLE" in plain.stderr
+    assert "the server speaks TLS: pass --ca" in plain.stderr
+    assert f"MLServe listening on {secure.address} (TLS on)" in secure.log.read_text()
+    assert f"ready: serving on {secure.address}, TLS on;" in secure.log.read_text()
+
+
+def test_a_ca_for_a_plaintext_server_is_named(mlserve: MLServeProcess, tmp_path: Path) -> None:
+    cert, _ = make_certificate(tmp_path)
+    tls = subprocess.run(
+        [sys.executable, "-m", "mlserve", "--home", str(mlserve.home), "users", "list",
+         "--address", mlserve.address, "--ca", str(cert)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert tls.returncode == 1
+    assert "the server speaks plaintext, not TLS: leave out --ca" in tls.stderr
+
+
+def test_python_client_takes_the_ca_as_a_str(secure: MLServeProcess) -> None:
+    assert secure.ca is not None
+    with Client(secure.address, home=str(secure.home), ca=str(secure.ca)) as client:
+        assert client.users.GetUser(user_pb2.GetUserRequest(name="admin")).name == "admin"

@@ -9,6 +9,8 @@ those two and skips every other field without copying it.
 
 from __future__ import annotations
 
+from typing import Any
+
 _LENGTH_DELIMITED = 2
 _VARINT = 0
 _FIXED64 = 1
@@ -74,3 +76,8 @@ def stream_response_failed(data: bytes) -> bool:
     """True when a ModelStreamInferResponse carries an error_message (field 1)."""
     start, stop = _spans(data, (1,)).get(1, (0, 0))
     return stop > start
+
+
+def encode(message: Any) -> bytes:
+    """A tritonclient message's bytes (its messages are untyped: the Any stays here)."""
+    return bytes(message.SerializeToString())
