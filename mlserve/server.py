@@ -1,5 +1,6 @@
 """Assembles one MLServe process: store, domain, gRPC services, health,
-reflection, the embedded Triton, the health watch, and graceful shutdown."""
+reflection, the embedded Triton, the health and reconcile loops, and graceful
+shutdown."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
+from mlserve.deploy.health import HealthLoop
 from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
 from mlserve.deploy.pipeline_deployments import PipelineDeployments
 from mlserve.gateway.router import Router
@@ -150,8 +152,7 @@ class MLServe:
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._triton: EmbeddedTriton | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._upload_sweep: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._domain: Domain | None = None
 
     async def start(self) -> None:
@@ -175,6 +176,8 @@ class MLServe:
         await self._set_health(False)
         log.info("MLServe listening on %s (TLS %s)", self.address, self._tls_word)
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
+        # First the reconciler, so that what the first checks ask for is done.
+        self._loops.append(asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler"))
         if settings.embedded_triton:
             await self._start_embedded_triton(domain)
         await domain.router.reload()
@@ -184,10 +187,15 @@ class MLServe:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
-        self._watch = asyncio.create_task(self._watch_fleet(), name="fleet-watch")
-        self._upload_sweep = asyncio.create_task(
-            expire_uploads(domain.uploads, settings.upload_sweep_interval), name="upload-expiry"
+        health_loop = HealthLoop(
+            domain.fleet,
+            settings.health_interval,
+            # Routes: deployments changed through another replica on the same database.
+            hooks=(self._update_health, domain.stats.flush, domain.router.reload),
         )
+        self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
+        self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
 
     def ready_line(self) -> str:
@@ -215,11 +223,11 @@ class MLServe:
     async def stop(self) -> None:
         log.info("shutting down: in-flight calls get %.0fs", self.settings.shutdown_grace)
         await self._health.enter_graceful_shutdown()
-        for task in (self._watch, self._upload_sweep):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -288,19 +296,6 @@ class MLServe:
         await self._triton.start()
         await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
-
-    async def _watch_fleet(self) -> None:
-        assert self._domain is not None
-        while True:
-            await asyncio.sleep(self.settings.health_interval)
-            try:
-                await self._domain.fleet.refresh_all()
-                await self._update_health()
-                await self._domain.stats.flush()
-                # Deployments changed through another replica on the same database.
-                await self._domain.router.reload()
-            except Exception:
-                log.exception("fleet health round failed")
 
     async def _update_health(self) -> None:
         assert self._domain is not None

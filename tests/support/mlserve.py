@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,9 +70,15 @@ class MLServeProcess:
     """``mlserve serve`` as a child process on a free port, with its own home."""
 
     def __init__(
-        self, home: Path, *extra: str, port: int | None = None, ca: Path | None = None
+        self,
+        home: Path,
+        *extra: str,
+        port: int | None = None,
+        ca: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home
+        self.env = {**os.environ, **(env or {})}  # variables for mlserve serve to read
         self.ca = ca  # when MLServe serves TLS: the CA that signed its certificate
         self.port = port or free_port()
         self.extra = extra
@@ -93,7 +100,9 @@ class MLServeProcess:
             "serve", "--listen", self.address, "--health-interval", "0.5", *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
         self._wait(serving=wait_for_triton)
         return self
 
