@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlserve.core.errors import FailedPrecondition
 from mlserve.settings import Option, SettingError, flag, options, resolve, shown_default
 from mlserve_client.cli import add_client_commands, root_parser, state_options
 
@@ -88,7 +89,12 @@ def _serve(args: argparse.Namespace) -> int:
     from mlserve.server import serve
 
     keep_freed_buffers()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except FailedPrecondition as exc:
+        # Refused to start (e.g. no sandbox for the embedded Triton): say why, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

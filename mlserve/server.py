@@ -49,6 +49,7 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.sandbox import Sandbox
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -157,6 +158,13 @@ class MLServe:
 
     async def start(self) -> None:
         settings = self.settings
+        # Decided first: without a sandbox MLServe refuses to start at all
+        # rather than serve with a Triton that can read its secrets.
+        sandbox = (
+            await in_thread(Sandbox.find)(unsafe_shared_user=settings.unsafe_shared_user)
+            if settings.embedded_triton
+            else None
+        )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
         key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
@@ -178,8 +186,8 @@ class MLServe:
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
         # First the reconciler, so that what the first checks ask for is done.
         self._loops.append(asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler"))
-        if settings.embedded_triton:
-            await self._start_embedded_triton(domain)
+        if sandbox is not None:
+            await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
         await domain.fleet.refresh_all()
         await self._update_health()
@@ -236,7 +244,8 @@ class MLServe:
         if self._triton is not None:
             await self._triton.stop()
             log.info("embedded Triton stopped")
-        if not db.database.is_closed():
+        # No domain: start refused before the database was opened.
+        if self._domain is not None and not db.database.is_closed():
             db.database.close()
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
@@ -287,10 +296,13 @@ class MLServe:
         log.warning("BENCHMARK MODE: gateway calls without a key are served unauthenticated")
         return True
 
-    async def _start_embedded_triton(self, domain: Domain) -> None:
+    async def _start_embedded_triton(self, domain: Domain, sandbox: Sandbox) -> None:
         settings = self.settings
         self._triton = EmbeddedTriton(
-            settings.repository_dir, settings.home / "triton", log_path=settings.triton_log
+            settings.repository_dir,
+            settings.home / "triton",
+            log_path=settings.triton_log,
+            sandbox=sandbox,
         )
         log.info("starting the embedded Triton (log: %s)", settings.triton_log)
         await self._triton.start()

@@ -273,6 +273,17 @@ class Settings:
             )
         ),
     )
+    unsafe_shared_user: bool = field(
+        default=False,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_UNSAFE_SHARED_USER",
+                "start the embedded Triton even where no sandbox (bubblewrap) can confine "
+                "it: model code then runs as MLServe's user and can read its keys and database",
+                parse_bool,
+            )
+        ),
+    )
     max_upload_bytes: int = field(
         default=64 * 1024**3,
         metadata=_given_by(
