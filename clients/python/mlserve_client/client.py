@@ -27,8 +27,8 @@ from mlserve_api.v1 import (
     workspace_pb2_grpc,
 )
 from mlserve_client.channel import (
-    DEFAULT_ADDRESS,
     StrPath,
+    default_address,
     default_home,
     open_channel,
     read_admin_key,
@@ -68,15 +68,16 @@ class Client:
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         key: str | None = None,
         *,
         home: StrPath | None = None,
         ca: StrPath | None = None,
     ) -> None:
-        """Connect to ``address``; ``key`` defaults to ``home``'s admin.key (home: $MLSERVE_HOME
-        or ~/.mlserve), ``ca`` (a PEM file) turns TLS on. Paths may be str or Path."""
-        self.address = address
+        """Connect to ``address`` ($MLSERVE_ADDRESS or 127.0.0.1:50051); ``key`` defaults to
+        ``home``'s admin.key (home: $MLSERVE_HOME or ~/.mlserve); ``ca`` (a PEM file) turns
+        TLS on. Paths may be str or Path."""
+        self.address = address = address or default_address()
         key = key if key is not None else read_admin_key(home or default_home())
         self._channel = open_channel(address, key, ca)
         # The key's id ("mls_<id>_<secret>"), never its secret: derived upload
