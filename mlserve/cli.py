@@ -85,10 +85,14 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingError as error:
         args.serve_parser.error(str(error))  # exits 2
     from mlserve.memory import keep_freed_buffers
-    from mlserve.server import serve
+    from mlserve.server import StartupFailed, serve
 
     keep_freed_buffers()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupFailed as error:
+        logging.getLogger("mlserve").error("MLServe could not start: %s", error)
+        return 1
     return 0
 
 
