@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import logging
 import secrets
@@ -50,6 +51,7 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
@@ -111,9 +113,12 @@ def build_domain(settings: Settings) -> Domain:
     blobs = Blobs(repository)
     db.run(blobs.sweep)
     catalog = Catalog(repository, tokens, blobs)
-    uploads = Uploads(
-        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+    limits = UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_staging_bytes=settings.max_staging_bytes,
+        expire_after=dt.timedelta(seconds=settings.upload_expiry),
     )
+    uploads = Uploads(repository, catalog, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -160,6 +165,13 @@ class MLServe:
 
     async def start(self) -> None:
         settings = self.settings
+        # Decided first: without a sandbox MLServe refuses to start at all
+        # rather than serve with a Triton that can read its secrets.
+        sandbox = (
+            await in_thread(Sandbox.find)(unsafe_shared_user=settings.unsafe_shared_user)
+            if settings.embedded_triton
+            else None
+        )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
         key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
@@ -181,8 +193,8 @@ class MLServe:
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
         # First the reconciler, so that what the first checks ask for is done.
         self._loops.append(asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler"))
-        if settings.embedded_triton:
-            await self._start_embedded_triton(domain)
+        if sandbox is not None:
+            await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
         await domain.fleet.refresh_all()
         await self._update_health()
@@ -197,6 +209,8 @@ class MLServe:
             hooks=(self._update_health, domain.stats.flush, domain.router.reload),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
+        self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
 
     def ready_line(self) -> str:
@@ -237,7 +251,8 @@ class MLServe:
         if self._triton is not None:
             await self._triton.stop()
             log.info("embedded Triton stopped")
-        if not db.database.is_closed():
+        # No domain: start refused before the database was opened.
+        if self._domain is not None and not db.database.is_closed():
             db.database.close()
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
@@ -288,7 +303,7 @@ class MLServe:
         log.warning("BENCHMARK MODE: gateway calls without a key are served unauthenticated")
         return True
 
-    async def _start_embedded_triton(self, domain: Domain) -> None:
+    async def _start_embedded_triton(self, domain: Domain, sandbox: Sandbox) -> None:
         """Start the embedded Triton and supervise it from then on.
 
         A Triton that does not come up at MLServe's own start is not retried
@@ -302,6 +317,7 @@ class MLServe:
             settings.home / "triton",
             log_path=settings.triton_log,
             extra_args=settings.triton_args,
+            sandbox=sandbox,
         )
         log.info("starting the embedded Triton (log: %s)", settings.triton_log)
         try:
@@ -327,6 +343,16 @@ class MLServe:
         )
         for service in ("", *SERVICES):
             await self._health.set(service, status)
+
+
+async def expire_uploads(uploads: Uploads, interval: float) -> None:
+    """Forever: delete abandoned uploads, then wait ``interval`` seconds."""
+    while True:
+        try:
+            await uploads.expire_abandoned()
+        except Exception:
+            log.exception("sweep for abandoned uploads failed")
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings) -> None:

@@ -27,6 +27,11 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+def default_address() -> str:
+    """$MLSERVE_ADDRESS, else 127.0.0.1:50051: where ``mlserve serve`` listens by default."""
+    return os.environ.get("MLSERVE_ADDRESS", DEFAULT_ADDRESS)
+
+
 def default_home() -> Path:
     """$MLSERVE_HOME, else ~/.mlserve: where ``mlserve serve`` writes admin.key."""
     return Path(os.environ.get("MLSERVE_HOME", "~/.mlserve")).expanduser()

@@ -5,7 +5,6 @@ turns failures into one line on stderr that never shows a key."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 
 from mlserve_client import DEFAULT_ADDRESS, Client, ClientError, default_home
-from mlserve_client.channel import tls_mismatch_hint
+from mlserve_client.channel import default_address, tls_mismatch_hint
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[Client, argparse.Namespace], int]
@@ -75,7 +74,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, connection: bool, at_
         return
     parser.add_argument(
         "--address",
-        default=default(os.environ.get("MLSERVE_ADDRESS", DEFAULT_ADDRESS)),
+        default=default(default_address()),
         help=f"MLServe's host:port (default: $MLSERVE_ADDRESS or {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
