@@ -148,10 +148,16 @@ class TritonSupervisor:
 
 
 def describe_exit(code: int) -> str:
-    """``exit code 1``, or ``killed by SIGKILL`` for Popen's negative return codes."""
-    if code >= 0:
-        return f"exit code {code}"
+    """``exit code 1``; ``killed by SIGKILL`` for Popen's negative codes, and for the
+    128 + signal that a wrapper (the sandbox) exits with when its child was killed."""
+    if code < 0:
+        return f"killed by {_signal_name(-code) or f'signal {-code}'}"
+    wrapped = _signal_name(code - 128) if code > 128 else None
+    return f"exit code {code}: killed by {wrapped}" if wrapped else f"exit code {code}"
+
+
+def _signal_name(number: int) -> str | None:
     try:
-        return f"killed by {signal.Signals(-code).name}"
+        return signal.Signals(number).name
     except ValueError:
-        return f"killed by signal {-code}"
+        return None

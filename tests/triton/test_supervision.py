@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,98 +27,96 @@ READY = deployment_pb2.DEPLOYMENT_STATE_READY
 SERVER_READY = server_pb2.SERVER_STATE_READY
 
 
-def the_tritonserver(process: MLServeProcess) -> int:
-    assert process.process is not None
-    (pid,) = tritonserver_pids(process.process.pid)
-    return pid
+@dataclass
+class Served:
+    """An MLServe with its embedded Triton, serving the "add" model deployed on it."""
+
+    process: MLServeProcess
+    stubs: Stubs
+    gateway: triton.InferenceServerClient
+
+    @property
+    def pid(self) -> int:
+        assert self.process.process is not None
+        return self.process.process.pid
+
+    def the_tritonserver(self) -> int:
+        (pid,) = tritonserver_pids(self.pid)
+        return pid
+
+    def serves(self) -> bool:
+        headers = {"authorization": f"Bearer {self.stubs.key}"}
+        try:
+            self.gateway.infer("add", add_inputs(), headers=headers, client_timeout=5)
+        except InferenceServerException:
+            return False
+        return True
 
 
-def serves(gateway: triton.InferenceServerClient, stubs: Stubs, model: str) -> bool:
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    process = MLServeProcess(tmp_path / "home").start()
+    stubs = process.stubs()
+    gateway = triton.InferenceServerClient(process.address)
     try:
-        gateway.infer(
-            model, add_inputs(), headers={"authorization": f"Bearer {stubs.key}"}, client_timeout=5
-        )
-    except InferenceServerException:
-        return False
-    return True
-
-
-def local_server(stubs: Stubs) -> server_pb2.Server:
-    server: server_pb2.Server = stubs.servers.GetServer(
-        server_pb2.GetServerRequest(name="local"), metadata=stubs.auth, timeout=5
-    )
-    return server
+        upload_add(stubs, "add")
+        assert deploy(stubs, "add").state == READY
+        served = Served(process, stubs, gateway)
+        assert served.serves()
+        yield served
+    finally:
+        gateway.close()
+        stubs.channel.close()
+        assert process.stop() == 0
 
 
 def test_a_sigkilled_triton_is_restarted_and_serves_its_deployments_again(
-    tmp_path: Path,
+    served: Served,
 ) -> None:
-    home = tmp_path / "home"
-    process = MLServeProcess(home).start()
-    stubs = process.stubs()
-    gateway = triton.InferenceServerClient(process.address)
-    try:
-        upload_add(stubs, "add")
-        assert deploy(stubs, "add").state == READY
-        assert serves(gateway, stubs, "add")
-        killed = the_tritonserver(process)
+    killed = served.the_tritonserver()
+    os.kill(killed, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(served.serves, 30, "inference after the SIGKILL", 0.1)
+    recovered_after = time.monotonic() - killed_at
 
-        os.kill(killed, signal.SIGKILL)
-        killed_at = time.monotonic()
-        wait_for(lambda: serves(gateway, stubs, "add"), 30, "inference after the SIGKILL", 0.1)
-        recovered_after = time.monotonic() - killed_at
-
-        assert the_tritonserver(process) != killed
-        assert local_server(stubs).state == SERVER_READY
-        deployment = stubs.deployments.GetDeployment(
-            deployment_pb2.GetDeploymentRequest(name="add"), metadata=stubs.auth, timeout=5
-        )
-        assert [(t.server, t.state) for t in deployment.targets] == [("local", READY)]
-        log = process.log.read_text()
-        exited = log[log.index("the embedded Triton (pid ") :]
-        assert "exited (" in exited.splitlines()[0]
-        assert "restarting it in 0.5s" in exited.splitlines()[0]
-        # Triton's own last lines follow, from its log, which is named.
-        assert f"The end of its log ({home / 'triton.log'}):" in exited
-        assert "the embedded Triton is running again" in log
-        print(f"\nSIGKILL -> serving again through MLServe in {recovered_after:.1f}s")
-    finally:
-        gateway.close()
-        stubs.channel.close()
-        assert process.stop() == 0
+    stubs = served.stubs
+    assert served.the_tritonserver() != killed
+    local = stubs.servers.GetServer(
+        server_pb2.GetServerRequest(name="local"), metadata=stubs.auth, timeout=5
+    )
+    assert local.state == SERVER_READY
+    deployment = stubs.deployments.GetDeployment(
+        deployment_pb2.GetDeploymentRequest(name="add"), metadata=stubs.auth, timeout=5
+    )
+    assert [(t.server, t.state) for t in deployment.targets] == [("local", READY)]
+    log = served.process.log.read_text()
+    exited = log[log.index("the embedded Triton (pid ") :]
+    assert "exited (" in exited.splitlines()[0]
+    assert "restarting it in 0.5s" in exited.splitlines()[0]
+    # Triton's own last lines follow, from its log, which is named.
+    assert f"The end of its log ({served.process.home / 'triton.log'}):" in exited
+    assert "the embedded Triton is running again" in log
+    print(f"\nSIGKILL -> serving again through MLServe in {recovered_after:.1f}s")
 
 
-def test_a_restart_that_fails_at_start_up_is_tried_again(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    process = MLServeProcess(home).start()
-    assert process.process is not None
-    stubs = process.stubs()
-    gateway = triton.InferenceServerClient(process.address)
-    try:
-        upload_add(stubs, "add")
-        assert deploy(stubs, "add").state == READY
-        first = the_tritonserver(process)
-        os.kill(first, signal.SIGKILL)
-        # Kill each Triton the supervisor starts, before it is ready, until a
-        # restart is reported failed (the launcher itself retries once after a
-        # signal, so that may take two).
-        killed = {first}
-        while "could not be restarted" not in process.log.read_text():
-            assert len(killed) <= 3, "three restarts killed at start-up, none reported failed"
-            fresh = [pid for pid in tritonserver_pids(process.process.pid) if pid not in killed]
-            for pid in fresh:
-                os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-            time.sleep(0.005)
-        wait_for(lambda: serves(gateway, stubs, "add"), 60, "inference after the restarts", 0.1)
-        log = process.log.read_text()
-        failed = log[log.index("the embedded Triton could not be restarted; trying again in") :]
-        assert "Triton exited during startup" in failed.splitlines()[0]
-        assert f"the end of its log ({home / 'triton.log'})" in failed
-    finally:
-        gateway.close()
-        stubs.channel.close()
-        assert process.stop() == 0
+def test_a_restart_that_fails_at_start_up_is_tried_again(served: Served) -> None:
+    first = served.the_tritonserver()
+    os.kill(first, signal.SIGKILL)
+    # Kill each Triton the supervisor starts, before it is ready, until a
+    # restart is reported failed (the launcher itself retries once after a
+    # signal it sees, so that may take two).
+    killed = {first}
+    while "could not be restarted" not in served.process.log.read_text():
+        assert len(killed) <= 3, "three restarts killed at start-up, none reported failed"
+        for pid in set(tritonserver_pids(served.pid)) - killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.005)
+    wait_for(served.serves, 60, "inference after the restarts", 0.1)
+    log = served.process.log.read_text()
+    failed = log[log.index("the embedded Triton could not be restarted; trying again in") :]
+    assert "Triton exited during startup" in failed.splitlines()[0]
+    assert f"the end of its log ({served.process.home / 'triton.log'})" in failed
 
 
 def test_a_triton_that_exits_at_start_up_stops_mlserve_naming_its_log(tmp_path: Path) -> None:

@@ -181,4 +181,6 @@ def test_exit_codes_are_described_for_people() -> None:
     assert describe_exit(1) == "exit code 1"
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(-15) == "killed by SIGTERM"
-    assert describe_exit(-200) == "killed by signal 200"
+    assert describe_exit(-100) == "killed by signal 100"
+    assert describe_exit(137) == "exit code 137: killed by SIGKILL"  # through the sandbox
+    assert describe_exit(255) == "exit code 255"
