@@ -62,6 +62,9 @@ class Listing(Generic[R]):
     fingerprint: dict[str, Any] = field(default_factory=dict)
     descending: bool = False
     """Largest key first (newest first, for ids)."""
+    keep: Callable[[Any], bool] | None = None
+    """Rows of a page to show, for a rule the query cannot say (the page is then
+    shorter; the next one still starts after its last row)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ class PageTokens:
                 listing.order < after if listing.descending else listing.order > after
             )
         rows = list(query)
-        records = [listing.record(row) for row in rows[:size]]
+        shown = [row for row in rows[:size] if listing.keep is None or listing.keep(row)]
+        records = [listing.record(row) for row in shown]
         more = len(rows) > size
         return Page(
             records, self.encode(listing.fingerprint, listing.key(rows[size - 1])) if more else ""

@@ -44,7 +44,9 @@ UNCHECKED = "UNSPECIFIED"
 
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
-UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels", "shares_repository"})
+UPDATABLE_SERVER_FIELDS = frozenset(
+    {"address", "description", "labels", "shares_repository", "workspaces"}
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class ServerRecord:
     shares_repository: bool
     create_time: dt.datetime
     status: ServerStatus
+    workspaces: tuple[str, ...] = ()
+    """Workspaces whose models and pipelines it may hold; empty: any."""
+
+    def serves(self, workspace: str) -> bool:
+        """Whether a model or pipeline of ``workspace`` may be placed here."""
+        return not self.workspaces or workspace in self.workspaces
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class ServerFields:
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     shares_repository: bool = False
+    workspaces: Sequence[str] = ()
 
 
 ClientFactory = Callable[[str, str], TritonClient]
@@ -123,15 +132,20 @@ class Fleet:
         check_name(name, "server name")
         check_address(fields.address)
         labels = json.dumps(dict(sorted(fields.labels.items())))
-        try:
-            await in_thread(tables.Server.create)(
+
+        def create() -> None:
+            tables.Server.create(
                 name=name,
                 address=fields.address,
                 description=fields.description,
                 labels=labels,
                 embedded=embedded,
                 shares_repository=embedded or fields.shares_repository,
+                workspaces=_workspaces_json(fields.workspaces),
             )
+
+        try:
+            await in_thread(create)()
         except pw.IntegrityError:
             raise AlreadyExists(f"server {name!r} is already registered") from None
         await self.refresh(name)
@@ -189,6 +203,9 @@ class Fleet:
                 row.labels = json.dumps(dict(sorted(fields.labels.items())))
             if "shares_repository" in mask:
                 row.shares_repository = fields.shares_repository
+            if "workspaces" in mask:
+                row.workspaces = _workspaces_json(fields.workspaces)
+                _check_holds_only(row, fields.workspaces)
             row.save()
             return row
 
@@ -357,6 +374,7 @@ class Fleet:
             shares_repository=row.shares_repository,
             create_time=row.create_time,
             status=self.status(row.name),
+            workspaces=tuple(json.loads(row.workspaces)),
         )
 
 
@@ -366,3 +384,57 @@ def _server_row(name: str) -> Any:
     if row is None:
         raise NotFound(f"server {name!r} is not registered")
     return row
+
+
+def _workspaces_json(workspaces: Sequence[str]) -> str:
+    """The stored form of ``Server.workspaces``, each an existing workspace (blocking)."""
+    names = sorted(set(workspaces))
+    if len(names) != len(workspaces):
+        raise InvalidArgument("server.workspaces lists a workspace twice")
+    for index, name in enumerate(workspaces):
+        check_name(name, f"server.workspaces[{index}]")
+    known = {
+        row.name
+        for row in tables.Workspace.select(tables.Workspace.name).where(
+            tables.Workspace.name.in_(names)
+        )
+    }
+    for index, name in enumerate(workspaces):
+        if name not in known:
+            raise InvalidArgument(f"server.workspaces[{index}]: there is no workspace {name!r}")
+    return json.dumps(names)
+
+
+def _check_holds_only(server: Any, workspaces: Sequence[str]) -> None:
+    """FailedPrecondition while ``server`` holds a deployment outside ``workspaces`` (blocking)."""
+    if not workspaces:
+        return
+    for kind, name, workspace in _held_on(server):
+        if workspace not in workspaces:
+            raise FailedPrecondition(
+                f"server {server.name!r} holds {kind} {name!r} of workspace {workspace!r}; "
+                "undeploy it from this server before restricting it to "
+                + ", ".join(repr(w) for w in workspaces)
+            )
+
+
+def _held_on(server: Any) -> list[tuple[str, str, str]]:
+    """(kind, name, workspace) of every deployment and pipeline deployment on ``server``."""
+    T = tables
+    held: list[tuple[str, str, str]] = []
+    for kind, owner, deployment, target in (
+        ("model", T.Model, T.Deployment, T.DeploymentTarget),
+        ("pipeline", T.Pipeline, T.PipelineDeployment, T.PipelineTarget),
+    ):
+        query = (
+            owner.select(owner.name, T.Workspace.name.alias("workspace"))
+            .join(deployment)
+            .join(target)
+            .switch(owner)
+            .join(T.Workspace)
+            .where(target.server == server)
+            .tuples()
+        )
+        rows: list[tuple[str, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
+        held += [(kind, name, workspace) for name, workspace in rows]
+    return held
