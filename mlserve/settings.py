@@ -37,6 +37,14 @@ class Settings:
     """PEM certificate (chain) to serve TLS with on the same port; with tls_key."""
     tls_key: Path | None = None
     """PEM private key of tls_cert."""
+    log_queue_size: int = 10_000
+    """Inference log: records waiting for the writer at most; more are dropped and counted."""
+    log_flush_interval: float = 1.0
+    """Inference log: seconds between writes, the most a SIGKILL can lose."""
+    log_retention_hours: float = 7 * 24.0
+    """Inference log: files older than this are deleted."""
+    log_retention_bytes: int = 10 * 1024**3
+    """Inference log: per model, the oldest files beyond this many bytes are deleted."""
     bench_anonymous_gateway: bool = False
     """For the auth benchmark only: gateway calls that send no key at all are served
     unauthenticated (calls with a key are checked as always). Loopback only."""
@@ -57,6 +65,11 @@ class Settings:
     def blobs_dir(self) -> Path:
         """Content-addressed file store; versions hard-link to it, so same file system."""
         return self.home / "blobs"
+
+    @property
+    def log_dir(self) -> Path:
+        """The inference log's Parquet files (mlserve.monitor)."""
+        return self.home / "logs"
 
     @property
     def triton_log(self) -> Path:

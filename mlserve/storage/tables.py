@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class BaseModel(pw.Model):
@@ -377,6 +377,21 @@ class PipelineTarget(BaseModel):
         indexes = ((("deployment", "server"), True),)
 
 
+class LoggingPolicy(BaseModel):
+    """Which calls to a deployment the inference log records (owned by mlserve.monitor).
+
+    Keyed by deployment name, not a foreign key: a model's and a pipeline's
+    deployments share the name space, and a policy may be set before deploying.
+    """
+
+    deployment = pw.CharField(primary_key=True, max_length=128)
+    mode = pw.CharField(max_length=16)
+    sample_rate = pw.DoubleField()
+    sampling_key = pw.CharField(max_length=256, default="")
+    max_payload_bytes = pw.BigIntegerField()
+    update_time = pw.DateTimeField(default=utcnow)
+
+
 PIPELINE_TABLES: list[type[BaseModel]] = [
     Pipeline,
     PipelineVersion,
@@ -410,6 +425,7 @@ TABLES: list[type[BaseModel]] = [
     AppConsumer,
     AuditEvent,
     *PIPELINE_TABLES,
+    LoggingPolicy,
 ]
 
 
@@ -518,6 +534,10 @@ def _add_pipelines(db: pw.Database) -> None:
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
 
+def _add_logging_policies(db: pw.Database) -> None:
+    db.create_tables([LoggingPolicy])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -525,6 +545,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _add_blobs_and_artifacts,
     5: _add_access_control,
     6: _add_pipelines,
+    7: _add_logging_policies,
 }
 
 
