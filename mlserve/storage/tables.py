@@ -268,6 +268,8 @@ class Server(BaseModel):
     embedded = pw.BooleanField(default=False)
     shares_repository = pw.BooleanField(default=False)
     create_time = pw.DateTimeField(default=utcnow)
+    # JSON list of workspace names whose models it may hold; [] means any.
+    workspaces = pw.TextField(default="[]")
 
 
 class Deployment(BaseModel):
@@ -534,6 +536,11 @@ def _add_pipelines(db: pw.Database) -> None:
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
 
+def _add_server_workspaces(db: pw.Database) -> None:
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
+
+
 def _add_logging_policies(db: pw.Database) -> None:
     db.create_tables([LoggingPolicy])
 
@@ -545,7 +552,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _add_blobs_and_artifacts,
     5: _add_access_control,
     6: _add_pipelines,
-    7: _add_logging_policies,
+    7: _add_server_workspaces,
+    8: _add_logging_policies,
 }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +69,15 @@ class MLServeProcess:
     """``mlserve serve`` as a child process on a free port, with its own home."""
 
     def __init__(
-        self, home: Path, *extra: str, port: int | None = None, ca: Path | None = None
+        self,
+        home: Path,
+        *extra: str,
+        port: int | None = None,
+        ca: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home
+        self.env = {**os.environ, **(env or {})}  # variables for mlserve serve to read
         self.ca = ca  # when MLServe serves TLS: the CA that signed its certificate
         self.port = port or free_port()
         self.extra = extra
@@ -91,7 +99,9 @@ class MLServeProcess:
             "serve", "--listen", self.address, "--health-interval", "0.5", *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
         self._wait(serving=wait_for_triton)
         return self
 

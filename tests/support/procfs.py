@@ -23,11 +23,16 @@ def children(pid: int) -> list[int]:
 
 
 def triton_pid(mlserve_pid: int) -> int:
-    for child in children(mlserve_pid):
+    """The tritonserver process below MLServe (under bubblewrap it is a grandchild or deeper)."""
+    pending = children(mlserve_pid)
+    while pending:
+        child = pending.pop(0)
         with contextlib.suppress(OSError):
-            if b"tritonserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+            program = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0", 1)[0]
+            if Path(program.decode(errors="replace")).name == "tritonserver":
                 return child
-    raise AssertionError(f"no tritonserver child of process {mlserve_pid}")
+        pending += children(child)
+    raise AssertionError(f"no tritonserver process below process {mlserve_pid}")
 
 
 def socket_inodes(pid: int) -> set[str]:
