@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import secrets
 import signal
@@ -115,9 +116,12 @@ def build_domain(settings: Settings) -> Domain:
     blobs = Blobs(repository)
     db.run(blobs.sweep)
     catalog = Catalog(repository, tokens, blobs)
-    uploads = Uploads(
-        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+    limits = UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_staging_bytes=settings.max_staging_bytes,
+        expire_after=dt.timedelta(seconds=settings.upload_expiry),
     )
+    uploads = Uploads(repository, catalog, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -225,6 +229,8 @@ class MLServe:
             ),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
+        self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
 
     def ready_line(self) -> str:
@@ -359,6 +365,16 @@ class MLServe:
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def expire_uploads(uploads: Uploads, interval: float) -> None:
+    """Forever: delete abandoned uploads, then wait ``interval`` seconds."""
+    while True:
+        try:
+            await uploads.expire_abandoned()
+        except Exception:
+            log.exception("sweep for abandoned uploads failed")
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings) -> None:

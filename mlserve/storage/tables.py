@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 
 
 class BaseModel(pw.Model):
@@ -218,6 +218,15 @@ class Upload(BaseModel):
     # Set for an artifact upload: its kind, and the version it attaches to.
     artifact_kind = pw.CharField(max_length=16, default="")
     artifact_version = pw.BigIntegerField(default=0)
+    # The user who began it: uploads are theirs alone (and admins'). Null for
+    # uploads older than owners, and once the user is deleted.
+    owner = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    # Staging this upload may fill: declared bytes not already stored as blobs.
+    # Counted against its owner's cap until it commits or goes.
+    staging_bytes = pw.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("committed_version", "update_time"), False),)
 
 
 class Blob(BaseModel):
@@ -536,6 +545,16 @@ def _add_pipelines(db: pw.Database) -> None:
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
 
+def _add_upload_owners(db: pw.Database) -> None:
+    """Uploads gain an owner and a staging size; older uploads have neither (admins only)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("upload", "owner_id", Upload.owner),
+        migrator.add_column("upload", "staging_bytes", Upload.staging_bytes),
+        migrator.add_index("upload", ("committed_version", "update_time")),
+    )
+
+
 def _add_server_workspaces(db: pw.Database) -> None:
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
@@ -553,7 +572,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     5: _add_access_control,
     6: _add_pipelines,
     7: _add_server_workspaces,
-    8: _add_logging_policies,
+    8: _add_upload_owners,
+    9: _add_logging_policies,
 }
 
 
