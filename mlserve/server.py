@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import secrets
 import signal
@@ -38,6 +39,7 @@ from mlserve.api.workspaces import WorkspaceService
 from mlserve.catalog.models import Catalog
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
+from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
 from mlserve.deploy.health import HealthLoop
@@ -53,6 +55,7 @@ from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve.triton.sandbox import Sandbox
+from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -161,6 +164,10 @@ def build_domain(settings: Settings) -> Domain:
 
 def _random_secret() -> bytes:
     return secrets.token_bytes(32)
+
+
+class StartupFailed(Exception):
+    """MLServe cannot start; the message says why and where to look."""
 
 
 class MLServe:
@@ -337,17 +344,32 @@ class MLServe:
         return True
 
     async def _start_embedded_triton(self, domain: Domain, sandbox: Sandbox) -> None:
+        """Start the embedded Triton and supervise it from then on.
+
+        A Triton that does not come up at MLServe's own start is not retried
+        (that is nearly always a flag, a library or the sandbox, which a retry
+        will not fix): StartupFailed, and ``mlserve serve`` exits non-zero. One
+        that exits later is restarted by the supervisor, with back-off, for good.
+        """
         settings = self.settings
         self._triton = EmbeddedTriton(
             settings.repository_dir,
             settings.home / "triton",
             log_path=settings.triton_log,
+            extra_args=settings.triton_args,
             sandbox=sandbox,
         )
         log.info("starting the embedded Triton (log: %s)", settings.triton_log)
-        await self._triton.start()
+        try:
+            await self._triton.start()
+        except MLServeError as error:
+            raise StartupFailed(f"the embedded Triton could not start: {error.message}") from None
         await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
+        supervisor = TritonSupervisor(
+            self._triton, functools.partial(domain.fleet.register_embedded, DEFAULT_SERVER)
+        )
+        self._loops.append(asyncio.create_task(supervisor.run(), name="triton-supervisor"))
 
     async def _update_health(self) -> None:
         assert self._domain is not None

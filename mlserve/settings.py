@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,14 @@ def parse_interval(text: str) -> float:
     if value == 0:
         raise SettingError("give a number of seconds above 0")
     return value
+
+
+def parse_arguments(text: str) -> tuple[str, ...]:
+    """Words split the way a shell splits them: ``--log-verbose=1 --exit-timeout-secs=30``."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as error:
+        raise SettingError(f"give arguments as a shell would take them ({error})") from None
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -281,6 +290,19 @@ class Settings:
                 "start the embedded Triton even where no sandbox (bubblewrap) can confine "
                 "it: model code then runs as MLServe's user and can read its keys and database",
                 parse_bool,
+            )
+        ),
+    )
+    triton_args: tuple[str, ...] = field(
+        default=(),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRITON_ARGS",
+                "more tritonserver arguments for the embedded Triton, split like a shell's; "
+                "give the flag with '=' (--triton-args='--log-verbose=1')",
+                parse_arguments,
+                "ARGS",
+                shown_default="none",
             )
         ),
     )
