@@ -28,6 +28,8 @@ from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
+from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
+from mlserve.api.inference_log import InferenceLogService
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
@@ -45,6 +47,7 @@ from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
 from mlserve.deploy.pipeline_deployments import PipelineDeployments
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
+from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -60,6 +63,7 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    inference_log_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -84,6 +88,7 @@ SERVICES = (
     app_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
+    INFERENCE_LOG_SERVICE,
 )
 
 
@@ -103,6 +108,7 @@ class Domain:
     audit: AuditLog
     pipelines: Pipelines
     pipeline_deployments: PipelineDeployments
+    inference_log: InferenceLog
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -127,6 +133,18 @@ def build_domain(settings: Settings) -> Domain:
     # After the model deployments' callback: members may be deployments too.
     pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
     fleet.on_change(pipeline_deployments.server_changed)
+    stats = InferenceStats()
+    inference_log = InferenceLog(
+        LogSettings(
+            settings.log_dir,
+            queue_size=settings.log_queue_size,
+            flush_interval=settings.log_flush_interval,
+            retention_seconds=settings.log_retention_seconds,
+            retention_bytes=settings.log_retention_bytes,
+        ),
+        stats.registry,
+        tokens,
+    )
     return Domain(
         repository,
         catalog,
@@ -135,11 +153,12 @@ def build_domain(settings: Settings) -> Domain:
         deployments,
         Access(),
         router,
-        InferenceStats(),
+        stats,
         Directory(tokens),
         AuditLog(tokens),
         Pipelines(tokens),
         pipeline_deployments,
+        inference_log,
     )
 
 
@@ -196,6 +215,8 @@ class MLServe:
         if sandbox is not None:
             await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
+        await domain.inference_log.policies.reload()
+        await in_thread(domain.inference_log.start)()
         await domain.fleet.refresh_all()
         await self._update_health()
         if settings.metrics_listen:
@@ -206,7 +227,13 @@ class MLServe:
             domain.fleet,
             settings.health_interval,
             # Routes: deployments changed through another replica on the same database.
-            hooks=(self._update_health, domain.stats.flush, domain.router.reload),
+            # Policies likewise; the log's directory is probed for its health.
+            hooks=(
+                self._update_health,
+                domain.stats.flush,
+                domain.router.reload,
+                domain.inference_log.policies.reload,
+            ),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
         sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
@@ -247,6 +274,8 @@ class MLServe:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
             await self._domain.stats.flush()
+            # After the server: calls that finished in the grace period are logged too.
+            await self._domain.inference_log.close()
             await self._domain.fleet.close()
         if self._triton is not None:
             await self._triton.stop()
@@ -269,7 +298,12 @@ class MLServe:
         )
         # First, so that inference calls find their handler at the first lookup.
         gateway = InferenceGateway(
-            domain.router, domain.fleet, domain.deployments, domain.stats, domain.access
+            domain.router,
+            domain.fleet,
+            domain.deployments,
+            domain.stats,
+            domain.access,
+            domain.inference_log,
         )
         server.add_generic_rpc_handlers((gateway.handler(),))
         model_pb2_grpc.add_ModelServiceServicer_to_server(
@@ -279,7 +313,10 @@ class MLServe:
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(domain.deployments, domain.pipeline_deployments), server
+            DeploymentService(
+                domain.deployments, domain.pipeline_deployments, domain.inference_log
+            ),
+            server,
         )
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(domain.pipelines, lambda: self.address), server
@@ -290,6 +327,9 @@ class MLServe:
         )
         app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
+        inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
+            InferenceLogService(domain.inference_log), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
@@ -333,16 +373,20 @@ class MLServe:
 
     async def _update_health(self) -> None:
         assert self._domain is not None
-        await self._set_health(self._domain.fleet.any_ready())
-
-    async def _set_health(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+        inference_log = self._domain.inference_log
+        await self._set_health(
+            self._domain.fleet.any_ready(), await in_thread(inference_log.check_writable)()
         )
+
+    async def _set_health(self, serving: bool, log_writable: bool = True) -> None:
+        """Every service follows the fleet; the inference log also needs its directory."""
         for service in ("", *SERVICES):
-            await self._health.set(service, status)
+            up = serving and (log_writable or service != INFERENCE_LOG_SERVICE)
+            await self._health.set(service, _SERVING if up else _NOT_SERVING)
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def expire_uploads(uploads: Uploads, interval: float) -> None:
