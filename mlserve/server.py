@@ -19,8 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from mlserve.access import ADMIN_KEY_FILE, Access
+from mlserve.access.apps import Apps
 from mlserve.access.audit import AuditLog
-from mlserve.access.directory import Directory
+from mlserve.access.users import Users
+from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
@@ -36,9 +38,11 @@ from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
-from mlserve.catalog.models import Catalog
+from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.models import Models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
+from mlserve.catalog.versions import Versions
 from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
@@ -97,14 +101,18 @@ class Domain:
     """The domain objects one process shares between its services."""
 
     repository: Repository
-    catalog: Catalog
+    models: Models
+    versions: Versions
+    artifacts: Artifacts
     uploads: Uploads
     fleet: Fleet
     deployments: Deployments
     access: Access
     router: Router
     stats: InferenceStats
-    directory: Directory
+    users: Users
+    workspaces: Workspaces
+    apps: Apps
     audit: AuditLog
     pipelines: Pipelines
     pipeline_deployments: PipelineDeployments
@@ -118,13 +126,14 @@ def build_domain(settings: Settings) -> Domain:
     repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
     blobs = Blobs(repository)
     db.run(blobs.sweep)
-    catalog = Catalog(repository, tokens, blobs)
+    versions = Versions(repository, tokens, blobs)
+    artifacts = Artifacts(repository, tokens, blobs)
     limits = UploadLimits(
         max_upload_bytes=settings.max_upload_bytes,
         max_staging_bytes=settings.max_staging_bytes,
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
     )
-    uploads = Uploads(repository, catalog, blobs, limits)
+    uploads = Uploads(repository, versions, artifacts, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -147,14 +156,18 @@ def build_domain(settings: Settings) -> Domain:
     )
     return Domain(
         repository,
-        catalog,
+        Models(repository, tokens, blobs),
+        versions,
+        artifacts,
         uploads,
         fleet,
         deployments,
         Access(),
         router,
         stats,
-        Directory(tokens),
+        Users(tokens),
+        Workspaces(tokens),
+        Apps(tokens),
         AuditLog(tokens),
         Pipelines(tokens),
         pipeline_deployments,
@@ -307,7 +320,15 @@ class MLServe:
         )
         server.add_generic_rpc_handlers((gateway.handler(),))
         model_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(domain.catalog, domain.uploads, domain.stats, domain.deployments), server
+            ModelService(
+                domain.models,
+                domain.versions,
+                domain.artifacts,
+                domain.uploads,
+                domain.stats,
+                domain.deployments,
+            ),
+            server,
         )
         server_pb2_grpc.add_ServerServiceServicer_to_server(
             ServerService(domain.fleet, domain.deployments), server
@@ -321,11 +342,11 @@ class MLServe:
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(domain.pipelines, lambda: self.address), server
         )
-        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.directory), server)
+        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.users), server)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
-            WorkspaceService(domain.directory), server
+            WorkspaceService(domain.workspaces), server
         )
-        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
+        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.apps), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
