@@ -47,7 +47,7 @@ from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
-from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve_api.v1 import (
     app_pb2,
@@ -110,7 +110,13 @@ def build_domain(settings: Settings) -> Domain:
     db.run(blobs.sweep)
     catalog = Catalog(repository, tokens, blobs)
     uploads = Uploads(
-        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+        repository,
+        catalog,
+        blobs,
+        UploadLimits(
+            max_upload_bytes=settings.max_upload_bytes,
+            allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
+        ),
     )
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
