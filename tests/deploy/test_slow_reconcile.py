@@ -5,7 +5,6 @@ changes a deployment behind ``a``'s back."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -31,25 +30,20 @@ pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0  # a's --health-interval
 LOAD_SECONDS = 25
+FIRST_LOADS_SECONDS = 20.0  # time for the start, the uploads and the first deploys
 READY = deployment_pb2.DEPLOYMENT_STATE_READY
 
 
-def sleepy_model_files(switch: socket.socket) -> dict[str, bytes]:
-    """The "add" model named "sleepy", whose initialize() sleeps while ``switch`` listens.
-
-    A socket, not a file: the model runs in Triton's sandbox, which sees none
-    of the test's files, but shares the loopback network.
-    """
+def sleepy_model_files(slow_from: float) -> dict[str, bytes]:
+    """The "add" model named "sleepy", whose initialize() sleeps when loaded after
+    ``slow_from`` (a time.time()). A clock, not a file, says when: the sandboxed
+    Triton sees none of the test's files, but it shares the host's clock."""
     files = add_model_files(name="sleepy")
-    port = switch.getsockname()[1]
     initialize = (
         "\n    def initialize(self, args):\n"
-        "        import socket, time\n"
-        "        try:\n"
-        f"            socket.create_connection(('127.0.0.1', {port}), timeout=5).close()\n"
-        "        except OSError:\n"
-        "            return\n"
-        f"        time.sleep({LOAD_SECONDS})\n"
+        "        import time\n"
+        f"        if time.time() >= {slow_from!r}:\n"
+        f"            time.sleep({LOAD_SECONDS})\n"
     )
     source = files["model.py"].decode()
     files["model.py"] = source.replace(
@@ -77,9 +71,9 @@ def health_ages(stubs: Stubs, server: str) -> list[float]:
 
 def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    # Bound but not listening: connections are refused, so loads are quick.
-    switch = socket.socket()
-    switch.bind(("127.0.0.1", 0))
+    # Loads before this are quick (the first deploy); later ones are slow. Were
+    # the first deploy late, it would only be slow too, and the test longer.
+    slow_from = time.time() + FIRST_LOADS_SECONDS
     a = MLServeProcess(home, "--no-embedded-triton", "--health-interval", str(INTERVAL))
     # b never runs a health round of its own: it only changes a deployment.
     b = MLServeProcess(home, "--no-embedded-triton", "--health-interval", "3600")
@@ -94,17 +88,17 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
         # Deployed in this order, reconciled in this order: quick, then sleepy.
         upload_add(stubs, "quick")
         assert deploy(stubs, "quick").state == READY
-        files = sleepy_model_files(switch)
+        files = sleepy_model_files(slow_from)
         config = files.pop("config.pbtxt").decode()
         stubs.models.UploadModelVersion(
             stream("sleepy", files, config=config), metadata=stubs.auth, timeout=30
         )
-        assert deploy(stubs, "sleepy").state == READY  # not listening yet: it loads at once
+        assert deploy(stubs, "sleepy").state == READY
         b.start(wait_for_triton=False)
 
         # Triton restarts with nothing loaded; a's reconciler loads both again,
         # and sleepy's load now takes LOAD_SECONDS.
-        switch.listen()
+        time.sleep(max(0.0, slow_from - time.time()))
         slowpoke.kill()
         slowpoke.start()
         wait_for(lambda: ready_on(slowpoke, "quick"), timeout=30, what="quick reloaded")
@@ -153,4 +147,3 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
         b.stop()
         a.stop()
         slowpoke.stop()
-        switch.close()
