@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from mlserve.access import ADMIN_KEY_FILE, Access
 from mlserve.access.audit import AuditLog
 from mlserve.access.directory import Directory
+from mlserve.access.tokens import OidcConfig, TokenVerifier
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
@@ -102,6 +103,22 @@ class Domain:
     pipeline_deployments: PipelineDeployments
 
 
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """OIDC sign-in for the issuers ``settings`` trust, or None (API keys only)."""
+    if not settings.oidc_issuer:
+        return None
+    return TokenVerifier(
+        OidcConfig(
+            issuers=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            user_claim=settings.oidc_user_claim,
+            roles_claim=settings.oidc_roles_claim,
+            workspaces_claim=settings.oidc_workspaces_claim,
+            fetch_timeout=settings.oidc_fetch_timeout,
+        )
+    )
+
+
 def build_domain(settings: Settings) -> Domain:
     tables.connect(settings.database_url)
     secret = db.run(tables.get_or_create_setting, "page_token_secret", _random_secret)
@@ -130,7 +147,7 @@ def build_domain(settings: Settings) -> Domain:
         uploads,
         fleet,
         deployments,
-        Access(),
+        Access(tokens=token_verifier(settings)),
         router,
         InferenceStats(),
         Directory(tokens),
