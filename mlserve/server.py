@@ -10,13 +10,16 @@ import datetime as dt
 import logging
 import secrets
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
+import peewee as pw
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from mlserve import __version__
 from mlserve.access import ADMIN_KEY_FILE, Access
 from mlserve.access.audit import AuditLog
 from mlserve.access.directory import Directory
@@ -28,6 +31,7 @@ from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
+from mlserve.api.instance import InstanceDescription, InstanceService
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
@@ -58,6 +62,8 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -82,7 +88,9 @@ SERVICES = (
     app_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
+    instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
 )
+INFERENCE_LOG_SERVICE = "mlserve.v1.InferenceLogService"
 
 
 @dataclass
@@ -300,9 +308,37 @@ class MLServe:
         )
         app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
+        instance_pb2_grpc.add_InstanceServiceServicer_to_server(
+            InstanceService(self._description()), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
+
+    def _description(self) -> InstanceDescription:
+        """What GetInstance says: a feature is true only when built and switched on."""
+        settings = self.settings
+        features = {
+            "tls": settings.tls_cert is not None,
+            "postgresql": isinstance(db.database.obj, pw.PostgresqlDatabase),
+            "oidc": bool(settings.oidc_issuer),
+            "metrics": bool(settings.metrics_listen),
+            "embedded_triton": settings.embedded_triton,
+            "pipelines": True,
+            "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
+            # Not built yet: --storage takes a local directory only.
+            "s3_storage": False,
+            "assays": False,
+            "training": False,
+            "explain": False,
+        }
+        return InstanceDescription(
+            name=settings.instance_name or socket.gethostname(),
+            version=__version__,
+            oidc_issuers=settings.oidc_issuer,
+            oidc_audience=settings.oidc_audience,
+            features=features,
+        )
 
     def _anonymous_gateway(self) -> bool:
         if not self.settings.bench_anonymous_gateway:

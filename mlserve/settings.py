@@ -43,6 +43,13 @@ def _parse_address(text: str) -> str:
     return text
 
 
+def parse_instance_name(text: str) -> str:
+    name = text.strip()
+    if not name or len(name) > 253:
+        raise SettingError("give a name of 1 to 253 characters")
+    return name
+
+
 def parse_listen(text: str) -> str:
     return _parse_address(text)
 
@@ -221,6 +228,18 @@ class Settings:
                 parse_path,
                 "DIR",
                 shown_default="~/.mlserve",
+            )
+        ),
+    )
+    instance_name: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_INSTANCE_NAME",
+                "this instance's name, as InstanceService/GetInstance tells callers",
+                parse_instance_name,
+                "NAME",
+                shown_default="the host name",
             )
         ),
     )

@@ -195,6 +195,7 @@ RULES: dict[str, Rule] = {
         ListConsumers=_READ,
     ),
     **_service("mlserve.v1.AuditService", ListAuditEvents=Rule(Who.ADMIN)),
+    **_service("mlserve.v1.InstanceService", GetInstance=Rule(Who.ANY_KEY)),
     # The gateway: model-level checks happen per call (infer_decision).
     **_service(
         "inference.GRPCInferenceService",

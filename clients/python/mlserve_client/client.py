@@ -16,6 +16,7 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    instance_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -62,7 +63,7 @@ class Client:
     """A connection to MLServe.
 
     ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
-    ``apps`` and ``audit`` are the generated stubs, so every RPC
+    ``apps``, ``audit`` and ``instance`` are the generated stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
     """
@@ -89,6 +90,7 @@ class Client:
         # began them: a key's public id, or a digest of the token's identity.
         self._upload_scope = upload_scope(bearer)
         self.models = model_pb2_grpc.ModelServiceStub(self._channel)
+        self.instance = instance_pb2_grpc.InstanceServiceStub(self._channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self._channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self._channel)
         self.users = user_pb2_grpc.UserServiceStub(self._channel)
