@@ -28,9 +28,8 @@ class Clock:
 
 @pytest.fixture
 def issuer() -> Iterator[Issuer]:
-    running = Issuer()
-    yield running
-    running.stop()
+    with Issuer() as running:
+        yield running
 
 
 @pytest.fixture

@@ -23,9 +23,8 @@ from tests.support.users import PID
 
 @pytest.fixture(scope="module")
 def issuer() -> Iterator[Issuer]:
-    running = Issuer()
-    yield running
-    running.stop()
+    with Issuer() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
