@@ -55,9 +55,9 @@ from typing import Any
 
 import jwt
 
-from mlserve.access.directory import insert_user
 from mlserve.access.keys import deactivated_message, user_principal
 from mlserve.access.rules import COLLABORATOR, USER_ROLES, VIEWER, Principal
+from mlserve.access.users import insert_user
 from mlserve.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from mlserve.core.names import check_name
 from mlserve.storage import db, tables

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class BaseModel(pw.Model):
@@ -405,6 +405,21 @@ class PipelineTarget(BaseModel):
         indexes = ((("deployment", "server"), True),)
 
 
+class LoggingPolicy(BaseModel):
+    """Which calls to a deployment the inference log records (owned by mlserve.monitor).
+
+    Keyed by deployment name, not a foreign key: a model's and a pipeline's
+    deployments share the name space, and a policy may be set before deploying.
+    """
+
+    deployment = pw.CharField(primary_key=True, max_length=128)
+    mode = pw.CharField(max_length=16)
+    sample_rate = pw.DoubleField()
+    sampling_key = pw.CharField(max_length=256, default="")
+    max_payload_bytes = pw.BigIntegerField()
+    update_time = pw.DateTimeField(default=utcnow)
+
+
 PIPELINE_TABLES: list[type[BaseModel]] = [
     Pipeline,
     PipelineVersion,
@@ -438,6 +453,7 @@ TABLES: list[type[BaseModel]] = [
     AppConsumer,
     AuditEvent,
     *PIPELINE_TABLES,
+    LoggingPolicy,
     OidcIdentity,
 ]
 
@@ -562,6 +578,10 @@ def _add_server_workspaces(db: pw.Database) -> None:
     migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
 
 
+def _add_logging_policies(db: pw.Database) -> None:
+    db.create_tables([LoggingPolicy])
+
+
 def _add_oidc_identities(db: pw.Database) -> None:
     db.create_tables([OidcIdentity])
 
@@ -575,7 +595,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     6: _add_pipelines,
     7: _add_server_workspaces,
     8: _add_upload_owners,
-    9: _add_oidc_identities,
+    9: _add_logging_policies,
+    10: _add_oidc_identities,
 }
 
 
