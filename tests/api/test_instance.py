@@ -10,7 +10,7 @@ import pytest
 
 import mlserve
 from mlserve_api.v1 import instance_pb2, instance_pb2_grpc
-from tests.support.issuer import AUDIENCE, Issuer
+from tests.support.issuer import AUDIENCE, Issuer, trusting
 from tests.support.mlserve import MLServeProcess, started_without_triton
 
 FEATURES = {
@@ -20,18 +20,11 @@ FEATURES = {
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    with Issuer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[MLServeProcess]:
-    options = (
-        "--instance-name", "test-instance", "--oidc-issuer", issuer.url,
-        "--oidc-audience", AUDIENCE,
-    )  # fmt: skip
-    with started_without_triton(tmp_path_factory.mktemp("instance"), *options) as process:
+    home = tmp_path_factory.mktemp("instance")
+    with started_without_triton(
+        home, "--instance-name", "test-instance", *trusting(issuer)
+    ) as process:
         yield process
 
 

@@ -12,15 +12,9 @@ import jwt
 import pytest
 
 from mlserve_api.v1 import model_pb2, user_pb2, workspace_pb2
-from tests.support.issuer import AUDIENCE, Issuer
+from tests.support.issuer import Issuer, trusting
 from tests.support.mlserve import MLServeProcess, Stubs, started_without_triton
 from tests.support.users import PID
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    with Issuer() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +28,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, issuer: Issuer, hanging_issuer: Issuer
 ) -> Iterator[MLServeProcess]:
     options = (
-        "--oidc-issuer", issuer.url, "--oidc-issuer", hanging_issuer.url,
-        "--oidc-audience", AUDIENCE, "--oidc-user-claim", "preferred_username",
+        *trusting(issuer, hanging_issuer), "--oidc-user-claim", "preferred_username",
         "--oidc-workspaces-claim", "groups", "--oidc-fetch-timeout", "1",
     )  # fmt: skip
     with started_without_triton(tmp_path_factory.mktemp("oidc"), *options) as process:

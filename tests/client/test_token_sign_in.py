@@ -16,21 +16,16 @@ import pytest
 from mlserve_api.v1 import model_pb2
 from mlserve_client import Client
 from tests.support.commands import GRPCURL
-from tests.support.issuer import AUDIENCE, Issuer
+from tests.support.issuer import Issuer, trusting
 from tests.support.mlserve import MLServeProcess, started_without_triton
 from tests.support.users import PID
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    with Issuer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[MLServeProcess]:
-    options = ("--oidc-issuer", issuer.url, "--oidc-audience", AUDIENCE)
-    with started_without_triton(tmp_path_factory.mktemp("oidc-client"), *options) as process:
+    with started_without_triton(
+        tmp_path_factory.mktemp("oidc-client"), *trusting(issuer)
+    ) as process:
         yield process
 
 

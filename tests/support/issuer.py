@@ -15,12 +15,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 AUDIENCE = "mlserve"
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up on a hanging request: expected, not news
+
+
+def trusting(*issuers: Issuer) -> tuple[str, ...]:
+    """``mlserve serve`` options that trust the tokens of ``issuers`` (audience AUDIENCE)."""
+    options = [option for issuer in issuers for option in ("--oidc-issuer", issuer.url)]
+    return (*options, "--oidc-audience", AUDIENCE)
 
 
 class Issuer:
@@ -34,8 +48,7 @@ class Issuer:
         self.jwks_failing = False  # answer the JWKS with 503
         self._released = threading.Event()
         self._released.set()  # cleared: JWKS requests hang until released
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/realms/test"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -150,3 +163,10 @@ class Issuer:
                 pass  # quiet
 
         return Handler
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    """A running test issuer for the module's tests (a pytest plugin of tests/conftest.py)."""
+    with Issuer() as running:
+        yield running
