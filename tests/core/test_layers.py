@@ -46,9 +46,17 @@ LAYERS: dict[str, int] = {
 OWNERS: dict[str, set[str]] = {
     "SchemaInfo": {"storage.tables"},
     "Setting": {"storage.tables"},
-    "Workspace": {"access.workspaces", "access.users", "access.keys", "access.rules"},
-    "User": {"access.users", "access.workspaces", "access.keys"},
-    "WorkspaceMember": {"access.workspaces", "access.users", "access.keys"},
+    # access.tokens: an OIDC sign-in provisions its user and memberships
+    "Workspace": {
+        "access.workspaces",
+        "access.users",
+        "access.keys",
+        "access.rules",
+        "access.tokens",
+    },
+    "User": {"access.users", "access.workspaces", "access.keys", "access.tokens"},
+    "OidcIdentity": {"access.tokens"},
+    "WorkspaceMember": {"access.workspaces", "access.users", "access.keys", "access.tokens"},
     "App": {"access.apps"},
     "AppRoute": {"access.apps", "access.keys"},  # keys: a consumer's routes
     "AppConsumer": {"access.apps", "access.users"},  # users: consumers' keys
