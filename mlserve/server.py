@@ -362,7 +362,10 @@ class MLServe:
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(
-                domain.deployments, domain.pipeline_deployments, domain.inference_log
+                domain.deployments,
+                domain.pipeline_deployments,
+                domain.inference_log,
+                domain.stats,
             ),
             server,
         )
