@@ -13,7 +13,9 @@ TS_PROTO := .tools/node_modules/.bin/protoc-gen-ts_proto
 # Pinned: the committed TypeScript stubs are what this version writes.
 TS_PROTO_VERSION := 2.18.0
 
-install: $(INSTALLED) $(BUF) $(TS_PROTO)
+NODE_CLIENT := clients/node/node_modules/.package-lock.json
+
+install: $(INSTALLED) $(BUF) $(TS_PROTO) $(NODE_CLIENT)
 
 # -qq: pip prints errors only; the two echo lines say what is going on instead.
 $(INSTALLED): pyproject.toml
@@ -31,6 +33,11 @@ $(BUF):
 $(TS_PROTO):
 	@echo "make: installing ts-proto $(TS_PROTO_VERSION) (npm) into .tools, for the TypeScript stubs"
 	@npm install --prefix .tools --no-audit --no-fund --silent ts-proto@$(TS_PROTO_VERSION)
+
+# The Node client's packages (@grpc/grpc-js, @grpc/proto-loader), as locked.
+$(NODE_CLIENT): clients/node/package-lock.json
+	@echo "make: installing the Node client's packages (npm ci) into clients/node"
+	@npm ci --prefix clients/node --no-audit --no-fund --silent
 
 # Serving needs only the Python side; buf (npm) is for linting the protos.
 # bubblewrap confines the embedded Triton; where it cannot be installed,
