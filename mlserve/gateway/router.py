@@ -59,10 +59,15 @@ class Router:
     async def choose(
         self, model: str, version: str, exclude: frozenset[str] = frozenset()
     ) -> Choice:
-        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to."""
+        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to.
+
+        Reads the routes again first when memory has none for ``model`` or none
+        loaded: perhaps it was just deployed, or its load just finished, through
+        another replica on the same database (the health loop's reload may have
+        seen it still loading).
+        """
         route = self._routes.get(model)
-        if route is None:
-            # Perhaps just deployed through another replica on the same database.
+        if route is None or not route.servers:
             await self.reload()
             route = self._routes.get(model)
         if route is None:
