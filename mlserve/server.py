@@ -36,8 +36,7 @@ from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
-from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
-from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.deploy.lifecycle import DEFAULT_SERVER, Deployments, DeploymentUsage
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.settings import Settings
@@ -95,7 +94,6 @@ class Domain:
     directory: Directory
     audit: AuditLog
     pipelines: Pipelines
-    pipeline_deployments: PipelineDeployments
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -105,7 +103,8 @@ def build_domain(settings: Settings) -> Domain:
     repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
     blobs = Blobs(repository)
     db.run(blobs.sweep)
-    catalog = Catalog(repository, tokens, blobs)
+    usage = DeploymentUsage()
+    catalog = Catalog(repository, tokens, blobs, usage)
     uploads = Uploads(
         repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
     )
@@ -114,9 +113,6 @@ def build_domain(settings: Settings) -> Domain:
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    # After the model deployments' callback: members may be deployments too.
-    pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
-    fleet.on_change(pipeline_deployments.server_changed)
     return Domain(
         repository,
         catalog,
@@ -128,8 +124,7 @@ def build_domain(settings: Settings) -> Domain:
         InferenceStats(),
         Directory(tokens),
         AuditLog(tokens),
-        Pipelines(tokens),
-        pipeline_deployments,
+        Pipelines(tokens, usage),
     )
 
 
@@ -232,7 +227,7 @@ class MLServe:
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(domain.deployments, domain.pipeline_deployments), server
+            DeploymentService(domain.deployments), server
         )
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(domain.pipelines, lambda: self.address), server

@@ -8,64 +8,33 @@ from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
 from mlserve.core.errors import InvalidArgument
-from mlserve.deploy.model_deployments import (
-    UPDATABLE_DEPLOYMENT_FIELDS,
-    DeploymentRecord,
-    Deployments,
-    Placement,
-)
-from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.deploy.lifecycle import UPDATABLE_DEPLOYMENT_FIELDS, Deployments
 from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
 
 Context = Any
 
 
 class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
-    def __init__(self, deployments: Deployments, pipelines: PipelineDeployments) -> None:
+    def __init__(self, deployments: Deployments) -> None:
         self.deployments = deployments
-        self.pipelines = pipelines
 
     async def CreateDeployment(
         self, request: deployment_pb2.CreateDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
-        wanted = request.deployment
-        placement = Placement(list(wanted.servers), wanted.replicas, dict(wanted.server_selector))
-        if wanted.pipeline:
-            if wanted.model or wanted.HasField("serving"):
-                raise InvalidArgument(
-                    "set either model or pipeline, not both; a pipeline's serving settings "
-                    "belong to its steps"
-                )
-            if wanted.name and wanted.name != wanted.pipeline:
-                raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
-            created = await self.pipelines.create(wanted.pipeline, wanted.version, placement)
-            return convert.pipeline_deployment(created)
-        if wanted.name and wanted.name != wanted.model:
-            raise InvalidArgument("a deployment is named after its model: leave name empty")
-        record = await self.deployments.create(
-            wanted.model, wanted.version, placement, convert.serving_settings(wanted.serving)
-        )
-        return convert.deployment(record)
+        wanted = convert.wanted_deployment(request.deployment)
+        return convert.deployment(await self.deployments.create(wanted))
 
     async def GetDeployment(
         self, request: deployment_pb2.GetDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
-        pipeline = await self.pipelines.get_or_none(request.name)
-        if pipeline is not None:
-            return convert.pipeline_deployment(pipeline)
         return convert.deployment(await self.deployments.get(request.name))
 
     async def ListDeployments(
         self, request: deployment_pb2.ListDeploymentsRequest, context: Context
     ) -> deployment_pb2.ListDeploymentsResponse:
-        page = await self.pipelines.list_with_models(request.page_size, request.page_token)
+        page = await self.deployments.list_deployments(request.page_size, request.page_token)
         return deployment_pb2.ListDeploymentsResponse(
-            deployments=[
-                convert.deployment(record)
-                if isinstance(record, DeploymentRecord)
-                else convert.pipeline_deployment(record)
-                for record in page.items
-            ],
+            deployments=[convert.deployment(record) for record in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -90,10 +59,7 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def DeleteDeployment(
         self, request: deployment_pb2.DeleteDeploymentRequest, context: Context
     ) -> Empty:
-        if await self.pipelines.get_or_none(request.name) is not None:
-            await self.pipelines.delete(request.name)
-        else:
-            await self.deployments.delete(request.name)
+        await self.deployments.delete(request.name)
         return Empty()
 
     async def LoadModel(

@@ -24,7 +24,7 @@ from mlserve import __version__
 from mlserve.access import Access, current_principal
 from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied, Unavailable
 from mlserve.deploy.fleet import Fleet
-from mlserve.deploy.model_deployments import Deployments
+from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 

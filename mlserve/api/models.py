@@ -10,7 +10,7 @@ from google.protobuf.empty_pb2 import Empty
 from mlserve.api import convert
 from mlserve.catalog.models import Catalog
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, Uploads
-from mlserve.deploy.model_deployments import Deployments
+from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway.stats import InferenceStats
 from mlserve_api.v1 import model_pb2, model_pb2_grpc
 

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import peewee as pw
 
@@ -108,11 +108,25 @@ class DownloadChunk:
     data: bytes
 
 
+class Usage(Protocol):
+    """What the catalog asks the deployments before it deletes (blocking calls);
+    ``deploy.lifecycle.DeploymentUsage`` answers."""
+
+    def refuse_if_deployed(self, model: str, version: int | None = None) -> None:
+        """FailedPrecondition when ``model`` (at ``version``; None: any) is deployed."""
+
+    def deployed_version(self, name: str) -> int:
+        """The version deployment ``name`` runs, 0 when there is none."""
+
+
 class Catalog:
-    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
+    def __init__(
+        self, repository: Repository, tokens: PageTokens, blobs: Blobs, usage: Usage
+    ) -> None:
         self.repository = repository
         self.tokens = tokens
         self.blobs = blobs
+        self.usage = usage
 
     # --- models -------------------------------------------------------------
 
@@ -188,7 +202,7 @@ class Catalog:
     def delete_model(self, name: str) -> None:
         with db.database.atomic():
             row = rules.check_model_write(_model_row(name))
-            _refuse_if_deployed(row)
+            self.usage.refuse_if_deployed(row.name)
             row.delete_instance(recursive=False)
         changed()
         self.repository.delete_model(name)
@@ -226,7 +240,7 @@ class Catalog:
         with db.database.atomic():
             rules.check_model_write(_model_row(model))
             row = version_row(model, version)
-            _refuse_if_deployed(row.model, row.version)
+            self.usage.refuse_if_deployed(row.model.name, row.version)
             row.delete_instance()
         self.repository.delete_version(model, row.version)
         self.blobs.collect()
@@ -548,44 +562,6 @@ def refuse_pipeline_name(name: str) -> None:
         raise AlreadyExists(
             f"a pipeline is named {name!r}; pipelines and models share one namespace "
             "(the pipeline is a Triton model): choose another name"
-        )
-
-
-def member_rows(model: str) -> Any:
-    """The PipelineMember rows, with their deployment and pipeline, that run ``model``."""
-    return (
-        tables.PipelineMember.select(
-            tables.PipelineMember, tables.PipelineDeployment, tables.Pipeline
-        )
-        .join(tables.PipelineDeployment)
-        .join(tables.Pipeline)
-        .switch(tables.PipelineMember)
-        .join(tables.Model)
-        .where(tables.Model.name == model)
-        .order_by(tables.Pipeline.name)
-    )
-
-
-def pipeline_members(model: str) -> list[tuple[str, int]]:
-    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
-    return [(row.deployment.pipeline.name, row.version) for row in member_rows(model)]
-
-
-def _refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
-    for pipeline, used in pipeline_members(model_row.name):
-        if version is None or used == version:
-            raise FailedPrecondition(
-                f"version {used} of {model_row.name!r} is used by deployed pipeline "
-                f"{pipeline!r}; undeploy the pipeline first"
-            )
-    query = tables.Deployment.select().where(tables.Deployment.model == model_row)
-    if version is not None:
-        query = query.where(tables.Deployment.version == version)
-    deployment = query.first()
-    if deployment is not None:
-        what = f"version {deployment.version} of {model_row.name!r}"
-        raise FailedPrecondition(
-            f"{what} is deployed (deployment {deployment.name!r}); undeploy it first"
         )
 
 

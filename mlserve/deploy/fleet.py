@@ -20,7 +20,7 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.storage import db, tables
@@ -93,10 +93,16 @@ class Fleet:
         self._status: dict[str, ServerStatus] = {}
         self._on_change: list[ChangeCallback] = []
         self._checks: dict[str, asyncio.Task[ServerStatus]] = {}
+        self._delete_checks: list[Callable[[Any], None]] = []
 
     def on_change(self, callback: ChangeCallback) -> None:
         """Call ``callback(server_name, state)`` whenever a server turns READY or stops being so."""
         self._on_change.append(callback)
+
+    def refuse_delete_when(self, check: Callable[[Any], None]) -> None:
+        """Run ``check(server_row)`` (blocking, in the deleting transaction) before a
+        server is unregistered; it raises to refuse (the deployments' targets do)."""
+        self._delete_checks.append(check)
 
     # --- registry -----------------------------------------------------------
 
@@ -181,18 +187,8 @@ class Fleet:
         def remove() -> None:
             with db.database.atomic():
                 row = _server_row(name)
-                target = tables.DeploymentTarget.get_or_none(tables.DeploymentTarget.server == row)
-                if target is not None:
-                    raise FailedPrecondition(
-                        f"server {name!r} is a target of deployment "
-                        f"{target.deployment.name!r}; undeploy from it first"
-                    )
-                pipeline = tables.PipelineTarget.get_or_none(tables.PipelineTarget.server == row)
-                if pipeline is not None:
-                    raise FailedPrecondition(
-                        f"server {name!r} is a target of pipeline "
-                        f"{pipeline.deployment.pipeline.name!r}; undeploy it first"
-                    )
+                for check in self._delete_checks:
+                    check(row)
                 row.delete_instance()
 
         await in_thread(remove)()

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class BaseModel(pw.Model):
@@ -270,13 +270,41 @@ class Server(BaseModel):
     create_time = pw.DateTimeField(default=utcnow)
 
 
-class Deployment(BaseModel):
+class Pipeline(BaseModel):
+    """A DAG of model steps served as one Triton ensemble named ``name``."""
+
     name = pw.CharField(unique=True, max_length=128)
-    model = pw.ForeignKeyField(Model, backref="deployments", on_delete="RESTRICT")
+    description = pw.TextField(default="")
+    # Pipelines belong to a workspace, as models do; private to it for now.
+    workspace = pw.ForeignKeyField(Workspace, null=True, backref="pipelines", on_delete="RESTRICT")
+    visibility = pw.CharField(max_length=16, default="private")
+    create_time = pw.DateTimeField(default=utcnow)
+
+
+class PipelineVersion(BaseModel):
+    """One immutable version of a pipeline's inputs, outputs and steps."""
+
+    pipeline = pw.ForeignKeyField(Pipeline, backref="versions", on_delete="CASCADE")
+    version = pw.BigIntegerField()
+    spec = pw.TextField()  # JSON: {"inputs": [...], "outputs": [...], "steps": [...]}
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pipeline", "version"), True),)
+
+
+class Deployment(BaseModel):
+    """Desired: a model, or a pipeline (its Triton ensemble and members), at
+    ``version`` on its targets. Named after what it deploys: models and
+    pipelines share one namespace, so one table holds both (schema 8)."""
+
+    name = pw.CharField(unique=True, max_length=128)
+    model = pw.ForeignKeyField(Model, null=True, backref="deployments", on_delete="RESTRICT")
     version = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
     serving = pw.TextField(default="{}")  # JSON: batching and instance settings
+    pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
 
 
 class DeploymentTarget(BaseModel):
@@ -288,9 +316,19 @@ class DeploymentTarget(BaseModel):
     state = pw.CharField(max_length=32, default="PENDING")
     message = pw.TextField(default="")
     update_time = pw.DateTimeField(default=utcnow)
+    members = pw.TextField(default="[]")  # a pipeline's: [[model, version, state, message], ...]
 
     class Meta:
         indexes = ((("deployment", "server"), True),)
+
+
+class DeploymentMember(BaseModel):
+    """A member model version a deployed pipeline pins (its ensemble steps name it)."""
+
+    deployment = pw.ForeignKeyField(Deployment, backref="members", on_delete="CASCADE")
+    model = pw.ForeignKeyField(Model, backref="deployed_as_member", on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    config = pw.TextField()  # the config.pbtxt Triton gets, settings applied
 
 
 class AuditEvent(BaseModel):
@@ -318,73 +356,6 @@ class InferenceCount(BaseModel):
         indexes = ((("model", "version"), True),)
 
 
-class Pipeline(BaseModel):
-    """A DAG of model steps served as one Triton ensemble named ``name``."""
-
-    name = pw.CharField(unique=True, max_length=128)
-    description = pw.TextField(default="")
-    # Pipelines belong to a workspace, as models do; private to it for now.
-    workspace = pw.ForeignKeyField(Workspace, null=True, backref="pipelines", on_delete="RESTRICT")
-    visibility = pw.CharField(max_length=16, default="private")
-    create_time = pw.DateTimeField(default=utcnow)
-
-
-class PipelineVersion(BaseModel):
-    """One immutable version of a pipeline's inputs, outputs and steps."""
-
-    pipeline = pw.ForeignKeyField(Pipeline, backref="versions", on_delete="CASCADE")
-    version = pw.BigIntegerField()
-    spec = pw.TextField()  # JSON: {"inputs": [...], "outputs": [...], "steps": [...]}
-    create_time = pw.DateTimeField(default=utcnow)
-
-    class Meta:
-        indexes = ((("pipeline", "version"), True),)
-
-
-class PipelineDeployment(BaseModel):
-    """Desired: ``pipeline`` at ``version`` (an ensemble plus its members) on targets."""
-
-    pipeline = pw.ForeignKeyField(Pipeline, backref="deployments", on_delete="RESTRICT")
-    version = pw.BigIntegerField()
-    create_time = pw.DateTimeField(default=utcnow)
-    update_time = pw.DateTimeField(default=utcnow)
-
-    class Meta:
-        indexes = ((("pipeline",), True),)
-
-
-class PipelineMember(BaseModel):
-    """A member model version a deployed pipeline pins (its ensemble steps name it)."""
-
-    deployment = pw.ForeignKeyField(PipelineDeployment, backref="members", on_delete="CASCADE")
-    model = pw.ForeignKeyField(Model, backref="pipeline_members", on_delete="RESTRICT")
-    version = pw.BigIntegerField()
-    config = pw.TextField()  # the config.pbtxt Triton gets, settings applied
-
-
-class PipelineTarget(BaseModel):
-    """A pipeline deployment on one server: the ensemble's state and its members'."""
-
-    deployment = pw.ForeignKeyField(PipelineDeployment, backref="targets", on_delete="CASCADE")
-    server = pw.ForeignKeyField(Server, backref="pipeline_targets", on_delete="RESTRICT")
-    position = pw.IntegerField(default=0)
-    state = pw.CharField(max_length=32, default="PENDING")
-    message = pw.TextField(default="")
-    members = pw.TextField(default="[]")  # JSON: [[model, version, state, message], ...]
-    update_time = pw.DateTimeField(default=utcnow)
-
-    class Meta:
-        indexes = ((("deployment", "server"), True),)
-
-
-PIPELINE_TABLES: list[type[BaseModel]] = [
-    Pipeline,
-    PipelineVersion,
-    PipelineDeployment,
-    PipelineMember,
-    PipelineTarget,
-]
-
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -395,8 +366,11 @@ TABLES: list[type[BaseModel]] = [
     ModelVersion,
     Upload,
     Server,
+    Pipeline,
+    PipelineVersion,
     Deployment,
     DeploymentTarget,
+    DeploymentMember,
     InferenceCount,
     Blob,
     VersionFile,
@@ -409,7 +383,6 @@ TABLES: list[type[BaseModel]] = [
     AppRoute,
     AppConsumer,
     AuditEvent,
-    *PIPELINE_TABLES,
 ]
 
 
@@ -512,10 +485,96 @@ def _add_access_control(db: pw.Database) -> None:
         Model.update(workspace=home).execute()
 
 
+# The pipeline deployment tables as schema 7 had them, frozen for the
+# migrations that create (6) and fold (7) them; schema 8 keeps pipeline
+# deployments in deployment / deployment_target / deployment_member.
+class _Schema7PipelineDeployment(BaseModel):
+    pipeline = pw.ForeignKeyField(Pipeline, on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "pipeline_deployment"
+        indexes = ((("pipeline",), True),)
+
+
+class _Schema7PipelineMember(BaseModel):
+    deployment = pw.ForeignKeyField(_Schema7PipelineDeployment, on_delete="CASCADE")
+    model = pw.ForeignKeyField(Model, on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    config = pw.TextField()
+
+    class Meta:
+        table_name = "pipeline_member"
+
+
+class _Schema7PipelineTarget(BaseModel):
+    deployment = pw.ForeignKeyField(_Schema7PipelineDeployment, on_delete="CASCADE")
+    server = pw.ForeignKeyField(Server, on_delete="RESTRICT")
+    position = pw.IntegerField(default=0)
+    state = pw.CharField(max_length=32, default="PENDING")
+    message = pw.TextField(default="")
+    members = pw.TextField(default="[]")
+    update_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "pipeline_target"
+        indexes = ((("deployment", "server"), True),)
+
+
+_SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES: list[type[BaseModel]] = [
+    _Schema7PipelineDeployment,
+    _Schema7PipelineMember,
+    _Schema7PipelineTarget,
+]
+
+
 def _add_pipelines(db: pw.Database) -> None:
-    db.create_tables(PIPELINE_TABLES)
+    db.create_tables([Pipeline, PipelineVersion, *_SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES])
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
+
+
+_NEW_ID = (
+    'JOIN "pipeline_deployment" d ON d."id" = old."deployment_id" '
+    'JOIN "deployment" n ON n."pipeline_id" = d."pipeline_id"'
+)
+_FOLD_PIPELINE_DEPLOYMENTS = (
+    'INSERT INTO "deployment" '
+    '("name", "pipeline_id", "version", "create_time", "update_time", "serving") '
+    'SELECT p."name", p."id", d."version", d."create_time", d."update_time", \'{}\' '
+    'FROM "pipeline_deployment" d JOIN "pipeline" p ON p."id" = d."pipeline_id"',
+    'INSERT INTO "deployment_target" ("deployment_id", "server_id", "position", "state", '
+    '"message", "update_time", "members") SELECT n."id", old."server_id", old."position", '
+    'old."state", old."message", old."update_time", old."members" '
+    f'FROM "pipeline_target" old {_NEW_ID}',
+    'INSERT INTO "deployment_member" ("deployment_id", "model_id", "version", "config") '
+    'SELECT n."id", old."model_id", old."version", old."config" '
+    f'FROM "pipeline_member" old {_NEW_ID}',
+)
+
+
+def _fold_pipeline_deployments(db: pw.Database) -> None:
+    """One deployment table for models and pipelines.
+
+    Each pipeline deployment becomes a deployment row named after its
+    pipeline (no model, no serving settings), its targets deployment_target
+    rows (with their member states), its members deployment_member rows.
+    """
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("deployment", "pipeline_id", Deployment.pipeline),
+        migrator.add_index("deployment", ("pipeline_id",)),
+        migrator.drop_not_null("deployment", "model_id"),
+        migrator.add_column("deployment_target", "members", DeploymentTarget.members),
+    )
+    db.create_tables([DeploymentMember])
+    # Plain SQL naming every column: later schemas may add columns these
+    # tables do not have yet when this step runs.
+    for statement in _FOLD_PIPELINE_DEPLOYMENTS:
+        db.execute_sql(statement)  # type: ignore[no-untyped-call]
+    db.drop_tables(list(reversed(_SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES)))
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -525,6 +584,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _add_blobs_and_artifacts,
     5: _add_access_control,
     6: _add_pipelines,
+    7: _fold_pipeline_deployments,
 }
 
 
