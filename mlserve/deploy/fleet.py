@@ -20,6 +20,7 @@ from typing import Any
 
 import peewee as pw
 
+from mlserve.access import rules
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
@@ -137,7 +138,11 @@ class Fleet:
         return await self.get(name)
 
     async def get(self, name: str) -> ServerRecord:
-        return self._record(await in_thread(_server_row)(name))
+        """One server with its last status; ``loaded`` lists only models the caller may see."""
+        (record,) = await self._visible_to_caller(
+            [self._record(await in_thread(_server_row)(name))]
+        )
+        return record
 
     async def list_servers(self, requested_size: int, token: str) -> Page[ServerRecord]:
         size = page_size(requested_size)
@@ -151,7 +156,7 @@ class Fleet:
             return list(query)
 
         rows = await in_thread(fetch)()
-        records = [self._record(row) for row in rows[:size]]
+        records = await self._visible_to_caller([self._record(row) for row in rows[:size]])
         next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
         return Page(records, next_token)
 
@@ -282,6 +287,27 @@ class Fleet:
         client = self._clients.pop(name, None)
         if client is not None:
             await client.close()
+
+    async def _visible_to_caller(self, records: list[ServerRecord]) -> list[ServerRecord]:
+        """``records`` with each status's ``loaded`` cut to the models the caller may see.
+
+        Triton's index lists every directory of a shared repository, private
+        models of other workspaces included.
+        """
+        names = {entry.name for record in records for entry in record.status.loaded}
+        visible = await in_thread(rules.visible_model_names)(names)
+        if visible == names:
+            return records
+        return [
+            replace(
+                record,
+                status=replace(
+                    record.status,
+                    loaded=[entry for entry in record.status.loaded if entry.name in visible],
+                ),
+            )
+            for record in records
+        ]
 
     def _record(self, row: Any) -> ServerRecord:
         return ServerRecord(

@@ -300,13 +300,16 @@ class Deployments:
         await self._notify()
 
     async def serving(self) -> dict[str, list[tuple[str, int]]]:
-        """Per server, the (model, version) pairs whose load there succeeded."""
+        """Per server, the (model, version) pairs whose load there succeeded, of the
+        models the caller may see."""
 
         def fetch() -> dict[str, list[tuple[str, int]]]:
+            entries = [entry for entry in targets.served() if entry.ready]
+            visible = rules.visible_model_names(entry.model for entry in entries)
             found: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
-            for entry in targets.served():
+            for entry in entries:
                 pair = (entry.model, entry.version)
-                if entry.ready and pair not in found[entry.server]:
+                if entry.model in visible and pair not in found[entry.server]:
                     found[entry.server].append(pair)
             return dict(found)
 
