@@ -17,6 +17,7 @@ import pytest
 from mlserve.catalog.models import Catalog, FileSpec, VersionRecord
 from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
 from mlserve.core.paging import PageTokens
+from mlserve.deploy.lifecycle import DeploymentUsage
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.repository import Repository
@@ -44,7 +45,7 @@ class Domain:
 def domain(store_db: pw.Database, tmp_path: Path) -> Domain:
     repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
     blobs = Blobs(repository)
-    catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
+    catalog = Catalog(repository, PageTokens(b"k" * 32), blobs, DeploymentUsage())
     return Domain(
         tmp_path, repository, blobs, catalog, Uploads(repository, catalog, blobs, UploadLimits())
     )

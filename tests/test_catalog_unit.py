@@ -26,6 +26,7 @@ from mlserve.catalog.model_metadata import (
 from mlserve.catalog.models import Catalog, ModelQuery, ModelRecord
 from mlserve.core.errors import AlreadyExists, InvalidArgument
 from mlserve.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens
+from mlserve.deploy.lifecycle import DeploymentUsage
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.repository import Repository
@@ -54,7 +55,7 @@ RICH = ModelFields(
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
     repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
-    return Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
+    return Catalog(repository, PageTokens(b"k" * 32), Blobs(repository), DeploymentUsage())
 
 
 def run(awaitable: Any) -> Any:

@@ -23,6 +23,7 @@ from playhouse.pool import PooledDatabase
 from mlserve.catalog.models import Catalog, FileSpec, ModelFields
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, Unavailable
 from mlserve.core.paging import PageTokens
+from mlserve.deploy.lifecycle import DeploymentUsage
 from mlserve.gateway.stats import InferenceStats
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -33,7 +34,7 @@ from tests.postgres import PostgresCluster
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
     repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
-    return Catalog(repository, PageTokens(b"secret" * 4), Blobs(repository))
+    return Catalog(repository, PageTokens(b"secret" * 4), Blobs(repository), DeploymentUsage())
 
 
 def stage(catalog: Catalog, upload_id: str, content: bytes) -> list[FileSpec]:

@@ -487,9 +487,27 @@ def _add_access_control(db: pw.Database) -> None:
 
 # The pipeline deployment tables as schema 7 had them, frozen for the
 # migrations that create (6) and fold (7) them; schema 8 keeps pipeline
-# deployments in deployment / deployment_target / deployment_member.
+# deployments in deployment / deployment_target / deployment_member. They
+# point at stand-ins of the tables they reference, so that the live models
+# (Pipeline, Model, Server) know nothing of them (a recursive delete would
+# look for their rows).
+class _Schema7Pipeline(BaseModel):
+    class Meta:
+        table_name = "pipeline"
+
+
+class _Schema7Model(BaseModel):
+    class Meta:
+        table_name = "model"
+
+
+class _Schema7Server(BaseModel):
+    class Meta:
+        table_name = "server"
+
+
 class _Schema7PipelineDeployment(BaseModel):
-    pipeline = pw.ForeignKeyField(Pipeline, on_delete="RESTRICT")
+    pipeline = pw.ForeignKeyField(_Schema7Pipeline, on_delete="RESTRICT")
     version = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
@@ -501,7 +519,7 @@ class _Schema7PipelineDeployment(BaseModel):
 
 class _Schema7PipelineMember(BaseModel):
     deployment = pw.ForeignKeyField(_Schema7PipelineDeployment, on_delete="CASCADE")
-    model = pw.ForeignKeyField(Model, on_delete="RESTRICT")
+    model = pw.ForeignKeyField(_Schema7Model, on_delete="RESTRICT")
     version = pw.BigIntegerField()
     config = pw.TextField()
 
@@ -511,7 +529,7 @@ class _Schema7PipelineMember(BaseModel):
 
 class _Schema7PipelineTarget(BaseModel):
     deployment = pw.ForeignKeyField(_Schema7PipelineDeployment, on_delete="CASCADE")
-    server = pw.ForeignKeyField(Server, on_delete="RESTRICT")
+    server = pw.ForeignKeyField(_Schema7Server, on_delete="RESTRICT")
     position = pw.IntegerField(default=0)
     state = pw.CharField(max_length=32, default="PENDING")
     message = pw.TextField(default="")
@@ -531,7 +549,9 @@ _SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES: list[type[BaseModel]] = [
 
 
 def _add_pipelines(db: pw.Database) -> None:
-    db.create_tables([Pipeline, PipelineVersion, *_SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES])
+    db.create_tables([Pipeline, PipelineVersion])
+    for table in _SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES:  # only these, not their stand-ins
+        table.create_table()
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
@@ -565,7 +585,6 @@ def _fold_pipeline_deployments(db: pw.Database) -> None:
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(
         migrator.add_column("deployment", "pipeline_id", Deployment.pipeline),
-        migrator.add_index("deployment", ("pipeline_id",)),
         migrator.drop_not_null("deployment", "model_id"),
         migrator.add_column("deployment_target", "members", DeploymentTarget.members),
     )
