@@ -1,9 +1,15 @@
 """The fleet: registered Triton servers, their clients, and their observed health.
 
-Registration only records a server; its health is observed by ``watch``,
-which polls every server, keeps the last status in memory (``ListServers``
-reads it without touching a Triton) and tells the reconciler when a server
-becomes ready again.
+Registration only records a server; its health is observed by the health
+loop (``deploy/health.py``), which checks every server each round, keeps the
+last status in memory (``ListServers`` reads it without touching a Triton)
+and asks the reconciler (``deploy/reconciler.py``) to make a server match its
+deployments when it is ready or stops being so. Asking never waits: the
+callbacks registered with :meth:`Fleet.on_change` run on the reconciler's
+workers, never inside a health check.
+
+Triton clients come from a factory (by default :class:`TritonClient`), so
+unit tests can put a scripted client in Triton's place.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +30,7 @@ from mlserve.access import rules
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.deploy.reconciler import ChangeCallback, Reconciler
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
 from mlserve.triton.client import IndexEntry, TritonClient
@@ -68,7 +75,8 @@ class ServerFields:
     shares_repository: bool = False
 
 
-ChangeCallback = Callable[[str, str], Awaitable[None]]
+ClientFactory = Callable[[str, str], TritonClient]
+"""``factory(server_name, address)``: the client MLServe talks to that server through."""
 
 
 def check_address(address: str) -> str:
@@ -88,17 +96,25 @@ def check_address(address: str) -> str:
 
 
 class Fleet:
-    def __init__(self, tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        tokens: PageTokens,
+        *,
+        client_factory: ClientFactory = TritonClient,
+        reconciler: Reconciler | None = None,
+    ) -> None:
         self.tokens = tokens
+        self.reconciler = reconciler or Reconciler()
+        self._client_factory = client_factory
         self._clients: dict[str, TritonClient] = {}
         self._status: dict[str, ServerStatus] = {}
-        self._on_change: list[ChangeCallback] = []
-        self._checks: dict[str, asyncio.Task[ServerStatus]] = {}
+        self._checks: dict[str, asyncio.Task[None]] = {}
         self._delete_checks: list[Callable[[Any], None]] = []
 
     def on_change(self, callback: ChangeCallback) -> None:
-        """Call ``callback(server_name, state)`` whenever a server turns READY or stops being so."""
-        self._on_change.append(callback)
+        """Have the reconciler call ``callback(server_name, state)`` when a server is seen
+        READY (every health round) or stops being READY; never inside a health check."""
+        self.reconciler.on_change(callback)
 
     def refuse_delete_when(self, check: Callable[[Any], None]) -> None:
         """Run ``check(server_row)`` (blocking, in the deleting transaction) before a
@@ -199,6 +215,7 @@ class Fleet:
         await in_thread(remove)()
         await self._drop_client(name)
         self._status.pop(name, None)
+        self.reconciler.forget(name)
 
     # --- clients and health -------------------------------------------------
 
@@ -211,14 +228,18 @@ class Fleet:
         client = self._clients.get(name)
         if client is None:
             row = await in_thread(_server_row)(name)
-            client = self._clients.setdefault(name, TritonClient(name, row.address))
+            client = self._clients.setdefault(name, self._client_factory(name, row.address))
         return client
 
     def status(self, name: str) -> ServerStatus:
         return self._status.get(name, ServerStatus())
 
     async def refresh(self, name: str, *, notify: bool = True) -> ServerStatus:
-        """Check one server now; fire on_change callbacks when it turned READY or left READY."""
+        """Check one server now and return what was seen.
+
+        With ``notify``, ask the reconciler to reconcile it when it is READY or
+        just left READY; that only queues the server and never waits.
+        """
         client = await self.client(name)
         before = self.status(name).state
         now = db.utcnow()
@@ -244,8 +265,7 @@ class Fleet:
         # Every READY round is reported, not only the flips: a Triton that
         # restarts between two rounds looks READY twice but has lost its models.
         if notify and (status.state == READY or before == READY):
-            for callback in self._on_change:
-                await callback(name, status.state)
+            self.reconciler.request(name, status.state)
         return status
 
     async def servers(self) -> list[ServerRecord]:
@@ -261,20 +281,34 @@ class Fleet:
 
     def suspect(self, name: str) -> None:
         """Check ``name`` soon, in the background (a call to it just failed)."""
-        if name not in self._checks:
-            check = asyncio.create_task(self.refresh(name))
+        self._check_soon(name)
+
+    async def refresh_all(self, timeout: float | None = None) -> None:
+        """Check every registered server, waiting at most ``timeout`` seconds (None: all).
+
+        A server whose previous check is still running is not checked twice;
+        a check that outlasts ``timeout`` goes on in the background, so one
+        slow server never holds up the round's view of the others.
+        """
+        checks = [self._check_soon(name) for name in await self.names()]
+        if checks:
+            await asyncio.wait(checks, timeout=timeout)
+
+    def _check_soon(self, name: str) -> asyncio.Task[None]:
+        check = self._checks.get(name)
+        if check is None:
+            check = asyncio.create_task(self._check(name), name=f"health-check-{name}")
             self._checks[name] = check
             check.add_done_callback(lambda _: self._checks.pop(name, None))
+        return check
 
-    async def refresh_all(self) -> None:
-        """Check every registered server once."""
-        names = await self.names()
-        results = await asyncio.gather(
-            *(self.refresh(name) for name in names), return_exceptions=True
-        )
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("health check of server %s failed: %s", name, result)
+    async def _check(self, name: str) -> None:
+        try:
+            await self.refresh(name)
+        except NotFound:
+            pass  # deleted since the round listed it
+        except Exception as error:
+            log.error("health check of server %s failed: %s", name, error)
 
     def any_ready(self) -> bool:
         return any(status.state == READY for status in self._status.values())

@@ -10,10 +10,10 @@ from __future__ import annotations
 import grpc
 
 from mlserve_api.v1 import model_pb2, pipeline_pb2, server_pb2
-from tests.conftest import Stubs
-from tests.test_access import PID, make_user
-from tests.test_lifecycle import upload_add
-from tests.tritons import deploy, remove_model, wait_for
+from tests.support.mlserve import Stubs
+from tests.support.models import upload_add
+from tests.support.tritons import deploy, remove_model, wait_for
+from tests.support.users import PID, make_user
 
 
 def loaded_names(caller: Stubs) -> tuple[set[str], set[str]]:

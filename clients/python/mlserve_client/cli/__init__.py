@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Callable
 
 from mlserve_client.cli import access, artifacts, deployments, models, pipelines, servers
-from mlserve_client.cli.common import Subcommands, connection_options
+from mlserve_client.cli.common import Parser, Subcommands, add_global_options, connection_options
 
 AddCommands = Callable[[Subcommands, argparse.ArgumentParser], None]
 
@@ -27,6 +27,21 @@ COMMAND_GROUPS: tuple[AddCommands, ...] = (
     access.add_commands,
     pipelines.add_commands,
 )
+
+
+def root_parser(*, prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """The ``mlserve`` parser with the global options; its subparsers share its class, so
+    every command shows its example in --help and no parse error shows a key."""
+    root = Parser(prog=prog, description=description, example=example)
+    add_global_options(root, connection=True, at_root=True)
+    return root
+
+
+def state_options() -> argparse.ArgumentParser:
+    """The parent parser giving a server command --home and -v after its name."""
+    options = argparse.ArgumentParser(add_help=False)
+    add_global_options(options, connection=False, at_root=False)
+    return options
 
 
 def add_client_commands(commands: Subcommands) -> None:

@@ -14,21 +14,48 @@ from mlserve_client.cli.output import print_table, when
 
 def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
     users = group(commands, "users", "create and list users (admins)")
-    create = command(users, "create", _create_user, "create a user", connection)
+    create = command(
+        users,
+        "create",
+        _create_user,
+        "create a user",
+        connection,
+        example="mlserve users create ann --role editor",
+    )
     create.add_argument("name")
     create.add_argument("--role", required=True, choices=("admin", "editor", "viewer"))
     create.add_argument("--display-name", default="")
-    command(users, "list", _list_users, "list every user", connection)
+    command(users, "list", _list_users, "list every user", connection, example="mlserve users list")
     keys = group(commands, "keys", "create, list and revoke API keys")
-    make = command(keys, "create", _create_key, "make a key; prints it once", connection)
+    make = command(
+        keys,
+        "create",
+        _create_key,
+        "make a key; prints it once",
+        connection,
+        example="mlserve keys create --user ann --expires-in-days 30",
+    )
     make.add_argument("--user", default="", help="whose key (default: yours)")
     make.add_argument("--app", default="", help="an app, with --consumer: a consumer's key")
     make.add_argument("--consumer", default="")
     make.add_argument("--expires-in-days", type=float, help="the key stops working after this")
-    command(keys, "list", _list_keys, "list keys (no secrets)", connection).add_argument(
-        "--user", default=""
+    listing = command(
+        keys,
+        "list",
+        _list_keys,
+        "list keys (no secrets)",
+        connection,
+        example="mlserve keys list --user ann",
     )
-    revoke = command(keys, "revoke", _revoke_key, "revoke a key by its id", connection)
+    listing.add_argument("--user", default="")
+    revoke = command(
+        keys,
+        "revoke",
+        _revoke_key,
+        "revoke a key by its id",
+        connection,
+        example="mlserve keys revoke 3f9c0a1b2d4e",
+    )
     revoke.add_argument("id", help="the key's id (the part after 'mls_')")
 
 

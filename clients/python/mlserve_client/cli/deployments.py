@@ -18,7 +18,12 @@ _TROUBLED_DEPLOYMENT = {
 
 def add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
     deploy = command(
-        commands, "deploy", _deploy, "deploy a model version (create or update)", connection
+        commands,
+        "deploy",
+        _deploy,
+        "deploy a model version (create or update)",
+        connection,
+        example="mlserve deploy add --version 1 --server local",
     )
     deploy.add_argument("name", help="model name")
     deploy.add_argument("--version", type=int, default=0, help="version (default: latest)")
@@ -30,15 +35,34 @@ def add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentPars
         help="server to load it on; repeat for several (default: keep, or 'local' when new)",
     )
     undeploy_command = command(
-        commands, "undeploy", undeploy, "unload a model and delete its deployment", connection
+        commands,
+        "undeploy",
+        undeploy,
+        "unload a model and delete its deployment",
+        connection,
+        example="mlserve undeploy add",
     )
     undeploy_command.add_argument("name", help="model name")
 
 
 def add_deployment_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
     deployments = group(commands, "deployments", "show deployments and their per-server state")
-    command(deployments, "list", _list_deployments, "list every deployment", connection)
-    get = command(deployments, "get", _get_deployment, "show one deployment", connection)
+    command(
+        deployments,
+        "list",
+        _list_deployments,
+        "list every deployment",
+        connection,
+        example="mlserve deployments list",
+    )
+    get = command(
+        deployments,
+        "get",
+        _get_deployment,
+        "show one deployment",
+        connection,
+        example="mlserve deployments get add",
+    )
     get.add_argument("name", help="deployment (model) name")
 
 

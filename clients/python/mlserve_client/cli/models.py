@@ -23,13 +23,25 @@ from mlserve_client.cli.progress import upload_with_progress
 def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
     models = group(commands, "models", "upload, list, download and delete models")
     upload = command(
-        models, "upload", _upload, "upload a model folder as a new version", connection
+        models,
+        "upload",
+        _upload,
+        "upload a model folder as a new version (or find the version it already is)",
+        connection,
+        example="mlserve models upload examples/add --name add",
     )
     upload.add_argument("dir", type=Path, help="Triton model directory or flat folder of files")
     upload.add_argument("--name", required=True, help="model name")
     upload.add_argument("--version-dir", help="which version folder to upload (default: highest)")
     upload.add_argument("--upload-id", help="resume id (default: derived from name and content)")
-    listing = command(models, "list", _list_models, "list models, filtered", connection)
+    listing = command(
+        models,
+        "list",
+        _list_models,
+        "list models, filtered",
+        connection,
+        example='mlserve models list --label team=growth --order-by "update_time desc"',
+    )
     listing.add_argument(
         "--kind", default="", choices=["classification", "regression", "clustering", "other"]
     )
@@ -44,22 +56,36 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         ("delete", _delete_model, "delete a model and all of its versions"),
         ("versions", _list_versions, "list a model's versions"),
     ):
-        command(models, name, run, help_text, connection).add_argument("name", help="model name")
-    download = command(models, "download", _download, "download a version's files", connection)
+        example = f"mlserve models {name} add"
+        named = command(models, name, run, help_text, connection, example=example)
+        named.add_argument("name", help="model name")
+    download = command(
+        models,
+        "download",
+        _download,
+        "download a version's files into a flat folder, with its config.pbtxt",
+        connection,
+        example="mlserve models download add /tmp/add-copy --version 1",
+    )
     download.add_argument("name")
     download.add_argument("dest", type=Path, help="folder to write the files and config.pbtxt to")
     download.add_argument("--version", type=int, default=0, help="version (default: latest)")
     delete_version = command(
-        models, "delete-version", _delete_version, "delete one version", connection
+        models,
+        "delete-version",
+        _delete_version,
+        "delete one version",
+        connection,
+        example="mlserve models delete-version add 1",
     )
     delete_version.add_argument("name")
     delete_version.add_argument("version", type=int)
 
 
 def _upload(client: Client, args: argparse.Namespace) -> int:
-    version = upload_with_progress(
+    uploaded = upload_with_progress(
         args.name,
-        lambda progress: client.upload(
+        lambda progress: client.upload_version(
             args.dir,
             args.name,
             version_dir=args.version_dir,
@@ -67,6 +93,13 @@ def _upload(client: Client, args: argparse.Namespace) -> int:
             progress=progress,
         ),
     )
+    version = uploaded.version
+    if uploaded.already_stored:
+        print(
+            f"model {version.model}: already stored as version {version.version}  "
+            f"sha256 {version.sha256}  (nothing new was made)"
+        )
+        return 0
     print(
         f"model {version.model} version {version.version}  sha256 {version.sha256}  "
         f"{version.size_bytes} bytes"

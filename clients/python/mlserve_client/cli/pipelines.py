@@ -16,17 +16,48 @@ from mlserve_client.cli.output import one_line, print_fields, print_table, state
 def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
     pipelines = group(commands, "pipelines", "create, show, deploy and delete pipelines")
     create = command(
-        pipelines, "create", _create_pipeline, "create a pipeline from a YAML spec", connection
+        pipelines,
+        "create",
+        _create_pipeline,
+        "create a pipeline from a YAML spec",
+        connection,
+        example="mlserve pipelines create examples/pipeline/chain.yaml",
     )
     create.add_argument("spec", type=Path, help="YAML file: name, inputs, outputs, steps")
-    command(pipelines, "list", _list_pipelines, "list every pipeline", connection)
-    get = command(pipelines, "get", _get_pipeline, "show a pipeline's DAG", connection)
+    command(
+        pipelines,
+        "list",
+        _list_pipelines,
+        "list every pipeline",
+        connection,
+        example="mlserve pipelines list",
+    )
+    get = command(
+        pipelines,
+        "get",
+        _get_pipeline,
+        "show a pipeline's DAG (and, once deployed, each step's pinned version)",
+        connection,
+        example="mlserve pipelines get chain",
+    )
     get.add_argument("name")
     get.add_argument("--version", type=int, default=0, help="version (default: latest)")
-    delete = command(pipelines, "delete", _delete_pipeline, "delete a pipeline", connection)
+    delete = command(
+        pipelines,
+        "delete",
+        _delete_pipeline,
+        "delete a pipeline",
+        connection,
+        example="mlserve pipelines delete chain",
+    )
     delete.add_argument("name")
     deploy = command(
-        pipelines, "deploy", _deploy_pipeline, "deploy a pipeline as a Triton ensemble", connection
+        pipelines,
+        "deploy",
+        _deploy_pipeline,
+        "deploy a pipeline as a Triton ensemble",
+        connection,
+        example="mlserve pipelines deploy chain --server local",
     )
     deploy.add_argument("name")
     deploy.add_argument("--version", type=int, default=0, help="version (default: latest)")
@@ -35,7 +66,12 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         help="server to deploy on; repeat for several (default: 'local')",
     )  # fmt: skip
     undeploy_command = command(
-        pipelines, "undeploy", undeploy, "undeploy a pipeline and its unshared members", connection
+        pipelines,
+        "undeploy",
+        undeploy,
+        "undeploy a pipeline and its unshared members",
+        connection,
+        example="mlserve pipelines undeploy chain",
     )
     undeploy_command.add_argument("name")
 

@@ -12,17 +12,39 @@ from mlserve_client.cli.output import print_table, server_state, when
 
 def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
     servers = group(commands, "servers", "register, list and delete Triton servers")
-    command(servers, "list", _list_servers, "list every server", connection)
+    command(
+        servers,
+        "list",
+        _list_servers,
+        "list every server",
+        connection,
+        example="mlserve servers list",
+    )
     register = command(
-        servers, "register", _register_server, "register a Triton by gRPC address", connection
+        servers,
+        "register",
+        _register_server,
+        "register a Triton by gRPC address",
+        connection,
+        example="mlserve servers register gpu-1 10.0.0.7:8001 --label zone=a",
     )
     register.add_argument("name")
-    register.add_argument("address", help="host:port of Triton's gRPC endpoint")
+    # Not dest "address": that is MLServe's own address (--address).
+    register.add_argument(
+        "triton_address", metavar="ADDRESS", help="host:port of Triton's gRPC endpoint"
+    )
     register.add_argument(
         "--label", dest="labels", action="append", type=_label, default=[], help="k=v, repeatable"
     )
     register.add_argument("--description", default="")
-    delete = command(servers, "delete", _delete_server, "forget a server", connection)
+    delete = command(
+        servers,
+        "delete",
+        _delete_server,
+        "forget a server",
+        connection,
+        example="mlserve servers delete gpu-1",
+    )
     delete.add_argument("name")
 
 
@@ -61,7 +83,10 @@ def _loaded_models(server: server_pb2.Server) -> str:
 
 def _register_server(client: Client, args: argparse.Namespace) -> int:
     wanted = server_pb2.Server(
-        name=args.name, address=args.address, labels=dict(args.labels), description=args.description
+        name=args.name,
+        address=args.triton_address,
+        labels=dict(args.labels),
+        description=args.description,
     )
     server = client.servers.RegisterServer(server_pb2.RegisterServerRequest(server=wanted))
     state = server_state(server.state)
