@@ -28,7 +28,14 @@ import peewee as pw
 
 from mlserve.access import rules
 from mlserve.catalog.models import VersionRecord, find_version, writable_model
-from mlserve.catalog.pipelines import Spec, check, member_configs, version_row, writable_pipeline
+from mlserve.catalog.pipelines import (
+    Member,
+    Spec,
+    check,
+    member_configs,
+    version_row,
+    writable_pipeline,
+)
 from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -40,7 +47,7 @@ from mlserve.core.errors import (
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
-from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan, PlannedMember
+from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.targets import (
     DEFAULT_SERVER,
@@ -580,7 +587,7 @@ def _plan(pipeline: str, version: int) -> EnsemblePlan:
     return plan
 
 
-def _refuse_clash(pipeline: str, member: PlannedMember) -> None:
+def _refuse_clash(pipeline: str, member: Member) -> None:
     """A member model already loaded with another version or config cannot be shared."""
     config_text = modelconfig.render(member.config)
     own = _row_or_none(member.model)
