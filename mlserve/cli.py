@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlserve.core.errors import FailedPrecondition
 from mlserve.settings import Option, SettingError, flag, options, resolve, shown_default
 from mlserve_client.cli import add_client_commands, root_parser, state_options
 
@@ -85,10 +86,19 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingError as error:
         args.serve_parser.error(str(error))  # exits 2
     from mlserve.memory import keep_freed_buffers
-    from mlserve.server import serve
+    from mlserve.server import StartupFailed, serve
 
     keep_freed_buffers()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except FailedPrecondition as exc:
+        # Refused to start (e.g. no sandbox for the embedded Triton): say why, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StartupFailed as exc:
+        # Tried and failed (the embedded Triton exited at start-up): the same, status 1.
+        print(f"error: MLServe could not start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import functools
 import logging
 import secrets
 import signal
@@ -35,6 +37,7 @@ from mlserve.api.workspaces import WorkspaceService
 from mlserve.catalog.models import Catalog
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
+from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
 from mlserve.deploy.health import HealthLoop
@@ -47,6 +50,8 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.sandbox import Sandbox
+from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -107,9 +112,12 @@ def build_domain(settings: Settings) -> Domain:
     db.run(blobs.sweep)
     usage = DeploymentUsage()
     catalog = Catalog(repository, tokens, blobs, usage)
-    uploads = Uploads(
-        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+    limits = UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_staging_bytes=settings.max_staging_bytes,
+        expire_after=dt.timedelta(seconds=settings.upload_expiry),
     )
+    uploads = Uploads(repository, catalog, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -134,6 +142,10 @@ def _random_secret() -> bytes:
     return secrets.token_bytes(32)
 
 
+class StartupFailed(Exception):
+    """MLServe cannot start; the message says why and where to look."""
+
+
 class MLServe:
     """One running MLServe: ``await start()``, then ``await stop()``."""
 
@@ -148,6 +160,13 @@ class MLServe:
 
     async def start(self) -> None:
         settings = self.settings
+        # Decided first: without a sandbox MLServe refuses to start at all
+        # rather than serve with a Triton that can read its secrets.
+        sandbox = (
+            await in_thread(Sandbox.find)(unsafe_shared_user=settings.unsafe_shared_user)
+            if settings.embedded_triton
+            else None
+        )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
         key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
@@ -169,8 +188,8 @@ class MLServe:
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
         # First the reconciler, so that what the first checks ask for is done.
         self._loops.append(asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler"))
-        if settings.embedded_triton:
-            await self._start_embedded_triton(domain)
+        if sandbox is not None:
+            await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
         await domain.fleet.refresh_all()
         await self._update_health()
@@ -185,6 +204,8 @@ class MLServe:
             hooks=(self._update_health, domain.stats.flush, domain.router.reload),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
+        self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
 
     def ready_line(self) -> str:
@@ -225,7 +246,8 @@ class MLServe:
         if self._triton is not None:
             await self._triton.stop()
             log.info("embedded Triton stopped")
-        if not db.database.is_closed():
+        # No domain: start refused before the database was opened.
+        if self._domain is not None and not db.database.is_closed():
             db.database.close()
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
@@ -276,15 +298,33 @@ class MLServe:
         log.warning("BENCHMARK MODE: gateway calls without a key are served unauthenticated")
         return True
 
-    async def _start_embedded_triton(self, domain: Domain) -> None:
+    async def _start_embedded_triton(self, domain: Domain, sandbox: Sandbox) -> None:
+        """Start the embedded Triton and supervise it from then on.
+
+        A Triton that does not come up at MLServe's own start is not retried
+        (that is nearly always a flag, a library or the sandbox, which a retry
+        will not fix): StartupFailed, and ``mlserve serve`` exits non-zero. One
+        that exits later is restarted by the supervisor, with back-off, for good.
+        """
         settings = self.settings
         self._triton = EmbeddedTriton(
-            settings.repository_dir, settings.home / "triton", log_path=settings.triton_log
+            settings.repository_dir,
+            settings.home / "triton",
+            log_path=settings.triton_log,
+            extra_args=settings.triton_args,
+            sandbox=sandbox,
         )
         log.info("starting the embedded Triton (log: %s)", settings.triton_log)
-        await self._triton.start()
+        try:
+            await self._triton.start()
+        except MLServeError as error:
+            raise StartupFailed(f"the embedded Triton could not start: {error.message}") from None
         await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
+        supervisor = TritonSupervisor(
+            self._triton, functools.partial(domain.fleet.register_embedded, DEFAULT_SERVER)
+        )
+        self._loops.append(asyncio.create_task(supervisor.run(), name="triton-supervisor"))
 
     async def _update_health(self) -> None:
         assert self._domain is not None
@@ -298,6 +338,16 @@ class MLServe:
         )
         for service in ("", *SERVICES):
             await self._health.set(service, status)
+
+
+async def expire_uploads(uploads: Uploads, interval: float) -> None:
+    """Forever: delete abandoned uploads, then wait ``interval`` seconds."""
+    while True:
+        try:
+            await uploads.expire_abandoned()
+        except Exception:
+            log.exception("sweep for abandoned uploads failed")
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings) -> None:

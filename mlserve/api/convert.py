@@ -23,6 +23,7 @@ from mlserve.catalog.models import ArtifactRecord, FileSpec, ModelQuery, ModelRe
 from mlserve.catalog.pipelines import PipelineRecord, Spec, Step, Tensor
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
 from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.lifecycle import DeploymentRecord, Wanted
 from mlserve.deploy.targets import Placement, TargetRecord
@@ -222,7 +223,7 @@ def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | 
         header = message.header
         return UploadHeader(
             model=header.model,
-            upload_id=header.upload_id,
+            upload_id=upload_id(header.upload_id, chosen=True),
             files=[FileSpec(f.path, f.size, f.sha256) for f in header.files],
             config=header.config,
         )
@@ -257,7 +258,7 @@ def artifact_upload_part(message: model_pb2.UploadArtifactRequest) -> ArtifactHe
         return ArtifactHeader(
             model=header.model,
             version=header.version,
-            upload_id=header.upload_id,
+            upload_id=upload_id(header.upload_id, chosen=True),
             kind=artifact_kind(header.kind),
             file=FileSpec(header.file.path, header.file.size, header.file.sha256),
         )
@@ -297,7 +298,14 @@ def upload(record: UploadRecord) -> model_pb2.Upload:
         version=record.committed_version,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
+        owner=record.owner,
+        expire_time=timestamp(record.expire_time),
     )
+
+
+def upload_id(text: str, *, chosen: bool = False) -> str:
+    """A checked upload id; with ``chosen`` (a header's), empty means "derive one"."""
+    return text if chosen and not text else check_name(text, "upload_id")
 
 
 _SERVER_STATES = {
@@ -334,6 +342,7 @@ def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> ser
         embedded=record.embedded,
         status_message=status.message,
         shares_repository=record.shares_repository,
+        workspaces=record.workspaces,
     )
 
 
@@ -343,6 +352,7 @@ def server_fields(message: server_pb2.Server) -> ServerFields:
         description=message.description,
         labels=dict(message.labels),
         shares_repository=message.shares_repository,
+        workspaces=list(message.workspaces),
     )
 
 

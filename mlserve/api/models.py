@@ -76,7 +76,22 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
     async def GetUpload(
         self, request: model_pb2.GetUploadRequest, context: Context
     ) -> model_pb2.Upload:
-        return convert.upload(await self.uploads.get(request.upload_id))
+        return convert.upload(await self.uploads.get(convert.upload_id(request.upload_id)))
+
+    async def ListUploads(
+        self, request: model_pb2.ListUploadsRequest, context: Context
+    ) -> model_pb2.ListUploadsResponse:
+        page = await self.uploads.list_uploads(
+            request.page_size, request.page_token, all_users=request.all_users
+        )
+        return model_pb2.ListUploadsResponse(
+            uploads=[convert.upload(record) for record in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def CancelUpload(self, request: model_pb2.CancelUploadRequest, context: Context) -> Empty:
+        await self.uploads.cancel(convert.upload_id(request.upload_id))
+        return Empty()
 
     async def ListModelVersions(
         self, request: model_pb2.ListModelVersionsRequest, context: Context

@@ -22,12 +22,12 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import peewee as pw
 
 from mlserve.access import rules
-from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
+from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy.reconciler import ChangeCallback, Reconciler
@@ -44,7 +44,9 @@ UNCHECKED = "UNSPECIFIED"
 
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
-UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels", "shares_repository"})
+UPDATABLE_SERVER_FIELDS = frozenset(
+    {"address", "description", "labels", "shares_repository", "workspaces"}
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class ServerRecord:
     shares_repository: bool
     create_time: dt.datetime
     status: ServerStatus
+    workspaces: tuple[str, ...] = ()
+    """Workspaces whose models and pipelines it may hold; empty: any."""
+
+    def serves(self, workspace: str) -> bool:
+        """Whether a model or pipeline of ``workspace`` may be placed here."""
+        return not self.workspaces or workspace in self.workspaces
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class ServerFields:
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     shares_repository: bool = False
+    workspaces: Sequence[str] = ()
 
 
 ClientFactory = Callable[[str, str], TritonClient]
@@ -95,6 +104,29 @@ def check_address(address: str) -> str:
     return address
 
 
+class Holdings(Protocol):
+    """What the deployments tell the fleet about a server (blocking calls, given its row)."""
+
+    def refuse_delete(self, server: Any) -> None:
+        """FailedPrecondition while some deployment targets ``server``."""
+
+    def held_on(self, server: Any) -> list[tuple[str, str, str]]:
+        """(kind, name, workspace) of each model or pipeline deployed on ``server``."""
+
+
+class _NothingHeld:
+    """A fleet without deployments: servers hold nothing."""
+
+    def refuse_delete(self, server: Any) -> None:
+        return None
+
+    def held_on(self, server: Any) -> list[tuple[str, str, str]]:
+        return []
+
+
+_NOTHING_HELD = _NothingHeld()
+
+
 class Fleet:
     def __init__(
         self,
@@ -109,17 +141,17 @@ class Fleet:
         self._clients: dict[str, TritonClient] = {}
         self._status: dict[str, ServerStatus] = {}
         self._checks: dict[str, asyncio.Task[None]] = {}
-        self._delete_checks: list[Callable[[Any], None]] = []
+        self._holdings: Holdings = _NOTHING_HELD
 
     def on_change(self, callback: ChangeCallback) -> None:
         """Have the reconciler call ``callback(server_name, state)`` when a server is seen
         READY (every health round) or stops being READY; never inside a health check."""
         self.reconciler.on_change(callback)
 
-    def refuse_delete_when(self, check: Callable[[Any], None]) -> None:
-        """Run ``check(server_row)`` (blocking, in the deleting transaction) before a
-        server is unregistered; it raises to refuse (the deployments' targets do)."""
-        self._delete_checks.append(check)
+    def track_holdings(self, holdings: Holdings) -> None:
+        """Ask ``holdings`` (the deployments) what a server holds before it is
+        unregistered or restricted to workspaces."""
+        self._holdings = holdings
 
     # --- registry -----------------------------------------------------------
 
@@ -129,15 +161,20 @@ class Fleet:
         check_name(name, "server name")
         check_address(fields.address)
         labels = json.dumps(dict(sorted(fields.labels.items())))
-        try:
-            await in_thread(tables.Server.create)(
+
+        def create() -> None:
+            tables.Server.create(
                 name=name,
                 address=fields.address,
                 description=fields.description,
                 labels=labels,
                 embedded=embedded,
                 shares_repository=embedded or fields.shares_repository,
+                workspaces=_workspaces_json(fields.workspaces),
             )
+
+        try:
+            await in_thread(create)()
         except pw.IntegrityError:
             raise AlreadyExists(f"server {name!r} is already registered") from None
         await self.refresh(name)
@@ -195,6 +232,9 @@ class Fleet:
                 row.labels = json.dumps(dict(sorted(fields.labels.items())))
             if "shares_repository" in mask:
                 row.shares_repository = fields.shares_repository
+            if "workspaces" in mask:
+                row.workspaces = _workspaces_json(fields.workspaces)
+                self._check_holds_only(row, fields.workspaces)
             row.save()
             return row
 
@@ -208,8 +248,7 @@ class Fleet:
         def remove() -> None:
             with db.database.atomic():
                 row = _server_row(name)
-                for check in self._delete_checks:
-                    check(row)
+                self._holdings.refuse_delete(row)
                 row.delete_instance()
 
         await in_thread(remove)()
@@ -343,6 +382,19 @@ class Fleet:
             for record in records
         ]
 
+    def _check_holds_only(self, server: Any, workspaces: Sequence[str]) -> None:
+        """FailedPrecondition while ``server`` holds a deployment outside ``workspaces``
+        (blocking)."""
+        if not workspaces:
+            return
+        for kind, name, workspace in self._holdings.held_on(server):
+            if workspace not in workspaces:
+                raise FailedPrecondition(
+                    f"server {server.name!r} holds {kind} {name!r} of workspace {workspace!r}; "
+                    "undeploy it from this server before restricting it to "
+                    + ", ".join(repr(w) for w in workspaces)
+                )
+
     def _record(self, row: Any) -> ServerRecord:
         return ServerRecord(
             name=row.name,
@@ -353,6 +405,7 @@ class Fleet:
             shares_repository=row.shares_repository,
             create_time=row.create_time,
             status=self.status(row.name),
+            workspaces=tuple(json.loads(row.workspaces)),
         )
 
 
@@ -362,3 +415,22 @@ def _server_row(name: str) -> Any:
     if row is None:
         raise NotFound(f"server {name!r} is not registered")
     return row
+
+
+def _workspaces_json(workspaces: Sequence[str]) -> str:
+    """The stored form of ``Server.workspaces``, each an existing workspace (blocking)."""
+    names = sorted(set(workspaces))
+    if len(names) != len(workspaces):
+        raise InvalidArgument("server.workspaces lists a workspace twice")
+    for index, name in enumerate(workspaces):
+        check_name(name, f"server.workspaces[{index}]")
+    known = {
+        row.name
+        for row in tables.Workspace.select(tables.Workspace.name).where(
+            tables.Workspace.name.in_(names)
+        )
+    }
+    for index, name in enumerate(workspaces):
+        if name not in known:
+            raise InvalidArgument(f"server.workspaces[{index}]: there is no workspace {name!r}")
+    return json.dumps(names)

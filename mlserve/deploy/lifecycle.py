@@ -58,6 +58,7 @@ from mlserve.deploy.targets import (
     TargetRecord,
     severity,
 )
+from mlserve.deploy.tenancy import placed_model, placed_models, placed_pipeline
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
@@ -140,7 +141,7 @@ class Deployments:
         # One lock per Triton model name, for model and pipeline deployments alike.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._listeners: list[Callable[[], Awaitable[None]]] = []
-        fleet.refuse_delete_when(targets.refuse_server_delete)
+        fleet.track_holdings(targets.ServerHoldings())
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener()`` after any deployment or target state changed."""
@@ -198,13 +199,15 @@ class Deployments:
         if wanted.name and wanted.name != wanted.pipeline:
             raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
         pipeline = check_name(wanted.pipeline, "pipeline name")
-        await in_thread(writable_pipeline)(pipeline)
+        row = await in_thread(writable_pipeline)(pipeline)
         members = await in_thread(ensembles.step_models)(pipeline, wanted.version)
         async with self._locked([pipeline, *members]):
             if await in_thread(_row_or_none)(pipeline) is not None:
                 raise AlreadyExists(f"pipeline {pipeline!r} is already deployed")
             plan = await in_thread(_plan)(pipeline, wanted.version)
-            servers = await self.placer.place(wanted.placement)
+            # The ensemble and every member land on each server.
+            placed = [placed_pipeline(row), *await in_thread(placed_models)(sorted(plan.members))]
+            servers = await self.placer.place(wanted.placement, placed)
             await self.placer.require_ready(servers)
             await in_thread(_write_pipeline)(plan, servers)
             await asyncio.gather(*(self._load_on(pipeline, server) for server in servers))
@@ -368,7 +371,7 @@ class Deployments:
     ) -> DeploymentRecord:
         """Record the desired state of a model deployment and make the servers match;
         the caller holds the model's lock. ``settings`` None keeps the deployment's."""
-        await in_thread(_deployable_model)(model)
+        placed = placed_model(await in_thread(_deployable_model)(model))
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
             serving.apply(modelconfig.parse(target.config, model), settings, "serving")
@@ -378,7 +381,7 @@ class Deployments:
                     f"deployed pipeline {pipeline!r} runs version {used} of {model!r}; "
                     "undeploy the pipeline before deploying another version"
                 )
-        servers = await self.placer.place(placement)
+        servers = await self.placer.place(placement, [placed])
         await self.placer.require_ready(servers)
         previous = await in_thread(_write_model)(model, target.version, servers, settings)
         for server in sorted(set(previous) - set(servers)):

@@ -22,6 +22,7 @@ import peewee as pw
 from mlserve.catalog.models import VersionRecord
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.deploy.fleet import READY, Fleet
+from mlserve.deploy.tenancy import Placed, check_may_hold, may_hold
 from mlserve.storage import db, tables
 from mlserve.storage.repository import Repository
 
@@ -88,8 +89,9 @@ class Placer:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
 
-    async def place(self, placement: Placement) -> list[str]:
-        """The servers a deployment with ``placement`` goes on.
+    async def place(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
+        """The servers a deployment with ``placement`` goes on, each one whose
+        ``workspaces`` admit everything in ``placed``.
 
         Named servers as given (each must be registered); else ``replicas``
         servers matching ``selector``, ready and least used first; else the
@@ -99,23 +101,26 @@ class Placer:
             InvalidArgument: a server named twice, negative replicas, or no
                 default to fall back on.
             NotFound: a named server is not registered.
-            FailedPrecondition: fewer matching servers than replicas.
+            FailedPrecondition: fewer matching servers than replicas, or a
+                chosen server may not hold one of ``placed``.
         """
         servers = placement.servers
         if servers:
             if len(set(servers)) != len(servers):
                 raise InvalidArgument("servers lists a server twice")
             for server in servers:
-                await self.fleet.client(server)  # NotFound for unknown names
+                check_may_hold(await self.fleet.get(server), placed)  # NotFound if unknown
             return list(servers)
         if placement.replicas < 0:
             raise InvalidArgument(f"replicas must not be negative, got {placement.replicas}")
         if placement.replicas or placement.selector:
-            return await self._choose(placement)
+            return await self._choose(placement, placed)
         names = await self.fleet.names()
         if DEFAULT_SERVER in names:
+            check_may_hold(await self.fleet.get(DEFAULT_SERVER), placed)
             return [DEFAULT_SERVER]
         if len(names) == 1:
+            check_may_hold(await self.fleet.get(names[0]), placed)
             return names
         raise InvalidArgument(
             "name the servers to deploy on: there is no 'local' server and "
@@ -150,20 +155,25 @@ class Placer:
         for model in sorted(models - in_use):
             await self.unload_quietly(model, server)
 
-    async def _choose(self, placement: Placement) -> list[str]:
-        """Ready servers matching the selector first, the least used among them first."""
+    async def _choose(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
+        """Ready servers matching the selector first, the least used among them first;
+        servers whose workspaces do not admit ``placed`` are never candidates."""
         selector = placement.selector.items()
         candidates = [
-            server for server in await self.fleet.servers() if selector <= server.labels.items()
+            server
+            for server in await self.fleet.servers()
+            if selector <= server.labels.items() and may_hold(server, placed)
         ]
         usage = await db.in_thread(_targets_per_server)()
         candidates.sort(key=lambda s: (s.status.state != READY, usage.get(s.name, 0), s.name))
         wanted = placement.replicas or len(candidates)
         described = ",".join(f"{k}={v}" for k, v in sorted(placement.selector.items()))
         if not candidates or wanted > len(candidates):
+            workspaces = sorted({item.workspace for item in placed})
             raise FailedPrecondition(
                 f"{wanted or 1} replica(s) wanted but {len(candidates)} registered server(s) "
-                f"match {described or 'any labels'}"
+                f"match {described or 'any labels'} and may hold workspace(s) "
+                + ", ".join(repr(w) for w in workspaces)
             )
         return [server.name for server in candidates[:wanted]]
 
@@ -319,20 +329,40 @@ def models_in_use_on(server: str, except_deployment: str = "") -> set[str]:
     }
 
 
-def refuse_server_delete(server: Any) -> None:
-    """FailedPrecondition when a deployment targets the server row ``server`` (blocking)."""
-    target = tables.DeploymentTarget.get_or_none(tables.DeploymentTarget.server == server)
-    if target is None:
-        return
-    deployment: Any = target.deployment
-    if deployment.pipeline_id is not None:
+class ServerHoldings:
+    """What the fleet asks before it unregisters or restricts a server (``fleet.Holdings``)."""
+
+    def refuse_delete(self, server: Any) -> None:
+        """FailedPrecondition when a deployment targets the server row ``server`` (blocking)."""
+        target = tables.DeploymentTarget.get_or_none(tables.DeploymentTarget.server == server)
+        if target is None:
+            return
+        deployment: Any = target.deployment
+        if deployment.pipeline_id is not None:
+            raise FailedPrecondition(
+                f"server {server.name!r} is a target of pipeline {deployment.name!r}; "
+                "undeploy it first"
+            )
         raise FailedPrecondition(
-            f"server {server.name!r} is a target of pipeline {deployment.name!r}; undeploy it first"
+            f"server {server.name!r} is a target of deployment {deployment.name!r}; "
+            "undeploy from it first"
         )
-    raise FailedPrecondition(
-        f"server {server.name!r} is a target of deployment {deployment.name!r}; "
-        "undeploy from it first"
-    )
+
+    def held_on(self, server: Any) -> list[tuple[str, str, str]]:
+        """(kind, name, workspace) of each model or pipeline deployed on the server row
+        ``server`` that belongs to a workspace (blocking)."""
+        held: list[tuple[str, str, str]] = []
+        rows: Any = (
+            tables.Deployment.select()
+            .join(tables.DeploymentTarget)
+            .where(tables.DeploymentTarget.server == server)
+            .order_by(tables.Deployment.name)
+        )
+        for row in rows:
+            kind, deployed = ("model", row.model) if row.model_id else ("pipeline", row.pipeline)
+            if deployed.workspace_id is not None:
+                held.append((kind, row.name, deployed.workspace.name))
+        return held
 
 
 def _targets_per_server() -> dict[str, int]:

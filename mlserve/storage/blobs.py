@@ -47,22 +47,29 @@ class Blobs:
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
 
-    def pin_stored(self, upload_id: str, files: Iterable[FileSpec]) -> set[str]:
-        """Pin for ``upload_id`` every declared content already stored; all its pinned sha256s.
+    def stored(self, files: Iterable[FileSpec]) -> set[str]:
+        """The sha256s of the declared contents stored already that the caller could read.
 
-        A pinned file counts as received: the upload need not send its bytes.
+        An upload need not send those bytes, nor stage them.
         """
         wanted = {spec.sha256: spec.size for spec in files}
         candidates = tables.Blob.select().where(tables.Blob.sha256.in_(list(wanted)))
         readable = _readable_by_caller()
         if readable is not None:
             candidates = candidates.where(readable)
+        return {
+            row.sha256
+            for row in candidates
+            if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
+        }
+
+    def pin_stored(self, upload_id: str, files: Iterable[FileSpec]) -> set[str]:
+        """Pin for ``upload_id`` every declared content already stored; all its pinned sha256s.
+
+        A pinned file counts as received: the upload need not send its bytes.
+        """
         with self._lock(exclusive=False), db.database.atomic():
-            stored = [
-                row.sha256
-                for row in candidates
-                if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
-            ]
+            stored = self.stored(files)
             if stored:
                 tables.BlobPin.insert_many(
                     [{"upload": upload_id, "blob": sha256} for sha256 in stored]

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 
 
 class BaseModel(pw.Model):
@@ -218,6 +218,15 @@ class Upload(BaseModel):
     # Set for an artifact upload: its kind, and the version it attaches to.
     artifact_kind = pw.CharField(max_length=16, default="")
     artifact_version = pw.BigIntegerField(default=0)
+    # The user who began it: uploads are theirs alone (and admins'). Null for
+    # uploads older than owners, and once the user is deleted.
+    owner = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    # Staging this upload may fill: declared bytes not already stored as blobs.
+    # Counted against its owner's cap until it commits or goes.
+    staging_bytes = pw.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("committed_version", "update_time"), False),)
 
 
 class Blob(BaseModel):
@@ -268,6 +277,8 @@ class Server(BaseModel):
     embedded = pw.BooleanField(default=False)
     shares_repository = pw.BooleanField(default=False)
     create_time = pw.DateTimeField(default=utcnow)
+    # JSON list of workspace names whose models it may hold; [] means any.
+    workspaces = pw.TextField(default="[]")
 
 
 class Pipeline(BaseModel):
@@ -296,7 +307,7 @@ class PipelineVersion(BaseModel):
 class Deployment(BaseModel):
     """Desired: a model, or a pipeline (its Triton ensemble and members), at
     ``version`` on its targets. Named after what it deploys: models and
-    pipelines share one namespace, so one table holds both (schema 8)."""
+    pipelines share one namespace, so one table holds both (schema 10)."""
 
     name = pw.CharField(unique=True, max_length=128)
     model = pw.ForeignKeyField(Model, null=True, backref="deployments", on_delete="RESTRICT")
@@ -485,29 +496,29 @@ def _add_access_control(db: pw.Database) -> None:
         Model.update(workspace=home).execute()
 
 
-# The pipeline deployment tables as schema 7 had them, frozen for the
-# migrations that create (6) and fold (7) them; schema 8 keeps pipeline
+# The pipeline deployment tables as schemas 7 to 9 had them, frozen for the
+# migrations that create (6) and fold (9) them; schema 10 keeps pipeline
 # deployments in deployment / deployment_target / deployment_member. They
 # point at stand-ins of the tables they reference, so that the live models
 # (Pipeline, Model, Server) know nothing of them (a recursive delete would
 # look for their rows).
-class _Schema7Pipeline(BaseModel):
+class _UnfoldedPipeline(BaseModel):
     class Meta:
         table_name = "pipeline"
 
 
-class _Schema7Model(BaseModel):
+class _UnfoldedModel(BaseModel):
     class Meta:
         table_name = "model"
 
 
-class _Schema7Server(BaseModel):
+class _UnfoldedServer(BaseModel):
     class Meta:
         table_name = "server"
 
 
-class _Schema7PipelineDeployment(BaseModel):
-    pipeline = pw.ForeignKeyField(_Schema7Pipeline, on_delete="RESTRICT")
+class _UnfoldedPipelineDeployment(BaseModel):
+    pipeline = pw.ForeignKeyField(_UnfoldedPipeline, on_delete="RESTRICT")
     version = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
@@ -517,9 +528,9 @@ class _Schema7PipelineDeployment(BaseModel):
         indexes = ((("pipeline",), True),)
 
 
-class _Schema7PipelineMember(BaseModel):
-    deployment = pw.ForeignKeyField(_Schema7PipelineDeployment, on_delete="CASCADE")
-    model = pw.ForeignKeyField(_Schema7Model, on_delete="RESTRICT")
+class _UnfoldedPipelineMember(BaseModel):
+    deployment = pw.ForeignKeyField(_UnfoldedPipelineDeployment, on_delete="CASCADE")
+    model = pw.ForeignKeyField(_UnfoldedModel, on_delete="RESTRICT")
     version = pw.BigIntegerField()
     config = pw.TextField()
 
@@ -527,9 +538,9 @@ class _Schema7PipelineMember(BaseModel):
         table_name = "pipeline_member"
 
 
-class _Schema7PipelineTarget(BaseModel):
-    deployment = pw.ForeignKeyField(_Schema7PipelineDeployment, on_delete="CASCADE")
-    server = pw.ForeignKeyField(_Schema7Server, on_delete="RESTRICT")
+class _UnfoldedPipelineTarget(BaseModel):
+    deployment = pw.ForeignKeyField(_UnfoldedPipelineDeployment, on_delete="CASCADE")
+    server = pw.ForeignKeyField(_UnfoldedServer, on_delete="RESTRICT")
     position = pw.IntegerField(default=0)
     state = pw.CharField(max_length=32, default="PENDING")
     message = pw.TextField(default="")
@@ -541,19 +552,34 @@ class _Schema7PipelineTarget(BaseModel):
         indexes = ((("deployment", "server"), True),)
 
 
-_SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES: list[type[BaseModel]] = [
-    _Schema7PipelineDeployment,
-    _Schema7PipelineMember,
-    _Schema7PipelineTarget,
+_UNFOLDED_PIPELINE_DEPLOYMENT_TABLES: list[type[BaseModel]] = [
+    _UnfoldedPipelineDeployment,
+    _UnfoldedPipelineMember,
+    _UnfoldedPipelineTarget,
 ]
 
 
 def _add_pipelines(db: pw.Database) -> None:
     db.create_tables([Pipeline, PipelineVersion])
-    for table in _SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES:  # only these, not their stand-ins
+    for table in _UNFOLDED_PIPELINE_DEPLOYMENT_TABLES:  # only these, not their stand-ins
         table.create_table()
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
+
+
+def _add_upload_owners(db: pw.Database) -> None:
+    """Uploads gain an owner and a staging size; older uploads have neither (admins only)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("upload", "owner_id", Upload.owner),
+        migrator.add_column("upload", "staging_bytes", Upload.staging_bytes),
+        migrator.add_index("upload", ("committed_version", "update_time")),
+    )
+
+
+def _add_server_workspaces(db: pw.Database) -> None:
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
 
 
 _NEW_ID = (
@@ -593,7 +619,7 @@ def _fold_pipeline_deployments(db: pw.Database) -> None:
     # tables do not have yet when this step runs.
     for statement in _FOLD_PIPELINE_DEPLOYMENTS:
         db.execute_sql(statement)  # type: ignore[no-untyped-call]
-    db.drop_tables(list(reversed(_SCHEMA_7_PIPELINE_DEPLOYMENT_TABLES)))
+    db.drop_tables(list(reversed(_UNFOLDED_PIPELINE_DEPLOYMENT_TABLES)))
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -603,7 +629,9 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _add_blobs_and_artifacts,
     5: _add_access_control,
     6: _add_pipelines,
-    7: _fold_pipeline_deployments,
+    7: _add_server_workspaces,
+    8: _add_upload_owners,
+    9: _fold_pipeline_deployments,
 }
 
 

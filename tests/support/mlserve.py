@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +150,13 @@ class MLServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         return int(self.process.returncode)
+
+
+@contextlib.contextmanager
+def started_without_triton(home: Path, *options: str) -> Iterator[MLServeProcess]:
+    """A Triton-less MLServe with ``options``, running until the block ends."""
+    process = MLServeProcess(home, "--no-embedded-triton", *options)
+    try:
+        yield process.start(wait_for_triton=False)
+    finally:
+        process.stop()

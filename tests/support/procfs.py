@@ -23,11 +23,16 @@ def children(pid: int) -> list[int]:
 
 
 def triton_pid(mlserve_pid: int) -> int:
-    for child in children(mlserve_pid):
+    """The tritonserver process below MLServe (under bubblewrap it is a grandchild or deeper)."""
+    pending = children(mlserve_pid)
+    while pending:
+        child = pending.pop(0)
         with contextlib.suppress(OSError):
-            if b"tritonserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+            program = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0", 1)[0]
+            if Path(program.decode(errors="replace")).name == "tritonserver":
                 return child
-    raise AssertionError(f"no tritonserver child of process {mlserve_pid}")
+        pending += children(child)
+    raise AssertionError(f"no tritonserver process below process {mlserve_pid}")
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -53,4 +58,26 @@ def listening_sockets(pid: int) -> list[tuple[str, str, int, str]]:
                 continue
             address, port = fields[1].split(":")
             found.append((table, address, int(port, 16), fields[9]))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: children, their children, and so on."""
+    found = []
+    pending = [pid]
+    while pending:
+        for child in children(pending.pop()):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def tritonserver_pids(mlserve_pid: int) -> list[int]:
+    """The running ``tritonserver`` binaries below an MLServe, however wrapped
+    (setpriv execs into it; a sandbox runs it as a grandchild)."""
+    found = []
+    for pid in descendants(mlserve_pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver":
+                found.append(pid)
     return found

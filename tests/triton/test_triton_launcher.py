@@ -128,7 +128,10 @@ def test_command_line_and_backend_links(triton: EmbeddedTriton) -> None:
         "--strict-readiness=false",
     ):
         assert flag in args
-    backends = Path(next(a for a in args if a.startswith("--backend-directory=")).split("=", 1)[1])
+    # Sandboxed: Triton sees the repository and backends at fixed places only.
+    assert "--model-repository=/mlserve/repository" in args
+    assert "--backend-directory=/mlserve/backends" in args
+    backends = triton._workdir / "backends"  # where start() made them
     installation = TritonInstallation.find()
     python_dir = backends / "python"
     # The fixture planted a stale link here; start() must have replaced it.

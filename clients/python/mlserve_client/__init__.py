@@ -2,14 +2,20 @@
 
 from mlserve_client import Client
 
-with Client("127.0.0.1:50051") as mlserve:  # key from $MLSERVE_HOME/admin.key
+with Client() as mlserve:  # $MLSERVE_ADDRESS or 127.0.0.1:50051, key from $MLSERVE_HOME/admin.key
     version = mlserve.upload(Path("my_model"), "my_model")
     mlserve.deploy("my_model", version.version)
 """
 
 from __future__ import annotations
 
-from mlserve_client.channel import DEFAULT_ADDRESS, StrPath, default_home, read_admin_key
+from mlserve_client.channel import (
+    DEFAULT_ADDRESS,
+    StrPath,
+    default_address,
+    default_home,
+    read_admin_key,
+)
 from mlserve_client.client import Client, UploadedVersion
 from mlserve_client.download import artifact_destination, partial_file, safe_destination
 from mlserve_client.errors import ClientError, DownloadError, MissingKeyError, ModelDirectoryError
@@ -32,6 +38,7 @@ __all__ = [
     "StrPath",
     "UploadedVersion",
     "artifact_destination",
+    "default_address",
     "default_home",
     "derive_upload_id",
     "partial_file",

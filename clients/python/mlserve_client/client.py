@@ -27,8 +27,8 @@ from mlserve_api.v1 import (
     workspace_pb2_grpc,
 )
 from mlserve_client.channel import (
-    DEFAULT_ADDRESS,
     StrPath,
+    default_address,
     default_home,
     open_channel,
     read_admin_key,
@@ -68,17 +68,21 @@ class Client:
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         key: str | None = None,
         *,
         home: StrPath | None = None,
         ca: StrPath | None = None,
     ) -> None:
-        """Connect to ``address``; ``key`` defaults to ``home``'s admin.key (home: $MLSERVE_HOME
-        or ~/.mlserve), ``ca`` (a PEM file) turns TLS on. Paths may be str or Path."""
-        self.address = address
+        """Connect to ``address`` ($MLSERVE_ADDRESS or 127.0.0.1:50051); ``key`` defaults to
+        ``home``'s admin.key (home: $MLSERVE_HOME or ~/.mlserve); ``ca`` (a PEM file) turns
+        TLS on. Paths may be str or Path."""
+        self.address = address = address or default_address()
         key = key if key is not None else read_admin_key(home or default_home())
         self._channel = open_channel(address, key, ca)
+        # The key's id ("mls_<id>_<secret>"), never its secret: derived upload
+        # ids are per key, as uploads belong to the user who began them.
+        self._upload_scope = key.split("_")[1] if key.count("_") >= 2 else ""
         self.models = model_pb2_grpc.ModelServiceStub(self._channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self._channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self._channel)
@@ -141,7 +145,7 @@ class Client:
     ) -> UploadedVersion:
         """``upload``, also telling whether the content was already stored as a version."""
         version = read_model_directory(Path(path), version_dir)
-        upload_id = upload_id or derive_upload_id(name, version)
+        upload_id = upload_id or derive_upload_id(name, version, self._upload_scope)
         before = self.find_upload(upload_id)
         done, received = self._announce(
             self.models.UploadModelVersion,
@@ -205,7 +209,7 @@ class Client:
         size, sha256 = file_sha256(path)
         file = LocalFile(path=name or path.name, source=path, size=size, sha256=sha256)
         if upload_id is None:
-            key = f"{model}\n{version}\n{kind}\n{file.path}\n{size}\n{sha256}"
+            key = f"{model}\n{version}\n{kind}\n{file.path}\n{size}\n{sha256}\n{self._upload_scope}"
             upload_id = "a-" + hashlib.sha256(key.encode()).hexdigest()[:40]
         header = model_pb2.ArtifactUploadHeader(
             model=model, version=version, upload_id=upload_id, kind=kind, file=file.manifest()
@@ -251,6 +255,20 @@ class Client:
             return response.artifacts, response.next_page_token
 
         return _every_page(page)
+
+    def list_uploads(self, *, all_users: bool = False) -> Iterator[model_pb2.Upload]:
+        """The caller's uploads, unfinished and committed; every user's (admins) with all_users."""
+
+        def page(token: str) -> tuple[Sequence[model_pb2.Upload], str]:
+            request = model_pb2.ListUploadsRequest(page_token=token, all_users=all_users)
+            response = self.models.ListUploads(request)
+            return response.uploads, response.next_page_token
+
+        return _every_page(page)
+
+    def cancel_upload(self, upload_id: str) -> None:
+        """Abandon an unfinished upload: the server deletes its staged bytes."""
+        self.models.CancelUpload(model_pb2.CancelUploadRequest(upload_id=upload_id))
 
     def find_upload(self, upload_id: str) -> model_pb2.Upload | None:
         """The server's record of an upload, or None when it has none."""

@@ -20,6 +20,7 @@ AddCommands = Callable[[Subcommands, argparse.ArgumentParser], None]
 
 COMMAND_GROUPS: tuple[AddCommands, ...] = (
     models.add_commands,
+    models.add_upload_commands,
     artifacts.add_commands,
     deployments.add_deploy_commands,
     servers.add_commands,

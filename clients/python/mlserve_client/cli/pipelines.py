@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from mlserve_api.v1 import pipeline_pb2
+from mlserve_api.v1 import deployment_pb2, pipeline_pb2
 from mlserve_client import Client
 from mlserve_client.cli.common import Subcommands, command, group
 from mlserve_client.cli.deployments import report_deployment, undeploy
@@ -102,6 +102,7 @@ def _list_pipelines(client: Client, args: argparse.Namespace) -> int:
 def _get_pipeline(client: Client, args: argparse.Namespace) -> int:
     request = pipeline_pb2.GetPipelineRequest(name=args.name, version=args.version)
     pipeline = client.pipelines.GetPipeline(request)
+    pinned = _pinned_versions(client, pipeline)
     print_fields(
         ("name", pipeline.name),
         ("description", pipeline.description),
@@ -118,7 +119,7 @@ def _get_pipeline(client: Client, args: argparse.Namespace) -> int:
             (
                 step.name,
                 step.model,
-                str(step.model_version or "deployed/latest"),
+                str(step.model_version or pinned.get(step.model) or "deployed/latest"),
                 _mapping(step.input_map),
                 _mapping(step.output_map),
                 _serving(step.serving),
@@ -127,6 +128,18 @@ def _get_pipeline(client: Client, args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def _pinned_versions(client: Client, pipeline: pipeline_pb2.Pipeline) -> dict[str, int]:
+    """Each member model's version as the deployment pinned it, when this version is the
+    deployed one; else nothing (steps without a version then follow the deployed model)."""
+    if not pipeline.deployed_version or pipeline.deployed_version != pipeline.version:
+        return {}
+    request = deployment_pb2.GetDeploymentRequest(name=pipeline.name)
+    deployment = client.deployments.GetDeployment(request)
+    return {
+        member.model: member.version for target in deployment.targets for member in target.members
+    }
 
 
 def _delete_pipeline(client: Client, args: argparse.Namespace) -> int:
