@@ -409,6 +409,53 @@ class Settings:
             Option("MLSERVE_TLS_KEY", "PEM private key of --tls-cert", parse_path, "PEM", "none")
         ),
     )
+    log_queue_size: int = field(
+        default=10_000,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_QUEUE_SIZE",
+                "inference log: calls waiting for the writer at most; more are dropped and "
+                "counted, never waited for",
+                parse_count,
+                "N",
+            )
+        ),
+    )
+    log_flush_interval: float = field(
+        default=1.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_FLUSH_INTERVAL",
+                "inference log: seconds between writes, the most a SIGKILL can lose",
+                parse_interval,
+                "SECONDS",
+            )
+        ),
+    )
+    log_retention_seconds: float = field(
+        default=7 * 24 * 3600.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_RETENTION_SECONDS",
+                "inference log: files older than this are deleted",
+                parse_interval,
+                "SECONDS",
+                shown_default="604800 (7 days)",
+            )
+        ),
+    )
+    log_retention_bytes: int = field(
+        default=10 * 1024**3,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_RETENTION_BYTES",
+                "inference log: per model, the oldest files beyond this size are deleted",
+                parse_size,
+                "SIZE",
+                shown_default="10G",
+            )
+        ),
+    )
     bench_anonymous_gateway: bool = field(
         default=False,
         metadata=_given_by(
@@ -455,6 +502,11 @@ class Settings:
     def blobs_dir(self) -> Path:
         """Content-addressed file store; versions hard-link to it, so same file system."""
         return self.storage_dir / "blobs"
+
+    @property
+    def log_dir(self) -> Path:
+        """The inference log's Parquet files (mlserve.monitor)."""
+        return self.home / "logs"
 
     @property
     def triton_log(self) -> Path:

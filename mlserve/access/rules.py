@@ -195,6 +195,14 @@ RULES: dict[str, Rule] = {
         ListConsumers=_READ,
     ),
     **_service("mlserve.v1.AuditService", ListAuditEvents=Rule(Who.ADMIN)),
+    # Consumers see no log; users see the records of the models they may see.
+    **_service(
+        "mlserve.v1.InferenceLogService",
+        ListInferenceLogs=_READ,
+        RecordInference=_EDIT,
+        GetLoggingPolicy=_READ,
+        UpdateLoggingPolicy=_EDIT,
+    ),
     # The gateway: model-level checks happen per call (infer_decision).
     **_service(
         "inference.GRPCInferenceService",

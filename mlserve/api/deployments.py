@@ -6,28 +6,55 @@ from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
 
-from mlserve.api import convert
+from mlserve.api import convert, convert_log
 from mlserve.core.errors import InvalidArgument
 from mlserve.deploy.lifecycle import UPDATABLE_DEPLOYMENT_FIELDS, Deployments
+from mlserve.monitor import InferenceLog, LoggingPolicy
 from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
 
 Context = Any
 
 
 class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
-    def __init__(self, deployments: Deployments) -> None:
+    def __init__(self, deployments: Deployments, inference_log: InferenceLog | None = None) -> None:
         self.deployments = deployments
+        self.inference_log = inference_log
 
     async def CreateDeployment(
         self, request: deployment_pb2.CreateDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
-        wanted = convert.wanted_deployment(request.deployment)
-        return convert.deployment(await self.deployments.create(wanted))
+        wanted = request.deployment
+        # Checked before anything is deployed: a bad policy deploys nothing.
+        policy = (
+            convert_log.logging_policy(wanted.logging).checked()
+            if wanted.HasField("logging")
+            else None
+        )
+        record = await self.deployments.create(convert.wanted_deployment(wanted))
+        return await self._logging(convert.deployment(record), policy)
+
+    async def _logging(
+        self, message: deployment_pb2.Deployment, policy: LoggingPolicy | None
+    ) -> deployment_pb2.Deployment:
+        """Set the deployment's logging policy (when given) and show the one in force."""
+        if self.inference_log is None:
+            return message
+        if policy is not None:
+            policy = await self.inference_log.policies.set(message.name, policy)
+        else:
+            policy = self.inference_log.policies.get(message.name)
+        message.logging.CopyFrom(
+            convert_log.logging_policy_message(
+                message.name, policy, self.inference_log.dropped(message.name)
+            )
+        )
+        return message
 
     async def GetDeployment(
         self, request: deployment_pb2.GetDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
-        return convert.deployment(await self.deployments.get(request.name))
+        record = await self.deployments.get(request.name)
+        return await self._logging(convert.deployment(record), None)
 
     async def ListDeployments(
         self, request: deployment_pb2.ListDeploymentsRequest, context: Context

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class BaseModel(pw.Model):
@@ -307,7 +307,7 @@ class PipelineVersion(BaseModel):
 class Deployment(BaseModel):
     """Desired: a model, or a pipeline (its Triton ensemble and members), at
     ``version`` on its targets. Named after what it deploys: models and
-    pipelines share one namespace, so one table holds both (schema 10)."""
+    pipelines share one namespace, so one table holds both (schema 11)."""
 
     name = pw.CharField(unique=True, max_length=128)
     model = pw.ForeignKeyField(Model, null=True, backref="deployments", on_delete="RESTRICT")
@@ -367,6 +367,21 @@ class InferenceCount(BaseModel):
         indexes = ((("model", "version"), True),)
 
 
+class LoggingPolicy(BaseModel):
+    """Which calls to a deployment the inference log records (owned by mlserve.monitor).
+
+    Keyed by deployment name, not a foreign key: a model's and a pipeline's
+    deployments share the name space, and a policy may be set before deploying.
+    """
+
+    deployment = pw.CharField(primary_key=True, max_length=128)
+    mode = pw.CharField(max_length=16)
+    sample_rate = pw.DoubleField()
+    sampling_key = pw.CharField(max_length=256, default="")
+    max_payload_bytes = pw.BigIntegerField()
+    update_time = pw.DateTimeField(default=utcnow)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -394,6 +409,7 @@ TABLES: list[type[BaseModel]] = [
     AppRoute,
     AppConsumer,
     AuditEvent,
+    LoggingPolicy,
 ]
 
 
@@ -496,8 +512,8 @@ def _add_access_control(db: pw.Database) -> None:
         Model.update(workspace=home).execute()
 
 
-# The pipeline deployment tables as schemas 7 to 9 had them, frozen for the
-# migrations that create (6) and fold (9) them; schema 10 keeps pipeline
+# The pipeline deployment tables as schemas 7 to 10 had them, frozen for the
+# migrations that create (6) and fold (10) them; schema 11 keeps pipeline
 # deployments in deployment / deployment_target / deployment_member. They
 # point at stand-ins of the tables they reference, so that the live models
 # (Pipeline, Model, Server) know nothing of them (a recursive delete would
@@ -622,6 +638,10 @@ def _fold_pipeline_deployments(db: pw.Database) -> None:
     db.drop_tables(list(reversed(_UNFOLDED_PIPELINE_DEPLOYMENT_TABLES)))
 
 
+def _add_logging_policies(db: pw.Database) -> None:
+    db.create_tables([LoggingPolicy])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -631,7 +651,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     6: _add_pipelines,
     7: _add_server_workspaces,
     8: _add_upload_owners,
-    9: _fold_pipeline_deployments,
+    9: _add_logging_policies,
+    10: _fold_pipeline_deployments,
 }
 
 

@@ -20,6 +20,7 @@ from mlserve_api.v1 import (
     app_pb2_grpc,
     audit_pb2_grpc,
     deployment_pb2_grpc,
+    inference_log_pb2_grpc,
     model_pb2_grpc,
     pipeline_pb2_grpc,
     server_pb2_grpc,
@@ -49,6 +50,7 @@ class Stubs:
     apps: app_pb2_grpc.AppServiceStub = field(init=False)
     audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
     pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
+    logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -60,6 +62,7 @@ class Stubs:
         self.apps = app_pb2_grpc.AppServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
+        self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:
