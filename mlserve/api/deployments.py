@@ -61,7 +61,9 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     ) -> deployment_pb2.ListDeploymentsResponse:
         page = await self.deployments.list_deployments(request.page_size, request.page_token)
         return deployment_pb2.ListDeploymentsResponse(
-            deployments=[convert.deployment(record) for record in page.items],
+            deployments=[
+                await self._logging(convert.deployment(record), None) for record in page.items
+            ],
             next_page_token=page.next_page_token,
         )
 
