@@ -11,16 +11,20 @@ import functools
 import logging
 import secrets
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
+import peewee as pw
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from mlserve import __version__
 from mlserve.access import ADMIN_KEY_FILE, Access
 from mlserve.access.apps import Apps
 from mlserve.access.audit import AuditLog
+from mlserve.access.tokens import OidcConfig, TokenVerifier
 from mlserve.access.users import Users
 from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
@@ -32,6 +36,7 @@ from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
 from mlserve.api.inference_log import InferenceLogService
+from mlserve.api.instance import InstanceDescription, InstanceService
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
@@ -39,7 +44,7 @@ from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
 from mlserve.catalog.artifacts import Artifacts
-from mlserve.catalog.models import Models
+from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.catalog.versions import Versions
@@ -56,7 +61,7 @@ from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
-from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
@@ -67,6 +72,8 @@ from mlserve_api.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -92,6 +99,7 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
 )
 
 
@@ -117,6 +125,22 @@ class Domain:
     inference_log: InferenceLog
 
 
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """OIDC sign-in for the issuers ``settings`` trust, or None (API keys only)."""
+    if not settings.oidc_issuer:
+        return None
+    return TokenVerifier(
+        OidcConfig(
+            issuers=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            user_claim=settings.oidc_user_claim,
+            roles_claim=settings.oidc_roles_claim,
+            workspaces_claim=settings.oidc_workspaces_claim,
+            fetch_timeout=settings.oidc_fetch_timeout,
+        )
+    )
+
+
 def build_domain(settings: Settings) -> Domain:
     tables.connect(settings.database_url)
     secret = db.run(tables.get_or_create_setting, "page_token_secret", _random_secret)
@@ -131,6 +155,7 @@ def build_domain(settings: Settings) -> Domain:
         max_upload_bytes=settings.max_upload_bytes,
         max_staging_bytes=settings.max_staging_bytes,
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
+        allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
     uploads = Uploads(repository, versions, artifacts, blobs, limits)
     fleet = Fleet(tokens)
@@ -158,7 +183,7 @@ def build_domain(settings: Settings) -> Domain:
         uploads,
         fleet,
         deployments,
-        Access(),
+        Access(tokens=token_verifier(settings)),
         router,
         stats,
         Users(tokens),
@@ -201,7 +226,9 @@ class MLServe:
         )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
-        key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
+        key_file = await in_thread(domain.access.bootstrap_admin_key)(
+            settings.home, adopt_unowned_models
+        )
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
         self._server = self._grpc_server(domain)
@@ -329,7 +356,8 @@ class MLServe:
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(domain.deployments, domain.inference_log), server
+            DeploymentService(domain.deployments, domain.inference_log, domain.stats),
+            server,
         )
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(domain.pipelines, lambda: self.address), server
@@ -343,9 +371,37 @@ class MLServe:
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        instance_pb2_grpc.add_InstanceServiceServicer_to_server(
+            InstanceService(self._description()), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
+
+    def _description(self) -> InstanceDescription:
+        """What GetInstance says: a feature is true only when built and switched on."""
+        settings = self.settings
+        features = {
+            "tls": settings.tls_cert is not None,
+            "postgresql": isinstance(db.database.obj, pw.PostgresqlDatabase),
+            "oidc": bool(settings.oidc_issuer),
+            "metrics": bool(settings.metrics_listen),
+            "embedded_triton": settings.embedded_triton,
+            "pipelines": True,
+            "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
+            # Not built yet: --storage takes a local directory only.
+            "s3_storage": False,
+            "assays": False,
+            "training": False,
+            "explain": False,
+        }
+        return InstanceDescription(
+            name=settings.instance_name or socket.gethostname(),
+            version=__version__,
+            oidc_issuers=settings.oidc_issuer,
+            oidc_audience=settings.oidc_audience,
+            features=features,
+        )
 
     def _anonymous_gateway(self) -> bool:
         if not self.settings.bench_anonymous_gateway:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,30 @@ class KeyRecord:
     secret: str = ""
 
 
+def insert_user(name: str, role: str, *, display_name: str = "", tags: Sequence[str] = ()) -> Any:
+    """Create user ``name`` with its default workspace (of the same name, owned by it).
+
+    Raises:
+        AlreadyExists: a user or a workspace of that name exists.
+    """
+    try:
+        with db.database.atomic():
+            workspace = tables.Workspace.create(name=name)
+            user = tables.User.create(
+                name=name,
+                role=role,
+                display_name=display_name,
+                tags=json.dumps(list(tags)),
+                default_workspace=workspace,
+            )
+            tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
+    except pw.IntegrityError:
+        raise AlreadyExists(
+            f"user {name!r} (or a workspace of that name, its default) already exists"
+        ) from None
+    return user
+
+
 class Users:
     def __init__(self, tokens: PageTokens) -> None:
         self.tokens = tokens
@@ -81,21 +105,7 @@ class Users:
         check_name(name, "user name")
         role = _check_role(fields.role)
         tags = check_tags(fields.tags, "user.tags")
-        try:
-            with db.database.atomic():
-                workspace = tables.Workspace.create(name=name)
-                user = tables.User.create(
-                    name=name,
-                    role=role,
-                    display_name=fields.display_name,
-                    tags=json.dumps(tags),
-                    default_workspace=workspace,
-                )
-                tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
-        except pw.IntegrityError:
-            raise AlreadyExists(
-                f"user {name!r} (or a workspace of that name, its default) already exists"
-            ) from None
+        user = insert_user(name, role, display_name=fields.display_name, tags=tags)
         return _user_record(user)
 
     @in_thread
@@ -234,6 +244,14 @@ def user_row(name: str) -> Any:
     if row is None:
         raise NotFound(f"user {name!r} does not exist")
     return row
+
+
+def user_names(ids: Iterable[int]) -> dict[int, str]:
+    """The names of the users with ``ids``, by id, in one query (blocking)."""
+    query = tables.User.select(tables.User.id, tables.User.name).where(
+        tables.User.id.in_(sorted(set(ids)))
+    )
+    return {row.id: row.name for row in query}
 
 
 def _refuse_last_admin(user: Any, action: str) -> None:

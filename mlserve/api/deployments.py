@@ -9,16 +9,23 @@ from google.protobuf.empty_pb2 import Empty
 from mlserve.api import convert, convert_log
 from mlserve.core.errors import InvalidArgument
 from mlserve.deploy.lifecycle import UPDATABLE_DEPLOYMENT_FIELDS, Deployments
+from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog, LoggingPolicy
-from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
+from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc, inference_log_pb2
 
 Context = Any
 
 
 class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
-    def __init__(self, deployments: Deployments, inference_log: InferenceLog | None = None) -> None:
+    def __init__(
+        self,
+        deployments: Deployments,
+        inference_log: InferenceLog | None = None,
+        stats: InferenceStats | None = None,
+    ) -> None:
         self.deployments = deployments
         self.inference_log = inference_log
+        self.stats = stats
 
     async def CreateDeployment(
         self, request: deployment_pb2.CreateDeploymentRequest, context: Context
@@ -36,7 +43,18 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def _logging(
         self, message: deployment_pb2.Deployment, policy: LoggingPolicy | None
     ) -> deployment_pb2.Deployment:
-        """Set the deployment's logging policy (when given) and show the one in force."""
+        """Set the deployment's logging policy (when given); show the one in force and the
+        recent latency."""
+        if self.stats is not None:
+            recent = self.stats.recent_latency(message.name)
+            message.latency.CopyFrom(
+                inference_log_pb2.RecentLatency(
+                    p50_ms=recent.p50_ms,
+                    p99_ms=recent.p99_ms,
+                    calls=recent.calls,
+                    window_seconds=recent.window_seconds,
+                )
+            )
         if self.inference_log is None:
             return message
         if policy is not None:

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import peewee as pw
 
 from mlserve.access import changed, rules
+from mlserve.access.workspaces import workspace_id_query, workspace_names
 from mlserve.catalog import model_metadata
 from mlserve.catalog.model_metadata import ModelFields
+from mlserve.catalog.namespace import refuse_pipeline_name
 from mlserve.core.errors import AlreadyExists, InvalidArgument
 from mlserve.core.names import check_name, check_tags
-from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
@@ -109,36 +111,36 @@ class Models:
         row, so rows inserted or deleted between pages shift nothing; the id
         breaks ties between equal sort keys.
         """
-        size = page_size(requested_size)
         column_name, descending = _parse_order(query.order_by)
         column = _ORDERS[column_name]
         conditions = _model_filter(query)
         visible = rules.visible_models()
         if visible is not None:
             conditions.append(visible)
-        query_key = {
-            "list": "models",
-            "prefix": query.name_prefix,
-            "kind": query.kind,
-            "all": sorted(set(query.tags_all)),
-            "any": sorted(set(query.tags_any)),
-            "labels": sorted(set(query.labels)),
-            "order": [column_name, descending],
-            "workspace": query.workspace,
-        }
-        after = self.tokens.decode(query_key, token)
-        if after is not None:
-            conditions.append(_after(column, descending, after))
-        order = (column.desc(), tables.Model.id.desc()) if descending else (column, tables.Model.id)
-        select = tables.Model.select().order_by(*order).limit(size + 1)
-        rows = list(select.where(*conditions) if conditions else select)
-        next_token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            key = getattr(last, column_name)
-            key = key.isoformat() if isinstance(key, dt.datetime) else key
-            next_token = self.tokens.encode(query_key, [key, last.id])
-        return Page(_model_records(rows[:size]), next_token)
+        select = tables.Model.select()
+        listing = Listing(
+            select.where(*conditions) if conditions else select,
+            column,
+            lambda row: row,
+            lambda row: [_json_key(getattr(row, column_name)), row.id],
+            {
+                "list": "models",
+                "prefix": query.name_prefix,
+                "kind": query.kind,
+                "all": sorted(set(query.tags_all)),
+                "any": sorted(set(query.tags_any)),
+                "labels": sorted(set(query.labels)),
+                "order": [column_name, descending],
+                "workspace": query.workspace,
+            },
+            sort=(column.desc(), tables.Model.id.desc())
+            if descending
+            else (column, tables.Model.id),
+            after=lambda key: _after(column, descending, key),
+        )
+        page = self.tokens.page(listing, requested_size, token)
+        # records in one go: two more queries for the page, not two per row
+        return Page(_model_records(page.items), page.next_page_token)
 
     @in_thread
     def update_model(self, name: str, fields: ModelFields, mask: Sequence[str]) -> ModelRecord:
@@ -160,6 +162,19 @@ class Models:
         changed()
         self.repository.delete_model(name)
         self.blobs.collect()
+
+
+def adopt_unowned_models(workspace_id: int) -> int:
+    """Put every model without a workspace (from a database older than workspaces)
+    into workspace ``workspace_id``; how many moved (blocking)."""
+    unowned = tables.Model.workspace.is_null()
+    return int(tables.Model.update(workspace=workspace_id).where(unowned).execute())
+
+
+def hidden_model(name: str) -> bool:
+    """Whether a model named ``name`` exists that the caller may not see (blocking)."""
+    row = tables.Model.get_or_none(tables.Model.name == name)
+    return row is not None and not rules.can_see_model(rules.caller(), row)
 
 
 def writable_model(name: str) -> Any:
@@ -194,15 +209,6 @@ def model_row(name: str) -> Any:
     return rules.check_model_read(row)
 
 
-def refuse_pipeline_name(name: str) -> None:
-    """AlreadyExists when a pipeline has ``name``: pipelines and models share names."""
-    if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
-        raise AlreadyExists(
-            f"a pipeline is named {name!r}; pipelines and models share one namespace "
-            "(the pipeline is a Triton model): choose another name"
-        )
-
-
 def _parse_order(order_by: str) -> tuple[str, bool]:
     """AIP-132 ``order_by``: a column, optionally " asc" or " desc"; empty is "name"."""
     words = order_by.split()
@@ -225,11 +231,7 @@ def _model_filter(query: ModelQuery) -> list[Any]:
     if query.name_prefix:
         conditions.append(model.name.startswith(query.name_prefix))
     if query.workspace:
-        check_name(query.workspace, "workspace name")
-        space = tables.Workspace.select(tables.Workspace.id).where(
-            tables.Workspace.name == query.workspace
-        )
-        conditions.append(model.workspace.in_(space))
+        conditions.append(model.workspace.in_(workspace_id_query(query.workspace)))
     if model_metadata.check_kind(query.kind, "kind"):
         conditions.append(model.kind == query.kind)
     for tag in check_tags(query.tags_all, "tags_all"):
@@ -275,6 +277,11 @@ def _after(column: Any, descending: bool, key: Any) -> Any:
     return row < last if descending else row > last
 
 
+def _json_key(value: Any) -> Any:
+    """A sort key as a page token keeps it: datetimes as ISO text."""
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
 def _tags_of(model_ids: list[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {model_id: [] for model_id in model_ids}
     query = (
@@ -304,12 +311,7 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
     )
     counts: list[tuple[int, int, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
     stats = {model_id: (latest, count) for model_id, latest, count in counts}
-    spaces = {row.workspace_id for row in rows} - {None}
-    space_names: dict[int, str] = dict(
-        tables.Workspace.select(tables.Workspace.id, tables.Workspace.name)
-        .where(tables.Workspace.id.in_(list(spaces)))
-        .tuples()  # type: ignore[arg-type]  # .tuples()
-    )
+    space_names = workspace_names({row.workspace_id for row in rows} - {None})
     return [
         ModelRecord(
             name=row.name,
@@ -352,8 +354,8 @@ def model_for_upload(name: str) -> Any:
     )
 
 
-def downloadable_blobs() -> Any:
-    """A where-clause on blobs keeping those the caller could download anyway (None: all).
+def downloadable_model_ids() -> Any:
+    """A query of the ids of the models whose files the caller may download (None: all).
 
     Skipping an upload's bytes on a digest match hands the caller the stored
     content. Without this, knowing a private file's sha256 and size would be
@@ -363,19 +365,7 @@ def downloadable_blobs() -> Any:
     if visible is None:
         return None
     readable = visible & (tables.Model.allow_download == True)  # noqa: E712
-    in_versions = (
-        tables.VersionFile.select(tables.VersionFile.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    in_artifacts = (
-        tables.Artifact.select(tables.Artifact.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    return tables.Blob.sha256.in_(in_versions) | tables.Blob.sha256.in_(in_artifacts)
+    return tables.Model.select(tables.Model.id).where(readable)
 
 
 if not TYPE_CHECKING:  # mypy sees the re-exports at the top instead

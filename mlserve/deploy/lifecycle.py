@@ -24,10 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any
 
-import peewee as pw
-
 from mlserve.access import rules
-from mlserve.catalog.models import VersionRecord, find_version, writable_model
+from mlserve.catalog.models import model_row, writable_model
+from mlserve.catalog.namespace import refuse_pipeline_name
 from mlserve.catalog.pipelines import (
     Member,
     Spec,
@@ -36,6 +35,7 @@ from mlserve.catalog.pipelines import (
     version_row,
     writable_pipeline,
 )
+from mlserve.catalog.versions import VersionRecord, find_version
 from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -426,10 +426,9 @@ class Deployments:
     def _load_order(self, name: str, server: str) -> _LoadOrder | None:
         """What loading ``name`` on ``server`` takes (blocking)."""
         row = _row_or_none(name)
-        server_row = tables.Server.get_or_none(tables.Server.name == server)
-        if row is None or server_row is None:
+        shares = targets.shares_repository(server)
+        if row is None or shares is None:
             return None
-        shares = bool(server_row.shares_repository)
         if row.pipeline_id is not None:
             recorded = {m.model.name: (m.version, m.config) for m in row.members}
             return _LoadOrder(
@@ -501,8 +500,7 @@ def _writable_models(name: str) -> list[str]:
 
 
 def _member_names(row: Any) -> list[str]:
-    query = tables.Model.select(tables.Model.name).join(tables.DeploymentMember)
-    return [member.name for member in query.where(tables.DeploymentMember.deployment == row)]
+    return [member.model.name for member in row.members]
 
 
 def _deployable_model(name: str) -> Any:
@@ -511,11 +509,13 @@ def _deployable_model(name: str) -> Any:
     A pipeline's name is refused first, saying how pipelines are deployed.
     """
     check_name(name, "model name")
-    if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
+    try:
+        refuse_pipeline_name(name)
+    except AlreadyExists:
         raise InvalidArgument(
             f"{name!r} is a pipeline, not a model: deploy it with CreateDeployment naming "
             f"it in 'pipeline' (mlserve pipelines deploy {name})"
-        )
+        ) from None
     return writable_model(name)
 
 
@@ -524,8 +524,7 @@ def _pipelines_running(model: str) -> list[tuple[str, int]]:
     query = (
         tables.DeploymentMember.select(tables.DeploymentMember.version, tables.Deployment.name)
         .join_from(tables.DeploymentMember, tables.Deployment)
-        .join_from(tables.DeploymentMember, tables.Model)
-        .where(tables.Model.name == model)
+        .where(tables.DeploymentMember.model == model_row(model))
         .order_by(tables.Deployment.name)
     )
     return [(row.deployment.name, row.version) for row in query]
@@ -540,7 +539,7 @@ def _write_model(
         if row is None:
             row = tables.Deployment.create(
                 name=model,
-                model=tables.Model.get(tables.Model.name == model),
+                model=model_row(model),
                 version=version,
                 serving=(settings or NO_SETTINGS).to_json(),
             )
@@ -559,13 +558,13 @@ def _write_pipeline(plan: EnsemblePlan, servers: Sequence[str]) -> None:
     with db.database.atomic():
         row = tables.Deployment.create(
             name=plan.name,
-            pipeline=tables.Pipeline.get(tables.Pipeline.name == plan.name),
+            pipeline=writable_pipeline(plan.name),
             version=plan.version,
         )
         for member in plan.members.values():
             tables.DeploymentMember.create(
                 deployment=row,
-                model=tables.Model.get(tables.Model.name == member.model),
+                model=model_row(member.model),
                 version=member.version,
                 config=modelconfig.render(member.config),
             )
@@ -612,8 +611,7 @@ def _refuse_clash(pipeline: str, member: Member) -> None:
     other = (
         tables.DeploymentMember.select(tables.DeploymentMember, tables.Deployment)
         .join_from(tables.DeploymentMember, tables.Deployment)
-        .join_from(tables.DeploymentMember, tables.Model)
-        .where(tables.Model.name == member.model)
+        .where(tables.DeploymentMember.model == model_row(member.model))
         .order_by(tables.Deployment.name)
         .first()
     )
@@ -628,24 +626,15 @@ def _refuse_clash(pipeline: str, member: Member) -> None:
 def _on_server(server: str) -> list[_OnServer]:
     """The deployments targeting ``server``, model deployments first (pipelines may
     share their members)."""
-    rows: Any = (
-        tables.Deployment.select(tables.Deployment, tables.DeploymentTarget.state)
-        .join(tables.DeploymentTarget)
-        .join(tables.Server)
-        .where(tables.Server.name == server)
-        .order_by(tables.Deployment.pipeline.is_null(False), tables.Deployment.name)
-        .objects()
-    )
-    return [
-        _OnServer(
-            row.name,
-            row.version,
-            row.pipeline_id is not None,
-            row.state,
-            (row.name, *_member_names(row)),
-        )
-        for row in rows
-    ]
+    found = []
+    for name, state in targets.names_on(server):
+        row = _row_or_none(name)
+        if row is not None:
+            is_pipeline = row.pipeline_id is not None
+            found.append(
+                _OnServer(name, row.version, is_pipeline, state, (name, *_member_names(row)))
+            )
+    return found
 
 
 def _delete_row(name: str) -> tuple[list[str], list[str]]:
@@ -662,17 +651,13 @@ def _delete_row(name: str) -> tuple[list[str], list[str]]:
 
 def _records_after(after: str | None, limit: int) -> list[DeploymentRecord]:
     query = (
-        tables.Deployment.select(tables.Deployment)
-        .join_from(tables.Deployment, tables.Model, pw.JOIN.LEFT_OUTER)
-        .join_from(tables.Deployment, tables.Pipeline, pw.JOIN.LEFT_OUTER)
-        .order_by(tables.Deployment.name)
-        .limit(limit)
+        tables.Deployment.select(tables.Deployment).order_by(tables.Deployment.name).limit(limit)
     )
     if after is not None:
         query = query.where(tables.Deployment.name > after)
-    models, pipelines = rules.visible_models(tables.Model), rules.visible_models(tables.Pipeline)
-    if models is not None and pipelines is not None:
-        query = query.where(models | pipelines)
+    visible = rules.visible_name_query()
+    if visible is not None:  # a deployment is named after its model or pipeline
+        query = query.where(tables.Deployment.name.in_(visible))
     return [_record(row) for row in query]
 
 

@@ -305,6 +305,12 @@ def served() -> list[Served]:
     return found
 
 
+def shares_repository(server: str) -> bool | None:
+    """Whether ``server`` reads MLServe's repository; None when it is not registered."""
+    row = tables.Server.get_or_none(tables.Server.name == server)
+    return None if row is None else bool(row.shares_repository)
+
+
 def names_on(server: str) -> list[tuple[str, str]]:
     """(deployment, its state there) of each deployment on ``server``, models first."""
     query = (

@@ -8,7 +8,7 @@ only through the gate (``db.run`` / ``db.in_thread``), which lends the call
 one pooled connection and turns a lost database into ``errors.Unavailable``.
 
 Each table has one owning domain module; only that module queries it
-(``tests/test_layers.py`` holds the list and checks it).
+(``tests/core/test_layers.py`` holds the list and checks it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class BaseModel(pw.Model):
@@ -69,6 +69,23 @@ class User(BaseModel):
     default_workspace = pw.ForeignKeyField(Workspace, null=True, on_delete="SET NULL")
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
+
+
+class OidcIdentity(BaseModel):
+    """An OpenID Connect identity (issuer, subject) and the user it signs in as.
+
+    Made on the identity's first sign-in. Deleting the user keeps the row with
+    no user, so the identity's tokens are refused afterwards instead of making
+    a fresh user.
+    """
+
+    issuer = pw.CharField(max_length=512)
+    subject = pw.CharField(max_length=512)
+    user = pw.ForeignKeyField(User, null=True, backref="identities", on_delete="SET NULL")
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("issuer", "subject"), True),)
 
 
 class WorkspaceMember(BaseModel):
@@ -307,7 +324,7 @@ class PipelineVersion(BaseModel):
 class Deployment(BaseModel):
     """Desired: a model, or a pipeline (its Triton ensemble and members), at
     ``version`` on its targets. Named after what it deploys: models and
-    pipelines share one namespace, so one table holds both (schema 11)."""
+    pipelines share one namespace, so one table holds both (schema 12)."""
 
     name = pw.CharField(unique=True, max_length=128)
     model = pw.ForeignKeyField(Model, null=True, backref="deployments", on_delete="RESTRICT")
@@ -410,6 +427,7 @@ TABLES: list[type[BaseModel]] = [
     AppConsumer,
     AuditEvent,
     LoggingPolicy,
+    OidcIdentity,
 ]
 
 
@@ -512,8 +530,8 @@ def _add_access_control(db: pw.Database) -> None:
         Model.update(workspace=home).execute()
 
 
-# The pipeline deployment tables as schemas 7 to 10 had them, frozen for the
-# migrations that create (6) and fold (10) them; schema 11 keeps pipeline
+# The pipeline deployment tables as schemas 7 to 11 had them, frozen for the
+# migrations that create (6) and fold (11) them; schema 12 keeps pipeline
 # deployments in deployment / deployment_target / deployment_member. They
 # point at stand-ins of the tables they reference, so that the live models
 # (Pipeline, Model, Server) know nothing of them (a recursive delete would
@@ -642,6 +660,10 @@ def _add_logging_policies(db: pw.Database) -> None:
     db.create_tables([LoggingPolicy])
 
 
+def _add_oidc_identities(db: pw.Database) -> None:
+    db.create_tables([OidcIdentity])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -652,7 +674,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     7: _add_server_workspaces,
     8: _add_upload_owners,
     9: _add_logging_policies,
-    10: _fold_pipeline_deployments,
+    10: _add_oidc_identities,
+    11: _fold_pipeline_deployments,
 }
 
 

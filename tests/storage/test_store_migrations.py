@@ -157,13 +157,13 @@ def test_newer_database_is_refused(database_url: str) -> None:
         tables.connect(database_url)
 
 
-def test_schema_10_pipeline_deployments_fold_into_deployments(
+def test_schema_11_pipeline_deployments_fold_into_deployments(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     restore_foundation(database_url)
-    # Bring the foundation to schema 10 and deploy a pipeline there, as schema 10 did.
-    with monkeypatch.context() as schema_10:
-        schema_10.setattr(tables, "SCHEMA_VERSION", 10)
+    # Bring the foundation to schema 11 and deploy a pipeline there, as schema 11 did.
+    with monkeypatch.context() as schema_11:
+        schema_11.setattr(tables, "SCHEMA_VERSION", 11)
         opened = tables.connect(database_url)
     mark = opened.param
 
