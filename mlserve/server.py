@@ -44,7 +44,7 @@ from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
 from mlserve.catalog.artifacts import Artifacts
-from mlserve.catalog.models import Models
+from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.catalog.versions import Versions
@@ -231,7 +231,9 @@ class MLServe:
         )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
-        key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
+        key_file = await in_thread(domain.access.bootstrap_admin_key)(
+            settings.home, adopt_unowned_models
+        )
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
         self._server = self._grpc_server(domain)
@@ -360,7 +362,10 @@ class MLServe:
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentService(
-                domain.deployments, domain.pipeline_deployments, domain.inference_log
+                domain.deployments,
+                domain.pipeline_deployments,
+                domain.inference_log,
+                domain.stats,
             ),
             server,
         )

@@ -15,8 +15,9 @@ from mlserve.deploy.model_deployments import (
     Placement,
 )
 from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog, LoggingPolicy
-from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
+from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc, inference_log_pb2
 
 Context = Any
 
@@ -27,10 +28,12 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
         deployments: Deployments,
         pipelines: PipelineDeployments,
         inference_log: InferenceLog | None = None,
+        stats: InferenceStats | None = None,
     ) -> None:
         self.deployments = deployments
         self.pipelines = pipelines
         self.inference_log = inference_log
+        self.stats = stats
 
     async def CreateDeployment(
         self, request: deployment_pb2.CreateDeploymentRequest, context: Context
@@ -63,7 +66,18 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def _logging(
         self, message: deployment_pb2.Deployment, policy: LoggingPolicy | None
     ) -> deployment_pb2.Deployment:
-        """Set the deployment's logging policy (when given) and show the one in force."""
+        """Set the deployment's logging policy (when given); show the one in force and the
+        recent latency."""
+        if self.stats is not None:
+            recent = self.stats.recent_latency(message.name)
+            message.latency.CopyFrom(
+                inference_log_pb2.RecentLatency(
+                    p50_ms=recent.p50_ms,
+                    p99_ms=recent.p99_ms,
+                    calls=recent.calls,
+                    window_seconds=recent.window_seconds,
+                )
+            )
         if self.inference_log is None:
             return message
         if policy is not None:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 import peewee as pw
 
 from mlserve.access import changed, rules
+from mlserve.access.workspaces import workspace_id_query, workspace_names
 from mlserve.catalog import model_metadata
 from mlserve.catalog.model_metadata import ModelFields
+from mlserve.catalog.namespace import refuse_pipeline_name
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from mlserve.core.names import check_name, check_tags
 from mlserve.core.paging import Listing, Page, PageTokens
@@ -148,6 +150,19 @@ class Models:
         self.blobs.collect()
 
 
+def adopt_unowned_models(workspace_id: int) -> int:
+    """Put every model without a workspace (from a database older than workspaces)
+    into workspace ``workspace_id``; how many moved (blocking)."""
+    unowned = tables.Model.workspace.is_null()
+    return int(tables.Model.update(workspace=workspace_id).where(unowned).execute())
+
+
+def hidden_model(name: str) -> bool:
+    """Whether a model named ``name`` exists that the caller may not see (blocking)."""
+    row = tables.Model.get_or_none(tables.Model.name == name)
+    return row is not None and not rules.can_see_model(rules.caller(), row)
+
+
 def writable_model(name: str) -> Any:
     """The row of model ``name`` if the caller may change it (blocking)."""
     return rules.check_model_write(model_row(name))
@@ -178,15 +193,6 @@ def model_row(name: str) -> Any:
     if row is None:
         raise rules.not_found(name)
     return rules.check_model_read(row)
-
-
-def refuse_pipeline_name(name: str) -> None:
-    """AlreadyExists when a pipeline has ``name``: pipelines and models share names."""
-    if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
-        raise AlreadyExists(
-            f"a pipeline is named {name!r}; pipelines and models share one namespace "
-            "(the pipeline is a Triton model): choose another name"
-        )
 
 
 def member_rows(model: str) -> Any:
@@ -249,11 +255,7 @@ def _model_filter(query: ModelQuery) -> list[Any]:
     if query.name_prefix:
         conditions.append(model.name.startswith(query.name_prefix))
     if query.workspace:
-        check_name(query.workspace, "workspace name")
-        space = tables.Workspace.select(tables.Workspace.id).where(
-            tables.Workspace.name == query.workspace
-        )
-        conditions.append(model.workspace.in_(space))
+        conditions.append(model.workspace.in_(workspace_id_query(query.workspace)))
     if model_metadata.check_kind(query.kind, "kind"):
         conditions.append(model.kind == query.kind)
     for tag in check_tags(query.tags_all, "tags_all"):
@@ -333,12 +335,7 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
     )
     counts: list[tuple[int, int, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
     stats = {model_id: (latest, count) for model_id, latest, count in counts}
-    spaces = {row.workspace_id for row in rows} - {None}
-    space_names: dict[int, str] = dict(
-        tables.Workspace.select(tables.Workspace.id, tables.Workspace.name)
-        .where(tables.Workspace.id.in_(list(spaces)))
-        .tuples()  # type: ignore[arg-type]  # .tuples()
-    )
+    space_names = workspace_names({row.workspace_id for row in rows} - {None})
     return [
         ModelRecord(
             name=row.name,
@@ -381,8 +378,8 @@ def model_for_upload(name: str) -> Any:
     )
 
 
-def downloadable_blobs() -> Any:
-    """A where-clause on blobs keeping those the caller could download anyway (None: all).
+def downloadable_model_ids() -> Any:
+    """A query of the ids of the models whose files the caller may download (None: all).
 
     Skipping an upload's bytes on a digest match hands the caller the stored
     content. Without this, knowing a private file's sha256 and size would be
@@ -392,19 +389,7 @@ def downloadable_blobs() -> Any:
     if visible is None:
         return None
     readable = visible & (tables.Model.allow_download == True)  # noqa: E712
-    in_versions = (
-        tables.VersionFile.select(tables.VersionFile.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    in_artifacts = (
-        tables.Artifact.select(tables.Artifact.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    return tables.Blob.sha256.in_(in_versions) | tables.Blob.sha256.in_(in_artifacts)
+    return tables.Model.select(tables.Model.id).where(readable)
 
 
 if not TYPE_CHECKING:  # mypy sees the re-exports at the top instead

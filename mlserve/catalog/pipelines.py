@@ -18,6 +18,7 @@ import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
 from mlserve.access import changed, rules
+from mlserve.catalog.namespace import refuse_model_name
 from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
@@ -450,11 +451,7 @@ def _type_name(datatype: int) -> str:
 
 
 def _refuse_taken_name(name: str) -> None:
-    if tables.Model.select().where(tables.Model.name == name).exists():
-        raise AlreadyExists(
-            f"a model is named {name!r}; pipelines and models share one namespace "
-            "(the pipeline is a Triton model): choose another name"
-        )
+    refuse_model_name(name)
     if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
         raise AlreadyExists(f"pipeline {name!r} already exists")
 

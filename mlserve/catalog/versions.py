@@ -253,3 +253,17 @@ def _version_record(row: Any, model: str) -> VersionRecord:
         upload_id=row.upload_id,
         create_time=row.create_time,
     )
+
+
+def version_ids(model_ids: Any) -> Any:
+    """A query of the ids of every version of the models in ``model_ids`` (a query)."""
+    return tables.ModelVersion.select(tables.ModelVersion.id).where(
+        tables.ModelVersion.model.in_(model_ids)
+    )
+
+
+def version_blobs(model_ids: Any) -> Any:
+    """A query of the sha256s the versions of the models in ``model_ids`` (a query) use."""
+    return tables.VersionFile.select(tables.VersionFile.blob).where(
+        tables.VersionFile.version.in_(version_ids(model_ids))
+    )

@@ -8,7 +8,7 @@ only through the gate (``db.run`` / ``db.in_thread``), which lends the call
 one pooled connection and turns a lost database into ``errors.Unavailable``.
 
 Each table has one owning domain module; only that module queries it
-(``tests/test_layers.py`` holds the list and checks it).
+(``tests/core/test_layers.py`` holds the list and checks it).
 """
 
 from __future__ import annotations
