@@ -114,6 +114,13 @@ def parse_optional_claim(text: str) -> str:
     return "" if text.lower() == "off" else parse_claim(text)
 
 
+def parse_backends(text: str) -> tuple[str, ...]:
+    names = tuple(sorted({name.strip() for name in text.split(",") if name.strip()}))
+    if not names or not all(name.replace("_", "").isalnum() for name in names):
+        raise SettingError("give backend names separated by commas, e.g. python,onnxruntime")
+    return names
+
+
 def parse_count(text: str) -> int:
     try:
         value = int(text)
@@ -391,6 +398,19 @@ class Settings:
                 "start the embedded Triton even where no sandbox (bubblewrap) can confine "
                 "it: model code then runs as MLServe's user and can read its keys and database",
                 parse_bool,
+            )
+        ),
+    )
+    allowed_backends: tuple[str, ...] = field(
+        default=(),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_ALLOWED_BACKENDS",
+                "comma-separated Triton backends an uploaded config.pbtxt may name "
+                "(INVALID_ARGUMENT for others), e.g. python,onnxruntime",
+                parse_backends,
+                "LIST",
+                shown_default="the bundled Triton's (python)",
             )
         ),
     )
