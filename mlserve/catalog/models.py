@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import peewee as pw
 
@@ -20,7 +20,7 @@ from mlserve.access.workspaces import workspace_id_query, workspace_names
 from mlserve.catalog import model_metadata
 from mlserve.catalog.model_metadata import ModelFields
 from mlserve.catalog.namespace import refuse_pipeline_name
-from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from mlserve.core.errors import AlreadyExists, InvalidArgument
 from mlserve.core.names import check_name, check_tags
 from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
@@ -65,11 +65,25 @@ _ORDERS: dict[str, Any] = {
 }
 
 
+class Usage(Protocol):
+    """What the catalog asks the deployments before it deletes (blocking calls);
+    ``deploy.lifecycle.DeploymentUsage`` answers."""
+
+    def refuse_if_deployed(self, model: str, version: int | None = None) -> None:
+        """FailedPrecondition when ``model`` (at ``version``; None: any) is deployed."""
+
+    def deployed_version(self, name: str) -> int:
+        """The version deployment ``name`` runs, 0 when there is none."""
+
+
 class Models:
-    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
+    def __init__(
+        self, repository: Repository, tokens: PageTokens, blobs: Blobs, usage: Usage
+    ) -> None:
         self.repository = repository
         self.tokens = tokens
         self.blobs = blobs
+        self.usage = usage
 
     @in_thread
     def create_model(self, name: str, fields: ModelFields, workspace: str = "") -> ModelRecord:
@@ -143,7 +157,7 @@ class Models:
     def delete_model(self, name: str) -> None:
         with db.database.atomic():
             row = rules.check_model_write(model_row(name))
-            refuse_if_deployed(row)
+            self.usage.refuse_if_deployed(row.name)
             row.delete_instance(recursive=False)
         changed()
         self.repository.delete_model(name)
@@ -193,44 +207,6 @@ def model_row(name: str) -> Any:
     if row is None:
         raise rules.not_found(name)
     return rules.check_model_read(row)
-
-
-def member_rows(model: str) -> Any:
-    """The PipelineMember rows, with their deployment and pipeline, that run ``model``."""
-    return (
-        tables.PipelineMember.select(
-            tables.PipelineMember, tables.PipelineDeployment, tables.Pipeline
-        )
-        .join(tables.PipelineDeployment)
-        .join(tables.Pipeline)
-        .switch(tables.PipelineMember)
-        .join(tables.Model)
-        .where(tables.Model.name == model)
-        .order_by(tables.Pipeline.name)
-    )
-
-
-def pipeline_members(model: str) -> list[tuple[str, int]]:
-    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
-    return [(row.deployment.pipeline.name, row.version) for row in member_rows(model)]
-
-
-def refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
-    for pipeline, used in pipeline_members(model_row.name):
-        if version is None or used == version:
-            raise FailedPrecondition(
-                f"version {used} of {model_row.name!r} is used by deployed pipeline "
-                f"{pipeline!r}; undeploy the pipeline first"
-            )
-    query = tables.Deployment.select().where(tables.Deployment.model == model_row)
-    if version is not None:
-        query = query.where(tables.Deployment.version == version)
-    deployment = query.first()
-    if deployment is not None:
-        what = f"version {deployment.version} of {model_row.name!r}"
-        raise FailedPrecondition(
-            f"{what} is deployed (deployment {deployment.name!r}); undeploy it first"
-        )
 
 
 def _parse_order(order_by: str) -> tuple[str, bool]:

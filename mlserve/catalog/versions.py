@@ -18,10 +18,10 @@ import peewee as pw
 
 from mlserve.catalog.models import (
     LostRace,
+    Usage,
     created_in_savepoint,
     model_for_upload,
     model_row,
-    refuse_if_deployed,
     require_download_allowed,
     writable_model,
 )
@@ -56,10 +56,13 @@ class DownloadChunk:
 
 
 class Versions:
-    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
+    def __init__(
+        self, repository: Repository, tokens: PageTokens, blobs: Blobs, usage: Usage
+    ) -> None:
         self.repository = repository
         self.tokens = tokens
         self.blobs = blobs
+        self.usage = usage
 
     @in_thread
     def list_versions(self, model: str, requested_size: int, token: str) -> Page[VersionRecord]:
@@ -83,7 +86,7 @@ class Versions:
         with db.database.atomic():
             writable_model(model)
             row = version_row(model, version)
-            refuse_if_deployed(row.model, row.version)
+            self.usage.refuse_if_deployed(row.model.name, row.version)
             row.delete_instance()
         self.repository.delete_version(model, row.version)
         self.blobs.collect()
