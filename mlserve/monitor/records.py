@@ -114,34 +114,24 @@ def decode(capture: Capture) -> Record | None:
     return record
 
 
-def tensor_of(
-    name: str, datatype: str, shape: list[int], contents: Any, raw: bytes | None, cap: int
-) -> Tensor:
-    """Decode one tensor, raw or typed, keeping at most ``cap`` bytes of its payload."""
-    values = (
-        tensors.from_raw(datatype, raw)
-        if raw is not None
-        else (tensors.from_contents(datatype, contents))
-    )
-    values, cut = tensors.truncate(datatype, values, cap)
-    return Tensor(name, datatype, tuple(int(d) for d in shape), values, cut)
-
-
 def _tensors(declared: Any, raws: Any, cap: int, notes: list[str]) -> list[Tensor]:
     decoded: list[Tensor] = []
+    count = len(raws)
     for position, tensor in enumerate(declared):
-        if not tensors.known(tensor.datatype):
-            notes.append(f"tensor {tensor.name!r} not logged: datatype {tensor.datatype!r}")
+        datatype = tensor.datatype
+        if not tensors.known(datatype):
+            notes.append(f"tensor {tensor.name!r} not logged: datatype {datatype!r}")
             continue
-        raw = raws[position] if position < len(raws) else None
         try:
-            decoded.append(
-                tensor_of(
-                    tensor.name, tensor.datatype, list(tensor.shape), tensor.contents, raw, cap
-                )
-            )
+            if position < count:
+                values = tensors.from_raw(datatype, raws[position])
+            else:
+                values = tensors.from_contents(datatype, tensor.contents)
+            values, cut = tensors.truncate(datatype, values, cap)
         except Exception as error:  # a malformed tensor Triton will refuse too
             notes.append(f"tensor {tensor.name!r} not logged: {error}")
+            continue
+        decoded.append(Tensor(tensor.name, datatype, tuple(tensor.shape), values, cut))
     return decoded
 
 
