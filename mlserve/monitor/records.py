@@ -17,6 +17,8 @@ from mlserve.monitor.policy import LoggingPolicy
 from mlserve.monitor.tensors import Tensor
 
 GATEWAY, RECORDED = "gateway", "recorded"
+STREAMED = "STREAM"  # a capture's status while its response is a ModelStreamInferResponse
+STREAM_ERROR = "STREAM_ERROR"  # a stream answer carrying error_message (no status code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,14 @@ def decode(capture: Capture) -> Record | None:
     request: Any = _parse(service_pb2.ModelInferRequest, capture.request)
     if policy.sampling_key and not _key_sampled(policy, request):
         return None
+    response_bytes = capture.response
+    status, message = capture.status, capture.message
+    if status == STREAMED:
+        streamed: Any = _parse(service_pb2.ModelStreamInferResponse, capture.response)
+        failed = streamed is None or bool(streamed.error_message)
+        status = STREAM_ERROR if failed else "OK"
+        message = "" if streamed is None else streamed.error_message
+        response_bytes = None if failed else streamed.infer_response.SerializeToString()
     caller, kind, app = caller_of(capture.principal)
     record = Record(
         time=dt.datetime.fromtimestamp(capture.time, dt.timezone.utc),
@@ -91,20 +101,20 @@ def decode(capture: Capture) -> Record | None:
         caller=caller,
         caller_kind=kind,
         app=app,
-        status=capture.status,
-        message=capture.message,
+        status=status,
+        message=message,
         latency_ms=capture.latency * 1000,
         request_id=request.id if request is not None else "",
         request_bytes=len(capture.request),
-        response_bytes=len(capture.response or b""),
+        response_bytes=len(response_bytes or b""),
     )
     notes: list[str] = []
     if policy.mode.inputs and request is not None:
         record.inputs = _tensors(
             request.inputs, request.raw_input_contents, policy.max_payload_bytes, notes
         )
-    if policy.mode.outputs and capture.response is not None:
-        response: Any = _parse(service_pb2.ModelInferResponse, capture.response)
+    if policy.mode.outputs and response_bytes is not None:
+        response: Any = _parse(service_pb2.ModelInferResponse, response_bytes)
         if response is not None:
             record.outputs = _tensors(
                 response.outputs, response.raw_output_contents, policy.max_payload_bytes, notes
