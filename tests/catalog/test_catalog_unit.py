@@ -28,7 +28,7 @@ from mlserve.core.errors import AlreadyExists, InvalidArgument
 from mlserve.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository
 
 RICH = ModelFields(
     description="predicts churn",
@@ -53,7 +53,7 @@ RICH = ModelFields(
 
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+    repository = LocalRepository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
     return Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
 
 

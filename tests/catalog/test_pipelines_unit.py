@@ -24,7 +24,7 @@ from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from mlserve.core.paging import PageTokens
 from mlserve.storage import tables
 from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository
 from mlserve.triton.serving import ServingSettings
 from tests.support.models import add_model_config, scale_model_config
 
@@ -227,7 +227,7 @@ def test_pipelines_and_models_share_one_namespace(pipelines: Pipelines, tmp_path
         run(pipelines.create("chain", "", three_steps()))
     with pytest.raises(AlreadyExists, match="a model is named 'add'"):
         run(pipelines.create("add", "", three_steps()))
-    repository = Repository(tmp_path / "r", tmp_path / "s", tmp_path / "b")
+    repository = LocalRepository(tmp_path / "r", tmp_path / "s", tmp_path / "b")
     catalog = Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
     with pytest.raises(AlreadyExists, match="a pipeline is named 'chain'"):
         run(catalog.create_model("chain", ModelFields()))

@@ -19,13 +19,13 @@ from mlserve.core.errors import FailedPrecondition
 from mlserve.core.paging import PageTokens
 from mlserve.storage import tables
 from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository
 
 DATA = b"half of this arrives" * 100
 
 
 def uploads_in(home: Path, expire_after: dt.timedelta) -> Uploads:
-    repository = Repository(home / "repository", home / "staging", home / "blobs")
+    repository = LocalRepository(home / "repository", home / "staging", home / "blobs")
     blobs = Blobs(repository)
     catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
     return Uploads(repository, catalog, blobs, UploadLimits(expire_after=expire_after))

@@ -19,7 +19,7 @@ from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
 from mlserve.core.paging import PageTokens
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(WEIGHTS).hexdigest()
@@ -28,7 +28,7 @@ SHA = hashlib.sha256(WEIGHTS).hexdigest()
 @dataclass
 class Domain:
     home: Path
-    repository: Repository
+    repository: LocalRepository
     blobs: Blobs
     catalog: Catalog
     uploads: Uploads
@@ -42,7 +42,7 @@ class Domain:
 
 @pytest.fixture
 def domain(store_db: pw.Database, tmp_path: Path) -> Domain:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+    repository = LocalRepository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
     blobs = Blobs(repository)
     catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
     return Domain(

@@ -26,13 +26,13 @@ from mlserve.core.paging import PageTokens
 from mlserve.gateway.stats import InferenceStats
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository
 from tests.support.postgres import PostgresCluster
 
 
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+    repository = LocalRepository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
     return Catalog(repository, PageTokens(b"secret" * 4), Blobs(repository))
 
 
