@@ -1,4 +1,4 @@
-"""``python -m bench [upload|deploy|gateway|auth|catalog|dedup|pipeline|all] [--rounds 5] ...``.
+"""``python -m bench [upload|deploy|gateway|auth|oidc|catalog|dedup|pipeline|all] ...``.
 
 Prints each benchmark's tables and appends a markdown summary of the run to
 bench/results/latest.md (gitignored).
@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import auth, catalog_list, dedup, deploy, gateway, pipeline, upload
+from bench import auth, catalog_list, dedup, deploy, gateway, oidc, pipeline, upload
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
@@ -24,7 +24,17 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "which",
         nargs="?",
-        choices=["upload", "deploy", "gateway", "auth", "catalog", "dedup", "pipeline", "all"],
+        choices=[
+            "upload",
+            "deploy",
+            "gateway",
+            "auth",
+            "oidc",
+            "catalog",
+            "dedup",
+            "pipeline",
+            "all",
+        ],
         default="all",
         help="which benchmark to run (default: %(default)s)",
     )
@@ -108,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.which in ("auth", "all"):
         benchmarks.append(("auth", lambda: auth.run()))
+    if args.which in ("oidc", "all"):
+        benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
 

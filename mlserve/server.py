@@ -12,16 +12,22 @@ import logging
 import os
 import secrets
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
+import peewee as pw
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from mlserve import __version__
 from mlserve.access import ADMIN_KEY_FILE, Access
+from mlserve.access.apps import Apps
 from mlserve.access.audit import AuditLog
-from mlserve.access.directory import Directory
+from mlserve.access.tokens import OidcConfig, TokenVerifier
+from mlserve.access.users import Users
+from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
@@ -31,15 +37,18 @@ from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
 from mlserve.api.inference_log import InferenceLogService
+from mlserve.api.instance import InstanceDescription, InstanceService
 from mlserve.api.interceptor import CallGuard
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
-from mlserve.catalog.models import Catalog
+from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.models import Models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
+from mlserve.catalog.versions import Versions
 from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
@@ -55,7 +64,7 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import LocalRepository, Repository
 from mlserve.storage.s3 import S3Repository
-from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
@@ -66,6 +75,8 @@ from mlserve_api.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -91,6 +102,7 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
 )
 
 
@@ -99,18 +111,38 @@ class Domain:
     """The domain objects one process shares between its services."""
 
     repository: Repository
-    catalog: Catalog
+    models: Models
+    versions: Versions
+    artifacts: Artifacts
     uploads: Uploads
     fleet: Fleet
     deployments: Deployments
     access: Access
     router: Router
     stats: InferenceStats
-    directory: Directory
+    users: Users
+    workspaces: Workspaces
+    apps: Apps
     audit: AuditLog
     pipelines: Pipelines
     pipeline_deployments: PipelineDeployments
     inference_log: InferenceLog
+
+
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """OIDC sign-in for the issuers ``settings`` trust, or None (API keys only)."""
+    if not settings.oidc_issuer:
+        return None
+    return TokenVerifier(
+        OidcConfig(
+            issuers=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            user_claim=settings.oidc_user_claim,
+            roles_claim=settings.oidc_roles_claim,
+            workspaces_claim=settings.oidc_workspaces_claim,
+            fetch_timeout=settings.oidc_fetch_timeout,
+        )
+    )
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -120,13 +152,15 @@ def build_domain(settings: Settings) -> Domain:
     repository = open_repository(settings)
     blobs = Blobs(repository)
     db.run(blobs.sweep)
-    catalog = Catalog(repository, tokens, blobs)
+    versions = Versions(repository, tokens, blobs)
+    artifacts = Artifacts(repository, tokens, blobs)
     limits = UploadLimits(
         max_upload_bytes=settings.max_upload_bytes,
         max_staging_bytes=settings.max_staging_bytes,
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
+        allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
-    uploads = Uploads(repository, catalog, blobs, limits)
+    uploads = Uploads(repository, versions, artifacts, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -149,14 +183,18 @@ def build_domain(settings: Settings) -> Domain:
     )
     return Domain(
         repository,
-        catalog,
+        Models(repository, tokens, blobs),
+        versions,
+        artifacts,
         uploads,
         fleet,
         deployments,
-        Access(),
+        Access(tokens=token_verifier(settings)),
         router,
         stats,
-        Directory(tokens),
+        Users(tokens),
+        Workspaces(tokens),
+        Apps(tokens),
         AuditLog(tokens),
         Pipelines(tokens),
         pipeline_deployments,
@@ -322,7 +360,15 @@ class MLServe:
         )
         server.add_generic_rpc_handlers((gateway.handler(),))
         model_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(domain.catalog, domain.uploads, domain.stats, domain.deployments), server
+            ModelService(
+                domain.models,
+                domain.versions,
+                domain.artifacts,
+                domain.uploads,
+                domain.stats,
+                domain.deployments,
+            ),
+            server,
         )
         server_pb2_grpc.add_ServerServiceServicer_to_server(
             ServerService(domain.fleet, domain.deployments), server
@@ -336,18 +382,46 @@ class MLServe:
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(domain.pipelines, lambda: self.address), server
         )
-        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.directory), server)
+        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.users), server)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
-            WorkspaceService(domain.directory), server
+            WorkspaceService(domain.workspaces), server
         )
-        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
+        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.apps), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        instance_pb2_grpc.add_InstanceServiceServicer_to_server(
+            InstanceService(self._description()), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
+
+    def _description(self) -> InstanceDescription:
+        """What GetInstance says: a feature is true only when built and switched on."""
+        settings = self.settings
+        features = {
+            "tls": settings.tls_cert is not None,
+            "postgresql": isinstance(db.database.obj, pw.PostgresqlDatabase),
+            "oidc": bool(settings.oidc_issuer),
+            "metrics": bool(settings.metrics_listen),
+            "embedded_triton": settings.embedded_triton,
+            "pipelines": True,
+            "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
+            # Not built yet: --storage takes a local directory only.
+            "s3_storage": False,
+            "assays": False,
+            "training": False,
+            "explain": False,
+        }
+        return InstanceDescription(
+            name=settings.instance_name or socket.gethostname(),
+            version=__version__,
+            oidc_issuers=settings.oidc_issuer,
+            oidc_audience=settings.oidc_audience,
+            features=features,
+        )
 
     def _anonymous_gateway(self) -> bool:
         if not self.settings.bench_anonymous_gateway:

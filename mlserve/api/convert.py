@@ -11,6 +11,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mlserve.catalog.artifacts import ArtifactRecord
 from mlserve.catalog.model_metadata import (
     DriftDetection,
     Feature,
@@ -19,15 +20,17 @@ from mlserve.catalog.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
-from mlserve.catalog.models import ArtifactRecord, FileSpec, ModelQuery, ModelRecord, VersionRecord
+from mlserve.catalog.models import ModelQuery, ModelRecord
 from mlserve.catalog.pipelines import PipelineRecord, Spec, Step, Tensor
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
+from mlserve.catalog.versions import VersionRecord
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.model_deployments import DeploymentRecord, TargetRecord
 from mlserve.deploy.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
 from mlserve.gateway.stats import UsageRecord
+from mlserve.storage.blobs import FileSpec
 from mlserve.triton.serving import ServingSettings
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2
 

@@ -26,18 +26,14 @@ from typing import Any
 import peewee as pw
 
 from mlserve.access import rules
+from mlserve.catalog.artifacts import ARTIFACT_KINDS, ArtifactRecord, Artifacts, find_artifact
 from mlserve.catalog.models import (
-    ARTIFACT_KINDS,
-    ArtifactRecord,
-    Catalog,
-    FileSpec,
-    VersionRecord,
     check_upload,
-    find_artifact,
-    find_version,
+    downloadable_blobs,
     refuse_pipeline_name,
     writable_model,
 )
+from mlserve.catalog.versions import VersionRecord, Versions, find_version
 from mlserve.core.errors import (
     Aborted,
     DataLoss,
@@ -48,9 +44,9 @@ from mlserve.core.errors import (
     ResourceExhausted,
 )
 from mlserve.core.names import check_name, check_relative_path
-from mlserve.core.paging import Page, page_size
+from mlserve.core.paging import Listing, Page
 from mlserve.storage import db, tables
-from mlserve.storage.blobs import Blobs
+from mlserve.storage.blobs import Blobs, FileSpec
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository, sha256_of
 from mlserve.triton import modelconfig
@@ -126,6 +122,8 @@ class UploadLimits:
     max_staging_bytes: int = 128 * 1024**3
     # How long an unfinished upload may sit untouched before it is deleted.
     expire_after: dt.timedelta = dt.timedelta(hours=24)
+    allowed_backends: frozenset[str] = frozenset({"python"})
+    """Backends an uploaded config may name (--allowed-backends)."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +157,16 @@ class _StagedFile:
 
 class Uploads:
     def __init__(
-        self, repository: Repository, catalog: Catalog, blobs: Blobs, limits: UploadLimits
+        self,
+        repository: Repository,
+        versions: Versions,
+        artifacts: Artifacts,
+        blobs: Blobs,
+        limits: UploadLimits,
     ) -> None:
         self.repository = repository
-        self.catalog = catalog
+        self.versions = versions
+        self.artifacts = artifacts
         self.blobs = blobs
         self.limits = limits
 
@@ -239,22 +243,15 @@ class Uploads:
         """The caller's uploads by upload_id; every user's for an admin asking ``all_users``."""
         if all_users:
             rules.require_admin("listing every user's uploads (all_users)")
-        size = page_size(requested_size)
-        query_key = {"list": "uploads", "all_users": all_users}
-        after = self.catalog.tokens.decode(query_key, token)
-        query = _upload_rows().order_by(tables.Upload.upload_id).limit(size + 1)
+        query = _upload_rows()
         principal = rules.caller()
         if not all_users and principal is not None:
             query = query.where(tables.Upload.owner == principal.user_id)
-        if after is not None:
-            query = query.where(tables.Upload.upload_id > str(after))
-        rows = list(query)
-        next_token = (
-            self.catalog.tokens.encode(query_key, rows[size - 1].upload_id)
-            if len(rows) > size
-            else ""
-        )
-        return Page([self._record(row) for row in rows[:size] if _visible(row)], next_token)
+        listing = Listing(
+            query, tables.Upload.upload_id, self._record, lambda row: row.upload_id,
+            {"list": "uploads", "all_users": all_users}, keep=_visible,
+        )  # fmt: skip
+        return self.versions.tokens.page(listing, requested_size, token)
 
     @in_thread
     def cancel(self, upload_id: str) -> None:
@@ -378,7 +375,9 @@ class Uploads:
                 f"{clash[0]!r} is declared as a file but other paths use it as a directory"
             )
         self._check_total(sum(spec.size for spec in files.values()))
-        config = modelconfig.render(modelconfig.parse(header.config, model, files))
+        config = modelconfig.render(
+            modelconfig.parse_upload(header.config, model, files, self.limits.allowed_backends)
+        )
         ordered = dict(sorted(files.items()))
         manifest_sha256 = _manifest_sha256(
             {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}
@@ -418,7 +417,7 @@ class Uploads:
         """Create or match the upload's record; its result if it already committed."""
         if plan.artifact_kind:
             (spec,) = plan.files.values()
-            attached = self.catalog.attached_artifact(
+            attached = self.artifacts.attached_artifact(
                 plan.model, plan.artifact_version, spec, plan.artifact_kind
             )
             if attached is not None:
@@ -429,7 +428,7 @@ class Uploads:
             row: Any = tables.Upload.get_or_none(tables.Upload.upload_id == plan.upload_id)
             if row is None:
                 self._require_disk_space(plan)
-                stored = self.blobs.stored(plan.files.values())
+                stored = self.blobs.stored(plan.files.values(), downloadable_blobs())
                 staging = sum(s.size for s in plan.files.values() if s.sha256 not in stored)
                 self._require_staging_room(owner, staging)
                 try:
@@ -472,7 +471,7 @@ class Uploads:
 
     def _stage(self, plan: _Plan) -> dict[str, _StagedFile]:
         """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
-        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values())
+        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values(), downloadable_blobs())
         return {
             path: _StagedFile(spec, 0, stored=True)
             if spec.sha256 in stored
@@ -587,14 +586,14 @@ class Uploads:
                 target.stored = True
         if plan.artifact_kind:
             (spec,) = plan.files.values()
-            return self.catalog.attach_artifact(
+            return self.artifacts.attach_artifact(
                 model=plan.model,
                 version=plan.artifact_version,
                 upload_id=plan.upload_id,
                 file=spec,
                 kind=plan.artifact_kind,
             )
-        return self.catalog.commit_version(
+        return self.versions.commit_version(
             model=plan.model,
             upload_id=plan.upload_id,
             files=list(plan.files.values()),

@@ -47,7 +47,7 @@ from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument
 from mlserve.core.names import check_name, check_relative_path, safe_join
 
 if TYPE_CHECKING:
-    from mlserve.catalog.models import FileSpec
+    from mlserve.storage.blobs import FileSpec
 
 log = logging.getLogger(__name__)
 

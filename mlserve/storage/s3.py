@@ -53,7 +53,7 @@ from mlserve.storage import db
 from mlserve.storage.repository import CONFIG_FILE, Repository, flocked
 
 if TYPE_CHECKING:
-    from mlserve.catalog.models import FileSpec
+    from mlserve.storage.blobs import FileSpec
 
 log = logging.getLogger(__name__)
 

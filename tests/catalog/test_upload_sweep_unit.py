@@ -13,22 +13,24 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from mlserve.catalog.models import Catalog, FileSpec
 from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
 from mlserve.core.errors import FailedPrecondition
-from mlserve.core.paging import PageTokens
 from mlserve.storage import tables
-from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import LocalRepository
+from mlserve.storage.blobs import FileSpec
+from tests.support.catalog import open_catalog
 
 DATA = b"half of this arrives" * 100
 
 
 def uploads_in(home: Path, expire_after: dt.timedelta) -> Uploads:
-    repository = LocalRepository(home / "repository", home / "staging", home / "blobs")
-    blobs = Blobs(repository)
-    catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
-    return Uploads(repository, catalog, blobs, UploadLimits(expire_after=expire_after))
+    catalog = open_catalog(home)
+    return Uploads(
+        catalog.repository,
+        catalog.versions,
+        catalog.artifacts,
+        catalog.blobs,
+        UploadLimits(expire_after=expire_after),
+    )
 
 
 def begin(uploads: Uploads, upload_id: str) -> None:

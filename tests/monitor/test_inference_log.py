@@ -17,7 +17,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 
 from mlserve_api.v1 import app_pb2, deployment_pb2, inference_log_pb2, user_pb2
+from mlserve_client import Client
 from tests.support.checks import delete_model_quietly, expect_error, wait_until
+from tests.support.commands import grpcurl, mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import upload_add
 from tests.support.users import PID, make_user
@@ -325,3 +327,54 @@ def test_record_inference_refuses_bad_tensors_and_writes_nothing(logged: str, st
         metadata=stubs.auth,
     )
     assert len(_records(stubs, logged, page_size=1000)) == before
+
+
+# --- the Python client, the CLI and grpcurl ----------------------------------------
+
+
+def test_the_python_client_reads_the_log_as_records_or_a_table(
+    logged: str, mlserve: MLServeProcess
+) -> None:
+    with Client(mlserve.address, mlserve.key) as client:
+        records = list(client.inference_logs(logged, since=dt.timedelta(hours=1), caller="admin"))
+        assert [r.request_id for r in records] == ["r2", "r1", "r0"]
+        table = client.inference_logs(logged, table=True, oldest_first=True, caller="admin")
+    frame = table.to_pandas()
+    assert list(frame["request_id"]) == ["r0", "r1", "r2"]
+    assert [list(v) for v in frame["input.INPUT0"]] == [[1, 2, 3, 4]] * 3
+
+
+def test_the_cli_lists_the_log_and_sets_a_policy_at_deploy_time(
+    logged: str, mlserve: MLServeProcess, stubs: Stubs, model_name: str
+) -> None:
+    listed = mlserve_cli(mlserve, "logs", "list", logged, "--since", "1h", "--caller", "admin")
+    assert listed.returncode == 0, listed.stderr
+    assert all(f"r{n}" in listed.stdout for n in range(3))
+    upload_add(stubs, model_name)
+    try:
+        deployed = mlserve_cli(mlserve, "deploy", model_name, "--log", "all", "--sample", "0.1")
+        assert deployed.returncode == 0, deployed.stderr
+        shown = mlserve_cli(mlserve, "logs", "policy", model_name)
+        assert "log all  sample 0.1" in shown.stdout, shown.stdout
+        refused = mlserve_cli(mlserve, "logs", "policy", model_name, "--sample", "2")
+        assert refused.returncode == 1
+        assert "INVALID_ARGUMENT" in refused.stderr
+        assert "logging.sample_rate" in refused.stderr
+    finally:
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=model_name), metadata=stubs.auth
+        )
+        delete_model_quietly(stubs, model_name)
+
+
+def test_grpcurl_lists_the_log(logged: str, mlserve: MLServeProcess) -> None:
+    answer = grpcurl(
+        mlserve,
+        "-d",
+        f'{{"model": "{logged}", "caller": "admin", "page_size": 1}}',
+        mlserve.address,
+        "mlserve.v1.InferenceLogService/ListInferenceLogs",
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert '"requestId": "r2"' in answer.stdout
+    assert '"fpContents"' in answer.stdout

@@ -15,15 +15,13 @@ from typing import Any
 import peewee as pw
 import pytest
 
-from mlserve.catalog.models import Catalog
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.core.errors import Unavailable
-from mlserve.core.paging import PageTokens
 from mlserve.settings import resolve
 from mlserve.storage import tables
-from mlserve.storage.blobs import Blobs
 from mlserve.storage.s3 import S3Location, S3Repository
 from tests.storage.test_blobs_unit import Domain, read_version, upload
+from tests.support.catalog import open_catalog
 from tests.support.mlserve import free_port
 from tests.support.s3 import AWS_ENV, MotoServer, moto_server  # noqa: F401 (a fixture)
 
@@ -44,11 +42,15 @@ def bucket(moto_server: MotoServer) -> S3Location:  # noqa: F811
 
 @pytest.fixture
 def domain(store_db: pw.Database, tmp_path: Path, bucket: S3Location) -> Domain:
-    repository = S3Repository(bucket, tmp_path / "staging")
-    blobs = Blobs(repository)
-    catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
-    uploads = Uploads(repository, catalog, blobs, UploadLimits())
-    return Domain(tmp_path, repository, blobs, catalog, uploads)  # type: ignore[arg-type]
+    return domain_on(S3Repository(bucket, tmp_path / "staging"), tmp_path)
+
+
+def domain_on(repository: S3Repository, home: Path) -> Domain:
+    catalog = open_catalog(home, repository=repository)
+    uploads = Uploads(
+        repository, catalog.versions, catalog.artifacts, catalog.blobs, UploadLimits()
+    )
+    return Domain(home, repository, catalog.blobs, catalog, uploads)
 
 
 def keys(moto: MotoServer, bucket: S3Location) -> list[str]:
@@ -111,13 +113,13 @@ def test_dedup_deletion_and_collection_in_the_bucket(
     second = {"model.py": b"# two\n", "weights.bin": WEIGHTS}
     assert upload(domain, "m", second, send={"model.py": b"# two\n"}).version == 2
     assert read_version(domain, "m", 2) == second
-    asyncio.run(domain.catalog.delete_version("m", 1))
+    asyncio.run(domain.catalog.versions.delete_version("m", 1))
     remaining = keys(moto_server, bucket)
     assert not any(key.startswith("team/models/repository/m/1/") for key in remaining)
     one_sha = hashlib.sha256(b"# one\n").hexdigest()
     assert f"team/models/blobs/sha256/{one_sha[:2]}/{one_sha}" not in remaining
     assert f"team/models/blobs/sha256/{SHA[:2]}/{SHA}" in remaining
-    asyncio.run(domain.catalog.delete_model("m"))
+    asyncio.run(domain.catalog.models.delete_model("m"))
     assert keys(moto_server, bucket) == []
     assert tables.Blob.select().count() == 0
 
@@ -149,15 +151,7 @@ def test_a_bucket_that_goes_away_is_unavailable_then_recovers(
 ) -> None:
     location = S3Location(own_moto.bucket(), "p", own_moto.endpoint, "us-east-1")
     repository = S3Repository(location, tmp_path / "staging")
-    blobs = Blobs(repository)
-    catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
-    domain = Domain(
-        tmp_path,
-        repository,  # type: ignore[arg-type]
-        blobs,
-        catalog,
-        Uploads(repository, catalog, blobs, UploadLimits()),
-    )
+    domain = domain_on(repository, tmp_path)
     assert upload(domain, "m", {"model.py": b"# before\n"}).version == 1
     own_moto.stop()
     with pytest.raises(Unavailable) as raised:
