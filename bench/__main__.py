@@ -1,4 +1,4 @@
-"""``python -m bench [upload|deploy|gateway|auth|oidc|catalog|dedup|pipeline|all] ...``.
+"""``python -m bench [upload|deploy|gateway|auth|oidc|catalog|dedup|pipeline|log|all] ...``.
 
 Prints each benchmark's tables and appends a markdown summary of the run to
 bench/results/latest.md (gitignored).
@@ -13,7 +13,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import auth, catalog_list, dedup, deploy, gateway, oidc, pipeline, upload
+from bench import (
+    auth,
+    catalog_list,
+    dedup,
+    deploy,
+    gateway,
+    inference_log,
+    oidc,
+    pipeline,
+    upload,
+)
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
@@ -33,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
             "catalog",
             "dedup",
             "pipeline",
+            "log",
             "all",
         ],
         default="all",
@@ -122,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
+    if args.which in ("log", "all"):
+        benchmarks.append(("log", inference_log.run))
 
     started = dt.datetime.now().astimezone()
     reports: list[Report] = []

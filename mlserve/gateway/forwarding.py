@@ -118,7 +118,7 @@ class Forwarder:
         tried: frozenset[str] = frozenset()
         while True:
             route = self.router.route(model)
-            if route is None:
+            if route is None or not route.servers:
                 choice = await self.router.choose(model, version, tried)
             else:
                 choice = self.router.choose_routed(route, version, tried)
@@ -168,8 +168,12 @@ class Forwarder:
     ) -> None:
         assert self.log is not None
         route = self.router.route(model)
+        if route is None:
+            # Not a deployment: nothing to record it under (and a name from the wire
+            # that no deployment validated must never become a path).
+            return
         status, message = self.describe_error(error)
-        self.log.capture(model, route.version if route else 0, "", current_principal.get(),
+        self.log.capture(model, route.version, "", current_principal.get(),
                          request, None, status, message, began, latency)  # fmt: skip
 
     def _count(self, model: str, ok: bool) -> None:

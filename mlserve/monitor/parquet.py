@@ -16,6 +16,7 @@ model, date and hour come from the path, as Hive partitioning does.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 import uuid
@@ -28,9 +29,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import check_name
 from mlserve.monitor import tensors
 from mlserve.monitor.records import Record
 from mlserve.monitor.tensors import Tensor
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".parquet"
 _TEMPORARY = ".tmp"
@@ -59,6 +64,10 @@ META = pa.schema(
         ("output_json", pa.string()),
     ]
 )
+_DICTIONARY_COLUMNS = [
+    "deployment", "server", "caller", "caller_kind", "app", "status", "message", "source",
+]  # fmt: skip
+_STATISTICS_COLUMNS = ["id", "time", "version", *_DICTIONARY_COLUMNS]
 _SCALARS = [name for name in META.names if name not in ("time", "truncated", "truncated_tensors")]
 
 
@@ -84,6 +93,9 @@ def write(root: Path, records: Iterable[Record]) -> int:
     """
     by_partition: defaultdict[Partition, list[Record]] = defaultdict(list)
     for record in records:
+        if not valid_name(record.model):
+            log.error("inference log record for %r dropped: not a model name", record.model)
+            continue
         by_partition[Partition.of(record)].append(record)
     written = 0
     for partition, rows in by_partition.items():
@@ -165,12 +177,31 @@ def sweep_temporary(root: Path) -> int:
     return removed
 
 
+def valid_name(model: str) -> bool:
+    """Whether ``model`` may name a partition directory (a valid resource name)."""
+    try:
+        check_name(model)
+    except InvalidArgument:
+        return False
+    return True
+
+
 def _write_file(directory: Path, table: Any) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
     temporary = directory / f".{name}{_TEMPORARY}"
     try:
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(
+            table,
+            temporary,
+            compression="zstd",
+            # Level 1: the writer must keep up with the gateway on one core.
+            compression_level=1,
+            # Dictionaries and statistics pay off on the metadata (filters, repeated
+            # names), not on tensor elements, which are mostly distinct.
+            use_dictionary=_DICTIONARY_COLUMNS,
+            write_statistics=_STATISTICS_COLUMNS,
+        )
         os.replace(temporary, directory / name)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -24,8 +24,10 @@ a concurrent upload of the same content because of two things:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,18 +52,20 @@ class Blobs:
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
 
-    def stored(self, files: Iterable[FileSpec], readable: Any = None) -> set[str]:
+    def stored(self, files: Iterable[FileSpec], readable: Sequence[Any] | None = None) -> set[str]:
         """The sha256s of the declared contents stored already that the caller could read.
 
-        An upload need not send those bytes, nor stage them. ``readable`` (a
-        where-clause on blobs; None: every blob) keeps the contents the caller
-        could download anyway: the catalog, which knows who may read what,
-        decides (``catalog.models.downloadable_blobs``).
+        An upload need not send those bytes, nor stage them. ``readable`` (queries
+        of sha256s; None: every blob) keeps the contents the caller could download
+        anyway: the catalog, which knows who may read what, decides
+        (``catalog.uploads.downloadable_blobs``).
         """
         wanted = {spec.sha256: spec.size for spec in files}
         candidates = tables.Blob.select().where(tables.Blob.sha256.in_(list(wanted)))
         if readable is not None:
-            candidates = candidates.where(readable)
+            candidates = candidates.where(
+                functools.reduce(operator.or_, (tables.Blob.sha256.in_(q) for q in readable))
+            )
         return {
             row.sha256
             for row in candidates
@@ -69,7 +73,7 @@ class Blobs:
         }
 
     def pin_stored(
-        self, upload_id: str, files: Iterable[FileSpec], readable: Any = None
+        self, upload_id: str, files: Iterable[FileSpec], readable: Sequence[Any] | None = None
     ) -> set[str]:
         """Pin for ``upload_id`` every declared content already stored (and ``readable``,
         as for ``stored``); all its pinned sha256s.

@@ -141,6 +141,10 @@ def test_the_policy_changes_without_redeploying(
         )
         assert got.logging.mode == inference_log_pb2.LOGGING_MODE_METADATA
         assert got.logging.dropped == 0
+        # Both calls, logged or not, count in the recent latency.
+        assert got.latency.calls == 2
+        assert 0 < got.latency.p50_ms <= got.latency.p99_ms
+        assert got.latency.window_seconds == 300
     finally:
         stubs.deployments.DeleteDeployment(
             deployment_pb2.DeleteDeploymentRequest(name=model_name), metadata=stubs.auth

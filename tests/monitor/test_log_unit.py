@@ -221,3 +221,11 @@ def test_time_filters(tmp_path: Path) -> None:
     assert _read_all(tmp_path, start=later) == []
     assert len(_read_all(tmp_path, end=later)) == 1
     assert pq.read_table(next(parquet.files(tmp_path))).num_rows == 1
+
+
+def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path) -> None:
+    record = decode(_capture(_request("INT8", True)))
+    assert record is not None
+    record.model = "../escape"
+    assert parquet.write(tmp_path / "logs", [record]) == 0
+    assert list(tmp_path.rglob("*.parquet")) == []
