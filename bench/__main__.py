@@ -1,4 +1,4 @@
-"""``python -m bench [upload|deploy|gateway|auth|catalog|dedup|pipeline|all] [--rounds 5] ...``.
+"""``python -m bench [NAME|all] [--rounds 5] ...``: NAME is one of ``BENCHMARKS``.
 
 Prints each benchmark's tables and appends a markdown summary of the run to
 bench/results/latest.md (gitignored).
@@ -13,10 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import auth, catalog_list, dedup, deploy, gateway, pipeline, upload
+from bench import auth, catalog_list, dedup, deploy, flood, gateway, pipeline, upload
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
+BENCHMARKS = ("upload", "deploy", "gateway", "auth", "flood", "catalog", "dedup", "pipeline")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "which",
         nargs="?",
-        choices=["upload", "deploy", "gateway", "auth", "catalog", "dedup", "pipeline", "all"],
+        choices=[*BENCHMARKS, "all"],
         default="all",
         help="which benchmark to run (default: %(default)s)",
     )
@@ -108,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.which in ("auth", "all"):
         benchmarks.append(("auth", lambda: auth.run()))
+    if args.which in ("flood", "all"):
+        benchmarks.append(("flood", lambda: flood.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
 

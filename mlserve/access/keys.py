@@ -13,9 +13,12 @@ database call uses, so wrong secrets queue behind each other only. After
 ``FAILURES_BEFORE_BACKOFF`` wrong secrets in a row for one key id, that id
 is refused without hashing until ``BACKOFF_SECONDS`` after the last hashed
 failure; each hashed failure after that starts the back-off again, so one
-key id costs at most one hash per back-off. A key this process has verified
-before is recognised without hashing, so the back-off does not lock out a
-key's owner who is already using it here.
+key id costs at most one hash per back-off. A refusal during a back-off is
+made before any database work and answered when the back-off ends (at most
+``HELD_REFUSALS`` at once), so a client that waits for its answers gets one
+attempt per back-off. A key this process has verified before is recognised
+without hashing, so the back-off does not lock out a key's owner who is
+already using it here.
 
 Decisions are cached for ``cache_seconds`` (1 s) so the gateway's hot path
 does no database work. After that the key's row, its user and memberships are
@@ -33,7 +36,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import math
 import os
 import secrets
 import threading
@@ -68,6 +70,8 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 HASHING_THREADS = 2
 FAILURES_BEFORE_BACKOFF = 5
 BACKOFF_SECONDS = 2.0
+# Refusals held until their back-off ends, at most; past that they answer at once.
+HELD_REFUSALS = 1024
 _LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 _INVALID = "the API key is not valid"
 K = TypeVar("K")
@@ -230,6 +234,7 @@ class Access:
         self._verified: dict[str, str] = {}
         self._hashing = ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="key-hashing")
         self._failures = _FailedAttempts(FAILURES_BEFORE_BACKOFF, BACKOFF_SECONDS)
+        self._held = 0  # refusals waiting for their key id's back-off to end
         # (key prefix, model) -> why not, or None: the gateway's decisions.
         self._infer: _DecisionCache[tuple[str, str], MLServeError | None] = _DecisionCache(
             cache_seconds
@@ -291,10 +296,18 @@ class Access:
 
     async def _verify(self, key: str) -> Principal:
         parts = split_key(key)
-        row = None if parts is None else await in_thread(_key_row)(parts[0])
-        if parts is None or row is None:
+        if parts is None:
             raise Unauthenticated(_INVALID)
         prefix, secret = parts
+        if key not in self._verified:
+            # A key id backing off is refused before any database or thread
+            # work, and the refusal is held until the back-off ends: a
+            # flood of wrong secrets costs the event loop little, and a
+            # client that waits for its answers makes one attempt per back-off.
+            await self._hold_while_backing_off(prefix)
+        row = await in_thread(_key_row)(prefix)
+        if row is None:
+            raise Unauthenticated(_INVALID)
         if self._verified.get(key) != row.secret_hash:
             hashing = asyncio.get_running_loop().run_in_executor
             good = await hashing(self._hashing, self._check_secret, prefix, secret, row)
@@ -308,22 +321,41 @@ class Access:
             self._verified[key] = row.secret_hash
         return await in_thread(_accept)(row)
 
+    async def _hold_while_backing_off(self, prefix: str) -> None:
+        wait = self._failures.wait(prefix)
+        if wait <= 0:
+            return
+        if self._held < HELD_REFUSALS:
+            self._held += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._held -= 1
+        raise Unauthenticated(_backing_off(prefix))
+
+    def _refuse_while_backing_off(self, prefix: str) -> None:
+        if self._failures.wait(prefix) > 0:
+            raise Unauthenticated(_backing_off(prefix))
+
     def _check_secret(self, prefix: str, secret: str, row: Any) -> bool:
         """On a hashing thread: whether ``secret`` is ``row``'s; refused while backing off.
 
         The back-off is checked here, when the hash would start, so wrong
         secrets that queued up together cost no more hashes than the limit.
         """
-        wait = self._failures.wait(prefix)
-        if wait > 0:
-            raise Unauthenticated(
-                f"too many wrong secrets for API key {prefix}: retry in {math.ceil(wait)} s"
-            )
+        self._refuse_while_backing_off(prefix)
         if verify_secret(secret, row.secret_hash, row.algorithm):
             self._failures.succeeded(prefix)
             return True
         self._failures.failed(prefix)
         return False
+
+
+def _backing_off(prefix: str) -> str:
+    return (
+        f"too many wrong secrets for API key {prefix}: after {FAILURES_BEFORE_BACKOFF} in a row "
+        f"it is checked at most once every {BACKOFF_SECONDS:g} s; check the key and retry"
+    )
 
 
 def _key_row(prefix: str) -> Any:

@@ -15,6 +15,8 @@ from tests.conftest import MLServeProcess, Stubs
 
 Code = grpc.StatusCode
 FLOOD_THREADS = 64
+# Each is held until its back-off ends: a few per thread.
+CALLS_PER_FLOOD_THREAD = 3
 LISTING = model_pb2.ListModelsRequest()
 
 
@@ -100,10 +102,20 @@ def test_wrong_secrets_back_off_their_key_id_only(root: Stubs) -> None:
     prefix = unused.split("_")[1]
     for n in range(FAILURES_BEFORE_BACKOFF):
         assert refusal(root, wrong(unused, n)) == "the API key is not valid"
-    backing_off = f"too many wrong secrets for API key {prefix}: retry in {BACKOFF_SECONDS:.0f} s"
+    backing_off = (
+        f"too many wrong secrets for API key {prefix}: after {FAILURES_BEFORE_BACKOFF} in a row "
+        f"it is checked at most once every {BACKOFF_SECONDS:g} s; check the key and retry"
+    )
+    # Refused without a hash, and answered when the back-off is over...
     assert refusal(root, wrong(unused, 99)) == backing_off
-    # The right secret of a key this process has not verified yet waits too.
-    assert refusal(root, [("authorization", f"Bearer {unused}")]) == backing_off
+    # ...so the next wrong secret is hashed, and starts the back-off again.
+    assert refusal(root, wrong(unused, 100)) == "the API key is not valid"
+    # The right secret of a key this process has not verified yet waits its turn too,
+    right = [("authorization", f"Bearer {unused}")]
+    assert refusal(root, right) == backing_off
+    # and is accepted once the back-off is over; that clears the count.
+    root.models.ListModels(LISTING, metadata=right, timeout=60)
+    assert refusal(root, wrong(unused, 101)) == "the API key is not valid"
     # Other keys are not affected.
     root.models.ListModels(LISTING, metadata=root.auth, timeout=60)
     other = new_key(root, "backoff-other")
@@ -119,7 +131,7 @@ def test_a_key_in_use_is_not_locked_out_by_a_flood(root: Stubs) -> None:
 
     def flood(thread: int) -> None:
         try:
-            for n in range(10):
+            for n in range(CALLS_PER_FLOOD_THREAD):
                 with pytest.raises(grpc.RpcError) as failure:
                     root.models.ListModels(LISTING, metadata=wrong(key, thread * 100 + n))
                 codes.add(failure.value.code())
