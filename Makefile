@@ -11,17 +11,24 @@ INSTALLED := $(VENV)/.installed
 
 install: $(INSTALLED) $(BUF)
 
+# -qq: pip prints errors only; the two echo lines say what is going on instead.
 $(INSTALLED): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	@echo "make: installing MLServe and its Python packages into $(VENV) (pip; minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -qq --upgrade pip
+	@$(BIN)/pip install -qq -e '.[dev]'
+	@touch $@
+	@echo "make: $(VENV) is ready ($(BIN)/mlserve)"
 
 $(BUF):
-	npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
+	@echo "make: installing buf (npm) into .tools, for linting the protos"
+	@npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
 
 # Serving needs only the Python side; buf (npm) is for linting the protos.
+# bubblewrap confines the embedded Triton; where it cannot be installed,
+# `mlserve serve` says what to do instead of starting without it.
 run: $(INSTALLED)
+	-scripts/ensure_bubblewrap.sh
 	$(BIN)/mlserve serve
 
 generate: $(INSTALLED)
@@ -38,9 +45,11 @@ typecheck: install
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
 # The store tests also run on a throwaway PostgreSQL cluster: Debian's server
-# is installed first when absent (tests/postgres.py starts and removes it).
+# is installed first when absent (tests/support/postgres.py starts and removes it),
+# and so is bubblewrap, the embedded Triton's sandbox.
 test: install lint
 	scripts/ensure_postgresql.sh
+	scripts/ensure_bubblewrap.sh
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: $(INSTALLED)

@@ -22,9 +22,9 @@ from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from bench.gateway import load
 from mlserve.access.keys import FAILURES_BEFORE_BACKOFF
 from mlserve_api.v1 import model_pb2
-from tests.conftest import Stubs
-from tests.test_lifecycle import upload_add
-from tests.tritons import deploy
+from tests.support.mlserve import Stubs
+from tests.support.models import upload_add
+from tests.support.tritons import deploy
 
 DEFAULT_SECONDS = 4.0
 DEFAULT_ROUNDS = 3

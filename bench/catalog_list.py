@@ -23,8 +23,8 @@ import grpc
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from mlserve.storage import tables
 from mlserve_api.v1 import model_pb2
-from tests.databases import close_database
-from tests.postgres import PostgresCluster
+from tests.support.databases import close_database
+from tests.support.postgres import PostgresCluster
 
 SIZES = (1_000, 10_000, 100_000)
 PAGE = 100

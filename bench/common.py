@@ -14,7 +14,7 @@ from types import TracebackType
 # MLServeProcess and free_port start the server exactly as the integration
 # tests do (``python -m mlserve --home H serve --listen ADDR ...``, waiting on
 # the health service), so the benchmarks and the tests never drift apart.
-from tests.conftest import MLServeProcess, free_port
+from tests.support.mlserve import MLServeProcess, free_port
 
 __all__ = [
     "MIB",

@@ -37,9 +37,9 @@ from mlserve.triton import modelconfig
 from mlserve.triton.client import TritonClient
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve_api.v1 import deployment_pb2, model_pb2
-from tests.conftest import Stubs
-from tests.models import add_model_files, write_add_model
-from tests.uploading import stream
+from tests.support.mlserve import Stubs
+from tests.support.models import add_model_files, write_add_model
+from tests.support.uploading import stream
 
 DEFAULT_ROUNDS = 5
 MODEL = "add"

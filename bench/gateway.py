@@ -31,7 +31,7 @@ import tritonclient.grpc.aio as triton_aio
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table, cpu_seconds
 from mlserve_api.v1 import deployment_pb2, server_pb2
-from tests.test_lifecycle import upload_add
+from tests.support.models import upload_add
 
 DEFAULT_SECONDS = 4.0
 DEFAULT_ROUNDS = 3

@@ -24,9 +24,9 @@ import tritonclient.grpc.aio as triton_aio
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from mlserve_api.v1 import deployment_pb2, pipeline_pb2
-from tests.conftest import Stubs
-from tests.models import add_model_files, scale_model_files
-from tests.test_pipelines import chain, upload
+from tests.support.mlserve import Stubs
+from tests.support.models import add_model_files, scale_model_files
+from tests.support.pipelines import chain, upload
 
 DEFAULT_SECONDS = 5.0
 SLEEP = 0.005

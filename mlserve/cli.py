@@ -5,101 +5,117 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from mlserve.settings import DEFAULT_LISTEN, Settings, default_home
+from mlserve.core.errors import FailedPrecondition
+from mlserve.settings import Option, SettingError, flag, options, resolve, shown_default
+from mlserve_client.cli import add_client_commands, root_parser, state_options
+
+FIRST_STEPS = """\
+MLServe serves models on NVIDIA Triton. First steps:
+
+  mlserve serve                                    # in one terminal: serve on 127.0.0.1:50051
+  mlserve models upload examples/add --name add    # in another: upload a model folder
+  mlserve deploy add                               # load it on the embedded Triton
+  mlserve models list                              # what is stored, and what is deployed
+
+Every command: mlserve --help; one command: mlserve COMMAND --help (each shows an example).
+"""
 
 
-def _size(text: str) -> int:
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    suffix = text[-1:].lower()
-    if suffix in units:
-        return int(float(text[:-1]) * units[suffix])
-    return int(text)
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` for argparse: its SettingError message becomes argparse's (exit 2)."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except SettingError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse_flag.__name__ = parse.__name__.removeprefix("parse_")  # argparse names it on errors
+    return parse_flag
+
+
+def _help(option: Option, default: str) -> str:
+    if option.hidden:
+        return argparse.SUPPRESS
+    names = ", ".join(f"${name}" for name in (option.env, *option.env_aliases))
+    return f"{option.help} (env {names}; default: {default})".replace("%", "%%")
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser("serve", help="run the MLServe server in the foreground")
-    serve.add_argument("--listen", default=DEFAULT_LISTEN, help="host:port (default %(default)s)")
-    serve.add_argument(
-        "--database",
-        default="",
-        help="sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME"
-        "[?max_connections=N&timeout=S] (default: SQLite in --home)",
+    """``mlserve serve``: one flag per field of Settings, made from the field.
+
+    Every flag defaults to "not given" (None), so ``settings.resolve`` can tell a
+    flag from the environment from the default. ``--home`` is the global option
+    (before or after the command, shared with the client commands), which already
+    falls back to $MLSERVE_HOME and then ~/.mlserve.
+    """
+    serve = commands.add_parser(
+        "serve",
+        help="run the MLServe server in the foreground",
+        description="Run the MLServe server in the foreground (Ctrl-C stops it). Each "
+        "flag may instead come from its environment variable (an empty one counts as "
+        "unset); a flag beats its variable.",
+        parents=[state_options()],
+        example="mlserve serve --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9090",
     )
-    serve.add_argument(
-        "--no-embedded-triton",
-        action="store_true",
-        help="do not start a Triton; only registered servers are used",
-    )
-    serve.add_argument(
-        "--max-upload-bytes", type=_size, default="64G", help="largest version (e.g. 64G)"
-    )
-    serve.add_argument(
-        "--max-message-bytes",
-        type=_size,
-        default=str(2**31 - 1),
-        help="largest gRPC message (default: 2G-1, what Triton accepts)",
-    )
-    serve.add_argument(
-        "--metrics-listen", default="", help="host:port to serve Prometheus metrics on (off)"
-    )
-    serve.add_argument("--health-interval", type=float, default=2.0, help="seconds")
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (with --tls-key)")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    # Hidden: lets bench/auth.py compare keyed and keyless gateway calls in one process.
-    serve.add_argument("--bench-anonymous-gateway", action="store_true", help=argparse.SUPPRESS)
-    serve.set_defaults(run=_serve)
+    for setting, option in options():
+        if setting.name == "home":
+            continue
+        given: dict[str, Any] = {
+            "dest": setting.name,
+            "help": _help(option, shown_default(setting, option)),
+            "default": None,
+        }
+        if isinstance(setting.default, bool):
+            given["action"] = argparse.BooleanOptionalAction
+        else:
+            given.update(type=_flag_type(option.parse), metavar=option.metavar)
+        serve.add_argument(flag(setting), **given)
+    serve.set_defaults(run=_serve, serve_parser=serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
-    settings = Settings(
-        home=args.home,
-        listen=args.listen,
-        database=args.database,
-        embedded_triton=not args.no_embedded_triton,
-        max_upload_bytes=args.max_upload_bytes,
-        max_message_bytes=args.max_message_bytes,
-        health_interval=args.health_interval,
-        metrics_listen=args.metrics_listen,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        bench_anonymous_gateway=args.bench_anonymous_gateway,
-    )
+    given = {setting.name: getattr(args, setting.name) for setting, _ in options()}
+    try:
+        settings = resolve({k: v for k, v in given.items() if v is not None}, os.environ)
+    except SettingError as error:
+        args.serve_parser.error(str(error))  # exits 2
     from mlserve.memory import keep_freed_buffers
     from mlserve.server import serve
 
     keep_freed_buffers()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except FailedPrecondition as exc:
+        # Refused to start (e.g. no sandbox for the embedded Triton): say why, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
-        prog="mlserve", description="MLServe: control plane and inference gateway for Triton"
+    root = root_parser(
+        prog="mlserve",
+        description="MLServe: control plane and inference gateway for Triton. The options "
+        "below are accepted before or after the command.",
+        example="mlserve --home /srv/mlserve models list --tag tabular",
     )
-    root.add_argument(
-        "--home",
-        type=Path,
-        default=default_home(),
-        help="state directory (default: $MLSERVE_HOME or ~/.mlserve)",
-    )
-    root.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = root.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", metavar="COMMAND")
     add_serve_command(commands)
-    from mlserve_client.cli import add_client_commands
-
     add_client_commands(commands)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command is None:
+        print(FIRST_STEPS, end="")
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

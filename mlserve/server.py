@@ -1,5 +1,6 @@
 """Assembles one MLServe process: store, domain, gRPC services, health,
-reflection, the embedded Triton, the health watch, and graceful shutdown."""
+reflection, the embedded Triton, the health and reconcile loops, and graceful
+shutdown."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from mlserve.access import Access
+from mlserve.access import ADMIN_KEY_FILE, Access
 from mlserve.access.audit import AuditLog
 from mlserve.access.directory import Directory
 from mlserve.api import reflection
@@ -41,6 +42,7 @@ from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
+from mlserve.deploy.health import HealthLoop
 from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
 from mlserve.deploy.pipeline_deployments import PipelineDeployments
 from mlserve.gateway.router import Router
@@ -51,6 +53,7 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.sandbox import Sandbox
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -151,11 +154,18 @@ class MLServe:
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._triton: EmbeddedTriton | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._domain: Domain | None = None
 
     async def start(self) -> None:
         settings = self.settings
+        # Decided first: without a sandbox MLServe refuses to start at all
+        # rather than serve with a Triton that can read its secrets.
+        sandbox = (
+            await in_thread(Sandbox.find)(unsafe_shared_user=settings.unsafe_shared_user)
+            if settings.embedded_triton
+            else None
+        )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
         key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
@@ -173,10 +183,12 @@ class MLServe:
             raise RuntimeError(f"could not listen on {settings.listen}")
         await self._server.start()
         await self._set_health(False)
-        log.info("MLServe listening on %s", self.address)
+        log.info("MLServe listening on %s (TLS %s)", self.address, self._tls_word)
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
-        if settings.embedded_triton:
-            await self._start_embedded_triton(domain)
+        # First the reconciler, so that what the first checks ask for is done.
+        self._loops.append(asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler"))
+        if sandbox is not None:
+            await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
         await domain.fleet.refresh_all()
         await self._update_health()
@@ -184,7 +196,27 @@ class MLServe:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
-        self._watch = asyncio.create_task(self._watch_fleet(), name="fleet-watch")
+        health_loop = HealthLoop(
+            domain.fleet,
+            settings.health_interval,
+            # Routes: deployments changed through another replica on the same database.
+            hooks=(self._update_health, domain.stats.flush, domain.router.reload),
+        )
+        self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        log.info("%s", self.ready_line())
+
+    def ready_line(self) -> str:
+        """The one line that tells someone who just ran ``mlserve serve`` where things are."""
+        settings = self.settings
+        triton = f"; Triton's log {settings.triton_log}" if settings.embedded_triton else ""
+        return (
+            f"ready: serving on {self.address}, TLS {self._tls_word}; admin key in "
+            f"{settings.home / ADMIN_KEY_FILE}; MLServe logs here{triton}"
+        )
+
+    @property
+    def _tls_word(self) -> str:
+        return "on" if self.settings.tls_cert is not None else "off"
 
     @property
     def address(self) -> str:
@@ -198,10 +230,11 @@ class MLServe:
     async def stop(self) -> None:
         log.info("shutting down: in-flight calls get %.0fs", self.settings.shutdown_grace)
         await self._health.enter_graceful_shutdown()
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+                await task
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -210,7 +243,8 @@ class MLServe:
         if self._triton is not None:
             await self._triton.stop()
             log.info("embedded Triton stopped")
-        if not db.database.is_closed():
+        # No domain: start refused before the database was opened.
+        if self._domain is not None and not db.database.is_closed():
             db.database.close()
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
@@ -267,28 +301,18 @@ class MLServe:
         log.warning("BENCHMARK MODE: gateway calls without a key are served unauthenticated")
         return True
 
-    async def _start_embedded_triton(self, domain: Domain) -> None:
+    async def _start_embedded_triton(self, domain: Domain, sandbox: Sandbox) -> None:
         settings = self.settings
         self._triton = EmbeddedTriton(
-            settings.repository_dir, settings.home / "triton", log_path=settings.triton_log
+            settings.repository_dir,
+            settings.home / "triton",
+            log_path=settings.triton_log,
+            sandbox=sandbox,
         )
         log.info("starting the embedded Triton (log: %s)", settings.triton_log)
         await self._triton.start()
         await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
-
-    async def _watch_fleet(self) -> None:
-        assert self._domain is not None
-        while True:
-            await asyncio.sleep(self.settings.health_interval)
-            try:
-                await self._domain.fleet.refresh_all()
-                await self._update_health()
-                await self._domain.stats.flush()
-                # Deployments changed through another replica on the same database.
-                await self._domain.router.reload()
-            except Exception:
-                log.exception("fleet health round failed")
 
     async def _update_health(self) -> None:
         assert self._domain is not None

@@ -1,63 +1,455 @@
-"""How one MLServe process is configured: every option of ``mlserve serve``."""
+"""How one MLServe process is configured: every option of ``mlserve serve``.
+
+Each field has its one default here and is read, strongest first, from its
+``mlserve serve`` flag, its ``MLSERVE_*`` environment variable, or that
+default. ``mlserve/cli.py`` builds the serve flags from these fields, and the
+README's table is this module's ``markdown_table()`` (a test compares them), so
+neither repeats a default or a variable name. ``python -m mlserve.settings``
+prints the table.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
+from mlserve.storage.db import POSTGRESQL_SCHEMES
+
+GRPC_MESSAGE_LIMIT = 2**31 - 1  # gRPC's own ceiling, and what Triton accepts
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("MLSERVE_HOME", "~/.mlserve")).expanduser()
+class SettingError(ValueError):
+    """A value MLServe cannot run with; the message says what to give instead."""
+
+
+# --- parsing one value (a flag's or an environment variable's text) ----------
+
+
+def parse_path(text: str) -> Path:
+    if not text:
+        raise SettingError("a path is required")
+    return Path(text).expanduser()
+
+
+def _parse_address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingError("give host:port, e.g. 127.0.0.1:50051 (port 0 to 65535)")
+    return text
+
+
+def parse_listen(text: str) -> str:
+    return _parse_address(text)
+
+
+def parse_metrics_listen(text: str) -> str:
+    """host:port, or ``off``."""
+    return "" if text.lower() == "off" else _parse_address(text)
+
+
+def parse_database(text: str) -> str:
+    scheme = text.partition("://")[0]
+    if scheme != "sqlite" and scheme not in POSTGRESQL_SCHEMES:
+        raise SettingError("give sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME")
+    return text
+
+
+def parse_storage(text: str) -> Path:
+    if "://" in text:
+        raise SettingError("object storage (s3://…) is not yet supported; give a local directory")
+    return parse_path(text)
+
+
+def parse_workers(text: str) -> int:
+    workers = parse_count(text)
+    if workers != 1:
+        raise SettingError(
+            "several worker processes are not yet supported; MLServe serves from one "
+            "process (run replicas on one PostgreSQL database to scale out)"
+        )
+    return workers
+
+
+def parse_unsupported_oidc(text: str) -> str:
+    raise SettingError("OIDC sign-in is not yet supported; callers use API keys")
+
+
+def parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingError("give a whole number, e.g. 1") from None
+    if value < 1:
+        raise SettingError("give a whole number of at least 1")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """Bytes, with an optional k/M/G/T suffix (powers of 1024): ``64G``, ``512k``."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    number, unit = (text[:-1], units[text[-1].lower()]) if text[-1:].lower() in units else (text, 1)
+    try:
+        value = float(number)
+    except ValueError:
+        raise SettingError(
+            "give a size in bytes, optionally with k, M, G or T (e.g. 64G)"
+        ) from None
+    if not math.isfinite(value) or value < 1:
+        raise SettingError("give a size of at least 1 byte")
+    return int(value * unit)
+
+
+def parse_message_size(text: str) -> int:
+    size = parse_size(text)
+    if size > GRPC_MESSAGE_LIMIT:
+        raise SettingError(f"gRPC carries at most {GRPC_MESSAGE_LIMIT} bytes in one message")
+    return size
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError("give a number of seconds, e.g. 2 or 0.5") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingError("give a number of seconds that is 0 or more")
+    return value
+
+
+def parse_interval(text: str) -> float:
+    value = parse_seconds(text)
+    if value == 0:
+        raise SettingError("give a number of seconds above 0")
+    return value
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise SettingError("give true or false (also 1/0, yes/no, on/off)")
+
+
+# --- the settings -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a field is given: its environment variable, its help and its parser.
+
+    The flag is the field's name with dashes (``--max-upload-bytes``); a bool
+    field gets ``--NAME`` and ``--no-NAME``.
+    """
+
+    env: str
+    help: str
+    parse: Callable[[str], Any]
+    metavar: str = ""
+    shown_default: str = ""
+    """The default as --help and the README say it, when its value does not say it well."""
+    env_aliases: tuple[str, ...] = ()
+    """Other variables read, weaker than ``env``, for the names people already use."""
+    hidden: bool = False
+    """Left out of --help and the README (benchmark switches)."""
+
+
+def _given_by(option: Option) -> dict[str, Option]:
+    """A field's metadata: how it is given."""
+    return {"option": option}
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path
-    """State directory: database, repository, staging, admin.key, Triton's log."""
-    listen: str = DEFAULT_LISTEN
-    """host:port for every gRPC service; loopback unless told otherwise."""
-    database: str = ""
-    """sqlite:///PATH or postgresql://… (pooled; see tables.connect); empty: <home>/mlserve.db."""
-    embedded_triton: bool = True
-    """Start a Triton on the repository and register it as 'local'."""
-    max_upload_bytes: int = 64 * 1024**3
-    """Largest model version accepted, in bytes (RESOURCE_EXHAUSTED above)."""
-    max_message_bytes: int = 2**31 - 1
-    """Largest single gRPC message accepted or sent; by default what Triton accepts."""
-    metrics_listen: str = ""
-    """host:port for Prometheus metrics over HTTP; empty means off."""
-    health_interval: float = 2.0
-    """Seconds between health checks of every Triton."""
-    shutdown_grace: float = 10.0
-    """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
-    tls_cert: Path | None = None
-    """PEM certificate (chain) to serve TLS with on the same port; with tls_key."""
-    tls_key: Path | None = None
-    """PEM private key of tls_cert."""
-    bench_anonymous_gateway: bool = False
-    """For the auth benchmark only: gateway calls that send no key at all are served
-    unauthenticated (calls with a key are checked as always). Loopback only."""
+    home: Path = field(
+        default=Path("~/.mlserve").expanduser(),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_HOME",
+                "state directory: database, admin.key, the embedded Triton's log",
+                parse_path,
+                "DIR",
+                shown_default="~/.mlserve",
+            )
+        ),
+    )
+    listen: str = field(
+        default="127.0.0.1:50051",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LISTEN",
+                "host:port of every gRPC service; loopback unless told otherwise",
+                parse_listen,
+                "HOST:PORT",
+            )
+        ),
+    )
+    database: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_DATABASE_URL",
+                "sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME"
+                "[?max_connections=N&timeout=S]; give a password here in the environment, "
+                "never on the command line",
+                parse_database,
+                "URL",
+                shown_default="sqlite:///<home>/mlserve.db",
+                env_aliases=("MLSERVE_DATABASE",),
+            )
+        ),
+    )
+    storage: Path | None = field(
+        default=None,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_STORAGE",
+                "directory of the model repository, uploads in progress and stored file "
+                "contents (one file system: versions hard-link their contents)",
+                parse_storage,
+                "DIR",
+                shown_default="<home>",
+            )
+        ),
+    )
+    workers: int = field(
+        default=1,
+        metadata=_given_by(
+            Option("MLSERVE_WORKERS", "serving processes (only 1 so far)", parse_workers, "N")
+        ),
+    )
+    oidc_issuer: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_OIDC_ISSUER",
+                "OpenID Connect issuer URL (not yet supported)",
+                parse_unsupported_oidc,
+                "URL",
+                shown_default="none",
+            )
+        ),
+    )
+    oidc_audience: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_OIDC_AUDIENCE",
+                "audience OIDC tokens must name (not yet supported)",
+                parse_unsupported_oidc,
+                "AUDIENCE",
+                shown_default="none",
+            )
+        ),
+    )
+    embedded_triton: bool = field(
+        default=True,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_EMBEDDED_TRITON",
+                "start a Triton on the repository and register it as 'local'; without it "
+                "only registered servers are used",
+                parse_bool,
+            )
+        ),
+    )
+    unsafe_shared_user: bool = field(
+        default=False,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_UNSAFE_SHARED_USER",
+                "start the embedded Triton even where no sandbox (bubblewrap) can confine "
+                "it: model code then runs as MLServe's user and can read its keys and database",
+                parse_bool,
+            )
+        ),
+    )
+    max_upload_bytes: int = field(
+        default=64 * 1024**3,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_MAX_UPLOAD_BYTES",
+                "largest model version accepted (RESOURCE_EXHAUSTED above); k/M/G/T suffixes",
+                parse_size,
+                "SIZE",
+                shown_default="64G",
+            )
+        ),
+    )
+    max_message_bytes: int = field(
+        default=GRPC_MESSAGE_LIMIT,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_MAX_MESSAGE_BYTES",
+                "largest single gRPC message accepted or sent; 2G-1 is gRPC's limit and what "
+                "Triton accepts",
+                parse_message_size,
+                "SIZE",
+                shown_default="2G-1",
+            )
+        ),
+    )
+    metrics_listen: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_METRICS_LISTEN",
+                "host:port to serve Prometheus metrics on over HTTP",
+                parse_metrics_listen,
+                "HOST:PORT",
+                shown_default="off",
+            )
+        ),
+    )
+    health_interval: float = field(
+        default=2.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_HEALTH_INTERVAL",
+                "seconds between health checks of every Triton",
+                parse_interval,
+                "SECONDS",
+            )
+        ),
+    )
+    shutdown_grace: float = field(
+        default=10.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_SHUTDOWN_GRACE",
+                "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+                parse_seconds,
+                "SECONDS",
+            )
+        ),
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TLS_CERT",
+                "PEM certificate (chain): serve TLS on the same port; with --tls-key",
+                parse_path,
+                "PEM",
+                shown_default="none (plaintext)",
+            )
+        ),
+    )
+    tls_key: Path | None = field(
+        default=None,
+        metadata=_given_by(
+            Option("MLSERVE_TLS_KEY", "PEM private key of --tls-cert", parse_path, "PEM", "none")
+        ),
+    )
+    bench_anonymous_gateway: bool = field(
+        default=False,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_BENCH_ANONYMOUS_GATEWAY",
+                # bench/auth.py compares keyed and keyless gateway calls in one process:
+                # gateway calls that send no key at all are then served unauthenticated
+                # (calls with a key are checked as always). Loopback only.
+                "benchmark only: serve keyless gateway calls",
+                parse_bool,
+                hidden=True,
+            )
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingError(
+                "--tls-cert and --tls-key (MLSERVE_TLS_CERT, MLSERVE_TLS_KEY) go together"
+            )
 
     @property
     def database_url(self) -> str:
         return self.database or f"sqlite:///{self.home / 'mlserve.db'}"
 
     @property
+    def storage_dir(self) -> Path:
+        return self.storage or self.home
+
+    @property
     def repository_dir(self) -> Path:
-        return self.home / "repository"
+        return self.storage_dir / "repository"
 
     @property
     def staging_dir(self) -> Path:
-        return self.home / "staging"
+        return self.storage_dir / "staging"
 
     @property
     def blobs_dir(self) -> Path:
         """Content-addressed file store; versions hard-link to it, so same file system."""
-        return self.home / "blobs"
+        return self.storage_dir / "blobs"
 
     @property
     def triton_log(self) -> Path:
         return self.home / "triton.log"
+
+
+def options() -> Iterator[tuple[dataclasses.Field[Any], Option]]:
+    """Every field of Settings with its Option, in declaration order."""
+    for setting in dataclasses.fields(Settings):
+        yield setting, setting.metadata["option"]
+
+
+def flag(setting: dataclasses.Field[Any]) -> str:
+    return "--" + setting.name.replace("_", "-")
+
+
+def shown_default(setting: dataclasses.Field[Any], option: Option) -> str:
+    if option.shown_default:
+        return option.shown_default
+    if isinstance(setting.default, bool):
+        return "on" if setting.default else "off"
+    return str(setting.default)
+
+
+def resolve(given: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Settings from flag values already parsed (``given``: field name -> value),
+    then the environment, then the defaults. An empty variable counts as unset.
+
+    Raises:
+        SettingError: a variable's value is unusable (the message names the
+            variable) or the values do not go together.
+    """
+    values = dict(given)
+    for setting, option in options():
+        if setting.name in values:
+            continue
+        for name in (option.env, *option.env_aliases):
+            text = environ.get(name, "")
+            if text:
+                try:
+                    values[setting.name] = option.parse(text)
+                except SettingError as error:
+                    raise SettingError(f"{name}={text!r}: {error}") from None
+                break
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The README's table of settings."""
+    rows = ["| flag | environment | default | what |", "|---|---|---|---|"]
+    for setting, option in options():
+        if option.hidden:
+            continue
+        env = ", ".join(f"`{name}`" for name in (option.env, *option.env_aliases))
+        flags = f"`{flag(setting)}`"
+        if isinstance(setting.default, bool):
+            flags += f", `--no-{flag(setting)[2:]}`"
+        default = shown_default(setting, option)
+        rows.append(f"| {flags} | {env} | `{default}` | {option.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

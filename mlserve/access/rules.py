@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,6 +280,27 @@ def visible_models(table: Any = tables.Model) -> pw.Expression | None:
     else:
         where = (table.visibility == PUBLIC) | table.workspace.in_(sorted(principal.workspaces))
     return where
+
+
+def visible_model_names(names: Iterable[str]) -> set[str]:
+    """Of ``names`` (Triton model names), those the caller may see (blocking).
+
+    A name is a model or a pipeline (an ensemble); one that is neither (a
+    directory of a shared repository MLServe has no row for) is shown only to
+    admins and to MLServe's own work, so nothing outside the catalog leaks.
+    """
+    wanted = set(names)
+    principal = caller()
+    if principal is None or principal.is_admin or not wanted:
+        return wanted
+    seen: set[str] = set()
+    for table in (tables.Model, tables.Pipeline):
+        query = table.select(table.name).where(table.name.in_(sorted(wanted)))
+        where = visible_models(table)
+        if where is not None:
+            query = query.where(where)
+        seen.update(str(row.name) for row in query)
+    return seen
 
 
 def not_found(name: str, noun: str = "model") -> NotFound:

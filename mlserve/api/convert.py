@@ -334,6 +334,7 @@ def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> ser
         embedded=record.embedded,
         status_message=status.message,
         shares_repository=record.shares_repository,
+        workspaces=record.workspaces,
     )
 
 
@@ -343,6 +344,7 @@ def server_fields(message: server_pb2.Server) -> ServerFields:
         description=message.description,
         labels=dict(message.labels),
         shares_repository=message.shares_repository,
+        workspaces=list(message.workspaces),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 R = TypeVar("R")
@@ -28,3 +29,17 @@ class SingleFlight(Generic[K, R]):
             running.add_done_callback(lambda _: self._running.pop(key, None))
         # A caller that gives up must not cancel the lookup the others wait on.
         return await asyncio.shield(running)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays that double from ``initial`` up to ``cap`` seconds: retry soon, then rarely."""
+
+    initial: float
+    cap: float
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before the next try after ``failures`` failures in a row (>= 1)."""
+        # Past 2**64 the float would only overflow; the cap was reached long before.
+        doublings = min(max(failures, 1) - 1, 64)
+        return min(self.initial * 2.0**doublings, self.cap)

@@ -1,9 +1,15 @@
 """The fleet: registered Triton servers, their clients, and their observed health.
 
-Registration only records a server; its health is observed by ``watch``,
-which polls every server, keeps the last status in memory (``ListServers``
-reads it without touching a Triton) and tells the reconciler when a server
-becomes ready again.
+Registration only records a server; its health is observed by the health
+loop (``deploy/health.py``), which checks every server each round, keeps the
+last status in memory (``ListServers`` reads it without touching a Triton)
+and asks the reconciler (``deploy/reconciler.py``) to make a server match its
+deployments when it is ready or stops being so. Asking never waits: the
+callbacks registered with :meth:`Fleet.on_change` run on the reconciler's
+workers, never inside a health check.
+
+Triton clients come from a factory (by default :class:`TritonClient`), so
+unit tests can put a scripted client in Triton's place.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import peewee as pw
 
+from mlserve.access import rules
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.deploy.reconciler import ChangeCallback, Reconciler
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
 from mlserve.triton.client import IndexEntry, TritonClient
@@ -36,7 +44,9 @@ UNCHECKED = "UNSPECIFIED"
 
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
-UPDATABLE_SERVER_FIELDS = frozenset({"address", "description", "labels", "shares_repository"})
+UPDATABLE_SERVER_FIELDS = frozenset(
+    {"address", "description", "labels", "shares_repository", "workspaces"}
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,12 @@ class ServerRecord:
     shares_repository: bool
     create_time: dt.datetime
     status: ServerStatus
+    workspaces: tuple[str, ...] = ()
+    """Workspaces whose models and pipelines it may hold; empty: any."""
+
+    def serves(self, workspace: str) -> bool:
+        """Whether a model or pipeline of ``workspace`` may be placed here."""
+        return not self.workspaces or workspace in self.workspaces
 
 
 @dataclass(frozen=True)
@@ -65,9 +81,11 @@ class ServerFields:
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     shares_repository: bool = False
+    workspaces: Sequence[str] = ()
 
 
-ChangeCallback = Callable[[str, str], Awaitable[None]]
+ClientFactory = Callable[[str, str], TritonClient]
+"""``factory(server_name, address)``: the client MLServe talks to that server through."""
 
 
 def check_address(address: str) -> str:
@@ -87,16 +105,24 @@ def check_address(address: str) -> str:
 
 
 class Fleet:
-    def __init__(self, tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        tokens: PageTokens,
+        *,
+        client_factory: ClientFactory = TritonClient,
+        reconciler: Reconciler | None = None,
+    ) -> None:
         self.tokens = tokens
+        self.reconciler = reconciler or Reconciler()
+        self._client_factory = client_factory
         self._clients: dict[str, TritonClient] = {}
         self._status: dict[str, ServerStatus] = {}
-        self._on_change: list[ChangeCallback] = []
-        self._checks: dict[str, asyncio.Task[ServerStatus]] = {}
+        self._checks: dict[str, asyncio.Task[None]] = {}
 
     def on_change(self, callback: ChangeCallback) -> None:
-        """Call ``callback(server_name, state)`` whenever a server turns READY or stops being so."""
-        self._on_change.append(callback)
+        """Have the reconciler call ``callback(server_name, state)`` when a server is seen
+        READY (every health round) or stops being READY; never inside a health check."""
+        self.reconciler.on_change(callback)
 
     # --- registry -----------------------------------------------------------
 
@@ -106,15 +132,20 @@ class Fleet:
         check_name(name, "server name")
         check_address(fields.address)
         labels = json.dumps(dict(sorted(fields.labels.items())))
-        try:
-            await in_thread(tables.Server.create)(
+
+        def create() -> None:
+            tables.Server.create(
                 name=name,
                 address=fields.address,
                 description=fields.description,
                 labels=labels,
                 embedded=embedded,
                 shares_repository=embedded or fields.shares_repository,
+                workspaces=_workspaces_json(fields.workspaces),
             )
+
+        try:
+            await in_thread(create)()
         except pw.IntegrityError:
             raise AlreadyExists(f"server {name!r} is already registered") from None
         await self.refresh(name)
@@ -131,7 +162,11 @@ class Fleet:
         return await self.get(name)
 
     async def get(self, name: str) -> ServerRecord:
-        return self._record(await in_thread(_server_row)(name))
+        """One server with its last status; ``loaded`` lists only models the caller may see."""
+        (record,) = await self._visible_to_caller(
+            [self._record(await in_thread(_server_row)(name))]
+        )
+        return record
 
     async def list_servers(self, requested_size: int, token: str) -> Page[ServerRecord]:
         size = page_size(requested_size)
@@ -145,7 +180,7 @@ class Fleet:
             return list(query)
 
         rows = await in_thread(fetch)()
-        records = [self._record(row) for row in rows[:size]]
+        records = await self._visible_to_caller([self._record(row) for row in rows[:size]])
         next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
         return Page(records, next_token)
 
@@ -168,6 +203,9 @@ class Fleet:
                 row.labels = json.dumps(dict(sorted(fields.labels.items())))
             if "shares_repository" in mask:
                 row.shares_repository = fields.shares_repository
+            if "workspaces" in mask:
+                row.workspaces = _workspaces_json(fields.workspaces)
+                _check_holds_only(row, fields.workspaces)
             row.save()
             return row
 
@@ -198,6 +236,7 @@ class Fleet:
         await in_thread(remove)()
         await self._drop_client(name)
         self._status.pop(name, None)
+        self.reconciler.forget(name)
 
     # --- clients and health -------------------------------------------------
 
@@ -210,14 +249,18 @@ class Fleet:
         client = self._clients.get(name)
         if client is None:
             row = await in_thread(_server_row)(name)
-            client = self._clients.setdefault(name, TritonClient(name, row.address))
+            client = self._clients.setdefault(name, self._client_factory(name, row.address))
         return client
 
     def status(self, name: str) -> ServerStatus:
         return self._status.get(name, ServerStatus())
 
     async def refresh(self, name: str, *, notify: bool = True) -> ServerStatus:
-        """Check one server now; fire on_change callbacks when it turned READY or left READY."""
+        """Check one server now and return what was seen.
+
+        With ``notify``, ask the reconciler to reconcile it when it is READY or
+        just left READY; that only queues the server and never waits.
+        """
         client = await self.client(name)
         before = self.status(name).state
         now = db.utcnow()
@@ -243,8 +286,7 @@ class Fleet:
         # Every READY round is reported, not only the flips: a Triton that
         # restarts between two rounds looks READY twice but has lost its models.
         if notify and (status.state == READY or before == READY):
-            for callback in self._on_change:
-                await callback(name, status.state)
+            self.reconciler.request(name, status.state)
         return status
 
     async def servers(self) -> list[ServerRecord]:
@@ -260,20 +302,34 @@ class Fleet:
 
     def suspect(self, name: str) -> None:
         """Check ``name`` soon, in the background (a call to it just failed)."""
-        if name not in self._checks:
-            check = asyncio.create_task(self.refresh(name))
+        self._check_soon(name)
+
+    async def refresh_all(self, timeout: float | None = None) -> None:
+        """Check every registered server, waiting at most ``timeout`` seconds (None: all).
+
+        A server whose previous check is still running is not checked twice;
+        a check that outlasts ``timeout`` goes on in the background, so one
+        slow server never holds up the round's view of the others.
+        """
+        checks = [self._check_soon(name) for name in await self.names()]
+        if checks:
+            await asyncio.wait(checks, timeout=timeout)
+
+    def _check_soon(self, name: str) -> asyncio.Task[None]:
+        check = self._checks.get(name)
+        if check is None:
+            check = asyncio.create_task(self._check(name), name=f"health-check-{name}")
             self._checks[name] = check
             check.add_done_callback(lambda _: self._checks.pop(name, None))
+        return check
 
-    async def refresh_all(self) -> None:
-        """Check every registered server once."""
-        names = await self.names()
-        results = await asyncio.gather(
-            *(self.refresh(name) for name in names), return_exceptions=True
-        )
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("health check of server %s failed: %s", name, result)
+    async def _check(self, name: str) -> None:
+        try:
+            await self.refresh(name)
+        except NotFound:
+            pass  # deleted since the round listed it
+        except Exception as error:
+            log.error("health check of server %s failed: %s", name, error)
 
     def any_ready(self) -> bool:
         return any(status.state == READY for status in self._status.values())
@@ -287,6 +343,27 @@ class Fleet:
         if client is not None:
             await client.close()
 
+    async def _visible_to_caller(self, records: list[ServerRecord]) -> list[ServerRecord]:
+        """``records`` with each status's ``loaded`` cut to the models the caller may see.
+
+        Triton's index lists every directory of a shared repository, private
+        models of other workspaces included.
+        """
+        names = {entry.name for record in records for entry in record.status.loaded}
+        visible = await in_thread(rules.visible_model_names)(names)
+        if visible == names:
+            return records
+        return [
+            replace(
+                record,
+                status=replace(
+                    record.status,
+                    loaded=[entry for entry in record.status.loaded if entry.name in visible],
+                ),
+            )
+            for record in records
+        ]
+
     def _record(self, row: Any) -> ServerRecord:
         return ServerRecord(
             name=row.name,
@@ -297,6 +374,7 @@ class Fleet:
             shares_repository=row.shares_repository,
             create_time=row.create_time,
             status=self.status(row.name),
+            workspaces=tuple(json.loads(row.workspaces)),
         )
 
 
@@ -306,3 +384,57 @@ def _server_row(name: str) -> Any:
     if row is None:
         raise NotFound(f"server {name!r} is not registered")
     return row
+
+
+def _workspaces_json(workspaces: Sequence[str]) -> str:
+    """The stored form of ``Server.workspaces``, each an existing workspace (blocking)."""
+    names = sorted(set(workspaces))
+    if len(names) != len(workspaces):
+        raise InvalidArgument("server.workspaces lists a workspace twice")
+    for index, name in enumerate(workspaces):
+        check_name(name, f"server.workspaces[{index}]")
+    known = {
+        row.name
+        for row in tables.Workspace.select(tables.Workspace.name).where(
+            tables.Workspace.name.in_(names)
+        )
+    }
+    for index, name in enumerate(workspaces):
+        if name not in known:
+            raise InvalidArgument(f"server.workspaces[{index}]: there is no workspace {name!r}")
+    return json.dumps(names)
+
+
+def _check_holds_only(server: Any, workspaces: Sequence[str]) -> None:
+    """FailedPrecondition while ``server`` holds a deployment outside ``workspaces`` (blocking)."""
+    if not workspaces:
+        return
+    for kind, name, workspace in _held_on(server):
+        if workspace not in workspaces:
+            raise FailedPrecondition(
+                f"server {server.name!r} holds {kind} {name!r} of workspace {workspace!r}; "
+                "undeploy it from this server before restricting it to "
+                + ", ".join(repr(w) for w in workspaces)
+            )
+
+
+def _held_on(server: Any) -> list[tuple[str, str, str]]:
+    """(kind, name, workspace) of every deployment and pipeline deployment on ``server``."""
+    T = tables
+    held: list[tuple[str, str, str]] = []
+    for kind, owner, deployment, target in (
+        ("model", T.Model, T.Deployment, T.DeploymentTarget),
+        ("pipeline", T.Pipeline, T.PipelineDeployment, T.PipelineTarget),
+    ):
+        query = (
+            owner.select(owner.name, T.Workspace.name.alias("workspace"))
+            .join(deployment)
+            .join(target)
+            .switch(owner)
+            .join(T.Workspace)
+            .where(target.server == server)
+            .tuples()
+        )
+        rows: list[tuple[str, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
+        held += [(kind, name, workspace) for name, workspace in rows]
+    return held

@@ -33,6 +33,7 @@ from mlserve.core.errors import (
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy.fleet import READY, Fleet
+from mlserve.deploy.tenancy import Placed, check_may_hold, may_hold, placed_model
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
@@ -216,6 +217,7 @@ class Deployments:
 
         Triton's index lists only models in its own repository directory, so
         for push-placed models this is the only record of what a server holds.
+        Only models the caller may see are listed.
         """
         return await in_thread(_ready_targets)()
 
@@ -262,7 +264,7 @@ class Deployments:
 
         ``settings`` None keeps the deployment's serving settings.
         """
-        await in_thread(_deployable_model)(model)
+        placed = placed_model(await in_thread(_deployable_model)(model))
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
             serving.apply(modelconfig.parse(target.config, model), settings, "serving")
@@ -272,7 +274,7 @@ class Deployments:
                     f"deployed pipeline {pipeline!r} runs version {used} of {model!r}; "
                     "undeploy the pipeline before deploying another version"
                 )
-        servers = await self._place(placement)
+        servers = await self._place(placement, [placed])
         for server in servers:
             client = await self.fleet.client(server)
             if not await client.is_ready():
@@ -289,47 +291,60 @@ class Deployments:
         await self.changed()
         return await self.get(model)
 
-    async def place(self, placement: Placement) -> list[str]:
-        """The servers a deployment with ``placement`` goes on (pipelines use it too)."""
-        return await self._place(placement)
+    async def place(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
+        """The servers a deployment with ``placement`` goes on (pipelines use it too).
 
-    async def _place(self, placement: Placement) -> list[str]:
+        Every server is one whose ``workspaces`` admit all of ``placed``;
+        naming one that does not is FailedPrecondition.
+        """
+        return await self._place(placement, placed)
+
+    async def _place(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
         """The servers a deployment goes on: named, chosen by replicas/selector, or the default."""
         servers = placement.servers
         if servers:
             if len(set(servers)) != len(servers):
                 raise InvalidArgument("servers lists a server twice")
             for server in servers:
-                await self.fleet.client(server)  # NotFound for unknown names
+                check_may_hold(await self.fleet.get(server), placed)  # NotFound if unknown
             return list(servers)
         if placement.replicas < 0:
             raise InvalidArgument(f"replicas must not be negative, got {placement.replicas}")
         if placement.replicas or placement.selector:
-            return await self._choose_servers(placement)
+            return await self._choose_servers(placement, placed)
         names = await self.fleet.names()
         if DEFAULT_SERVER in names:
+            check_may_hold(await self.fleet.get(DEFAULT_SERVER), placed)
             return [DEFAULT_SERVER]
         if len(names) == 1:
+            check_may_hold(await self.fleet.get(names[0]), placed)
             return names
         raise InvalidArgument(
             "name the servers to deploy on: there is no 'local' server and "
             f"{len(names)} are registered"
         )
 
-    async def _choose_servers(self, placement: Placement) -> list[str]:
-        """Ready servers matching the selector first, the least used among them first."""
+    async def _choose_servers(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
+        """Ready servers matching the selector first, the least used among them first.
+
+        Servers whose workspaces do not admit ``placed`` are never candidates.
+        """
         selector = placement.selector.items()
         candidates = [
-            server for server in await self.fleet.servers() if selector <= server.labels.items()
+            server
+            for server in await self.fleet.servers()
+            if selector <= server.labels.items() and may_hold(server, placed)
         ]
         usage = await in_thread(_targets_per_server)()
         candidates.sort(key=lambda s: (s.status.state != READY, usage.get(s.name, 0), s.name))
         wanted = placement.replicas or len(candidates)
         described = ",".join(f"{k}={v}" for k, v in sorted(placement.selector.items()))
         if not candidates or wanted > len(candidates):
+            workspaces = sorted({item.workspace for item in placed})
             raise FailedPrecondition(
                 f"{wanted or 1} replica(s) wanted but {len(candidates)} registered server(s) "
-                f"match {described or 'any labels'}"
+                f"match {described or 'any labels'} and may hold workspace(s) "
+                + ", ".join(repr(w) for w in workspaces)
             )
         return [server.name for server in candidates[:wanted]]
 
@@ -472,6 +487,7 @@ def _set_target(name: str, server: str, state: str, message: str) -> None:
 
 
 def _ready_targets() -> dict[str, list[tuple[str, int]]]:
+    """Per server, the (model, version) pairs loaded there that the caller may see."""
     rows = (
         tables.DeploymentTarget.select(tables.DeploymentTarget, tables.Deployment, tables.Server)
         .join_from(tables.DeploymentTarget, tables.Deployment)
@@ -484,7 +500,11 @@ def _ready_targets() -> dict[str, list[tuple[str, int]]]:
     for server, model, version, ready in deployed_models():
         if ready and (model, version) not in serving[server]:
             serving[server].append((model, version))
-    return dict(serving)
+    visible = rules.visible_model_names(model for pairs in serving.values() for model, _ in pairs)
+    return {
+        server: [(model, version) for model, version in pairs if model in visible]
+        for server, pairs in serving.items()
+    }
 
 
 def _targets_per_server() -> dict[str, int]:

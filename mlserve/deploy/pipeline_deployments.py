@@ -56,6 +56,7 @@ from mlserve.deploy.model_deployments import (
     TargetRecord,
     severity,
 )
+from mlserve.deploy.tenancy import placed_models, placed_pipeline
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
@@ -136,12 +137,17 @@ class PipelineDeployments:
         self, pipeline: str, version: int, placement: Placement
     ) -> PipelineDeploymentRecord:
         check_name(pipeline, "pipeline name")
-        await in_thread(writable_pipeline)(pipeline)
+        row = await in_thread(writable_pipeline)(pipeline)
         async with self._locks[pipeline]:
             if await in_thread(_record_or_none)(pipeline) is not None:
                 raise AlreadyExists(f"pipeline {pipeline!r} is already deployed")
             plan = await in_thread(_plan)(pipeline, version)
-            servers = await self.deployments.place(placement)
+            # The ensemble and every member land on each server.
+            placed = [
+                placed_pipeline(row),
+                *await in_thread(placed_models)(sorted(plan.members)),
+            ]
+            servers = await self.deployments.place(placement, placed)
             for server in servers:
                 client = await self.fleet.client(server)
                 if not await client.is_ready():

@@ -12,6 +12,8 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -74,6 +76,51 @@ def open_database(url: str) -> pw.Database:
     return db
 
 
+class _OutageLog:
+    """Logs a database outage as two lines: when calls start failing, and when one works again.
+
+    Every failed call during an outage raises ``Unavailable`` to its caller as before;
+    only the log is shortened (each failure's traceback is there at DEBUG).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._failures = 0
+
+    def failed(self, reason: str, error: BaseException) -> None:
+        with self._lock:
+            first = self._since is None
+            if first:
+                self._since = time.monotonic()
+            self._failures += 1
+        if first:
+            log.warning(
+                "the %s cannot be reached or is busy (%s); calls fail with UNAVAILABLE until "
+                "it is back (each failure's traceback at DEBUG)",
+                describe(database.obj),
+                reason,
+            )
+        log.debug("database call failed: %s", reason, exc_info=error)
+
+    def worked(self) -> None:
+        if self._since is None:  # the common case: no lock taken
+            return
+        with self._lock:
+            since, failures = self._since, self._failures
+            self._since, self._failures = None, 0
+        if since is not None:
+            log.warning(
+                "the %s is back after %.1f s; %d call(s) failed meanwhile",
+                describe(database.obj),
+                time.monotonic() - since,
+                failures,
+            )
+
+
+_outage = _OutageLog()
+
+
 def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Call blocking store work in this thread: the one gate to the database.
 
@@ -85,10 +132,10 @@ def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     free connection in time) becomes ``Unavailable`` naming the database.
     """
     try:
-        return function(*args, **kwargs)
+        result = function(*args, **kwargs)
     except (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.warning("database call failed: %s", reason, exc_info=error)
+        _outage.failed(reason, error)
         raise Unavailable(
             f"the {describe(database.obj)} cannot be reached or is busy ({reason}); "
             "retry once it is back"
@@ -96,8 +143,12 @@ def run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     finally:
         # Read again: the call may have bound the database (startup does).
         db = database.obj
-        if isinstance(db, PooledDatabase) and not db.is_closed() and not db.in_transaction():
+        reached = db is not None and not db.is_closed()
+        if isinstance(db, PooledDatabase) and reached and not db.in_transaction():
             db.close()
+    if reached:  # a call that never touched the database proves nothing about it
+        _outage.worked()
+    return result
 
 
 def in_thread(function: Callable[P, R]) -> Callable[P, Awaitable[R]]:

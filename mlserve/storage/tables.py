@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class BaseModel(pw.Model):
@@ -268,6 +268,8 @@ class Server(BaseModel):
     embedded = pw.BooleanField(default=False)
     shares_repository = pw.BooleanField(default=False)
     create_time = pw.DateTimeField(default=utcnow)
+    # JSON list of workspace names whose models it may hold; [] means any.
+    workspaces = pw.TextField(default="[]")
 
 
 class Deployment(BaseModel):
@@ -518,6 +520,11 @@ def _add_pipelines(db: pw.Database) -> None:
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
 
+def _add_server_workspaces(db: pw.Database) -> None:
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -525,6 +532,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _add_blobs_and_artifacts,
     5: _add_access_control,
     6: _add_pipelines,
+    7: _add_server_workspaces,
 }
 
 

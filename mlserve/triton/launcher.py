@@ -27,6 +27,7 @@ from typing import NoReturn
 
 from mlserve.core.errors import FailedPrecondition, Unavailable
 from mlserve.triton.client import TritonClient
+from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 
 __all__ = ["EmbeddedTriton", "TritonInstallation"]
 
@@ -114,7 +115,9 @@ class EmbeddedTriton:
         grpc_port: int = 0,
         installation: TritonInstallation | None = None,
         extra_args: Sequence[str] = (),
+        sandbox: Sandbox | None = None,
     ) -> None:
+        """``sandbox`` confines Triton; by default :meth:`Sandbox.find` chooses at start."""
         self._repository = repository
         self._workdir = workdir
         self._log_path = log_path
@@ -122,6 +125,7 @@ class EmbeddedTriton:
         self._port = grpc_port
         self._installation = installation
         self._extra_args = tuple(extra_args)
+        self._sandbox = sandbox
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -149,6 +153,7 @@ class EmbeddedTriton:
             return
         installation = self._installation or TritonInstallation.find()
         self._installation = installation
+        self._sandbox = self._sandbox or Sandbox.find()
         backend_dir = self._prepare_backends(installation)
         self._repository.mkdir(parents=True, exist_ok=True)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,10 +203,15 @@ class EmbeddedTriton:
         return backend_dir
 
     def _command(self, installation: TritonInstallation, backend_dir: Path) -> list[str]:
+        sandbox = self._sandbox
+        assert sandbox is not None
+        # Triton sees the repository and its backends, read-only, and none of
+        # the home around them; the wheel (links point into it) at its place.
+        placed = {"repository": self._repository, "backends": backend_dir}
         command = [
             str(installation.server_binary),
-            f"--model-repository={self._repository}",
-            f"--backend-directory={backend_dir}",
+            f"--model-repository={sandbox.inside('repository', self._repository)}",
+            f"--backend-directory={sandbox.inside('backends', backend_dir)}",
             "--model-control-mode=explicit",
             # Triton binds every interface by default; MLServe is its only client.
             f"--grpc-address={_HOST}",
@@ -220,7 +230,11 @@ class EmbeddedTriton:
             # the whole server look down to MLServe's health checks.
             command.append("--strict-readiness=false")
         command.extend(self._extra_args)
-        return command
+        return sandbox.wrap(
+            command,
+            placed=placed,
+            read_only=[installation.server_binary.parents[1], installation.library_dir],
+        )
 
     def _spawn(self, installation: TritonInstallation, backend_dir: Path) -> int:
         command = self._command(installation, backend_dir)
@@ -312,19 +326,14 @@ def _ensure_symlink(link: Path, target: Path) -> None:
     os.replace(temporary, link)
 
 
-def _prepend_path(directory: str, current: str | None) -> str:
-    return f"{directory}{os.pathsep}{current}" if current else directory
-
-
 def _triton_environment(installation: TritonInstallation) -> dict[str, str]:
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = _prepend_path(
-        str(installation.library_dir), env.get("LD_LIBRARY_PATH")
-    )
+    # An allow-list, never MLServe's own environment: that holds database
+    # URLs, passwords and cloud credentials, and model code can read it.
     # The backend stub runs the first python3 on PATH to find its
     # site-packages; it must be this interpreter, or models lack numpy.
-    env["PATH"] = _prepend_path(str(Path(sys.executable).parent), env.get("PATH"))
-    return env
+    return scrubbed_environment(
+        path=[str(Path(sys.executable).parent)], library_path=[str(installation.library_dir)]
+    )
 
 
 @functools.cache

@@ -2,16 +2,22 @@
 
 from mlserve_client import Client
 
-with Client("127.0.0.1:50051") as mlserve:  # key from $MLSERVE_HOME/admin.key
+with Client() as mlserve:  # $MLSERVE_ADDRESS or 127.0.0.1:50051, key from $MLSERVE_HOME/admin.key
     version = mlserve.upload(Path("my_model"), "my_model")
     mlserve.deploy("my_model", version.version)
 """
 
 from __future__ import annotations
 
-from mlserve_client.channel import DEFAULT_ADDRESS, default_home, read_admin_key
-from mlserve_client.client import Client
-from mlserve_client.download import safe_destination
+from mlserve_client.channel import (
+    DEFAULT_ADDRESS,
+    StrPath,
+    default_address,
+    default_home,
+    read_admin_key,
+)
+from mlserve_client.client import Client, UploadedVersion
+from mlserve_client.download import artifact_destination, partial_file, safe_destination
 from mlserve_client.errors import ClientError, DownloadError, MissingKeyError, ModelDirectoryError
 from mlserve_client.layout import LocalFile, LocalVersion, derive_upload_id, read_model_directory
 from mlserve_client.pipelines import PipelineSpecError, pipeline_from_spec, read_pipeline_spec
@@ -29,8 +35,13 @@ __all__ = [
     "ModelDirectoryError",
     "PipelineSpecError",
     "Progress",
+    "StrPath",
+    "UploadedVersion",
+    "artifact_destination",
+    "default_address",
     "default_home",
     "derive_upload_id",
+    "partial_file",
     "pipeline_from_spec",
     "read_admin_key",
     "read_model_directory",

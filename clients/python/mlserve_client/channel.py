@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -16,10 +18,18 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 KEY_FILE = "admin.key"
 
+StrPath: TypeAlias = "str | os.PathLike[str]"
+"""A file system path as the caller has it: ``"cert.pem"`` or ``Path("cert.pem")``."""
+
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+def default_address() -> str:
+    """$MLSERVE_ADDRESS, else 127.0.0.1:50051: where ``mlserve serve`` listens by default."""
+    return os.environ.get("MLSERVE_ADDRESS", DEFAULT_ADDRESS)
 
 
 def default_home() -> Path:
@@ -27,9 +37,9 @@ def default_home() -> Path:
     return Path(os.environ.get("MLSERVE_HOME", "~/.mlserve")).expanduser()
 
 
-def read_admin_key(home: Path) -> str:
+def read_admin_key(home: StrPath) -> str:
     """The admin key that the server wrote into its state directory."""
-    path = home / KEY_FILE
+    path = Path(home).expanduser() / KEY_FILE
     try:
         key = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -42,14 +52,47 @@ def read_admin_key(home: Path) -> str:
     return key
 
 
-def open_channel(address: str, key: str, ca: Path | None = None) -> grpc.Channel:
+def open_channel(address: str, key: str, ca: StrPath | None = None) -> grpc.Channel:
     """A channel to ``address`` (TLS when ``ca`` is given) adding the bearer key to each call."""
     if ca is None:
         channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
     else:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        certificate = Path(ca).expanduser().read_bytes()
+        credentials = grpc.ssl_channel_credentials(root_certificates=certificate)
         channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
     return grpc.intercept_channel(channel, BearerKeyInterceptor(key))
+
+
+def tls_mismatch_hint(address: str, ca: StrPath | None, *, option: str = "ca=") -> str:
+    """Why a call to ``address`` may be UNAVAILABLE: TLS on one side only; else "".
+
+    gRPC reports both mismatches as a closed socket, so this asks the port itself:
+    it tries one TLS handshake (the certificate is not checked; nothing is sent).
+    """
+    speaks_tls = _speaks_tls(address)
+    if speaks_tls and ca is None:
+        return f"the server speaks TLS: pass {option} with the CA certificate that signed its own"
+    if speaks_tls is False and ca is not None:
+        return f"the server speaks plaintext, not TLS: leave out {option}"
+    return ""
+
+
+def _speaks_tls(address: str, timeout: float = 3.0) -> bool | None:
+    """True or False as a TLS handshake with ``address`` works; None when nothing answers."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+            try:
+                with probe.wrap_socket(connection, server_hostname=host):
+                    return True
+            except (ssl.SSLError, OSError):
+                return False
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

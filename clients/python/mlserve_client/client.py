@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -25,8 +26,14 @@ from mlserve_api.v1 import (
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
-from mlserve_client.channel import DEFAULT_ADDRESS, default_home, open_channel, read_admin_key
-from mlserve_client.download import ArtifactWriter, VersionWriter
+from mlserve_client.channel import (
+    StrPath,
+    default_address,
+    default_home,
+    open_channel,
+    read_admin_key,
+)
+from mlserve_client.download import ArtifactWriter, VersionWriter, artifact_destination
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
 from mlserve_client.pipelines import read_pipeline_spec
 from mlserve_client.upload import (
@@ -41,6 +48,15 @@ from mlserve_client.upload import (
 _Item = TypeVar("_Item")
 
 
+@dataclass(frozen=True)
+class UploadedVersion:
+    """What an upload gave: the version, and whether it was stored before this upload."""
+
+    version: model_pb2.ModelVersion
+    already_stored: bool
+    """True when the same content was already a version of the model (nothing new made)."""
+
+
 class Client:
     """A connection to MLServe.
 
@@ -52,13 +68,16 @@ class Client:
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         key: str | None = None,
         *,
-        home: Path | None = None,
-        ca: Path | None = None,
+        home: StrPath | None = None,
+        ca: StrPath | None = None,
     ) -> None:
-        self.address = address
+        """Connect to ``address`` ($MLSERVE_ADDRESS or 127.0.0.1:50051); ``key`` defaults to
+        ``home``'s admin.key (home: $MLSERVE_HOME or ~/.mlserve); ``ca`` (a PEM file) turns
+        TLS on. Paths may be str or Path."""
+        self.address = address = address or default_address()
         key = key if key is not None else read_admin_key(home or default_home())
         self._channel = open_channel(address, key, ca)
         self.models = model_pb2_grpc.ModelServiceStub(self._channel)
@@ -88,7 +107,7 @@ class Client:
 
     def upload(
         self,
-        path: Path,
+        path: StrPath,
         name: str,
         *,
         version_dir: str | None = None,
@@ -100,21 +119,57 @@ class Client:
 
         Without ``upload_id`` one is derived from the name and the content, so running
         the same upload again continues where it stopped (or returns the version).
+        Content the model already has as a version returns that version.
         """
-        version = read_model_directory(path, version_dir)
+        return self.upload_version(
+            path,
+            name,
+            version_dir=version_dir,
+            upload_id=upload_id,
+            chunk_size=chunk_size,
+            progress=progress,
+        ).version
+
+    def upload_version(
+        self,
+        path: StrPath,
+        name: str,
+        *,
+        version_dir: str | None = None,
+        upload_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> UploadedVersion:
+        """``upload``, also telling whether the content was already stored as a version."""
+        version = read_model_directory(Path(path), version_dir)
         upload_id = upload_id or derive_upload_id(name, version)
+        before = self.find_upload(upload_id)
         done, received = self._announce(
-            self.models.UploadModelVersion, version_header(name, upload_id, version), upload_id
+            self.models.UploadModelVersion,
+            version_header(name, upload_id, version),
+            upload_id,
+            before,
         )
-        if done is not None:
-            return done  # type: ignore[no-any-return]
-        requests = upload_requests(
-            name, upload_id, version, received, chunk_size=chunk_size, progress=progress
+        if done is None:
+            requests = upload_requests(
+                name, upload_id, version, received, chunk_size=chunk_size, progress=progress
+            )
+            done = self.models.UploadModelVersion(requests)
+        # Identical content is answered with the version it made before: through this
+        # upload id (committed already), or through another one.
+        already_stored = done.upload_id != upload_id or (
+            before is not None
+            and before.state == model_pb2.UPLOAD_STATE_COMMITTED
+            and before.version == done.version
         )
-        return self.models.UploadModelVersion(requests)
+        return UploadedVersion(done, already_stored=already_stored)
 
     def _announce(
-        self, call: Callable[[Iterator[Any]], Any], header: Any, upload_id: str
+        self,
+        call: Callable[[Iterator[Any]], Any],
+        header: Any,
+        upload_id: str,
+        before: model_pb2.Upload | None,
     ) -> tuple[Any, Mapping[str, int]]:
         """Send the header alone, then learn which bytes the server still needs.
 
@@ -123,7 +178,7 @@ class Client:
         the upload and its result comes back. Otherwise the stream ends
         incomplete (FAILED_PRECONDITION, expected) and GetUpload says what to send.
         """
-        received = received_offsets(self.find_upload(upload_id))
+        received = received_offsets(before)
         try:
             return call(iter([header])), received
         except grpc.RpcError as error:
@@ -137,7 +192,7 @@ class Client:
         self,
         model: str,
         version: int,
-        path: Path,
+        path: StrPath,
         kind: model_pb2.ArtifactKind.ValueType,
         *,
         name: str | None = None,
@@ -147,6 +202,7 @@ class Client:
     ) -> model_pb2.Artifact:
         """Attach the file ``path`` to ``model``'s ``version`` as ``name`` (its file name by
         default), resuming an interrupted upload; content the server has is not sent."""
+        path = Path(path)
         size, sha256 = file_sha256(path)
         file = LocalFile(path=name or path.name, source=path, size=size, sha256=sha256)
         if upload_id is None:
@@ -156,7 +212,9 @@ class Client:
             model=model, version=version, upload_id=upload_id, kind=kind, file=file.manifest()
         )
         request = model_pb2.UploadArtifactRequest(header=header)
-        done, received = self._announce(self.models.UploadArtifact, request, upload_id)
+        done, received = self._announce(
+            self.models.UploadArtifact, request, upload_id, self.find_upload(upload_id)
+        )
         if done is not None:
             return done  # type: ignore[no-any-return]
         requests = artifact_requests(
@@ -165,17 +223,18 @@ class Client:
         return self.models.UploadArtifact(requests)
 
     def download_artifact(
-        self, model: str, version: int, path: str, dest: Path
+        self, model: str, version: int, path: str, dest: StrPath
     ) -> model_pb2.Artifact:
         """Write artifact ``path`` to the file ``dest``, checked against its sha256.
 
-        Bytes go to ``dest`` + ".part" first; if that exists from an interrupted
-        download, the download resumes after it.
+        A ``dest`` that is a directory, or ends in '/', gets the artifact inside it under
+        its own name. Bytes go to the file + ".part" first; if that exists from an
+        interrupted download, the download resumes after it.
         """
         artifact = self.models.GetArtifact(
             model_pb2.GetArtifactRequest(model=model, version=version, path=path)
         )
-        with ArtifactWriter(dest, artifact) as writer:
+        with ArtifactWriter(artifact_destination(dest, artifact.path), artifact) as writer:
             chunks = self.models.DownloadArtifact(
                 model_pb2.DownloadArtifactRequest(
                     model=model, version=artifact.version, path=path, offset=writer.written
@@ -203,15 +262,17 @@ class Client:
                 return None
             raise
 
-    def download(self, model: str, version: int, dest: Path) -> model_pb2.ModelVersion:
-        """Write a version's files and its config.pbtxt into ``dest``; 0 means the latest."""
+    def download(self, model: str, version: int, dest: StrPath) -> model_pb2.ModelVersion:
+        """Write a version's files and its config.pbtxt into the folder ``dest``; 0 means
+        the latest. The folder is flat, as ``upload`` reads it: the version's files, and the
+        config as stored (normalised by the server, so a re-upload makes a new version)."""
         found = self.models.GetModelVersion(
             model_pb2.GetModelVersionRequest(model=model, version=version)
         )
         chunks = self.models.DownloadModelVersion(
             model_pb2.DownloadModelVersionRequest(model=model, version=found.version)
         )
-        with VersionWriter(dest, found) as writer:
+        with VersionWriter(Path(dest), found) as writer:
             for chunk in chunks:
                 writer.write(chunk)
             writer.finish()
@@ -328,9 +389,12 @@ class Client:
 
     # --- pipelines ----------------------------------------------------------
 
-    def create_pipeline(self, spec: Path | pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
+    def create_pipeline(self, spec: StrPath | pipeline_pb2.Pipeline) -> pipeline_pb2.Pipeline:
         """Create a pipeline from a YAML spec file (see mlserve_client.pipelines) or message."""
-        pipeline = read_pipeline_spec(spec) if isinstance(spec, Path) else spec
+        if isinstance(spec, pipeline_pb2.Pipeline):
+            pipeline = spec
+        else:
+            pipeline = read_pipeline_spec(Path(spec))
         return self.pipelines.CreatePipeline(pipeline_pb2.CreatePipelineRequest(pipeline=pipeline))
 
     def list_pipelines(self) -> Iterator[pipeline_pb2.Pipeline]:

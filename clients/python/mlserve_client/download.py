@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO
 
 from mlserve_api.v1 import model_pb2
+from mlserve_client.channel import StrPath
 from mlserve_client.errors import DownloadError
 from mlserve_client.layout import CONFIG_FILE
 
@@ -30,6 +31,22 @@ def safe_destination(dest: Path, relative: str) -> Path:
     return target
 
 
+def artifact_destination(dest: StrPath, artifact_path: str) -> Path:
+    """The file an artifact is written to: ``dest``, or inside it under the artifact's own
+    name when ``dest`` is a directory or ends in '/' (then it is created if need be)."""
+    text = os.fspath(dest)
+    folder = Path(text).expanduser()
+    if not (text.endswith(("/", os.sep)) or folder.is_dir()):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return safe_destination(folder, PurePosixPath(artifact_path).name)
+
+
+def partial_file(target: Path) -> Path:
+    """Where the bytes of ``target`` are kept until it is complete and checked."""
+    return target.with_name(target.name + ".part")
+
+
 class _FileInProgress:
     """One file being written to ``<name>.part``, hashed as it grows.
 
@@ -40,7 +57,7 @@ class _FileInProgress:
     def __init__(self, spec: model_pb2.FileManifest, target: Path, resume: bool = False) -> None:
         self.spec = spec
         self.target = target
-        self.partial = target.with_name(target.name + ".part")
+        self.partial = partial_file(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.digest = hashlib.sha256()
         self.written = 0
@@ -178,6 +195,6 @@ class ArtifactWriter:
         """Check size and sha256, then move the file into place (a bad file is discarded)."""
         try:
             self._file.complete()
-        except DownloadError:
+        except (DownloadError, OSError):
             self._file.discard()
             raise

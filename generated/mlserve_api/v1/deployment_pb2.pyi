@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mlserve_api.v1 import inference_log_pb2 as _inference_log_pb2
 from mlserve_api.v1 import pipeline_pb2 as _pipeline_pb2
 import builtins as _builtins
 import sys
@@ -170,6 +171,7 @@ class Deployment(_message.Message):
     SERVER_SELECTOR_FIELD_NUMBER: _builtins.int
     PIPELINE_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
+    LOGGING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name: the model's name (one deployment per model)."""
     model: _builtins.str
@@ -220,6 +222,13 @@ class Deployment(_message.Message):
         Triton for the model (for a pipeline, set them per step).
         """
 
+    @_builtins.property
+    def logging(self) -> _inference_log_pb2.LoggingPolicy:
+        """Which calls the inference log records (InferenceLogService); set at
+        create, changed with InferenceLogService/UpdateLoggingPolicy. Unset at
+        create means the default policy (metadata, every call).
+        """
+
     def __init__(
         self,
         *,
@@ -235,10 +244,11 @@ class Deployment(_message.Message):
         server_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         pipeline: _builtins.str = ...,
         serving: _pipeline_pb2.ServingSettings | None = ...,
+        logging: _inference_log_pb2.LoggingPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "logging", b"logging", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "logging", b"logging", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

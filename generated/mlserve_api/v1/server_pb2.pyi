@@ -120,6 +120,7 @@ class Server(_message.Message):
     EMBEDDED_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     SHARES_REPOSITORY_FIELD_NUMBER: _builtins.int
+    WORKSPACES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters."""
     address: _builtins.str
@@ -154,6 +155,15 @@ class Server(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the server was registered. Output only."""
 
+    @_builtins.property
+    def workspaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Workspaces whose models and pipelines this server may hold; empty means
+        any. Python models on one Triton share its file system, so tenants who
+        must not read each other's model files get servers of their own: MLServe
+        never places a model or pipeline (or a pipeline's member) of another
+        workspace here, and a deployment that asks to is FAILED_PRECONDITION.
+        """
+
     def __init__(
         self,
         *,
@@ -168,10 +178,11 @@ class Server(_message.Message):
         embedded: _builtins.bool = ...,
         status_message: _builtins.str = ...,
         shares_repository: _builtins.bool = ...,
+        workspaces: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_health_time", b"last_health_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,7 +302,9 @@ class UpdateServerRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change: address, description, labels."""
+        """Fields to change: address, description, labels, shares_repository,
+        workspaces.
+        """
 
     def __init__(
         self,

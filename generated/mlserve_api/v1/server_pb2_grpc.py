@@ -92,7 +92,9 @@ class ServerServiceServicer:
 
     def UpdateServer(self, request, context):
         """UpdateServer changes the fields named in update_mask (address,
-        description, labels).
+        description, labels, shares_repository, workspaces). Restricting
+        workspaces is FAILED_PRECONDITION while the server holds a deployment of
+        another workspace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

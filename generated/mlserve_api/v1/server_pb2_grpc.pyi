@@ -45,7 +45,9 @@ class ServerServiceStub:
     """ListServers pages through servers in name order."""
     UpdateServer: _grpc.UnaryUnaryMultiCallable[_server_pb2.UpdateServerRequest, _server_pb2.Server]
     """UpdateServer changes the fields named in update_mask (address,
-    description, labels).
+    description, labels, shares_repository, workspaces). Restricting
+    workspaces is FAILED_PRECONDITION while the server holds a deployment of
+    another workspace.
     """
     DeleteServer: _grpc.UnaryUnaryMultiCallable[_server_pb2.DeleteServerRequest, _empty_pb2.Empty]
     """DeleteServer forgets a server. Refused with FAILED_PRECONDITION while a
@@ -68,7 +70,9 @@ class ServerServiceAsyncStub(ServerServiceStub):
     """ListServers pages through servers in name order."""
     UpdateServer: _aio.UnaryUnaryMultiCallable[_server_pb2.UpdateServerRequest, _server_pb2.Server]  # type: ignore[assignment]
     """UpdateServer changes the fields named in update_mask (address,
-    description, labels).
+    description, labels, shares_repository, workspaces). Restricting
+    workspaces is FAILED_PRECONDITION while the server holds a deployment of
+    another workspace.
     """
     DeleteServer: _aio.UnaryUnaryMultiCallable[_server_pb2.DeleteServerRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """DeleteServer forgets a server. Refused with FAILED_PRECONDITION while a
@@ -112,7 +116,9 @@ class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_server_pb2.Server, _abc.Awaitable[_server_pb2.Server]]:
         """UpdateServer changes the fields named in update_mask (address,
-        description, labels).
+        description, labels, shares_repository, workspaces). Restricting
+        workspaces is FAILED_PRECONDITION while the server holds a deployment of
+        another workspace.
         """
 
     @_abc_1.abstractmethod

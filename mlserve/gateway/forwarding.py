@@ -1,0 +1,249 @@
+"""Forwarding an inference call to a Triton that serves its model.
+
+The gateway's data plane, apart from any gRPC servicer: requests and
+responses cross as raw bytes (no parse, no re-serialise; ``wire`` reads the
+two routing fields) and a call's deadline arrives as a function returning the
+seconds left. ``mlserve.api.inference`` only converts: it hands over what it
+received and turns what this raises into a status.
+
+- Retries and failover: a replica that answers UNAVAILABLE is marked suspect
+  and another ready one is tried, up to ``MAX_ATTEMPTS`` (an app's consumers
+  get 1 + the app's retries). A Triton's own answers (bad input, model
+  errors) are final and pass through unchanged.
+- Timeouts: the caller's deadline, capped by an app consumer's timeout.
+- Stream fan-out: one upstream stream per replica used, responses merged as
+  they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+from tritonclient.grpc import service_pb2
+
+from mlserve.access import Access, current_principal
+from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied
+from mlserve.deploy.fleet import READY, Fleet
+from mlserve.gateway import wire
+from mlserve.gateway.router import Route, Router
+from mlserve.gateway.stats import InferenceStats
+
+MAX_ATTEMPTS = 3
+
+TimeLeft = Callable[[], float | None]
+"""Seconds left before the caller's deadline, None when it set none."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of MLServe's registry: a deployed model and whether a replica serves it."""
+
+    route: Route
+    serving: bool
+
+
+class Forwarder:
+    def __init__(self, router: Router, fleet: Fleet, stats: InferenceStats, access: Access) -> None:
+        self.router = router
+        self.fleet = fleet
+        self.stats = stats
+        self.access = access
+
+    async def _may_infer(self, model: str) -> tuple[int, float | None]:
+        """Raise unless the caller may use ``model``: (attempts, per-call timeout or None)."""
+        principal = current_principal.get()
+        if principal is None:
+            return MAX_ATTEMPTS, None
+        await self.access.check_infer(principal, model)
+        if principal.is_consumer:
+            return 1 + principal.retries, principal.timeout_seconds or None
+        return MAX_ATTEMPTS, None
+
+    async def visible(self, model: str) -> bool:
+        """Whether the caller may use ``model`` (a private one answers like a missing one)."""
+        try:
+            await self._may_infer(model)
+        except MLServeError:
+            return False
+        return True
+
+    async def forward(
+        self, method: str, request: bytes, model: str, version: str, time_left: TimeLeft
+    ) -> tuple[bytes, int]:
+        """Send ``request`` to a ready replica; returns the response and the version used.
+
+        The common case — a routed model, a client already open — awaits
+        nothing but the forwarded call itself.
+
+        Raises:
+            MLServeError: the caller may not use the model, it is not deployed,
+                or no replica is reachable within the attempts allowed.
+            aio.AioRpcError: a Triton's own final answer, to pass on unchanged.
+        """
+        attempts, app_timeout = await self._may_infer(model)
+        timeout = time_left()
+        if app_timeout is not None:
+            timeout = app_timeout if timeout is None else min(timeout, app_timeout)
+        tried: frozenset[str] = frozenset()
+        while True:
+            route = self.router.route(model)
+            if route is None:
+                choice = await self.router.choose(model, version, tried)
+            else:
+                choice = self.router.choose_routed(route, version, tried)
+            client = self.fleet.cached_client(choice.server) or await self.fleet.client(
+                choice.server
+            )
+            try:
+                with self.router.in_flight(choice.server):
+                    response: bytes = await client.raw_unary(method)(request, timeout=timeout)
+                return response, choice.version
+            except aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                tried |= {choice.server}
+                self.fleet.suspect(choice.server)
+                if len(tried) >= attempts:
+                    raise
+
+    async def routed(self, method: str, request: bytes, time_left: TimeLeft) -> bytes:
+        """Forward a call about one model (ModelMetadata, ModelConfig) to a replica of it."""
+        model, version = routing_fields(method, request)
+        response, _ = await self.forward(method, request, model, version, time_left)
+        return response
+
+    async def infer(self, request: bytes, time_left: TimeLeft) -> bytes:
+        """ModelInfer, counted per model version whether it succeeds or not."""
+        model, version = routing_fields("ModelInfer", request)
+        try:
+            response, served = await self.forward("ModelInfer", request, model, version, time_left)
+        except BaseException:
+            self._count(model, False)
+            raise
+        self.stats.record(model, served, True)
+        return response
+
+    def _count(self, model: str, ok: bool) -> None:
+        route = self.router.route(model)
+        if route is not None:
+            self.stats.record(model, route.version, ok)
+
+    async def ready(self, request: bytes, time_left: TimeLeft) -> bytes:
+        """ModelReady; like Triton, a model that cannot serve is "not ready", not an error."""
+        model, version = routing_fields("ModelReady", request)
+        try:
+            response, _ = await self.forward("ModelReady", request, model, version, time_left)
+        except PermissionDenied:
+            raise
+        except MLServeError:
+            return wire.encode(service_pb2.ModelReadyResponse(ready=False))
+        return response
+
+    async def statistics(self, request: bytes, time_left: TimeLeft) -> bytes:
+        """ModelStatistics of one model, or merged over every deployed model the caller sees."""
+        parsed = service_pb2.ModelStatisticsRequest.FromString(request)
+        if parsed.name:
+            response, _ = await self.forward(
+                "ModelStatistics", request, parsed.name, parsed.version, time_left
+            )
+            return response
+        merged = service_pb2.ModelStatisticsResponse()
+        for route in self.router.routes():
+            if not route.servers or not await self.visible(route.model):
+                continue
+            single = service_pb2.ModelStatisticsRequest(name=route.model)
+            with contextlib.suppress(MLServeError):
+                raw, _ = await self.forward(
+                    "ModelStatistics", wire.encode(single), route.model, "", time_left
+                )
+                merged.model_stats.extend(
+                    service_pb2.ModelStatisticsResponse.FromString(raw).model_stats
+                )
+        return wire.encode(merged)
+
+    async def served_models(self, ready_only: bool) -> list[ServedModel]:
+        """Every deployed model the caller sees, and whether a replica serves it now."""
+        served: list[ServedModel] = []
+        for route in self.router.routes():
+            if not await self.visible(route.model):
+                continue
+            serving = any(self.fleet.status(s).state == READY for s in route.servers)
+            if serving or not ready_only:
+                served.append(ServedModel(route, serving))
+        return served
+
+    async def stream(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """ModelStreamInfer: one upstream stream per replica used; responses merged as they come.
+
+        A request that cannot be routed, or an upstream that fails, answers
+        with a response carrying ``error_message``; the stream goes on.
+        """
+        responses: asyncio.Queue[bytes | None] = asyncio.Queue()
+        upstreams: dict[str, Any] = {}
+        waiting: dict[str, deque[tuple[str, int]]] = {}
+        readers: list[asyncio.Task[None]] = []
+
+        async def read(call: Any, sent: deque[tuple[str, int]]) -> None:
+            # Triton answers a stream's requests in order, so each response
+            # settles the oldest request still waiting on that upstream.
+            try:
+                async for response in call:
+                    if sent:
+                        model, version = sent.popleft()
+                        self.stats.record(model, version, not wire.stream_response_failed(response))
+                    await responses.put(response)
+            except aio.AioRpcError as error:
+                await responses.put(_stream_error(error.details() or error.code().name))
+
+        async def pump() -> None:
+            try:
+                async for request in requests:
+                    try:
+                        model, version = wire.model_name_and_version(request)
+                        await self._may_infer(model)
+                        choice = await self.router.choose(model, version)
+                    except (MLServeError, wire.WireError, UnicodeDecodeError) as error:
+                        await responses.put(_stream_error(str(error)))
+                        continue
+                    call = upstreams.get(choice.server)
+                    if call is None:
+                        client = await self.fleet.client(choice.server)
+                        call = upstreams[choice.server] = client.raw_stream("ModelStreamInfer")()
+                        waiting[choice.server] = deque()
+                        readers.append(asyncio.create_task(read(call, waiting[choice.server])))
+                    waiting[choice.server].append((model, choice.version))
+                    await call.write(request)
+                for call in upstreams.values():
+                    await call.done_writing()
+                await asyncio.gather(*readers)
+            finally:
+                await responses.put(None)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await pumping
+        finally:
+            pumping.cancel()
+            for call in upstreams.values():
+                call.cancel()
+
+
+def routing_fields(method: str, request: bytes) -> tuple[str, str]:
+    """The model name and version a request names; InvalidArgument when it is not a message."""
+    try:
+        return wire.model_name_and_version(request)
+    except (wire.WireError, UnicodeDecodeError):
+        raise InvalidArgument(f"the {method} request is not a valid message") from None
+
+
+def _stream_error(message: str) -> bytes:
+    return wire.encode(service_pb2.ModelStreamInferResponse(error_message=message))

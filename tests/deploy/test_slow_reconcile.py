@@ -1,0 +1,144 @@
+"""A reconcile that takes 25 s (a model whose initialize() sleeps) holds up neither
+the health rounds nor the route reloads. Real processes: one Triton, MLServe
+replica ``a`` that reconciles it, and replica ``b`` on the same database that
+changes a deployment behind ``a``'s back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as triton
+from google.protobuf.timestamp_pb2 import Timestamp
+from tritonclient.utils import InferenceServerException
+
+from mlserve_api.v1 import deployment_pb2, server_pb2
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import add_model_files, upload_add
+from tests.support.tritons import (
+    TritonProcess,
+    add_inputs,
+    deploy,
+    ready_on,
+    register,
+    wait_for,
+)
+from tests.support.uploading import stream
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 1.0  # a's --health-interval
+LOAD_SECONDS = 25
+READY = deployment_pb2.DEPLOYMENT_STATE_READY
+
+
+def sleepy_model_files(marker: Path) -> dict[str, bytes]:
+    """The "add" model named "sleepy", whose initialize() sleeps while ``marker`` exists."""
+    files = add_model_files(name="sleepy")
+    initialize = (
+        "\n    def initialize(self, args):\n"
+        "        import os, time\n"
+        f"        if os.path.exists({str(marker)!r}):\n"
+        f"            time.sleep({LOAD_SECONDS})\n"
+    )
+    source = files["model.py"].decode()
+    files["model.py"] = source.replace(
+        "class TritonPythonModel:\n", "class TritonPythonModel:" + initialize + "\n"
+    ).encode()
+    return files
+
+
+def age(stamp: Timestamp) -> float:
+    """Seconds since ``stamp`` (MLServe and the test share this host's clock)."""
+    return time.time() - stamp.ToNanoseconds() / 1e9
+
+
+def health_ages(stubs: Stubs, server: str) -> list[float]:
+    """How old ``server``'s last health check is, as ListServers and GetServer tell it."""
+    listed = stubs.servers.ListServers(
+        server_pb2.ListServersRequest(), metadata=stubs.auth, timeout=5
+    )
+    got = stubs.servers.GetServer(
+        server_pb2.GetServerRequest(name=server), metadata=stubs.auth, timeout=5
+    )
+    (row,) = [s for s in listed.servers if s.name == server]
+    return [age(row.last_health_time), age(got.last_health_time)]
+
+
+def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    marker = tmp_path / "loads-are-slow"
+    a = MLServeProcess(home, "--no-embedded-triton", "--health-interval", str(INTERVAL))
+    # b never runs a health round of its own: it only changes a deployment.
+    b = MLServeProcess(home, "--no-embedded-triton", "--health-interval", "3600")
+    b.log = home / "mlserve-b.log"
+    slowpoke = TritonProcess("slowpoke", tmp_path, {})
+    gateway: triton.InferenceServerClient | None = None
+    try:
+        a.start(wait_for_triton=False)
+        slowpoke.start()
+        stubs = a.stubs()
+        register(stubs, "slowpoke", slowpoke.address)
+        # Deployed in this order, reconciled in this order: quick, then sleepy.
+        upload_add(stubs, "quick")
+        assert deploy(stubs, "quick").state == READY
+        files = sleepy_model_files(marker)
+        config = files.pop("config.pbtxt").decode()
+        stubs.models.UploadModelVersion(
+            stream("sleepy", files, config=config), metadata=stubs.auth, timeout=30
+        )
+        assert deploy(stubs, "sleepy").state == READY  # no marker yet: it loads at once
+        b.start(wait_for_triton=False)
+
+        # Triton restarts with nothing loaded; a's reconciler loads both again,
+        # and sleepy's load now takes LOAD_SECONDS.
+        marker.touch()
+        slowpoke.kill()
+        slowpoke.start()
+        wait_for(lambda: ready_on(slowpoke, "quick"), timeout=30, what="quick reloaded")
+        load_started = time.monotonic()
+        assert not ready_on(slowpoke, "sleepy")
+
+        # Replica b undeploys quick; only a's health loop reloads a's routes.
+        other = b.stubs()
+        other.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name="quick"), metadata=other.auth, timeout=30
+        )
+        gateway = triton.InferenceServerClient(a.address)
+        headers = {"authorization": f"Bearer {stubs.key}"}
+        ages: list[float] = []
+
+        def routes_reloaded() -> bool:
+            ages.extend(health_ages(stubs, "slowpoke"))
+            try:
+                assert gateway is not None
+                gateway.infer("quick", add_inputs(), headers=headers, client_timeout=10)
+            except InferenceServerException as error:
+                return "model 'quick' is not deployed" in (error.message() or "")
+            return False
+
+        wait_for(routes_reloaded, timeout=5 * INTERVAL, what="a's routes to drop quick", step=0.2)
+        while time.monotonic() - load_started < 10 * INTERVAL:
+            ages.extend(health_ages(stubs, "slowpoke"))
+            time.sleep(0.2)
+        assert not ready_on(slowpoke, "sleepy"), "the load was over before the checks were"
+        assert max(ages) <= 2 * INTERVAL, f"last_health_time ages seen: {sorted(ages)[-5:]}"
+
+        # The slow reconcile finishes on its own, and sleepy serves through a.
+        def sleepy_serves() -> bool:
+            assert gateway is not None
+            try:
+                gateway.infer("sleepy", add_inputs(), headers=headers, client_timeout=10)
+            except InferenceServerException:
+                return False
+            return True
+
+        wait_for(sleepy_serves, timeout=LOAD_SECONDS + 30, what="sleepy serving", step=0.5)
+        print(f"\nlast_health_time age during the slow load: max {max(ages):.2f}s")
+    finally:
+        if gateway is not None:
+            gateway.close()
+        b.stop()
+        a.stop()
+        slowpoke.stop()

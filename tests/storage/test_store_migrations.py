@@ -1,0 +1,157 @@
+"""An older database opens under the current schema with every row intact,
+on SQLite and on PostgreSQL (``database_url`` gives a new database of each)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from mlserve.storage import db, tables
+from tests.support.databases import close_database
+
+DATA = Path(__file__).resolve().parent / "data"
+WHEN = dt.datetime(
+    2026, 11, 1, 12, 0, 0
+)  # as tests/storage/data/make_foundation_databases.py wrote
+
+
+def restore_foundation(url: str) -> None:
+    """Put the saved foundation-schema database (schema 3, 12c1548) at ``url``."""
+    if url.startswith("sqlite:///"):
+        shutil.copyfile(DATA / "foundation.sqlite3", url.removeprefix("sqlite:///"))
+        return
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute((DATA / "foundation.postgresql.sql").read_text())
+    finally:
+        conn.close()
+
+
+def test_foundation_database_opens_with_every_row_intact(database_url: str) -> None:
+    restore_foundation(database_url)
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        assert bytes(tables.Setting.get_by_id("page_token_secret").value) == b"\x00\x01secret\xff"
+        key = tables.ApiKey.get(tables.ApiKey.prefix == "oldprefix")
+        assert (key.owner, key.role, key.revoked, key.create_time) == (
+            "admin",
+            "admin",
+            False,
+            WHEN,
+        )
+
+        resnet = tables.Model.get(tables.Model.name == "resnet")
+        assert (resnet.description, json.loads(resnet.labels)) == (
+            "image classifier",
+            {"team": "vision"},
+        )
+        assert (resnet.create_time, resnet.update_time) == (WHEN, WHEN)
+        assert sorted(row.tag for row in resnet.tag_rows) == ["prod", "vision"]
+        assert tables.Model.get(tables.Model.name == "empty").description == ""
+        # Schema 4 (model metadata): the label JSON is indexed in model_label,
+        # the new columns hold their empty values, the keyset indexes exist.
+        labels = {(row.key, row.value) for row in tables.ModelLabel.select()}
+        assert labels == {("team", "vision")}
+        assert (resnet.kind, resnet.features, resnet.hyperparameters) == ("", "[]", "{}")
+        indexes = {index.name for index in opened.get_indexes("model")}
+        assert {"model_kind", "model_create_time_id", "model_update_time_id"} <= indexes
+        versions = {row.version: row for row in resnet.versions}
+        assert sorted(versions) == [1, 2]
+        assert json.loads(versions[2].files) == [["model.py", 20, f"{2:064x}"]]
+        assert (versions[2].sha256, versions[2].size_bytes) == (f"{12:064x}", 20)
+        uploads = {row.upload_id: row.committed_version for row in tables.Upload.select()}
+        assert uploads == {"upload-1": 1, "upload-2": 2}
+
+        servers = {row.name: row for row in tables.Server.select()}
+        assert (servers["local"].embedded, servers["local"].shares_repository) == (True, True)
+        assert (servers["remote"].embedded, servers["remote"].shares_repository) == (False, False)
+        assert json.loads(servers["remote"].labels) == {"zone": "b"}
+        deployment = tables.Deployment.get(tables.Deployment.name == "resnet")
+        assert (deployment.model.name, deployment.version) == ("resnet", 2)
+        targets = [
+            (target.server.name, target.state)
+            for target in deployment.targets.order_by(tables.DeploymentTarget.position)
+        ]
+        assert targets == [("local", "READY"), ("remote", "READY")]
+        count = tables.InferenceCount.get()
+        assert (count.model, count.version, count.count, count.failures, count.last_time) == (
+            "resnet",
+            2,
+            42,
+            1,
+            WHEN,
+        )
+
+        # New rows take fresh ids: PostgreSQL's sequences came along.
+        fresh = tables.Model.create(name="after-migration")
+        assert fresh.id > resnet.id
+        tables.ModelVersion.create(
+            model=resnet, version=3, sha256="f" * 64, size_bytes=0, files="[]", config="",
+            upload_id="upload-3",
+        )  # fmt: skip
+        assert tables.ModelVersion.select().count() == 3
+        # Schema 5 (content-addressed files): uploads gained their artifact
+        # columns, and the blob tables take rows that point at old versions.
+        upload = tables.Upload.get(tables.Upload.upload_id == "upload-2")
+        assert (upload.artifact_kind, upload.artifact_version) == ("", 0)
+        blob = tables.Blob.create(sha256="a" * 64, size=3)
+        tables.VersionFile.create(version=versions[2], path="model.py", blob=blob)
+        tables.BlobPin.create(upload=upload, blob=blob)
+        # Schema 6 (access control): the key's owner became a user with the
+        # key's role and a default workspace it owns; the old key keeps its
+        # sha256 hash (re-hashed on first use); models moved into the admin's
+        # workspace, private, with both flags on.
+        admin = tables.User.get(tables.User.name == "admin")
+        assert (admin.role, admin.active, admin.default_workspace.name) == ("admin", True, "admin")
+        key = tables.ApiKey.get(tables.ApiKey.prefix == "oldprefix")
+        assert (key.user_id, key.algorithm) == (admin.id, "sha256")
+        member = tables.WorkspaceMember.get(tables.WorkspaceMember.user == admin)
+        assert (member.workspace_id, member.role) == (admin.default_workspace_id, "owner")
+        for model in tables.Model.select().where(tables.Model.name.in_(["resnet", "empty"])):
+            flags = (model.visibility, model.allow_download, model.allow_remote_inference)
+            assert (model.workspace_id, flags) == (
+                admin.default_workspace_id,
+                ("private", True, True),
+            )
+        # Schema 7 (pipelines): deployments keep their rows with no serving
+        # settings, and the pipeline tables take rows.
+        assert tables.Deployment.get(tables.Deployment.name == "resnet").serving == "{}"
+        tables.Pipeline.create(name="chain")
+    finally:
+        close_database(opened)
+
+
+def test_schema_1_database_is_migrated_without_losing_rows(database_url: str) -> None:
+    restore_foundation(database_url)
+    # Take the saved database back to what the foundation's first schema wrote.
+    opened = db.open_database(database_url)
+    opened.execute_sql('DROP TABLE "inference_count"')
+    opened.execute_sql('ALTER TABLE "server" DROP COLUMN "shares_repository"')
+    opened.execute_sql('UPDATE "schema_info" SET "version" = 1')
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        assert tables.Model.get(tables.Model.name == "resnet").description == "image classifier"
+        shares = {row.name: row.shares_repository for row in tables.Server.select()}
+        assert shares == {"local": True, "remote": False}
+        assert tables.DeploymentTarget.select().count() == 2
+        tables.InferenceCount.create(model="resnet", version=1, count=1)
+    finally:
+        close_database(opened)
+
+
+def test_newer_database_is_refused(database_url: str) -> None:
+    opened = tables.connect(database_url)
+    tables.SchemaInfo.update(version=tables.SCHEMA_VERSION + 1).execute()
+    close_database(opened)
+    with pytest.raises(RuntimeError, match="newer than this MLServe"):
+        tables.connect(database_url)
