@@ -28,7 +28,7 @@ import grpc
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from mlserve.access.keys import BACKOFF_SECONDS, FAILURES_BEFORE_BACKOFF, HASHING_THREADS
 from mlserve_api.v1 import model_pb2, model_pb2_grpc, user_pb2
-from tests.conftest import Stubs
+from tests.support.mlserve import Stubs
 
 DEFAULT_SECONDS = 8.0
 FLOOD_THREADS = 64

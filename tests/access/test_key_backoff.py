@@ -11,7 +11,7 @@ import pytest
 
 from mlserve.access.keys import BACKOFF_SECONDS, FAILURES_BEFORE_BACKOFF, _FailedAttempts
 from mlserve_api.v1 import model_pb2, user_pb2
-from tests.conftest import MLServeProcess, Stubs
+from tests.support.mlserve import MLServeProcess, Stubs
 
 Code = grpc.StatusCode
 FLOOD_THREADS = 64

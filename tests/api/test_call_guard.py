@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mlserve_api.v1 import model_pb2
-from tests.conftest import MLServeProcess, Stubs
-from tests.uploading import chunk, header
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.uploading import chunk, header
 
 MiB = 1024 * 1024
 Code = grpc.StatusCode

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import MLServeProcess
-from tests.test_grpcurl import GRPCURL
+from tests.support.commands import GRPCURL
+from tests.support.mlserve import MLServeProcess
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
