@@ -20,8 +20,8 @@ from tritonclient.grpc import service_pb2
 
 from mlserve import __version__
 from mlserve.access import Access
-from mlserve.core.errors import InvalidArgument, Unavailable
-from mlserve.deploy.fleet import Fleet
+from mlserve.core.errors import InvalidArgument, NotFound, Unavailable
+from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.model_deployments import Deployments
 from mlserve.gateway import wire
 from mlserve.gateway.forwarding import Forwarder, TimeLeft
@@ -118,11 +118,28 @@ class InferenceGateway:
         return wire.encode(service_pb2.ServerReadyResponse(ready=self.fleet.any_ready()))
 
     async def _server_metadata(self, request: bytes, context: Context) -> bytes:
+        """Triton's name and a ready Triton's version: MLServe is a gateway, not a new
+        server kind (Triton's own clients check the name). MLServe's version goes
+        in the ``mlserve-version`` response header."""
+        await context.send_initial_metadata((("mlserve-version", __version__),))
         return wire.encode(
             service_pb2.ServerMetadataResponse(
-                name="mlserve", version=__version__, extensions=EXTENSIONS
+                name="triton", version=await self._triton_version(request), extensions=EXTENSIONS
             )
         )
+
+    async def _triton_version(self, request: bytes) -> str:
+        """The version the first ready Triton of the fleet reports; "" when none answers."""
+        for name in await self.fleet.names():
+            if self.fleet.status(name).state != READY:
+                continue
+            client = self.fleet.cached_client(name) or await self.fleet.client(name)
+            try:
+                answer = await client.raw_unary("ServerMetadata")(request, timeout=5)
+            except aio.AioRpcError:
+                continue
+            return str(service_pb2.ServerMetadataResponse.FromString(answer).version)
+        return ""
 
     async def _repository_index(self, request: bytes, context: Context) -> bytes:
         """MLServe's registry: each deployed model and whether a replica serves it."""
@@ -167,6 +184,11 @@ def _passing_triton_errors(forward: Forwarded) -> RawUnary:
         except aio.AioRpcError as error:
             await context.abort(error.code(), error.details() or "")
             raise AssertionError("abort returns by raising") from None
+        except NotFound:
+            # Missing and private-to-others alike, in Triton's words, which
+            # Triton's own clients look for.
+            model, _ = wire.model_name_and_version(request)
+            raise NotFound(f"Request for unknown model: '{model}' is not found") from None
 
     return handle
 

@@ -623,7 +623,9 @@ def test_users_infer_on_what_they_may_see(
     _infer(mlserve, routed, ann)
     error = _gateway_error(mlserve, routed, bob)
     assert str(error.status()) == "StatusCode.NOT_FOUND"  # private: as if it did not exist
-    assert error.message() == f"model {routed!r} does not exist"
+    assert error.message() == f"Request for unknown model: '{routed}' is not found"
+    missing = _gateway_error(mlserve, f"{routed}-none", bob)
+    assert missing.message() == f"Request for unknown model: '{routed}-none' is not found"
     # Nor do its deployment, its readiness or its place in the gateway's index.
     bob_stubs = team["bob"]
     listed = bob_stubs.deployments.ListDeployments(
