@@ -157,15 +157,20 @@ class InferenceGateway:
     async def _repository_model_load(self, request: bytes, context: Context) -> bytes:
         """Deploy the latest uploaded version (MLServe's registry, not a Triton's)."""
         parsed = service_pb2.RepositoryModelLoadRequest.FromString(request)
+        # "failed to load 'NAME'" first, as Triton says it: its clients look for it.
+        failed = f"failed to load '{parsed.model_name}'"
         if any(key == "config" or key.startswith("file:") for key in parsed.parameters):
             raise InvalidArgument(
-                "the gateway does not take model files or configs: upload them with "
-                "mlserve.v1.ModelService/UploadModelVersion, then load by name"
+                f"{failed}: the gateway does not take model files or configs: upload them "
+                "with mlserve.v1.ModelService/UploadModelVersion, then load by name"
             )
-        record = await self.deployments.update(parsed.model_name, 0, None, allow_missing=True)
+        try:
+            record = await self.deployments.update(parsed.model_name, 0, None, allow_missing=True)
+        except NotFound as missing:
+            raise NotFound(f"{failed}: {missing.message}") from None
         if record.state != "READY":
             reasons = "; ".join(f"{t.server}: {t.message}" for t in record.targets if t.message)
-            raise Unavailable(f"model {parsed.model_name!r} did not load: {reasons}")
+            raise Unavailable(f"{failed}: {reasons}")
         return wire.encode(service_pb2.RepositoryModelLoadResponse())
 
     async def _repository_model_unload(self, request: bytes, context: Context) -> bytes:

@@ -155,3 +155,31 @@ def test_an_unknown_and_a_private_model_answer_in_the_same_words(served: MLServe
         "StatusCode.NOT_FOUND",
         "Request for unknown model: 'no_such_model' is not found",
     )
+
+
+def test_model_control_calls_of_the_example_work(served: MLServeProcess) -> None:
+    # What simple_grpc_model_control.py does besides its QA-repository checks.
+    gateway = triton.InferenceServerClient(served.address)
+    headers = {"authorization": f"Bearer {served.key}"}
+    try:
+        gateway.unload_model("simple", headers=headers)
+        assert not gateway.is_model_ready("simple", headers=headers)
+        gateway.load_model("simple", headers=headers)
+        assert gateway.is_model_ready("simple", headers=headers)
+        index = gateway.get_model_repository_index(headers=headers)
+        assert {model.name for model in index.models} == {m.name for m in example_models()}
+        with pytest.raises(InferenceServerException) as failure:
+            gateway.load_model("wrong_model_name", headers=headers)
+        assert failure.value.status() == "StatusCode.NOT_FOUND"
+        assert failure.value.message() == (
+            "failed to load 'wrong_model_name': model 'wrong_model_name' does not exist"
+        )
+        with pytest.raises(InferenceServerException) as failure:
+            gateway.load_model("simple", config='{"max_batch_size":"16"}', headers=headers)
+        assert failure.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert failure.value.message().startswith(
+            "failed to load 'simple': the gateway does not take model files or configs"
+        )
+        assert gateway.is_model_ready("simple", headers=headers)
+    finally:
+        gateway.close()
