@@ -27,8 +27,8 @@ import grpc
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from mlserve.access.keys import BACKOFF_SECONDS, FAILURES_BEFORE_BACKOFF, HASHING_THREADS
-from mlserve_api.v1 import model_pb2, model_pb2_grpc, user_pb2
-from tests.support.mlserve import Stubs
+from mlserve_api.v1 import model_pb2, model_pb2_grpc
+from tests.support.users import make_user
 
 DEFAULT_SECONDS = 8.0
 FLOOD_THREADS = 64
@@ -46,7 +46,7 @@ def run(seconds: float = DEFAULT_SECONDS) -> Report:
                 model_pb2.CreateModelRequest(model=model_pb2.Model(name=MODEL)),
                 metadata=stubs.auth,
             )
-            victim = _new_user_key(stubs, "flood-victim")
+            victim = make_user(stubs, "flood-victim", "viewer").key
             honest = model_pb2_grpc.ModelServiceStub(stubs.channel)
             quiet = _honest_calls(honest, stubs.auth, seconds)
             flooded, refused = _during_flood(server.address, victim, honest, stubs.auth, seconds)
@@ -72,15 +72,6 @@ def run(seconds: float = DEFAULT_SECONDS) -> Report:
     ]
     header = ["honest GetModel", "calls", "p50 ms", "p99 ms", "max ms"]
     return Report("flood: honest calls during a wrong-secret flood", [Table(header, rows)], notes)
-
-
-def _new_user_key(stubs: Stubs, name: str) -> str:
-    stubs.users.CreateUser(
-        user_pb2.CreateUserRequest(user=user_pb2.User(name=name, role=user_pb2.ROLE_VIEWER)),
-        metadata=stubs.auth,
-    )
-    key = stubs.users.CreateApiKey(user_pb2.CreateApiKeyRequest(user=name), metadata=stubs.auth)
-    return str(key.secret)
 
 
 def _honest_calls(

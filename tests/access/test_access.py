@@ -69,22 +69,6 @@ def audit_count(admin: Stubs) -> int:
 # --- a Triton-less MLServe for the user directory --------------------------------
 
 
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
-    process = MLServeProcess(tmp_path_factory.mktemp("access-home"), "--no-embedded-triton")
-    try:
-        yield process.start(wait_for_triton=False)
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def root(bare: MLServeProcess) -> Iterator[Stubs]:
-    stubs = bare.stubs()
-    yield stubs
-    stubs.channel.close()
-
-
 def test_the_first_admin_key_belongs_to_the_admin_user(root: Stubs) -> None:
     admin = root.users.GetUser(user_pb2.GetUserRequest(name="admin"), metadata=root.auth)
     assert (admin.role, admin.active, admin.default_workspace) == (

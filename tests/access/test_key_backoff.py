@@ -4,14 +4,14 @@ hashing for a back-off, while every other caller goes on being answered."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from mlserve.access.keys import BACKOFF_SECONDS, FAILURES_BEFORE_BACKOFF, _FailedAttempts
-from mlserve_api.v1 import model_pb2, user_pb2
-from tests.support.mlserve import MLServeProcess, Stubs
+from mlserve_api.v1 import model_pb2
+from tests.support.mlserve import Stubs
+from tests.support.users import make_user
 
 Code = grpc.StatusCode
 FLOOD_THREADS = 64
@@ -60,29 +60,8 @@ def test_a_right_secret_clears_the_count() -> None:
 # --- over real sockets ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
-    process = MLServeProcess(tmp_path_factory.mktemp("backoff-home"), "--no-embedded-triton")
-    try:
-        yield process.start(wait_for_triton=False)
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def root(bare: MLServeProcess) -> Iterator[Stubs]:
-    stubs = bare.stubs()
-    yield stubs
-    stubs.channel.close()
-
-
 def new_key(root: Stubs, user: str) -> str:
-    root.users.CreateUser(
-        user_pb2.CreateUserRequest(user=user_pb2.User(name=user, role=user_pb2.ROLE_VIEWER)),
-        metadata=root.auth,
-    )
-    key = root.users.CreateApiKey(user_pb2.CreateApiKeyRequest(user=user), metadata=root.auth)
-    return str(key.secret)
+    return make_user(root, user, "viewer").key
 
 
 def wrong(key: str, n: int) -> list[tuple[str, str]]:

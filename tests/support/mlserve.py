@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +150,13 @@ class MLServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         return int(self.process.returncode)
+
+
+@contextmanager
+def running(home: Path, *extra: str, wait_for_triton: bool = True) -> Iterator[MLServeProcess]:
+    """``MLServeProcess(home, *extra)`` started, and stopped when the block ends."""
+    process = MLServeProcess(home, *extra)
+    try:
+        yield process.start(wait_for_triton=wait_for_triton)
+    finally:
+        process.stop()
