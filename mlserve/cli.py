@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingError as error:
         args.serve_parser.error(str(error))  # exits 2
     from mlserve.memory import keep_freed_buffers
-    from mlserve.server import serve
+    from mlserve.server import StartupFailed, serve
 
     keep_freed_buffers()
     try:
@@ -95,6 +95,10 @@ def _serve(args: argparse.Namespace) -> int:
         # Refused to start (e.g. no sandbox for the embedded Triton): say why, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StartupFailed as exc:
+        # Tried and failed (the embedded Triton exited at start-up): the same, status 1.
+        print(f"error: MLServe could not start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

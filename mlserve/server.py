@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import functools
 import logging
 import secrets
 import signal
@@ -17,8 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from mlserve.access import ADMIN_KEY_FILE, Access
+from mlserve.access.apps import Apps
 from mlserve.access.audit import AuditLog
-from mlserve.access.directory import Directory
+from mlserve.access.users import Users
+from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
@@ -26,6 +30,8 @@ from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
+from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
+from mlserve.api.inference_log import InferenceLogService
 from mlserve.api.interceptor import (
     MANAGEMENT_MESSAGE_BYTES,
     UPLOAD_FRAMING_BYTES,
@@ -37,9 +43,12 @@ from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
-from mlserve.catalog.models import Catalog
+from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.models import Models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
+from mlserve.catalog.versions import Versions
+from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
 from mlserve.deploy.health import HealthLoop
@@ -47,6 +56,7 @@ from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
 from mlserve.deploy.pipeline_deployments import PipelineDeployments
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
+from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -54,6 +64,7 @@ from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve.triton.sandbox import Sandbox
+from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -61,6 +72,7 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    inference_log_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -85,6 +97,7 @@ SERVICES = (
     app_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
+    INFERENCE_LOG_SERVICE,
 )
 
 
@@ -93,17 +106,22 @@ class Domain:
     """The domain objects one process shares between its services."""
 
     repository: Repository
-    catalog: Catalog
+    models: Models
+    versions: Versions
+    artifacts: Artifacts
     uploads: Uploads
     fleet: Fleet
     deployments: Deployments
     access: Access
     router: Router
     stats: InferenceStats
-    directory: Directory
+    users: Users
+    workspaces: Workspaces
+    apps: Apps
     audit: AuditLog
     pipelines: Pipelines
     pipeline_deployments: PipelineDeployments
+    inference_log: InferenceLog
 
 
 def build_domain(settings: Settings) -> Domain:
@@ -113,10 +131,14 @@ def build_domain(settings: Settings) -> Domain:
     repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
     blobs = Blobs(repository)
     db.run(blobs.sweep)
-    catalog = Catalog(repository, tokens, blobs)
-    uploads = Uploads(
-        repository, catalog, blobs, UploadLimits(max_upload_bytes=settings.max_upload_bytes)
+    versions = Versions(repository, tokens, blobs)
+    artifacts = Artifacts(repository, tokens, blobs)
+    limits = UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_staging_bytes=settings.max_staging_bytes,
+        expire_after=dt.timedelta(seconds=settings.upload_expiry),
     )
+    uploads = Uploads(repository, versions, artifacts, blobs, limits)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -125,24 +147,45 @@ def build_domain(settings: Settings) -> Domain:
     # After the model deployments' callback: members may be deployments too.
     pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
     fleet.on_change(pipeline_deployments.server_changed)
+    stats = InferenceStats()
+    inference_log = InferenceLog(
+        LogSettings(
+            settings.log_dir,
+            queue_size=settings.log_queue_size,
+            flush_interval=settings.log_flush_interval,
+            retention_seconds=settings.log_retention_seconds,
+            retention_bytes=settings.log_retention_bytes,
+        ),
+        stats.registry,
+        tokens,
+    )
     return Domain(
         repository,
-        catalog,
+        Models(repository, tokens, blobs),
+        versions,
+        artifacts,
         uploads,
         fleet,
         deployments,
         Access(),
         router,
-        InferenceStats(),
-        Directory(tokens),
+        stats,
+        Users(tokens),
+        Workspaces(tokens),
+        Apps(tokens),
         AuditLog(tokens),
         Pipelines(tokens),
         pipeline_deployments,
+        inference_log,
     )
 
 
 def _random_secret() -> bytes:
     return secrets.token_bytes(32)
+
+
+class StartupFailed(Exception):
+    """MLServe cannot start; the message says why and where to look."""
 
 
 class MLServe:
@@ -190,6 +233,8 @@ class MLServe:
         if sandbox is not None:
             await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
+        await domain.inference_log.policies.reload()
+        await in_thread(domain.inference_log.start)()
         await domain.fleet.refresh_all()
         await self._update_health()
         if settings.metrics_listen:
@@ -200,9 +245,17 @@ class MLServe:
             domain.fleet,
             settings.health_interval,
             # Routes: deployments changed through another replica on the same database.
-            hooks=(self._update_health, domain.stats.flush, domain.router.reload),
+            # Policies likewise; the log's directory is probed for its health.
+            hooks=(
+                self._update_health,
+                domain.stats.flush,
+                domain.router.reload,
+                domain.inference_log.policies.reload,
+            ),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
+        self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
 
     def ready_line(self) -> str:
@@ -239,6 +292,8 @@ class MLServe:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
             await self._domain.stats.flush()
+            # After the server: calls that finished in the grace period are logged too.
+            await self._domain.inference_log.close()
             await self._domain.fleet.close()
         if self._triton is not None:
             await self._triton.stop()
@@ -267,27 +322,46 @@ class MLServe:
         )
         # First, so that inference calls find their handler at the first lookup.
         gateway = InferenceGateway(
-            domain.router, domain.fleet, domain.deployments, domain.stats, domain.access
+            domain.router,
+            domain.fleet,
+            domain.deployments,
+            domain.stats,
+            domain.access,
+            domain.inference_log,
         )
         server.add_generic_rpc_handlers((gateway.handler(),))
         model_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(domain.catalog, domain.uploads, domain.stats, domain.deployments), server
+            ModelService(
+                domain.models,
+                domain.versions,
+                domain.artifacts,
+                domain.uploads,
+                domain.stats,
+                domain.deployments,
+            ),
+            server,
         )
         server_pb2_grpc.add_ServerServiceServicer_to_server(
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(domain.deployments, domain.pipeline_deployments), server
+            DeploymentService(
+                domain.deployments, domain.pipeline_deployments, domain.inference_log
+            ),
+            server,
         )
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
             PipelineService(domain.pipelines, lambda: self.address), server
         )
-        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.directory), server)
+        user_pb2_grpc.add_UserServiceServicer_to_server(UserService(domain.users), server)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(
-            WorkspaceService(domain.directory), server
+            WorkspaceService(domain.workspaces), server
         )
-        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.directory), server)
+        app_pb2_grpc.add_AppServiceServicer_to_server(AppService(domain.apps), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(domain.audit), server)
+        inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
+            InferenceLogService(domain.inference_log), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
@@ -302,30 +376,59 @@ class MLServe:
         return True
 
     async def _start_embedded_triton(self, domain: Domain, sandbox: Sandbox) -> None:
+        """Start the embedded Triton and supervise it from then on.
+
+        A Triton that does not come up at MLServe's own start is not retried
+        (that is nearly always a flag, a library or the sandbox, which a retry
+        will not fix): StartupFailed, and ``mlserve serve`` exits non-zero. One
+        that exits later is restarted by the supervisor, with back-off, for good.
+        """
         settings = self.settings
         self._triton = EmbeddedTriton(
             settings.repository_dir,
             settings.home / "triton",
             log_path=settings.triton_log,
+            extra_args=settings.triton_args,
             sandbox=sandbox,
         )
         log.info("starting the embedded Triton (log: %s)", settings.triton_log)
-        await self._triton.start()
+        try:
+            await self._triton.start()
+        except MLServeError as error:
+            raise StartupFailed(f"the embedded Triton could not start: {error.message}") from None
         await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
+        supervisor = TritonSupervisor(
+            self._triton, functools.partial(domain.fleet.register_embedded, DEFAULT_SERVER)
+        )
+        self._loops.append(asyncio.create_task(supervisor.run(), name="triton-supervisor"))
 
     async def _update_health(self) -> None:
         assert self._domain is not None
-        await self._set_health(self._domain.fleet.any_ready())
-
-    async def _set_health(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+        inference_log = self._domain.inference_log
+        await self._set_health(
+            self._domain.fleet.any_ready(), await in_thread(inference_log.check_writable)()
         )
+
+    async def _set_health(self, serving: bool, log_writable: bool = True) -> None:
+        """Every service follows the fleet; the inference log also needs its directory."""
         for service in ("", *SERVICES):
-            await self._health.set(service, status)
+            up = serving and (log_writable or service != INFERENCE_LOG_SERVICE)
+            await self._health.set(service, _SERVING if up else _NOT_SERVING)
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def expire_uploads(uploads: Uploads, interval: float) -> None:
+    """Forever: delete abandoned uploads, then wait ``interval`` seconds."""
+    while True:
+        try:
+            await uploads.expire_abandoned()
+        except Exception:
+            log.exception("sweep for abandoned uploads failed")
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +121,32 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_duration(text: str) -> float:
+    """Seconds, with an optional s/m/h/d suffix: ``24h``, ``90m``, ``30s``, ``7d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1].lower()]) if text[-1:].lower() in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise SettingError("give a duration such as 24h, 90m or 30s (or seconds)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingError("give a duration above 0, such as 24h")
+    return value
+
+
 def parse_interval(text: str) -> float:
     value = parse_seconds(text)
     if value == 0:
         raise SettingError("give a number of seconds above 0")
     return value
+
+
+def parse_arguments(text: str) -> tuple[str, ...]:
+    """Words split the way a shell splits them: ``--log-verbose=1 --exit-timeout-secs=30``."""
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as error:
+        raise SettingError(f"give arguments as a shell would take them ({error})") from None
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -271,6 +293,19 @@ class Settings:
             )
         ),
     )
+    triton_args: tuple[str, ...] = field(
+        default=(),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRITON_ARGS",
+                "more tritonserver arguments for the embedded Triton, split like a shell's; "
+                "give the flag with '=' (--triton-args='--log-verbose=1')",
+                parse_arguments,
+                "ARGS",
+                shown_default="none",
+            )
+        ),
+    )
     max_upload_bytes: int = field(
         default=64 * 1024**3,
         metadata=_given_by(
@@ -280,6 +315,32 @@ class Settings:
                 parse_size,
                 "SIZE",
                 shown_default="64G",
+            )
+        ),
+    )
+    max_staging_bytes: int = field(
+        default=128 * 1024**3,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_MAX_STAGING_BYTES",
+                "staging one user's unfinished uploads may fill together (RESOURCE_EXHAUSTED "
+                "above); k/M/G/T suffixes",
+                parse_size,
+                "SIZE",
+                shown_default="128G",
+            )
+        ),
+    )
+    upload_expiry: float = field(
+        default=24 * 3600.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_UPLOAD_EXPIRY",
+                "how long an unfinished upload may sit untouched before it is deleted with "
+                "its staged bytes; s/m/h/d suffixes",
+                parse_duration,
+                "DURATION",
+                shown_default="24h",
             )
         ),
     )
@@ -348,6 +409,53 @@ class Settings:
             Option("MLSERVE_TLS_KEY", "PEM private key of --tls-cert", parse_path, "PEM", "none")
         ),
     )
+    log_queue_size: int = field(
+        default=10_000,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_QUEUE_SIZE",
+                "inference log: calls waiting for the writer at most; more are dropped and "
+                "counted, never waited for",
+                parse_count,
+                "N",
+            )
+        ),
+    )
+    log_flush_interval: float = field(
+        default=1.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_FLUSH_INTERVAL",
+                "inference log: seconds between writes, the most a SIGKILL can lose",
+                parse_interval,
+                "SECONDS",
+            )
+        ),
+    )
+    log_retention_seconds: float = field(
+        default=7 * 24 * 3600.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_RETENTION_SECONDS",
+                "inference log: files older than this are deleted",
+                parse_interval,
+                "SECONDS",
+                shown_default="604800 (7 days)",
+            )
+        ),
+    )
+    log_retention_bytes: int = field(
+        default=10 * 1024**3,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_RETENTION_BYTES",
+                "inference log: per model, the oldest files beyond this size are deleted",
+                parse_size,
+                "SIZE",
+                shown_default="10G",
+            )
+        ),
+    )
     bench_anonymous_gateway: bool = field(
         default=False,
         metadata=_given_by(
@@ -370,6 +478,11 @@ class Settings:
             )
 
     @property
+    def upload_sweep_interval(self) -> float:
+        """Seconds between sweeps for expired uploads: often enough to honour the expiry."""
+        return min(self.upload_expiry / 4, 300.0)
+
+    @property
     def database_url(self) -> str:
         return self.database or f"sqlite:///{self.home / 'mlserve.db'}"
 
@@ -389,6 +502,11 @@ class Settings:
     def blobs_dir(self) -> Path:
         """Content-addressed file store; versions hard-link to it, so same file system."""
         return self.storage_dir / "blobs"
+
+    @property
+    def log_dir(self) -> Path:
+        """The inference log's Parquet files (mlserve.monitor)."""
+        return self.home / "logs"
 
     @property
     def triton_log(self) -> Path:

@@ -1,5 +1,6 @@
 """Access control: who is calling (keys), what each caller may do (rules), the
-users, workspaces and apps those rules read (directory), and the audit trail.
+users (users.py, with their keys), workspaces (workspaces.py) and apps (apps.py)
+those rules read, and the audit trail.
 
 Every rule lives in :mod:`mlserve.access.rules`; the call guard authenticates
 and applies the per-RPC table, the domain asks the rules about resources.

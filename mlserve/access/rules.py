@@ -117,6 +117,8 @@ RULES: dict[str, Rule] = {
         DeleteModel=_EDIT,
         UploadModelVersion=_EDIT,
         GetUpload=_READ,
+        ListUploads=_READ,
+        CancelUpload=_EDIT,
         ListModelVersions=_READ,
         GetModelVersion=_READ,
         DeleteModelVersion=_EDIT,
@@ -191,6 +193,14 @@ RULES: dict[str, Rule] = {
         ListConsumers=_READ,
     ),
     **_service("mlserve.v1.AuditService", ListAuditEvents=Rule(Who.ADMIN)),
+    # Consumers see no log; users see the records of the models they may see.
+    **_service(
+        "mlserve.v1.InferenceLogService",
+        ListInferenceLogs=_READ,
+        RecordInference=_EDIT,
+        GetLoggingPolicy=_READ,
+        UpdateLoggingPolicy=_EDIT,
+    ),
     # The gateway: model-level checks happen per call (infer_decision).
     **_service(
         "inference.GRPCInferenceService",
@@ -338,6 +348,18 @@ def check_model_write(row: Any) -> Any:
             "change it"
         )
     return row
+
+
+def can_see_upload(owner_id: int | None) -> bool:
+    """Uploads belong to the user who began them: only they and admins see one.
+
+    An upload with no owner (begun before uploads had owners, or whose user
+    was deleted) is for admins only.
+    """
+    principal = caller()
+    if principal is None or principal.is_admin:
+        return True
+    return principal.user_id is not None and owner_id == principal.user_id
 
 
 def check_download(row: Any) -> None:

@@ -11,6 +11,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mlserve.catalog.artifacts import ArtifactRecord
 from mlserve.catalog.model_metadata import (
     DriftDetection,
     Feature,
@@ -19,14 +20,17 @@ from mlserve.catalog.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
-from mlserve.catalog.models import ArtifactRecord, FileSpec, ModelQuery, ModelRecord, VersionRecord
+from mlserve.catalog.models import ModelQuery, ModelRecord
 from mlserve.catalog.pipelines import PipelineRecord, Spec, Step, Tensor
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
+from mlserve.catalog.versions import VersionRecord
 from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.model_deployments import DeploymentRecord, TargetRecord
 from mlserve.deploy.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
 from mlserve.gateway.stats import UsageRecord
+from mlserve.storage.blobs import FileSpec
 from mlserve.triton.serving import ServingSettings
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2
 
@@ -222,7 +226,7 @@ def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | 
         header = message.header
         return UploadHeader(
             model=header.model,
-            upload_id=header.upload_id,
+            upload_id=upload_id(header.upload_id, chosen=True),
             files=[FileSpec(f.path, f.size, f.sha256) for f in header.files],
             config=header.config,
         )
@@ -257,7 +261,7 @@ def artifact_upload_part(message: model_pb2.UploadArtifactRequest) -> ArtifactHe
         return ArtifactHeader(
             model=header.model,
             version=header.version,
-            upload_id=header.upload_id,
+            upload_id=upload_id(header.upload_id, chosen=True),
             kind=artifact_kind(header.kind),
             file=FileSpec(header.file.path, header.file.size, header.file.sha256),
         )
@@ -297,7 +301,14 @@ def upload(record: UploadRecord) -> model_pb2.Upload:
         version=record.committed_version,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
+        owner=record.owner,
+        expire_time=timestamp(record.expire_time),
     )
+
+
+def upload_id(text: str, *, chosen: bool = False) -> str:
+    """A checked upload id; with ``chosen`` (a header's), empty means "derive one"."""
+    return text if chosen and not text else check_name(text, "upload_id")
 
 
 _SERVER_STATES = {

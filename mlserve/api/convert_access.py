@@ -7,18 +7,10 @@ import datetime as dt
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mlserve.access.apps import AppFields, AppRecord, ConsumerRecord, RouteRecord
 from mlserve.access.audit import AuditRecord
-from mlserve.access.directory import (
-    AppFields,
-    AppRecord,
-    ConsumerRecord,
-    KeyRecord,
-    MemberRecord,
-    RouteRecord,
-    UserFields,
-    UserRecord,
-    WorkspaceRecord,
-)
+from mlserve.access.users import KeyRecord, UserFields, UserRecord
+from mlserve.access.workspaces import MemberRecord, WorkspaceRecord
 from mlserve.api.convert import timestamp
 from mlserve_api.v1 import app_pb2, audit_pb2, user_pb2, workspace_pb2
 

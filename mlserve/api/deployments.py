@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
 
-from mlserve.api import convert
+from mlserve.api import convert, convert_log
 from mlserve.core.errors import InvalidArgument
 from mlserve.deploy.model_deployments import (
     UPDATABLE_DEPLOYMENT_FIELDS,
@@ -15,20 +15,33 @@ from mlserve.deploy.model_deployments import (
     Placement,
 )
 from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.monitor import InferenceLog, LoggingPolicy
 from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
 
 Context = Any
 
 
 class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
-    def __init__(self, deployments: Deployments, pipelines: PipelineDeployments) -> None:
+    def __init__(
+        self,
+        deployments: Deployments,
+        pipelines: PipelineDeployments,
+        inference_log: InferenceLog | None = None,
+    ) -> None:
         self.deployments = deployments
         self.pipelines = pipelines
+        self.inference_log = inference_log
 
     async def CreateDeployment(
         self, request: deployment_pb2.CreateDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
         wanted = request.deployment
+        # Checked before anything is deployed: a bad policy deploys nothing.
+        policy = (
+            convert_log.logging_policy(wanted.logging).checked()
+            if wanted.HasField("logging")
+            else None
+        )
         placement = Placement(list(wanted.servers), wanted.replicas, dict(wanted.server_selector))
         if wanted.pipeline:
             if wanted.model or wanted.HasField("serving"):
@@ -39,21 +52,40 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
             if wanted.name and wanted.name != wanted.pipeline:
                 raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
             created = await self.pipelines.create(wanted.pipeline, wanted.version, placement)
-            return convert.pipeline_deployment(created)
+            return await self._logging(convert.pipeline_deployment(created), policy)
         if wanted.name and wanted.name != wanted.model:
             raise InvalidArgument("a deployment is named after its model: leave name empty")
         record = await self.deployments.create(
             wanted.model, wanted.version, placement, convert.serving_settings(wanted.serving)
         )
-        return convert.deployment(record)
+        return await self._logging(convert.deployment(record), policy)
+
+    async def _logging(
+        self, message: deployment_pb2.Deployment, policy: LoggingPolicy | None
+    ) -> deployment_pb2.Deployment:
+        """Set the deployment's logging policy (when given) and show the one in force."""
+        if self.inference_log is None:
+            return message
+        if policy is not None:
+            policy = await self.inference_log.policies.set(message.name, policy)
+        else:
+            policy = self.inference_log.policies.get(message.name)
+        message.logging.CopyFrom(
+            convert_log.logging_policy_message(
+                message.name, policy, self.inference_log.dropped(message.name)
+            )
+        )
+        return message
 
     async def GetDeployment(
         self, request: deployment_pb2.GetDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
         pipeline = await self.pipelines.get_or_none(request.name)
         if pipeline is not None:
-            return convert.pipeline_deployment(pipeline)
-        return convert.deployment(await self.deployments.get(request.name))
+            return await self._logging(convert.pipeline_deployment(pipeline), None)
+        return await self._logging(
+            convert.deployment(await self.deployments.get(request.name)), None
+        )
 
     async def ListDeployments(
         self, request: deployment_pb2.ListDeploymentsRequest, context: Context

@@ -20,13 +20,15 @@ from tritonclient.grpc import service_pb2
 
 from mlserve import __version__
 from mlserve.access import Access
-from mlserve.core.errors import InvalidArgument, NotFound, Unavailable
+from mlserve.api.errors import status_code
+from mlserve.core.errors import InvalidArgument, MLServeError, NotFound, Unavailable
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.model_deployments import Deployments
 from mlserve.gateway import wire
 from mlserve.gateway.forwarding import Forwarder, TimeLeft
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
+from mlserve.monitor import InferenceLog
 
 SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = (
@@ -63,10 +65,11 @@ class InferenceGateway:
         deployments: Deployments,
         stats: InferenceStats,
         access: Access,
+        inference_log: InferenceLog | None = None,
     ) -> None:
         self.fleet = fleet
         self.deployments = deployments
-        self.forwarder = Forwarder(router, fleet, stats, access)
+        self.forwarder = Forwarder(router, fleet, stats, access, inference_log, _status_of)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         forwarder = self.forwarder
@@ -196,6 +199,15 @@ def _passing_triton_errors(forward: Forwarded) -> RawUnary:
             raise NotFound(f"Request for unknown model: '{model}' is not found") from None
 
     return handle
+
+
+def _status_of(error: BaseException) -> tuple[str, str]:
+    """What the client of a failed call sees: its status code's name and message."""
+    if isinstance(error, aio.AioRpcError):
+        return error.code().name, error.details() or ""
+    if isinstance(error, MLServeError):
+        return status_code(error).name, error.message
+    return grpc.StatusCode.INTERNAL.name, ""
 
 
 def _refuse(reason: str) -> RawUnary:

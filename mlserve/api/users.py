@@ -1,4 +1,4 @@
-"""mlserve.v1.UserService over the access directory."""
+"""mlserve.v1.UserService over the access domain (users and their keys)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
 
-from mlserve.access.directory import Directory
+from mlserve.access.users import Users
 from mlserve.api import convert_access as convert
 from mlserve_api.v1 import user_pb2, user_pb2_grpc
 
@@ -14,22 +14,22 @@ Context = Any
 
 
 class UserService(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, directory: Directory) -> None:
-        self.directory = directory
+    def __init__(self, users: Users) -> None:
+        self.users = users
 
     async def CreateUser(
         self, request: user_pb2.CreateUserRequest, context: Context
     ) -> user_pb2.User:
         fields = convert.user_fields(request.user)
-        return convert.user(await self.directory.create_user(request.user.name, fields))
+        return convert.user(await self.users.create_user(request.user.name, fields))
 
     async def GetUser(self, request: user_pb2.GetUserRequest, context: Context) -> user_pb2.User:
-        return convert.user(await self.directory.get_user(request.name))
+        return convert.user(await self.users.get_user(request.name))
 
     async def ListUsers(
         self, request: user_pb2.ListUsersRequest, context: Context
     ) -> user_pb2.ListUsersResponse:
-        page = await self.directory.list_users(request.page_size, request.page_token)
+        page = await self.users.list_users(request.page_size, request.page_token)
         return user_pb2.ListUsersResponse(
             users=[convert.user(record) for record in page.items],
             next_page_token=page.next_page_token,
@@ -38,38 +38,36 @@ class UserService(user_pb2_grpc.UserServiceServicer):
     async def UpdateUser(
         self, request: user_pb2.UpdateUserRequest, context: Context
     ) -> user_pb2.User:
-        record = await self.directory.update_user(
+        record = await self.users.update_user(
             request.user.name, convert.user_fields(request.user), list(request.update_mask.paths)
         )
         return convert.user(record)
 
     async def DeleteUser(self, request: user_pb2.DeleteUserRequest, context: Context) -> Empty:
-        await self.directory.delete_user(request.name)
+        await self.users.delete_user(request.name)
         return Empty()
 
     async def ActivateUser(
         self, request: user_pb2.ActivateUserRequest, context: Context
     ) -> user_pb2.User:
-        return convert.user(await self.directory.set_active(request.name, True))
+        return convert.user(await self.users.set_active(request.name, True))
 
     async def DeactivateUser(
         self, request: user_pb2.DeactivateUserRequest, context: Context
     ) -> user_pb2.User:
-        return convert.user(await self.directory.set_active(request.name, False))
+        return convert.user(await self.users.set_active(request.name, False))
 
     async def CreateApiKey(
         self, request: user_pb2.CreateApiKeyRequest, context: Context
     ) -> user_pb2.ApiKey:
         expire = convert.time_or_none(request.expire_time, request.HasField("expire_time"))
-        record = await self.directory.create_key(
-            request.user, request.app, request.consumer, expire
-        )
+        record = await self.users.create_key(request.user, request.app, request.consumer, expire)
         return convert.api_key(record)
 
     async def ListApiKeys(
         self, request: user_pb2.ListApiKeysRequest, context: Context
     ) -> user_pb2.ListApiKeysResponse:
-        page = await self.directory.list_keys(
+        page = await self.users.list_keys(
             request.page_size, request.page_token, request.user, request.app
         )
         return user_pb2.ListApiKeysResponse(
@@ -80,4 +78,4 @@ class UserService(user_pb2_grpc.UserServiceServicer):
     async def RevokeApiKey(
         self, request: user_pb2.RevokeApiKeyRequest, context: Context
     ) -> user_pb2.ApiKey:
-        return convert.api_key(await self.directory.revoke_key(request.id))
+        return convert.api_key(await self.users.revoke_key(request.id))

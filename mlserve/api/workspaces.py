@@ -1,4 +1,4 @@
-"""mlserve.v1.WorkspaceService over the access directory."""
+"""mlserve.v1.WorkspaceService over the access domain (workspaces and their members)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
 
-from mlserve.access.directory import Directory
+from mlserve.access.workspaces import Workspaces
 from mlserve.api import convert_access as convert
 from mlserve_api.v1 import workspace_pb2, workspace_pb2_grpc
 
@@ -14,23 +14,23 @@ Context = Any
 
 
 class WorkspaceService(workspace_pb2_grpc.WorkspaceServiceServicer):
-    def __init__(self, directory: Directory) -> None:
-        self.directory = directory
+    def __init__(self, workspaces: Workspaces) -> None:
+        self.workspaces = workspaces
 
     async def CreateWorkspace(
         self, request: workspace_pb2.CreateWorkspaceRequest, context: Context
     ) -> workspace_pb2.Workspace:
-        return convert.workspace(await self.directory.create_workspace(request.workspace.name))
+        return convert.workspace(await self.workspaces.create_workspace(request.workspace.name))
 
     async def GetWorkspace(
         self, request: workspace_pb2.GetWorkspaceRequest, context: Context
     ) -> workspace_pb2.Workspace:
-        return convert.workspace(await self.directory.get_workspace(request.name))
+        return convert.workspace(await self.workspaces.get_workspace(request.name))
 
     async def ListWorkspaces(
         self, request: workspace_pb2.ListWorkspacesRequest, context: Context
     ) -> workspace_pb2.ListWorkspacesResponse:
-        page = await self.directory.list_workspaces(request.page_size, request.page_token)
+        page = await self.workspaces.list_workspaces(request.page_size, request.page_token)
         return workspace_pb2.ListWorkspacesResponse(
             workspaces=[convert.workspace(record) for record in page.items],
             next_page_token=page.next_page_token,
@@ -39,12 +39,12 @@ class WorkspaceService(workspace_pb2_grpc.WorkspaceServiceServicer):
     async def ArchiveWorkspace(
         self, request: workspace_pb2.ArchiveWorkspaceRequest, context: Context
     ) -> workspace_pb2.Workspace:
-        return convert.workspace(await self.directory.archive_workspace(request.name))
+        return convert.workspace(await self.workspaces.archive_workspace(request.name))
 
     async def AddMember(
         self, request: workspace_pb2.AddMemberRequest, context: Context
     ) -> workspace_pb2.Member:
-        record = await self.directory.add_member(
+        record = await self.workspaces.add_member(
             request.workspace, request.user, convert.member_role(request.role)
         )
         return convert.member(record)
@@ -52,13 +52,13 @@ class WorkspaceService(workspace_pb2_grpc.WorkspaceServiceServicer):
     async def RemoveMember(
         self, request: workspace_pb2.RemoveMemberRequest, context: Context
     ) -> Empty:
-        await self.directory.remove_member(request.workspace, request.user)
+        await self.workspaces.remove_member(request.workspace, request.user)
         return Empty()
 
     async def ListMembers(
         self, request: workspace_pb2.ListMembersRequest, context: Context
     ) -> workspace_pb2.ListMembersResponse:
-        page = await self.directory.list_members(
+        page = await self.workspaces.list_members(
             request.workspace, request.page_size, request.page_token
         )
         return workspace_pb2.ListMembersResponse(

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import check_tags
 from mlserve.storage import tables
 
 KINDS = ("classification", "regression", "clustering", "other")  # "" means not set
 METRIC_ORDERS = ("higher_is_better", "lower_is_better")  # "" means not set
-MAX_TAG_LENGTH = 64
-MAX_TAGS = 64
 MAX_ENTRIES = 256  # hyperparameters, metrics, resources, features: each at most this many
 MAX_NAME_LENGTH = 128
 MAX_SHORT_TEXT = 64
@@ -155,17 +154,6 @@ def check_kind(kind: str, where: str) -> str:
     if kind and kind not in KINDS:
         raise InvalidArgument(f"{where}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     return kind
-
-
-def check_tags(tags: Sequence[str], where: str) -> list[str]:
-    if len(tags) > MAX_TAGS:
-        raise InvalidArgument(f"{where}: at most {MAX_TAGS} tags, got {len(tags)}")
-    for tag in tags:
-        if not tag or len(tag) > MAX_TAG_LENGTH or "\x00" in tag:
-            raise InvalidArgument(
-                f"{where}: tag {tag!r} must be 1 to {MAX_TAG_LENGTH} characters, no NUL"
-            )
-    return sorted(set(tags))
 
 
 def check_label(key: str, value: str, where: str) -> None:

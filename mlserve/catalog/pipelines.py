@@ -18,7 +18,7 @@ import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
 from mlserve.access import changed, rules
-from mlserve.catalog.models import find_version
+from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size

@@ -11,9 +11,11 @@ matches its declared size and sha256.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -24,19 +26,16 @@ from typing import Any
 import peewee as pw
 
 from mlserve.access import rules
+from mlserve.catalog.artifacts import ARTIFACT_KINDS, ArtifactRecord, Artifacts, find_artifact
 from mlserve.catalog.models import (
-    ARTIFACT_KINDS,
-    ArtifactRecord,
-    Catalog,
-    FileSpec,
-    VersionRecord,
     check_upload,
-    find_artifact,
-    find_version,
+    downloadable_blobs,
     refuse_pipeline_name,
     writable_model,
 )
+from mlserve.catalog.versions import VersionRecord, Versions, find_version
 from mlserve.core.errors import (
+    Aborted,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -45,11 +44,14 @@ from mlserve.core.errors import (
     ResourceExhausted,
 )
 from mlserve.core.names import check_name, check_relative_path
+from mlserve.core.paging import Listing, Page
 from mlserve.storage import db, tables
-from mlserve.storage.blobs import Blobs
+from mlserve.storage.blobs import Blobs, FileSpec
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository, sha256_of
 from mlserve.triton import modelconfig
+
+log = logging.getLogger(__name__)
 
 MAX_FILES = 10_000
 # Room left on the disk beyond an upload, so the database and logs can still write.
@@ -98,6 +100,10 @@ class UploadRecord:
     committed_version: int
     create_time: dt.datetime
     update_time: dt.datetime
+    # The user who began it ("" for an upload from before owners).
+    owner: str = ""
+    # When it is deleted unless resumed first; None once committed.
+    expire_time: dt.datetime | None = None
 
     @property
     def received_bytes(self) -> int:
@@ -112,6 +118,10 @@ class UploadRecord:
 class UploadLimits:
     max_upload_bytes: int = 64 * 1024**3
     max_chunk_bytes: int = 4 * 1024 * 1024
+    # Staging one user's unfinished uploads may fill together.
+    max_staging_bytes: int = 128 * 1024**3
+    # How long an unfinished upload may sit untouched before it is deleted.
+    expire_after: dt.timedelta = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -145,10 +155,16 @@ class _StagedFile:
 
 class Uploads:
     def __init__(
-        self, repository: Repository, catalog: Catalog, blobs: Blobs, limits: UploadLimits
+        self,
+        repository: Repository,
+        versions: Versions,
+        artifacts: Artifacts,
+        blobs: Blobs,
+        limits: UploadLimits,
     ) -> None:
         self.repository = repository
-        self.catalog = catalog
+        self.versions = versions
+        self.artifacts = artifacts
         self.blobs = blobs
         self.limits = limits
 
@@ -206,23 +222,120 @@ class Uploads:
                 closed = loop.run_in_executor(writer, _close_all, staged.values())
                 writer.shutdown(wait=False)
                 await asyncio.shield(closed)
+                # Bytes arrived: the expiry clock starts again (under the lock,
+                # so the sweep cannot take the upload in between).
+                await asyncio.shield(in_thread(_touch)(plan.upload_id))
 
     @in_thread
     def get(self, upload_id: str) -> UploadRecord:
-        check_name(upload_id, "upload_id")
-        row = tables.Upload.get_or_none(tables.Upload.upload_id == upload_id)
-        model = None if row is None else tables.Model.get_or_none(tables.Model.name == row.model)
-        if row is None or (model is not None and not rules.can_see_model(rules.caller(), model)):
-            raise NotFound(f"upload {upload_id!r} does not exist")
+        """The caller's upload and each file's progress.
+
+        Another user's upload answers NotFound exactly like a missing one.
+        """
+        return self._record(_owned_upload(upload_id))
+
+    @in_thread
+    def list_uploads(
+        self, requested_size: int, token: str, *, all_users: bool = False
+    ) -> Page[UploadRecord]:
+        """The caller's uploads by upload_id; every user's for an admin asking ``all_users``."""
+        if all_users:
+            rules.require_admin("listing every user's uploads (all_users)")
+        query = _upload_rows()
+        principal = rules.caller()
+        if not all_users and principal is not None:
+            query = query.where(tables.Upload.owner == principal.user_id)
+        listing = Listing(
+            query, tables.Upload.upload_id, self._record, lambda row: row.upload_id,
+            {"list": "uploads", "all_users": all_users}, keep=_visible,
+        )  # fmt: skip
+        return self.versions.tokens.page(listing, requested_size, token)
+
+    @in_thread
+    def cancel(self, upload_id: str) -> None:
+        """Abandon the caller's unfinished upload: staged bytes deleted, blob pins released.
+
+        NotFound for another user's upload (as for a missing one),
+        FailedPrecondition once it committed, Aborted while a stream writes it.
+        """
+        row = _owned_upload(upload_id)
+        committed = _surviving(row) if row.committed_version else None
+        if committed is not None:
+            raise FailedPrecondition(
+                f"upload {upload_id!r} is committed as version {committed.version} of model "
+                f"{row.model!r}; there is nothing to cancel (delete the version instead)"
+            )
+        try:
+            with self.repository.upload_lock(upload_id):
+                self._discard(upload_id)
+        except Aborted:
+            raise Aborted(
+                f"upload {upload_id!r} is being written by a stream right now; stop that "
+                "stream, then cancel"
+            ) from None
+        self.blobs.collect()
+
+    @in_thread
+    def expire_abandoned(self) -> list[str]:
+        """Delete every unfinished upload untouched for ``limits.expire_after``; their ids.
+
+        An upload a stream is writing is left alone (its lock is held), and
+        so is one touched since it was picked. Staging directories no
+        unfinished upload names (a crash's leftovers) go too. Blobs only the
+        deleted uploads pinned are then collected.
+        """
+        cutoff = db.utcnow() - self.limits.expire_after
+        stale = [
+            str(row.upload_id)
+            for row in tables.Upload.select(tables.Upload.upload_id).where(
+                _unfinished() & (tables.Upload.update_time < cutoff)
+            )
+        ]
+        expired = [upload_id for upload_id in stale if self._expire(upload_id, cutoff)]
+        for upload_id in self.repository.staged_uploads():
+            claimed = tables.Upload.select().where(
+                (tables.Upload.upload_id == upload_id) & _unfinished()
+            )
+            if not claimed.exists():
+                with contextlib.suppress(Aborted), self.repository.upload_lock(upload_id):
+                    self.repository.discard_staging(upload_id)
+        if expired:
+            log.info("deleted %d abandoned uploads: %s", len(expired), ", ".join(expired))
+            self.blobs.collect()
+        return expired
+
+    def _expire(self, upload_id: str, cutoff: dt.datetime) -> bool:
+        """Discard the upload if no stream holds it and it is still unfinished and
+        untouched since ``cutoff``; True when it was discarded."""
+        try:
+            with self.repository.upload_lock(upload_id):
+                row = tables.Upload.get_or_none(tables.Upload.upload_id == upload_id)
+                if row is None or row.committed_version or row.update_time >= cutoff:
+                    return False
+                self._discard(upload_id)
+                return True
+        except Aborted:
+            return False  # a stream is writing it: not abandoned
+
+    def _discard(self, upload_id: str) -> None:
+        """Forget the upload: its pins and record, then its staged files (hold its lock)."""
+        with db.database.atomic():
+            self.blobs.release(upload_id)
+            tables.Upload.delete().where(tables.Upload.upload_id == upload_id).execute()
+        # After the rows: a crash in between leaves a staging directory no
+        # upload names, which the next sweep removes.
+        self.repository.discard_staging(upload_id)
+
+    def _record(self, row: Any) -> UploadRecord:
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
         committed = _surviving(row) if row.committed_version else None
-        stored = self.blobs.pinned(upload_id)
+        stored = self.blobs.pinned(row.upload_id)
         progress = [
             FileProgress(
                 spec,
                 spec.size
                 if committed is not None or spec.sha256 in stored
-                else self.repository.staged_size(upload_id, spec.path),
+                else self.repository.staged_size(row.upload_id, spec.path),
             )
             for spec in specs
         ]
@@ -233,6 +346,10 @@ class Uploads:
             committed_version=0 if committed is None else committed.version,
             create_time=row.create_time,
             update_time=row.update_time,
+            owner="" if row.owner is None else row.owner.name,
+            expire_time=None
+            if committed is not None
+            else row.update_time + self.limits.expire_after,
         )
 
     # --- steps --------------------------------------------------------------
@@ -296,15 +413,20 @@ class Uploads:
         """Create or match the upload's record; its result if it already committed."""
         if plan.artifact_kind:
             (spec,) = plan.files.values()
-            attached = self.catalog.attached_artifact(
+            attached = self.artifacts.attached_artifact(
                 plan.model, plan.artifact_version, spec, plan.artifact_kind
             )
             if attached is not None:
                 return attached
+        principal = rules.caller()
+        owner = None if principal is None else principal.user_id
         with db.database.atomic():
-            row = tables.Upload.get_or_none(tables.Upload.upload_id == plan.upload_id)
+            row: Any = tables.Upload.get_or_none(tables.Upload.upload_id == plan.upload_id)
             if row is None:
                 self._require_disk_space(plan)
+                stored = self.blobs.stored(plan.files.values(), downloadable_blobs())
+                staging = sum(s.size for s in plan.files.values() if s.sha256 not in stored)
+                self._require_staging_room(owner, staging)
                 try:
                     with db.database.atomic():  # a savepoint: PostgreSQL goes on after a clash
                         tables.Upload.create(
@@ -317,11 +439,16 @@ class Uploads:
                             manifest_sha256=plan.manifest_sha256,
                             artifact_kind=plan.artifact_kind,
                             artifact_version=plan.artifact_version,
+                            owner=owner,
+                            staging_bytes=staging,
                         )
                     return None
                 except pw.IntegrityError:
                     # Recorded at this moment through another replica: go on with its row.
                     row = tables.Upload.get(tables.Upload.upload_id == plan.upload_id)
+        if not rules.can_see_upload(row.owner_id):
+            # Someone else's: answered as if it did not exist, nothing of it touched.
+            raise _missing(plan.upload_id)
         if row.model != plan.model or row.manifest_sha256 != plan.manifest_sha256:
             raise FailedPrecondition(
                 f"upload_id {plan.upload_id!r} was used for a different model or file set; "
@@ -335,17 +462,40 @@ class Uploads:
             row.committed_version = 0
             row.save()
         self._require_disk_space(plan)
+        _touch(plan.upload_id)  # resumed: not abandoned
         return None
 
     def _stage(self, plan: _Plan) -> dict[str, _StagedFile]:
         """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
-        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values())
+        stored = self.blobs.pin_stored(plan.upload_id, plan.files.values(), downloadable_blobs())
         return {
             path: _StagedFile(spec, 0, stored=True)
             if spec.sha256 in stored
             else _StagedFile(spec, self.repository.staged_size(plan.upload_id, path))
             for path, spec in plan.files.items()
         }
+
+    def _require_staging_room(self, owner: int | None, needed: int) -> None:
+        """ResourceExhausted unless ``owner``'s unfinished uploads leave ``needed`` bytes
+        under the per-user staging cap (MLServe's own uploads have no cap)."""
+        if owner is None:
+            return
+        held, count = (
+            tables.Upload.select(
+                pw.fn.COALESCE(pw.fn.SUM(tables.Upload.staging_bytes), 0),
+                pw.fn.COUNT(tables.Upload.upload_id),
+            )
+            .where((tables.Upload.owner == owner) & _unfinished())
+            .scalar(as_tuple=True)
+        )
+        cap = self.limits.max_staging_bytes
+        if held + needed > cap:
+            raise ResourceExhausted(
+                f"this upload needs {needed} bytes of staging, but your {count} unfinished "
+                f"uploads hold {held} of the {cap} bytes each user may stage "
+                "(--max-staging-bytes): finish or cancel some (mlserve uploads list, "
+                "mlserve uploads cancel ID)"
+            )
 
     def _require_disk_space(self, plan: _Plan) -> None:
         stored = self.blobs.pinned(plan.upload_id)
@@ -432,14 +582,14 @@ class Uploads:
                 target.stored = True
         if plan.artifact_kind:
             (spec,) = plan.files.values()
-            return self.catalog.attach_artifact(
+            return self.artifacts.attach_artifact(
                 model=plan.model,
                 version=plan.artifact_version,
                 upload_id=plan.upload_id,
                 file=spec,
                 kind=plan.artifact_kind,
             )
-        return self.catalog.commit_version(
+        return self.versions.commit_version(
             model=plan.model,
             upload_id=plan.upload_id,
             files=list(plan.files.values()),
@@ -480,11 +630,17 @@ def _manifest_sha256(document: dict[str, Any]) -> str:
 
 
 def _upload_id(chosen: str, model: str, manifest_sha256: str) -> str:
-    """The client's upload id, or one derived from the content so a rerun resumes."""
-    upload_id = chosen or (
-        "auto-" + hashlib.sha256(f"{model}\n{manifest_sha256}".encode()).hexdigest()[:40]
-    )
-    return check_name(upload_id, "upload_id")
+    """The client's upload id, or one derived from the content so a rerun resumes.
+
+    A derived id is the caller's own: two users sending the same content never
+    meet on one id (uploads belong to their creator).
+    """
+    if chosen:
+        return check_name(chosen, "upload_id")
+    principal = rules.caller()
+    owner = "" if principal is None or principal.user_id is None else f"\n{principal.user_id}"
+    digest = hashlib.sha256(f"{model}\n{manifest_sha256}{owner}".encode()).hexdigest()
+    return "auto-" + digest[:40]
 
 
 def _surviving(row: Any) -> VersionRecord | ArtifactRecord | None:
@@ -510,3 +666,42 @@ def _close_all(files: Sequence[_StagedFile] | Any) -> None:
         if staged.fd is not None:
             os.close(staged.fd)
             staged.fd = None
+
+
+def _upload_rows() -> Any:
+    """Uploads with their owners, in one query."""
+    return tables.Upload.select(tables.Upload, tables.User).join(
+        tables.User, pw.JOIN.LEFT_OUTER, on=(tables.Upload.owner == tables.User.id)
+    )
+
+
+def _unfinished() -> Any:
+    return tables.Upload.committed_version == 0
+
+
+def _missing(upload_id: str) -> NotFound:
+    """The one answer for a missing upload and for one the caller may not see."""
+    return NotFound(f"upload {upload_id!r} does not exist")
+
+
+def _visible(row: Any) -> bool:
+    """The caller's own upload (or an admin's view), of a model the caller may see."""
+    if not rules.can_see_upload(row.owner_id):
+        return False
+    model = tables.Model.get_or_none(tables.Model.name == row.model)
+    return model is None or rules.can_see_model(rules.caller(), model)
+
+
+def _owned_upload(upload_id: str) -> Any:
+    check_name(upload_id, "upload_id")
+    row = _upload_rows().where(tables.Upload.upload_id == upload_id).first()
+    if row is None or not _visible(row):
+        raise _missing(upload_id)
+    return row
+
+
+def _touch(upload_id: str) -> None:
+    """Restart an unfinished upload's expiry clock."""
+    tables.Upload.update(update_time=db.utcnow()).where(
+        (tables.Upload.upload_id == upload_id) & _unfinished()
+    ).execute()

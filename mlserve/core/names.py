@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection, Sequence
 from pathlib import Path, PurePosixPath
 
 from mlserve.core.errors import InvalidArgument
@@ -16,6 +17,8 @@ from mlserve.core.errors import InvalidArgument
 MAX_NAME_LENGTH = 128
 MAX_PATH_LENGTH = 1024
 MAX_COMPONENT_LENGTH = 255
+MAX_TAG_LENGTH = 64
+MAX_TAGS = 64
 
 # Triton model names end up as directory names and in ensemble configs; keep
 # them to a portable alphabet that needs no quoting anywhere.
@@ -75,3 +78,27 @@ def safe_join(root: Path, *parts: str) -> Path:
     if os.path.commonpath([resolved_root, resolved]) != str(resolved_root):
         raise InvalidArgument(f"path {'/'.join(parts)!r} leads outside its directory")
     return candidate
+
+
+def check_tags(tags: Sequence[str], where: str) -> list[str]:
+    """``tags`` sorted and without repeats, if each is 1 to 64 characters without NUL
+    and there are at most 64; InvalidArgument naming ``where`` otherwise. Models,
+    users and the ListModels filters share this rule."""
+    if len(tags) > MAX_TAGS:
+        raise InvalidArgument(f"{where}: at most {MAX_TAGS} tags, got {len(tags)}")
+    for tag in tags:
+        if not tag or len(tag) > MAX_TAG_LENGTH or "\x00" in tag:
+            raise InvalidArgument(
+                f"{where}: tag {tag!r} must be 1 to {MAX_TAG_LENGTH} characters, no NUL"
+            )
+    return sorted(set(tags))
+
+
+def check_update_mask(mask: Sequence[str], updatable: Collection[str]) -> None:
+    """InvalidArgument unless ``mask`` names at least one field, all of them in ``updatable``."""
+    unknown = set(mask) - set(updatable)
+    if unknown or not mask:
+        raise InvalidArgument(
+            f"update_mask must name some of {', '.join(sorted(updatable))}"
+            + (f"; cannot update {', '.join(sorted(unknown))}" if unknown else "")
+        )

@@ -1,8 +1,11 @@
-"""Opaque, tamper-evident page tokens (AIP-158).
+"""Keyset paging with opaque, tamper-evident page tokens (AIP-158).
 
 A token is the last key of the previous page plus a fingerprint of the query,
 signed with the server's secret. A token from another query, or altered, is
-INVALID_ARGUMENT instead of silently returning the wrong page.
+INVALID_ARGUMENT instead of silently returning the wrong page. ``Listing`` and
+``PageTokens.page`` are the one pager every list uses: a page starts strictly
+after the previous page's last key, so rows added or removed between pages
+shift nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import base64
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from mlserve.core.errors import InvalidArgument
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -40,6 +45,29 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True)
+class Listing(Generic[R]):
+    """One keyset-paged query: its rows in ``order`` after the token's key.
+
+    ``query`` is a select of the storage layer (it offers ``where``,
+    ``order_by`` and ``limit``), ``order`` a unique column of it, and ``key``
+    gives a row's value of that column as the token keeps it (JSON: a string or
+    a number). ``fingerprint`` names the list and its filters, so a token only
+    continues the query that issued it.
+    """
+
+    query: Any
+    order: Any
+    record: Callable[[Any], R]
+    key: Callable[[Any], Any]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    descending: bool = False
+    """Largest key first (newest first, for ids)."""
+    keep: Callable[[Any], bool] | None = None
+    """Rows of a page to show, for a rule the query cannot say (the page is then
+    shorter; the next one still starts after its last row)."""
+
+
+@dataclass(frozen=True)
 class PageTokens:
     """Signs and checks page tokens with one server secret."""
 
@@ -50,6 +78,30 @@ class PageTokens:
         body = payload.encode()
         mac = hmac.new(self.secret, body, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
+
+    def page(self, listing: Listing[R], requested: int, token: str) -> Page[R]:
+        """The page of ``listing`` after ``token``'s key, ``requested`` rows at most
+        (0: the default size; see ``page_size``), and the token of the next page.
+
+        Raises:
+            InvalidArgument: a negative size, or a token this server did not
+                issue for this very listing.
+        """
+        size = page_size(requested)
+        after = self.decode(listing.fingerprint, token)
+        order = listing.order.desc() if listing.descending else listing.order
+        query = listing.query.order_by(order).limit(size + 1)
+        if after is not None:
+            query = query.where(
+                listing.order < after if listing.descending else listing.order > after
+            )
+        rows = list(query)
+        shown = [row for row in rows[:size] if listing.keep is None or listing.keep(row)]
+        records = [listing.record(row) for row in shown]
+        more = len(rows) > size
+        return Page(
+            records, self.encode(listing.fingerprint, listing.key(rows[size - 1])) if more else ""
+        )
 
     def decode(self, query: dict[str, Any], token: str) -> Any:
         """Return the last key from ``token``, or None for an empty token."""

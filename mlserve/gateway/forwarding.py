@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,13 +33,16 @@ from mlserve.access import Access, current_principal
 from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.gateway import wire
-from mlserve.gateway.router import Route, Router
+from mlserve.gateway.router import Choice, Route, Router
 from mlserve.gateway.stats import InferenceStats
+from mlserve.monitor import InferenceLog
 
 MAX_ATTEMPTS = 3
 
 TimeLeft = Callable[[], float | None]
 """Seconds left before the caller's deadline, None when it set none."""
+DescribeError = Callable[[BaseException], tuple[str, str]]
+"""A failed call's (status code name, message), as the client sees them."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,21 @@ class ServedModel:
 
 
 class Forwarder:
-    def __init__(self, router: Router, fleet: Fleet, stats: InferenceStats, access: Access) -> None:
+    def __init__(
+        self,
+        router: Router,
+        fleet: Fleet,
+        stats: InferenceStats,
+        access: Access,
+        inference_log: InferenceLog | None = None,
+        describe_error: DescribeError | None = None,
+    ) -> None:
         self.router = router
         self.fleet = fleet
         self.stats = stats
         self.access = access
+        self.log = inference_log
+        self.describe_error = describe_error or (lambda error: (type(error).__name__, str(error)))
 
     async def _may_infer(self, model: str) -> tuple[int, float | None]:
         """Raise unless the caller may use ``model``: (attempts, per-call timeout or None)."""
@@ -78,6 +92,16 @@ class Forwarder:
         self, method: str, request: bytes, model: str, version: str, time_left: TimeLeft
     ) -> tuple[bytes, int]:
         """Send ``request`` to a ready replica; returns the response and the version used.
+
+        Raises: as ``send``.
+        """
+        response, choice = await self.send(method, request, model, version, time_left)
+        return response, choice.version
+
+    async def send(
+        self, method: str, request: bytes, model: str, version: str, time_left: TimeLeft
+    ) -> tuple[bytes, Choice]:
+        """Send ``request`` to a ready replica; returns the response and the replica used.
 
         The common case — a routed model, a client already open — awaits
         nothing but the forwarded call itself.
@@ -104,7 +128,7 @@ class Forwarder:
             try:
                 with self.router.in_flight(choice.server):
                     response: bytes = await client.raw_unary(method)(request, timeout=timeout)
-                return response, choice.version
+                return response, choice
             except aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
@@ -120,15 +144,33 @@ class Forwarder:
         return response
 
     async def infer(self, request: bytes, time_left: TimeLeft) -> bytes:
-        """ModelInfer, counted per model version whether it succeeds or not."""
+        """ModelInfer: counted per model version, timed, and handed to the inference log
+        (raw bytes; it decides what to keep) whether it succeeds or not."""
         model, version = routing_fields("ModelInfer", request)
+        began = time.time()
+        start = time.perf_counter()
         try:
-            response, served = await self.forward("ModelInfer", request, model, version, time_left)
-        except BaseException:
+            response, choice = await self.send("ModelInfer", request, model, version, time_left)
+        except BaseException as error:
             self._count(model, False)
+            if self.log is not None and isinstance(error, Exception):
+                self._log_failure(model, request, error, began, time.perf_counter() - start)
             raise
-        self.stats.record(model, served, True)
+        latency = time.perf_counter() - start
+        self.stats.record(model, choice.version, True, latency)
+        if self.log is not None:
+            self.log.capture(model, choice.version, choice.server, current_principal.get(),
+                             request, response, "OK", "", began, latency)  # fmt: skip
         return response
+
+    def _log_failure(
+        self, model: str, request: bytes, error: Exception, began: float, latency: float
+    ) -> None:
+        assert self.log is not None
+        route = self.router.route(model)
+        status, message = self.describe_error(error)
+        self.log.capture(model, route.version if route else 0, "", current_principal.get(),
+                         request, None, status, message, began, latency)  # fmt: skip
 
     def _count(self, model: str, ok: bool) -> None:
         route = self.router.route(model)

@@ -10,10 +10,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import peewee as pw
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass
@@ -43,8 +45,17 @@ class InferenceStats:
             registry=self.registry,
         )
         self._counters: dict[tuple[str, int, bool], Counter] = {}
+        self._latency = Histogram(
+            "mlserve_gateway_latency_seconds",
+            "Time from a ModelInfer call's arrival at the gateway to its answer",
+            ["model", "version"],
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self._latencies: dict[tuple[str, int], Histogram] = {}
 
-    def record(self, model: str, version: int, ok: bool) -> None:
+    def record(self, model: str, version: int, ok: bool, latency: float | None = None) -> None:
+        """Count one call (and, when given, observe its latency in seconds)."""
         pending = self._pending[(model, version)]
         pending.count += 1
         if not ok:
@@ -56,6 +67,13 @@ class InferenceStats:
             counter = self._requests.labels(model, str(version), "ok" if ok else "error")
             self._counters[(model, version, ok)] = counter
         counter.inc()
+        if latency is not None:
+            histogram = self._latencies.get((model, version))
+            if histogram is None:
+                histogram = self._latencies[(model, version)] = self._latency.labels(
+                    model, str(version)
+                )
+            histogram.observe(latency)
 
     @in_thread
     def flush(self) -> None:

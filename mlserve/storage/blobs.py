@@ -27,42 +27,60 @@ import fcntl
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import peewee as pw
 
-from mlserve.access import rules
 from mlserve.storage import db, tables
 from mlserve.storage.repository import Repository
-
-if TYPE_CHECKING:
-    from mlserve.catalog.models import FileSpec
 
 log = logging.getLogger(__name__)
 
 _LOCK_FILE = ".lock"
 
 
+@dataclass(frozen=True)
+class FileSpec:
+    """A file of a version or an artifact: its path under the version directory, size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
 class Blobs:
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
 
-    def pin_stored(self, upload_id: str, files: Iterable[FileSpec]) -> set[str]:
-        """Pin for ``upload_id`` every declared content already stored; all its pinned sha256s.
+    def stored(self, files: Iterable[FileSpec], readable: Any = None) -> set[str]:
+        """The sha256s of the declared contents stored already that the caller could read.
 
-        A pinned file counts as received: the upload need not send its bytes.
+        An upload need not send those bytes, nor stage them. ``readable`` (a
+        where-clause on blobs; None: every blob) keeps the contents the caller
+        could download anyway: the catalog, which knows who may read what,
+        decides (``catalog.models.downloadable_blobs``).
         """
         wanted = {spec.sha256: spec.size for spec in files}
         candidates = tables.Blob.select().where(tables.Blob.sha256.in_(list(wanted)))
-        readable = _readable_by_caller()
         if readable is not None:
             candidates = candidates.where(readable)
+        return {
+            row.sha256
+            for row in candidates
+            if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
+        }
+
+    def pin_stored(
+        self, upload_id: str, files: Iterable[FileSpec], readable: Any = None
+    ) -> set[str]:
+        """Pin for ``upload_id`` every declared content already stored (and ``readable``,
+        as for ``stored``); all its pinned sha256s.
+
+        A pinned file counts as received: the upload need not send its bytes.
+        """
         with self._lock(exclusive=False), db.database.atomic():
-            stored = [
-                row.sha256
-                for row in candidates
-                if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
-            ]
+            stored = self.stored(files, readable)
             if stored:
                 tables.BlobPin.insert_many(
                     [{"upload": upload_id, "blob": sha256} for sha256 in stored]
@@ -151,29 +169,3 @@ def _unused_blobs() -> Any:
         & ~pw.fn.EXISTS(used_by(tables.Artifact))
         & ~pw.fn.EXISTS(used_by(tables.BlobPin))
     )
-
-
-def _readable_by_caller() -> Any:
-    """A where-clause on blobs keeping those the caller could download anyway (None: all).
-
-    Skipping an upload's bytes on a digest match hands the caller the stored
-    content. Without this, knowing a private file's sha256 and size would be
-    enough to copy it into one's own model and download it from there.
-    """
-    visible = rules.visible_models()
-    if visible is None:
-        return None
-    readable = visible & (tables.Model.allow_download == True)  # noqa: E712
-    in_versions = (
-        tables.VersionFile.select(tables.VersionFile.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    in_artifacts = (
-        tables.Artifact.select(tables.Artifact.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    return tables.Blob.sha256.in_(in_versions) | tables.Blob.sha256.in_(in_artifacts)

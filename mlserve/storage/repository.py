@@ -4,10 +4,12 @@
 latest version's config, for a Triton that reads the directory itself).
 Uploads land in ``<staging>/<upload_id>/`` first and move into place with one
 atomic rename, so a half-written version is never visible to Triton or to a
-reader. Every path is built with ``safe_join`` and every file is opened with
-O_NOFOLLOW, and files with more than one hard link are refused: neither a
-symlink nor a hard link planted in the tree can make MLServe read or write
-outside it.
+reader. Their locks are ``<locks>/<upload_id>`` (``upload-locks``, a sibling of
+staging): in a directory of their own, no id's lock can be another id's
+staging directory, whatever the ids (``X`` and ``X.lock``). Every path
+is built with ``safe_join`` and every file is opened with O_NOFOLLOW, and
+files with more than one hard link are refused: neither a symlink nor a hard
+link planted in the tree can make MLServe read or write outside it.
 
 File contents are stored once, by sha256, in ``<blobs>/sha256/ab/abcd…`` (a
 sibling of the repository, so Triton never sees it as a model, and on the same
@@ -41,18 +43,22 @@ HASH_BLOCK = 4 * 1024 * 1024
 CONFIG_FILE = "config.pbtxt"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SCRATCH_PREFIX = ".copy."
+# Where locks lived before they moved to .locks: ``<staging>/<upload_id>.lock``.
+_OLD_LOCK_SUFFIX = ".lock"
 # link(2) failures that mean "this file system cannot link here": copy instead.
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
 
 class Repository:
-    def __init__(self, root: Path, staging: Path, blobs: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, staging: Path, blobs: Path | None = None, locks: Path | None = None
+    ) -> None:
         self.root = root
         self.staging = staging
         self.blobs = blobs if blobs is not None else root.parent / "blobs"
-        root.mkdir(parents=True, exist_ok=True)
-        staging.mkdir(parents=True, exist_ok=True)
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.locks = locks if locks is not None else staging.parent / "upload-locks"
+        for directory in (root, staging, self.blobs, self.locks):
+            directory.mkdir(parents=True, exist_ok=True)
 
     # --- committed versions -------------------------------------------------
 
@@ -136,6 +142,16 @@ class Repository:
     def discard_staged_file(self, upload_id: str, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.staged_file(upload_id, path))
+
+    def staged_uploads(self) -> list[str]:
+        """The upload ids with a staging directory (removing lock files of the old layout)."""
+        found = []
+        for entry in sorted(self.staging.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                found.append(entry.name)
+            elif entry.name.endswith(_OLD_LOCK_SUFFIX) and entry.is_file():
+                entry.unlink()
+        return found
 
     def discard_staging(self, upload_id: str) -> None:
         _remove_tree(self.staging_dir(upload_id))
@@ -244,7 +260,7 @@ class Repository:
         return usage.free
 
     def _lock_path(self, upload_id: str) -> Path:
-        return safe_join(self.staging, f"{check_name(upload_id, 'upload_id')}.lock")
+        return safe_join(self.locks, check_name(upload_id, "upload_id"))
 
 
 def open_regular_file(path: Path, inode: tuple[int, int] | None = None) -> BinaryIO:

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 
 
 class BaseModel(pw.Model):
@@ -218,6 +218,15 @@ class Upload(BaseModel):
     # Set for an artifact upload: its kind, and the version it attaches to.
     artifact_kind = pw.CharField(max_length=16, default="")
     artifact_version = pw.BigIntegerField(default=0)
+    # The user who began it: uploads are theirs alone (and admins'). Null for
+    # uploads older than owners, and once the user is deleted.
+    owner = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    # Staging this upload may fill: declared bytes not already stored as blobs.
+    # Counted against its owner's cap until it commits or goes.
+    staging_bytes = pw.BigIntegerField(default=0)
+
+    class Meta:
+        indexes = ((("committed_version", "update_time"), False),)
 
 
 class Blob(BaseModel):
@@ -379,6 +388,21 @@ class PipelineTarget(BaseModel):
         indexes = ((("deployment", "server"), True),)
 
 
+class LoggingPolicy(BaseModel):
+    """Which calls to a deployment the inference log records (owned by mlserve.monitor).
+
+    Keyed by deployment name, not a foreign key: a model's and a pipeline's
+    deployments share the name space, and a policy may be set before deploying.
+    """
+
+    deployment = pw.CharField(primary_key=True, max_length=128)
+    mode = pw.CharField(max_length=16)
+    sample_rate = pw.DoubleField()
+    sampling_key = pw.CharField(max_length=256, default="")
+    max_payload_bytes = pw.BigIntegerField()
+    update_time = pw.DateTimeField(default=utcnow)
+
+
 PIPELINE_TABLES: list[type[BaseModel]] = [
     Pipeline,
     PipelineVersion,
@@ -412,6 +436,7 @@ TABLES: list[type[BaseModel]] = [
     AppConsumer,
     AuditEvent,
     *PIPELINE_TABLES,
+    LoggingPolicy,
 ]
 
 
@@ -520,9 +545,23 @@ def _add_pipelines(db: pw.Database) -> None:
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
 
+def _add_upload_owners(db: pw.Database) -> None:
+    """Uploads gain an owner and a staging size; older uploads have neither (admins only)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("upload", "owner_id", Upload.owner),
+        migrator.add_column("upload", "staging_bytes", Upload.staging_bytes),
+        migrator.add_index("upload", ("committed_version", "update_time")),
+    )
+
+
 def _add_server_workspaces(db: pw.Database) -> None:
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
+
+
+def _add_logging_policies(db: pw.Database) -> None:
+    db.create_tables([LoggingPolicy])
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -533,6 +572,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     5: _add_access_control,
     6: _add_pipelines,
     7: _add_server_workspaces,
+    8: _add_upload_owners,
+    9: _add_logging_policies,
 }
 
 

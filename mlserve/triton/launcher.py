@@ -127,6 +127,13 @@ class EmbeddedTriton:
         self._extra_args = tuple(extra_args)
         self._sandbox = sandbox
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # where the current run's part of the log starts
+        self._stopping = False
+
+    @property
+    def log_path(self) -> Path:
+        """The file Triton's output goes to (appended to, one header line per start)."""
+        return self._log_path
 
     @property
     def address(self) -> str:
@@ -162,7 +169,8 @@ class EmbeddedTriton:
         attempts = 2
         for attempt in range(1, attempts + 1):
             self._port = self._requested_port or _free_loopback_port()
-            log_offset = self._spawn(installation, backend_dir)
+            log_offset = self._log_offset = self._spawn(installation, backend_dir)
+            self._stopping = False  # a failed attempt's stop() set it
             try:
                 await self._wait_ready(timeout, log_offset)
                 return
@@ -175,11 +183,28 @@ class EmbeddedTriton:
                 await self.stop()
                 raise
 
+    async def wait_exit(self) -> int | None:
+        """Wait until the running Triton exits by itself and return its exit code
+        (negative: killed by that signal); None if it was not running or :meth:`stop`
+        ended it."""
+        process = self._process
+        if process is None:
+            return None
+        await _wait_exit(process, None)
+        if self._stopping or self._process is not process:
+            return None
+        return process.returncode
+
+    def log_tail(self) -> str:
+        """The last lines Triton wrote since it was last started."""
+        return self._log_tail(self._log_offset)
+
     async def stop(self, timeout: float = 15.0) -> None:
         """Stop Triton: SIGTERM, then SIGKILL after ``timeout`` seconds. Safe to repeat."""
         process = self._process
         if process is None:
             return
+        self._stopping = True
         if process.poll() is None:
             process.terminate()
             if not await _wait_exit(process, timeout):

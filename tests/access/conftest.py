@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.mlserve import MLServeProcess, Stubs, running
+from tests.support.mlserve import MLServeProcess, Stubs, started_without_triton
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def bare(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MLServeProcess]:
     home = tmp_path_factory.mktemp(f"{request.module.__name__.rpartition('.')[2]}-home")
-    with running(home, "--no-embedded-triton", wait_for_triton=False) as process:
+    with started_without_triton(home) as process:
         yield process
 
 

@@ -1,4 +1,4 @@
-"""The access module's rules and directory, against a fresh migrated store."""
+"""The access module's rules, users, workspaces and apps, against a fresh migrated store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2  # noqa: F401  # registers inference.*
 
 from mlserve.access import current_principal, keys, rules
-from mlserve.access.directory import AppFields, Directory, UserFields
+from mlserve.access.apps import AppFields, Apps
+from mlserve.access.users import UserFields, Users
+from mlserve.access.workspaces import Workspaces
 from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -88,15 +90,29 @@ def test_scrypt_hash_verifies_only_its_secret() -> None:
     assert not keys.verify_secret("new", legacy, "sha256")
 
 
+TOKENS = PageTokens(b"x" * 32)
+
+
 @pytest.fixture
-def directory(store_db: pw.Database) -> Iterator[Directory]:
+def users(store_db: pw.Database) -> Iterator[Users]:
+    """Users on a fresh store, called as MLServe's own work (no principal)."""
     token = current_principal.set(None)
-    yield Directory(PageTokens(b"x" * 32))
+    yield Users(TOKENS)
     current_principal.reset(token)
 
 
-def test_legacy_sha256_key_still_works_and_is_rehashed(directory: Directory) -> None:
-    run(directory.create_user("old", UserFields(role="admin")))
+@pytest.fixture
+def workspaces(users: Users) -> Workspaces:
+    return Workspaces(TOKENS)
+
+
+@pytest.fixture
+def apps(users: Users) -> Apps:
+    return Apps(TOKENS)
+
+
+def test_legacy_sha256_key_still_works_and_is_rehashed(users: Users) -> None:
+    run(users.create_user("old", UserFields(role="admin")))
     user = tables.User.get(tables.User.name == "old")
     tables.ApiKey.create(
         prefix="abc",
@@ -112,32 +128,32 @@ def test_legacy_sha256_key_still_works_and_is_rehashed(directory: Directory) -> 
     assert keys.verify_secret("secret", row.secret_hash, keys.SCRYPT)
 
 
-def test_the_last_admin_cannot_be_removed_or_demoted(directory: Directory) -> None:
-    run(directory.create_user("root", UserFields(role="admin")))
+def test_the_last_admin_cannot_be_removed_or_demoted(users: Users) -> None:
+    run(users.create_user("root", UserFields(role="admin")))
     for attempt in (
-        lambda: directory.delete_user("root"),
-        lambda: directory.update_user("root", UserFields(role="editor"), ["role"]),
-        lambda: directory.set_active("root", False),
+        lambda: users.delete_user("root"),
+        lambda: users.update_user("root", UserFields(role="editor"), ["role"]),
+        lambda: users.set_active("root", False),
     ):
         with pytest.raises(FailedPrecondition, match="last active admin"):
             run(attempt())
     assert tables.User.get(tables.User.name == "root").role == "admin"
-    run(directory.create_user("second", UserFields(role="admin")))
-    run(directory.update_user("root", UserFields(role="editor"), ["role"]))
+    run(users.create_user("second", UserFields(role="admin")))
+    run(users.update_user("root", UserFields(role="editor"), ["role"]))
     with pytest.raises(FailedPrecondition):
-        run(directory.delete_user("second"))
+        run(users.delete_user("second"))
 
 
-def test_duplicate_names_already_exist(directory: Directory) -> None:
-    run(directory.create_user("ann", UserFields(role="viewer")))
+def test_duplicate_names_already_exist(users: Users, workspaces: Workspaces, apps: Apps) -> None:
+    run(users.create_user("ann", UserFields(role="viewer")))
     with pytest.raises(AlreadyExists):
-        run(directory.create_user("ann", UserFields(role="editor")))
+        run(users.create_user("ann", UserFields(role="editor")))
     with pytest.raises(AlreadyExists):
-        run(directory.create_workspace("ann"))  # her default workspace
+        run(workspaces.create_workspace("ann"))  # her default workspace
     assert tables.User.select().count() == 1
-    run(directory.create_app("shop", keys_fields()))
+    run(apps.create_app("shop", keys_fields()))
     with pytest.raises(AlreadyExists):
-        run(directory.create_app("shop", keys_fields()))
+        run(apps.create_app("shop", keys_fields()))
 
 
 def keys_fields() -> object:
@@ -145,9 +161,9 @@ def keys_fields() -> object:
     return AppFields()
 
 
-def test_private_models_are_not_found_for_non_members(directory: Directory) -> None:
-    run(directory.create_user("ann", UserFields(role="editor")))
-    run(directory.create_user("bob", UserFields(role="editor")))
+def test_private_models_are_not_found_for_non_members(users: Users) -> None:
+    run(users.create_user("ann", UserFields(role="editor")))
+    run(users.create_user("bob", UserFields(role="editor")))
     ann_space = tables.Workspace.get(tables.Workspace.name == "ann")
     private = tables.Model.create(name="secret", workspace=ann_space)
     public = tables.Model.create(name="shared", workspace=ann_space, visibility="public")

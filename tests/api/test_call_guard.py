@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mlserve_api.v1 import model_pb2
-from tests.support.mlserve import MLServeProcess, Stubs, running
+from tests.support.mlserve import MLServeProcess, Stubs, started_without_triton
 from tests.support.uploading import chunk, header
 
 MiB = 1024 * 1024
@@ -36,7 +36,7 @@ NO_LIMIT = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_len
 def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
     """MLServe without a Triton, with the default (Triton's) message limit."""
     home = tmp_path_factory.mktemp("guard-home")
-    with running(home, "--no-embedded-triton", wait_for_triton=False) as process:
+    with started_without_triton(home) as process:
         yield process
 
 
@@ -183,8 +183,7 @@ def test_a_full_chunk_with_its_framing_is_within_the_limit(root: Stubs) -> None:
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
     """MLServe whose Tritons take messages of at most 16 MiB."""
     home = tmp_path_factory.mktemp("guard-small-home")
-    limited = ("--no-embedded-triton", "--max-message-bytes", "16M")
-    with running(home, *limited, wait_for_triton=False) as process:
+    with started_without_triton(home, "--max-message-bytes", "16M") as process:
         yield process
 
 

@@ -23,12 +23,11 @@ from mlserve.catalog.model_metadata import (
     ModelFields,
     ResourceAmount,
 )
-from mlserve.catalog.models import Catalog, ModelQuery, ModelRecord
+from mlserve.catalog.models import ModelQuery, ModelRecord
 from mlserve.core.errors import AlreadyExists, InvalidArgument
-from mlserve.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageTokens
+from mlserve.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from mlserve.storage import db, tables
-from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from tests.support.catalog import Catalog, open_catalog
 
 RICH = ModelFields(
     description="predicts churn",
@@ -53,8 +52,7 @@ RICH = ModelFields(
 
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
-    return Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
+    return open_catalog(tmp_path)
 
 
 def run(awaitable: Any) -> Any:
@@ -72,7 +70,7 @@ def snapshot() -> list[tuple[Any, ...]]:
 def listing(catalog: Catalog, query: ModelQuery, size: int = 100) -> Iterator[ModelRecord]:
     token = ""
     while True:
-        page = run(catalog.list_models(size, token, query))
+        page = run(catalog.models.list_models(size, token, query))
         yield from page.items
         token = page.next_page_token
         if not token:
@@ -83,25 +81,25 @@ def listing(catalog: Catalog, query: ModelQuery, size: int = 100) -> Iterator[Mo
 
 
 def test_create_and_get_keep_every_field(catalog: Catalog) -> None:
-    created = run(catalog.create_model("churn", RICH))
-    fetched = run(catalog.get_model("churn"))
+    created = run(catalog.models.create_model("churn", RICH))
+    fetched = run(catalog.models.get_model("churn"))
     expected = dataclasses.replace(RICH, tags=["churn", "tabular"])
     assert created.fields == fetched.fields == expected
     assert (fetched.latest_version, fetched.version_count) == (0, 0)
 
 
 def test_a_model_with_only_a_name_has_empty_metadata(catalog: Catalog) -> None:
-    fields = run(catalog.create_model("bare", ModelFields())).fields
+    fields = run(catalog.models.create_model("bare", ModelFields())).fields
     assert fields == ModelFields(
         visibility="private", allow_download=True, allow_remote_inference=True
     )
 
 
 def test_duplicate_name_is_already_exists_and_changes_nothing(catalog: Catalog) -> None:
-    run(catalog.create_model("churn", RICH))
+    run(catalog.models.create_model("churn", RICH))
     before = snapshot()
     with pytest.raises(AlreadyExists):
-        run(catalog.create_model("churn", ModelFields(description="other", tags=["x"])))
+        run(catalog.models.create_model("churn", ModelFields(description="other", tags=["x"])))
     assert snapshot() == before
 
 
@@ -130,17 +128,17 @@ def test_duplicate_name_is_already_exists_and_changes_nothing(catalog: Catalog) 
 def test_bad_metadata_is_refused_naming_the_field(
     catalog: Catalog, fields: ModelFields, named: str
 ) -> None:
-    run(catalog.create_model("kept", RICH))
+    run(catalog.models.create_model("kept", RICH))
     before = snapshot()
     with pytest.raises(InvalidArgument, match=named.replace("[", r"\[").replace("]", r"\]")):
-        run(catalog.create_model("new", fields))
+        run(catalog.models.create_model("new", fields))
     with pytest.raises(InvalidArgument):
-        run(catalog.update_model("kept", fields, ["*"]))
+        run(catalog.models.update_model("kept", fields, ["*"]))
     assert snapshot() == before
 
 
 def test_update_changes_only_the_masked_fields(catalog: Catalog) -> None:
-    run(catalog.create_model("churn", RICH))
+    run(catalog.models.create_model("churn", RICH))
     new = ModelFields(
         description="ignored: not in the mask",
         kind="regression",
@@ -157,7 +155,7 @@ def test_update_changes_only_the_masked_fields(catalog: Catalog) -> None:
         "drift_detection.enabled",
         "inference.max_batch_size",
     ]
-    updated = run(catalog.update_model("churn", new, mask)).fields
+    updated = run(catalog.models.update_model("churn", new, mask)).fields
     assert updated == dataclasses.replace(
         RICH,
         tags=["churn", "tabular"],
@@ -167,23 +165,23 @@ def test_update_changes_only_the_masked_fields(catalog: Catalog) -> None:
         drift_detection=DriftDetection(False, "psi"),
         inference=dataclasses.replace(RICH.inference, max_batch_size=64),
     )
-    assert run(catalog.get_model("churn")).fields == updated
+    assert run(catalog.models.get_model("churn")).fields == updated
     # The label index follows: the old value no longer matches, the new one does.
     assert [m.name for m in listing(catalog, ModelQuery(labels=["team=core"]))] == ["churn"]
     assert list(listing(catalog, ModelQuery(labels=["stage=prod"]))) == []
 
 
 def test_delete_removes_tag_and_label_rows(catalog: Catalog) -> None:
-    run(catalog.create_model("kept", RICH))
+    run(catalog.models.create_model("kept", RICH))
     kept = snapshot()
-    run(catalog.create_model("gone", RICH))
-    run(catalog.delete_model("gone"))
+    run(catalog.models.create_model("gone", RICH))
+    run(catalog.models.delete_model("gone"))
     assert snapshot() == kept
 
 
 def test_update_star_replaces_everything(catalog: Catalog) -> None:
-    run(catalog.create_model("churn", RICH))
-    updated = run(catalog.update_model("churn", ModelFields(description="fresh"), ["*"]))
+    run(catalog.models.create_model("churn", RICH))
+    updated = run(catalog.models.update_model("churn", ModelFields(description="fresh"), ["*"]))
     # Unset visibility and flags take a new model's defaults, not "off".
     expected = ModelFields(
         description="fresh", visibility="private", allow_download=True, allow_remote_inference=True
@@ -205,10 +203,10 @@ def test_update_star_replaces_everything(catalog: Catalog) -> None:
     ],
 )
 def test_bad_update_mask_is_refused(catalog: Catalog, mask: list[str], message: str) -> None:
-    run(catalog.create_model("churn", RICH))
+    run(catalog.models.create_model("churn", RICH))
     before = snapshot()
     with pytest.raises(InvalidArgument, match=message):
-        run(catalog.update_model("churn", ModelFields(description="x"), mask))
+        run(catalog.models.update_model("churn", ModelFields(description="x"), mask))
     assert snapshot() == before
 
 
@@ -225,7 +223,7 @@ def zoo(catalog: Catalog) -> Catalog:
         "e-none": ModelFields(),
     }
     for name, fields in models.items():
-        run(catalog.create_model(name, fields))
+        run(catalog.models.create_model(name, fields))
     return catalog
 
 
@@ -255,7 +253,7 @@ def test_filters_and_orders(zoo: Catalog, query: ModelQuery, names: list[str]) -
 
 
 def test_update_time_order_follows_updates(zoo: Catalog) -> None:
-    run(zoo.update_model("b-reg", ModelFields(description="touched"), ["description"]))
+    run(zoo.models.update_model("b-reg", ModelFields(description="touched"), ["description"]))
     names = [m.name for m in listing(zoo, ModelQuery(order_by="update_time desc"), 2)]
     assert names[0] == "b-reg"
     assert sorted(names) == ["a-cls", "b-reg", "c-cls", "d-clu", "e-none"]
@@ -279,12 +277,12 @@ def test_bad_filter_is_refused_naming_the_field(
     zoo: Catalog, query: ModelQuery, message: str
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        run(zoo.list_models(10, "", query))
+        run(zoo.models.list_models(10, "", query))
 
 
 def test_token_is_bound_to_its_query_and_tamper_evident(zoo: Catalog) -> None:
     query = ModelQuery(tags_any=["vision", "tabular"], order_by="create_time")
-    token = run(zoo.list_models(1, "", query)).next_page_token
+    token = run(zoo.models.list_models(1, "", query)).next_page_token
     assert token
     others = [
         dataclasses.replace(query, order_by="create_time desc"),
@@ -295,25 +293,25 @@ def test_token_is_bound_to_its_query_and_tamper_evident(zoo: Catalog) -> None:
     ]
     for other in others:
         with pytest.raises(InvalidArgument, match="different query"):
-            run(zoo.list_models(1, token, other))
+            run(zoo.models.list_models(1, token, other))
     flipped = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
     with pytest.raises(InvalidArgument):
-        run(zoo.list_models(1, flipped, query))
+        run(zoo.models.list_models(1, flipped, query))
     # Tag order and repeats do not make a different query.
     same = dataclasses.replace(query, tags_any=["tabular", "vision", "vision"])
-    assert [m.name for m in run(zoo.list_models(1, token, same)).items] == ["b-reg"]
+    assert [m.name for m in run(zoo.models.list_models(1, token, same)).items] == ["b-reg"]
 
 
 def test_page_size_rules(catalog: Catalog) -> None:
     tables.Model.insert_many([{"name": f"m{i:04d}"} for i in range(MAX_PAGE_SIZE + 1)]).execute()
-    default = run(catalog.list_models(0, "", ModelQuery()))
+    default = run(catalog.models.list_models(0, "", ModelQuery()))
     assert (len(default.items), bool(default.next_page_token)) == (DEFAULT_PAGE_SIZE, True)
-    clamped = run(catalog.list_models(MAX_PAGE_SIZE * 5, "", ModelQuery()))
+    clamped = run(catalog.models.list_models(MAX_PAGE_SIZE * 5, "", ModelQuery()))
     assert (len(clamped.items), bool(clamped.next_page_token)) == (MAX_PAGE_SIZE, True)
-    last = run(catalog.list_models(MAX_PAGE_SIZE, clamped.next_page_token, ModelQuery()))
+    last = run(catalog.models.list_models(MAX_PAGE_SIZE, clamped.next_page_token, ModelQuery()))
     assert ([m.name for m in last.items], last.next_page_token) == ([f"m{MAX_PAGE_SIZE:04d}"], "")
     with pytest.raises(InvalidArgument, match="page_size"):
-        run(catalog.list_models(-1, "", ModelQuery()))
+        run(catalog.models.list_models(-1, "", ModelQuery()))
 
 
 # --- keyset paging under concurrent writes ----------------------------------------
@@ -351,7 +349,7 @@ def test_10000_models_page_without_gaps_or_duplicates_while_others_write(
     def insert_meanwhile() -> None:
         while not stop.is_set():
             name = f"m{rng.randrange(10**9):09d}-new{len(inserted)}"
-            run(catalog.create_model(name, ModelFields()))
+            run(catalog.models.create_model(name, ModelFields()))
             inserted.append(name)
 
     writer = threading.Thread(target=insert_meanwhile)
@@ -360,7 +358,7 @@ def test_10000_models_page_without_gaps_or_duplicates_while_others_write(
     try:
         token = ""
         while True:
-            page = run(catalog.list_models(PAGE, token, ModelQuery(order_by=order_by)))
+            page = run(catalog.models.list_models(PAGE, token, ModelQuery(order_by=order_by)))
             seen += [record.name for record in page.items]
             token = page.next_page_token
             if not token:

@@ -11,7 +11,7 @@ import peewee as pw
 import pytest
 from google.protobuf import text_format
 
-from mlserve.catalog.models import Catalog, ModelFields
+from mlserve.catalog.model_metadata import ModelFields
 from mlserve.catalog.pipelines import (
     Pipelines,
     Spec,
@@ -23,9 +23,8 @@ from mlserve.catalog.pipelines import (
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.paging import PageTokens
 from mlserve.storage import tables
-from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
 from mlserve.triton.serving import ServingSettings
+from tests.support.catalog import open_catalog
 from tests.support.models import add_model_config, scale_model_config
 
 T = TypeVar("T")
@@ -227,10 +226,9 @@ def test_pipelines_and_models_share_one_namespace(pipelines: Pipelines, tmp_path
         run(pipelines.create("chain", "", three_steps()))
     with pytest.raises(AlreadyExists, match="a model is named 'add'"):
         run(pipelines.create("add", "", three_steps()))
-    repository = Repository(tmp_path / "r", tmp_path / "s", tmp_path / "b")
-    catalog = Catalog(repository, PageTokens(b"k" * 32), Blobs(repository))
+    catalog = open_catalog(tmp_path)
     with pytest.raises(AlreadyExists, match="a pipeline is named 'chain'"):
-        run(catalog.create_model("chain", ModelFields()))
+        run(catalog.models.create_model("chain", ModelFields()))
     assert tables.Pipeline.select().count() == 1
     assert not tables.Model.select().where(tables.Model.name == "chain").exists()
 

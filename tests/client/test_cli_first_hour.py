@@ -124,6 +124,15 @@ def test_artifacts_download_into_a_folder_or_a_path_ending_in_a_slash(
     assert into_folder.returncode == 0, into_folder.stderr
     assert (existing / "train.csv").read_bytes() == data.read_bytes()
 
+    (existing / "train.csv").unlink()
+    (existing / "train.csv.part").write_bytes(b"not these bytes" * 100)  # a bad resume
+    bad = mlserve_cli(mlserve, "artifacts", "download", model_name, "1", "train.csv",
+                      str(existing))  # fmt: skip
+    assert bad.returncode == 1
+    assert "train.csv: sha256 does not match the manifest" in bad.stderr
+    assert not (existing / "train.csv.part").exists()  # a failed file leaves nothing behind
+    assert not (existing / "train.csv").exists()
+
     new_folder = f"{tmp_path}/downloads/"
     with_slash = mlserve_cli(mlserve, "artifacts", "download", model_name, "1", "train.csv",
                              new_folder)  # fmt: skip

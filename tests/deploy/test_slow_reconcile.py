@@ -30,16 +30,19 @@ pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0  # a's --health-interval
 LOAD_SECONDS = 25
+FIRST_LOADS_SECONDS = 20.0  # time for the start, the uploads and the first deploys
 READY = deployment_pb2.DEPLOYMENT_STATE_READY
 
 
-def sleepy_model_files(marker: Path) -> dict[str, bytes]:
-    """The "add" model named "sleepy", whose initialize() sleeps while ``marker`` exists."""
+def sleepy_model_files(slow_from: float) -> dict[str, bytes]:
+    """The "add" model named "sleepy", whose initialize() sleeps when loaded after
+    ``slow_from`` (a time.time()). A clock, not a file, says when: the sandboxed
+    Triton sees none of the test's files, but it shares the host's clock."""
     files = add_model_files(name="sleepy")
     initialize = (
         "\n    def initialize(self, args):\n"
-        "        import os, time\n"
-        f"        if os.path.exists({str(marker)!r}):\n"
+        "        import time\n"
+        f"        if time.time() >= {slow_from!r}:\n"
         f"            time.sleep({LOAD_SECONDS})\n"
     )
     source = files["model.py"].decode()
@@ -68,7 +71,9 @@ def health_ages(stubs: Stubs, server: str) -> list[float]:
 
 def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    marker = tmp_path / "loads-are-slow"
+    # Loads before this are quick (the first deploy); later ones are slow. Were
+    # the first deploy late, it would only be slow too, and the test longer.
+    slow_from = time.time() + FIRST_LOADS_SECONDS
     a = MLServeProcess(home, "--no-embedded-triton", "--health-interval", str(INTERVAL))
     # b never runs a health round of its own: it only changes a deployment.
     b = MLServeProcess(home, "--no-embedded-triton", "--health-interval", "3600")
@@ -83,17 +88,17 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
         # Deployed in this order, reconciled in this order: quick, then sleepy.
         upload_add(stubs, "quick")
         assert deploy(stubs, "quick").state == READY
-        files = sleepy_model_files(marker)
+        files = sleepy_model_files(slow_from)
         config = files.pop("config.pbtxt").decode()
         stubs.models.UploadModelVersion(
             stream("sleepy", files, config=config), metadata=stubs.auth, timeout=30
         )
-        assert deploy(stubs, "sleepy").state == READY  # no marker yet: it loads at once
+        assert deploy(stubs, "sleepy").state == READY
         b.start(wait_for_triton=False)
 
         # Triton restarts with nothing loaded; a's reconciler loads both again,
         # and sleepy's load now takes LOAD_SECONDS.
-        marker.touch()
+        time.sleep(max(0.0, slow_from - time.time()))
         slowpoke.kill()
         slowpoke.start()
         wait_for(lambda: ready_on(slowpoke, "quick"), timeout=30, what="quick reloaded")

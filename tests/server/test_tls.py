@@ -107,3 +107,10 @@ def test_python_client_takes_the_ca_as_a_str(secure: MLServeProcess) -> None:
     assert secure.ca is not None
     with Client(secure.address, home=str(secure.home), ca=str(secure.ca)) as client:
         assert client.users.GetUser(user_pb2.GetUserRequest(name="admin")).name == "admin"
+
+
+def test_the_python_client_names_a_missing_ca(secure: MLServeProcess) -> None:
+    with Client(secure.address, secure.key) as client, pytest.raises(grpc.RpcError) as failure:
+        client.users.GetUser(user_pb2.GetUserRequest(name="admin"))
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the server speaks TLS: pass --ca (ca= in Python)" in failure.value.details()

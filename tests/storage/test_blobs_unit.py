@@ -14,12 +14,12 @@ from pathlib import Path
 import peewee as pw
 import pytest
 
-from mlserve.catalog.models import Catalog, FileSpec, VersionRecord
 from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
-from mlserve.core.paging import PageTokens
+from mlserve.catalog.versions import VersionRecord
 from mlserve.storage import db, tables
-from mlserve.storage.blobs import Blobs
+from mlserve.storage.blobs import Blobs, FileSpec
 from mlserve.storage.repository import Repository
+from tests.support.catalog import Catalog, open_catalog
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(WEIGHTS).hexdigest()
@@ -42,12 +42,11 @@ class Domain:
 
 @pytest.fixture
 def domain(store_db: pw.Database, tmp_path: Path) -> Domain:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
-    blobs = Blobs(repository)
-    catalog = Catalog(repository, PageTokens(b"k" * 32), blobs)
-    return Domain(
-        tmp_path, repository, blobs, catalog, Uploads(repository, catalog, blobs, UploadLimits())
+    catalog = open_catalog(tmp_path)
+    uploads = Uploads(
+        catalog.repository, catalog.versions, catalog.artifacts, catalog.blobs, UploadLimits()
     )
+    return Domain(tmp_path, catalog.repository, catalog.blobs, catalog, uploads)
 
 
 def specs(files: Mapping[str, bytes]) -> list[FileSpec]:
@@ -86,7 +85,7 @@ def upload(
 def read_version(domain: Domain, model: str, version: int) -> dict[str, bytes]:
     async def collect() -> dict[str, bytes]:
         out: dict[str, bytearray] = {}
-        async for piece in domain.catalog.download(model, version):
+        async for piece in domain.catalog.versions.download(model, version):
             out.setdefault(piece.path, bytearray()).extend(piece.data)
         return {path: bytes(data) for path, data in out.items()}
 
@@ -124,11 +123,11 @@ def test_a_stored_file_counts_as_received_in_get_upload(domain: Domain) -> None:
 def test_deleting_versions_frees_blobs_only_when_unused(domain: Domain) -> None:
     upload(domain, "m", {"model.py": b"# one\n", "weights.bin": WEIGHTS})
     upload(domain, "m", {"model.py": b"# two\n", "weights.bin": WEIGHTS})
-    asyncio.run(domain.catalog.delete_version("m", 1))
+    asyncio.run(domain.catalog.versions.delete_version("m", 1))
     assert domain.blob_file().exists()
     assert not domain.blob_file(hashlib.sha256(b"# one\n").hexdigest()).exists()
     assert read_version(domain, "m", 2)["weights.bin"] == WEIGHTS
-    asyncio.run(domain.catalog.delete_model("m"))
+    asyncio.run(domain.catalog.models.delete_model("m"))
     assert tables.Blob.select().count() == 0
     assert list(domain.repository.stored_blobs()) == []
 
@@ -141,7 +140,7 @@ def test_collection_between_dedup_decision_and_commit_keeps_the_promised_blob(
     async def delete_the_only_user() -> None:
         # The header was taken in: weights.bin was found stored and pinned.
         # Now the one version using it goes, and the collector runs.
-        await domain.catalog.delete_version("m", 1)
+        await domain.catalog.versions.delete_version("m", 1)
         assert domain.blob_file().exists(), "a pinned blob was collected"
         assert domain.blobs.collect() == []
 
@@ -158,7 +157,7 @@ def test_collection_between_dedup_decision_and_commit_keeps_the_promised_blob(
 
 def test_collection_before_the_header_means_the_bytes_are_sent_again(domain: Domain) -> None:
     upload(domain, "m", {"model.py": b"# one\n", "weights.bin": WEIGHTS})
-    asyncio.run(domain.catalog.delete_version("m", 1))
+    asyncio.run(domain.catalog.versions.delete_version("m", 1))
     assert not domain.blob_file().exists()
     files = {"model.py": b"# two\n", "weights.bin": WEIGHTS}
     with pytest.raises(Exception, match="incomplete"):
@@ -173,7 +172,7 @@ def test_the_database_refuses_to_delete_a_pinned_or_used_blob(domain: Domain) ->
         tables.Blob.delete().where(tables.Blob.sha256 == SHA).execute()
     tables.Upload.create(upload_id="p", model="m", files="[]", config="", manifest_sha256="0")
     tables.BlobPin.create(upload="p", blob=SHA)
-    asyncio.run(domain.catalog.delete_version("m", 1))
+    asyncio.run(domain.catalog.versions.delete_version("m", 1))
     assert domain.blob_file().exists()
     with pytest.raises(pw.IntegrityError), db.database.atomic():
         tables.Blob.delete().where(tables.Blob.sha256 == SHA).execute()

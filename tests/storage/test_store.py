@@ -20,20 +20,18 @@ import peewee as pw
 import pytest
 from playhouse.pool import PooledDatabase
 
-from mlserve.catalog.models import Catalog, FileSpec, ModelFields
+from mlserve.catalog.model_metadata import ModelFields
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, Unavailable
-from mlserve.core.paging import PageTokens
 from mlserve.gateway.stats import InferenceStats
 from mlserve.storage import db, tables
-from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.blobs import FileSpec
+from tests.support.catalog import Catalog, open_catalog
 from tests.support.postgres import PostgresCluster
 
 
 @pytest.fixture
 def catalog(store_db: pw.Database, tmp_path: Path) -> Catalog:
-    repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
-    return Catalog(repository, PageTokens(b"secret" * 4), Blobs(repository))
+    return open_catalog(tmp_path, b"secret" * 4)
 
 
 def stage(catalog: Catalog, upload_id: str, content: bytes) -> list[FileSpec]:
@@ -53,7 +51,7 @@ def commit(catalog: Catalog, model: str, upload_id: str, content: bytes) -> int:
     for spec in files:
         db.run(catalog.blobs.ingest, upload_id, spec)
     record = db.run(
-        catalog.commit_version,
+        catalog.versions.commit_version,
         model=model,
         upload_id=upload_id,
         files=files,
@@ -64,15 +62,17 @@ def commit(catalog: Catalog, model: str, upload_id: str, content: bytes) -> int:
 
 
 def test_duplicate_model_is_refused_and_nothing_changes(catalog: Catalog) -> None:
-    asyncio.run(catalog.create_model("dup", ModelFields(description="first", tags=["one"])))
+    asyncio.run(catalog.models.create_model("dup", ModelFields(description="first", tags=["one"])))
     with pytest.raises(AlreadyExists):
-        asyncio.run(catalog.create_model("dup", ModelFields(description="second", tags=["two"])))
+        asyncio.run(
+            catalog.models.create_model("dup", ModelFields(description="second", tags=["two"]))
+        )
     assert tables.Model.get(tables.Model.name == "dup").description == "first"
     assert [row.tag for row in tables.ModelTag.select()] == ["one"]
     assert tables.Model.select().count() == 1
     # The failed insert left the connection usable (PostgreSQL aborts a
     # transaction on a unique violation; the atomic block rolled it back).
-    asyncio.run(catalog.create_model("after-dup", ModelFields()))
+    asyncio.run(catalog.models.create_model("after-dup", ModelFields()))
 
 
 def test_versions_are_numbered_from_one_and_identical_content_is_reused(
@@ -122,12 +122,12 @@ def test_deployed_model_cannot_be_deleted(catalog: Catalog) -> None:
     deployment = tables.Deployment.create(name="deployed", model=model, version=1)
     tables.DeploymentTarget.create(deployment=deployment, server=server)
     with pytest.raises(FailedPrecondition, match="undeploy it first"):
-        asyncio.run(catalog.delete_model("deployed"))
+        asyncio.run(catalog.models.delete_model("deployed"))
     # The database itself refuses too (ON DELETE RESTRICT), on both kinds.
     with pytest.raises(pw.IntegrityError), db.database.atomic():
         tables.Model.delete().where(tables.Model.id == model.id).execute()
     deployment.delete_instance(recursive=True)
-    asyncio.run(catalog.delete_model("deployed"))
+    asyncio.run(catalog.models.delete_model("deployed"))
     assert not tables.ModelVersion.select().exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from mlserve_api.v1 import (
     app_pb2_grpc,
     audit_pb2_grpc,
     deployment_pb2_grpc,
+    inference_log_pb2_grpc,
     model_pb2_grpc,
     pipeline_pb2_grpc,
     server_pb2_grpc,
@@ -49,6 +50,7 @@ class Stubs:
     apps: app_pb2_grpc.AppServiceStub = field(init=False)
     audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
     pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
+    logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -60,6 +62,7 @@ class Stubs:
         self.apps = app_pb2_grpc.AppServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
+        self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:
@@ -152,11 +155,11 @@ class MLServeProcess:
         return int(self.process.returncode)
 
 
-@contextmanager
-def running(home: Path, *extra: str, wait_for_triton: bool = True) -> Iterator[MLServeProcess]:
-    """``MLServeProcess(home, *extra)`` started, and stopped when the block ends."""
-    process = MLServeProcess(home, *extra)
+@contextlib.contextmanager
+def started_without_triton(home: Path, *options: str) -> Iterator[MLServeProcess]:
+    """A Triton-less MLServe with ``options``, running until the block ends."""
+    process = MLServeProcess(home, "--no-embedded-triton", *options)
     try:
-        yield process.start(wait_for_triton=wait_for_triton)
+        yield process.start(wait_for_triton=False)
     finally:
         process.stop()

@@ -59,3 +59,25 @@ def listening_sockets(pid: int) -> list[tuple[str, str, int, str]]:
             address, port = fields[1].split(":")
             found.append((table, address, int(port, 16), fields[9]))
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: children, their children, and so on."""
+    found = []
+    pending = [pid]
+    while pending:
+        for child in children(pending.pop()):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def tritonserver_pids(mlserve_pid: int) -> list[int]:
+    """The running ``tritonserver`` binaries below an MLServe, however wrapped
+    (setpriv execs into it; a sandbox runs it as a grandchild)."""
+    found = []
+    for pid in descendants(mlserve_pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver":
+                found.append(pid)
+    return found

@@ -8,7 +8,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -60,10 +60,12 @@ def open_channel(address: str, key: str, ca: StrPath | None = None) -> grpc.Chan
         certificate = Path(ca).expanduser().read_bytes()
         credentials = grpc.ssl_channel_credentials(root_certificates=certificate)
         channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
-    return grpc.intercept_channel(channel, BearerKeyInterceptor(key))
+    return grpc.intercept_channel(
+        channel, BearerKeyInterceptor(key), TlsMismatchInterceptor(address, ca)
+    )
 
 
-def tls_mismatch_hint(address: str, ca: StrPath | None, *, option: str = "ca=") -> str:
+def tls_mismatch_hint(address: str, ca: StrPath | None) -> str:
     """Why a call to ``address`` may be UNAVAILABLE: TLS on one side only; else "".
 
     gRPC reports both mismatches as a closed socket, so this asks the port itself:
@@ -71,9 +73,12 @@ def tls_mismatch_hint(address: str, ca: StrPath | None, *, option: str = "ca=") 
     """
     speaks_tls = _speaks_tls(address)
     if speaks_tls and ca is None:
-        return f"the server speaks TLS: pass {option} with the CA certificate that signed its own"
+        return (
+            "the server speaks TLS: pass --ca (ca= in Python) with the CA certificate "
+            "that signed its own"
+        )
     if speaks_tls is False and ca is not None:
-        return f"the server speaks plaintext, not TLS: leave out {option}"
+        return "the server speaks plaintext, not TLS: leave out --ca (ca= in Python)"
     return ""
 
 
@@ -93,6 +98,109 @@ def _speaks_tls(address: str, timeout: float = 3.0) -> bool | None:
                 return False
     except (OSError, ValueError):
         return None
+
+
+class TlsMismatchInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds to a call's UNAVAILABLE error that TLS is on at one end only, when it is.
+
+    Only calls that have finished when the interceptor sees them (blocking calls: every
+    call ``Client`` makes) are explained; a ``.future()`` is not waited for here.
+    """
+
+    def __init__(self, address: str, ca: StrPath | None) -> None:
+        self._address = address
+        self._ca = ca
+
+    def _explained(self, outcome: Any) -> Any:
+        if not (isinstance(outcome, grpc.RpcError) and isinstance(outcome, grpc.Call)):
+            return outcome
+        if outcome.code() != grpc.StatusCode.UNAVAILABLE:
+            return outcome
+        hint = tls_mismatch_hint(self._address, self._ca)
+        return TlsMismatchError(outcome, hint) if hint else outcome
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return self._explained(continuation(client_call_details, request))
+
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Any],
+    ) -> Any:
+        return self._explained(continuation(client_call_details, request_iterator))
+
+
+if TYPE_CHECKING:
+    _Future = grpc.Future[Any]
+else:
+    _Future = grpc.Future  # not subscriptable at run time
+
+
+class TlsMismatchError(grpc.RpcError, grpc.Call, _Future):
+    """UNAVAILABLE from a call where TLS is on at one end only; ``details()`` ends with
+    the hint in parentheses. Everything else is the original error's."""
+
+    def __init__(self, error: Any, hint: str) -> None:
+        super().__init__()
+        self._error = error
+        self._details = f"{error.details()} ({hint})"
+
+    def code(self) -> grpc.StatusCode:
+        return self._error.code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> Any:
+        return self._error.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._error.trailing_metadata()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> Exception:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+    def __str__(self) -> str:
+        return f"<RPC failed: {self.code().name}: {self._details}>"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    inference_log_pb2,
+    inference_log_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -26,6 +30,7 @@ from mlserve_api.v1 import (
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
+from mlserve_client import inference_logs
 from mlserve_client.channel import (
     StrPath,
     default_address,
@@ -61,7 +66,7 @@ class Client:
     """A connection to MLServe.
 
     ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
-    ``apps`` and ``audit`` are the generated stubs, so every RPC
+    ``apps``, ``audit`` and ``logs`` (the inference log) are the generated stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
     """
@@ -80,6 +85,9 @@ class Client:
         self.address = address = address or default_address()
         key = key if key is not None else read_admin_key(home or default_home())
         self._channel = open_channel(address, key, ca)
+        # The key's id ("mls_<id>_<secret>"), never its secret: derived upload
+        # ids are per key, as uploads belong to the user who began them.
+        self._upload_scope = key.split("_")[1] if key.count("_") >= 2 else ""
         self.models = model_pb2_grpc.ModelServiceStub(self._channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self._channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self._channel)
@@ -88,6 +96,7 @@ class Client:
         self.apps = app_pb2_grpc.AppServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
+        self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -142,7 +151,7 @@ class Client:
     ) -> UploadedVersion:
         """``upload``, also telling whether the content was already stored as a version."""
         version = read_model_directory(Path(path), version_dir)
-        upload_id = upload_id or derive_upload_id(name, version)
+        upload_id = upload_id or derive_upload_id(name, version, self._upload_scope)
         before = self.find_upload(upload_id)
         done, received = self._announce(
             self.models.UploadModelVersion,
@@ -206,7 +215,7 @@ class Client:
         size, sha256 = file_sha256(path)
         file = LocalFile(path=name or path.name, source=path, size=size, sha256=sha256)
         if upload_id is None:
-            key = f"{model}\n{version}\n{kind}\n{file.path}\n{size}\n{sha256}"
+            key = f"{model}\n{version}\n{kind}\n{file.path}\n{size}\n{sha256}\n{self._upload_scope}"
             upload_id = "a-" + hashlib.sha256(key.encode()).hexdigest()[:40]
         header = model_pb2.ArtifactUploadHeader(
             model=model, version=version, upload_id=upload_id, kind=kind, file=file.manifest()
@@ -252,6 +261,20 @@ class Client:
             return response.artifacts, response.next_page_token
 
         return _every_page(page)
+
+    def list_uploads(self, *, all_users: bool = False) -> Iterator[model_pb2.Upload]:
+        """The caller's uploads, unfinished and committed; every user's (admins) with all_users."""
+
+        def page(token: str) -> tuple[Sequence[model_pb2.Upload], str]:
+            request = model_pb2.ListUploadsRequest(page_token=token, all_users=all_users)
+            response = self.models.ListUploads(request)
+            return response.uploads, response.next_page_token
+
+        return _every_page(page)
+
+    def cancel_upload(self, upload_id: str) -> None:
+        """Abandon an unfinished upload: the server deletes its staged bytes."""
+        self.models.CancelUpload(model_pb2.CancelUploadRequest(upload_id=upload_id))
 
     def find_upload(self, upload_id: str) -> model_pb2.Upload | None:
         """The server's record of an upload, or None when it has none."""
@@ -370,13 +393,21 @@ class Client:
         return _every_page(page)
 
     def deploy(
-        self, model: str, version: int = 0, servers: Sequence[str] | None = None
+        self,
+        model: str,
+        version: int = 0,
+        servers: Sequence[str] | None = None,
+        *,
+        logging: inference_log_pb2.LoggingPolicy | None = None,
     ) -> deployment_pb2.Deployment:
         """Create or update the model's deployment; 0 means the latest version.
 
         ``servers`` None keeps an existing deployment's servers, and lets the server
-        choose ("local") for a new one.
+        choose ("local") for a new one. ``logging`` (see ``inference_logs.policy``) is set
+        first, so a policy the server refuses deploys nothing.
         """
+        if logging is not None:
+            self.set_logging_policy(logging, deployment=model)
         fields = ["version"] if servers is None else ["version", "servers"]
         request = deployment_pb2.UpdateDeploymentRequest(
             deployment=deployment_pb2.Deployment(
@@ -386,6 +417,65 @@ class Client:
         )
         request.update_mask.paths.extend(fields)
         return self.deployments.UpdateDeployment(request)
+
+    # --- the inference log --------------------------------------------------
+
+    def set_logging_policy(
+        self, policy: inference_log_pb2.LoggingPolicy, *, deployment: str = ""
+    ) -> inference_log_pb2.LoggingPolicy:
+        """Change a deployment's logging policy, without redeploying."""
+        wanted = inference_log_pb2.LoggingPolicy()
+        wanted.CopyFrom(policy)
+        wanted.deployment = deployment or policy.deployment
+        request = inference_log_pb2.UpdateLoggingPolicyRequest(policy=wanted)
+        return self.logs.UpdateLoggingPolicy(request)
+
+    def inference_logs(
+        self,
+        model: str = "",
+        *,
+        since: dt.datetime | dt.timedelta | None = None,
+        until: dt.datetime | dt.timedelta | None = None,
+        version: int = 0,
+        deployment: str = "",
+        caller: str = "",
+        app: str = "",
+        status: str = "",
+        oldest_first: bool = False,
+        limit: int | None = None,
+        table: bool = False,
+    ) -> Any:
+        """The inference log's records (newest first), filtered; every page is followed.
+
+        ``since`` and ``until`` take a datetime or a timedelta (that long ago). With
+        ``table`` the result is a pyarrow Table (``.to_pandas()`` for a DataFrame),
+        else an iterator of InferenceRecord messages.
+        """
+        order = (
+            inference_log_pb2.LIST_ORDER_OLDEST_FIRST
+            if oldest_first
+            else inference_log_pb2.LIST_ORDER_NEWEST_FIRST
+        )
+
+        def page(token: str) -> tuple[Sequence[inference_log_pb2.InferenceRecord], str]:
+            request = inference_log_pb2.ListInferenceLogsRequest(
+                model=model,
+                version=version,
+                deployment=deployment,
+                caller=caller,
+                app=app,
+                status=status,
+                order=order,
+                page_token=token,
+                page_size=min(limit or 1000, 1000),
+                start_time=inference_logs.timestamp(since),
+                end_time=inference_logs.timestamp(until),
+            )
+            response = self.logs.ListInferenceLogs(request)
+            return response.records, response.next_page_token
+
+        records = itertools.islice(_every_page(page), limit)
+        return inference_logs.records_table(records) if table else records
 
     # --- pipelines ----------------------------------------------------------
 

@@ -65,9 +65,15 @@ class LocalVersion:
         )
 
 
-def derive_upload_id(model: str, version: LocalVersion) -> str:
-    """An upload id that is the same whenever the same content goes to the same model."""
-    digest = hashlib.sha256(f"{model}\n{version.canonical_manifest()}".encode())
+def derive_upload_id(model: str, version: LocalVersion, scope: str = "") -> str:
+    """An upload id that is the same whenever the same content goes to the same model.
+
+    ``scope`` names who uploads (the client passes its key's id): uploads belong
+    to their creator, so two users sending the same content must not meet on
+    one id.
+    """
+    scoped = f"\n{scope}" if scope else ""
+    digest = hashlib.sha256(f"{model}\n{version.canonical_manifest()}{scoped}".encode())
     return "c-" + digest.hexdigest()[:40]
 
 

@@ -73,6 +73,16 @@ class ModelServiceStub:
                 request_serializer=mlserve_dot_v1_dot_model__pb2.GetUploadRequest.SerializeToString,
                 response_deserializer=mlserve_dot_v1_dot_model__pb2.Upload.FromString,
                 _registered_method=True)
+        self.ListUploads = channel.unary_unary(
+                '/mlserve.v1.ModelService/ListUploads',
+                request_serializer=mlserve_dot_v1_dot_model__pb2.ListUploadsRequest.SerializeToString,
+                response_deserializer=mlserve_dot_v1_dot_model__pb2.ListUploadsResponse.FromString,
+                _registered_method=True)
+        self.CancelUpload = channel.unary_unary(
+                '/mlserve.v1.ModelService/CancelUpload',
+                request_serializer=mlserve_dot_v1_dot_model__pb2.CancelUploadRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.ListModelVersions = channel.unary_unary(
                 '/mlserve.v1.ModelService/ListModelVersions',
                 request_serializer=mlserve_dot_v1_dot_model__pb2.ListModelVersionsRequest.SerializeToString,
@@ -177,7 +187,29 @@ class ModelServiceServicer:
 
     def GetUpload(self, request, context):
         """GetUpload reports how many bytes of each file have been durably received,
-        so a client can resume an interrupted upload.
+        so a client can resume an interrupted upload. Uploads belong to the user
+        who began them (admins see all): another user's upload id answers
+        NOT_FOUND exactly like a missing one, and so does resuming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUploads(self, request, context):
+        """ListUploads pages through the caller's uploads, unfinished and committed,
+        in upload_id order. Admins may set all_users to list every user's.
+        An unfinished upload left untouched for the server's upload expiry
+        (--upload-expiry, 24h by default) is deleted with its staged bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelUpload(self, request, context):
+        """CancelUpload abandons an unfinished upload: its staged bytes are deleted
+        and the stored contents it pinned are released. NOT_FOUND for another
+        user's upload (as for a missing one), FAILED_PRECONDITION once it
+        committed, ABORTED while a stream is writing it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -281,6 +313,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.GetUpload,
                     request_deserializer=mlserve_dot_v1_dot_model__pb2.GetUploadRequest.FromString,
                     response_serializer=mlserve_dot_v1_dot_model__pb2.Upload.SerializeToString,
+            ),
+            'ListUploads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUploads,
+                    request_deserializer=mlserve_dot_v1_dot_model__pb2.ListUploadsRequest.FromString,
+                    response_serializer=mlserve_dot_v1_dot_model__pb2.ListUploadsResponse.SerializeToString,
+            ),
+            'CancelUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelUpload,
+                    request_deserializer=mlserve_dot_v1_dot_model__pb2.CancelUploadRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'ListModelVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModelVersions,
@@ -515,6 +557,60 @@ class ModelService:
             '/mlserve.v1.ModelService/GetUpload',
             mlserve_dot_v1_dot_model__pb2.GetUploadRequest.SerializeToString,
             mlserve_dot_v1_dot_model__pb2.Upload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUploads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlserve.v1.ModelService/ListUploads',
+            mlserve_dot_v1_dot_model__pb2.ListUploadsRequest.SerializeToString,
+            mlserve_dot_v1_dot_model__pb2.ListUploadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlserve.v1.ModelService/CancelUpload',
+            mlserve_dot_v1_dot_model__pb2.CancelUploadRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

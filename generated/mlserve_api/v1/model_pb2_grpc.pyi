@@ -68,7 +68,21 @@ class ModelServiceStub:
     """
     GetUpload: _grpc.UnaryUnaryMultiCallable[_model_pb2.GetUploadRequest, _model_pb2.Upload]
     """GetUpload reports how many bytes of each file have been durably received,
-    so a client can resume an interrupted upload.
+    so a client can resume an interrupted upload. Uploads belong to the user
+    who began them (admins see all): another user's upload id answers
+    NOT_FOUND exactly like a missing one, and so does resuming it.
+    """
+    ListUploads: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListUploadsRequest, _model_pb2.ListUploadsResponse]
+    """ListUploads pages through the caller's uploads, unfinished and committed,
+    in upload_id order. Admins may set all_users to list every user's.
+    An unfinished upload left untouched for the server's upload expiry
+    (--upload-expiry, 24h by default) is deleted with its staged bytes.
+    """
+    CancelUpload: _grpc.UnaryUnaryMultiCallable[_model_pb2.CancelUploadRequest, _empty_pb2.Empty]
+    """CancelUpload abandons an unfinished upload: its staged bytes are deleted
+    and the stored contents it pinned are released. NOT_FOUND for another
+    user's upload (as for a missing one), FAILED_PRECONDITION once it
+    committed, ABORTED while a stream is writing it.
     """
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListModelVersionsRequest, _model_pb2.ListModelVersionsResponse]
     """ListModelVersions pages through a model's versions, lowest first."""
@@ -134,7 +148,21 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """
     GetUpload: _aio.UnaryUnaryMultiCallable[_model_pb2.GetUploadRequest, _model_pb2.Upload]  # type: ignore[assignment]
     """GetUpload reports how many bytes of each file have been durably received,
-    so a client can resume an interrupted upload.
+    so a client can resume an interrupted upload. Uploads belong to the user
+    who began them (admins see all): another user's upload id answers
+    NOT_FOUND exactly like a missing one, and so does resuming it.
+    """
+    ListUploads: _aio.UnaryUnaryMultiCallable[_model_pb2.ListUploadsRequest, _model_pb2.ListUploadsResponse]  # type: ignore[assignment]
+    """ListUploads pages through the caller's uploads, unfinished and committed,
+    in upload_id order. Admins may set all_users to list every user's.
+    An unfinished upload left untouched for the server's upload expiry
+    (--upload-expiry, 24h by default) is deleted with its staged bytes.
+    """
+    CancelUpload: _aio.UnaryUnaryMultiCallable[_model_pb2.CancelUploadRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """CancelUpload abandons an unfinished upload: its staged bytes are deleted
+    and the stored contents it pinned are released. NOT_FOUND for another
+    user's upload (as for a missing one), FAILED_PRECONDITION once it
+    committed, ABORTED while a stream is writing it.
     """
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_model_pb2.ListModelVersionsRequest, _model_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
     """ListModelVersions pages through a model's versions, lowest first."""
@@ -239,7 +267,33 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_pb2.Upload, _abc.Awaitable[_model_pb2.Upload]]:
         """GetUpload reports how many bytes of each file have been durably received,
-        so a client can resume an interrupted upload.
+        so a client can resume an interrupted upload. Uploads belong to the user
+        who began them (admins see all): another user's upload id answers
+        NOT_FOUND exactly like a missing one, and so does resuming it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUploads(
+        self,
+        request: _model_pb2.ListUploadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.ListUploadsResponse, _abc.Awaitable[_model_pb2.ListUploadsResponse]]:
+        """ListUploads pages through the caller's uploads, unfinished and committed,
+        in upload_id order. Admins may set all_users to list every user's.
+        An unfinished upload left untouched for the server's upload expiry
+        (--upload-expiry, 24h by default) is deleted with its staged bytes.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelUpload(
+        self,
+        request: _model_pb2.CancelUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """CancelUpload abandons an unfinished upload: its staged bytes are deleted
+        and the stored contents it pinned are released. NOT_FOUND for another
+        user's upload (as for a missing one), FAILED_PRECONDITION once it
+        committed, ABORTED while a stream is writing it.
         """
 
     @_abc_1.abstractmethod

@@ -13,19 +13,21 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from mlserve_client.cli import access, artifacts, deployments, models, pipelines, servers
+from mlserve_client.cli import access, artifacts, deployments, logs, models, pipelines, servers
 from mlserve_client.cli.common import Parser, Subcommands, add_global_options, connection_options
 
 AddCommands = Callable[[Subcommands, argparse.ArgumentParser], None]
 
 COMMAND_GROUPS: tuple[AddCommands, ...] = (
     models.add_commands,
+    models.add_upload_commands,
     artifacts.add_commands,
     deployments.add_deploy_commands,
     servers.add_commands,
     deployments.add_deployment_commands,
     access.add_commands,
     pipelines.add_commands,
+    logs.add_commands,
 )
 
 

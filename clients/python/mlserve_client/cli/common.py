@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 
 from mlserve_client import DEFAULT_ADDRESS, Client, ClientError, default_home
-from mlserve_client.channel import default_address, tls_mismatch_hint
+from mlserve_client.channel import TlsMismatchError, default_address, tls_mismatch_hint
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[Client, argparse.Namespace], int]
@@ -141,10 +141,13 @@ def rpc_error_text(error: grpc.RpcError) -> str:
 
 
 def _with_tls_hint(error: grpc.RpcError, args: argparse.Namespace) -> str:
-    """The error, and when MLServe cannot be reached, whether TLS is what differs."""
+    """The error, and when MLServe cannot be reached, whether TLS is what differs (the
+    client says so itself for calls with one answer; streamed answers are checked here)."""
     text = rpc_error_text(error)
+    if isinstance(error, TlsMismatchError):
+        return text
     if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE:
-        hint = tls_mismatch_hint(args.address, args.ca, option="--ca")
+        hint = tls_mismatch_hint(args.address, args.ca)
         if hint:
             text += f" ({hint})"
     return text

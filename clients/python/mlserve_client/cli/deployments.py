@@ -8,6 +8,7 @@ import argparse
 from mlserve_api.v1 import deployment_pb2
 from mlserve_client import Client
 from mlserve_client.cli.common import Subcommands, command, fail, group
+from mlserve_client.cli.logs import add_logging_options, policy_from
 from mlserve_client.cli.output import deployment_state, one_line, print_table, when
 
 _TROUBLED_DEPLOYMENT = {
@@ -34,6 +35,7 @@ def add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentPars
         action="append",
         help="server to load it on; repeat for several (default: keep, or 'local' when new)",
     )
+    add_logging_options(deploy)
     undeploy_command = command(
         commands,
         "undeploy",
@@ -67,7 +69,8 @@ def add_deployment_commands(commands: Subcommands, connection: argparse.Argument
 
 
 def _deploy(client: Client, args: argparse.Namespace) -> int:
-    return report_deployment(client.deploy(args.name, args.version, args.servers))
+    logging = policy_from(args, args.name)
+    return report_deployment(client.deploy(args.name, args.version, args.servers, logging=logging))
 
 
 def report_deployment(deployment: deployment_pb2.Deployment) -> int:

@@ -1,4 +1,5 @@
-"""``mlserve models``: upload, list, show, download and delete models and their versions."""
+"""``mlserve models``: upload, list, show, download and delete models and their versions;
+``mlserve uploads``: list and cancel uploads."""
 
 from __future__ import annotations
 
@@ -80,6 +81,53 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
     )
     delete_version.add_argument("name")
     delete_version.add_argument("version", type=int)
+
+
+def add_upload_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
+    uploads = group(commands, "uploads", "list and cancel your uploads")
+    listing = command(
+        uploads,
+        "list",
+        _list_uploads,
+        "list your uploads",
+        connection,
+        example="mlserve uploads list --all",
+    )
+    listing.add_argument("--all", action="store_true", help="every user's uploads (admins)")
+    cancel = command(
+        uploads,
+        "cancel",
+        _cancel_upload,
+        "abandon an unfinished upload",
+        connection,
+        example="mlserve uploads cancel c-0123abcd",
+    )
+    cancel.add_argument("upload_id", help="the upload's id (see: mlserve uploads list)")
+
+
+def _list_uploads(client: Client, args: argparse.Namespace) -> int:
+    print_table(
+        ("UPLOAD ID", "MODEL", "OWNER", "STATE", "RECEIVED", "SIZE", "EXPIRES"),
+        (
+            (
+                upload.upload_id,
+                upload.model,
+                upload.owner or "-",
+                model_pb2.UploadState.Name(upload.state).removeprefix("UPLOAD_STATE_"),
+                str(upload.received_bytes),
+                str(upload.size_bytes),
+                when(upload.expire_time),
+            )
+            for upload in client.list_uploads(all_users=args.all)
+        ),
+    )
+    return 0
+
+
+def _cancel_upload(client: Client, args: argparse.Namespace) -> int:
+    client.cancel_upload(args.upload_id)
+    print(f"cancelled upload {args.upload_id}")
+    return 0
 
 
 def _upload(client: Client, args: argparse.Namespace) -> int:

@@ -1,0 +1,255 @@
+"""A model's committed versions: numbering and committing an upload's files,
+listing, reading, downloading and deleting them.
+
+Every public method of ``Versions`` is a coroutine (or an async iterator); the
+blocking store and file work runs in a thread. ``commit_version`` itself is
+blocking: the upload calls it in its own thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import peewee as pw
+
+from mlserve.catalog.models import (
+    LostRace,
+    created_in_savepoint,
+    model_for_upload,
+    model_row,
+    refuse_if_deployed,
+    require_download_allowed,
+    writable_model,
+)
+from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from mlserve.core.names import check_relative_path
+from mlserve.core.paging import Listing, Page, PageTokens
+from mlserve.storage import db, tables
+from mlserve.storage.blobs import Blobs, FileSpec
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository
+
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    model: str
+    version: int
+    sha256: str
+    size_bytes: int
+    files: list[FileSpec]
+    config: str
+    upload_id: str
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class DownloadChunk:
+    path: str
+    offset: int
+    data: bytes
+
+
+class Versions:
+    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
+        self.repository = repository
+        self.tokens = tokens
+        self.blobs = blobs
+
+    @in_thread
+    def list_versions(self, model: str, requested_size: int, token: str) -> Page[VersionRecord]:
+        """``model``'s versions, oldest first; NotFound alike when absent or hidden."""
+        row = model_row(model)
+        listing = Listing(
+            tables.ModelVersion.select().where(tables.ModelVersion.model == row),
+            tables.ModelVersion.version,
+            lambda found: _version_record(found, model),
+            lambda found: found.version,
+            {"list": "versions", "model": model},
+        )
+        return self.tokens.page(listing, requested_size, token)
+
+    @in_thread
+    def get_version(self, model: str, version: int) -> VersionRecord:
+        return find_version(model, version)
+
+    @in_thread
+    def delete_version(self, model: str, version: int) -> None:
+        with db.database.atomic():
+            writable_model(model)
+            row = version_row(model, version)
+            refuse_if_deployed(row.model, row.version)
+            row.delete_instance()
+        self.repository.delete_version(model, row.version)
+        self.blobs.collect()
+
+    async def download(
+        self, model: str, version: int, path: str = "", offset: int = 0
+    ) -> AsyncIterator[DownloadChunk]:
+        """Stream a version's files; only ``path`` from ``offset`` when given.
+
+        PERMISSION_DENIED when the model's allow_download is off.
+        """
+        record = await in_thread(_downloadable_version)(model, version)
+        files = record.files
+        if path:
+            check_relative_path(path)
+            files = [spec for spec in files if spec.path == path]
+            if not files:
+                raise NotFound(f"version {record.version} of {model!r} has no file {path!r}")
+        if offset < 0 or (offset and not path):
+            raise InvalidArgument("offset must be >= 0 and is allowed only with a path")
+        for spec in files:
+
+            def open_file(spec: FileSpec = spec) -> BinaryIO:
+                return self.repository.open_version_file(
+                    record.model, record.version, spec.path, spec.sha256
+                )
+
+            what = f"{spec.path!r} of {model!r} version {record.version}"
+            async for chunk in read_file(open_file, spec, offset if path else 0, what):
+                yield chunk
+
+    def commit_version(
+        self,
+        *,
+        model: str,
+        upload_id: str,
+        files: Sequence[FileSpec],
+        config: str,
+        manifest_sha256: str,
+    ) -> VersionRecord:
+        """Number the upload and put its version in place (blocking; call in a thread).
+
+        Every file must be a blob the upload pins; the version directory is
+        made of links to them. A version with the same manifest digest is
+        returned instead of a copy.
+        The version number comes from a unique index, so two concurrent commits
+        can never share one: the loser retries with the next number.
+        """
+        for _ in range(20):
+            try:
+                return self._commit_once(model, upload_id, files, config, manifest_sha256)
+            except LostRace:
+                continue
+        raise FailedPrecondition(f"could not number a new version of {model!r}; retry")
+
+    def _commit_once(
+        self,
+        model: str,
+        upload_id: str,
+        files: Sequence[FileSpec],
+        config: str,
+        manifest_sha256: str,
+    ) -> VersionRecord:
+        with db.database.atomic():
+            model_row = model_for_upload(model)
+            same = tables.ModelVersion.get_or_none(
+                (tables.ModelVersion.model == model_row)
+                & (tables.ModelVersion.sha256 == manifest_sha256)
+            )
+            if same is not None:
+                tables.Upload.update(committed_version=same.version).where(
+                    tables.Upload.upload_id == upload_id
+                ).execute()
+                self.blobs.release(upload_id)
+                self.repository.discard_staging(upload_id)
+                return _version_record(same, model)
+            latest = (
+                tables.ModelVersion.select(pw.fn.MAX(tables.ModelVersion.version))
+                .where(tables.ModelVersion.model == model_row)
+                .scalar()
+            )
+            number = (latest or 0) + 1
+            row = created_in_savepoint(
+                lambda: tables.ModelVersion.create(
+                    model=model_row,
+                    version=number,
+                    sha256=manifest_sha256,
+                    size_bytes=sum(spec.size for spec in files),
+                    files=json.dumps([[spec.path, spec.size, spec.sha256] for spec in files]),
+                    config=config,
+                    upload_id=upload_id,
+                )
+            )
+            tables.Upload.update(committed_version=number, update_time=db.utcnow()).where(
+                tables.Upload.upload_id == upload_id
+            ).execute()
+            uses = [{"version": row, "path": spec.path, "blob": spec.sha256} for spec in files]
+            for batch in pw.chunked(uses, 200):
+                tables.VersionFile.insert_many(batch).execute()
+            self.blobs.release(upload_id)
+            for spec in files:
+                self.repository.link_staged_blob(upload_id, spec.path, spec.sha256)
+            self.repository.commit_staging(upload_id, model, number)
+            self.repository.write_model_config(model, config)
+        self.repository.discard_staging(upload_id)
+        return _version_record(row, model)
+
+
+async def read_file(
+    open_file: Callable[[], BinaryIO], spec: FileSpec, offset: int, what: str
+) -> AsyncIterator[DownloadChunk]:
+    """Chunks of the file ``open_file`` opens, from ``offset``, checked against ``spec.size``."""
+    handle = await in_thread(open_file)()
+    try:
+        handle.seek(offset)
+        position = offset
+        while True:
+            data = await in_thread(handle.read)(DOWNLOAD_CHUNK_BYTES)
+            if not data and position >= spec.size:
+                break
+            if not data:
+                raise FailedPrecondition(f"{what} is shorter on disk than its manifest says")
+            yield DownloadChunk(spec.path, position, data)
+            position += len(data)
+        if spec.size == 0 and offset == 0:
+            yield DownloadChunk(spec.path, 0, b"")
+    finally:
+        handle.close()
+
+
+def _downloadable_version(model: str, version: int) -> VersionRecord:
+    """``model``'s ``version``, if the caller may download its files (blocking)."""
+    require_download_allowed(model)
+    return find_version(model, version)
+
+
+def find_version(model: str, version: int) -> VersionRecord:
+    """``model``'s ``version`` (0: the latest), or NotFound (blocking)."""
+    return _version_record(version_row(model, version), model)
+
+
+def version_row(model: str, version: int) -> Any:
+    """The store row of ``model``'s ``version`` (0: the latest), or NotFound."""
+    found = model_row(model)
+    query = tables.ModelVersion.select().where(tables.ModelVersion.model == found)
+    if version < 0:
+        raise InvalidArgument(f"version must be positive, got {version}")
+    if version == 0:
+        row = query.order_by(tables.ModelVersion.version.desc()).first()
+        if row is None:
+            raise NotFound(f"model {model!r} has no versions yet: upload one first")
+        return row
+    row = query.where(tables.ModelVersion.version == version).first()
+    if row is None:
+        raise NotFound(f"model {model!r} has no version {version}")
+    return row
+
+
+def _version_record(row: Any, model: str) -> VersionRecord:
+    return VersionRecord(
+        model=model,
+        version=row.version,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        files=[FileSpec(*entry) for entry in json.loads(row.files)],
+        config=row.config,
+        upload_id=row.upload_id,
+        create_time=row.create_time,
+    )

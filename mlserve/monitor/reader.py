@@ -1,0 +1,150 @@
+"""Reading the log back: filtered, ordered by (time, id), one page at a time.
+
+Hour partitions are scanned newest (or oldest) first and the scan stops as
+soon as a page is full, so a page costs the hours it spans, not the whole
+log. Only the metadata columns are scanned; the page's rows are then read
+whole from their files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from mlserve.monitor import parquet
+from mlserve.monitor.records import Record
+
+_HOUR = dt.timedelta(hours=1)
+_TIME = pa.timestamp("us", tz="UTC")
+
+Key = tuple[int, str]  # (microseconds since the epoch, record id)
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Which records, in which order. ``models`` are the ones to look in (already
+    narrowed to those the caller may see)."""
+
+    models: tuple[str, ...]
+    version: int = 0
+    deployment: str = ""
+    caller: str = ""
+    app: str = ""
+    status: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    newest_first: bool = True
+
+
+def models_in(root: Path) -> list[str]:
+    """The models the log has records of."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name.removeprefix("model=") for p in root.glob("model=*") if p.is_dir())
+
+
+def read_page(
+    root: Path, query: LogQuery, after: Key | None, size: int
+) -> tuple[list[Record], Key | None]:
+    """Up to ``size`` records after ``after``, and the key to continue from (None at the end)."""
+    buckets = _hour_buckets(root, query)
+    where = _filter(query, after)
+    found: list[Any] = []
+    count = 0
+    for _, paths in buckets:
+        table = ds.dataset([str(p) for p in paths], schema=parquet.META, format="parquet").to_table(
+            columns=["id", "time", "__filename"], filter=where
+        )
+        if table.num_rows:
+            found.append(table)
+            count += table.num_rows
+        if count > size:
+            break
+    if not found:
+        return [], None
+    order = "descending" if query.newest_first else "ascending"
+    candidates = pa.concat_tables(found).sort_by([("time", order), ("id", order)])
+    page = candidates.slice(0, size)
+    records = _whole_rows(page)
+    if candidates.num_rows <= size:
+        return records, None
+    last = records[-1]
+    return records, (_micros(last.time), last.id)
+
+
+def _hour_buckets(root: Path, query: LogQuery) -> list[tuple[dt.datetime, list[Path]]]:
+    by_hour: defaultdict[dt.datetime, list[Path]] = defaultdict(list)
+    for model in query.models:
+        for path in parquet.files(root / f"model={model}"):
+            hour = parquet.partition_hour(path)
+            if hour is None:
+                continue
+            if query.start is not None and hour + _HOUR <= query.start:
+                continue
+            if query.end is not None and hour >= query.end:
+                continue
+            by_hour[hour].append(path)
+    return sorted(by_hour.items(), reverse=query.newest_first)
+
+
+def _filter(query: LogQuery, after: Key | None) -> Any:
+    conditions: list[Any] = []
+    for name in ("deployment", "caller", "app", "status"):
+        value = getattr(query, name)
+        if value:
+            conditions.append(ds.field(name) == value)
+    if query.version:
+        conditions.append(ds.field("version") == query.version)
+    if query.start is not None:
+        conditions.append(ds.field("time") >= pa.scalar(query.start, _TIME))
+    if query.end is not None:
+        conditions.append(ds.field("time") < pa.scalar(query.end, _TIME))
+    if after is not None:
+        moment = pa.scalar(_from_micros(after[0]), _TIME)
+        if query.newest_first:
+            beyond = (ds.field("time") < moment) | (
+                (ds.field("time") == moment) & (ds.field("id") < after[1])
+            )
+        else:
+            beyond = (ds.field("time") > moment) | (
+                (ds.field("time") == moment) & (ds.field("id") > after[1])
+            )
+        conditions.append(beyond)
+    where: Any = None
+    for condition in conditions:
+        where = condition if where is None else where & condition
+    return where
+
+
+def _whole_rows(page: Any) -> list[Record]:
+    ids: list[str] = page.column("id").to_pylist()
+    by_file: defaultdict[str, list[str]] = defaultdict(list)
+    for record_id, filename in zip(ids, page.column("__filename").to_pylist(), strict=True):
+        by_file[filename].append(record_id)
+    decoded: dict[str, Record] = {}
+    for filename, wanted in by_file.items():
+        table = pq.read_table(filename)
+        table = table.filter(pc.is_in(table.column("id"), pa.array(wanted)))
+        model = Path(filename).parent.parent.parent.name.removeprefix("model=")
+        for record in parquet.records_of(table, model):
+            decoded[record.id] = record
+    return [decoded[record_id] for record_id in ids if record_id in decoded]
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=micros)

@@ -1,0 +1,162 @@
+"""What the log holds: a call as the gateway captured it (raw bytes, on the
+hot path) and as the writer decoded it (a ``Record``, one row of Parquet)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2
+
+from mlserve.access.rules import Principal
+from mlserve.monitor import tensors
+from mlserve.monitor.policy import LoggingPolicy
+from mlserve.monitor.tensors import Tensor
+
+GATEWAY, RECORDED = "gateway", "recorded"
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """One gateway call, as it crossed: the bytes are the ones forwarded, never copied."""
+
+    time: float  # time.time() when the call arrived
+    model: str
+    version: int
+    server: str
+    principal: Principal | None
+    policy: LoggingPolicy
+    request: bytes
+    response: bytes | None
+    status: str  # a status code name
+    message: str
+    latency: float  # seconds
+
+
+@dataclass
+class Record:
+    """One recorded call, decoded: a row of the log."""
+
+    time: dt.datetime  # UTC, aware
+    model: str
+    version: int
+    deployment: str
+    server: str = ""
+    caller: str = ""
+    caller_kind: str = "anonymous"
+    app: str = ""
+    status: str = "OK"
+    message: str = ""
+    latency_ms: float = 0.0
+    request_id: str = ""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    source: str = GATEWAY
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+    input_json: str = ""
+    output_json: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def truncated(self) -> bool:
+        return any(t.truncated for t in (*self.inputs, *self.outputs))
+
+
+def caller_of(principal: Principal | None) -> tuple[str, str, str]:
+    """(caller, caller_kind, app) of a principal."""
+    if principal is None:
+        return "", "anonymous", ""
+    if principal.is_consumer:
+        return principal.name, "consumer", principal.app
+    return principal.name, "user", ""
+
+
+def decode(capture: Capture) -> Record | None:
+    """The record of a captured call, or None when a sampling key leaves it out."""
+    policy = capture.policy
+    request: Any = _parse(service_pb2.ModelInferRequest, capture.request)
+    if policy.sampling_key and not _key_sampled(policy, request):
+        return None
+    caller, kind, app = caller_of(capture.principal)
+    record = Record(
+        time=dt.datetime.fromtimestamp(capture.time, dt.timezone.utc),
+        model=capture.model,
+        version=capture.version,
+        deployment=capture.model,
+        server=capture.server,
+        caller=caller,
+        caller_kind=kind,
+        app=app,
+        status=capture.status,
+        message=capture.message,
+        latency_ms=capture.latency * 1000,
+        request_id=request.id if request is not None else "",
+        request_bytes=len(capture.request),
+        response_bytes=len(capture.response or b""),
+    )
+    notes: list[str] = []
+    if policy.mode.inputs and request is not None:
+        record.inputs = _tensors(
+            request.inputs, request.raw_input_contents, policy.max_payload_bytes, notes
+        )
+    if policy.mode.outputs and capture.response is not None:
+        response: Any = _parse(service_pb2.ModelInferResponse, capture.response)
+        if response is not None:
+            record.outputs = _tensors(
+                response.outputs, response.raw_output_contents, policy.max_payload_bytes, notes
+            )
+    if notes:
+        record.message = "; ".join(filter(None, [record.message, *notes]))
+    return record
+
+
+def tensor_of(
+    name: str, datatype: str, shape: list[int], contents: Any, raw: bytes | None, cap: int
+) -> Tensor:
+    """Decode one tensor, raw or typed, keeping at most ``cap`` bytes of its payload."""
+    values = (
+        tensors.from_raw(datatype, raw)
+        if raw is not None
+        else (tensors.from_contents(datatype, contents))
+    )
+    values, cut = tensors.truncate(datatype, values, cap)
+    return Tensor(name, datatype, tuple(int(d) for d in shape), values, cut)
+
+
+def _tensors(declared: Any, raws: Any, cap: int, notes: list[str]) -> list[Tensor]:
+    decoded: list[Tensor] = []
+    for position, tensor in enumerate(declared):
+        if not tensors.known(tensor.datatype):
+            notes.append(f"tensor {tensor.name!r} not logged: datatype {tensor.datatype!r}")
+            continue
+        raw = raws[position] if position < len(raws) else None
+        try:
+            decoded.append(
+                tensor_of(
+                    tensor.name, tensor.datatype, list(tensor.shape), tensor.contents, raw, cap
+                )
+            )
+        except Exception as error:  # a malformed tensor Triton will refuse too
+            notes.append(f"tensor {tensor.name!r} not logged: {error}")
+    return decoded
+
+
+def _parse(kind: Any, data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return kind.FromString(data)
+    except DecodeError:
+        return None
+
+
+def _key_sampled(policy: LoggingPolicy, request: Any) -> bool:
+    if request is None or policy.sampling_key not in request.parameters:
+        return policy.samples()
+    parameter = request.parameters[policy.sampling_key]
+    choice = parameter.WhichOneof("parameter_choice")
+    return policy.samples_key(str(getattr(parameter, choice)) if choice else "")

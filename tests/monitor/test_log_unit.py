@@ -1,0 +1,223 @@
+"""The inference log without a server: every Triton datatype round-trips
+(raw and typed contents alike), truncation, sampling, paging, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc import service_pb2
+
+from mlserve.core.errors import InvalidArgument
+from mlserve.core.paging import PageTokens
+from mlserve.monitor import parquet, retention
+from mlserve.monitor.log import InferenceLog, LogSettings
+from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
+from mlserve.monitor.reader import LogQuery, read_page
+from mlserve.monitor.records import Capture, decode
+from mlserve.monitor.tensors import to_raw
+
+ALL = LoggingPolicy(Mode.ALL)
+
+# datatype -> elements (what a client would send), typed field (None: raw only)
+SAMPLES: dict[str, tuple[list[Any], str | None]] = {
+    "BOOL": ([True, False, True], "bool_contents"),
+    "INT8": ([-128, 0, 127], "int_contents"),
+    "INT16": ([-32768, 1, 32767], "int_contents"),
+    "INT32": ([-(2**31), 2, 2**31 - 1], "int_contents"),
+    "INT64": ([-(2**63), 3, 2**63 - 1], "int64_contents"),
+    "UINT8": ([0, 1, 255], "uint_contents"),
+    "UINT16": ([0, 2, 65535], "uint_contents"),
+    "UINT32": ([0, 3, 2**32 - 1], "uint_contents"),
+    "UINT64": ([0, 4, 2**64 - 1], "uint64_contents"),
+    "FP16": ([0.5, -2.0, 65504.0], None),
+    "BF16": ([1.0, -3.5, 2.0**100], None),
+    "FP32": ([1.5, -0.25, 3.4e38], "fp32_contents"),
+    "FP64": ([1e-300, -2.5, 1.7e308], "fp64_contents"),
+    "BYTES": ([b"", b"\x00\xff", "héllo".encode()], "bytes_contents"),
+}
+
+
+def _request(datatype: str, raw: bool) -> Any:
+    elements, field = SAMPLES[datatype]
+    request = service_pb2.ModelInferRequest(model_name="m", id=f"req-{datatype}")
+    tensor = request.inputs.add(name="X", datatype=datatype, shape=[1, len(elements)])
+    if raw:
+        request.raw_input_contents.append(to_raw(datatype, elements))
+    else:
+        getattr(tensor.contents, field).extend(elements)
+    return request
+
+
+def _capture(request: Any, response: Any = None, policy: LoggingPolicy = ALL) -> Capture:
+    return Capture(time.time(), "m", 1, "local", None, policy, request.SerializeToString(),
+                   None if response is None else response.SerializeToString(), "OK", "",
+                   0.002)  # fmt: skip
+
+
+def _read_all(root: Path, **filters: Any) -> list[Any]:
+    records, _ = read_page(root, LogQuery(("m",), **filters), None, 1000)
+    return records
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+def test_every_datatype_round_trips_through_the_log(
+    tmp_path: Path, datatype: str, raw: bool
+) -> None:
+    elements, field = SAMPLES[datatype]
+    if not raw and field is None:
+        pytest.skip(f"Triton sends {datatype} as raw bytes only")
+    request = _request(datatype, raw)
+    response = service_pb2.ModelInferResponse(model_name="m", id=request.id)
+    response.outputs.add(name="Y", datatype=datatype, shape=[len(elements)])
+    response.raw_output_contents.append(to_raw(datatype, elements))
+    record = decode(_capture(request, response))
+    assert record is not None
+    parquet.write(tmp_path, [record])
+
+    [back] = _read_all(tmp_path)
+    [tensor] = back.inputs
+    [output] = back.outputs
+    for decoded in (tensor, output):
+        assert decoded.datatype == datatype
+        assert decoded.raw() == to_raw(datatype, elements)
+        assert not decoded.truncated
+    assert tensor.shape == (1, len(elements))
+    if datatype == "BYTES":
+        assert tensor.values == elements
+    else:
+        assert tensor.values.tolist() == pytest.approx(elements, rel=1e-7)
+    assert back.request_id == f"req-{datatype}"
+
+
+def test_a_file_the_log_wrote_opens_in_duckdb(tmp_path: Path) -> None:
+    records = [decode(_capture(_request("FP32", True))) for _ in range(3)]
+    parquet.write(tmp_path, [r for r in records if r is not None])
+    rows = duckdb.sql(
+        f'SELECT model, count(*) AS n, list_sum(first("input.X")) AS s '
+        f"FROM read_parquet('{tmp_path}/**/*.parquet', hive_partitioning = true) GROUP BY model"
+    ).fetchall()
+    assert rows == [("m", 3, pytest.approx(1.5 - 0.25 + 3.4e38, rel=1e-6))]
+
+
+def test_larger_tensors_are_kept_truncated_and_flagged(tmp_path: Path) -> None:
+    request = service_pb2.ModelInferRequest(model_name="m")
+    request.inputs.add(name="X", datatype="FP32", shape=[1000])
+    request.raw_input_contents.append(np.arange(1000, dtype="<f4").tobytes())
+    record = decode(_capture(request, policy=LoggingPolicy(Mode.ALL, max_payload_bytes=40)))
+    assert record is not None
+    parquet.write(tmp_path, [record])
+    [back] = _read_all(tmp_path)
+    [tensor] = back.inputs
+    assert tensor.truncated
+    assert back.truncated
+    assert tensor.shape == (1000,)
+    np.testing.assert_array_equal(tensor.values, np.arange(10, dtype=np.float32))
+
+
+def test_metadata_mode_keeps_no_tensors(tmp_path: Path) -> None:
+    record = decode(_capture(_request("INT32", True), policy=LoggingPolicy(Mode.METADATA)))
+    assert record is not None
+    assert record.inputs == []
+    assert record.request_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        (LoggingPolicy(sample_rate=1.5), "logging.sample_rate"),
+        (LoggingPolicy(sample_rate=-0.1), "logging.sample_rate"),
+        (LoggingPolicy(max_payload_bytes=-1), "logging.max_payload_bytes"),
+    ],
+)
+def test_a_policy_out_of_range_names_its_field(policy: LoggingPolicy, field: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(field)):
+        policy.checked()
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"logging\.mode"):
+        mode_named("everything")
+
+
+def test_sampling_by_key_is_deterministic() -> None:
+    policy = LoggingPolicy(sample_rate=0.5, sampling_key="user")
+    answers = {policy.samples_key(f"user-{n}") for n in range(200)}
+    assert answers == {True, False}
+    assert all(policy.samples_key("user-7") == policy.samples_key("user-7") for _ in range(20))
+
+
+def test_pages_follow_each_other_newest_first_without_gaps(tmp_path: Path) -> None:
+    records = [decode(_capture(_request("INT8", True))) for _ in range(25)]
+    parquet.write(tmp_path, [r for r in records if r is not None])
+    seen: list[str] = []
+    after = None
+    while True:
+        page, after = read_page(tmp_path, LogQuery(("m",)), after, 10)
+        seen += [r.id for r in page]
+        if after is None:
+            break
+    assert len(seen) == 25 == len(set(seen))
+    times = [r.time for r in _read_all(tmp_path)]
+    assert times == sorted(times, reverse=True)
+
+
+def test_retention_deletes_old_files_then_bytes_beyond_the_cap(tmp_path: Path) -> None:
+    for _ in range(3):
+        record = decode(_capture(_request("INT8", True)))
+        assert record is not None
+        parquet.write(tmp_path, [record])
+    files = list(parquet.files(tmp_path))
+    old = time.time() - 3600
+    os.utime(files[0], (old, old))
+    assert retention.apply(tmp_path, max_age_seconds=60, max_bytes_per_model=10**9) == 1
+    assert retention.apply(tmp_path, max_age_seconds=60, max_bytes_per_model=1) == 2
+    assert list(parquet.files(tmp_path)) == []
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> None:
+    log = InferenceLog(LogSettings(tmp_path, queue_size=2), CollectorRegistry(), PageTokens(b"k"))
+    payload = _request("INT8", True).SerializeToString()
+    for _ in range(5):
+        log.capture("m", 1, "local", None, payload, None, "OK", "", time.time(), 0.001)
+    assert log.dropped("m") == 3
+    assert log.flush() == 2
+    assert len(_read_all(tmp_path)) == 2
+
+
+def test_a_killed_writers_leftovers_are_swept_and_never_read(tmp_path: Path) -> None:
+    record = decode(_capture(_request("INT8", True)))
+    assert record is not None
+    parquet.write(tmp_path, [record])
+    directory = next(parquet.files(tmp_path)).parent
+    (directory / ".part-x.parquet.tmp").write_bytes(b"PAR1 half")
+    assert len(_read_all(tmp_path)) == 1
+    assert parquet.sweep_temporary(tmp_path) == 1
+
+
+def test_an_unwritable_directory_marks_the_log_unwritable(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    log = InferenceLog(LogSettings(blocked / "logs"), CollectorRegistry(), PageTokens(b"k"))
+    assert not log.check_writable()
+    assert not log.writable
+
+
+def test_time_filters(tmp_path: Path) -> None:
+    record = decode(_capture(_request("INT8", True)))
+    assert record is not None
+    parquet.write(tmp_path, [record])
+    later = record.time + dt.timedelta(seconds=1)
+    assert _read_all(tmp_path, start=later) == []
+    assert len(_read_all(tmp_path, end=later)) == 1
+    assert pq.read_table(next(parquet.files(tmp_path))).num_rows == 1

@@ -1,0 +1,136 @@
+"""The embedded Triton is supervised: SIGKILLed, it is restarted and its
+deployments come back without anyone asking; one that exits at start-up stops
+MLServe with an error naming Triton's log. Real MLServe and Triton processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from mlserve_api.v1 import deployment_pb2, server_pb2
+from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.models import upload_add
+from tests.support.procfs import tritonserver_pids
+from tests.support.tritons import add_inputs, deploy, wait_for
+
+pytestmark = pytest.mark.integration
+
+READY = deployment_pb2.DEPLOYMENT_STATE_READY
+SERVER_READY = server_pb2.SERVER_STATE_READY
+
+
+@dataclass
+class Served:
+    """An MLServe with its embedded Triton, serving the "add" model deployed on it."""
+
+    process: MLServeProcess
+    stubs: Stubs
+    gateway: triton.InferenceServerClient
+
+    @property
+    def pid(self) -> int:
+        assert self.process.process is not None
+        return self.process.process.pid
+
+    def the_tritonserver(self) -> int:
+        (pid,) = tritonserver_pids(self.pid)
+        return pid
+
+    def serves(self) -> bool:
+        headers = {"authorization": f"Bearer {self.stubs.key}"}
+        try:
+            self.gateway.infer("add", add_inputs(), headers=headers, client_timeout=5)
+        except InferenceServerException:
+            return False
+        return True
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    process = MLServeProcess(tmp_path / "home").start()
+    stubs = process.stubs()
+    gateway = triton.InferenceServerClient(process.address)
+    try:
+        upload_add(stubs, "add")
+        assert deploy(stubs, "add").state == READY
+        served = Served(process, stubs, gateway)
+        assert served.serves()
+        yield served
+    finally:
+        gateway.close()
+        stubs.channel.close()
+        assert process.stop() == 0
+
+
+def test_a_sigkilled_triton_is_restarted_and_serves_its_deployments_again(
+    served: Served,
+) -> None:
+    killed = served.the_tritonserver()
+    os.kill(killed, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(served.serves, 30, "inference after the SIGKILL", 0.1)
+    recovered_after = time.monotonic() - killed_at
+
+    stubs = served.stubs
+    assert served.the_tritonserver() != killed
+    local = stubs.servers.GetServer(
+        server_pb2.GetServerRequest(name="local"), metadata=stubs.auth, timeout=5
+    )
+    assert local.state == SERVER_READY
+    deployment = stubs.deployments.GetDeployment(
+        deployment_pb2.GetDeploymentRequest(name="add"), metadata=stubs.auth, timeout=5
+    )
+    assert [(t.server, t.state) for t in deployment.targets] == [("local", READY)]
+    log = served.process.log.read_text()
+    exited = log[log.index("the embedded Triton (pid ") :]
+    assert "exited (" in exited.splitlines()[0]
+    assert "restarting it in 0.5s" in exited.splitlines()[0]
+    # Triton's own last lines follow, from its log, which is named.
+    assert f"The end of its log ({served.process.home / 'triton.log'}):" in exited
+    assert "the embedded Triton is running again" in log
+    print(f"\nSIGKILL -> serving again through MLServe in {recovered_after:.1f}s")
+
+
+def test_a_restart_that_fails_at_start_up_is_tried_again(served: Served) -> None:
+    first = served.the_tritonserver()
+    os.kill(first, signal.SIGKILL)
+    # Kill each Triton the supervisor starts, before it is ready, until a
+    # restart is reported failed (the launcher itself retries once after a
+    # signal it sees, so that may take two).
+    killed = {first}
+    while "could not be restarted" not in served.process.log.read_text():
+        assert len(killed) <= 3, "three restarts killed at start-up, none reported failed"
+        for pid in set(tritonserver_pids(served.pid)) - killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.005)
+    wait_for(served.serves, 60, "inference after the restarts", 0.1)
+    log = served.process.log.read_text()
+    failed = log[log.index("the embedded Triton could not be restarted; trying again in") :]
+    assert "Triton exited during startup" in failed.splitlines()[0]
+    assert f"the end of its log ({served.process.home / 'triton.log'})" in failed
+
+
+def test_a_triton_that_exits_at_start_up_stops_mlserve_naming_its_log(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # A second repository that does not exist: Triton refuses to start.
+    process = MLServeProcess(home, "--triton-args=--model-repository=/nonexistent/models")
+    with pytest.raises(RuntimeError, match="mlserve exited early"):
+        process.start()
+    assert process.process is not None
+    assert process.process.wait(30) == 1
+    log = process.log.read_text()
+    assert (
+        "MLServe could not start: the embedded Triton could not start: Triton exited during "
+        f"startup (exit code 1); the end of its log ({home / 'triton.log'}):"
+    ) in log
+    assert "failed to stat file /nonexistent/models" in log  # Triton's own words
+    assert "Traceback" not in log
