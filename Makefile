@@ -34,8 +34,16 @@ run: $(INSTALLED)
 generate: $(INSTALLED)
 	$(BIN)/python scripts/generate_protos.py
 
+# buf breaking compares the protos with the last released API (a git tag), so a
+# change that would break a generated client fails lint.
+API_BASELINE := v0.1.0
+
 lint: install
 	$(BUF) lint
+	@git rev-parse -q --verify "refs/tags/$(API_BASELINE)" >/dev/null || { \
+	  echo "make lint: the tag $(API_BASELINE) (the last released API) is missing: git fetch --tags"; \
+	  exit 1; }
+	$(BUF) breaking --against '.git#tag=$(API_BASELINE)'
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

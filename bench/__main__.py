@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import auth, catalog_list, dedup, deploy, flood, gateway, pipeline, upload
+from bench import auth, catalog_list, dedup, deploy, flood, gateway, oidc, pipeline, upload
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
-BENCHMARKS = ("upload", "deploy", "gateway", "auth", "flood", "catalog", "dedup", "pipeline")
+BENCHMARKS = (
+    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline"
+)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -111,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("auth", lambda: auth.run()))
     if args.which in ("flood", "all"):
         benchmarks.append(("flood", lambda: flood.run()))
+    if args.which in ("oidc", "all"):
+        benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
 

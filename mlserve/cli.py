@@ -75,12 +75,16 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
             given["action"] = argparse.BooleanOptionalAction
         else:
             given.update(type=_flag_type(option.parse), metavar=option.metavar)
+        if option.repeatable:
+            given["action"] = "append"
         serve.add_argument(flag(setting), **given)
     serve.set_defaults(run=_serve, serve_parser=serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     given = {setting.name: getattr(args, setting.name) for setting, _ in options()}
+    # a repeatable flag gives a list; the setting is a tuple
+    given = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
     try:
         settings = resolve({k: v for k, v in given.items() if v is not None}, os.environ)
     except SettingError as error:

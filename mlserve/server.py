@@ -11,16 +11,20 @@ import functools
 import logging
 import secrets
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
+import peewee as pw
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from mlserve import __version__
 from mlserve.access import ADMIN_KEY_FILE, Access
 from mlserve.access.apps import Apps
 from mlserve.access.audit import AuditLog
+from mlserve.access.tokens import OidcConfig, TokenVerifier
 from mlserve.access.users import Users
 from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
@@ -32,6 +36,7 @@ from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
 from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
 from mlserve.api.inference_log import InferenceLogService
+from mlserve.api.instance import InstanceDescription, InstanceService
 from mlserve.api.interceptor import (
     MANAGEMENT_MESSAGE_BYTES,
     UPLOAD_FRAMING_BYTES,
@@ -62,7 +67,7 @@ from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
-from mlserve.triton.launcher import EmbeddedTriton
+from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
@@ -73,6 +78,8 @@ from mlserve_api.v1 import (
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
+    instance_pb2,
+    instance_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -98,6 +105,7 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
 )
 
 
@@ -124,6 +132,22 @@ class Domain:
     inference_log: InferenceLog
 
 
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """OIDC sign-in for the issuers ``settings`` trust, or None (API keys only)."""
+    if not settings.oidc_issuer:
+        return None
+    return TokenVerifier(
+        OidcConfig(
+            issuers=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            user_claim=settings.oidc_user_claim,
+            roles_claim=settings.oidc_roles_claim,
+            workspaces_claim=settings.oidc_workspaces_claim,
+            fetch_timeout=settings.oidc_fetch_timeout,
+        )
+    )
+
+
 def build_domain(settings: Settings) -> Domain:
     tables.connect(settings.database_url)
     secret = db.run(tables.get_or_create_setting, "page_token_secret", _random_secret)
@@ -137,6 +161,7 @@ def build_domain(settings: Settings) -> Domain:
         max_upload_bytes=settings.max_upload_bytes,
         max_staging_bytes=settings.max_staging_bytes,
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
+        allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
     uploads = Uploads(repository, versions, artifacts, blobs, limits)
     fleet = Fleet(tokens)
@@ -167,7 +192,7 @@ def build_domain(settings: Settings) -> Domain:
         uploads,
         fleet,
         deployments,
-        Access(),
+        Access(tokens=token_verifier(settings)),
         router,
         stats,
         Users(tokens),
@@ -362,9 +387,37 @@ class MLServe:
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        instance_pb2_grpc.add_InstanceServiceServicer_to_server(
+            InstanceService(self._description()), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
+
+    def _description(self) -> InstanceDescription:
+        """What GetInstance says: a feature is true only when built and switched on."""
+        settings = self.settings
+        features = {
+            "tls": settings.tls_cert is not None,
+            "postgresql": isinstance(db.database.obj, pw.PostgresqlDatabase),
+            "oidc": bool(settings.oidc_issuer),
+            "metrics": bool(settings.metrics_listen),
+            "embedded_triton": settings.embedded_triton,
+            "pipelines": True,
+            "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
+            # Not built yet: --storage takes a local directory only.
+            "s3_storage": False,
+            "assays": False,
+            "training": False,
+            "explain": False,
+        }
+        return InstanceDescription(
+            name=settings.instance_name or socket.gethostname(),
+            version=__version__,
+            oidc_issuers=settings.oidc_issuer,
+            oidc_audience=settings.oidc_audience,
+            features=features,
+        )
 
     def _anonymous_gateway(self) -> bool:
         if not self.settings.bench_anonymous_gateway:

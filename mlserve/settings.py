@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,13 @@ def _parse_address(text: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise SettingError("give host:port, e.g. 127.0.0.1:50051 (port 0 to 65535)")
     return text
+
+
+def parse_instance_name(text: str) -> str:
+    name = text.strip()
+    if not name or len(name) > 253:
+        raise SettingError("give a name of 1 to 253 characters")
+    return name
 
 
 def parse_listen(text: str) -> str:
@@ -75,8 +83,42 @@ def parse_workers(text: str) -> int:
     return workers
 
 
-def parse_unsupported_oidc(text: str) -> str:
-    raise SettingError("OIDC sign-in is not yet supported; callers use API keys")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_issuer(text: str) -> str:
+    """An OpenID Connect issuer URL: https, or http on loopback (a test issuer)."""
+    issuer = text.strip()
+    try:
+        url = urllib.parse.urlsplit(issuer)
+        host = url.hostname
+    except ValueError:
+        host = None
+    if host is None or url.scheme not in ("https", "http"):
+        raise SettingError("give the issuer's URL, e.g. https://id.example.com/realms/acme")
+    if url.scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise SettingError("an issuer on another host must use https://")
+    return issuer
+
+
+def parse_claim(text: str) -> str:
+    """A claim's name, or a dotted path into nested claims (``realm_access.roles``)."""
+    claim = text.strip()
+    if not claim or any(not part for part in claim.split(".")):
+        raise SettingError("give a claim name such as sub, or a path such as realm_access.roles")
+    return claim
+
+
+def parse_optional_claim(text: str) -> str:
+    """A claim, or ``off``."""
+    return "" if text.lower() == "off" else parse_claim(text)
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    names = tuple(sorted({name.strip() for name in text.split(",") if name.strip()}))
+    if not names or not all(name.replace("_", "").isalnum() for name in names):
+        raise SettingError("give backend names separated by commas, e.g. python,onnxruntime")
+    return names
 
 
 def parse_count(text: str) -> int:
@@ -181,6 +223,9 @@ class Option:
     """Other variables read, weaker than ``env``, for the names people already use."""
     hidden: bool = False
     """Left out of --help and the README (benchmark switches)."""
+    repeatable: bool = False
+    """The flag may be given several times, the variable may list values with commas:
+    the field is a tuple of parsed values."""
 
 
 def _given_by(option: Option) -> dict[str, Option]:
@@ -199,6 +244,18 @@ class Settings:
                 parse_path,
                 "DIR",
                 shown_default="~/.mlserve",
+            )
+        ),
+    )
+    instance_name: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_INSTANCE_NAME",
+                "this instance's name, as InstanceService/GetInstance tells callers",
+                parse_instance_name,
+                "NAME",
+                shown_default="the host name",
             )
         ),
     )
@@ -247,15 +304,17 @@ class Settings:
             Option("MLSERVE_WORKERS", "serving processes (only 1 so far)", parse_workers, "N")
         ),
     )
-    oidc_issuer: str = field(
-        default="",
+    oidc_issuer: tuple[str, ...] = field(
+        default=(),
         metadata=_given_by(
             Option(
                 "MLSERVE_OIDC_ISSUER",
-                "OpenID Connect issuer URL (not yet supported)",
-                parse_unsupported_oidc,
+                "OpenID Connect issuer whose tokens sign callers in beside API keys; "
+                "repeat the flag (or separate with commas) for several; with --oidc-audience",
+                parse_issuer,
                 "URL",
                 shown_default="none",
+                repeatable=True,
             )
         ),
     )
@@ -264,10 +323,59 @@ class Settings:
         metadata=_given_by(
             Option(
                 "MLSERVE_OIDC_AUDIENCE",
-                "audience OIDC tokens must name (not yet supported)",
-                parse_unsupported_oidc,
+                "audience (aud) every OIDC token must name: MLServe's client id at the issuer",
+                str.strip,
                 "AUDIENCE",
                 shown_default="none",
+            )
+        ),
+    )
+    oidc_user_claim: str = field(
+        default="sub",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_OIDC_USER_CLAIM",
+                "claim naming the MLServe user a token signs in (created on first sign-in), "
+                "e.g. preferred_username",
+                parse_claim,
+                "CLAIM",
+            )
+        ),
+    )
+    oidc_roles_claim: str = field(
+        default="realm_access.roles",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_OIDC_ROLES_CLAIM",
+                "claim (dotted path) listing the caller's roles: the highest of admin, editor, "
+                "viewer found is the user's role, none of them means viewer; e.g. "
+                "resource_access.mlserve.roles or groups",
+                parse_claim,
+                "CLAIM",
+            )
+        ),
+    )
+    oidc_workspaces_claim: str = field(
+        default="",
+        metadata=_given_by(
+            Option(
+                "MLSERVE_OIDC_WORKSPACES_CLAIM",
+                "claim (dotted path, e.g. groups) whose values naming existing workspaces make "
+                "the user a collaborator there at sign-in",
+                parse_optional_claim,
+                "CLAIM",
+                shown_default="off",
+            )
+        ),
+    )
+    oidc_fetch_timeout: float = field(
+        default=5.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_OIDC_FETCH_TIMEOUT",
+                "seconds a fetch of an issuer's discovery document or keys may take",
+                parse_interval,
+                "SECONDS",
             )
         ),
     )
@@ -290,6 +398,19 @@ class Settings:
                 "start the embedded Triton even where no sandbox (bubblewrap) can confine "
                 "it: model code then runs as MLServe's user and can read its keys and database",
                 parse_bool,
+            )
+        ),
+    )
+    allowed_backends: tuple[str, ...] = field(
+        default=(),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_ALLOWED_BACKENDS",
+                "comma-separated Triton backends an uploaded config.pbtxt may name "
+                "(INVALID_ARGUMENT for others), e.g. python,onnxruntime",
+                parse_backends,
+                "LIST",
+                shown_default="the bundled Triton's (python)",
             )
         ),
     )
@@ -476,6 +597,11 @@ class Settings:
             raise SettingError(
                 "--tls-cert and --tls-key (MLSERVE_TLS_CERT, MLSERVE_TLS_KEY) go together"
             )
+        if self.oidc_issuer and not self.oidc_audience:
+            raise SettingError(
+                "--oidc-issuer needs --oidc-audience (MLSERVE_OIDC_AUDIENCE): the audience "
+                "tokens for this MLServe carry, so tokens for other services are refused"
+            )
 
     @property
     def upload_sweep_interval(self) -> float:
@@ -547,11 +673,17 @@ def resolve(given: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
             text = environ.get(name, "")
             if text:
                 try:
-                    values[setting.name] = option.parse(text)
+                    values[setting.name] = _parse_variable(option, text)
                 except SettingError as error:
                     raise SettingError(f"{name}={text!r}: {error}") from None
                 break
     return Settings(**values)
+
+
+def _parse_variable(option: Option, text: str) -> Any:
+    if not option.repeatable:
+        return option.parse(text)
+    return tuple(option.parse(part) for part in text.split(",") if part.strip())
 
 
 def markdown_table() -> str:

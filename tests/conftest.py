@@ -38,7 +38,7 @@ def model_name(request: pytest.FixtureRequest) -> str:
     return f"t-{name}"[:100] + f"-{os.getpid() % 1000}"
 
 
-pytest_plugins = ["tests.support.databases"]
+pytest_plugins = ["tests.support.databases", "tests.support.issuer"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlserve.access.rules import Principal
-from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread
 
@@ -43,19 +43,16 @@ class AuditLog:
     def list_events(
         self, requested: int, token: str, actor: str = "", resource: str = ""
     ) -> Page[AuditRecord]:
-        size = page_size(requested)
-        fingerprint = {"list": "audit", "actor": actor, "resource": resource}
-        after = self.tokens.decode(fingerprint, token)
-        query = tables.AuditEvent.select().order_by(tables.AuditEvent.id.desc()).limit(size + 1)
-        if after is not None:
-            query = query.where(tables.AuditEvent.id < int(after))
+        query = tables.AuditEvent.select()
         if actor:
             query = query.where(tables.AuditEvent.actor == actor)
         if resource:
             query = query.where(tables.AuditEvent.resource == resource)
-        rows = list(query)
-        next_token = self.tokens.encode(fingerprint, rows[size - 1].id) if len(rows) > size else ""
-        return Page([_record(row) for row in rows[:size]], next_token)
+        listing = Listing(
+            query, tables.AuditEvent.id, _record, lambda row: row.id,
+            {"list": "audit", "actor": actor, "resource": resource}, descending=True,
+        )  # fmt: skip
+        return self.tokens.page(listing, requested, token)
 
 
 def _record(row: Any) -> AuditRecord:

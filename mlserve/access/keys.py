@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from mlserve.access.rules import (
     ADMIN,
@@ -58,6 +58,9 @@ from mlserve.core.aio import SingleFlight
 from mlserve.core.errors import MLServeError, Unauthenticated
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
+
+if TYPE_CHECKING:
+    from mlserve.access.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +229,9 @@ def _consumer_name(consumer: Any) -> str:
 class Access:
     """Authenticates keys, with a short decision cache."""
 
-    def __init__(self, cache_seconds: float = 1.0) -> None:
+    def __init__(self, cache_seconds: float = 1.0, tokens: TokenVerifier | None = None) -> None:
+        # OIDC sign-in (mlserve.access.tokens), when issuers are trusted.
+        self.tokens = tokens
         # key -> its principal
         self._principals: _DecisionCache[str, Principal] = _DecisionCache(cache_seconds)
         # key -> the stored hash it verified against: refreshing a principal
@@ -292,7 +297,17 @@ class Access:
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must read 'Bearer <key>'")
         key = key.strip()
+        if _looks_like_jwt(key):
+            return await self._principals.get(key, lambda: self._verify_token(key))
         return await self._principals.get(key, lambda: self._verify(key))
+
+    async def _verify_token(self, token: str) -> Principal:
+        if self.tokens is None:
+            raise Unauthenticated(
+                "the bearer value is a token, but this MLServe trusts no OIDC issuer "
+                "(mlserve serve --oidc-issuer): send an API key"
+            )
+        return await in_thread(self.tokens.verify)(token)
 
     async def _verify(self, key: str) -> Principal:
         parts = split_key(key)
@@ -382,11 +397,18 @@ def _check_usable(row: Any) -> None:
     if row.expire_time is not None and row.expire_time <= db.utcnow():
         raise Unauthenticated(f"API key {row.prefix} expired: ask for a new key")
     if row.user_id is not None and not row.user.active:
-        raise Unauthenticated(
-            f"user {row.user.name!r} is deactivated: an admin can activate the user again"
-        )
+        raise Unauthenticated(deactivated_message(row.user.name))
     if row.user_id is None and row.consumer_id is None:
         raise Unauthenticated(_INVALID)
+
+
+def _looks_like_jwt(value: str) -> bool:
+    """A JWT (three base64url parts, a JSON header) rather than an ``mls_`` key."""
+    return value.startswith("eyJ") and value.count(".") == 2
+
+
+def deactivated_message(user: str) -> str:
+    return f"user {user!r} is deactivated: an admin can activate the user again"
 
 
 def _principal(row: Any) -> Principal:
@@ -403,12 +425,16 @@ def _principal(row: Any) -> Principal:
             retries=app.retries,
             timeout_seconds=app.timeout_seconds,
         )
-    user = row.user
+    return user_principal(row.prefix, row.user)
+
+
+def user_principal(key_prefix: str, user: Any) -> Principal:
+    """The principal of ``user`` (a User row), signed in by ``key_prefix``."""
     memberships = tables.WorkspaceMember.select(
         tables.WorkspaceMember.workspace, tables.WorkspaceMember.role
     ).where(tables.WorkspaceMember.user == user)
     return Principal(
-        key_prefix=row.prefix,
+        key_prefix=key_prefix,
         name=user.name,
         role=user.role,
         user_id=user.id,

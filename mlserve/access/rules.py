@@ -201,6 +201,7 @@ RULES: dict[str, Rule] = {
         GetLoggingPolicy=_READ,
         UpdateLoggingPolicy=_EDIT,
     ),
+    **_service("mlserve.v1.InstanceService", GetInstance=Rule(Who.ANY_KEY)),
     # The gateway: model-level checks happen per call (infer_decision).
     **_service(
         "inference.GRPCInferenceService",

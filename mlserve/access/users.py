@@ -66,6 +66,30 @@ class KeyRecord:
     secret: str = ""
 
 
+def insert_user(name: str, role: str, *, display_name: str = "", tags: Sequence[str] = ()) -> Any:
+    """Create user ``name`` with its default workspace (of the same name, owned by it).
+
+    Raises:
+        AlreadyExists: a user or a workspace of that name exists.
+    """
+    try:
+        with db.database.atomic():
+            workspace = tables.Workspace.create(name=name)
+            user = tables.User.create(
+                name=name,
+                role=role,
+                display_name=display_name,
+                tags=json.dumps(list(tags)),
+                default_workspace=workspace,
+            )
+            tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
+    except pw.IntegrityError:
+        raise AlreadyExists(
+            f"user {name!r} (or a workspace of that name, its default) already exists"
+        ) from None
+    return user
+
+
 class Users:
     def __init__(self, tokens: PageTokens) -> None:
         self.tokens = tokens
@@ -81,21 +105,7 @@ class Users:
         check_name(name, "user name")
         role = _check_role(fields.role)
         tags = check_tags(fields.tags, "user.tags")
-        try:
-            with db.database.atomic():
-                workspace = tables.Workspace.create(name=name)
-                user = tables.User.create(
-                    name=name,
-                    role=role,
-                    display_name=fields.display_name,
-                    tags=json.dumps(tags),
-                    default_workspace=workspace,
-                )
-                tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
-        except pw.IntegrityError:
-            raise AlreadyExists(
-                f"user {name!r} (or a workspace of that name, its default) already exists"
-            ) from None
+        user = insert_user(name, role, display_name=fields.display_name, tags=tags)
         return _user_record(user)
 
     @in_thread

@@ -20,7 +20,7 @@ from mlserve.catalog import model_metadata
 from mlserve.catalog.model_metadata import ModelFields
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from mlserve.core.names import check_name, check_tags
-from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
@@ -95,36 +95,36 @@ class Models:
         row, so rows inserted or deleted between pages shift nothing; the id
         breaks ties between equal sort keys.
         """
-        size = page_size(requested_size)
         column_name, descending = _parse_order(query.order_by)
         column = _ORDERS[column_name]
         conditions = _model_filter(query)
         visible = rules.visible_models()
         if visible is not None:
             conditions.append(visible)
-        query_key = {
-            "list": "models",
-            "prefix": query.name_prefix,
-            "kind": query.kind,
-            "all": sorted(set(query.tags_all)),
-            "any": sorted(set(query.tags_any)),
-            "labels": sorted(set(query.labels)),
-            "order": [column_name, descending],
-            "workspace": query.workspace,
-        }
-        after = self.tokens.decode(query_key, token)
-        if after is not None:
-            conditions.append(_after(column, descending, after))
-        order = (column.desc(), tables.Model.id.desc()) if descending else (column, tables.Model.id)
-        select = tables.Model.select().order_by(*order).limit(size + 1)
-        rows = list(select.where(*conditions) if conditions else select)
-        next_token = ""
-        if len(rows) > size:
-            last = rows[size - 1]
-            key = getattr(last, column_name)
-            key = key.isoformat() if isinstance(key, dt.datetime) else key
-            next_token = self.tokens.encode(query_key, [key, last.id])
-        return Page(_model_records(rows[:size]), next_token)
+        select = tables.Model.select()
+        listing = Listing(
+            select.where(*conditions) if conditions else select,
+            column,
+            lambda row: row,
+            lambda row: [_json_key(getattr(row, column_name)), row.id],
+            {
+                "list": "models",
+                "prefix": query.name_prefix,
+                "kind": query.kind,
+                "all": sorted(set(query.tags_all)),
+                "any": sorted(set(query.tags_any)),
+                "labels": sorted(set(query.labels)),
+                "order": [column_name, descending],
+                "workspace": query.workspace,
+            },
+            sort=(column.desc(), tables.Model.id.desc())
+            if descending
+            else (column, tables.Model.id),
+            after=lambda key: _after(column, descending, key),
+        )
+        page = self.tokens.page(listing, requested_size, token)
+        # records in one go: two more queries for the page, not two per row
+        return Page(_model_records(page.items), page.next_page_token)
 
     @in_thread
     def update_model(self, name: str, fields: ModelFields, mask: Sequence[str]) -> ModelRecord:
@@ -297,6 +297,11 @@ def _after(column: Any, descending: bool, key: Any) -> Any:
         return column < value if descending else column > value
     row, last = pw.Tuple(column, tables.Model.id), pw.Tuple(value, last_id)
     return row < last if descending else row > last
+
+
+def _json_key(value: Any) -> Any:
+    """A sort key as a page token keeps it: datetimes as ISO text."""
+    return value.isoformat() if isinstance(value, dt.datetime) else value
 
 
 def _tags_of(model_ids: list[int]) -> dict[int, list[str]]:

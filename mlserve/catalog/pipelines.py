@@ -21,7 +21,7 @@ from mlserve.access import changed, rules
 from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
-from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.deploy.fleet import READY
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
@@ -146,19 +146,15 @@ class Pipelines:
 
     @in_thread
     def list_pipelines(self, requested_size: int, token: str) -> Page[PipelineRecord]:
-        size = page_size(requested_size)
-        query_key = {"list": "pipelines"}
-        after = self.tokens.decode(query_key, token)
-        query = tables.Pipeline.select().order_by(tables.Pipeline.name).limit(size + 1)
+        query = tables.Pipeline.select()
         visible = rules.visible_models(tables.Pipeline)
         if visible is not None:
             query = query.where(visible)
-        if after is not None:
-            query = query.where(tables.Pipeline.name > str(after))
-        rows = list(query)
-        records = [_record(row, 0) for row in rows[:size]]
-        next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
-        return Page(records, next_token)
+        listing = Listing(
+            query, tables.Pipeline.name, lambda row: _record(row, 0), lambda row: row.name,
+            {"list": "pipelines"},
+        )  # fmt: skip
+        return self.tokens.page(listing, requested_size, token)
 
     @in_thread
     def update(

@@ -122,6 +122,8 @@ class UploadLimits:
     max_staging_bytes: int = 128 * 1024**3
     # How long an unfinished upload may sit untouched before it is deleted.
     expire_after: dt.timedelta = dt.timedelta(hours=24)
+    allowed_backends: frozenset[str] = frozenset({"python"})
+    """Backends an uploaded config may name (--allowed-backends)."""
 
 
 @dataclass(frozen=True)
@@ -373,7 +375,9 @@ class Uploads:
                 f"{clash[0]!r} is declared as a file but other paths use it as a directory"
             )
         self._check_total(sum(spec.size for spec in files.values()))
-        config = modelconfig.render(modelconfig.parse(header.config, model, files))
+        config = modelconfig.render(
+            modelconfig.parse_upload(header.config, model, files, self.limits.allowed_backends)
+        )
         ordered = dict(sorted(files.items()))
         manifest_sha256 = _manifest_sha256(
             {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}

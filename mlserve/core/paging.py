@@ -65,6 +65,11 @@ class Listing(Generic[R]):
     keep: Callable[[Any], bool] | None = None
     """Rows of a page to show, for a rule the query cannot say (the page is then
     shorter; the next one still starts after its last row)."""
+    sort: tuple[Any, ...] = ()
+    after: Callable[[Any], Any] | None = None
+    """For an order that is more than one unique column (a sort column, ties broken
+    by id): ``sort`` is the ORDER BY and ``after(key)`` the where-clause of the rows
+    after a token's key; ``order`` and ``descending`` are then not used."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +94,13 @@ class PageTokens:
         """
         size = page_size(requested)
         after = self.decode(listing.fingerprint, token)
-        order = listing.order.desc() if listing.descending else listing.order
-        query = listing.query.order_by(order).limit(size + 1)
-        if after is not None:
-            query = query.where(
-                listing.order < after if listing.descending else listing.order > after
-            )
+        column = listing.order
+        sort = listing.sort or ((column.desc() if listing.descending else column),)
+        query = listing.query.order_by(*sort).limit(size + 1)
+        if after is not None and listing.after is not None:
+            query = query.where(listing.after(after))
+        elif after is not None:
+            query = query.where(column < after if listing.descending else column > after)
         rows = list(query)
         shown = [row for row in rows[:size] if listing.keep is None or listing.keep(row)]
         records = [listing.record(row) for row in shown]

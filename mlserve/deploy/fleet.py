@@ -29,7 +29,7 @@ import peewee as pw
 from mlserve.access import rules
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
-from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.deploy.reconciler import ChangeCallback, Reconciler
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
@@ -169,20 +169,13 @@ class Fleet:
         return record
 
     async def list_servers(self, requested_size: int, token: str) -> Page[ServerRecord]:
-        size = page_size(requested_size)
-        query_key = {"list": "servers"}
-        after = self.tokens.decode(query_key, token)
-
-        def fetch() -> list[Any]:
-            query = tables.Server.select().order_by(tables.Server.name).limit(size + 1)
-            if after is not None:
-                query = query.where(tables.Server.name > str(after))
-            return list(query)
-
-        rows = await in_thread(fetch)()
-        records = await self._visible_to_caller([self._record(row) for row in rows[:size]])
-        next_token = self.tokens.encode(query_key, rows[size - 1].name) if len(rows) > size else ""
-        return Page(records, next_token)
+        listing = Listing(
+            tables.Server.select(), tables.Server.name, lambda row: row, lambda row: row.name,
+            {"list": "servers"},
+        )  # fmt: skip
+        rows = await in_thread(self.tokens.page)(listing, requested_size, token)
+        records = await self._visible_to_caller([self._record(row) for row in rows.items])
+        return Page(records, rows.next_page_token)
 
     async def update(self, name: str, fields: ServerFields, mask: Sequence[str]) -> ServerRecord:
         unknown = set(mask) - UPDATABLE_SERVER_FIELDS

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class BaseModel(pw.Model):
@@ -69,6 +69,23 @@ class User(BaseModel):
     default_workspace = pw.ForeignKeyField(Workspace, null=True, on_delete="SET NULL")
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
+
+
+class OidcIdentity(BaseModel):
+    """An OpenID Connect identity (issuer, subject) and the user it signs in as.
+
+    Made on the identity's first sign-in. Deleting the user keeps the row with
+    no user, so the identity's tokens are refused afterwards instead of making
+    a fresh user.
+    """
+
+    issuer = pw.CharField(max_length=512)
+    subject = pw.CharField(max_length=512)
+    user = pw.ForeignKeyField(User, null=True, backref="identities", on_delete="SET NULL")
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("issuer", "subject"), True),)
 
 
 class WorkspaceMember(BaseModel):
@@ -437,6 +454,7 @@ TABLES: list[type[BaseModel]] = [
     AuditEvent,
     *PIPELINE_TABLES,
     LoggingPolicy,
+    OidcIdentity,
 ]
 
 
@@ -564,6 +582,10 @@ def _add_logging_policies(db: pw.Database) -> None:
     db.create_tables([LoggingPolicy])
 
 
+def _add_oidc_identities(db: pw.Database) -> None:
+    db.create_tables([OidcIdentity])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -574,6 +596,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     7: _add_server_workspaces,
     8: _add_upload_owners,
     9: _add_logging_policies,
+    10: _add_oidc_identities,
 }
 
 

@@ -29,7 +29,7 @@ from mlserve.core.errors import FailedPrecondition, Unavailable
 from mlserve.triton.client import TritonClient
 from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 
-__all__ = ["EmbeddedTriton", "TritonInstallation"]
+__all__ = ["EmbeddedTriton", "TritonInstallation", "bundled_backends"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,12 @@ class TritonInstallation:
                     f"nvidia-pytriton is incomplete: {path} is missing; reinstall it "
                     "with `pip install --force-reinstall nvidia-pytriton`"
                 )
+
+
+def bundled_backends() -> list[str]:
+    """The backends the nvidia-pytriton wheel's Triton ships (its backends directory)."""
+    backends = _pytriton_package_dir() / "tritonserver" / "backends"
+    return sorted(entry.name for entry in backends.iterdir() if entry.is_dir())
 
 
 def _pytriton_package_dir() -> Path:

@@ -7,7 +7,7 @@ parser accepts, and its messages reach the user unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
@@ -54,6 +54,160 @@ def parse(text: str, model: str, files: Iterable[str] = ()) -> ModelConfig:
     _check_tensors(config)
     check_ensemble_steps(config)
     return config
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The largest config.pbtxt text an upload may carry (every version listing returns it)."""
+
+# The backend a platform runs on, for the allow-list. "ensemble" is refused apart.
+_BACKEND_BY_PLATFORM = {
+    "tensorrt_plan": "tensorrt",
+    "tensorflow_graphdef": "tensorflow",
+    "tensorflow_savedmodel": "tensorflow",
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+}
+_MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"
+_HOW_TO_UPLOAD = (
+    "send the config.pbtxt text in the upload header's config field, and the version's "
+    "files with paths relative to the version directory (model.py, not 1/model.py); "
+    "`mlserve models upload DIR` and Client.upload do this for a Triton model directory"
+)
+
+
+def parse_upload(
+    text: str, model: str, files: Collection[str], allowed_backends: Collection[str]
+) -> ModelConfig:
+    """Parse an uploaded version's config and check that it stays inside its version.
+
+    On top of :func:`parse`: the text is at most 1 MiB; ``files`` are not laid
+    out as a Triton model directory; the config is no raw ensemble, names a
+    backend in ``allowed_backends``, has no repository agents, and no file
+    name or parameter that points outside the version directory; a Python
+    model has its ``model.py`` (or ``default_model_filename``) among the files.
+    Each refusal is InvalidArgument naming the field.
+    """
+    size = len(text.encode())
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidArgument(
+            f"config: the config.pbtxt text is {size} bytes; at most {MAX_CONFIG_BYTES} "
+            "(1 MiB) is accepted"
+        )
+    _check_not_a_model_directory(files)
+    config = parse(text, model, files)
+    _check_not_an_ensemble(config)
+    _check_backend(config, allowed_backends)
+    _check_confined(config)
+    _check_entry_file(config, files)
+    return config
+
+
+def _check_not_a_model_directory(files: Collection[str]) -> None:
+    for path in sorted(files):
+        first, _, rest = path.partition("/")
+        if path == "config.pbtxt" or (rest and first.isascii() and first.isdigit()):
+            raise InvalidArgument(
+                f"files[{path!r}]: the upload is laid out like a Triton model directory; "
+                + _HOW_TO_UPLOAD
+            )
+
+
+def _check_not_an_ensemble(config: ModelConfig) -> None:
+    # Ensembles come from pipelines, which check that the caller may see
+    # every step; a raw one could name another workspace's private model.
+    if config.platform == "ensemble" or config.backend == "ensemble":
+        field = "platform" if config.platform == "ensemble" else "backend"
+        raise InvalidArgument(
+            f"config.pbtxt {field}: an ensemble cannot be uploaded as a model; upload its "
+            "steps as models and create a pipeline of them (PipelineService)"
+        )
+    if len(config.ensemble_scheduling.step):
+        raise InvalidArgument(
+            "config.pbtxt ensemble_scheduling: only pipelines make ensembles; create a "
+            "pipeline of the models instead (PipelineService)"
+        )
+
+
+def _check_backend(config: ModelConfig, allowed: Collection[str]) -> None:
+    if config.backend:
+        field, backend = "backend", config.backend
+    else:
+        field = "platform"
+        backend = _BACKEND_BY_PLATFORM.get(config.platform, "")
+        if not backend:
+            raise InvalidArgument(
+                f"config.pbtxt platform: {config.platform!r} is not a platform Triton knows; "
+                f"use one of {', '.join(sorted(_BACKEND_BY_PLATFORM))} or name a backend"
+            )
+    if backend not in allowed:
+        raise InvalidArgument(
+            f"config.pbtxt {field}: backend {backend!r} is not allowed on this server "
+            f"(allowed: {', '.join(sorted(allowed)) or 'none'}; see --allowed-backends)"
+        )
+
+
+def _check_confined(config: ModelConfig) -> None:
+    if config.default_model_filename:
+        _check_file_name(config.default_model_filename, "default_model_filename")
+    for key, filename in config.cc_model_filenames.items():
+        _check_file_name(filename, f"cc_model_filenames[{key!r}]")
+    if len(config.model_repository_agents.agents):
+        raise InvalidArgument(
+            "config.pbtxt model_repository_agents: repository agents run over the model's "
+            "files outside MLServe's control and are not accepted; remove them"
+        )
+    for key, parameter in config.parameters.items():
+        _check_parameter(parameter.string_value, f"parameters[{key!r}]")
+    accelerators = config.optimization.execution_accelerators
+    for kind, group in (
+        ("gpu_execution_accelerator", accelerators.gpu_execution_accelerator),
+        ("cpu_execution_accelerator", accelerators.cpu_execution_accelerator),
+    ):
+        for index, accelerator in enumerate(group):
+            for key, value in accelerator.parameters.items():
+                _check_parameter(
+                    value, f"optimization.execution_accelerators.{kind}[{index}][{key!r}]"
+                )
+    for index, warmup in enumerate(config.model_warmup):
+        for name, tensor in warmup.inputs.items():
+            if tensor.input_data_file:
+                _check_file_name(
+                    tensor.input_data_file,
+                    f"model_warmup[{index}].inputs[{name!r}].input_data_file",
+                )
+
+
+def _check_file_name(value: str, field: str) -> None:
+    """One file name: no separator, no ``..``, nothing that leaves its directory."""
+    if value in (".", "..") or any(c in value for c in "/\\\0") or value.startswith("$"):
+        raise InvalidArgument(
+            f"config.pbtxt {field}: {value!r} must be the name of a file in the version "
+            "directory, with no path separator or '..'"
+        )
+
+
+def _check_parameter(value: str, field: str) -> None:
+    """A parameter may name a file under the model's directory, never anything else."""
+    path = value
+    if value.startswith(_MODEL_DIRECTORY + "/"):
+        path = value[len(_MODEL_DIRECTORY) + 1 :]
+    parts = path.replace("\\", "/").split("/")
+    if "$$" in path or path.startswith("/") or ".." in parts:
+        raise InvalidArgument(
+            f"config.pbtxt {field}: {value!r} points outside the model; name a file of the "
+            f"version as {_MODEL_DIRECTORY}/<version>/<file>, or a relative path without '..'"
+        )
+
+
+def _check_entry_file(config: ModelConfig, files: Collection[str]) -> None:
+    if config.backend != "python":
+        return
+    entry = config.default_model_filename or "model.py"
+    if entry not in files:
+        raise InvalidArgument(
+            f"files: a Python-backend version needs its {entry!r} at the top of the version "
+            "(the file Triton's Python backend runs); add it to the upload"
+        )
 
 
 def render(config: ModelConfig) -> str:

@@ -445,7 +445,10 @@ def test_upload_larger_than_the_free_disk(tmp_path: Path) -> None:
             header=model_pb2.UploadHeader(
                 model="huge",
                 upload_id="huge-1",
-                files=[model_pb2.FileManifest(path="w.bin", size=free + 1024**3, sha256="0" * 64)],
+                files=[
+                    model_pb2.FileManifest(path="model.py", size=1, sha256=sha(b"#")),
+                    model_pb2.FileManifest(path="w.bin", size=free + 1024**3, sha256="0" * 64),
+                ],
                 config='backend: "python"',
             )
         )

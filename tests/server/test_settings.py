@@ -102,7 +102,7 @@ def test_a_flag_beats_its_variable_and_the_variable_is_then_not_read() -> None:
         ("MLSERVE_WORKERS", "abc", "whole number"),
         ("MLSERVE_WORKERS", "4", "not yet supported"),
         ("MLSERVE_STORAGE", "s3://bucket/prefix", "not yet supported"),
-        ("MLSERVE_OIDC_ISSUER", "https://issuer", "not yet supported"),
+        ("MLSERVE_OIDC_ISSUER", "http://id.example.com", "must use https://"),
         ("MLSERVE_EMBEDDED_TRITON", "maybe", "true or false"),
         ("MLSERVE_MAX_UPLOAD_BYTES", "lots", "size"),
         ("MLSERVE_MAX_MESSAGE_BYTES", "4G", "at most"),
@@ -147,7 +147,7 @@ def test_help_shows_every_flag_with_its_variable_and_default() -> None:
     [
         (["--workers", "abc"], {}, "argument --workers: give a whole number"),
         (["--workers", "2"], {}, "argument --workers: several worker processes are not yet"),
-        (["--oidc-issuer", "https://id"], {}, "OIDC sign-in is not yet supported"),
+        (["--oidc-issuer", "https://id"], {}, "--oidc-issuer needs --oidc-audience"),
         (["--storage", "s3://b/p"], {}, "object storage (s3://…) is not yet supported"),
         (["--listen", "nohost"], {}, "argument --listen: give host:port"),
         ([], {"MLSERVE_WORKERS": "abc"}, "MLSERVE_WORKERS='abc': give a whole number"),

@@ -1,7 +1,10 @@
-"""A gRPC channel to MLServe that sends the API key on every call."""
+"""A gRPC channel to MLServe that sends the API key (or OIDC token) on every call."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import socket
 import ssl
@@ -265,3 +268,17 @@ class BearerKeyInterceptor(
         request_iterator: Iterator[Any],
     ) -> Any:
         return continuation(self._with_key(client_call_details), request_iterator)
+
+
+def upload_scope(bearer: str) -> str:
+    """Who a bearer value stands for, without its secret: a key's public id
+    ("mls_<id>_<secret>"), or for a JWT a digest of its issuer and subject."""
+    if bearer.startswith("mls_"):
+        return bearer.split("_")[1] if bearer.count("_") >= 2 else ""
+    try:
+        body = bearer.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        identity = f"{claims['iss']}\n{claims['sub']}"
+    except (IndexError, ValueError, KeyError, TypeError):
+        return ""
+    return "t" + hashlib.sha256(identity.encode()).hexdigest()[:16]

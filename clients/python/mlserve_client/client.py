@@ -20,6 +20,7 @@ from mlserve_api.v1 import (
     deployment_pb2_grpc,
     inference_log_pb2,
     inference_log_pb2_grpc,
+    instance_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     pipeline_pb2,
@@ -37,6 +38,7 @@ from mlserve_client.channel import (
     default_home,
     open_channel,
     read_admin_key,
+    upload_scope,
 )
 from mlserve_client.download import ArtifactWriter, VersionWriter, artifact_destination
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
@@ -66,7 +68,8 @@ class Client:
     """A connection to MLServe.
 
     ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
-    ``apps``, ``audit`` and ``logs`` (the inference log) are the generated stubs, so every RPC
+    ``apps``, ``audit``, ``instance`` and ``logs`` (the inference log) are the generated
+    stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
     """
@@ -76,19 +79,24 @@ class Client:
         address: str | None = None,
         key: str | None = None,
         *,
+        token: str | None = None,
         home: StrPath | None = None,
         ca: StrPath | None = None,
     ) -> None:
-        """Connect to ``address`` ($MLSERVE_ADDRESS or 127.0.0.1:50051); ``key`` defaults to
-        ``home``'s admin.key (home: $MLSERVE_HOME or ~/.mlserve); ``ca`` (a PEM file) turns
-        TLS on. Paths may be str or Path."""
+        """Connect to ``address`` ($MLSERVE_ADDRESS or 127.0.0.1:50051) with an API ``key``
+        or an OpenID Connect ``token`` (from an issuer MLServe trusts); with neither, the
+        key is ``home``'s admin.key (home: $MLSERVE_HOME or ~/.mlserve); ``ca`` (a PEM
+        file) turns TLS on. Paths may be str or Path."""
+        if key is not None and token is not None:
+            raise ValueError("give an API key or a token, not both")
         self.address = address = address or default_address()
-        key = key if key is not None else read_admin_key(home or default_home())
-        self._channel = open_channel(address, key, ca)
-        # The key's id ("mls_<id>_<secret>"), never its secret: derived upload
-        # ids are per key, as uploads belong to the user who began them.
-        self._upload_scope = key.split("_")[1] if key.count("_") >= 2 else ""
+        bearer = token or (key if key is not None else read_admin_key(home or default_home()))
+        self._channel = open_channel(address, bearer, ca)
+        # Derived upload ids are per caller, as uploads belong to the user who
+        # began them: a key's public id, or a digest of the token's identity.
+        self._upload_scope = upload_scope(bearer)
         self.models = model_pb2_grpc.ModelServiceStub(self._channel)
+        self.instance = instance_pb2_grpc.InstanceServiceStub(self._channel)
         self.servers = server_pb2_grpc.ServerServiceStub(self._channel)
         self.deployments = deployment_pb2_grpc.DeploymentServiceStub(self._channel)
         self.users = user_pb2_grpc.UserServiceStub(self._channel)

@@ -5,6 +5,7 @@ turns failures into one line on stderr that never shows a key."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -81,6 +82,11 @@ def add_global_options(parser: argparse.ArgumentParser, *, connection: bool, at_
         "--key", default=default(None), help="API key (default: read from <home>/admin.key)"
     )
     parser.add_argument(
+        "--token",
+        default=default(os.environ.get("MLSERVE_TOKEN") or None),
+        help="OpenID Connect token to sign in with instead of a key (default: $MLSERVE_TOKEN)",
+    )
+    parser.add_argument(
         "--ca", type=Path, default=default(None), help="CA certificate (PEM) to connect with TLS"
     )
 
@@ -123,12 +129,14 @@ def _connected(run: Command) -> Callable[[argparse.Namespace], int]:
 
     def connected(args: argparse.Namespace) -> int:
         try:
-            with Client(args.address, args.key, home=args.home, ca=args.ca) as client:
+            # A key given on the command line beats a token from the environment.
+            token = None if args.key is not None else args.token
+            with Client(args.address, args.key, token=token, home=args.home, ca=args.ca) as client:
                 return run(client, args)
         except grpc.RpcError as error:
-            return fail(_with_tls_hint(error, args), args.key)
+            return fail(_with_tls_hint(error, args), args.key, args.token)
         except (ClientError, OSError, ValueError) as error:
-            return fail(str(error), args.key)
+            return fail(str(error), args.key, args.token)
 
     return connected
 
