@@ -13,12 +13,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from bench import auth, catalog_list, dedup, deploy, flood, gateway, oidc, pipeline, upload
+from bench import (
+    auth,
+    catalog_list,
+    dedup,
+    deploy,
+    flood,
+    gateway,
+    inference_log,
+    oidc,
+    pipeline,
+    upload,
+)
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
-    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline"
+    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log"
 )  # fmt: skip
 
 
@@ -117,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
+    if args.which in ("log", "all"):
+        benchmarks.append(("log", inference_log.run))
 
     started = dt.datetime.now().astimezone()
     reports: list[Report] = []

@@ -49,7 +49,7 @@ from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
 from mlserve.catalog.artifacts import Artifacts
-from mlserve.catalog.models import Models
+from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
 from mlserve.catalog.versions import Versions
@@ -57,8 +57,7 @@ from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
 from mlserve.deploy.health import HealthLoop
-from mlserve.deploy.model_deployments import DEFAULT_SERVER, Deployments
-from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.deploy.lifecycle import DEFAULT_SERVER, Deployments, DeploymentUsage
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog, LogSettings
@@ -128,7 +127,6 @@ class Domain:
     apps: Apps
     audit: AuditLog
     pipelines: Pipelines
-    pipeline_deployments: PipelineDeployments
     inference_log: InferenceLog
 
 
@@ -155,7 +153,8 @@ def build_domain(settings: Settings) -> Domain:
     repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
     blobs = Blobs(repository)
     db.run(blobs.sweep)
-    versions = Versions(repository, tokens, blobs)
+    usage = DeploymentUsage()
+    versions = Versions(repository, tokens, blobs, usage)
     artifacts = Artifacts(repository, tokens, blobs)
     limits = UploadLimits(
         max_upload_bytes=settings.max_upload_bytes,
@@ -169,9 +168,6 @@ def build_domain(settings: Settings) -> Domain:
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    # After the model deployments' callback: members may be deployments too.
-    pipeline_deployments = PipelineDeployments(fleet, deployments, repository)
-    fleet.on_change(pipeline_deployments.server_changed)
     stats = InferenceStats()
     inference_log = InferenceLog(
         LogSettings(
@@ -186,7 +182,7 @@ def build_domain(settings: Settings) -> Domain:
     )
     return Domain(
         repository,
-        Models(repository, tokens, blobs),
+        Models(repository, tokens, blobs, usage),
         versions,
         artifacts,
         uploads,
@@ -199,8 +195,7 @@ def build_domain(settings: Settings) -> Domain:
         Workspaces(tokens),
         Apps(tokens),
         AuditLog(tokens),
-        Pipelines(tokens),
-        pipeline_deployments,
+        Pipelines(tokens, usage),
         inference_log,
     )
 
@@ -236,7 +231,9 @@ class MLServe:
         )
         settings.home.mkdir(parents=True, exist_ok=True)
         domain = self._domain = await in_thread(build_domain)(settings)
-        key_file = await in_thread(domain.access.bootstrap_admin_key)(settings.home)
+        key_file = await in_thread(domain.access.bootstrap_admin_key)(
+            settings.home, adopt_unowned_models
+        )
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
         self._server = self._grpc_server(domain)
@@ -370,9 +367,7 @@ class MLServe:
             ServerService(domain.fleet, domain.deployments), server
         )
         deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentService(
-                domain.deployments, domain.pipeline_deployments, domain.inference_log
-            ),
+            DeploymentService(domain.deployments, domain.inference_log, domain.stats),
             server,
         )
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(

@@ -129,9 +129,7 @@ class Apps:
         """
         with db.database.atomic():
             found = app_row(app)
-            model_row = tables.Model.get_or_none(tables.Model.name == check_name(model, "model"))
-            if model_row is None:
-                raise rules.not_found(model)
+            rules.require_model(check_name(model, "model"))
             try:
                 row = tables.AppRoute.create(app=found, model=model)
             except pw.IntegrityError:
@@ -156,11 +154,9 @@ class Apps:
         """``app``'s routes by model name; routes to models the caller may not see are
         not listed."""
         query = tables.AppRoute.select().where(tables.AppRoute.app == app_row(app))
-        visible = rules.visible_models()
+        visible = rules.visible_model_name_query()
         if visible is not None:
-            query = query.where(
-                tables.AppRoute.model.in_(tables.Model.select(tables.Model.name).where(visible))
-            )
+            query = query.where(tables.AppRoute.model.in_(visible))
         listing = Listing(
             query, tables.AppRoute.model,
             lambda row: RouteRecord(app, row.model, row.create_time), lambda row: row.model,

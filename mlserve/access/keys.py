@@ -255,10 +255,15 @@ class Access:
         if refusal is not None:
             raise type(refusal)(refusal.message)
 
-    def bootstrap_admin_key(self, home: Path) -> Path | None:
+    def bootstrap_admin_key(
+        self, home: Path, adopt: Callable[[int], object] | None = None
+    ) -> Path | None:
         """On first start, create the admin user and key, written to ``home/admin.key`` (0600).
 
-        Returns the file written, or None when keys already exist.
+        Returns the file written, or None when keys already exist. When the admin
+        user is new, ``adopt(workspace_id)`` runs in the same transaction with the id
+        of its workspace (the server gives it the models older databases left
+        without one).
         """
         if tables.ApiKey.select().exists():
             return None
@@ -271,8 +276,8 @@ class Access:
                 workspace = tables.Workspace.create(name=ADMIN_USER)
                 user = tables.User.create(name=ADMIN_USER, role=ADMIN, default_workspace=workspace)
                 tables.WorkspaceMember.create(workspace=workspace, user=user, role=OWNER)
-                orphans = tables.Model.workspace.is_null()
-                tables.Model.update(workspace=workspace).where(orphans).execute()
+                if adopt is not None:
+                    adopt(workspace.id)
             plaintext, _ = create_key_row(user=user)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

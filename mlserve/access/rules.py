@@ -293,6 +293,28 @@ def visible_models(table: Any = tables.Model) -> pw.Expression | None:
     return where
 
 
+def visible_model_name_query() -> Any:
+    """A query of the names of the models the caller may see (None: every model)."""
+    visible = visible_models()
+    return None if visible is None else tables.Model.select(tables.Model.name).where(visible)
+
+
+def visible_name_query() -> Any:
+    """A query of the names of the models and pipelines the caller may see (None: all)."""
+    models, pipelines = visible_models(tables.Model), visible_models(tables.Pipeline)
+    if models is None or pipelines is None:
+        return None
+    return tables.Model.select(tables.Model.name).where(models) | tables.Pipeline.select(
+        tables.Pipeline.name
+    ).where(pipelines)
+
+
+def require_model(name: str) -> None:
+    """NotFound unless a model (not a pipeline) is named ``name`` (blocking)."""
+    if not tables.Model.select().where(tables.Model.name == name).exists():
+        raise not_found(name)
+
+
 def visible_model_names(names: Iterable[str]) -> set[str]:
     """Of ``names`` (Triton model names), those the caller may see (blocking).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +244,14 @@ def user_row(name: str) -> Any:
     if row is None:
         raise NotFound(f"user {name!r} does not exist")
     return row
+
+
+def user_names(ids: Iterable[int]) -> dict[int, str]:
+    """The names of the users with ``ids``, by id, in one query (blocking)."""
+    query = tables.User.select(tables.User.id, tables.User.name).where(
+        tables.User.id.in_(sorted(set(ids)))
+    )
+    return {row.id: row.name for row in query}
 
 
 def _refuse_last_admin(user: Any, action: str) -> None:

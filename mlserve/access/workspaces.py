@@ -8,6 +8,7 @@ process's cached decisions are dropped at once.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +149,21 @@ class Workspaces:
             {"list": "members", "workspace": workspace},
         )  # fmt: skip
         return self.tokens.page(listing, requested, token)
+
+
+def workspace_id_query(name: str) -> Any:
+    """A query of the id of workspace ``name`` (no rows when there is none), to filter
+    other tables by (blocking)."""
+    check_name(name, "workspace name")
+    return tables.Workspace.select(tables.Workspace.id).where(tables.Workspace.name == name)
+
+
+def workspace_names(ids: Iterable[int]) -> dict[int, str]:
+    """The names of the workspaces with ``ids``, by id, in one query (blocking)."""
+    query = tables.Workspace.select(tables.Workspace.id, tables.Workspace.name).where(
+        tables.Workspace.id.in_(sorted(set(ids)))
+    )
+    return {row.id: row.name for row in query}
 
 
 def _workspace_or_none(name: str) -> Any:

@@ -27,8 +27,8 @@ from mlserve.catalog.versions import VersionRecord
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
-from mlserve.deploy.model_deployments import DeploymentRecord, TargetRecord
-from mlserve.deploy.pipeline_deployments import PipelineDeploymentRecord, PipelineTargetRecord
+from mlserve.deploy.lifecycle import DeploymentRecord, Wanted
+from mlserve.deploy.targets import Placement, TargetRecord
 from mlserve.gateway.stats import UsageRecord
 from mlserve.storage.blobs import FileSpec
 from mlserve.triton.serving import ServingSettings
@@ -368,17 +368,21 @@ _DEPLOYMENT_STATES = {
 
 
 def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
-    return deployment_pb2.Deployment(
+    """A model's or a pipeline's deployment; serving settings are a model's only."""
+    message = deployment_pb2.Deployment(
         name=record.name,
         model=record.model,
+        pipeline=record.pipeline,
         version=record.version,
         servers=record.servers,
         targets=[_target(target) for target in record.targets],
         state=_DEPLOYMENT_STATES[record.state],
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
-        serving=serving_message(record.serving),
     )
+    if record.model:
+        message.serving.CopyFrom(serving_message(record.serving))
+    return message
 
 
 def _target(target: TargetRecord) -> deployment_pb2.DeploymentTarget:
@@ -387,6 +391,27 @@ def _target(target: TargetRecord) -> deployment_pb2.DeploymentTarget:
         state=_DEPLOYMENT_STATES[target.state],
         message=target.message,
         update_time=timestamp(target.update_time),
+        members=[
+            deployment_pb2.MemberTarget(
+                model=member.model,
+                version=member.version,
+                state=_DEPLOYMENT_STATES[member.state],
+                message=member.message,
+            )
+            for member in target.members
+        ],
+    )
+
+
+def wanted_deployment(message: deployment_pb2.Deployment) -> Wanted:
+    """CreateDeployment's deployment as the domain takes it."""
+    return Wanted(
+        model=message.model,
+        pipeline=message.pipeline,
+        name=message.name,
+        version=message.version,
+        placement=Placement(list(message.servers), message.replicas, dict(message.server_selector)),
+        serving=serving_settings(message.serving) if message.HasField("serving") else None,
     )
 
 
@@ -470,30 +495,3 @@ def pipeline(record: PipelineRecord, address: str) -> pipeline_pb2.Pipeline:
         update_time=timestamp(record.update_time),
         workspace=record.workspace,
     )
-
-
-def pipeline_deployment(record: PipelineDeploymentRecord) -> deployment_pb2.Deployment:
-    return deployment_pb2.Deployment(
-        name=record.name,
-        pipeline=record.pipeline,
-        version=record.version,
-        servers=record.servers,
-        targets=[_pipeline_target(target) for target in record.targets],
-        state=_DEPLOYMENT_STATES[record.state],
-        create_time=timestamp(record.create_time),
-        update_time=timestamp(record.update_time),
-    )
-
-
-def _pipeline_target(target: PipelineTargetRecord) -> deployment_pb2.DeploymentTarget:
-    message = _target(target)
-    message.members.extend(
-        deployment_pb2.MemberTarget(
-            model=member.model,
-            version=member.version,
-            state=_DEPLOYMENT_STATES[member.state],
-            message=member.message,
-        )
-        for member in target.members
-    )
-    return message

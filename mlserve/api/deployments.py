@@ -8,15 +8,10 @@ from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert, convert_log
 from mlserve.core.errors import InvalidArgument
-from mlserve.deploy.model_deployments import (
-    UPDATABLE_DEPLOYMENT_FIELDS,
-    DeploymentRecord,
-    Deployments,
-    Placement,
-)
-from mlserve.deploy.pipeline_deployments import PipelineDeployments
+from mlserve.deploy.lifecycle import UPDATABLE_DEPLOYMENT_FIELDS, Deployments
+from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog, LoggingPolicy
-from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc
+from mlserve_api.v1 import deployment_pb2, deployment_pb2_grpc, inference_log_pb2
 
 Context = Any
 
@@ -25,12 +20,12 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     def __init__(
         self,
         deployments: Deployments,
-        pipelines: PipelineDeployments,
         inference_log: InferenceLog | None = None,
+        stats: InferenceStats | None = None,
     ) -> None:
         self.deployments = deployments
-        self.pipelines = pipelines
         self.inference_log = inference_log
+        self.stats = stats
 
     async def CreateDeployment(
         self, request: deployment_pb2.CreateDeploymentRequest, context: Context
@@ -42,28 +37,24 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
             if wanted.HasField("logging")
             else None
         )
-        placement = Placement(list(wanted.servers), wanted.replicas, dict(wanted.server_selector))
-        if wanted.pipeline:
-            if wanted.model or wanted.HasField("serving"):
-                raise InvalidArgument(
-                    "set either model or pipeline, not both; a pipeline's serving settings "
-                    "belong to its steps"
-                )
-            if wanted.name and wanted.name != wanted.pipeline:
-                raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
-            created = await self.pipelines.create(wanted.pipeline, wanted.version, placement)
-            return await self._logging(convert.pipeline_deployment(created), policy)
-        if wanted.name and wanted.name != wanted.model:
-            raise InvalidArgument("a deployment is named after its model: leave name empty")
-        record = await self.deployments.create(
-            wanted.model, wanted.version, placement, convert.serving_settings(wanted.serving)
-        )
+        record = await self.deployments.create(convert.wanted_deployment(wanted))
         return await self._logging(convert.deployment(record), policy)
 
     async def _logging(
         self, message: deployment_pb2.Deployment, policy: LoggingPolicy | None
     ) -> deployment_pb2.Deployment:
-        """Set the deployment's logging policy (when given) and show the one in force."""
+        """Set the deployment's logging policy (when given); show the one in force and the
+        recent latency."""
+        if self.stats is not None:
+            recent = self.stats.recent_latency(message.name)
+            message.latency.CopyFrom(
+                inference_log_pb2.RecentLatency(
+                    p50_ms=recent.p50_ms,
+                    p99_ms=recent.p99_ms,
+                    calls=recent.calls,
+                    window_seconds=recent.window_seconds,
+                )
+            )
         if self.inference_log is None:
             return message
         if policy is not None:
@@ -80,23 +71,16 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def GetDeployment(
         self, request: deployment_pb2.GetDeploymentRequest, context: Context
     ) -> deployment_pb2.Deployment:
-        pipeline = await self.pipelines.get_or_none(request.name)
-        if pipeline is not None:
-            return await self._logging(convert.pipeline_deployment(pipeline), None)
-        return await self._logging(
-            convert.deployment(await self.deployments.get(request.name)), None
-        )
+        record = await self.deployments.get(request.name)
+        return await self._logging(convert.deployment(record), None)
 
     async def ListDeployments(
         self, request: deployment_pb2.ListDeploymentsRequest, context: Context
     ) -> deployment_pb2.ListDeploymentsResponse:
-        page = await self.pipelines.list_with_models(request.page_size, request.page_token)
+        page = await self.deployments.list_deployments(request.page_size, request.page_token)
         return deployment_pb2.ListDeploymentsResponse(
             deployments=[
-                convert.deployment(record)
-                if isinstance(record, DeploymentRecord)
-                else convert.pipeline_deployment(record)
-                for record in page.items
+                await self._logging(convert.deployment(record), None) for record in page.items
             ],
             next_page_token=page.next_page_token,
         )
@@ -122,10 +106,7 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def DeleteDeployment(
         self, request: deployment_pb2.DeleteDeploymentRequest, context: Context
     ) -> Empty:
-        if await self.pipelines.get_or_none(request.name) is not None:
-            await self.pipelines.delete(request.name)
-        else:
-            await self.deployments.delete(request.name)
+        await self.deployments.delete(request.name)
         return Empty()
 
     async def LoadModel(

@@ -23,7 +23,7 @@ from mlserve.access import Access
 from mlserve.api.errors import status_code
 from mlserve.core.errors import InvalidArgument, MLServeError, NotFound, Unavailable
 from mlserve.deploy.fleet import READY, Fleet
-from mlserve.deploy.model_deployments import Deployments
+from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway import wire
 from mlserve.gateway.forwarding import Forwarder, TimeLeft
 from mlserve.gateway.router import Router

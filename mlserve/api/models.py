@@ -12,7 +12,7 @@ from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.models import Models
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, Uploads
 from mlserve.catalog.versions import Versions
-from mlserve.deploy.model_deployments import Deployments
+from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway.stats import InferenceStats
 from mlserve_api.v1 import model_pb2, model_pb2_grpc
 

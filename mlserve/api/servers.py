@@ -8,7 +8,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert
 from mlserve.deploy.fleet import Fleet, ServerRecord
-from mlserve.deploy.model_deployments import Deployments
+from mlserve.deploy.lifecycle import Deployments
 from mlserve_api.v1 import server_pb2, server_pb2_grpc
 
 Context = Any

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mlserve.catalog.models import require_download_allowed
-from mlserve.catalog.versions import DownloadChunk, read_file, version_row
+from mlserve.catalog.versions import DownloadChunk, read_file, version_ids, version_row
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_relative_path
 from mlserve.core.paging import Listing, Page, PageTokens
@@ -158,4 +158,11 @@ def _artifact_record(row: Any, model: str, version: int) -> ArtifactRecord:
         sha256=row.blob.sha256,
         upload_id=row.upload_id,
         create_time=row.create_time,
+    )
+
+
+def artifact_blobs(model_ids: Any) -> Any:
+    """A query of the sha256s of the artifacts of the models in ``model_ids`` (a query)."""
+    return tables.Artifact.select(tables.Artifact.blob).where(
+        tables.Artifact.version.in_(version_ids(model_ids))
     )

@@ -11,14 +11,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import peewee as pw
 
 from mlserve.access import changed, rules
+from mlserve.access.workspaces import workspace_id_query, workspace_names
 from mlserve.catalog import model_metadata
 from mlserve.catalog.model_metadata import ModelFields
-from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from mlserve.catalog.namespace import refuse_pipeline_name
+from mlserve.core.errors import AlreadyExists, InvalidArgument
 from mlserve.core.names import check_name, check_tags
 from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
@@ -63,11 +65,25 @@ _ORDERS: dict[str, Any] = {
 }
 
 
+class Usage(Protocol):
+    """What the catalog asks the deployments before it deletes (blocking calls);
+    ``deploy.lifecycle.DeploymentUsage`` answers."""
+
+    def refuse_if_deployed(self, model: str, version: int | None = None) -> None:
+        """FailedPrecondition when ``model`` (at ``version``; None: any) is deployed."""
+
+    def deployed_version(self, name: str) -> int:
+        """The version deployment ``name`` runs, 0 when there is none."""
+
+
 class Models:
-    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
+    def __init__(
+        self, repository: Repository, tokens: PageTokens, blobs: Blobs, usage: Usage
+    ) -> None:
         self.repository = repository
         self.tokens = tokens
         self.blobs = blobs
+        self.usage = usage
 
     @in_thread
     def create_model(self, name: str, fields: ModelFields, workspace: str = "") -> ModelRecord:
@@ -141,11 +157,24 @@ class Models:
     def delete_model(self, name: str) -> None:
         with db.database.atomic():
             row = rules.check_model_write(model_row(name))
-            refuse_if_deployed(row)
+            self.usage.refuse_if_deployed(row.name)
             row.delete_instance(recursive=False)
         changed()
         self.repository.delete_model(name)
         self.blobs.collect()
+
+
+def adopt_unowned_models(workspace_id: int) -> int:
+    """Put every model without a workspace (from a database older than workspaces)
+    into workspace ``workspace_id``; how many moved (blocking)."""
+    unowned = tables.Model.workspace.is_null()
+    return int(tables.Model.update(workspace=workspace_id).where(unowned).execute())
+
+
+def hidden_model(name: str) -> bool:
+    """Whether a model named ``name`` exists that the caller may not see (blocking)."""
+    row = tables.Model.get_or_none(tables.Model.name == name)
+    return row is not None and not rules.can_see_model(rules.caller(), row)
 
 
 def writable_model(name: str) -> Any:
@@ -180,53 +209,6 @@ def model_row(name: str) -> Any:
     return rules.check_model_read(row)
 
 
-def refuse_pipeline_name(name: str) -> None:
-    """AlreadyExists when a pipeline has ``name``: pipelines and models share names."""
-    if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
-        raise AlreadyExists(
-            f"a pipeline is named {name!r}; pipelines and models share one namespace "
-            "(the pipeline is a Triton model): choose another name"
-        )
-
-
-def member_rows(model: str) -> Any:
-    """The PipelineMember rows, with their deployment and pipeline, that run ``model``."""
-    return (
-        tables.PipelineMember.select(
-            tables.PipelineMember, tables.PipelineDeployment, tables.Pipeline
-        )
-        .join(tables.PipelineDeployment)
-        .join(tables.Pipeline)
-        .switch(tables.PipelineMember)
-        .join(tables.Model)
-        .where(tables.Model.name == model)
-        .order_by(tables.Pipeline.name)
-    )
-
-
-def pipeline_members(model: str) -> list[tuple[str, int]]:
-    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
-    return [(row.deployment.pipeline.name, row.version) for row in member_rows(model)]
-
-
-def refuse_if_deployed(model_row: Any, version: int | None = None) -> None:
-    for pipeline, used in pipeline_members(model_row.name):
-        if version is None or used == version:
-            raise FailedPrecondition(
-                f"version {used} of {model_row.name!r} is used by deployed pipeline "
-                f"{pipeline!r}; undeploy the pipeline first"
-            )
-    query = tables.Deployment.select().where(tables.Deployment.model == model_row)
-    if version is not None:
-        query = query.where(tables.Deployment.version == version)
-    deployment = query.first()
-    if deployment is not None:
-        what = f"version {deployment.version} of {model_row.name!r}"
-        raise FailedPrecondition(
-            f"{what} is deployed (deployment {deployment.name!r}); undeploy it first"
-        )
-
-
 def _parse_order(order_by: str) -> tuple[str, bool]:
     """AIP-132 ``order_by``: a column, optionally " asc" or " desc"; empty is "name"."""
     words = order_by.split()
@@ -249,11 +231,7 @@ def _model_filter(query: ModelQuery) -> list[Any]:
     if query.name_prefix:
         conditions.append(model.name.startswith(query.name_prefix))
     if query.workspace:
-        check_name(query.workspace, "workspace name")
-        space = tables.Workspace.select(tables.Workspace.id).where(
-            tables.Workspace.name == query.workspace
-        )
-        conditions.append(model.workspace.in_(space))
+        conditions.append(model.workspace.in_(workspace_id_query(query.workspace)))
     if model_metadata.check_kind(query.kind, "kind"):
         conditions.append(model.kind == query.kind)
     for tag in check_tags(query.tags_all, "tags_all"):
@@ -333,12 +311,7 @@ def _model_records(rows: list[Any]) -> list[ModelRecord]:
     )
     counts: list[tuple[int, int, int]] = list(query)  # type: ignore[arg-type]  # .tuples()
     stats = {model_id: (latest, count) for model_id, latest, count in counts}
-    spaces = {row.workspace_id for row in rows} - {None}
-    space_names: dict[int, str] = dict(
-        tables.Workspace.select(tables.Workspace.id, tables.Workspace.name)
-        .where(tables.Workspace.id.in_(list(spaces)))
-        .tuples()  # type: ignore[arg-type]  # .tuples()
-    )
+    space_names = workspace_names({row.workspace_id for row in rows} - {None})
     return [
         ModelRecord(
             name=row.name,
@@ -381,8 +354,8 @@ def model_for_upload(name: str) -> Any:
     )
 
 
-def downloadable_blobs() -> Any:
-    """A where-clause on blobs keeping those the caller could download anyway (None: all).
+def downloadable_model_ids() -> Any:
+    """A query of the ids of the models whose files the caller may download (None: all).
 
     Skipping an upload's bytes on a digest match hands the caller the stored
     content. Without this, knowing a private file's sha256 and size would be
@@ -392,19 +365,7 @@ def downloadable_blobs() -> Any:
     if visible is None:
         return None
     readable = visible & (tables.Model.allow_download == True)  # noqa: E712
-    in_versions = (
-        tables.VersionFile.select(tables.VersionFile.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    in_artifacts = (
-        tables.Artifact.select(tables.Artifact.blob)
-        .join(tables.ModelVersion)
-        .join(tables.Model)
-        .where(readable)
-    )
-    return tables.Blob.sha256.in_(in_versions) | tables.Blob.sha256.in_(in_artifacts)
+    return tables.Model.select(tables.Model.id).where(readable)
 
 
 if not TYPE_CHECKING:  # mypy sees the re-exports at the top instead

@@ -18,11 +18,12 @@ import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
 from mlserve.access import changed, rules
+from mlserve.catalog.models import Usage
+from mlserve.catalog.namespace import refuse_model_name
 from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name
 from mlserve.core.paging import Listing, Page, PageTokens
-from mlserve.deploy.fleet import READY
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
 from mlserve.triton import modelconfig, serving
@@ -115,8 +116,12 @@ class Member:
 
 
 class Pipelines:
-    def __init__(self, tokens: PageTokens) -> None:
+    def __init__(self, tokens: PageTokens, usage: Usage) -> None:
         self.tokens = tokens
+        self.usage = usage
+
+    def _record(self, row: Any, version: int) -> PipelineRecord:
+        return _record(row, version, self.usage.deployed_version(row.name))
 
     @in_thread
     def create(
@@ -138,11 +143,11 @@ class Pipelines:
         except pw.IntegrityError:
             raise AlreadyExists(f"pipeline {name!r} already exists") from None
         changed()
-        return _record(row, 0)
+        return self._record(row, 0)
 
     @in_thread
     def get(self, name: str, version: int = 0) -> PipelineRecord:
-        return _record(_pipeline_row(name), version)
+        return self._record(_pipeline_row(name), version)
 
     @in_thread
     def list_pipelines(self, requested_size: int, token: str) -> Page[PipelineRecord]:
@@ -151,7 +156,7 @@ class Pipelines:
         if visible is not None:
             query = query.where(visible)
         listing = Listing(
-            query, tables.Pipeline.name, lambda row: _record(row, 0), lambda row: row.name,
+            query, tables.Pipeline.name, lambda row: self._record(row, 0), lambda row: row.name,
             {"list": "pipelines"},
         )  # fmt: skip
         return self.tokens.page(listing, requested_size, token)
@@ -186,18 +191,16 @@ class Pipelines:
                 tables.PipelineVersion.create(
                     pipeline=row, version=current.version + 1, spec=new.to_json()
                 )
-        return _record(row, 0)
+        return self._record(row, 0)
 
     @in_thread
     def delete(self, name: str) -> None:
         with db.database.atomic():
             row = rules.check_model_write(_pipeline_row(name))
-            deployment = tables.PipelineDeployment.get_or_none(
-                tables.PipelineDeployment.pipeline == row
-            )
-            if deployment is not None:
+            deployed = self.usage.deployed_version(row.name)
+            if deployed:
                 raise FailedPrecondition(
-                    f"pipeline {name!r} is deployed (version {deployment.version}); "
+                    f"pipeline {name!r} is deployed (version {deployed}); "
                     "undeploy it first (DeleteDeployment)"
                 )
             row.delete_instance(recursive=True)
@@ -450,11 +453,7 @@ def _type_name(datatype: int) -> str:
 
 
 def _refuse_taken_name(name: str) -> None:
-    if tables.Model.select().where(tables.Model.name == name).exists():
-        raise AlreadyExists(
-            f"a model is named {name!r}; pipelines and models share one namespace "
-            "(the pipeline is a Triton model): choose another name"
-        )
+    refuse_model_name(name)
     if tables.Pipeline.select().where(tables.Pipeline.name == name).exists():
         raise AlreadyExists(f"pipeline {name!r} already exists")
 
@@ -497,11 +496,10 @@ def version_row(name: str, version: int) -> Any:
     return found
 
 
-def _record(row: Any, version: int) -> PipelineRecord:
+def _record(row: Any, version: int, deployed_version: int) -> PipelineRecord:
     chosen = version_row(row.name, version)
     spec = Spec.from_json(chosen.spec)
     count = tables.PipelineVersion.select().where(tables.PipelineVersion.pipeline == row).count()
-    deployment = tables.PipelineDeployment.get_or_none(tables.PipelineDeployment.pipeline == row)
     try:
         checked = check(spec, member_configs(spec))
         inputs, outputs = checked.inputs, checked.outputs
@@ -517,33 +515,8 @@ def _record(row: Any, version: int) -> PipelineRecord:
         spec=spec,
         inputs=inputs,
         outputs=outputs,
-        deployed_version=deployment.version if deployment is not None else 0,
+        deployed_version=deployed_version,
         create_time=row.create_time,
         update_time=chosen.create_time,
         workspace=row.workspace.name if row.workspace_id is not None else "",
     )
-
-
-def deployed_models() -> list[tuple[str, str, int, bool]]:
-    """(server, Triton model, version, ready) of every deployed ensemble and its members.
-
-    A member counts as ready where its pipeline's target is READY (blocking).
-    """
-    rows = (
-        tables.PipelineTarget.select(
-            tables.PipelineTarget, tables.PipelineDeployment, tables.Pipeline, tables.Server
-        )
-        .join_from(tables.PipelineTarget, tables.PipelineDeployment)
-        .join_from(tables.PipelineDeployment, tables.Pipeline)
-        .join_from(tables.PipelineTarget, tables.Server)
-        .order_by(tables.Pipeline.name, tables.PipelineTarget.position)
-    )
-    found: list[tuple[str, str, int, bool]] = []
-    for target in rows:
-        ready = target.state == READY
-        server = target.server.name
-        found.append((server, target.deployment.pipeline.name, target.deployment.version, ready))
-        found.extend(
-            (server, model, version, ready) for model, version, *_ in json.loads(target.members)
-        )
-    return found

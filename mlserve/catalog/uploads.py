@@ -26,14 +26,22 @@ from typing import Any
 import peewee as pw
 
 from mlserve.access import rules
-from mlserve.catalog.artifacts import ARTIFACT_KINDS, ArtifactRecord, Artifacts, find_artifact
+from mlserve.access.users import user_names
+from mlserve.catalog.artifacts import (
+    ARTIFACT_KINDS,
+    ArtifactRecord,
+    Artifacts,
+    artifact_blobs,
+    find_artifact,
+)
 from mlserve.catalog.models import (
     check_upload,
-    downloadable_blobs,
-    refuse_pipeline_name,
+    downloadable_model_ids,
+    hidden_model,
     writable_model,
 )
-from mlserve.catalog.versions import VersionRecord, Versions, find_version
+from mlserve.catalog.namespace import refuse_pipeline_name
+from mlserve.catalog.versions import VersionRecord, Versions, find_version, version_blobs
 from mlserve.core.errors import (
     Aborted,
     DataLoss,
@@ -348,7 +356,7 @@ class Uploads:
             committed_version=0 if committed is None else committed.version,
             create_time=row.create_time,
             update_time=row.update_time,
-            owner="" if row.owner is None else row.owner.name,
+            owner="" if row.owner_id is None else user_names([row.owner_id]).get(row.owner_id, ""),
             expire_time=None
             if committed is not None
             else row.update_time + self.limits.expire_after,
@@ -673,10 +681,7 @@ def _close_all(files: Sequence[_StagedFile] | Any) -> None:
 
 
 def _upload_rows() -> Any:
-    """Uploads with their owners, in one query."""
-    return tables.Upload.select(tables.Upload, tables.User).join(
-        tables.User, pw.JOIN.LEFT_OUTER, on=(tables.Upload.owner == tables.User.id)
-    )
+    return tables.Upload.select()
 
 
 def _unfinished() -> Any:
@@ -692,8 +697,7 @@ def _visible(row: Any) -> bool:
     """The caller's own upload (or an admin's view), of a model the caller may see."""
     if not rules.can_see_upload(row.owner_id):
         return False
-    model = tables.Model.get_or_none(tables.Model.name == row.model)
-    return model is None or rules.can_see_model(rules.caller(), model)
+    return not hidden_model(row.model)
 
 
 def _owned_upload(upload_id: str) -> Any:
@@ -709,3 +713,10 @@ def _touch(upload_id: str) -> None:
     tables.Upload.update(update_time=db.utcnow()).where(
         (tables.Upload.upload_id == upload_id) & _unfinished()
     ).execute()
+
+
+def downloadable_blobs() -> list[Any] | None:
+    """Queries of the sha256s the caller could download anyway, in versions and in
+    artifacts (None: every blob), for ``Blobs.stored``."""
+    models = downloadable_model_ids()
+    return None if models is None else [version_blobs(models), artifact_blobs(models)]

@@ -18,10 +18,10 @@ import peewee as pw
 
 from mlserve.catalog.models import (
     LostRace,
+    Usage,
     created_in_savepoint,
     model_for_upload,
     model_row,
-    refuse_if_deployed,
     require_download_allowed,
     writable_model,
 )
@@ -56,10 +56,13 @@ class DownloadChunk:
 
 
 class Versions:
-    def __init__(self, repository: Repository, tokens: PageTokens, blobs: Blobs) -> None:
+    def __init__(
+        self, repository: Repository, tokens: PageTokens, blobs: Blobs, usage: Usage
+    ) -> None:
         self.repository = repository
         self.tokens = tokens
         self.blobs = blobs
+        self.usage = usage
 
     @in_thread
     def list_versions(self, model: str, requested_size: int, token: str) -> Page[VersionRecord]:
@@ -83,7 +86,7 @@ class Versions:
         with db.database.atomic():
             writable_model(model)
             row = version_row(model, version)
-            refuse_if_deployed(row.model, row.version)
+            self.usage.refuse_if_deployed(row.model.name, row.version)
             row.delete_instance()
         self.repository.delete_version(model, row.version)
         self.blobs.collect()
@@ -252,4 +255,18 @@ def _version_record(row: Any, model: str) -> VersionRecord:
         config=row.config,
         upload_id=row.upload_id,
         create_time=row.create_time,
+    )
+
+
+def version_ids(model_ids: Any) -> Any:
+    """A query of the ids of every version of the models in ``model_ids`` (a query)."""
+    return tables.ModelVersion.select(tables.ModelVersion.id).where(
+        tables.ModelVersion.model.in_(model_ids)
+    )
+
+
+def version_blobs(model_ids: Any) -> Any:
+    """A query of the sha256s the versions of the models in ``model_ids`` (a query) use."""
+    return tables.VersionFile.select(tables.VersionFile.blob).where(
+        tables.VersionFile.version.in_(version_ids(model_ids))
     )

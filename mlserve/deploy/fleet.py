@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import peewee as pw
 
@@ -104,6 +104,29 @@ def check_address(address: str) -> str:
     return address
 
 
+class Holdings(Protocol):
+    """What the deployments tell the fleet about a server (blocking calls, given its row)."""
+
+    def refuse_delete(self, server: Any) -> None:
+        """FailedPrecondition while some deployment targets ``server``."""
+
+    def held_on(self, server: Any) -> list[tuple[str, str, str]]:
+        """(kind, name, workspace) of each model or pipeline deployed on ``server``."""
+
+
+class _NothingHeld:
+    """A fleet without deployments: servers hold nothing."""
+
+    def refuse_delete(self, server: Any) -> None:
+        return None
+
+    def held_on(self, server: Any) -> list[tuple[str, str, str]]:
+        return []
+
+
+_NOTHING_HELD = _NothingHeld()
+
+
 class Fleet:
     def __init__(
         self,
@@ -118,11 +141,17 @@ class Fleet:
         self._clients: dict[str, TritonClient] = {}
         self._status: dict[str, ServerStatus] = {}
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self._holdings: Holdings = _NOTHING_HELD
 
     def on_change(self, callback: ChangeCallback) -> None:
         """Have the reconciler call ``callback(server_name, state)`` when a server is seen
         READY (every health round) or stops being READY; never inside a health check."""
         self.reconciler.on_change(callback)
+
+    def track_holdings(self, holdings: Holdings) -> None:
+        """Ask ``holdings`` (the deployments) what a server holds before it is
+        unregistered or restricted to workspaces."""
+        self._holdings = holdings
 
     # --- registry -----------------------------------------------------------
 
@@ -198,7 +227,7 @@ class Fleet:
                 row.shares_repository = fields.shares_repository
             if "workspaces" in mask:
                 row.workspaces = _workspaces_json(fields.workspaces)
-                _check_holds_only(row, fields.workspaces)
+                self._check_holds_only(row, fields.workspaces)
             row.save()
             return row
 
@@ -212,18 +241,7 @@ class Fleet:
         def remove() -> None:
             with db.database.atomic():
                 row = _server_row(name)
-                target = tables.DeploymentTarget.get_or_none(tables.DeploymentTarget.server == row)
-                if target is not None:
-                    raise FailedPrecondition(
-                        f"server {name!r} is a target of deployment "
-                        f"{target.deployment.name!r}; undeploy from it first"
-                    )
-                pipeline = tables.PipelineTarget.get_or_none(tables.PipelineTarget.server == row)
-                if pipeline is not None:
-                    raise FailedPrecondition(
-                        f"server {name!r} is a target of pipeline "
-                        f"{pipeline.deployment.pipeline.name!r}; undeploy it first"
-                    )
+                self._holdings.refuse_delete(row)
                 row.delete_instance()
 
         await in_thread(remove)()
@@ -357,6 +375,19 @@ class Fleet:
             for record in records
         ]
 
+    def _check_holds_only(self, server: Any, workspaces: Sequence[str]) -> None:
+        """FailedPrecondition while ``server`` holds a deployment outside ``workspaces``
+        (blocking)."""
+        if not workspaces:
+            return
+        for kind, name, workspace in self._holdings.held_on(server):
+            if workspace not in workspaces:
+                raise FailedPrecondition(
+                    f"server {server.name!r} holds {kind} {name!r} of workspace {workspace!r}; "
+                    "undeploy it from this server before restricting it to "
+                    + ", ".join(repr(w) for w in workspaces)
+                )
+
     def _record(self, row: Any) -> ServerRecord:
         return ServerRecord(
             name=row.name,
@@ -396,38 +427,3 @@ def _workspaces_json(workspaces: Sequence[str]) -> str:
         if name not in known:
             raise InvalidArgument(f"server.workspaces[{index}]: there is no workspace {name!r}")
     return json.dumps(names)
-
-
-def _check_holds_only(server: Any, workspaces: Sequence[str]) -> None:
-    """FailedPrecondition while ``server`` holds a deployment outside ``workspaces`` (blocking)."""
-    if not workspaces:
-        return
-    for kind, name, workspace in _held_on(server):
-        if workspace not in workspaces:
-            raise FailedPrecondition(
-                f"server {server.name!r} holds {kind} {name!r} of workspace {workspace!r}; "
-                "undeploy it from this server before restricting it to "
-                + ", ".join(repr(w) for w in workspaces)
-            )
-
-
-def _held_on(server: Any) -> list[tuple[str, str, str]]:
-    """(kind, name, workspace) of every deployment and pipeline deployment on ``server``."""
-    T = tables
-    held: list[tuple[str, str, str]] = []
-    for kind, owner, deployment, target in (
-        ("model", T.Model, T.Deployment, T.DeploymentTarget),
-        ("pipeline", T.Pipeline, T.PipelineDeployment, T.PipelineTarget),
-    ):
-        query = (
-            owner.select(owner.name, T.Workspace.name.alias("workspace"))
-            .join(deployment)
-            .join(target)
-            .switch(owner)
-            .join(T.Workspace)
-            .where(target.server == server)
-            .tuples()
-        )
-        rows: list[tuple[str, str]] = list(query)  # type: ignore[arg-type]  # .tuples()
-        held += [(kind, name, workspace) for name, workspace in rows]
-    return held

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mlserve.catalog.pipelines import deployed_models
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mlserve.deploy import targets
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread
@@ -59,10 +59,15 @@ class Router:
     async def choose(
         self, model: str, version: str, exclude: frozenset[str] = frozenset()
     ) -> Choice:
-        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to."""
+        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to.
+
+        Reads the routes again first when memory has none for ``model`` or none
+        loaded: perhaps it was just deployed, or its load just finished, through
+        another replica on the same database (the health loop's reload may have
+        seen it still loading).
+        """
         route = self._routes.get(model)
-        if route is None:
-            # Perhaps just deployed through another replica on the same database.
+        if route is None or not route.servers:
             await self.reload()
             route = self._routes.get(model)
         if route is None:
@@ -124,24 +129,15 @@ class Router:
 
 
 def _load_routes() -> dict[str, Route]:
-    rows = (
-        tables.DeploymentTarget.select(tables.DeploymentTarget, tables.Deployment, tables.Server)
-        .join_from(tables.DeploymentTarget, tables.Deployment)
-        .join_from(tables.DeploymentTarget, tables.Server)
-        .order_by(tables.Deployment.name, tables.DeploymentTarget.position)
-    )
     servers: defaultdict[str, list[str]] = defaultdict(list)
     versions: dict[str, int] = {}
-    for row in rows:
-        versions[row.deployment.name] = row.deployment.version
-        if row.state == READY:
-            servers[row.deployment.name].append(row.server.name)
     # A deployed pipeline is routed by its name to its ensemble; its members
-    # too, for per-step statistics and for calling a step alone.
-    for server, model, version, ready in deployed_models():
-        versions.setdefault(model, version)
-        if ready and server not in servers[model]:
-            servers[model].append(server)
+    # too, for per-step statistics and for calling a step alone. A member
+    # deployed on its own comes first and keeps its version.
+    for entry in targets.served():
+        versions.setdefault(entry.model, entry.version)
+        if entry.ready and entry.server not in servers[entry.model]:
+            servers[entry.model].append(entry.server)
     return {
         name: Route(name, version, tuple(servers.get(name, ())))
         for name, version in versions.items()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import peewee as pw
@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread
 
+RECENT_SECONDS = 300
+RECENT_CALLS = 100_000  # per model: the window holds at most this many calls
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -53,6 +55,10 @@ class InferenceStats:
             buckets=_LATENCY_BUCKETS,
         )
         self._latencies: dict[tuple[str, int], Histogram] = {}
+        # model -> (time.monotonic(), seconds) of its recent calls, for p50/p99.
+        self._recent: defaultdict[str, deque[tuple[float, float]]] = defaultdict(
+            lambda: deque(maxlen=RECENT_CALLS)
+        )
 
     def record(self, model: str, version: int, ok: bool, latency: float | None = None) -> None:
         """Count one call (and, when given, observe its latency in seconds)."""
@@ -74,6 +80,19 @@ class InferenceStats:
                     model, str(version)
                 )
             histogram.observe(latency)
+            self._recent[model].append((time.monotonic(), latency))
+
+    def recent_latency(self, model: str) -> RecentLatency:
+        """p50 and p99 of ``model``'s calls over the last ``RECENT_SECONDS`` (this process)."""
+        since = time.monotonic() - RECENT_SECONDS
+        latencies = sorted(
+            seconds for at, seconds in list(self._recent.get(model, ())) if at >= since
+        )
+        if not latencies:
+            return RecentLatency()
+        return RecentLatency(
+            _quantile(latencies, 0.5) * 1000, _quantile(latencies, 0.99) * 1000, len(latencies)
+        )
 
     @in_thread
     def flush(self) -> None:
@@ -94,6 +113,18 @@ class InferenceStats:
             query = query.where(tables.InferenceCount.version == version)
         count, failures, last_time = query.scalar(as_tuple=True)
         return UsageRecord(int(count or 0), int(failures or 0), _as_datetime(last_time))
+
+
+@dataclass(frozen=True)
+class RecentLatency:
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    calls: int = 0
+    window_seconds: int = RECENT_SECONDS
+
+
+def _quantile(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def _add(model: str, version: int, counts: _Pending) -> None:

@@ -16,6 +16,7 @@ model, date and hour come from the path, as Hive partitioning does.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 import uuid
@@ -28,9 +29,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlserve.core.errors import InvalidArgument
+from mlserve.core.names import check_name
 from mlserve.monitor import tensors
 from mlserve.monitor.records import Record
 from mlserve.monitor.tensors import Tensor
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".parquet"
 _TEMPORARY = ".tmp"
@@ -59,6 +64,10 @@ META = pa.schema(
         ("output_json", pa.string()),
     ]
 )
+_DICTIONARY_COLUMNS = [
+    "deployment", "server", "caller", "caller_kind", "app", "status", "message", "source",
+]  # fmt: skip
+_STATISTICS_COLUMNS = ["id", "time", "version", *_DICTIONARY_COLUMNS]
 _SCALARS = [name for name in META.names if name not in ("time", "truncated", "truncated_tensors")]
 
 
@@ -83,8 +92,21 @@ def write(root: Path, records: Iterable[Record]) -> int:
         OSError: the directory cannot be written (full disk, permissions).
     """
     by_partition: defaultdict[Partition, list[Record]] = defaultdict(list)
+    names: dict[str, bool] = {}
+    partitions: dict[tuple[str, int], Partition] = {}
     for record in records:
-        by_partition[Partition.of(record)].append(record)
+        valid = names.get(record.model)
+        if valid is None:
+            valid = names[record.model] = valid_name(record.model)
+        if not valid:
+            log.error("inference log record for %r dropped: not a model name", record.model)
+            continue
+        # One Partition per model and hour, not one strftime per record.
+        key = (record.model, int(record.time.timestamp()) // 3600)
+        partition = partitions.get(key)
+        if partition is None:
+            partition = partitions[key] = Partition.of(record)
+        by_partition[partition].append(record)
     written = 0
     for partition, rows in by_partition.items():
         directory = partition.directory(root)
@@ -165,12 +187,31 @@ def sweep_temporary(root: Path) -> int:
     return removed
 
 
+def valid_name(model: str) -> bool:
+    """Whether ``model`` may name a partition directory (a valid resource name)."""
+    try:
+        check_name(model)
+    except InvalidArgument:
+        return False
+    return True
+
+
 def _write_file(directory: Path, table: Any) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
     temporary = directory / f".{name}{_TEMPORARY}"
     try:
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(
+            table,
+            temporary,
+            compression="zstd",
+            # Level 1: the writer must keep up with the gateway on one core.
+            compression_level=1,
+            # Dictionaries and statistics pay off on the metadata (filters, repeated
+            # names), not on tensor elements, which are mostly distinct.
+            use_dictionary=_DICTIONARY_COLUMNS,
+            write_statistics=_STATISTICS_COLUMNS,
+        )
         os.replace(temporary, directory / name)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -188,18 +229,28 @@ def _tensor_columns(records: list[Record]) -> dict[tuple[str, str], str]:
 
 
 def _compatible_groups(records: list[Record]) -> list[list[Record]]:
-    """Split records so that in each group a tensor name has one datatype (one column type)."""
-    groups: list[tuple[dict[tuple[str, str], str], list[Record]]] = []
+    """Split records so that in each group a tensor name has one datatype (one column type).
+
+    Records with the same tensors (the usual case: one model, one signature) are
+    grouped first, so the per-record work is one tuple.
+    """
+    by_signature: defaultdict[tuple[tuple[str, str, str], ...], list[Record]] = defaultdict(list)
     for record in records:
-        wanted = _tensor_columns([record])
-        for types, members in groups:
+        signature = tuple((INPUT, t.name, t.datatype) for t in record.inputs) + tuple(
+            (OUTPUT, t.name, t.datatype) for t in record.outputs
+        )
+        by_signature[signature].append(record)
+    groups: list[tuple[dict[tuple[str, str], str], list[Record]]] = []
+    for signature, members in by_signature.items():
+        wanted = {(role, name): datatype for role, name, datatype in signature}
+        for types, group in groups:
             if all(types.get(key, datatype) == datatype for key, datatype in wanted.items()):
                 types.update(wanted)
-                members.append(record)
+                group.extend(members)
                 break
         else:
-            groups.append((dict(wanted), [record]))
-    return [members for _, members in groups]
+            groups.append((wanted, list(members)))
+    return [group for _, group in groups]
 
 
 def _find(record: Record, role: str, name: str) -> Tensor | None:

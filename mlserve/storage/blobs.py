@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
+import operator
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,18 +55,20 @@ class Blobs:
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
 
-    def stored(self, files: Iterable[FileSpec], readable: Any = None) -> set[str]:
+    def stored(self, files: Iterable[FileSpec], readable: Sequence[Any] | None = None) -> set[str]:
         """The sha256s of the declared contents stored already that the caller could read.
 
-        An upload need not send those bytes, nor stage them. ``readable`` (a
-        where-clause on blobs; None: every blob) keeps the contents the caller
-        could download anyway: the catalog, which knows who may read what,
-        decides (``catalog.models.downloadable_blobs``).
+        An upload need not send those bytes, nor stage them. ``readable`` (queries
+        of sha256s; None: every blob) keeps the contents the caller could download
+        anyway: the catalog, which knows who may read what, decides
+        (``catalog.uploads.downloadable_blobs``).
         """
         wanted = {spec.sha256: spec.size for spec in files}
         candidates = tables.Blob.select().where(tables.Blob.sha256.in_(list(wanted)))
         if readable is not None:
-            candidates = candidates.where(readable)
+            candidates = candidates.where(
+                functools.reduce(operator.or_, (tables.Blob.sha256.in_(q) for q in readable))
+            )
         return {
             row.sha256
             for row in candidates
@@ -72,7 +76,7 @@ class Blobs:
         }
 
     def pin_stored(
-        self, upload_id: str, files: Iterable[FileSpec], readable: Any = None
+        self, upload_id: str, files: Iterable[FileSpec], readable: Sequence[Any] | None = None
     ) -> set[str]:
         """Pin for ``upload_id`` every declared content already stored (and ``readable``,
         as for ``stored``); all its pinned sha256s.

@@ -8,7 +8,7 @@ only through the gate (``db.run`` / ``db.in_thread``), which lends the call
 one pooled connection and turns a lost database into ``errors.Unavailable``.
 
 Each table has one owning domain module; only that module queries it
-(``tests/test_layers.py`` holds the list and checks it).
+(``tests/core/test_layers.py`` holds the list and checks it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class BaseModel(pw.Model):
@@ -298,13 +298,41 @@ class Server(BaseModel):
     workspaces = pw.TextField(default="[]")
 
 
-class Deployment(BaseModel):
+class Pipeline(BaseModel):
+    """A DAG of model steps served as one Triton ensemble named ``name``."""
+
     name = pw.CharField(unique=True, max_length=128)
-    model = pw.ForeignKeyField(Model, backref="deployments", on_delete="RESTRICT")
+    description = pw.TextField(default="")
+    # Pipelines belong to a workspace, as models do; private to it for now.
+    workspace = pw.ForeignKeyField(Workspace, null=True, backref="pipelines", on_delete="RESTRICT")
+    visibility = pw.CharField(max_length=16, default="private")
+    create_time = pw.DateTimeField(default=utcnow)
+
+
+class PipelineVersion(BaseModel):
+    """One immutable version of a pipeline's inputs, outputs and steps."""
+
+    pipeline = pw.ForeignKeyField(Pipeline, backref="versions", on_delete="CASCADE")
+    version = pw.BigIntegerField()
+    spec = pw.TextField()  # JSON: {"inputs": [...], "outputs": [...], "steps": [...]}
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("pipeline", "version"), True),)
+
+
+class Deployment(BaseModel):
+    """Desired: a model, or a pipeline (its Triton ensemble and members), at
+    ``version`` on its targets. Named after what it deploys: models and
+    pipelines share one namespace, so one table holds both (schema 12)."""
+
+    name = pw.CharField(unique=True, max_length=128)
+    model = pw.ForeignKeyField(Model, null=True, backref="deployments", on_delete="RESTRICT")
     version = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
     serving = pw.TextField(default="{}")  # JSON: batching and instance settings
+    pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
 
 
 class DeploymentTarget(BaseModel):
@@ -316,9 +344,19 @@ class DeploymentTarget(BaseModel):
     state = pw.CharField(max_length=32, default="PENDING")
     message = pw.TextField(default="")
     update_time = pw.DateTimeField(default=utcnow)
+    members = pw.TextField(default="[]")  # a pipeline's: [[model, version, state, message], ...]
 
     class Meta:
         indexes = ((("deployment", "server"), True),)
+
+
+class DeploymentMember(BaseModel):
+    """A member model version a deployed pipeline pins (its ensemble steps name it)."""
+
+    deployment = pw.ForeignKeyField(Deployment, backref="members", on_delete="CASCADE")
+    model = pw.ForeignKeyField(Model, backref="deployed_as_member", on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    config = pw.TextField()  # the config.pbtxt Triton gets, settings applied
 
 
 class AuditEvent(BaseModel):
@@ -346,65 +384,6 @@ class InferenceCount(BaseModel):
         indexes = ((("model", "version"), True),)
 
 
-class Pipeline(BaseModel):
-    """A DAG of model steps served as one Triton ensemble named ``name``."""
-
-    name = pw.CharField(unique=True, max_length=128)
-    description = pw.TextField(default="")
-    # Pipelines belong to a workspace, as models do; private to it for now.
-    workspace = pw.ForeignKeyField(Workspace, null=True, backref="pipelines", on_delete="RESTRICT")
-    visibility = pw.CharField(max_length=16, default="private")
-    create_time = pw.DateTimeField(default=utcnow)
-
-
-class PipelineVersion(BaseModel):
-    """One immutable version of a pipeline's inputs, outputs and steps."""
-
-    pipeline = pw.ForeignKeyField(Pipeline, backref="versions", on_delete="CASCADE")
-    version = pw.BigIntegerField()
-    spec = pw.TextField()  # JSON: {"inputs": [...], "outputs": [...], "steps": [...]}
-    create_time = pw.DateTimeField(default=utcnow)
-
-    class Meta:
-        indexes = ((("pipeline", "version"), True),)
-
-
-class PipelineDeployment(BaseModel):
-    """Desired: ``pipeline`` at ``version`` (an ensemble plus its members) on targets."""
-
-    pipeline = pw.ForeignKeyField(Pipeline, backref="deployments", on_delete="RESTRICT")
-    version = pw.BigIntegerField()
-    create_time = pw.DateTimeField(default=utcnow)
-    update_time = pw.DateTimeField(default=utcnow)
-
-    class Meta:
-        indexes = ((("pipeline",), True),)
-
-
-class PipelineMember(BaseModel):
-    """A member model version a deployed pipeline pins (its ensemble steps name it)."""
-
-    deployment = pw.ForeignKeyField(PipelineDeployment, backref="members", on_delete="CASCADE")
-    model = pw.ForeignKeyField(Model, backref="pipeline_members", on_delete="RESTRICT")
-    version = pw.BigIntegerField()
-    config = pw.TextField()  # the config.pbtxt Triton gets, settings applied
-
-
-class PipelineTarget(BaseModel):
-    """A pipeline deployment on one server: the ensemble's state and its members'."""
-
-    deployment = pw.ForeignKeyField(PipelineDeployment, backref="targets", on_delete="CASCADE")
-    server = pw.ForeignKeyField(Server, backref="pipeline_targets", on_delete="RESTRICT")
-    position = pw.IntegerField(default=0)
-    state = pw.CharField(max_length=32, default="PENDING")
-    message = pw.TextField(default="")
-    members = pw.TextField(default="[]")  # JSON: [[model, version, state, message], ...]
-    update_time = pw.DateTimeField(default=utcnow)
-
-    class Meta:
-        indexes = ((("deployment", "server"), True),)
-
-
 class LoggingPolicy(BaseModel):
     """Which calls to a deployment the inference log records (owned by mlserve.monitor).
 
@@ -420,14 +399,6 @@ class LoggingPolicy(BaseModel):
     update_time = pw.DateTimeField(default=utcnow)
 
 
-PIPELINE_TABLES: list[type[BaseModel]] = [
-    Pipeline,
-    PipelineVersion,
-    PipelineDeployment,
-    PipelineMember,
-    PipelineTarget,
-]
-
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -438,8 +409,11 @@ TABLES: list[type[BaseModel]] = [
     ModelVersion,
     Upload,
     Server,
+    Pipeline,
+    PipelineVersion,
     Deployment,
     DeploymentTarget,
+    DeploymentMember,
     InferenceCount,
     Blob,
     VersionFile,
@@ -452,7 +426,6 @@ TABLES: list[type[BaseModel]] = [
     AppRoute,
     AppConsumer,
     AuditEvent,
-    *PIPELINE_TABLES,
     LoggingPolicy,
     OidcIdentity,
 ]
@@ -557,8 +530,73 @@ def _add_access_control(db: pw.Database) -> None:
         Model.update(workspace=home).execute()
 
 
+# The pipeline deployment tables as schemas 7 to 11 had them, frozen for the
+# migrations that create (6) and fold (11) them; schema 12 keeps pipeline
+# deployments in deployment / deployment_target / deployment_member. They
+# point at stand-ins of the tables they reference, so that the live models
+# (Pipeline, Model, Server) know nothing of them (a recursive delete would
+# look for their rows).
+class _UnfoldedPipeline(BaseModel):
+    class Meta:
+        table_name = "pipeline"
+
+
+class _UnfoldedModel(BaseModel):
+    class Meta:
+        table_name = "model"
+
+
+class _UnfoldedServer(BaseModel):
+    class Meta:
+        table_name = "server"
+
+
+class _UnfoldedPipelineDeployment(BaseModel):
+    pipeline = pw.ForeignKeyField(_UnfoldedPipeline, on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "pipeline_deployment"
+        indexes = ((("pipeline",), True),)
+
+
+class _UnfoldedPipelineMember(BaseModel):
+    deployment = pw.ForeignKeyField(_UnfoldedPipelineDeployment, on_delete="CASCADE")
+    model = pw.ForeignKeyField(_UnfoldedModel, on_delete="RESTRICT")
+    version = pw.BigIntegerField()
+    config = pw.TextField()
+
+    class Meta:
+        table_name = "pipeline_member"
+
+
+class _UnfoldedPipelineTarget(BaseModel):
+    deployment = pw.ForeignKeyField(_UnfoldedPipelineDeployment, on_delete="CASCADE")
+    server = pw.ForeignKeyField(_UnfoldedServer, on_delete="RESTRICT")
+    position = pw.IntegerField(default=0)
+    state = pw.CharField(max_length=32, default="PENDING")
+    message = pw.TextField(default="")
+    members = pw.TextField(default="[]")
+    update_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "pipeline_target"
+        indexes = ((("deployment", "server"), True),)
+
+
+_UNFOLDED_PIPELINE_DEPLOYMENT_TABLES: list[type[BaseModel]] = [
+    _UnfoldedPipelineDeployment,
+    _UnfoldedPipelineMember,
+    _UnfoldedPipelineTarget,
+]
+
+
 def _add_pipelines(db: pw.Database) -> None:
-    db.create_tables(PIPELINE_TABLES)
+    db.create_tables([Pipeline, PipelineVersion])
+    for table in _UNFOLDED_PIPELINE_DEPLOYMENT_TABLES:  # only these, not their stand-ins
+        table.create_table()
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("deployment", "serving", Deployment.serving))
 
@@ -576,6 +614,46 @@ def _add_upload_owners(db: pw.Database) -> None:
 def _add_server_workspaces(db: pw.Database) -> None:
     migrator = SchemaMigrator.from_database(db)
     migrate_schema(migrator.add_column("server", "workspaces", Server.workspaces))
+
+
+_NEW_ID = (
+    'JOIN "pipeline_deployment" d ON d."id" = old."deployment_id" '
+    'JOIN "deployment" n ON n."pipeline_id" = d."pipeline_id"'
+)
+_FOLD_PIPELINE_DEPLOYMENTS = (
+    'INSERT INTO "deployment" '
+    '("name", "pipeline_id", "version", "create_time", "update_time", "serving") '
+    'SELECT p."name", p."id", d."version", d."create_time", d."update_time", \'{}\' '
+    'FROM "pipeline_deployment" d JOIN "pipeline" p ON p."id" = d."pipeline_id"',
+    'INSERT INTO "deployment_target" ("deployment_id", "server_id", "position", "state", '
+    '"message", "update_time", "members") SELECT n."id", old."server_id", old."position", '
+    'old."state", old."message", old."update_time", old."members" '
+    f'FROM "pipeline_target" old {_NEW_ID}',
+    'INSERT INTO "deployment_member" ("deployment_id", "model_id", "version", "config") '
+    'SELECT n."id", old."model_id", old."version", old."config" '
+    f'FROM "pipeline_member" old {_NEW_ID}',
+)
+
+
+def _fold_pipeline_deployments(db: pw.Database) -> None:
+    """One deployment table for models and pipelines.
+
+    Each pipeline deployment becomes a deployment row named after its
+    pipeline (no model, no serving settings), its targets deployment_target
+    rows (with their member states), its members deployment_member rows.
+    """
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("deployment", "pipeline_id", Deployment.pipeline),
+        migrator.drop_not_null("deployment", "model_id"),
+        migrator.add_column("deployment_target", "members", DeploymentTarget.members),
+    )
+    db.create_tables([DeploymentMember])
+    # Plain SQL naming every column: later schemas may add columns these
+    # tables do not have yet when this step runs.
+    for statement in _FOLD_PIPELINE_DEPLOYMENTS:
+        db.execute_sql(statement)  # type: ignore[no-untyped-call]
+    db.drop_tables(list(reversed(_UNFOLDED_PIPELINE_DEPLOYMENT_TABLES)))
 
 
 def _add_logging_policies(db: pw.Database) -> None:
@@ -597,6 +675,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     8: _add_upload_owners,
     9: _add_logging_policies,
     10: _add_oidc_identities,
+    11: _fold_pipeline_deployments,
 }
 
 

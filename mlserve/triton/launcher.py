@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from typing import NoReturn
 
 from mlserve.core.errors import FailedPrecondition, Unavailable
 from mlserve.triton.client import TritonClient
-from mlserve.triton.sandbox import Sandbox, scrubbed_environment
+from mlserve.triton.sandbox import Sandbox, read_child_pid, scrubbed_environment
 
 __all__ = ["EmbeddedTriton", "TritonInstallation", "bundled_backends"]
 
@@ -133,6 +134,7 @@ class EmbeddedTriton:
         self._extra_args = tuple(extra_args)
         self._sandbox = sandbox
         self._process: subprocess.Popen[bytes] | None = None
+        self._sandboxed_pid: int | None = None  # Triton's own pid when bwrap wraps it
         self._log_offset = 0  # where the current run's part of the log starts
         self._stopping = False
 
@@ -212,7 +214,7 @@ class EmbeddedTriton:
             return
         self._stopping = True
         if process.poll() is None:
-            process.terminate()
+            self._terminate(process)
             if not await _wait_exit(process, timeout):
                 log.warning(
                     "Triton (pid %d) ignored SIGTERM for %.0fs; killing it", process.pid, timeout
@@ -220,6 +222,15 @@ class EmbeddedTriton:
                 process.kill()
                 await _wait_exit(process, None)
         self._process = None
+
+    def _terminate(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to Triton itself. In the sandbox, ``process`` is bubblewrap,
+        which would die of it and take Triton down with SIGKILL, ungracefully."""
+        if self._sandboxed_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._sandboxed_pid, signal.SIGTERM)
+                return
+        process.terminate()
 
     def _prepare_backends(self, installation: TritonInstallation) -> Path:
         backend_dir = self._workdir / "backends"
@@ -233,7 +244,9 @@ class EmbeddedTriton:
             _ensure_symlink(python_dir / target.name, target)
         return backend_dir
 
-    def _command(self, installation: TritonInstallation, backend_dir: Path) -> list[str]:
+    def _command(
+        self, installation: TritonInstallation, backend_dir: Path, info_fd: int | None = None
+    ) -> list[str]:
         sandbox = self._sandbox
         assert sandbox is not None
         # Triton sees the repository and its backends, read-only, and none of
@@ -265,10 +278,14 @@ class EmbeddedTriton:
             command,
             placed=placed,
             read_only=[installation.server_binary.parents[1], installation.library_dir],
+            info_fd=info_fd,
         )
 
     def _spawn(self, installation: TritonInstallation, backend_dir: Path) -> int:
-        command = self._command(installation, backend_dir)
+        assert self._sandbox is not None
+        # bubblewrap tells Triton's own pid on this pipe (see _terminate).
+        reader, writer = os.pipe() if self._sandbox.confined else (None, None)
+        command = self._command(installation, backend_dir, info_fd=writer)
         with self._log_path.open("ab") as log_file:
             header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n"
             log_file.write(header.encode())
@@ -281,7 +298,12 @@ class EmbeddedTriton:
                 stderr=subprocess.STDOUT,
                 env=_triton_environment(installation),
                 cwd=self._workdir,
+                pass_fds=() if writer is None else (writer,),
             )
+        self._sandboxed_pid = None
+        if reader is not None and writer is not None:
+            os.close(writer)
+            self._sandboxed_pid = read_child_pid(reader)
         log.info(
             "started Triton (pid %d) on %s; log: %s",
             self._process.pid,

@@ -28,6 +28,7 @@ no sandbox is used.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -39,7 +40,14 @@ from pathlib import Path
 
 from mlserve.core.errors import FailedPrecondition
 
-__all__ = ["PASSED_VARIABLES", "SANDBOX_UID", "UNSAFE_FLAG", "Sandbox", "scrubbed_environment"]
+__all__ = [
+    "PASSED_VARIABLES",
+    "SANDBOX_UID",
+    "UNSAFE_FLAG",
+    "Sandbox",
+    "read_child_pid",
+    "scrubbed_environment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +138,12 @@ class Sandbox:
         return _PLACED_ROOT / name if self.confined else host
 
     def wrap(
-        self, command: Sequence[str], *, placed: Mapping[str, Path], read_only: Iterable[Path]
+        self,
+        command: Sequence[str],
+        *,
+        placed: Mapping[str, Path],
+        read_only: Iterable[Path],
+        info_fd: int | None = None,
     ) -> list[str]:
         """``command`` run inside the sandbox, seeing only the system and these, read-only.
 
@@ -138,6 +151,8 @@ class Sandbox:
         away from the home around them, whose path and other contents stay
         unseen; ``read_only`` paths (the Python installation, the Triton
         wheel) appear at their own place, where links into them point.
+        ``command`` is the sandbox's pid 1, and bubblewrap writes its pid, as
+        MLServe sees it, to ``info_fd`` (read it with :func:`read_child_pid`).
         """
         if self.bwrap is None:
             return list(command)
@@ -157,6 +172,10 @@ class Sandbox:
             "ALL",
             "--die-with-parent",
             "--new-session",
+            # Triton itself is pid 1: it reaps its backend stubs, and a SIGTERM
+            # sent to it (not to bwrap, which would die and SIGKILL it) lets it
+            # stop gracefully.
+            "--as-pid-1",
             # Mounts before binds: a path bound below /tmp (a test's venv)
             # must land on the private /tmp, not be hidden by it.
             "--proc",
@@ -177,6 +196,8 @@ class Sandbox:
             arguments += ["--ro-bind", str(path), str(path)]
         for name, host in placed.items():
             arguments += ["--ro-bind", str(host), str(self.inside(name, host))]
+        if info_fd is not None:
+            arguments += ["--info-fd", str(info_fd)]
         arguments += [
             # Last: nothing outside /tmp and /dev can be created or changed.
             "--remount-ro",
@@ -187,6 +208,17 @@ class Sandbox:
             *command,
         ]
         return arguments
+
+
+def read_child_pid(reader: int) -> int | None:
+    """The pid bubblewrap reports on its info pipe (read to its end, then closed)."""
+    with os.fdopen(reader, "rb") as info:
+        text = info.read()
+    try:
+        pid = json.loads(text)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None  # bwrap failed before it started the command; its exit says why
+    return int(pid)
 
 
 def _mirror(path: Path) -> list[str]:

@@ -22,6 +22,7 @@ from mlserve.catalog.pipelines import (
 )
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.paging import PageTokens
+from mlserve.deploy.lifecycle import DeploymentUsage
 from mlserve.storage import tables
 from mlserve.triton.serving import ServingSettings
 from tests.support.catalog import open_catalog
@@ -58,7 +59,7 @@ def pipelines(store_db: pw.Database) -> Pipelines:
     add_version("pre", scale_model_config("pre"))
     add_version("add", add_model_config("add"))
     add_version("post", scale_model_config("post"))
-    return Pipelines(PageTokens(b"k" * 32))
+    return Pipelines(PageTokens(b"k" * 32), DeploymentUsage())
 
 
 def three_steps(**changes: Any) -> Spec:
@@ -292,8 +293,8 @@ def test_list_pages_and_delete(pipelines: Pipelines) -> None:
 
 def test_a_deployed_pipeline_cannot_be_deleted(pipelines: Pipelines) -> None:
     run(pipelines.create("chain", "", three_steps()))
-    tables.PipelineDeployment.create(
-        pipeline=tables.Pipeline.get(tables.Pipeline.name == "chain"), version=1
+    tables.Deployment.create(
+        name="chain", pipeline=tables.Pipeline.get(tables.Pipeline.name == "chain"), version=1
     )
     with pytest.raises(FailedPrecondition, match="pipeline 'chain' is deployed"):
         run(pipelines.delete("chain"))

@@ -155,3 +155,69 @@ def test_newer_database_is_refused(database_url: str) -> None:
     close_database(opened)
     with pytest.raises(RuntimeError, match="newer than this MLServe"):
         tables.connect(database_url)
+
+
+def test_schema_11_pipeline_deployments_fold_into_deployments(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore_foundation(database_url)
+    # Bring the foundation to schema 11 and deploy a pipeline there, as schema 11 did.
+    with monkeypatch.context() as schema_11:
+        schema_11.setattr(tables, "SCHEMA_VERSION", 11)
+        opened = tables.connect(database_url)
+    mark = opened.param
+
+    def insert(sql: str, *values: object) -> None:
+        opened.execute_sql(sql.replace("?", mark), values)
+
+    with opened.atomic():
+        resnet = tables.Model.get(tables.Model.name == "resnet")
+        pipeline = tables.Pipeline.create(name="chain")
+        tables.PipelineVersion.create(pipeline=pipeline, version=1, spec="{}")
+        insert(
+            'INSERT INTO "pipeline_deployment" ("id", "pipeline_id", "version", "create_time", '
+            '"update_time") VALUES (7, ?, 1, ?, ?)',
+            pipeline.id, WHEN, WHEN,
+        )  # fmt: skip
+        members = json.dumps([["resnet", 2, "READY", ""]])
+        for position, server in enumerate(tables.Server.select().order_by(tables.Server.name)):
+            insert(
+                'INSERT INTO "pipeline_target" ("deployment_id", "server_id", "position", '
+                '"state", "message", "members", "update_time") VALUES (7, ?, ?, ?, ?, ?, ?)',
+                server.id, position, "READY", "", members, WHEN,
+            )  # fmt: skip
+        insert(
+            'INSERT INTO "pipeline_member" ("deployment_id", "model_id", "version", "config") '
+            "VALUES (7, ?, 2, ?)",
+            resnet.id, 'backend: "python"',
+        )  # fmt: skip
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        model = tables.Deployment.get(tables.Deployment.name == "resnet")
+        assert (model.model.name, model.pipeline, model.version) == ("resnet", None, 2)
+        assert model.targets.count() == 2
+        folded = tables.Deployment.get(tables.Deployment.name == "chain")
+        assert (folded.model, folded.pipeline.name, folded.version) == (None, "chain", 1)
+        assert (folded.create_time, folded.serving) == (WHEN, "{}")
+        targets = [
+            (t.server.name, t.position, t.state, json.loads(t.members), t.update_time)
+            for t in folded.targets.order_by(tables.DeploymentTarget.position)
+        ]
+        assert targets == [
+            ("local", 0, "READY", [["resnet", 2, "READY", ""]], WHEN),
+            ("remote", 1, "READY", [["resnet", 2, "READY", ""]], WHEN),
+        ]
+        assert [(m.model.name, m.version, m.config) for m in folded.members] == [
+            ("resnet", 2, 'backend: "python"')
+        ]
+        assert not any(
+            opened.table_exists(name)
+            for name in ("pipeline_deployment", "pipeline_target", "pipeline_member")
+        )
+        # Model targets kept no members; a new pipeline deployment takes the same table.
+        assert {t.members for t in model.targets} == {"[]"}
+    finally:
+        close_database(opened)

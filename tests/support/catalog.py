@@ -10,6 +10,7 @@ from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.models import Models
 from mlserve.catalog.versions import Versions
 from mlserve.core.paging import PageTokens
+from mlserve.deploy.lifecycle import DeploymentUsage
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.repository import Repository
 
@@ -31,7 +32,7 @@ def open_catalog(root: Path, secret: bytes = b"k" * 32) -> Catalog:
     return Catalog(
         repository,
         blobs,
-        Models(repository, tokens, blobs),
-        Versions(repository, tokens, blobs),
+        Models(repository, tokens, blobs, DeploymentUsage()),
+        Versions(repository, tokens, blobs, DeploymentUsage()),
         Artifacts(repository, tokens, blobs),
     )

@@ -11,6 +11,7 @@ MLServe's files must be byte-identical afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from mlserve.core.errors import FailedPrecondition
+from mlserve.triton.launcher import EmbeddedTriton
 from mlserve.triton.sandbox import PASSED_VARIABLES, UNSAFE_FLAG, Sandbox
 from mlserve_api.v1 import server_pb2
 from tests.server.test_tls import make_certificate
@@ -49,6 +51,7 @@ instance_group [ { kind: KIND_CPU count: 1 } ]
 # Runs in initialize(), as soon as Triton loads it; execute() returns the report.
 _PROBE_MODEL = """\
 import glob
+import asyncio
 import hashlib
 import json
 import os
@@ -237,10 +240,11 @@ def test_model_code_reads_and_writes_nothing_of_mlserve(guarded: MLServeProcess)
             assert str(outcome).startswith("error: "), f"model code could {name}: {outcome}"
     assert report["environ files holding the secret"] == []
     assert report["os.environ holding the secret"] == []
-    # /proc/1 is the sandbox's own init, with Triton's allow-listed environment.
+    # /proc/1 is Triton itself, with its allow-listed environment (and the
+    # PWD bubblewrap sets for --chdir).
     init_environment = set(report["/proc/1/environ"])  # type: ignore[call-overload]
     assert {"HOME", "LD_LIBRARY_PATH", "PATH"} <= init_environment
-    assert init_environment <= {"HOME", "LD_LIBRARY_PATH", "PATH", *PASSED_VARIABLES}
+    assert init_environment <= {"HOME", "LD_LIBRARY_PATH", "PATH", "PWD", *PASSED_VARIABLES}
     assert report["scratch"] == "ok: written", "the model's own /tmp must be writable"
     assert report["uid"] == 65534
     after = fingerprints(guarded.home)
@@ -313,3 +317,14 @@ def test_unsafe_shared_user_starts_the_embedded_triton(
         stubs.channel.close()
     finally:
         process.stop()
+
+
+def test_stop_reaches_triton_itself_so_it_stops_gracefully(tmp_path: Path) -> None:
+    # SIGTERM to bubblewrap would kill it, and Triton with it by SIGKILL.
+    triton = EmbeddedTriton(tmp_path / "repository", tmp_path / "work", log_path=tmp_path / "log")
+    asyncio.run(triton.start())
+    asyncio.run(triton.stop())
+    log = (tmp_path / "log").read_text()
+    assert "--as-pid-1" in log  # the command line logged: it ran sandboxed
+    assert "Signal (15) received" in log
+    assert "Waiting for in-flight requests to complete" in log

@@ -172,6 +172,7 @@ class Deployment(_message.Message):
     PIPELINE_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
     LOGGING_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name: the model's name (one deployment per model)."""
     model: _builtins.str
@@ -229,6 +230,12 @@ class Deployment(_message.Message):
         create means the default policy (metadata, every call).
         """
 
+    @_builtins.property
+    def latency(self) -> _inference_log_pb2.RecentLatency:
+        """Gateway latency of the deployment's ModelInfer calls over the last
+        minutes, on the replica that answers. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -245,10 +252,11 @@ class Deployment(_message.Message):
         pipeline: _builtins.str = ...,
         serving: _pipeline_pb2.ServingSettings | None = ...,
         logging: _inference_log_pb2.LoggingPolicy | None = ...,
+        latency: _inference_log_pb2.RecentLatency | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "logging", b"logging", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "logging", b"logging", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "logging", b"logging", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "logging", b"logging", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

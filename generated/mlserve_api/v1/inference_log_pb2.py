@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emlserve/v1/inference_log.proto\x12\nmlserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\rLoggingPolicy\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.mlserve.v1.LoggingMode\x12\x18\n\x0bsample_rate\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0csampling_key\x18\x04 \x01(\t\x12\x19\n\x11max_payload_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x03\x42\x0e\n\x0c_sample_rate\"\xa6\x02\n\x18ListInferenceLogsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x0b\n\x03\x61pp\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05order\x18\t \x01(\x0e\x32\x15.mlserve.v1.ListOrder\x12\x11\n\tpage_size\x18\n \x01(\x05\x12\x12\n\npage_token\x18\x0b \x01(\t\"b\n\x19ListInferenceLogsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.mlserve.v1.InferenceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9f\x02\n\x16RecordInferenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x06inputs\x18\x06 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12#\n\x07outputs\x18\x07 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12\x12\n\ninput_json\x18\x08 \x01(\t\x12\x13\n\x0boutput_json\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"%\n\x17RecordInferenceResponse\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\x17GetLoggingPolicyRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\"G\n\x1aUpdateLoggingPolicyRequest\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.mlserve.v1.LoggingPolicy\"\xbb\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x15\n\rbool_contents\x18\x05 \x03(\x08\x12\x14\n\x0cint_contents\x18\x06 \x03(\x03\x12\x15\n\ruint_contents\x18\x07 \x03(\x04\x12\x13\n\x0b\x66p_contents\x18\x08 \x03(\x01\x12\x16\n\x0e\x62ytes_contents\x18\t \x03(\x0c\"\xca\x03\n\x0fInferenceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x12\n\ndeployment\x18\x05 \x01(\t\x12\x0e\n\x06server\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61ller_kind\x18\x08 \x01(\t\x12\x0b\n\x03\x61pp\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x15\n\rrequest_bytes\x18\x0e \x01(\x03\x12\x16\n\x0eresponse_bytes\x18\x0f \x01(\x03\x12\x0e\n\x06source\x18\x10 \x01(\t\x12\x11\n\ttruncated\x18\x11 \x01(\x08\x12\"\n\x06inputs\x18\x12 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12#\n\x07outputs\x18\x13 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12\x12\n\ninput_json\x18\x14 \x01(\t\x12\x13\n\x0boutput_json\x18\x15 \x01(\t*\xa5\x01\n\x0bLoggingMode\x12\x1c\n\x18LOGGING_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10LOGGING_MODE_OFF\x10\x01\x12\x19\n\x15LOGGING_MODE_METADATA\x10\x02\x12\x17\n\x13LOGGING_MODE_INPUTS\x10\x03\x12\x18\n\x14LOGGING_MODE_OUTPUTS\x10\x04\x12\x14\n\x10LOGGING_MODE_ALL\x10\x05*a\n\tListOrder\x12\x1a\n\x16LIST_ORDER_UNSPECIFIED\x10\x00\x12\x1b\n\x17LIST_ORDER_NEWEST_FIRST\x10\x01\x12\x1b\n\x17LIST_ORDER_OLDEST_FIRST\x10\x02\x32\x81\x03\n\x13InferenceLogService\x12`\n\x11ListInferenceLogs\x12$.mlserve.v1.ListInferenceLogsRequest\x1a%.mlserve.v1.ListInferenceLogsResponse\x12Z\n\x0fRecordInference\x12\".mlserve.v1.RecordInferenceRequest\x1a#.mlserve.v1.RecordInferenceResponse\x12R\n\x10GetLoggingPolicy\x12#.mlserve.v1.GetLoggingPolicyRequest\x1a\x19.mlserve.v1.LoggingPolicy\x12X\n\x13UpdateLoggingPolicy\x12&.mlserve.v1.UpdateLoggingPolicyRequest\x1a\x19.mlserve.v1.LoggingPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emlserve/v1/inference_log.proto\x12\nmlserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\rLoggingPolicy\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12%\n\x04mode\x18\x02 \x01(\x0e\x32\x17.mlserve.v1.LoggingMode\x12\x18\n\x0bsample_rate\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0csampling_key\x18\x04 \x01(\t\x12\x19\n\x11max_payload_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x03\x42\x0e\n\x0c_sample_rate\"V\n\rRecentLatency\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x02 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\x05\"\xa6\x02\n\x18ListInferenceLogsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x04 \x01(\t\x12\x0b\n\x03\x61pp\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05order\x18\t \x01(\x0e\x32\x15.mlserve.v1.ListOrder\x12\x11\n\tpage_size\x18\n \x01(\x05\x12\x12\n\npage_token\x18\x0b \x01(\t\"b\n\x19ListInferenceLogsResponse\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.mlserve.v1.InferenceRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9f\x02\n\x16RecordInferenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x06inputs\x18\x06 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12#\n\x07outputs\x18\x07 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12\x12\n\ninput_json\x18\x08 \x01(\t\x12\x13\n\x0boutput_json\x18\t \x01(\t\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"%\n\x17RecordInferenceResponse\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\x17GetLoggingPolicyRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\"G\n\x1aUpdateLoggingPolicyRequest\x12)\n\x06policy\x18\x01 \x01(\x0b\x32\x19.mlserve.v1.LoggingPolicy\"\xbb\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\ttruncated\x18\x04 \x01(\x08\x12\x15\n\rbool_contents\x18\x05 \x03(\x08\x12\x14\n\x0cint_contents\x18\x06 \x03(\x03\x12\x15\n\ruint_contents\x18\x07 \x03(\x04\x12\x13\n\x0b\x66p_contents\x18\x08 \x03(\x01\x12\x16\n\x0e\x62ytes_contents\x18\t \x03(\x0c\"\xca\x03\n\x0fInferenceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x12\n\ndeployment\x18\x05 \x01(\t\x12\x0e\n\x06server\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x07 \x01(\t\x12\x13\n\x0b\x63\x61ller_kind\x18\x08 \x01(\t\x12\x0b\n\x03\x61pp\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\t\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x12\n\nlatency_ms\x18\x0c \x01(\x01\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x15\n\rrequest_bytes\x18\x0e \x01(\x03\x12\x16\n\x0eresponse_bytes\x18\x0f \x01(\x03\x12\x0e\n\x06source\x18\x10 \x01(\t\x12\x11\n\ttruncated\x18\x11 \x01(\x08\x12\"\n\x06inputs\x18\x12 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12#\n\x07outputs\x18\x13 \x03(\x0b\x32\x12.mlserve.v1.Tensor\x12\x12\n\ninput_json\x18\x14 \x01(\t\x12\x13\n\x0boutput_json\x18\x15 \x01(\t*\xa5\x01\n\x0bLoggingMode\x12\x1c\n\x18LOGGING_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10LOGGING_MODE_OFF\x10\x01\x12\x19\n\x15LOGGING_MODE_METADATA\x10\x02\x12\x17\n\x13LOGGING_MODE_INPUTS\x10\x03\x12\x18\n\x14LOGGING_MODE_OUTPUTS\x10\x04\x12\x14\n\x10LOGGING_MODE_ALL\x10\x05*a\n\tListOrder\x12\x1a\n\x16LIST_ORDER_UNSPECIFIED\x10\x00\x12\x1b\n\x17LIST_ORDER_NEWEST_FIRST\x10\x01\x12\x1b\n\x17LIST_ORDER_OLDEST_FIRST\x10\x02\x32\x81\x03\n\x13InferenceLogService\x12`\n\x11ListInferenceLogs\x12$.mlserve.v1.ListInferenceLogsRequest\x1a%.mlserve.v1.ListInferenceLogsResponse\x12Z\n\x0fRecordInference\x12\".mlserve.v1.RecordInferenceRequest\x1a#.mlserve.v1.RecordInferenceResponse\x12R\n\x10GetLoggingPolicy\x12#.mlserve.v1.GetLoggingPolicyRequest\x1a\x19.mlserve.v1.LoggingPolicy\x12X\n\x13UpdateLoggingPolicy\x12&.mlserve.v1.UpdateLoggingPolicyRequest\x1a\x19.mlserve.v1.LoggingPolicyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlserve_api.v1.inference_log_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGGINGMODE']._serialized_start=1762
-  _globals['_LOGGINGMODE']._serialized_end=1927
-  _globals['_LISTORDER']._serialized_start=1929
-  _globals['_LISTORDER']._serialized_end=2026
+  _globals['_LOGGINGMODE']._serialized_start=1850
+  _globals['_LOGGINGMODE']._serialized_end=2015
+  _globals['_LISTORDER']._serialized_start=2017
+  _globals['_LISTORDER']._serialized_end=2114
   _globals['_LOGGINGPOLICY']._serialized_start=80
   _globals['_LOGGINGPOLICY']._serialized_end=262
-  _globals['_LISTINFERENCELOGSREQUEST']._serialized_start=265
-  _globals['_LISTINFERENCELOGSREQUEST']._serialized_end=559
-  _globals['_LISTINFERENCELOGSRESPONSE']._serialized_start=561
-  _globals['_LISTINFERENCELOGSRESPONSE']._serialized_end=659
-  _globals['_RECORDINFERENCEREQUEST']._serialized_start=662
-  _globals['_RECORDINFERENCEREQUEST']._serialized_end=949
-  _globals['_RECORDINFERENCERESPONSE']._serialized_start=951
-  _globals['_RECORDINFERENCERESPONSE']._serialized_end=988
-  _globals['_GETLOGGINGPOLICYREQUEST']._serialized_start=990
-  _globals['_GETLOGGINGPOLICYREQUEST']._serialized_end=1035
-  _globals['_UPDATELOGGINGPOLICYREQUEST']._serialized_start=1037
-  _globals['_UPDATELOGGINGPOLICYREQUEST']._serialized_end=1108
-  _globals['_TENSOR']._serialized_start=1111
-  _globals['_TENSOR']._serialized_end=1298
-  _globals['_INFERENCERECORD']._serialized_start=1301
-  _globals['_INFERENCERECORD']._serialized_end=1759
-  _globals['_INFERENCELOGSERVICE']._serialized_start=2029
-  _globals['_INFERENCELOGSERVICE']._serialized_end=2414
+  _globals['_RECENTLATENCY']._serialized_start=264
+  _globals['_RECENTLATENCY']._serialized_end=350
+  _globals['_LISTINFERENCELOGSREQUEST']._serialized_start=353
+  _globals['_LISTINFERENCELOGSREQUEST']._serialized_end=647
+  _globals['_LISTINFERENCELOGSRESPONSE']._serialized_start=649
+  _globals['_LISTINFERENCELOGSRESPONSE']._serialized_end=747
+  _globals['_RECORDINFERENCEREQUEST']._serialized_start=750
+  _globals['_RECORDINFERENCEREQUEST']._serialized_end=1037
+  _globals['_RECORDINFERENCERESPONSE']._serialized_start=1039
+  _globals['_RECORDINFERENCERESPONSE']._serialized_end=1076
+  _globals['_GETLOGGINGPOLICYREQUEST']._serialized_start=1078
+  _globals['_GETLOGGINGPOLICYREQUEST']._serialized_end=1123
+  _globals['_UPDATELOGGINGPOLICYREQUEST']._serialized_start=1125
+  _globals['_UPDATELOGGINGPOLICYREQUEST']._serialized_end=1196
+  _globals['_TENSOR']._serialized_start=1199
+  _globals['_TENSOR']._serialized_end=1386
+  _globals['_INFERENCERECORD']._serialized_start=1389
+  _globals['_INFERENCERECORD']._serialized_end=1847
+  _globals['_INFERENCELOGSERVICE']._serialized_start=2117
+  _globals['_INFERENCELOGSERVICE']._serialized_end=2502
 # @@protoc_insertion_point(module_scope)

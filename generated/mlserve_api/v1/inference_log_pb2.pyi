@@ -133,6 +133,42 @@ class LoggingPolicy(_message.Message):
 Global___LoggingPolicy: _TypeAlias = LoggingPolicy  # noqa: Y015
 
 @_typing.final
+class RecentLatency(_message.Message):
+    """RecentLatency is the gateway latency of a deployment's calls over the last
+    minutes, as this MLServe replica saw them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    p50_ms: _builtins.float
+    """Median, in milliseconds."""
+    p99_ms: _builtins.float
+    """99th percentile, in milliseconds."""
+    calls: _builtins.int
+    """Calls the figures are taken over."""
+    window_seconds: _builtins.int
+    """The window, in seconds."""
+    def __init__(
+        self,
+        *,
+        p50_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        calls: _builtins.int = ...,
+        window_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "p50_ms", b"p50_ms", "p99_ms", b"p99_ms", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentLatency: _TypeAlias = RecentLatency  # noqa: Y015
+
+@_typing.final
 class ListInferenceLogsRequest(_message.Message):
     """ListInferenceLogsRequest filters and pages the log."""
 

@@ -1,0 +1,675 @@
+"""Deployments: the desired state "model or pipeline P at version V on servers
+S", and the reconciler that makes each Triton match it.
+
+One deployment concept for both: a model deployment loads one model version;
+a pipeline deployment loads its member models, then its Triton ensemble
+(``ensembles``). Both share placement, target records and the reconciler
+(``targets``), and one lock per Triton model name, so a model deployment and
+a pipeline that runs the same model never change it at once.
+
+Two ways to put a version on a Triton (DESIGN.md): *shared*, for a Triton that
+reads MLServe's repository directory (the embedded one), loads by name with
+the version's config pinned to that version; *push*, for any other Triton,
+sends the config and the version's files in RepositoryModelLoad overrides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlserve.access import rules
+from mlserve.catalog.models import model_row, writable_model
+from mlserve.catalog.namespace import refuse_pipeline_name
+from mlserve.catalog.pipelines import (
+    Member,
+    Spec,
+    check,
+    member_configs,
+    version_row,
+    writable_pipeline,
+)
+from mlserve.catalog.versions import VersionRecord, find_version
+from mlserve.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MLServeError,
+    NotFound,
+    Unavailable,
+)
+from mlserve.core.names import check_name
+from mlserve.core.paging import Page, PageTokens, page_size
+from mlserve.deploy import ensembles, targets
+from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
+from mlserve.deploy.fleet import READY, Fleet
+from mlserve.deploy.targets import (
+    DEFAULT_SERVER,
+    FAILED,
+    UNREACHABLE,
+    Placement,
+    Placer,
+    TargetRecord,
+    severity,
+)
+from mlserve.deploy.tenancy import placed_model, placed_models, placed_pipeline
+from mlserve.storage import db, tables
+from mlserve.storage.db import in_thread
+from mlserve.storage.repository import Repository
+from mlserve.triton import modelconfig, serving
+from mlserve.triton.serving import NO_SETTINGS, ServingSettings
+
+log = logging.getLogger(__name__)
+
+UPDATABLE_DEPLOYMENT_FIELDS = frozenset({"version", "servers"})
+_LIST_KEY = {"list": "deployments"}
+
+__all__ = ["DEFAULT_SERVER", "DeploymentRecord", "Deployments", "Placement", "Wanted"]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What CreateDeployment asks for: a model or a pipeline, at a version, placed."""
+
+    model: str = ""
+    pipeline: str = ""
+    name: str = ""  # must be empty or the model's (pipeline's) name
+    version: int = 0  # 0: the latest
+    placement: Placement = field(default_factory=Placement)
+    serving: ServingSettings | None = None  # None: none given
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """A deployment of a model (``model`` set) or of a pipeline (``pipeline`` set)."""
+
+    name: str
+    model: str
+    pipeline: str
+    version: int
+    targets: list[TargetRecord]
+    create_time: dt.datetime
+    update_time: dt.datetime
+    serving: ServingSettings = NO_SETTINGS
+
+    @property
+    def servers(self) -> list[str]:
+        return [target.server for target in self.targets]
+
+    @property
+    def state(self) -> str:
+        return severity(target.state for target in self.targets)
+
+
+@dataclass(frozen=True)
+class _LoadOrder:
+    """What loading one deployment on one server takes, read from the store."""
+
+    name: str
+    shares_repository: bool
+    plan: EnsemblePlan | None = None  # a pipeline's
+    version: VersionRecord | None = None  # a model's
+    config_json: str = ""  # a model's, version pinned and serving settings applied
+
+
+@dataclass(frozen=True)
+class _OnServer:
+    """A deployment targeting one server, as the reconciler looks at it."""
+
+    name: str
+    version: int
+    is_pipeline: bool
+    state: str  # its target's, on that server
+    models: tuple[str, ...]  # the Triton models it loads: the lock names
+
+
+class Deployments:
+    """Every deployment's lifecycle: create, update, delete, and reconcile."""
+
+    def __init__(self, fleet: Fleet, repository: Repository, tokens: PageTokens) -> None:
+        self.fleet = fleet
+        self.repository = repository
+        self.tokens = tokens
+        self.placer = Placer(fleet)
+        self.ensembles = EnsembleLoader(self.placer, repository)
+        # One lock per Triton model name, for model and pipeline deployments alike.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
+        fleet.track_holdings(targets.ServerHoldings())
+
+    def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call ``listener()`` after any deployment or target state changed."""
+        self._listeners.append(listener)
+
+    async def _notify(self) -> None:
+        for listener in self._listeners:
+            await listener()
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, models: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the lock of each Triton model in ``models``, taken in name order."""
+        async with contextlib.AsyncExitStack() as stack:
+            for name in sorted(set(models)):
+                await stack.enter_async_context(self._locks[name])
+            yield
+
+    def _busy(self, models: Iterable[str]) -> bool:
+        return any(self._locks[name].locked() for name in models)
+
+    # --- the API ------------------------------------------------------------
+
+    async def create(self, wanted: Wanted) -> DeploymentRecord:
+        """Deploy a model or a pipeline and return once every target has tried to load.
+
+        Raises:
+            InvalidArgument: both or neither of model and pipeline, a name other
+                than theirs, serving settings for a pipeline, a bad placement.
+            AlreadyExists: it is deployed already (UpdateDeployment changes it).
+            NotFound: the model, pipeline, version or a named server is missing.
+            FailedPrecondition: it clashes with what another deployment runs.
+            Unavailable: a chosen server does not answer; nothing was written.
+        """
+        if wanted.pipeline:
+            return await self._create_pipeline(wanted)
+        if wanted.name and wanted.name != wanted.model:
+            raise InvalidArgument("a deployment is named after its model: leave name empty")
+        model = wanted.model
+        await in_thread(_deployable_model)(model)
+        async with self._locked([model]):
+            if await in_thread(_row_or_none)(model) is not None:
+                raise AlreadyExists(
+                    f"model {model!r} is already deployed; use UpdateDeployment to change it"
+                )
+            return await self._apply(
+                model, wanted.version, wanted.placement, wanted.serving or NO_SETTINGS
+            )
+
+    async def _create_pipeline(self, wanted: Wanted) -> DeploymentRecord:
+        if wanted.model or wanted.serving is not None:
+            raise InvalidArgument(
+                "set either model or pipeline, not both; a pipeline's serving settings "
+                "belong to its steps"
+            )
+        if wanted.name and wanted.name != wanted.pipeline:
+            raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
+        pipeline = check_name(wanted.pipeline, "pipeline name")
+        row = await in_thread(writable_pipeline)(pipeline)
+        members = await in_thread(ensembles.step_models)(pipeline, wanted.version)
+        async with self._locked([pipeline, *members]):
+            if await in_thread(_row_or_none)(pipeline) is not None:
+                raise AlreadyExists(f"pipeline {pipeline!r} is already deployed")
+            plan = await in_thread(_plan)(pipeline, wanted.version)
+            # The ensemble and every member land on each server.
+            placed = [placed_pipeline(row), *await in_thread(placed_models)(sorted(plan.members))]
+            servers = await self.placer.place(wanted.placement, placed)
+            await self.placer.require_ready(servers)
+            await in_thread(_write_pipeline)(plan, servers)
+            await asyncio.gather(*(self._load_on(pipeline, server) for server in servers))
+        await self._notify()
+        return await self.get(pipeline)
+
+    async def update(
+        self,
+        name: str,
+        version: int | None,
+        servers: Sequence[str] | None,
+        *,
+        allow_missing: bool = False,
+    ) -> DeploymentRecord:
+        """Move model deployment ``name`` to ``version`` and/or ``servers`` (None: keep).
+
+        ``allow_missing`` deploys it when it is not deployed yet. Pipelines are
+        deployed again to change them (InvalidArgument says so).
+        """
+        await in_thread(_deployable_model)(name)
+        async with self._locked([name]):
+            current = await in_thread(_record_or_none)(name)
+            if current is None:
+                if not allow_missing:
+                    raise NotFound(f"model {name!r} is not deployed")
+                return await self._apply(name, version or 0, Placement(servers or ()))
+            return await self._apply(
+                name,
+                current.version if version is None else version,
+                Placement(current.servers if servers is None else servers),
+            )
+
+    async def get(self, name: str) -> DeploymentRecord:
+        """Deployment ``name``; NotFound alike when it is absent or the caller may not
+        see what it deploys."""
+        return await in_thread(_visible_record)(check_name(name, "deployment name"))
+
+    async def of_model(self, model: str) -> DeploymentRecord | None:
+        """``model``'s deployment (one per model, named after it), or None."""
+
+        def fetch() -> DeploymentRecord | None:
+            row = _row_or_none(model)
+            return None if row is None or row.model_id is None else _record(row)
+
+        return await in_thread(fetch)()
+
+    async def list_deployments(self, requested_size: int, token: str) -> Page[DeploymentRecord]:
+        """Model and pipeline deployments the caller may see, in name order, paged."""
+        size = page_size(requested_size)
+        after = self.tokens.decode(_LIST_KEY, token)
+        records = await in_thread(_records_after)(None if after is None else str(after), size + 1)
+        more = len(records) > size
+        next_token = self.tokens.encode(_LIST_KEY, records[size - 1].name) if more else ""
+        return Page(records[:size], next_token)
+
+    async def delete(self, name: str) -> None:
+        """Undeploy ``name`` (a model or a pipeline) from every server.
+
+        What another deployment still uses on a server (a pipeline's member
+        deployed on its own too, say) stays loaded there.
+        """
+        models = await in_thread(_writable_models)(check_name(name, "deployment name"))
+        async with self._locked(models):
+            await self._delete(name)
+        await self._notify()
+
+    async def _delete(self, name: str) -> None:
+        """``delete`` for a caller holding the deployment's locks."""
+        servers, models = await in_thread(_delete_row)(name)
+        for server in servers:
+            await self.placer.unload_unused(server, set(models))
+            await self.fleet.refresh(server, notify=False)
+
+    async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
+        """Add ``server`` (default: 'local') to ``model``'s deployment at ``version``,
+        deploying it if it was not."""
+        server = server or DEFAULT_SERVER
+        await in_thread(_deployable_model)(model)
+        async with self._locked([model]):
+            current = await in_thread(_record_or_none)(model)
+            servers = [] if current is None else current.servers
+            if server not in servers:
+                servers.append(server)
+            return await self._apply(model, version, Placement(servers))
+
+    async def unload_model(self, model: str, server: str) -> None:
+        """Take ``model`` off ``server`` (empty: off every server); undeploy it when no
+        server is left."""
+        await in_thread(writable_model)(check_name(model, "model name"))
+        async with self._locked([model]):
+            # Read under the lock: a concurrent update must not be undone.
+            record = await self.get(model)
+            if server and server not in record.servers:
+                raise NotFound(f"model {model!r} is not deployed on server {server!r}")
+            remaining = [name for name in record.servers if server and name != server]
+            if remaining:
+                await self._apply(model, record.version, Placement(remaining))
+                return
+            await self._delete(model)
+        await self._notify()
+
+    async def serving(self) -> dict[str, list[tuple[str, int]]]:
+        """Per server, the (model, version) pairs whose load there succeeded, of the
+        models the caller may see."""
+
+        def fetch() -> dict[str, list[tuple[str, int]]]:
+            entries = [entry for entry in targets.served() if entry.ready]
+            visible = rules.visible_model_names(entry.model for entry in entries)
+            found: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
+            for entry in entries:
+                pair = (entry.model, entry.version)
+                if entry.model in visible and pair not in found[entry.server]:
+                    found[entry.server].append(pair)
+            return dict(found)
+
+        return await in_thread(fetch)()
+
+    # --- reconciling --------------------------------------------------------
+
+    async def server_changed(self, server: str, state: str) -> None:
+        """Fleet callback: reconcile a server that became ready; mark one that left.
+
+        Safe to run concurrently with the API calls: it skips what they hold.
+        """
+        if state == READY:
+            await self.reconcile_server(server)
+            return
+        await in_thread(targets.set_state_on_server)(server, UNREACHABLE, f"server is {state}")
+        await self._notify()
+
+    async def reconcile_server(self, server: str) -> None:
+        """Load on ``server`` every deployment that targets it but is not serving there.
+
+        Readiness is asked per model: models pushed as files never appear in
+        Triton's repository index. A deployment being changed right now is
+        left to the next round; a pipeline whose target FAILED is left alone
+        (retrying would load and unload its healthy members every round:
+        undeploy and deploy again to retry).
+        """
+        client = await self.fleet.client(server)
+        for found in await in_thread(_on_server)(server):
+            if self._busy(found.models) or (found.is_pipeline and found.state == FAILED):
+                continue
+            if await client.model_ready(found.name, found.version):
+                if found.state != READY:
+                    await in_thread(targets.set_state)(found.name, server, READY, "")
+                continue
+            async with self._locked(found.models):
+                log.info("reconciling: loading %s v%d on %s", found.name, found.version, server)
+                await self._load_on(found.name, server)
+        await self._notify()
+
+    # --- the work -----------------------------------------------------------
+
+    async def _apply(
+        self,
+        model: str,
+        version: int,
+        placement: Placement,
+        settings: ServingSettings | None = None,
+    ) -> DeploymentRecord:
+        """Record the desired state of a model deployment and make the servers match;
+        the caller holds the model's lock. ``settings`` None keeps the deployment's."""
+        placed = placed_model(await in_thread(_deployable_model)(model))
+        target = await in_thread(find_version)(model, version)
+        if settings is not None:  # refuse settings the config cannot take, before anything
+            serving.apply(modelconfig.parse(target.config, model), settings, "serving")
+        for pipeline, used in await in_thread(_pipelines_running)(model):
+            if used != target.version:
+                raise FailedPrecondition(
+                    f"deployed pipeline {pipeline!r} runs version {used} of {model!r}; "
+                    "undeploy the pipeline before deploying another version"
+                )
+        servers = await self.placer.place(placement, [placed])
+        await self.placer.require_ready(servers)
+        previous = await in_thread(_write_model)(model, target.version, servers, settings)
+        for server in sorted(set(previous) - set(servers)):
+            await self.placer.unload_unused(server, {model})
+        await asyncio.gather(*(self._load_on(model, server) for server in servers))
+        await self._notify()
+        return await self.get(model)
+
+    async def _load_on(self, name: str, server: str) -> None:
+        """Load deployment ``name`` on ``server`` and record how it went; the caller
+        holds its locks."""
+        order = await in_thread(self._load_order)(name, server)
+        if order is None:
+            return  # undeployed, or the server unregistered, meanwhile
+        members = None
+        if order.plan is not None:
+            state, message, members = await self.ensembles.load(
+                order.plan, server, order.shares_repository
+            )
+        else:
+            state, message = await self._load_model(order, server)
+        await in_thread(targets.set_state)(name, server, state, message, members)
+        # Only to show what is loaded; the caller holds the deployment's locks,
+        # so the reconciler must not be called from here.
+        await self.fleet.refresh(server, notify=False)
+
+    async def _load_model(self, order: _LoadOrder, server: str) -> tuple[str, str]:
+        """Load a model deployment; return its target's (state, message)."""
+        assert order.version is not None
+        try:
+            client = await self.fleet.client(server)
+            files = None
+            if not order.shares_repository:
+                files = await in_thread(targets.files_to_push)(self.repository, order.version)
+            await client.load(order.name, config_json=order.config_json, files=files)
+        except Unavailable as error:
+            return UNREACHABLE, error.message
+        except MLServeError as error:
+            return FAILED, error.message
+        return READY, ""
+
+    def _load_order(self, name: str, server: str) -> _LoadOrder | None:
+        """What loading ``name`` on ``server`` takes (blocking)."""
+        row = _row_or_none(name)
+        shares = targets.shares_repository(server)
+        if row is None or shares is None:
+            return None
+        if row.pipeline_id is not None:
+            recorded = {m.model.name: (m.version, m.config) for m in row.members}
+            return _LoadOrder(
+                name, shares, plan=ensembles.recorded_plan(name, row.version, recorded)
+            )
+        record = find_version(name, row.version)
+        config = modelconfig.for_version(modelconfig.parse(record.config, name), record.version)
+        config = serving.apply(config, ServingSettings.from_json(row.serving), "serving")
+        return _LoadOrder(name, shares, version=record, config_json=modelconfig.to_json(config))
+
+
+class DeploymentUsage:
+    """Answers the catalog's questions before it deletes (``catalog.models.Usage``)."""
+
+    def refuse_if_deployed(self, model: str, version: int | None = None) -> None:
+        """FailedPrecondition when ``model`` (at ``version``; None: any) is deployed on
+        its own or run by a deployed pipeline (blocking)."""
+        for pipeline, used in _pipelines_running(model):
+            if version is None or used == version:
+                raise FailedPrecondition(
+                    f"version {used} of {model!r} is used by deployed pipeline "
+                    f"{pipeline!r}; undeploy the pipeline first"
+                )
+        row = _row_or_none(model)
+        if row is not None and row.model_id is not None and version in (None, row.version):
+            raise FailedPrecondition(
+                f"version {row.version} of {model!r} is deployed (deployment "
+                f"{row.name!r}); undeploy it first"
+            )
+
+    def deployed_version(self, name: str) -> int:
+        """The version deployment ``name`` runs, 0 when there is none (blocking)."""
+        row = _row_or_none(name)
+        return 0 if row is None else int(row.version)
+
+
+# --- the store (blocking) -----------------------------------------------------------
+
+
+def _row_or_none(name: str) -> Any:
+    return tables.Deployment.get_or_none(tables.Deployment.name == name)
+
+
+def _record_or_none(name: str) -> DeploymentRecord | None:
+    row = _row_or_none(name)
+    return None if row is None else _record(row)
+
+
+def _deployed_thing(row: Any) -> Any:
+    """The model or pipeline row that deployment ``row`` deploys."""
+    return row.model if row.model_id is not None else row.pipeline
+
+
+def _visible_record(name: str) -> DeploymentRecord:
+    """Deployment ``name``, or NotFound alike when absent or what it deploys is hidden."""
+    row = _row_or_none(name)
+    if row is None or not rules.can_see_model(rules.caller(), _deployed_thing(row)):
+        raise NotFound(f"deployment {name!r} does not exist")
+    return _record(row)
+
+
+def _writable_models(name: str) -> list[str]:
+    """The Triton models of deployment ``name`` if the caller may undeploy it."""
+    row = _row_or_none(name)
+    if row is None or not rules.can_see_model(rules.caller(), _deployed_thing(row)):
+        raise NotFound(f"deployment {name!r} does not exist")
+    rules.check_model_write(_deployed_thing(row))
+    return [name, *_member_names(row)]
+
+
+def _member_names(row: Any) -> list[str]:
+    return [member.model.name for member in row.members]
+
+
+def _deployable_model(name: str) -> Any:
+    """The row of model ``name`` if the caller may deploy it.
+
+    A pipeline's name is refused first, saying how pipelines are deployed.
+    """
+    check_name(name, "model name")
+    try:
+        refuse_pipeline_name(name)
+    except AlreadyExists:
+        raise InvalidArgument(
+            f"{name!r} is a pipeline, not a model: deploy it with CreateDeployment naming "
+            f"it in 'pipeline' (mlserve pipelines deploy {name})"
+        ) from None
+    return writable_model(name)
+
+
+def _pipelines_running(model: str) -> list[tuple[str, int]]:
+    """(pipeline, member version) of each deployed pipeline that runs ``model``."""
+    query = (
+        tables.DeploymentMember.select(tables.DeploymentMember.version, tables.Deployment.name)
+        .join_from(tables.DeploymentMember, tables.Deployment)
+        .where(tables.DeploymentMember.model == model_row(model))
+        .order_by(tables.Deployment.name)
+    )
+    return [(row.deployment.name, row.version) for row in query]
+
+
+def _write_model(
+    model: str, version: int, servers: Sequence[str], settings: ServingSettings | None
+) -> list[str]:
+    """Make the store say "model at version on servers"; return the servers it named before."""
+    with db.database.atomic():
+        row = _row_or_none(model)
+        if row is None:
+            row = tables.Deployment.create(
+                name=model,
+                model=model_row(model),
+                version=version,
+                serving=(settings or NO_SETTINGS).to_json(),
+            )
+            new_version = False
+        else:
+            new_version = row.version != version
+            if settings is not None:
+                row.serving = settings.to_json()
+            row.version = version
+            row.update_time = db.utcnow()
+            row.save()
+        return targets.write(row, servers, reset=new_version)
+
+
+def _write_pipeline(plan: EnsemblePlan, servers: Sequence[str]) -> None:
+    with db.database.atomic():
+        row = tables.Deployment.create(
+            name=plan.name,
+            pipeline=writable_pipeline(plan.name),
+            version=plan.version,
+        )
+        for member in plan.members.values():
+            tables.DeploymentMember.create(
+                deployment=row,
+                model=model_row(member.model),
+                version=member.version,
+                config=modelconfig.render(member.config),
+            )
+        targets.write(row, servers, reset=False, members=plan.pending())
+
+
+def _plan(pipeline: str, version: int) -> EnsemblePlan:
+    """Resolve member versions, re-check the DAG, refuse clashes."""
+    row = version_row(pipeline, version)
+    spec = Spec.from_json(row.spec)
+    deployed = {
+        found.name: found.version
+        for found in tables.Deployment.select().where(
+            tables.Deployment.name.in_([step.model for step in spec.steps])
+            & tables.Deployment.model.is_null(False)
+        )
+    }
+    members = member_configs(spec, deployed)
+    plan = ensembles.make_plan(pipeline, row.version, spec, members, check(spec, members))
+    for member in plan.members.values():
+        _refuse_clash(pipeline, member)
+    return plan
+
+
+def _refuse_clash(pipeline: str, member: Member) -> None:
+    """A member model already loaded with another version or config cannot be shared."""
+    config_text = modelconfig.render(member.config)
+    own = _row_or_none(member.model)
+    if own is not None and own.model_id is not None:
+        own_config = serving.apply(
+            modelconfig.for_version(
+                modelconfig.parse(find_version(member.model, own.version).config, member.model),
+                own.version,
+            ),
+            ServingSettings.from_json(own.serving),
+            f"deployment {own.name!r}",
+        )
+        if own.version != member.version or modelconfig.render(own_config) != config_text:
+            raise FailedPrecondition(
+                f"pipeline {pipeline!r} needs model {member.model!r} at version "
+                f"{member.version} with its step's settings, but the model is deployed on its "
+                f"own at version {own.version}: undeploy it, or pin the step to that version"
+            )
+    other = (
+        tables.DeploymentMember.select(tables.DeploymentMember, tables.Deployment)
+        .join_from(tables.DeploymentMember, tables.Deployment)
+        .where(tables.DeploymentMember.model == model_row(member.model))
+        .order_by(tables.Deployment.name)
+        .first()
+    )
+    if other is not None and other.config != config_text:
+        raise FailedPrecondition(
+            f"model {member.model!r} is a member of deployed pipeline "
+            f"{other.deployment.name!r} at version {other.version} with other "
+            "settings; Triton serves one config per model"
+        )
+
+
+def _on_server(server: str) -> list[_OnServer]:
+    """The deployments targeting ``server``, model deployments first (pipelines may
+    share their members)."""
+    found = []
+    for name, state in targets.names_on(server):
+        row = _row_or_none(name)
+        if row is not None:
+            is_pipeline = row.pipeline_id is not None
+            found.append(
+                _OnServer(name, row.version, is_pipeline, state, (name, *_member_names(row)))
+            )
+    return found
+
+
+def _delete_row(name: str) -> tuple[list[str], list[str]]:
+    """Delete deployment ``name``; return its servers and its Triton models."""
+    with db.database.atomic():
+        row = _row_or_none(name)
+        if row is None:
+            raise NotFound(f"deployment {name!r} does not exist")
+        servers = [target.server for target in targets.of(row)]
+        models = [name, *_member_names(row)]
+        row.delete_instance(recursive=True)
+    return servers, models
+
+
+def _records_after(after: str | None, limit: int) -> list[DeploymentRecord]:
+    query = (
+        tables.Deployment.select(tables.Deployment).order_by(tables.Deployment.name).limit(limit)
+    )
+    if after is not None:
+        query = query.where(tables.Deployment.name > after)
+    visible = rules.visible_name_query()
+    if visible is not None:  # a deployment is named after its model or pipeline
+        query = query.where(tables.Deployment.name.in_(visible))
+    return [_record(row) for row in query]
+
+
+def _record(row: Any) -> DeploymentRecord:
+    is_model = row.model_id is not None
+    return DeploymentRecord(
+        name=row.name,
+        model=row.name if is_model else "",
+        pipeline="" if is_model else row.name,
+        version=row.version,
+        targets=targets.of(row),
+        create_time=row.create_time,
+        update_time=row.update_time,
+        serving=ServingSettings.from_json(row.serving),
+    )
