@@ -24,7 +24,7 @@ Decisions are cached for ``cache_seconds`` (1 s) so the gateway's hot path
 does no database work. After that the key's row, its user and memberships are
 read again (no re-hash: the verified hash is remembered), so revocation,
 expiry and deactivation by another replica take effect within the bound; in
-this process they take effect at once (``changed()`` makes every cached
+this process they take effect at once (``forget_decisions()`` makes every cached
 decision stale).
 """
 
@@ -86,14 +86,14 @@ V = TypeVar("V")
 _generation = 0
 
 
-def changed() -> None:
-    """Cached decisions of this process are stale: decide again on the next call."""
+def forget_decisions() -> None:
+    """Cached access decisions of this process are stale: decide again on the next call."""
     global _generation
     _generation += 1
 
 
 class _DecisionCache(Generic[K, V]):
-    """Answers kept for ``seconds``, and never used once ``changed()`` was called.
+    """Answers kept for ``seconds``, and never used once ``forget_decisions()`` was called.
 
     Callers that miss at the same moment share one lookup (the cache expires
     every second, and every request in flight then would otherwise read the
@@ -171,12 +171,18 @@ class NewKey:
 
 
 def make_key() -> NewKey:
+    """A new random key: its plaintext ``mls_<prefix>_<secret>`` (shown once), the prefix it is
+    looked up by, and the scrypt hash stored instead of the secret.
+    """
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     return NewKey(f"mls_{prefix}_{secret}", prefix, hash_secret(secret))
 
 
 def hash_secret(secret: str) -> str:
+    """The stored form of ``secret``: scrypt with a fresh salt, its parameters in the string,
+    so they can change without breaking old keys.
+    """
     salt = secrets.token_bytes(16)
     digest = _scrypt(secret, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
     return f"{SCRYPT}${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
@@ -200,6 +206,9 @@ def verify_secret(secret: str, stored: str, algorithm: str) -> bool:
 
 
 def split_key(key: str) -> tuple[str, str] | None:
+    """``(prefix, secret)`` of a key of the form ``mls_<prefix>_<secret>``; None for anything
+    else.
+    """
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != "mls" or not parts[1] or not parts[2]:
         return None
@@ -413,6 +422,7 @@ def _looks_like_jwt(value: str) -> bool:
 
 
 def deactivated_message(user: str) -> str:
+    """What a deactivated user's call is told, and what to do about it."""
     return f"user {user!r} is deactivated: an admin can activate the user again"
 
 
