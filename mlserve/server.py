@@ -38,7 +38,12 @@ from mlserve.api.inference import InferenceGateway
 from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
 from mlserve.api.inference_log import InferenceLogService
 from mlserve.api.instance import InstanceDescription, InstanceService
-from mlserve.api.interceptor import CallGuard
+from mlserve.api.interceptor import (
+    MANAGEMENT_MESSAGE_BYTES,
+    UPLOAD_FRAMING_BYTES,
+    CallGuard,
+    MessageLimits,
+)
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
@@ -336,9 +341,15 @@ class MLServe:
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
         limit = self.settings.max_message_bytes
+        limits = MessageLimits(
+            inference=limit,
+            upload=min(limit, domain.uploads.limits.max_chunk_bytes + UPLOAD_FRAMING_BYTES),
+            management=min(limit, MANAGEMENT_MESSAGE_BYTES),
+        )
+        guard = CallGuard(domain.access, domain.audit, limits, self._anonymous_gateway())
         server = GenericHandlersOnly(
             aio.server(
-                interceptors=[CallGuard(domain.access, domain.audit, self._anonymous_gateway())],
+                interceptors=[guard],
                 options=[
                     ("grpc.max_receive_message_length", limit),
                     ("grpc.max_send_message_length", limit),

@@ -79,10 +79,14 @@ class Versions:
 
     @in_thread
     def get_version(self, model: str, version: int) -> VersionRecord:
+        """``model``'s ``version`` (0: the latest); NotFound alike when absent or hidden."""
         return find_version(model, version)
 
     @in_thread
     def delete_version(self, model: str, version: int) -> None:
+        """Delete the version, then the file contents nothing else uses; FailedPrecondition
+        while it is deployed (alone or in a pipeline).
+        """
         with db.database.atomic():
             writable_model(model)
             row = version_row(model, version)

@@ -21,7 +21,7 @@ import {
 import { Empty } from "../../google/protobuf/empty";
 import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { LoggingPolicy } from "./inference_log";
+import { LoggingPolicy, RecentLatency } from "./inference_log";
 import { ServingSettings } from "./pipeline";
 
 export const protobufPackage = "mlserve.v1";
@@ -173,7 +173,14 @@ export interface Deployment {
    * create, changed with InferenceLogService/UpdateLoggingPolicy. Unset at
    * create means the default policy (metadata, every call).
    */
-  logging?: LoggingPolicy | undefined;
+  logging?:
+    | LoggingPolicy
+    | undefined;
+  /**
+   * Gateway latency of the deployment's ModelInfer calls over the last
+   * minutes, on the replica that answers. Output only.
+   */
+  latency?: RecentLatency | undefined;
 }
 
 export interface Deployment_ServerSelectorEntry {
@@ -518,6 +525,7 @@ function createBaseDeployment(): Deployment {
     pipeline: "",
     serving: undefined,
     logging: undefined,
+    latency: undefined,
   };
 }
 
@@ -561,6 +569,9 @@ export const Deployment: MessageFns<Deployment> = {
     }
     if (message.logging !== undefined) {
       LoggingPolicy.encode(message.logging, writer.uint32(242).fork()).join();
+    }
+    if (message.latency !== undefined) {
+      RecentLatency.encode(message.latency, writer.uint32(250).fork()).join();
     }
     return writer;
   },
@@ -685,6 +696,14 @@ export const Deployment: MessageFns<Deployment> = {
             message.logging = LoggingPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            message.latency = RecentLatency.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -748,6 +767,7 @@ export const Deployment: MessageFns<Deployment> = {
       pipeline: isSet(object.pipeline) ? globalThis.String(object.pipeline) : "",
       serving: isSet(object.serving) ? ServingSettings.fromJSON(object.serving) : undefined,
       logging: isSet(object.logging) ? LoggingPolicy.fromJSON(object.logging) : undefined,
+      latency: isSet(object.latency) ? RecentLatency.fromJSON(object.latency) : undefined,
     };
   },
 
@@ -798,6 +818,9 @@ export const Deployment: MessageFns<Deployment> = {
     if (message.logging !== undefined) {
       obj.logging = LoggingPolicy.toJSON(message.logging);
     }
+    if (message.latency !== undefined) {
+      obj.latency = RecentLatency.toJSON(message.latency);
+    }
     return obj;
   },
 
@@ -830,6 +853,9 @@ export const Deployment: MessageFns<Deployment> = {
       : undefined;
     message.logging = (object.logging !== undefined && object.logging !== null)
       ? LoggingPolicy.fromPartial(object.logging)
+      : undefined;
+    message.latency = (object.latency !== undefined && object.latency !== null)
+      ? RecentLatency.fromPartial(object.latency)
       : undefined;
     return message;
   },

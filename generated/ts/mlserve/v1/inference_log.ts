@@ -161,6 +161,21 @@ export interface LoggingPolicy {
   dropped: string;
 }
 
+/**
+ * RecentLatency is the gateway latency of a deployment's calls over the last
+ * minutes, as this MLServe replica saw them.
+ */
+export interface RecentLatency {
+  /** Median, in milliseconds. */
+  p50Ms: number;
+  /** 99th percentile, in milliseconds. */
+  p99Ms: number;
+  /** Calls the figures are taken over. */
+  calls: string;
+  /** The window, in seconds. */
+  windowSeconds: number;
+}
+
 /** ListInferenceLogsRequest filters and pages the log. */
 export interface ListInferenceLogsRequest {
   /** Only records of this model; empty means every model the caller may see. */
@@ -481,6 +496,135 @@ export const LoggingPolicy: MessageFns<LoggingPolicy> = {
     message.samplingKey = object.samplingKey ?? "";
     message.maxPayloadBytes = object.maxPayloadBytes ?? "0";
     message.dropped = object.dropped ?? "0";
+    return message;
+  },
+};
+
+function createBaseRecentLatency(): RecentLatency {
+  return { p50Ms: 0, p99Ms: 0, calls: "0", windowSeconds: 0 };
+}
+
+export const RecentLatency: MessageFns<RecentLatency> = {
+  encode(message: RecentLatency, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.p50Ms !== 0) {
+      writer.uint32(9).double(message.p50Ms);
+    }
+    if (message.p99Ms !== 0) {
+      writer.uint32(17).double(message.p99Ms);
+    }
+    if (message.calls !== "0") {
+      writer.uint32(24).int64(message.calls);
+    }
+    if (message.windowSeconds !== 0) {
+      writer.uint32(32).int32(message.windowSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecentLatency {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecentLatency();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.p50Ms = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.p99Ms = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.calls = reader.int64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.windowSeconds = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecentLatency {
+    return {
+      p50Ms: isSet(object.p50Ms)
+        ? globalThis.Number(object.p50Ms)
+        : isSet(object.p50_ms)
+        ? globalThis.Number(object.p50_ms)
+        : 0,
+      p99Ms: isSet(object.p99Ms)
+        ? globalThis.Number(object.p99Ms)
+        : isSet(object.p99_ms)
+        ? globalThis.Number(object.p99_ms)
+        : 0,
+      calls: isSet(object.calls) ? globalThis.String(object.calls) : "0",
+      windowSeconds: isSet(object.windowSeconds)
+        ? globalThis.Number(object.windowSeconds)
+        : isSet(object.window_seconds)
+        ? globalThis.Number(object.window_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: RecentLatency): unknown {
+    const obj: any = {};
+    if (message.p50Ms !== 0) {
+      obj.p50Ms = floatToJson(message.p50Ms);
+    }
+    if (message.p99Ms !== 0) {
+      obj.p99Ms = floatToJson(message.p99Ms);
+    }
+    if (message.calls !== "0") {
+      obj.calls = message.calls;
+    }
+    if (message.windowSeconds !== 0) {
+      obj.windowSeconds = Math.round(message.windowSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RecentLatency>, I>>(base?: I): RecentLatency {
+    return RecentLatency.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RecentLatency>, I>>(object: I): RecentLatency {
+    const message = createBaseRecentLatency();
+    message.p50Ms = object.p50Ms ?? 0;
+    message.p99Ms = object.p99Ms ?? 0;
+    message.calls = object.calls ?? "0";
+    message.windowSeconds = object.windowSeconds ?? 0;
     return message;
   },
 };
