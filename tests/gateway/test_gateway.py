@@ -242,7 +242,7 @@ def test_unknown_model_is_not_found(
     ):
         error = triton_error(call)
         assert code_of(error) == str(Code.NOT_FOUND), error
-        assert f"model '{name}' does not exist" in error.message()
+        assert error.message() == f"Request for unknown model: '{name}' is not found"
 
 
 def test_uploaded_but_not_deployed_is_failed_precondition(
