@@ -153,11 +153,28 @@ class Deployments:
 
     @contextlib.asynccontextmanager
     async def _locked(self, models: Iterable[str]) -> AsyncIterator[None]:
-        """Hold the lock of each Triton model in ``models``, taken in name order."""
+        """Hold the lock of each Triton model in ``models``: this process's, then the
+        database's, so that no other call here and no other MLServe on the same
+        database changes them meanwhile. Taken in name order: no deadlock."""
+        names = sorted(set(models))
         async with contextlib.AsyncExitStack() as stack:
-            for name in sorted(set(models)):
+            for name in names:
                 await stack.enter_async_context(self._locks[name])
+            await stack.enter_async_context(db.named_locks(names))
             yield
+
+    @contextlib.asynccontextmanager
+    async def _locked_if_free(self, models: Iterable[str]) -> AsyncIterator[bool]:
+        """``_locked`` for the reconciler, which never waits: yields False (holding
+        nothing) when a call here or another MLServe holds one of ``models``."""
+        names = sorted(set(models))
+        if self._busy(names):
+            yield False
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for name in names:  # free just now, and nothing awaited since
+                await stack.enter_async_context(self._locks[name])
+            yield await stack.enter_async_context(db.named_locks(names, wait=False))
 
     def _busy(self, models: Iterable[str]) -> bool:
         return any(self._locks[name].locked() for name in models)
@@ -355,7 +372,9 @@ class Deployments:
                 if found.state != READY:
                     await in_thread(targets.set_state)(found.name, server, READY, "")
                 continue
-            async with self._locked(found.models):
+            async with self._locked_if_free(found.models) as held:
+                if not held:
+                    continue  # being changed here or by another MLServe: next round
                 log.info("reconciling: loading %s v%d on %s", found.name, found.version, server)
                 await self._load_on(found.name, server)
         await self._notify()
