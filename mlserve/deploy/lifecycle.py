@@ -216,14 +216,15 @@ class Deployments:
         if wanted.name and wanted.name != wanted.pipeline:
             raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
         pipeline = check_name(wanted.pipeline, "pipeline name")
-        row = await in_thread(writable_pipeline)(pipeline)
+        # The pipeline's workspace is read here, in the thread: not on the event loop.
+        placed_itself = await in_thread(lambda: placed_pipeline(writable_pipeline(pipeline)))()
         members = await in_thread(ensembles.step_models)(pipeline, wanted.version)
         async with self._locked([pipeline, *members]):
             if await in_thread(_row_or_none)(pipeline) is not None:
                 raise AlreadyExists(f"pipeline {pipeline!r} is already deployed")
             plan = await in_thread(_plan)(pipeline, wanted.version)
             # The ensemble and every member land on each server.
-            placed = [placed_pipeline(row), *await in_thread(placed_models)(sorted(plan.members))]
+            placed = [placed_itself, *await in_thread(placed_models)(sorted(plan.members))]
             servers = await self.placer.place(wanted.placement, placed)
             await self.placer.require_ready(servers)
             await in_thread(_write_pipeline)(plan, servers)
@@ -390,7 +391,7 @@ class Deployments:
     ) -> DeploymentRecord:
         """Record the desired state of a model deployment and make the servers match;
         the caller holds the model's lock. ``settings`` None keeps the deployment's."""
-        placed = placed_model(await in_thread(_deployable_model)(model))
+        placed = await in_thread(lambda: placed_model(_deployable_model(model)))()
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
             serving.apply(modelconfig.parse(target.config, model), settings, "serving")

@@ -118,7 +118,7 @@ class Forwarder:
         tried: frozenset[str] = frozenset()
         while True:
             route = self.router.route(model)
-            if route is None:
+            if route is None or not route.servers:  # choose reads the routes again
                 choice = await self.router.choose(model, version, tried)
             else:
                 choice = self.router.choose_routed(route, version, tried)

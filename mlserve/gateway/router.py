@@ -61,8 +61,8 @@ class Router:
     ) -> Choice:
         """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to."""
         route = self._routes.get(model)
-        if route is None:
-            # Perhaps just deployed through another replica on the same database.
+        if route is None or not route.servers:
+            # Perhaps just deployed (or loaded) through another replica on the same database.
             await self.reload()
             route = self._routes.get(model)
         if route is None:
