@@ -9,7 +9,13 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install run test lint typecheck generate check-generated bench clean
 
-install: $(INSTALLED) $(BUF)
+TS_PROTO := .tools/node_modules/.bin/protoc-gen-ts_proto
+# Pinned: the committed TypeScript stubs are what this version writes.
+TS_PROTO_VERSION := 2.18.0
+
+NODE_CLIENT := clients/node/node_modules/.package-lock.json
+
+install: $(INSTALLED) $(BUF) $(TS_PROTO) $(NODE_CLIENT)
 
 # -qq: pip prints errors only; the two echo lines say what is going on instead.
 $(INSTALLED): pyproject.toml
@@ -24,6 +30,15 @@ $(BUF):
 	@echo "make: installing buf (npm) into .tools, for linting the protos"
 	@npm install --prefix .tools --no-audit --no-fund --silent @bufbuild/buf
 
+$(TS_PROTO):
+	@echo "make: installing ts-proto $(TS_PROTO_VERSION) (npm) into .tools, for the TypeScript stubs"
+	@npm install --prefix .tools --no-audit --no-fund --silent ts-proto@$(TS_PROTO_VERSION)
+
+# The Node client's packages (@grpc/grpc-js, @grpc/proto-loader), as locked.
+$(NODE_CLIENT): clients/node/package-lock.json
+	@echo "make: installing the Node client's packages (npm ci) into clients/node"
+	@npm ci --prefix clients/node --no-audit --no-fund --silent
+
 # Serving needs only the Python side; buf (npm) is for linting the protos.
 # bubblewrap confines the embedded Triton; where it cannot be installed,
 # `mlserve serve` says what to do instead of starting without it.
@@ -31,8 +46,12 @@ run: $(INSTALLED)
 	-scripts/ensure_bubblewrap.sh
 	$(BIN)/mlserve serve
 
-generate: $(INSTALLED)
+# Python stubs, then Triton's vendored protos and the TypeScript and Go stubs
+# (Go's plugins from Debian: scripts/ensure_go.sh installs them when absent).
+generate: install
 	$(BIN)/python scripts/generate_protos.py
+	scripts/ensure_go.sh
+	$(BIN)/python scripts/generate_polyglot.py
 
 # buf breaking compares the protos with the last released API (a git tag), so a
 # change that would break a generated client fails lint.
@@ -58,6 +77,7 @@ typecheck: install
 test: install lint
 	scripts/ensure_postgresql.sh
 	scripts/ensure_bubblewrap.sh
+	scripts/ensure_go.sh
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: $(INSTALLED)

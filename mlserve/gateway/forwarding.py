@@ -36,8 +36,11 @@ from mlserve.gateway import wire
 from mlserve.gateway.router import Choice, Route, Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog
+from mlserve.monitor.records import STREAMED
 
 MAX_ATTEMPTS = 3
+# A stream request waiting for its answer: model, version, bytes, time.time(), perf_counter().
+_Sent = tuple[str, int, bytes, float, float]
 
 TimeLeft = Callable[[], float | None]
 """Seconds left before the caller's deadline, None when it set none."""
@@ -118,7 +121,7 @@ class Forwarder:
         tried: frozenset[str] = frozenset()
         while True:
             route = self.router.route(model)
-            if route is None or not route.servers:  # choose reads the routes again
+            if route is None or not route.servers:
                 choice = await self.router.choose(model, version, tried)
             else:
                 choice = self.router.choose_routed(route, version, tried)
@@ -229,21 +232,28 @@ class Forwarder:
         """ModelStreamInfer: one upstream stream per replica used; responses merged as they come.
 
         A request that cannot be routed, or an upstream that fails, answers
-        with a response carrying ``error_message``; the stream goes on.
+        with a response carrying ``error_message``; the stream goes on. Each
+        answered request goes to the inference log like a ModelInfer call.
         """
         responses: asyncio.Queue[bytes | None] = asyncio.Queue()
         upstreams: dict[str, Any] = {}
-        waiting: dict[str, deque[tuple[str, int]]] = {}
+        waiting: dict[str, deque[_Sent]] = {}
         readers: list[asyncio.Task[None]] = []
+        principal = current_principal.get()
 
-        async def read(call: Any, sent: deque[tuple[str, int]]) -> None:
+        async def read(call: Any, server: str, sent: deque[_Sent]) -> None:
             # Triton answers a stream's requests in order, so each response
             # settles the oldest request still waiting on that upstream.
             try:
                 async for response in call:
                     if sent:
-                        model, version = sent.popleft()
-                        self.stats.record(model, version, not wire.stream_response_failed(response))
+                        model, version, request, began, start = sent.popleft()
+                        failed = wire.stream_response_failed(response)
+                        latency = time.perf_counter() - start
+                        self.stats.record(model, version, not failed, latency)
+                        if self.log is not None:
+                            self.log.capture(model, version, server, principal, request,
+                                             response, STREAMED, "", began, latency)  # fmt: skip
                     await responses.put(response)
             except aio.AioRpcError as error:
                 await responses.put(_stream_error(error.details() or error.code().name))
@@ -263,8 +273,12 @@ class Forwarder:
                         client = await self.fleet.client(choice.server)
                         call = upstreams[choice.server] = client.raw_stream("ModelStreamInfer")()
                         waiting[choice.server] = deque()
-                        readers.append(asyncio.create_task(read(call, waiting[choice.server])))
-                    waiting[choice.server].append((model, choice.version))
+                        readers.append(
+                            asyncio.create_task(read(call, choice.server, waiting[choice.server]))
+                        )
+                    waiting[choice.server].append(
+                        (model, choice.version, request, time.time(), time.perf_counter())
+                    )
                     await call.write(request)
                 for call in upstreams.values():
                     await call.done_writing()

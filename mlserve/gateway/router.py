@@ -59,10 +59,15 @@ class Router:
     async def choose(
         self, model: str, version: str, exclude: frozenset[str] = frozenset()
     ) -> Choice:
-        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to."""
+        """The ready replica to send ``model`` (at ``version``, "" for the deployed one) to.
+
+        Reads the routes again first when memory has none for ``model`` or none
+        loaded: perhaps it was just deployed, or its load just finished, through
+        another replica on the same database (the health loop's reload may have
+        seen it still loading).
+        """
         route = self._routes.get(model)
         if route is None or not route.servers:
-            # Perhaps just deployed (or loaded) through another replica on the same database.
             await self.reload()
             route = self._routes.get(model)
         if route is None:
@@ -75,7 +80,11 @@ class Router:
         model = route.model
         if version and version != str(route.version):
             if not version.isdigit():
-                raise InvalidArgument(f"model_version {version!r} is not a version number")
+                # Triton's own words first: its clients look for them.
+                raise InvalidArgument(
+                    f"failed to get model version from specified version string {version!r}: "
+                    "model_version must be a version number, or empty for the deployed one"
+                )
             raise FailedPrecondition(
                 f"version {version} of model {model!r} is not deployed; "
                 f"version {route.version} is (leave model_version empty to use it)"

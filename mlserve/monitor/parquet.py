@@ -92,11 +92,21 @@ def write(root: Path, records: Iterable[Record]) -> int:
         OSError: the directory cannot be written (full disk, permissions).
     """
     by_partition: defaultdict[Partition, list[Record]] = defaultdict(list)
+    names: dict[str, bool] = {}
+    partitions: dict[tuple[str, int], Partition] = {}
     for record in records:
-        if not valid_name(record.model):
+        valid = names.get(record.model)
+        if valid is None:
+            valid = names[record.model] = valid_name(record.model)
+        if not valid:
             log.error("inference log record for %r dropped: not a model name", record.model)
             continue
-        by_partition[Partition.of(record)].append(record)
+        # One Partition per model and hour, not one strftime per record.
+        key = (record.model, int(record.time.timestamp()) // 3600)
+        partition = partitions.get(key)
+        if partition is None:
+            partition = partitions[key] = Partition.of(record)
+        by_partition[partition].append(record)
     written = 0
     for partition, rows in by_partition.items():
         directory = partition.directory(root)
@@ -219,18 +229,28 @@ def _tensor_columns(records: list[Record]) -> dict[tuple[str, str], str]:
 
 
 def _compatible_groups(records: list[Record]) -> list[list[Record]]:
-    """Split records so that in each group a tensor name has one datatype (one column type)."""
-    groups: list[tuple[dict[tuple[str, str], str], list[Record]]] = []
+    """Split records so that in each group a tensor name has one datatype (one column type).
+
+    Records with the same tensors (the usual case: one model, one signature) are
+    grouped first, so the per-record work is one tuple.
+    """
+    by_signature: defaultdict[tuple[tuple[str, str, str], ...], list[Record]] = defaultdict(list)
     for record in records:
-        wanted = _tensor_columns([record])
-        for types, members in groups:
+        signature = tuple((INPUT, t.name, t.datatype) for t in record.inputs) + tuple(
+            (OUTPUT, t.name, t.datatype) for t in record.outputs
+        )
+        by_signature[signature].append(record)
+    groups: list[tuple[dict[tuple[str, str], str], list[Record]]] = []
+    for signature, members in by_signature.items():
+        wanted = {(role, name): datatype for role, name, datatype in signature}
+        for types, group in groups:
             if all(types.get(key, datatype) == datatype for key, datatype in wanted.items()):
                 types.update(wanted)
-                members.append(record)
+                group.extend(members)
                 break
         else:
-            groups.append((dict(wanted), [record]))
-    return [members for _, members in groups]
+            groups.append((wanted, list(members)))
+    return [group for _, group in groups]
 
 
 def _find(record: Record, role: str, name: str) -> Tensor | None:

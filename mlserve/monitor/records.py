@@ -17,6 +17,8 @@ from mlserve.monitor.policy import LoggingPolicy
 from mlserve.monitor.tensors import Tensor
 
 GATEWAY, RECORDED = "gateway", "recorded"
+STREAMED = "STREAM"  # a capture's status while its response is a ModelStreamInferResponse
+STREAM_ERROR = "STREAM_ERROR"  # a stream answer carrying error_message (no status code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,14 @@ def decode(capture: Capture) -> Record | None:
     request: Any = _parse(service_pb2.ModelInferRequest, capture.request)
     if policy.sampling_key and not _key_sampled(policy, request):
         return None
+    response_bytes = capture.response
+    status, message = capture.status, capture.message
+    if status == STREAMED:
+        streamed: Any = _parse(service_pb2.ModelStreamInferResponse, capture.response)
+        failed = streamed is None or bool(streamed.error_message)
+        status = STREAM_ERROR if failed else "OK"
+        message = "" if streamed is None else streamed.error_message
+        response_bytes = None if failed else streamed.infer_response.SerializeToString()
     caller, kind, app = caller_of(capture.principal)
     record = Record(
         time=dt.datetime.fromtimestamp(capture.time, dt.timezone.utc),
@@ -91,20 +101,20 @@ def decode(capture: Capture) -> Record | None:
         caller=caller,
         caller_kind=kind,
         app=app,
-        status=capture.status,
-        message=capture.message,
+        status=status,
+        message=message,
         latency_ms=capture.latency * 1000,
         request_id=request.id if request is not None else "",
         request_bytes=len(capture.request),
-        response_bytes=len(capture.response or b""),
+        response_bytes=len(response_bytes or b""),
     )
     notes: list[str] = []
     if policy.mode.inputs and request is not None:
         record.inputs = _tensors(
             request.inputs, request.raw_input_contents, policy.max_payload_bytes, notes
         )
-    if policy.mode.outputs and capture.response is not None:
-        response: Any = _parse(service_pb2.ModelInferResponse, capture.response)
+    if policy.mode.outputs and response_bytes is not None:
+        response: Any = _parse(service_pb2.ModelInferResponse, response_bytes)
         if response is not None:
             record.outputs = _tensors(
                 response.outputs, response.raw_output_contents, policy.max_payload_bytes, notes
@@ -114,34 +124,24 @@ def decode(capture: Capture) -> Record | None:
     return record
 
 
-def tensor_of(
-    name: str, datatype: str, shape: list[int], contents: Any, raw: bytes | None, cap: int
-) -> Tensor:
-    """Decode one tensor, raw or typed, keeping at most ``cap`` bytes of its payload."""
-    values = (
-        tensors.from_raw(datatype, raw)
-        if raw is not None
-        else (tensors.from_contents(datatype, contents))
-    )
-    values, cut = tensors.truncate(datatype, values, cap)
-    return Tensor(name, datatype, tuple(int(d) for d in shape), values, cut)
-
-
 def _tensors(declared: Any, raws: Any, cap: int, notes: list[str]) -> list[Tensor]:
     decoded: list[Tensor] = []
+    count = len(raws)
     for position, tensor in enumerate(declared):
-        if not tensors.known(tensor.datatype):
-            notes.append(f"tensor {tensor.name!r} not logged: datatype {tensor.datatype!r}")
+        datatype = tensor.datatype
+        if not tensors.known(datatype):
+            notes.append(f"tensor {tensor.name!r} not logged: datatype {datatype!r}")
             continue
-        raw = raws[position] if position < len(raws) else None
         try:
-            decoded.append(
-                tensor_of(
-                    tensor.name, tensor.datatype, list(tensor.shape), tensor.contents, raw, cap
-                )
-            )
+            if position < count:
+                values = tensors.from_raw(datatype, raws[position])
+            else:
+                values = tensors.from_contents(datatype, tensor.contents)
+            values, cut = tensors.truncate(datatype, values, cap)
         except Exception as error:  # a malformed tensor Triton will refuse too
             notes.append(f"tensor {tensor.name!r} not logged: {error}")
+            continue
+        decoded.append(Tensor(tensor.name, datatype, tuple(tensor.shape), values, cut))
     return decoded
 
 

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import peewee as pw
-import psycopg2  # type: ignore[import-untyped]
+import psycopg2
 from playhouse.db_url import connect as connect_url
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 

@@ -15,6 +15,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, pipeline_pb2, server_pb2, workspace_pb2
+from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import add_model_files
 from tests.support.tritons import deploy, remove_model
@@ -33,9 +34,17 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stubs(home: Path) -> Iterator[Stubs]:
+def served(home: Path) -> Iterator[MLServeProcess]:
     process = MLServeProcess(home).start()
-    stubs = process.stubs()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def stubs(served: MLServeProcess) -> Iterator[Stubs]:
+    stubs = served.stubs()
     for name in (TEAM, OTHER):
         stubs.workspaces.CreateWorkspace(
             workspace_pb2.CreateWorkspaceRequest(workspace=workspace_pb2.Workspace(name=name)),
@@ -45,7 +54,6 @@ def stubs(home: Path) -> Iterator[Stubs]:
         yield stubs
     finally:
         stubs.channel.close()
-        process.stop()
 
 
 def set_workspaces(stubs: Stubs, server: str, workspaces: list[str]) -> server_pb2.Server:
@@ -123,11 +131,18 @@ def test_a_restricted_server_refuses_other_workspaces_models(
         remove_model(stubs, "ws-team")
 
 
-def test_a_pipeline_of_another_workspace_is_refused(stubs: Stubs, restricted: None) -> None:
-    upload_to(stubs, "ws-member", TEAM)
+@pytest.mark.parametrize(
+    ("pipeline_workspace", "member_workspace", "named"),
+    [(OTHER, TEAM, "pipeline 'ws-pipeline'"), (TEAM, OTHER, "model 'ws-member'")],
+    ids=["pipeline-of-another-workspace", "member-of-another-workspace"],
+)
+def test_a_pipeline_with_anything_of_another_workspace_is_refused(
+    stubs: Stubs, restricted: None, pipeline_workspace: str, member_workspace: str, named: str
+) -> None:
+    upload_to(stubs, "ws-member", member_workspace)
     pipeline = pipeline_pb2.Pipeline(
         name="ws-pipeline",
-        workspace=OTHER,
+        workspace=pipeline_workspace,
         inputs=[pipeline_pb2.PipelineTensor(name="A"), pipeline_pb2.PipelineTensor(name="B")],
         outputs=[pipeline_pb2.PipelineTensor(name="OUT")],
         steps=[
@@ -152,7 +167,7 @@ def test_a_pipeline_of_another_workspace_is_refused(stubs: Stubs, restricted: No
                 timeout=120,
             )
         assert failure.value.code() == Code.FAILED_PRECONDITION
-        assert "pipeline 'ws-pipeline'" in str(failure.value.details())
+        assert named in str(failure.value.details())
         listed = stubs.deployments.ListDeployments(
             deployment_pb2.ListDeploymentsRequest(), metadata=stubs.auth
         )
@@ -198,4 +213,21 @@ def test_register_with_workspaces_keeps_them(stubs: Stubs) -> None:
     finally:
         stubs.servers.DeleteServer(
             server_pb2.DeleteServerRequest(name="ws-ok"), metadata=stubs.auth
+        )
+
+
+def test_the_cli_registers_a_server_for_one_workspace(stubs: Stubs, served: MLServeProcess) -> None:
+    result = mlserve_cli(
+        served, "servers", "register", "ws-cli", "127.0.0.1:1", "--workspace", TEAM
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"only workspaces {TEAM}" in result.stdout
+        server = stubs.servers.GetServer(
+            server_pb2.GetServerRequest(name="ws-cli"), metadata=stubs.auth
+        )
+        assert list(server.workspaces) == [TEAM]
+    finally:
+        stubs.servers.DeleteServer(
+            server_pb2.DeleteServerRequest(name="ws-cli"), metadata=stubs.auth
         )

@@ -8,8 +8,9 @@ import asyncio
 import pytest
 
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, Unavailable
-from mlserve.deploy.fleet import Fleet
+from mlserve.deploy.fleet import READY, Fleet
 from mlserve.gateway.router import Route, Router
+from mlserve.storage import tables
 from tests.support.scripted_triton import ScriptedTritons, scripted_fleet
 
 pytestmark = [
@@ -54,5 +55,28 @@ def test_a_version_other_than_the_deployed_one_is_refused() -> None:
     assert router.choose_routed(ROUTE, "3", frozenset()).version == 3
     with pytest.raises(FailedPrecondition, match="version 2 of model 'm' is not deployed"):
         router.choose_routed(ROUTE, "2", frozenset())
-    with pytest.raises(InvalidArgument, match="'two' is not a version number"):
+    with pytest.raises(
+        InvalidArgument,
+        match="from specified version string 'two': model_version must be a version number",
+    ):
         router.choose_routed(ROUTE, "two", frozenset())
+
+
+def test_a_route_with_nothing_loaded_is_read_again_before_it_is_refused() -> None:
+    async def scenario() -> str:
+        fleet = await scripted_fleet(ScriptedTritons(), "a")
+        model = tables.Model.create(name="m")
+        deployment = tables.Deployment.create(name="m", model=model, version=1)
+        target = tables.DeploymentTarget.create(
+            deployment=deployment, server=tables.Server.get(tables.Server.name == "a")
+        )
+        router = Router(fleet)
+        await router.reload()  # a health round's reload, while "m" is loading
+        route = router.route("m")
+        assert route is not None
+        assert route.servers == ()
+        target.state = READY  # the load finished (written by another replica)
+        target.save()
+        return (await router.choose("m", "")).server
+
+    assert asyncio.run(scenario()) == "a"

@@ -6,6 +6,7 @@ exact code with nothing written."""
 from __future__ import annotations
 
 import datetime as dt
+import queue
 from collections.abc import Iterator
 
 import duckdb
@@ -89,6 +90,38 @@ def test_gateway_calls_are_recorded_with_decoded_tensors(logged: str, stubs: Stu
     assert record.response_bytes > 0
     oldest = _records(stubs, logged, order=inference_log_pb2.LIST_ORDER_OLDEST_FIRST)
     assert [r.request_id for r in oldest] == ["r0", "r1", "r2"]
+
+
+def test_stream_calls_are_recorded_too(
+    mlserve: MLServeProcess, stubs: Stubs, model_name: str
+) -> None:
+    upload_add(stubs, model_name)
+    _deploy(stubs, model_name, ALL)
+    try:
+        answers: queue.Queue[object] = queue.Queue()
+        client = triton.InferenceServerClient(mlserve.address)
+        client.start_stream(
+            callback=lambda result, error: answers.put(error or result),
+            headers={"authorization": f"Bearer {stubs.key}"},
+        )
+        inputs = [
+            triton.InferInput("INPUT0", [4], "FP32"),
+            triton.InferInput("INPUT1", [4], "FP32"),
+        ]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(np.full(4, 2, dtype=np.float32))
+        client.async_stream_infer(model_name, inputs, request_id="streamed")
+        assert answers.get(timeout=30) is not None
+        client.stop_stream()
+        wait_until(lambda: len(_records(stubs, model_name)) == 1)
+        [record] = _records(stubs, model_name)
+        assert (record.request_id, record.status, record.server) == ("streamed", "OK", "local")
+        assert list(record.outputs[0].fp_contents) == [4, 4, 4, 4]
+    finally:
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=model_name), metadata=stubs.auth
+        )
+        delete_model_quietly(stubs, model_name)
 
 
 def test_pages_follow_each_other(logged: str, stubs: Stubs) -> None:

@@ -62,6 +62,21 @@ def test_sigterm_writes_what_is_queued(tmp_path: Path) -> None:
     assert set(table.column("model").to_pylist()) == {"add"}
 
 
+def test_sigkill_leaves_only_files_readers_can_open(tmp_path: Path) -> None:
+    process, stubs = _serve(tmp_path / "home", "--log-flush-interval", "0.05")
+    logs = tmp_path / "home" / "logs"
+    try:
+        for _ in range(20):  # kill while the writer is busy
+            _infer(process, 10)
+        wait_until(lambda: any(logs.rglob("*.parquet")))
+        process.kill()
+    finally:
+        stubs.channel.close()
+        process.stop()
+    table = ds.dataset(logs, format="parquet", partitioning="hive").to_table()
+    assert 0 < table.num_rows <= 200
+
+
 def test_an_unwritable_log_directory_keeps_inference_working(tmp_path: Path) -> None:
     process, stubs = _serve(tmp_path / "home", "--log-flush-interval", "0.2")
     logs = tmp_path / "home" / "logs"

@@ -186,11 +186,14 @@ def test_retention_deletes_old_files_then_bytes_beyond_the_cap(tmp_path: Path) -
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> None:
-    log = InferenceLog(LogSettings(tmp_path, queue_size=2), CollectorRegistry(), PageTokens(b"k"))
+    registry = CollectorRegistry()
+    log = InferenceLog(LogSettings(tmp_path, queue_size=2), registry, PageTokens(b"k"))
     payload = _request("INT8", True).SerializeToString()
     for _ in range(5):
         log.capture("m", 1, "local", None, payload, None, "OK", "", time.time(), 0.001)
     assert log.dropped("m") == 3
+    dropped = registry.get_sample_value("mlserve_inference_log_dropped_total", {"deployment": "m"})
+    assert dropped == 3
     assert log.flush() == 2
     assert len(_read_all(tmp_path)) == 2
 

@@ -37,6 +37,13 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         "--label", dest="labels", action="append", type=_label, default=[], help="k=v, repeatable"
     )
     register.add_argument("--description", default="")
+    register.add_argument(
+        "--workspace",
+        dest="workspaces",
+        action="append",
+        default=[],
+        help="hold only this workspace's models (repeatable; none: any workspace)",
+    )
     delete = command(
         servers,
         "delete",
@@ -87,10 +94,12 @@ def _register_server(client: Client, args: argparse.Namespace) -> int:
         address=args.triton_address,
         labels=dict(args.labels),
         description=args.description,
+        workspaces=args.workspaces,
     )
     server = client.servers.RegisterServer(server_pb2.RegisterServerRequest(server=wanted))
     state = server_state(server.state)
-    print(f"registered server {server.name} at {server.address} ({state})")
+    only = f", only workspaces {', '.join(server.workspaces)}" if server.workspaces else ""
+    print(f"registered server {server.name} at {server.address} ({state}{only})")
     return 0
 
 
