@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
 from mlserve.storage import db, tables
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository
 from tests.support.models import add_model_config
 from tests.support.scripted_triton import ScriptedTritons, scripted_fleet
 
@@ -54,7 +54,9 @@ def test_unload_model_reads_the_deployment_under_the_lock(
     async def scenario() -> tuple[int, list[str]]:
         tritons = ScriptedTritons()
         fleet = await scripted_fleet(tritons, "a", "b")
-        repository = Repository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+        repository = LocalRepository(
+            tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs"
+        )
         deployments = Deployments(fleet, repository, PageTokens(b"k" * 32))
         await deployments.create(Wanted(model="m", version=1, placement=Placement(["a", "b"])))
         lock = deployments._locks["m"] = WatchedLock()
