@@ -8,7 +8,7 @@ and applies the per-RPC table, the domain asks the rules about resources.
 
 from __future__ import annotations
 
-from mlserve.access.keys import ADMIN_KEY_FILE, Access, changed
+from mlserve.access.keys import ADMIN_KEY_FILE, Access, forget_decisions
 from mlserve.access.rules import Principal, current_principal
 
-__all__ = ["ADMIN_KEY_FILE", "Access", "Principal", "changed", "current_principal"]
+__all__ = ["ADMIN_KEY_FILE", "Access", "Principal", "current_principal", "forget_decisions"]

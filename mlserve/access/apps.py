@@ -2,7 +2,7 @@
 their consumers (who hold app keys).
 
 Every public method is a coroutine running its store work in a thread. Each
-write that can change an access decision calls ``changed()``, so this
+write that can change an access decision calls ``forget_decisions()``, so this
 process's cached decisions are dropped at once.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import peewee as pw
 
 from mlserve.access import rules
-from mlserve.access.keys import changed
+from mlserve.access.keys import forget_decisions
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
@@ -110,14 +110,14 @@ class Apps:
         if "timeout" in mask:
             row.timeout_seconds = fields.timeout_seconds
         row.save()
-        changed()
+        forget_decisions()
         return _app_record(row)
 
     @in_thread
     def delete_app(self, name: str) -> None:
         """Delete the app with its routes, consumers and their keys (which stop working at once)."""
         app_row(name).delete_instance(recursive=True)
-        changed()
+        forget_decisions()
 
     @in_thread
     def add_route(self, app: str, model: str) -> RouteRecord:
@@ -134,7 +134,7 @@ class Apps:
                 row = tables.AppRoute.create(app=found, model=model)
             except pw.IntegrityError:
                 raise AlreadyExists(f"app {app!r} already routes model {model!r}") from None
-        changed()
+        forget_decisions()
         return RouteRecord(app, row.model, row.create_time)
 
     @in_thread
@@ -147,7 +147,7 @@ class Apps:
         )
         if not deleted:
             raise NotFound(f"app {app!r} has no route to model {model!r}")
-        changed()
+        forget_decisions()
 
     @in_thread
     def list_routes(self, app: str, requested: int, token: str) -> Page[RouteRecord]:
@@ -178,7 +178,7 @@ class Apps:
     def remove_consumer(self, app: str, name: str) -> None:
         """Remove the consumer and its keys, which stop working at once."""
         consumer_row(app, name).delete_instance(recursive=True)
-        changed()
+        forget_decisions()
 
     @in_thread
     def list_consumers(self, app: str, requested: int, token: str) -> Page[ConsumerRecord]:

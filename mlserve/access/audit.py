@@ -31,6 +31,9 @@ class AuditLog:
 
     @in_thread
     def record(self, principal: Principal, method: str, resource: str, outcome: str) -> None:
+        """Append one event: who (``principal``) called ``method`` on ``resource`` and how it
+        ended (the call guard awaits it after each audited call). A resource longer than
+        ``MAX_RESOURCE_LENGTH`` characters is cut."""
         tables.AuditEvent.create(
             actor=principal.name,
             key_prefix=principal.key_prefix,
@@ -43,19 +46,20 @@ class AuditLog:
     def list_events(
         self, requested: int, token: str, actor: str = "", resource: str = ""
     ) -> Page[AuditRecord]:
+        """Audit events newest first, only those of ``actor`` and of ``resource`` when given."""
         query = tables.AuditEvent.select()
         if actor:
             query = query.where(tables.AuditEvent.actor == actor)
         if resource:
             query = query.where(tables.AuditEvent.resource == resource)
         listing = Listing(
-            query, tables.AuditEvent.id, _record, lambda row: row.id,
+            query, tables.AuditEvent.id, _audit_record, lambda row: row.id,
             {"list": "audit", "actor": actor, "resource": resource}, descending=True,
         )  # fmt: skip
         return self.tokens.page(listing, requested, token)
 
 
-def _record(row: Any) -> AuditRecord:
+def _audit_record(row: Any) -> AuditRecord:
     return AuditRecord(
         row.id, row.time, row.actor, row.key_prefix, row.method, row.resource, row.outcome
     )

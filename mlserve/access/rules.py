@@ -58,10 +58,12 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
+        """Admins may do everything, in every workspace."""
         return self.role == ADMIN
 
     @property
     def is_consumer(self) -> bool:
+        """An app consumer's key: it may only infer on its app's routed models."""
         return self.role == CONSUMER
 
 
@@ -76,8 +78,8 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 class Who(enum.Enum):
     """The least a caller must be to call a method."""
 
-    ANYONE = "anyone"  # no key (health)
-    ANY_KEY = "any key"  # users and app consumers (inference, reflection)
+    ANYONE = "anyone"  # no key (health, reflection)
+    ANY_KEY = "any key"  # users and app consumers (inference)
     USER = "user"  # any user, not a consumer
     EDITOR = "editor"  # editors and admins
     ADMIN = "admin"
@@ -90,6 +92,7 @@ class Rule:
     audited: bool = False
 
 
+_PUBLIC = Rule(Who.ANYONE)
 _READ = Rule(Who.USER)
 _USER_WRITE = Rule(Who.USER, audited=True)
 _EDIT = Rule(Who.EDITOR, audited=True)
@@ -102,14 +105,11 @@ def _service(name: str, **methods: Rule) -> dict[str, Rule]:
 
 
 RULES: dict[str, Rule] = {
-    **_service(
-        "grpc.health.v1.Health",
-        Check=Rule(Who.ANYONE),
-        Watch=Rule(Who.ANYONE),
-        List=Rule(Who.ANYONE),
-    ),
-    **_service("grpc.reflection.v1alpha.ServerReflection", ServerReflectionInfo=_INFER),
-    **_service("grpc.reflection.v1.ServerReflection", ServerReflectionInfo=_INFER),
+    **_service("grpc.health.v1.Health", Check=_PUBLIC, Watch=_PUBLIC, List=_PUBLIC),
+    # The API's schema is public (it is in the repository): reflection needs
+    # no key, so grpcurl can resolve grpc.health.v1.Health/Check without one.
+    **_service("grpc.reflection.v1alpha.ServerReflection", ServerReflectionInfo=_PUBLIC),
+    **_service("grpc.reflection.v1.ServerReflection", ServerReflectionInfo=_PUBLIC),
     **_service(
         "mlserve.v1.ModelService",
         CreateModel=_EDIT,
@@ -265,16 +265,23 @@ def authorize(method: str, principal: Principal) -> None:
 
 
 def caller() -> Principal | None:
+    """The principal of the call being served; None for MLServe's own work (startup, the
+    reconciler), to which every rule says yes.
+    """
     return current_principal.get()
 
 
 def require_admin(what: str) -> None:
+    """PermissionDenied, naming ``what``, unless the caller is an admin (or MLServe itself)."""
     principal = caller()
     if principal is not None and not principal.is_admin:
         raise PermissionDenied(f"{what} is for admins; ask an admin")
 
 
 def can_see_model(principal: Principal | None, row: Any) -> bool:
+    """Whether ``principal`` may see the model (or pipeline) ``row``: admins and MLServe see
+    all, consumers their app's routes, users public models and those of their workspaces.
+    """
     if principal is None or principal.is_admin:
         return True
     if principal.is_consumer:
@@ -388,6 +395,9 @@ def can_see_upload(owner_id: int | None) -> bool:
 
 
 def check_download(row: Any) -> None:
+    """NotFound when the caller may not see the model; PermissionDenied when its allow_download
+    is off.
+    """
     check_model_read(row)
     if not row.allow_download:
         raise PermissionDenied(
@@ -425,6 +435,9 @@ def workspace_for_new_model(name: str) -> Any:
 
 
 def check_workspace_read(row: Any, name: str) -> Any:
+    """The workspace ``row`` (found by ``name``), if the caller belongs to it (or is an admin);
+    NotFound alike for absent and foreign workspaces.
+    """
     principal = caller()
     if row is None or not (
         principal is None or principal.is_admin or row.id in principal.workspaces
@@ -434,6 +447,9 @@ def check_workspace_read(row: Any, name: str) -> Any:
 
 
 def check_workspace_owner(row: Any, name: str) -> Any:
+    """The workspace ``row``, if the caller owns it (or is an admin); NotFound when it may not
+    see it, PermissionDenied for a collaborator.
+    """
     principal = caller()
     check_workspace_read(row, name)
     if principal is None or principal.is_admin or principal.workspaces.get(row.id) == OWNER:

@@ -37,7 +37,7 @@ value naming an existing workspace (a leading ``/`` of a group path ignored)
 makes the user a collaborator there; memberships are only added at sign-in.
 
 Decisions are cached like keys' (``Access``): for a second, and never after
-``changed()``, so deactivation takes effect within the keys' bound.
+``forget_decisions()``, so deactivation takes effect within the keys' bound.
 """
 
 from __future__ import annotations

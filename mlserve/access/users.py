@@ -1,7 +1,7 @@
 """Users and their API keys (and the keys of app consumers).
 
 Every public method is a coroutine running its store work in a thread. Each
-write that can change an access decision calls ``changed()``, so this
+write that can change an access decision calls ``forget_decisions()``, so this
 process's cached decisions are dropped at once.
 """
 
@@ -17,7 +17,7 @@ import peewee as pw
 
 from mlserve.access import rules
 from mlserve.access.apps import app_row, consumer_row
-from mlserve.access.keys import changed, create_key_row
+from mlserve.access.keys import create_key_row, forget_decisions
 from mlserve.access.rules import ADMIN, OWNER, USER_ROLES, caller
 from mlserve.core.errors import (
     AlreadyExists,
@@ -145,7 +145,7 @@ class Users:
                 user.display_name = fields.display_name
             user.update_time = db.utcnow()
             user.save()
-        changed()
+        forget_decisions()
         return _user_record(user)
 
     @in_thread
@@ -156,7 +156,7 @@ class Users:
             if user.role == ADMIN:
                 _refuse_last_admin(user, "delete")
             user.delete_instance(recursive=True)
-        changed()
+        forget_decisions()
 
     @in_thread
     def set_active(self, name: str, active: bool) -> UserRecord:
@@ -169,7 +169,7 @@ class Users:
             user.active = active
             user.update_time = db.utcnow()
             user.save()
-        changed()
+        forget_decisions()
         return _user_record(user)
 
     @in_thread
@@ -234,7 +234,7 @@ class Users:
             raise NotFound(f"API key {key_id!r} does not exist (or is not yours)")
         row.revoked = True
         row.save(only=[tables.ApiKey.revoked])
-        changed()
+        forget_decisions()
         return _key_record(row)
 
 

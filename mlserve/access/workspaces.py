@@ -1,7 +1,7 @@
 """Workspaces and their members: who may see and change the models in each.
 
 Every public method is a coroutine running its store work in a thread. Each
-write that can change an access decision calls ``changed()``, so this
+write that can change an access decision calls ``forget_decisions()``, so this
 process's cached decisions are dropped at once.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from mlserve.access import rules
-from mlserve.access.keys import changed
+from mlserve.access.keys import forget_decisions
 from mlserve.access.rules import COLLABORATOR, OWNER, caller
 from mlserve.access.users import user_row
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -61,7 +61,7 @@ class Workspaces:
                     tables.WorkspaceMember.create(workspace=row, user=principal.user_id, role=OWNER)
         except pw.IntegrityError:
             raise AlreadyExists(f"workspace {name!r} already exists") from None
-        changed()
+        forget_decisions()
         return _workspace_record(row)
 
     @in_thread
@@ -116,7 +116,7 @@ class Workspaces:
                     _refuse_last_owner(space)
                 row.role = role
                 row.save()
-        changed()
+        forget_decisions()
         return _member_record(row)
 
     @in_thread
@@ -133,7 +133,7 @@ class Workspaces:
             if row.role == OWNER:
                 _refuse_last_owner(space)
             row.delete_instance()
-        changed()
+        forget_decisions()
 
     @in_thread
     def list_members(self, workspace: str, requested: int, token: str) -> Page[MemberRecord]:

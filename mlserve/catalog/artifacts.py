@@ -45,6 +45,7 @@ class Artifacts:
 
     @in_thread
     def get_artifact(self, model: str, version: int, path: str) -> ArtifactRecord:
+        """The artifact at ``path`` of ``model``'s ``version`` (0: the latest), or NotFound."""
         return find_artifact(model, version, path)
 
     @in_thread

@@ -151,12 +151,14 @@ def check_fields(fields: ModelFields) -> ModelFields:
 
 
 def check_kind(kind: str, where: str) -> str:
+    """``kind`` if it is empty or a known kind; InvalidArgument naming ``where`` otherwise."""
     if kind and kind not in KINDS:
         raise InvalidArgument(f"{where}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     return kind
 
 
 def check_label(key: str, value: str, where: str) -> None:
+    """InvalidArgument naming ``where`` unless ``key`` and ``value`` make a valid label."""
     if not LABEL_KEY.fullmatch(key):
         raise InvalidArgument(
             f"{where}: label key {key!r} must be 1 to 63 lower-case letters, digits, "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import peewee as pw
 
-from mlserve.access import changed, rules
+from mlserve.access import forget_decisions, rules
 from mlserve.access.workspaces import workspace_id_query, workspace_names
 from mlserve.catalog import model_metadata
 from mlserve.catalog.model_metadata import ModelFields
@@ -87,6 +87,14 @@ class Models:
 
     @in_thread
     def create_model(self, name: str, fields: ModelFields, workspace: str = "") -> ModelRecord:
+        """Create model ``name`` with ``fields``, in ``workspace`` (default: the caller's
+        default workspace).
+
+        Raises:
+            InvalidArgument: a bad name or field.
+            AlreadyExists: a model or a pipeline has that name.
+            PermissionDenied: the caller may not add models to that workspace.
+        """
         check_name(name, "model name")
         refuse_pipeline_name(name)
         fields = model_metadata.check_fields(model_metadata.for_create(fields))
@@ -96,11 +104,12 @@ class Models:
                 model_metadata.write(row, fields)
         except pw.IntegrityError:
             raise AlreadyExists(f"model {name!r} already exists") from None
-        changed()
+        forget_decisions()
         return _model_records([row])[0]
 
     @in_thread
     def get_model(self, name: str) -> ModelRecord:
+        """Model ``name``; NotFound alike when absent and when the caller may not see it."""
         return _model_records([model_row(name)])[0]
 
     @in_thread
@@ -144,22 +153,31 @@ class Models:
 
     @in_thread
     def update_model(self, name: str, fields: ModelFields, mask: Sequence[str]) -> ModelRecord:
+        """Change the fields ``mask`` names (``*``: all updatable ones), checked like a create;
+        the model's editors and admins only.
+
+        Raises:
+            InvalidArgument: an immutable, output-only or unknown field in the mask, or a bad value.
+        """
         with db.database.atomic():
             row = rules.check_model_write(model_row(name))
             current = model_metadata.read(row, _tags_of([row.id])[row.id])
             merged = model_metadata.check_fields(model_metadata.apply_mask(current, fields, mask))
             row.update_time = db.utcnow()
             model_metadata.write(row, merged)
-        changed()
+        forget_decisions()
         return _model_records([row])[0]
 
     @in_thread
     def delete_model(self, name: str) -> None:
+        """Delete the model with its versions and artifacts, then the file contents nothing
+        else uses. FailedPrecondition while any version is deployed, alone or in a pipeline.
+        """
         with db.database.atomic():
             row = rules.check_model_write(model_row(name))
             self.usage.refuse_if_deployed(row.name)
             row.delete_instance(recursive=False)
-        changed()
+        forget_decisions()
         self.repository.delete_model(name)
         self.blobs.collect()
 

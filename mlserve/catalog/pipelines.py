@@ -17,7 +17,7 @@ from typing import Any
 import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
-from mlserve.access import changed, rules
+from mlserve.access import forget_decisions, rules
 from mlserve.catalog.models import Usage
 from mlserve.catalog.namespace import refuse_model_name
 from mlserve.catalog.versions import find_version
@@ -55,6 +55,7 @@ class Spec:
     steps: Sequence[Step]
 
     def to_json(self) -> str:
+        """The spec as stored in a pipeline version row (compact JSON)."""
         return json.dumps(
             {
                 "inputs": list(self.inputs),
@@ -66,6 +67,7 @@ class Spec:
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
+        """The spec a pipeline version row stores (the inverse of ``to_json``)."""
         data = json.loads(text)
         steps = [
             Step(**{**step, "serving": ServingSettings.from_dict(step["serving"])})
@@ -120,8 +122,8 @@ class Pipelines:
         self.tokens = tokens
         self.usage = usage
 
-    def _record(self, row: Any, version: int) -> PipelineRecord:
-        return _record(row, version, self.usage.deployed_version(row.name))
+    def _pipeline_record(self, row: Any, version: int) -> PipelineRecord:
+        return _pipeline_record(row, version, self.usage.deployed_version(row.name))
 
     @in_thread
     def create(
@@ -142,29 +144,44 @@ class Pipelines:
                 tables.PipelineVersion.create(pipeline=row, version=1, spec=spec.to_json())
         except pw.IntegrityError:
             raise AlreadyExists(f"pipeline {name!r} already exists") from None
-        changed()
-        return self._record(row, 0)
+        forget_decisions()
+        return self._pipeline_record(row, 0)
 
     @in_thread
     def get(self, name: str, version: int = 0) -> PipelineRecord:
-        return self._record(_pipeline_row(name), version)
+        """Pipeline ``name`` with its ``version`` (0: the latest); NotFound alike when absent
+        or hidden.
+        """
+        return self._pipeline_record(_pipeline_row(name), version)
 
     @in_thread
     def list_pipelines(self, requested_size: int, token: str) -> Page[PipelineRecord]:
+        """The pipelines the caller may see, by name, each with its latest version."""
         query = tables.Pipeline.select()
         visible = rules.visible_models(tables.Pipeline)
         if visible is not None:
             query = query.where(visible)
         listing = Listing(
-            query, tables.Pipeline.name, lambda row: self._record(row, 0), lambda row: row.name,
+            query,
+            tables.Pipeline.name,
+            lambda row: self._pipeline_record(row, 0),
+            lambda row: row.name,
             {"list": "pipelines"},
-        )  # fmt: skip
+        )
         return self.tokens.page(listing, requested_size, token)
 
     @in_thread
     def update(
         self, name: str, description: str, spec: Spec, mask: Sequence[str]
     ) -> PipelineRecord:
+        """Change the description and/or the spec fields ``mask`` names. A changed spec is
+        checked against its members' configs again and becomes a new version; the deployed
+        version is not touched.
+
+        Raises:
+            InvalidArgument: an empty or unknown mask entry, or a spec that no longer checks.
+            PermissionDenied: the caller may see the pipeline but not change it.
+        """
         unknown = set(mask) - UPDATABLE_PIPELINE_FIELDS
         if unknown or not mask:
             raise InvalidArgument(
@@ -180,21 +197,22 @@ class Pipelines:
                 spec.steps if "steps" in mask else old.steps,
             )
         )
-        changed = new != old
-        if changed:
+        spec_changed = new != old
+        if spec_changed:
             check(new, member_configs(new))
         with db.database.atomic():
             if "description" in mask:
                 row.description = description
                 row.save()
-            if changed:
+            if spec_changed:
                 tables.PipelineVersion.create(
                     pipeline=row, version=current.version + 1, spec=new.to_json()
                 )
-        return self._record(row, 0)
+        return self._pipeline_record(row, 0)
 
     @in_thread
     def delete(self, name: str) -> None:
+        """Delete the pipeline and its versions; FailedPrecondition while it is deployed."""
         with db.database.atomic():
             row = rules.check_model_write(_pipeline_row(name))
             deployed = self.usage.deployed_version(row.name)
@@ -204,7 +222,7 @@ class Pipelines:
                     "undeploy it first (DeleteDeployment)"
                 )
             row.delete_instance(recursive=True)
-        changed()
+        forget_decisions()
 
     async def copy(
         self,
@@ -213,6 +231,10 @@ class Pipelines:
         new_name: str,
         settings: Mapping[str, ServingSettings],
     ) -> PipelineRecord:
+        """A new pipeline ``new_name`` with ``name``'s spec at ``version`` and the serving
+        ``settings`` given per step name (the others kept). InvalidArgument for a step the
+        pipeline lacks.
+        """
         source = await self.get(name, version)
         steps = {step.name: step for step in source.spec.steps}
         unknown = sorted(set(settings) - steps.keys())
@@ -496,7 +518,7 @@ def version_row(name: str, version: int) -> Any:
     return found
 
 
-def _record(row: Any, version: int, deployed_version: int) -> PipelineRecord:
+def _pipeline_record(row: Any, version: int, deployed_version: int) -> PipelineRecord:
     chosen = version_row(row.name, version)
     spec = Spec.from_json(chosen.spec)
     count = tables.PipelineVersion.select().where(tables.PipelineVersion.pipeline == row).count()

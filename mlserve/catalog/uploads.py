@@ -115,10 +115,12 @@ class UploadRecord:
 
     @property
     def received_bytes(self) -> int:
+        """Bytes received (or already stored) so far, over every file."""
         return sum(progress.received for progress in self.files)
 
     @property
     def size_bytes(self) -> int:
+        """Bytes of every file the upload declared."""
         return sum(progress.spec.size for progress in self.files)
 
 
@@ -135,7 +137,7 @@ class UploadLimits:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _UploadPlan:
     """A checked header: what the upload must produce."""
 
     model: str
@@ -199,7 +201,7 @@ class Uploads:
         return result
 
     async def _receive(
-        self, plan: _Plan, parts: AsyncIterator[UploadHeader | ArtifactHeader | Chunk]
+        self, plan: _UploadPlan, parts: AsyncIterator[UploadHeader | ArtifactHeader | Chunk]
     ) -> VersionRecord | ArtifactRecord:
         committed = await in_thread(self._open_record)(plan)
         if committed is not None:
@@ -242,7 +244,7 @@ class Uploads:
 
         Another user's upload answers NotFound exactly like a missing one.
         """
-        return self._record(_owned_upload(upload_id))
+        return self._upload_record(_owned_upload(upload_id))
 
     @in_thread
     def list_uploads(
@@ -256,7 +258,7 @@ class Uploads:
         if not all_users and principal is not None:
             query = query.where(tables.Upload.owner == principal.user_id)
         listing = Listing(
-            query, tables.Upload.upload_id, self._record, lambda row: row.upload_id,
+            query, tables.Upload.upload_id, self._upload_record, lambda row: row.upload_id,
             {"list": "uploads", "all_users": all_users}, keep=_visible,
         )  # fmt: skip
         return self.versions.tokens.page(listing, requested_size, token)
@@ -336,7 +338,7 @@ class Uploads:
         # upload names, which the next sweep removes.
         self.repository.discard_staging(upload_id)
 
-    def _record(self, row: Any) -> UploadRecord:
+    def _upload_record(self, row: Any) -> UploadRecord:
         specs = [FileSpec(*entry) for entry in json.loads(row.files)]
         committed = _surviving(row) if row.committed_version else None
         stored = self.blobs.pinned(row.upload_id)
@@ -364,7 +366,7 @@ class Uploads:
 
     # --- steps --------------------------------------------------------------
 
-    def _plan(self, header: UploadHeader) -> _Plan:
+    def _plan(self, header: UploadHeader) -> _UploadPlan:
         model = check_name(header.model, "model name")
         check_upload(model)
         refuse_pipeline_name(model)
@@ -391,9 +393,9 @@ class Uploads:
             {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}
         )
         upload_id = _upload_id(header.upload_id, model, manifest_sha256)
-        return _Plan(model, upload_id, ordered, config, manifest_sha256)
+        return _UploadPlan(model, upload_id, ordered, config, manifest_sha256)
 
-    def _plan_artifact(self, header: ArtifactHeader) -> _Plan:
+    def _plan_artifact(self, header: ArtifactHeader) -> _UploadPlan:
         model = check_name(header.model, "model name")
         if header.kind not in ARTIFACT_KINDS:
             raise InvalidArgument(
@@ -412,7 +414,9 @@ class Uploads:
             }
         )
         upload_id = _upload_id(header.upload_id, model, manifest_sha256)
-        return _Plan(model, upload_id, {spec.path: spec}, "", manifest_sha256, header.kind, version)
+        return _UploadPlan(
+            model, upload_id, {spec.path: spec}, "", manifest_sha256, header.kind, version
+        )
 
     def _check_total(self, total: int) -> None:
         if total > self.limits.max_upload_bytes:
@@ -421,7 +425,7 @@ class Uploads:
                 f"{self.limits.max_upload_bytes} bytes per upload (--max-upload-bytes)"
             )
 
-    def _open_record(self, plan: _Plan) -> VersionRecord | ArtifactRecord | None:
+    def _open_record(self, plan: _UploadPlan) -> VersionRecord | ArtifactRecord | None:
         """Create or match the upload's record; its result if it already committed."""
         if plan.artifact_kind:
             (spec,) = plan.files.values()
@@ -477,7 +481,7 @@ class Uploads:
         _touch(plan.upload_id)  # resumed: not abandoned
         return None
 
-    def _stage(self, plan: _Plan) -> dict[str, _StagedFile]:
+    def _stage(self, plan: _UploadPlan) -> dict[str, _StagedFile]:
         """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
         stored = self.blobs.pin_stored(plan.upload_id, plan.files.values(), downloadable_blobs())
         return {
@@ -509,7 +513,7 @@ class Uploads:
                 "mlserve uploads cancel ID)"
             )
 
-    def _require_disk_space(self, plan: _Plan) -> None:
+    def _require_disk_space(self, plan: _UploadPlan) -> None:
         stored = self.blobs.pinned(plan.upload_id)
         remaining = sum(
             spec.size - self.repository.staged_size(plan.upload_id, spec.path)
@@ -564,7 +568,7 @@ class Uploads:
             target.digest.update(data)
 
     def _commit(
-        self, plan: _Plan, staged: dict[str, _StagedFile]
+        self, plan: _UploadPlan, staged: dict[str, _StagedFile]
     ) -> VersionRecord | ArtifactRecord:
         incomplete = [f for f in staged.values() if f.received < f.spec.size]
         if incomplete:

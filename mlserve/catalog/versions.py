@@ -79,10 +79,14 @@ class Versions:
 
     @in_thread
     def get_version(self, model: str, version: int) -> VersionRecord:
+        """``model``'s ``version`` (0: the latest); NotFound alike when absent or hidden."""
         return find_version(model, version)
 
     @in_thread
     def delete_version(self, model: str, version: int) -> None:
+        """Delete the version, then the file contents nothing else uses; FailedPrecondition
+        while it is deployed (alone or in a pipeline).
+        """
         with db.database.atomic():
             writable_model(model)
             row = version_row(model, version)
@@ -187,10 +191,7 @@ class Versions:
             for batch in pw.chunked(uses, 200):
                 tables.VersionFile.insert_many(batch).execute()
             self.blobs.release(upload_id)
-            for spec in files:
-                self.repository.link_staged_blob(upload_id, spec.path, spec.sha256)
-            self.repository.commit_staging(upload_id, model, number)
-            self.repository.write_model_config(model, config)
+            self.repository.publish_version(upload_id, model, number, files, config)
         self.repository.discard_staging(upload_id)
         return _version_record(row, model)
 
