@@ -30,6 +30,8 @@ from mlserve.access.users import Users
 from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
+from mlserve.api.assays import SERVICE as ASSAY_SERVICE
+from mlserve.api.assays import AssayService
 from mlserve.api.audit import AuditService
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
@@ -49,6 +51,7 @@ from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
+from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
@@ -75,6 +78,7 @@ from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
+    assay_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     deployment_pb2,
@@ -107,6 +111,7 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    ASSAY_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
 )
 
@@ -131,6 +136,7 @@ class Domain:
     audit: AuditLog
     pipelines: Pipelines
     inference_log: InferenceLog
+    assays: Assays
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -200,6 +206,7 @@ def build_domain(settings: Settings) -> Domain:
         AuditLog(tokens),
         Pipelines(tokens, usage),
         inference_log,
+        Assays(settings.log_dir, tokens),
     )
 
 
@@ -401,6 +408,7 @@ class MLServe:
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        assay_pb2_grpc.add_AssayServiceServicer_to_server(AssayService(domain.assays), server)
         instance_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceService(self._description()), server
         )
