@@ -46,6 +46,8 @@ class VersionRecord:
     config: str
     upload_id: str
     create_time: dt.datetime
+    # The dataset version it was trained on: (dataset, version), None if none was named.
+    training_dataset: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Versions:
         files: Sequence[FileSpec],
         config: str,
         manifest_sha256: str,
+        training_dataset_id: int | None = None,
     ) -> VersionRecord:
         """Number the upload and put its version in place (blocking; call in a thread).
 
@@ -141,7 +144,9 @@ class Versions:
         """
         for _ in range(20):
             try:
-                return self._commit_once(model, upload_id, files, config, manifest_sha256)
+                return self._commit_once(
+                    model, upload_id, files, config, manifest_sha256, training_dataset_id
+                )
             except LostRace:
                 continue
         raise FailedPrecondition(f"could not number a new version of {model!r}; retry")
@@ -153,6 +158,7 @@ class Versions:
         files: Sequence[FileSpec],
         config: str,
         manifest_sha256: str,
+        training_dataset_id: int | None,
     ) -> VersionRecord:
         with db.database.atomic():
             model_row = model_for_upload(model)
@@ -182,6 +188,7 @@ class Versions:
                     files=json.dumps([[spec.path, spec.size, spec.sha256] for spec in files]),
                     config=config,
                     upload_id=upload_id,
+                    training_dataset=training_dataset_id,
                 )
             )
             tables.Upload.update(committed_version=number, update_time=db.utcnow()).where(
@@ -250,7 +257,18 @@ def version_row(model: str, version: int) -> Any:
 
 
 def _version_record(row: Any, model: str) -> VersionRecord:
+    training = None
+    if row.training_dataset_id is not None:
+        used = (
+            tables.DatasetVersion.select(tables.DatasetVersion.version, tables.Dataset.name)
+            .join(tables.Dataset)
+            .where(tables.DatasetVersion.id == row.training_dataset_id)
+            .tuples()
+            .first()
+        )
+        training = None if used is None else (str(used[1]), int(used[0]))
     return VersionRecord(
+        training_dataset=training,
         model=model,
         version=row.version,
         sha256=row.sha256,
