@@ -25,9 +25,9 @@ from mlserve.access import rules
 from mlserve.access.workspaces import workspace_id_query, workspace_names
 from mlserve.catalog.model_metadata import VISIBILITIES
 from mlserve.catalog.models import LostRace, created_in_savepoint
-from mlserve.catalog.versions import DownloadChunk, read_file
-from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mlserve.core.names import check_name, check_relative_path, check_tags, check_update_mask
+from mlserve.catalog.versions import DownloadChunk, files_to_send, numbered_row, read_file
+from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from mlserve.core.names import check_name, check_tags, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs, FileSpec
@@ -254,15 +254,8 @@ class Datasets:
     ) -> AsyncIterator[DownloadChunk]:
         """Stream a version's files in path order; only ``path`` from ``offset`` when given."""
         record = await self.get_version(dataset, version)
-        files = [entry.spec for entry in record.files]
-        if path:
-            check_relative_path(path)
-            files = [spec for spec in files if spec.path == path]
-            if not files:
-                raise NotFound(f"version {record.version} of dataset {dataset!r} has no {path!r}")
-        if offset < 0 or (offset and not path):
-            raise InvalidArgument("offset must be >= 0 and is allowed only with a path")
-        for spec in files:
+        what = f"version {record.version} of dataset {dataset!r}"
+        for spec in files_to_send([entry.spec for entry in record.files], path, offset, what):
 
             def open_blob(spec: FileSpec = spec) -> BinaryIO:
                 return self.repository.open_blob(spec.sha256)
@@ -424,18 +417,8 @@ def hidden_dataset(name: str) -> bool:
 def dataset_version_row(dataset: str, version: int) -> Any:
     """The row of ``dataset``'s ``version`` (0: the latest), or NotFound (blocking)."""
     owner = dataset_row(dataset)
-    if version < 0:
-        raise InvalidArgument(f"version must be positive, got {version}")
     query = tables.DatasetVersion.select().where(tables.DatasetVersion.dataset == owner)
-    if version == 0:
-        row = query.order_by(tables.DatasetVersion.version.desc()).first()
-        if row is None:
-            raise NotFound(f"dataset {dataset!r} has no versions yet: upload one first")
-        return row
-    row = query.where(tables.DatasetVersion.version == version).first()
-    if row is None:
-        raise NotFound(f"dataset {dataset!r} has no version {version}")
-    return row
+    return numbered_row(query, tables.DatasetVersion.version, version, f"dataset {dataset!r}")
 
 
 def find_dataset_version(dataset: str, version: int) -> DatasetVersionRecord:
