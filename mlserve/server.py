@@ -61,6 +61,7 @@ from mlserve.deploy.health import HealthLoop
 from mlserve.deploy.lifecycle import DEFAULT_SERVER, Deployments, DeploymentUsage
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
+from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
@@ -288,6 +289,9 @@ class MLServe:
                 domain.stats.flush,
                 domain.router.reload,
                 domain.inference_log.policies.reload,
+                functools.partial(
+                    TritonShare(domain.stats.registry).poll, domain.router, domain.fleet
+                ),
             ),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
