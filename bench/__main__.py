@@ -1,4 +1,4 @@
-"""``python -m bench [upload|deploy|gateway|auth|oidc|catalog|dedup|pipeline|log|all] ...``.
+"""``python -m bench [NAME|all] [--rounds 5] ...``: NAME is one of ``BENCHMARKS``.
 
 Prints each benchmark's tables and appends a markdown summary of the run to
 bench/results/latest.md (gitignored).
@@ -18,6 +18,7 @@ from bench import (
     catalog_list,
     dedup,
     deploy,
+    flood,
     gateway,
     inference_log,
     oidc,
@@ -27,6 +28,9 @@ from bench import (
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
+BENCHMARKS = (
+    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log"
+)  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,18 +38,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "which",
         nargs="?",
-        choices=[
-            "upload",
-            "deploy",
-            "gateway",
-            "auth",
-            "oidc",
-            "catalog",
-            "dedup",
-            "pipeline",
-            "log",
-            "all",
-        ],
+        choices=[*BENCHMARKS, "all"],
         default="all",
         help="which benchmark to run (default: %(default)s)",
     )
@@ -129,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.which in ("auth", "all"):
         benchmarks.append(("auth", lambda: auth.run()))
+    if args.which in ("flood", "all"):
+        benchmarks.append(("flood", lambda: flood.run()))
     if args.which in ("oidc", "all"):
         benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):

@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -38,7 +39,12 @@ from mlserve.api.inference import InferenceGateway
 from mlserve.api.inference_log import SERVICE as INFERENCE_LOG_SERVICE
 from mlserve.api.inference_log import InferenceLogService
 from mlserve.api.instance import InstanceDescription, InstanceService
-from mlserve.api.interceptor import CallGuard
+from mlserve.api.interceptor import (
+    MANAGEMENT_MESSAGE_BYTES,
+    UPLOAD_FRAMING_BYTES,
+    CallGuard,
+    MessageLimits,
+)
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
@@ -57,12 +63,14 @@ from mlserve.deploy.health import HealthLoop
 from mlserve.deploy.lifecycle import DEFAULT_SERVER, Deployments, DeploymentUsage
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
+from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository, Repository
+from mlserve.storage.s3 import S3Repository
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
@@ -151,7 +159,7 @@ def build_domain(settings: Settings) -> Domain:
     tables.connect(settings.database_url)
     secret = db.run(tables.get_or_create_setting, "page_token_secret", _random_secret)
     tokens = PageTokens(secret)
-    repository = Repository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
+    repository = open_repository(settings)
     blobs = Blobs(repository)
     db.run(blobs.sweep)
     usage = DeploymentUsage()
@@ -201,6 +209,19 @@ def build_domain(settings: Settings) -> Domain:
         inference_log,
         datasets,
     )
+
+
+def open_repository(settings: Settings) -> Repository:
+    """The repository ``--storage`` names, checked reachable (StartupFailed if not)."""
+    if settings.bucket is None:
+        return LocalRepository(settings.repository_dir, settings.staging_dir, settings.blobs_dir)
+    repository = S3Repository(settings.bucket.resolved(os.environ), settings.staging_dir)
+    try:
+        repository.check()
+    except MLServeError as error:
+        raise StartupFailed(f"--storage: {error.message}") from None
+    log.info("versions and contents in the %s", repository.describe())
+    return repository
 
 
 def _random_secret() -> bytes:
@@ -276,6 +297,9 @@ class MLServe:
                 domain.stats.flush,
                 domain.router.reload,
                 domain.inference_log.policies.reload,
+                functools.partial(
+                    TritonShare(domain.stats.registry).poll, domain.router, domain.fleet
+                ),
             ),
         )
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
@@ -329,9 +353,15 @@ class MLServe:
 
     def _grpc_server(self, domain: Domain) -> aio.Server:
         limit = self.settings.max_message_bytes
+        limits = MessageLimits(
+            inference=limit,
+            upload=min(limit, domain.uploads.limits.max_chunk_bytes + UPLOAD_FRAMING_BYTES),
+            management=min(limit, MANAGEMENT_MESSAGE_BYTES),
+        )
+        guard = CallGuard(domain.access, domain.audit, limits, self._anonymous_gateway())
         server = GenericHandlersOnly(
             aio.server(
-                interceptors=[CallGuard(domain.access, domain.audit, self._anonymous_gateway())],
+                interceptors=[guard],
                 options=[
                     ("grpc.max_receive_message_length", limit),
                     ("grpc.max_send_message_length", limit),
@@ -444,11 +474,14 @@ class MLServe:
             await self._triton.start()
         except MLServeError as error:
             raise StartupFailed(f"the embedded Triton could not start: {error.message}") from None
-        await domain.fleet.register_embedded(DEFAULT_SERVER, self._triton.address)
-        log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
-        supervisor = TritonSupervisor(
-            self._triton, functools.partial(domain.fleet.register_embedded, DEFAULT_SERVER)
+        register = functools.partial(
+            domain.fleet.register_embedded,
+            DEFAULT_SERVER,
+            shares_repository=settings.bucket is None,
         )
+        await register(self._triton.address)
+        log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
+        supervisor = TritonSupervisor(self._triton, register)
         self._loops.append(asyncio.create_task(supervisor.run(), name="triton-supervisor"))
 
     async def _update_health(self) -> None:

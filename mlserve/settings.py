@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlserve.storage.db import POSTGRESQL_SCHEMES
+from mlserve.storage.s3 import S3Location
 
 GRPC_MESSAGE_LIMIT = 2**31 - 1  # gRPC's own ceiling, and what Triton accepts
 
@@ -67,9 +68,15 @@ def parse_database(text: str) -> str:
     return text
 
 
-def parse_storage(text: str) -> Path:
+def parse_storage(text: str) -> Path | S3Location:
+    """A local directory, or ``s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME]``."""
+    if text.startswith("s3://"):
+        try:
+            return S3Location.parse(text)
+        except ValueError as error:
+            raise SettingError(str(error)) from None
     if "://" in text:
-        raise SettingError("object storage (s3://…) is not yet supported; give a local directory")
+        raise SettingError("give a local directory or s3://BUCKET[/PREFIX]")
     return parse_path(text)
 
 
@@ -285,15 +292,18 @@ class Settings:
             )
         ),
     )
-    storage: Path | None = field(
+    storage: Path | S3Location | None = field(
         default=None,
         metadata=_given_by(
             Option(
                 "MLSERVE_STORAGE",
                 "directory of the model repository, uploads in progress and stored file "
-                "contents (one file system: versions hard-link their contents)",
+                "contents (one file system: versions hard-link their contents), or "
+                "s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME] to keep the repository and "
+                "contents in a bucket (uploads are staged in <home>; credentials and endpoint "
+                "from the standard AWS_* variables)",
                 parse_storage,
-                "DIR",
+                "DIR|S3URL",
                 shown_default="<home>",
             )
         ),
@@ -613,8 +623,14 @@ class Settings:
         return self.database or f"sqlite:///{self.home / 'mlserve.db'}"
 
     @property
+    def bucket(self) -> S3Location | None:
+        """The bucket versions and contents are kept in; None: the local disk."""
+        return self.storage if isinstance(self.storage, S3Location) else None
+
+    @property
     def storage_dir(self) -> Path:
-        return self.storage or self.home
+        """The local directory of staging (and, without a bucket, of everything stored)."""
+        return self.storage if isinstance(self.storage, Path) else self.home
 
     @property
     def repository_dir(self) -> Path:

@@ -3,10 +3,22 @@
 A key reads ``mls_<prefix>_<secret>``. The prefix is public and indexed, so a
 wrong key costs one indexed lookup and at most one hash, never a scan; an
 unknown prefix costs no hash at all. Secrets are stored with scrypt (memory
-hard) and compared in constant time; at most ``_HASHING_AT_ONCE`` hashes run
-at a time, so a flood of wrong keys cannot take every worker thread. Keys of
-databases before schema 6 carry a SHA-256 hash (``algorithm`` "sha256") and
-are re-hashed with scrypt the first time they verify.
+hard) and compared in constant time. Keys of databases before schema 6 carry
+a SHA-256 hash (``algorithm`` "sha256") and are re-hashed with scrypt the
+first time they verify.
+
+A flood of wrong secrets cannot stall other callers. Hashes run on their own
+``HASHING_THREADS`` threads, never on the default executor that every
+database call uses, so wrong secrets queue behind each other only. After
+``FAILURES_BEFORE_BACKOFF`` wrong secrets in a row for one key id, that id
+is refused without hashing until ``BACKOFF_SECONDS`` after the last hashed
+failure; each hashed failure after that starts the back-off again, so one
+key id costs at most one hash per back-off. A refusal during a back-off is
+made before any database work and answered when the back-off ends (at most
+``HELD_REFUSALS`` at once), so a client that waits for its answers gets one
+attempt per back-off. A key this process has verified before is recognised
+without hashing, so the back-off does not lock out a key's owner who is
+already using it here.
 
 Decisions are cached for ``cache_seconds`` (1 s) so the gateway's hot path
 does no database work. After that the key's row, its user and memberships are
@@ -18,6 +30,7 @@ decision stale).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -28,6 +41,7 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -56,7 +70,11 @@ _CACHE_LIMIT = 10_000
 SCRYPT = "scrypt"
 # 16 MiB and a few tens of milliseconds per hash.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
-_HASHING_AT_ONCE = 2
+HASHING_THREADS = 2
+FAILURES_BEFORE_BACKOFF = 5
+BACKOFF_SECONDS = 2.0
+# Refusals held until their back-off ends, at most; past that they answer at once.
+HELD_REFUSALS = 1024
 _LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 _INVALID = "the API key is not valid"
 K = TypeVar("K")
@@ -110,6 +128,39 @@ class _DecisionCache(Generic[K, V]):
         if entry is None or entry[0] <= now or entry[1] != _generation:
             return None
         return entry
+
+
+class _FailedAttempts:
+    """Wrong secrets in a row per key id, and when each id's back-off ends (thread-safe)."""
+
+    def __init__(
+        self, allowed: int, backoff: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.allowed = allowed
+        self.backoff = backoff
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key id -> (wrong secrets in a row, monotonic time the back-off ends)
+        self._entries: dict[str, tuple[int, float]] = {}
+
+    def wait(self, prefix: str) -> float:
+        """Seconds left before ``prefix`` may be hashed again; 0 when it may now."""
+        with self._lock:
+            failures, until = self._entries.get(prefix, (0, 0.0))
+        if failures < self.allowed:
+            return 0.0
+        return max(0.0, until - self._clock())
+
+    def failed(self, prefix: str) -> None:
+        with self._lock:
+            failures = self._entries.get(prefix, (0, 0.0))[0] + 1
+            if len(self._entries) >= _CACHE_LIMIT:
+                self._entries.clear()
+            self._entries[prefix] = (failures, self._clock() + self.backoff)
+
+    def succeeded(self, prefix: str) -> None:
+        with self._lock:
+            self._entries.pop(prefix, None)
 
 
 @dataclass(frozen=True)
@@ -195,7 +246,9 @@ class Access:
         # key -> the stored hash it verified against: refreshing a principal
         # re-reads the row but does not hash again while the hash is the same.
         self._verified: dict[str, str] = {}
-        self._hashing = threading.BoundedSemaphore(_HASHING_AT_ONCE)
+        self._hashing = ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="key-hashing")
+        self._failures = _FailedAttempts(FAILURES_BEFORE_BACKOFF, BACKOFF_SECONDS)
+        self._held = 0  # refusals waiting for their key id's back-off to end
         # (key prefix, model) -> why not, or None: the gateway's decisions.
         self._infer: _DecisionCache[tuple[str, str], MLServeError | None] = _DecisionCache(
             cache_seconds
@@ -242,7 +295,7 @@ class Access:
 
     def cached(self, authorization: str | None) -> Principal | None:
         """The principal for a recently verified header value, without awaiting anything."""
-        scheme, _, key = (authorization or "").partition(" ")
+        scheme, _, key = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return None
         return self._principals.peek(key.strip())
@@ -254,7 +307,7 @@ class Access:
                 "missing API key: send metadata 'authorization: Bearer <key>' "
                 "(the first admin key is in $MLSERVE_HOME/admin.key)"
             )
-        scheme, _, key = authorization.partition(" ")
+        scheme, _, key = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must read 'Bearer <key>'")
         key = key.strip()
@@ -270,28 +323,86 @@ class Access:
             )
         return await in_thread(self.tokens.verify)(token)
 
-    @in_thread
-    def _verify(self, key: str) -> Principal:
+    async def _verify(self, key: str) -> Principal:
         parts = split_key(key)
-        row = None if parts is None else tables.ApiKey.get_or_none(tables.ApiKey.prefix == parts[0])
-        if parts is None or row is None:
+        if parts is None:
+            raise Unauthenticated(_INVALID)
+        prefix, secret = parts
+        if key not in self._verified:
+            # A key id backing off is refused before any database or thread
+            # work, and the refusal is held until the back-off ends: a
+            # flood of wrong secrets costs the event loop little, and a
+            # client that waits for its answers makes one attempt per back-off.
+            await self._hold_while_backing_off(prefix)
+        row = await in_thread(_key_row)(prefix)
+        if row is None:
             raise Unauthenticated(_INVALID)
         if self._verified.get(key) != row.secret_hash:
-            with self._hashing:
-                good = verify_secret(parts[1], row.secret_hash, row.algorithm)
+            hashing = asyncio.get_running_loop().run_in_executor
+            good = await hashing(self._hashing, self._check_secret, prefix, secret, row)
             if not good:
                 raise Unauthenticated(_INVALID)
             if row.algorithm != SCRYPT:
-                row.secret_hash, row.algorithm = hash_secret(parts[1]), SCRYPT
-                row.save(only=[tables.ApiKey.secret_hash, tables.ApiKey.algorithm])
+                new_hash = await hashing(self._hashing, hash_secret, secret)
+                await in_thread(_store_hash)(row, new_hash)
             if len(self._verified) >= _CACHE_LIMIT:
                 self._verified.clear()
             self._verified[key] = row.secret_hash
-        _check_usable(row)
-        now = db.utcnow()
-        if row.last_used_time is None or now - row.last_used_time > _LAST_USED_RESOLUTION:
-            tables.ApiKey.update(last_used_time=now).where(tables.ApiKey.id == row.id).execute()
-        return _principal(row)
+        return await in_thread(_accept)(row)
+
+    async def _hold_while_backing_off(self, prefix: str) -> None:
+        wait = self._failures.wait(prefix)
+        if wait <= 0:
+            return
+        if self._held < HELD_REFUSALS:
+            self._held += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._held -= 1
+        raise Unauthenticated(_backing_off(prefix))
+
+    def _refuse_while_backing_off(self, prefix: str) -> None:
+        if self._failures.wait(prefix) > 0:
+            raise Unauthenticated(_backing_off(prefix))
+
+    def _check_secret(self, prefix: str, secret: str, row: Any) -> bool:
+        """On a hashing thread: whether ``secret`` is ``row``'s; refused while backing off.
+
+        The back-off is checked here, when the hash would start, so wrong
+        secrets that queued up together cost no more hashes than the limit.
+        """
+        self._refuse_while_backing_off(prefix)
+        if verify_secret(secret, row.secret_hash, row.algorithm):
+            self._failures.succeeded(prefix)
+            return True
+        self._failures.failed(prefix)
+        return False
+
+
+def _backing_off(prefix: str) -> str:
+    return (
+        f"too many wrong secrets for API key {prefix}: after {FAILURES_BEFORE_BACKOFF} in a row "
+        f"it is checked at most once every {BACKOFF_SECONDS:g} s; check the key and retry"
+    )
+
+
+def _key_row(prefix: str) -> Any:
+    return tables.ApiKey.get_or_none(tables.ApiKey.prefix == prefix)
+
+
+def _store_hash(row: Any, secret_hash: str) -> None:
+    row.secret_hash, row.algorithm = secret_hash, SCRYPT
+    row.save(only=[tables.ApiKey.secret_hash, tables.ApiKey.algorithm])
+
+
+def _accept(row: Any) -> Principal:
+    """The principal of a key whose secret verified, unless it can no longer be used."""
+    _check_usable(row)
+    now = db.utcnow()
+    if row.last_used_time is None or now - row.last_used_time > _LAST_USED_RESOLUTION:
+        tables.ApiKey.update(last_used_time=now).where(tables.ApiKey.id == row.id).execute()
+    return _principal(row)
 
 
 def _check_usable(row: Any) -> None:

@@ -78,8 +78,8 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 class Who(enum.Enum):
     """The least a caller must be to call a method."""
 
-    ANYONE = "anyone"  # no key (health)
-    ANY_KEY = "any key"  # users and app consumers (inference, reflection)
+    ANYONE = "anyone"  # no key (health, reflection)
+    ANY_KEY = "any key"  # users and app consumers (inference)
     USER = "user"  # any user, not a consumer
     EDITOR = "editor"  # editors and admins
     ADMIN = "admin"
@@ -92,6 +92,7 @@ class Rule:
     audited: bool = False
 
 
+_PUBLIC = Rule(Who.ANYONE)
 _READ = Rule(Who.USER)
 _USER_WRITE = Rule(Who.USER, audited=True)
 _EDIT = Rule(Who.EDITOR, audited=True)
@@ -104,14 +105,11 @@ def _service(name: str, **methods: Rule) -> dict[str, Rule]:
 
 
 RULES: dict[str, Rule] = {
-    **_service(
-        "grpc.health.v1.Health",
-        Check=Rule(Who.ANYONE),
-        Watch=Rule(Who.ANYONE),
-        List=Rule(Who.ANYONE),
-    ),
-    **_service("grpc.reflection.v1alpha.ServerReflection", ServerReflectionInfo=_INFER),
-    **_service("grpc.reflection.v1.ServerReflection", ServerReflectionInfo=_INFER),
+    **_service("grpc.health.v1.Health", Check=_PUBLIC, Watch=_PUBLIC, List=_PUBLIC),
+    # The API's schema is public (it is in the repository): reflection needs
+    # no key, so grpcurl can resolve grpc.health.v1.Health/Check without one.
+    **_service("grpc.reflection.v1alpha.ServerReflection", ServerReflectionInfo=_PUBLIC),
+    **_service("grpc.reflection.v1.ServerReflection", ServerReflectionInfo=_PUBLIC),
     **_service(
         "mlserve.v1.ModelService",
         CreateModel=_EDIT,

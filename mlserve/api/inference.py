@@ -21,11 +21,11 @@ from tritonclient.grpc import service_pb2
 from mlserve import __version__
 from mlserve.access import Access
 from mlserve.api.errors import status_code
-from mlserve.core.errors import InvalidArgument, MLServeError, Unavailable
-from mlserve.deploy.fleet import Fleet
+from mlserve.core.errors import InvalidArgument, MLServeError, NotFound, Unavailable
+from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway import wire
-from mlserve.gateway.forwarding import Forwarder, TimeLeft
+from mlserve.gateway.forwarding import Call, Forwarder
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog
@@ -52,7 +52,7 @@ _HOST_SETTINGS = (
 
 Context = aio.ServicerContext[bytes, bytes]
 RawUnary = Callable[[bytes, Context], Awaitable[bytes]]
-Forwarded = Callable[[bytes, TimeLeft], Awaitable[bytes]]
+Forwarded = Callable[[bytes, Call], Awaitable[bytes]]
 
 
 class InferenceGateway:
@@ -121,11 +121,28 @@ class InferenceGateway:
         return wire.encode(service_pb2.ServerReadyResponse(ready=self.fleet.any_ready()))
 
     async def _server_metadata(self, request: bytes, context: Context) -> bytes:
+        """Triton's name and a ready Triton's version: MLServe is a gateway, not a new
+        server kind (Triton's own clients check the name). MLServe's version goes
+        in the ``mlserve-version`` response header."""
+        await context.send_initial_metadata((("mlserve-version", __version__),))
         return wire.encode(
             service_pb2.ServerMetadataResponse(
-                name="mlserve", version=__version__, extensions=EXTENSIONS
+                name="triton", version=await self._triton_version(request), extensions=EXTENSIONS
             )
         )
+
+    async def _triton_version(self, request: bytes) -> str:
+        """The version the first ready Triton of the fleet reports; "" when none answers."""
+        for name in await self.fleet.names():
+            if self.fleet.status(name).state != READY:
+                continue
+            client = self.fleet.cached_client(name) or await self.fleet.client(name)
+            try:
+                answer = await client.raw_unary("ServerMetadata")(request, timeout=5)
+            except aio.AioRpcError:
+                continue
+            return str(service_pb2.ServerMetadataResponse.FromString(answer).version)
+        return ""
 
     async def _repository_index(self, request: bytes, context: Context) -> bytes:
         """MLServe's registry: each deployed model and whether a replica serves it."""
@@ -143,15 +160,20 @@ class InferenceGateway:
     async def _repository_model_load(self, request: bytes, context: Context) -> bytes:
         """Deploy the latest uploaded version (MLServe's registry, not a Triton's)."""
         parsed = service_pb2.RepositoryModelLoadRequest.FromString(request)
+        # "failed to load 'NAME'" first, as Triton says it: its clients look for it.
+        failed = f"failed to load '{parsed.model_name}'"
         if any(key == "config" or key.startswith("file:") for key in parsed.parameters):
             raise InvalidArgument(
-                "the gateway does not take model files or configs: upload them with "
-                "mlserve.v1.ModelService/UploadModelVersion, then load by name"
+                f"{failed}: the gateway does not take model files or configs: upload them "
+                "with mlserve.v1.ModelService/UploadModelVersion, then load by name"
             )
-        record = await self.deployments.update(parsed.model_name, 0, None, allow_missing=True)
+        try:
+            record = await self.deployments.update(parsed.model_name, 0, None, allow_missing=True)
+        except NotFound as missing:
+            raise NotFound(f"{failed}: {missing.message}") from None
         if record.state != "READY":
             reasons = "; ".join(f"{t.server}: {t.message}" for t in record.targets if t.message)
-            raise Unavailable(f"model {parsed.model_name!r} did not load: {reasons}")
+            raise Unavailable(f"{failed}: {reasons}")
         return wire.encode(service_pb2.RepositoryModelLoadResponse())
 
     async def _repository_model_unload(self, request: bytes, context: Context) -> bytes:
@@ -166,10 +188,15 @@ def _passing_triton_errors(forward: Forwarded) -> RawUnary:
 
     async def handle(request: bytes, context: Context) -> bytes:
         try:
-            return await forward(request, context.time_remaining)
+            return await forward(request, context)
         except aio.AioRpcError as error:
             await context.abort(error.code(), error.details() or "")
             raise AssertionError("abort returns by raising") from None
+        except NotFound:
+            # Missing and private-to-others alike, in Triton's words, which
+            # Triton's own clients look for.
+            model, _ = wire.model_name_and_version(request)
+            raise NotFound(f"Request for unknown model: '{model}' is not found") from None
 
     return handle
 

@@ -553,6 +553,11 @@ class Uploads:
     def _stage(self, plan: _UploadPlan) -> dict[str, _StagedFile]:
         """Each file's state: stored already (pinned, needs no bytes), or how much is staged."""
         stored = self.blobs.pin_stored(plan.upload_id, plan.files.values(), downloadable_blobs())
+        for path, spec in plan.files.items():
+            if spec.sha256 not in stored:
+                # A resume through another replica: what the first committed to
+                # the bucket comes back into this replica's staging first.
+                self.repository.restore_staged(plan.upload_id, path)
         return {
             path: _StagedFile(spec, 0, stored=True)
             if spec.sha256 in stored
@@ -635,6 +640,7 @@ class Uploads:
         target.received += written
         if target.digest is not None:
             target.digest.update(data)
+        db.run(self.repository.checkpoint, upload_id, target.spec.path, target.received)
 
     def _commit(
         self, plan: _UploadPlan, staged: dict[str, _StagedFile]

@@ -191,10 +191,7 @@ class Versions:
             for batch in pw.chunked(uses, 200):
                 tables.VersionFile.insert_many(batch).execute()
             self.blobs.release(upload_id)
-            for spec in files:
-                self.repository.link_staged_blob(upload_id, spec.path, spec.sha256)
-            self.repository.commit_staging(upload_id, model, number)
-            self.repository.write_model_config(model, config)
+            self.repository.publish_version(upload_id, model, number, files, config)
         self.repository.discard_staging(upload_id)
         return _version_record(row, model)
 

@@ -169,7 +169,7 @@ class Fleet:
                 description=fields.description,
                 labels=labels,
                 embedded=embedded,
-                shares_repository=embedded or fields.shares_repository,
+                shares_repository=fields.shares_repository,
                 workspaces=_workspaces_json(fields.workspaces),
             )
 
@@ -180,14 +180,21 @@ class Fleet:
         await self.refresh(name)
         return await self.get(name)
 
-    async def register_embedded(self, name: str, address: str) -> ServerRecord:
-        """Record the embedded Triton under ``name``, updating its address on restarts."""
+    async def register_embedded(
+        self, name: str, address: str, *, shares_repository: bool = True
+    ) -> ServerRecord:
+        """Record the embedded Triton under ``name``, updating its address on restarts.
+
+        ``shares_repository`` is false when the repository is in a bucket: the
+        embedded Triton then serves a local directory and gets pushes.
+        """
         row = await in_thread(tables.Server.get_or_none)(tables.Server.name == name)
+        fields = ServerFields(
+            address=address, description="embedded Triton", shares_repository=shares_repository
+        )
         if row is None:
-            return await self.register(
-                name, ServerFields(address=address, description="embedded Triton"), embedded=True
-            )
-        await self.update(name, ServerFields(address=address), ["address"])
+            return await self.register(name, fields, embedded=True)
+        await self.update(name, fields, ["address", "shares_repository"])
         return await self.get(name)
 
     async def get(self, name: str) -> ServerRecord:

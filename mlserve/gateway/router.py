@@ -80,7 +80,11 @@ class Router:
         model = route.model
         if version and version != str(route.version):
             if not version.isdigit():
-                raise InvalidArgument(f"model_version {version!r} is not a version number")
+                # Triton's own words first: its clients look for them.
+                raise InvalidArgument(
+                    f"failed to get model version from specified version string {version!r}: "
+                    "model_version must be a version number, or empty for the deployed one"
+                )
             raise FailedPrecondition(
                 f"version {version} of model {model!r} is not deployed; "
                 f"version {route.version} is (leave model_version empty to use it)"

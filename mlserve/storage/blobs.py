@@ -1,6 +1,6 @@
 """Content-addressed storage: each distinct file content is stored once, by sha256.
 
-A blob is a row (``tables.Blob``) and a file (``Repository.blob_path``). What
+A blob is a row (``tables.Blob``) and a file or object (``Repository.store_blob``). What
 uses a blob is a row too: ``VersionFile`` (a version's file, hard-linked to the
 blob in the directory Triton reads), ``Artifact`` and ``DatasetFile``. An upload that was told
 "this content is already here, skip its bytes" holds a ``BlobPin`` until it
@@ -12,8 +12,9 @@ a concurrent upload of the same content because of two things:
 - The database refuses it: pins and uses name their blob by a RESTRICT foreign
   key, so a blob row that is pinned or used cannot be deleted, whatever runs
   concurrently.
-- Files follow rows in one order. A lock file (flock, so it also orders several
-  MLServe processes sharing the home) is held shared while an upload pins
+- Files follow rows in one order. The repository's content lock (a flock on a
+  local disk, a PostgreSQL advisory lock for a bucket: either orders every
+  MLServe process sharing the store) is held shared while an upload pins
   blobs or moves its file into the store, and exclusively by the collector from
   before its transaction until the freed files are unlinked. So no upload can
   see a blob row the collector is deleting, nor store a file the collector is
@@ -23,12 +24,10 @@ a concurrent upload of the same content because of two things:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import operator
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +37,6 @@ from mlserve.storage import db, tables
 from mlserve.storage.repository import Repository
 
 log = logging.getLogger(__name__)
-
-_LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -152,16 +149,8 @@ class Blobs:
             log.info("removed %d blob files that no database row names", len(orphans))
         return freed + orphans
 
-    @contextlib.contextmanager
-    def _lock(self, *, exclusive: bool) -> Iterator[None]:
-        fd = os.open(
-            self.repository.blobs / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+    def _lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        return self.repository.content_lock(exclusive=exclusive)
 
 
 def _unused_blobs() -> Any:

@@ -1,4 +1,12 @@
-"""The model repository on disk, in Triton's layout, plus its staging area.
+"""The model repository in Triton's layout, its content store and its staging area.
+
+``Repository`` is the interface the catalog, uploads and deployments use:
+staging (always on this replica's local disk) is implemented here; where
+committed versions and stored contents live is up to an implementation:
+``LocalRepository`` (below, the default) or ``S3Repository`` (``s3.py``: a
+bucket, so replicas on several machines share it).
+
+The local layout:
 
 ``<root>/<model>/<version>/<files>`` and ``<root>/<model>/config.pbtxt`` (the
 latest version's config, for a Triton that reads the directory itself).
@@ -20,6 +28,7 @@ refuses links, the version gets a copy (one link) instead.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -30,12 +39,15 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument
 from mlserve.core.names import check_name, check_relative_path, safe_join
+
+if TYPE_CHECKING:
+    from mlserve.storage.blobs import FileSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,62 +55,85 @@ HASH_BLOCK = 4 * 1024 * 1024
 CONFIG_FILE = "config.pbtxt"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SCRATCH_PREFIX = ".copy."
+_CONTENT_LOCK_FILE = ".lock"
 # Where locks lived before they moved to .locks: ``<staging>/<upload_id>.lock``.
 _OLD_LOCK_SUFFIX = ".lock"
 # link(2) failures that mean "this file system cannot link here": copy instead.
 _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
 
 
-class Repository:
-    def __init__(
-        self, root: Path, staging: Path, blobs: Path | None = None, locks: Path | None = None
-    ) -> None:
-        self.root = root
+class Repository(abc.ABC):
+    """Where versions and contents are kept (an implementation's part) and how uploads
+    are staged on this replica's disk (this class's part).
+
+    Every method blocks: call it in a thread.
+    """
+
+    def __init__(self, staging: Path, locks: Path | None = None) -> None:
         self.staging = staging
-        self.blobs = blobs if blobs is not None else root.parent / "blobs"
         self.locks = locks if locks is not None else staging.parent / "upload-locks"
-        for directory in (root, staging, self.blobs, self.locks):
+        for directory in (staging, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
+
+    def check(self) -> None:  # noqa: B027 (a local disk has nothing to reach)
+        """Reach the storage and make its repository's root; Unavailable, naming where,
+        when it cannot be reached."""
+
+    def describe(self) -> str:
+        """Where versions and contents are kept, for logs and messages."""
+        return "local disk"
 
     # --- committed versions -------------------------------------------------
 
-    def model_dir(self, model: str) -> Path:
-        return safe_join(self.root, check_name(model, "model name"))
-
-    def version_dir(self, model: str, version: int) -> Path:
-        return safe_join(self.model_dir(model), str(int(version)))
-
-    def version_file(self, model: str, version: int, path: str) -> Path:
-        return safe_join(self.version_dir(model, version), check_relative_path(path))
-
+    @abc.abstractmethod
     def open_version_file(self, model: str, version: int, path: str, sha256: str = "") -> BinaryIO:
-        """Open a committed file; several links are allowed only as the inode of blob ``sha256``."""
-        return open_regular_file(
-            self.version_file(model, version, path), self._blob_inode(sha256) if sha256 else None
-        )
+        """Open a committed file of ``model`` ``version`` for reading (sha256: its blob)."""
 
+    @abc.abstractmethod
     def write_model_config(self, model: str, config_text: str) -> None:
-        """Write the model's config.pbtxt (the latest version's), atomically."""
-        directory = self.model_dir(model)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = safe_join(directory, CONFIG_FILE)
-        # A fresh, exclusively created scratch file: writing to a fixed name
-        # would follow a hard link planted there and truncate its target.
-        fd, scratch = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(config_text)
-            os.replace(scratch, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(scratch)
-            raise
+        """Write the model's config.pbtxt (the latest version's) in one step."""
 
-    def delete_version(self, model: str, version: int) -> None:
-        _remove_tree(self.version_dir(model, version))
+    @abc.abstractmethod
+    def publish_version(
+        self, upload_id: str, model: str, version: int, files: Sequence[FileSpec], config: str
+    ) -> None:
+        """Put the stored blobs ``files`` in place as ``model``/``version``, then its config.
 
-    def delete_model(self, model: str) -> None:
-        _remove_tree(self.model_dir(model))
+        The version's files come first and config.pbtxt last, so a Triton reading
+        the repository never sees a config naming files not there yet.
+        """
+
+    @abc.abstractmethod
+    def delete_version(self, model: str, version: int) -> None: ...
+
+    @abc.abstractmethod
+    def delete_model(self, model: str) -> None: ...
+
+    # --- contents (blobs) -----------------------------------------------------
+
+    @abc.abstractmethod
+    def has_blob(self, sha256: str, size: int) -> bool:
+        """True when blob ``sha256`` is stored with ``size`` bytes."""
+
+    @abc.abstractmethod
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
+        """Move the verified staged file ``path`` into the store as ``sha256``
+        (a blob already stored is kept and the staged copy dropped)."""
+
+    @abc.abstractmethod
+    def open_blob(self, sha256: str) -> BinaryIO: ...
+
+    @abc.abstractmethod
+    def remove_blob(self, sha256: str) -> None: ...
+
+    @abc.abstractmethod
+    def stored_blobs(self) -> Iterator[str]:
+        """The sha256 of every stored blob."""
+
+    @abc.abstractmethod
+    def content_lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        """The lock that orders blob collection against uploads (see blobs.py), held
+        across every MLServe process sharing this store."""
 
     # --- staging ------------------------------------------------------------
 
@@ -153,6 +188,18 @@ class Repository:
                 entry.unlink()
         return found
 
+    def committed_size(self, upload_id: str, path: str) -> int:
+        """Bytes of staged ``path`` kept durably beyond this replica's disk (0: none)."""
+        return 0
+
+    def checkpoint(self, upload_id: str, path: str, received: int) -> None:  # noqa: B027
+        """Called as staged ``path`` grows to ``received`` bytes: an implementation may
+        commit whole parts of it elsewhere (a bucket), so another replica can resume."""
+
+    def restore_staged(self, upload_id: str, path: str) -> None:  # noqa: B027
+        """Before a stream resumes: bring what was committed elsewhere of ``path`` back
+        into local staging when it is more than this disk has."""
+
     def discard_staging(self, upload_id: str) -> None:
         _remove_tree(self.staging_dir(upload_id))
         with contextlib.suppress(FileNotFoundError):
@@ -178,6 +225,74 @@ class Repository:
             yield
         finally:
             os.close(fd)
+
+    def free_bytes(self) -> int:
+        usage = shutil.disk_usage(self.staging)
+        return usage.free
+
+    def _lock_path(self, upload_id: str) -> Path:
+        return safe_join(self.locks, check_name(upload_id, "upload_id"))
+
+
+class LocalRepository(Repository):
+    """Versions and contents on a local (or shared) disk, in Triton's layout."""
+
+    def __init__(
+        self, root: Path, staging: Path, blobs: Path | None = None, locks: Path | None = None
+    ) -> None:
+        super().__init__(staging, locks)
+        self.root = root
+        self.blobs = blobs if blobs is not None else root.parent / "blobs"
+        for directory in (root, self.blobs):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # --- committed versions -------------------------------------------------
+
+    def model_dir(self, model: str) -> Path:
+        return safe_join(self.root, check_name(model, "model name"))
+
+    def version_dir(self, model: str, version: int) -> Path:
+        return safe_join(self.model_dir(model), str(int(version)))
+
+    def version_file(self, model: str, version: int, path: str) -> Path:
+        return safe_join(self.version_dir(model, version), check_relative_path(path))
+
+    def open_version_file(self, model: str, version: int, path: str, sha256: str = "") -> BinaryIO:
+        """Open a committed file; several links are allowed only as the inode of blob ``sha256``."""
+        return open_regular_file(
+            self.version_file(model, version, path), self._blob_inode(sha256) if sha256 else None
+        )
+
+    def write_model_config(self, model: str, config_text: str) -> None:
+        """Write the model's config.pbtxt (the latest version's), atomically."""
+        directory = self.model_dir(model)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = safe_join(directory, CONFIG_FILE)
+        # A fresh, exclusively created scratch file: writing to a fixed name
+        # would follow a hard link planted there and truncate its target.
+        fd, scratch = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(config_text)
+            os.replace(scratch, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(scratch)
+            raise
+
+    def delete_version(self, model: str, version: int) -> None:
+        _remove_tree(self.version_dir(model, version))
+
+    def delete_model(self, model: str) -> None:
+        _remove_tree(self.model_dir(model))
+
+    def publish_version(
+        self, upload_id: str, model: str, version: int, files: Sequence[FileSpec], config: str
+    ) -> None:
+        for spec in files:
+            self.link_staged_blob(upload_id, spec.path, spec.sha256)
+        self.commit_staging(upload_id, model, version)
+        self.write_model_config(model, config)
 
     def commit_staging(self, upload_id: str, model: str, version: int) -> None:
         """Move the staged upload into place as ``model/version`` in one rename."""
@@ -255,12 +370,22 @@ class Repository:
             return None
         return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
 
-    def free_bytes(self) -> int:
-        usage = shutil.disk_usage(self.staging)
-        return usage.free
+    @contextlib.contextmanager
+    def content_lock(self, *, exclusive: bool) -> Iterator[None]:
+        # flock, so it also orders several MLServe processes sharing the disk.
+        with flocked(self.blobs / _CONTENT_LOCK_FILE, exclusive=exclusive):
+            yield
 
-    def _lock_path(self, upload_id: str) -> Path:
-        return safe_join(self.locks, check_name(upload_id, "upload_id"))
+
+@contextlib.contextmanager
+def flocked(path: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold a (shared or exclusive) flock on ``path``, created if missing."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_regular_file(path: Path, inode: tuple[int, int] | None = None) -> BinaryIO:

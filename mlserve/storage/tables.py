@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 class BaseModel(pw.Model):
@@ -317,6 +317,25 @@ class BlobPin(BaseModel):
         indexes = ((("upload", "blob"), True),)
 
 
+class UploadPart(BaseModel):
+    """A part of a staged file already in the bucket, as an S3 multipart upload's part.
+
+    What a replica durably committed of an upload: a resume through another
+    replica continues from these (``S3Repository``). Local storage has none.
+    """
+
+    upload = pw.ForeignKeyField(Upload, on_delete="CASCADE", column_name="upload_id")
+    path = pw.TextField()
+    multipart_id = pw.TextField()  # S3's UploadId of the multipart upload
+    number = pw.IntegerField()  # S3's PartNumber, from 1
+    size = pw.BigIntegerField()
+    etag = pw.TextField()
+
+    class Meta:
+        table_name = "upload_part"
+        indexes = ((("upload", "path", "number"), True),)
+
+
 class Artifact(BaseModel):
     """A file attached to a model version (training data, code, environment …)."""
 
@@ -482,6 +501,7 @@ TABLES: list[type[BaseModel]] = [
     AuditEvent,
     LoggingPolicy,
     OidcIdentity,
+    UploadPart,
     Dataset,
     DatasetTag,
     DatasetVersion,
@@ -722,6 +742,10 @@ def _add_oidc_identities(db: pw.Database) -> None:
     db.create_tables([OidcIdentity])
 
 
+def _add_upload_parts(db: pw.Database) -> None:
+    db.create_tables([UploadPart])
+
+
 def _add_datasets(db: pw.Database) -> None:
     """Datasets (issue 15), and the training dataset a model version names."""
     db.create_tables([Dataset, DatasetTag, DatasetVersion, DatasetFile])
@@ -744,7 +768,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     9: _add_logging_policies,
     10: _add_oidc_identities,
     11: _fold_pipeline_deployments,
-    12: _add_datasets,
+    12: _add_upload_parts,
+    13: _add_datasets,
 }
 
 

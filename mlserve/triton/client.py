@@ -199,6 +199,31 @@ class TritonClient:
         )
         return any(e.name == model and e.state in _RESIDENT_STATES for e in entries.models)
 
+    async def inference_totals(
+        self, model: str, timeout: float = 5.0
+    ) -> dict[int, tuple[int, int]]:
+        """Triton's cumulative successful inferences of ``model``: version -> (count, ns).
+
+        Raises:
+            Unavailable: the server does not answer (a model it does not serve
+                answers an empty dict).
+        """
+        request = service_pb2.ModelStatisticsRequest(name=model)
+        try:
+            response = await self._call("ModelStatistics", request, timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _UNREACHABLE:
+                raise self._error(exc, "query", model) from None
+            return {}
+        return {
+            int(stats.version): (
+                int(stats.inference_stats.success.count),
+                int(stats.inference_stats.success.ns),
+            )
+            for stats in response.model_stats
+            if stats.version.isdigit()
+        }
+
     def raw_unary(self, method: str) -> Any:
         """A bytes-in, bytes-out callable for one unary method of Triton's service.
 

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -123,8 +123,17 @@ class EmbeddedTriton:
         installation: TritonInstallation | None = None,
         extra_args: Sequence[str] = (),
         sandbox: Sandbox | None = None,
+        repository_url: str = "",
+        environment: Mapping[str, str] | None = None,
     ) -> None:
-        """``sandbox`` confines Triton; by default :meth:`Sandbox.find` chooses at start."""
+        """``sandbox`` confines Triton; by default :meth:`Sandbox.find` chooses at start.
+
+        ``repository_url`` (``s3://host:port/bucket/prefix``) has Triton read a
+        bucket instead of ``repository``; ``environment`` adds variables to its
+        scrubbed environment (the bucket's credentials: model code can read them).
+        """
+        self._repository_url = repository_url
+        self._environment = dict(environment or {})
         self._repository = repository
         self._workdir = workdir
         self._log_path = log_path
@@ -254,7 +263,8 @@ class EmbeddedTriton:
         placed = {"repository": self._repository, "backends": backend_dir}
         command = [
             str(installation.server_binary),
-            f"--model-repository={sandbox.inside('repository', self._repository)}",
+            "--model-repository="
+            + (self._repository_url or str(sandbox.inside("repository", self._repository))),
             f"--backend-directory={sandbox.inside('backends', backend_dir)}",
             "--model-control-mode=explicit",
             # Triton binds every interface by default; MLServe is its only client.
@@ -296,7 +306,7 @@ class EmbeddedTriton:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=_triton_environment(installation),
+                env={**_triton_environment(installation), **self._environment},
                 cwd=self._workdir,
                 pass_fds=() if writer is None else (writer,),
             )

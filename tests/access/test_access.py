@@ -69,22 +69,6 @@ def audit_count(admin: Stubs) -> int:
 # --- a Triton-less MLServe for the user directory --------------------------------
 
 
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
-    process = MLServeProcess(tmp_path_factory.mktemp("access-home"), "--no-embedded-triton")
-    try:
-        yield process.start(wait_for_triton=False)
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def root(bare: MLServeProcess) -> Iterator[Stubs]:
-    stubs = bare.stubs()
-    yield stubs
-    stubs.channel.close()
-
-
 def test_the_first_admin_key_belongs_to_the_admin_user(root: Stubs) -> None:
     admin = root.users.GetUser(user_pb2.GetUserRequest(name="admin"), metadata=root.auth)
     assert (admin.role, admin.active, admin.default_workspace) == (
@@ -623,7 +607,9 @@ def test_users_infer_on_what_they_may_see(
     _infer(mlserve, routed, ann)
     error = _gateway_error(mlserve, routed, bob)
     assert str(error.status()) == "StatusCode.NOT_FOUND"  # private: as if it did not exist
-    assert error.message() == f"model {routed!r} does not exist"
+    assert error.message() == f"Request for unknown model: '{routed}' is not found"
+    missing = _gateway_error(mlserve, f"{routed}-none", bob)
+    assert missing.message() == f"Request for unknown model: '{routed}-none' is not found"
     # Nor do its deployment, its readiness or its place in the gateway's index.
     bob_stubs = team["bob"]
     listed = bob_stubs.deployments.ListDeployments(

@@ -48,7 +48,6 @@ def _calls(stubs: Stubs, model_name: str) -> dict[str, Callable[[Any], Any]]:
         "DeploymentService.ListDeployments": lambda md: stubs.deployments.ListDeployments(
             deployment_pb2.ListDeploymentsRequest(), metadata=md, timeout=30
         ),
-        "ServerReflection": lambda md: _reflection_services(stubs, md),
     }
 
 
@@ -90,7 +89,6 @@ CALLS = [
     "ModelService.UploadModelVersion",
     "ServerService.ListServers",
     "DeploymentService.ListDeployments",
-    "ServerReflection",
 ]
 
 

@@ -77,6 +77,8 @@ def test_errors_carry_codes(mlserve: MLServeProcess) -> None:
     assert missing.returncode != 0
     assert "Code: NotFound" in missing.stderr
     assert "model 'no-such-model' does not exist" in missing.stderr
-    unauthenticated = grpcurl(mlserve, mlserve.address, "list", key=False)
+    unauthenticated = grpcurl(
+        mlserve, "-d", "{}", mlserve.address, "mlserve.v1.ModelService/ListModels", key=False
+    )
     assert unauthenticated.returncode != 0
     assert "Unauthenticated" in unauthenticated.stderr

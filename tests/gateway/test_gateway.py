@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
+from tests.support.checks import wait_until
 from tests.support.commands import GRPCURL
 from tests.support.mlserve import MLServeProcess, Stubs, free_port
 from tests.support.models import local_triton, upload_add
@@ -241,7 +242,7 @@ def test_unknown_model_is_not_found(
     ):
         error = triton_error(call)
         assert code_of(error) == str(Code.NOT_FOUND), error
-        assert f"model '{name}' does not exist" in error.message()
+        assert error.message() == f"Request for unknown model: '{name}' is not found"
 
 
 def test_uploaded_but_not_deployed_is_failed_precondition(
@@ -544,6 +545,30 @@ def test_prometheus_metrics(tuned: Tuned) -> None:
 
     assert requests("ok") == 3.0
     assert requests("error") == 1.0
+    latency = (("model", "add"), ("version", "1"))
+    assert samples[("mlserve_gateway_latency_seconds_count", latency)] == 3.0
+    assert samples[("mlserve_gateway_latency_seconds_sum", latency)] > 0
+
+
+def test_triton_share_of_latency_from_its_statistics(tuned: Tuned) -> None:
+    def triton_requests() -> float:
+        with urllib.request.urlopen(tuned.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "mlserve_triton_inference_requests_total"
+            and sample.labels.get("model") == "add"
+        )
+
+    before = triton_requests()  # counted from the first health round on
+    wait_until(lambda: triton_requests() > before or _infer_once(tuned))
+
+
+def _infer_once(tuned: Tuned) -> bool:
+    tuned.client.infer("add", add_inputs(), headers=tuned.headers)
+    return False
 
 
 def test_message_over_the_limit_is_resource_exhausted(tuned: Tuned) -> None:

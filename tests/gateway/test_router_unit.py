@@ -55,7 +55,10 @@ def test_a_version_other_than_the_deployed_one_is_refused() -> None:
     assert router.choose_routed(ROUTE, "3", frozenset()).version == 3
     with pytest.raises(FailedPrecondition, match="version 2 of model 'm' is not deployed"):
         router.choose_routed(ROUTE, "2", frozenset())
-    with pytest.raises(InvalidArgument, match="'two' is not a version number"):
+    with pytest.raises(
+        InvalidArgument,
+        match="from specified version string 'two': model_version must be a version number",
+    ):
         router.choose_routed(ROUTE, "two", frozenset())
 
 

@@ -12,7 +12,7 @@ from mlserve.catalog.versions import Versions
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.lifecycle import DeploymentUsage
 from mlserve.storage.blobs import Blobs
-from mlserve.storage.repository import Repository
+from mlserve.storage.repository import LocalRepository, Repository
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,13 @@ class Catalog:
     artifacts: Artifacts
 
 
-def open_catalog(root: Path, secret: bytes = b"k" * 32) -> Catalog:
-    """A catalog keeping its files under ``root`` (repository, staging, blobs)."""
-    repository = Repository(root / "repository", root / "staging", root / "blobs")
+def open_catalog(
+    root: Path, secret: bytes = b"k" * 32, repository: Repository | None = None
+) -> Catalog:
+    """A catalog keeping its files under ``root`` (repository, staging, blobs), or in
+    ``repository`` when given."""
+    if repository is None:
+        repository = LocalRepository(root / "repository", root / "staging", root / "blobs")
     blobs = Blobs(repository)
     tokens = PageTokens(secret)
     return Catalog(

@@ -30,7 +30,18 @@ class TritonProcess:
     to stop Triton when the thread that spawned it ends.
     """
 
-    def __init__(self, name: str, root: Path, labels: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        labels: dict[str, str],
+        *,
+        repository_url: str = "",
+        environment: dict[str, str] | None = None,
+    ) -> None:
+        """``repository_url``/``environment``: a Triton reading a bucket (s3://…)."""
+        self.repository_url = repository_url
+        self.environment = environment
         self.name = name
         self.labels = labels
         self.port = free_port()
@@ -56,7 +67,12 @@ class TritonProcess:
 
     def _fresh(self) -> EmbeddedTriton:
         self._triton = EmbeddedTriton(
-            self.repository, self.workdir, log_path=self.log, grpc_port=self.port
+            self.repository,
+            self.workdir,
+            log_path=self.log,
+            grpc_port=self.port,
+            repository_url=self.repository_url,
+            environment=self.environment,
         )
         return self._triton
 

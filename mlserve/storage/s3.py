@@ -1,0 +1,574 @@
+"""The repository and content store in an S3 bucket (``--storage s3://bucket/prefix``).
+
+Keys under the prefix:
+
+- ``blobs/sha256/ab/abcd…``: each distinct file content once, by sha256;
+- ``repository/<model>/<version>/<path>`` and ``repository/<model>/config.pbtxt``:
+  Triton's layout, for Tritons that read the bucket themselves
+  (``--model-repository=s3://host:port/bucket/prefix/repository``).
+
+A version is published by copying its blobs to its keys inside the bucket
+(server side, no bytes through MLServe), and only then writing the model's
+``config.pbtxt``: a Triton listing the bucket never finds a config naming
+files that are not there yet. Uploads are staged on the local disk of the
+replica receiving them (``Repository``'s part) and move into the bucket once
+verified.
+
+The lock ordering blob collection against uploads (see blobs.py) is a
+PostgreSQL advisory lock, held by the transaction around the step, so every
+replica on the database shares it; on SQLite (one machine) it is a flock.
+
+Endpoint, region and credentials: the URL's ``endpoint=`` and ``region=``
+parameters, else the standard ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+``AWS_REGION``/``AWS_DEFAULT_REGION`` variables; credentials as boto3 finds
+them (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import logging
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar, cast
+from urllib.parse import parse_qsl, urlsplit
+
+import boto3
+import peewee as pw
+import psycopg2
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
+from mlserve.core.names import check_name, check_relative_path
+from mlserve.storage import db, tables
+from mlserve.storage.repository import CONFIG_FILE, Repository, flocked
+
+if TYPE_CHECKING:
+    from mlserve.storage.blobs import FileSpec
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# S3's rules for bucket names (lower case, digits, dots, dashes; 3 to 63).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+# Multipart parts of 64 MiB, 8 at once: a 1 GiB file in 16 parts, the most
+# memory held for parts in flight 512 MiB only if the network outpaces disk.
+TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024**2, multipart_chunksize=64 * 1024**2, max_concurrency=8
+)
+_CONTENT_LOCK_KEY = zlib.crc32(b"mlserve content lock")
+DEFAULT_PART_SIZE = 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where the bucket is: ``s3://bucket[/prefix][?endpoint=URL&region=NAME&part_mib=N]``."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str = ""
+    region: str = ""
+    # Staged files go to the bucket in parts of this size as they arrive
+    # (S3's smallest part is 5 MiB).
+    part_size: int = DEFAULT_PART_SIZE
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError("give s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME]")
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise ValueError(f"{parts.netloc!r} is not an S3 bucket name")
+        params = dict(parse_qsl(parts.query))
+        unknown = sorted(set(params) - {"endpoint", "region", "part_mib"})
+        if unknown:
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r}; give endpoint=, region= or part_mib="
+            )
+        endpoint = params.get("endpoint", "")
+        if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise ValueError(f"endpoint {endpoint!r} must be an http:// or https:// URL")
+        part_mib = params.get("part_mib", str(DEFAULT_PART_SIZE // 1024**2))
+        if not part_mib.isdigit() or not 5 <= int(part_mib) <= 5 * 1024:
+            raise ValueError("part_mib must be a whole number of MiB from 5 to 5120")
+        return cls(
+            parts.netloc,
+            parts.path.strip("/"),
+            endpoint,
+            params.get("region", ""),
+            int(part_mib) * 1024**2,
+        )
+
+    def resolved(self, environ: Mapping[str, str]) -> S3Location:
+        """The location with endpoint and region from the standard AWS variables if unset."""
+        endpoint = (
+            self.endpoint
+            or environ.get("AWS_ENDPOINT_URL_S3", "")
+            or environ.get("AWS_ENDPOINT_URL", "")
+        )
+        region = (
+            self.region
+            or environ.get("AWS_REGION", "")
+            or environ.get("AWS_DEFAULT_REGION", "")
+            or "us-east-1"
+        )
+        return S3Location(self.bucket, self.prefix, endpoint, region, self.part_size)
+
+    def __str__(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{where} at {self.endpoint or 'AWS S3'}"
+
+    def key(self, *parts: str) -> str:
+        return "/".join(part for part in (self.prefix, *parts) if part)
+
+    def triton_repository(self) -> str:
+        """The ``--model-repository`` a Triton reading this bucket is given."""
+        if not self.endpoint:
+            return f"s3://{self.bucket}/{self.key('repository')}"
+        endpoint = urlsplit(self.endpoint)
+        return f"s3://{endpoint.scheme}://{endpoint.netloc}/{self.bucket}/{self.key('repository')}"
+
+
+def _s3_call(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn a bucket that cannot be reached into Unavailable naming it."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            store = cast(S3Repository, args[0])
+            raise Unavailable(
+                f"the bucket {store.location} refused the request ({code or error}); check "
+                "the bucket, its credentials and permissions, then retry"
+            ) from None
+        except BotoCoreError as error:
+            store = cast(S3Repository, args[0])
+            raise Unavailable(
+                f"the bucket {store.location} cannot be reached ({error}); retry once it is back"
+            ) from None
+
+    return call
+
+
+class S3Repository(Repository):
+    """Versions and contents in a bucket; uploads staged on this replica's disk."""
+
+    def __init__(self, location: S3Location, staging: Path, locks: Path | None = None) -> None:
+        super().__init__(staging, locks)
+        self.location = location
+        self._client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=location.endpoint or None,
+            region_name=location.region,
+            config=Config(
+                # Fail a call in seconds, not minutes, when the bucket is away:
+                # the caller gets UNAVAILABLE and retries.
+                connect_timeout=3,
+                read_timeout=60,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": "path"} if location.endpoint else {},
+                max_pool_connections=32,
+            ),
+        )
+        self._local_lock = staging.parent / ".content.lock"
+
+    def describe(self) -> str:
+        return f"bucket {self.location}"
+
+    @_s3_call
+    def check(self) -> None:
+        self._client.head_bucket(Bucket=self.location.bucket)
+        # The repository's root as an object of its own: a Triton started on an
+        # empty bucket finds a directory, not "not a valid directory".
+        root = self.location.key("repository") + "/"
+        if self._size_of(root) is None:
+            self._client.put_object(Bucket=self.location.bucket, Key=root, Body=b"")
+
+    # --- committed versions -------------------------------------------------
+
+    def _version_prefix(self, model: str, version: int | None = None) -> str:
+        model = check_name(model, "model name")
+        if version is None:
+            return self.location.key("repository", model) + "/"
+        return self.location.key("repository", model, str(int(version))) + "/"
+
+    def _blob_key(self, sha256: str) -> str:
+        if not _SHA256.fullmatch(sha256):
+            raise InvalidArgument(f"{sha256!r} is not a lower-case hex sha256")
+        return self.location.key("blobs", "sha256", sha256[:2], sha256)
+
+    def open_version_file(self, model: str, version: int, path: str, sha256: str = "") -> BinaryIO:
+        # A version's file is a copy of its blob: reading the blob is the same bytes.
+        if sha256:
+            return self.open_blob(sha256)
+        key = self._version_prefix(model, version) + check_relative_path(path)
+        return self._open(key, path)
+
+    @_s3_call
+    def write_model_config(self, model: str, config_text: str) -> None:
+        key = self._version_prefix(model) + CONFIG_FILE
+        self._client.put_object(
+            Bucket=self.location.bucket, Key=key, Body=config_text.encode("utf-8")
+        )
+
+    @_s3_call
+    def publish_version(
+        self, upload_id: str, model: str, version: int, files: Sequence[FileSpec], config: str
+    ) -> None:
+        prefix = self._version_prefix(model, version)
+        for spec in files:
+            self._client.copy(
+                {"Bucket": self.location.bucket, "Key": self._blob_key(spec.sha256)},
+                self.location.bucket,
+                prefix + check_relative_path(spec.path),
+                Config=TRANSFER,
+            )
+        if not files:
+            # An empty version still needs its directory for Triton to see it.
+            self._client.put_object(Bucket=self.location.bucket, Key=prefix, Body=b"")
+        self.write_model_config(model, config)
+
+    def delete_version(self, model: str, version: int) -> None:
+        self._delete_under(self._version_prefix(model, version))
+
+    def delete_model(self, model: str) -> None:
+        self._delete_under(self._version_prefix(model))
+
+    @_s3_call
+    def _delete_under(self, prefix: str) -> None:
+        keys = list(self._keys_under(prefix))
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self._client.delete_objects(
+                Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+
+    def _keys_under(self, prefix: str) -> Iterator[str]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.location.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for entry in page.get("Contents", []):
+                yield str(entry["Key"])
+
+    # --- blobs --------------------------------------------------------------
+
+    @_s3_call
+    def has_blob(self, sha256: str, size: int) -> bool:
+        return self._size_of(self._blob_key(sha256)) == size
+
+    def _size_of(self, key: str) -> int | None:
+        try:
+            head = self._client.head_object(Bucket=self.location.bucket, Key=key)
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    @_s3_call
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
+        """The verified staged file into the bucket: the parts sent while it arrived
+        completed with its tail and copied (server side) to its blob key, or, for a
+        file smaller than a part, one upload."""
+        source = self.staged_file(upload_id, path)
+        key = self._blob_key(sha256)
+        size = os.lstat(source).st_size
+        parts = _parts(upload_id, path)
+        if self._size_of(key) == size:
+            pass  # stored meanwhile by another upload: the parts are dropped with staging
+        elif parts:
+            self.checkpoint(upload_id, path, size)
+            parts = _parts(upload_id, path)
+            committed = sum(part.size for part in parts)
+            if committed < size:
+                with self.open_staged_for_read(upload_id, path) as staged:
+                    staged.seek(committed)
+                    self._send_part(
+                        upload_id, path, parts[0].multipart_id, len(parts) + 1, staged.read()
+                    )
+            staged_key = self._complete(upload_id, path, _parts(upload_id, path))
+            self._client.copy(
+                {"Bucket": self.location.bucket, "Key": staged_key},
+                self.location.bucket,
+                key,
+                Config=TRANSFER,
+            )
+            self._client.delete_object(Bucket=self.location.bucket, Key=staged_key)
+        else:
+            self._client.upload_file(str(source), self.location.bucket, key, Config=TRANSFER)
+        os.unlink(source)
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        return self._open(self._blob_key(sha256), sha256)
+
+    def _open(self, key: str, name: str) -> BinaryIO:
+        size = _s3_call(S3Repository._size_of)(self, key)
+        if size is None:
+            raise FailedPrecondition(f"file {name!r} is missing from the bucket")
+        return cast(BinaryIO, io.BufferedReader(_ObjectReader(self, key, size), 1024 * 1024))
+
+    @_s3_call
+    def remove_blob(self, sha256: str) -> None:
+        self._client.delete_object(Bucket=self.location.bucket, Key=self._blob_key(sha256))
+
+    @_s3_call
+    def stored_blobs(self) -> Iterator[str]:
+        found = []
+        for key in self._keys_under(self.location.key("blobs", "sha256") + "/"):
+            name = key.rpartition("/")[2]
+            if _SHA256.fullmatch(name):
+                found.append(name)
+        return iter(found)
+
+    # --- staging: parts in the bucket ---------------------------------------
+
+    def _staging_key(self, upload_id: str, path: str) -> str:
+        return self.location.key(
+            "staging", check_name(upload_id, "upload_id"), check_relative_path(path)
+        )
+
+    def staged_size(self, upload_id: str, path: str) -> int:
+        return max(super().staged_size(upload_id, path), self.committed_size(upload_id, path))
+
+    def committed_size(self, upload_id: str, path: str) -> int:
+        return sum(part.size for part in _parts(upload_id, path))
+
+    @_s3_call
+    def checkpoint(self, upload_id: str, path: str, received: int) -> None:
+        """Send every whole part of the staged file not yet in the bucket, recording each
+        in the database once S3 has it: that is what a resume elsewhere continues from."""
+        parts = _parts(upload_id, path)
+        committed = sum(part.size for part in parts)
+        if received - committed < self.location.part_size:
+            return
+        multipart_id = parts[0].multipart_id if parts else self._start_multipart(upload_id, path)
+        with self.open_staged_for_read(upload_id, path) as staged:
+            while received - committed >= self.location.part_size:
+                staged.seek(committed)
+                self._send_part(
+                    upload_id,
+                    path,
+                    multipart_id,
+                    len(parts) + 1,
+                    staged.read(self.location.part_size),
+                )
+                parts.append(_parts(upload_id, path)[-1])
+                committed += self.location.part_size
+
+    def _start_multipart(self, upload_id: str, path: str) -> str:
+        answer = self._client.create_multipart_upload(
+            Bucket=self.location.bucket, Key=self._staging_key(upload_id, path)
+        )
+        return str(answer["UploadId"])
+
+    def _send_part(
+        self, upload_id: str, path: str, multipart_id: str, number: int, data: bytes
+    ) -> None:
+        answer = self._client.upload_part(
+            Bucket=self.location.bucket,
+            Key=self._staging_key(upload_id, path),
+            UploadId=multipart_id,
+            PartNumber=number,
+            Body=data,
+        )
+        tables.UploadPart.insert(
+            upload=upload_id,
+            path=path,
+            multipart_id=multipart_id,
+            number=number,
+            size=len(data),
+            etag=answer["ETag"],
+        ).execute()
+
+    def _complete(self, upload_id: str, path: str, parts: Sequence[Any]) -> str:
+        """Complete the multipart upload of ``parts`` at the staging key; the key."""
+        key = self._staging_key(upload_id, path)
+        self._client.complete_multipart_upload(
+            Bucket=self.location.bucket,
+            Key=key,
+            UploadId=parts[0].multipart_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
+            },
+        )
+        tables.UploadPart.delete().where(
+            (tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path)
+        ).execute()
+        return key
+
+    @_s3_call
+    def restore_staged(self, upload_id: str, path: str) -> None:
+        """The parts another replica committed, completed, fetched into local staging,
+        and removed from the bucket; later parts are sent again from this disk."""
+        parts = _parts(upload_id, path)
+        committed = sum(part.size for part in parts)
+        if committed <= super().staged_size(upload_id, path):
+            return
+        key = self._complete(upload_id, path, parts)
+        target = self._staged_file_with_parents(upload_id, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        self._client.download_file(self.location.bucket, key, str(target), Config=TRANSFER)
+        self._client.delete_object(Bucket=self.location.bucket, Key=key)
+        log.info("upload %s: %d bytes of %s restored from the bucket", upload_id, committed, path)
+
+    def discard_staging(self, upload_id: str) -> None:
+        super().discard_staging(upload_id)
+        self._abort_staged(upload_id)
+
+    @_s3_call
+    def _abort_staged(self, upload_id: str) -> None:
+        prefix = self.location.key("staging", check_name(upload_id, "upload_id")) + "/"
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.location.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for pending in page.get("Uploads", []):
+                self._client.abort_multipart_upload(
+                    Bucket=self.location.bucket, Key=pending["Key"], UploadId=pending["UploadId"]
+                )
+        self._delete_under(prefix)
+
+    @contextlib.contextmanager
+    def upload_lock(self, upload_id: str) -> Iterator[None]:
+        """Hold the upload exclusively across every replica on the database, or raise Aborted.
+
+        On PostgreSQL: a session advisory lock on a connection of its own, held
+        for the stream; PostgreSQL releases it when that connection ends, also
+        when the replica is killed. On SQLite (one machine): the local flock.
+        """
+        database = db.database.obj
+        if not isinstance(database, pw.PostgresqlDatabase):
+            with super().upload_lock(upload_id):
+                yield
+            return
+        digest = hashlib.sha256(f"mlserve upload {upload_id}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        connection = _own_connection(database)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                (taken,) = cursor.fetchone()
+            if not taken:
+                raise Aborted(
+                    f"upload {upload_id!r} is being written by another stream; "
+                    "wait for it to finish or fail, then resume"
+                )
+            yield
+        finally:
+            connection.close()
+
+    @contextlib.contextmanager
+    def content_lock(self, *, exclusive: bool) -> Iterator[None]:
+        if not isinstance(db.database.obj, pw.PostgresqlDatabase):
+            # SQLite is one machine's: a flock orders its processes.
+            with flocked(self._local_lock, exclusive=exclusive):
+                yield
+            return
+        # Held by the transaction: released at its end, and by PostgreSQL if
+        # this process dies, so a killed replica never leaves it taken.
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        with db.database.atomic():
+            db.database.execute_sql(f"SELECT {function}(%s)", (_CONTENT_LOCK_KEY,))
+            yield
+
+    # --- reading ------------------------------------------------------------
+
+    @_s3_call
+    def _read_range(self, key: str, start: int, size: int) -> Any:
+        """A streaming body of ``size`` bytes of ``key`` from ``start``."""
+        answer = self._client.get_object(
+            Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{start + size - 1}"
+        )
+        return answer["Body"]
+
+
+def _parts(upload_id: str, path: str) -> list[Any]:
+    """The parts of staged ``path`` recorded in the database, in order."""
+    return list(
+        tables.UploadPart.select()
+        .where((tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path))
+        .order_by(tables.UploadPart.number)
+    )
+
+
+def _own_connection(database: pw.PostgresqlDatabase) -> Any:
+    """A new connection to ``database``, outside its pool; Unavailable if it cannot be made."""
+    try:
+        return psycopg2.connect(database=database.database, **database.connect_params)
+    except psycopg2.Error as error:
+        raise Unavailable(
+            f"the {db.describe(database)} cannot be reached ({str(error).strip()}); retry"
+        ) from None
+
+
+class _ObjectReader(io.RawIOBase):
+    """A seekable, readable object: one ranged GET from the position to the end, again
+    after a seek."""
+
+    def __init__(self, store: S3Repository, key: str, size: int) -> None:
+        self._store, self._key, self._size = store, key, size
+        self._position = 0
+        self._body: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        position = max(0, base + offset)
+        if position != self._position:
+            self._drop_body()
+            self._position = position
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._size - self._position)
+        if wanted <= 0:
+            return 0
+        if self._body is None:
+            self._body = self._store._read_range(
+                self._key, self._position, self._size - self._position
+            )
+        try:
+            data = self._body.read(wanted)
+        except (BotoCoreError, OSError) as error:
+            self._drop_body()
+            raise Unavailable(
+                f"reading from the bucket {self._store.location} failed ({error}); retry"
+            ) from None
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+            self._body = None
