@@ -33,6 +33,7 @@ from mlserve.api.apps import AppService
 from mlserve.api.assays import SERVICE as ASSAY_SERVICE
 from mlserve.api.assays import AssayService
 from mlserve.api.audit import AuditService
+from mlserve.api.datasets import DatasetService
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
@@ -53,6 +54,7 @@ from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
 from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.datasets import Datasets
 from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
@@ -81,6 +83,8 @@ from mlserve_api.v1 import (
     assay_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    dataset_pb2,
+    dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
@@ -113,6 +117,7 @@ SERVICES = (
     INFERENCE_LOG_SERVICE,
     ASSAY_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
+    dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
 )
 
 
@@ -136,6 +141,7 @@ class Domain:
     audit: AuditLog
     pipelines: Pipelines
     inference_log: InferenceLog
+    datasets: Datasets
     assays: Assays
 
 
@@ -171,7 +177,8 @@ def build_domain(settings: Settings) -> Domain:
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
         allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
-    uploads = Uploads(repository, versions, artifacts, blobs, limits)
+    datasets = Datasets(repository, tokens, blobs)
+    uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -206,6 +213,7 @@ def build_domain(settings: Settings) -> Domain:
         AuditLog(tokens),
         Pipelines(tokens, usage),
         inference_log,
+        datasets,
         Assays(settings.log_dir, tokens),
     )
 
@@ -412,6 +420,9 @@ class MLServe:
         instance_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceService(self._description()), server
         )
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetService(domain.datasets, domain.uploads), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
         return server
@@ -427,8 +438,9 @@ class MLServe:
             "embedded_triton": settings.embedded_triton,
             "pipelines": True,
             "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
-            # Not built yet: --storage takes a local directory only.
-            "s3_storage": False,
+            "datasets": "mlserve.v1.DatasetService" in SERVICES,
+            "s3_storage": settings.bucket is not None,
+            # Not built yet (assays has its maths, no service).
             "assays": False,
             "training": False,
             "explain": False,
