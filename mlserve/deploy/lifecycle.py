@@ -444,7 +444,8 @@ class Deployments:
         else:
             state, message = await self._load_model(order, server)
         await in_thread(targets.set_state)(name, server, state, message, members)
-        self._count_load(name, server, failed=state != READY)
+        # An unreachable server is the health loop's to watch; a refused load is ours.
+        self._count_load(name, server, failed=state == FAILED)
         # Only to show what is loaded; the caller holds the deployment's locks,
         # so the reconciler must not be called from here.
         await self.fleet.refresh(server, notify=False)
