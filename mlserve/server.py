@@ -430,8 +430,9 @@ class MLServe:
             "embedded_triton": settings.embedded_triton,
             "pipelines": True,
             "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
-            # Not built yet: --storage takes a local directory only.
-            "s3_storage": False,
+            "datasets": "mlserve.v1.DatasetService" in SERVICES,
+            "s3_storage": settings.bucket is not None,
+            # Not built yet (assays has its maths, no service).
             "assays": False,
             "training": False,
             "explain": False,
