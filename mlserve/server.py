@@ -31,6 +31,7 @@ from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
 from mlserve.api.audit import AuditService
+from mlserve.api.datasets import DatasetService
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
@@ -50,6 +51,7 @@ from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
 from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.datasets import Datasets
 from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
@@ -77,6 +79,8 @@ from mlserve_api.v1 import (
     app_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    dataset_pb2,
+    dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
@@ -108,6 +112,7 @@ SERVICES = (
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
+    dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
 )
 
 
@@ -131,6 +136,7 @@ class Domain:
     audit: AuditLog
     pipelines: Pipelines
     inference_log: InferenceLog
+    datasets: Datasets
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -165,7 +171,8 @@ def build_domain(settings: Settings) -> Domain:
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
         allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
-    uploads = Uploads(repository, versions, artifacts, blobs, limits)
+    datasets = Datasets(repository, tokens, blobs)
+    uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -200,6 +207,7 @@ def build_domain(settings: Settings) -> Domain:
         AuditLog(tokens),
         Pipelines(tokens, usage),
         inference_log,
+        datasets,
     )
 
 
@@ -403,6 +411,9 @@ class MLServe:
         )
         instance_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceService(self._description()), server
+        )
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetService(domain.datasets, domain.uploads), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])

@@ -4,9 +4,13 @@
 # /usr/share/gocode; Go's module proxy is not used). Install them when absent:
 # CI runs as root on a fresh Debian.
 set -euo pipefail
-PACKAGES=(golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev)
+# golang-protobuf 1.5 (not the 1.3 that gRPC pulls in): its codec handles the
+# APIv2 messages protoc-gen-go writes.
+PACKAGES=(golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev
+    golang-github-golang-protobuf-1-5-dev)
 if command -v go > /dev/null && command -v protoc-gen-go > /dev/null \
-    && command -v protoc-gen-go-grpc > /dev/null && [ -d /usr/share/gocode/src/google.golang.org/grpc ]; then
+    && command -v protoc-gen-go-grpc > /dev/null && [ -d /usr/share/gocode/src/google.golang.org/grpc ] \
+    && [ ! -e /usr/share/gocode/src/github.com/golang/protobuf/proto/table_unmarshal.go ]; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

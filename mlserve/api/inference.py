@@ -25,7 +25,7 @@ from mlserve.core.errors import InvalidArgument, MLServeError, NotFound, Unavail
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway import wire
-from mlserve.gateway.forwarding import Forwarder, TimeLeft
+from mlserve.gateway.forwarding import Call, Forwarder
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.monitor import InferenceLog
@@ -52,7 +52,7 @@ _HOST_SETTINGS = (
 
 Context = aio.ServicerContext[bytes, bytes]
 RawUnary = Callable[[bytes, Context], Awaitable[bytes]]
-Forwarded = Callable[[bytes, TimeLeft], Awaitable[bytes]]
+Forwarded = Callable[[bytes, Call], Awaitable[bytes]]
 
 
 class InferenceGateway:
@@ -188,7 +188,7 @@ def _passing_triton_errors(forward: Forwarded) -> RawUnary:
 
     async def handle(request: bytes, context: Context) -> bytes:
         try:
-            return await forward(request, context.time_remaining)
+            return await forward(request, context)
         except aio.AioRpcError as error:
             await context.abort(error.code(), error.details() or "")
             raise AssertionError("abort returns by raising") from None

@@ -153,11 +153,28 @@ class Deployments:
 
     @contextlib.asynccontextmanager
     async def _locked(self, models: Iterable[str]) -> AsyncIterator[None]:
-        """Hold the lock of each Triton model in ``models``, taken in name order."""
+        """Hold the lock of each Triton model in ``models``: this process's, then the
+        database's, so that no other call here and no other MLServe on the same
+        database changes them meanwhile. Taken in name order: no deadlock."""
+        names = sorted(set(models))
         async with contextlib.AsyncExitStack() as stack:
-            for name in sorted(set(models)):
+            for name in names:
                 await stack.enter_async_context(self._locks[name])
+            await stack.enter_async_context(db.named_locks(names))
             yield
+
+    @contextlib.asynccontextmanager
+    async def _locked_if_free(self, models: Iterable[str]) -> AsyncIterator[bool]:
+        """``_locked`` for the reconciler, which never waits: yields False (holding
+        nothing) when a call here or another MLServe holds one of ``models``."""
+        names = sorted(set(models))
+        if self._busy(names):
+            yield False
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for name in names:  # free just now, and nothing awaited since
+                await stack.enter_async_context(self._locks[name])
+            yield await stack.enter_async_context(db.named_locks(names, wait=False))
 
     def _busy(self, models: Iterable[str]) -> bool:
         return any(self._locks[name].locked() for name in models)
@@ -199,14 +216,15 @@ class Deployments:
         if wanted.name and wanted.name != wanted.pipeline:
             raise InvalidArgument("a deployment is named after its pipeline: leave name empty")
         pipeline = check_name(wanted.pipeline, "pipeline name")
-        row = await in_thread(writable_pipeline)(pipeline)
+        # The pipeline's workspace is read here, in the thread: not on the event loop.
+        placed_itself = await in_thread(lambda: placed_pipeline(writable_pipeline(pipeline)))()
         members = await in_thread(ensembles.step_models)(pipeline, wanted.version)
         async with self._locked([pipeline, *members]):
             if await in_thread(_row_or_none)(pipeline) is not None:
                 raise AlreadyExists(f"pipeline {pipeline!r} is already deployed")
             plan = await in_thread(_plan)(pipeline, wanted.version)
             # The ensemble and every member land on each server.
-            placed = [placed_pipeline(row), *await in_thread(placed_models)(sorted(plan.members))]
+            placed = [placed_itself, *await in_thread(placed_models)(sorted(plan.members))]
             servers = await self.placer.place(wanted.placement, placed)
             await self.placer.require_ready(servers)
             await in_thread(_write_pipeline)(plan, servers)
@@ -355,7 +373,9 @@ class Deployments:
                 if found.state != READY:
                     await in_thread(targets.set_state)(found.name, server, READY, "")
                 continue
-            async with self._locked(found.models):
+            async with self._locked_if_free(found.models) as held:
+                if not held:
+                    continue  # being changed here or by another MLServe: next round
                 log.info("reconciling: loading %s v%d on %s", found.name, found.version, server)
                 await self._load_on(found.name, server)
         await self._notify()
@@ -371,7 +391,7 @@ class Deployments:
     ) -> DeploymentRecord:
         """Record the desired state of a model deployment and make the servers match;
         the caller holds the model's lock. ``settings`` None keeps the deployment's."""
-        placed = placed_model(await in_thread(_deployable_model)(model))
+        placed = await in_thread(lambda: placed_model(_deployable_model(model)))()
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
             serving.apply(modelconfig.parse(target.config, model), settings, "serving")

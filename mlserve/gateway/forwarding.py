@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import grpc
 from grpc import aio
@@ -42,8 +43,17 @@ MAX_ATTEMPTS = 3
 # A stream request waiting for its answer: model, version, bytes, time.time(), perf_counter().
 _Sent = tuple[str, int, bytes, float, float]
 
-TimeLeft = Callable[[], float | None]
-"""Seconds left before the caller's deadline, None when it set none."""
+
+class Call(Protocol):
+    """What forwarding reads of the call it serves (a grpc.aio ServicerContext has both)."""
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the caller's deadline, None when it set none."""
+
+    def invocation_metadata(self) -> Iterable[tuple[str, str | bytes]] | None:
+        """The call's headers."""
+
+
 DescribeError = Callable[[BaseException], tuple[str, str]]
 """A failed call's (status code name, message), as the client sees them."""
 
@@ -92,17 +102,17 @@ class Forwarder:
         return True
 
     async def forward(
-        self, method: str, request: bytes, model: str, version: str, time_left: TimeLeft
+        self, method: str, request: bytes, model: str, version: str, call: Call
     ) -> tuple[bytes, int]:
         """Send ``request`` to a ready replica; returns the response and the version used.
 
         Raises: as ``send``.
         """
-        response, choice = await self.send(method, request, model, version, time_left)
+        response, choice = await self.send(method, request, model, version, call)
         return response, choice.version
 
     async def send(
-        self, method: str, request: bytes, model: str, version: str, time_left: TimeLeft
+        self, method: str, request: bytes, model: str, version: str, call: Call
     ) -> tuple[bytes, Choice]:
         """Send ``request`` to a ready replica; returns the response and the replica used.
 
@@ -115,7 +125,7 @@ class Forwarder:
             aio.AioRpcError: a Triton's own final answer, to pass on unchanged.
         """
         attempts, app_timeout = await self._may_infer(model)
-        timeout = time_left()
+        timeout = call.time_remaining()
         if app_timeout is not None:
             timeout = app_timeout if timeout is None else min(timeout, app_timeout)
         tried: frozenset[str] = frozenset()
@@ -140,20 +150,20 @@ class Forwarder:
                 if len(tried) >= attempts:
                     raise
 
-    async def routed(self, method: str, request: bytes, time_left: TimeLeft) -> bytes:
+    async def routed(self, method: str, request: bytes, call: Call) -> bytes:
         """Forward a call about one model (ModelMetadata, ModelConfig) to a replica of it."""
         model, version = routing_fields(method, request)
-        response, _ = await self.forward(method, request, model, version, time_left)
+        response, _ = await self.forward(method, request, model, version, call)
         return response
 
-    async def infer(self, request: bytes, time_left: TimeLeft) -> bytes:
+    async def infer(self, request: bytes, call: Call) -> bytes:
         """ModelInfer: counted per model version, timed, and handed to the inference log
         (raw bytes; it decides what to keep) whether it succeeds or not."""
         model, version = routing_fields("ModelInfer", request)
         began = time.time()
         start = time.perf_counter()
         try:
-            response, choice = await self.send("ModelInfer", request, model, version, time_left)
+            response, choice = await self.send("ModelInfer", request, model, version, call)
         except BaseException as error:
             self._count(model, False)
             if self.log is not None and isinstance(error, Exception):
@@ -163,7 +173,8 @@ class Forwarder:
         self.stats.record(model, choice.version, True, latency)
         if self.log is not None:
             self.log.capture(model, choice.version, choice.server, current_principal.get(),
-                             request, response, "OK", "", began, latency)  # fmt: skip
+                             request, response, "OK", "", began, latency,
+                             partial(_header, call))  # fmt: skip
         return response
 
     def _log_failure(
@@ -184,23 +195,23 @@ class Forwarder:
         if route is not None:
             self.stats.record(model, route.version, ok)
 
-    async def ready(self, request: bytes, time_left: TimeLeft) -> bytes:
+    async def ready(self, request: bytes, call: Call) -> bytes:
         """ModelReady; like Triton, a model that cannot serve is "not ready", not an error."""
         model, version = routing_fields("ModelReady", request)
         try:
-            response, _ = await self.forward("ModelReady", request, model, version, time_left)
+            response, _ = await self.forward("ModelReady", request, model, version, call)
         except PermissionDenied:
             raise
         except MLServeError:
             return wire.encode(service_pb2.ModelReadyResponse(ready=False))
         return response
 
-    async def statistics(self, request: bytes, time_left: TimeLeft) -> bytes:
+    async def statistics(self, request: bytes, call: Call) -> bytes:
         """ModelStatistics of one model, or merged over every deployed model the caller sees."""
         parsed = service_pb2.ModelStatisticsRequest.FromString(request)
         if parsed.name:
             response, _ = await self.forward(
-                "ModelStatistics", request, parsed.name, parsed.version, time_left
+                "ModelStatistics", request, parsed.name, parsed.version, call
             )
             return response
         merged = service_pb2.ModelStatisticsResponse()
@@ -210,7 +221,7 @@ class Forwarder:
             single = service_pb2.ModelStatisticsRequest(name=route.model)
             with contextlib.suppress(MLServeError):
                 raw, _ = await self.forward(
-                    "ModelStatistics", wire.encode(single), route.model, "", time_left
+                    "ModelStatistics", wire.encode(single), route.model, "", call
                 )
                 merged.model_stats.extend(
                     service_pb2.ModelStatisticsResponse.FromString(raw).model_stats
@@ -295,6 +306,14 @@ class Forwarder:
             pumping.cancel()
             for call in upstreams.values():
                 call.cancel()
+
+
+def _header(call: Call, name: str) -> str | None:
+    """One header of ``call`` (read only when a sampling key names a header)."""
+    for key, value in call.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
 
 
 def routing_fields(method: str, request: bytes) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,14 +96,22 @@ class InferenceLog:
     def capture(
         self, model: str, version: int, server: str, principal: Principal | None,
         request: bytes, response: bytes | None, status: str, message: str,
-        began: float, latency: float,
+        began: float, latency: float, header: Callable[[str], str | None] | None = None,
     ) -> None:  # fmt: skip
-        """Queue one gateway call if its deployment's policy records it; never waits."""
+        """Queue one gateway call if its deployment's policy records it; never waits.
+
+        ``header`` reads one of the call's headers, for a sampling key that names one.
+        """
         policy = self.policies.get(model)
         if policy.mode is Mode.OFF:
             return
-        if not policy.sampling_key and not policy.samples():
-            return
+        if not policy.sampling_key:
+            if not policy.samples():
+                return
+        elif policy.header_key:
+            value = header(policy.header_key) if header is not None else None
+            if not (policy.samples() if value is None else policy.samples_key(value)):
+                return
         self._offer(
             Capture(
                 began,

@@ -21,6 +21,7 @@ from mlserve.storage import tables
 from mlserve.storage.db import in_thread, utcnow
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+HEADER_PREFIX = "header:"
 
 
 class Mode(enum.Enum):
@@ -45,7 +46,8 @@ class LoggingPolicy:
 
     ``sample_rate`` is the share of calls recorded; with ``sampling_key`` (a
     request parameter) the decision is a hash of that parameter's value, so
-    one key is always in or always out.
+    one key is always in or always out. ``header:NAME`` names a request header
+    instead (decided on the hot path, as the header is at hand there).
     """
 
     mode: Mode = Mode.METADATA
@@ -64,9 +66,22 @@ class LoggingPolicy:
             )
         if len(self.sampling_key) > 256:
             raise InvalidArgument("logging.sampling_key is longer than 256 characters")
+        if self.sampling_key.startswith(HEADER_PREFIX) and not self.header_key:
+            raise InvalidArgument(
+                "logging.sampling_key 'header:' names no header: use header:NAME, e.g. "
+                "header:x-user-id"
+            )
         if self.max_payload_bytes == 0:
             return replace(self, max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES)
         return self
+
+    @property
+    def header_key(self) -> str:
+        """The header a ``header:NAME`` sampling key names (lower case, as gRPC sends it),
+        else ""."""
+        if not self.sampling_key.startswith(HEADER_PREFIX):
+            return ""
+        return self.sampling_key.removeprefix(HEADER_PREFIX).strip().lower()
 
     def samples(self) -> bool:
         """Random sampling, decided on the hot path (no sampling key)."""

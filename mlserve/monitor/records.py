@@ -81,7 +81,7 @@ def decode(capture: Capture) -> Record | None:
     """The record of a captured call, or None when a sampling key leaves it out."""
     policy = capture.policy
     request: Any = _parse(service_pb2.ModelInferRequest, capture.request)
-    if policy.sampling_key and not _key_sampled(policy, request):
+    if policy.sampling_key and not policy.header_key and not _key_sampled(policy, request):
         return None
     response_bytes = capture.response
     status, message = capture.status, capture.message

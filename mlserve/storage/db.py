@@ -9,16 +9,19 @@ event loop. Nothing here knows a table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import peewee as pw
+import psycopg2
 from playhouse.db_url import connect as connect_url
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
@@ -163,6 +166,68 @@ def in_thread(function: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         return await asyncio.to_thread(functools.partial(run, function, *args, **kwargs))
 
     return call
+
+
+# The first half of the two-int advisory lock keys of ``named_locks`` (the
+# schema migration's lock uses the one-int form, so the two never meet).
+_NAMED_LOCKS = 0x6D6C6E6C
+
+
+def named_lock_key(name: str) -> tuple[int, int]:
+    """The PostgreSQL advisory lock (two-int form) that ``named_locks`` takes for ``name``."""
+    return _NAMED_LOCKS, int.from_bytes(
+        hashlib.sha256(name.encode()).digest()[:4], "big", signed=True
+    )
+
+
+@contextlib.asynccontextmanager
+async def named_locks(names: Iterable[str], *, wait: bool = True) -> AsyncIterator[bool]:
+    """Hold, across every MLServe sharing this database, a lock on each of ``names``.
+
+    Yields True once all are held (taken in name order, so two holders never
+    deadlock), and releases them on exit. With ``wait`` False it yields False
+    at once when another holder has one of them (and holds none). On
+    PostgreSQL these are session advisory locks on a connection of their own
+    (not the pool's: the hold spans many calls); names are hashed to 32 bits,
+    so two names may share a lock, which only serialises them. On SQLite
+    there is nothing to take: the database has one writer at a time.
+    """
+    db = database.obj
+    if not isinstance(db, pw.PostgresqlDatabase):
+        yield True
+        return
+    keys = sorted({named_lock_key(name) for name in names})
+    connection = await asyncio.to_thread(_lock_connection, db)
+    try:
+        held = await asyncio.to_thread(_take_locks, connection, keys, wait)
+        yield held
+    finally:
+        await asyncio.to_thread(connection.close)  # a closed session holds no locks
+
+
+def _lock_connection(db: pw.PostgresqlDatabase) -> Any:
+    try:
+        connection = psycopg2.connect(dbname=db.database, **db.connect_params)
+    except psycopg2.OperationalError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
+        raise Unavailable(
+            f"the {describe(db)} cannot be reached ({reason}); retry once it is back"
+        ) from None
+    connection.autocommit = True
+    return connection
+
+
+def _take_locks(connection: Any, keys: list[tuple[int, int]], wait: bool) -> bool:
+    with connection.cursor() as cursor:
+        for key in keys:
+            if wait:
+                cursor.execute("SELECT pg_advisory_lock(%s, %s)", key)
+                continue
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
+            if not cursor.fetchone()[0]:
+                cursor.execute("SELECT pg_advisory_unlock_all()")
+                return False
+    return True
 
 
 def describe(db: pw.Database | None) -> str:

@@ -188,6 +188,18 @@ class Repository(abc.ABC):
                 entry.unlink()
         return found
 
+    def committed_size(self, upload_id: str, path: str) -> int:
+        """Bytes of staged ``path`` kept durably beyond this replica's disk (0: none)."""
+        return 0
+
+    def checkpoint(self, upload_id: str, path: str, received: int) -> None:  # noqa: B027
+        """Called as staged ``path`` grows to ``received`` bytes: an implementation may
+        commit whole parts of it elsewhere (a bucket), so another replica can resume."""
+
+    def restore_staged(self, upload_id: str, path: str) -> None:  # noqa: B027
+        """Before a stream resumes: bring what was committed elsewhere of ``path`` back
+        into local staging when it is more than this disk has."""
+
     def discard_staging(self, upload_id: str) -> None:
         _remove_tree(self.staging_dir(upload_id))
         with contextlib.suppress(FileNotFoundError):

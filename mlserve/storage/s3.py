@@ -49,7 +49,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from mlserve.core.names import check_name, check_relative_path
-from mlserve.storage import db
+from mlserve.storage import db, tables
 from mlserve.storage.repository import CONFIG_FILE, Repository, flocked
 
 if TYPE_CHECKING:
@@ -70,16 +70,20 @@ TRANSFER = TransferConfig(
     multipart_threshold=64 * 1024**2, multipart_chunksize=64 * 1024**2, max_concurrency=8
 )
 _CONTENT_LOCK_KEY = zlib.crc32(b"mlserve content lock")
+DEFAULT_PART_SIZE = 64 * 1024**2
 
 
 @dataclass(frozen=True)
 class S3Location:
-    """Where the bucket is: ``s3://bucket[/prefix][?endpoint=URL&region=NAME]``."""
+    """Where the bucket is: ``s3://bucket[/prefix][?endpoint=URL&region=NAME&part_mib=N]``."""
 
     bucket: str
     prefix: str = ""
     endpoint: str = ""
     region: str = ""
+    # Staged files go to the bucket in parts of this size as they arrive
+    # (S3's smallest part is 5 MiB).
+    part_size: int = DEFAULT_PART_SIZE
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
@@ -89,13 +93,24 @@ class S3Location:
         if not _BUCKET.fullmatch(parts.netloc):
             raise ValueError(f"{parts.netloc!r} is not an S3 bucket name")
         params = dict(parse_qsl(parts.query))
-        unknown = sorted(set(params) - {"endpoint", "region"})
+        unknown = sorted(set(params) - {"endpoint", "region", "part_mib"})
         if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r}; give endpoint= or region=")
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r}; give endpoint=, region= or part_mib="
+            )
         endpoint = params.get("endpoint", "")
         if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
             raise ValueError(f"endpoint {endpoint!r} must be an http:// or https:// URL")
-        return cls(parts.netloc, parts.path.strip("/"), endpoint, params.get("region", ""))
+        part_mib = params.get("part_mib", str(DEFAULT_PART_SIZE // 1024**2))
+        if not part_mib.isdigit() or not 5 <= int(part_mib) <= 5 * 1024:
+            raise ValueError("part_mib must be a whole number of MiB from 5 to 5120")
+        return cls(
+            parts.netloc,
+            parts.path.strip("/"),
+            endpoint,
+            params.get("region", ""),
+            int(part_mib) * 1024**2,
+        )
 
     def resolved(self, environ: Mapping[str, str]) -> S3Location:
         """The location with endpoint and region from the standard AWS variables if unset."""
@@ -110,7 +125,7 @@ class S3Location:
             or environ.get("AWS_DEFAULT_REGION", "")
             or "us-east-1"
         )
-        return S3Location(self.bucket, self.prefix, endpoint, region)
+        return S3Location(self.bucket, self.prefix, endpoint, region, self.part_size)
 
     def __str__(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -268,9 +283,34 @@ class S3Repository(Repository):
 
     @_s3_call
     def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
+        """The verified staged file into the bucket: the parts sent while it arrived
+        completed with its tail and copied (server side) to its blob key, or, for a
+        file smaller than a part, one upload."""
         source = self.staged_file(upload_id, path)
         key = self._blob_key(sha256)
-        if self._size_of(key) != os.lstat(source).st_size:
+        size = os.lstat(source).st_size
+        parts = _parts(upload_id, path)
+        if self._size_of(key) == size:
+            pass  # stored meanwhile by another upload: the parts are dropped with staging
+        elif parts:
+            self.checkpoint(upload_id, path, size)
+            parts = _parts(upload_id, path)
+            committed = sum(part.size for part in parts)
+            if committed < size:
+                with self.open_staged_for_read(upload_id, path) as staged:
+                    staged.seek(committed)
+                    self._send_part(
+                        upload_id, path, parts[0].multipart_id, len(parts) + 1, staged.read()
+                    )
+            staged_key = self._complete(upload_id, path, _parts(upload_id, path))
+            self._client.copy(
+                {"Bucket": self.location.bucket, "Key": staged_key},
+                self.location.bucket,
+                key,
+                Config=TRANSFER,
+            )
+            self._client.delete_object(Bucket=self.location.bucket, Key=staged_key)
+        else:
             self._client.upload_file(str(source), self.location.bucket, key, Config=TRANSFER)
         os.unlink(source)
 
@@ -295,6 +335,115 @@ class S3Repository(Repository):
             if _SHA256.fullmatch(name):
                 found.append(name)
         return iter(found)
+
+    # --- staging: parts in the bucket ---------------------------------------
+
+    def _staging_key(self, upload_id: str, path: str) -> str:
+        return self.location.key(
+            "staging", check_name(upload_id, "upload_id"), check_relative_path(path)
+        )
+
+    def staged_size(self, upload_id: str, path: str) -> int:
+        return max(super().staged_size(upload_id, path), self.committed_size(upload_id, path))
+
+    def committed_size(self, upload_id: str, path: str) -> int:
+        return sum(part.size for part in _parts(upload_id, path))
+
+    @_s3_call
+    def checkpoint(self, upload_id: str, path: str, received: int) -> None:
+        """Send every whole part of the staged file not yet in the bucket, recording each
+        in the database once S3 has it: that is what a resume elsewhere continues from."""
+        parts = _parts(upload_id, path)
+        committed = sum(part.size for part in parts)
+        if received - committed < self.location.part_size:
+            return
+        multipart_id = parts[0].multipart_id if parts else self._start_multipart(upload_id, path)
+        with self.open_staged_for_read(upload_id, path) as staged:
+            while received - committed >= self.location.part_size:
+                staged.seek(committed)
+                self._send_part(
+                    upload_id,
+                    path,
+                    multipart_id,
+                    len(parts) + 1,
+                    staged.read(self.location.part_size),
+                )
+                parts.append(_parts(upload_id, path)[-1])
+                committed += self.location.part_size
+
+    def _start_multipart(self, upload_id: str, path: str) -> str:
+        answer = self._client.create_multipart_upload(
+            Bucket=self.location.bucket, Key=self._staging_key(upload_id, path)
+        )
+        return str(answer["UploadId"])
+
+    def _send_part(
+        self, upload_id: str, path: str, multipart_id: str, number: int, data: bytes
+    ) -> None:
+        answer = self._client.upload_part(
+            Bucket=self.location.bucket,
+            Key=self._staging_key(upload_id, path),
+            UploadId=multipart_id,
+            PartNumber=number,
+            Body=data,
+        )
+        tables.UploadPart.insert(
+            upload=upload_id,
+            path=path,
+            multipart_id=multipart_id,
+            number=number,
+            size=len(data),
+            etag=answer["ETag"],
+        ).execute()
+
+    def _complete(self, upload_id: str, path: str, parts: Sequence[Any]) -> str:
+        """Complete the multipart upload of ``parts`` at the staging key; the key."""
+        key = self._staging_key(upload_id, path)
+        self._client.complete_multipart_upload(
+            Bucket=self.location.bucket,
+            Key=key,
+            UploadId=parts[0].multipart_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
+            },
+        )
+        tables.UploadPart.delete().where(
+            (tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path)
+        ).execute()
+        return key
+
+    @_s3_call
+    def restore_staged(self, upload_id: str, path: str) -> None:
+        """The parts another replica committed, completed, fetched into local staging,
+        and removed from the bucket; later parts are sent again from this disk."""
+        parts = _parts(upload_id, path)
+        committed = sum(part.size for part in parts)
+        if committed <= super().staged_size(upload_id, path):
+            return
+        key = self._complete(upload_id, path, parts)
+        target = self._staged_file_with_parents(upload_id, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(target)
+        self._client.download_file(self.location.bucket, key, str(target), Config=TRANSFER)
+        self._client.delete_object(Bucket=self.location.bucket, Key=key)
+        log.info("upload %s: %d bytes of %s restored from the bucket", upload_id, committed, path)
+
+    def discard_staging(self, upload_id: str) -> None:
+        super().discard_staging(upload_id)
+        self._abort_staged(upload_id)
+
+    @_s3_call
+    def _abort_staged(self, upload_id: str) -> None:
+        prefix = self.location.key("staging", check_name(upload_id, "upload_id")) + "/"
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.location.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for pending in page.get("Uploads", []):
+                self._client.abort_multipart_upload(
+                    Bucket=self.location.bucket, Key=pending["Key"], UploadId=pending["UploadId"]
+                )
+        self._delete_under(prefix)
 
     @contextlib.contextmanager
     def upload_lock(self, upload_id: str) -> Iterator[None]:
@@ -348,6 +497,15 @@ class S3Repository(Repository):
             Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{start + size - 1}"
         )
         return answer["Body"]
+
+
+def _parts(upload_id: str, path: str) -> list[Any]:
+    """The parts of staged ``path`` recorded in the database, in order."""
+    return list(
+        tables.UploadPart.select()
+        .where((tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path))
+        .order_by(tables.UploadPart.number)
+    )
 
 
 def _own_connection(database: pw.PostgresqlDatabase) -> Any:

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 14
 
 
 class BaseModel(pw.Model):
@@ -208,6 +208,46 @@ class ModelLabel(BaseModel):
         indexes = ((("model", "key"), True), (("key", "value", "model"), False))
 
 
+class Dataset(BaseModel):
+    """A dataset's metadata (schema 13): a named, workspace-owned family of versions,
+    seen and changed by the rules of models (visibility, workspace)."""
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    description = pw.TextField(default="")
+    workspace = pw.ForeignKeyField(Workspace, null=True, backref="datasets", on_delete="RESTRICT")
+    visibility = pw.CharField(max_length=16, default="private")
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+
+class DatasetTag(BaseModel):
+    """One tag of a dataset, in its own table so tag filters and counts use an index."""
+
+    dataset = pw.ForeignKeyField(Dataset, backref="tag_rows", on_delete="CASCADE")
+    tag = pw.CharField(max_length=64)
+
+    class Meta:
+        indexes = ((("dataset", "tag"), True), (("tag", "dataset"), False))
+
+
+class DatasetVersion(BaseModel):
+    """One immutable, numbered set of a dataset's files, with the schema read from them."""
+
+    id = pw.AutoField()
+    dataset = pw.ForeignKeyField(Dataset, backref="versions", on_delete="CASCADE")
+    version = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64)
+    size_bytes = pw.BigIntegerField()
+    columns = pw.TextField()  # JSON list of [name, arrow type]
+    row_count = pw.BigIntegerField()
+    upload_id = pw.CharField(max_length=128)
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("dataset", "version"), True), (("dataset", "sha256"), False))
+
+
 class ModelVersion(BaseModel):
     id = pw.AutoField()
     model = pw.ForeignKeyField(Model, backref="versions", on_delete="CASCADE")
@@ -218,6 +258,11 @@ class ModelVersion(BaseModel):
     config = pw.TextField()
     upload_id = pw.CharField(max_length=128)
     create_time = pw.DateTimeField(default=utcnow)
+    # Schema 13: the dataset version it was trained on; a dataset named here
+    # cannot be deleted (RESTRICT, and the catalog refuses first).
+    training_dataset = pw.ForeignKeyField(
+        DatasetVersion, null=True, on_delete="RESTRICT", index=True
+    )
 
     class Meta:
         indexes = ((("model", "version"), True),)
@@ -272,6 +317,25 @@ class BlobPin(BaseModel):
         indexes = ((("upload", "blob"), True),)
 
 
+class UploadPart(BaseModel):
+    """A part of a staged file already in the bucket, as an S3 multipart upload's part.
+
+    What a replica durably committed of an upload: a resume through another
+    replica continues from these (``S3Repository``). Local storage has none.
+    """
+
+    upload = pw.ForeignKeyField(Upload, on_delete="CASCADE", column_name="upload_id")
+    path = pw.TextField()
+    multipart_id = pw.TextField()  # S3's UploadId of the multipart upload
+    number = pw.IntegerField()  # S3's PartNumber, from 1
+    size = pw.BigIntegerField()
+    etag = pw.TextField()
+
+    class Meta:
+        table_name = "upload_part"
+        indexes = ((("upload", "path", "number"), True),)
+
+
 class Artifact(BaseModel):
     """A file attached to a model version (training data, code, environment …)."""
 
@@ -284,6 +348,15 @@ class Artifact(BaseModel):
 
     class Meta:
         indexes = ((("version", "path"), True),)
+
+
+class DatasetFile(BaseModel):
+    """A file of a dataset version: a use of the blob holding its bytes."""
+
+    version = pw.ForeignKeyField(DatasetVersion, backref="file_rows", on_delete="CASCADE")
+    path = pw.TextField()
+    blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT", column_name="blob_sha256", index=True)
+    row_count = pw.BigIntegerField()
 
 
 class Server(BaseModel):
@@ -428,6 +501,11 @@ TABLES: list[type[BaseModel]] = [
     AuditEvent,
     LoggingPolicy,
     OidcIdentity,
+    UploadPart,
+    Dataset,
+    DatasetTag,
+    DatasetVersion,
+    DatasetFile,
 ]
 
 
@@ -664,6 +742,20 @@ def _add_oidc_identities(db: pw.Database) -> None:
     db.create_tables([OidcIdentity])
 
 
+def _add_upload_parts(db: pw.Database) -> None:
+    db.create_tables([UploadPart])
+
+
+def _add_datasets(db: pw.Database) -> None:
+    """Datasets (issue 15), and the training dataset a model version names."""
+    db.create_tables([Dataset, DatasetTag, DatasetVersion, DatasetFile])
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        # An indexed column: add_column makes its index too.
+        migrator.add_column("model_version", "training_dataset_id", ModelVersion.training_dataset),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -676,6 +768,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     9: _add_logging_policies,
     10: _add_oidc_identities,
     11: _fold_pipeline_deployments,
+    12: _add_upload_parts,
+    13: _add_datasets,
 }
 
 

@@ -20,14 +20,17 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psycopg2
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf import field_mask_pb2
 
+from mlserve.storage import db
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
 from tests.support.commands import grpcurl
 from tests.support.mlserve import MLServeProcess, Stubs
-from tests.support.models import upload_add
+from tests.support.models import infer_add, local_triton, upload_add
 from tests.support.postgres import PostgresCluster
 from tests.support.tritons import add_inputs, deploy, remove_model
 from tests.support.uploading import chunks, header, stream
@@ -40,6 +43,7 @@ class Replicas:
     a: MLServeProcess
     b: MLServeProcess
     database: str
+    url: str  # the database's, for psycopg2 (no pool settings)
 
     def client(self, which: MLServeProcess) -> Client:
         return Client(which.address, which.key)
@@ -58,7 +62,7 @@ def replicas(
             process = MLServeProcess(home, "--database", url, *extra)
             process.log = home / f"mlserve-{name}.log"
             started.append(process.start(wait_for_triton=name == "a"))
-        yield Replicas(started[0], started[1], database)
+        yield Replicas(started[0], started[1], database, postgres_cluster.url(database))
     finally:
         for process in started:
             process.stop()
@@ -242,3 +246,93 @@ def test_postgresql_restart_mid_run(
         )
         assert listed.returncode == 0, listed.stderr
         assert "after-restart" in listed.stdout
+
+
+def test_two_replicas_changing_one_deployment_at_once_take_turns(replicas: Replicas) -> None:
+    """Each replica holds the model's database lock while it writes and loads, so the
+    version the database names is the one Triton serves, whoever wrote last."""
+    a_stubs, b_stubs = replicas.a.stubs(), replicas.b.stubs()
+    try:
+        for offset in (0.0, 100.0, 200.0):
+            upload_add(a_stubs, "contended", offset=offset)
+        assert (
+            deploy(a_stubs, "contended", version=1).state == deployment_pb2.DEPLOYMENT_STATE_READY
+        )
+        local = local_triton(a_stubs)
+
+        def update(stubs: Stubs, version: int) -> None:
+            stubs.deployments.UpdateDeployment(
+                deployment_pb2.UpdateDeploymentRequest(
+                    deployment=deployment_pb2.Deployment(name="contended", version=version),
+                    update_mask=field_mask_pb2.FieldMask(paths=["version"]),
+                ),
+                metadata=stubs.auth,
+                timeout=120,
+            )
+
+        for turn in range(4):
+            first, second = (2, 3) if turn % 2 else (3, 2)
+            with ThreadPoolExecutor(2) as pool:
+                for done in [
+                    pool.submit(update, a_stubs, first),
+                    pool.submit(update, b_stubs, second),
+                ]:
+                    done.result()
+            record = a_stubs.deployments.GetDeployment(
+                deployment_pb2.GetDeploymentRequest(name="contended"), metadata=a_stubs.auth
+            )
+            assert record.state == deployment_pb2.DEPLOYMENT_STATE_READY, record
+            serving = [
+                int(entry["version"])
+                for entry in local.get_model_repository_index(as_json=True)["models"]
+                if entry["name"] == "contended" and entry.get("state") == "READY"
+            ]
+            assert serving == [record.version], f"turn {turn}: the database says {record.version}"
+            offset = {1: 0, 2: 100, 3: 200}[record.version]
+            np.testing.assert_allclose(
+                infer_add(local, "contended"), np.array([11, 22, 33, 44]) + offset
+            )
+    finally:
+        remove_model(a_stubs, "contended")
+        a_stubs.channel.close()
+        b_stubs.channel.close()
+
+
+def test_a_change_waits_while_another_replica_holds_the_model(replicas: Replicas) -> None:
+    """The test holds the model's lock as another replica changing it would: an
+    UpdateDeployment through b writes nothing until the lock is let go, then goes on."""
+    a_stubs, b_stubs = replicas.a.stubs(), replicas.b.stubs()
+    holder = psycopg2.connect(replicas.url)
+    holder.autocommit = True
+    try:
+        upload_add(a_stubs, "held")
+        upload_add(a_stubs, "held", offset=100.0)
+        assert deploy(a_stubs, "held", version=1).state == deployment_pb2.DEPLOYMENT_STATE_READY
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", db.named_lock_key("held"))
+        with ThreadPoolExecutor(1) as pool:
+            update = pool.submit(
+                b_stubs.deployments.UpdateDeployment,
+                deployment_pb2.UpdateDeploymentRequest(
+                    deployment=deployment_pb2.Deployment(name="held", version=2),
+                    update_mask=field_mask_pb2.FieldMask(paths=["version"]),
+                ),
+                metadata=b_stubs.auth,
+                timeout=120,
+            )
+            for _ in range(10):  # while the lock is held, nothing changes
+                time.sleep(0.2)
+                record = a_stubs.deployments.GetDeployment(
+                    deployment_pb2.GetDeploymentRequest(name="held"), metadata=a_stubs.auth
+                )
+                assert record.version == 1, record
+                assert not update.done()
+            with holder.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", db.named_lock_key("held"))
+            updated = update.result()
+        assert (updated.version, updated.state) == (2, deployment_pb2.DEPLOYMENT_STATE_READY)
+    finally:
+        holder.close()
+        remove_model(a_stubs, "held")
+        a_stubs.channel.close()
+        b_stubs.channel.close()

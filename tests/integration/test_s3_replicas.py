@@ -8,19 +8,23 @@ and is registered with shares_repository, so it loads by name.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from mlserve_api.v1 import deployment_pb2
+from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
 from tests.support.mlserve import MLServeProcess, Stubs, free_port
 from tests.support.models import upload_add
@@ -34,6 +38,7 @@ from tests.support.tritons import (
     remove_model,
     wait_for,
 )
+from tests.support.uploading import chunks, header
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +50,8 @@ class OnBucket:
     moto: MotoServer
     bucket: str
     reader: TritonProcess
+    database: str  # the URL
+    storage: str
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,8 @@ def on_bucket(
     database = postgres_cluster.create_database("onbucket")
     url = postgres_cluster.url(database, max_connections=8)
     bucket = moto_server.bucket()
-    storage = f"s3://{bucket}/fleet"
+    # Parts of 5 MiB (S3's smallest): a small file already spans several.
+    storage = f"s3://{bucket}/fleet?part_mib=5"
     root = tmp_path_factory.mktemp("on-bucket")
     reader = TritonProcess(
         "reader",
@@ -81,7 +89,7 @@ def on_bucket(
         reader.start()
         with stubs_of(started[0]) as stubs:
             register(stubs, "reader", reader.address, shares_repository=True)
-        yield OnBucket(started[0], started[1], moto_server, bucket, reader)
+        yield OnBucket(started[0], started[1], moto_server, bucket, reader, url, storage)
     finally:
         reader.stop()
         for process in started:
@@ -179,3 +187,76 @@ def test_an_unreachable_bucket_at_start_is_a_clear_error(tmp_path: Path) -> None
     assert endpoint in started.stderr
     assert "s3://nowhere/models" in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_an_upload_killed_on_one_replica_resumes_on_another_from_the_bucket(
+    on_bucket: OnBucket, tmp_path: Path
+) -> None:
+    """Replica c (its own home) receives 12 of 13 MiB and is SIGKILLed; a resumes
+    the upload from the parts c committed to the bucket (recorded in the database),
+    not from 0, and the version has the right digest. No half version shows."""
+    weights = os.urandom(13 * 1024 * 1024)
+    files = {"model.py": b"# resumed\n", "weights.bin": weights}
+    upload_id = "killed-on-c"
+    c = MLServeProcess(
+        tmp_path / "home-c",
+        "--database", on_bucket.database, "--storage", on_bucket.storage,
+        "--no-embedded-triton", env=on_bucket.moto.env(),
+    )  # fmt: skip
+    c.home.mkdir(parents=True)
+    shutil.copy(on_bucket.a.home / "admin.key", c.home / "admin.key")
+    c.start(wait_for_triton=False)
+    held = threading.Event()
+
+    def twelve_mib_then_hang() -> Iterator[model_pb2.UploadModelVersionRequest]:
+        yield header("resumed", files, upload_id=upload_id)
+        for request in chunks(files):
+            if request.chunk.path == "weights.bin" and request.chunk.offset >= 12 * 1024**2:
+                break
+            yield request
+        held.wait(120)
+
+    def received(replica: MLServeProcess) -> int:
+        """weights.bin's bytes as GetUpload reports them (0 before c recorded the upload)."""
+        with stubs_of(replica) as stubs:
+            try:
+                status = stubs.models.GetUpload(
+                    model_pb2.GetUploadRequest(upload_id=upload_id), metadata=stubs.auth, timeout=10
+                )
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return 0
+        return sum(f.received_bytes for f in status.files if f.path == "weights.bin")
+
+    c_stubs = c.stubs()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(
+                c_stubs.models.UploadModelVersion,
+                twelve_mib_then_hang(),
+                metadata=c_stubs.auth,
+                timeout=120,
+            )
+            # Seen from a, through the database: c committed two 5 MiB parts.
+            wait_for(lambda: received(on_bucket.a) == 10 * 1024**2, 60, "two parts from c")
+            c.kill()
+            held.set()
+    finally:
+        c_stubs.channel.close()
+    assert on_bucket.moto.keys(on_bucket.bucket, "fleet/repository/resumed/") == []
+    assert received(on_bucket.a) == 10 * 1024**2  # what a resume starts from
+    folder = tmp_path / "resumed"
+    (folder / "1").mkdir(parents=True)
+    for path, data in files.items():
+        (folder / "1" / path).write_bytes(data)
+    with Client(on_bucket.a.address, on_bucket.a.key) as a:
+        version = a.upload(folder, "resumed", upload_id=upload_id)
+        a.download("resumed", version.version, tmp_path / "back")
+    assert (tmp_path / "back" / "weights.bin").read_bytes() == weights
+    # a continued from c's two parts (fetched back from the bucket), not from 0.
+    restored = f"upload {upload_id}: {10 * 1024**2} bytes of weights.bin restored from the bucket"
+    assert restored in on_bucket.a.log.read_text()
+    assert on_bucket.moto.keys(on_bucket.bucket, "fleet/staging/") == []
+    pending = on_bucket.moto.client().list_multipart_uploads(Bucket=on_bucket.bucket)
+    assert pending.get("Uploads", []) == []

@@ -124,6 +124,46 @@ def test_stream_calls_are_recorded_too(
         delete_model_quietly(stubs, model_name)
 
 
+def test_sampling_by_a_header_keeps_each_key_in_or_out(
+    mlserve: MLServeProcess, stubs: Stubs, model_name: str
+) -> None:
+    upload_add(stubs, model_name)
+    policy = inference_log_pb2.LoggingPolicy(sample_rate=0.5, sampling_key="header:x-user")
+    _deploy(stubs, model_name, policy)
+    try:
+        client = triton.InferenceServerClient(mlserve.address)
+        inputs = [
+            triton.InferInput("INPUT0", [4], "FP32"),
+            triton.InferInput("INPUT1", [4], "FP32"),
+        ]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(np.ones(4, dtype=np.float32))
+        users = [f"user-{n}" for n in range(12)]
+        for round_ in range(2):
+            for user in users:
+                headers = {"authorization": f"Bearer {stubs.key}", "x-user": user}
+                client.infer(model_name, inputs, request_id=f"{user}/{round_}", headers=headers)
+        # A marker call last: once it is listed, everything before it was written.
+        stubs.logs.UpdateLoggingPolicy(
+            inference_log_pb2.UpdateLoggingPolicyRequest(
+                policy=inference_log_pb2.LoggingPolicy(deployment=model_name)
+            ),
+            metadata=stubs.auth,
+        )
+        client.infer(model_name, inputs, request_id="marker",
+                     headers={"authorization": f"Bearer {stubs.key}"})  # fmt: skip
+        wait_until(lambda: any(r.request_id == "marker" for r in _records(stubs, model_name)))
+        seen = [r.request_id.split("/")[0] for r in _records(stubs, model_name, page_size=100)]
+        kept = {user for user in seen if user != "marker"}
+        assert 0 < len(kept) < len(users)
+        assert all(seen.count(user) == 2 for user in kept)  # in both rounds, or in neither
+    finally:
+        stubs.deployments.DeleteDeployment(
+            deployment_pb2.DeleteDeploymentRequest(name=model_name), metadata=stubs.auth
+        )
+        delete_model_quietly(stubs, model_name)
+
+
 def test_pages_follow_each_other(logged: str, stubs: Stubs) -> None:
     first = stubs.logs.ListInferenceLogs(
         inference_log_pb2.ListInferenceLogsRequest(model=logged, page_size=2), metadata=stubs.auth

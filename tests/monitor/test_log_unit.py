@@ -232,3 +232,24 @@ def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path)
     record.model = "../escape"
     assert parquet.write(tmp_path / "logs", [record]) == 0
     assert list(tmp_path.rglob("*.parquet")) == []
+
+
+def test_a_header_sampling_key_is_decided_on_the_hot_path_by_its_value(tmp_path: Path) -> None:
+    log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
+    policy = LoggingPolicy(Mode.METADATA, 0.5, sampling_key="header:X-User").checked()
+    log.policies._policies = {"m": policy}
+    payload = _request("INT8", True).SerializeToString()
+    users = [f"user-{n}" for n in range(40)]
+    for _ in range(3):  # the same users, three times over
+        for user in users:
+            headers = {"x-user": user}
+            log.capture("m", 1, "local", None, payload, None, "OK", "", time.time(), 0.001,
+                        headers.get)  # fmt: skip
+    kept = [user for user in users if policy.samples_key(user)]
+    assert 0 < len(kept) < len(users)
+    assert log.flush() == 3 * len(kept)
+
+
+def test_a_header_sampling_key_must_name_a_header() -> None:
+    with pytest.raises(InvalidArgument, match="header:NAME"):
+        LoggingPolicy(sampling_key="header:").checked()

@@ -6,6 +6,7 @@ a bucket that goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import peewee as pw
 import pytest
 
 from mlserve.catalog.uploads import UploadLimits, Uploads
-from mlserve.core.errors import Unavailable
+from mlserve.core.errors import FailedPrecondition, Unavailable
 from mlserve.settings import resolve
 from mlserve.storage import tables
 from mlserve.storage.s3 import S3Location, S3Repository
@@ -192,10 +193,19 @@ def test_location_urls(url: str, expected: S3Location) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["s3://", "s3://UPPER/x", "s3://bkt?color=red", "s3://bkt?endpoint=ftp://h", "http://b"]
+    "url",
+    [
+        "s3://",
+        "s3://UPPER/x",
+        "s3://bkt?color=red",
+        "s3://bkt?endpoint=ftp://h",
+        "s3://bkt?part_mib=4",
+        "http://b",
+    ],
 )
 def test_bad_location_urls(url: str) -> None:
-    with pytest.raises(ValueError, match=r"give|is not an S3 bucket name|must be an http"):
+    refused = r"give|is not an S3 bucket name|must be an http|part_mib must be"
+    with pytest.raises(ValueError, match=refused):
         S3Location.parse(url)
 
 
@@ -212,3 +222,29 @@ def test_storage_setting_takes_a_bucket_url() -> None:
     assert given.bucket == S3Location("models-1", "team", "", "eu-west-1")
     assert given.storage_dir == given.home  # staging stays on this replica's disk
     assert resolve({}, {}).bucket is None
+
+
+def test_a_resume_through_another_replica_continues_from_the_parts_in_the_bucket(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+) -> None:
+    """Two repositories with their own staging (two replicas), one database and bucket:
+    what the first sent to the bucket in parts is where the second resumes."""
+    location = dataclasses.replace(bucket, part_size=5 * 1024**2)
+    first = domain_on(S3Repository(location, tmp_path / "a" / "staging"), tmp_path / "a")
+    weights = os.urandom(12 * 1024**2 + 3)
+    files = {"model.py": b"# parts\n", "weights.bin": weights}
+    sent = {"model.py": b"# parts\n", "weights.bin": weights[: 11 * 1024**2]}
+    with pytest.raises(FailedPrecondition, match="incomplete"):
+        upload(first, "m", files, send=sent, upload_id="parted")
+    assert [part.size for part in tables.UploadPart.select()] == [5 * 1024**2] * 2
+    second = domain_on(S3Repository(location, tmp_path / "b" / "staging"), tmp_path / "b")
+    status = asyncio.run(second.uploads.get("parted"))
+    assert {f.spec.path: f.received for f in status.files}["weights.bin"] == 10 * 1024**2
+    assert upload(second, "m", files, upload_id="parted").version == 1
+    assert read_version(second, "m", 1) == files
+    assert tables.UploadPart.select().count() == 0
+    assert not [key for key in keys(moto_server, bucket) if "/staging/" in key]
+    assert moto_server.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads") is None

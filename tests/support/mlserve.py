@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlserve_api.v1 import (
     app_pb2_grpc,
     audit_pb2_grpc,
+    dataset_pb2_grpc,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
     model_pb2_grpc,
@@ -45,6 +46,7 @@ class Stubs:
     audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
     pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
     logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
+    datasets: dataset_pb2_grpc.DatasetServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -57,6 +59,7 @@ class Stubs:
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

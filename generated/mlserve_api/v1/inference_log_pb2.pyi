@@ -101,8 +101,9 @@ class LoggingPolicy(_message.Message):
     sample_rate: _builtins.float
     """Share of calls recorded, in [0, 1]; unset means 1."""
     sampling_key: _builtins.str
-    """A request parameter (ModelInferRequest.parameters) whose value decides
-    sampling, so one key is always in or always out; empty: random sampling.
+    """A request parameter (ModelInferRequest.parameters), or header:NAME for a
+    request header, whose value decides sampling, so one key is always in or
+    always out; empty: random sampling.
     """
     max_payload_bytes: _builtins.int
     """Tensors larger than this are recorded truncated to it and flagged; 0

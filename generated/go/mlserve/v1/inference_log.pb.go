@@ -152,8 +152,9 @@ type LoggingPolicy struct {
 	Mode LoggingMode `protobuf:"varint,2,opt,name=mode,proto3,enum=mlserve.v1.LoggingMode" json:"mode,omitempty"`
 	// Share of calls recorded, in [0, 1]; unset means 1.
 	SampleRate *float64 `protobuf:"fixed64,3,opt,name=sample_rate,json=sampleRate,proto3,oneof" json:"sample_rate,omitempty"`
-	// A request parameter (ModelInferRequest.parameters) whose value decides
-	// sampling, so one key is always in or always out; empty: random sampling.
+	// A request parameter (ModelInferRequest.parameters), or header:NAME for a
+	// request header, whose value decides sampling, so one key is always in or
+	// always out; empty: random sampling.
 	SamplingKey string `protobuf:"bytes,4,opt,name=sampling_key,json=samplingKey,proto3" json:"sampling_key,omitempty"`
 	// Tensors larger than this are recorded truncated to it and flagged; 0
 	// means the default, 1 MiB.

@@ -145,8 +145,9 @@ export interface LoggingPolicy {
     | number
     | undefined;
   /**
-   * A request parameter (ModelInferRequest.parameters) whose value decides
-   * sampling, so one key is always in or always out; empty: random sampling.
+   * A request parameter (ModelInferRequest.parameters), or header:NAME for a
+   * request header, whose value decides sampling, so one key is always in or
+   * always out; empty: random sampling.
    */
   samplingKey: string;
   /**

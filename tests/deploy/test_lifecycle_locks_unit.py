@@ -1,0 +1,115 @@
+"""The deployment lifecycle's locks, over scripted Triton clients: one lock per
+Triton model name, and reads of the deployment made under it; the database's
+named locks across processes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import peewee as pw
+import pytest
+from google.protobuf import text_format
+
+from mlserve.core.paging import PageTokens
+from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
+from mlserve.storage import db, tables
+from mlserve.storage.repository import LocalRepository
+from tests.support.models import add_model_config
+from tests.support.scripted_triton import ScriptedTritons, scripted_fleet
+
+
+def add_versions(name: str, count: int) -> None:
+    model = tables.Model.create(name=name)
+    config = text_format.MessageToString(add_model_config(name))
+    for number in range(1, count + 1):
+        tables.ModelVersion.create(
+            model=model, version=number, sha256=f"{number:064d}", size_bytes=0, files="[]",
+            config=config, upload_id=f"u-{name}-{number}",
+        )  # fmt: skip
+
+
+class WatchedLock(asyncio.Lock):
+    """An asyncio lock that tells when it is taken, and when someone waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = asyncio.Event()
+        self.waited = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.waited.set()
+        acquired = await super().acquire()
+        self.taken.set()
+        return acquired
+
+
+def test_unload_model_reads_the_deployment_under_the_lock(
+    store_db: pw.Database, tmp_path: Path
+) -> None:
+    """An UnloadModel that waited for an update keeps the update's version."""
+    add_versions("m", 2)
+
+    async def scenario() -> tuple[int, list[str]]:
+        tritons = ScriptedTritons()
+        fleet = await scripted_fleet(tritons, "a", "b")
+        repository = LocalRepository(
+            tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs"
+        )
+        deployments = Deployments(fleet, repository, PageTokens(b"k" * 32))
+        await deployments.create(Wanted(model="m", version=1, placement=Placement(["a", "b"])))
+        lock = deployments._locks["m"] = WatchedLock()
+        release = tritons["a"].hold("load")
+        update = asyncio.create_task(deployments.update("m", 2, None))
+        await lock.taken.wait()  # the update holds the lock (its loads wait)
+        unload = asyncio.create_task(deployments.unload_model("m", "b"))
+        await lock.waited.wait()  # the unload waits for the update
+        release.set()
+        await update
+        await unload
+        record = await deployments.get("m")
+        return record.version, record.servers
+
+    assert asyncio.run(scenario()) == (2, ["a"])
+
+
+def test_named_locks_keep_a_second_holder_out(store_db: pw.Database) -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        async with db.named_locks(["m", "p"]) as first:
+            async with db.named_locks(["p"], wait=False) as second:
+                pass
+            async with db.named_locks(["other"], wait=False) as unrelated:
+                pass
+        async with db.named_locks(["p"], wait=False) as after:
+            pass
+        return first and unrelated and after, second, first
+
+    held, second, _ = asyncio.run(scenario())
+    assert held
+    # PostgreSQL's advisory locks keep the second holder out; SQLite has one writer.
+    assert second == isinstance(store_db, pw.SqliteDatabase)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_waiting_holder_goes_on_once_the_first_lets_go(store_db: pw.Database) -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        first_holds = asyncio.Event()
+
+        async def first() -> None:
+            async with db.named_locks(["m"]):
+                first_holds.set()
+                order.append("first holds")
+                await asyncio.sleep(0.3)  # the second asks meanwhile
+                order.append("first lets go")
+
+        async def second() -> None:
+            await first_holds.wait()
+            async with db.named_locks(["m"]):
+                order.append("second holds")
+
+        await asyncio.gather(first(), second())
+        return order
+
+    assert asyncio.run(scenario()) == ["first holds", "first lets go", "second holds"]
