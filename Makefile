@@ -15,7 +15,11 @@ TS_PROTO_VERSION := 2.18.0
 
 NODE_CLIENT := clients/node/node_modules/.package-lock.json
 
-install: $(INSTALLED) $(BUF) $(TS_PROTO) $(NODE_CLIENT)
+# TypeScript and what the TypeScript stubs import: the test that they compile.
+TSC := .tools/node_modules/.bin/tsc
+TS_CHECK_PACKAGES := typescript@5.9.3 @types/node@20.19.43 @grpc/grpc-js@1.14.3 @bufbuild/protobuf@2.17.0
+
+install: $(INSTALLED) $(BUF) $(TS_PROTO) $(TSC) $(NODE_CLIENT)
 
 # -qq: pip prints errors only; the two echo lines say what is going on instead.
 $(INSTALLED): pyproject.toml
@@ -33,6 +37,10 @@ $(BUF):
 $(TS_PROTO):
 	@echo "make: installing ts-proto $(TS_PROTO_VERSION) (npm) into .tools, for the TypeScript stubs"
 	@npm install --prefix .tools --no-audit --no-fund --silent ts-proto@$(TS_PROTO_VERSION)
+
+$(TSC): $(TS_PROTO)
+	@echo "make: installing TypeScript (npm) into .tools, to compile the TypeScript stubs in a test"
+	@npm install --prefix .tools --no-audit --no-fund --silent $(TS_CHECK_PACKAGES)
 
 # The Node client's packages (@grpc/grpc-js, @grpc/proto-loader), as locked.
 $(NODE_CLIENT): clients/node/package-lock.json

@@ -30,7 +30,10 @@ from mlserve.access.users import Users
 from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
+from mlserve.api.assays import SERVICE as ASSAY_SERVICE
+from mlserve.api.assays import AssayService
 from mlserve.api.audit import AuditService
+from mlserve.api.datasets import DatasetService
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
@@ -49,7 +52,9 @@ from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
+from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.datasets import Datasets
 from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
@@ -75,8 +80,11 @@ from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
+    assay_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    dataset_pb2,
+    dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
@@ -107,7 +115,9 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    ASSAY_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
+    dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
 )
 
 
@@ -131,6 +141,8 @@ class Domain:
     audit: AuditLog
     pipelines: Pipelines
     inference_log: InferenceLog
+    datasets: Datasets
+    assays: Assays
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -165,7 +177,8 @@ def build_domain(settings: Settings) -> Domain:
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
         allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
-    uploads = Uploads(repository, versions, artifacts, blobs, limits)
+    datasets = Datasets(repository, tokens, blobs)
+    uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -200,6 +213,8 @@ def build_domain(settings: Settings) -> Domain:
         AuditLog(tokens),
         Pipelines(tokens, usage),
         inference_log,
+        datasets,
+        Assays(settings.log_dir, tokens),
     )
 
 
@@ -401,8 +416,12 @@ class MLServe:
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        assay_pb2_grpc.add_AssayServiceServicer_to_server(AssayService(domain.assays), server)
         instance_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceService(self._description()), server
+        )
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetService(domain.datasets, domain.uploads), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
@@ -419,8 +438,9 @@ class MLServe:
             "embedded_triton": settings.embedded_triton,
             "pipelines": True,
             "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
-            # Not built yet: --storage takes a local directory only.
-            "s3_storage": False,
+            "datasets": "mlserve.v1.DatasetService" in SERVICES,
+            "s3_storage": settings.bucket is not None,
+            # Not built yet (assays has its maths, no service).
             "assays": False,
             "training": False,
             "explain": False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import filecmp
 import importlib.metadata
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +44,36 @@ def test_the_vendored_triton_protos_and_their_stubs_are_fresh(fresh: Path) -> No
     for folder in ("triton", "ts/triton", "go/triton"):
         stale = _differences(filecmp.dircmp(fresh / folder, COMMITTED / folder))
         assert not stale, f"generated/{folder} is stale, run `make generate`: {stale}"
+
+
+def test_the_typescript_stubs_compile(tmp_path: Path) -> None:
+    """Strict tsc over generated/ts, with the packages the stubs import (from .tools)."""
+    tools = ROOT / ".tools" / "node_modules"
+    if not (tools / ".bin" / "tsc").exists():
+        pytest.fail("TypeScript is missing from .tools: `make install` installs it")
+    shutil.copytree(COMMITTED / "ts", tmp_path / "src")
+    (tmp_path / "node_modules").symlink_to(tools)
+    (tmp_path / "tsconfig.json").write_text(json.dumps(TSCONFIG))
+    result = subprocess.run(
+        [str(tools / ".bin" / "tsc"), "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+TSCONFIG = {
+    "compilerOptions": {
+        "strict": True,
+        "noEmit": True,
+        "target": "es2020",
+        "module": "node16",
+        "moduleResolution": "node16",
+        "esModuleInterop": True,
+        "skipLibCheck": True,
+        "types": ["node"],
+    },
+    "include": ["src/**/*.ts"],
+}

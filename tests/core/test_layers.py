@@ -67,12 +67,19 @@ OWNERS: dict[str, set[str]] = {
     "Model": {"catalog.models", "access.rules", "catalog.namespace"},
     "ModelTag": {"catalog.models", "catalog.model_metadata"},
     "ModelLabel": {"catalog.models", "catalog.model_metadata"},
-    "ModelVersion": {"catalog.versions", "catalog.models"},  # models: version counts
-    "Upload": {"catalog.uploads", "catalog.versions", "catalog.artifacts"},
-    "Blob": {"storage.blobs", "catalog.artifacts"},  # artifacts: size and sha256
+    # datasets: the model versions that name a dataset as their training data
+    "ModelVersion": {"catalog.versions", "catalog.models", "catalog.datasets"},
+    "Upload": {"catalog.uploads", "catalog.versions", "catalog.artifacts", "catalog.datasets"},
+    "Blob": {"storage.blobs", "catalog.artifacts", "catalog.datasets"},  # size and sha256
     "BlobPin": {"storage.blobs"},
     "VersionFile": {"catalog.versions", "storage.blobs"},  # blobs: what uses a blob
     "Artifact": {"catalog.artifacts", "storage.blobs"},  # blobs: what uses a blob
+    # Datasets follow the rules of models (access.rules); a model version shows the
+    # name and version of its training dataset (catalog.versions).
+    "Dataset": {"catalog.datasets", "access.rules", "catalog.versions"},
+    "DatasetTag": {"catalog.datasets"},
+    "DatasetVersion": {"catalog.datasets", "catalog.versions"},
+    "DatasetFile": {"catalog.datasets", "storage.blobs"},  # blobs: what uses a blob
     "Pipeline": {"catalog.pipelines", "access.rules", "catalog.namespace"},
     "PipelineVersion": {"catalog.pipelines"},
     # deploy.targets: a target is a deployment on a server (its rows join the server's).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlserve_api.v1 import (
     app_pb2_grpc,
     audit_pb2_grpc,
+    dataset_pb2_grpc,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
     model_pb2_grpc,
@@ -27,14 +27,9 @@ from mlserve_api.v1 import (
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
+from tests.support.ports import free_port
 
 STARTUP_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -51,6 +46,7 @@ class Stubs:
     audit: audit_pb2_grpc.AuditServiceStub = field(init=False)
     pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
     logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
+    datasets: dataset_pb2_grpc.DatasetServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -63,6 +59,7 @@ class Stubs:
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

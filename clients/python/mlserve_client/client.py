@@ -16,6 +16,8 @@ import grpc
 from mlserve_api.v1 import (
     app_pb2_grpc,
     audit_pb2_grpc,
+    dataset_pb2,
+    dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2,
@@ -47,6 +49,7 @@ from mlserve_client.upload import (
     DEFAULT_CHUNK_SIZE,
     Progress,
     artifact_requests,
+    missing_chunks,
     received_offsets,
     upload_requests,
     version_header,
@@ -68,7 +71,8 @@ class Client:
     """A connection to MLServe.
 
     ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
-    ``apps``, ``audit``, ``instance`` and ``logs`` (the inference log) are the generated
+    ``apps``, ``audit``, ``instance``, ``datasets`` and ``logs`` (the inference log) are
+    the generated
     stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
@@ -105,6 +109,7 @@ class Client:
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self._channel)
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -202,6 +207,126 @@ class Client:
             if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
         return None, received_offsets(self.find_upload(upload_id))
+
+    # --- datasets -----------------------------------------------------------
+
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        tags: Sequence[str] = (),
+        public: bool = False,
+        workspace: str = "",
+    ) -> dataset_pb2.Dataset:
+        """Create an empty dataset ``name`` (private to its workspace unless ``public``)."""
+        dataset = dataset_pb2.Dataset(
+            name=name,
+            description=description,
+            tags=list(tags),
+            workspace=workspace,
+            visibility=model_pb2.VISIBILITY_PUBLIC if public else model_pb2.VISIBILITY_PRIVATE,
+        )
+        return self.datasets.CreateDataset(dataset_pb2.CreateDatasetRequest(dataset=dataset))
+
+    def upload_dataset(
+        self,
+        name: str,
+        paths: Sequence[StrPath],
+        *,
+        upload_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> dataset_pb2.DatasetVersion:
+        """Upload the CSV or Parquet files ``paths`` (each under its file name) as the next
+        version of dataset ``name``, resuming an interrupted upload; content the server
+        has is not sent. The server reads the schema from the files."""
+        files = []
+        for source in map(Path, paths):
+            size, sha256 = file_sha256(source)
+            files.append(LocalFile(path=source.name, source=source, size=size, sha256=sha256))
+        if upload_id is None:
+            listed = "\n".join(f"{f.path}\n{f.size}\n{f.sha256}" for f in files)
+            key = f"dataset\n{name}\n{listed}\n{self._upload_scope}"
+            upload_id = "d-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+        header = dataset_pb2.UploadDatasetVersionRequest(
+            header=dataset_pb2.DatasetUploadHeader(
+                dataset=name, upload_id=upload_id, files=[f.manifest() for f in files]
+            )
+        )
+        done, received = self._announce(
+            self.datasets.UploadDatasetVersion, header, upload_id, self.find_upload(upload_id)
+        )
+        if done is not None:
+            return done  # type: ignore[no-any-return]
+        chunks = missing_chunks(files, received, chunk_size=chunk_size, progress=progress)
+        requests = itertools.chain(
+            [header], (dataset_pb2.UploadDatasetVersionRequest(chunk=c) for c in chunks)
+        )
+        return self.datasets.UploadDatasetVersion(requests)
+
+    def list_datasets(
+        self, *, tags_all: Sequence[str] = (), tags_any: Sequence[str] = ()
+    ) -> Iterator[dataset_pb2.Dataset]:
+        """Every dataset the caller may see carrying all of ``tags_all`` and one of
+        ``tags_any`` (when given), by name."""
+
+        def page(token: str) -> tuple[Sequence[dataset_pb2.Dataset], str]:
+            request = dataset_pb2.ListDatasetsRequest(
+                page_token=token, tags_all=list(tags_all), tags_any=list(tags_any)
+            )
+            response = self.datasets.ListDatasets(request)
+            return response.datasets, response.next_page_token
+
+        return _every_page(page)
+
+    def search_datasets(self, terms: Sequence[str]) -> Iterator[dataset_pb2.Dataset]:
+        """The visible datasets carrying every tag of ``terms`` ("#tag" each)."""
+
+        def page(token: str) -> tuple[Sequence[dataset_pb2.Dataset], str]:
+            request = dataset_pb2.SearchDatasetsRequest(query=list(terms), page_token=token)
+            response = self.datasets.SearchDatasets(request)
+            return response.datasets, response.next_page_token
+
+        return _every_page(page)
+
+    def dataset_tags(self) -> dict[str, int]:
+        """Every tag of the visible datasets, with how many carry it."""
+        response = self.datasets.ListDatasetTags(dataset_pb2.ListDatasetTagsRequest())
+        return {entry.tag: entry.count for entry in response.tags}
+
+    def download_dataset(
+        self, name: str, version: int, dest: StrPath
+    ) -> dataset_pb2.DatasetVersion:
+        """Write the version's files into the folder ``dest``, each checked against its
+        sha256 (a mismatch raises ValueError and leaves no file)."""
+        found = self.datasets.GetDatasetVersion(
+            dataset_pb2.GetDatasetVersionRequest(dataset=name, version=version)
+        )
+        folder = Path(dest)
+        folder.mkdir(parents=True, exist_ok=True)
+        expected = {entry.file.path: entry.file.sha256 for entry in found.files}
+        digests = {path: hashlib.sha256() for path in expected}
+        partial = {path: folder / (path + ".part") for path in expected}
+        handles = {path: target.open("wb") for path, target in partial.items()}
+        try:
+            chunks = self.datasets.DownloadDatasetVersion(
+                dataset_pb2.DownloadDatasetVersionRequest(dataset=name, version=found.version)
+            )
+            for chunk in chunks:
+                handles[chunk.path].write(chunk.data)
+                digests[chunk.path].update(chunk.data)
+        finally:
+            for handle in handles.values():
+                handle.close()
+        wrong = [path for path, digest in digests.items() if digest.hexdigest() != expected[path]]
+        if wrong:
+            for target in partial.values():
+                target.unlink()
+            raise ValueError(f"{', '.join(wrong)} arrived with the wrong sha256; download again")
+        for path, target in partial.items():
+            target.replace(folder / path)
+        return found
 
     # --- artifacts ----------------------------------------------------------
 
