@@ -30,6 +30,8 @@ from mlserve.access.users import Users
 from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
+from mlserve.api.assays import SERVICE as ASSAY_SERVICE
+from mlserve.api.assays import AssayService
 from mlserve.api.audit import AuditService
 from mlserve.api.datasets import DatasetService
 from mlserve.api.deployments import DeploymentService
@@ -50,6 +52,7 @@ from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
+from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.datasets import Datasets
 from mlserve.catalog.models import Models, adopt_unowned_models
@@ -77,6 +80,7 @@ from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
+    assay_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     dataset_pb2,
@@ -111,6 +115,7 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    ASSAY_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
     dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
 )
@@ -137,6 +142,7 @@ class Domain:
     pipelines: Pipelines
     inference_log: InferenceLog
     datasets: Datasets
+    assays: Assays
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -208,6 +214,7 @@ def build_domain(settings: Settings) -> Domain:
         Pipelines(tokens, usage),
         inference_log,
         datasets,
+        Assays(settings.log_dir, tokens),
     )
 
 
@@ -409,6 +416,7 @@ class MLServe:
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        assay_pb2_grpc.add_AssayServiceServicer_to_server(AssayService(domain.assays), server)
         instance_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceService(self._description()), server
         )
@@ -430,8 +438,9 @@ class MLServe:
             "embedded_triton": settings.embedded_triton,
             "pipelines": True,
             "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
-            # Not built yet: --storage takes a local directory only.
-            "s3_storage": False,
+            "datasets": "mlserve.v1.DatasetService" in SERVICES,
+            "s3_storage": settings.bucket is not None,
+            # Not built yet (assays has its maths, no service).
             "assays": False,
             "training": False,
             "explain": False,

@@ -203,6 +203,18 @@ RULES: dict[str, Rule] = {
         GetLoggingPolicy=_READ,
         UpdateLoggingPolicy=_EDIT,
     ),
+    **_service(
+        "mlserve.v1.AssayService",
+        CreateAssay=_EDIT,
+        GetAssay=_READ,
+        ListAssays=_READ,
+        UpdateAssay=_EDIT,
+        SetAssayActive=_EDIT,
+        DeleteAssay=_EDIT,
+        PreviewBaseline=_READ,
+        RunAssay=_READ,
+        ListAssayResults=_READ,
+    ),
     **_service("mlserve.v1.InstanceService", GetInstance=Rule(Who.ANY_KEY)),
     **_service(
         "mlserve.v1.DatasetService",

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 
 class BaseModel(pw.Model):
@@ -472,6 +472,40 @@ class LoggingPolicy(BaseModel):
     update_time = pw.DateTimeField(default=utcnow)
 
 
+class Assay(BaseModel):
+    """A drift assay over a model's inference log (owned by mlserve.assays).
+
+    The spec (path, baseline, window, summarizer) is one JSON document: it is
+    only ever read whole. ``next_window`` is where the scheduler goes on.
+    """
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    model = pw.ForeignKeyField(Model, backref="assays", on_delete="CASCADE")
+    spec = pw.TextField()
+    active = pw.BooleanField(default=True, index=True)
+    next_window = pw.DateTimeField(null=True)
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+
+class AssayResult(BaseModel):
+    """One scheduled window of an assay; (assay, window_start) is unique, so several
+    replicas never store a window twice."""
+
+    id = pw.AutoField()
+    assay = pw.ForeignKeyField(Assay, backref="results", on_delete="CASCADE")
+    window_start = pw.DateTimeField()
+    window_end = pw.DateTimeField()
+    count = pw.BigIntegerField()
+    result = pw.TextField()  # JSON: edges, both densities, per-bin scores, score, status
+    status = pw.CharField(max_length=16)
+    compute_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("assay", "window_start"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -506,6 +540,8 @@ TABLES: list[type[BaseModel]] = [
     DatasetTag,
     DatasetVersion,
     DatasetFile,
+    Assay,
+    AssayResult,
 ]
 
 
@@ -756,6 +792,10 @@ def _add_datasets(db: pw.Database) -> None:
     )
 
 
+def _add_assays(db: pw.Database) -> None:
+    db.create_tables([Assay, AssayResult])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -770,6 +810,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     11: _fold_pipeline_deployments,
     12: _add_upload_parts,
     13: _add_datasets,
+    14: _add_assays,
 }
 
 
