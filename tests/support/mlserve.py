@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,9 @@ from mlserve_api.v1 import (
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
+from tests.support.ports import free_port
 
 STARTUP_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
