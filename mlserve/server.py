@@ -53,6 +53,7 @@ from mlserve.api.servers import ServerService
 from mlserve.api.training import TrainingService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
+from mlserve.assays.scheduler import AssayScheduler
 from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.datasets import Datasets
@@ -303,6 +304,13 @@ class MLServe:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
+        assay_scheduler = AssayScheduler(
+            domain.assays,
+            domain.stats.registry,
+            # A window is scored once the log's writer has flushed its last calls.
+            settle=dt.timedelta(seconds=settings.log_flush_interval + 1),
+        )
+        self._loops.append(asyncio.create_task(assay_scheduler.run(), name="assay-scheduler"))
         health_loop = HealthLoop(
             domain.fleet,
             settings.health_interval,
