@@ -12,7 +12,8 @@ import pytest
 
 from mlserve_api.v1 import dataset_pb2, model_pb2, training_pb2
 from tests.support.checks import delete_model_quietly, expect_error, version_numbers
-from tests.support.mlserve import Stubs
+from tests.support.commands import mlserve_cli
+from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.uploading import stream, upload
 
 Code = grpc.StatusCode
@@ -178,3 +179,28 @@ def test_bad_requests_get_their_codes(stubs: Stubs, trainable: tuple[str, str]) 
         metadata=stubs.auth,
     )
     assert version_numbers(stubs, model) == [1]
+
+
+def test_the_cli_runs_follows_lists_and_cancels(
+    mlserve: MLServeProcess, stubs: Stubs, trainable: tuple[str, str]
+) -> None:
+    model, dataset = trainable
+    ran = mlserve_cli(
+        mlserve, "training", "run", model, "train.py", "--dataset", dataset,
+        "--param", "note=cli", "--follow",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "fitted 2.0" in ran.stdout
+    assert "SUCCEEDED -> version 2" in ran.stdout
+    failed = mlserve_cli(
+        mlserve, "training", "run", model, "fails.py", "--dataset", dataset, "--follow",
+        "--code-version", "1",
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert "FAILED: exited with code 3: bad data" in failed.stdout
+    listed = mlserve_cli(mlserve, "training", "list", "--model", model)
+    assert "SUCCEEDED" in listed.stdout
+    assert "FAILED" in listed.stdout
+    missing = mlserve_cli(mlserve, "training", "cancel", "job-nope")
+    assert missing.returncode != 0
+    assert "does not exist" in missing.stderr
