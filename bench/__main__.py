@@ -24,6 +24,7 @@ from bench import (
     oidc,
     pipeline,
     s3_upload,
+    training,
     upload,
 )
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
@@ -31,7 +32,7 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload",
+    "s3-upload", "training",
 )  # fmt: skip
 
 
@@ -132,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("pipeline", lambda: pipeline.run()))
     if args.which in ("s3-upload", "all"):
         benchmarks.append(("s3-upload", lambda: s3_upload.run(args.upload_size)))
+    if args.which in ("training", "all"):
+        benchmarks.append(("training", lambda: training.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

@@ -24,6 +24,7 @@ from mlserve_api.v1 import (
     model_pb2_grpc,
     pipeline_pb2_grpc,
     server_pb2_grpc,
+    training_pb2_grpc,
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
@@ -47,6 +48,7 @@ class Stubs:
     pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
     logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
     datasets: dataset_pb2_grpc.DatasetServiceStub = field(init=False)
+    training: training_pb2_grpc.TrainingServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -60,6 +62,7 @@ class Stubs:
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
+        self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

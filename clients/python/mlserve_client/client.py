@@ -31,6 +31,8 @@ from mlserve_api.v1 import (
     pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
     user_pb2,
     user_pb2_grpc,
     workspace_pb2_grpc,
@@ -46,6 +48,7 @@ from mlserve_client.channel import (
     upload_scope,
 )
 from mlserve_client.download import ArtifactWriter, VersionWriter, artifact_destination
+from mlserve_client.errors import ClientError
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
 from mlserve_client.pipelines import read_pipeline_spec
 from mlserve_client.upload import (
@@ -74,8 +77,8 @@ class Client:
     """A connection to MLServe.
 
     ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
-    ``apps``, ``audit``, ``instance``, ``datasets`` and ``logs`` (the inference log) are
-    the generated
+    ``apps``, ``audit``, ``instance``, ``datasets``, ``training`` and ``logs`` (the
+    inference log) are the generated
     stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
@@ -114,6 +117,7 @@ class Client:
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self._channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
         self.assays = assay_pb2_grpc.AssayServiceStub(self._channel)
+        self.training = training_pb2_grpc.TrainingServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -331,6 +335,45 @@ class Client:
         for path, target in partial.items():
             target.replace(folder / path)
         return found
+
+    # --- training -----------------------------------------------------------
+
+    def train(
+        self,
+        model: str,
+        code_path: str,
+        dataset: str,
+        *,
+        code_version: int = 0,
+        dataset_version: int = 0,
+        parameters: Mapping[str, str] | None = None,
+    ) -> training_pb2.TrainingJob:
+        """Queue a training job: ``model``'s code artifact ``code_path`` (of
+        ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest)."""
+        job = training_pb2.TrainingJob(
+            model=model,
+            code_version=code_version,
+            code_path=code_path,
+            training_dataset=model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version),
+            parameters=dict(parameters or {}),
+        )
+        return self.training.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(job=job))
+
+    def follow_training(
+        self, job_id: str, on_line: Callable[[str], None] | None = None
+    ) -> training_pb2.TrainingJob:
+        """Wait for the job to end, handing each log line to ``on_line``; the final job."""
+        last = None
+        events = self.training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(id=job_id))
+        for event in events:
+            if event.HasField("log_line"):
+                if on_line is not None:
+                    on_line(event.log_line)
+            else:
+                last = event.job
+        if last is None:
+            raise ClientError(f"training job {job_id!r} sent no state before its stream ended")
+        return last
 
     # --- artifacts ----------------------------------------------------------
 

@@ -23,6 +23,7 @@ from mlserve_client.cli import (
     models,
     pipelines,
     servers,
+    training,
 )
 from mlserve_client.cli.common import Parser, Subcommands, add_global_options, connection_options
 
@@ -33,6 +34,7 @@ COMMAND_GROUPS: tuple[AddCommands, ...] = (
     models.add_upload_commands,
     artifacts.add_commands,
     datasets.add_commands,
+    training.add_commands,
     deployments.add_deploy_commands,
     servers.add_commands,
     deployments.add_deployment_commands,
