@@ -15,6 +15,8 @@ import grpc
 
 from mlserve_api.v1 import (
     app_pb2_grpc,
+    assay_pb2,
+    assay_pb2_grpc,
     audit_pb2_grpc,
     dataset_pb2,
     dataset_pb2_grpc,
@@ -36,6 +38,7 @@ from mlserve_api.v1 import (
     workspace_pb2_grpc,
 )
 from mlserve_client import inference_logs
+from mlserve_client.assays import read_assay_spec
 from mlserve_client.channel import (
     StrPath,
     default_address,
@@ -113,6 +116,7 @@ class Client:
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self._channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
+        self.assays = assay_pb2_grpc.AssayServiceStub(self._channel)
         self.training = training_pb2_grpc.TrainingServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -678,6 +682,57 @@ class Client:
         wanted = deployment_pb2.Deployment(pipeline=name, version=version, servers=servers)
         request = deployment_pb2.CreateDeploymentRequest(deployment=wanted)
         return self.deployments.CreateDeployment(request)
+
+    # --- drift assays -------------------------------------------------------------
+
+    def create_assay(self, spec: StrPath | assay_pb2.Assay) -> assay_pb2.Assay:
+        """Create an assay from a YAML spec file (see mlserve_client.assays) or message."""
+        assay = spec if isinstance(spec, assay_pb2.Assay) else read_assay_spec(Path(spec))
+        return self.assays.CreateAssay(assay_pb2.CreateAssayRequest(assay=assay))
+
+    def get_assay(self, name: str) -> assay_pb2.Assay:
+        return self.assays.GetAssay(assay_pb2.GetAssayRequest(name=name))
+
+    def list_assays(self, model: str = "", workspace: str = "") -> Iterator[assay_pb2.Assay]:
+        """Every assay the caller may see, by name; of one model or workspace when given."""
+
+        def page(token: str) -> tuple[Sequence[assay_pb2.Assay], str]:
+            request = assay_pb2.ListAssaysRequest(
+                model=model, workspace=workspace, page_token=token
+            )
+            response = self.assays.ListAssays(request)
+            return response.assays, response.next_page_token
+
+        return _every_page(page)
+
+    def run_assay(
+        self, assay: str | assay_pb2.Assay, start: dt.datetime, end: dt.datetime
+    ) -> assay_pb2.RunAssayResponse:
+        """Score every window starting in [start, end) of a stored assay (by name) or of one
+        given as a message; nothing is stored."""
+        span = assay_pb2.AssayTimeRange()
+        span.start_time.FromDatetime(start)
+        span.end_time.FromDatetime(end)
+        if isinstance(assay, str):
+            request = assay_pb2.RunAssayRequest(name=assay, range=span)
+        else:
+            request = assay_pb2.RunAssayRequest(assay=assay, range=span)
+        return self.assays.RunAssay(request)
+
+    def assay_results(
+        self, name: str, since: dt.timedelta | None = None
+    ) -> Iterator[assay_pb2.AssayResult]:
+        """The stored results of an assay's scheduled windows, oldest first."""
+        span = assay_pb2.AssayTimeRange()
+        if since is not None:
+            span.start_time.FromDatetime(dt.datetime.now(dt.timezone.utc) - since)
+
+        def page(token: str) -> tuple[Sequence[assay_pb2.AssayResult], str]:
+            request = assay_pb2.ListAssayResultsRequest(name=name, range=span, page_token=token)
+            response = self.assays.ListAssayResults(request)
+            return response.results, response.next_page_token
+
+        return _every_page(page)
 
 
 def _every_page(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from mlserve_client.cli import (
     access,
     artifacts,
+    assays,
     datasets,
     deployments,
     logs,
@@ -40,6 +41,7 @@ COMMAND_GROUPS: tuple[AddCommands, ...] = (
     access.add_commands,
     pipelines.add_commands,
     logs.add_commands,
+    assays.add_commands,
 )
 
 
