@@ -23,13 +23,16 @@ from bench import (
     inference_log,
     oidc,
     pipeline,
+    s3_upload,
+    training,
     upload,
 )
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
-    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log"
+    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
+    "s3-upload", "training",
 )  # fmt: skip
 
 
@@ -128,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
+    if args.which in ("s3-upload", "all"):
+        benchmarks.append(("s3-upload", lambda: s3_upload.run(args.upload_size)))
+    if args.which in ("training", "all"):
+        benchmarks.append(("training", lambda: training.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

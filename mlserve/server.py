@@ -30,7 +30,10 @@ from mlserve.access.users import Users
 from mlserve.access.workspaces import Workspaces
 from mlserve.api import reflection
 from mlserve.api.apps import AppService
+from mlserve.api.assays import SERVICE as ASSAY_SERVICE
+from mlserve.api.assays import AssayService
 from mlserve.api.audit import AuditService
+from mlserve.api.datasets import DatasetService
 from mlserve.api.deployments import DeploymentService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
@@ -47,9 +50,13 @@ from mlserve.api.interceptor import (
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
+from mlserve.api.training import TrainingService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
+from mlserve.assays.scheduler import AssayScheduler
+from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
+from mlserve.catalog.datasets import Datasets
 from mlserve.catalog.models import Models, adopt_unowned_models
 from mlserve.catalog.pipelines import Pipelines
 from mlserve.catalog.uploads import UploadLimits, Uploads
@@ -69,14 +76,19 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import LocalRepository, Repository
 from mlserve.storage.s3 import S3Repository
+from mlserve.training.jobs import TrainingJobs
+from mlserve.training.runner import JobStatus, LocalRunner, RunnerLimits
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
+    assay_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    dataset_pb2,
+    dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     inference_log_pb2_grpc,
@@ -88,6 +100,8 @@ from mlserve_api.v1 import (
     pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
     user_pb2,
     user_pb2_grpc,
     workspace_pb2,
@@ -107,7 +121,10 @@ SERVICES = (
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
     INFERENCE_LOG_SERVICE,
+    ASSAY_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
+    dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
 )
 
 
@@ -131,6 +148,8 @@ class Domain:
     audit: AuditLog
     pipelines: Pipelines
     inference_log: InferenceLog
+    datasets: Datasets
+    assays: Assays
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -165,7 +184,8 @@ def build_domain(settings: Settings) -> Domain:
         expire_after=dt.timedelta(seconds=settings.upload_expiry),
         allowed_backends=frozenset(settings.allowed_backends or bundled_backends()),
     )
-    uploads = Uploads(repository, versions, artifacts, blobs, limits)
+    datasets = Datasets(repository, tokens, blobs)
+    uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
     deployments = Deployments(fleet, repository, tokens)
     fleet.on_change(deployments.server_changed)
@@ -200,6 +220,8 @@ def build_domain(settings: Settings) -> Domain:
         AuditLog(tokens),
         Pipelines(tokens, usage),
         inference_log,
+        datasets,
+        Assays(settings.log_dir, tokens),
     )
 
 
@@ -235,6 +257,8 @@ class MLServe:
         self._triton: EmbeddedTriton | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._domain: Domain | None = None
+        self._training: TrainingJobs | None = None
+        self._runner: LocalRunner | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -252,6 +276,7 @@ class MLServe:
         )
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
+        await self._start_training(domain, sandbox)
         self._server = self._grpc_server(domain)
         if settings.tls_cert is not None and settings.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
@@ -279,6 +304,13 @@ class MLServe:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
+        assay_scheduler = AssayScheduler(
+            domain.assays,
+            domain.stats.registry,
+            # A window is scored once the log's writer has flushed its last calls.
+            settle=dt.timedelta(seconds=settings.log_flush_interval + 1),
+        )
+        self._loops.append(asyncio.create_task(assay_scheduler.run(), name="assay-scheduler"))
         health_loop = HealthLoop(
             domain.fleet,
             settings.health_interval,
@@ -298,6 +330,28 @@ class MLServe:
         sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
         self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
+
+    async def _start_training(self, domain: Domain, sandbox: Sandbox | None) -> None:
+        """The local training runner, in the sandbox Triton uses (found here when there is
+        no embedded Triton); without one, TrainingService answers FAILED_PRECONDITION."""
+        if sandbox is None:
+            try:
+                sandbox = await in_thread(Sandbox.find)()
+            except MLServeError as error:
+                log.warning("training jobs are off: %s", error)
+                return
+        if not sandbox.confined:
+            log.warning("training jobs are off: they never run without the sandbox")
+            return
+
+        async def finished(status: JobStatus) -> None:
+            assert self._training is not None
+            await self._training.finished(status)
+
+        self._runner = LocalRunner(sandbox, RunnerLimits(), finished)
+        workdir = self.settings.storage_dir / "training"
+        self._training = TrainingJobs(self._runner, domain.uploads, domain.repository, workdir)
+        self._runner.start()
 
     def ready_line(self) -> str:
         """The one line that tells someone who just ran ``mlserve serve`` where things are."""
@@ -329,6 +383,8 @@ class MLServe:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._runner is not None:
+            await self._runner.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -401,8 +457,15 @@ class MLServe:
         inference_log_pb2_grpc.add_InferenceLogServiceServicer_to_server(
             InferenceLogService(domain.inference_log), server
         )
+        assay_pb2_grpc.add_AssayServiceServicer_to_server(AssayService(domain.assays), server)
         instance_pb2_grpc.add_InstanceServiceServicer_to_server(
             InstanceService(self._description()), server
+        )
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(
+            DatasetService(domain.datasets, domain.uploads), server
+        )
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingService(self._training), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
@@ -419,8 +482,9 @@ class MLServe:
             "embedded_triton": settings.embedded_triton,
             "pipelines": True,
             "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
-            # Not built yet: --storage takes a local directory only.
-            "s3_storage": False,
+            "datasets": "mlserve.v1.DatasetService" in SERVICES,
+            "s3_storage": settings.bucket is not None,
+            # Not built yet (assays has its maths, no service).
             "assays": False,
             "training": False,
             "explain": False,

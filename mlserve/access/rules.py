@@ -203,7 +203,41 @@ RULES: dict[str, Rule] = {
         GetLoggingPolicy=_READ,
         UpdateLoggingPolicy=_EDIT,
     ),
+    **_service(
+        "mlserve.v1.AssayService",
+        CreateAssay=_EDIT,
+        GetAssay=_READ,
+        ListAssays=_READ,
+        UpdateAssay=_EDIT,
+        SetAssayActive=_EDIT,
+        DeleteAssay=_EDIT,
+        PreviewBaseline=_READ,
+        RunAssay=_READ,
+        ListAssayResults=_READ,
+    ),
     **_service("mlserve.v1.InstanceService", GetInstance=Rule(Who.ANY_KEY)),
+    **_service(
+        "mlserve.v1.TrainingService",
+        CreateTrainingJob=_EDIT,
+        GetTrainingJob=_READ,
+        ListTrainingJobs=_READ,
+        CancelTrainingJob=_EDIT,
+        WatchTrainingJob=_READ,
+    ),
+    **_service(
+        "mlserve.v1.DatasetService",
+        CreateDataset=_EDIT,
+        GetDataset=_READ,
+        ListDatasets=_READ,
+        UpdateDataset=_EDIT,
+        DeleteDataset=_EDIT,
+        UploadDatasetVersion=_EDIT,
+        GetDatasetVersion=_READ,
+        ListDatasetVersions=_READ,
+        DownloadDatasetVersion=_READ,
+        ListDatasetTags=_READ,
+        SearchDatasets=_READ,
+    ),
     # The gateway: model-level checks happen per call (infer_decision).
     **_service(
         "inference.GRPCInferenceService",
@@ -351,7 +385,10 @@ def not_found(name: str, noun: str = "model") -> NotFound:
 
 
 def _noun(row: Any) -> str:
-    """What ``row`` is called in messages: the rules hold for models and pipelines alike."""
+    """What ``row`` is called in messages: the rules hold for models, pipelines and
+    datasets alike."""
+    if isinstance(row, tables.Dataset):
+        return "dataset"
     return "pipeline" if isinstance(row, tables.Pipeline) else "model"
 
 

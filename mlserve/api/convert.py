@@ -218,6 +218,11 @@ def version(record: VersionRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.
         create_time=timestamp(record.create_time),
         config=record.config,
         upload_id=record.upload_id,
+        training_dataset=None
+        if record.training_dataset is None
+        else model_pb2.DatasetVersionRef(
+            dataset=record.training_dataset[0], version=record.training_dataset[1]
+        ),
     )
 
 
@@ -229,6 +234,9 @@ def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | 
             upload_id=upload_id(header.upload_id, chosen=True),
             files=[FileSpec(f.path, f.size, f.sha256) for f in header.files],
             config=header.config,
+            training_dataset=(header.training_dataset.dataset, header.training_dataset.version)
+            if header.HasField("training_dataset")
+            else None,
         )
     return file_chunk(message.chunk)
 

@@ -34,6 +34,17 @@ from mlserve.catalog.artifacts import (
     artifact_blobs,
     find_artifact,
 )
+from mlserve.catalog.datasets import (
+    DATASET_UPLOAD,
+    Datasets,
+    DatasetVersionRecord,
+    check_dataset_path,
+    dataset_blobs,
+    dataset_version_row,
+    find_dataset_version,
+    hidden_dataset,
+    writable_dataset,
+)
 from mlserve.catalog.models import (
     check_upload,
     downloadable_model_ids,
@@ -76,6 +87,15 @@ class UploadHeader:
     upload_id: str
     files: Sequence[FileSpec]
     config: str = ""
+    # The dataset version the model was trained on: (dataset, version; 0 the latest).
+    training_dataset: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetUploadHeader:
+    dataset: str
+    upload_id: str
+    files: Sequence[FileSpec]
 
 
 @dataclass(frozen=True)
@@ -145,9 +165,12 @@ class _UploadPlan:
     files: dict[str, FileSpec]
     config: str
     manifest_sha256: str
-    # An artifact upload: its kind and the version it attaches to.
+    # An artifact upload: its kind and the version it attaches to (a dataset
+    # version's upload: DATASET_UPLOAD, and model names the dataset).
     artifact_kind: str = ""
     artifact_version: int = 0
+    # A model version's training dataset version (its row id), if named.
+    training_dataset_id: int | None = None
 
 
 class _StagedFile:
@@ -173,10 +196,12 @@ class Uploads:
         artifacts: Artifacts,
         blobs: Blobs,
         limits: UploadLimits,
+        datasets: Datasets | None = None,
     ) -> None:
         self.repository = repository
         self.versions = versions
         self.artifacts = artifacts
+        self.datasets = datasets or Datasets(repository, versions.tokens, blobs)
         self.blobs = blobs
         self.limits = limits
 
@@ -200,9 +225,27 @@ class Uploads:
         assert isinstance(result, ArtifactRecord)
         return result
 
+    async def receive_dataset(
+        self, parts: AsyncIterator[DatasetUploadHeader | Chunk]
+    ) -> DatasetVersionRecord:
+        """Consume one dataset version's upload stream: a header, then chunks.
+
+        Every file must parse as CSV or Parquet (InvalidArgument with the
+        parser's message otherwise, and the upload is dropped: nothing of it
+        stays committed or staged). Returns the version.
+        """
+        header = await anext(parts, None)
+        if not isinstance(header, DatasetUploadHeader):
+            raise InvalidArgument("the first message of a dataset upload must be its header")
+        result = await self._receive(await in_thread(self._plan_dataset)(header), parts)
+        assert isinstance(result, DatasetVersionRecord)
+        return result
+
     async def _receive(
-        self, plan: _UploadPlan, parts: AsyncIterator[UploadHeader | ArtifactHeader | Chunk]
-    ) -> VersionRecord | ArtifactRecord:
+        self,
+        plan: _UploadPlan,
+        parts: AsyncIterator[UploadHeader | ArtifactHeader | DatasetUploadHeader | Chunk],
+    ) -> VersionRecord | ArtifactRecord | DatasetVersionRecord:
         committed = await in_thread(self._open_record)(plan)
         if committed is not None:
             return committed
@@ -370,10 +413,42 @@ class Uploads:
         model = check_name(header.model, "model name")
         check_upload(model)
         refuse_pipeline_name(model)
-        if len(header.files) > MAX_FILES:
+        files = self._check_files(header.files)
+        training = header.training_dataset
+        training_id = None if training is None else dataset_version_row(*training).id
+        config = modelconfig.render(
+            modelconfig.parse_upload(header.config, model, files, self.limits.allowed_backends)
+        )
+        ordered = dict(sorted(files.items()))
+        manifest_sha256 = _manifest_sha256(
+            {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}
+        )
+        upload_id = _upload_id(header.upload_id, model, manifest_sha256)
+        return _UploadPlan(
+            model, upload_id, ordered, config, manifest_sha256, training_dataset_id=training_id
+        )
+
+    def _plan_dataset(self, header: DatasetUploadHeader) -> _UploadPlan:
+        dataset = check_name(header.dataset, "dataset name")
+        writable_dataset(dataset)
+        if not header.files:
+            raise InvalidArgument("a dataset version needs at least one file")
+        files = dict(sorted(self._check_files(header.files).items()))
+        for path in files:
+            check_dataset_path(path)
+        manifest_sha256 = _manifest_sha256(
+            {"dataset": [[s.path, s.size, s.sha256] for s in files.values()]}
+        )
+        upload_id = _upload_id(header.upload_id, "dataset/" + dataset, manifest_sha256)
+        return _UploadPlan(dataset, upload_id, files, "", manifest_sha256, DATASET_UPLOAD)
+
+    def _check_files(self, declared: Sequence[FileSpec]) -> dict[str, FileSpec]:
+        """The declared files by path, each checked, none twice, none a directory of
+        another, within the size limit."""
+        if len(declared) > MAX_FILES:
             raise InvalidArgument(f"a version may have at most {MAX_FILES} files")
         files: dict[str, FileSpec] = {}
-        for spec in header.files:
+        for spec in declared:
             checked = _check_spec(spec)
             if checked.path in files:
                 raise InvalidArgument(f"file {checked.path!r} is declared twice in the manifest")
@@ -385,15 +460,7 @@ class Uploads:
                 f"{clash[0]!r} is declared as a file but other paths use it as a directory"
             )
         self._check_total(sum(spec.size for spec in files.values()))
-        config = modelconfig.render(
-            modelconfig.parse_upload(header.config, model, files, self.limits.allowed_backends)
-        )
-        ordered = dict(sorted(files.items()))
-        manifest_sha256 = _manifest_sha256(
-            {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}
-        )
-        upload_id = _upload_id(header.upload_id, model, manifest_sha256)
-        return _UploadPlan(model, upload_id, ordered, config, manifest_sha256)
+        return files
 
     def _plan_artifact(self, header: ArtifactHeader) -> _UploadPlan:
         model = check_name(header.model, "model name")
@@ -425,9 +492,11 @@ class Uploads:
                 f"{self.limits.max_upload_bytes} bytes per upload (--max-upload-bytes)"
             )
 
-    def _open_record(self, plan: _UploadPlan) -> VersionRecord | ArtifactRecord | None:
+    def _open_record(
+        self, plan: _UploadPlan
+    ) -> VersionRecord | ArtifactRecord | DatasetVersionRecord | None:
         """Create or match the upload's record; its result if it already committed."""
-        if plan.artifact_kind:
+        if plan.artifact_kind in ARTIFACT_KINDS:
             (spec,) = plan.files.values()
             attached = self.artifacts.attached_artifact(
                 plan.model, plan.artifact_version, spec, plan.artifact_kind
@@ -575,7 +644,7 @@ class Uploads:
 
     def _commit(
         self, plan: _UploadPlan, staged: dict[str, _StagedFile]
-    ) -> VersionRecord | ArtifactRecord:
+    ) -> VersionRecord | ArtifactRecord | DatasetVersionRecord:
         incomplete = [f for f in staged.values() if f.received < f.spec.size]
         if incomplete:
             described = ", ".join(
@@ -602,6 +671,8 @@ class Uploads:
             if not target.stored:
                 self.blobs.ingest(plan.upload_id, target.spec)
                 target.stored = True
+        if plan.artifact_kind == DATASET_UPLOAD:
+            return self._commit_dataset(plan)
         if plan.artifact_kind:
             (spec,) = plan.files.values()
             return self.artifacts.attach_artifact(
@@ -617,7 +688,23 @@ class Uploads:
             files=list(plan.files.values()),
             config=plan.config,
             manifest_sha256=plan.manifest_sha256,
+            training_dataset_id=plan.training_dataset_id,
         )
+
+    def _commit_dataset(self, plan: _UploadPlan) -> DatasetVersionRecord:
+        """Commit a dataset version; a file that does not parse drops the whole upload
+        (record, pins, staging) before the error goes back, so nothing of it stays."""
+        try:
+            return self.datasets.commit_dataset_version(
+                dataset=plan.model,
+                upload_id=plan.upload_id,
+                files=list(plan.files.values()),
+                manifest_sha256=plan.manifest_sha256,
+            )
+        except InvalidArgument:
+            self._discard(plan.upload_id)
+            self.blobs.collect()
+            raise
 
     def _digest(self, upload_id: str, target: _StagedFile) -> str:
         if target.digest is not None:
@@ -665,9 +752,12 @@ def _upload_id(chosen: str, model: str, manifest_sha256: str) -> str:
     return "auto-" + digest[:40]
 
 
-def _surviving(row: Any) -> VersionRecord | ArtifactRecord | None:
-    """What an upload committed (version or artifact), unless it has been deleted since."""
+def _surviving(row: Any) -> VersionRecord | ArtifactRecord | DatasetVersionRecord | None:
+    """What an upload committed (version, artifact or dataset version), unless it has
+    been deleted since."""
     try:
+        if row.artifact_kind == DATASET_UPLOAD:
+            return find_dataset_version(row.model, row.committed_version)
         if row.artifact_kind:
             ((path, _, _),) = json.loads(row.files)
             return find_artifact(row.model, row.committed_version, path)
@@ -707,6 +797,8 @@ def _visible(row: Any) -> bool:
     """The caller's own upload (or an admin's view), of a model the caller may see."""
     if not rules.can_see_upload(row.owner_id):
         return False
+    if row.artifact_kind == DATASET_UPLOAD:
+        return not hidden_dataset(row.model)
     return not hidden_model(row.model)
 
 
@@ -726,7 +818,9 @@ def _touch(upload_id: str) -> None:
 
 
 def downloadable_blobs() -> list[Any] | None:
-    """Queries of the sha256s the caller could download anyway, in versions and in
-    artifacts (None: every blob), for ``Blobs.stored``."""
+    """Queries of the sha256s the caller could download anyway, in versions, artifacts
+    and datasets (None: every blob), for ``Blobs.stored``."""
     models = downloadable_model_ids()
-    return None if models is None else [version_blobs(models), artifact_blobs(models)]
+    if models is None:
+        return None
+    return [version_blobs(models), artifact_blobs(models), dataset_blobs()]

@@ -46,6 +46,8 @@ class VersionRecord:
     config: str
     upload_id: str
     create_time: dt.datetime
+    # The dataset version it was trained on: (dataset, version), None if none was named.
+    training_dataset: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,15 +105,8 @@ class Versions:
         PERMISSION_DENIED when the model's allow_download is off.
         """
         record = await in_thread(_downloadable_version)(model, version)
-        files = record.files
-        if path:
-            check_relative_path(path)
-            files = [spec for spec in files if spec.path == path]
-            if not files:
-                raise NotFound(f"version {record.version} of {model!r} has no file {path!r}")
-        if offset < 0 or (offset and not path):
-            raise InvalidArgument("offset must be >= 0 and is allowed only with a path")
-        for spec in files:
+        what = f"version {record.version} of {model!r}"
+        for spec in files_to_send(record.files, path, offset, what):
 
             def open_file(spec: FileSpec = spec) -> BinaryIO:
                 return self.repository.open_version_file(
@@ -130,6 +125,7 @@ class Versions:
         files: Sequence[FileSpec],
         config: str,
         manifest_sha256: str,
+        training_dataset_id: int | None = None,
     ) -> VersionRecord:
         """Number the upload and put its version in place (blocking; call in a thread).
 
@@ -141,7 +137,9 @@ class Versions:
         """
         for _ in range(20):
             try:
-                return self._commit_once(model, upload_id, files, config, manifest_sha256)
+                return self._commit_once(
+                    model, upload_id, files, config, manifest_sha256, training_dataset_id
+                )
             except LostRace:
                 continue
         raise FailedPrecondition(f"could not number a new version of {model!r}; retry")
@@ -153,6 +151,7 @@ class Versions:
         files: Sequence[FileSpec],
         config: str,
         manifest_sha256: str,
+        training_dataset_id: int | None,
     ) -> VersionRecord:
         with db.database.atomic():
             model_row = model_for_upload(model)
@@ -182,6 +181,7 @@ class Versions:
                     files=json.dumps([[spec.path, spec.size, spec.sha256] for spec in files]),
                     config=config,
                     upload_id=upload_id,
+                    training_dataset=training_dataset_id,
                 )
             )
             tables.Upload.update(committed_version=number, update_time=db.utcnow()).where(
@@ -233,21 +233,51 @@ def version_row(model: str, version: int) -> Any:
     """The store row of ``model``'s ``version`` (0: the latest), or NotFound."""
     found = model_row(model)
     query = tables.ModelVersion.select().where(tables.ModelVersion.model == found)
+    return numbered_row(query, tables.ModelVersion.version, version, f"model {model!r}")
+
+
+def numbered_row(query: Any, number: Any, version: int, owner: str) -> Any:
+    """The row of ``query`` (one owner's versions) whose ``number`` column is ``version``,
+    the highest for 0; NotFound naming ``owner`` (e.g. "model 'add'") when there is none."""
     if version < 0:
         raise InvalidArgument(f"version must be positive, got {version}")
     if version == 0:
-        row = query.order_by(tables.ModelVersion.version.desc()).first()
+        row = query.order_by(number.desc()).first()
         if row is None:
-            raise NotFound(f"model {model!r} has no versions yet: upload one first")
+            raise NotFound(f"{owner} has no versions yet: upload one first")
         return row
-    row = query.where(tables.ModelVersion.version == version).first()
+    row = query.where(number == version).first()
     if row is None:
-        raise NotFound(f"model {model!r} has no version {version}")
+        raise NotFound(f"{owner} has no version {version}")
     return row
 
 
+def files_to_send(files: Sequence[FileSpec], path: str, offset: int, what: str) -> list[FileSpec]:
+    """Of a version's ``files``, those a download streams: all, or only ``path`` (from
+    ``offset``); ``what`` names the version in the NotFound for a missing path."""
+    if path:
+        check_relative_path(path)
+        files = [spec for spec in files if spec.path == path]
+        if not files:
+            raise NotFound(f"{what} has no file {path!r}")
+    if offset < 0 or (offset and not path):
+        raise InvalidArgument("offset must be >= 0 and is allowed only with a path")
+    return list(files)
+
+
 def _version_record(row: Any, model: str) -> VersionRecord:
+    training = None
+    if row.training_dataset_id is not None:
+        used = (
+            tables.DatasetVersion.select(tables.DatasetVersion.version, tables.Dataset.name)
+            .join(tables.Dataset)
+            .where(tables.DatasetVersion.id == row.training_dataset_id)
+            .tuples()
+            .first()
+        )
+        training = None if used is None else (str(used[1]), int(used[0]))
     return VersionRecord(
+        training_dataset=training,
         model=model,
         version=row.version,
         sha256=row.sha256,

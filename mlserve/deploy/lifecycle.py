@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from mlserve.catalog.pipelines import (
     writable_pipeline,
 )
 from mlserve.catalog.versions import VersionRecord, find_version
+from mlserve.core.aio import Backoff
 from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -68,6 +70,9 @@ from mlserve.triton.serving import NO_SETTINGS, ServingSettings
 log = logging.getLogger(__name__)
 
 UPDATABLE_DEPLOYMENT_FIELDS = frozenset({"version", "servers"})
+# How long the reconciler waits before loading again a deployment whose load
+# failed on a server: 2 s, doubling to 5 minutes (an API call loads at once).
+RELOAD_BACKOFF = Backoff(initial=2.0, cap=300.0)
 _LIST_KEY = {"list": "deployments"}
 
 __all__ = ["DEFAULT_SERVER", "DeploymentRecord", "Deployments", "Placement", "Wanted"]
@@ -132,7 +137,15 @@ class _OnServer:
 class Deployments:
     """Every deployment's lifecycle: create, update, delete, and reconcile."""
 
-    def __init__(self, fleet: Fleet, repository: Repository, tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        repository: Repository,
+        tokens: PageTokens,
+        *,
+        retry: Backoff = RELOAD_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.fleet = fleet
         self.repository = repository
         self.tokens = tokens
@@ -141,6 +154,11 @@ class Deployments:
         # One lock per Triton model name, for model and pipeline deployments alike.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._listeners: list[Callable[[], Awaitable[None]]] = []
+        # (deployment, server) whose last load failed: failures in a row, and
+        # when the reconciler may try again.
+        self._retry = retry
+        self._clock = clock
+        self._failed_loads: dict[tuple[str, str], tuple[int, float]] = {}
         fleet.track_holdings(targets.ServerHoldings())
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
@@ -369,6 +387,8 @@ class Deployments:
         for found in await in_thread(_on_server)(server):
             if self._busy(found.models) or (found.is_pipeline and found.state == FAILED):
                 continue
+            if not self._may_retry(found.name, server):
+                continue  # its last loads there failed: wait out the back-off
             if await client.model_ready(found.name, found.version):
                 if found.state != READY:
                     await in_thread(targets.set_state)(found.name, server, READY, "")
@@ -424,9 +444,27 @@ class Deployments:
         else:
             state, message = await self._load_model(order, server)
         await in_thread(targets.set_state)(name, server, state, message, members)
+        # An unreachable server is the health loop's to watch; a refused load is ours.
+        self._count_load(name, server, failed=state == FAILED)
         # Only to show what is loaded; the caller holds the deployment's locks,
         # so the reconciler must not be called from here.
         await self.fleet.refresh(server, notify=False)
+
+    def _may_retry(self, name: str, server: str) -> bool:
+        failed = self._failed_loads.get((name, server))
+        return failed is None or self._clock() >= failed[1]
+
+    def _count_load(self, name: str, server: str, *, failed: bool) -> None:
+        """Remember a failed load of ``name`` on ``server`` (the reconciler then waits
+        ``retry``'s delay, doubling, before the next); forget it once one works."""
+        if not failed:
+            self._failed_loads.pop((name, server), None)
+            return
+        failures = self._failed_loads.get((name, server), (0, 0.0))[0] + 1
+        self._failed_loads[(name, server)] = (
+            failures,
+            self._clock() + self._retry.delay(failures),
+        )
 
     async def _load_model(self, order: _LoadOrder, server: str) -> tuple[str, str]:
         """Load a model deployment; return its target's (state, message)."""

@@ -2,7 +2,7 @@
 
 A blob is a row (``tables.Blob``) and a file or object (``Repository.store_blob``). What
 uses a blob is a row too: ``VersionFile`` (a version's file, hard-linked to the
-blob in the directory Triton reads) and ``Artifact``. An upload that was told
+blob in the directory Triton reads), ``Artifact`` and ``DatasetFile``. An upload that was told
 "this content is already here, skip its bytes" holds a ``BlobPin`` until it
 commits, so the blob it was promised cannot vanish under it.
 
@@ -160,5 +160,6 @@ def _unused_blobs() -> Any:
     return tables.Blob.select(tables.Blob.sha256).where(
         ~pw.fn.EXISTS(used_by(tables.VersionFile))
         & ~pw.fn.EXISTS(used_by(tables.Artifact))
+        & ~pw.fn.EXISTS(used_by(tables.DatasetFile))
         & ~pw.fn.EXISTS(used_by(tables.BlobPin))
     )

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 15
 
 
 class BaseModel(pw.Model):
@@ -208,6 +208,46 @@ class ModelLabel(BaseModel):
         indexes = ((("model", "key"), True), (("key", "value", "model"), False))
 
 
+class Dataset(BaseModel):
+    """A dataset's metadata (schema 13): a named, workspace-owned family of versions,
+    seen and changed by the rules of models (visibility, workspace)."""
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    description = pw.TextField(default="")
+    workspace = pw.ForeignKeyField(Workspace, null=True, backref="datasets", on_delete="RESTRICT")
+    visibility = pw.CharField(max_length=16, default="private")
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+
+class DatasetTag(BaseModel):
+    """One tag of a dataset, in its own table so tag filters and counts use an index."""
+
+    dataset = pw.ForeignKeyField(Dataset, backref="tag_rows", on_delete="CASCADE")
+    tag = pw.CharField(max_length=64)
+
+    class Meta:
+        indexes = ((("dataset", "tag"), True), (("tag", "dataset"), False))
+
+
+class DatasetVersion(BaseModel):
+    """One immutable, numbered set of a dataset's files, with the schema read from them."""
+
+    id = pw.AutoField()
+    dataset = pw.ForeignKeyField(Dataset, backref="versions", on_delete="CASCADE")
+    version = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64)
+    size_bytes = pw.BigIntegerField()
+    columns = pw.TextField()  # JSON list of [name, arrow type]
+    row_count = pw.BigIntegerField()
+    upload_id = pw.CharField(max_length=128)
+    create_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("dataset", "version"), True), (("dataset", "sha256"), False))
+
+
 class ModelVersion(BaseModel):
     id = pw.AutoField()
     model = pw.ForeignKeyField(Model, backref="versions", on_delete="CASCADE")
@@ -218,6 +258,11 @@ class ModelVersion(BaseModel):
     config = pw.TextField()
     upload_id = pw.CharField(max_length=128)
     create_time = pw.DateTimeField(default=utcnow)
+    # Schema 13: the dataset version it was trained on; a dataset named here
+    # cannot be deleted (RESTRICT, and the catalog refuses first).
+    training_dataset = pw.ForeignKeyField(
+        DatasetVersion, null=True, on_delete="RESTRICT", index=True
+    )
 
     class Meta:
         indexes = ((("model", "version"), True),)
@@ -303,6 +348,15 @@ class Artifact(BaseModel):
 
     class Meta:
         indexes = ((("version", "path"), True),)
+
+
+class DatasetFile(BaseModel):
+    """A file of a dataset version: a use of the blob holding its bytes."""
+
+    version = pw.ForeignKeyField(DatasetVersion, backref="file_rows", on_delete="CASCADE")
+    path = pw.TextField()
+    blob = pw.ForeignKeyField(Blob, on_delete="RESTRICT", column_name="blob_sha256", index=True)
+    row_count = pw.BigIntegerField()
 
 
 class Server(BaseModel):
@@ -418,6 +472,40 @@ class LoggingPolicy(BaseModel):
     update_time = pw.DateTimeField(default=utcnow)
 
 
+class Assay(BaseModel):
+    """A drift assay over a model's inference log (owned by mlserve.assays).
+
+    The spec (path, baseline, window, summarizer) is one JSON document: it is
+    only ever read whole. ``next_window`` is where the scheduler goes on.
+    """
+
+    id = pw.AutoField()
+    name = pw.CharField(unique=True, max_length=128)
+    model = pw.ForeignKeyField(Model, backref="assays", on_delete="CASCADE")
+    spec = pw.TextField()
+    active = pw.BooleanField(default=True, index=True)
+    next_window = pw.DateTimeField(null=True)
+    create_time = pw.DateTimeField(default=utcnow)
+    update_time = pw.DateTimeField(default=utcnow)
+
+
+class AssayResult(BaseModel):
+    """One scheduled window of an assay; (assay, window_start) is unique, so several
+    replicas never store a window twice."""
+
+    id = pw.AutoField()
+    assay = pw.ForeignKeyField(Assay, backref="results", on_delete="CASCADE")
+    window_start = pw.DateTimeField()
+    window_end = pw.DateTimeField()
+    count = pw.BigIntegerField()
+    result = pw.TextField()  # JSON: edges, both densities, per-bin scores, score, status
+    status = pw.CharField(max_length=16)
+    compute_time = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("assay", "window_start"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -448,6 +536,12 @@ TABLES: list[type[BaseModel]] = [
     LoggingPolicy,
     OidcIdentity,
     UploadPart,
+    Dataset,
+    DatasetTag,
+    DatasetVersion,
+    DatasetFile,
+    Assay,
+    AssayResult,
 ]
 
 
@@ -688,6 +782,20 @@ def _add_upload_parts(db: pw.Database) -> None:
     db.create_tables([UploadPart])
 
 
+def _add_datasets(db: pw.Database) -> None:
+    """Datasets (issue 15), and the training dataset a model version names."""
+    db.create_tables([Dataset, DatasetTag, DatasetVersion, DatasetFile])
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        # An indexed column: add_column makes its index too.
+        migrator.add_column("model_version", "training_dataset_id", ModelVersion.training_dataset),
+    )
+
+
+def _add_assays(db: pw.Database) -> None:
+    db.create_tables([Assay, AssayResult])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -701,6 +809,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     10: _add_oidc_identities,
     11: _fold_pipeline_deployments,
     12: _add_upload_parts,
+    13: _add_datasets,
+    14: _add_assays,
 }
 
 

@@ -15,7 +15,7 @@ from tests.support.mlserve import MLServeProcess, started_without_triton
 
 FEATURES = {
     "tls", "postgresql", "s3_storage", "inference_log", "assays", "training", "explain",
-    "oidc", "metrics", "embedded_triton", "pipelines",
+    "oidc", "metrics", "embedded_triton", "pipelines", "datasets",
 }  # fmt: skip
 
 
@@ -51,7 +51,7 @@ def test_the_instance_says_what_it_is_and_what_is_on(
     assert set(instance.features) == FEATURES
     on = {name for name, enabled in instance.features.items() if enabled}
     # started with --no-embedded-triton, SQLite, plaintext, no metrics; nothing unbuilt is on
-    assert on <= {"oidc", "pipelines", "inference_log"}
+    assert on <= {"oidc", "pipelines", "inference_log", "datasets"}
     assert {"oidc", "pipelines"} <= on
 
 

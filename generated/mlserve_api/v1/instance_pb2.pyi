@@ -77,7 +77,7 @@ class Instance(_message.Message):
     def features(self) -> _containers.ScalarMap[_builtins.str, _builtins.bool]:
         """Features by name, true only when built into this MLServe and switched on:
         "tls", "postgresql", "s3_storage", "inference_log", "assays", "training",
-        "explain", "oidc", "metrics", "embedded_triton", "pipelines". A name
+        "explain", "oidc", "metrics", "embedded_triton", "pipelines", "datasets". A name
         missing from the map is a feature this version does not know.
         """
 

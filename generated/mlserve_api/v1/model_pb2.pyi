@@ -648,6 +648,7 @@ class ModelVersion(_message.Message):
     INFERENCE_COUNT_FIELD_NUMBER: _builtins.int
     INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
+    TRAINING_DATASET_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of the model this version belongs to."""
     version: _builtins.int
@@ -678,6 +679,12 @@ class ModelVersion(_message.Message):
     def last_inference_time(self) -> _timestamp_pb2.Timestamp:
         """When this version last served an inference. Output only."""
 
+    @_builtins.property
+    def training_dataset(self) -> Global___DatasetVersionRef:
+        """The dataset version it was trained on, unset when none was named (see
+        UploadHeader.training_dataset).
+        """
+
     def __init__(
         self,
         *,
@@ -692,14 +699,41 @@ class ModelVersion(_message.Message):
         inference_count: _builtins.int = ...,
         inference_failures: _builtins.int = ...,
         last_inference_time: _timestamp_pb2.Timestamp | None = ...,
+        training_dataset: Global___DatasetVersionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "files", b"files", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "last_inference_time", b"last_inference_time", "model", b"model", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "files", b"files", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "last_inference_time", b"last_inference_time", "model", b"model", "sha256", b"sha256", "size_bytes", b"size_bytes", "training_dataset", b"training_dataset", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class DatasetVersionRef(_message.Message):
+    """DatasetVersionRef names one version of a dataset (DatasetService)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """The dataset's name."""
+    version: _builtins.int
+    """Its version; 0 means the latest at the time of the call."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetVersionRef: _TypeAlias = DatasetVersionRef  # noqa: Y015
 
 @_typing.final
 class UploadModelVersionRequest(_message.Message):
@@ -745,6 +779,7 @@ class UploadHeader(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    TRAINING_DATASET_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name; the model is created if it does not exist."""
     upload_id: _builtins.str
@@ -760,6 +795,14 @@ class UploadHeader(_message.Message):
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileManifest]:
         """Every file of the version."""
 
+    @_builtins.property
+    def training_dataset(self) -> Global___DatasetVersionRef:
+        """Optional: the dataset version the model was trained on, which the
+        caller must be able to see. While a version names it, the dataset
+        cannot be deleted. Not part of the manifest digest: identical files
+        return the existing version and keep its training dataset.
+        """
+
     def __init__(
         self,
         *,
@@ -767,10 +810,11 @@ class UploadHeader(_message.Message):
         upload_id: _builtins.str = ...,
         files: _abc.Iterable[Global___FileManifest] | None = ...,
         config: _builtins.str = ...,
+        training_dataset: Global___DatasetVersionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "files", b"files", "model", b"model", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "files", b"files", "model", b"model", "training_dataset", b"training_dataset", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

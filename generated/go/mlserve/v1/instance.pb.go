@@ -73,7 +73,7 @@ type Instance struct {
 	Authentication *Authentication `protobuf:"bytes,3,opt,name=authentication,proto3" json:"authentication,omitempty"`
 	// Features by name, true only when built into this MLServe and switched on:
 	// "tls", "postgresql", "s3_storage", "inference_log", "assays", "training",
-	// "explain", "oidc", "metrics", "embedded_triton", "pipelines". A name
+	// "explain", "oidc", "metrics", "embedded_triton", "pipelines", "datasets". A name
 	// missing from the map is a feature this version does not know.
 	Features map[string]bool `protobuf:"bytes,4,rep,name=features,proto3" json:"features,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"varint,2,opt,name=value,proto3"`
 }

@@ -40,7 +40,7 @@ export interface Instance {
   /**
    * Features by name, true only when built into this MLServe and switched on:
    * "tls", "postgresql", "s3_storage", "inference_log", "assays", "training",
-   * "explain", "oidc", "metrics", "embedded_triton", "pipelines". A name
+   * "explain", "oidc", "metrics", "embedded_triton", "pipelines", "datasets". A name
    * missing from the map is a feature this version does not know.
    */
   features: { [key: string]: boolean };

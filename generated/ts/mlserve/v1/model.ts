@@ -511,7 +511,22 @@ export interface ModelVersion {
   /** Of those, how many failed. Output only. */
   inferenceFailures: string;
   /** When this version last served an inference. Output only. */
-  lastInferenceTime?: Date | undefined;
+  lastInferenceTime?:
+    | Date
+    | undefined;
+  /**
+   * The dataset version it was trained on, unset when none was named (see
+   * UploadHeader.training_dataset).
+   */
+  trainingDataset?: DatasetVersionRef | undefined;
+}
+
+/** DatasetVersionRef names one version of a dataset (DatasetService). */
+export interface DatasetVersionRef {
+  /** The dataset's name. */
+  dataset: string;
+  /** Its version; 0 means the latest at the time of the call. */
+  version: string;
 }
 
 /**
@@ -544,6 +559,13 @@ export interface UploadHeader {
    * naming the backend it recognises from the files (model.py: python).
    */
   config: string;
+  /**
+   * Optional: the dataset version the model was trained on, which the
+   * caller must be able to see. While a version names it, the dataset
+   * cannot be deleted. Not part of the manifest digest: identical files
+   * return the existing version and keep its training dataset.
+   */
+  trainingDataset?: DatasetVersionRef | undefined;
 }
 
 /** GetUploadRequest names an upload. */
@@ -2438,6 +2460,7 @@ function createBaseModelVersion(): ModelVersion {
     inferenceCount: "0",
     inferenceFailures: "0",
     lastInferenceTime: undefined,
+    trainingDataset: undefined,
   };
 }
 
@@ -2475,6 +2498,9 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     }
     if (message.lastInferenceTime !== undefined) {
       Timestamp.encode(toTimestamp(message.lastInferenceTime), writer.uint32(90).fork()).join();
+    }
+    if (message.trainingDataset !== undefined) {
+      DatasetVersionRef.encode(message.trainingDataset, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -2580,6 +2606,14 @@ export const ModelVersion: MessageFns<ModelVersion> = {
             message.lastInferenceTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.trainingDataset = DatasetVersionRef.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2629,6 +2663,11 @@ export const ModelVersion: MessageFns<ModelVersion> = {
         : isSet(object.last_inference_time)
         ? fromJsonTimestamp(object.last_inference_time)
         : undefined,
+      trainingDataset: isSet(object.trainingDataset)
+        ? DatasetVersionRef.fromJSON(object.trainingDataset)
+        : isSet(object.training_dataset)
+        ? DatasetVersionRef.fromJSON(object.training_dataset)
+        : undefined,
     };
   },
 
@@ -2667,6 +2706,9 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     if (message.lastInferenceTime !== undefined) {
       obj.lastInferenceTime = message.lastInferenceTime.toISOString();
     }
+    if (message.trainingDataset !== undefined) {
+      obj.trainingDataset = DatasetVersionRef.toJSON(message.trainingDataset);
+    }
     return obj;
   },
 
@@ -2686,6 +2728,94 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     message.inferenceCount = object.inferenceCount ?? "0";
     message.inferenceFailures = object.inferenceFailures ?? "0";
     message.lastInferenceTime = object.lastInferenceTime ?? undefined;
+    message.trainingDataset = (object.trainingDataset !== undefined && object.trainingDataset !== null)
+      ? DatasetVersionRef.fromPartial(object.trainingDataset)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDatasetVersionRef(): DatasetVersionRef {
+  return { dataset: "", version: "0" };
+}
+
+export const DatasetVersionRef: MessageFns<DatasetVersionRef> = {
+  encode(message: DatasetVersionRef, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.dataset !== "") {
+      writer.uint32(10).string(message.dataset);
+    }
+    if (message.version !== "0") {
+      writer.uint32(16).int64(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DatasetVersionRef {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDatasetVersionRef();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.dataset = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.int64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DatasetVersionRef {
+    return {
+      dataset: isSet(object.dataset) ? globalThis.String(object.dataset) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "0",
+    };
+  },
+
+  toJSON(message: DatasetVersionRef): unknown {
+    const obj: any = {};
+    if (message.dataset !== "") {
+      obj.dataset = message.dataset;
+    }
+    if (message.version !== "0") {
+      obj.version = message.version;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DatasetVersionRef>, I>>(base?: I): DatasetVersionRef {
+    return DatasetVersionRef.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DatasetVersionRef>, I>>(object: I): DatasetVersionRef {
+    const message = createBaseDatasetVersionRef();
+    message.dataset = object.dataset ?? "";
+    message.version = object.version ?? "0";
     return message;
   },
 };
@@ -2780,7 +2910,7 @@ export const UploadModelVersionRequest: MessageFns<UploadModelVersionRequest> = 
 };
 
 function createBaseUploadHeader(): UploadHeader {
-  return { model: "", uploadId: "", files: [], config: "" };
+  return { model: "", uploadId: "", files: [], config: "", trainingDataset: undefined };
 }
 
 export const UploadHeader: MessageFns<UploadHeader> = {
@@ -2796,6 +2926,9 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     }
     if (message.config !== "") {
       writer.uint32(34).string(message.config);
+    }
+    if (message.trainingDataset !== undefined) {
+      DatasetVersionRef.encode(message.trainingDataset, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -2845,6 +2978,14 @@ export const UploadHeader: MessageFns<UploadHeader> = {
             message.config = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.trainingDataset = DatasetVersionRef.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2867,6 +3008,11 @@ export const UploadHeader: MessageFns<UploadHeader> = {
         : "",
       files: globalThis.Array.isArray(object?.files) ? object.files.map((e: any) => FileManifest.fromJSON(e)) : [],
       config: isSet(object.config) ? globalThis.String(object.config) : "",
+      trainingDataset: isSet(object.trainingDataset)
+        ? DatasetVersionRef.fromJSON(object.trainingDataset)
+        : isSet(object.training_dataset)
+        ? DatasetVersionRef.fromJSON(object.training_dataset)
+        : undefined,
     };
   },
 
@@ -2884,6 +3030,9 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     if (message.config !== "") {
       obj.config = message.config;
     }
+    if (message.trainingDataset !== undefined) {
+      obj.trainingDataset = DatasetVersionRef.toJSON(message.trainingDataset);
+    }
     return obj;
   },
 
@@ -2896,6 +3045,9 @@ export const UploadHeader: MessageFns<UploadHeader> = {
     message.uploadId = object.uploadId ?? "";
     message.files = object.files?.map((e) => FileManifest.fromPartial(e)) || [];
     message.config = object.config ?? "";
+    message.trainingDataset = (object.trainingDataset !== undefined && object.trainingDataset !== null)
+      ? DatasetVersionRef.fromPartial(object.trainingDataset)
+      : undefined;
     return message;
   },
 };

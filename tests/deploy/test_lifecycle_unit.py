@@ -1,6 +1,6 @@
-"""The deployment lifecycle's locks, over scripted Triton clients: one lock per
-Triton model name, and reads of the deployment made under it; the database's
-named locks across processes."""
+"""The deployment lifecycle over scripted Triton clients: one lock per Triton
+model name, and reads of the deployment made under it; the database's named
+locks across processes; the reconciler's back-off on a failing load."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import peewee as pw
 import pytest
 from google.protobuf import text_format
 
+from mlserve.core.aio import Backoff
+from mlserve.core.errors import FailedPrecondition
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
 from mlserve.storage import db, tables
@@ -113,3 +115,43 @@ def test_a_waiting_holder_goes_on_once_the_first_lets_go(store_db: pw.Database) 
         return order
 
     assert asyncio.run(scenario()) == ["first holds", "first lets go", "second holds"]
+
+
+def test_the_reconciler_backs_off_a_failing_load(store_db: pw.Database, tmp_path: Path) -> None:
+    """A deployment whose load keeps failing is tried again after 2, 4, 8 … seconds of
+    the lifecycle's clock, not every round; once a load works it is retried no more."""
+    add_versions("m", 1)
+    now = [0.0]
+
+    async def scenario() -> list[int]:
+        tritons = ScriptedTritons()
+        fleet = await scripted_fleet(tritons, "a")
+        repository = LocalRepository(
+            tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs"
+        )
+        deployments = Deployments(
+            fleet,
+            repository,
+            PageTokens(b"k" * 32),
+            retry=Backoff(2.0, 300.0),
+            clock=lambda: now[0],
+        )
+        triton = tritons["a"]
+        triton.load_errors["m"] = FailedPrecondition("the model is broken")
+        created = await deployments.create(Wanted(model="m", version=1))
+        assert created.state == "FAILED"
+        loads = []
+        for at in (0.5, 1.9, 2.0, 3.0, 5.9, 6.0, 13.9):  # failed at 0: again at 2, 6, 14
+            now[0] = at
+            await deployments.reconcile_server("a")
+            loads.append(triton.calls.count(("load", "m")))
+        del triton.load_errors["m"]
+        now[0] = 14.0
+        await deployments.reconcile_server("a")
+        assert (await deployments.get("m")).state == "READY"
+        now[0] = 15.0
+        await deployments.reconcile_server("a")
+        loads.append(triton.calls.count(("load", "m")))
+        return loads
+
+    assert asyncio.run(scenario()) == [1, 1, 2, 2, 2, 3, 3, 4]

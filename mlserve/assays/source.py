@@ -1,0 +1,81 @@
+"""Reading one number per call out of the inference log, vectorised.
+
+Reads only the ``time``, ``version`` and one tensor column of each hour
+partition the range touches (``mlserve.monitor.parquet``'s layout), and takes
+element ``index`` of every row's list with numpy (no loop over rows).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path as FilePath
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlserve.assays.spec import Path
+from mlserve.monitor import parquet
+
+_HOUR = dt.timedelta(hours=1)
+_TIME = pa.timestamp("us", tz="UTC")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def micros(moment: dt.datetime) -> int:
+    """Microseconds since the epoch (the log's time unit)."""
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def logged_values(
+    root: FilePath,
+    model: str,
+    version: int,
+    path: Path,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """(times in µs, values) of ``path`` in ``model``'s log in [start, end), by time."""
+    times: list[npt.NDArray[np.int64]] = []
+    values: list[npt.NDArray[np.float64]] = []
+    column = path.column()
+    for file in parquet.files(root / f"model={model}"):
+        hour = parquet.partition_hour(file)
+        if hour is None or hour + _HOUR <= start or hour >= end:
+            continue
+        if column not in pq.read_schema(file).names:
+            continue
+        table = pq.read_table(file, columns=["time", "version", column])
+        keep = pc.and_(
+            pc.greater_equal(table["time"], pa.scalar(start, _TIME)),
+            pc.less(table["time"], pa.scalar(end, _TIME)),
+        )
+        if version:
+            keep = pc.and_(keep, pc.equal(table["version"], version))
+        table = table.filter(keep)
+        if not table.num_rows:
+            continue
+        found, element = _element(table[column].combine_chunks(), path.index)
+        stamps = table["time"].combine_chunks().cast(pa.int64()).to_numpy()
+        times.append(stamps[found])
+        values.append(element)
+    if not times:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    all_times = np.concatenate(times)
+    order = np.argsort(all_times, kind="stable")
+    return all_times[order], np.concatenate(values)[order]
+
+
+def _element(
+    lists: pa.ListArray, index: int
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """Which rows have element ``index``, and those elements as float64."""
+    offsets = lists.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    valid = np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    found = valid & (lengths > index)
+    positions = offsets[:-1][found] + index
+    flat = lists.values.to_numpy(zero_copy_only=False)
+    return found, np.asarray(flat[positions], dtype=np.float64)
