@@ -19,7 +19,7 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve.catalog.models import VersionRecord
+from mlserve.catalog.versions import VersionRecord
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.tenancy import Placed, check_may_hold, may_hold
