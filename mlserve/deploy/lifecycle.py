@@ -124,6 +124,24 @@ class _LoadOrder:
 
 
 @dataclass(frozen=True)
+class _Rollout:
+    """A model deployment moving to another version: the servers where the version it
+    serves is READY (each with whether it shares the repository), and the config that
+    makes Triton serve both versions side by side."""
+
+    servers: tuple[tuple[str, bool], ...]
+    versions: tuple[VersionRecord, VersionRecord]  # (serving now, next)
+    config_json: str
+
+    def files_to_push(self, repository: Repository) -> dict[str, bytes]:
+        """Both versions' files, for a server that does not share the repository."""
+        files: dict[str, bytes] = {}
+        for record in self.versions:
+            files.update(targets.files_to_push(repository, record))
+        return files
+
+
+@dataclass(frozen=True)
 class _OnServer:
     """A deployment targeting one server, as the reconciler looks at it."""
 
@@ -423,12 +441,49 @@ class Deployments:
                 )
         servers = await self.placer.place(placement, [placed])
         await self.placer.require_ready(servers)
-        previous = await in_thread(_write_model)(model, target.version, servers, settings)
+        serving_both = await self._load_beside(model, target.version, servers, settings)
+        previous = await in_thread(_write_model)(
+            model, target.version, servers, settings, serving_both
+        )
+        if serving_both:
+            await self._notify()  # the route moves to the new version where it serves
         for server in sorted(set(previous) - set(servers)):
             await self.placer.unload_unused(server, {model})
+        # Loading the version alone also unloads the old one where both served;
+        # Triton lets the requests in flight on it finish first.
         await asyncio.gather(*(self._load_on(model, server) for server in servers))
         await self._notify()
         return await self.get(model)
+
+    async def _load_beside(
+        self, model: str, version: int, servers: Sequence[str], settings: ServingSettings | None
+    ) -> list[str]:
+        """Load ``version`` of ``model`` beside the version its deployment serves, on
+        each of ``servers`` where that one is READY, so that requests are answered
+        all along while the route still names the old version; return the servers
+        where both versions now serve. Nothing is loaded for a new deployment, the
+        same version, or when the two versions' configs differ in more than their
+        versions (Triton serves one config per model): the old way, a switch, is left.
+        The caller holds the model's lock."""
+        rollout = await in_thread(_rollout)(model, version, servers, settings)
+        if rollout is None:
+            return []
+
+        async def load(server: str, shares: bool) -> bool:
+            try:
+                client = await self.fleet.client(server)
+                files = None if shares else await in_thread(rollout.files_to_push)(self.repository)
+                await client.load(model, config_json=rollout.config_json, files=files)
+            except MLServeError as error:
+                log.warning(
+                    "could not load %s v%d beside v%d on %s: %s",
+                    model, version, rollout.versions[0].version, server, error.message,
+                )  # fmt: skip
+                return False
+            return True
+
+        loaded = await asyncio.gather(*(load(*server) for server in rollout.servers))
+        return [server for (server, _), ok in zip(rollout.servers, loaded, strict=True) if ok]
 
     async def _load_on(self, name: str, server: str) -> None:
         """Load deployment ``name`` on ``server`` and record how it went; the caller
@@ -493,8 +548,7 @@ class Deployments:
                 name, shares, plan=ensembles.recorded_plan(name, row.version, recorded)
             )
         record = find_version(name, row.version)
-        config = modelconfig.for_version(modelconfig.parse(record.config, name), record.version)
-        config = serving.apply(config, ServingSettings.from_json(row.serving), "serving")
+        config = _deployed_config(record, row.serving)
         return _LoadOrder(name, shares, version=record, config_json=modelconfig.to_json(config))
 
 
@@ -588,10 +642,48 @@ def _pipelines_running(model: str) -> list[tuple[str, int]]:
     return [(row.deployment.name, row.version) for row in query]
 
 
-def _write_model(
+def _deployed_config(record: VersionRecord, serving_json: str, field: str = "serving") -> Any:
+    """The config a model deployment loads ``record`` with: pinned to its version,
+    the deployment's serving settings (``serving_json``) applied."""
+    config = modelconfig.for_version(modelconfig.parse(record.config, record.model), record.version)
+    return serving.apply(config, ServingSettings.from_json(serving_json), field)
+
+
+def _rollout(
     model: str, version: int, servers: Sequence[str], settings: ServingSettings | None
+) -> _Rollout | None:
+    """What loading ``version`` beside the version ``model``'s deployment serves on
+    ``servers`` takes; None when there is nothing to load beside (``_load_beside``)."""
+    row = _row_or_none(model)
+    if row is None or row.model_id is None or row.version == version:
+        return None
+    serving_now = [
+        target.server
+        for target in targets.of(row)
+        if target.state == READY and target.server in servers
+    ]
+    if not serving_now:
+        return None
+    old = find_version(model, row.version)
+    new = find_version(model, version)
+    new_serving = row.serving if settings is None else settings.to_json()
+    new_config = _deployed_config(new, new_serving)
+    if not modelconfig.same_but_versions(_deployed_config(old, row.serving), new_config):
+        return None
+    both = modelconfig.for_versions(new_config, [old.version, new.version])
+    shares = [(server, bool(targets.shares_repository(server))) for server in serving_now]
+    return _Rollout(tuple(shares), (old, new), modelconfig.to_json(both))
+
+
+def _write_model(
+    model: str,
+    version: int,
+    servers: Sequence[str],
+    settings: ServingSettings | None,
+    serving_both: Sequence[str] = (),
 ) -> list[str]:
-    """Make the store say "model at version on servers"; return the servers it named before."""
+    """Make the store say "model at version on servers"; return the servers it named
+    before. Targets on ``serving_both`` stay READY: the new version serves there."""
     with db.database.atomic():
         row = _row_or_none(model)
         if row is None:
@@ -609,7 +701,7 @@ def _write_model(
             row.version = version
             row.update_time = db.utcnow()
             row.save()
-        return targets.write(row, servers, reset=new_version)
+        return targets.write(row, servers, reset=new_version, still_ready=serving_both)
 
 
 def _write_pipeline(plan: EnsemblePlan, servers: Sequence[str]) -> None:
@@ -652,13 +744,8 @@ def _refuse_clash(pipeline: str, member: Member) -> None:
     config_text = modelconfig.render(member.config)
     own = _row_or_none(member.model)
     if own is not None and own.model_id is not None:
-        own_config = serving.apply(
-            modelconfig.for_version(
-                modelconfig.parse(find_version(member.model, own.version).config, member.model),
-                own.version,
-            ),
-            ServingSettings.from_json(own.serving),
-            f"deployment {own.name!r}",
+        own_config = _deployed_config(
+            find_version(member.model, own.version), own.serving, f"deployment {own.name!r}"
         )
         if own.version != member.version or modelconfig.render(own_config) != config_text:
             raise FailedPrecondition(

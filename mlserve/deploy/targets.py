@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,15 +193,24 @@ def files_to_push(repository: Repository, record: VersionRecord) -> dict[str, by
 
 
 def write(
-    deployment: Any, servers: Sequence[str], *, reset: bool, members: Sequence[MemberState] = ()
+    deployment: Any,
+    servers: Sequence[str],
+    *,
+    reset: bool,
+    members: Sequence[MemberState] = (),
+    still_ready: Collection[str] = (),
 ) -> list[str]:
     """Make ``deployment``'s targets exactly ``servers``, in that order; return the
     servers it had before. ``reset`` puts every kept target back to PENDING (a new
-    version); new targets start PENDING with ``members`` PENDING too."""
+    version) but those on ``still_ready`` (the new version serves there already);
+    new targets start PENDING with ``members`` PENDING too."""
     previous = [target.server.name for target in deployment.targets]
     if reset:
         tables.DeploymentTarget.update(state=PENDING, message="").where(
-            tables.DeploymentTarget.deployment == deployment
+            (tables.DeploymentTarget.deployment == deployment)
+            & tables.DeploymentTarget.server.not_in(
+                tables.Server.select().where(tables.Server.name.in_(list(still_ready)))
+            )
         ).execute()
     tables.DeploymentTarget.delete().where(
         (tables.DeploymentTarget.deployment == deployment)
