@@ -5,8 +5,6 @@ the contributions add up to the prediction, and each bad input gets its exact co
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,7 +18,7 @@ from tests.support.checks import expect_error
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.tritons import deploy, remove_model, wait_for
 from tests.support.users import PID, make_user
-from tests.training.test_diabetes_example import EXAMPLE, run_by_hand
+from tests.training.test_diabetes_example import diabetes_csv, run_by_hand
 
 Code = grpc.StatusCode
 BYTES_CONFIG = """
@@ -58,10 +56,8 @@ def explain(
 def test_explain_the_diabetes_model(
     mlserve: MLServeProcess, stubs: Stubs, tmp_path: Path, model_name: str
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    csv = data / "diabetes.csv"
-    subprocess.run([sys.executable, str(EXAMPLE / "make_data.py"), str(csv)], check=True)
+    csv = diabetes_csv(tmp_path)
+    data = csv.parent
     frame = pd.read_csv(csv)
     features = frame.drop(columns=["target"])
     small = tmp_path / "small"
@@ -125,7 +121,6 @@ def test_explain_the_diabetes_model(
         for explanation in response.explanations:
             total = response.base_value + sum(explanation.contributions)
             assert abs(total - explanation.prediction) < 1e-2
-        print("explain model_calls", response.model_calls)
         # ⌈perturbations / max_batch_size⌉ per row, not one call per perturbation.
         assert 0 < response.model_calls < 3 * (2048 * 40 // 1024 + 4)
         # The training dataset is not recorded for this version: say to name one.
