@@ -92,7 +92,7 @@ def run(seconds: float = DEFAULT_SECONDS, rounds: int = DEFAULT_ROUNDS) -> Repor
             upload_add(stubs, "add")
             stubs.deployments.CreateDeployment(
                 deployment_pb2.CreateDeploymentRequest(
-                    deployment=deployment_pb2.Deployment(model="add")
+                    wait=True, deployment=deployment_pb2.Deployment(model="add")
                 ),
                 metadata=stubs.auth,
             )

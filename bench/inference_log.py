@@ -69,7 +69,7 @@ def _gateway(home: Path) -> Table:
         upload_add(stubs, "add")
         stubs.deployments.CreateDeployment(
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model="add")
+                wait=True, deployment=deployment_pb2.Deployment(model="add")
             ),
             metadata=stubs.auth,
         )

@@ -29,10 +29,11 @@ from mlserve.storage.repository import Repository
 log = logging.getLogger(__name__)
 
 PENDING = "PENDING"
+LOADING = "LOADING"
 FAILED = "FAILED"
 UNREACHABLE = "UNREACHABLE"
 # Worst first: the overall state of a deployment is its worst target's.
-_SEVERITY = [FAILED, UNREACHABLE, PENDING, READY]
+_SEVERITY = [FAILED, UNREACHABLE, PENDING, LOADING, READY]
 DEFAULT_SERVER = "local"
 
 
