@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -495,7 +495,13 @@ class Deployments:
                 if not held:
                     continue  # being changed here or by another MLServe: next round
                 log.info("reconciling: loading %s v%d on %s", found.name, found.version, server)
-                await self._load_on(found.name, server)
+                load = self._track(found.name, self._load_on(found.name, server))
+                try:
+                    await load
+                except asyncio.CancelledError:
+                    if not load.cancelled():
+                        raise
+                    # A DeleteDeployment abandoned it; go on with the rest.
         await self._notify()
 
     # --- the work -----------------------------------------------------------
@@ -545,7 +551,11 @@ class Deployments:
                 await asyncio.gather(*(self._load_on(name, server) for server in servers))
             await self._notify()
 
-        task = asyncio.create_task(load(), name=f"load {name}")
+        self._track(name, load())
+
+    def _track(self, name: str, load: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``load`` of deployment ``name`` as the task DeleteDeployment abandons."""
+        task = asyncio.create_task(load, name=f"load {name}")
         self._loads[name] = task
 
         def forget(done: asyncio.Task[None]) -> None:
@@ -555,6 +565,7 @@ class Deployments:
                 log.error("loading %s failed", name, exc_info=done.exception())
 
         task.add_done_callback(forget)
+        return task
 
     async def _load_on(self, name: str, server: str) -> None:
         """Load deployment ``name`` on ``server`` and record how it went; the caller
