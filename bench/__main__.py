@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench import (
+    assays,
     auth,
     catalog_list,
     dedup,
@@ -23,13 +24,16 @@ from bench import (
     inference_log,
     oidc,
     pipeline,
+    s3_upload,
+    training,
     upload,
 )
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
-    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log"
+    "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
+    "s3-upload", "training", "assays",
 )  # fmt: skip
 
 
@@ -128,6 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("oidc", lambda: oidc.run()))
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
+    if args.which in ("s3-upload", "all"):
+        benchmarks.append(("s3-upload", lambda: s3_upload.run(args.upload_size)))
+    if args.which in ("training", "all"):
+        benchmarks.append(("training", lambda: training.run()))
+    if args.which in ("assays", "all"):
+        benchmarks.append(("assays", lambda: assays.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

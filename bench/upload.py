@@ -147,6 +147,9 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
         # The default a user gets; the test fixture's 0.5 s is for fast tests.
         "--health-interval",
         "2",
+        # The uploaded file is a model.onnx; no Triton loads it here.
+        "--allowed-backends",
+        "python,onnxruntime",
     )
     server.start(wait_for_triton=False)
     try:

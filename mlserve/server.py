@@ -50,8 +50,10 @@ from mlserve.api.interceptor import (
 from mlserve.api.models import ModelService
 from mlserve.api.pipelines import PipelineService
 from mlserve.api.servers import ServerService
+from mlserve.api.training import TrainingService
 from mlserve.api.users import UserService
 from mlserve.api.workspaces import WorkspaceService
+from mlserve.assays.scheduler import AssayScheduler
 from mlserve.assays.service import Assays
 from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.datasets import Datasets
@@ -74,6 +76,8 @@ from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import LocalRepository, Repository
 from mlserve.storage.s3 import S3Repository
+from mlserve.training.jobs import TrainingJobs
+from mlserve.training.runner import JobStatus, LocalRunner, RunnerLimits
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
@@ -96,6 +100,8 @@ from mlserve_api.v1 import (
     pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
     user_pb2,
     user_pb2_grpc,
     workspace_pb2,
@@ -118,6 +124,7 @@ SERVICES = (
     ASSAY_SERVICE,
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
     dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+    training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
 )
 
 
@@ -250,6 +257,8 @@ class MLServe:
         self._triton: EmbeddedTriton | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._domain: Domain | None = None
+        self._training: TrainingJobs | None = None
+        self._runner: LocalRunner | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -267,6 +276,7 @@ class MLServe:
         )
         if key_file is not None:
             log.info("wrote the first admin key to %s (mode 0600)", key_file)
+        await self._start_training(domain, sandbox)
         self._server = self._grpc_server(domain)
         if settings.tls_cert is not None and settings.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
@@ -294,6 +304,13 @@ class MLServe:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
+        assay_scheduler = AssayScheduler(
+            domain.assays,
+            domain.stats.registry,
+            # A window is scored once the log's writer has flushed its last calls.
+            settle=dt.timedelta(seconds=settings.log_flush_interval + 1),
+        )
+        self._loops.append(asyncio.create_task(assay_scheduler.run(), name="assay-scheduler"))
         health_loop = HealthLoop(
             domain.fleet,
             settings.health_interval,
@@ -313,6 +330,28 @@ class MLServe:
         sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
         self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
+
+    async def _start_training(self, domain: Domain, sandbox: Sandbox | None) -> None:
+        """The local training runner, in the sandbox Triton uses (found here when there is
+        no embedded Triton); without one, TrainingService answers FAILED_PRECONDITION."""
+        if sandbox is None:
+            try:
+                sandbox = await in_thread(Sandbox.find)()
+            except MLServeError as error:
+                log.warning("training jobs are off: %s", error)
+                return
+        if not sandbox.confined:
+            log.warning("training jobs are off: they never run without the sandbox")
+            return
+
+        async def finished(status: JobStatus) -> None:
+            assert self._training is not None
+            await self._training.finished(status)
+
+        self._runner = LocalRunner(sandbox, RunnerLimits(), finished)
+        workdir = self.settings.storage_dir / "training"
+        self._training = TrainingJobs(self._runner, domain.uploads, domain.repository, workdir)
+        self._runner.start()
 
     def ready_line(self) -> str:
         """The one line that tells someone who just ran ``mlserve serve`` where things are."""
@@ -344,6 +383,8 @@ class MLServe:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._runner is not None:
+            await self._runner.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -422,6 +463,9 @@ class MLServe:
         )
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(
             DatasetService(domain.datasets, domain.uploads), server
+        )
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingService(self._training), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])

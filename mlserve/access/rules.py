@@ -217,6 +217,14 @@ RULES: dict[str, Rule] = {
     ),
     **_service("mlserve.v1.InstanceService", GetInstance=Rule(Who.ANY_KEY)),
     **_service(
+        "mlserve.v1.TrainingService",
+        CreateTrainingJob=_EDIT,
+        GetTrainingJob=_READ,
+        ListTrainingJobs=_READ,
+        CancelTrainingJob=_EDIT,
+        WatchTrainingJob=_READ,
+    ),
+    **_service(
         "mlserve.v1.DatasetService",
         CreateDataset=_EDIT,
         GetDataset=_READ,

@@ -145,7 +145,7 @@ class Assays:
     def preview(self, spec: AssaySpec) -> BaselineSummary:
         """The baseline binned as ``spec`` says; stores nothing."""
         model_row(spec.model)
-        return self._baseline(self._checked(spec))
+        return self.baseline_of(self._checked(spec))
 
     @in_thread
     def run(
@@ -162,17 +162,17 @@ class Assays:
             spec, created = self._checked(inline), dt.datetime.now(dt.timezone.utc)
         else:
             raise InvalidArgument("name or assay is required: the assay to run")
-        baseline = self._baseline(spec)
+        baseline = self.baseline_of(spec)
         spans = windows(spec, first_window_start(spec, created), start, end)
-        return baseline, self._score(spec, baseline, spans)
+        return baseline, self.score(spec, baseline, spans)
 
-    def _score(
+    def score(
         self,
         spec: AssaySpec,
         baseline: BaselineSummary,
         spans: list[tuple[dt.datetime, dt.datetime]],
     ) -> list[WindowResult]:
-        """Score ``spans`` with one read of the log they cover."""
+        """Score ``spans`` with one read of the log they cover (blocking)."""
         if not spans:
             return []
         times, values = source.logged_values(
@@ -190,7 +190,7 @@ class Assays:
     def _checked_with_data(self, spec: AssaySpec) -> AssaySpec:
         """``spec`` checked, and its baseline found to have values."""
         spec = self._checked(spec)
-        self._baseline(spec)
+        self.baseline_of(spec)
         return spec
 
     def _checked(self, spec: AssaySpec) -> AssaySpec:
@@ -202,7 +202,9 @@ class Assays:
             raise InvalidArgument(f"version: {error.message}") from None
         return dataclasses.replace(spec, path=resolve_path(spec.path, config, spec.model))
 
-    def _baseline(self, spec: AssaySpec) -> BaselineSummary:
+    def baseline_of(self, spec: AssaySpec) -> BaselineSummary:
+        """The binned baseline of a checked spec; InvalidArgument when it has no values
+        (blocking)."""
         baseline = spec.baseline
         if baseline.is_range:
             assert baseline.start is not None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import peewee as pw
 
@@ -27,10 +27,6 @@ from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
-
-if TYPE_CHECKING:  # re-exported lazily below
-    from mlserve.catalog.versions import VersionRecord as VersionRecord
-    from mlserve.catalog.versions import find_version as find_version
 
 
 @dataclass(frozen=True)
@@ -384,16 +380,3 @@ def downloadable_model_ids() -> Any:
         return None
     readable = visible & (tables.Model.allow_download == True)  # noqa: E712
     return tables.Model.select(tables.Model.id).where(readable)
-
-
-if not TYPE_CHECKING:  # mypy sees the re-exports at the top instead
-
-    def __getattr__(name: str) -> Any:
-        """``VersionRecord`` and ``find_version``, which moved to ``versions.py``, for the
-        deploy modules that still import them from here (until their owner's next change);
-        lazily, because versions.py imports this module."""
-        if name in ("VersionRecord", "find_version"):
-            from mlserve.catalog import versions
-
-            return getattr(versions, name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

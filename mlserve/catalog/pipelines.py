@@ -22,7 +22,7 @@ from mlserve.catalog.models import Usage
 from mlserve.catalog.namespace import refuse_model_name
 from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mlserve.core.names import check_name
+from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
@@ -182,11 +182,7 @@ class Pipelines:
             InvalidArgument: an empty or unknown mask entry, or a spec that no longer checks.
             PermissionDenied: the caller may see the pipeline but not change it.
         """
-        unknown = set(mask) - UPDATABLE_PIPELINE_FIELDS
-        if unknown or not mask:
-            raise InvalidArgument(
-                "update_mask must name some of: " + ", ".join(sorted(UPDATABLE_PIPELINE_FIELDS))
-            )
+        check_update_mask(mask, UPDATABLE_PIPELINE_FIELDS)
         row = rules.check_model_write(_pipeline_row(name))
         current = _latest_version_row(row)
         old = Spec.from_json(current.spec)

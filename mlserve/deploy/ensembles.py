@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlserve.catalog.models import find_version
 from mlserve.catalog.pipelines import Member, Spec, check, ensemble_config, version_row
+from mlserve.catalog.versions import find_version
 from mlserve.core.errors import FailedPrecondition, MLServeError, Unavailable
 from mlserve.deploy import targets
 from mlserve.deploy.fleet import READY

@@ -28,7 +28,7 @@ import peewee as pw
 
 from mlserve.access import rules
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from mlserve.core.names import check_name
+from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.deploy.reconciler import ChangeCallback, Reconciler
 from mlserve.storage import db, tables
@@ -214,11 +214,7 @@ class Fleet:
         return Page(records, rows.next_page_token)
 
     async def update(self, name: str, fields: ServerFields, mask: Sequence[str]) -> ServerRecord:
-        unknown = set(mask) - UPDATABLE_SERVER_FIELDS
-        if unknown or not mask:
-            raise InvalidArgument(
-                "update_mask must name some of: " + ", ".join(sorted(UPDATABLE_SERVER_FIELDS))
-            )
+        check_update_mask(mask, UPDATABLE_SERVER_FIELDS)
         if "address" in mask:
             check_address(fields.address)
 

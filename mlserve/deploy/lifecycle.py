@@ -61,7 +61,6 @@ from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.targets import (
     DEFAULT_SERVER,
     FAILED,
-    LOADING,
     UNREACHABLE,
     Placement,
     Placer,
@@ -137,6 +136,24 @@ class _LoadOrder:
     config_json: str = ""  # a model's, version pinned and serving settings applied
     load_timeout: float = 0.0  # the deployment's; 0: the server's default
     models: tuple[str, ...] = ()  # the Triton models the load puts on the server
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """A model deployment moving to another version: the servers where the version it
+    serves is READY (each with whether it shares the repository), and the config that
+    makes Triton serve both versions side by side."""
+
+    servers: tuple[tuple[str, bool], ...]
+    versions: tuple[VersionRecord, VersionRecord]  # (serving now, next)
+    config_json: str
+
+    def files_to_push(self, repository: Repository) -> dict[str, bytes]:
+        """Both versions' files, for a server that does not share the repository."""
+        files: dict[str, bytes] = {}
+        for record in self.versions:
+            files.update(targets.files_to_push(repository, record))
+        return files
 
 
 @dataclass(frozen=True)
@@ -530,11 +547,18 @@ class Deployments:
                 )
         servers = await self.placer.place(placement, [placed])
         await self.placer.require_ready(servers)
+        # A new version is loaded beside the serving one first (a rollout), so the
+        # route can move to it; the loads of the version alone then run in the background.
+        serving_both = await self._load_beside(model, target.version, servers, settings)
         previous = await in_thread(_write_model)(
-            model, target.version, servers, settings, load_timeout
+            model, target.version, servers, settings, serving_both, load_timeout
         )
+        if serving_both:
+            await self._notify()  # the route moves to the new version where it serves
         for server in sorted(set(previous) - set(servers)):
             await self.placer.unload_unused(server, {model})
+        # Loading the version alone also unloads the old one where both served;
+        # Triton lets the requests in flight on it finish first.
         await self._start_loads(model, servers, [model])
         await self._notify()
         return await self.get(model)
@@ -542,8 +566,8 @@ class Deployments:
     async def _start_loads(self, name: str, servers: Sequence[str], models: list[str]) -> None:
         """Mark ``name``'s targets on ``servers`` LOADING and load it there in a task
         of its own, which takes ``models``' locks once the caller lets go of them."""
-        for server in servers:
-            await in_thread(targets.set_state)(name, server, LOADING, "")
+        # A target READY stays so: the version it serves is routed to meanwhile.
+        await in_thread(targets.mark_loading)(name, servers)
         await self._abandon_load(name)  # an older load waits for the caller's locks
 
         async def load() -> None:
@@ -566,6 +590,36 @@ class Deployments:
 
         task.add_done_callback(forget)
         return task
+
+    async def _load_beside(
+        self, model: str, version: int, servers: Sequence[str], settings: ServingSettings | None
+    ) -> list[str]:
+        """Load ``version`` of ``model`` beside the version its deployment serves, on
+        each of ``servers`` where that one is READY, so that requests are answered
+        all along while the route still names the old version; return the servers
+        where both versions now serve. Nothing is loaded for a new deployment, the
+        same version, or when the two versions' configs differ in more than their
+        versions (Triton serves one config per model): the old way, a switch, is left.
+        The caller holds the model's lock."""
+        rollout = await in_thread(_rollout)(model, version, servers, settings)
+        if rollout is None:
+            return []
+
+        async def load(server: str, shares: bool) -> bool:
+            try:
+                client = await self.fleet.client(server)
+                files = None if shares else await in_thread(rollout.files_to_push)(self.repository)
+                await client.load(model, config_json=rollout.config_json, files=files)
+            except MLServeError as error:
+                log.warning(
+                    "could not load %s v%d beside v%d on %s: %s",
+                    model, version, rollout.versions[0].version, server, error.message,
+                )  # fmt: skip
+                return False
+            return True
+
+        loaded = await asyncio.gather(*(load(*server) for server in rollout.servers))
+        return [server for (server, _), ok in zip(rollout.servers, loaded, strict=True) if ok]
 
     async def _load_on(self, name: str, server: str) -> None:
         """Load deployment ``name`` on ``server`` and record how it went; the caller
@@ -647,8 +701,7 @@ class Deployments:
                 models=(name, *recorded),
             )
         record = find_version(name, row.version)
-        config = modelconfig.for_version(modelconfig.parse(record.config, name), record.version)
-        config = serving.apply(config, ServingSettings.from_json(row.serving), "serving")
+        config = _deployed_config(record, row.serving)
         return _LoadOrder(
             name,
             shares,
@@ -749,14 +802,49 @@ def _pipelines_running(model: str) -> list[tuple[str, int]]:
     return [(row.deployment.name, row.version) for row in query]
 
 
+def _deployed_config(record: VersionRecord, serving_json: str, field: str = "serving") -> Any:
+    """The config a model deployment loads ``record`` with: pinned to its version,
+    the deployment's serving settings (``serving_json``) applied."""
+    config = modelconfig.for_version(modelconfig.parse(record.config, record.model), record.version)
+    return serving.apply(config, ServingSettings.from_json(serving_json), field)
+
+
+def _rollout(
+    model: str, version: int, servers: Sequence[str], settings: ServingSettings | None
+) -> _Rollout | None:
+    """What loading ``version`` beside the version ``model``'s deployment serves on
+    ``servers`` takes; None when there is nothing to load beside (``_load_beside``)."""
+    row = _row_or_none(model)
+    if row is None or row.model_id is None or row.version == version:
+        return None
+    serving_now = [
+        target.server
+        for target in targets.of(row)
+        if target.state == READY and target.server in servers
+    ]
+    if not serving_now:
+        return None
+    old = find_version(model, row.version)
+    new = find_version(model, version)
+    new_serving = row.serving if settings is None else settings.to_json()
+    new_config = _deployed_config(new, new_serving)
+    if not modelconfig.same_but_versions(_deployed_config(old, row.serving), new_config):
+        return None
+    both = modelconfig.for_versions(new_config, [old.version, new.version])
+    shares = [(server, bool(targets.shares_repository(server))) for server in serving_now]
+    return _Rollout(tuple(shares), (old, new), modelconfig.to_json(both))
+
+
 def _write_model(
     model: str,
     version: int,
     servers: Sequence[str],
     settings: ServingSettings | None,
-    load_timeout: float,
+    serving_both: Sequence[str] = (),
+    load_timeout: float = 0.0,
 ) -> list[str]:
-    """Make the store say "model at version on servers"; return the servers it named before."""
+    """Make the store say "model at version on servers"; return the servers it named
+    before. Targets on ``serving_both`` stay READY: the new version serves there."""
     with db.database.atomic():
         row = _row_or_none(model)
         if row is None:
@@ -775,7 +863,7 @@ def _write_model(
             row.version = version
             row.update_time = db.utcnow()
             row.save()
-        return targets.write(row, servers, reset=new_version)
+        return targets.write(row, servers, reset=new_version, still_ready=serving_both)
 
 
 def _write_pipeline(plan: EnsemblePlan, servers: Sequence[str], load_timeout: float) -> None:
@@ -819,13 +907,8 @@ def _refuse_clash(pipeline: str, member: Member) -> None:
     config_text = modelconfig.render(member.config)
     own = _row_or_none(member.model)
     if own is not None and own.model_id is not None:
-        own_config = serving.apply(
-            modelconfig.for_version(
-                modelconfig.parse(find_version(member.model, own.version).config, member.model),
-                own.version,
-            ),
-            ServingSettings.from_json(own.serving),
-            f"deployment {own.name!r}",
+        own_config = _deployed_config(
+            find_version(member.model, own.version), own.serving, f"deployment {own.name!r}"
         )
         if own.version != member.version or modelconfig.render(own_config) != config_text:
             raise FailedPrecondition(

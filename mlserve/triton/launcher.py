@@ -40,6 +40,10 @@ _POLL_INTERVAL = 0.1
 _INSTALL_HINT = "install it into this environment with `pip install nvidia-pytriton`"
 # Messages Triton (via gRPC core) logs when its gRPC port is held by someone else.
 _PORT_IN_USE_MARKERS = ("already in use", "Address in use", "Failed to add port")
+# A port picked here may be taken by someone else before Triton binds it;
+# a second pick almost never loses the same race. Bounded, so a machine out
+# of ports (or a Triton that always dies) fails the start instead of spinning.
+_START_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,7 @@ class EmbeddedTriton:
         backend_dir = self._prepare_backends(installation)
         self._repository.mkdir(parents=True, exist_ok=True)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        # A port picked here may be taken by someone else before Triton binds
-        # it; a second pick almost never loses the same race.
-        attempts = 2
+        attempts = _START_ATTEMPTS
         for attempt in range(1, attempts + 1):
             self._port = self._requested_port or _free_loopback_port()
             log_offset = self._log_offset = self._spawn(installation, backend_dir)

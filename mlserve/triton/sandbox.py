@@ -144,6 +144,8 @@ class Sandbox:
         placed: Mapping[str, Path],
         read_only: Iterable[Path],
         info_fd: int | None = None,
+        writable: Mapping[str, Path] | None = None,
+        network: bool = True,
     ) -> list[str]:
         """``command`` run inside the sandbox, seeing only the system and these, read-only.
 
@@ -153,6 +155,9 @@ class Sandbox:
         wheel) appear at their own place, where links into them point.
         ``command`` is the sandbox's pid 1, and bubblewrap writes its pid, as
         MLServe sees it, to ``info_fd`` (read it with :func:`read_child_pid`).
+        ``writable`` directories are placed like ``placed`` but writable (a
+        training job's output); without ``network`` the command gets its own,
+        empty network namespace (not even loopback leads out).
         """
         if self.bwrap is None:
             return list(command)
@@ -168,6 +173,7 @@ class Sandbox:
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
+            *([] if network else ["--unshare-net"]),
             "--cap-drop",
             "ALL",
             "--die-with-parent",
@@ -196,6 +202,8 @@ class Sandbox:
             arguments += ["--ro-bind", str(path), str(path)]
         for name, host in placed.items():
             arguments += ["--ro-bind", str(host), str(self.inside(name, host))]
+        for name, host in (writable or {}).items():
+            arguments += ["--bind", str(host), str(self.inside(name, host))]
         if info_fd is not None:
             arguments += ["--info-fd", str(info_fd)]
         arguments += [

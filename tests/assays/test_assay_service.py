@@ -5,7 +5,11 @@ and every bad input answered with its exact code, nothing stored."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,14 +17,18 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlserve_api.v1 import assay_pb2, assay_pb2_grpc, inference_log_pb2
+from mlserve_client import Client
 from tests.support.checks import delete_model_quietly, expect_error, wait_until
-from tests.support.mlserve import Stubs
+from tests.support.commands import grpcurl, mlserve_cli
+from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import scale_model_files
 from tests.support.pipelines import upload
 from tests.support.users import PID, make_user
 
 T0 = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
 ROWS = 50
+# Where a run may keep the chart it drew, to look at (unset: nowhere).
+ARTIFACTS = Path(os.environ.get("MLSERVE_TEST_ARTIFACTS", "/nonexistent"))
 
 
 def _stamp(moment: dt.datetime) -> Timestamp:
@@ -311,3 +319,94 @@ def test_assays_of_a_model_the_caller_may_not_see_answer_like_missing_ones(
         assert name in _names(assays, stubs, model)  # nothing deleted
     finally:
         assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
+
+
+def test_the_cli_and_client_create_run_and_chart_an_assay(
+    mlserve: MLServeProcess, stubs: Stubs, model: str, tmp_path: Path
+) -> None:
+    name = f"{model}-cli"
+    spec = tmp_path / "drift.yaml"
+    end = (T0 + dt.timedelta(minutes=1)).isoformat()
+    spec.write_text(
+        f"name: {name}\n"
+        f"model: {model}\n"
+        "path: input INPUT 0\n"
+        f"baseline: {{start: '{T0.isoformat()}', end: '{end}'}}\n"
+        f"window: {{width: 1m, run_until: '{(T0 + dt.timedelta(minutes=4)).isoformat()}'}}\n"
+        "summarizer: {metric: psi, num_bins: 5, warning_threshold: 0.1}\n"
+    )
+    created = mlserve_cli(mlserve, "assays", "create", str(spec))
+    assert created.returncode == 0, created.stderr
+    try:
+        listed = mlserve_cli(mlserve, "assays", "list", "--model", model)
+        assert name in listed.stdout
+        shown = mlserve_cli(mlserve, "assays", "get", name)
+        assert "metric psi" in shown.stdout
+        ran = mlserve_cli(mlserve, "assays", "run", name, "--since", "1000d")
+        assert ran.returncode == 0, ran.stderr
+        assert [line.split()[-1] for line in ran.stdout.splitlines()[2:]] == [
+            "ok",
+            "alert",
+            "no_data",
+        ]
+        with Client(address=mlserve.address, key=stubs.key) as client:
+            # The scheduler inside MLServe catches up on the three past windows.
+            wait_until(lambda: len(list(client.assay_results(name))) == 3)
+            statuses = [r.status for r in client.assay_results(name)]
+            assert statuses == [
+                assay_pb2.ASSAY_STATUS_OK,
+                assay_pb2.ASSAY_STATUS_ALERT,
+                assay_pb2.ASSAY_STATUS_NO_DATA,
+            ]
+        results = mlserve_cli(mlserve, "assays", "results", name)
+        assert "alert" in results.stdout
+        chart = tmp_path / "drift.png"
+        plotted = mlserve_cli(mlserve, "assays", "plot", name, "--out", str(chart))
+        assert plotted.returncode == 0, plotted.stderr
+        assert chart.read_bytes().startswith(b"\x89PNG")
+        if ARTIFACTS.is_dir():
+            shutil.copy(chart, ARTIFACTS / "drift-cli.png")
+        bad = mlserve_cli(mlserve, "assays", "create", str(spec))
+        assert bad.returncode != 0
+        assert "exists already" in bad.stderr
+    finally:
+        assays = assay_pb2_grpc.AssayServiceStub(stubs.channel)
+        assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
+
+
+def test_grpcurl_runs_an_inline_assay_and_previews_its_baseline(
+    mlserve: MLServeProcess, model: str
+) -> None:
+    assay = {
+        "model": model,
+        "path": {"tensor": "input INPUT 0"},
+        "baseline": {"values": {"values": [i / ROWS for i in range(ROWS)]}},
+        "window": {"widthSeconds": 60, "startTime": (T0 + dt.timedelta(minutes=1)).isoformat()},
+        "summarizer": {"metric": "ASSAY_METRIC_SUM_DIFF"},
+    }
+    span = {
+        "startTime": (T0 + dt.timedelta(minutes=1)).isoformat(),
+        "endTime": (T0 + dt.timedelta(minutes=3)).isoformat(),
+    }
+    ran = grpcurl(
+        mlserve, "-d", json.dumps({"assay": assay, "range": span}), mlserve.address,
+        "mlserve.v1.AssayService/RunAssay",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    same, shifted = json.loads(ran.stdout)["results"]
+    assert same["status"] == "ASSAY_STATUS_OK"
+    # Sum-diff of all values moved to the right outlier bin: ½·(5·0.2 + 1) = 1.
+    assert shifted["status"] == "ASSAY_STATUS_ALERT"
+    assert shifted["score"] == pytest.approx(1.0)
+    preview = grpcurl(
+        mlserve, "-d", json.dumps({"assay": assay}), mlserve.address,
+        "mlserve.v1.AssayService/PreviewBaseline",
+    )  # fmt: skip
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["count"] == str(ROWS)  # int64 is a JSON string
+    bad = grpcurl(
+        mlserve, "-d", json.dumps({"assay": {**assay, "window": {"widthSeconds": 0}}}),
+        mlserve.address, "mlserve.v1.AssayService/CreateAssay",
+    )  # fmt: skip
+    assert "InvalidArgument" in bad.stderr
+    assert "window.width_seconds" in bad.stderr

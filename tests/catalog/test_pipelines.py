@@ -23,6 +23,7 @@ from tests.support.commands import grpcurl, mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import add_model_files, local_triton, scale_model_files
 from tests.support.pipelines import Members, chain, cleanup, create, infer, step, upload
+from tests.support.tritons import wait_for
 from tests.support.uploading import stream
 from tests.support.users import make_user
 
@@ -55,6 +56,16 @@ def error_of(call: Any, request: Any, stubs: Stubs) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call(request, metadata=stubs.auth, timeout=120)
     return caught.value
+
+
+def inference_count(
+    client: triton.InferenceServerClient, member: str, headers: dict[str, str]
+) -> int:
+    """Successful inferences of version 1 of ``member``, by its statistics through the gateway."""
+    stats = client.get_inference_statistics(member, "1", headers=headers)
+    (version_stats,) = stats.model_stats
+    assert (version_stats.name, version_stats.version) == (member, "1"), stats
+    return int(version_stats.inference_count)
 
 
 def pipeline_names(stubs: Stubs) -> list[str]:
@@ -120,10 +131,16 @@ def test_a_three_step_pipeline_answers_through_the_gateway(
             np.array([112, 124, 136, 148], dtype=np.float32),
         )
         # Per-step statistics through the gateway: each member counted the call.
+        # Triton counts a step after the step has sent its response, and the
+        # ensemble answers as soon as that response arrives, so a step's count
+        # can lag the answer by a moment: wait for it (bounded), then check it.
         client = triton.InferenceServerClient(mlserve.address)
         for member in (members.pre, members.add, members.post):
-            stats = client.get_inference_statistics(member, headers=headers, as_json=True)
-            assert int(stats["model_stats"][0]["inference_count"]) >= 1, (member, stats)
+            wait_for(
+                lambda member=member: inference_count(client, member, headers) >= 1,
+                30,
+                f"Triton to count the call to {member}",
+            )
 
         # A member version in use, and the deployed pipeline, cannot be deleted.
         failure = error_of(

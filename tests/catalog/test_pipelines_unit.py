@@ -246,8 +246,10 @@ def test_changing_steps_makes_a_new_version_and_old_ones_stay_readable(
     old = run(pipelines.get("chain", 1))
     assert [s.name for s in old.spec.steps] == ["pre", "add", "post"]
     assert [s.name for s in run(pipelines.get("chain")).spec.steps] == ["pre", "add"]
-    with pytest.raises(InvalidArgument, match="update_mask"):
+    with pytest.raises(InvalidArgument, match=r"update_mask .*; cannot update name$"):
         run(pipelines.update("chain", "", shorter, ["name"]))
+    with pytest.raises(InvalidArgument, match="update_mask must name some of"):
+        run(pipelines.update("chain", "", shorter, []))
     with pytest.raises(NotFound, match="no version 3"):
         run(pipelines.get("chain", 3))
 

@@ -20,7 +20,7 @@ from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
 from mlserve.storage import db, tables
 from mlserve.storage.repository import LocalRepository
 from tests.support.models import add_model_config
-from tests.support.scripted_triton import ScriptedTriton, ScriptedTritons, scripted_fleet
+from tests.support.scripted_triton import ScriptedTritons, scripted_fleet
 
 
 def add_versions(name: str, count: int) -> None:
@@ -159,11 +159,6 @@ def test_the_reconciler_backs_off_a_failing_load(store_db: pw.Database, tmp_path
     assert asyncio.run(scenario()) == [1, 1, 2, 2, 2, 3, 3, 4]
 
 
-async def called(triton: ScriptedTriton, call: tuple[str, str]) -> None:
-    while call not in triton.calls:
-        await asyncio.sleep(0.01)
-
-
 def lifecycle(fleet: Fleet, tmp_path: Path, load_timeout: float = 120.0) -> Deployments:
     repository = LocalRepository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
     return Deployments(fleet, repository, PageTokens(b"k" * 32), load_timeout=load_timeout)
@@ -216,7 +211,7 @@ def test_a_load_past_its_deadline_is_failed_and_the_server_stays_ready(
         tritons["a"].hold("load")  # never released: a wedged load
         await deployments.create(Wanted(model="m", load_timeout=own_timeout))
         record = await deployments.settled("m")
-        await asyncio.wait_for(called(tritons["a"], ("unload", "m")), 30)  # in the background
+        await asyncio.wait_for(tritons["a"].called("unload", "m"), 30)  # in the background
         server = await fleet.get("a")
         return record.state, record.targets[0].message, server.status.state, True
 
@@ -232,14 +227,14 @@ def test_delete_abandons_a_wedged_load(store_db: pw.Database, tmp_path: Path) ->
         deployments = lifecycle(await scripted_fleet(tritons, "a"), tmp_path)
         release = tritons["a"].hold("load")
         await deployments.create(Wanted(model="m"))
-        await asyncio.wait_for(called(tritons["a"], ("load", "m")), 30)  # in Triton's hands
+        await asyncio.wait_for(tritons["a"].called("load", "m"), 30)  # in Triton's hands
         await deployments.delete("m")
         try:
             await deployments.settled("m")
             gone = False
         except NotFound:
             gone = True
-        await asyncio.wait_for(called(tritons["a"], ("unload", "m")), 30)  # quietly, later
+        await asyncio.wait_for(tritons["a"].called("unload", "m"), 30)  # quietly, later
         release.set()
         return gone, [call for call in tritons["a"].calls if call[1] == "m"]
 

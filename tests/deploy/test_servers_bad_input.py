@@ -14,6 +14,7 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
 from tests.support.checks import expect_error, nothing_written, wait_until
@@ -147,5 +148,30 @@ def test_register_server_with_a_bad_or_duplicate_name(stubs: Stubs) -> None:
         )
         assert local.embedded
         assert local.address != "127.0.0.1:1"
+    finally:
+        stubs.servers.DeleteServer(server_pb2.DeleteServerRequest(name=name), metadata=stubs.auth)
+
+
+def test_update_server_with_an_empty_or_unknown_mask(stubs: Stubs) -> None:
+    name = f"ghost-mask-{os.getpid()}"
+    port = free_port()
+    _ghost_server(stubs, name, port)
+    try:
+        for paths, told in (
+            ([], "update_mask must name some of"),
+            (["name"], "cannot update name"),
+        ):
+            error = expect_error(
+                Code.INVALID_ARGUMENT,
+                stubs.servers.UpdateServer,
+                server_pb2.UpdateServerRequest(
+                    server=server_pb2.Server(name=name, address="127.0.0.1:1"),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                ),
+                metadata=stubs.auth,
+            )
+            assert told in error.details()
+        kept = stubs.servers.GetServer(server_pb2.GetServerRequest(name=name), metadata=stubs.auth)
+        assert kept.address == f"127.0.0.1:{port}"
     finally:
         stubs.servers.DeleteServer(server_pb2.DeleteServerRequest(name=name), metadata=stubs.auth)

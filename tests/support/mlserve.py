@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,13 @@ from mlserve_api.v1 import (
     model_pb2_grpc,
     pipeline_pb2_grpc,
     server_pb2_grpc,
+    training_pb2_grpc,
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
+from tests.support.ports import free_port
 
 STARTUP_TIMEOUT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -53,6 +48,7 @@ class Stubs:
     pipelines: pipeline_pb2_grpc.PipelineServiceStub = field(init=False)
     logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
     datasets: dataset_pb2_grpc.DatasetServiceStub = field(init=False)
+    training: training_pb2_grpc.TrainingServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -66,6 +62,7 @@ class Stubs:
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self.channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
+        self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

@@ -213,6 +213,28 @@ def test_picked_port_taken_retries_then_stop_makes_it_unreachable(
     with_client(server.address, after_stop)
 
 
+def test_picked_ports_all_taken_give_up_after_the_bounded_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picks = []
+    with busy_port() as taken:
+        taken_port = taken.getsockname()[1]
+
+        def always_taken() -> int:
+            picks.append(taken_port)
+            return taken_port
+
+        monkeypatch.setattr(launcher_module, "_free_loopback_port", always_taken)
+        server = EmbeddedTriton(tmp_path / "repo", tmp_path / "work", log_path=tmp_path / "t.log")
+        with pytest.raises(Unavailable, match="already in use") as caught:
+            asyncio.run(server.start())
+    assert len(picks) == launcher_module._START_ATTEMPTS == 2
+    assert "exited during startup" in caught.value.message
+    assert (tmp_path / "t.log").read_text().count(" starting: ") == 2
+    assert not server.running
+    assert server.pid is None
+
+
 def test_triton_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

@@ -16,6 +16,8 @@ import grpc
 
 from mlserve_api.v1 import (
     app_pb2_grpc,
+    assay_pb2,
+    assay_pb2_grpc,
     audit_pb2_grpc,
     dataset_pb2,
     dataset_pb2_grpc,
@@ -30,11 +32,14 @@ from mlserve_api.v1 import (
     pipeline_pb2_grpc,
     server_pb2,
     server_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
     user_pb2,
     user_pb2_grpc,
     workspace_pb2_grpc,
 )
 from mlserve_client import inference_logs
+from mlserve_client.assays import read_assay_spec
 from mlserve_client.channel import (
     StrPath,
     default_address,
@@ -44,6 +49,7 @@ from mlserve_client.channel import (
     upload_scope,
 )
 from mlserve_client.download import ArtifactWriter, VersionWriter, artifact_destination
+from mlserve_client.errors import ClientError
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
 from mlserve_client.pipelines import read_pipeline_spec
 from mlserve_client.upload import (
@@ -72,8 +78,8 @@ class Client:
     """A connection to MLServe.
 
     ``models``, ``servers``, ``deployments``, ``pipelines``, ``users``, ``workspaces``,
-    ``apps``, ``audit``, ``instance``, ``datasets`` and ``logs`` (the inference log) are
-    the generated
+    ``apps``, ``audit``, ``instance``, ``datasets``, ``training`` and ``logs`` (the
+    inference log) are the generated
     stubs, so every RPC
     is available typed; the key goes along with each call. Errors from the server
     propagate as ``grpc.RpcError``.
@@ -111,6 +117,8 @@ class Client:
         self.pipelines = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self._channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
+        self.assays = assay_pb2_grpc.AssayServiceStub(self._channel)
+        self.training = training_pb2_grpc.TrainingServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -328,6 +336,45 @@ class Client:
         for path, target in partial.items():
             target.replace(folder / path)
         return found
+
+    # --- training -----------------------------------------------------------
+
+    def train(
+        self,
+        model: str,
+        code_path: str,
+        dataset: str,
+        *,
+        code_version: int = 0,
+        dataset_version: int = 0,
+        parameters: Mapping[str, str] | None = None,
+    ) -> training_pb2.TrainingJob:
+        """Queue a training job: ``model``'s code artifact ``code_path`` (of
+        ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest)."""
+        job = training_pb2.TrainingJob(
+            model=model,
+            code_version=code_version,
+            code_path=code_path,
+            training_dataset=model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version),
+            parameters=dict(parameters or {}),
+        )
+        return self.training.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(job=job))
+
+    def follow_training(
+        self, job_id: str, on_line: Callable[[str], None] | None = None
+    ) -> training_pb2.TrainingJob:
+        """Wait for the job to end, handing each log line to ``on_line``; the final job."""
+        last = None
+        events = self.training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(id=job_id))
+        for event in events:
+            if event.HasField("log_line"):
+                if on_line is not None:
+                    on_line(event.log_line)
+            else:
+                last = event.job
+        if last is None:
+            raise ClientError(f"training job {job_id!r} sent no state before its stream ended")
+        return last
 
     # --- artifacts ----------------------------------------------------------
 
@@ -666,6 +713,57 @@ class Client:
         request = deployment_pb2.CreateDeploymentRequest(deployment=wanted)
         deployment = self.deployments.CreateDeployment(request)
         return self.wait_for_deployment(deployment, progress) if wait else deployment
+
+    # --- drift assays -------------------------------------------------------------
+
+    def create_assay(self, spec: StrPath | assay_pb2.Assay) -> assay_pb2.Assay:
+        """Create an assay from a YAML spec file (see mlserve_client.assays) or message."""
+        assay = spec if isinstance(spec, assay_pb2.Assay) else read_assay_spec(Path(spec))
+        return self.assays.CreateAssay(assay_pb2.CreateAssayRequest(assay=assay))
+
+    def get_assay(self, name: str) -> assay_pb2.Assay:
+        return self.assays.GetAssay(assay_pb2.GetAssayRequest(name=name))
+
+    def list_assays(self, model: str = "", workspace: str = "") -> Iterator[assay_pb2.Assay]:
+        """Every assay the caller may see, by name; of one model or workspace when given."""
+
+        def page(token: str) -> tuple[Sequence[assay_pb2.Assay], str]:
+            request = assay_pb2.ListAssaysRequest(
+                model=model, workspace=workspace, page_token=token
+            )
+            response = self.assays.ListAssays(request)
+            return response.assays, response.next_page_token
+
+        return _every_page(page)
+
+    def run_assay(
+        self, assay: str | assay_pb2.Assay, start: dt.datetime, end: dt.datetime
+    ) -> assay_pb2.RunAssayResponse:
+        """Score every window starting in [start, end) of a stored assay (by name) or of one
+        given as a message; nothing is stored."""
+        span = assay_pb2.AssayTimeRange()
+        span.start_time.FromDatetime(start)
+        span.end_time.FromDatetime(end)
+        if isinstance(assay, str):
+            request = assay_pb2.RunAssayRequest(name=assay, range=span)
+        else:
+            request = assay_pb2.RunAssayRequest(assay=assay, range=span)
+        return self.assays.RunAssay(request)
+
+    def assay_results(
+        self, name: str, since: dt.timedelta | None = None
+    ) -> Iterator[assay_pb2.AssayResult]:
+        """The stored results of an assay's scheduled windows, oldest first."""
+        span = assay_pb2.AssayTimeRange()
+        if since is not None:
+            span.start_time.FromDatetime(dt.datetime.now(dt.timezone.utc) - since)
+
+        def page(token: str) -> tuple[Sequence[assay_pb2.AssayResult], str]:
+            request = assay_pb2.ListAssayResultsRequest(name=name, range=span, page_token=token)
+            response = self.assays.ListAssayResults(request)
+            return response.results, response.next_page_token
+
+        return _every_page(page)
 
 
 # Told how a deployment's loads stand while ``Client.wait_for_deployment`` waits.

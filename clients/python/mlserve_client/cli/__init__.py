@@ -16,12 +16,14 @@ from collections.abc import Callable
 from mlserve_client.cli import (
     access,
     artifacts,
+    assays,
     datasets,
     deployments,
     logs,
     models,
     pipelines,
     servers,
+    training,
 )
 from mlserve_client.cli.common import Parser, Subcommands, add_global_options, connection_options
 
@@ -32,12 +34,14 @@ COMMAND_GROUPS: tuple[AddCommands, ...] = (
     models.add_upload_commands,
     artifacts.add_commands,
     datasets.add_commands,
+    training.add_commands,
     deployments.add_deploy_commands,
     servers.add_commands,
     deployments.add_deployment_commands,
     access.add_commands,
     pipelines.add_commands,
     logs.add_commands,
+    assays.add_commands,
 )
 
 

@@ -1,0 +1,190 @@
+"""Where training jobs run. ``Runner`` is what the training service needs of any
+engine; ``LocalRunner`` runs jobs on this host in the sandbox, from a bounded
+queue, a fixed number at a time. A cluster engine (Ray Jobs, Kubernetes Jobs)
+is another ``Runner``: it takes the same ``JobSpec`` and reports the same
+``JobResult`` and log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mlserve.core.errors import FailedPrecondition, NotFound, ResourceExhausted
+from mlserve.training.sandboxed import JobResult, JobSpec, Outcome, SandboxedJob
+from mlserve.triton.sandbox import Sandbox
+
+
+class JobState(enum.Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        """A state a job never leaves."""
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass
+class JobStatus:
+    """What a runner knows of one job; ``lines`` is its log so far."""
+
+    job_id: str
+    state: JobState = JobState.QUEUED
+    result: JobResult | None = None
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    lines: list[str] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Finished = Callable[[JobStatus], Awaitable[None]]
+"""Called once a job ends (any final state), before its watchers hear of it."""
+
+
+class Runner(Protocol):
+    async def submit(self, job_id: str, spec: JobSpec) -> JobStatus:
+        """Queue the job; ResourceExhausted when the queue is full."""
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """End the job (a queued one never starts); its processes are gone on return."""
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's status; NotFound for a job this runner does not know."""
+
+    def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
+        """A queue receiving the job's new log lines (str) and status changes."""
+
+
+@dataclass(frozen=True)
+class RunnerLimits:
+    concurrent: int = 1
+    queued: int = 16
+
+
+class LocalRunner:
+    """Jobs on this host: at most ``limits.queued`` waiting, ``limits.concurrent`` running."""
+
+    def __init__(self, sandbox: Sandbox, limits: RunnerLimits, finished: Finished) -> None:
+        self.sandbox = sandbox
+        self.limits = limits
+        self.finished = finished
+        self._queue: asyncio.Queue[tuple[str, JobSpec]] = asyncio.Queue(limits.queued)
+        self._jobs: dict[str, JobStatus] = {}
+        self._running: dict[str, SandboxedJob] = {}
+        self._watchers: dict[str, list[asyncio.Queue[JobStatus | str]]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start the workers (call from the running event loop)."""
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"training-worker-{index}")
+            for index in range(self.limits.concurrent)
+        ]
+
+    async def stop(self) -> None:
+        """Cancel every job and stop the workers."""
+        for job_id in list(self._running):
+            await self.cancel(job_id)
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def submit(self, job_id: str, spec: JobSpec) -> JobStatus:
+        if job_id in self._jobs:
+            raise FailedPrecondition(f"training job {job_id!r} was submitted already")
+        try:
+            self._queue.put_nowait((job_id, spec))
+        except asyncio.QueueFull:
+            raise ResourceExhausted(
+                f"{self._queue.qsize()} training jobs are queued already, the most this "
+                "runner holds (--training-queue): retry once some have finished"
+            ) from None
+        status = self._jobs[job_id] = JobStatus(job_id)
+        return status
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        status = self.status(job_id)
+        if status.state.finished:
+            return status
+        running = self._running.get(job_id)
+        if running is not None:
+            await running.cancel()
+            # The worker records CANCELLED once run() returns; wait for it.
+            await status.ended.wait()
+        else:
+            await self._finish(status, JobState.CANCELLED, None)
+        return status
+
+    def status(self, job_id: str) -> JobStatus:
+        found = self._jobs.get(job_id)
+        if found is None:
+            raise NotFound(f"training job {job_id!r} does not exist")
+        return found
+
+    def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
+        status = self.status(job_id)
+        queue: asyncio.Queue[JobStatus | str] = asyncio.Queue()
+        for line in status.lines:
+            queue.put_nowait(line)
+        queue.put_nowait(status)
+        if not status.state.finished:
+            self._watchers.setdefault(job_id, []).append(queue)
+        return queue
+
+    async def _work(self) -> None:
+        while True:
+            job_id, spec = await self._queue.get()
+            status = self._jobs[job_id]
+            if status.state.finished:  # cancelled while queued
+                continue
+            job = SandboxedJob(spec, self.sandbox, on_line=functools.partial(self._line, status))
+            self._running[job_id] = job
+            status.start_time = _now()
+            self._set(status, JobState.RUNNING)
+            try:
+                result = await job.run()
+            except Exception as error:  # a job's fault must not stop the worker
+                result = JobResult(Outcome.FAILED, f"could not be started: {error}", None, "")
+            finally:
+                del self._running[job_id]
+            await self._finish(status, JobState(result.outcome.value), result)
+
+    async def _finish(self, status: JobStatus, state: JobState, result: JobResult | None) -> None:
+        status.result = result
+        status.end_time = _now()
+        status.state = state
+        try:
+            await self.finished(status)
+        finally:
+            status.ended.set()
+            self._publish(status)
+            self._watchers.pop(status.job_id, None)
+
+    def _set(self, status: JobStatus, state: JobState) -> None:
+        status.state = state
+        self._publish(status)
+
+    def _line(self, status: JobStatus, line: str) -> None:
+        status.lines.append(line)
+        for queue in self._watchers.get(status.job_id, []):
+            queue.put_nowait(line)
+
+    def _publish(self, status: JobStatus) -> None:
+        for queue in self._watchers.get(status.job_id, []):
+            queue.put_nowait(status)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

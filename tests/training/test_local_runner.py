@@ -1,0 +1,77 @@
+"""The local runner with real sandboxed jobs: a bounded queue, N at a time, cancel of
+a queued and of a running job, watching log lines and states."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from mlserve.core.errors import NotFound, ResourceExhausted
+from mlserve.training.runner import JobState, JobStatus, LocalRunner, RunnerLimits
+from mlserve.training.sandboxed import JobLimits, JobSpec
+from mlserve.triton.sandbox import Sandbox
+
+
+def spec(tmp_path: Path, name: str, script: str) -> JobSpec:
+    code = tmp_path / name / "code"
+    code.mkdir(parents=True)
+    (code / "train.py").write_text(script)
+    data = tmp_path / name / "data"
+    data.mkdir()
+    return JobSpec(
+        code, "train.py", data, tmp_path / name / "out", limits=JobLimits(wall_seconds=60)
+    )
+
+
+def test_one_at_a_time_a_bounded_queue_cancel_and_watch(tmp_path: Path) -> None:
+    finished: list[tuple[str, JobState]] = []
+
+    async def record(status: JobStatus) -> None:
+        finished.append((status.job_id, status.state))
+
+    async def scenario() -> None:
+        runner = LocalRunner(Sandbox.find(), RunnerLimits(concurrent=1, queued=2), record)
+        runner.start()
+        try:
+            slow = await runner.submit(
+                "slow",
+                spec(tmp_path, "slow", "import time\nprint('hi', flush=True)\ntime.sleep(600)"),
+            )
+            watched = runner.watch("slow")
+            seen: list[JobStatus | str] = []
+            while "hi" not in seen:  # its first line: it runs, the queue is empty again
+                seen.append(await watched.get())
+            assert slow.state is JobState.RUNNING
+            waiting = await runner.submit("waiting", spec(tmp_path, "waiting", "pass"))
+            third = spec(tmp_path, "third", "print('third', flush=True)")
+            await runner.submit("third", third)
+            with pytest.raises(ResourceExhausted):
+                await runner.submit("fourth", spec(tmp_path, "fourth", "pass"))
+            assert waiting.state is JobState.QUEUED  # one at a time
+            await runner.cancel("waiting")
+            assert waiting.state is JobState.CANCELLED
+            await runner.cancel("slow")
+            assert slow.state is JobState.CANCELLED
+            while True:
+                item = await watched.get()
+                seen.append(item)
+                if isinstance(item, JobStatus) and item.state.finished:
+                    break
+            assert "hi" in seen
+            done = runner.status("third")
+            await done.ended.wait()
+            assert done.state is JobState.SUCCEEDED
+            assert done.lines == ["third"]
+            with pytest.raises(NotFound):
+                runner.status("never")
+        finally:
+            await runner.stop()
+
+    asyncio.run(scenario())
+    assert sorted(finished) == [
+        ("slow", JobState.CANCELLED),
+        ("third", JobState.SUCCEEDED),
+        ("waiting", JobState.CANCELLED),
+    ]
