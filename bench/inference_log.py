@@ -32,8 +32,9 @@ from mlserve.monitor import InferenceLog, LoggingPolicy, LogSettings, Mode
 from mlserve.monitor import parquet as log_files
 from mlserve.monitor.reader import LogQuery, read_page
 from mlserve.monitor.records import Capture, decode
-from mlserve_api.v1 import deployment_pb2, inference_log_pb2
+from mlserve_api.v1 import inference_log_pb2
 from tests.support.models import upload_add
+from tests.support.tritons import deploy
 
 GATEWAY_SECONDS = 4.0
 GATEWAY_ROUNDS = 3
@@ -67,12 +68,7 @@ def _gateway(home: Path) -> Table:
     try:
         stubs = server.stubs()
         upload_add(stubs, "add")
-        stubs.deployments.CreateDeployment(
-            deployment_pb2.CreateDeploymentRequest(
-                wait=True, deployment=deployment_pb2.Deployment(model="add")
-            ),
-            metadata=stubs.auth,
-        )
+        deploy(stubs, "add")
         headers = {"authorization": f"Bearer {server.key}"}
         rates: dict[str, list[float]] = {"off": [], "all": []}
         for _ in range(GATEWAY_ROUNDS):
