@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench import (
+    assays,
     auth,
     catalog_list,
     dedup,
@@ -23,6 +24,7 @@ from bench import (
     inference_log,
     oidc,
     pipeline,
+    rollout,
     s3_upload,
     training,
     upload,
@@ -32,7 +34,7 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training",
+    "s3-upload", "training", "assays", "rollout",
 )  # fmt: skip
 
 
@@ -135,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("s3-upload", lambda: s3_upload.run(args.upload_size)))
     if args.which in ("training", "all"):
         benchmarks.append(("training", lambda: training.run()))
+    if args.which in ("assays", "all"):
+        benchmarks.append(("assays", lambda: assays.run()))
+    if args.which in ("rollout", "all"):
+        benchmarks.append(("rollout", lambda: rollout.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

@@ -30,8 +30,9 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table, cpu_seconds
-from mlserve_api.v1 import deployment_pb2, server_pb2
+from mlserve_api.v1 import server_pb2
 from tests.support.models import upload_add
+from tests.support.tritons import deploy
 
 DEFAULT_SECONDS = 4.0
 DEFAULT_ROUNDS = 3
@@ -90,12 +91,7 @@ def run(seconds: float = DEFAULT_SECONDS, rounds: int = DEFAULT_ROUNDS) -> Repor
         try:
             stubs = server.stubs()
             upload_add(stubs, "add")
-            stubs.deployments.CreateDeployment(
-                deployment_pb2.CreateDeploymentRequest(
-                    deployment=deployment_pb2.Deployment(model="add")
-                ),
-                metadata=stubs.auth,
-            )
+            deploy(stubs, "add")
             direct = stubs.servers.GetServer(
                 server_pb2.GetServerRequest(name="local"), metadata=stubs.auth
             ).address

@@ -32,8 +32,9 @@ from mlserve.monitor import InferenceLog, LoggingPolicy, LogSettings, Mode
 from mlserve.monitor import parquet as log_files
 from mlserve.monitor.reader import LogQuery, read_page
 from mlserve.monitor.records import Capture, decode
-from mlserve_api.v1 import deployment_pb2, inference_log_pb2
+from mlserve_api.v1 import inference_log_pb2
 from tests.support.models import upload_add
+from tests.support.tritons import deploy
 
 GATEWAY_SECONDS = 4.0
 GATEWAY_ROUNDS = 3
@@ -67,12 +68,7 @@ def _gateway(home: Path) -> Table:
     try:
         stubs = server.stubs()
         upload_add(stubs, "add")
-        stubs.deployments.CreateDeployment(
-            deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model="add")
-            ),
-            metadata=stubs.auth,
-        )
+        deploy(stubs, "add")
         headers = {"authorization": f"Bearer {server.key}"}
         rates: dict[str, list[float]] = {"off": [], "all": []}
         for _ in range(GATEWAY_ROUNDS):
@@ -130,18 +126,22 @@ def _writer(directory: Path) -> Table:
     every_cpu = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(every_cpu)})
     try:
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         for start in range(0, WRITER_RECORDS, 1000):
             log._queue.extend(captures[start : start + 1000])  # the queue as capture fills it
             log.flush()
         seconds = time.perf_counter() - began
+        # The CPU the writer used: on a shared machine the wall clock also counts the
+        # time the one CPU spent on other processes.
+        cpu_seconds = time.process_time() - began_cpu
     finally:
         os.sched_setaffinity(0, every_cpu)
     on_disk = sum(path.stat().st_size for path in log_files.files(directory))
     return Table(
-        ["writer (one CPU)", "records/s", "bytes on disk per record", "payload per record"],
+        ["writer (one CPU)", "records/s", "records per CPU-second", "bytes on disk per record",
+         "payload per record"],
         [["4 KiB in + 4 KiB out, zstd", f"{WRITER_RECORDS / seconds:.0f}",
-          f"{on_disk / WRITER_RECORDS:.0f}", "8192"]],
+          f"{WRITER_RECORDS / cpu_seconds:.0f}", f"{on_disk / WRITER_RECORDS:.0f}", "8192"]],
     )  # fmt: skip
 
 

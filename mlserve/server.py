@@ -192,7 +192,7 @@ def build_domain(settings: Settings) -> Domain:
     datasets = Datasets(repository, tokens, blobs)
     uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
-    deployments = Deployments(fleet, repository, tokens)
+    deployments = Deployments(fleet, repository, tokens, load_timeout=settings.load_timeout)
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,11 @@ from mlserve.storage.repository import Repository
 log = logging.getLogger(__name__)
 
 PENDING = "PENDING"
+LOADING = "LOADING"
 FAILED = "FAILED"
 UNREACHABLE = "UNREACHABLE"
 # Worst first: the overall state of a deployment is its worst target's.
-_SEVERITY = [FAILED, UNREACHABLE, PENDING, READY]
+_SEVERITY = [FAILED, UNREACHABLE, PENDING, LOADING, READY]
 DEFAULT_SERVER = "local"
 
 
@@ -193,15 +194,24 @@ def files_to_push(repository: Repository, record: VersionRecord) -> dict[str, by
 
 
 def write(
-    deployment: Any, servers: Sequence[str], *, reset: bool, members: Sequence[MemberState] = ()
+    deployment: Any,
+    servers: Sequence[str],
+    *,
+    reset: bool,
+    members: Sequence[MemberState] = (),
+    still_ready: Collection[str] = (),
 ) -> list[str]:
     """Make ``deployment``'s targets exactly ``servers``, in that order; return the
     servers it had before. ``reset`` puts every kept target back to PENDING (a new
-    version); new targets start PENDING with ``members`` PENDING too."""
+    version) but those on ``still_ready`` (the new version serves there already);
+    new targets start PENDING with ``members`` PENDING too."""
     previous = [target.server.name for target in deployment.targets]
     if reset:
         tables.DeploymentTarget.update(state=PENDING, message="").where(
-            tables.DeploymentTarget.deployment == deployment
+            (tables.DeploymentTarget.deployment == deployment)
+            & tables.DeploymentTarget.server.not_in(
+                tables.Server.select().where(tables.Server.name.in_(list(still_ready)))
+            )
         ).execute()
     tables.DeploymentTarget.delete().where(
         (tables.DeploymentTarget.deployment == deployment)
@@ -243,6 +253,20 @@ def set_state(
     tables.DeploymentTarget.update(**values).where(
         (tables.DeploymentTarget.deployment == deployment)
         & (tables.DeploymentTarget.server == server_row)
+    ).execute()
+
+
+def mark_loading(name: str, servers: Sequence[str]) -> None:
+    """Record LOADING for deployment ``name``'s targets on ``servers`` that are not
+    READY (a READY one keeps serving the version it has while the next loads)."""
+    deployment = tables.Deployment.get_or_none(tables.Deployment.name == name)
+    if deployment is None:
+        return
+    server_rows = tables.Server.select().where(tables.Server.name.in_(list(servers)))
+    tables.DeploymentTarget.update(state=LOADING, message="", update_time=db.utcnow()).where(
+        (tables.DeploymentTarget.deployment == deployment)
+        & tables.DeploymentTarget.server.in_(server_rows)
+        & (tables.DeploymentTarget.state != READY)
     ).execute()
 
 

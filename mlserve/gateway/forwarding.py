@@ -40,6 +40,11 @@ from mlserve.monitor import InferenceLog
 from mlserve.monitor.records import STREAMED
 
 MAX_ATTEMPTS = 3
+# Calls about one version that name none go out naming the deployed one: while a
+# rollout loads the next version beside it, Triton's own choice (the highest)
+# would move them before the route does. ModelStatistics without a version
+# keeps asking for every version.
+_PINNED_METHODS = frozenset({"ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig"})
 # A stream request waiting for its answer: model, version, bytes, time.time(), perf_counter().
 _Sent = tuple[str, int, bytes, float, float]
 
@@ -138,9 +143,12 @@ class Forwarder:
             client = self.fleet.cached_client(choice.server) or await self.fleet.client(
                 choice.server
             )
+            sent = request
+            if not version and method in _PINNED_METHODS:
+                sent = wire.with_version(request, choice.version)
             try:
                 with self.router.in_flight(choice.server):
-                    response: bytes = await client.raw_unary(method)(request, timeout=timeout)
+                    response: bytes = await client.raw_unary(method)(sent, timeout=timeout)
                 return response, choice
             except aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
@@ -290,7 +298,9 @@ class Forwarder:
                     waiting[choice.server].append(
                         (model, choice.version, request, time.time(), time.perf_counter())
                     )
-                    await call.write(request)
+                    await call.write(
+                        request if version else wire.with_version(request, choice.version)
+                    )
                 for call in upstreams.values():
                     await call.done_writing()
                 await asyncio.gather(*readers)

@@ -72,6 +72,16 @@ def model_name_and_version(data: bytes) -> tuple[str, str]:
     return name, version
 
 
+def with_version(data: bytes, version: int) -> bytes:
+    """A serialized request ``data`` naming ``version`` in field 2 (its version).
+
+    Protobuf keeps the last value of a repeated scalar field, so appending the
+    field overrides whatever ``data`` named: nothing is parsed or copied apart.
+    """
+    text = str(version).encode()
+    return data + bytes([2 << 3 | _LENGTH_DELIMITED, len(text)]) + text
+
+
 def stream_response_failed(data: bytes) -> bool:
     """True when a ModelStreamInferResponse carries an error_message (field 1)."""
     start, stop = _spans(data, (1,)).get(1, (0, 0))

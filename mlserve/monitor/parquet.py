@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import operator
 import os
 import time
 import uuid
@@ -69,6 +70,7 @@ _DICTIONARY_COLUMNS = [
 ]  # fmt: skip
 _STATISTICS_COLUMNS = ["id", "time", "version", *_DICTIONARY_COLUMNS]
 _SCALARS = [name for name in META.names if name not in ("time", "truncated", "truncated_tensors")]
+_SCALAR_GETTER = operator.attrgetter(*_SCALARS)
 
 
 @dataclass(frozen=True)
@@ -118,15 +120,17 @@ def write(root: Path, records: Iterable[Record]) -> int:
 
 def table_of(records: list[Record]) -> Any:
     """One Arrow table of records sharing tensor datatypes (see ``_compatible_groups``)."""
+    # Column-wise: one attrgetter pass over the records, then one Arrow array per column.
+    rows = [_SCALAR_GETTER(record) for record in records]
+    scalars = list(zip(*rows, strict=True)) if rows else [()] * len(_SCALARS)
     columns: dict[str, Any] = {
-        name: pa.array([getattr(r, name) for r in records], META.field(name).type)
-        for name in _SCALARS
+        name: pa.array(values, META.field(name).type)
+        for name, values in zip(_SCALARS, scalars, strict=True)
     }
     columns["time"] = pa.array([r.time for r in records], META.field("time").type)
-    columns["truncated"] = pa.array([r.truncated for r in records], pa.bool_())
-    columns["truncated_tensors"] = pa.array(
-        [_truncated_names(r) for r in records], pa.list_(pa.string())
-    )
+    truncated = [_truncated_names(r) for r in records]
+    columns["truncated"] = pa.array([bool(names) for names in truncated], pa.bool_())
+    columns["truncated_tensors"] = pa.array(truncated, pa.list_(pa.string()))
     fields = list(META)
     arrays = [columns[name] for name in META.names]
     for (role, name), datatype in _tensor_columns(records).items():

@@ -39,9 +39,10 @@ _TYPES: dict[str, tuple[str, Any, str]] = {
     "BYTES": ("", pa.binary(), "bytes_contents"),
 }
 DATATYPES = tuple(_TYPES)
+_ITEMSIZE = {name: np.dtype(raw).itemsize for name, (raw, _, _) in _TYPES.items() if raw}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tensor:
     """One input or output: flattened elements in their storage form."""
 
@@ -111,8 +112,7 @@ def truncate(datatype: str, values: Any, max_bytes: int) -> tuple[Any, bool]:
                 return kept, True
             kept.append(value)
         return kept, False
-    itemsize = np.dtype(_TYPES[datatype][0]).itemsize
-    limit = max_bytes // itemsize
+    limit = max_bytes // _ITEMSIZE[datatype]
     if len(values) <= limit:
         return values, False
     return values[:limit], True
@@ -128,11 +128,32 @@ def list_column(datatype: str, rows: Sequence[Any | None]) -> Any:
     if datatype == "BYTES":
         values = pa.array([v for row in present for v in row], type=arrow_type)
     elif present:
-        values = pa.array(np.concatenate(present), type=arrow_type)
+        values = _concatenated(arrow_type, present, int(offsets[-1]))
     else:
         values = pa.array([], type=arrow_type)
+    if len(present) == len(rows):  # the usual case: every record has the tensor
+        return pa.ListArray.from_arrays(pa.array(offsets), values)
     mask = pa.array([row is None for row in rows], type=pa.bool_())
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+
+
+def _concatenated(arrow_type: Any, present: list[Any], total: int) -> Any:
+    """The rows' elements end to end as one Arrow array, copied once.
+
+    The buffer comes from Arrow's memory pool, which keeps freed pages: a fresh
+    NumPy array of a batch's 4 MiB is mapped anew each flush, and touching new
+    pages on this VM cost several times the copy itself (5-10 ms per 1,000
+    records against under 1 ms). BOOL (bit-packed in Arrow) and rows not already
+    in the storage dtype go through ``pa.array``, which casts safely.
+    """
+    dtype = np.dtype(arrow_type.to_pandas_dtype())
+    if arrow_type == pa.bool_() or not all(
+        isinstance(row, np.ndarray) and row.dtype == dtype for row in present
+    ):
+        return pa.array(np.concatenate(present), type=arrow_type)
+    buffer = pa.allocate_buffer(total * dtype.itemsize)
+    np.concatenate(present, out=np.frombuffer(buffer, dtype=dtype))
+    return pa.Array.from_buffers(arrow_type, total, [None, buffer])
 
 
 def shape_column(rows: Sequence[tuple[int, ...] | None]) -> Any:

@@ -197,7 +197,7 @@ async def named_locks(names: Iterable[str], *, wait: bool = True) -> AsyncIterat
         yield True
         return
     keys = sorted({named_lock_key(name) for name in names})
-    connection = await asyncio.to_thread(_lock_connection, db)
+    connection = await asyncio.to_thread(own_connection, db)
     try:
         held = await asyncio.to_thread(_take_locks, connection, keys, wait)
         yield held
@@ -205,7 +205,9 @@ async def named_locks(names: Iterable[str], *, wait: bool = True) -> AsyncIterat
         await asyncio.to_thread(connection.close)  # a closed session holds no locks
 
 
-def _lock_connection(db: pw.PostgresqlDatabase) -> Any:
+def own_connection(db: pw.PostgresqlDatabase) -> Any:
+    """A new autocommit connection to ``db``, outside its pool, for a session lock held
+    across many calls (closing it releases the lock); Unavailable if it cannot be made."""
     try:
         connection = psycopg2.connect(dbname=db.database, **db.connect_params)
     except psycopg2.OperationalError as error:
@@ -239,7 +241,3 @@ def describe(db: pw.Database | None) -> str:
     if isinstance(db, pw.SqliteDatabase):
         return f"SQLite database {db.database}"
     return "database"
-
-
-def as_dict(row: Any) -> dict[str, Any]:
-    return dict(row.__data__)

@@ -42,7 +42,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import peewee as pw
-import psycopg2
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -460,7 +459,7 @@ class S3Repository(Repository):
             return
         digest = hashlib.sha256(f"mlserve upload {upload_id}".encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
-        connection = _own_connection(database)
+        connection = db.own_connection(database)
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", (key,))
@@ -506,16 +505,6 @@ def _parts(upload_id: str, path: str) -> list[Any]:
         .where((tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path))
         .order_by(tables.UploadPart.number)
     )
-
-
-def _own_connection(database: pw.PostgresqlDatabase) -> Any:
-    """A new connection to ``database``, outside its pool; Unavailable if it cannot be made."""
-    try:
-        return psycopg2.connect(database=database.database, **database.connect_params)
-    except psycopg2.Error as error:
-        raise Unavailable(
-            f"the {db.describe(database)} cannot be reached ({str(error).strip()}); retry"
-        ) from None
 
 
 class _ObjectReader(io.RawIOBase):

@@ -217,11 +217,21 @@ def render(config: ModelConfig) -> str:
 
 def for_version(config: ModelConfig, version: int) -> ModelConfig:
     """A copy of ``config`` that makes Triton serve exactly ``version``."""
+    return for_versions(config, [version])
+
+
+def for_versions(config: ModelConfig, versions: Iterable[int]) -> ModelConfig:
+    """A copy of ``config`` that makes Triton serve exactly ``versions``, side by side."""
     pinned = model_config_pb2.ModelConfig()
     pinned.CopyFrom(config)
     pinned.version_policy.Clear()
-    pinned.version_policy.specific.versions.append(version)
+    pinned.version_policy.specific.versions.extend(sorted(set(versions)))
     return pinned
+
+
+def same_but_versions(first: ModelConfig, second: ModelConfig) -> bool:
+    """Whether two configs differ at most in the versions they make Triton serve."""
+    return bool(for_versions(first, []) == for_versions(second, []))
 
 
 def to_json(config: ModelConfig) -> str:

@@ -5,6 +5,7 @@ and every bad input answered with its exact code, nothing stored."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mlserve_api.v1 import assay_pb2, assay_pb2_grpc, inference_log_pb2
 from mlserve_client import Client
 from tests.support.checks import delete_model_quietly, expect_error, wait_until
-from tests.support.commands import mlserve_cli
+from tests.support.commands import grpcurl, mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import scale_model_files
 from tests.support.pipelines import upload
@@ -371,3 +372,41 @@ def test_the_cli_and_client_create_run_and_chart_an_assay(
     finally:
         assays = assay_pb2_grpc.AssayServiceStub(stubs.channel)
         assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
+
+
+def test_grpcurl_runs_an_inline_assay_and_previews_its_baseline(
+    mlserve: MLServeProcess, model: str
+) -> None:
+    assay = {
+        "model": model,
+        "path": {"tensor": "input INPUT 0"},
+        "baseline": {"values": {"values": [i / ROWS for i in range(ROWS)]}},
+        "window": {"widthSeconds": 60, "startTime": (T0 + dt.timedelta(minutes=1)).isoformat()},
+        "summarizer": {"metric": "ASSAY_METRIC_SUM_DIFF"},
+    }
+    span = {
+        "startTime": (T0 + dt.timedelta(minutes=1)).isoformat(),
+        "endTime": (T0 + dt.timedelta(minutes=3)).isoformat(),
+    }
+    ran = grpcurl(
+        mlserve, "-d", json.dumps({"assay": assay, "range": span}), mlserve.address,
+        "mlserve.v1.AssayService/RunAssay",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    same, shifted = json.loads(ran.stdout)["results"]
+    assert same["status"] == "ASSAY_STATUS_OK"
+    # Sum-diff of all values moved to the right outlier bin: ½·(5·0.2 + 1) = 1.
+    assert shifted["status"] == "ASSAY_STATUS_ALERT"
+    assert shifted["score"] == pytest.approx(1.0)
+    preview = grpcurl(
+        mlserve, "-d", json.dumps({"assay": assay}), mlserve.address,
+        "mlserve.v1.AssayService/PreviewBaseline",
+    )  # fmt: skip
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["count"] == str(ROWS)  # int64 is a JSON string
+    bad = grpcurl(
+        mlserve, "-d", json.dumps({"assay": {**assay, "window": {"widthSeconds": 0}}}),
+        mlserve.address, "mlserve.v1.AssayService/CreateAssay",
+    )  # fmt: skip
+    assert "InvalidArgument" in bad.stderr
+    assert "window.width_seconds" in bad.stderr

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from mlserve.monitor import parquet, retention
 from mlserve.monitor.log import InferenceLog, LogSettings
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, read_page
-from mlserve.monitor.records import Capture, decode
-from mlserve.monitor.tensors import to_raw
+from mlserve.monitor.records import Capture, decode, new_id
+from mlserve.monitor.tensors import list_column, to_raw
 
 ALL = LoggingPolicy(Mode.ALL)
 
@@ -253,3 +254,20 @@ def test_a_header_sampling_key_is_decided_on_the_hot_path_by_its_value(tmp_path:
 def test_a_header_sampling_key_must_name_a_header() -> None:
     with pytest.raises(InvalidArgument, match="header:NAME"):
         LoggingPolicy(sampling_key="header:").checked()
+
+
+def test_record_ids_are_distinct_version_4_uuids() -> None:
+    ids = [new_id() for _ in range(3000)]  # more than one draw of the batched ids
+    assert len(set(ids)) == len(ids)
+    for text in ids[::997]:
+        parsed = uuid.UUID(hex=text)
+        assert (parsed.hex, parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
+def test_a_list_column_keeps_missing_rows_and_casts_other_dtypes() -> None:
+    pooled = list_column("FP32", [np.array([1, 2], np.float32), None, np.array([3], np.float32)])
+    cast = list_column("FP32", [np.array([1, 2], np.float64), None, [3.0]])
+    for column in (pooled, cast):
+        assert column.to_pylist() == [[1.0, 2.0], None, [3.0]]
+        assert str(column.type.value_type) == "float"
+    assert list_column("BOOL", [np.array([True, False])]).to_pylist() == [[True, False]]
