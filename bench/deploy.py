@@ -155,7 +155,7 @@ def pinned_config_json() -> str:
 def deploy_round(stubs: Stubs) -> tuple[float, float]:
     """CreateDeployment (must come back READY), then DeleteDeployment: their seconds."""
     create = deployment_pb2.CreateDeploymentRequest(
-        deployment=deployment_pb2.Deployment(model=MODEL, version=1)
+        wait=True, deployment=deployment_pb2.Deployment(model=MODEL, version=1)
     )
     started = time.perf_counter()
     try:

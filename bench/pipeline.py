@@ -173,7 +173,7 @@ def run(seconds: float = DEFAULT_SECONDS) -> Report:
 
 def _deploy(stubs: Stubs, deployment: deployment_pb2.Deployment) -> None:
     created = stubs.deployments.CreateDeployment(
-        deployment_pb2.CreateDeploymentRequest(deployment=deployment),
+        deployment_pb2.CreateDeploymentRequest(wait=True, deployment=deployment),
         metadata=stubs.auth,
         timeout=180,
     )

@@ -475,6 +475,19 @@ class Settings:
             )
         ),
     )
+    load_timeout: float = field(
+        default=120.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOAD_TIMEOUT",
+                "how long loading a deployment on one Triton may take before it is FAILED "
+                "(a deployment's load_timeout_seconds overrides it); s/m/h/d suffixes",
+                parse_duration,
+                "DURATION",
+                shown_default="2m",
+            )
+        ),
+    )
     max_message_bytes: int = field(
         default=GRPC_MESSAGE_LIMIT,
         metadata=_given_by(

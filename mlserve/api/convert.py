@@ -372,6 +372,7 @@ _DEPLOYMENT_STATES = {
     "READY": deployment_pb2.DEPLOYMENT_STATE_READY,
     "FAILED": deployment_pb2.DEPLOYMENT_STATE_FAILED,
     "UNREACHABLE": deployment_pb2.DEPLOYMENT_STATE_UNREACHABLE,
+    "LOADING": deployment_pb2.DEPLOYMENT_STATE_LOADING,
 }
 
 
@@ -387,6 +388,7 @@ def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
         state=_DEPLOYMENT_STATES[record.state],
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
+        load_timeout_seconds=record.load_timeout,
     )
     if record.model:
         message.serving.CopyFrom(serving_message(record.serving))
@@ -420,6 +422,7 @@ def wanted_deployment(message: deployment_pb2.Deployment) -> Wanted:
         version=message.version,
         placement=Placement(list(message.servers), message.replicas, dict(message.server_selector)),
         serving=serving_settings(message.serving) if message.HasField("serving") else None,
+        load_timeout=message.load_timeout_seconds,
     )
 
 

@@ -37,7 +37,7 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
             if wanted.HasField("logging")
             else None
         )
-        record = await self.deployments.create(convert.wanted_deployment(wanted))
+        record = await self.deployments.create(convert.wanted_deployment(wanted), wait=request.wait)
         return await self._logging(convert.deployment(record), policy)
 
     async def _logging(
@@ -100,6 +100,7 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
             wanted.version if "version" in mask else None,
             list(wanted.servers) if "servers" in mask else None,
             allow_missing=request.allow_missing,
+            wait=request.wait,
         )
         return convert.deployment(record)
 
@@ -112,7 +113,9 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
     async def LoadModel(
         self, request: deployment_pb2.LoadModelRequest, context: Context
     ) -> deployment_pb2.Deployment:
-        record = await self.deployments.load_model(request.model, request.version, request.server)
+        record = await self.deployments.load_model(
+            request.model, request.version, request.server, wait=request.wait
+        )
         return convert.deployment(record)
 
     async def UnloadModel(

@@ -168,7 +168,10 @@ class InferenceGateway:
                 "with mlserve.v1.ModelService/UploadModelVersion, then load by name"
             )
         try:
-            record = await self.deployments.update(parsed.model_name, 0, None, allow_missing=True)
+            # Triton's RepositoryModelLoad answers once the load is over: so does this.
+            record = await self.deployments.update(
+                parsed.model_name, 0, None, allow_missing=True, wait=True
+            )
         except NotFound as missing:
             raise NotFound(f"{failed}: {missing.message}") from None
         if record.state != "READY":

@@ -11,6 +11,12 @@ Two ways to put a version on a Triton (DESIGN.md): *shared*, for a Triton that
 reads MLServe's repository directory (the embedded one), loads by name with
 the version's config pinned to that version; *push*, for any other Triton,
 sends the config and the version's files in RepositoryModelLoad overrides.
+
+Loads run in the background: an API call records the desired state, marks its
+targets LOADING and answers; a task per deployment then loads it on each
+server under its locks, each load bounded by the deployment's deadline (a
+load past it is FAILED, the server keeps serving the rest). Deleting a
+deployment abandons its running load, so a wedged Triton load never holds it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +80,10 @@ UPDATABLE_DEPLOYMENT_FIELDS = frozenset({"version", "servers"})
 # How long the reconciler waits before loading again a deployment whose load
 # failed on a server: 2 s, doubling to 5 minutes (an API call loads at once).
 RELOAD_BACKOFF = Backoff(initial=2.0, cap=300.0)
+# How long one load may take when neither the deployment nor the server says.
+DEFAULT_LOAD_TIMEOUT = 120.0
+# Beyond the deadline, what Triton's own RPC is given: our deadline fires first.
+_RPC_SLACK = 10.0
 _LIST_KEY = {"list": "deployments"}
 
 __all__ = ["DEFAULT_SERVER", "DeploymentRecord", "Deployments", "Placement", "Wanted"]
@@ -88,6 +99,7 @@ class Wanted:
     version: int = 0  # 0: the latest
     placement: Placement = field(default_factory=Placement)
     serving: ServingSettings | None = None  # None: none given
+    load_timeout: float = 0.0  # seconds per load; 0: the server's default
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class DeploymentRecord:
     create_time: dt.datetime
     update_time: dt.datetime
     serving: ServingSettings = NO_SETTINGS
+    load_timeout: float = 0.0  # as set at create; 0: the server's default
 
     @property
     def servers(self) -> list[str]:
@@ -121,6 +134,8 @@ class _LoadOrder:
     plan: EnsemblePlan | None = None  # a pipeline's
     version: VersionRecord | None = None  # a model's
     config_json: str = ""  # a model's, version pinned and serving settings applied
+    load_timeout: float = 0.0  # the deployment's; 0: the server's default
+    models: tuple[str, ...] = ()  # the Triton models the load puts on the server
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,7 @@ class Deployments:
         *,
         retry: Backoff = RELOAD_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        load_timeout: float = DEFAULT_LOAD_TIMEOUT,
     ) -> None:
         self.fleet = fleet
         self.repository = repository
@@ -177,6 +193,11 @@ class Deployments:
         self._retry = retry
         self._clock = clock
         self._failed_loads: dict[tuple[str, str], tuple[int, float]] = {}
+        self.load_timeout = load_timeout
+        # The background load of each deployment being loaded, by its name.
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        # Unloads after an abandoned load: kept so they are not collected mid-way.
+        self._cleanups: set[asyncio.Task[None]] = set()
         fleet.track_holdings(targets.ServerHoldings())
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
@@ -217,8 +238,9 @@ class Deployments:
 
     # --- the API ------------------------------------------------------------
 
-    async def create(self, wanted: Wanted) -> DeploymentRecord:
-        """Deploy a model or a pipeline and return once every target has tried to load.
+    async def create(self, wanted: Wanted, *, wait: bool = False) -> DeploymentRecord:
+        """Deploy a model or a pipeline: record it, start loading it on its servers,
+        and return it LOADING (with ``wait``: once every server's load finished).
 
         Raises:
             InvalidArgument: both or neither of model and pipeline, a name other
@@ -228,8 +250,13 @@ class Deployments:
             FailedPrecondition: it clashes with what another deployment runs.
             Unavailable: a chosen server does not answer; nothing was written.
         """
+        if not math.isfinite(wanted.load_timeout) or wanted.load_timeout < 0:
+            raise InvalidArgument(
+                "load_timeout_seconds must be 0 (the server's default) or a number of "
+                "seconds above 0"
+            )
         if wanted.pipeline:
-            return await self._create_pipeline(wanted)
+            return await self._settled(await self._create_pipeline(wanted), wait)
         if wanted.name and wanted.name != wanted.model:
             raise InvalidArgument("a deployment is named after its model: leave name empty")
         model = wanted.model
@@ -239,9 +266,35 @@ class Deployments:
                 raise AlreadyExists(
                     f"model {model!r} is already deployed; use UpdateDeployment to change it"
                 )
-            return await self._apply(
-                model, wanted.version, wanted.placement, wanted.serving or NO_SETTINGS
+            record = await self._apply(
+                model,
+                wanted.version,
+                wanted.placement,
+                wanted.serving or NO_SETTINGS,
+                load_timeout=wanted.load_timeout,
             )
+        return await self._settled(record, wait)
+
+    async def _settled(self, record: DeploymentRecord, wait: bool) -> DeploymentRecord:
+        return await self.settled(record.name) if wait else record
+
+    async def settled(self, name: str) -> DeploymentRecord:
+        """Deployment ``name`` once its background load (if one runs) ended; the load
+        goes on when the caller gives up waiting.
+
+        Raises:
+            NotFound: it is not deployed, or was undeployed while loading.
+        """
+        load = self._loads.get(name)
+        if load is None:
+            return await self.get(name)
+        try:
+            await asyncio.shield(load)
+        except asyncio.CancelledError:
+            if not load.cancelled():
+                raise  # the caller gave up; the load goes on
+            # Abandoned by a DeleteDeployment: get() says it is gone.
+        return await self.get(name)
 
     async def _create_pipeline(self, wanted: Wanted) -> DeploymentRecord:
         if wanted.model or wanted.serving is not None:
@@ -263,8 +316,8 @@ class Deployments:
             placed = [placed_itself, *await in_thread(placed_models)(sorted(plan.members))]
             servers = await self.placer.place(wanted.placement, placed)
             await self.placer.require_ready(servers)
-            await in_thread(_write_pipeline)(plan, servers)
-            await asyncio.gather(*(self._load_on(pipeline, server) for server in servers))
+            await in_thread(_write_pipeline)(plan, servers, wanted.load_timeout)
+            await self._start_loads(pipeline, servers, [pipeline, *members])
         await self._notify()
         return await self.get(pipeline)
 
@@ -275,8 +328,10 @@ class Deployments:
         servers: Sequence[str] | None,
         *,
         allow_missing: bool = False,
+        wait: bool = False,
     ) -> DeploymentRecord:
-        """Move model deployment ``name`` to ``version`` and/or ``servers`` (None: keep).
+        """Move model deployment ``name`` to ``version`` and/or ``servers`` (None: keep);
+        loads run in the background as for ``create`` (``wait``: wait for them).
 
         ``allow_missing`` deploys it when it is not deployed yet. Pipelines are
         deployed again to change them (InvalidArgument says so).
@@ -287,12 +342,14 @@ class Deployments:
             if current is None:
                 if not allow_missing:
                     raise NotFound(f"model {name!r} is not deployed")
-                return await self._apply(name, version or 0, Placement(servers or ()))
-            return await self._apply(
-                name,
-                current.version if version is None else version,
-                Placement(current.servers if servers is None else servers),
-            )
+                record = await self._apply(name, version or 0, Placement(servers or ()))
+            else:
+                record = await self._apply(
+                    name,
+                    current.version if version is None else version,
+                    Placement(current.servers if servers is None else servers),
+                )
+        return await self._settled(record, wait)
 
     async def get(self, name: str) -> DeploymentRecord:
         """Deployment ``name``; NotFound alike when it is absent or the caller may not
@@ -321,23 +378,57 @@ class Deployments:
         """Undeploy ``name`` (a model or a pipeline) from every server.
 
         What another deployment still uses on a server (a pipeline's member
-        deployed on its own too, say) stays loaded there.
+        deployed on its own too, say) stays loaded there. A load still running
+        is abandoned and what it loads is unloaded in the background, so this
+        answers at once even when Triton's load is wedged.
         """
         models = await in_thread(_writable_models)(check_name(name, "deployment name"))
+        abandoned = await self._abandon_load(name)
         async with self._locked(models):
-            await self._delete(name)
+            await self._delete(name, abandoned=abandoned)
         await self._notify()
 
-    async def _delete(self, name: str) -> None:
-        """``delete`` for a caller holding the deployment's locks."""
+    async def _delete(self, name: str, *, abandoned: bool = False) -> None:
+        """``delete`` for a caller holding the deployment's locks; ``abandoned``: its
+        load was cut short, so Triton may still be busy with it: unload in the
+        background."""
         servers, models = await in_thread(_delete_row)(name)
+        if abandoned:
+            self._in_background(self._unload_from(servers, set(models)))
+            return
+        await self._unload_from(servers, set(models))
+
+    async def _unload_from(self, servers: Iterable[str], models: set[str]) -> None:
         for server in servers:
-            await self.placer.unload_unused(server, set(models))
+            await self.placer.unload_unused(server, models)
             await self.fleet.refresh(server, notify=False)
 
-    async def load_model(self, model: str, version: int, server: str) -> DeploymentRecord:
+    def _in_background(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except MLServeError as error:
+                log.warning("cleaning up after an abandoned load: %s", error.message)
+
+        task = asyncio.create_task(run())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _abandon_load(self, name: str) -> bool:
+        """Cancel deployment ``name``'s background load, if one runs; True if one did."""
+        load = self._loads.pop(name, None)
+        if load is None or load.done():
+            return False
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await load
+        return True
+
+    async def load_model(
+        self, model: str, version: int, server: str, *, wait: bool = False
+    ) -> DeploymentRecord:
         """Add ``server`` (default: 'local') to ``model``'s deployment at ``version``,
-        deploying it if it was not."""
+        deploying it if it was not; loads in the background (``wait``: wait for it)."""
         server = server or DEFAULT_SERVER
         await in_thread(_deployable_model)(model)
         async with self._locked([model]):
@@ -345,12 +436,14 @@ class Deployments:
             servers = [] if current is None else current.servers
             if server not in servers:
                 servers.append(server)
-            return await self._apply(model, version, Placement(servers))
+            record = await self._apply(model, version, Placement(servers))
+        return await self._settled(record, wait)
 
     async def unload_model(self, model: str, server: str) -> None:
         """Take ``model`` off ``server`` (empty: off every server); undeploy it when no
         server is left."""
         await in_thread(writable_model)(check_name(model, "model name"))
+        abandoned = await self._abandon_load(model)
         async with self._locked([model]):
             # Read under the lock: a concurrent update must not be undone.
             record = await self.get(model)
@@ -360,7 +453,7 @@ class Deployments:
             if remaining:
                 await self._apply(model, record.version, Placement(remaining))
                 return
-            await self._delete(model)
+            await self._delete(model, abandoned=abandoned)
         await self._notify()
 
     async def serving(self) -> dict[str, list[tuple[str, int]]]:
@@ -403,7 +496,11 @@ class Deployments:
         """
         client = await self.fleet.client(server)
         for found in await in_thread(_on_server)(server):
-            if self._busy(found.models) or (found.is_pipeline and found.state == FAILED):
+            if (
+                self._busy(found.models)
+                or found.name in self._loads
+                or (found.is_pipeline and found.state == FAILED)
+            ):
                 continue
             if not self._may_retry(found.name, server):
                 continue  # its last loads there failed: wait out the back-off
@@ -415,7 +512,13 @@ class Deployments:
                 if not held:
                     continue  # being changed here or by another MLServe: next round
                 log.info("reconciling: loading %s v%d on %s", found.name, found.version, server)
-                await self._load_on(found.name, server)
+                load = self._track(found.name, self._load_on(found.name, server))
+                try:
+                    await load
+                except asyncio.CancelledError:
+                    if not load.cancelled():
+                        raise
+                    # A DeleteDeployment abandoned it; go on with the rest.
         await self._notify()
 
     # --- the work -----------------------------------------------------------
@@ -426,9 +529,12 @@ class Deployments:
         version: int,
         placement: Placement,
         settings: ServingSettings | None = None,
+        *,
+        load_timeout: float = 0.0,
     ) -> DeploymentRecord:
-        """Record the desired state of a model deployment and make the servers match;
-        the caller holds the model's lock. ``settings`` None keeps the deployment's."""
+        """Record the desired state of a model deployment and start making the servers
+        match (in the background); the caller holds the model's lock. ``settings``
+        None keeps the deployment's; ``load_timeout`` is a new deployment's."""
         placed = await in_thread(lambda: placed_model(_deployable_model(model)))()
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
@@ -441,9 +547,11 @@ class Deployments:
                 )
         servers = await self.placer.place(placement, [placed])
         await self.placer.require_ready(servers)
+        # A new version is loaded beside the serving one first (a rollout), so the
+        # route can move to it; the loads of the version alone then run in the background.
         serving_both = await self._load_beside(model, target.version, servers, settings)
         previous = await in_thread(_write_model)(
-            model, target.version, servers, settings, serving_both
+            model, target.version, servers, settings, serving_both, load_timeout
         )
         if serving_both:
             await self._notify()  # the route moves to the new version where it serves
@@ -451,9 +559,37 @@ class Deployments:
             await self.placer.unload_unused(server, {model})
         # Loading the version alone also unloads the old one where both served;
         # Triton lets the requests in flight on it finish first.
-        await asyncio.gather(*(self._load_on(model, server) for server in servers))
+        await self._start_loads(model, servers, [model])
         await self._notify()
         return await self.get(model)
+
+    async def _start_loads(self, name: str, servers: Sequence[str], models: list[str]) -> None:
+        """Mark ``name``'s targets on ``servers`` LOADING and load it there in a task
+        of its own, which takes ``models``' locks once the caller lets go of them."""
+        # A target READY stays so: the version it serves is routed to meanwhile.
+        await in_thread(targets.mark_loading)(name, servers)
+        await self._abandon_load(name)  # an older load waits for the caller's locks
+
+        async def load() -> None:
+            async with self._locked(models):
+                await asyncio.gather(*(self._load_on(name, server) for server in servers))
+            await self._notify()
+
+        self._track(name, load())
+
+    def _track(self, name: str, load: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``load`` of deployment ``name`` as the task DeleteDeployment abandons."""
+        task = asyncio.create_task(load, name=f"load {name}")
+        self._loads[name] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._loads.get(name) is done:
+                del self._loads[name]
+            if not done.cancelled() and done.exception() is not None:
+                log.error("loading %s failed", name, exc_info=done.exception())
+
+        task.add_done_callback(forget)
+        return task
 
     async def _load_beside(
         self, model: str, version: int, servers: Sequence[str], settings: ServingSettings | None
@@ -492,12 +628,23 @@ class Deployments:
         if order is None:
             return  # undeployed, or the server unregistered, meanwhile
         members = None
-        if order.plan is not None:
-            state, message, members = await self.ensembles.load(
-                order.plan, server, order.shares_repository
+        deadline = order.load_timeout or self.load_timeout
+        try:
+            if order.plan is not None:
+                state, message, members = await asyncio.wait_for(
+                    self.ensembles.load(order.plan, server, order.shares_repository), deadline
+                )
+            else:
+                state, message = await asyncio.wait_for(
+                    self._load_model(order, server, deadline + _RPC_SLACK), deadline
+                )
+        except TimeoutError:
+            # Triton may be stuck in the model's initialize(): the server is not
+            # at fault and keeps serving the rest.
+            state, message = FAILED, f"load did not finish in {deadline:g} s"
+            self._in_background(
+                self.placer.unload_unused(server, set(order.models), except_deployment=name)
             )
-        else:
-            state, message = await self._load_model(order, server)
         await in_thread(targets.set_state)(name, server, state, message, members)
         # An unreachable server is the health loop's to watch; a refused load is ours.
         self._count_load(name, server, failed=state == FAILED)
@@ -521,7 +668,7 @@ class Deployments:
             self._clock() + self._retry.delay(failures),
         )
 
-    async def _load_model(self, order: _LoadOrder, server: str) -> tuple[str, str]:
+    async def _load_model(self, order: _LoadOrder, server: str, timeout: float) -> tuple[str, str]:
         """Load a model deployment; return its target's (state, message)."""
         assert order.version is not None
         try:
@@ -529,7 +676,9 @@ class Deployments:
             files = None
             if not order.shares_repository:
                 files = await in_thread(targets.files_to_push)(self.repository, order.version)
-            await client.load(order.name, config_json=order.config_json, files=files)
+            await client.load(
+                order.name, config_json=order.config_json, files=files, timeout=timeout
+            )
         except Unavailable as error:
             return UNREACHABLE, error.message
         except MLServeError as error:
@@ -545,11 +694,22 @@ class Deployments:
         if row.pipeline_id is not None:
             recorded = {m.model.name: (m.version, m.config) for m in row.members}
             return _LoadOrder(
-                name, shares, plan=ensembles.recorded_plan(name, row.version, recorded)
+                name,
+                shares,
+                plan=ensembles.recorded_plan(name, row.version, recorded),
+                load_timeout=row.load_timeout,
+                models=(name, *recorded),
             )
         record = find_version(name, row.version)
         config = _deployed_config(record, row.serving)
-        return _LoadOrder(name, shares, version=record, config_json=modelconfig.to_json(config))
+        return _LoadOrder(
+            name,
+            shares,
+            version=record,
+            config_json=modelconfig.to_json(config),
+            load_timeout=row.load_timeout,
+            models=(name,),
+        )
 
 
 class DeploymentUsage:
@@ -681,6 +841,7 @@ def _write_model(
     servers: Sequence[str],
     settings: ServingSettings | None,
     serving_both: Sequence[str] = (),
+    load_timeout: float = 0.0,
 ) -> list[str]:
     """Make the store say "model at version on servers"; return the servers it named
     before. Targets on ``serving_both`` stay READY: the new version serves there."""
@@ -692,6 +853,7 @@ def _write_model(
                 model=model_row(model),
                 version=version,
                 serving=(settings or NO_SETTINGS).to_json(),
+                load_timeout=load_timeout,
             )
             new_version = False
         else:
@@ -704,12 +866,13 @@ def _write_model(
         return targets.write(row, servers, reset=new_version, still_ready=serving_both)
 
 
-def _write_pipeline(plan: EnsemblePlan, servers: Sequence[str]) -> None:
+def _write_pipeline(plan: EnsemblePlan, servers: Sequence[str], load_timeout: float) -> None:
     with db.database.atomic():
         row = tables.Deployment.create(
             name=plan.name,
             pipeline=writable_pipeline(plan.name),
             version=plan.version,
+            load_timeout=load_timeout,
         )
         for member in plan.members.values():
             tables.DeploymentMember.create(
@@ -817,4 +980,5 @@ def _record(row: Any) -> DeploymentRecord:
         create_time=row.create_time,
         update_time=row.update_time,
         serving=ServingSettings.from_json(row.serving),
+        load_timeout=row.load_timeout,
     )

@@ -29,10 +29,11 @@ from mlserve.storage.repository import Repository
 log = logging.getLogger(__name__)
 
 PENDING = "PENDING"
+LOADING = "LOADING"
 FAILED = "FAILED"
 UNREACHABLE = "UNREACHABLE"
 # Worst first: the overall state of a deployment is its worst target's.
-_SEVERITY = [FAILED, UNREACHABLE, PENDING, READY]
+_SEVERITY = [FAILED, UNREACHABLE, PENDING, LOADING, READY]
 DEFAULT_SERVER = "local"
 
 
@@ -252,6 +253,20 @@ def set_state(
     tables.DeploymentTarget.update(**values).where(
         (tables.DeploymentTarget.deployment == deployment)
         & (tables.DeploymentTarget.server == server_row)
+    ).execute()
+
+
+def mark_loading(name: str, servers: Sequence[str]) -> None:
+    """Record LOADING for deployment ``name``'s targets on ``servers`` that are not
+    READY (a READY one keeps serving the version it has while the next loads)."""
+    deployment = tables.Deployment.get_or_none(tables.Deployment.name == name)
+    if deployment is None:
+        return
+    server_rows = tables.Server.select().where(tables.Server.name.in_(list(servers)))
+    tables.DeploymentTarget.update(state=LOADING, message="", update_time=db.utcnow()).where(
+        (tables.DeploymentTarget.deployment == deployment)
+        & tables.DeploymentTarget.server.in_(server_rows)
+        & (tables.DeploymentTarget.state != READY)
     ).execute()
 
 

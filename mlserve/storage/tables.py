@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 
 class BaseModel(pw.Model):
@@ -406,6 +406,8 @@ class Deployment(BaseModel):
     update_time = pw.DateTimeField(default=utcnow)
     serving = pw.TextField(default="{}")  # JSON: batching and instance settings
     pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
+    # Seconds one load on one server may take (schema 16); 0: the server's default.
+    load_timeout = pw.FloatField(default=0.0)
 
 
 class DeploymentTarget(BaseModel):
@@ -796,6 +798,15 @@ def _add_assays(db: pw.Database) -> None:
     db.create_tables([Assay, AssayResult])
 
 
+def _add_load_timeouts(db: pw.Database) -> None:
+    """Each deployment's load deadline (issue 11)."""
+    migrate_schema(
+        SchemaMigrator.from_database(db).add_column(
+            "deployment", "load_timeout", Deployment.load_timeout
+        )
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -811,6 +822,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     12: _add_upload_parts,
     13: _add_datasets,
     14: _add_assays,
+    15: _add_load_timeouts,
 }
 
 

@@ -470,7 +470,7 @@ def test_an_editor_cannot_touch_another_workspaces_model(
         (
             bob.deployments.CreateDeployment,
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model=model_name)
+                wait=True, deployment=deployment_pb2.Deployment(model=model_name)
             ),
         ),
         (bob.models.UploadModelVersion, stream(model_name, {"model.py": b"# bob\n"})),

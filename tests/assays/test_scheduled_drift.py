@@ -31,7 +31,7 @@ def deployed(stubs: Stubs) -> Iterator[str]:
     )
     stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(model=name, logging=policy)
+            wait=True, deployment=deployment_pb2.Deployment(model=name, logging=policy)
         ),
         metadata=stubs.auth,
     )

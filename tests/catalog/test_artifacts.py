@@ -433,7 +433,7 @@ def test_version_built_from_a_stored_file_deploys_and_serves(
     assert linked.stat().st_ino == blob.stat().st_ino
     deployment = stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(model=model_name, version=2)
+            wait=True, deployment=deployment_pb2.Deployment(model=model_name, version=2)
         ),
         metadata=stubs.auth,
     )

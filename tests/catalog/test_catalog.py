@@ -143,7 +143,7 @@ def test_get_model_shows_versions_deployment_and_inferences(
     upload_add(stubs, model_name, offset=1.0)
     stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(model=model_name, version=1)
+            wait=True, deployment=deployment_pb2.Deployment(model=model_name, version=1)
         ),
         metadata=stubs.auth,
     )

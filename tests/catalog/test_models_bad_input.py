@@ -205,7 +205,8 @@ def test_deleting_a_deployed_version_or_model_is_refused(
     assert (first.version, second.version) == (1, 2)
     deployment = stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(model=model_name, version=1, servers=["local"])
+            wait=True,
+            deployment=deployment_pb2.Deployment(model=model_name, version=1, servers=["local"]),
         ),
         metadata=stubs.auth,
         timeout=120,

@@ -43,7 +43,9 @@ def members(stubs: Stubs) -> Members:
 
 def deploy_pipeline(stubs: Stubs, name: str) -> deployment_pb2.Deployment:
     deployment: deployment_pb2.Deployment = stubs.deployments.CreateDeployment(
-        deployment_pb2.CreateDeploymentRequest(deployment=deployment_pb2.Deployment(pipeline=name)),
+        deployment_pb2.CreateDeploymentRequest(
+            wait=True, deployment=deployment_pb2.Deployment(pipeline=name)
+        ),
         metadata=stubs.auth,
         timeout=180,
     )
@@ -230,7 +232,7 @@ def test_bad_pipelines_are_refused_with_the_right_code_and_nothing_created(
         as_model = error_of(
             stubs.deployments.CreateDeployment,
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model=name)
+                wait=True, deployment=deployment_pb2.Deployment(model=name)
             ),
             stubs,
         )
@@ -344,7 +346,7 @@ def test_serving_settings_reach_triton_for_pipeline_steps_and_models(
         # The same settings on a model's own deployment, at deploy time.
         deployment = stubs.deployments.CreateDeployment(
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model=alone, serving=settings)
+                wait=True, deployment=deployment_pb2.Deployment(model=alone, serving=settings)
             ),
             metadata=stubs.auth,
             timeout=120,
@@ -356,7 +358,7 @@ def test_serving_settings_reach_triton_for_pipeline_steps_and_models(
         refused = error_of(
             stubs.deployments.CreateDeployment,
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model=members.pre, serving=settings)
+                wait=True, deployment=deployment_pb2.Deployment(model=members.pre, serving=settings)
             ),
             stubs,
         )
@@ -520,7 +522,7 @@ def test_a_member_deployed_on_its_own_is_shared_at_its_version_and_kept_loaded(
     try:
         alone = stubs.deployments.CreateDeployment(
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(model=own, version=1)
+                wait=True, deployment=deployment_pb2.Deployment(model=own, version=1)
             ),
             metadata=stubs.auth,
             timeout=120,
@@ -532,7 +534,7 @@ def test_a_member_deployed_on_its_own_is_shared_at_its_version_and_kept_loaded(
         clash = error_of(
             stubs.deployments.CreateDeployment,
             deployment_pb2.CreateDeploymentRequest(
-                deployment=deployment_pb2.Deployment(pipeline=name)
+                wait=True, deployment=deployment_pb2.Deployment(pipeline=name)
             ),
             stubs,
         )
@@ -582,7 +584,7 @@ def test_a_pipeline_is_private_to_its_workspace(
             (
                 outsider.deployments.CreateDeployment,
                 deployment_pb2.CreateDeploymentRequest(
-                    deployment=deployment_pb2.Deployment(pipeline=name)
+                    wait=True, deployment=deployment_pb2.Deployment(pipeline=name)
                 ),
             ),
         ):

@@ -1,6 +1,7 @@
 """The deployment lifecycle over scripted Triton clients: one lock per Triton
 model name, and reads of the deployment made under it; the database's named
-locks across processes; the reconciler's back-off on a failing load."""
+locks across processes; the reconciler's back-off on a failing load; loads in
+the background (LOADING), their deadline, and deleting a wedged one."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from google.protobuf import text_format
 
 from mlserve.core.aio import Backoff
-from mlserve.core.errors import FailedPrecondition
+from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.paging import PageTokens
+from mlserve.deploy.fleet import Fleet
 from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
 from mlserve.storage import db, tables
 from mlserve.storage.repository import LocalRepository
@@ -138,7 +140,7 @@ def test_the_reconciler_backs_off_a_failing_load(store_db: pw.Database, tmp_path
         )
         triton = tritons["a"]
         triton.load_errors["m"] = FailedPrecondition("the model is broken")
-        created = await deployments.create(Wanted(model="m", version=1))
+        created = await deployments.create(Wanted(model="m", version=1), wait=True)
         assert created.state == "FAILED"
         loads = []
         for at in (0.5, 1.9, 2.0, 3.0, 5.9, 6.0, 13.9):  # failed at 0: again at 2, 6, 14
@@ -155,3 +157,102 @@ def test_the_reconciler_backs_off_a_failing_load(store_db: pw.Database, tmp_path
         return loads
 
     assert asyncio.run(scenario()) == [1, 1, 2, 2, 2, 3, 3, 4]
+
+
+def lifecycle(fleet: Fleet, tmp_path: Path, load_timeout: float = 120.0) -> Deployments:
+    repository = LocalRepository(tmp_path / "repository", tmp_path / "staging", tmp_path / "blobs")
+    return Deployments(fleet, repository, PageTokens(b"k" * 32), load_timeout=load_timeout)
+
+
+def test_create_answers_loading_and_the_load_goes_on_in_the_background(
+    store_db: pw.Database, tmp_path: Path
+) -> None:
+    add_versions("m", 1)
+
+    async def scenario() -> tuple[str, list[str], str, str]:
+        tritons = ScriptedTritons()
+        deployments = lifecycle(await scripted_fleet(tritons, "a", "b"), tmp_path)
+        release = tritons["a"].hold("load")  # every load waits: a slow initialize()
+        created = await deployments.create(Wanted(model="m", placement=Placement(["a", "b"])))
+        while_loading = (await deployments.get("m")).state
+        release.set()
+        settled = await deployments.settled("m")
+        return created.state, [t.state for t in created.targets], while_loading, settled.state
+
+    assert asyncio.run(scenario()) == ("LOADING", ["LOADING", "LOADING"], "LOADING", "READY")
+
+
+def test_wait_answers_once_the_load_finished(store_db: pw.Database, tmp_path: Path) -> None:
+    add_versions("m", 2)
+
+    async def scenario() -> tuple[str, str, str]:
+        tritons = ScriptedTritons()
+        deployments = lifecycle(await scripted_fleet(tritons, "a"), tmp_path)
+        created = await deployments.create(Wanted(model="m", version=1), wait=True)
+        updated = await deployments.update("m", 2, None, wait=True)
+        added = await deployments.load_model("m", 2, "a", wait=True)
+        return created.state, updated.state, added.state
+
+    assert asyncio.run(scenario()) == ("READY", "READY", "READY")
+
+
+@pytest.mark.parametrize("own_timeout", [0.0, 0.05])
+def test_a_load_past_its_deadline_is_failed_and_the_server_stays_ready(
+    store_db: pw.Database, tmp_path: Path, own_timeout: float
+) -> None:
+    """The server's default deadline, or the deployment's own: FAILED with the reason,
+    the server READY, and what Triton was loading unloaded."""
+    add_versions("m", 1)
+
+    async def scenario() -> tuple[str, str, str, bool]:
+        tritons = ScriptedTritons()
+        fleet = await scripted_fleet(tritons, "a")
+        deployments = lifecycle(fleet, tmp_path, load_timeout=0.05 if not own_timeout else 120)
+        tritons["a"].hold("load")  # never released: a wedged load
+        await deployments.create(Wanted(model="m", load_timeout=own_timeout))
+        record = await deployments.settled("m")
+        await asyncio.wait_for(tritons["a"].called("unload", "m"), 30)  # in the background
+        server = await fleet.get("a")
+        return record.state, record.targets[0].message, server.status.state, True
+
+    assert asyncio.run(scenario()) == ("FAILED", "load did not finish in 0.05 s", "READY", True)
+
+
+def test_delete_abandons_a_wedged_load(store_db: pw.Database, tmp_path: Path) -> None:
+    """DeleteDeployment answers while Triton's load still hangs; the model is gone."""
+    add_versions("m", 1)
+
+    async def scenario() -> tuple[bool, list[tuple[str, str]]]:
+        tritons = ScriptedTritons()
+        deployments = lifecycle(await scripted_fleet(tritons, "a"), tmp_path)
+        release = tritons["a"].hold("load")
+        await deployments.create(Wanted(model="m"))
+        await asyncio.wait_for(tritons["a"].called("load", "m"), 30)  # in Triton's hands
+        await deployments.delete("m")
+        try:
+            await deployments.settled("m")
+            gone = False
+        except NotFound:
+            gone = True
+        await asyncio.wait_for(tritons["a"].called("unload", "m"), 30)  # quietly, later
+        release.set()
+        return gone, [call for call in tritons["a"].calls if call[1] == "m"]
+
+    assert asyncio.run(scenario()) == (True, [("load", "m"), ("unload", "m")])
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), float("inf")])
+def test_a_bad_load_timeout_is_refused_and_nothing_is_written(
+    store_db: pw.Database, tmp_path: Path, timeout: float
+) -> None:
+    add_versions("m", 1)
+
+    async def scenario() -> None:
+        tritons = ScriptedTritons()
+        deployments = lifecycle(await scripted_fleet(tritons, "a"), tmp_path)
+        with pytest.raises(InvalidArgument, match="load_timeout_seconds"):
+            await deployments.create(Wanted(model="m", load_timeout=timeout))
+        assert ("load", "m") not in tritons["a"].calls
+
+    asyncio.run(scenario())
+    assert tables.Deployment.select().count() == 0

@@ -51,7 +51,7 @@ def test_a_pushed_pipeline_serves_and_comes_back_after_a_triton_restart(
     create(stubs, chain("pushed", names.all))
     deployment = stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(pipeline="pushed", servers=["p1"])
+            wait=True, deployment=deployment_pb2.Deployment(pipeline="pushed", servers=["p1"])
         ),
         metadata=stubs.auth,
         timeout=180,

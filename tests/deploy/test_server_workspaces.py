@@ -161,7 +161,7 @@ def test_a_pipeline_with_anything_of_another_workspace_is_refused(
         with pytest.raises(grpc.RpcError) as failure:
             stubs.deployments.CreateDeployment(
                 deployment_pb2.CreateDeploymentRequest(
-                    deployment=deployment_pb2.Deployment(pipeline="ws-pipeline")
+                    wait=True, deployment=deployment_pb2.Deployment(pipeline="ws-pipeline")
                 ),
                 metadata=stubs.auth,
                 timeout=120,

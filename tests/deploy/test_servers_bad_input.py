@@ -56,7 +56,8 @@ def test_deploy_to_an_unreachable_triton_is_unavailable(
                 Code.UNAVAILABLE,
                 stubs.deployments.CreateDeployment,
                 deployment_pb2.CreateDeploymentRequest(
-                    deployment=deployment_pb2.Deployment(model=existing.model, servers=[ghost])
+                    wait=True,
+                    deployment=deployment_pb2.Deployment(model=existing.model, servers=[ghost]),
                 ),
                 metadata=stubs.auth,
                 timeout=60,
@@ -71,7 +72,7 @@ def test_deploy_to_an_unreachable_triton_is_unavailable(
             expect_error(
                 Code.UNAVAILABLE,
                 stubs.deployments.LoadModel,
-                deployment_pb2.LoadModelRequest(model=existing.model, server=ghost),
+                deployment_pb2.LoadModelRequest(wait=True, model=existing.model, server=ghost),
                 metadata=stubs.auth,
                 timeout=60,
             )

@@ -24,7 +24,7 @@ def test_upload_deploy_infer_upgrade_undeploy_delete(stubs: Stubs, model_name: s
 
     deployment = stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(model=model_name)
+            wait=True, deployment=deployment_pb2.Deployment(model=model_name)
         ),
         metadata=stubs.auth,
     )
@@ -42,6 +42,7 @@ def test_upload_deploy_infer_upgrade_undeploy_delete(stubs: Stubs, model_name: s
     assert second.version == 2
     stubs.deployments.UpdateDeployment(
         deployment_pb2.UpdateDeploymentRequest(
+            wait=True,
             deployment=deployment_pb2.Deployment(name=model_name, version=2),
             update_mask=field_mask_pb2.FieldMask(paths=["version"]),
         ),

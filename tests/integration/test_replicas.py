@@ -263,6 +263,7 @@ def test_two_replicas_changing_one_deployment_at_once_take_turns(replicas: Repli
         def update(stubs: Stubs, version: int) -> None:
             stubs.deployments.UpdateDeployment(
                 deployment_pb2.UpdateDeploymentRequest(
+                    wait=True,
                     deployment=deployment_pb2.Deployment(name="contended", version=version),
                     update_mask=field_mask_pb2.FieldMask(paths=["version"]),
                 ),
@@ -314,6 +315,7 @@ def test_a_change_waits_while_another_replica_holds_the_model(replicas: Replicas
             update = pool.submit(
                 b_stubs.deployments.UpdateDeployment,
                 deployment_pb2.UpdateDeploymentRequest(
+                    wait=True,
                     deployment=deployment_pb2.Deployment(name="held", version=2),
                     update_mask=field_mask_pb2.FieldMask(paths=["version"]),
                 ),

@@ -33,7 +33,8 @@ def _deploy(stubs: Stubs, model: str, policy: inference_log_pb2.LoggingPolicy | 
     if policy is not None:
         deployment.logging.CopyFrom(policy)
     stubs.deployments.CreateDeployment(
-        deployment_pb2.CreateDeploymentRequest(deployment=deployment), metadata=stubs.auth
+        deployment_pb2.CreateDeploymentRequest(wait=True, deployment=deployment),
+        metadata=stubs.auth,
     )
 
 

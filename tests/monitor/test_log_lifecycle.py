@@ -29,7 +29,8 @@ def _serve(home: Path, *extra: str) -> tuple[MLServeProcess, Stubs]:
         logging=inference_log_pb2.LoggingPolicy(mode=inference_log_pb2.LOGGING_MODE_ALL),
     )
     stubs.deployments.CreateDeployment(
-        deployment_pb2.CreateDeploymentRequest(deployment=deployment), metadata=stubs.auth
+        deployment_pb2.CreateDeploymentRequest(wait=True, deployment=deployment),
+        metadata=stubs.auth,
     )
     return process, stubs
 

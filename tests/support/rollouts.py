@@ -85,6 +85,7 @@ def roll_to(stubs: Stubs, model: str, version: int) -> deployment_pb2.Deployment
     """UpdateDeployment of ``model`` to ``version``; returns once it has loaded."""
     deployment: deployment_pb2.Deployment = stubs.deployments.UpdateDeployment(
         deployment_pb2.UpdateDeploymentRequest(
+            wait=True,
             deployment=deployment_pb2.Deployment(name=model, version=version),
             update_mask=field_mask_pb2.FieldMask(paths=["version"]),
         ),

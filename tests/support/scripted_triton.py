@@ -29,6 +29,7 @@ class ScriptedTriton(TritonClient):
         self.calls: list[tuple[str, str]] = []
         # Set to hold every call of that method until the event is set.
         self.gates: dict[str, asyncio.Event] = {}
+        self._call_made = asyncio.Condition()
 
     async def close(self) -> None:
         pass
@@ -73,8 +74,15 @@ class ScriptedTriton(TritonClient):
         gate = self.gates[method] = asyncio.Event()
         return gate
 
+    async def called(self, method: str, model: str = "") -> None:
+        """Return once ``method`` was called for ``model`` (at once if it was)."""
+        async with self._call_made:
+            await self._call_made.wait_for(lambda: (method, model) in self.calls)
+
     async def _called(self, method: str, model: str = "") -> None:
         self.calls.append((method, model))
+        async with self._call_made:
+            self._call_made.notify_all()
         gate = self.gates.get(method)
         if gate is not None:
             await gate.wait()

@@ -127,7 +127,7 @@ def deploy(
     """CreateDeployment of ``model`` (servers=, replicas=, server_selector=, version=)."""
     deployment: deployment_pb2.Deployment = stubs.deployments.CreateDeployment(
         deployment_pb2.CreateDeploymentRequest(
-            deployment=deployment_pb2.Deployment(model=model, **placement)
+            wait=True, deployment=deployment_pb2.Deployment(model=model, **placement)
         ),
         metadata=stubs.auth,
         timeout=timeout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -579,12 +580,16 @@ class Client:
         servers: Sequence[str] | None = None,
         *,
         logging: inference_log_pb2.LoggingPolicy | None = None,
+        wait: bool = True,
+        progress: LoadProgress | None = None,
     ) -> deployment_pb2.Deployment:
         """Create or update the model's deployment; 0 means the latest version.
 
         ``servers`` None keeps an existing deployment's servers, and lets the server
         choose ("local") for a new one. ``logging`` (see ``inference_logs.policy``) is set
-        first, so a policy the server refuses deploys nothing.
+        first, so a policy the server refuses deploys nothing. With ``wait`` (the
+        default) it returns once the loads finished (see ``wait_for_deployment``);
+        without, at once, LOADING.
         """
         if logging is not None:
             self.set_logging_policy(logging, deployment=model)
@@ -596,7 +601,25 @@ class Client:
             allow_missing=True,
         )
         request.update_mask.paths.extend(fields)
-        return self.deployments.UpdateDeployment(request)
+        deployment = self.deployments.UpdateDeployment(request)
+        return self.wait_for_deployment(deployment, progress) if wait else deployment
+
+    def wait_for_deployment(
+        self,
+        deployment: deployment_pb2.Deployment,
+        progress: LoadProgress | None = None,
+        *,
+        poll_interval: float = 0.5,
+    ) -> deployment_pb2.Deployment:
+        """``deployment`` once no target is LOADING, polling GetDeployment;
+        ``progress(deployment)`` is called with each answer that is still loading."""
+        request = deployment_pb2.GetDeploymentRequest(name=deployment.name)
+        while _loading(deployment):
+            if progress is not None:
+                progress(deployment)
+            time.sleep(poll_interval)
+            deployment = self.deployments.GetDeployment(request)
+        return deployment
 
     # --- the inference log --------------------------------------------------
 
@@ -676,12 +699,20 @@ class Client:
         return _every_page(page)
 
     def deploy_pipeline(
-        self, name: str, version: int = 0, servers: Sequence[str] = ()
+        self,
+        name: str,
+        version: int = 0,
+        servers: Sequence[str] = (),
+        *,
+        wait: bool = True,
+        progress: LoadProgress | None = None,
     ) -> deployment_pb2.Deployment:
-        """Deploy a pipeline version (0: the latest) as a Triton ensemble; wait for the outcome."""
+        """Deploy a pipeline version (0: the latest) as a Triton ensemble; with ``wait``
+        (the default) return once its loads finished, else at once (LOADING)."""
         wanted = deployment_pb2.Deployment(pipeline=name, version=version, servers=servers)
         request = deployment_pb2.CreateDeploymentRequest(deployment=wanted)
-        return self.deployments.CreateDeployment(request)
+        deployment = self.deployments.CreateDeployment(request)
+        return self.wait_for_deployment(deployment, progress) if wait else deployment
 
     # --- drift assays -------------------------------------------------------------
 
@@ -733,6 +764,16 @@ class Client:
             return response.results, response.next_page_token
 
         return _every_page(page)
+
+
+# Told how a deployment's loads stand while ``Client.wait_for_deployment`` waits.
+LoadProgress = Callable[[deployment_pb2.Deployment], None]
+
+
+def _loading(deployment: deployment_pb2.Deployment) -> bool:
+    return deployment.state == deployment_pb2.DEPLOYMENT_STATE_LOADING or any(
+        target.state == deployment_pb2.DEPLOYMENT_STATE_LOADING for target in deployment.targets
+    )
 
 
 def _every_page(

@@ -39,6 +39,10 @@ class _DeploymentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deplo
     """Triton refused or failed to load it; message says why."""
     DEPLOYMENT_STATE_UNREACHABLE: _DeploymentState.ValueType  # 4
     """The server did not answer; the reconciler retries."""
+    DEPLOYMENT_STATE_LOADING: _DeploymentState.ValueType  # 5
+    """Being loaded in the background; becomes READY or FAILED, at the latest
+    after the deployment's load_timeout_seconds.
+    """
 
 class DeploymentState(_DeploymentState, metaclass=_DeploymentStateEnumTypeWrapper):
     """DeploymentState is the state of a deployment on one server, or overall."""
@@ -53,6 +57,10 @@ DEPLOYMENT_STATE_FAILED: DeploymentState.ValueType  # 3
 """Triton refused or failed to load it; message says why."""
 DEPLOYMENT_STATE_UNREACHABLE: DeploymentState.ValueType  # 4
 """The server did not answer; the reconciler retries."""
+DEPLOYMENT_STATE_LOADING: DeploymentState.ValueType  # 5
+"""Being loaded in the background; becomes READY or FAILED, at the latest
+after the deployment's load_timeout_seconds.
+"""
 Global___DeploymentState: _TypeAlias = DeploymentState  # noqa: Y015
 
 @_typing.final
@@ -173,6 +181,7 @@ class Deployment(_message.Message):
     SERVING_FIELD_NUMBER: _builtins.int
     LOGGING_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
+    LOAD_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name: the model's name (one deployment per model)."""
     model: _builtins.str
@@ -191,6 +200,11 @@ class Deployment(_message.Message):
     """The pipeline to deploy as a Triton ensemble, instead of a model; the
     deployment is then named after the pipeline and version is the pipeline
     version. Members are deployed first on the same servers.
+    """
+    load_timeout_seconds: _builtins.float
+    """How long one load of it on one server may take before it is FAILED
+    with "load did not finish in N s"; 0 at create means the server's
+    default (mlserve serve --load-timeout). Set at create.
     """
     @_builtins.property
     def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -253,10 +267,11 @@ class Deployment(_message.Message):
         serving: _pipeline_pb2.ServingSettings | None = ...,
         logging: _inference_log_pb2.LoggingPolicy | None = ...,
         latency: _inference_log_pb2.RecentLatency | None = ...,
+        load_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "logging", b"logging", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "logging", b"logging", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "load_timeout_seconds", b"load_timeout_seconds", "logging", b"logging", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -269,6 +284,9 @@ class CreateDeploymentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    wait: _builtins.bool
+    """Answer once every server's load finished instead of at once (LOADING)."""
     @_builtins.property
     def deployment(self) -> Global___Deployment:
         """The deployment; model is required."""
@@ -277,10 +295,11 @@ class CreateDeploymentRequest(_message.Message):
         self,
         *,
         deployment: Global___Deployment | None = ...,
+        wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -371,8 +390,11 @@ class UpdateDeploymentRequest(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     ALLOW_MISSING_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     allow_missing: _builtins.bool
     """Create the deployment if it does not exist."""
+    wait: _builtins.bool
+    """Answer once every server's load finished instead of at once (LOADING)."""
     @_builtins.property
     def deployment(self) -> Global___Deployment:
         """The deployment, with name set and new values in the masked fields."""
@@ -387,10 +409,11 @@ class UpdateDeploymentRequest(_message.Message):
         deployment: Global___Deployment | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         allow_missing: _builtins.bool = ...,
+        wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_missing", b"allow_missing", "deployment", b"deployment", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_missing", b"allow_missing", "deployment", b"deployment", "update_mask", b"update_mask", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,22 +450,26 @@ class LoadModelRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SERVER_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model's name."""
     version: _builtins.int
     """The version; 0 means the latest."""
     server: _builtins.str
     """The server's name; empty means "local"."""
+    wait: _builtins.bool
+    """Answer once the load finished instead of at once (LOADING)."""
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         version: _builtins.int = ...,
         server: _builtins.str = ...,
+        wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "server", b"server", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "server", b"server", "version", b"version", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

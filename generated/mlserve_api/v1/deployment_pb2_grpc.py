@@ -80,10 +80,11 @@ class DeploymentServiceServicer:
     """
 
     def CreateDeployment(self, request, context):
-        """CreateDeployment loads a model version on its servers and waits for the
-        outcome. The response shows each server's state (READY or FAILED with
-        Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-        does not answer.
+        """CreateDeployment records the deployment and starts loading it on its
+        servers in the background: it answers at once with state LOADING, or,
+        with wait, once every server's load finished (READY, or FAILED with
+        Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+        nothing recorded, when a target server does not answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,14 +107,16 @@ class DeploymentServiceServicer:
     def UpdateDeployment(self, request, context):
         """UpdateDeployment changes version or servers (update_mask); the new
         version replaces the old one on each server. With allow_missing it
-        creates the deployment when there is none.
+        creates the deployment when there is none. Loads run in the background
+        as for CreateDeployment (wait waits for them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDeployment(self, request, context):
-        """DeleteDeployment unloads the model from its servers and forgets it.
+        """DeleteDeployment unloads the model from its servers and forgets it; a
+        load still running is abandoned, so it answers at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,7 +124,8 @@ class DeploymentServiceServicer:
 
     def LoadModel(self, request, context):
         """LoadModel is the short form for one server: deploy model (at version, or
-        the latest) on server, adding it to the model's deployment.
+        the latest) on server, adding it to the model's deployment; loads in
+        the background unless wait is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,10 +37,11 @@ class DeploymentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DeploymentServiceAsyncStub: ...
     CreateDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.CreateDeploymentRequest, _deployment_pb2.Deployment]
-    """CreateDeployment loads a model version on its servers and waits for the
-    outcome. The response shows each server's state (READY or FAILED with
-    Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-    does not answer.
+    """CreateDeployment records the deployment and starts loading it on its
+    servers in the background: it answers at once with state LOADING, or,
+    with wait, once every server's load finished (READY, or FAILED with
+    Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+    nothing recorded, when a target server does not answer.
     """
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.GetDeploymentRequest, _deployment_pb2.Deployment]
     """GetDeployment returns a deployment with its per-server state."""
@@ -49,13 +50,17 @@ class DeploymentServiceStub:
     UpdateDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.UpdateDeploymentRequest, _deployment_pb2.Deployment]
     """UpdateDeployment changes version or servers (update_mask); the new
     version replaces the old one on each server. With allow_missing it
-    creates the deployment when there is none.
+    creates the deployment when there is none. Loads run in the background
+    as for CreateDeployment (wait waits for them).
     """
     DeleteDeployment: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.DeleteDeploymentRequest, _empty_pb2.Empty]
-    """DeleteDeployment unloads the model from its servers and forgets it."""
+    """DeleteDeployment unloads the model from its servers and forgets it; a
+    load still running is abandoned, so it answers at once.
+    """
     LoadModel: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.LoadModelRequest, _deployment_pb2.Deployment]
     """LoadModel is the short form for one server: deploy model (at version, or
-    the latest) on server, adding it to the model's deployment.
+    the latest) on server, adding it to the model's deployment; loads in
+    the background unless wait is set.
     """
     UnloadModel: _grpc.UnaryUnaryMultiCallable[_deployment_pb2.UnloadModelRequest, _empty_pb2.Empty]
     """UnloadModel removes one server from the model's deployment, deleting the
@@ -70,10 +75,11 @@ class DeploymentServiceAsyncStub(DeploymentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDeployment: _aio.UnaryUnaryMultiCallable[_deployment_pb2.CreateDeploymentRequest, _deployment_pb2.Deployment]  # type: ignore[assignment]
-    """CreateDeployment loads a model version on its servers and waits for the
-    outcome. The response shows each server's state (READY or FAILED with
-    Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-    does not answer.
+    """CreateDeployment records the deployment and starts loading it on its
+    servers in the background: it answers at once with state LOADING, or,
+    with wait, once every server's load finished (READY, or FAILED with
+    Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+    nothing recorded, when a target server does not answer.
     """
     GetDeployment: _aio.UnaryUnaryMultiCallable[_deployment_pb2.GetDeploymentRequest, _deployment_pb2.Deployment]  # type: ignore[assignment]
     """GetDeployment returns a deployment with its per-server state."""
@@ -82,13 +88,17 @@ class DeploymentServiceAsyncStub(DeploymentServiceStub):
     UpdateDeployment: _aio.UnaryUnaryMultiCallable[_deployment_pb2.UpdateDeploymentRequest, _deployment_pb2.Deployment]  # type: ignore[assignment]
     """UpdateDeployment changes version or servers (update_mask); the new
     version replaces the old one on each server. With allow_missing it
-    creates the deployment when there is none.
+    creates the deployment when there is none. Loads run in the background
+    as for CreateDeployment (wait waits for them).
     """
     DeleteDeployment: _aio.UnaryUnaryMultiCallable[_deployment_pb2.DeleteDeploymentRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """DeleteDeployment unloads the model from its servers and forgets it."""
+    """DeleteDeployment unloads the model from its servers and forgets it; a
+    load still running is abandoned, so it answers at once.
+    """
     LoadModel: _aio.UnaryUnaryMultiCallable[_deployment_pb2.LoadModelRequest, _deployment_pb2.Deployment]  # type: ignore[assignment]
     """LoadModel is the short form for one server: deploy model (at version, or
-    the latest) on server, adding it to the model's deployment.
+    the latest) on server, adding it to the model's deployment; loads in
+    the background unless wait is set.
     """
     UnloadModel: _aio.UnaryUnaryMultiCallable[_deployment_pb2.UnloadModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """UnloadModel removes one server from the model's deployment, deleting the
@@ -106,10 +116,11 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _deployment_pb2.CreateDeploymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_deployment_pb2.Deployment, _abc.Awaitable[_deployment_pb2.Deployment]]:
-        """CreateDeployment loads a model version on its servers and waits for the
-        outcome. The response shows each server's state (READY or FAILED with
-        Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-        does not answer.
+        """CreateDeployment records the deployment and starts loading it on its
+        servers in the background: it answers at once with state LOADING, or,
+        with wait, once every server's load finished (READY, or FAILED with
+        Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+        nothing recorded, when a target server does not answer.
         """
 
     @_abc_1.abstractmethod
@@ -136,7 +147,8 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_deployment_pb2.Deployment, _abc.Awaitable[_deployment_pb2.Deployment]]:
         """UpdateDeployment changes version or servers (update_mask); the new
         version replaces the old one on each server. With allow_missing it
-        creates the deployment when there is none.
+        creates the deployment when there is none. Loads run in the background
+        as for CreateDeployment (wait waits for them).
         """
 
     @_abc_1.abstractmethod
@@ -145,7 +157,9 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _deployment_pb2.DeleteDeploymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """DeleteDeployment unloads the model from its servers and forgets it."""
+        """DeleteDeployment unloads the model from its servers and forgets it; a
+        load still running is abandoned, so it answers at once.
+        """
 
     @_abc_1.abstractmethod
     def LoadModel(
@@ -154,7 +168,8 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_deployment_pb2.Deployment, _abc.Awaitable[_deployment_pb2.Deployment]]:
         """LoadModel is the short form for one server: deploy model (at version, or
-        the latest) on server, adding it to the model's deployment.
+        the latest) on server, adding it to the model's deployment; loads in
+        the background unless wait is set.
         """
 
     @_abc_1.abstractmethod

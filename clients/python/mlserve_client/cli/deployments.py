@@ -35,6 +35,7 @@ def add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentPars
         action="append",
         help="server to load it on; repeat for several (default: keep, or 'local' when new)",
     )
+    add_wait_option(deploy)
     add_logging_options(deploy)
     undeploy_command = command(
         commands,
@@ -68,9 +69,34 @@ def add_deployment_commands(commands: Subcommands, connection: argparse.Argument
     get.add_argument("name", help="deployment (model) name")
 
 
+def add_wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="return once the load started (LOADING) instead of when it finished",
+    )
+
+
+def show_progress(deployment: deployment_pb2.Deployment) -> None:
+    """One line per poll while a deployment loads: each server's state."""
+    states = ", ".join(
+        f"{target.server} {deployment_state(target.state)}" for target in deployment.targets
+    )
+    print(f"loading {deployment.name} version {deployment.version}: {states}", flush=True)
+
+
 def _deploy(client: Client, args: argparse.Namespace) -> int:
     logging = policy_from(args, args.name)
-    return report_deployment(client.deploy(args.name, args.version, args.servers, logging=logging))
+    deployment = client.deploy(
+        args.name,
+        args.version,
+        args.servers,
+        logging=logging,
+        wait=args.wait,
+        progress=show_progress,
+    )
+    return report_deployment(deployment)
 
 
 def report_deployment(deployment: deployment_pb2.Deployment) -> int:

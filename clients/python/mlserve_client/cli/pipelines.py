@@ -9,7 +9,12 @@ from pathlib import Path
 from mlserve_api.v1 import deployment_pb2, pipeline_pb2
 from mlserve_client import Client
 from mlserve_client.cli.common import Subcommands, command, group
-from mlserve_client.cli.deployments import report_deployment, undeploy
+from mlserve_client.cli.deployments import (
+    add_wait_option,
+    report_deployment,
+    show_progress,
+    undeploy,
+)
 from mlserve_client.cli.output import one_line, print_fields, print_table, state_word
 
 
@@ -65,6 +70,7 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         "--server", dest="servers", metavar="SERVER", action="append", default=[],
         help="server to deploy on; repeat for several (default: 'local')",
     )  # fmt: skip
+    add_wait_option(deploy)
     undeploy_command = command(
         pipelines,
         "undeploy",
@@ -149,7 +155,10 @@ def _delete_pipeline(client: Client, args: argparse.Namespace) -> int:
 
 
 def _deploy_pipeline(client: Client, args: argparse.Namespace) -> int:
-    return report_deployment(client.deploy_pipeline(args.name, args.version, args.servers))
+    deployment = client.deploy_pipeline(
+        args.name, args.version, args.servers, wait=args.wait, progress=show_progress
+    )
+    return report_deployment(deployment)
 
 
 def _tensors(tensors: Iterable[pipeline_pb2.PipelineTensor]) -> str:

@@ -18,10 +18,11 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type DeploymentServiceClient interface {
-	// CreateDeployment loads a model version on its servers and waits for the
-	// outcome. The response shows each server's state (READY or FAILED with
-	// Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-	// does not answer.
+	// CreateDeployment records the deployment and starts loading it on its
+	// servers in the background: it answers at once with state LOADING, or,
+	// with wait, once every server's load finished (READY, or FAILED with
+	// Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+	// nothing recorded, when a target server does not answer.
 	CreateDeployment(ctx context.Context, in *CreateDeploymentRequest, opts ...grpc.CallOption) (*Deployment, error)
 	// GetDeployment returns a deployment with its per-server state.
 	GetDeployment(ctx context.Context, in *GetDeploymentRequest, opts ...grpc.CallOption) (*Deployment, error)
@@ -29,12 +30,15 @@ type DeploymentServiceClient interface {
 	ListDeployments(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*ListDeploymentsResponse, error)
 	// UpdateDeployment changes version or servers (update_mask); the new
 	// version replaces the old one on each server. With allow_missing it
-	// creates the deployment when there is none.
+	// creates the deployment when there is none. Loads run in the background
+	// as for CreateDeployment (wait waits for them).
 	UpdateDeployment(ctx context.Context, in *UpdateDeploymentRequest, opts ...grpc.CallOption) (*Deployment, error)
-	// DeleteDeployment unloads the model from its servers and forgets it.
+	// DeleteDeployment unloads the model from its servers and forgets it; a
+	// load still running is abandoned, so it answers at once.
 	DeleteDeployment(ctx context.Context, in *DeleteDeploymentRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// LoadModel is the short form for one server: deploy model (at version, or
-	// the latest) on server, adding it to the model's deployment.
+	// the latest) on server, adding it to the model's deployment; loads in
+	// the background unless wait is set.
 	LoadModel(ctx context.Context, in *LoadModelRequest, opts ...grpc.CallOption) (*Deployment, error)
 	// UnloadModel removes one server from the model's deployment, deleting the
 	// deployment when no server is left.
@@ -116,10 +120,11 @@ func (c *deploymentServiceClient) UnloadModel(ctx context.Context, in *UnloadMod
 // All implementations must embed UnimplementedDeploymentServiceServer
 // for forward compatibility
 type DeploymentServiceServer interface {
-	// CreateDeployment loads a model version on its servers and waits for the
-	// outcome. The response shows each server's state (READY or FAILED with
-	// Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-	// does not answer.
+	// CreateDeployment records the deployment and starts loading it on its
+	// servers in the background: it answers at once with state LOADING, or,
+	// with wait, once every server's load finished (READY, or FAILED with
+	// Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+	// nothing recorded, when a target server does not answer.
 	CreateDeployment(context.Context, *CreateDeploymentRequest) (*Deployment, error)
 	// GetDeployment returns a deployment with its per-server state.
 	GetDeployment(context.Context, *GetDeploymentRequest) (*Deployment, error)
@@ -127,12 +132,15 @@ type DeploymentServiceServer interface {
 	ListDeployments(context.Context, *ListDeploymentsRequest) (*ListDeploymentsResponse, error)
 	// UpdateDeployment changes version or servers (update_mask); the new
 	// version replaces the old one on each server. With allow_missing it
-	// creates the deployment when there is none.
+	// creates the deployment when there is none. Loads run in the background
+	// as for CreateDeployment (wait waits for them).
 	UpdateDeployment(context.Context, *UpdateDeploymentRequest) (*Deployment, error)
-	// DeleteDeployment unloads the model from its servers and forgets it.
+	// DeleteDeployment unloads the model from its servers and forgets it; a
+	// load still running is abandoned, so it answers at once.
 	DeleteDeployment(context.Context, *DeleteDeploymentRequest) (*emptypb.Empty, error)
 	// LoadModel is the short form for one server: deploy model (at version, or
-	// the latest) on server, adding it to the model's deployment.
+	// the latest) on server, adding it to the model's deployment; loads in
+	// the background unless wait is set.
 	LoadModel(context.Context, *LoadModelRequest) (*Deployment, error)
 	// UnloadModel removes one server from the model's deployment, deleting the
 	// deployment when no server is left.

@@ -40,6 +40,11 @@ export enum DeploymentState {
   DEPLOYMENT_STATE_FAILED = 3,
   /** DEPLOYMENT_STATE_UNREACHABLE - The server did not answer; the reconciler retries. */
   DEPLOYMENT_STATE_UNREACHABLE = 4,
+  /**
+   * DEPLOYMENT_STATE_LOADING - Being loaded in the background; becomes READY or FAILED, at the latest
+   * after the deployment's load_timeout_seconds.
+   */
+  DEPLOYMENT_STATE_LOADING = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -60,6 +65,9 @@ export function deploymentStateFromJSON(object: any): DeploymentState {
     case 4:
     case "DEPLOYMENT_STATE_UNREACHABLE":
       return DeploymentState.DEPLOYMENT_STATE_UNREACHABLE;
+    case 5:
+    case "DEPLOYMENT_STATE_LOADING":
+      return DeploymentState.DEPLOYMENT_STATE_LOADING;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -79,6 +87,8 @@ export function deploymentStateToJSON(object: DeploymentState): string {
       return "DEPLOYMENT_STATE_FAILED";
     case DeploymentState.DEPLOYMENT_STATE_UNREACHABLE:
       return "DEPLOYMENT_STATE_UNREACHABLE";
+    case DeploymentState.DEPLOYMENT_STATE_LOADING:
+      return "DEPLOYMENT_STATE_LOADING";
     case DeploymentState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -180,7 +190,15 @@ export interface Deployment {
    * Gateway latency of the deployment's ModelInfer calls over the last
    * minutes, on the replica that answers. Output only.
    */
-  latency?: RecentLatency | undefined;
+  latency?:
+    | RecentLatency
+    | undefined;
+  /**
+   * How long one load of it on one server may take before it is FAILED
+   * with "load did not finish in N s"; 0 at create means the server's
+   * default (mlserve serve --load-timeout). Set at create.
+   */
+  loadTimeoutSeconds: number;
 }
 
 export interface Deployment_ServerSelectorEntry {
@@ -191,7 +209,11 @@ export interface Deployment_ServerSelectorEntry {
 /** CreateDeploymentRequest carries the deployment to create. */
 export interface CreateDeploymentRequest {
   /** The deployment; model is required. */
-  deployment?: Deployment | undefined;
+  deployment?:
+    | Deployment
+    | undefined;
+  /** Answer once every server's load finished instead of at once (LOADING). */
+  wait: boolean;
 }
 
 /** GetDeploymentRequest names a deployment. */
@@ -228,6 +250,8 @@ export interface UpdateDeploymentRequest {
     | undefined;
   /** Create the deployment if it does not exist. */
   allowMissing: boolean;
+  /** Answer once every server's load finished instead of at once (LOADING). */
+  wait: boolean;
 }
 
 /** DeleteDeploymentRequest names a deployment to remove. */
@@ -244,6 +268,8 @@ export interface LoadModelRequest {
   version: string;
   /** The server's name; empty means "local". */
   server: string;
+  /** Answer once the load finished instead of at once (LOADING). */
+  wait: boolean;
 }
 
 /** UnloadModelRequest removes a model from one server. */
@@ -526,6 +552,7 @@ function createBaseDeployment(): Deployment {
     serving: undefined,
     logging: undefined,
     latency: undefined,
+    loadTimeoutSeconds: 0,
   };
 }
 
@@ -572,6 +599,9 @@ export const Deployment: MessageFns<Deployment> = {
     }
     if (message.latency !== undefined) {
       RecentLatency.encode(message.latency, writer.uint32(250).fork()).join();
+    }
+    if (message.loadTimeoutSeconds !== 0) {
+      writer.uint32(321).double(message.loadTimeoutSeconds);
     }
     return writer;
   },
@@ -704,6 +734,14 @@ export const Deployment: MessageFns<Deployment> = {
             message.latency = RecentLatency.decode(reader, reader.uint32());
             continue;
           }
+          case 40: {
+            if (tag !== 321) {
+              break;
+            }
+
+            message.loadTimeoutSeconds = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -768,6 +806,11 @@ export const Deployment: MessageFns<Deployment> = {
       serving: isSet(object.serving) ? ServingSettings.fromJSON(object.serving) : undefined,
       logging: isSet(object.logging) ? LoggingPolicy.fromJSON(object.logging) : undefined,
       latency: isSet(object.latency) ? RecentLatency.fromJSON(object.latency) : undefined,
+      loadTimeoutSeconds: isSet(object.loadTimeoutSeconds)
+        ? globalThis.Number(object.loadTimeoutSeconds)
+        : isSet(object.load_timeout_seconds)
+        ? globalThis.Number(object.load_timeout_seconds)
+        : 0,
     };
   },
 
@@ -821,6 +864,9 @@ export const Deployment: MessageFns<Deployment> = {
     if (message.latency !== undefined) {
       obj.latency = RecentLatency.toJSON(message.latency);
     }
+    if (message.loadTimeoutSeconds !== 0) {
+      obj.loadTimeoutSeconds = floatToJson(message.loadTimeoutSeconds);
+    }
     return obj;
   },
 
@@ -857,6 +903,7 @@ export const Deployment: MessageFns<Deployment> = {
     message.latency = (object.latency !== undefined && object.latency !== null)
       ? RecentLatency.fromPartial(object.latency)
       : undefined;
+    message.loadTimeoutSeconds = object.loadTimeoutSeconds ?? 0;
     return message;
   },
 };
@@ -949,13 +996,16 @@ export const Deployment_ServerSelectorEntry: MessageFns<Deployment_ServerSelecto
 };
 
 function createBaseCreateDeploymentRequest(): CreateDeploymentRequest {
-  return { deployment: undefined };
+  return { deployment: undefined, wait: false };
 }
 
 export const CreateDeploymentRequest: MessageFns<CreateDeploymentRequest> = {
   encode(message: CreateDeploymentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.deployment !== undefined) {
       Deployment.encode(message.deployment, writer.uint32(10).fork()).join();
+    }
+    if (message.wait !== false) {
+      writer.uint32(16).bool(message.wait);
     }
     return writer;
   },
@@ -981,6 +1031,14 @@ export const CreateDeploymentRequest: MessageFns<CreateDeploymentRequest> = {
             message.deployment = Deployment.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.wait = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -994,13 +1052,19 @@ export const CreateDeploymentRequest: MessageFns<CreateDeploymentRequest> = {
   },
 
   fromJSON(object: any): CreateDeploymentRequest {
-    return { deployment: isSet(object.deployment) ? Deployment.fromJSON(object.deployment) : undefined };
+    return {
+      deployment: isSet(object.deployment) ? Deployment.fromJSON(object.deployment) : undefined,
+      wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
+    };
   },
 
   toJSON(message: CreateDeploymentRequest): unknown {
     const obj: any = {};
     if (message.deployment !== undefined) {
       obj.deployment = Deployment.toJSON(message.deployment);
+    }
+    if (message.wait !== false) {
+      obj.wait = message.wait;
     }
     return obj;
   },
@@ -1013,6 +1077,7 @@ export const CreateDeploymentRequest: MessageFns<CreateDeploymentRequest> = {
     message.deployment = (object.deployment !== undefined && object.deployment !== null)
       ? Deployment.fromPartial(object.deployment)
       : undefined;
+    message.wait = object.wait ?? false;
     return message;
   },
 };
@@ -1269,7 +1334,7 @@ export const ListDeploymentsResponse: MessageFns<ListDeploymentsResponse> = {
 };
 
 function createBaseUpdateDeploymentRequest(): UpdateDeploymentRequest {
-  return { deployment: undefined, updateMask: undefined, allowMissing: false };
+  return { deployment: undefined, updateMask: undefined, allowMissing: false, wait: false };
 }
 
 export const UpdateDeploymentRequest: MessageFns<UpdateDeploymentRequest> = {
@@ -1282,6 +1347,9 @@ export const UpdateDeploymentRequest: MessageFns<UpdateDeploymentRequest> = {
     }
     if (message.allowMissing !== false) {
       writer.uint32(24).bool(message.allowMissing);
+    }
+    if (message.wait !== false) {
+      writer.uint32(32).bool(message.wait);
     }
     return writer;
   },
@@ -1323,6 +1391,14 @@ export const UpdateDeploymentRequest: MessageFns<UpdateDeploymentRequest> = {
             message.allowMissing = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.wait = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1348,6 +1424,7 @@ export const UpdateDeploymentRequest: MessageFns<UpdateDeploymentRequest> = {
         : isSet(object.allow_missing)
         ? globalThis.Boolean(object.allow_missing)
         : false,
+      wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
     };
   },
 
@@ -1362,6 +1439,9 @@ export const UpdateDeploymentRequest: MessageFns<UpdateDeploymentRequest> = {
     if (message.allowMissing !== false) {
       obj.allowMissing = message.allowMissing;
     }
+    if (message.wait !== false) {
+      obj.wait = message.wait;
+    }
     return obj;
   },
 
@@ -1375,6 +1455,7 @@ export const UpdateDeploymentRequest: MessageFns<UpdateDeploymentRequest> = {
       : undefined;
     message.updateMask = object.updateMask ?? undefined;
     message.allowMissing = object.allowMissing ?? false;
+    message.wait = object.wait ?? false;
     return message;
   },
 };
@@ -1447,7 +1528,7 @@ export const DeleteDeploymentRequest: MessageFns<DeleteDeploymentRequest> = {
 };
 
 function createBaseLoadModelRequest(): LoadModelRequest {
-  return { model: "", version: "0", server: "" };
+  return { model: "", version: "0", server: "", wait: false };
 }
 
 export const LoadModelRequest: MessageFns<LoadModelRequest> = {
@@ -1460,6 +1541,9 @@ export const LoadModelRequest: MessageFns<LoadModelRequest> = {
     }
     if (message.server !== "") {
       writer.uint32(26).string(message.server);
+    }
+    if (message.wait !== false) {
+      writer.uint32(32).bool(message.wait);
     }
     return writer;
   },
@@ -1501,6 +1585,14 @@ export const LoadModelRequest: MessageFns<LoadModelRequest> = {
             message.server = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.wait = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1518,6 +1610,7 @@ export const LoadModelRequest: MessageFns<LoadModelRequest> = {
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       version: isSet(object.version) ? globalThis.String(object.version) : "0",
       server: isSet(object.server) ? globalThis.String(object.server) : "",
+      wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
     };
   },
 
@@ -1532,6 +1625,9 @@ export const LoadModelRequest: MessageFns<LoadModelRequest> = {
     if (message.server !== "") {
       obj.server = message.server;
     }
+    if (message.wait !== false) {
+      obj.wait = message.wait;
+    }
     return obj;
   },
 
@@ -1543,6 +1639,7 @@ export const LoadModelRequest: MessageFns<LoadModelRequest> = {
     message.model = object.model ?? "";
     message.version = object.version ?? "0";
     message.server = object.server ?? "";
+    message.wait = object.wait ?? false;
     return message;
   },
 };
@@ -1639,10 +1736,11 @@ export const UnloadModelRequest: MessageFns<UnloadModelRequest> = {
 export type DeploymentServiceService = typeof DeploymentServiceService;
 export const DeploymentServiceService = {
   /**
-   * CreateDeployment loads a model version on its servers and waits for the
-   * outcome. The response shows each server's state (READY or FAILED with
-   * Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-   * does not answer.
+   * CreateDeployment records the deployment and starts loading it on its
+   * servers in the background: it answers at once with state LOADING, or,
+   * with wait, once every server's load finished (READY, or FAILED with
+   * Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+   * nothing recorded, when a target server does not answer.
    */
   createDeployment: {
     path: "/mlserve.v1.DeploymentService/CreateDeployment" as const,
@@ -1679,7 +1777,8 @@ export const DeploymentServiceService = {
   /**
    * UpdateDeployment changes version or servers (update_mask); the new
    * version replaces the old one on each server. With allow_missing it
-   * creates the deployment when there is none.
+   * creates the deployment when there is none. Loads run in the background
+   * as for CreateDeployment (wait waits for them).
    */
   updateDeployment: {
     path: "/mlserve.v1.DeploymentService/UpdateDeployment" as const,
@@ -1691,7 +1790,10 @@ export const DeploymentServiceService = {
     responseSerialize: (value: Deployment): Buffer => Buffer.from(Deployment.encode(value).finish()),
     responseDeserialize: (value: Buffer): Deployment => Deployment.decode(value),
   },
-  /** DeleteDeployment unloads the model from its servers and forgets it. */
+  /**
+   * DeleteDeployment unloads the model from its servers and forgets it; a
+   * load still running is abandoned, so it answers at once.
+   */
   deleteDeployment: {
     path: "/mlserve.v1.DeploymentService/DeleteDeployment" as const,
     requestStream: false as const,
@@ -1704,7 +1806,8 @@ export const DeploymentServiceService = {
   },
   /**
    * LoadModel is the short form for one server: deploy model (at version, or
-   * the latest) on server, adding it to the model's deployment.
+   * the latest) on server, adding it to the model's deployment; loads in
+   * the background unless wait is set.
    */
   loadModel: {
     path: "/mlserve.v1.DeploymentService/LoadModel" as const,
@@ -1732,10 +1835,11 @@ export const DeploymentServiceService = {
 
 export interface DeploymentServiceServer extends UntypedServiceImplementation {
   /**
-   * CreateDeployment loads a model version on its servers and waits for the
-   * outcome. The response shows each server's state (READY or FAILED with
-   * Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-   * does not answer.
+   * CreateDeployment records the deployment and starts loading it on its
+   * servers in the background: it answers at once with state LOADING, or,
+   * with wait, once every server's load finished (READY, or FAILED with
+   * Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+   * nothing recorded, when a target server does not answer.
    */
   createDeployment: handleUnaryCall<CreateDeploymentRequest, Deployment>;
   /** GetDeployment returns a deployment with its per-server state. */
@@ -1745,14 +1849,19 @@ export interface DeploymentServiceServer extends UntypedServiceImplementation {
   /**
    * UpdateDeployment changes version or servers (update_mask); the new
    * version replaces the old one on each server. With allow_missing it
-   * creates the deployment when there is none.
+   * creates the deployment when there is none. Loads run in the background
+   * as for CreateDeployment (wait waits for them).
    */
   updateDeployment: handleUnaryCall<UpdateDeploymentRequest, Deployment>;
-  /** DeleteDeployment unloads the model from its servers and forgets it. */
+  /**
+   * DeleteDeployment unloads the model from its servers and forgets it; a
+   * load still running is abandoned, so it answers at once.
+   */
   deleteDeployment: handleUnaryCall<DeleteDeploymentRequest, Empty>;
   /**
    * LoadModel is the short form for one server: deploy model (at version, or
-   * the latest) on server, adding it to the model's deployment.
+   * the latest) on server, adding it to the model's deployment; loads in
+   * the background unless wait is set.
    */
   loadModel: handleUnaryCall<LoadModelRequest, Deployment>;
   /**
@@ -1764,10 +1873,11 @@ export interface DeploymentServiceServer extends UntypedServiceImplementation {
 
 export interface DeploymentServiceClient extends Client {
   /**
-   * CreateDeployment loads a model version on its servers and waits for the
-   * outcome. The response shows each server's state (READY or FAILED with
-   * Triton's reason). UNAVAILABLE, and nothing recorded, when a target server
-   * does not answer.
+   * CreateDeployment records the deployment and starts loading it on its
+   * servers in the background: it answers at once with state LOADING, or,
+   * with wait, once every server's load finished (READY, or FAILED with
+   * Triton's reason or "load did not finish in N s"). UNAVAILABLE, and
+   * nothing recorded, when a target server does not answer.
    */
   createDeployment(
     request: CreateDeploymentRequest,
@@ -1819,7 +1929,8 @@ export interface DeploymentServiceClient extends Client {
   /**
    * UpdateDeployment changes version or servers (update_mask); the new
    * version replaces the old one on each server. With allow_missing it
-   * creates the deployment when there is none.
+   * creates the deployment when there is none. Loads run in the background
+   * as for CreateDeployment (wait waits for them).
    */
   updateDeployment(
     request: UpdateDeploymentRequest,
@@ -1836,7 +1947,10 @@ export interface DeploymentServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Deployment) => void,
   ): ClientUnaryCall;
-  /** DeleteDeployment unloads the model from its servers and forgets it. */
+  /**
+   * DeleteDeployment unloads the model from its servers and forgets it; a
+   * load still running is abandoned, so it answers at once.
+   */
   deleteDeployment(
     request: DeleteDeploymentRequest,
     callback: (error: ServiceError | null, response: Empty) => void,
@@ -1854,7 +1968,8 @@ export interface DeploymentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * LoadModel is the short form for one server: deploy model (at version, or
-   * the latest) on server, adding it to the model's deployment.
+   * the latest) on server, adding it to the model's deployment; loads in
+   * the background unless wait is set.
    */
   loadModel(
     request: LoadModelRequest,
@@ -1900,6 +2015,10 @@ export const DeploymentServiceClient = makeGenericClientConstructor(
   service: typeof DeploymentServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
