@@ -173,6 +173,20 @@ def test_explain_the_diabetes_model(
                                background_dataset=model_pb2.DatasetVersionRef(
                                    dataset="never-" + background))  # fmt: skip
         assert hidden.details() == missing.details().replace("never-" + background, background)
+        # Without names in the request, the model's features metadata names the columns.
+        stubs.models.UpdateModel(
+            model_pb2.UpdateModelRequest(
+                model=model_pb2.Model(
+                    name=model_name,
+                    features=[model_pb2.Feature(name=c.upper()) for c in features.columns],
+                ),
+                update_mask=FieldMask(paths=["features"]),
+            ),
+            metadata=stubs.auth,
+        )
+        unnamed = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model_name, rows,
+                               background_dataset=named)  # fmt: skip
+        assert "no column 'AGE'" in unnamed.details()
     finally:
         remove_model(stubs, model_name)
         remove_model(stubs, bytes_model)
