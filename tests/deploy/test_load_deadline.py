@@ -14,7 +14,13 @@ from mlserve_api.v1 import deployment_pb2, server_pb2
 from tests.support.checks import expect_error
 from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
-from tests.support.models import add_model_files, infer_add, local_triton, upload_add
+from tests.support.models import (
+    add_model_files,
+    infer_add,
+    local_triton,
+    upload_add,
+    with_initialize,
+)
 from tests.support.tritons import deploy, remove_model, wait_for
 from tests.support.uploading import stream
 
@@ -28,15 +34,9 @@ LOADING = deployment_pb2.DEPLOYMENT_STATE_LOADING
 
 def wedged_model_files(name: str) -> dict[str, bytes]:
     """The "add" model under ``name``, whose initialize() sleeps SLEEP seconds."""
-    files = add_model_files(name=name)
-    initialize = (
-        f"\n    def initialize(self, args):\n        import time\n        time.sleep({SLEEP})\n"
+    return with_initialize(
+        add_model_files(name=name), f"        import time\n        time.sleep({SLEEP})\n"
     )
-    source = files["model.py"].decode()
-    files["model.py"] = source.replace(
-        "class TritonPythonModel:\n", "class TritonPythonModel:" + initialize + "\n"
-    ).encode()
-    return files
 
 
 @pytest.fixture
@@ -51,12 +51,18 @@ def wedged(stubs: Stubs, model_name: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def serving(stubs: Stubs, model_name: str) -> Iterator[str]:
-    name = f"{model_name}-ok"[:120]
+def uploaded(stubs: Stubs, model_name: str) -> Iterator[str]:
+    """Another model, "add" at version 1, that loads at once."""
+    name = f"{model_name}-add"[:120]
     upload_add(stubs, name)
-    deploy(stubs, name)
     yield name
     remove_model(stubs, name)
+
+
+@pytest.fixture
+def serving(stubs: Stubs, uploaded: str) -> str:
+    deploy(stubs, uploaded)
+    return uploaded
 
 
 def create(stubs: Stubs, model: str, **fields: float) -> deployment_pb2.Deployment:
@@ -121,38 +127,28 @@ def test_delete_answers_while_the_load_hangs(stubs: Stubs, wedged: str) -> None:
 
 @pytest.mark.parametrize("timeout", [-1.0, float("nan"), float("inf")])
 def test_a_bad_load_timeout_is_invalid_and_nothing_is_deployed(
-    stubs: Stubs, serving: str, model_name: str, timeout: float
+    stubs: Stubs, uploaded: str, timeout: float
 ) -> None:
-    name = f"{model_name}-bad"[:120]
-    upload_add(stubs, name)
-    try:
-        error = expect_error(
-            grpc.StatusCode.INVALID_ARGUMENT, create, stubs, name, load_timeout_seconds=timeout
-        )
-        assert "load_timeout_seconds" in str(error.details())
-        expect_error(grpc.StatusCode.NOT_FOUND, get, stubs, name)
-    finally:
-        remove_model(stubs, name)
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, create, stubs, uploaded, load_timeout_seconds=timeout
+    )
+    assert "load_timeout_seconds" in str(error.details())
+    expect_error(grpc.StatusCode.NOT_FOUND, get, stubs, uploaded)
 
 
 def test_the_cli_waits_with_a_progress_line_or_returns_at_once(
-    mlserve: MLServeProcess, stubs: Stubs, wedged: str, model_name: str
+    mlserve: MLServeProcess, stubs: Stubs, wedged: str, uploaded: str
 ) -> None:
-    name = f"{model_name}-cli"[:120]
-    upload_add(stubs, name)
-    try:
-        waited = mlserve_cli(mlserve, "deploy", name)
-        assert waited.returncode == 0, waited.stdout + waited.stderr
-        assert f"loading {name} version 1: local LOADING" in waited.stdout
-        (summary,) = [line for line in waited.stdout.splitlines() if line.startswith("deploy")]
-        assert summary.endswith("READY"), waited.stdout
-        assert get(stubs, name).state == deployment_pb2.DEPLOYMENT_STATE_READY
+    waited = mlserve_cli(mlserve, "deploy", uploaded)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert f"loading {uploaded} version 1: local LOADING" in waited.stdout
+    (summary,) = [line for line in waited.stdout.splitlines() if line.startswith("deploy")]
+    assert summary.endswith("READY"), waited.stdout
+    assert get(stubs, uploaded).state == deployment_pb2.DEPLOYMENT_STATE_READY
 
-        at_once = mlserve_cli(mlserve, "deploy", wedged, "--no-wait")
-        assert at_once.returncode == 0, at_once.stdout + at_once.stderr
-        assert "loading" not in at_once.stdout
-        assert "LOADING" in at_once.stdout
-        undeployed = mlserve_cli(mlserve, "undeploy", wedged)
-        assert undeployed.returncode == 0, undeployed.stderr
-    finally:
-        remove_model(stubs, name)
+    at_once = mlserve_cli(mlserve, "deploy", wedged, "--no-wait")
+    assert at_once.returncode == 0, at_once.stdout + at_once.stderr
+    assert "loading" not in at_once.stdout
+    assert "LOADING" in at_once.stdout
+    undeployed = mlserve_cli(mlserve, "undeploy", wedged)
+    assert undeployed.returncode == 0, undeployed.stderr
