@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
 from tests.support.mlserve import Stubs
 from tests.support.models import add_model_files
-from tests.support.rollouts import CONCURRENCY, Outcomes, infer_until, roll_to
+from tests.support.rollouts import roll_to, steady_inference
 from tests.support.tritons import deploy, wait_for
 from tests.support.uploading import stream
 
@@ -53,22 +52,15 @@ def measure(server: MLServeProcess, stubs: Stubs, rounds: int) -> dict[str, list
     for number in range(1, 2 * rounds + 1):
         version = 3 - version
         for name in models:
-            outcomes = Outcomes()
-            stop = threading.Event()
-            callers = [
-                threading.Thread(target=infer_until, args=(stop, server, name, outcomes))
-                for _ in range(CONCURRENCY)
-            ]
-            for caller in callers:
-                caller.start()
-            serving = 3 - version
-            wait_for(lambda o=outcomes, v=serving: o.count(v) or o.failures, 60, "first answers")
-            before_failed, before_answered = len(outcomes.failures), sum(outcomes.answers.values())
-            roll_to(stubs, name, version)
-            time.sleep(_AFTER)
-            stop.set()
-            for caller in callers:
-                caller.join()
+            with steady_inference(server, name) as outcomes:
+                serving = 3 - version
+                wait_for(
+                    lambda o=outcomes, v=serving: o.count(v) or o.failures, 60, "first answers"
+                )
+                before_failed = len(outcomes.failures)
+                before_answered = sum(outcomes.answers.values())
+                roll_to(stubs, name, version)
+                time.sleep(_AFTER)
             failed = len(outcomes.failures) - before_failed
             answered = sum(outcomes.answers.values()) - before_answered
             windows[name].append((failed, answered))

@@ -35,6 +35,7 @@ from mlserve.api.assays import AssayService
 from mlserve.api.audit import AuditService
 from mlserve.api.datasets import DatasetService
 from mlserve.api.deployments import DeploymentService
+from mlserve.api.explain import ExplainService
 from mlserve.api.generic_server import GenericHandlersOnly
 from mlserve.api.inference import SERVICE as INFERENCE_SERVICE
 from mlserve.api.inference import InferenceGateway
@@ -70,6 +71,7 @@ from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
+from mlserve.monitor.explain import Explainer
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -91,6 +93,8 @@ from mlserve_api.v1 import (
     dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    explain_pb2,
+    explain_pb2_grpc,
     inference_log_pb2_grpc,
     instance_pb2,
     instance_pb2_grpc,
@@ -125,6 +129,7 @@ SERVICES = (
     instance_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
     dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+    explain_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name,
 )
 
 
@@ -466,6 +471,9 @@ class MLServe:
         )
         training_pb2_grpc.add_TrainingServiceServicer_to_server(
             TrainingService(self._training), server
+        )
+        explain_pb2_grpc.add_ExplainServiceServicer_to_server(
+            ExplainService(Explainer(gateway.forwarder, domain.repository)), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])

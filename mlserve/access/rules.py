@@ -216,6 +216,8 @@ RULES: dict[str, Rule] = {
         ListAssayResults=_READ,
     ),
     **_service("mlserve.v1.InstanceService", GetInstance=Rule(Who.ANY_KEY)),
+    # Users only: an explanation reads the background dataset.
+    **_service("mlserve.v1.ExplainService", Explain=_READ),
     **_service(
         "mlserve.v1.TrainingService",
         CreateTrainingJob=_EDIT,

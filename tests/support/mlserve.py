@@ -20,6 +20,7 @@ from mlserve_api.v1 import (
     audit_pb2_grpc,
     dataset_pb2_grpc,
     deployment_pb2_grpc,
+    explain_pb2_grpc,
     inference_log_pb2_grpc,
     model_pb2_grpc,
     pipeline_pb2_grpc,
@@ -49,6 +50,7 @@ class Stubs:
     logs: inference_log_pb2_grpc.InferenceLogServiceStub = field(init=False)
     datasets: dataset_pb2_grpc.DatasetServiceStub = field(init=False)
     training: training_pb2_grpc.TrainingServiceStub = field(init=False)
+    explain: explain_pb2_grpc.ExplainServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = model_pb2_grpc.ModelServiceStub(self.channel)
@@ -63,6 +65,7 @@ class Stubs:
         self.logs = inference_log_pb2_grpc.InferenceLogServiceStub(self.channel)
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self.channel)
         self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
+        self.explain = explain_pb2_grpc.ExplainServiceStub(self.channel)
 
     @property
     def auth(self) -> list[tuple[str, str]]:

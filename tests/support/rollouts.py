@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import tritonclient.grpc as triton
@@ -57,6 +59,26 @@ def infer_until(
             outcomes.answered(result.get_response().model_version, output)
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def steady_inference(mlserve: MLServeProcess, model: str) -> Iterator[Outcomes]:
+    """``CONCURRENCY`` threads calling ModelInfer on ``model`` through ``mlserve``
+    until the block ends; yields what they see."""
+    outcomes = Outcomes()
+    stop = threading.Event()
+    callers = [
+        threading.Thread(target=infer_until, args=(stop, mlserve, model, outcomes))
+        for _ in range(CONCURRENCY)
+    ]
+    for caller in callers:
+        caller.start()
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join()
 
 
 def roll_to(stubs: Stubs, model: str, version: int) -> deployment_pb2.Deployment:

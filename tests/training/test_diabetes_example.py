@@ -36,13 +36,19 @@ def run_by_hand(data: Path, output: Path) -> None:
     subprocess.run([sys.executable, str(EXAMPLE / "train.py")], env=env, check=True, timeout=120)
 
 
-def test_the_diabetes_example_trains_deploys_and_serves(
-    mlserve: MLServeProcess, stubs: Stubs, tmp_path: Path, model_name: str
-) -> None:
+def diabetes_csv(tmp_path: Path) -> Path:
+    """scikit-learn's diabetes data as examples/diabetes/make_data.py writes it, in data/."""
     data = tmp_path / "data"
     data.mkdir()
     csv = data / "diabetes.csv"
     subprocess.run([sys.executable, str(EXAMPLE / "make_data.py"), str(csv)], check=True)
+    return csv
+
+
+def test_the_diabetes_example_trains_deploys_and_serves(
+    mlserve: MLServeProcess, stubs: Stubs, tmp_path: Path, model_name: str
+) -> None:
+    csv = diabetes_csv(tmp_path)
     dataset = "diabetes-" + model_name
     try:
         with Client(mlserve.address, mlserve.key) as client:
