@@ -389,11 +389,13 @@ class Deployments:
         await self._notify()
 
     async def _delete(self, name: str, *, abandoned: bool = False) -> None:
-        """``delete`` for a caller holding the deployment's locks; ``abandoned``: its
-        load was cut short, so Triton may still be busy with it: unload in the
-        background."""
+        """``delete`` for a caller holding the deployment's locks. When its load was
+        cut short (``abandoned``) or a target is not READY (a load past its deadline,
+        say), Triton may still be busy loading it: unload in the background."""
+        record = await in_thread(_record_or_none)(name)
+        unsettled = record is not None and any(t.state != READY for t in record.targets)
         servers, models = await in_thread(_delete_row)(name)
-        if abandoned:
+        if abandoned or unsettled:
             self._in_background(self._unload_from(servers, set(models)))
             return
         await self._unload_from(servers, set(models))

@@ -20,7 +20,9 @@ import numpy.typing as npt
 from grpc import aio
 from tritonclient.grpc import service_pb2
 
+from mlserve.catalog import model_metadata
 from mlserve.catalog.datasets import DatasetVersionRecord, find_dataset_version
+from mlserve.catalog.models import model_row
 from mlserve.catalog.versions import find_version
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mlserve.gateway import wire
@@ -196,7 +198,8 @@ class Explainer:
                 )
             record = await in_thread(find_dataset_version)(*trained)
         frame = await in_thread(self._read_frame)(record)
-        return _feature_columns(frame, query.feature_names, signature.width, record)
+        names = query.feature_names or await in_thread(_metadata_features)(query.model)
+        return _feature_columns(frame, names, signature.width, record)
 
     def _read_frame(self, record: DatasetVersionRecord) -> Any:
         import pandas as pd
@@ -212,6 +215,11 @@ class Explainer:
         return pd.concat(frames, ignore_index=True)
 
 
+def _metadata_features(model: str) -> list[str]:
+    """The names in the model's ``features`` metadata, in input order (blocking)."""
+    return [feature.name for feature in model_metadata.read(model_row(model), []).features]
+
+
 def _feature_columns(
     frame: Any, names: Sequence[str], width: int, record: DatasetVersionRecord
 ) -> tuple[list[str], Array]:
@@ -219,7 +227,8 @@ def _feature_columns(
     if names:
         if len(names) != width:
             raise InvalidArgument(
-                f"{len(names)} feature names given; the model takes {width} features"
+                f"{len(names)} feature names (from the request, else the model's features "
+                f"metadata); the model takes {width} features"
             )
         missing = [name for name in names if name not in frame.columns]
         if missing:

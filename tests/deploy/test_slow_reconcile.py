@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, server_pb2
 from tests.support.mlserve import MLServeProcess, Stubs
-from tests.support.models import add_model_files, upload_add
+from tests.support.models import add_model_files, upload_add, with_initialize
 from tests.support.tritons import (
     TritonProcess,
     add_inputs,
@@ -38,18 +38,12 @@ def sleepy_model_files(slow_from: float) -> dict[str, bytes]:
     """The "add" model named "sleepy", whose initialize() sleeps when loaded after
     ``slow_from`` (a time.time()). A clock, not a file, says when: the sandboxed
     Triton sees none of the test's files, but it shares the host's clock."""
-    files = add_model_files(name="sleepy")
-    initialize = (
-        "\n    def initialize(self, args):\n"
+    return with_initialize(
+        add_model_files(name="sleepy"),
         "        import time\n"
         f"        if time.time() >= {slow_from!r}:\n"
-        f"            time.sleep({LOAD_SECONDS})\n"
+        f"            time.sleep({LOAD_SECONDS})\n",
     )
-    source = files["model.py"].decode()
-    files["model.py"] = source.replace(
-        "class TritonPythonModel:\n", "class TritonPythonModel:" + initialize + "\n"
-    ).encode()
-    return files
 
 
 def age(stamp: Timestamp) -> float:

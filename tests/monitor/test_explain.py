@@ -15,6 +15,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from mlserve_api.v1 import dataset_pb2, explain_pb2, model_pb2
 from mlserve_client import Client
 from tests.support.checks import expect_error
+from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.tritons import deploy, remove_model, wait_for
 from tests.support.users import PID, make_user
@@ -132,6 +133,15 @@ def test_explain_the_diabetes_model(
         (one,) = summarised.explanations
         assert abs(summarised.base_value + sum(one.contributions) - one.prediction) < 1e-2
 
+        # The Python client and the CLI ask the same.
+        with Client(mlserve.address, mlserve.key) as client:
+            again = client.explain(model_name, rows[:1], dataset=background, timeout=300)
+        np.testing.assert_allclose(again.explanations[0].contributions, got[0], atol=1e-6)
+        shown = mlserve_cli(mlserve, "explain", model_name, "--dataset", background,
+                            "--row", ",".join(repr(float(v)) for v in rows[0]))  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "kernel_shap of PREDICTION" in shown.stdout
+        assert f"{got[0][-1]:.6g}" in shown.stdout.split("s6")[1].split("\n")[0]
         # Rows of the wrong width: INVALID_ARGUMENT naming the missing feature.
         short = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model_name, rows[:, :9],
                              background_dataset=named)  # fmt: skip
@@ -163,6 +173,20 @@ def test_explain_the_diabetes_model(
                                background_dataset=model_pb2.DatasetVersionRef(
                                    dataset="never-" + background))  # fmt: skip
         assert hidden.details() == missing.details().replace("never-" + background, background)
+        # Without names in the request, the model's features metadata names the columns.
+        stubs.models.UpdateModel(
+            model_pb2.UpdateModelRequest(
+                model=model_pb2.Model(
+                    name=model_name,
+                    features=[model_pb2.Feature(name=c.upper()) for c in features.columns],
+                ),
+                update_mask=FieldMask(paths=["features"]),
+            ),
+            metadata=stubs.auth,
+        )
+        unnamed = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model_name, rows,
+                               background_dataset=named)  # fmt: skip
+        assert "no column 'AGE'" in unnamed.details()
     finally:
         remove_model(stubs, model_name)
         remove_model(stubs, bytes_model)

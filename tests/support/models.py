@@ -159,6 +159,17 @@ def scale_model_files(
     }
 
 
+def with_initialize(files: dict[str, bytes], body: str) -> dict[str, bytes]:
+    """``files`` of the "add" model whose model.py gains ``initialize(self, args)``
+    running ``body`` (Python lines, indented by 8 spaces)."""
+    source = files["model.py"].decode()
+    method = "\n    def initialize(self, args):\n" + body
+    files["model.py"] = source.replace(
+        "class TritonPythonModel:\n", "class TritonPythonModel:" + method + "\n"
+    ).encode()
+    return files
+
+
 def upload_add(stubs: Stubs, name: str, offset: float = 0.0) -> model_pb2.ModelVersion:
     files = add_model_files(offset, name=name)
     config = files.pop("config.pbtxt").decode()

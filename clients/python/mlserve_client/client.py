@@ -23,6 +23,8 @@ from mlserve_api.v1 import (
     dataset_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
+    explain_pb2,
+    explain_pb2_grpc,
     inference_log_pb2,
     inference_log_pb2_grpc,
     instance_pb2_grpc,
@@ -119,6 +121,7 @@ class Client:
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channel)
         self.assays = assay_pb2_grpc.AssayServiceStub(self._channel)
         self.training = training_pb2_grpc.TrainingServiceStub(self._channel)
+        self.explain_service = explain_pb2_grpc.ExplainServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -375,6 +378,39 @@ class Client:
         if last is None:
             raise ClientError(f"training job {job_id!r} sent no state before its stream ended")
         return last
+
+    # --- explanations -------------------------------------------------------
+
+    def explain(
+        self,
+        model: str,
+        rows: Sequence[Sequence[float]],
+        *,
+        dataset: str = "",
+        dataset_version: int = 0,
+        samples: int = 0,
+        background_size: int = 0,
+        output: str = "",
+        include_prediction: bool = False,
+        timeout: float | None = None,
+    ) -> explain_pb2.ExplainResponse:
+        """KernelSHAP contributions of each feature to ``model``'s output for each row.
+
+        The background is the deployed version's training dataset unless ``dataset``
+        names one; 0 for ``samples`` / ``background_size`` means the server's defaults."""
+        request = explain_pb2.ExplainRequest(
+            model=model,
+            rows=[explain_pb2.ExplainRow(values=list(row)) for row in rows],
+            output=output,
+            samples=samples,
+            background_size=background_size,
+            include_prediction=include_prediction,
+        )
+        if dataset:
+            request.background_dataset.CopyFrom(
+                model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version)
+            )
+        return self.explain_service.Explain(request, timeout=timeout)
 
     # --- artifacts ----------------------------------------------------------
 

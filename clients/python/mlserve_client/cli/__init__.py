@@ -19,6 +19,7 @@ from mlserve_client.cli import (
     assays,
     datasets,
     deployments,
+    explain,
     logs,
     models,
     pipelines,
@@ -42,6 +43,7 @@ COMMAND_GROUPS: tuple[AddCommands, ...] = (
     pipelines.add_commands,
     logs.add_commands,
     assays.add_commands,
+    explain.add_commands,
 )
 
 
