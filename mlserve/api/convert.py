@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import EnumDescriptor
@@ -224,6 +224,18 @@ def version(record: VersionRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.
             dataset=record.training_dataset[0], version=record.training_dataset[1]
         ),
     )
+
+
+_Message = TypeVar("_Message")
+_Part = TypeVar("_Part")
+
+
+async def stream_parts(
+    messages: AsyncIterator[_Message], part: Callable[[_Message], _Part]
+) -> AsyncIterator[_Part]:
+    """An upload stream's messages as domain parts, converted one by one as they arrive."""
+    async for message in messages:
+        yield part(message)
 
 
 def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | Chunk:

@@ -8,8 +8,9 @@ from typing import Any
 from google.protobuf.empty_pb2 import Empty
 
 from mlserve.api import convert_dataset as convert
+from mlserve.api.convert import stream_parts
 from mlserve.catalog.datasets import Datasets
-from mlserve.catalog.uploads import Chunk, DatasetUploadHeader, Uploads
+from mlserve.catalog.uploads import Uploads
 from mlserve_api.v1 import dataset_pb2, dataset_pb2_grpc, model_pb2
 
 Context = Any
@@ -67,11 +68,8 @@ class DatasetService(dataset_pb2_grpc.DatasetServiceServicer):
         request_iterator: AsyncIterator[dataset_pb2.UploadDatasetVersionRequest],
         context: Context,
     ) -> dataset_pb2.DatasetVersion:
-        async def parts() -> AsyncIterator[DatasetUploadHeader | Chunk]:
-            async for message in request_iterator:
-                yield convert.upload_part(message)
-
-        return convert.dataset_version(await self.uploads.receive_dataset(parts()))
+        parts = stream_parts(request_iterator, convert.upload_part)
+        return convert.dataset_version(await self.uploads.receive_dataset(parts))
 
     async def GetDatasetVersion(
         self, request: dataset_pb2.GetDatasetVersionRequest, context: Context

@@ -10,7 +10,7 @@ from google.protobuf.empty_pb2 import Empty
 from mlserve.api import convert
 from mlserve.catalog.artifacts import Artifacts
 from mlserve.catalog.models import Models
-from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, Uploads
+from mlserve.catalog.uploads import Uploads
 from mlserve.catalog.versions import Versions
 from mlserve.deploy.lifecycle import Deployments
 from mlserve.gateway.stats import InferenceStats
@@ -77,11 +77,8 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
     async def UploadModelVersion(
         self, request_iterator: AsyncIterator[model_pb2.UploadModelVersionRequest], context: Context
     ) -> model_pb2.ModelVersion:
-        async def parts() -> AsyncIterator[UploadHeader | Chunk]:
-            async for message in request_iterator:
-                yield convert.upload_part(message)
-
-        return convert.version(await self.uploads.receive(parts()))
+        parts = convert.stream_parts(request_iterator, convert.upload_part)
+        return convert.version(await self.uploads.receive(parts))
 
     async def GetUpload(
         self, request: model_pb2.GetUploadRequest, context: Context
@@ -138,11 +135,8 @@ class ModelService(model_pb2_grpc.ModelServiceServicer):
     async def UploadArtifact(
         self, request_iterator: AsyncIterator[model_pb2.UploadArtifactRequest], context: Context
     ) -> model_pb2.Artifact:
-        async def parts() -> AsyncIterator[ArtifactHeader | Chunk]:
-            async for message in request_iterator:
-                yield convert.artifact_upload_part(message)
-
-        return convert.artifact(await self.uploads.receive_artifact(parts()))
+        parts = convert.stream_parts(request_iterator, convert.artifact_upload_part)
+        return convert.artifact(await self.uploads.receive_artifact(parts))
 
     async def GetArtifact(
         self, request: model_pb2.GetArtifactRequest, context: Context
