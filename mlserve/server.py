@@ -226,7 +226,7 @@ def build_domain(settings: Settings) -> Domain:
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens),
+        Assays(settings.log_dir, tokens, repository),
     )
 
 
