@@ -218,7 +218,9 @@ class Pipelines:
                     f"pipeline {name!r} is deployed (version {deployed}); "
                     "undeploy it first (DeleteDeployment)"
                 )
-            row.delete_instance(recursive=True)
+            # delete_nullable: rows that may name a pipeline or something else (its
+            # assays) go with it rather than being left pointing at nothing.
+            row.delete_instance(recursive=True, delete_nullable=True)
         forget_decisions()
 
     async def copy(

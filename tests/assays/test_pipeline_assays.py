@@ -38,12 +38,19 @@ def assays(stubs: Stubs) -> assay_pb2_grpc.AssayServiceStub:
 
 
 @pytest.fixture(scope="module")
-def pipeline(stubs: Stubs) -> Iterator[str]:
+def members(stubs: Stubs) -> Iterator[Members]:
+    names = Members(f"t-apl-{PID}")
+    upload(stubs, scale_model_files(names.pre, factor=2.0), names.pre)
+    upload(stubs, add_model_files(name=names.add), names.add)
+    upload(stubs, scale_model_files(names.post, offset=100.0), names.post)
+    yield names
+    for member in names.all:
+        delete_model_quietly(stubs, member)
+
+
+@pytest.fixture(scope="module")
+def pipeline(stubs: Stubs, members: Members) -> Iterator[str]:
     """Pipeline OUT = 2·A + B + 100, deployed with every call logged."""
-    members = Members(f"t-apl-{PID}")
-    upload(stubs, scale_model_files(members.pre, factor=2.0), members.pre)
-    upload(stubs, add_model_files(name=members.add), members.add)
-    upload(stubs, scale_model_files(members.post, offset=100.0), members.post)
     name = f"t-apl-chain-{PID}"
     create(stubs, chain(name, members.all))
     policy = inference_log_pb2.LoggingPolicy(
@@ -58,8 +65,6 @@ def pipeline(stubs: Stubs) -> Iterator[str]:
     )
     yield name
     cleanup(stubs, name)
-    for member in members.all:
-        delete_model_quietly(stubs, member)
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +248,26 @@ def test_a_private_pipeline_answers_like_a_missing_one(
         assert name not in [a.name for a in listed.assays]
     finally:
         assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
+
+
+def test_deleting_a_pipeline_deletes_its_assays(
+    assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs, members: Members
+) -> None:
+    name = f"t-apl-gone-{PID}"
+    create(stubs, chain(name, members.all))
+    try:
+        began = dt.datetime.now(dt.timezone.utc)
+        assays.CreateAssay(
+            assay_pb2.CreateAssayRequest(assay=_assay(name, f"{name}-a", "input A 0", began)),
+            metadata=stubs.auth,
+        )
+    finally:
+        cleanup(stubs, name)
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        assays.GetAssay,
+        assay_pb2.GetAssayRequest(name=f"{name}-a"),
+        metadata=stubs.auth,
+    )
+    listed = assays.ListAssays(assay_pb2.ListAssaysRequest(page_size=1000), metadata=stubs.auth)
+    assert f"{name}-a" not in [a.name for a in listed.assays]
