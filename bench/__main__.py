@@ -19,6 +19,7 @@ from bench import (
     catalog_list,
     dedup,
     deploy,
+    explain,
     flood,
     gateway,
     inference_log,
@@ -34,7 +35,7 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training", "assays", "rollout",
+    "s3-upload", "training", "assays", "rollout", "explain",
 )  # fmt: skip
 
 
@@ -141,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("assays", lambda: assays.run()))
     if args.which in ("rollout", "all"):
         benchmarks.append(("rollout", lambda: rollout.run()))
+    if args.which in ("explain", "all"):
+        benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

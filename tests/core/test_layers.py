@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "cli": 5,
     "settings": 5,
     "memory": 5,
+    "workers": 5,
     "__main__": 5,
 }
 
