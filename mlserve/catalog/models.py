@@ -227,6 +227,16 @@ def ids_of(names: Iterable[str]) -> dict[str, int]:
     return {row.name: row.id for row in query}
 
 
+def visible_model_ids(workspace: str = "") -> Any:
+    """A query of the ids of the models the caller may see, of ``workspace`` when given,
+    to filter other tables by (blocking)."""
+    query = tables.Model.select(tables.Model.id)
+    if workspace:
+        query = query.where(tables.Model.workspace.in_(workspace_id_query(workspace)))
+    visible = rules.visible_models()
+    return query if visible is None else query.where(visible)
+
+
 def model_row(name: str) -> Any:
     """The model's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "model name")
