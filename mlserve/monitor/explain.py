@@ -186,6 +186,13 @@ class Explainer:
                 f"output {query.output!r} is not a numeric output of model {query.model!r}; "
                 f"its outputs are {', '.join(outputs)}"
             )
+        # Triton's metadata shape of a batching model starts with the batch (-1).
+        columns = int(chosen.shape[-1]) if len(chosen.shape) > bool(config.max_batch_size) else 1
+        if query.output_index < 0 or (columns > 0 and query.output_index >= columns):
+            raise InvalidArgument(
+                f"output_index {query.output_index} is out of range: output {chosen.name!r} "
+                f"has {columns if columns > 0 else 'a variable number of'} values per row"
+            )
         width = int(tensor.shape[-1]) if tensor.shape else 1
         if width < 1:
             raise InvalidArgument(

@@ -115,7 +115,7 @@ def test_contributions_of_a_linear_model_are_exact(stubs: Stubs, linear: Linear)
     assert response.model_calls == 1 + len(rows) * math.ceil(coalitions * BACKGROUND / MAX_BATCH)
 
 
-def test_rows_of_the_wrong_type_or_width_never_reach_the_model(
+def test_rows_of_the_wrong_type_or_width_and_bad_options_never_reach_the_model(
     stubs: Stubs, linear: Linear
 ) -> None:
     good = [1.0] * FEATURES
@@ -130,6 +130,23 @@ def test_rows_of_the_wrong_type_or_width_never_reach_the_model(
     ]
     for model, rows, said in cases:
         error = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model, rows, linear.dataset)
+        assert said in error.details(), error.details()
+    # Options out of range, each refused saying which.
+    options: list[tuple[list[list[float]], dict[str, object], str]] = [
+        ([], {}, "between 1 and 100 rows"),
+        ([good] * 101, {}, "between 1 and 100 rows"),
+        ([good], {"samples": -1}, "samples must be in"),
+        ([good], {"samples": 100_001}, "samples must be in"),
+        ([good], {"background_size": 1001}, "background_size"),
+        ([good], {"output": "NOPE"}, "its outputs are PREDICTION"),
+        ([good], {"output_index": 1}, "output_index 1 is out of range"),
+        ([good], {"output_index": -1}, "output_index -1 is out of range"),
+        ([good], {"feature_names": ["x0", "x1"]}, "2 feature names"),
+        ([good], {"feature_names": [*NAMES[:5], "nope"]}, "no column 'nope'"),
+    ]
+    for rows, fields, said in options:
+        error = expect_error(Code.INVALID_ARGUMENT, explain, stubs, linear.model, rows,
+                             linear.dataset, **fields)  # fmt: skip
         assert said in error.details(), error.details()
     # Whole numbers in range are fine for the INT32 model, which agrees with the FP64 one.
     whole = explain(stubs, linear.whole, [[3.0, -1.0, 0.0, 2.0, 4.0, -3.0]], linear.dataset)
