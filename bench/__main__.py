@@ -26,6 +26,7 @@ from bench import (
     inference_log,
     oidc,
     pipeline,
+    placement,
     rollout,
     s3_upload,
     training,
@@ -36,7 +37,7 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training", "assays", "assay-scheduler", "rollout", "explain",
+    "s3-upload", "training", "assays", "assay-scheduler", "rollout", "explain", "placement",
 )  # fmt: skip
 
 
@@ -145,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("assay-scheduler", lambda: assay_scheduler.run()))
     if args.which in ("rollout", "all"):
         benchmarks.append(("rollout", lambda: rollout.run()))
+    if args.which in ("placement", "all"):
+        benchmarks.append(("placement", lambda: placement.run()))
     if args.which in ("explain", "all"):
         benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 
 class BaseModel(pw.Model):
@@ -263,6 +263,12 @@ class ModelVersion(BaseModel):
     training_dataset = pw.ForeignKeyField(
         DatasetVersion, null=True, on_delete="RESTRICT", index=True
     )
+    # Schema 18: the memory it was measured to need after its first load
+    # (0: not yet), where, how ("triton" or "rss") and when.
+    measured_memory = pw.BigIntegerField(default=0)
+    measured_on = pw.CharField(max_length=128, default="")
+    measurement = pw.CharField(max_length=16, default="")
+    measure_time = pw.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("model", "version"), True),)
@@ -369,6 +375,10 @@ class Server(BaseModel):
     create_time = pw.DateTimeField(default=utcnow)
     # JSON list of workspace names whose models it may hold; [] means any.
     workspaces = pw.TextField(default="[]")
+    # Schema 18: its capacity for models; host_memory 0 means not stated.
+    gpu_count = pw.IntegerField(default=0)
+    gpu_memory = pw.BigIntegerField(default=0)
+    host_memory = pw.BigIntegerField(default=0)
 
 
 class Pipeline(BaseModel):
@@ -825,6 +835,20 @@ def _add_pipeline_assays(db: pw.Database) -> None:
     )
 
 
+def _add_capacities(db: pw.Database) -> None:
+    """Servers' capacities and versions' measured memory (issue 16)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("server", "gpu_count", Server.gpu_count),
+        migrator.add_column("server", "gpu_memory", Server.gpu_memory),
+        migrator.add_column("server", "host_memory", Server.host_memory),
+        migrator.add_column("model_version", "measured_memory", ModelVersion.measured_memory),
+        migrator.add_column("model_version", "measured_on", ModelVersion.measured_on),
+        migrator.add_column("model_version", "measurement", ModelVersion.measurement),
+        migrator.add_column("model_version", "measure_time", ModelVersion.measure_time),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -842,6 +866,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     14: _add_assays,
     15: _add_load_timeouts,
     16: _add_pipeline_assays,
+    17: _add_capacities,
 }
 
 

@@ -181,7 +181,9 @@ def test_schema_11_pipeline_deployments_fold_into_deployments(
             pipeline.id, WHEN, WHEN,
         )  # fmt: skip
         members = json.dumps([["resnet", 2, "READY", ""]])
-        for position, server in enumerate(tables.Server.select().order_by(tables.Server.name)):
+        # Only the columns schema 11 had (later schemas add capacities).
+        servers = tables.Server.select(tables.Server.id, tables.Server.name)
+        for position, server in enumerate(servers.order_by(tables.Server.name)):
             insert(
                 'INSERT INTO "pipeline_target" ("deployment_id", "server_id", "position", '
                 '"state", "message", "members", "update_time") VALUES (7, ?, ?, ?, ?, ?, ?)',
