@@ -14,17 +14,20 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench import (
+    assay_scheduler,
     assays,
     auth,
     catalog_list,
     dedup,
     deploy,
+    explain,
     flood,
     gateway,
     gateway_cpu,
     inference_log,
     oidc,
     pipeline,
+    placement,
     rollout,
     s3_upload,
     training,
@@ -36,7 +39,8 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training", "assays", "rollout", "gateway-cpu", "workers",
+    "s3-upload", "training", "assays", "assay-scheduler", "rollout", "explain", "placement",
+    "gateway-cpu", "workers",
 )  # fmt: skip
 
 
@@ -153,8 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("training", lambda: training.run()))
     if args.which in ("assays", "all"):
         benchmarks.append(("assays", lambda: assays.run()))
+    if args.which in ("assay-scheduler", "all"):
+        benchmarks.append(("assay-scheduler", lambda: assay_scheduler.run()))
     if args.which in ("rollout", "all"):
         benchmarks.append(("rollout", lambda: rollout.run()))
+    if args.which in ("placement", "all"):
+        benchmarks.append(("placement", lambda: placement.run()))
+    if args.which in ("explain", "all"):
+        benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

@@ -67,6 +67,7 @@ from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
 from mlserve.deploy.health import HealthLoop, Hook
 from mlserve.deploy.lifecycle import DEFAULT_SERVER, Deployments, DeploymentUsage
+from mlserve.deploy.placement import MAX_HOST_MEMORY_BYTES, Capacity
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
@@ -80,6 +81,7 @@ from mlserve.storage.repository import LocalRepository, Repository
 from mlserve.storage.s3 import S3Repository
 from mlserve.training.jobs import TrainingJobs
 from mlserve.training.runner import JobStatus, LocalRunner, RunnerLimits
+from mlserve.triton.host import host_capacity, tree_resident_bytes
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
@@ -195,7 +197,13 @@ def build_domain(settings: Settings) -> Domain:
     datasets = Datasets(repository, tokens, blobs)
     uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
-    deployments = Deployments(fleet, repository, tokens, load_timeout=settings.load_timeout)
+    deployments = Deployments(
+        fleet,
+        repository,
+        tokens,
+        load_timeout=settings.load_timeout,
+        headroom=settings.placement_headroom,
+    )
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
@@ -231,7 +239,7 @@ def build_domain(settings: Settings) -> Domain:
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens),
+        Assays(settings.log_dir, tokens, repository),
     )
 
 
@@ -498,7 +506,8 @@ class MLServe:
             TrainingService(self._training), server
         )
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(
-            ExplainService(Explainer(gateway.forwarder, domain.repository)), server
+            ExplainService(Explainer(gateway.forwarder, domain.repository, domain.inference_log)),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
@@ -560,10 +569,15 @@ class MLServe:
             await self._triton.start()
         except MLServeError as error:
             raise StartupFailed(f"the embedded Triton could not start: {error.message}") from None
+        triton = self._triton
+        domain.fleet.watch_resident_memory(
+            DEFAULT_SERVER, lambda: tree_resident_bytes(triton.pid) if triton.pid else 0
+        )
         register = functools.partial(
             domain.fleet.register_embedded,
             DEFAULT_SERVER,
             shares_repository=settings.bucket is None,
+            capacity=embedded_capacity(settings.model_memory),
         )
         await register(self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
@@ -582,6 +596,17 @@ class MLServe:
         for service in ("", *SERVICES):
             up = serving and (log_writable or service != INFERENCE_LOG_SERVICE)
             await self._health.set(service, _SERVING if up else _NOT_SERVING)
+
+
+def embedded_capacity(model_memory: int) -> Capacity:
+    """The embedded Triton's capacity: this host's GPUs, and ``model_memory``
+    bytes for models (0: MemAvailable now)."""
+    host = host_capacity()
+    return Capacity(
+        gpu_count=host.gpu_count,
+        gpu_memory_bytes=host.gpu_memory_bytes,
+        host_memory_bytes=min(model_memory or host.host_memory_bytes, MAX_HOST_MEMORY_BYTES),
+    )
 
 
 def metrics_registry(domain: Domain) -> CollectorRegistry:

@@ -191,6 +191,23 @@ def parse_size(text: str) -> int:
     return int(value * unit)
 
 
+def parse_model_memory(text: str) -> int:
+    """A size (``parse_size``), or ``auto`` (0: read from the host at start)."""
+    return 0 if text.lower() == "auto" else parse_size(text)
+
+
+def parse_headroom(text: str) -> float:
+    """A fraction from 0 to 0.9, or a percentage from 0% to 90%."""
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1] if percent else text) / (100 if percent else 1)
+    except ValueError:
+        raise SettingError("give a fraction such as 0.1 or a percentage such as 10%") from None
+    if not math.isfinite(value) or not 0 <= value <= 0.9:
+        raise SettingError("give a headroom from 0 to 0.9 (0% to 90%)")
+    return value
+
+
 def parse_message_size(text: str) -> int:
     size = parse_size(text)
     if size > GRPC_MESSAGE_LIMIT:
@@ -529,6 +546,32 @@ class Settings:
                 parse_duration,
                 "DURATION",
                 shown_default="2m",
+            )
+        ),
+    )
+    model_memory: int = field(
+        default=0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_MODEL_MEMORY",
+                "host memory the embedded Triton offers models (its capacity); auto reads "
+                "MemAvailable from /proc/meminfo at start; k/M/G/T suffixes",
+                parse_model_memory,
+                "SIZE",
+                shown_default="auto",
+            )
+        ),
+    )
+    placement_headroom: float = field(
+        default=0.10,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_PLACEMENT_HEADROOM",
+                "share of each server's model memory that placement leaves free (0 to 0.9, "
+                "or 0% to 90%)",
+                parse_headroom,
+                "FRACTION",
+                shown_default="10%",
             )
         ),
     )

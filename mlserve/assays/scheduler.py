@@ -157,6 +157,7 @@ def _alert(item: Stored) -> dict[str, object]:
     return {
         "assay": item.spec.name,
         "model": item.spec.model,
+        "pipeline": item.spec.pipeline,
         "status": result.score.status.value,
         "score": result.score.score,
         "alert_threshold": item.spec.summarizer.alert_threshold,

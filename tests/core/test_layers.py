@@ -120,9 +120,6 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     ("deploy.tenancy", "Model"),
     ("gateway.router", "Model"),
     ("gateway.router", "Pipeline"),
-    # list_assays joins the model to filter by workspace and visibility; the
-    # assays work routes it through catalog.models.
-    ("assays.service", "Model"),
 }
 
 
