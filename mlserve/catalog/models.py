@@ -214,6 +214,22 @@ def require_download_allowed(model: str) -> None:
     rules.check_download(model_row(model))
 
 
+def visible_model_ids() -> Any:
+    """A query of the ids of the models the caller may see; None: every model (blocking
+    when run). For tables of other domains that point at a model (training jobs)."""
+    visible = rules.visible_models()
+    return None if visible is None else tables.Model.select(tables.Model.id).where(visible)
+
+
+def model_names(model_ids: Sequence[int]) -> dict[int, str]:
+    """The names of the models with ``model_ids`` (blocking; no visibility check)."""
+    if not model_ids:
+        return {}
+    query = tables.Model.select(tables.Model.id, tables.Model.name)
+    rows = query.where(tables.Model.id.in_(sorted(set(model_ids))))
+    return {row.id: row.name for row in rows}
+
+
 def model_row(name: str) -> Any:
     """The model's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "model name")
