@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench import (
+    assay_scheduler,
     assays,
     auth,
     catalog_list,
@@ -36,7 +37,7 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training", "assays", "rollout", "explain", "placement",
+    "s3-upload", "training", "assays", "assay-scheduler", "rollout", "explain", "placement",
 )  # fmt: skip
 
 
@@ -141,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("training", lambda: training.run()))
     if args.which in ("assays", "all"):
         benchmarks.append(("assays", lambda: assays.run()))
+    if args.which in ("assay-scheduler", "all"):
+        benchmarks.append(("assay-scheduler", lambda: assay_scheduler.run()))
     if args.which in ("rollout", "all"):
         benchmarks.append(("rollout", lambda: rollout.run()))
     if args.which in ("placement", "all"):

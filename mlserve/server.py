@@ -534,7 +534,8 @@ class MLServe:
             TrainingService(self._training), server
         )
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(
-            ExplainService(Explainer(gateway.forwarder, domain.repository)), server
+            ExplainService(Explainer(gateway.forwarder, domain.repository, domain.inference_log)),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])

@@ -419,12 +419,16 @@ class Client:
         background_size: int = 0,
         output: str = "",
         include_prediction: bool = False,
+        log_since: dt.datetime | dt.timedelta | None = None,
+        log_until: dt.datetime | dt.timedelta | None = None,
         timeout: float | None = None,
     ) -> explain_pb2.ExplainResponse:
         """KernelSHAP contributions of each feature to ``model``'s output for each row.
 
         The background is the deployed version's training dataset unless ``dataset``
-        names one; 0 for ``samples`` / ``background_size`` means the server's defaults."""
+        names one, or ``log_since`` / ``log_until`` (a datetime, or a timedelta: that
+        long ago) name a window of the inference log whose logged inputs serve; 0 for
+        ``samples`` / ``background_size`` means the server's defaults."""
         request = explain_pb2.ExplainRequest(
             model=model,
             rows=[explain_pb2.ExplainRow(values=list(row)) for row in rows],
@@ -436,6 +440,13 @@ class Client:
         if dataset:
             request.background_dataset.CopyFrom(
                 model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version)
+            )
+        if log_since is not None or log_until is not None:
+            request.background_log.CopyFrom(
+                explain_pb2.LogWindow(
+                    start_time=inference_logs.timestamp(log_since),
+                    end_time=inference_logs.timestamp(log_until),
+                )
             )
         return self.explain_service.Explain(request, timeout=timeout)
 
