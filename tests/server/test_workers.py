@@ -10,6 +10,8 @@ worker and pid. Every other series is summed over the workers.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,3 +171,20 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(tmp_path: Path) -> None:
+    process = MLServeProcess(tmp_path / "home", "--workers", "2", "--no-embedded-triton")
+    try:
+        process.start(wait_for_triton=False)
+        wait_until(lambda: "2 workers serve" in process.log.read_text(), timeout=120)
+        assert process.process is not None
+        workers = children(process.process.pid)
+        second = next(pid for pid in workers if _slot_of(pid).startswith("MLSERVE_WORKER_SLOT=1/"))
+        os.kill(second, signal.SIGKILL)
+        assert process.process.wait(60) == 1
+        assert "worker 1 (pid" in process.log.read_text()
+        for pid in workers:
+            assert not _alive(pid)
+    finally:
+        process.stop()
