@@ -30,8 +30,9 @@ from bench.gateway import load
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import InferenceLog, LoggingPolicy, LogSettings, Mode
 from mlserve.monitor import parquet as log_files
+from mlserve.monitor.parquet import decode
 from mlserve.monitor.reader import LogQuery, read_page
-from mlserve.monitor.records import Capture, decode
+from mlserve.monitor.records import Capture
 from mlserve_api.v1 import inference_log_pb2
 from tests.support.models import upload_add
 from tests.support.tritons import deploy

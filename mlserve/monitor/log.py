@@ -34,7 +34,7 @@ from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.policy import LoggingPolicy, Mode, Policies
 from mlserve.monitor.reader import LogQuery, models_in, read_page
-from mlserve.monitor.records import Capture, Record, decode
+from mlserve.monitor.records import Capture, Record
 from mlserve.storage.db import in_thread
 
 log = logging.getLogger(__name__)
@@ -166,26 +166,20 @@ class InferenceLog:
     def flush(self) -> int:
         """Decode and write what is queued now (the writer thread's step); returns records
         written."""
-        batch: list[Record] = []
+        batch: list[Capture | Record] = []
         while self._queue:
-            item = self._queue.popleft()
-            try:
-                record = decode(item) if isinstance(item, Capture) else item
-            except Exception:
-                log.exception("could not decode an inference log record; it is dropped")
-                continue
-            if record is not None:
-                batch.append(record)
+            batch.append(self._queue.popleft())
         if not batch:
             return 0
         try:
-            parquet.write(self.settings.directory, batch)
+            written = parquet.write(self.settings.directory, batch)
         except OSError as error:
             self._failed(error)
             return 0
-        self.writable = True
-        self._written.inc(len(batch))
-        return len(batch)
+        if written.records:
+            self.writable = True
+        self._written.inc(written.records)
+        return written.records
 
     def check_writable(self) -> bool:
         """Probe the directory with a file; updates ``writable`` (health reads it)."""

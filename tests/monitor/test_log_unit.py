@@ -22,10 +22,11 @@ from mlserve.core.errors import InvalidArgument
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.log import InferenceLog, LogSettings
+from mlserve.monitor.parquet import decode
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, read_page
-from mlserve.monitor.records import Capture, decode, new_id
-from mlserve.monitor.tensors import list_column, to_raw
+from mlserve.monitor.records import Capture, new_id
+from mlserve.monitor.tensors import TensorColumn, chunk_of, to_raw
 
 ALL = LoggingPolicy(Mode.ALL)
 
@@ -231,7 +232,7 @@ def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path)
     record = decode(_capture(_request("INT8", True)))
     assert record is not None
     record.model = "../escape"
-    assert parquet.write(tmp_path / "logs", [record]) == 0
+    assert parquet.write(tmp_path / "logs", [record]).records == 0
     assert list(tmp_path.rglob("*.parquet")) == []
 
 
@@ -264,10 +265,21 @@ def test_record_ids_are_distinct_version_4_uuids() -> None:
         assert (parsed.hex, parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
 
 
+def _list_column(datatype: str, rows: list[Any]) -> Any:
+    column = TensorColumn(datatype)
+    for index, values in enumerate(rows):
+        if values is not None:
+            column.add(index, (len(values),), *chunk_of(datatype, values))
+    elements, shapes = column.arrays(len(rows))
+    assert shapes.to_pylist() == [None if v is None else [len(v)] for v in rows]
+    return elements
+
+
 def test_a_list_column_keeps_missing_rows_and_casts_other_dtypes() -> None:
-    pooled = list_column("FP32", [np.array([1, 2], np.float32), None, np.array([3], np.float32)])
-    cast = list_column("FP32", [np.array([1, 2], np.float64), None, [3.0]])
+    pooled = _list_column("FP32", [np.array([1, 2], np.float32), None, np.array([3], np.float32)])
+    cast = _list_column("FP32", [np.array([1, 2], np.float64), None, [3.0]])
     for column in (pooled, cast):
         assert column.to_pylist() == [[1.0, 2.0], None, [3.0]]
         assert str(column.type.value_type) == "float"
-    assert list_column("BOOL", [np.array([True, False])]).to_pylist() == [[True, False]]
+    assert _list_column("BOOL", [np.array([True, False])]).to_pylist() == [[True, False]]
+    assert _list_column("BYTES", [None, [b"a", b""]]).to_pylist() == [None, [b"a", b""]]
