@@ -327,7 +327,9 @@ class MLServe:
                 domain.router.reload,
                 domain.inference_log.policies.reload,
                 functools.partial(
-                    TritonShare(domain.stats.registry).poll, domain.router, domain.fleet
+                    TritonShare(domain.stats.registry, domain.stats).poll,
+                    domain.router,
+                    domain.fleet,
                 ),
             ),
         )
