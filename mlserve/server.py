@@ -72,6 +72,7 @@ from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.monitor.explain import Explainer
+from mlserve.monitor.store import LogStore
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -199,7 +200,7 @@ def build_domain(settings: Settings) -> Domain:
     stats = InferenceStats()
     inference_log = InferenceLog(
         LogSettings(
-            settings.log_dir,
+            LogStore.at(settings.log_location),
             queue_size=settings.log_queue_size,
             flush_interval=settings.log_flush_interval,
             retention_seconds=settings.log_retention_seconds,
@@ -226,7 +227,7 @@ def build_domain(settings: Settings) -> Domain:
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens),
+        Assays(inference_log.store, tokens),
     )
 
 

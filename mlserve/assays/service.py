@@ -36,6 +36,7 @@ from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
+from mlserve.monitor.store import LogStore
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread, utcnow
 
@@ -61,7 +62,7 @@ def aware(moment: dt.datetime) -> dt.datetime:
 
 
 class Assays:
-    def __init__(self, log_root: FilePath, tokens: PageTokens) -> None:
+    def __init__(self, log_root: FilePath | LogStore, tokens: PageTokens) -> None:
         self.log_root = log_root
         self.tokens = tokens
 

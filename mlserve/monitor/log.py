@@ -33,8 +33,9 @@ from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.policy import LoggingPolicy, Mode, Policies
-from mlserve.monitor.reader import LogQuery, models_in, read_page
+from mlserve.monitor.reader import LogQuery, read_page
 from mlserve.monitor.records import Capture, Record
+from mlserve.monitor.store import LogStore
 from mlserve.storage.db import in_thread
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ _RETENTION_INTERVAL = 60.0
 class LogSettings:
     """Where the log goes and how much of it is kept."""
 
-    directory: Path
+    directory: Path | LogStore
+    """A local directory, or a store (an s3:// prefix)."""
     queue_size: int = 10_000
     """Records waiting for the writer at most; more are dropped and counted."""
     flush_interval: float = 1.0
@@ -65,6 +67,7 @@ class InferenceLog:
         self, settings: LogSettings, registry: CollectorRegistry, tokens: PageTokens
     ) -> None:
         self.settings = settings
+        self.store = LogStore.of(settings.directory)
         self.tokens = tokens
         self.policies = Policies()
         self._queue: deque[Capture | Record] = deque()
@@ -147,10 +150,9 @@ class InferenceLog:
     # --- the writer ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Sweep what a killed writer left, check the directory, start the writer thread."""
+        """Sweep what a killed writer left, check the store, start the writer thread."""
         try:
-            self.settings.directory.mkdir(parents=True, exist_ok=True)
-            parquet.sweep_temporary(self.settings.directory)
+            self.store.sweep_temporary()
         except OSError as error:
             self._failed(error)
         self.check_writable()
@@ -172,7 +174,7 @@ class InferenceLog:
         if not batch:
             return 0
         try:
-            written = parquet.write(self.settings.directory, batch)
+            written = parquet.write(self.store, batch)
         except OSError as error:
             self._failed(error)
             return 0
@@ -182,12 +184,9 @@ class InferenceLog:
         return written.records
 
     def check_writable(self) -> bool:
-        """Probe the directory with a file; updates ``writable`` (health reads it)."""
-        probe = self.settings.directory / ".probe"
+        """Probe the store with a file; updates ``writable`` (health reads it)."""
         try:
-            self.settings.directory.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
+            self.store.probe()
         except OSError as error:
             self._failed(error)
             return False
@@ -206,7 +205,7 @@ class InferenceLog:
             if now - self._last_retention >= _RETENTION_INTERVAL:
                 self._last_retention = now
                 retention.apply(
-                    self.settings.directory,
+                    self.store,
                     self.settings.retention_seconds,
                     self.settings.retention_bytes,
                 )
@@ -222,7 +221,7 @@ class InferenceLog:
             log.error(
                 "the inference log cannot write to %s (%s); inference goes on, records are "
                 "lost until it can (logged at most once a minute)",
-                self.settings.directory,
+                self.store,
                 error,
             )
 
@@ -249,7 +248,7 @@ class InferenceLog:
 
     def models(self) -> list[str]:
         """The models the log has records of."""
-        return models_in(self.settings.directory)
+        return self.store.models()
 
     async def list(self, query: LogQuery, requested_size: int, token: str) -> Page[Record]:
         """One page of the records ``query`` asks for, among the models the caller may see.
@@ -280,7 +279,7 @@ class InferenceLog:
         narrowed = replace(query, models=models)
         records, last = await asyncio.to_thread(
             read_page,
-            self.settings.directory,
+            self.store,
             narrowed,
             None if after is None else (after[0], str(after[1])),
             size,

@@ -2,9 +2,9 @@
 
     logs/model=NAME/date=YYYY-MM-DD/hour=HH/part-<time>-<id>.parquet
 
-One file per partition per flush. A file is written under a hidden
-temporary name and renamed into place, so a reader (or a SIGKILL) never
-meets a half-written file; leftovers of a killed writer are swept at start.
+One file per partition per flush, written whole into the log's store (a
+local directory or an s3:// prefix, ``store``): a reader (or a SIGKILL)
+never meets a half-written file.
 
 Columns: the metadata of every record (``META``), then per tensor a list
 column ``input.NAME`` / ``output.NAME`` of its elements (typed, see
@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
@@ -42,12 +39,11 @@ from mlserve.monitor.records import (
     row_of,
     row_of_record,
 )
+from mlserve.monitor.store import LogStore
 from mlserve.monitor.tensors import Tensor
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".parquet"
-_TEMPORARY = ".tmp"
 
 META = pa.schema(
     [
@@ -90,8 +86,9 @@ class Partition:
     date: str  # YYYY-MM-DD
     hour: str  # HH
 
-    def directory(self, root: Path) -> Path:
-        return root / f"model={self.model}" / f"date={self.date}" / f"hour={self.hour}"
+    def directory(self) -> str:
+        """The partition's directory, relative to the log's root."""
+        return f"model={self.model}/date={self.date}/hour={self.hour}"
 
     @staticmethod
     def of(model: str, micros: int) -> Partition:
@@ -105,7 +102,7 @@ class Written:
     bytes: int
 
 
-def write(root: Path, items: Iterable[Capture | Record]) -> Written:
+def write(root: Path | LogStore, items: Iterable[Capture | Record]) -> Written:
     """Write captured calls and records as one file per partition (and tensor schema).
 
     A capture or record that cannot be decoded is logged and left out; so is one
@@ -114,13 +111,12 @@ def write(root: Path, items: Iterable[Capture | Record]) -> Written:
     Raises:
         OSError: the directory cannot be written (full disk, permissions).
     """
+    store = LogStore.of(root)
     batches = _batches(items)
     records = written = 0
     for partition, groups in batches.items():
-        directory = partition.directory(root)
-        directory.mkdir(parents=True, exist_ok=True)
         for batch in groups:
-            written += _write_file(directory, batch.table())
+            written += store.write_table(partition.directory(), batch.table(), **_OPTIONS)
             records += batch.rows
     return Written(records, written)
 
@@ -272,22 +268,6 @@ def records_of(table: Any, model: str) -> list[Record]:
     return records
 
 
-def files(directory: Path) -> Iterator[Path]:
-    """The complete log files under ``directory`` (never a temporary one)."""
-    if directory.is_dir():
-        yield from sorted(directory.rglob(f"*{SUFFIX}"))
-
-
-def sweep_temporary(root: Path) -> int:
-    """Remove what a killed writer left half-written; returns how many."""
-    removed = 0
-    if root.is_dir():
-        for leftover in root.rglob(f".*{SUFFIX}{_TEMPORARY}"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def valid_name(model: str) -> bool:
     """Whether ``model`` may name a partition directory (a valid resource name)."""
     try:
@@ -297,31 +277,20 @@ def valid_name(model: str) -> bool:
     return True
 
 
-def _write_file(directory: Path, table: Any) -> int:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-    temporary = directory / f".{name}{_TEMPORARY}"
-    try:
-        pq.write_table(
-            table,
-            temporary,
-            compression="zstd",
-            # Level 1: the writer must keep up with the gateway on one core.
-            compression_level=1,
-            # Dictionaries and statistics pay off on the metadata (filters, repeated
-            # names), not on tensor elements, which are mostly distinct.
-            use_dictionary=_DICTIONARY_COLUMNS,
-            write_statistics=_STATISTICS_COLUMNS,
-        )
-        os.replace(temporary, directory / name)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return (directory / name).stat().st_size
+_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    # Level 1: the writer must keep up with the gateway on one core.
+    "compression_level": 1,
+    # Dictionaries and statistics pay off on the metadata (filters, repeated
+    # names), not on tensor elements, which are mostly distinct.
+    "use_dictionary": _DICTIONARY_COLUMNS,
+    "write_statistics": _STATISTICS_COLUMNS,
+}
 
 
-def partition_hour(path: Path) -> dt.datetime | None:
+def partition_hour(where: str | Path) -> dt.datetime | None:
     """The UTC hour a file's partition stands for, from its path."""
+    path = PurePosixPath(where)
     try:
         date = path.parent.parent.name.removeprefix("date=")
         hour = path.parent.name.removeprefix("hour=")

@@ -26,6 +26,7 @@ from mlserve.monitor.parquet import decode
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, read_page
 from mlserve.monitor.records import Capture, new_id
+from mlserve.monitor.store import LogStore
 from mlserve.monitor.tensors import TensorColumn, chunk_of, to_raw
 
 ALL = LoggingPolicy(Mode.ALL)
@@ -64,6 +65,10 @@ def _capture(request: Any, response: Any = None, policy: LoggingPolicy = ALL) ->
     return Capture(time.time(), "m", 1, "local", None, policy, request.SerializeToString(),
                    None if response is None else response.SerializeToString(), "OK", "",
                    0.002)  # fmt: skip
+
+
+def _files(root: Path) -> list[Path]:
+    return [Path(file.path) for file in LogStore.of(root).files()]
 
 
 def _read_all(root: Path, **filters: Any) -> list[Any]:
@@ -179,12 +184,12 @@ def test_retention_deletes_old_files_then_bytes_beyond_the_cap(tmp_path: Path) -
         record = decode(_capture(_request("INT8", True)))
         assert record is not None
         parquet.write(tmp_path, [record])
-    files = list(parquet.files(tmp_path))
+    files = _files(tmp_path)
     old = time.time() - 3600
     os.utime(files[0], (old, old))
     assert retention.apply(tmp_path, max_age_seconds=60, max_bytes_per_model=10**9) == 1
     assert retention.apply(tmp_path, max_age_seconds=60, max_bytes_per_model=1) == 2
-    assert list(parquet.files(tmp_path)) == []
+    assert _files(tmp_path) == []
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> None:
@@ -204,10 +209,10 @@ def test_a_killed_writers_leftovers_are_swept_and_never_read(tmp_path: Path) -> 
     record = decode(_capture(_request("INT8", True)))
     assert record is not None
     parquet.write(tmp_path, [record])
-    directory = next(parquet.files(tmp_path)).parent
+    directory = _files(tmp_path)[0].parent
     (directory / ".part-x.parquet.tmp").write_bytes(b"PAR1 half")
     assert len(_read_all(tmp_path)) == 1
-    assert parquet.sweep_temporary(tmp_path) == 1
+    assert LogStore.of(tmp_path).sweep_temporary() == 1
 
 
 def test_an_unwritable_directory_marks_the_log_unwritable(tmp_path: Path) -> None:
@@ -225,7 +230,7 @@ def test_time_filters(tmp_path: Path) -> None:
     later = record.time + dt.timedelta(seconds=1)
     assert _read_all(tmp_path, start=later) == []
     assert len(_read_all(tmp_path, end=later)) == 1
-    assert pq.read_table(next(parquet.files(tmp_path))).num_rows == 1
+    assert pq.read_table(_files(tmp_path)[0]).num_rows == 1
 
 
 def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path) -> None:
