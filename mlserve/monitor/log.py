@@ -22,6 +22,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,7 +34,7 @@ from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.policy import LoggingPolicy, Mode, Policies
-from mlserve.monitor.reader import LogQuery, read_page
+from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
 from mlserve.monitor.records import Capture, Record
 from mlserve.monitor.store import LogStore
 from mlserve.storage.db import in_thread
@@ -58,6 +59,10 @@ class LogSettings:
     """Files older than this are deleted."""
     retention_bytes: int = 10 * 1024**3
     """Per model, the oldest files are deleted beyond this many bytes."""
+    file_tag: str = ""
+    """Put in this process's file names (``w1-`` for worker 1), so workers never clash."""
+    housekeeping: bool = True
+    """Sweep half-written files at start and apply retention: in one process only."""
 
 
 class InferenceLog:
@@ -152,7 +157,8 @@ class InferenceLog:
     def start(self) -> None:
         """Sweep what a killed writer left, check the store, start the writer thread."""
         try:
-            self.store.sweep_temporary()
+            if self.settings.housekeeping:
+                self.store.sweep_temporary()
         except OSError as error:
             self._failed(error)
         self.check_writable()
@@ -174,7 +180,7 @@ class InferenceLog:
         if not batch:
             return 0
         try:
-            written = parquet.write(self.store, batch)
+            written = parquet.write(self.store, batch, self.settings.file_tag)
         except OSError as error:
             self._failed(error)
             return 0
@@ -202,7 +208,8 @@ class InferenceLog:
         try:
             self.flush()
             now = time.monotonic()
-            if now - self._last_retention >= _RETENTION_INTERVAL:
+            due = now - self._last_retention >= _RETENTION_INTERVAL
+            if due and self.settings.housekeeping:
                 self._last_retention = now
                 retention.apply(
                     self.store,
@@ -286,6 +293,18 @@ class InferenceLog:
         )
         next_token = "" if last is None else self.tokens.encode(fingerprint, list(last))
         return Page(records, next_token)
+
+    async def logged_inputs(self, query: RowsQuery) -> Any:
+        """``reader.logged_rows`` of ``query``, for a caller who may see its model.
+
+        Raises:
+            InvalidArgument: start after end.
+            NotFound: the model does not exist or the caller may not see it (alike).
+        """
+        if query.start is not None and query.end is not None and query.start > query.end:
+            raise InvalidArgument("the window's start_time is after its end_time: swap them")
+        await in_thread(self._visible_models)((query.model,))
+        return await asyncio.to_thread(logged_rows, self.store, query)
 
     def _visible_models(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         if wanted:

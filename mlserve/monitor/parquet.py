@@ -102,11 +102,14 @@ class Written:
     bytes: int
 
 
-def write(root: Path | LogStore, items: Iterable[Capture | Record]) -> Written:
+def write(root: Path | LogStore, items: Iterable[Capture | Record], tag: str = "") -> Written:
     """Write captured calls and records as one file per partition (and tensor schema).
 
     A capture or record that cannot be decoded is logged and left out; so is one
     whose model is not a valid name (it never becomes a path).
+
+    ``tag`` goes into the file names (``part-<time>-<tag><id>``): each writing
+    process has its own, so several never pick the same name.
 
     Raises:
         OSError: the directory cannot be written (full disk, permissions).
@@ -116,7 +119,7 @@ def write(root: Path | LogStore, items: Iterable[Capture | Record]) -> Written:
     records = written = 0
     for partition, groups in batches.items():
         for batch in groups:
-            written += store.write_table(partition.directory(), batch.table(), **_OPTIONS)
+            written += store.write_table(partition.directory(), batch.table(), tag, **_OPTIONS)
             records += batch.rows
     return Written(records, written)
 

@@ -85,15 +85,18 @@ class LogStore:
 
     # --- writing ------------------------------------------------------------------
 
-    def write_table(self, directory: str, table: Any, **options: Any) -> int:
+    def write_table(self, directory: str, table: Any, tag: str = "", **options: Any) -> int:
         """Write ``table`` as a new Parquet file under ``directory`` (relative to the
         root); returns its size. Readers never see it before it is complete.
+
+        The name is ``part-<time>-<replica>-<tag><id>.parquet``: the replica id is this
+        process's, ``tag`` (``w1-`` for worker 1) keeps forked workers apart too.
 
         Raises:
             OSError: the store cannot be written (full disk, permissions, no bucket).
         """
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        name = f"part-{stamp}-{self.replica}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        name = f"part-{stamp}-{self.replica}-{tag}{uuid.uuid4().hex[:12]}{SUFFIX}"
         final = self.path(directory, name)
         if not self.local:
             sink = pa.BufferOutputStream()
