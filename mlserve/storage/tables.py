@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 
 
 class BaseModel(pw.Model):
@@ -520,6 +520,42 @@ class AssayResult(BaseModel):
         indexes = ((("assay", "window_start"), True),)
 
 
+class TrainingJob(BaseModel):
+    """One training job (owned by mlserve.training; schema 19): what was asked, where it
+    is, and what it made. Keyset-paged newest first by id; deleting the model deletes
+    its jobs. The dataset is kept by name and number: a job does not hold its
+    dataset back from deletion (it copied the files before it ran)."""
+
+    id = pw.AutoField()
+    job_id = pw.CharField(unique=True, max_length=64)
+    model = pw.ForeignKeyField(Model, backref="training_jobs", on_delete="CASCADE")
+    code_version = pw.BigIntegerField()
+    code_path = pw.TextField()
+    code_sha256 = pw.CharField(max_length=64, default="")
+    dataset = pw.CharField(max_length=128)
+    dataset_version = pw.BigIntegerField()
+    dataset_sha256 = pw.CharField(max_length=64, default="")
+    parameters = pw.TextField(default="{}")  # JSON object of strings
+    env_path = pw.TextField(default="")
+    env_sha256 = pw.CharField(max_length=64, default="")
+    env_requirements = pw.TextField(default="[]")  # JSON list of requirement strings
+    runner_labels = pw.TextField(default="[]")  # JSON list
+    network = pw.BooleanField(default=False)
+    # The MLServe instance whose runner has it: a restart fails only its own jobs.
+    instance = pw.CharField(max_length=253)
+    state = pw.CharField(max_length=16)
+    reason = pw.TextField(default="")
+    metrics = pw.TextField(default="{}")  # JSON object of numbers
+    version = pw.BigIntegerField(default=0)
+    create_time = pw.DateTimeField(default=utcnow)
+    start_time = pw.DateTimeField(null=True)
+    end_time = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "training_job"
+        indexes = ((("model", "id"), False), (("state", "id"), False))
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -556,6 +592,7 @@ TABLES: list[type[BaseModel]] = [
     DatasetFile,
     Assay,
     AssayResult,
+    TrainingJob,
 ]
 
 
@@ -849,6 +886,11 @@ def _add_capacities(db: pw.Database) -> None:
     )
 
 
+def _add_training_jobs(db: pw.Database) -> None:
+    """Training jobs in the database, not only in a process's memory (issue 15)."""
+    db.create_tables([TrainingJob])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -867,6 +909,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     15: _add_load_timeouts,
     16: _add_pipeline_assays,
     17: _add_capacities,
+    18: _add_training_jobs,
 }
 
 

@@ -140,9 +140,10 @@ def test_metadata_mode_keeps_no_tensors(tmp_path: Path) -> None:
     assert record.request_bytes > 0
 
 
-def test_metadata_mode_reads_the_request_id_without_parsing_the_request() -> None:
+def test_metadata_mode_reads_a_large_requests_id_without_parsing_it() -> None:
     request = _request("FP32", True)
     request.id = "call-7"
+    request.raw_input_contents[0] += bytes(128 * 1024)  # past the size parsed whole
     metadata = LoggingPolicy(Mode.METADATA)
     record = decode(_capture(request, policy=metadata))
     assert record is not None
