@@ -347,6 +347,8 @@ def _kernel_shap(
     """
     import shap
 
+    from mlserve.monitor.kernel_shap import KernelExplainer
+
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
 
@@ -366,7 +368,7 @@ def _kernel_shap(
                 return answer
         return model(batch)
 
-    explainer = shap.KernelExplainer(remembered, summary)
+    explainer = KernelExplainer(remembered, summary)
     values = explainer.shap_values(rows, nsamples=samples, silent=True)
     base = float(np.ravel(explainer.expected_value)[0])
     return np.asarray(values).reshape(len(rows), -1), base, answers[len(points) :]
