@@ -84,6 +84,7 @@ def test_the_node_client_walks_through_against_mlserve_and_triton(
     assert "# pass 2" in result.stdout, result.stdout[-4000:]
 
 
+@pytest.mark.slow  # over ~20 s
 def test_the_go_client_walks_through_against_mlserve_and_triton(
     server: MLServeProcess, issuer: Issuer, tmp_path: Path
 ) -> None:

@@ -26,7 +26,8 @@ from tests.support.tritons import (
 )
 from tests.support.uploading import stream
 
-pytestmark = pytest.mark.integration
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INTERVAL = 1.0  # a's --health-interval
 LOAD_SECONDS = 25
