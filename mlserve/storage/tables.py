@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 
 
 class BaseModel(pw.Model):
@@ -418,7 +418,7 @@ class Deployment(BaseModel):
     pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
     # Seconds one load on one server may take (schema 16); 0: the server's default.
     load_timeout = pw.FloatField(default=0.0)
-    # Schema 18: "eager" or "on_demand", and the on-demand limits (issue 16).
+    # Schema 19: "eager" or "on_demand", and the on-demand limits (issue 16).
     loading = pw.CharField(max_length=16, default="eager")
     min_copies = pw.IntegerField(default=0)
     max_copies = pw.IntegerField(default=0)
