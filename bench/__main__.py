@@ -17,6 +17,7 @@ from bench import (
     assays,
     auth,
     catalog_list,
+    cold_start,
     dedup,
     deploy,
     explain,
@@ -37,6 +38,7 @@ LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
     "s3-upload", "training", "assays", "rollout", "explain", "placement",
+    "cold-start",
 )  # fmt: skip
 
 
@@ -145,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("rollout", lambda: rollout.run()))
     if args.which in ("placement", "all"):
         benchmarks.append(("placement", lambda: placement.run()))
+    if args.which in ("cold-start", "all"):
+        benchmarks.append(("cold-start", lambda: cold_start.run(args.rounds)))
     if args.which in ("explain", "all"):
         benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):

@@ -24,6 +24,7 @@ import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from google.protobuf import field_mask_pb2
+from tritonclient.utils import InferenceServerException
 
 from mlserve.deploy.placement import DEFAULT_HEADROOM
 from mlserve_api.v1 import audit_pb2, deployment_pb2, model_pb2, server_pb2
@@ -312,5 +313,26 @@ def test_bad_loading_fields_are_invalid_and_write_nothing(
                 deployment_pb2.GetDeploymentRequest(name=model_name),
                 metadata=stubs.auth,
             )
+    finally:
+        remove_model(stubs, model_name)
+
+
+def test_a_cold_start_without_room_anywhere_is_resource_exhausted(
+    served: MLServeProcess, stubs: Stubs, model_name: str, restore_local: None
+) -> None:
+    upload_add(stubs, model_name)
+    try:
+        deploy_on_demand(stubs, model_name)
+        set_capacity(stubs, 1024**2)
+        need = stubs.models.GetModelVersion(
+            model_pb2.GetModelVersionRequest(model=model_name), metadata=stubs.auth
+        ).memory.bytes
+        client = triton.InferenceServerClient(served.address)
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer(model_name, add_inputs(), headers={"authorization": f"Bearer {stubs.key}"})
+        assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert f"needs {need} bytes" in raised.value.message()
+        assert target(stubs, model_name).state == COLD
+        assert triton_loads(served, model_name) == 0
     finally:
         remove_model(stubs, model_name)
