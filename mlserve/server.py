@@ -158,6 +158,7 @@ class Domain:
     inference_log: InferenceLog
     datasets: Datasets
     assays: Assays
+    tokens: PageTokens
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -244,6 +245,7 @@ def build_domain(settings: Settings) -> Domain:
         inference_log,
         datasets,
         Assays(settings.log_dir, tokens, repository),
+        tokens,
     )
 
 
@@ -387,14 +389,40 @@ class MLServe:
             log.warning("training jobs are off: they never run without the sandbox")
             return
 
-        async def finished(status: JobStatus) -> None:
+        async def changed(status: JobStatus) -> None:
             assert self._training is not None
-            await self._training.finished(status)
+            await self._training.changed(status)
 
-        self._runner = LocalRunner(sandbox, RunnerLimits(), finished)
-        workdir = self.settings.storage_dir / "training"
-        self._training = TrainingJobs(self._runner, domain.uploads, domain.repository, workdir)
+        settings = self.settings
+        self._runner = LocalRunner(
+            sandbox,
+            RunnerLimits(concurrent=settings.training_concurrency, queued=settings.training_queue),
+            changed,
+            labels=frozenset(settings.training_labels),
+            allow_network=settings.training_allow_network,
+        )
+        self._training = TrainingJobs(
+            self._runner,
+            domain.uploads,
+            domain.repository,
+            settings.storage_dir / "training",
+            domain.tokens,
+            instance=self.instance_name,
+        )
+        interrupted = await self._training.recover()
+        if interrupted:
+            log.warning(
+                "%d training jobs were queued or running when MLServe stopped: FAILED, "
+                "interrupted by a restart (%s)",
+                len(interrupted),
+                ", ".join(interrupted),
+            )
         self._runner.start()
+
+    @property
+    def instance_name(self) -> str:
+        """This instance's name: its training jobs are recorded under it."""
+        return self.settings.instance_name or socket.gethostname()
 
     def ready_line(self) -> str:
         """The one line that tells someone who just ran ``mlserve serve`` where things are."""
@@ -426,8 +454,8 @@ class MLServe:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._runner is not None:
-            await self._runner.stop()
+        if self._training is not None:
+            await self._training.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -512,7 +540,8 @@ class MLServe:
             TrainingService(self._training), server
         )
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(
-            ExplainService(Explainer(gateway.forwarder, domain.repository)), server
+            ExplainService(Explainer(gateway.forwarder, domain.repository, domain.inference_log)),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
@@ -537,7 +566,7 @@ class MLServe:
             "explain": False,
         }
         return InstanceDescription(
-            name=settings.instance_name or socket.gethostname(),
+            name=self.instance_name,
             version=__version__,
             oidc_issuers=settings.oidc_issuer,
             oidc_audience=settings.oidc_audience,

@@ -166,6 +166,19 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_labels(text: str) -> tuple[str, ...]:
+    """Comma-separated runner labels: letters, digits, ``-``, ``_``, ``.``, ``=``."""
+    labels = tuple(sorted({label.strip() for label in text.split(",") if label.strip()}))
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.=")
+    bad = [label for label in labels if not set(label) <= allowed or len(label) > 63]
+    if bad:
+        raise SettingError(
+            f"{bad[0]!r} is not a label: give labels of letters, digits, -, _, . or = "
+            "(at most 63 characters) separated by commas, e.g. cpu,local"
+        )
+    return labels
+
+
 def parse_count(text: str) -> int:
     try:
         value = int(text)
@@ -546,6 +559,52 @@ class Settings:
                 parse_duration,
                 "DURATION",
                 shown_default="2m",
+            )
+        ),
+    )
+    training_labels: tuple[str, ...] = field(
+        default=("local",),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_LABELS",
+                "comma-separated labels of the local training runner; a job asking for "
+                "another label is FAILED_PRECONDITION, e.g. cpu,local",
+                parse_labels,
+                "LIST",
+                shown_default="local",
+            )
+        ),
+    )
+    training_allow_network: bool = field(
+        default=False,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_ALLOW_NETWORK",
+                "let a training job that asks for it (network: true) use the host's network; "
+                "without this such a job is FAILED_PRECONDITION and no job has any network",
+                parse_bool,
+            )
+        ),
+    )
+    training_concurrency: int = field(
+        default=1,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_CONCURRENCY",
+                "training jobs the local runner runs at once",
+                parse_count,
+                "N",
+            )
+        ),
+    )
+    training_queue: int = field(
+        default=16,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_QUEUE",
+                "training jobs waiting for the local runner at most; more are RESOURCE_EXHAUSTED",
+                parse_count,
+                "N",
             )
         ),
     )

@@ -22,6 +22,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,7 +34,7 @@ from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.policy import LoggingPolicy, Mode, Policies
-from mlserve.monitor.reader import LogQuery, models_in, read_page
+from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, models_in, read_page
 from mlserve.monitor.records import Capture, Record, decode
 from mlserve.storage.db import in_thread
 
@@ -299,6 +300,18 @@ class InferenceLog:
         )
         next_token = "" if last is None else self.tokens.encode(fingerprint, list(last))
         return Page(records, next_token)
+
+    async def logged_inputs(self, query: RowsQuery) -> Any:
+        """``reader.logged_rows`` of ``query``, for a caller who may see its model.
+
+        Raises:
+            InvalidArgument: start after end.
+            NotFound: the model does not exist or the caller may not see it (alike).
+        """
+        if query.start is not None and query.end is not None and query.start > query.end:
+            raise InvalidArgument("the window's start_time is after its end_time: swap them")
+        await in_thread(self._visible_models)((query.model,))
+        return await asyncio.to_thread(logged_rows, self.settings.directory, query)
 
     def _visible_models(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         if wanted:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -148,3 +149,57 @@ def _micros(moment: dt.datetime) -> int:
 
 def _from_micros(micros: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True)
+class RowsQuery:
+    """Rows of ``width`` values of one input of a model, logged in [start, end)
+    (None: open), at most ``limit`` of them."""
+
+    model: str
+    tensor: str
+    width: int
+    start: dt.datetime | None
+    end: dt.datetime | None
+    limit: int
+
+
+def logged_rows(root: Path, query: RowsQuery) -> Any:
+    """The rows the query's input carried in its model's successful logged calls, as a
+    float64 array; at most ``limit`` of them, evenly spread over the window when there
+    are more.
+
+    A call's tensor is its batch's elements end to end; one whose element count is
+    not a multiple of ``width`` (another shape, or cut by the payload limit inside
+    a row) is skipped, as is a call whose policy did not record inputs.
+    """
+    model, width, start, end, limit = query.model, query.width, query.start, query.end, query.limit
+    column = f"input.{query.tensor}"
+    found: list[Any] = []
+    for file in parquet.files(root / f"model={model}"):
+        hour = parquet.partition_hour(file)
+        if hour is None or (start is not None and hour + _HOUR <= start):
+            continue
+        if end is not None and hour >= end:
+            continue
+        if column not in pq.read_schema(file).names:
+            continue
+        table = pq.read_table(file, columns=["time", "status", column])
+        keep = pc.equal(table["status"], "OK")
+        if start is not None:
+            keep = pc.and_(keep, pc.greater_equal(table["time"], pa.scalar(start, _TIME)))
+        if end is not None:
+            keep = pc.and_(keep, pc.less(table["time"], pa.scalar(end, _TIME)))
+        lists = table.filter(keep)[column].combine_chunks()
+        if not len(lists):
+            continue
+        offsets = lists.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        valid = np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        whole = valid & (lengths > 0) & (lengths % width == 0)
+        flat = lists.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+        found.append(np.asarray(flat[np.repeat(whole, lengths)], dtype=np.float64))
+    rows = np.concatenate(found).reshape(-1, width) if found else np.zeros((0, width))
+    if len(rows) > limit:
+        rows = rows[np.linspace(0, len(rows) - 1, limit).round().astype(np.int64)]
+    return rows

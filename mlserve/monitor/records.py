@@ -22,6 +22,7 @@ from mlserve.monitor.tensors import Tensor
 GATEWAY, RECORDED = "gateway", "recorded"
 STREAMED = "STREAM"  # a capture's status while its response is a ModelStreamInferResponse
 STREAM_ERROR = "STREAM_ERROR"  # a stream answer carrying error_message (no status code)
+_PARSED_BELOW = 64 * 1024  # bytes: a metadata record's request parsed, not scanned
 _REQUEST_ID_FIELD = service_pb2.ModelInferRequest.DESCRIPTOR.fields_by_name["id"].number
 
 
@@ -112,13 +113,11 @@ def decode(capture: Capture) -> Record | None:
     """The record of a captured call, or None when a sampling key leaves it out."""
     policy = capture.policy
     keyed = bool(policy.sampling_key) and not policy.header_key
-    # Metadata alone needs only the request's id: read from the bytes, not parsed
-    # (parsing copies every tensor: 8 MiB for a call with two 4 MiB inputs).
-    request: Any = (
-        _parse(service_pb2.ModelInferRequest, capture.request)
-        if policy.mode.inputs or keyed
-        else None
-    )
+    # Metadata alone needs only the request's id. Parsing copies every tensor (8 MiB
+    # for two 4 MiB inputs), so a large request's id is read from its bytes instead;
+    # a small one parses faster (in C) than Python scans it.
+    parse = policy.mode.inputs or keyed or len(capture.request) <= _PARSED_BELOW
+    request: Any = _parse(service_pb2.ModelInferRequest, capture.request) if parse else None
     if keyed and not _key_sampled(policy, request):
         return None
     request_id = request.id if request is not None else _request_id(capture.request)

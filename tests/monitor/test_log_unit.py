@@ -8,6 +8,7 @@ import os
 import re
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.log import InferenceLog, LogSettings
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
-from mlserve.monitor.reader import LogQuery, read_page
+from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
 from mlserve.monitor.records import Capture, decode, new_id
 from mlserve.monitor.tensors import list_column, to_raw
 
@@ -133,9 +134,10 @@ def test_metadata_mode_keeps_no_tensors(tmp_path: Path) -> None:
     assert record.request_bytes > 0
 
 
-def test_metadata_mode_reads_the_request_id_without_parsing_the_request() -> None:
+def test_metadata_mode_reads_a_large_requests_id_without_parsing_it() -> None:
     request = _request("FP32", True)
     request.id = "call-7"
+    request.raw_input_contents[0] += bytes(128 * 1024)  # past the size parsed whole
     metadata = LoggingPolicy(Mode.METADATA)
     record = decode(_capture(request, policy=metadata))
     assert record is not None
@@ -286,3 +288,33 @@ def test_a_list_column_keeps_missing_rows_and_casts_other_dtypes() -> None:
         assert column.to_pylist() == [[1.0, 2.0], None, [3.0]]
         assert str(column.type.value_type) == "float"
     assert list_column("BOOL", [np.array([True, False])]).to_pylist() == [[True, False]]
+
+
+def test_logged_rows_are_the_whole_rows_of_successful_calls(tmp_path: Path) -> None:
+    def call(rows: list[list[float]], status: str = "OK", mode: Mode = Mode.INPUTS) -> Any:
+        request = service_pb2.ModelInferRequest(model_name="m")
+        request.inputs.add(name="X", datatype="FP64", shape=[len(rows), len(rows[0])])
+        request.raw_input_contents.append(np.asarray(rows, dtype=np.float64).tobytes())
+        capture = Capture(time.time(), "m", 1, "local", None, LoggingPolicy(mode),
+                          request.SerializeToString(), None, status, "", 0.002)  # fmt: skip
+        return decode(capture)
+
+    records = [
+        call([[1, 2, 3], [4, 5, 6]]),
+        call([[0, 0, 0, 0]]),  # four values: not rows of three
+        call([[9, 9, 9]], status="INVALID_ARGUMENT"),  # refused: not what the model took
+        call([[8, 8, 8]], mode=Mode.METADATA),  # its inputs were not recorded
+        call([[7, 8, 9]]),
+    ]
+    parquet.write(tmp_path, [r for r in records if r is not None])
+    everything = RowsQuery("m", "X", 3, None, None, 100)
+    np.testing.assert_array_equal(logged_rows(tmp_path, everything),
+                                  [[1, 2, 3], [4, 5, 6], [7, 8, 9]])  # fmt: skip
+    # More rows than the limit: spread evenly, the first and the last kept.
+    np.testing.assert_array_equal(
+        logged_rows(tmp_path, replace(everything, limit=2)), [[1, 2, 3], [7, 8, 9]]
+    )
+    first = records[0].time
+    assert logged_rows(tmp_path, replace(everything, end=first)).shape == (0, 3)
+    assert logged_rows(tmp_path, replace(everything, tensor="Y")).shape == (0, 3)
+    assert logged_rows(tmp_path, replace(everything, model="other")).shape == (0, 3)

@@ -20,8 +20,8 @@ from sklearn.linear_model import LinearRegression
 from mlserve_api.v1 import dataset_pb2, model_pb2, training_pb2
 from mlserve_client import Client
 from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.training import attach_code, watch
 from tests.support.tritons import deploy, remove_model, wait_for
-from tests.training.test_training_service import attach_code, watch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "diabetes"
 
