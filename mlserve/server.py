@@ -73,6 +73,7 @@ from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.monitor.explain import Explainer
+from mlserve.monitor.store import LogStore
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -215,7 +216,7 @@ def build_domain(settings: Settings) -> Domain:
     deployments.watch_usage(router.usage)
     inference_log = InferenceLog(
         LogSettings(
-            settings.log_dir,
+            LogStore.at(settings.log_location),
             queue_size=settings.log_queue_size,
             flush_interval=settings.log_flush_interval,
             retention_seconds=settings.log_retention_seconds,
@@ -244,7 +245,7 @@ def build_domain(settings: Settings) -> Domain:
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens, repository),
+        Assays(inference_log.store, tokens, repository),
         tokens,
     )
 
@@ -362,7 +363,11 @@ class MLServe:
             )
             task = asyncio.create_task(assay_scheduler.run(), name="assay-scheduler")
             self._loops.append(task)
-            share = TritonShare(domain.stats.registry)
+            # The share needs the gateway's latency of the same calls: with --workers
+            # the other workers' calls are not in this process's totals.
+            share = TritonShare(
+                domain.stats.registry, domain.stats if settings.workers == 1 else None
+            )
             hooks.append(functools.partial(share.poll, domain.router, domain.fleet))
             # One worker unloads idle on-demand copies (by its own view of their use).
             hooks.append(domain.deployments.unload_idle)
