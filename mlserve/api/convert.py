@@ -23,11 +23,13 @@ from mlserve.catalog.model_metadata import (
 from mlserve.catalog.models import ModelQuery, ModelRecord
 from mlserve.catalog.pipelines import PipelineRecord, Spec, Step, Tensor
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
-from mlserve.catalog.versions import VersionRecord
+from mlserve.catalog.versions import MemoryNeed, VersionRecord
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.lifecycle import DeploymentRecord, Wanted
+from mlserve.deploy.on_demand import EAGER, ON_DEMAND, Loading
+from mlserve.deploy.placement import Capacity
 from mlserve.deploy.targets import Placement, TargetRecord
 from mlserve.gateway.stats import UsageRecord
 from mlserve.storage.blobs import FileSpec
@@ -223,6 +225,18 @@ def version(record: VersionRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.
         else model_pb2.DatasetVersionRef(
             dataset=record.training_dataset[0], version=record.training_dataset[1]
         ),
+        memory=memory_need(record.memory),
+    )
+
+
+def memory_need(need: MemoryNeed) -> model_pb2.MemoryNeed:
+    return model_pb2.MemoryNeed(
+        estimated_bytes=need.estimated,
+        measured_bytes=need.measured,
+        measured_on=need.measured_on,
+        measurement=need.measurement,
+        measure_time=timestamp(need.measure_time),
+        bytes=need.bytes,
     )
 
 
@@ -338,8 +352,13 @@ _SERVER_STATES = {
 }
 
 
-def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> server_pb2.Server:
-    """``serving``: deployments loaded there that Triton's index may not list (push)."""
+def server(
+    record: ServerRecord,
+    serving: Sequence[tuple[str, int]] = (),
+    memory: tuple[int, int | None] = (0, None),
+) -> server_pb2.Server:
+    """``serving``: deployments loaded there that Triton's index may not list (push);
+    ``memory``: (used, free) bytes, free None when the capacity is not stated."""
     status = record.status
     listed = {(entry.name, entry.version) for entry in status.loaded}
     pushed = [
@@ -366,6 +385,13 @@ def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> ser
         status_message=status.message,
         shares_repository=record.shares_repository,
         workspaces=record.workspaces,
+        capacity=server_pb2.Capacity(
+            gpu_count=record.capacity.gpu_count,
+            gpu_memory_bytes=record.capacity.gpu_memory_bytes,
+            host_memory_bytes=record.capacity.host_memory_bytes,
+        ),
+        used_memory_bytes=memory[0],
+        free_memory_bytes=memory[1] or 0,
     )
 
 
@@ -376,6 +402,11 @@ def server_fields(message: server_pb2.Server) -> ServerFields:
         labels=dict(message.labels),
         shares_repository=message.shares_repository,
         workspaces=list(message.workspaces),
+        capacity=Capacity(
+            message.capacity.gpu_count,
+            message.capacity.gpu_memory_bytes,
+            message.capacity.host_memory_bytes,
+        ),
     )
 
 
@@ -385,6 +416,7 @@ _DEPLOYMENT_STATES = {
     "FAILED": deployment_pb2.DEPLOYMENT_STATE_FAILED,
     "UNREACHABLE": deployment_pb2.DEPLOYMENT_STATE_UNREACHABLE,
     "LOADING": deployment_pb2.DEPLOYMENT_STATE_LOADING,
+    "COLD": deployment_pb2.DEPLOYMENT_STATE_COLD,
 }
 
 
@@ -401,6 +433,11 @@ def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
         load_timeout_seconds=record.load_timeout,
+        loading=_LOADING_MODES[record.loading.mode],
+        min_copies=record.loading.min_copies,
+        max_copies=record.loading.max_copies,
+        idle_unload_after_seconds=record.loading.idle_unload_after,
+        pinned=record.loading.pinned,
     )
     if record.model:
         message.serving.CopyFrom(serving_message(record.serving))
@@ -435,7 +472,25 @@ def wanted_deployment(message: deployment_pb2.Deployment) -> Wanted:
         placement=Placement(list(message.servers), message.replicas, dict(message.server_selector)),
         serving=serving_settings(message.serving) if message.HasField("serving") else None,
         load_timeout=message.load_timeout_seconds,
+        loading=Loading(
+            _LOADING_NAMES.get(message.loading, str(message.loading)),
+            message.min_copies,
+            message.max_copies,
+            message.idle_unload_after_seconds,
+            message.pinned,
+        ),
     )
+
+
+_LOADING_MODES = {
+    EAGER: deployment_pb2.LOADING_MODE_EAGER,
+    ON_DEMAND: deployment_pb2.LOADING_MODE_ON_DEMAND,
+}
+_LOADING_NAMES = {
+    deployment_pb2.LOADING_MODE_UNSPECIFIED: EAGER,
+    deployment_pb2.LOADING_MODE_EAGER: EAGER,
+    deployment_pb2.LOADING_MODE_ON_DEMAND: ON_DEMAND,
+}
 
 
 def serving_settings(message: pipeline_pb2.ServingSettings) -> ServingSettings:

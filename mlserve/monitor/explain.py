@@ -10,6 +10,7 @@ batch back to the event loop and waits for the answer.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from mlserve.catalog.versions import find_version
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mlserve.gateway import wire
 from mlserve.gateway.forwarding import Call, Forwarder
+from mlserve.monitor.log import InferenceLog
+from mlserve.monitor.reader import RowsQuery
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 
@@ -37,6 +40,13 @@ MAX_BACKGROUND_SIZE = 1000
 DEFAULT_SAMPLES = 2048
 MAX_SAMPLES = 100_000
 MAX_ROWS = 100
+# Logged rows read for a background from the inference log, evenly spread over
+# the window, before k-means: bounds the time and memory one Explain takes.
+MAX_LOG_ROWS = 10_000
+# Model calls one explanation has in flight at once: enough to keep a model's
+# instances busy, few enough that a small max_batch_size (thousands of calls)
+# never floods the gateway or Triton's queue.
+MAX_IN_FLIGHT = 8
 # Triton datatypes the explainer can send, as numpy types.
 NUMERIC = {
     "FP64": np.float64, "FP32": np.float32, "FP16": np.float16,
@@ -52,6 +62,8 @@ class ExplainQuery:
     output: str = ""
     output_index: int = 0
     background_dataset: tuple[str, int] | None = None
+    # [start, end) of the inference log (None: open) to take the background from.
+    background_log: tuple[dt.datetime | None, dt.datetime | None] | None = None
     background_size: int = 0
     samples: int = 0
     feature_names: list[str] = field(default_factory=list)
@@ -88,9 +100,12 @@ class _Signature:
 
 
 class Explainer:
-    def __init__(self, forwarder: Forwarder, repository: Repository) -> None:
+    def __init__(
+        self, forwarder: Forwarder, repository: Repository, log: InferenceLog | None = None
+    ) -> None:
         self.forwarder = forwarder
         self.repository = repository
+        self.log = log
 
     async def explain(self, query: ExplainQuery, call: Call) -> ExplainResult:
         """Each row's per-feature contributions to one output of the deployed model.
@@ -99,9 +114,11 @@ class Explainer:
             NotFound: the model, or the background dataset, does not exist or
                 the caller may not see it.
             FailedPrecondition: the model is not deployed, or there is no
-                background (no dataset named, none recorded as training data).
-            InvalidArgument: rows of the wrong width, a non-numeric or
-                multi-input model, an unknown output, bad options.
+                background (no dataset named, none recorded as training data,
+                no logged inputs in the window named).
+            InvalidArgument: rows of the wrong width or of values the input's
+                type cannot hold, a non-numeric or multi-input model, an
+                unknown output, bad options.
         """
         samples = query.samples or DEFAULT_SAMPLES
         size = query.background_size or DEFAULT_BACKGROUND_SIZE
@@ -112,18 +129,20 @@ class Explainer:
                 f"samples must be in 1..{MAX_SAMPLES} and background_size in "
                 f"1..{MAX_BACKGROUND_SIZE}"
             )
+        if query.background_dataset is not None and query.background_log is not None:
+            raise InvalidArgument("name one background: background_dataset or background_log")
         signature, version = await self._signature(query, call)
         names, background = await self._background(query, signature, version)
-        rows = _checked_rows(query.rows, names)
+        rows = _checked_rows(query.rows, names, signature.input_type)
         predict = _Predictor(self.forwarder, query.model, signature, query.output_index, call)
         loop = asyncio.get_running_loop()
         # asyncio.to_thread copies the context: the model calls run as the caller.
-        values, base = await asyncio.to_thread(
+        values, base, predicted = await asyncio.to_thread(
             _kernel_shap, predict, loop, background, rows, size, samples
         )
         predictions: list[float | None] = [None] * len(rows)
         if query.include_prediction:
-            predictions = [float(p) for p in await predict.batched(rows)]
+            predictions = [float(p) for p in predicted]
         return ExplainResult(
             METHOD,
             signature.output_name,
@@ -171,6 +190,13 @@ class Explainer:
                 f"output {query.output!r} is not a numeric output of model {query.model!r}; "
                 f"its outputs are {', '.join(outputs)}"
             )
+        # Triton's metadata shape of a batching model starts with the batch (-1).
+        columns = int(chosen.shape[-1]) if len(chosen.shape) > bool(config.max_batch_size) else 1
+        if query.output_index < 0 or (columns > 0 and query.output_index >= columns):
+            raise InvalidArgument(
+                f"output_index {query.output_index} is out of range: output {chosen.name!r} "
+                f"has {columns if columns > 0 else 'a variable number of'} values per row"
+            )
         width = int(tensor.shape[-1]) if tensor.shape else 1
         if width < 1:
             raise InvalidArgument(
@@ -187,6 +213,8 @@ class Explainer:
         self, query: ExplainQuery, signature: _Signature, version: int
     ) -> tuple[list[str], Array]:
         """The feature names and the background rows (one column per feature)."""
+        if query.background_log is not None:
+            return await self._logged_background(query, signature)
         if query.background_dataset is not None:
             record = await in_thread(find_dataset_version)(*query.background_dataset)
         else:
@@ -200,6 +228,31 @@ class Explainer:
         frame = await in_thread(self._read_frame)(record)
         names = query.feature_names or await in_thread(_metadata_features)(query.model)
         return _feature_columns(frame, names, signature.width, record)
+
+    async def _logged_background(
+        self, query: ExplainQuery, signature: _Signature
+    ) -> tuple[list[str], Array]:
+        assert query.background_log is not None
+        start, end = query.background_log
+        if self.log is None:
+            raise FailedPrecondition("this MLServe keeps no inference log: name a dataset")
+        rows = await self.log.logged_inputs(
+            RowsQuery(query.model, signature.input_name, signature.width, start, end, MAX_LOG_ROWS)
+        )
+        if not len(rows):
+            window = f"{'the start' if start is None else start.isoformat()} to " + (
+                "now" if end is None else end.isoformat()
+            )
+            raise FailedPrecondition(
+                f"no logged inputs of model {query.model!r} from {window}: its deployment's "
+                "logging policy must record inputs (mode INPUTS or ALL, UpdateLoggingPolicy) "
+                "and calls must have been made in the window; or name a background dataset"
+            )
+        names = query.feature_names or await in_thread(_metadata_features)(query.model)
+        if not names:
+            names = [f"{signature.input_name}[{i}]" for i in range(signature.width)]
+        _check_count(names, signature.width)
+        return list(names), rows
 
     def _read_frame(self, record: DatasetVersionRecord) -> Any:
         import pandas as pd
@@ -220,16 +273,20 @@ def _metadata_features(model: str) -> list[str]:
     return [feature.name for feature in model_metadata.read(model_row(model), []).features]
 
 
+def _check_count(names: Sequence[str], width: int) -> None:
+    if len(names) != width:
+        raise InvalidArgument(
+            f"{len(names)} feature names (from the request, else the model's features "
+            f"metadata); the model takes {width} features"
+        )
+
+
 def _feature_columns(
     frame: Any, names: Sequence[str], width: int, record: DatasetVersionRecord
 ) -> tuple[list[str], Array]:
     what = f"dataset {record.dataset!r} version {record.version}"
     if names:
-        if len(names) != width:
-            raise InvalidArgument(
-                f"{len(names)} feature names (from the request, else the model's features "
-                f"metadata); the model takes {width} features"
-            )
+        _check_count(names, width)
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise InvalidArgument(f"{what} has no column {missing[0]!r}")
@@ -244,7 +301,8 @@ def _feature_columns(
     return chosen, frame[chosen].to_numpy(dtype=np.float64)
 
 
-def _checked_rows(rows: list[list[float]], names: list[str]) -> Array:
+def _checked_rows(rows: list[list[float]], names: list[str], datatype: str) -> Array:
+    """The rows as an array, refused unless each is one value of ``datatype`` per feature."""
     for index, row in enumerate(rows):
         if len(row) < len(names):
             raise InvalidArgument(
@@ -256,7 +314,23 @@ def _checked_rows(rows: list[list[float]], names: list[str]) -> Array:
                 f"row {index} has {len(row)} values; the model takes {len(names)} features "
                 f"({', '.join(names)}), the last being {names[-1]!r}"
             )
-    return np.asarray(rows, dtype=np.float64)
+    values = np.asarray(rows, dtype=np.float64)
+    kind: np.dtype[Any] = np.dtype(NUMERIC[datatype])
+    with np.errstate(invalid="ignore"):
+        if np.issubdtype(kind, np.integer):
+            limits = np.iinfo(kind)
+            wrong = (values != np.round(values)) | (values < limits.min) | (values > limits.max)
+            wanted = f"whole numbers in {limits.min}..{limits.max}"
+        else:
+            wrong = ~(np.abs(values) <= np.finfo(kind).max)  # NaN and ±inf included
+            wanted = "finite numbers"
+    if wrong.any():
+        at, column = (int(i) for i in np.argwhere(wrong)[0])
+        raise InvalidArgument(
+            f"row {at}: feature {names[column]!r} is {float(values[at, column])!r}, not a "
+            f"{datatype} value: the model's input takes {wanted}"
+        )
+    return values
 
 
 def _kernel_shap(
@@ -266,8 +340,18 @@ def _kernel_shap(
     rows: Array,
     size: int,
     samples: int,
-) -> tuple[Array, float]:
+) -> tuple[Array, float, Array]:
+    """The rows' contributions, the base value and the rows' predictions.
+
+    shap asks the model for the background, then for each row alone, then for
+    that row's perturbations. The background and all the rows go to the model
+    together in one call first, and those answers are handed back when shap
+    asks for them again: Triton sees 1 call plus ⌈samples·background /
+    max_batch_size⌉ per row, and the predictions come for free.
+    """
     import shap
+
+    from mlserve.monitor.kernel_shap import KernelExplainer
 
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
@@ -275,9 +359,23 @@ def _kernel_shap(
     # A background no larger than asked for is used as it is (exact means);
     # a larger one is summarised to ``size`` weighted k-means centres.
     summary: Any = background if len(background) <= size else shap.kmeans(background, size)
-    explainer = shap.KernelExplainer(model, summary)
+    points = np.ascontiguousarray(summary if len(background) <= size else summary.data)
+    answers = model(np.concatenate([points, rows]))
+    known = {points.tobytes(): answers[: len(points)]}
+    for index in range(len(rows)):
+        known[rows[index : index + 1].tobytes()] = answers[len(points) + index :][:1]
+
+    def remembered(batch: Array) -> Array:
+        if len(batch) <= len(points):
+            answer = known.get(np.ascontiguousarray(batch, dtype=np.float64).tobytes())
+            if answer is not None:
+                return answer
+        return model(batch)
+
+    explainer = KernelExplainer(remembered, summary)
     values = explainer.shap_values(rows, nsamples=samples, silent=True)
-    return np.asarray(values).reshape(len(rows), -1), float(np.ravel(explainer.expected_value)[0])
+    base = float(np.ravel(explainer.expected_value)[0])
+    return np.asarray(values).reshape(len(rows), -1), base, answers[len(points) :]
 
 
 class _Predictor:
@@ -292,6 +390,7 @@ class _Predictor:
         self.index = index
         self.call = call
         self.calls = 0
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def batched(self, rows: Array) -> Array:
         step = self.signature.max_batch_size or 1
@@ -318,9 +417,10 @@ class _Predictor:
         )
         self.calls += 1
         try:
-            raw, _ = await self.forwarder.send(
-                "ModelInfer", wire.encode(request), self.model, "", self.call
-            )
+            async with self._in_flight:
+                raw, _ = await self.forwarder.send(
+                    "ModelInfer", wire.encode(request), self.model, "", self.call
+                )
         except aio.AioRpcError as error:
             raise Unavailable(
                 f"model {self.model!r} failed while being explained: {error.details()}"

@@ -351,17 +351,44 @@ class Client:
         code_version: int = 0,
         dataset_version: int = 0,
         parameters: Mapping[str, str] | None = None,
+        env_path: str = "",
+        runner_labels: Sequence[str] = (),
+        network: bool = False,
     ) -> training_pb2.TrainingJob:
         """Queue a training job: ``model``'s code artifact ``code_path`` (of
-        ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest)."""
+        ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest).
+        ``env_path``: an env artifact of the same version whose requirements the runner
+        must meet; ``runner_labels``: labels the runner must have; ``network``: run with
+        the host's network (when the admin allows it)."""
         job = training_pb2.TrainingJob(
             model=model,
             code_version=code_version,
             code_path=code_path,
             training_dataset=model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version),
             parameters=dict(parameters or {}),
+            env_path=env_path,
+            runner_labels=list(runner_labels),
+            network=network,
         )
         return self.training.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(job=job))
+
+    def list_training_jobs(
+        self, *, model: str = "", state: str = ""
+    ) -> Iterator[training_pb2.TrainingJob]:
+        """Every visible training job, newest first, of ``model`` and in ``state`` (e.g.
+        ``"RUNNING"``) when given."""
+        value = training_pb2.TrainingJobState.Value(
+            f"TRAINING_JOB_STATE_{state}" if state else "TRAINING_JOB_STATE_UNSPECIFIED"
+        )
+
+        def page(token: str) -> tuple[Sequence[training_pb2.TrainingJob], str]:
+            request = training_pb2.ListTrainingJobsRequest(
+                model=model, state=value, page_token=token
+            )
+            response = self.training.ListTrainingJobs(request)
+            return response.jobs, response.next_page_token
+
+        return _every_page(page)
 
     def follow_training(
         self, job_id: str, on_line: Callable[[str], None] | None = None
@@ -392,12 +419,16 @@ class Client:
         background_size: int = 0,
         output: str = "",
         include_prediction: bool = False,
+        log_since: dt.datetime | dt.timedelta | None = None,
+        log_until: dt.datetime | dt.timedelta | None = None,
         timeout: float | None = None,
     ) -> explain_pb2.ExplainResponse:
         """KernelSHAP contributions of each feature to ``model``'s output for each row.
 
         The background is the deployed version's training dataset unless ``dataset``
-        names one; 0 for ``samples`` / ``background_size`` means the server's defaults."""
+        names one, or ``log_since`` / ``log_until`` (a datetime, or a timedelta: that
+        long ago) name a window of the inference log whose logged inputs serve; 0 for
+        ``samples`` / ``background_size`` means the server's defaults."""
         request = explain_pb2.ExplainRequest(
             model=model,
             rows=[explain_pb2.ExplainRow(values=list(row)) for row in rows],
@@ -409,6 +440,13 @@ class Client:
         if dataset:
             request.background_dataset.CopyFrom(
                 model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version)
+            )
+        if log_since is not None or log_until is not None:
+            request.background_log.CopyFrom(
+                explain_pb2.LogWindow(
+                    start_time=inference_logs.timestamp(log_since),
+                    end_time=inference_logs.timestamp(log_until),
+                )
             )
         return self.explain_service.Explain(request, timeout=timeout)
 
@@ -760,12 +798,15 @@ class Client:
     def get_assay(self, name: str) -> assay_pb2.Assay:
         return self.assays.GetAssay(assay_pb2.GetAssayRequest(name=name))
 
-    def list_assays(self, model: str = "", workspace: str = "") -> Iterator[assay_pb2.Assay]:
-        """Every assay the caller may see, by name; of one model or workspace when given."""
+    def list_assays(
+        self, model: str = "", workspace: str = "", pipeline: str = ""
+    ) -> Iterator[assay_pb2.Assay]:
+        """Every assay the caller may see, by name; of one model, pipeline or workspace
+        when given."""
 
         def page(token: str) -> tuple[Sequence[assay_pb2.Assay], str]:
             request = assay_pb2.ListAssaysRequest(
-                model=model, workspace=workspace, page_token=token
+                model=model, workspace=workspace, pipeline=pipeline, page_token=token
             )
             response = self.assays.ListAssays(request)
             return response.assays, response.next_page_token

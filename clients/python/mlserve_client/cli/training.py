@@ -28,12 +28,33 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
     run.add_argument(
         "--param", dest="params", action="append", default=[], help="name=value, repeatable"
     )
+    run.add_argument(
+        "--env", default="", help="an env artifact (requirements) the runner must meet"
+    )
+    run.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=[],
+        help="a label the runner must have, repeatable",
+    )
+    run.add_argument(
+        "--network",
+        action="store_true",
+        help="run with the host's network (the admin must allow it)",
+    )
     run.add_argument("--follow", action="store_true", help="print its log until it ends")
     listing = command(
         training, "list", _list, "list training jobs", connection,
         example="mlserve training list --model diabetes",
     )  # fmt: skip
     listing.add_argument("--model", default="")
+    listing.add_argument(
+        "--state",
+        default="",
+        type=str.upper,
+        choices=("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"),
+    )
     follow = command(
         training, "follow", _follow, "print a job's log until it ends", connection,
         example="mlserve training follow job-0123",
@@ -66,6 +87,9 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         code_version=args.code_version,
         dataset_version=args.dataset_version,
         parameters=params,
+        env_path=args.env,
+        runner_labels=args.labels,
+        network=args.network,
     )
     if not args.follow:
         print(f"training job {job.id} {_state(job)}")
@@ -83,12 +107,12 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.training.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(model=args.model))
+    jobs = client.list_training_jobs(model=args.model, state=args.state)
     print_table(
         ("ID", "MODEL", "STATE", "VERSION", "CREATED", "REASON"),
         (
             (j.id, j.model, _state(j), str(j.version or "-"), when(j.create_time), j.reason)
-            for j in jobs.jobs
+            for j in jobs
         ),
     )
     return 0
