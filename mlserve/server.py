@@ -199,17 +199,21 @@ def build_domain(settings: Settings) -> Domain:
     datasets = Datasets(repository, tokens, blobs)
     uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
+    stats = InferenceStats(worker=worker_label(settings))
+    audit = AuditLog(tokens)
     deployments = Deployments(
         fleet,
         repository,
         tokens,
         load_timeout=settings.load_timeout,
         headroom=settings.placement_headroom,
+        registry=stats.registry,
+        audit=audit,
     )
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    stats = InferenceStats(worker=worker_label(settings))
+    deployments.watch_usage(router.usage)
     inference_log = InferenceLog(
         LogSettings(
             LogStore.at(settings.log_location),
@@ -237,7 +241,7 @@ def build_domain(settings: Settings) -> Domain:
         Users(tokens),
         Workspaces(tokens),
         Apps(tokens),
-        AuditLog(tokens),
+        audit,
         Pipelines(tokens, usage),
         inference_log,
         datasets,
@@ -365,6 +369,8 @@ class MLServe:
                 domain.stats.registry, domain.stats if settings.workers == 1 else None
             )
             hooks.append(functools.partial(share.poll, domain.router, domain.fleet))
+            # One worker unloads idle on-demand copies (by its own view of their use).
+            hooks.append(domain.deployments.unload_idle)
             sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
             self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         # Routes: deployments changed through another replica (or worker) on the same
