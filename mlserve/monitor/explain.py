@@ -284,21 +284,46 @@ def _check_count(names: Sequence[str], width: int) -> None:
 def _feature_columns(
     frame: Any, names: Sequence[str], width: int, record: DatasetVersionRecord
 ) -> tuple[list[str], Array]:
+    """The feature columns of a background dataset, and its rows with a finite value in
+    each (a missing value reads as NaN: such a row is left out, as shap cannot use it)."""
+    import pandas as pd
+
     what = f"dataset {record.dataset!r} version {record.version}"
+    # pandas' own tests: numpy's issubdtype raises on pandas' dtypes (its text is one).
+    kinds = pd.api.types
+    numeric = [
+        str(c) for c in frame.columns
+        if kinds.is_numeric_dtype(frame[c]) and not kinds.is_bool_dtype(frame[c])
+    ]  # fmt: skip
     if names:
         _check_count(names, width)
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise InvalidArgument(f"{what} has no column {missing[0]!r}")
+        wrong = [
+            name for name in names
+            if not (name in numeric or kinds.is_bool_dtype(frame[name]))
+        ]  # fmt: skip
+        if wrong:
+            raise InvalidArgument(
+                f"column {wrong[0]!r} of {what} is {frame[wrong[0]].dtype}, not numbers: "
+                "name numeric columns as feature_names (or the model's features metadata)"
+            )
         chosen = list(names)
     else:
-        numeric = [str(c) for c in frame.columns if np.issubdtype(frame[c].dtype, np.number)]
         if len(numeric) < width:
             raise InvalidArgument(
                 f"{what} has {len(numeric)} numeric columns; the model takes {width} features"
             )
         chosen = numeric[:width]
-    return chosen, frame[chosen].to_numpy(dtype=np.float64)
+    rows = frame[chosen].to_numpy(dtype=np.float64)
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    if not len(rows):
+        raise InvalidArgument(
+            f"{what} has no row with a finite value in each of {', '.join(chosen)}: "
+            "name another background"
+        )
+    return chosen, rows
 
 
 def _checked_rows(rows: list[list[float]], names: list[str], datatype: str) -> Array:

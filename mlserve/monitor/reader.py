@@ -220,7 +220,9 @@ def logged_rows(root: Path | LogStore, query: RowsQuery) -> Any:
 
     A call's tensor is its batch's elements end to end; one whose element count is
     not a multiple of ``width`` (another shape, or cut by the payload limit inside
-    a row) is skipped, as is a call whose policy did not record inputs.
+    a row) is skipped, as is a call whose policy did not record inputs. A row with
+    a value that is not finite (NaN, ±inf: a client may send them) is left out, as
+    no background can hold it.
     """
     width, column = query.width, f"input.{query.tensor}"
     found: list[Any] = []
@@ -234,6 +236,7 @@ def logged_rows(root: Path | LogStore, query: RowsQuery) -> Any:
         flat = lists.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
         found.append(np.asarray(flat[np.repeat(whole, lengths)], dtype=np.float64))
     rows = np.concatenate(found).reshape(-1, width) if found else np.zeros((0, width))
+    rows = rows[np.isfinite(rows).all(axis=1)]
     if len(rows) > query.limit:
         rows = rows[np.linspace(0, len(rows) - 1, query.limit).round().astype(np.int64)]
     return rows

@@ -307,7 +307,7 @@ def test_a_list_column_keeps_missing_rows_and_casts_other_dtypes() -> None:
     assert _list_column("BYTES", [None, [b"a", b""]]).to_pylist() == [None, [b"a", b""]]
 
 
-def test_logged_rows_are_the_whole_rows_of_successful_calls(tmp_path: Path) -> None:
+def test_logged_rows_are_the_whole_finite_rows_of_successful_calls(tmp_path: Path) -> None:
     def call(rows: list[list[float]], status: str = "OK", mode: Mode = Mode.INPUTS) -> Any:
         request = service_pb2.ModelInferRequest(model_name="m")
         request.inputs.add(name="X", datatype="FP64", shape=[len(rows), len(rows[0])])
@@ -322,6 +322,7 @@ def test_logged_rows_are_the_whole_rows_of_successful_calls(tmp_path: Path) -> N
         call([[9, 9, 9]], status="INVALID_ARGUMENT"),  # refused: not what the model took
         call([[8, 8, 8]], mode=Mode.METADATA),  # its inputs were not recorded
         call([[7, 8, 9]]),
+        call([[float("nan"), 1, 2], [float("inf"), 3, 4]]),  # no background holds them
     ]
     parquet.write(tmp_path, [r for r in records if r is not None])
     everything = RowsQuery("m", "X", 3, None, None, 100)
