@@ -47,11 +47,29 @@ class LogQuery:
     newest_first: bool = True
 
 
+# Listings of the log read again when retention removed a file listed a moment before.
+_RELISTS = 3
+
+
 def read_page(
     root: Path | LogStore, query: LogQuery, after: Key | None, size: int
 ) -> tuple[list[Record], Key | None]:
-    """Up to ``size`` records after ``after``, and the key to continue from (None at the end)."""
+    """Up to ``size`` records after ``after``, and the key to continue from (None at the end).
+
+    Retention may delete a file between the listing and the read: the page is then
+    read again from a new listing, so it never fails for a file that is gone."""
     store = LogStore.of(root)
+    for _ in range(_RELISTS - 1):
+        try:
+            return _read_page(store, query, after, size)
+        except FileNotFoundError:
+            continue
+    return _read_page(store, query, after, size)
+
+
+def _read_page(
+    store: LogStore, query: LogQuery, after: Key | None, size: int
+) -> tuple[list[Record], Key | None]:
     buckets = _hour_buckets(store, query)
     where = _filter(query, after)
     found: list[Any] = []
@@ -126,15 +144,18 @@ def logged_tables(
     if end is not None:
         conditions.append(pc.field("time") < pa.scalar(end, _TIME))
     for _, path in _files_in_window(store, model, start, end):
-        names = pq.read_schema(path, filesystem=store.filesystem).names
-        if not all(column in names for column in columns):
-            continue
-        table = pq.read_table(
-            path,
-            columns=list(dict.fromkeys(["time", *columns])),
-            filters=_all_of(conditions),
-            filesystem=store.filesystem,
-        )
+        try:
+            names = pq.read_schema(path, filesystem=store.filesystem).names
+            if not all(column in names for column in columns):
+                continue
+            table = pq.read_table(
+                path,
+                columns=list(dict.fromkeys(["time", *columns])),
+                filters=_all_of(conditions),
+                filesystem=store.filesystem,
+            )
+        except FileNotFoundError:
+            continue  # deleted by retention since the listing: its calls are gone
         if table.num_rows:
             yield table
 
