@@ -136,10 +136,15 @@ class Explainer:
         rows = _checked_rows(query.rows, names, signature.input_type)
         predict = _Predictor(self.forwarder, query.model, signature, query.output_index, call)
         loop = asyncio.get_running_loop()
-        # asyncio.to_thread copies the context: the model calls run as the caller.
-        values, base, predicted = await asyncio.to_thread(
-            _kernel_shap, predict, loop, background, rows, size, samples
-        )
+        try:
+            # asyncio.to_thread copies the context: the model calls run as the caller.
+            values, base, predicted = await asyncio.to_thread(
+                _kernel_shap, predict, loop, background, rows, size, samples
+            )
+        finally:
+            # A cancelled await leaves shap's thread running: its next model call
+            # ends it, instead of thousands of calls for a caller who has gone.
+            predict.abandoned = True
         predictions: list[float | None] = [None] * len(rows)
         if query.include_prediction:
             predictions = [float(p) for p in predicted]
@@ -413,6 +418,7 @@ class _Predictor:
         self.index = index
         self.call = call
         self.calls = 0
+        self.abandoned = False  # the explanation's caller has gone: call nothing more
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def batched(self, rows: Array) -> Array:
@@ -438,9 +444,11 @@ class _Predictor:
             ],
             raw_input_contents=[data.tobytes()],
         )
-        self.calls += 1
         try:
             async with self._in_flight:
+                if self.abandoned:
+                    raise Unavailable(f"the explanation of model {self.model!r} was abandoned")
+                self.calls += 1
                 raw, _ = await self.forwarder.send(
                     "ModelInfer", wire.encode(request), self.model, "", self.call
                 )

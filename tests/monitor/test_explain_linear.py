@@ -387,3 +387,28 @@ def test_rows_a_background_cannot_hold_are_left_out_or_refused(
     np.testing.assert_allclose(
         one.contributions, linear.weights * (good[0] - finite.mean(axis=0)), atol=1e-6
     )
+
+
+def test_a_cancelled_explanation_stops_calling_the_model(stubs: Stubs, linear: Linear) -> None:
+    """shap runs in a thread the cancelled call does not stop: its next model call ends
+    it. After the cancel settles, a second explanation's calls are all Triton runs."""
+    rows = [[float(i % 7 - 3)] * FEATURES for i in range(100)]
+    per_row = math.ceil(min(2048, 2**FEATURES - 2) * BACKGROUND / MAX_BATCH)
+    whole = 1 + len(rows) * per_row
+    before = executions(stubs, linear.model)
+    request = explain_pb2.ExplainRequest(
+        model=linear.model, rows=[explain_pb2.ExplainRow(values=row) for row in rows]
+    )
+    request.background_dataset.CopyFrom(model_pb2.DatasetVersionRef(dataset=linear.dataset))
+    pending = stubs.explain.Explain.future(request, metadata=stubs.auth, timeout=300)
+
+    def started() -> bool:
+        (stats,) = local_triton(stubs).get_inference_statistics(linear.model).model_stats
+        return int(stats.execution_count) > before + per_row
+
+    wait_for(started, 120, "the explanation's perturbations to reach Triton")
+    pending.cancel()
+    stopped = executions(stubs, linear.model)
+    assert stopped - before < whole
+    again = explain(stubs, linear.model, rows[:1], linear.dataset)
+    assert executions(stubs, linear.model) - stopped == again.model_calls
