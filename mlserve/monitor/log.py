@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -195,7 +196,9 @@ class InferenceLog:
 
     def check_writable(self) -> bool:
         """Probe the directory with a file; updates ``writable`` (health reads it)."""
-        probe = self.settings.directory / ".probe"
+        # One name per process: workers probing the same directory must not unlink
+        # each other's probe.
+        probe = self.settings.directory / f".probe-{os.getpid()}"
         try:
             self.settings.directory.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
