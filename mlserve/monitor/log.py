@@ -131,7 +131,7 @@ class InferenceLog:
                 status,
                 message,
                 latency,
-            ),
+            ).trimmed(),
             model,
         )
 
