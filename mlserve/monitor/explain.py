@@ -43,6 +43,10 @@ MAX_ROWS = 100
 # Logged rows read for a background from the inference log, evenly spread over
 # the window, before k-means: bounds the time and memory one Explain takes.
 MAX_LOG_ROWS = 10_000
+# Model calls one explanation has in flight at once: enough to keep a model's
+# instances busy, few enough that a small max_batch_size (thousands of calls)
+# never floods the gateway or Triton's queue.
+MAX_IN_FLIGHT = 8
 # Triton datatypes the explainer can send, as numpy types.
 NUMERIC = {
     "FP64": np.float64, "FP32": np.float32, "FP16": np.float16,
@@ -352,6 +356,8 @@ def _kernel_shap(
     """
     import shap
 
+    from mlserve.monitor.kernel_shap import KernelExplainer
+
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
 
@@ -371,7 +377,7 @@ def _kernel_shap(
                 return answer
         return model(batch)
 
-    explainer = shap.KernelExplainer(remembered, summary)
+    explainer = KernelExplainer(remembered, summary)
     values = explainer.shap_values(rows, nsamples=samples, silent=True)
     base = float(np.ravel(explainer.expected_value)[0])
     return np.asarray(values).reshape(len(rows), -1), base, answers[len(points) :]
@@ -389,6 +395,7 @@ class _Predictor:
         self.index = index
         self.call = call
         self.calls = 0
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def batched(self, rows: Array) -> Array:
         step = self.signature.max_batch_size or 1
@@ -415,9 +422,10 @@ class _Predictor:
         )
         self.calls += 1
         try:
-            raw, _ = await self.forwarder.send(
-                "ModelInfer", wire.encode(request), self.model, "", self.call
-            )
+            async with self._in_flight:
+                raw, _ = await self.forwarder.send(
+                    "ModelInfer", wire.encode(request), self.model, "", self.call
+                )
         except aio.AioRpcError as error:
             raise Unavailable(
                 f"model {self.model!r} failed while being explained: {error.details()}"

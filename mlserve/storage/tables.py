@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 20
+SCHEMA_VERSION = 21
 
 
 class BaseModel(pw.Model):
@@ -418,6 +418,12 @@ class Deployment(BaseModel):
     pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
     # Seconds one load on one server may take (schema 16); 0: the server's default.
     load_timeout = pw.FloatField(default=0.0)
+    # Schema 20: "eager" or "on_demand", and the on-demand limits (issue 16).
+    loading = pw.CharField(max_length=16, default="eager")
+    min_copies = pw.IntegerField(default=0)
+    max_copies = pw.IntegerField(default=0)
+    idle_unload_after = pw.FloatField(default=0.0)
+    pinned = pw.BooleanField(default=False)
 
 
 class DeploymentTarget(BaseModel):
@@ -532,7 +538,7 @@ class TrainingJob(BaseModel):
     code_version = pw.BigIntegerField()
     code_path = pw.TextField()
     code_sha256 = pw.CharField(max_length=64, default="")
-    # Schema 20: the script from a dataset version instead of a code artifact.
+    # Schema 21: the script from a dataset version instead of a code artifact.
     code_dataset = pw.CharField(max_length=128, default="")
     code_dataset_version = pw.BigIntegerField(default=0)
     dataset = pw.CharField(max_length=128)
@@ -894,11 +900,22 @@ def _add_training_jobs(db: pw.Database) -> None:
     db.create_tables([TrainingJob])
 
 
+def _add_on_demand_loading(db: pw.Database) -> None:
+    """Deployments loaded on demand, their copies, idle unloading and pins (issue 16)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        *(
+            migrator.add_column("deployment", column, getattr(Deployment, column))
+            for column in ("loading", "min_copies", "max_copies", "idle_unload_after", "pinned")
+        )
+    )
+
+
 def _add_training_code_datasets(db: pw.Database) -> None:
     """A training job's script may come from a dataset version (issue 15).
 
-    Schema 18 created the table from the current class, so a database that
-    passed through it since has the columns already.
+    Schema 18's migration creates the table from the current class, so a database
+    that passed through it since has the columns already.
     """
     columns = {column.name for column in db.get_columns("training_job")}
     if "code_dataset" in columns:
@@ -931,7 +948,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     16: _add_pipeline_assays,
     17: _add_capacities,
     18: _add_training_jobs,
-    19: _add_training_code_datasets,
+    19: _add_on_demand_loading,
+    20: _add_training_code_datasets,
 }
 
 

@@ -159,6 +159,10 @@ def test_an_assay_of_a_pipeline_scores_its_logged_inputs_and_outputs(
         assert shifted.count == len(VALUES)
         assert shifted.status == assay_pb2.ASSAY_STATUS_ALERT
         assert list(shifted.window_densities) == [0, 0, 0, 0, 0, 0, 1]
+        # The log records the deployed pipeline version: version 1 holds every call.
+        pinned = _assay(pipeline, "", "input A 0", traffic)
+        pinned.version = 1
+        assert _run(assays, stubs, traffic, assay=pinned).count == len(VALUES)
     finally:
         assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
 
@@ -282,3 +286,19 @@ def test_deleting_a_pipeline_deletes_its_assays(
     )
     listed = assays.ListAssays(assay_pb2.ListAssaysRequest(page_size=1000), metadata=stubs.auth)
     assert f"{name}-a" not in [a.name for a in listed.assays]
+
+
+def test_a_pipeline_version_that_does_not_exist_is_invalid(
+    assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs, pipeline: str, traffic: dt.datetime
+) -> None:
+    assay = _assay(pipeline, f"{pipeline}-v9", "input A 0", traffic)
+    assay.version = 9
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        assays.CreateAssay,
+        assay_pb2.CreateAssayRequest(assay=assay),
+        metadata=stubs.auth,
+    )
+    assert f"version: pipeline {pipeline!r} has no version 9" in (error.details() or "")
+    listed = assays.ListAssays(assay_pb2.ListAssaysRequest(pipeline=pipeline), metadata=stubs.auth)
+    assert assay.name not in [a.name for a in listed.assays]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -94,9 +95,20 @@ def explain(stubs: Stubs, model: str, rows: list[list[float]], dataset: str,
 
 
 def executions(stubs: Stubs, model: str) -> int:
-    """How many calls of ``model`` Triton itself has run (no dynamic batching: one a request)."""
-    (stats,) = local_triton(stubs).get_inference_statistics(model).model_stats
-    return int(stats.execution_count)
+    """How many calls of ``model`` Triton itself has run (no dynamic batching: one a request),
+    once its statistics have settled: Triton counts a call just after answering it."""
+
+    def count() -> int:
+        (stats,) = local_triton(stubs).get_inference_statistics(model).model_stats
+        return int(stats.execution_count)
+
+    seen = count()
+    while True:
+        time.sleep(0.25)
+        now = count()
+        if now == seen:
+            return now
+        seen = now
 
 
 def test_contributions_of_a_linear_model_are_exact(stubs: Stubs, linear: Linear) -> None:

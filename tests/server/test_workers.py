@@ -24,9 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve_api.v1 import model_pb2
 from tests.support.checks import wait_until
+from tests.support.databases import DATABASE_KINDS
 from tests.support.mlserve import MLServeProcess
 from tests.support.models import upload_add
 from tests.support.ports import free_port
+from tests.support.postgres import PostgresCluster
 from tests.support.procfs import children, triton_pid
 from tests.support.tritons import add_inputs, deploy
 
@@ -57,12 +59,19 @@ class Workers:
         }
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Workers]:
+    """``--workers 2`` on each store kind: SQLite (WAL) in the home, or PostgreSQL."""
     metrics_port = free_port()
+    database: tuple[str, ...] = ()
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        database = ("--database", cluster.url(cluster.create_database()))
     process = MLServeProcess(
         tmp_path_factory.mktemp("workers"),
-        "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+        "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics_port}", *database,
     )  # fmt: skip
     try:
         process.start()  # worker 0 answers health once its Triton is up

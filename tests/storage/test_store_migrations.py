@@ -272,5 +272,10 @@ def test_schema_16_assays_keep_their_rows_and_may_name_a_pipeline(
         tables.Assay.create(name="chain-drift", pipeline=chain, spec="{}")
         chain.delete_instance()  # the database cascades to the pipeline's assays
         assert not tables.Assay.select().where(tables.Assay.name == "chain-drift").exists()
+        # The rebuilt table (SQLite) kept the model's cascade too.
+        scratch = tables.Model.create(name="scratch")
+        tables.Assay.create(name="scratch-drift", model=scratch, spec="{}")
+        scratch.delete_instance()
+        assert not tables.Assay.select().where(tables.Assay.name == "scratch-drift").exists()
     finally:
         close_database(opened)
