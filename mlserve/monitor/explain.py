@@ -354,16 +354,14 @@ def _kernel_shap(
     asks for them again: Triton sees 1 call plus ⌈samples·background /
     max_batch_size⌉ per row, and the predictions come for free.
     """
-    import shap
-
-    from mlserve.monitor.kernel_shap import KernelExplainer
+    from mlserve.monitor.kernel_shap import KernelExplainer, summarise
 
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
 
     # A background no larger than asked for is used as it is (exact means);
     # a larger one is summarised to ``size`` weighted k-means centres.
-    summary: Any = background if len(background) <= size else shap.kmeans(background, size)
+    summary: Any = background if len(background) <= size else summarise(background, size)
     points = np.ascontiguousarray(summary if len(background) <= size else summary.data)
     answers = model(np.concatenate([points, rows]))
     known = {points.tobytes(): answers[: len(points)]}

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pandas as pd
+import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from mlserve_api.v1 import dataset_pb2, explain_pb2, model_pb2
@@ -24,6 +25,9 @@ from tests.support.users import PID, make_user
 from tests.training.test_diabetes_example import diabetes_csv, run_by_hand
 
 Code = grpc.StatusCode
+
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 BYTES_CONFIG = """
 backend: "python"
 max_batch_size: 8
