@@ -604,6 +604,7 @@ def test_message_over_the_limit_is_resource_exhausted(tuned: Tuned) -> None:
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), small + small)
 
 
+@pytest.mark.slow  # over ~20 s
 def test_64_mib_tensor_by_default(
     gateway: triton.InferenceServerClient, headers: Headers, added: str
 ) -> None:

@@ -40,7 +40,8 @@ from tests.support.tritons import (
 )
 from tests.support.uploading import chunks, header
 
-pytestmark = pytest.mark.integration
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @dataclass
