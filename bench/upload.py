@@ -99,6 +99,7 @@ class UploadFigures:
     floor: list[float] = field(default_factory=list)
     mlserve: list[float] = field(default_factory=list)
     client: list[float] = field(default_factory=list)
+    client_prehash: list[float] = field(default_factory=list)
     usage: list[ServerUsage] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
     rss_baseline: int = 0
@@ -175,11 +176,14 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
             figures.mlserve.append(uploader.upload(source))
             settle(figures.settle)
             figures.client.append(uploader.upload_with_client(source.parent))
+            settle(figures.settle)
+            figures.client_prehash.append(uploader.upload_with_client(source.parent, prehash=True))
             print(
                 f"upload: round {number}/{rounds}: cp {cp:.2f}s + fsync {cp_fsync:.2f}s "
                 f"(warm cp {warm:.2f}s), disk work alone {figures.floor[-1]:.2f}s, "
                 f"MLServe (stubs, pre-hashed) {figures.mlserve[-1]:.2f}s, "
-                f"MLServe (Python client, hashing while sending) {figures.client[-1]:.2f}s",
+                f"MLServe (Python client, hashing while sending) {figures.client[-1]:.2f}s, "
+                f"(Python client, hashing first) {figures.client_prehash[-1]:.2f}s",
                 flush=True,
             )
         uploader.finish()
@@ -218,13 +222,15 @@ class Uploader:
             record_usage=True,
         )
 
-    def upload_with_client(self, folder: Path) -> float:
-        """Seconds for ``Client.upload`` of ``folder``, hashing while sending."""
+    def upload_with_client(self, folder: Path, *, prehash: bool = False) -> float:
+        """Seconds for ``Client.upload`` of ``folder``, hashing while sending (or first)."""
         previous = os.environ.get(DIGEST_CACHE_ENV)
         os.environ[DIGEST_CACHE_ENV] = "off"
         try:
             return self._timed(
-                lambda: self.client.upload(folder, MODEL, chunk_size=self.figures.chunk_size),
+                lambda: self.client.upload(
+                    folder, MODEL, chunk_size=self.figures.chunk_size, prehash=prehash
+                ),
                 record_usage=False,
             )
         finally:
@@ -395,6 +401,7 @@ def report(figures: UploadFigures) -> Report:
     warm_fsync = median([a + b for a, b in zip(f.cp_warm, f.cp_fsync, strict=True)])
     mlserve = median(f.mlserve)
     client = median(f.client)
+    client_prehash = median(f.client_prehash)
 
     def row(what: str, seconds: float, each: list[float], ratio: str = "") -> list[str]:
         rounds = " ".join(f"{value:.2f}" for value in each)
@@ -411,6 +418,12 @@ def report(figures: UploadFigures) -> Report:
         ["  MLServe / cp, throughput", "", "", f"{cp / mlserve:.2f}", ""],
         row("MLServe Client.upload, hashing while sending", client, f.client),
         ["  Client.upload / (cp + fsync), throughput", "", "", f"{cp_fsync / client:.2f}", ""],
+        row(
+            "ref: Client.upload(prehash=True), hashing first (the old way)",
+            client_prehash,
+            f.client_prehash,
+            f"{cp_fsync / client_prehash:.2f}",
+        ),
         row(
             "ref: cp again at once, pages just freed (warm), + fsync",
             warm_fsync,
