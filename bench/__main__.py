@@ -19,11 +19,13 @@ from bench import (
     catalog_list,
     dedup,
     deploy,
+    explain,
     flood,
     gateway,
     inference_log,
     oidc,
     pipeline,
+    placement,
     rollout,
     s3_upload,
     training,
@@ -34,7 +36,7 @@ from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training", "assays", "rollout",
+    "s3-upload", "training", "assays", "rollout", "explain", "placement",
 )  # fmt: skip
 
 
@@ -141,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("assays", lambda: assays.run()))
     if args.which in ("rollout", "all"):
         benchmarks.append(("rollout", lambda: rollout.run()))
+    if args.which in ("placement", "all"):
+        benchmarks.append(("placement", lambda: placement.run()))
+    if args.which in ("explain", "all"):
+        benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):
         benchmarks.append(("log", inference_log.run))
 

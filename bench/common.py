@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import statistics
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +35,7 @@ __all__ = [
     "read_rss",
     "read_status_kib",
     "reset_peak_rss",
+    "served_in_scratch",
     "summary",
 ]
 
@@ -53,6 +57,21 @@ def parse_size(text: str) -> int:
     if suffix in _UNITS:
         return int(float(text[:-1]) * _UNITS[suffix])
     return int(text)
+
+
+@contextlib.contextmanager
+def served_in_scratch(prefix: str) -> Iterator[tuple[MLServeProcess, Path]]:
+    """A started MLServe (embedded Triton) with its home in a scratch folder under
+    RESULTS_DIR, and that folder; both gone afterwards, even when the run fails."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=RESULTS_DIR))
+    server = MLServeProcess(work / "home")
+    try:
+        server.start()
+        yield server, work
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def format_size(size: int) -> str:

@@ -17,12 +17,9 @@ after it returns; the calls answered and failed in it are counted.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import RESULTS_DIR, MLServeProcess, Report, Table
+from bench.common import MLServeProcess, Report, Table, served_in_scratch
 from tests.support.mlserve import Stubs
 from tests.support.models import add_model_files
 from tests.support.rollouts import roll_to, steady_inference
@@ -73,19 +70,12 @@ def measure(server: MLServeProcess, stubs: Stubs, rounds: int) -> dict[str, list
 
 
 def run(rounds: int = DEFAULT_ROUNDS) -> Report:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="rollout-", dir=RESULTS_DIR))
-    server = MLServeProcess(work / "home")
-    try:
-        server.start()
+    with served_in_scratch("rollout-") as (server, _):
         stubs = server.stubs()
         try:
             windows = measure(server, stubs, rounds)
         finally:
             stubs.channel.close()
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     rows = []
     for name, counts in windows.items():
         failed = sum(f for f, _ in counts)

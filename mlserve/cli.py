@@ -89,6 +89,12 @@ def _serve(args: argparse.Namespace) -> int:
         settings = resolve({k: v for k, v in given.items() if v is not None}, os.environ)
     except SettingError as error:
         args.serve_parser.error(str(error))  # exits 2
+    if settings.worker_slot is not None:
+        _name_worker_in_log(settings.worker_slot.index)
+    elif settings.workers > 1:
+        from mlserve.workers import WorkerSet
+
+        return WorkerSet(settings, args.argv).run()
     from mlserve.memory import keep_freed_buffers
     from mlserve.server import StartupFailed, serve
 
@@ -106,6 +112,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_worker_in_log(index: int) -> None:
+    """Every line a --workers process logs says which worker wrote it."""
+    shown = logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(shown)
+
+
 def parser() -> argparse.ArgumentParser:
     root = root_parser(
         prog="mlserve",
@@ -121,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers starts each worker so
     if args.command is None:
         print(FIRST_STEPS, end="")
         return 0

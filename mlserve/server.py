@@ -19,7 +19,7 @@ import grpc
 import peewee as pw
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from mlserve import __version__
 from mlserve.access import ADMIN_KEY_FILE, Access
@@ -65,8 +65,9 @@ from mlserve.catalog.versions import Versions
 from mlserve.core.errors import MLServeError
 from mlserve.core.paging import PageTokens
 from mlserve.deploy.fleet import Fleet
-from mlserve.deploy.health import HealthLoop
+from mlserve.deploy.health import HealthLoop, Hook
 from mlserve.deploy.lifecycle import DEFAULT_SERVER, Deployments, DeploymentUsage
+from mlserve.deploy.placement import MAX_HOST_MEMORY_BYTES, Capacity
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
@@ -80,9 +81,11 @@ from mlserve.storage.repository import LocalRepository, Repository
 from mlserve.storage.s3 import S3Repository
 from mlserve.training.jobs import TrainingJobs
 from mlserve.training.runner import JobStatus, LocalRunner, RunnerLimits
+from mlserve.triton.host import host_capacity, tree_resident_bytes
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import TritonSupervisor
+from mlserve.workers import MULTIPROCESS_VARIABLE, report_ready
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -174,12 +177,14 @@ def token_verifier(settings: Settings) -> TokenVerifier | None:
 
 
 def build_domain(settings: Settings) -> Domain:
+    primary = is_primary(settings)
     tables.connect(settings.database_url)
     secret = db.run(tables.get_or_create_setting, "page_token_secret", _random_secret)
     tokens = PageTokens(secret)
     repository = open_repository(settings)
     blobs = Blobs(repository)
-    db.run(blobs.sweep)
+    if primary:  # the others start once it serves: their sweep could race its uploads
+        db.run(blobs.sweep)
     usage = DeploymentUsage()
     versions = Versions(repository, tokens, blobs, usage)
     artifacts = Artifacts(repository, tokens, blobs)
@@ -192,11 +197,17 @@ def build_domain(settings: Settings) -> Domain:
     datasets = Datasets(repository, tokens, blobs)
     uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
-    deployments = Deployments(fleet, repository, tokens, load_timeout=settings.load_timeout)
+    deployments = Deployments(
+        fleet,
+        repository,
+        tokens,
+        load_timeout=settings.load_timeout,
+        headroom=settings.placement_headroom,
+    )
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    stats = InferenceStats()
+    stats = InferenceStats(worker=worker_label(settings))
     inference_log = InferenceLog(
         LogSettings(
             settings.log_dir,
@@ -204,6 +215,8 @@ def build_domain(settings: Settings) -> Domain:
             flush_interval=settings.log_flush_interval,
             retention_seconds=settings.log_retention_seconds,
             retention_bytes=settings.log_retention_bytes,
+            file_tag="" if settings.worker_slot is None else f"w{settings.worker_slot.index}-",
+            housekeeping=primary,
         ),
         stats.registry,
         tokens,
@@ -226,8 +239,18 @@ def build_domain(settings: Settings) -> Domain:
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens),
+        Assays(settings.log_dir, tokens, repository),
     )
+
+
+def is_primary(settings: Settings) -> bool:
+    """Whether this process runs what runs once: alone, or worker 0 of ``--workers``."""
+    return settings.worker_slot is None or settings.worker_slot.primary
+
+
+def worker_label(settings: Settings) -> str:
+    """This process's ``worker`` label in the metrics: its index among the workers."""
+    return "0" if settings.worker_slot is None else str(settings.worker_slot.index)
 
 
 def open_repository(settings: Settings) -> Repository:
@@ -267,11 +290,13 @@ class MLServe:
 
     async def start(self) -> None:
         settings = self.settings
+        primary = is_primary(settings)
         # Decided first: without a sandbox MLServe refuses to start at all
-        # rather than serve with a Triton that can read its secrets.
+        # rather than serve with a Triton that can read its secrets. Only one
+        # process owns the embedded Triton; other workers route to it.
         sandbox = (
             await in_thread(Sandbox.find)(unsafe_shared_user=settings.unsafe_shared_user)
-            if settings.embedded_triton
+            if settings.embedded_triton and primary
             else None
         )
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -292,49 +317,56 @@ class MLServe:
             self.port = self._server.add_insecure_port(settings.listen)
         if self.port == 0:
             raise RuntimeError(f"could not listen on {settings.listen}")
-        await self._server.start()
-        await self._set_health(False)
+        if primary:
+            # Health answers (NOT_SERVING) while the embedded Triton starts.
+            await self._server.start()
+            await self._set_health(False)
         log.info("MLServe listening on %s (TLS %s)", self.address, self._tls_word)
         log.info("state in %s (%s)", settings.home, db.describe(db.database.obj))
-        # First the reconciler, so that what the first checks ask for is done.
-        self._loops.append(asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler"))
+        if primary:
+            # First the reconciler, so that what the first checks ask for is done.
+            task = asyncio.create_task(domain.fleet.reconciler.run(), name="reconciler")
+            self._loops.append(task)
         if sandbox is not None:
             await self._start_embedded_triton(domain, sandbox)
         await domain.router.reload()
         await domain.inference_log.policies.reload()
         await in_thread(domain.inference_log.start)()
         await domain.fleet.refresh_all()
+        if not primary:
+            # Another worker takes connections only once it can route them.
+            await self._server.start()
         await self._update_health()
-        if settings.metrics_listen:
+        if settings.metrics_listen and primary:
             host, _, port = settings.metrics_listen.rpartition(":")
-            start_http_server(int(port), host or "127.0.0.1", registry=domain.stats.registry)
+            start_http_server(int(port), host or "127.0.0.1", registry=metrics_registry(domain))
             log.info("Prometheus metrics on http://%s/metrics", settings.metrics_listen)
-        assay_scheduler = AssayScheduler(
-            domain.assays,
-            domain.stats.registry,
-            # A window is scored once the log's writer has flushed its last calls.
-            settle=dt.timedelta(seconds=settings.log_flush_interval + 1),
-        )
-        self._loops.append(asyncio.create_task(assay_scheduler.run(), name="assay-scheduler"))
-        health_loop = HealthLoop(
-            domain.fleet,
-            settings.health_interval,
-            # Routes: deployments changed through another replica on the same database.
-            # Policies likewise; the log's directory is probed for its health.
-            hooks=(
-                self._update_health,
-                domain.stats.flush,
-                domain.router.reload,
-                domain.inference_log.policies.reload,
-                functools.partial(
-                    TritonShare(domain.stats.registry).poll, domain.router, domain.fleet
-                ),
-            ),
-        )
+        hooks: list[Hook] = [
+            self._update_health,
+            domain.stats.flush,
+            domain.router.reload,
+            domain.inference_log.policies.reload,
+        ]
+        if primary:
+            assay_scheduler = AssayScheduler(
+                domain.assays,
+                domain.stats.registry,
+                # A window is scored once the log's writer has flushed its last calls.
+                settle=dt.timedelta(seconds=settings.log_flush_interval + 1),
+            )
+            task = asyncio.create_task(assay_scheduler.run(), name="assay-scheduler")
+            self._loops.append(task)
+            share = TritonShare(domain.stats.registry)
+            hooks.append(functools.partial(share.poll, domain.router, domain.fleet))
+            sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
+            self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
+        # Routes: deployments changed through another replica (or worker) on the same
+        # database. Policies likewise; the log's directory is probed for its health.
+        health_loop = HealthLoop(domain.fleet, settings.health_interval, hooks=hooks)
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
-        sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
-        self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         log.info("%s", self.ready_line())
+        if settings.worker_slot is not None:
+            report_ready(settings.worker_slot.ready_fd, self.port)
 
     async def _start_training(self, domain: Domain, sandbox: Sandbox | None) -> None:
         """The local training runner, in the sandbox Triton uses (found here when there is
@@ -418,7 +450,8 @@ class MLServe:
                 options=[
                     ("grpc.max_receive_message_length", limit),
                     ("grpc.max_send_message_length", limit),
-                    ("grpc.so_reuseport", 0),
+                    # Several workers share the port; one process alone must own it.
+                    ("grpc.so_reuseport", int(self.settings.worker_slot is not None)),
                 ],
             )
         )
@@ -535,10 +568,15 @@ class MLServe:
             await self._triton.start()
         except MLServeError as error:
             raise StartupFailed(f"the embedded Triton could not start: {error.message}") from None
+        triton = self._triton
+        domain.fleet.watch_resident_memory(
+            DEFAULT_SERVER, lambda: tree_resident_bytes(triton.pid) if triton.pid else 0
+        )
         register = functools.partial(
             domain.fleet.register_embedded,
             DEFAULT_SERVER,
             shares_repository=settings.bucket is None,
+            capacity=embedded_capacity(settings.model_memory),
         )
         await register(self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
@@ -557,6 +595,27 @@ class MLServe:
         for service in ("", *SERVICES):
             up = serving and (log_writable or service != INFERENCE_LOG_SERVICE)
             await self._health.set(service, _SERVING if up else _NOT_SERVING)
+
+
+def embedded_capacity(model_memory: int) -> Capacity:
+    """The embedded Triton's capacity: this host's GPUs, and ``model_memory``
+    bytes for models (0: MemAvailable now)."""
+    host = host_capacity()
+    return Capacity(
+        gpu_count=host.gpu_count,
+        gpu_memory_bytes=host.gpu_memory_bytes,
+        host_memory_bytes=min(model_memory or host.host_memory_bytes, MAX_HOST_MEMORY_BYTES),
+    )
+
+
+def metrics_registry(domain: Domain) -> CollectorRegistry:
+    """What /metrics serves: this process's series, or with ``--workers`` every
+    worker's merged (prometheus_client's multiprocess files)."""
+    if MULTIPROCESS_VARIABLE not in os.environ:
+        return domain.stats.registry
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
 
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shlex
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -81,13 +82,50 @@ def parse_storage(text: str) -> Path | S3Location:
 
 
 def parse_workers(text: str) -> int:
-    workers = parse_count(text)
-    if workers != 1:
-        raise SettingError(
-            "several worker processes are not yet supported; MLServe serves from one "
-            "process (run replicas on one PostgreSQL database to scale out)"
-        )
+    """A number of serving processes, or ``auto``: one per core but one (at least 1)."""
+    if text.strip().lower() == "auto":
+        return max(1, available_cores() - 1)
+    try:
+        workers = int(text)
+    except ValueError:
+        raise SettingError("give a whole number of processes, e.g. 2, or auto") from None
+    if workers < 1:
+        raise SettingError(f"give at least 1 process (got {workers}), or auto")
     return workers
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Which of ``--workers`` processes this one is, as the parent process says."""
+
+    index: int
+    count: int
+    ready_fd: int
+    """A pipe's write end: the worker writes its port there once it serves."""
+
+    @property
+    def primary(self) -> bool:
+        """Worker 0 runs what must run once: the embedded Triton, the reconciler,
+        the assay scheduler, sweeps and retention, and the merged /metrics."""
+        return self.index == 0
+
+
+def parse_worker_slot(text: str) -> WorkerSlot:
+    """``INDEX/COUNT:FD``, written by the parent of ``--workers`` processes."""
+    try:
+        place, _, fd = text.partition(":")
+        index, _, count = place.partition("/")
+        slot = WorkerSlot(int(index), int(count), int(fd))
+    except ValueError:
+        raise SettingError("set by mlserve serve --workers only: INDEX/COUNT:FD") from None
+    if not 0 <= slot.index < slot.count:
+        raise SettingError("set by mlserve serve --workers only: INDEX/COUNT:FD")
+    return slot
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -151,6 +189,23 @@ def parse_size(text: str) -> int:
     if not math.isfinite(value) or value < 1:
         raise SettingError("give a size of at least 1 byte")
     return int(value * unit)
+
+
+def parse_model_memory(text: str) -> int:
+    """A size (``parse_size``), or ``auto`` (0: read from the host at start)."""
+    return 0 if text.lower() == "auto" else parse_size(text)
+
+
+def parse_headroom(text: str) -> float:
+    """A fraction from 0 to 0.9, or a percentage from 0% to 90%."""
+    percent = text.endswith("%")
+    try:
+        value = float(text[:-1] if percent else text) / (100 if percent else 1)
+    except ValueError:
+        raise SettingError("give a fraction such as 0.1 or a percentage such as 10%") from None
+    if not math.isfinite(value) or not 0 <= value <= 0.9:
+        raise SettingError("give a headroom from 0 to 0.9 (0% to 90%)")
+    return value
 
 
 def parse_message_size(text: str) -> int:
@@ -311,7 +366,13 @@ class Settings:
     workers: int = field(
         default=1,
         metadata=_given_by(
-            Option("MLSERVE_WORKERS", "serving processes (only 1 so far)", parse_workers, "N")
+            Option(
+                "MLSERVE_WORKERS",
+                "processes serving the one port (SO_REUSEPORT), or auto (cores - 1, at "
+                "least 1); worker 0 runs the embedded Triton and the background work",
+                parse_workers,
+                "N|auto",
+            )
         ),
     )
     oidc_issuer: tuple[str, ...] = field(
@@ -488,6 +549,32 @@ class Settings:
             )
         ),
     )
+    model_memory: int = field(
+        default=0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_MODEL_MEMORY",
+                "host memory the embedded Triton offers models (its capacity); auto reads "
+                "MemAvailable from /proc/meminfo at start; k/M/G/T suffixes",
+                parse_model_memory,
+                "SIZE",
+                shown_default="auto",
+            )
+        ),
+    )
+    placement_headroom: float = field(
+        default=0.10,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_PLACEMENT_HEADROOM",
+                "share of each server's model memory that placement leaves free (0 to 0.9, "
+                "or 0% to 90%)",
+                parse_headroom,
+                "FRACTION",
+                shown_default="10%",
+            )
+        ),
+    )
     max_message_bytes: int = field(
         default=GRPC_MESSAGE_LIMIT,
         metadata=_given_by(
@@ -597,6 +684,18 @@ class Settings:
                 parse_size,
                 "SIZE",
                 shown_default="10G",
+            )
+        ),
+    )
+    worker_slot: WorkerSlot | None = field(
+        default=None,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_WORKER_SLOT",
+                # Set by the parent of --workers N for each process it starts.
+                "internal: which of the --workers processes this is",
+                parse_worker_slot,
+                hidden=True,
             )
         ),
     )

@@ -35,8 +35,9 @@ class AssayService(assay_pb2_grpc.AssayServiceServicer):
         self, request: assay_pb2.ListAssaysRequest, context: Context
     ) -> assay_pb2.ListAssaysResponse:
         page = await self.assays.list_assays(
-            request.model, request.workspace, request.page_size, request.page_token
-        )
+            request.model, request.workspace, request.page_size, request.page_token,
+            request.pipeline,
+        )  # fmt: skip
         return assay_pb2.ListAssaysResponse(
             assays=[convert_assay.assay_message(r) for r in page.items],
             next_page_token=page.next_page_token,

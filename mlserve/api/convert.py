@@ -23,11 +23,12 @@ from mlserve.catalog.model_metadata import (
 from mlserve.catalog.models import ModelQuery, ModelRecord
 from mlserve.catalog.pipelines import PipelineRecord, Spec, Step, Tensor
 from mlserve.catalog.uploads import ArtifactHeader, Chunk, UploadHeader, UploadRecord
-from mlserve.catalog.versions import VersionRecord
+from mlserve.catalog.versions import MemoryNeed, VersionRecord
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.lifecycle import DeploymentRecord, Wanted
+from mlserve.deploy.placement import Capacity
 from mlserve.deploy.targets import Placement, TargetRecord
 from mlserve.gateway.stats import UsageRecord
 from mlserve.storage.blobs import FileSpec
@@ -223,6 +224,18 @@ def version(record: VersionRecord, usage: UsageRecord = _NO_USAGE) -> model_pb2.
         else model_pb2.DatasetVersionRef(
             dataset=record.training_dataset[0], version=record.training_dataset[1]
         ),
+        memory=memory_need(record.memory),
+    )
+
+
+def memory_need(need: MemoryNeed) -> model_pb2.MemoryNeed:
+    return model_pb2.MemoryNeed(
+        estimated_bytes=need.estimated,
+        measured_bytes=need.measured,
+        measured_on=need.measured_on,
+        measurement=need.measurement,
+        measure_time=timestamp(need.measure_time),
+        bytes=need.bytes,
     )
 
 
@@ -338,8 +351,13 @@ _SERVER_STATES = {
 }
 
 
-def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> server_pb2.Server:
-    """``serving``: deployments loaded there that Triton's index may not list (push)."""
+def server(
+    record: ServerRecord,
+    serving: Sequence[tuple[str, int]] = (),
+    memory: tuple[int, int | None] = (0, None),
+) -> server_pb2.Server:
+    """``serving``: deployments loaded there that Triton's index may not list (push);
+    ``memory``: (used, free) bytes, free None when the capacity is not stated."""
     status = record.status
     listed = {(entry.name, entry.version) for entry in status.loaded}
     pushed = [
@@ -366,6 +384,13 @@ def server(record: ServerRecord, serving: Sequence[tuple[str, int]] = ()) -> ser
         status_message=status.message,
         shares_repository=record.shares_repository,
         workspaces=record.workspaces,
+        capacity=server_pb2.Capacity(
+            gpu_count=record.capacity.gpu_count,
+            gpu_memory_bytes=record.capacity.gpu_memory_bytes,
+            host_memory_bytes=record.capacity.host_memory_bytes,
+        ),
+        used_memory_bytes=memory[0],
+        free_memory_bytes=memory[1] or 0,
     )
 
 
@@ -376,6 +401,11 @@ def server_fields(message: server_pb2.Server) -> ServerFields:
         labels=dict(message.labels),
         shares_repository=message.shares_repository,
         workspaces=list(message.workspaces),
+        capacity=Capacity(
+            message.capacity.gpu_count,
+            message.capacity.gpu_memory_bytes,
+            message.capacity.host_memory_bytes,
+        ),
     )
 
 

@@ -17,7 +17,16 @@ from mlserve.assays.maths import (
     Summarizer,
 )
 from mlserve.assays.service import WindowResult
-from mlserve.assays.spec import AssayRecord, AssaySpec, Baseline, Path, Window
+from mlserve.assays.spec import (
+    ARTIFACT,
+    DATASET,
+    AssayRecord,
+    AssaySpec,
+    Baseline,
+    Path,
+    TableColumn,
+    Window,
+)
 from mlserve.core.errors import InvalidArgument
 from mlserve_api.v1 import assay_pb2
 
@@ -82,7 +91,8 @@ def summarizer(message: assay_pb2.AssaySummarizer) -> Summarizer:
 
 def spec(message: assay_pb2.Assay) -> AssaySpec:
     """The assay a message describes (checked by the domain)."""
-    if message.baseline.HasField("range"):
+    source = message.baseline.WhichOneof("source")
+    if source == "range":
         span = message.baseline.range
         baseline = Baseline(
             time_of(span.start_time, span.HasField("start_time")),
@@ -90,6 +100,14 @@ def spec(message: assay_pb2.Assay) -> AssaySpec:
         )
         if baseline.start is None or baseline.end is None:
             raise InvalidArgument("baseline.range needs start_time and end_time")
+    elif source == "dataset":
+        table = message.baseline.dataset
+        column = TableColumn(DATASET, table.dataset, table.version, table.column)
+        baseline = Baseline(column=column)
+    elif source == "artifact":
+        item = message.baseline.artifact
+        column = TableColumn(ARTIFACT, item.model, item.version, item.column, item.path)
+        baseline = Baseline(column=column)
     else:
         baseline = Baseline(values=tuple(message.baseline.values.values))
     window = message.window
@@ -100,6 +118,7 @@ def spec(message: assay_pb2.Assay) -> AssaySpec:
     return AssaySpec(
         name=message.name,
         model=message.model,
+        pipeline=message.pipeline,
         version=message.version,
         path=_path(message.path),
         baseline=baseline,
@@ -127,6 +146,7 @@ def assay_message(record: AssayRecord) -> assay_pb2.Assay:
     message = assay_pb2.Assay(
         name=s.name,
         model=s.model,
+        pipeline=s.pipeline,
         version=s.version,
         path=assay_pb2.AssayPath(role=s.path.role, tensor=s.path.tensor, index=s.path.index),
         window=assay_pb2.AssayWindow(
@@ -146,6 +166,18 @@ def assay_message(record: AssayRecord) -> assay_pb2.Assay:
         message.baseline.range.CopyFrom(
             assay_pb2.AssayTimeRange(
                 start_time=timestamp(s.baseline.start), end_time=timestamp(s.baseline.end)
+            )
+        )
+    elif (column := s.baseline.column) is not None and column.source == DATASET:
+        message.baseline.dataset.CopyFrom(
+            assay_pb2.AssayDatasetColumn(
+                dataset=column.owner, version=column.version, column=column.column
+            )
+        )
+    elif column is not None:
+        message.baseline.artifact.CopyFrom(
+            assay_pb2.AssayArtifactColumn(
+                model=column.owner, version=column.version, path=column.path, column=column.column
             )
         )
     else:

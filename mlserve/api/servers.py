@@ -19,9 +19,18 @@ class ServerService(server_pb2_grpc.ServerServiceServicer):
         self.fleet = fleet
         self.deployments = deployments
 
-    async def _server(self, record: ServerRecord) -> server_pb2.Server:
+    async def _servers(self, records: list[ServerRecord]) -> list[server_pb2.Server]:
+        """``records`` with what is served on each and its used and free memory."""
         serving = await self.deployments.serving()
-        return convert.server(record, serving.get(record.name, ()))
+        memory = await self.deployments.placer.memory()
+        return [
+            convert.server(record, serving.get(record.name, ()), memory.get(record.name, (0, None)))
+            for record in records
+        ]
+
+    async def _server(self, record: ServerRecord) -> server_pb2.Server:
+        (found,) = await self._servers([record])
+        return found
 
     async def RegisterServer(
         self, request: server_pb2.RegisterServerRequest, context: Context
@@ -40,9 +49,8 @@ class ServerService(server_pb2_grpc.ServerServiceServicer):
         self, request: server_pb2.ListServersRequest, context: Context
     ) -> server_pb2.ListServersResponse:
         page = await self.fleet.list_servers(request.page_size, request.page_token)
-        serving = await self.deployments.serving()
         return server_pb2.ListServersResponse(
-            servers=[convert.server(record, serving.get(record.name, ())) for record in page.items],
+            servers=await self._servers(page.items),
             next_page_token=page.next_page_token,
         )
 

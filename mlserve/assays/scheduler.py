@@ -60,12 +60,16 @@ class AssayScheduler:
             "Score of the assay's latest scheduled window (absent while it had no data)",
             ["assay"],
             registry=registry,
+            # With --workers only worker 0 schedules assays: its value, no pid label.
+            multiprocess_mode="livemostrecent",
         )
         self._status = Gauge(
             "mlserve_assay_status",
             "Status of the assay's latest scheduled window: 0 ok, 1 warning, 2 alert, -1 no data",
             ["assay"],
             registry=registry,
+            # With --workers only worker 0 schedules assays: its value, no pid label.
+            multiprocess_mode="livemostrecent",
         )
 
     async def run(self) -> None:
@@ -153,6 +157,7 @@ def _alert(item: Stored) -> dict[str, object]:
     return {
         "assay": item.spec.name,
         "model": item.spec.model,
+        "pipeline": item.spec.pipeline,
         "status": result.score.status.value,
         "score": result.score.score,
         "alert_threshold": item.spec.summarizer.alert_threshold,

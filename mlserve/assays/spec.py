@@ -1,6 +1,6 @@
-"""What an assay is: a model, a path to one number per logged call, a baseline,
-windows and a summarizer; and the checks each field must pass (InvalidArgument
-naming the field)."""
+"""What an assay is: a model or a pipeline, a path to one number per logged call,
+a baseline, windows and a summarizer; and the checks each field must pass
+(InvalidArgument naming the field)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import datetime as dt
 import enum
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +17,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from mlserve.assays.maths import Aggregation, BinMode, Metric, Summarizer
+from mlserve.catalog.pipelines import Tensor
 from mlserve.core.errors import InvalidArgument
 
 INPUT, OUTPUT = "input", "output"
 MAX_WINDOWS_PER_RUN = 10_000
-_BYTES = model_config_pb2.DataType.Value("TYPE_STRING")
+# Triton's BYTES tensors, as a config (TYPE_STRING) and a pipeline (STRING) name them.
+_BYTES = "STRING"
+DATASET, ARTIFACT = "dataset", "artifact"
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,33 @@ class Path:
 
 
 @dataclass(frozen=True)
+class TableColumn:
+    """One column of a table in the catalog: of a dataset version's files
+    (``source`` dataset, ``owner`` the dataset) or of a model version's data
+    artifact (``source`` artifact, ``owner`` the model, ``path`` the artifact)."""
+
+    source: str
+    owner: str
+    version: int
+    column: str
+    path: str = ""
+
+    def describe(self) -> str:
+        """How messages name the column's table."""
+        if self.source == DATASET:
+            return f"dataset {self.owner!r} version {self.version or 'latest'}"
+        return f"artifact {self.path!r} of model {self.owner!r} version {self.version or 'latest'}"
+
+
+@dataclass(frozen=True)
 class Baseline:
-    """A time range [start, end) of the log, or inline values (then start/end are None)."""
+    """A time range [start, end) of the log, inline values, or a table's column
+    (only one of them; start/end are None unless it is a range)."""
 
     start: dt.datetime | None = None
     end: dt.datetime | None = None
     values: tuple[float, ...] = ()
+    column: TableColumn | None = None
 
     @property
     def is_range(self) -> bool:
@@ -74,6 +99,10 @@ class Window:
 
 @dataclass(frozen=True)
 class AssaySpec:
+    """``model`` or ``pipeline`` (exactly one) names whose log is read: the gateway
+    logs a call to a pipeline under the pipeline's name, with its own inputs and
+    outputs, so ``path`` and ``version`` are the pipeline's then."""
+
     name: str
     model: str
     path: Path
@@ -82,6 +111,16 @@ class AssaySpec:
     summarizer: Summarizer = field(default_factory=Summarizer)
     version: int = 0
     webhook_url: str = ""
+    pipeline: str = ""
+
+    @property
+    def subject(self) -> str:
+        """The model or pipeline whose log is read (its partition of the log)."""
+        return self.pipeline or self.model
+
+    @property
+    def noun(self) -> str:
+        return "pipeline" if self.pipeline else "model"
 
 
 @dataclass(frozen=True)
@@ -96,6 +135,10 @@ class AssayRecord:
 def check_spec(spec: AssaySpec) -> None:
     """The checks that need nothing but the spec."""
     spec.summarizer.check()
+    if bool(spec.model) == bool(spec.pipeline):
+        raise InvalidArgument(
+            "model or pipeline: set exactly one, the model or pipeline whose log is read"
+        )
     if spec.version < 0:
         raise InvalidArgument(f"version must not be negative, got {spec.version}")
     window = spec.window
@@ -109,37 +152,68 @@ def check_spec(spec: AssaySpec) -> None:
     if baseline.is_range:
         if baseline.end is None or baseline.end <= baseline.start:  # type: ignore[operator]
             raise InvalidArgument("baseline.range: end_time must be after start_time")
+    elif baseline.column is not None:
+        _check_column(baseline.column)
     elif not any(math.isfinite(v) for v in baseline.values):
         raise InvalidArgument(
-            "baseline: give a time range of the log (baseline.range) or finite values "
-            "(baseline.values)"
+            "baseline: give a time range of the log (baseline.range), finite values "
+            "(baseline.values), or a column (baseline.dataset, baseline.artifact)"
         )
     if spec.webhook_url and not spec.webhook_url.startswith(("http://", "https://")):
         raise InvalidArgument("webhook_url must be an http:// or https:// URL")
 
 
-def resolve_path(path: Path, config_text: str, model: str) -> Path:
-    """``path`` checked against the model's config, with the tensor's real name.
+def _check_column(column: TableColumn) -> None:
+    field = f"baseline.{column.source}"
+    if not column.owner:
+        owner = "dataset" if column.source == DATASET else "model"
+        raise InvalidArgument(f"{field}.{owner} is required: the {owner} to read the column of")
+    if column.version < 0:
+        raise InvalidArgument(f"{field}.version must not be negative, got {column.version}")
+    if column.source == ARTIFACT and not column.path:
+        raise InvalidArgument(f"{field}.path is required: the artifact (*.csv or *.parquet)")
+    if not column.column:
+        raise InvalidArgument(f"{field}.column is required: the numeric column to read")
+
+
+def config_tensors(config_text: str) -> dict[str, list[Tensor]]:
+    """A model config's inputs and outputs by role, typed as a pipeline's are."""
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(config_text, config)
+
+    def typed(tensors: Sequence[Any]) -> list[Tensor]:
+        return [
+            Tensor(
+                t.name,
+                model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_"),
+                tuple(int(d) for d in t.dims),
+            )
+            for t in tensors
+        ]
+
+    return {INPUT: typed(config.input), OUTPUT: typed(config.output)}
+
+
+def resolve_path(path: Path, tensors_by_role: dict[str, list[Tensor]], owner: str) -> Path:
+    """``path`` checked against the inputs and outputs of ``owner`` (a model's config
+    or a pipeline's), with the tensor's real name.
 
     Raises InvalidArgument (naming ``path``) for a role other than input/output,
-    a tensor the config lacks, an index past its shape, or a BYTES tensor.
+    a tensor ``owner`` lacks, an index past its shape, or a BYTES tensor.
     """
     if path.role not in (INPUT, OUTPUT):
         raise InvalidArgument(f"path.role must be 'input' or 'output', got {path.role!r}")
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse(config_text, config)
-    tensors = list(config.input if path.role == INPUT else config.output)
+    tensors = tensors_by_role[path.role]
     found = [t for t in tensors if t.name == path.tensor]
     if not found and path.tensor.isdigit() and int(path.tensor) < len(tensors):
         found = [tensors[int(path.tensor)]]
     if not found:
         names = ", ".join(t.name for t in tensors) or "none"
         raise InvalidArgument(
-            f"path.tensor: model {model!r} has no {path.role} {path.tensor!r} "
-            f"(its {path.role}s: {names})"
+            f"path.tensor: {owner} has no {path.role} {path.tensor!r} (its {path.role}s: {names})"
         )
     tensor = found[0]
-    if tensor.data_type == _BYTES:
+    if tensor.datatype == _BYTES:
         raise InvalidArgument(
             f"path.tensor: {path.role} {tensor.name!r} is BYTES; an assay needs a numeric tensor"
         )
@@ -206,12 +280,19 @@ def from_json(text: str) -> AssaySpec:
         alert_threshold=s["alert_threshold"],
     )
     b, w = data["baseline"], data["window"]
+    column = b.get("column")  # absent before table baselines
     return AssaySpec(
         name=data["name"],
         model=data["model"],
+        pipeline=data.get("pipeline", ""),  # absent before pipeline assays
         version=data["version"],
         path=Path(**data["path"]),
-        baseline=Baseline(_time(b["start"]), _time(b["end"]), tuple(b["values"])),
+        baseline=Baseline(
+            _time(b["start"]),
+            _time(b["end"]),
+            tuple(b["values"]),
+            None if column is None else TableColumn(**column),
+        ),
         window=Window(
             dt.timedelta(seconds=w["width"]),
             None if w["interval"] is None else dt.timedelta(seconds=w["interval"]),

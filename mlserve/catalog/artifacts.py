@@ -12,6 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import numpy as np
+import numpy.typing as npt
+
+from mlserve.catalog.datasets import check_dataset_path, read_numeric_column
 from mlserve.catalog.models import require_download_allowed
 from mlserve.catalog.versions import DownloadChunk, read_file, version_ids, version_row
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
@@ -132,6 +136,24 @@ def _downloadable_artifact(model: str, version: int, path: str) -> ArtifactRecor
     record = find_artifact(model, version, path)
     require_download_allowed(record.model)
     return record
+
+
+def artifact_column(
+    repository: Repository, model: str, version: int, path: str, column: str
+) -> tuple[int, npt.NDArray[np.float64]]:
+    """The version number (0 resolved to the latest) and every value of ``column`` of the
+    data artifact ``path`` (*.csv or *.parquet) of ``model``'s ``version`` (blocking).
+
+    Raises:
+        NotFound: no such model (or hidden), version or artifact.
+        PermissionDenied: the model's allow_download is off (its data stays inside).
+        InvalidArgument: not a CSV or Parquet file, or as ``read_numeric_column``.
+    """
+    record = _downloadable_artifact(model, version, path)
+    check_dataset_path(path)
+    what = f"artifact {path!r} of model {model!r} version {record.version}"
+    spec = FileSpec(path=record.path, size=record.size_bytes, sha256=record.sha256)
+    return record.version, read_numeric_column(repository, [spec], column, what)
 
 
 def find_artifact(model: str, version: int, path: str) -> ArtifactRecord:

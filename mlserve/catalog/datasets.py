@@ -16,8 +16,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+import numpy as np
+import numpy.typing as npt
 import peewee as pw
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pa_parquet
 
@@ -374,6 +377,77 @@ def read_table_schema(handle: BinaryIO, path: str) -> TableSchema:
             "fix the file and upload it again"
         ) from None
     return TableSchema([(f.name, str(f.type)) for f in schema], int(rows))
+
+
+def read_numeric_column(
+    repository: Repository, files: Sequence[FileSpec], column: str, what: str
+) -> npt.NDArray[np.float64]:
+    """Every value of ``column`` in ``files`` (CSV or Parquet blobs), as float64, file
+    after file (blocking). Arrow reads only that column and casts it; nulls are NaN.
+
+    Raises:
+        InvalidArgument: a file lacks the column (naming those it has), the column is not
+            numeric (integer, floating point, decimal or boolean), or a file does not parse.
+    """
+    parts: list[npt.NDArray[np.float64]] = []
+    for spec in files:
+        try:
+            with repository.open_blob(spec.sha256) as handle:
+                table = _read_column(handle, spec.path, column, what)
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise InvalidArgument(
+                f"{what}: file {spec.path!r} does not read as {FORMATS[_suffix(spec.path)]}: "
+                f"{error}"
+            ) from None
+        values = pc.fill_null(table.column(0).cast(pa.float64()), float("nan"))
+        parts.append(np.asarray(values.to_numpy(), dtype=np.float64))
+    return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+def _read_column(handle: BinaryIO, path: str, column: str, what: str) -> pa.Table:
+    if _suffix(path) == ".parquet":
+        parquet = pa_parquet.ParquetFile(handle)
+        _check_numeric_column(parquet.schema_arrow, column, what)
+        return parquet.read(columns=[column])
+    schema = pa_csv.open_csv(handle).schema
+    _check_numeric_column(schema, column, what)
+    handle.seek(0)
+    options = pa_csv.ConvertOptions(include_columns=[column])
+    return pa_csv.read_csv(handle, convert_options=options)
+
+
+def _check_numeric_column(schema: pa.Schema, column: str, what: str) -> None:
+    if column not in schema.names:
+        raise InvalidArgument(
+            f"column {column!r}: {what} has no such column; its columns: "
+            f"{', '.join(schema.names) or 'none'}"
+        )
+    kind = schema.field(column).type
+    if not (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_boolean(kind)
+    ):
+        raise InvalidArgument(
+            f"column {column!r} of {what} is {kind}, not numeric: choose a column of numbers"
+        )
+
+
+def dataset_column(
+    repository: Repository, dataset: str, version: int, column: str
+) -> tuple[int, npt.NDArray[np.float64]]:
+    """The version number (0 resolved to the latest) and every value of ``column`` of
+    ``dataset``'s ``version`` (blocking).
+
+    Raises:
+        NotFound: no such dataset (or hidden) or version.
+        InvalidArgument: as ``read_numeric_column``.
+    """
+    record = find_dataset_version(dataset, version)
+    what = f"dataset {dataset!r} version {record.version}"
+    specs = [entry.spec for entry in record.files]
+    return record.version, read_numeric_column(repository, specs, column, what)
 
 
 def check_dataset_path(path: str) -> None:

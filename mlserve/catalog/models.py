@@ -9,7 +9,7 @@ in a thread (``in_thread``). Versions are in ``versions.py``, artifacts in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -212,6 +212,29 @@ def require_download_allowed(model: str) -> None:
     see the model, PERMISSION_DENIED when its allow_download is off.
     """
     rules.check_download(model_row(model))
+
+
+def ids_of(names: Iterable[str]) -> dict[str, int]:
+    """The row id of each model named that exists, whoever the caller is: for
+    MLServe's own accounting (the memory a server's models need), never shown
+    (blocking)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    query = tables.Model.select(tables.Model.name, tables.Model.id).where(
+        tables.Model.name.in_(wanted)
+    )
+    return {row.name: row.id for row in query}
+
+
+def visible_model_ids(workspace: str = "") -> Any:
+    """A query of the ids of the models the caller may see, of ``workspace`` when given,
+    to filter other tables by (blocking)."""
+    query = tables.Model.select(tables.Model.id)
+    if workspace:
+        query = query.where(tables.Model.workspace.in_(workspace_id_query(workspace)))
+    visible = rules.visible_models()
+    return query if visible is None else query.where(visible)
 
 
 def model_row(name: str) -> Any:

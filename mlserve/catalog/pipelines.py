@@ -18,6 +18,7 @@ import peewee as pw
 from tritonclient.grpc import model_config_pb2
 
 from mlserve.access import forget_decisions, rules
+from mlserve.access.workspaces import workspace_id_query
 from mlserve.catalog.models import Usage
 from mlserve.catalog.namespace import refuse_model_name
 from mlserve.catalog.versions import find_version
@@ -217,7 +218,9 @@ class Pipelines:
                     f"pipeline {name!r} is deployed (version {deployed}); "
                     "undeploy it first (DeleteDeployment)"
                 )
-            row.delete_instance(recursive=True)
+            # delete_nullable: rows that may name a pipeline or something else (its
+            # assays) go with it rather than being left pointing at nothing.
+            row.delete_instance(recursive=True, delete_nullable=True)
         forget_decisions()
 
     async def copy(
@@ -488,6 +491,35 @@ def _pipeline_row(name: str) -> Any:
 def writable_pipeline(name: str) -> Any:
     """The row of pipeline ``name`` if the caller may change (or deploy) it (blocking)."""
     return rules.check_model_write(_pipeline_row(name))
+
+
+def readable_pipeline(name: str) -> Any:
+    """The row of pipeline ``name`` if the caller may see it; NotFound alike when absent
+    or hidden (blocking)."""
+    return _pipeline_row(name)
+
+
+def visible_pipeline_ids(workspace: str = "") -> Any:
+    """A query of the ids of the pipelines the caller may see, of ``workspace`` when
+    given, to filter other tables by (blocking)."""
+    query = tables.Pipeline.select(tables.Pipeline._meta.primary_key)
+    if workspace:
+        query = query.where(tables.Pipeline.workspace.in_(workspace_id_query(workspace)))
+    visible = rules.visible_models(tables.Pipeline)
+    return query if visible is None else query.where(visible)
+
+
+def pipeline_tensors(name: str, version: int) -> tuple[list[Tensor], list[Tensor]]:
+    """The inputs and outputs of pipeline ``name`` at ``version`` (0: the latest),
+    typed by its members' configs (blocking).
+
+    Raises:
+        NotFound: no such pipeline (or hidden), or no such version.
+        InvalidArgument: a member version it names is gone.
+    """
+    spec = Spec.from_json(version_row(name, version).spec)
+    checked = check(spec, member_configs(spec))
+    return checked.inputs, checked.outputs
 
 
 def _latest_version_row(row: Any) -> Any:

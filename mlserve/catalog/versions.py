@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import peewee as pw
 
+from mlserve.catalog import sizing
 from mlserve.catalog.models import (
     LostRace,
     Usage,
     created_in_savepoint,
+    ids_of,
     model_for_upload,
     model_row,
     require_download_allowed,
@@ -37,6 +39,22 @@ DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
+class MemoryNeed:
+    """The memory a version needs once loaded: estimated, and measured once loaded."""
+
+    estimated: int
+    measured: int = 0  # 0: not measured yet
+    measured_on: str = ""  # the server
+    measurement: str = ""  # "triton" (Triton's model statistics) or "rss"
+    measure_time: dt.datetime | None = None
+
+    @property
+    def bytes(self) -> int:
+        """What placement counts: the measurement when there is one."""
+        return self.measured or self.estimated
+
+
+@dataclass(frozen=True)
 class VersionRecord:
     model: str
     version: int
@@ -48,6 +66,7 @@ class VersionRecord:
     create_time: dt.datetime
     # The dataset version it was trained on: (dataset, version), None if none was named.
     training_dataset: tuple[str, int] | None = None
+    memory: MemoryNeed = MemoryNeed(0)
 
 
 @dataclass(frozen=True)
@@ -229,6 +248,21 @@ def find_version(model: str, version: int) -> VersionRecord:
     return _version_record(version_row(model, version), model)
 
 
+def record_measurement(model: str, version: int, size: int, server: str, how: str) -> bool:
+    """Record that ``model`` ``version`` was measured to need ``size`` bytes on
+    ``server`` (``how``: "triton" or "rss"), unless it was measured before; True
+    if this was its first measurement (blocking)."""
+    row = version_row(model, version)
+    updated = (
+        tables.ModelVersion.update(
+            measured_memory=size, measured_on=server, measurement=how, measure_time=db.utcnow()
+        )
+        .where((tables.ModelVersion.id == row.id) & (tables.ModelVersion.measured_memory == 0))
+        .execute()
+    )
+    return bool(updated)
+
+
 def version_row(model: str, version: int) -> Any:
     """The store row of ``model``'s ``version`` (0: the latest), or NotFound."""
     found = model_row(model)
@@ -286,7 +320,39 @@ def _version_record(row: Any, model: str) -> VersionRecord:
         config=row.config,
         upload_id=row.upload_id,
         create_time=row.create_time,
+        memory=_memory_need(row, model),
     )
+
+
+def _memory_need(row: Any, model: str) -> MemoryNeed:
+    return MemoryNeed(
+        sizing.estimate(row.size_bytes, sizing.backend_of(row.config, model)),
+        row.measured_memory,
+        row.measured_on,
+        row.measurement,
+        row.measure_time,
+    )
+
+
+def memory_needs(pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], MemoryNeed]:
+    """The memory need of each (model, version) in ``pairs`` that exists, whoever
+    the caller is (MLServe's own accounting, never shown; blocking)."""
+    wanted = set(pairs)
+    ids = ids_of(model for model, _ in wanted)
+    names = {row_id: name for name, row_id in ids.items()}
+    if not ids:
+        return {}
+    query = tables.ModelVersion.select().where(
+        tables.ModelVersion.model.in_(list(ids.values()))
+        & tables.ModelVersion.version.in_(sorted({version for _, version in wanted}))
+    )
+    found: dict[tuple[str, int], MemoryNeed] = {}
+    row: Any
+    for row in query:
+        key = (names[row.model_id], int(row.version))
+        if key in wanted:
+            found[key] = _memory_need(row, key[0])
+    return found
 
 
 def version_ids(model_ids: Any) -> Any:

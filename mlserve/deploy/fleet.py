@@ -30,6 +30,7 @@ from mlserve.access import rules
 from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
+from mlserve.deploy.placement import NOT_STATED, Capacity
 from mlserve.deploy.reconciler import ChangeCallback, Reconciler
 from mlserve.storage import db, tables
 from mlserve.storage.db import in_thread
@@ -45,7 +46,7 @@ UNCHECKED = "UNSPECIFIED"
 _DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
 UPDATABLE_SERVER_FIELDS = frozenset(
-    {"address", "description", "labels", "shares_repository", "workspaces"}
+    {"address", "description", "labels", "shares_repository", "workspaces", "capacity"}
 )
 
 
@@ -69,6 +70,7 @@ class ServerRecord:
     status: ServerStatus
     workspaces: tuple[str, ...] = ()
     """Workspaces whose models and pipelines it may hold; empty: any."""
+    capacity: Capacity = NOT_STATED
 
     def serves(self, workspace: str) -> bool:
         """Whether a model or pipeline of ``workspace`` may be placed here."""
@@ -82,6 +84,7 @@ class ServerFields:
     labels: Mapping[str, str] = field(default_factory=dict)
     shares_repository: bool = False
     workspaces: Sequence[str] = ()
+    capacity: Capacity = NOT_STATED
 
 
 ClientFactory = Callable[[str, str], TritonClient]
@@ -142,6 +145,7 @@ class Fleet:
         self._status: dict[str, ServerStatus] = {}
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._holdings: Holdings = _NOTHING_HELD
+        self._probes: dict[str, Callable[[], int]] = {}
 
     def on_change(self, callback: ChangeCallback) -> None:
         """Have the reconciler call ``callback(server_name, state)`` when a server is seen
@@ -160,6 +164,7 @@ class Fleet:
     ) -> ServerRecord:
         check_name(name, "server name")
         check_address(fields.address)
+        capacity = fields.capacity.checked()
         labels = json.dumps(dict(sorted(fields.labels.items())))
 
         def create() -> None:
@@ -171,6 +176,9 @@ class Fleet:
                 embedded=embedded,
                 shares_repository=fields.shares_repository,
                 workspaces=_workspaces_json(fields.workspaces),
+                gpu_count=capacity.gpu_count,
+                gpu_memory=capacity.gpu_memory_bytes,
+                host_memory=capacity.host_memory_bytes,
             )
 
         try:
@@ -181,20 +189,29 @@ class Fleet:
         return await self.get(name)
 
     async def register_embedded(
-        self, name: str, address: str, *, shares_repository: bool = True
+        self,
+        name: str,
+        address: str,
+        *,
+        shares_repository: bool = True,
+        capacity: Capacity = NOT_STATED,
     ) -> ServerRecord:
-        """Record the embedded Triton under ``name``, updating its address on restarts.
+        """Record the embedded Triton under ``name``, updating its address and
+        ``capacity`` (the host's, read at start) on restarts.
 
         ``shares_repository`` is false when the repository is in a bucket: the
         embedded Triton then serves a local directory and gets pushes.
         """
         row = await in_thread(tables.Server.get_or_none)(tables.Server.name == name)
         fields = ServerFields(
-            address=address, description="embedded Triton", shares_repository=shares_repository
+            address=address,
+            description="embedded Triton",
+            shares_repository=shares_repository,
+            capacity=capacity,
         )
         if row is None:
             return await self.register(name, fields, embedded=True)
-        await self.update(name, fields, ["address", "shares_repository"])
+        await self.update(name, fields, ["address", "shares_repository", "capacity"])
         return await self.get(name)
 
     async def get(self, name: str) -> ServerRecord:
@@ -217,6 +234,8 @@ class Fleet:
         check_update_mask(mask, UPDATABLE_SERVER_FIELDS)
         if "address" in mask:
             check_address(fields.address)
+        if "capacity" in mask:
+            fields.capacity.checked()
 
         def write() -> Any:
             row = _server_row(name)
@@ -231,6 +250,10 @@ class Fleet:
             if "workspaces" in mask:
                 row.workspaces = _workspaces_json(fields.workspaces)
                 self._check_holds_only(row, fields.workspaces)
+            if "capacity" in mask:
+                row.gpu_count = fields.capacity.gpu_count
+                row.gpu_memory = fields.capacity.gpu_memory_bytes
+                row.host_memory = fields.capacity.host_memory_bytes
             row.save()
             return row
 
@@ -251,6 +274,15 @@ class Fleet:
         await self._drop_client(name)
         self._status.pop(name, None)
         self.reconciler.forget(name)
+
+    def watch_resident_memory(self, name: str, probe: Callable[[], int]) -> None:
+        """Have ``probe()`` (blocking) tell the resident bytes of server ``name``'s
+        Triton process tree, to measure loads by (the embedded Triton's)."""
+        self._probes[name] = probe
+
+    def resident_probe(self, name: str) -> Callable[[], int] | None:
+        """The probe of ``watch_resident_memory`` for ``name``, if there is one."""
+        return self._probes.get(name)
 
     # --- clients and health -------------------------------------------------
 
@@ -402,6 +434,7 @@ class Fleet:
             create_time=row.create_time,
             status=self.status(row.name),
             workspaces=tuple(json.loads(row.workspaces)),
+            capacity=Capacity(row.gpu_count, row.gpu_memory, row.host_memory),
         )
 
 

@@ -43,7 +43,12 @@ from mlserve.catalog.pipelines import (
     version_row,
     writable_pipeline,
 )
-from mlserve.catalog.versions import VersionRecord, find_version
+from mlserve.catalog.versions import (
+    VersionRecord,
+    find_version,
+    memory_needs,
+    record_measurement,
+)
 from mlserve.core.aio import Backoff
 from mlserve.core.errors import (
     AlreadyExists,
@@ -58,6 +63,7 @@ from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
 from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
+from mlserve.deploy.placement import DEFAULT_HEADROOM
 from mlserve.deploy.targets import (
     DEFAULT_SERVER,
     FAILED,
@@ -179,11 +185,12 @@ class Deployments:
         retry: Backoff = RELOAD_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
         load_timeout: float = DEFAULT_LOAD_TIMEOUT,
+        headroom: float = DEFAULT_HEADROOM,
     ) -> None:
         self.fleet = fleet
         self.repository = repository
         self.tokens = tokens
-        self.placer = Placer(fleet)
+        self.placer = Placer(fleet, headroom)
         self.ensembles = EnsembleLoader(self.placer, repository)
         # One lock per Triton model name, for model and pipeline deployments alike.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -198,6 +205,9 @@ class Deployments:
         self._loads: dict[str, asyncio.Task[None]] = {}
         # Unloads after an abandoned load: kept so they are not collected mid-way.
         self._cleanups: set[asyncio.Task[None]] = set()
+        # Per server: held while a first load is measured by its resident memory,
+        # so that two loads' growth is not counted as one's.
+        self._measuring: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         fleet.track_holdings(targets.ServerHoldings())
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
@@ -314,7 +324,13 @@ class Deployments:
             plan = await in_thread(_plan)(pipeline, wanted.version)
             # The ensemble and every member land on each server.
             placed = [placed_itself, *await in_thread(placed_models)(sorted(plan.members))]
-            servers = await self.placer.place(wanted.placement, placed)
+            needs = await in_thread(memory_needs)(
+                (member.model, member.version) for member in plan.members.values()
+            )
+            need = sum(found.bytes for found in needs.values())
+            servers = await self.placer.place(
+                wanted.placement, placed, need=need, deployment=pipeline
+            )
             await self.placer.require_ready(servers)
             await in_thread(_write_pipeline)(plan, servers, wanted.load_timeout)
             await self._start_loads(pipeline, servers, [pipeline, *members])
@@ -547,7 +563,9 @@ class Deployments:
                     f"deployed pipeline {pipeline!r} runs version {used} of {model!r}; "
                     "undeploy the pipeline before deploying another version"
                 )
-        servers = await self.placer.place(placement, [placed])
+        servers = await self.placer.place(
+            placement, [placed], need=target.memory.bytes, deployment=model
+        )
         await self.placer.require_ready(servers)
         # A new version is loaded beside the serving one first (a rollout), so the
         # route can move to it; the loads of the version alone then run in the background.
@@ -672,20 +690,52 @@ class Deployments:
 
     async def _load_model(self, order: _LoadOrder, server: str, timeout: float) -> tuple[str, str]:
         """Load a model deployment; return its target's (state, message)."""
-        assert order.version is not None
+        version = order.version
+        assert version is not None
         try:
             client = await self.fleet.client(server)
             files = None
             if not order.shares_repository:
-                files = await in_thread(targets.files_to_push)(self.repository, order.version)
-            await client.load(
+                files = await in_thread(targets.files_to_push)(self.repository, version)
+            load = client.load(
                 order.name, config_json=order.config_json, files=files, timeout=timeout
             )
+            probe = self.fleet.resident_probe(server)
+            if version.memory.measured or probe is None:
+                await load
+                if not version.memory.measured:
+                    await self._record_memory(version, server, client)
+            else:
+                async with self._measuring[server]:
+                    before = await in_thread(probe)()
+                    await load
+                    grown = await in_thread(probe)() - before
+                    await self._record_memory(version, server, client, grown)
         except Unavailable as error:
             return UNREACHABLE, error.message
         except MLServeError as error:
             return FAILED, error.message
         return READY, ""
+
+    async def _record_memory(
+        self, version: VersionRecord, server: str, client: Any, grown: int = 0
+    ) -> None:
+        """Record the memory ``version`` was seen to take on ``server`` just after its
+        first load: what Triton reports for it, else ``grown`` (the Triton process
+        tree's resident memory across the load), when either is above 0."""
+        try:
+            reported = await client.reported_memory(version.model, version.version)
+        except MLServeError as error:  # the load worked; the measurement waits for the next
+            log.warning("could not measure %s on %s: %s", version.model, server, error.message)
+            return
+        size, how = (reported, "triton") if reported > 0 else (grown, "rss")
+        if size <= 0:
+            return
+        if await in_thread(record_measurement)(version.model, version.version, size, server, how):
+            log.info(
+                "%s v%d measured on %s: %d bytes (%s; estimated %d)",
+                version.model, version.version, server, size, how, version.memory.estimated,
+            )  # fmt: skip
 
     def _load_order(self, name: str, server: str) -> _LoadOrder | None:
         """What loading ``name`` on ``server`` takes (blocking)."""

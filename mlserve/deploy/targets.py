@@ -13,14 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import peewee as pw
 
-from mlserve.catalog.versions import VersionRecord
+from mlserve.catalog.versions import VersionRecord, memory_needs
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mlserve.deploy import placement as by_memory
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.tenancy import Placed, check_may_hold, may_hold
 from mlserve.storage import db, tables
@@ -87,16 +89,26 @@ def severity(states: Iterable[str]) -> str:
 class Placer:
     """Chooses servers for deployments and checks that they answer."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, headroom: float = by_memory.DEFAULT_HEADROOM) -> None:
         self.fleet = fleet
+        self.headroom = by_memory.check_headroom(headroom)
 
-    async def place(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
+    async def place(
+        self,
+        placement: Placement,
+        placed: Sequence[Placed],
+        *,
+        need: int = 0,
+        deployment: str = "",
+    ) -> list[str]:
         """The servers a deployment with ``placement`` goes on, each one whose
         ``workspaces`` admit everything in ``placed``.
 
         Named servers as given (each must be registered); else ``replicas``
-        servers matching ``selector``, ready and least used first; else the
-        default server, or the only one.
+        servers matching ``selector``, ready and least used first, each with
+        ``need`` bytes free besides what the deployments but ``deployment``
+        need there (``placement.choose``); else the default server, or the
+        only one.
 
         Raises:
             InvalidArgument: a server named twice, negative replicas, or no
@@ -104,6 +116,8 @@ class Placer:
             NotFound: a named server is not registered.
             FailedPrecondition: fewer matching servers than replicas, or a
                 chosen server may not hold one of ``placed``.
+            ResourceExhausted: fewer matching servers than replicas have
+                ``need`` bytes free.
         """
         servers = placement.servers
         if servers:
@@ -115,7 +129,7 @@ class Placer:
         if placement.replicas < 0:
             raise InvalidArgument(f"replicas must not be negative, got {placement.replicas}")
         if placement.replicas or placement.selector:
-            return await self._choose(placement, placed)
+            return await self._choose(placement, placed, need, deployment)
         names = await self.fleet.names()
         if DEFAULT_SERVER in names:
             check_may_hold(await self.fleet.get(DEFAULT_SERVER), placed)
@@ -156,9 +170,12 @@ class Placer:
         for model in sorted(models - in_use):
             await self.unload_quietly(model, server)
 
-    async def _choose(self, placement: Placement, placed: Sequence[Placed]) -> list[str]:
+    async def _choose(
+        self, placement: Placement, placed: Sequence[Placed], need: int, deployment: str
+    ) -> list[str]:
         """Ready servers matching the selector first, the least used among them first;
-        servers whose workspaces do not admit ``placed`` are never candidates."""
+        servers whose workspaces do not admit ``placed`` are never candidates, nor
+        those without ``need`` bytes free."""
         selector = placement.selector.items()
         candidates = [
             server
@@ -176,7 +193,24 @@ class Placer:
                 f"match {described or 'any labels'} and may hold workspace(s) "
                 + ", ".join(repr(w) for w in workspaces)
             )
-        return [server.name for server in candidates[:wanted]]
+        used = await db.in_thread(memory_used)(deployment)
+        rooms = [
+            by_memory.Room(server.name, server.capacity, used.get(server.name, 0))
+            for server in candidates
+        ]
+        return by_memory.choose(rooms, need, wanted, self.headroom)
+
+    async def memory(self) -> dict[str, tuple[int, int | None]]:
+        """Per registered server, (bytes its deployments need, bytes free for more:
+        None when its capacity is not stated)."""
+        used = await db.in_thread(memory_used)()
+        return {
+            server.name: (
+                used.get(server.name, 0),
+                by_memory.free_bytes(server.capacity, used.get(server.name, 0), self.headroom),
+            )
+            for server in await self.fleet.servers()
+        }
 
 
 def files_to_push(repository: Repository, record: VersionRecord) -> dict[str, bytes]:
@@ -327,6 +361,24 @@ def served() -> list[Served]:
             for model, version, *_ in json.loads(target.members)
         )
     return found
+
+
+def memory_used(except_deployment: str = "") -> dict[str, int]:
+    """Per server, the bytes the model versions deployments but ``except_deployment``
+    keep there need: measured where measured, else estimated; a model two
+    deployments share counts once (blocking)."""
+    entries = {
+        (entry.server, entry.model, entry.version)
+        for entry in served()
+        if entry.deployment != except_deployment
+    }
+    needs = memory_needs((model, version) for _, model, version in entries)
+    used: defaultdict[str, int] = defaultdict(int)
+    for server, model, version in entries:
+        need = needs.get((model, version))  # a pipeline's ensemble has none
+        if need is not None:
+            used[server] += need.bytes
+    return dict(used)
 
 
 def shares_repository(server: str) -> bool | None:

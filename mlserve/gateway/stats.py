@@ -5,6 +5,7 @@ exported as Prometheus metrics."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class UsageRecord:
 @dataclass
 class InferenceStats:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    worker: str = "0"
+    """This process's index among ``--workers`` (the ``worker`` label)."""
 
     def __post_init__(self) -> None:
         self._pending: defaultdict[tuple[str, int], _Pending] = defaultdict(_Pending)
@@ -55,6 +58,14 @@ class InferenceStats:
             buckets=_LATENCY_BUCKETS,
         )
         self._latencies: dict[tuple[str, int], Histogram] = {}
+        # Which process served the calls: with --workers the merged /metrics sums
+        # every other series over the workers, this one keeps them apart.
+        self._served_here = Counter(
+            "mlserve_worker_inference_requests",
+            "Inference requests this gateway process answered (one series per worker)",
+            ["worker", "pid"],
+            registry=self.registry,
+        ).labels(self.worker, str(os.getpid()))
         # model -> (time.monotonic(), seconds) of its recent calls, for p50/p99.
         self._recent: defaultdict[str, deque[tuple[float, float]]] = defaultdict(
             lambda: deque(maxlen=RECENT_CALLS)
@@ -73,6 +84,7 @@ class InferenceStats:
             counter = self._requests.labels(model, str(version), "ok" if ok else "error")
             self._counters[(model, version, ok)] = counter
         counter.inc()
+        self._served_here.inc()
         if latency is not None:
             histogram = self._latencies.get((model, version))
             if histogram is None:

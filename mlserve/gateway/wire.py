@@ -72,6 +72,12 @@ def model_name_and_version(data: bytes) -> tuple[str, str]:
     return name, version
 
 
+def string_field(data: bytes, number: int) -> str:
+    """Top-level string field ``number`` of a serialized message ("" when absent)."""
+    span = _spans(data, (number,)).get(number)
+    return "" if span is None else data[slice(*span)].decode()
+
+
 def with_version(data: bytes, version: int) -> bytes:
     """A serialized request ``data`` naming ``version`` in field 2 (its version).
 

@@ -114,16 +114,16 @@ class Explainer:
             )
         signature, version = await self._signature(query, call)
         names, background = await self._background(query, signature, version)
-        rows = _checked_rows(query.rows, names)
+        rows = _checked_rows(query.rows, names, signature.input_type)
         predict = _Predictor(self.forwarder, query.model, signature, query.output_index, call)
         loop = asyncio.get_running_loop()
         # asyncio.to_thread copies the context: the model calls run as the caller.
-        values, base = await asyncio.to_thread(
+        values, base, predicted = await asyncio.to_thread(
             _kernel_shap, predict, loop, background, rows, size, samples
         )
         predictions: list[float | None] = [None] * len(rows)
         if query.include_prediction:
-            predictions = [float(p) for p in await predict.batched(rows)]
+            predictions = [float(p) for p in predicted]
         return ExplainResult(
             METHOD,
             signature.output_name,
@@ -244,7 +244,8 @@ def _feature_columns(
     return chosen, frame[chosen].to_numpy(dtype=np.float64)
 
 
-def _checked_rows(rows: list[list[float]], names: list[str]) -> Array:
+def _checked_rows(rows: list[list[float]], names: list[str], datatype: str) -> Array:
+    """The rows as an array, refused unless each is one value of ``datatype`` per feature."""
     for index, row in enumerate(rows):
         if len(row) < len(names):
             raise InvalidArgument(
@@ -256,7 +257,23 @@ def _checked_rows(rows: list[list[float]], names: list[str]) -> Array:
                 f"row {index} has {len(row)} values; the model takes {len(names)} features "
                 f"({', '.join(names)}), the last being {names[-1]!r}"
             )
-    return np.asarray(rows, dtype=np.float64)
+    values = np.asarray(rows, dtype=np.float64)
+    kind: np.dtype[Any] = np.dtype(NUMERIC[datatype])
+    with np.errstate(invalid="ignore"):
+        if np.issubdtype(kind, np.integer):
+            limits = np.iinfo(kind)
+            wrong = (values != np.round(values)) | (values < limits.min) | (values > limits.max)
+            wanted = f"whole numbers in {limits.min}..{limits.max}"
+        else:
+            wrong = ~(np.abs(values) <= np.finfo(kind).max)  # NaN and ±inf included
+            wanted = "finite numbers"
+    if wrong.any():
+        at, column = (int(i) for i in np.argwhere(wrong)[0])
+        raise InvalidArgument(
+            f"row {at}: feature {names[column]!r} is {float(values[at, column])!r}, not a "
+            f"{datatype} value: the model's input takes {wanted}"
+        )
+    return values
 
 
 def _kernel_shap(
@@ -266,7 +283,15 @@ def _kernel_shap(
     rows: Array,
     size: int,
     samples: int,
-) -> tuple[Array, float]:
+) -> tuple[Array, float, Array]:
+    """The rows' contributions, the base value and the rows' predictions.
+
+    shap asks the model for the background, then for each row alone, then for
+    that row's perturbations. The background and all the rows go to the model
+    together in one call first, and those answers are handed back when shap
+    asks for them again: Triton sees 1 call plus ⌈samples·background /
+    max_batch_size⌉ per row, and the predictions come for free.
+    """
     import shap
 
     def model(batch: Array) -> Array:
@@ -275,9 +300,23 @@ def _kernel_shap(
     # A background no larger than asked for is used as it is (exact means);
     # a larger one is summarised to ``size`` weighted k-means centres.
     summary: Any = background if len(background) <= size else shap.kmeans(background, size)
-    explainer = shap.KernelExplainer(model, summary)
+    points = np.ascontiguousarray(summary if len(background) <= size else summary.data)
+    answers = model(np.concatenate([points, rows]))
+    known = {points.tobytes(): answers[: len(points)]}
+    for index in range(len(rows)):
+        known[rows[index : index + 1].tobytes()] = answers[len(points) + index :][:1]
+
+    def remembered(batch: Array) -> Array:
+        if len(batch) <= len(points):
+            answer = known.get(np.ascontiguousarray(batch, dtype=np.float64).tobytes())
+            if answer is not None:
+                return answer
+        return model(batch)
+
+    explainer = shap.KernelExplainer(remembered, summary)
     values = explainer.shap_values(rows, nsamples=samples, silent=True)
-    return np.asarray(values).reshape(len(rows), -1), float(np.ravel(explainer.expected_value)[0])
+    base = float(np.ravel(explainer.expected_value)[0])
+    return np.asarray(values).reshape(len(rows), -1), base, answers[len(points) :]
 
 
 class _Predictor:

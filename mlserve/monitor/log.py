@@ -56,6 +56,10 @@ class LogSettings:
     """Files older than this are deleted."""
     retention_bytes: int = 10 * 1024**3
     """Per model, the oldest files are deleted beyond this many bytes."""
+    file_tag: str = ""
+    """Put in this process's file names (``w1-`` for worker 1), so workers never clash."""
+    housekeeping: bool = True
+    """Sweep half-written files at start and apply retention: in one process only."""
 
 
 class InferenceLog:
@@ -150,7 +154,8 @@ class InferenceLog:
         """Sweep what a killed writer left, check the directory, start the writer thread."""
         try:
             self.settings.directory.mkdir(parents=True, exist_ok=True)
-            parquet.sweep_temporary(self.settings.directory)
+            if self.settings.housekeeping:
+                parquet.sweep_temporary(self.settings.directory)
         except OSError as error:
             self._failed(error)
         self.check_writable()
@@ -179,7 +184,7 @@ class InferenceLog:
         if not batch:
             return 0
         try:
-            parquet.write(self.settings.directory, batch)
+            parquet.write(self.settings.directory, batch, self.settings.file_tag)
         except OSError as error:
             self._failed(error)
             return 0
@@ -209,7 +214,8 @@ class InferenceLog:
         try:
             self.flush()
             now = time.monotonic()
-            if now - self._last_retention >= _RETENTION_INTERVAL:
+            due = now - self._last_retention >= _RETENTION_INTERVAL
+            if due and self.settings.housekeeping:
                 self._last_retention = now
                 retention.apply(
                     self.settings.directory,

@@ -87,8 +87,11 @@ class Partition:
         return Partition(record.model, record.time.strftime("%Y-%m-%d"), record.time.strftime("%H"))
 
 
-def write(root: Path, records: Iterable[Record]) -> int:
+def write(root: Path, records: Iterable[Record], tag: str = "") -> int:
     """Write ``records`` as one file per partition (and tensor schema); returns bytes written.
+
+    ``tag`` goes into the file names (``part-<time>-<tag><id>``): each writing
+    process has its own, so several never pick the same name.
 
     Raises:
         OSError: the directory cannot be written (full disk, permissions).
@@ -114,7 +117,7 @@ def write(root: Path, records: Iterable[Record]) -> int:
         directory = partition.directory(root)
         directory.mkdir(parents=True, exist_ok=True)
         for group in _compatible_groups(rows):
-            written += _write_file(directory, table_of(group))
+            written += _write_file(directory, table_of(group), tag)
     return written
 
 
@@ -200,9 +203,9 @@ def valid_name(model: str) -> bool:
     return True
 
 
-def _write_file(directory: Path, table: Any) -> int:
+def _write_file(directory: Path, table: Any, tag: str) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    name = f"part-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+    name = f"part-{stamp}-{tag}{uuid.uuid4().hex[:12]}{SUFFIX}"
     temporary = directory / f".{name}{_TEMPORARY}"
     try:
         pq.write_table(

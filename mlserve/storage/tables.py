@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 18
 
 
 class BaseModel(pw.Model):
@@ -263,6 +263,12 @@ class ModelVersion(BaseModel):
     training_dataset = pw.ForeignKeyField(
         DatasetVersion, null=True, on_delete="RESTRICT", index=True
     )
+    # Schema 18: the memory it was measured to need after its first load
+    # (0: not yet), where, how ("triton" or "rss") and when.
+    measured_memory = pw.BigIntegerField(default=0)
+    measured_on = pw.CharField(max_length=128, default="")
+    measurement = pw.CharField(max_length=16, default="")
+    measure_time = pw.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("model", "version"), True),)
@@ -369,6 +375,10 @@ class Server(BaseModel):
     create_time = pw.DateTimeField(default=utcnow)
     # JSON list of workspace names whose models it may hold; [] means any.
     workspaces = pw.TextField(default="[]")
+    # Schema 18: its capacity for models; host_memory 0 means not stated.
+    gpu_count = pw.IntegerField(default=0)
+    gpu_memory = pw.BigIntegerField(default=0)
+    host_memory = pw.BigIntegerField(default=0)
 
 
 class Pipeline(BaseModel):
@@ -475,7 +485,8 @@ class LoggingPolicy(BaseModel):
 
 
 class Assay(BaseModel):
-    """A drift assay over a model's inference log (owned by mlserve.assays).
+    """A drift assay over a model's (or, schema 17, a pipeline's) inference log
+    (owned by mlserve.assays); exactly one of ``model`` and ``pipeline`` is set.
 
     The spec (path, baseline, window, summarizer) is one JSON document: it is
     only ever read whole. ``next_window`` is where the scheduler goes on.
@@ -483,12 +494,13 @@ class Assay(BaseModel):
 
     id = pw.AutoField()
     name = pw.CharField(unique=True, max_length=128)
-    model = pw.ForeignKeyField(Model, backref="assays", on_delete="CASCADE")
+    model = pw.ForeignKeyField(Model, null=True, backref="assays", on_delete="CASCADE")
     spec = pw.TextField()
     active = pw.BooleanField(default=True, index=True)
     next_window = pw.DateTimeField(null=True)
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
+    pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="assays", on_delete="CASCADE")
 
 
 class AssayResult(BaseModel):
@@ -807,6 +819,36 @@ def _add_load_timeouts(db: pw.Database) -> None:
     )
 
 
+def _add_pipeline_assays(db: pw.Database) -> None:
+    """An assay may read a pipeline's log instead of a model's (issue 14).
+
+    Schema 14 created the assay table from the current class, so a database
+    that passed through it since has the new column already.
+    """
+    columns = {column.name: column for column in db.get_columns("assay")}
+    if "pipeline_id" in columns:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("assay", "pipeline_id", Assay.pipeline),
+        migrator.drop_not_null("assay", "model_id"),
+    )
+
+
+def _add_capacities(db: pw.Database) -> None:
+    """Servers' capacities and versions' measured memory (issue 16)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("server", "gpu_count", Server.gpu_count),
+        migrator.add_column("server", "gpu_memory", Server.gpu_memory),
+        migrator.add_column("server", "host_memory", Server.host_memory),
+        migrator.add_column("model_version", "measured_memory", ModelVersion.measured_memory),
+        migrator.add_column("model_version", "measured_on", ModelVersion.measured_on),
+        migrator.add_column("model_version", "measurement", ModelVersion.measurement),
+        migrator.add_column("model_version", "measure_time", ModelVersion.measure_time),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -823,6 +865,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     13: _add_datasets,
     14: _add_assays,
     15: _add_load_timeouts,
+    16: _add_pipeline_assays,
+    17: _add_capacities,
 }
 
 

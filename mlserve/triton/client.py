@@ -224,6 +224,25 @@ class TritonClient:
             if stats.version.isdigit()
         }
 
+    async def reported_memory(self, model: str, version: int, timeout: float = 5.0) -> int:
+        """The bytes Triton's model statistics report ``model`` ``version`` holding
+        (its ``memory_usage``, summed over host and device); 0 when the backend
+        reports none (the Python backend, for one) or the server has no such model.
+
+        Raises:
+            Unavailable: the server does not answer.
+        """
+        request = service_pb2.ModelStatisticsRequest(name=model, version=str(version))
+        try:
+            response = await self._call("ModelStatistics", request, timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _UNREACHABLE:
+                raise self._error(exc, "query", model) from None
+            return 0
+        return sum(
+            int(usage.byte_size) for stats in response.model_stats for usage in stats.memory_usage
+        )
+
     def raw_unary(self, method: str) -> Any:
         """A bytes-in, bytes-out callable for one unary method of Triton's service.
 

@@ -30,6 +30,7 @@ from mlserve.monitor import parquet
 from mlserve.monitor.records import Record
 from mlserve.monitor.tensors import Tensor
 from mlserve.storage import tables
+from mlserve.storage.repository import LocalRepository
 from tests.support.models import scale_model_config
 
 T0 = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
@@ -91,6 +92,12 @@ def webhook() -> Iterator[str]:
     server.server_close()
 
 
+def _assays(log_root: Path) -> Assays:
+    store = log_root.parent / "store"
+    repository = LocalRepository(store / "repository", store / "staging", store / "blobs")
+    return Assays(log_root, PageTokens(b"k" * 32), repository)
+
+
 def _spec(webhook: str) -> AssaySpec:
     return AssaySpec(
         name="drift",
@@ -111,7 +118,7 @@ def _stored() -> list[tuple[dt.datetime, str]]:
 def test_due_windows_are_scored_once_with_catch_up_across_replicas(
     log_root: Path, webhook: str
 ) -> None:
-    assays = Assays(log_root, PageTokens(b"k" * 32))
+    assays = _assays(log_root)
     asyncio.run(assays.create(_spec(webhook)))
     registry = CollectorRegistry()
     first = AssayScheduler(assays, registry, SETTLE)
@@ -146,7 +153,7 @@ def test_due_windows_are_scored_once_with_catch_up_across_replicas(
 
 
 def test_inactive_assays_are_not_run(log_root: Path, webhook: str) -> None:
-    assays = Assays(log_root, PageTokens(b"k" * 32))
+    assays = _assays(log_root)
     asyncio.run(assays.create(_spec(webhook)))
     asyncio.run(assays.set_active("drift", False))
     scheduler = AssayScheduler(assays, CollectorRegistry(), SETTLE)

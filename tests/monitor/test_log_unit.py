@@ -133,6 +133,21 @@ def test_metadata_mode_keeps_no_tensors(tmp_path: Path) -> None:
     assert record.request_bytes > 0
 
 
+def test_metadata_mode_reads_the_request_id_without_parsing_the_request() -> None:
+    request = _request("FP32", True)
+    request.id = "call-7"
+    metadata = LoggingPolicy(Mode.METADATA)
+    record = decode(_capture(request, policy=metadata))
+    assert record is not None
+    assert record.request_id == "call-7"
+    garbage = Capture(time.time(), "m", 1, "local", None, metadata, b"\xff\xff", None,
+                      "INVALID_ARGUMENT", "bad", 0.001)  # fmt: skip
+    broken = decode(garbage)
+    assert broken is not None
+    assert broken.request_id == ""
+    assert broken.request_bytes == 2
+
+
 @pytest.mark.parametrize(
     ("policy", "field"),
     [

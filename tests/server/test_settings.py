@@ -100,7 +100,7 @@ def test_a_flag_beats_its_variable_and_the_variable_is_then_not_read() -> None:
         ("MLSERVE_LISTEN", "127.0.0.1:70000", "port 0 to 65535"),
         ("MLSERVE_DATABASE_URL", "mysql://x/y", "postgresql://"),
         ("MLSERVE_WORKERS", "abc", "whole number"),
-        ("MLSERVE_WORKERS", "4", "not yet supported"),
+        ("MLSERVE_WORKERS", "0", "give at least 1 process (got 0), or auto"),
         ("MLSERVE_STORAGE", "s3://Bad_Bucket/prefix", "is not an S3 bucket name"),
         ("MLSERVE_OIDC_ISSUER", "http://id.example.com", "must use https://"),
         ("MLSERVE_EMBEDDED_TRITON", "maybe", "true or false"),
@@ -115,6 +115,12 @@ def test_a_bad_variable_is_named_with_what_to_give(variable: str, value: str, sa
         resolve({}, {variable: value})
     assert str(error.value).startswith(f"{variable}={value!r}: ")
     assert says in str(error.value)
+
+
+def test_workers_auto_is_one_per_core_but_one() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert resolve({}, {"MLSERVE_WORKERS": "auto"}).workers == max(1, cores - 1)
+    assert resolve({}, {"MLSERVE_WORKERS": "3"}).workers == 3
 
 
 def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
@@ -146,7 +152,11 @@ def test_help_shows_every_flag_with_its_variable_and_default() -> None:
     ("args", "env", "says"),
     [
         (["--workers", "abc"], {}, "argument --workers: give a whole number"),
-        (["--workers", "2"], {}, "argument --workers: several worker processes are not yet"),
+        (["--workers", "0"], {}, "argument --workers: give at least 1 process (got 0), or auto"),
+        (["--workers", "-3"], {}, "argument --workers: give at least 1 process (got -3), or auto"),
+        (["--workers=-1"], {}, "argument --workers: give at least 1 process (got -1), or auto"),
+        (["--workers", "two"], {}, "argument --workers: give a whole number of processes"),
+        (["--workers", "1.5"], {}, "argument --workers: give a whole number of processes"),
         (["--oidc-issuer", "https://id"], {}, "--oidc-issuer needs --oidc-audience"),
         (["--storage", "s3://b/p"], {}, "argument --storage: 'b' is not an S3 bucket name"),
         (["--storage", "gs://b/p"], {}, "give a local directory or s3://BUCKET[/PREFIX]"),

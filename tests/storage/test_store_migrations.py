@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import peewee as pw
 import psycopg2
 import pytest
 
@@ -180,7 +181,9 @@ def test_schema_11_pipeline_deployments_fold_into_deployments(
             pipeline.id, WHEN, WHEN,
         )  # fmt: skip
         members = json.dumps([["resnet", 2, "READY", ""]])
-        for position, server in enumerate(tables.Server.select().order_by(tables.Server.name)):
+        # Only the columns schema 11 had (later schemas add capacities).
+        servers = tables.Server.select(tables.Server.id, tables.Server.name)
+        for position, server in enumerate(servers.order_by(tables.Server.name)):
             insert(
                 'INSERT INTO "pipeline_target" ("deployment_id", "server_id", "position", '
                 '"state", "message", "members", "update_time") VALUES (7, ?, ?, ?, ?, ?, ?)',
@@ -219,5 +222,55 @@ def test_schema_11_pipeline_deployments_fold_into_deployments(
         )
         # Model targets kept no members; a new pipeline deployment takes the same table.
         assert {t.members for t in model.targets} == {"[]"}
+    finally:
+        close_database(opened)
+
+
+class _Schema16Assay(tables.BaseModel):
+    """The assay table as schema 14 to 16 made it."""
+
+    name = pw.CharField(unique=True, max_length=128)
+    model = pw.ForeignKeyField(tables.Model, on_delete="CASCADE")
+    spec = pw.TextField()
+    active = pw.BooleanField(default=True, index=True)
+    next_window = pw.DateTimeField(null=True)
+    create_time = pw.DateTimeField()
+    update_time = pw.DateTimeField()
+
+    class Meta:
+        table_name = "assay"
+
+
+def test_schema_16_assays_keep_their_rows_and_may_name_a_pipeline(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore_foundation(database_url)
+    with monkeypatch.context() as schema_16:
+        schema_16.setattr(tables, "SCHEMA_VERSION", 16)
+        opened = tables.connect(database_url)
+    # Schema 14 creates the assay table from today's class; make it what schema 16 had:
+    # no pipeline column, and a model required.
+    opened.drop_tables([tables.AssayResult, tables.Assay])
+    opened.create_tables([_Schema16Assay, tables.AssayResult])
+    resnet = tables.Model.get(tables.Model.name == "resnet")
+    _Schema16Assay.create(
+        id=3, name="drift", model=resnet, spec="{}", create_time=WHEN, update_time=WHEN
+    )
+    tables.AssayResult.insert(
+        assay=3, window_start=WHEN, window_end=WHEN, count=5, result="{}", status="ok",
+        compute_time=WHEN,
+    ).execute()  # fmt: skip
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        kept = tables.Assay.get(tables.Assay.name == "drift")
+        assert (kept.model.name, kept.pipeline, kept.create_time) == ("resnet", None, WHEN)
+        assert [(r.count, r.status) for r in kept.results] == [(5, "ok")]
+        chain = tables.Pipeline.create(name="chain")
+        tables.Assay.create(name="chain-drift", pipeline=chain, spec="{}")
+        chain.delete_instance()  # the database cascades to the pipeline's assays
+        assert not tables.Assay.select().where(tables.Assay.name == "chain-drift").exists()
     finally:
         close_database(opened)

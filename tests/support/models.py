@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,51 @@ def infer_add(client: triton.InferenceServerClient, model: str) -> np.ndarray:
     result = client.infer(model, inputs)
     output: np.ndarray = result.as_numpy("OUTPUT0")
     return output
+
+
+# --- a linear model of one feature vector, for explanations -------------------
+
+_LINEAR_MODEL_PY = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+WEIGHTS = np.array({weights!r}, dtype=np.float64)
+BIAS = np.float64({bias!r})
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "FEATURES").as_numpy()
+            y = x.astype(np.float64) @ WEIGHTS + BIAS
+            out = pb_utils.Tensor("PREDICTION", y.reshape(-1, 1).astype(np.float64))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"""
+
+
+def linear_model_files(
+    name: str,
+    weights: Sequence[float],
+    bias: float = 0.0,
+    *,
+    datatype: str = "TYPE_FP64",
+    max_batch_size: int = 1024,
+) -> dict[str, bytes]:
+    """``config.pbtxt`` and ``model.py`` of PREDICTION = FEATURES · weights + bias.
+
+    FEATURES is one row of ``len(weights)`` values of ``datatype``; PREDICTION is FP64.
+    """
+    config = model_config_pb2.ModelConfig(name=name, backend="python")
+    config.max_batch_size = max_batch_size
+    config.input.add(
+        name="FEATURES", data_type=model_config_pb2.DataType.Value(datatype), dims=[len(weights)]
+    )
+    config.output.add(name="PREDICTION", data_type=model_config_pb2.TYPE_FP64, dims=[1])
+    config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=1)
+    source = _LINEAR_MODEL_PY.format(weights=[float(w) for w in weights], bias=float(bias))
+    return {
+        "config.pbtxt": text_format.MessageToString(config).encode(),
+        "model.py": source.encode(),
+    }

@@ -2,7 +2,8 @@
 
 ``Fleet(tokens, client_factory=ScriptedTritons().client)`` makes every
 server's client a :class:`ScriptedTriton`: it answers ``is_ready``,
-``index``, ``load``, ``unload`` and ``model_ready`` from what the test set,
+``index``, ``load``, ``unload``, ``model_ready`` and ``reported_memory`` from
+what the test set,
 records each call, and can hold a call until the test releases it (a slow
 Triton). Integration tests never use it: they run a real Triton.
 """
@@ -26,6 +27,7 @@ class ScriptedTriton(TritonClient):
         self.ready = True
         self.loaded: dict[str, int] = {}  # model -> version that serves
         self.load_errors: dict[str, MLServeError] = {}  # model -> what its load raises
+        self.memory: dict[str, int] = {}  # model -> bytes its statistics report
         self.calls: list[tuple[str, str]] = []
         # Set to hold every call of that method until the event is set.
         self.gates: dict[str, asyncio.Event] = {}
@@ -68,6 +70,11 @@ class ScriptedTriton(TritonClient):
         await self._called("model_ready", model)
         self._reachable()
         return model in self.loaded and version in (0, self.loaded[model])
+
+    async def reported_memory(self, model: str, version: int, timeout: float = 5.0) -> int:
+        await self._called("reported_memory", model)
+        self._reachable()
+        return self.memory.get(model, 0) if model in self.loaded else 0
 
     def hold(self, method: str) -> asyncio.Event:
         """Make calls of ``method`` wait until the returned event is set."""

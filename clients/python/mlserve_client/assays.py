@@ -1,12 +1,14 @@
 """Assay specs in YAML, and the drift chart.
 
     name: add-drift
-    model: add
+    model: add                    # or pipeline: chain (its own inputs and outputs)
     path: input INPUT0 0          # Wallaroo's form; or {role: input, tensor: INPUT0, index: 0}
     baseline:                     # a time range of the log ...
       start: 2026-01-01T00:00:00Z
       end: 2026-01-02T00:00:00Z
     # baseline: {values: [0.1, 0.4, 0.35]}   ... or inline values
+    # baseline: {dataset: trips, version: 2, column: fare}   ... or a dataset's column
+    # baseline: {artifact: train.csv, model: add, version: 1, column: fare}  ... or an artifact's
     window: {width: 24h}          # interval (default: width), start, run_until
     summarizer: {metric: psi, num_bins: 5, warning_threshold: 0.1, alert_threshold: 0.25}
     webhook_url: http://127.0.0.1:9000/alerts
@@ -56,7 +58,9 @@ def read_assay_spec(path: Path) -> assay_pb2.Assay:
 def assay_from_spec(spec: Any) -> assay_pb2.Assay:
     """The Assay message a parsed spec (a mapping) describes."""
     if not isinstance(spec, dict):
-        raise AssaySpecError("an assay spec is a mapping with name, model, path, baseline, window")
+        raise AssaySpecError(
+            "an assay spec is a mapping with name, model (or pipeline), path, baseline, window"
+        )
     spec = dict(spec)
     try:
         path = spec.pop("path", None)
@@ -71,6 +75,12 @@ def assay_from_spec(spec: Any) -> assay_pb2.Assay:
         message.path.CopyFrom(_path(path))
         if "values" in baseline:
             message.baseline.values.values.extend(float(v) for v in baseline["values"])
+        elif "dataset" in baseline:
+            json_format.ParseDict(baseline, message.baseline.dataset)
+        elif "artifact" in baseline:
+            table = dict(baseline)
+            table["path"] = table.pop("artifact")
+            json_format.ParseDict(table, message.baseline.artifact)
         elif baseline:
             message.baseline.range.start_time.CopyFrom(_time(baseline["start"]))
             message.baseline.range.end_time.CopyFrom(_time(baseline["end"]))

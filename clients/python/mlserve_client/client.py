@@ -775,12 +775,15 @@ class Client:
     def get_assay(self, name: str) -> assay_pb2.Assay:
         return self.assays.GetAssay(assay_pb2.GetAssayRequest(name=name))
 
-    def list_assays(self, model: str = "", workspace: str = "") -> Iterator[assay_pb2.Assay]:
-        """Every assay the caller may see, by name; of one model or workspace when given."""
+    def list_assays(
+        self, model: str = "", workspace: str = "", pipeline: str = ""
+    ) -> Iterator[assay_pb2.Assay]:
+        """Every assay the caller may see, by name; of one model, pipeline or workspace
+        when given."""
 
         def page(token: str) -> tuple[Sequence[assay_pb2.Assay], str]:
             request = assay_pb2.ListAssaysRequest(
-                model=model, workspace=workspace, page_token=token
+                model=model, workspace=workspace, pipeline=pipeline, page_token=token
             )
             response = self.assays.ListAssays(request)
             return response.assays, response.next_page_token

@@ -213,6 +213,8 @@ class AssayBaseline(_message.Message):
 
     RANGE_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def range(self) -> Global___AssayTimeRange:
         """The path's values logged in this time range."""
@@ -221,21 +223,100 @@ class AssayBaseline(_message.Message):
     def values(self) -> Global___AssayInlineValues:
         """The values themselves."""
 
+    @_builtins.property
+    def dataset(self) -> Global___AssayDatasetColumn:
+        """One numeric column of a dataset version's files (CSV or Parquet)."""
+
+    @_builtins.property
+    def artifact(self) -> Global___AssayArtifactColumn:
+        """One numeric column of a data artifact (CSV or Parquet) of a model version."""
+
     def __init__(
         self,
         *,
         range: Global___AssayTimeRange | None = ...,
         values: Global___AssayInlineValues | None = ...,
+        dataset: Global___AssayDatasetColumn | None = ...,
+        artifact: Global___AssayArtifactColumn | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range", "source", b"source", "values", b"values"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "dataset", b"dataset", "range", b"range", "source", b"source", "values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["range", b"range", "source", b"source", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "dataset", b"dataset", "range", b"range", "source", b"source", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["range", "values"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["range", "values", "dataset", "artifact"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___AssayBaseline: _TypeAlias = AssayBaseline  # noqa: Y015
+
+@_typing.final
+class AssayDatasetColumn(_message.Message):
+    """AssayDatasetColumn is a baseline read from a dataset version: every
+    finite value of one numeric column across the version's files. A dataset
+    the caller may not see answers NOT_FOUND exactly as a missing one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """The dataset's name."""
+    version: _builtins.int
+    """Its version; 0 means the latest (resolved, and kept, on CreateAssay)."""
+    column: _builtins.str
+    """The column (integer, floating point or boolean)."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        version: _builtins.int = ...,
+        column: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "dataset", b"dataset", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssayDatasetColumn: _TypeAlias = AssayDatasetColumn  # noqa: Y015
+
+@_typing.final
+class AssayArtifactColumn(_message.Message):
+    """AssayArtifactColumn is a baseline read from a model version's artifact
+    (a *.csv or *.parquet file attached to it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model."""
+    version: _builtins.int
+    """The model version."""
+    path: _builtins.str
+    """The artifact's path."""
+    column: _builtins.str
+    """The column (integer, floating point or boolean)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        path: _builtins.str = ...,
+        column: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "model", b"model", "path", b"path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssayArtifactColumn: _TypeAlias = AssayArtifactColumn  # noqa: Y015
 
 @_typing.final
 class AssayInlineValues(_message.Message):
@@ -372,7 +453,7 @@ Global___AssaySummarizer: _TypeAlias = AssaySummarizer  # noqa: Y015
 
 @_typing.final
 class Assay(_message.Message):
-    """Assay is one drift watch over a model's log."""
+    """Assay is one drift watch over a model's (or a pipeline's) log."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -388,6 +469,7 @@ class Assay(_message.Message):
     WORKSPACE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name (a resource name)."""
     model: _builtins.str
@@ -399,7 +481,14 @@ class Assay(_message.Message):
     webhook_url: _builtins.str
     """A URL that receives a JSON message (POST) when a scheduled window is ALERT."""
     workspace: _builtins.str
-    """The model's workspace. Output only."""
+    """The model's (or pipeline's) workspace. Output only."""
+    pipeline: _builtins.str
+    """The pipeline whose log is read, instead of a model (set exactly one of
+    model and pipeline). The gateway logs a call to a deployed pipeline under
+    the pipeline's name with the pipeline's own inputs and outputs (its
+    steps run inside Triton's ensemble and are not logged), so the path
+    names a pipeline input or output, and version a pipeline version.
+    """
     @_builtins.property
     def path(self) -> Global___AssayPath:
         """The number watched."""
@@ -439,10 +528,11 @@ class Assay(_message.Message):
         workspace: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        pipeline: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "create_time", b"create_time", "path", b"path", "summarizer", b"summarizer", "update_time", b"update_time", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "baseline", b"baseline", "create_time", b"create_time", "model", b"model", "name", b"name", "path", b"path", "summarizer", b"summarizer", "update_time", b"update_time", "version", b"version", "webhook_url", b"webhook_url", "window", b"window", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "baseline", b"baseline", "create_time", b"create_time", "model", b"model", "name", b"name", "path", b"path", "pipeline", b"pipeline", "summarizer", b"summarizer", "update_time", b"update_time", "version", b"version", "webhook_url", b"webhook_url", "window", b"window", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -504,14 +594,17 @@ class ListAssaysRequest(_message.Message):
     WORKSPACE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Only assays of this model (NOT_FOUND if the caller may not see it)."""
     workspace: _builtins.str
-    """Only assays of models of this workspace."""
+    """Only assays of models (and pipelines) of this workspace."""
     page_size: _builtins.int
     """Page size; 0 means the default."""
     page_token: _builtins.str
     """next_page_token of the previous page."""
+    pipeline: _builtins.str
+    """Only assays of this pipeline (NOT_FOUND if the caller may not see it)."""
     def __init__(
         self,
         *,
@@ -519,10 +612,11 @@ class ListAssaysRequest(_message.Message):
         workspace: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        pipeline: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "page_size", b"page_size", "page_token", b"page_token", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "page_size", b"page_size", "page_token", b"page_token", "pipeline", b"pipeline", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -571,7 +665,7 @@ class UpdateAssayRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Which fields to change: version, path, baseline, window, summarizer,
-        webhook_url (model and name cannot change).
+        webhook_url (name, model and pipeline cannot change).
         """
 
     def __init__(

@@ -126,10 +126,12 @@ class AssayServiceServicer:
     """
 
     def CreateAssay(self, request, context):
-        """CreateAssay checks the assay against the model's config (the tensor
-        exists, the index is within its shape, it is numeric) and its baseline
-        (values exist), and stores it. A model the caller may not see answers
-        NOT_FOUND exactly as a missing one.
+        """CreateAssay checks the assay against the model's config, or the
+        pipeline's inputs and outputs (the tensor exists, the index is within its
+        shape, it is numeric) and its baseline (values exist; a dataset or
+        artifact column exists and is numeric), and stores it. A model, pipeline
+        or dataset the caller may not see answers NOT_FOUND exactly as a missing
+        one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,8 +145,9 @@ class AssayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAssays(self, request, context):
-        """ListAssays pages through the assays of the models the caller may see,
-        by name, optionally of one model or one workspace.
+        """ListAssays pages through the assays of the models and pipelines the
+        caller may see, by name, optionally of one model, one pipeline or one
+        workspace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

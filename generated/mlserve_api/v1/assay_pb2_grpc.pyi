@@ -55,16 +55,19 @@ class AssayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AssayServiceAsyncStub: ...
     CreateAssay: _grpc.UnaryUnaryMultiCallable[_assay_pb2.CreateAssayRequest, _assay_pb2.Assay]
-    """CreateAssay checks the assay against the model's config (the tensor
-    exists, the index is within its shape, it is numeric) and its baseline
-    (values exist), and stores it. A model the caller may not see answers
-    NOT_FOUND exactly as a missing one.
+    """CreateAssay checks the assay against the model's config, or the
+    pipeline's inputs and outputs (the tensor exists, the index is within its
+    shape, it is numeric) and its baseline (values exist; a dataset or
+    artifact column exists and is numeric), and stores it. A model, pipeline
+    or dataset the caller may not see answers NOT_FOUND exactly as a missing
+    one.
     """
     GetAssay: _grpc.UnaryUnaryMultiCallable[_assay_pb2.GetAssayRequest, _assay_pb2.Assay]
     """GetAssay returns one assay by name."""
     ListAssays: _grpc.UnaryUnaryMultiCallable[_assay_pb2.ListAssaysRequest, _assay_pb2.ListAssaysResponse]
-    """ListAssays pages through the assays of the models the caller may see,
-    by name, optionally of one model or one workspace.
+    """ListAssays pages through the assays of the models and pipelines the
+    caller may see, by name, optionally of one model, one pipeline or one
+    workspace.
     """
     UpdateAssay: _grpc.UnaryUnaryMultiCallable[_assay_pb2.UpdateAssayRequest, _assay_pb2.Assay]
     """UpdateAssay changes the fields named in update_mask, checked as on
@@ -113,16 +116,19 @@ class AssayServiceAsyncStub(AssayServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAssay: _aio.UnaryUnaryMultiCallable[_assay_pb2.CreateAssayRequest, _assay_pb2.Assay]  # type: ignore[assignment]
-    """CreateAssay checks the assay against the model's config (the tensor
-    exists, the index is within its shape, it is numeric) and its baseline
-    (values exist), and stores it. A model the caller may not see answers
-    NOT_FOUND exactly as a missing one.
+    """CreateAssay checks the assay against the model's config, or the
+    pipeline's inputs and outputs (the tensor exists, the index is within its
+    shape, it is numeric) and its baseline (values exist; a dataset or
+    artifact column exists and is numeric), and stores it. A model, pipeline
+    or dataset the caller may not see answers NOT_FOUND exactly as a missing
+    one.
     """
     GetAssay: _aio.UnaryUnaryMultiCallable[_assay_pb2.GetAssayRequest, _assay_pb2.Assay]  # type: ignore[assignment]
     """GetAssay returns one assay by name."""
     ListAssays: _aio.UnaryUnaryMultiCallable[_assay_pb2.ListAssaysRequest, _assay_pb2.ListAssaysResponse]  # type: ignore[assignment]
-    """ListAssays pages through the assays of the models the caller may see,
-    by name, optionally of one model or one workspace.
+    """ListAssays pages through the assays of the models and pipelines the
+    caller may see, by name, optionally of one model, one pipeline or one
+    workspace.
     """
     UpdateAssay: _aio.UnaryUnaryMultiCallable[_assay_pb2.UpdateAssayRequest, _assay_pb2.Assay]  # type: ignore[assignment]
     """UpdateAssay changes the fields named in update_mask, checked as on
@@ -174,10 +180,12 @@ class AssayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _assay_pb2.CreateAssayRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_assay_pb2.Assay, _abc.Awaitable[_assay_pb2.Assay]]:
-        """CreateAssay checks the assay against the model's config (the tensor
-        exists, the index is within its shape, it is numeric) and its baseline
-        (values exist), and stores it. A model the caller may not see answers
-        NOT_FOUND exactly as a missing one.
+        """CreateAssay checks the assay against the model's config, or the
+        pipeline's inputs and outputs (the tensor exists, the index is within its
+        shape, it is numeric) and its baseline (values exist; a dataset or
+        artifact column exists and is numeric), and stores it. A model, pipeline
+        or dataset the caller may not see answers NOT_FOUND exactly as a missing
+        one.
         """
 
     @_abc_1.abstractmethod
@@ -194,8 +202,9 @@ class AssayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _assay_pb2.ListAssaysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_assay_pb2.ListAssaysResponse, _abc.Awaitable[_assay_pb2.ListAssaysResponse]]:
-        """ListAssays pages through the assays of the models the caller may see,
-        by name, optionally of one model or one workspace.
+        """ListAssays pages through the assays of the models and pipelines the
+        caller may see, by name, optionally of one model, one pipeline or one
+        workspace.
         """
 
     @_abc_1.abstractmethod

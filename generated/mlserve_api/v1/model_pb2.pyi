@@ -662,6 +662,7 @@ class ModelVersion(_message.Message):
     INFERENCE_FAILURES_FIELD_NUMBER: _builtins.int
     LAST_INFERENCE_TIME_FIELD_NUMBER: _builtins.int
     TRAINING_DATASET_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Name of the model this version belongs to."""
     version: _builtins.int
@@ -698,6 +699,12 @@ class ModelVersion(_message.Message):
         UploadHeader.training_dataset).
         """
 
+    @_builtins.property
+    def memory(self) -> Global___MemoryNeed:
+        """How much memory the version needs once loaded: estimated from its size,
+        then measured on its first load. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -713,14 +720,62 @@ class ModelVersion(_message.Message):
         inference_failures: _builtins.int = ...,
         last_inference_time: _timestamp_pb2.Timestamp | None = ...,
         training_dataset: Global___DatasetVersionRef | None = ...,
+        memory: Global___MemoryNeed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time", "training_dataset", b"training_dataset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_inference_time", b"last_inference_time", "memory", b"memory", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "files", b"files", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "last_inference_time", b"last_inference_time", "model", b"model", "sha256", b"sha256", "size_bytes", b"size_bytes", "training_dataset", b"training_dataset", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "files", b"files", "inference_count", b"inference_count", "inference_failures", b"inference_failures", "last_inference_time", b"last_inference_time", "memory", b"memory", "model", b"model", "sha256", b"sha256", "size_bytes", b"size_bytes", "training_dataset", b"training_dataset", "upload_id", b"upload_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class MemoryNeed(_message.Message):
+    """MemoryNeed is the memory a model version needs on a server once loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATED_BYTES_FIELD_NUMBER: _builtins.int
+    MEASURED_BYTES_FIELD_NUMBER: _builtins.int
+    MEASURED_ON_FIELD_NUMBER: _builtins.int
+    MEASUREMENT_FIELD_NUMBER: _builtins.int
+    MEASURE_TIME_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    estimated_bytes: _builtins.int
+    """size_bytes times its backend's factor (README, "Placement by memory")."""
+    measured_bytes: _builtins.int
+    """Measured after its first load; 0 until then."""
+    measured_on: _builtins.str
+    """The server it was measured on."""
+    measurement: _builtins.str
+    """How: "triton" (the memory usage Triton's model statistics report) or
+    "rss" (the growth of the Triton process tree's resident memory across
+    the load).
+    """
+    bytes: _builtins.int
+    """What placement counts: measured_bytes when measured, else estimated_bytes."""
+    @_builtins.property
+    def measure_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was measured."""
+
+    def __init__(
+        self,
+        *,
+        estimated_bytes: _builtins.int = ...,
+        measured_bytes: _builtins.int = ...,
+        measured_on: _builtins.str = ...,
+        measurement: _builtins.str = ...,
+        measure_time: _timestamp_pb2.Timestamp | None = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measure_time", b"measure_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "estimated_bytes", b"estimated_bytes", "measure_time", b"measure_time", "measured_bytes", b"measured_bytes", "measured_on", b"measured_on", "measurement", b"measurement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryNeed: _TypeAlias = MemoryNeed  # noqa: Y015
 
 @_typing.final
 class DatasetVersionRef(_message.Message):

@@ -121,6 +121,9 @@ class Server(_message.Message):
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     SHARES_REPOSITORY_FIELD_NUMBER: _builtins.int
     WORKSPACES_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    USED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    FREE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters."""
     address: _builtins.str
@@ -138,6 +141,15 @@ class Server(_message.Message):
     itself: versions are loaded by name ("shared" placement). False: the
     config and files are pushed in each load request ("push" placement), so
     the Triton needs no shared storage.
+    """
+    used_memory_bytes: _builtins.int
+    """Memory the model versions deployed here need, in bytes: each version's
+    measured need where one was measured, else its estimate. Output only.
+    """
+    free_memory_bytes: _builtins.int
+    """What placement may still put here: host_memory_bytes less the headroom
+    (mlserve serve --placement-headroom) less used_memory_bytes, never below
+    0; 0 when the capacity is not stated. Output only.
     """
     @_builtins.property
     def loaded_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoadedModel]:
@@ -164,6 +176,13 @@ class Server(_message.Message):
         workspace here, and a deployment that asks to is FAILED_PRECONDITION.
         """
 
+    @_builtins.property
+    def capacity(self) -> Global___Capacity:
+        """What the server has for models. Set at RegisterServer (the embedded
+        Triton's is read from the host) and with UpdateServer (mask "capacity").
+        Unset or zero host_memory_bytes: not stated, placement does not limit it.
+        """
+
     def __init__(
         self,
         *,
@@ -179,14 +198,47 @@ class Server(_message.Message):
         status_message: _builtins.str = ...,
         shares_repository: _builtins.bool = ...,
         workspaces: _abc.Iterable[_builtins.str] | None = ...,
+        capacity: Global___Capacity | None = ...,
+        used_memory_bytes: _builtins.int = ...,
+        free_memory_bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_health_time", b"last_health_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "create_time", b"create_time", "last_health_time", b"last_health_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "free_memory_bytes", b"free_memory_bytes", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message", "used_memory_bytes", b"used_memory_bytes", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Server: _TypeAlias = Server  # noqa: Y015
+
+@_typing.final
+class Capacity(_message.Message):
+    """Capacity is what one server has for models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_COUNT_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    HOST_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    gpu_count: _builtins.int
+    """Number of GPUs; 0 for a CPU-only server. At most 1024."""
+    gpu_memory_bytes: _builtins.int
+    """Memory of each GPU in bytes; 0 when gpu_count is 0. At most 16 TiB."""
+    host_memory_bytes: _builtins.int
+    """Host memory models may use, in bytes; 0 means not stated. At most 1 PiB."""
+    def __init__(
+        self,
+        *,
+        gpu_count: _builtins.int = ...,
+        gpu_memory_bytes: _builtins.int = ...,
+        host_memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_count", b"gpu_count", "gpu_memory_bytes", b"gpu_memory_bytes", "host_memory_bytes", b"host_memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Capacity: _TypeAlias = Capacity  # noqa: Y015
 
 @_typing.final
 class RegisterServerRequest(_message.Message):
@@ -303,7 +355,7 @@ class UpdateServerRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: address, description, labels, shares_repository,
-        workspaces.
+        workspaces, capacity.
         """
 
     def __init__(

@@ -92,7 +92,7 @@ class ServerServiceServicer:
 
     def UpdateServer(self, request, context):
         """UpdateServer changes the fields named in update_mask (address,
-        description, labels, shares_repository, workspaces). Restricting
+        description, labels, shares_repository, workspaces, capacity). Restricting
         workspaces is FAILED_PRECONDITION while the server holds a deployment of
         another workspace.
         """

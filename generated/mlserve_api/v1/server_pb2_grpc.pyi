@@ -45,7 +45,7 @@ class ServerServiceStub:
     """ListServers pages through servers in name order."""
     UpdateServer: _grpc.UnaryUnaryMultiCallable[_server_pb2.UpdateServerRequest, _server_pb2.Server]
     """UpdateServer changes the fields named in update_mask (address,
-    description, labels, shares_repository, workspaces). Restricting
+    description, labels, shares_repository, workspaces, capacity). Restricting
     workspaces is FAILED_PRECONDITION while the server holds a deployment of
     another workspace.
     """
@@ -70,7 +70,7 @@ class ServerServiceAsyncStub(ServerServiceStub):
     """ListServers pages through servers in name order."""
     UpdateServer: _aio.UnaryUnaryMultiCallable[_server_pb2.UpdateServerRequest, _server_pb2.Server]  # type: ignore[assignment]
     """UpdateServer changes the fields named in update_mask (address,
-    description, labels, shares_repository, workspaces). Restricting
+    description, labels, shares_repository, workspaces, capacity). Restricting
     workspaces is FAILED_PRECONDITION while the server holds a deployment of
     another workspace.
     """
@@ -116,7 +116,7 @@ class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_server_pb2.Server, _abc.Awaitable[_server_pb2.Server]]:
         """UpdateServer changes the fields named in update_mask (address,
-        description, labels, shares_repository, workspaces). Restricting
+        description, labels, shares_repository, workspaces, capacity). Restricting
         workspaces is FAILED_PRECONDITION while the server holds a deployment of
         another workspace.
         """

@@ -16,14 +16,17 @@ from mlserve_client.inference_logs import parse_span
 
 
 def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
-    assays = group(commands, "assays", "drift assays: a model's logged traffic against a baseline")
+    assays = group(
+        commands, "assays", "drift assays: a model's or pipeline's logged traffic vs a baseline"
+    )
     create = command(assays, "create", _create, "create an assay from a YAML spec", connection,
                      example="mlserve assays create drift.yaml")  # fmt: skip
     create.add_argument("spec", type=Path, help="YAML spec (see mlserve_client.assays)")
     listing = command(assays, "list", _list, "list assays", connection,
                       example="mlserve assays list --model add")  # fmt: skip
     listing.add_argument("--model", default="", help="only this model's")
-    listing.add_argument("--workspace", default="", help="only this workspace's models'")
+    listing.add_argument("--pipeline", default="", help="only this pipeline's")
+    listing.add_argument("--workspace", default="", help="only this workspace's")
     get = command(assays, "get", _get, "show one assay", connection,
                   example="mlserve assays get add-drift")  # fmt: skip
     get.add_argument("name")
@@ -48,16 +51,16 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
 
 def _create(client: Client, args: argparse.Namespace) -> int:
     assay = client.create_assay(args.spec)
-    print(f"assay {assay.name}: model {assay.model}, {_path(assay)}, active")
+    print(f"assay {assay.name}: {_owner(assay)}, {_path(assay)}, active")
     return 0
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
     print_table(
-        ("NAME", "MODEL", "PATH", "METRIC", "WINDOW S", "ACTIVE"),
+        ("NAME", "OF", "PATH", "METRIC", "WINDOW S", "ACTIVE"),
         (
-            (a.name, a.model, _path(a), _metric(a), str(a.window.width_seconds), str(a.active))
-            for a in client.list_assays(args.model, args.workspace)
+            (a.name, _owner(a), _path(a), _metric(a), str(a.window.width_seconds), str(a.active))
+            for a in client.list_assays(args.model, args.workspace, args.pipeline)
         ),
     )
     return 0
@@ -67,7 +70,8 @@ def _get(client: Client, args: argparse.Namespace) -> int:
     a = client.get_assay(args.name)
     s = a.summarizer
     warning = f"{s.warning_threshold:g}" if s.HasField("warning_threshold") else "-"
-    print(f"assay {a.name}  model {a.model}  version {a.version or 'any'}  path {_path(a)}\n"
+    print(f"assay {a.name}  {_owner(a)}  version {a.version or 'any'}  path {_path(a)}\n"
+          f"baseline {_baseline(a)}\n"
           f"window {a.window.width_seconds}s every {a.window.interval_seconds}s  "
           f"metric {_metric(a)}  bins {s.num_bins}  warning {warning}  "
           f"alert {s.alert_threshold:g}  active {a.active}")  # fmt: skip
@@ -110,6 +114,23 @@ def _print_results(results: Sequence[assay_pb2.AssayResult]) -> None:
             for r in results
         ),
     )
+
+
+def _owner(a: assay_pb2.Assay) -> str:
+    return f"pipeline {a.pipeline}" if a.pipeline else f"model {a.model}"
+
+
+def _baseline(a: assay_pb2.Assay) -> str:
+    b = a.baseline
+    source = b.WhichOneof("source")
+    if source == "range":
+        return f"log {b.range.start_time.ToJsonString()} to {b.range.end_time.ToJsonString()}"
+    if source == "dataset":
+        return f"dataset {b.dataset.dataset} version {b.dataset.version} column {b.dataset.column}"
+    if source == "artifact":
+        item = b.artifact
+        return f"artifact {item.path} of {item.model} version {item.version} column {item.column}"
+    return f"{len(b.values.values)} values"
 
 
 def _path(a: assay_pb2.Assay) -> str:

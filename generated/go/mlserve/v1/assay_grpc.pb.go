@@ -18,15 +18,18 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AssayServiceClient interface {
-	// CreateAssay checks the assay against the model's config (the tensor
-	// exists, the index is within its shape, it is numeric) and its baseline
-	// (values exist), and stores it. A model the caller may not see answers
-	// NOT_FOUND exactly as a missing one.
+	// CreateAssay checks the assay against the model's config, or the
+	// pipeline's inputs and outputs (the tensor exists, the index is within its
+	// shape, it is numeric) and its baseline (values exist; a dataset or
+	// artifact column exists and is numeric), and stores it. A model, pipeline
+	// or dataset the caller may not see answers NOT_FOUND exactly as a missing
+	// one.
 	CreateAssay(ctx context.Context, in *CreateAssayRequest, opts ...grpc.CallOption) (*Assay, error)
 	// GetAssay returns one assay by name.
 	GetAssay(ctx context.Context, in *GetAssayRequest, opts ...grpc.CallOption) (*Assay, error)
-	// ListAssays pages through the assays of the models the caller may see,
-	// by name, optionally of one model or one workspace.
+	// ListAssays pages through the assays of the models and pipelines the
+	// caller may see, by name, optionally of one model, one pipeline or one
+	// workspace.
 	ListAssays(ctx context.Context, in *ListAssaysRequest, opts ...grpc.CallOption) (*ListAssaysResponse, error)
 	// UpdateAssay changes the fields named in update_mask, checked as on
 	// CreateAssay.
@@ -139,15 +142,18 @@ func (c *assayServiceClient) ListAssayResults(ctx context.Context, in *ListAssay
 // All implementations must embed UnimplementedAssayServiceServer
 // for forward compatibility
 type AssayServiceServer interface {
-	// CreateAssay checks the assay against the model's config (the tensor
-	// exists, the index is within its shape, it is numeric) and its baseline
-	// (values exist), and stores it. A model the caller may not see answers
-	// NOT_FOUND exactly as a missing one.
+	// CreateAssay checks the assay against the model's config, or the
+	// pipeline's inputs and outputs (the tensor exists, the index is within its
+	// shape, it is numeric) and its baseline (values exist; a dataset or
+	// artifact column exists and is numeric), and stores it. A model, pipeline
+	// or dataset the caller may not see answers NOT_FOUND exactly as a missing
+	// one.
 	CreateAssay(context.Context, *CreateAssayRequest) (*Assay, error)
 	// GetAssay returns one assay by name.
 	GetAssay(context.Context, *GetAssayRequest) (*Assay, error)
-	// ListAssays pages through the assays of the models the caller may see,
-	// by name, optionally of one model or one workspace.
+	// ListAssays pages through the assays of the models and pipelines the
+	// caller may see, by name, optionally of one model, one pipeline or one
+	// workspace.
 	ListAssays(context.Context, *ListAssaysRequest) (*ListAssaysResponse, error)
 	// UpdateAssay changes the fields named in update_mask, checked as on
 	// CreateAssay.

@@ -27,7 +27,7 @@ type ServerServiceClient interface {
 	// ListServers pages through servers in name order.
 	ListServers(ctx context.Context, in *ListServersRequest, opts ...grpc.CallOption) (*ListServersResponse, error)
 	// UpdateServer changes the fields named in update_mask (address,
-	// description, labels, shares_repository, workspaces). Restricting
+	// description, labels, shares_repository, workspaces, capacity). Restricting
 	// workspaces is FAILED_PRECONDITION while the server holds a deployment of
 	// another workspace.
 	UpdateServer(ctx context.Context, in *UpdateServerRequest, opts ...grpc.CallOption) (*Server, error)
@@ -102,7 +102,7 @@ type ServerServiceServer interface {
 	// ListServers pages through servers in name order.
 	ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error)
 	// UpdateServer changes the fields named in update_mask (address,
-	// description, labels, shares_repository, workspaces). Restricting
+	// description, labels, shares_repository, workspaces, capacity). Restricting
 	// workspaces is FAILED_PRECONDITION while the server holds a deployment of
 	// another workspace.
 	UpdateServer(context.Context, *UpdateServerRequest) (*Server, error)

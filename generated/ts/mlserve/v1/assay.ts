@@ -274,7 +274,44 @@ export interface AssayBaseline {
     | AssayTimeRange
     | undefined;
   /** The values themselves. */
-  values?: AssayInlineValues | undefined;
+  values?:
+    | AssayInlineValues
+    | undefined;
+  /** One numeric column of a dataset version's files (CSV or Parquet). */
+  dataset?:
+    | AssayDatasetColumn
+    | undefined;
+  /** One numeric column of a data artifact (CSV or Parquet) of a model version. */
+  artifact?: AssayArtifactColumn | undefined;
+}
+
+/**
+ * AssayDatasetColumn is a baseline read from a dataset version: every
+ * finite value of one numeric column across the version's files. A dataset
+ * the caller may not see answers NOT_FOUND exactly as a missing one.
+ */
+export interface AssayDatasetColumn {
+  /** The dataset's name. */
+  dataset: string;
+  /** Its version; 0 means the latest (resolved, and kept, on CreateAssay). */
+  version: string;
+  /** The column (integer, floating point or boolean). */
+  column: string;
+}
+
+/**
+ * AssayArtifactColumn is a baseline read from a model version's artifact
+ * (a *.csv or *.parquet file attached to it).
+ */
+export interface AssayArtifactColumn {
+  /** The model. */
+  model: string;
+  /** The model version. */
+  version: string;
+  /** The artifact's path. */
+  path: string;
+  /** The column (integer, floating point or boolean). */
+  column: string;
 }
 
 /** AssayInlineValues is a baseline given as numbers. */
@@ -326,7 +363,7 @@ export interface AssaySummarizer {
   alertThreshold?: number | undefined;
 }
 
-/** Assay is one drift watch over a model's log. */
+/** Assay is one drift watch over a model's (or a pipeline's) log. */
 export interface Assay {
   /** Unique name (a resource name). */
   name: string;
@@ -354,14 +391,24 @@ export interface Assay {
   active: boolean;
   /** A URL that receives a JSON message (POST) when a scheduled window is ALERT. */
   webhookUrl: string;
-  /** The model's workspace. Output only. */
+  /** The model's (or pipeline's) workspace. Output only. */
   workspace: string;
   /** When it was created. Output only. */
   createTime?:
     | Date
     | undefined;
   /** When it was last changed. Output only. */
-  updateTime?: Date | undefined;
+  updateTime?:
+    | Date
+    | undefined;
+  /**
+   * The pipeline whose log is read, instead of a model (set exactly one of
+   * model and pipeline). The gateway logs a call to a deployed pipeline under
+   * the pipeline's name with the pipeline's own inputs and outputs (its
+   * steps run inside Triton's ensemble and are not logged), so the path
+   * names a pipeline input or output, and version a pipeline version.
+   */
+  pipeline: string;
 }
 
 /** CreateAssayRequest is the assay to create. */
@@ -380,12 +427,14 @@ export interface GetAssayRequest {
 export interface ListAssaysRequest {
   /** Only assays of this model (NOT_FOUND if the caller may not see it). */
   model: string;
-  /** Only assays of models of this workspace. */
+  /** Only assays of models (and pipelines) of this workspace. */
   workspace: string;
   /** Page size; 0 means the default. */
   pageSize: number;
   /** next_page_token of the previous page. */
   pageToken: string;
+  /** Only assays of this pipeline (NOT_FOUND if the caller may not see it). */
+  pipeline: string;
 }
 
 /** ListAssaysResponse is one page of assays. */
@@ -404,7 +453,7 @@ export interface UpdateAssayRequest {
     | undefined;
   /**
    * Which fields to change: version, path, baseline, window, summarizer,
-   * webhook_url (model and name cannot change).
+   * webhook_url (name, model and pipeline cannot change).
    */
   updateMask?: string[] | undefined;
 }
@@ -726,7 +775,7 @@ export const AssayTimeRange: MessageFns<AssayTimeRange> = {
 };
 
 function createBaseAssayBaseline(): AssayBaseline {
-  return { range: undefined, values: undefined };
+  return { range: undefined, values: undefined, dataset: undefined, artifact: undefined };
 }
 
 export const AssayBaseline: MessageFns<AssayBaseline> = {
@@ -736,6 +785,12 @@ export const AssayBaseline: MessageFns<AssayBaseline> = {
     }
     if (message.values !== undefined) {
       AssayInlineValues.encode(message.values, writer.uint32(18).fork()).join();
+    }
+    if (message.dataset !== undefined) {
+      AssayDatasetColumn.encode(message.dataset, writer.uint32(26).fork()).join();
+    }
+    if (message.artifact !== undefined) {
+      AssayArtifactColumn.encode(message.artifact, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -769,6 +824,22 @@ export const AssayBaseline: MessageFns<AssayBaseline> = {
             message.values = AssayInlineValues.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.dataset = AssayDatasetColumn.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.artifact = AssayArtifactColumn.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -785,6 +856,8 @@ export const AssayBaseline: MessageFns<AssayBaseline> = {
     return {
       range: isSet(object.range) ? AssayTimeRange.fromJSON(object.range) : undefined,
       values: isSet(object.values) ? AssayInlineValues.fromJSON(object.values) : undefined,
+      dataset: isSet(object.dataset) ? AssayDatasetColumn.fromJSON(object.dataset) : undefined,
+      artifact: isSet(object.artifact) ? AssayArtifactColumn.fromJSON(object.artifact) : undefined,
     };
   },
 
@@ -795,6 +868,12 @@ export const AssayBaseline: MessageFns<AssayBaseline> = {
     }
     if (message.values !== undefined) {
       obj.values = AssayInlineValues.toJSON(message.values);
+    }
+    if (message.dataset !== undefined) {
+      obj.dataset = AssayDatasetColumn.toJSON(message.dataset);
+    }
+    if (message.artifact !== undefined) {
+      obj.artifact = AssayArtifactColumn.toJSON(message.artifact);
     }
     return obj;
   },
@@ -810,6 +889,230 @@ export const AssayBaseline: MessageFns<AssayBaseline> = {
     message.values = (object.values !== undefined && object.values !== null)
       ? AssayInlineValues.fromPartial(object.values)
       : undefined;
+    message.dataset = (object.dataset !== undefined && object.dataset !== null)
+      ? AssayDatasetColumn.fromPartial(object.dataset)
+      : undefined;
+    message.artifact = (object.artifact !== undefined && object.artifact !== null)
+      ? AssayArtifactColumn.fromPartial(object.artifact)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAssayDatasetColumn(): AssayDatasetColumn {
+  return { dataset: "", version: "0", column: "" };
+}
+
+export const AssayDatasetColumn: MessageFns<AssayDatasetColumn> = {
+  encode(message: AssayDatasetColumn, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.dataset !== "") {
+      writer.uint32(10).string(message.dataset);
+    }
+    if (message.version !== "0") {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.column !== "") {
+      writer.uint32(26).string(message.column);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AssayDatasetColumn {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAssayDatasetColumn();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.dataset = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.column = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AssayDatasetColumn {
+    return {
+      dataset: isSet(object.dataset) ? globalThis.String(object.dataset) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "0",
+      column: isSet(object.column) ? globalThis.String(object.column) : "",
+    };
+  },
+
+  toJSON(message: AssayDatasetColumn): unknown {
+    const obj: any = {};
+    if (message.dataset !== "") {
+      obj.dataset = message.dataset;
+    }
+    if (message.version !== "0") {
+      obj.version = message.version;
+    }
+    if (message.column !== "") {
+      obj.column = message.column;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AssayDatasetColumn>, I>>(base?: I): AssayDatasetColumn {
+    return AssayDatasetColumn.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AssayDatasetColumn>, I>>(object: I): AssayDatasetColumn {
+    const message = createBaseAssayDatasetColumn();
+    message.dataset = object.dataset ?? "";
+    message.version = object.version ?? "0";
+    message.column = object.column ?? "";
+    return message;
+  },
+};
+
+function createBaseAssayArtifactColumn(): AssayArtifactColumn {
+  return { model: "", version: "0", path: "", column: "" };
+}
+
+export const AssayArtifactColumn: MessageFns<AssayArtifactColumn> = {
+  encode(message: AssayArtifactColumn, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.version !== "0") {
+      writer.uint32(16).int64(message.version);
+    }
+    if (message.path !== "") {
+      writer.uint32(26).string(message.path);
+    }
+    if (message.column !== "") {
+      writer.uint32(34).string(message.column);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AssayArtifactColumn {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAssayArtifactColumn();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.column = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AssayArtifactColumn {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "0",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      column: isSet(object.column) ? globalThis.String(object.column) : "",
+    };
+  },
+
+  toJSON(message: AssayArtifactColumn): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== "0") {
+      obj.version = message.version;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.column !== "") {
+      obj.column = message.column;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AssayArtifactColumn>, I>>(base?: I): AssayArtifactColumn {
+    return AssayArtifactColumn.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AssayArtifactColumn>, I>>(object: I): AssayArtifactColumn {
+    const message = createBaseAssayArtifactColumn();
+    message.model = object.model ?? "";
+    message.version = object.version ?? "0";
+    message.path = object.path ?? "";
+    message.column = object.column ?? "";
     return message;
   },
 };
@@ -1307,6 +1610,7 @@ function createBaseAssay(): Assay {
     workspace: "",
     createTime: undefined,
     updateTime: undefined,
+    pipeline: "",
   };
 }
 
@@ -1347,6 +1651,9 @@ export const Assay: MessageFns<Assay> = {
     }
     if (message.updateTime !== undefined) {
       Timestamp.encode(toTimestamp(message.updateTime), writer.uint32(98).fork()).join();
+    }
+    if (message.pipeline !== "") {
+      writer.uint32(106).string(message.pipeline);
     }
     return writer;
   },
@@ -1460,6 +1767,14 @@ export const Assay: MessageFns<Assay> = {
             message.updateTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.pipeline = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1498,6 +1813,7 @@ export const Assay: MessageFns<Assay> = {
         : isSet(object.update_time)
         ? fromJsonTimestamp(object.update_time)
         : undefined,
+      pipeline: isSet(object.pipeline) ? globalThis.String(object.pipeline) : "",
     };
   },
 
@@ -1539,6 +1855,9 @@ export const Assay: MessageFns<Assay> = {
     if (message.updateTime !== undefined) {
       obj.updateTime = message.updateTime.toISOString();
     }
+    if (message.pipeline !== "") {
+      obj.pipeline = message.pipeline;
+    }
     return obj;
   },
 
@@ -1565,6 +1884,7 @@ export const Assay: MessageFns<Assay> = {
     message.workspace = object.workspace ?? "";
     message.createTime = object.createTime ?? undefined;
     message.updateTime = object.updateTime ?? undefined;
+    message.pipeline = object.pipeline ?? "";
     return message;
   },
 };
@@ -1704,7 +2024,7 @@ export const GetAssayRequest: MessageFns<GetAssayRequest> = {
 };
 
 function createBaseListAssaysRequest(): ListAssaysRequest {
-  return { model: "", workspace: "", pageSize: 0, pageToken: "" };
+  return { model: "", workspace: "", pageSize: 0, pageToken: "", pipeline: "" };
 }
 
 export const ListAssaysRequest: MessageFns<ListAssaysRequest> = {
@@ -1720,6 +2040,9 @@ export const ListAssaysRequest: MessageFns<ListAssaysRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(34).string(message.pageToken);
+    }
+    if (message.pipeline !== "") {
+      writer.uint32(42).string(message.pipeline);
     }
     return writer;
   },
@@ -1769,6 +2092,14 @@ export const ListAssaysRequest: MessageFns<ListAssaysRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.pipeline = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1795,6 +2126,7 @@ export const ListAssaysRequest: MessageFns<ListAssaysRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      pipeline: isSet(object.pipeline) ? globalThis.String(object.pipeline) : "",
     };
   },
 
@@ -1812,6 +2144,9 @@ export const ListAssaysRequest: MessageFns<ListAssaysRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.pipeline !== "") {
+      obj.pipeline = message.pipeline;
+    }
     return obj;
   },
 
@@ -1824,6 +2159,7 @@ export const ListAssaysRequest: MessageFns<ListAssaysRequest> = {
     message.workspace = object.workspace ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.pipeline = object.pipeline ?? "";
     return message;
   },
 };
@@ -3239,10 +3575,12 @@ export const ListAssayResultsResponse: MessageFns<ListAssayResultsResponse> = {
 export type AssayServiceService = typeof AssayServiceService;
 export const AssayServiceService = {
   /**
-   * CreateAssay checks the assay against the model's config (the tensor
-   * exists, the index is within its shape, it is numeric) and its baseline
-   * (values exist), and stores it. A model the caller may not see answers
-   * NOT_FOUND exactly as a missing one.
+   * CreateAssay checks the assay against the model's config, or the
+   * pipeline's inputs and outputs (the tensor exists, the index is within its
+   * shape, it is numeric) and its baseline (values exist; a dataset or
+   * artifact column exists and is numeric), and stores it. A model, pipeline
+   * or dataset the caller may not see answers NOT_FOUND exactly as a missing
+   * one.
    */
   createAssay: {
     path: "/mlserve.v1.AssayService/CreateAssay" as const,
@@ -3264,8 +3602,9 @@ export const AssayServiceService = {
     responseDeserialize: (value: Buffer): Assay => Assay.decode(value),
   },
   /**
-   * ListAssays pages through the assays of the models the caller may see,
-   * by name, optionally of one model or one workspace.
+   * ListAssays pages through the assays of the models and pipelines the
+   * caller may see, by name, optionally of one model, one pipeline or one
+   * workspace.
    */
   listAssays: {
     path: "/mlserve.v1.AssayService/ListAssays" as const,
@@ -3357,17 +3696,20 @@ export const AssayServiceService = {
 
 export interface AssayServiceServer extends UntypedServiceImplementation {
   /**
-   * CreateAssay checks the assay against the model's config (the tensor
-   * exists, the index is within its shape, it is numeric) and its baseline
-   * (values exist), and stores it. A model the caller may not see answers
-   * NOT_FOUND exactly as a missing one.
+   * CreateAssay checks the assay against the model's config, or the
+   * pipeline's inputs and outputs (the tensor exists, the index is within its
+   * shape, it is numeric) and its baseline (values exist; a dataset or
+   * artifact column exists and is numeric), and stores it. A model, pipeline
+   * or dataset the caller may not see answers NOT_FOUND exactly as a missing
+   * one.
    */
   createAssay: handleUnaryCall<CreateAssayRequest, Assay>;
   /** GetAssay returns one assay by name. */
   getAssay: handleUnaryCall<GetAssayRequest, Assay>;
   /**
-   * ListAssays pages through the assays of the models the caller may see,
-   * by name, optionally of one model or one workspace.
+   * ListAssays pages through the assays of the models and pipelines the
+   * caller may see, by name, optionally of one model, one pipeline or one
+   * workspace.
    */
   listAssays: handleUnaryCall<ListAssaysRequest, ListAssaysResponse>;
   /**
@@ -3398,10 +3740,12 @@ export interface AssayServiceServer extends UntypedServiceImplementation {
 
 export interface AssayServiceClient extends Client {
   /**
-   * CreateAssay checks the assay against the model's config (the tensor
-   * exists, the index is within its shape, it is numeric) and its baseline
-   * (values exist), and stores it. A model the caller may not see answers
-   * NOT_FOUND exactly as a missing one.
+   * CreateAssay checks the assay against the model's config, or the
+   * pipeline's inputs and outputs (the tensor exists, the index is within its
+   * shape, it is numeric) and its baseline (values exist; a dataset or
+   * artifact column exists and is numeric), and stores it. A model, pipeline
+   * or dataset the caller may not see answers NOT_FOUND exactly as a missing
+   * one.
    */
   createAssay(
     request: CreateAssayRequest,
@@ -3432,8 +3776,9 @@ export interface AssayServiceClient extends Client {
     callback: (error: ServiceError | null, response: Assay) => void,
   ): ClientUnaryCall;
   /**
-   * ListAssays pages through the assays of the models the caller may see,
-   * by name, optionally of one model or one workspace.
+   * ListAssays pages through the assays of the models and pipelines the
+   * caller may see, by name, optionally of one model, one pipeline or one
+   * workspace.
    */
   listAssays(
     request: ListAssaysRequest,

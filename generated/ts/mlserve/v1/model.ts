@@ -531,7 +531,36 @@ export interface ModelVersion {
    * The dataset version it was trained on, unset when none was named (see
    * UploadHeader.training_dataset).
    */
-  trainingDataset?: DatasetVersionRef | undefined;
+  trainingDataset?:
+    | DatasetVersionRef
+    | undefined;
+  /**
+   * How much memory the version needs once loaded: estimated from its size,
+   * then measured on its first load. Output only.
+   */
+  memory?: MemoryNeed | undefined;
+}
+
+/** MemoryNeed is the memory a model version needs on a server once loaded. */
+export interface MemoryNeed {
+  /** size_bytes times its backend's factor (README, "Placement by memory"). */
+  estimatedBytes: string;
+  /** Measured after its first load; 0 until then. */
+  measuredBytes: string;
+  /** The server it was measured on. */
+  measuredOn: string;
+  /**
+   * How: "triton" (the memory usage Triton's model statistics report) or
+   * "rss" (the growth of the Triton process tree's resident memory across
+   * the load).
+   */
+  measurement: string;
+  /** When it was measured. */
+  measureTime?:
+    | Date
+    | undefined;
+  /** What placement counts: measured_bytes when measured, else estimated_bytes. */
+  bytes: string;
 }
 
 /** DatasetVersionRef names one version of a dataset (DatasetService). */
@@ -2490,6 +2519,7 @@ function createBaseModelVersion(): ModelVersion {
     inferenceFailures: "0",
     lastInferenceTime: undefined,
     trainingDataset: undefined,
+    memory: undefined,
   };
 }
 
@@ -2530,6 +2560,9 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     }
     if (message.trainingDataset !== undefined) {
       DatasetVersionRef.encode(message.trainingDataset, writer.uint32(98).fork()).join();
+    }
+    if (message.memory !== undefined) {
+      MemoryNeed.encode(message.memory, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -2643,6 +2676,14 @@ export const ModelVersion: MessageFns<ModelVersion> = {
             message.trainingDataset = DatasetVersionRef.decode(reader, reader.uint32());
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.memory = MemoryNeed.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2697,6 +2738,7 @@ export const ModelVersion: MessageFns<ModelVersion> = {
         : isSet(object.training_dataset)
         ? DatasetVersionRef.fromJSON(object.training_dataset)
         : undefined,
+      memory: isSet(object.memory) ? MemoryNeed.fromJSON(object.memory) : undefined,
     };
   },
 
@@ -2738,6 +2780,9 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     if (message.trainingDataset !== undefined) {
       obj.trainingDataset = DatasetVersionRef.toJSON(message.trainingDataset);
     }
+    if (message.memory !== undefined) {
+      obj.memory = MemoryNeed.toJSON(message.memory);
+    }
     return obj;
   },
 
@@ -2760,6 +2805,181 @@ export const ModelVersion: MessageFns<ModelVersion> = {
     message.trainingDataset = (object.trainingDataset !== undefined && object.trainingDataset !== null)
       ? DatasetVersionRef.fromPartial(object.trainingDataset)
       : undefined;
+    message.memory = (object.memory !== undefined && object.memory !== null)
+      ? MemoryNeed.fromPartial(object.memory)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseMemoryNeed(): MemoryNeed {
+  return {
+    estimatedBytes: "0",
+    measuredBytes: "0",
+    measuredOn: "",
+    measurement: "",
+    measureTime: undefined,
+    bytes: "0",
+  };
+}
+
+export const MemoryNeed: MessageFns<MemoryNeed> = {
+  encode(message: MemoryNeed, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.estimatedBytes !== "0") {
+      writer.uint32(8).int64(message.estimatedBytes);
+    }
+    if (message.measuredBytes !== "0") {
+      writer.uint32(16).int64(message.measuredBytes);
+    }
+    if (message.measuredOn !== "") {
+      writer.uint32(26).string(message.measuredOn);
+    }
+    if (message.measurement !== "") {
+      writer.uint32(34).string(message.measurement);
+    }
+    if (message.measureTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.measureTime), writer.uint32(42).fork()).join();
+    }
+    if (message.bytes !== "0") {
+      writer.uint32(48).int64(message.bytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemoryNeed {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemoryNeed();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.estimatedBytes = reader.int64().toString();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.measuredBytes = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.measuredOn = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.measurement = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.measureTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytes = reader.int64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemoryNeed {
+    return {
+      estimatedBytes: isSet(object.estimatedBytes)
+        ? globalThis.String(object.estimatedBytes)
+        : isSet(object.estimated_bytes)
+        ? globalThis.String(object.estimated_bytes)
+        : "0",
+      measuredBytes: isSet(object.measuredBytes)
+        ? globalThis.String(object.measuredBytes)
+        : isSet(object.measured_bytes)
+        ? globalThis.String(object.measured_bytes)
+        : "0",
+      measuredOn: isSet(object.measuredOn)
+        ? globalThis.String(object.measuredOn)
+        : isSet(object.measured_on)
+        ? globalThis.String(object.measured_on)
+        : "",
+      measurement: isSet(object.measurement) ? globalThis.String(object.measurement) : "",
+      measureTime: isSet(object.measureTime)
+        ? fromJsonTimestamp(object.measureTime)
+        : isSet(object.measure_time)
+        ? fromJsonTimestamp(object.measure_time)
+        : undefined,
+      bytes: isSet(object.bytes) ? globalThis.String(object.bytes) : "0",
+    };
+  },
+
+  toJSON(message: MemoryNeed): unknown {
+    const obj: any = {};
+    if (message.estimatedBytes !== "0") {
+      obj.estimatedBytes = message.estimatedBytes;
+    }
+    if (message.measuredBytes !== "0") {
+      obj.measuredBytes = message.measuredBytes;
+    }
+    if (message.measuredOn !== "") {
+      obj.measuredOn = message.measuredOn;
+    }
+    if (message.measurement !== "") {
+      obj.measurement = message.measurement;
+    }
+    if (message.measureTime !== undefined) {
+      obj.measureTime = message.measureTime.toISOString();
+    }
+    if (message.bytes !== "0") {
+      obj.bytes = message.bytes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MemoryNeed>, I>>(base?: I): MemoryNeed {
+    return MemoryNeed.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MemoryNeed>, I>>(object: I): MemoryNeed {
+    const message = createBaseMemoryNeed();
+    message.estimatedBytes = object.estimatedBytes ?? "0";
+    message.measuredBytes = object.measuredBytes ?? "0";
+    message.measuredOn = object.measuredOn ?? "";
+    message.measurement = object.measurement ?? "";
+    message.measureTime = object.measureTime ?? undefined;
+    message.bytes = object.bytes ?? "0";
     return message;
   },
 };

@@ -129,11 +129,40 @@ export interface Server {
    * workspace here, and a deployment that asks to is FAILED_PRECONDITION.
    */
   workspaces: string[];
+  /**
+   * What the server has for models. Set at RegisterServer (the embedded
+   * Triton's is read from the host) and with UpdateServer (mask "capacity").
+   * Unset or zero host_memory_bytes: not stated, placement does not limit it.
+   */
+  capacity?:
+    | Capacity
+    | undefined;
+  /**
+   * Memory the model versions deployed here need, in bytes: each version's
+   * measured need where one was measured, else its estimate. Output only.
+   */
+  usedMemoryBytes: string;
+  /**
+   * What placement may still put here: host_memory_bytes less the headroom
+   * (mlserve serve --placement-headroom) less used_memory_bytes, never below
+   * 0; 0 when the capacity is not stated. Output only.
+   */
+  freeMemoryBytes: string;
 }
 
 export interface Server_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** Capacity is what one server has for models. */
+export interface Capacity {
+  /** Number of GPUs; 0 for a CPU-only server. At most 1024. */
+  gpuCount: number;
+  /** Memory of each GPU in bytes; 0 when gpu_count is 0. At most 16 TiB. */
+  gpuMemoryBytes: string;
+  /** Host memory models may use, in bytes; 0 means not stated. At most 1 PiB. */
+  hostMemoryBytes: string;
 }
 
 /** RegisterServerRequest carries the server to register. */
@@ -172,7 +201,7 @@ export interface UpdateServerRequest {
     | undefined;
   /**
    * Fields to change: address, description, labels, shares_repository,
-   * workspaces.
+   * workspaces, capacity.
    */
   updateMask?: string[] | undefined;
 }
@@ -314,6 +343,9 @@ function createBaseServer(): Server {
     statusMessage: "",
     sharesRepository: false,
     workspaces: [],
+    capacity: undefined,
+    usedMemoryBytes: "0",
+    freeMemoryBytes: "0",
   };
 }
 
@@ -354,6 +386,15 @@ export const Server: MessageFns<Server> = {
     }
     for (const v of message.workspaces) {
       writer.uint32(98).string(v!);
+    }
+    if (message.capacity !== undefined) {
+      Capacity.encode(message.capacity, writer.uint32(106).fork()).join();
+    }
+    if (message.usedMemoryBytes !== "0") {
+      writer.uint32(112).int64(message.usedMemoryBytes);
+    }
+    if (message.freeMemoryBytes !== "0") {
+      writer.uint32(120).int64(message.freeMemoryBytes);
     }
     return writer;
   },
@@ -470,6 +511,30 @@ export const Server: MessageFns<Server> = {
             message.workspaces.push(reader.string());
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.capacity = Capacity.decode(reader, reader.uint32());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.usedMemoryBytes = reader.int64().toString();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.freeMemoryBytes = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -531,6 +596,17 @@ export const Server: MessageFns<Server> = {
       workspaces: globalThis.Array.isArray(object?.workspaces)
         ? object.workspaces.map((e: any) => globalThis.String(e))
         : [],
+      capacity: isSet(object.capacity) ? Capacity.fromJSON(object.capacity) : undefined,
+      usedMemoryBytes: isSet(object.usedMemoryBytes)
+        ? globalThis.String(object.usedMemoryBytes)
+        : isSet(object.used_memory_bytes)
+        ? globalThis.String(object.used_memory_bytes)
+        : "0",
+      freeMemoryBytes: isSet(object.freeMemoryBytes)
+        ? globalThis.String(object.freeMemoryBytes)
+        : isSet(object.free_memory_bytes)
+        ? globalThis.String(object.free_memory_bytes)
+        : "0",
     };
   },
 
@@ -578,6 +654,15 @@ export const Server: MessageFns<Server> = {
     if (message.workspaces?.length) {
       obj.workspaces = message.workspaces;
     }
+    if (message.capacity !== undefined) {
+      obj.capacity = Capacity.toJSON(message.capacity);
+    }
+    if (message.usedMemoryBytes !== "0") {
+      obj.usedMemoryBytes = message.usedMemoryBytes;
+    }
+    if (message.freeMemoryBytes !== "0") {
+      obj.freeMemoryBytes = message.freeMemoryBytes;
+    }
     return obj;
   },
 
@@ -606,6 +691,11 @@ export const Server: MessageFns<Server> = {
     message.statusMessage = object.statusMessage ?? "";
     message.sharesRepository = object.sharesRepository ?? false;
     message.workspaces = object.workspaces?.map((e) => e) || [];
+    message.capacity = (object.capacity !== undefined && object.capacity !== null)
+      ? Capacity.fromPartial(object.capacity)
+      : undefined;
+    message.usedMemoryBytes = object.usedMemoryBytes ?? "0";
+    message.freeMemoryBytes = object.freeMemoryBytes ?? "0";
     return message;
   },
 };
@@ -691,6 +781,119 @@ export const Server_LabelsEntry: MessageFns<Server_LabelsEntry> = {
     const message = createBaseServer_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseCapacity(): Capacity {
+  return { gpuCount: 0, gpuMemoryBytes: "0", hostMemoryBytes: "0" };
+}
+
+export const Capacity: MessageFns<Capacity> = {
+  encode(message: Capacity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.gpuCount !== 0) {
+      writer.uint32(8).int32(message.gpuCount);
+    }
+    if (message.gpuMemoryBytes !== "0") {
+      writer.uint32(16).int64(message.gpuMemoryBytes);
+    }
+    if (message.hostMemoryBytes !== "0") {
+      writer.uint32(24).int64(message.hostMemoryBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Capacity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCapacity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.gpuCount = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.gpuMemoryBytes = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hostMemoryBytes = reader.int64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Capacity {
+    return {
+      gpuCount: isSet(object.gpuCount)
+        ? globalThis.Number(object.gpuCount)
+        : isSet(object.gpu_count)
+        ? globalThis.Number(object.gpu_count)
+        : 0,
+      gpuMemoryBytes: isSet(object.gpuMemoryBytes)
+        ? globalThis.String(object.gpuMemoryBytes)
+        : isSet(object.gpu_memory_bytes)
+        ? globalThis.String(object.gpu_memory_bytes)
+        : "0",
+      hostMemoryBytes: isSet(object.hostMemoryBytes)
+        ? globalThis.String(object.hostMemoryBytes)
+        : isSet(object.host_memory_bytes)
+        ? globalThis.String(object.host_memory_bytes)
+        : "0",
+    };
+  },
+
+  toJSON(message: Capacity): unknown {
+    const obj: any = {};
+    if (message.gpuCount !== 0) {
+      obj.gpuCount = Math.round(message.gpuCount);
+    }
+    if (message.gpuMemoryBytes !== "0") {
+      obj.gpuMemoryBytes = message.gpuMemoryBytes;
+    }
+    if (message.hostMemoryBytes !== "0") {
+      obj.hostMemoryBytes = message.hostMemoryBytes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Capacity>, I>>(base?: I): Capacity {
+    return Capacity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Capacity>, I>>(object: I): Capacity {
+    const message = createBaseCapacity();
+    message.gpuCount = object.gpuCount ?? 0;
+    message.gpuMemoryBytes = object.gpuMemoryBytes ?? "0";
+    message.hostMemoryBytes = object.hostMemoryBytes ?? "0";
     return message;
   },
 };
@@ -1211,7 +1414,7 @@ export const ServerServiceService = {
   },
   /**
    * UpdateServer changes the fields named in update_mask (address,
-   * description, labels, shares_repository, workspaces). Restricting
+   * description, labels, shares_repository, workspaces, capacity). Restricting
    * workspaces is FAILED_PRECONDITION while the server holds a deployment of
    * another workspace.
    */
@@ -1252,7 +1455,7 @@ export interface ServerServiceServer extends UntypedServiceImplementation {
   listServers: handleUnaryCall<ListServersRequest, ListServersResponse>;
   /**
    * UpdateServer changes the fields named in update_mask (address,
-   * description, labels, shares_repository, workspaces). Restricting
+   * description, labels, shares_repository, workspaces, capacity). Restricting
    * workspaces is FAILED_PRECONDITION while the server holds a deployment of
    * another workspace.
    */
@@ -1319,7 +1522,7 @@ export interface ServerServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * UpdateServer changes the fields named in update_mask (address,
-   * description, labels, shares_repository, workspaces). Restricting
+   * description, labels, shares_repository, workspaces, capacity). Restricting
    * workspaces is FAILED_PRECONDITION while the server holds a deployment of
    * another workspace.
    */
