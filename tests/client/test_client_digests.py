@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import grpc
 import pytest
 
 from mlserve_client import Client
@@ -16,6 +17,10 @@ from tests.support.checks import delete_model_quietly, sha
 from tests.support.mlserve import MLServeProcess, Stubs
 
 MiB = 1024 * 1024
+
+
+class Stopped(Exception):
+    """Raised from the progress callback: the user stops the upload."""
 
 
 def test_an_unchanged_file_is_not_sent_again(
@@ -59,3 +64,42 @@ def test_the_cache_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert DigestCache.default().get("1:2:3:4:5") == "a" * 64
     (tmp_path / "d.json").write_text("not json")
     assert DigestCache.default().get("1:2:3:4:5") == ""  # unreadable: ignored
+
+
+@pytest.mark.parametrize("first_declares", [True, False], ids=["declared-first", "late-first"])
+def test_a_resume_sends_the_header_the_upload_began_with(
+    mlserve: MLServeProcess,
+    stubs: Stubs,
+    tmp_path: Path,
+    model_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    first_declares: bool,
+) -> None:
+    """Begun with digests up front and resumed hashing while sending, or the other
+    way round: the client adopts what the upload declared, so the resume is not
+    refused as another file set."""
+    monkeypatch.setenv(ENV, "off")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = os.urandom(2 * MiB + 3)
+    (folder / "model.py").write_text("# resumed\n")
+    (folder / "weights.bin").write_bytes(weights)
+    upload_id = f"{model_name}-u"
+
+    def stop_after_the_first_chunk(done: int, total: int) -> None:
+        if done > 0:
+            raise Stopped
+
+    with Client(mlserve.address, mlserve.key) as client:
+        with pytest.raises(grpc.RpcError):  # the call is cancelled mid-stream
+            client.upload(
+                folder, model_name, upload_id=upload_id, prehash=first_declares,
+                chunk_size=MiB, progress=stop_after_the_first_chunk,
+            )  # fmt: skip
+        begun = client.find_upload(upload_id)
+        assert begun is not None
+        declared = {f.path: f.sha256 for f in begun.files}
+        assert (declared["weights.bin"] == sha(weights)) is first_declares
+        version = client.upload(folder, model_name, upload_id=upload_id, prehash=not first_declares)
+    assert {f.path: f.sha256 for f in version.files}["weights.bin"] == sha(weights)
+    delete_model_quietly(stubs, model_name)

@@ -59,6 +59,7 @@ from mlserve_client.upload import (
     DEFAULT_CHUNK_SIZE,
     Progress,
     artifact_requests,
+    as_declared,
     missing_chunks,
     received_offsets,
     upload_requests,
@@ -191,6 +192,7 @@ class Client:
         )
         upload_id = upload_id or derive_upload_id(name, version, self._upload_scope)
         before = self.find_upload(upload_id)
+        version = as_declared(version, before)
         done, received = self._announce(
             self.models.UploadModelVersion,
             version_header(name, upload_id, version),

@@ -9,6 +9,7 @@ follows its bytes on an empty last chunk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import queue
 import threading
@@ -37,6 +38,20 @@ def received_offsets(upload: model_pb2.Upload | None) -> dict[str, int]:
     if upload.state == model_pb2.UPLOAD_STATE_COMMITTED:
         return {status.path: status.size for status in upload.files}
     return {status.path: status.received_bytes for status in upload.files}
+
+
+def as_declared(version: LocalVersion, upload: model_pb2.Upload | None) -> LocalVersion:
+    """``version`` with each file's sha256 as ``upload`` declared it (a digest, or ""
+    when it follows the bytes), so a resume sends the very header the upload began
+    with, whoever began it and however; the server checks the bytes either way."""
+    if upload is None:
+        return version
+    declared = {status.path: status.sha256 for status in upload.files}
+    files = tuple(
+        dataclasses.replace(file, sha256=declared.get(file.path, file.sha256))
+        for file in version.files
+    )
+    return dataclasses.replace(version, files=files)
 
 
 def resume_offset(file: LocalFile, received: Mapping[str, int]) -> int:
