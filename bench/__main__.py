@@ -14,14 +14,17 @@ import time
 from collections.abc import Callable, Sequence
 
 from bench import (
+    assay_scheduler,
     assays,
     auth,
     catalog_list,
+    cold_start,
     dedup,
     deploy,
     explain,
     flood,
     gateway,
+    gateway_cpu,
     inference_log,
     oidc,
     pipeline,
@@ -30,13 +33,15 @@ from bench import (
     s3_upload,
     training,
     upload,
+    workers,
 )
 from bench.common import RESULTS_DIR, Report, machine_description, parse_size
 
 LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
-    "s3-upload", "training", "assays", "rollout", "explain", "placement",
+    "s3-upload", "training", "assays", "assay-scheduler", "rollout", "explain", "placement",
+    "gateway-cpu", "workers", "cold-start",
 )  # fmt: skip
 
 
@@ -91,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
         default=deploy.DEFAULT_ROUNDS,
         help="timed deploy rounds (default: %(default)s)",
     )
+    root.add_argument(
+        "--against",
+        action="append",
+        metavar="REV",
+        help="gateway-cpu: a git revision to measure beside this checkout; repeatable "
+        f"(default: {', '.join(gateway_cpu.DEFAULT_AGAINST)})",
+    )
     return root
 
 
@@ -121,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("deploy", lambda: deploy.run(args.rounds)))
     if args.which in ("gateway", "all"):
         benchmarks.append(("gateway", lambda: gateway.run()))
+    if args.which in ("gateway-cpu", "all"):
+        against = tuple(args.against or gateway_cpu.DEFAULT_AGAINST)
+        benchmarks.append(("gateway-cpu", lambda: gateway_cpu.run(against)))
+    if args.which in ("workers", "all"):
+        benchmarks.append(("workers", lambda: workers.run()))
     if args.which in ("catalog", "all"):
         benchmarks.append(("catalog", catalog_list.run))
     if args.which in ("dedup", "all"):
@@ -141,10 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("training", lambda: training.run()))
     if args.which in ("assays", "all"):
         benchmarks.append(("assays", lambda: assays.run()))
+    if args.which in ("assay-scheduler", "all"):
+        benchmarks.append(("assay-scheduler", lambda: assay_scheduler.run()))
     if args.which in ("rollout", "all"):
         benchmarks.append(("rollout", lambda: rollout.run()))
     if args.which in ("placement", "all"):
         benchmarks.append(("placement", lambda: placement.run()))
+    if args.which in ("cold-start", "all"):
+        benchmarks.append(("cold-start", lambda: cold_start.run(args.rounds)))
     if args.which in ("explain", "all"):
         benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):

@@ -73,6 +73,7 @@ from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.monitor.explain import Explainer
+from mlserve.monitor.store import LogStore
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -158,6 +159,7 @@ class Domain:
     inference_log: InferenceLog
     datasets: Datasets
     assays: Assays
+    tokens: PageTokens
 
 
 def token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -197,20 +199,24 @@ def build_domain(settings: Settings) -> Domain:
     datasets = Datasets(repository, tokens, blobs)
     uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
+    stats = InferenceStats(worker=worker_label(settings))
+    audit = AuditLog(tokens)
     deployments = Deployments(
         fleet,
         repository,
         tokens,
         load_timeout=settings.load_timeout,
         headroom=settings.placement_headroom,
+        registry=stats.registry,
+        audit=audit,
     )
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    stats = InferenceStats(worker=worker_label(settings))
+    deployments.watch_usage(router.usage)
     inference_log = InferenceLog(
         LogSettings(
-            settings.log_dir,
+            LogStore.at(settings.log_location),
             queue_size=settings.log_queue_size,
             flush_interval=settings.log_flush_interval,
             retention_seconds=settings.log_retention_seconds,
@@ -235,11 +241,12 @@ def build_domain(settings: Settings) -> Domain:
         Users(tokens),
         Workspaces(tokens),
         Apps(tokens),
-        AuditLog(tokens),
+        audit,
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens, repository),
+        Assays(inference_log.store, tokens, repository),
+        tokens,
     )
 
 
@@ -356,8 +363,14 @@ class MLServe:
             )
             task = asyncio.create_task(assay_scheduler.run(), name="assay-scheduler")
             self._loops.append(task)
-            share = TritonShare(domain.stats.registry)
+            # The share needs the gateway's latency of the same calls: with --workers
+            # the other workers' calls are not in this process's totals.
+            share = TritonShare(
+                domain.stats.registry, domain.stats if settings.workers == 1 else None
+            )
             hooks.append(functools.partial(share.poll, domain.router, domain.fleet))
+            # One worker unloads idle on-demand copies (by its own view of their use).
+            hooks.append(domain.deployments.unload_idle)
             sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
             self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         # Routes: deployments changed through another replica (or worker) on the same
@@ -381,14 +394,40 @@ class MLServe:
             log.warning("training jobs are off: they never run without the sandbox")
             return
 
-        async def finished(status: JobStatus) -> None:
+        async def changed(status: JobStatus) -> None:
             assert self._training is not None
-            await self._training.finished(status)
+            await self._training.changed(status)
 
-        self._runner = LocalRunner(sandbox, RunnerLimits(), finished)
-        workdir = self.settings.storage_dir / "training"
-        self._training = TrainingJobs(self._runner, domain.uploads, domain.repository, workdir)
+        settings = self.settings
+        self._runner = LocalRunner(
+            sandbox,
+            RunnerLimits(concurrent=settings.training_concurrency, queued=settings.training_queue),
+            changed,
+            labels=frozenset(settings.training_labels),
+            allow_network=settings.training_allow_network,
+        )
+        self._training = TrainingJobs(
+            self._runner,
+            domain.uploads,
+            domain.repository,
+            settings.storage_dir / "training",
+            domain.tokens,
+            instance=self.instance_name,
+        )
+        interrupted = await self._training.recover()
+        if interrupted:
+            log.warning(
+                "%d training jobs were queued or running when MLServe stopped: FAILED, "
+                "interrupted by a restart (%s)",
+                len(interrupted),
+                ", ".join(interrupted),
+            )
         self._runner.start()
+
+    @property
+    def instance_name(self) -> str:
+        """This instance's name: its training jobs are recorded under it."""
+        return self.settings.instance_name or socket.gethostname()
 
     def ready_line(self) -> str:
         """The one line that tells someone who just ran ``mlserve serve`` where things are."""
@@ -420,8 +459,8 @@ class MLServe:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._runner is not None:
-            await self._runner.stop()
+        if self._training is not None:
+            await self._training.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
@@ -506,7 +545,8 @@ class MLServe:
             TrainingService(self._training), server
         )
         explain_pb2_grpc.add_ExplainServiceServicer_to_server(
-            ExplainService(Explainer(gateway.forwarder, domain.repository)), server
+            ExplainService(Explainer(gateway.forwarder, domain.repository, domain.inference_log)),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable(server, [*SERVICES, health.SERVICE_NAME])
@@ -531,7 +571,7 @@ class MLServe:
             "explain": False,
         }
         return InstanceDescription(
-            name=settings.instance_name or socket.gethostname(),
+            name=self.instance_name,
             version=__version__,
             oidc_issuers=settings.oidc_issuer,
             oidc_audience=settings.oidc_audience,

@@ -166,6 +166,19 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_labels(text: str) -> tuple[str, ...]:
+    """Comma-separated runner labels: letters, digits, ``-``, ``_``, ``.``, ``=``."""
+    labels = tuple(sorted({label.strip() for label in text.split(",") if label.strip()}))
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.=")
+    bad = [label for label in labels if not set(label) <= allowed or len(label) > 63]
+    if bad:
+        raise SettingError(
+            f"{bad[0]!r} is not a label: give labels of letters, digits, -, _, . or = "
+            "(at most 63 characters) separated by commas, e.g. cpu,local"
+        )
+    return labels
+
+
 def parse_count(text: str) -> int:
     try:
         value = int(text)
@@ -549,6 +562,52 @@ class Settings:
             )
         ),
     )
+    training_labels: tuple[str, ...] = field(
+        default=("local",),
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_LABELS",
+                "comma-separated labels of the local training runner; a job asking for "
+                "another label is FAILED_PRECONDITION, e.g. cpu,local",
+                parse_labels,
+                "LIST",
+                shown_default="local",
+            )
+        ),
+    )
+    training_allow_network: bool = field(
+        default=False,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_ALLOW_NETWORK",
+                "let a training job that asks for it (network: true) use the host's network; "
+                "without this such a job is FAILED_PRECONDITION and no job has any network",
+                parse_bool,
+            )
+        ),
+    )
+    training_concurrency: int = field(
+        default=1,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_CONCURRENCY",
+                "training jobs the local runner runs at once",
+                parse_count,
+                "N",
+            )
+        ),
+    )
+    training_queue: int = field(
+        default=16,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_QUEUE",
+                "training jobs waiting for the local runner at most; more are RESOURCE_EXHAUSTED",
+                parse_count,
+                "N",
+            )
+        ),
+    )
     model_memory: int = field(
         default=0,
         metadata=_given_by(
@@ -675,6 +734,20 @@ class Settings:
             )
         ),
     )
+    log_storage: Path | S3Location | None = field(
+        default=None,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_STORAGE",
+                "inference log: the directory of its Parquet files, or s3://BUCKET[/PREFIX]"
+                "[?endpoint=URL&region=NAME] to write them to a bucket (default: <home>/logs, "
+                "or the logs/ prefix of --storage's bucket when --storage is s3://)",
+                parse_storage,
+                "DIR|S3URL",
+                shown_default="<home>/logs",
+            )
+        ),
+    )
     log_retention_bytes: int = field(
         default=10 * 1024**3,
         metadata=_given_by(
@@ -759,8 +832,18 @@ class Settings:
 
     @property
     def log_dir(self) -> Path:
-        """The inference log's Parquet files (mlserve.monitor)."""
-        return self.home / "logs"
+        """The inference log's Parquet files (mlserve.monitor) on the local disk."""
+        return self.log_storage if isinstance(self.log_storage, Path) else self.home / "logs"
+
+    @property
+    def log_location(self) -> Path | tuple[S3Location, str]:
+        """Where the inference log is written: a local directory, or a bucket and the
+        prefix under its location (``logs`` under --storage's bucket)."""
+        if isinstance(self.log_storage, S3Location):
+            return self.log_storage, ""
+        if self.log_storage is None and self.bucket is not None:
+            return self.bucket, "logs"
+        return self.log_dir
 
     @property
     def triton_log(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlserve.api.convert_log import time_of
 from mlserve.monitor.explain import Explainer, ExplainQuery
 from mlserve_api.v1 import explain_pb2, explain_pb2_grpc
 
@@ -17,7 +18,7 @@ class ExplainService(explain_pb2_grpc.ExplainServiceServicer):
     async def Explain(
         self, request: explain_pb2.ExplainRequest, context: Context
     ) -> explain_pb2.ExplainResponse:
-        background = request.background_dataset
+        background, window = request.background_dataset, request.background_log
         query = ExplainQuery(
             model=request.model,
             rows=[list(row.values) for row in request.rows],
@@ -25,6 +26,12 @@ class ExplainService(explain_pb2_grpc.ExplainServiceServicer):
             output_index=request.output_index,
             background_dataset=(background.dataset, background.version)
             if request.HasField("background_dataset")
+            else None,
+            background_log=(
+                time_of(window.start_time, window.HasField("start_time")),
+                time_of(window.end_time, window.HasField("end_time")),
+            )
+            if request.HasField("background_log")
             else None,
             background_size=request.background_size,
             samples=request.samples,

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mlserve.api.convert import timestamp
-from mlserve.core.errors import FailedPrecondition
-from mlserve.training.jobs import JobRequest, TrainingJobRecord, TrainingJobs
+from mlserve.core.errors import FailedPrecondition, InvalidArgument
+from mlserve.training.jobs import JobRequest, TrainingJobs
 from mlserve.training.runner import JobState
+from mlserve.training.store import TrainingJobRecord
 from mlserve_api.v1 import model_pb2, training_pb2, training_pb2_grpc
 
 Context = Any
@@ -23,25 +24,35 @@ _STATE_OF = {value: state for state, value in _STATES.items()}
 
 
 def job_message(record: TrainingJobRecord) -> training_pb2.TrainingJob:
-    request, status = record.request, record.status
     return training_pb2.TrainingJob(
         id=record.job_id,
-        model=request.model,
-        code_version=request.code_version,
-        code_path=request.code_path,
+        model=record.model,
+        code_version=record.code_version,
+        code_path=record.code_path,
         training_dataset=model_pb2.DatasetVersionRef(
-            dataset=request.dataset, version=record.dataset_version
+            dataset=record.dataset, version=record.dataset_version
         ),
-        parameters=dict(request.parameters),
+        parameters=dict(record.parameters),
         state=_STATES[record.state],
         reason=record.reason,
         create_time=timestamp(record.create_time),
-        start_time=timestamp(None if status is None else status.start_time),
-        end_time=timestamp(None if status is None else status.end_time),
-        metrics=record.metrics,
+        start_time=timestamp(record.start_time),
+        end_time=timestamp(record.end_time),
+        metrics=dict(record.metrics),
         version=record.version,
         code_sha256=record.code_sha256,
         dataset_sha256=record.dataset_sha256,
+        env_path=record.env_path,
+        env_requirements=list(record.env_requirements),
+        env_sha256=record.env_sha256,
+        runner_labels=list(record.runner_labels),
+        network=record.network,
+        instance=record.instance,
+        code_dataset=model_pb2.DatasetVersionRef(
+            dataset=record.code_dataset, version=record.code_dataset_version
+        )
+        if record.code_dataset
+        else None,
     )
 
 
@@ -70,6 +81,11 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
                 dataset=job.training_dataset.dataset,
                 dataset_version=job.training_dataset.version,
                 parameters=dict(job.parameters),
+                env_path=job.env_path,
+                runner_labels=list(job.runner_labels),
+                network=job.network,
+                code_dataset=job.code_dataset.dataset,
+                code_dataset_version=job.code_dataset.version,
             )
         )
         return job_message(record)
@@ -82,9 +98,16 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
     async def ListTrainingJobs(
         self, request: training_pb2.ListTrainingJobsRequest, context: Context
     ) -> training_pb2.ListTrainingJobsResponse:
+        if request.state and request.state not in _STATE_OF:
+            raise InvalidArgument(
+                f"state {request.state} is not a TrainingJobState: give one of "
+                + ", ".join(training_pb2.TrainingJobState.Name(v) for v in _STATE_OF)
+            )
         state = _STATE_OF.get(request.state)
-        records = await self.jobs.list(request.model, state)
-        return training_pb2.ListTrainingJobsResponse(jobs=[job_message(r) for r in records])
+        page = await self.jobs.list(request.model, state, request.page_size, request.page_token)
+        return training_pb2.ListTrainingJobsResponse(
+            jobs=[job_message(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     async def CancelTrainingJob(
         self, request: training_pb2.CancelTrainingJobRequest, context: Context

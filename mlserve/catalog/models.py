@@ -237,6 +237,15 @@ def visible_model_ids(workspace: str = "") -> Any:
     return query if visible is None else query.where(visible)
 
 
+def model_names(model_ids: Sequence[int]) -> dict[int, str]:
+    """The names of the models with ``model_ids`` (blocking; no visibility check)."""
+    if not model_ids:
+        return {}
+    query = tables.Model.select(tables.Model.id, tables.Model.name)
+    rows = query.where(tables.Model.id.in_(sorted(set(model_ids))))
+    return {row.id: row.name for row in rows}
+
+
 def model_row(name: str) -> Any:
     """The model's row if the caller may see it; NotFound alike when absent or hidden."""
     check_name(name, "model name")

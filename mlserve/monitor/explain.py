@@ -10,6 +10,7 @@ batch back to the event loop and waits for the answer.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from mlserve.catalog.versions import find_version
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mlserve.gateway import wire
 from mlserve.gateway.forwarding import Call, Forwarder
+from mlserve.monitor.log import InferenceLog
+from mlserve.monitor.reader import RowsQuery
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
 
@@ -37,6 +40,13 @@ MAX_BACKGROUND_SIZE = 1000
 DEFAULT_SAMPLES = 2048
 MAX_SAMPLES = 100_000
 MAX_ROWS = 100
+# Logged rows read for a background from the inference log, evenly spread over
+# the window, before k-means: bounds the time and memory one Explain takes.
+MAX_LOG_ROWS = 10_000
+# Model calls one explanation has in flight at once: enough to keep a model's
+# instances busy, few enough that a small max_batch_size (thousands of calls)
+# never floods the gateway or Triton's queue.
+MAX_IN_FLIGHT = 8
 # Triton datatypes the explainer can send, as numpy types.
 NUMERIC = {
     "FP64": np.float64, "FP32": np.float32, "FP16": np.float16,
@@ -52,6 +62,8 @@ class ExplainQuery:
     output: str = ""
     output_index: int = 0
     background_dataset: tuple[str, int] | None = None
+    # [start, end) of the inference log (None: open) to take the background from.
+    background_log: tuple[dt.datetime | None, dt.datetime | None] | None = None
     background_size: int = 0
     samples: int = 0
     feature_names: list[str] = field(default_factory=list)
@@ -88,9 +100,12 @@ class _Signature:
 
 
 class Explainer:
-    def __init__(self, forwarder: Forwarder, repository: Repository) -> None:
+    def __init__(
+        self, forwarder: Forwarder, repository: Repository, log: InferenceLog | None = None
+    ) -> None:
         self.forwarder = forwarder
         self.repository = repository
+        self.log = log
 
     async def explain(self, query: ExplainQuery, call: Call) -> ExplainResult:
         """Each row's per-feature contributions to one output of the deployed model.
@@ -99,9 +114,11 @@ class Explainer:
             NotFound: the model, or the background dataset, does not exist or
                 the caller may not see it.
             FailedPrecondition: the model is not deployed, or there is no
-                background (no dataset named, none recorded as training data).
-            InvalidArgument: rows of the wrong width, a non-numeric or
-                multi-input model, an unknown output, bad options.
+                background (no dataset named, none recorded as training data,
+                no logged inputs in the window named).
+            InvalidArgument: rows of the wrong width or of values the input's
+                type cannot hold, a non-numeric or multi-input model, an
+                unknown output, bad options.
         """
         samples = query.samples or DEFAULT_SAMPLES
         size = query.background_size or DEFAULT_BACKGROUND_SIZE
@@ -112,6 +129,8 @@ class Explainer:
                 f"samples must be in 1..{MAX_SAMPLES} and background_size in "
                 f"1..{MAX_BACKGROUND_SIZE}"
             )
+        if query.background_dataset is not None and query.background_log is not None:
+            raise InvalidArgument("name one background: background_dataset or background_log")
         signature, version = await self._signature(query, call)
         names, background = await self._background(query, signature, version)
         rows = _checked_rows(query.rows, names, signature.input_type)
@@ -171,6 +190,13 @@ class Explainer:
                 f"output {query.output!r} is not a numeric output of model {query.model!r}; "
                 f"its outputs are {', '.join(outputs)}"
             )
+        # Triton's metadata shape of a batching model starts with the batch (-1).
+        columns = int(chosen.shape[-1]) if len(chosen.shape) > bool(config.max_batch_size) else 1
+        if query.output_index < 0 or (columns > 0 and query.output_index >= columns):
+            raise InvalidArgument(
+                f"output_index {query.output_index} is out of range: output {chosen.name!r} "
+                f"has {columns if columns > 0 else 'a variable number of'} values per row"
+            )
         width = int(tensor.shape[-1]) if tensor.shape else 1
         if width < 1:
             raise InvalidArgument(
@@ -187,6 +213,8 @@ class Explainer:
         self, query: ExplainQuery, signature: _Signature, version: int
     ) -> tuple[list[str], Array]:
         """The feature names and the background rows (one column per feature)."""
+        if query.background_log is not None:
+            return await self._logged_background(query, signature)
         if query.background_dataset is not None:
             record = await in_thread(find_dataset_version)(*query.background_dataset)
         else:
@@ -201,11 +229,41 @@ class Explainer:
         names = query.feature_names or await in_thread(_metadata_features)(query.model)
         return _feature_columns(frame, names, signature.width, record)
 
+    async def _logged_background(
+        self, query: ExplainQuery, signature: _Signature
+    ) -> tuple[list[str], Array]:
+        assert query.background_log is not None
+        start, end = query.background_log
+        if self.log is None:
+            raise FailedPrecondition("this MLServe keeps no inference log: name a dataset")
+        rows = await self.log.logged_inputs(
+            RowsQuery(query.model, signature.input_name, signature.width, start, end, MAX_LOG_ROWS)
+        )
+        if not len(rows):
+            window = f"{'the start' if start is None else start.isoformat()} to " + (
+                "now" if end is None else end.isoformat()
+            )
+            raise FailedPrecondition(
+                f"no logged inputs of model {query.model!r} from {window}: its deployment's "
+                "logging policy must record inputs (mode INPUTS or ALL, UpdateLoggingPolicy) "
+                "and calls must have been made in the window; or name a background dataset"
+            )
+        names = query.feature_names or await in_thread(_metadata_features)(query.model)
+        if not names:
+            names = [f"{signature.input_name}[{i}]" for i in range(signature.width)]
+        _check_count(names, signature.width)
+        return list(names), rows
+
     def _read_frame(self, record: DatasetVersionRecord) -> Any:
         import pandas as pd
 
+        if not record.tables:
+            raise InvalidArgument(
+                f"dataset {record.dataset!r} version {record.version} holds no CSV or Parquet "
+                "table (only scripts): name a dataset of rows as the background"
+            )
         frames = []
-        for entry in record.files:
+        for entry in record.tables:
             with self.repository.open_blob(entry.spec.sha256) as handle:
                 data = io.BytesIO(handle.read())
             if entry.spec.path.lower().endswith(".parquet"):
@@ -220,16 +278,20 @@ def _metadata_features(model: str) -> list[str]:
     return [feature.name for feature in model_metadata.read(model_row(model), []).features]
 
 
+def _check_count(names: Sequence[str], width: int) -> None:
+    if len(names) != width:
+        raise InvalidArgument(
+            f"{len(names)} feature names (from the request, else the model's features "
+            f"metadata); the model takes {width} features"
+        )
+
+
 def _feature_columns(
     frame: Any, names: Sequence[str], width: int, record: DatasetVersionRecord
 ) -> tuple[list[str], Array]:
     what = f"dataset {record.dataset!r} version {record.version}"
     if names:
-        if len(names) != width:
-            raise InvalidArgument(
-                f"{len(names)} feature names (from the request, else the model's features "
-                f"metadata); the model takes {width} features"
-            )
+        _check_count(names, width)
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise InvalidArgument(f"{what} has no column {missing[0]!r}")
@@ -292,14 +354,14 @@ def _kernel_shap(
     asks for them again: Triton sees 1 call plus ⌈samples·background /
     max_batch_size⌉ per row, and the predictions come for free.
     """
-    import shap
+    from mlserve.monitor.kernel_shap import KernelExplainer, summarise
 
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
 
     # A background no larger than asked for is used as it is (exact means);
     # a larger one is summarised to ``size`` weighted k-means centres.
-    summary: Any = background if len(background) <= size else shap.kmeans(background, size)
+    summary: Any = background if len(background) <= size else summarise(background, size)
     points = np.ascontiguousarray(summary if len(background) <= size else summary.data)
     answers = model(np.concatenate([points, rows]))
     known = {points.tobytes(): answers[: len(points)]}
@@ -313,7 +375,7 @@ def _kernel_shap(
                 return answer
         return model(batch)
 
-    explainer = shap.KernelExplainer(remembered, summary)
+    explainer = KernelExplainer(remembered, summary)
     values = explainer.shap_values(rows, nsamples=samples, silent=True)
     base = float(np.ravel(explainer.expected_value)[0])
     return np.asarray(values).reshape(len(rows), -1), base, answers[len(points) :]
@@ -331,6 +393,7 @@ class _Predictor:
         self.index = index
         self.call = call
         self.calls = 0
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def batched(self, rows: Array) -> Array:
         step = self.signature.max_batch_size or 1
@@ -357,9 +420,10 @@ class _Predictor:
         )
         self.calls += 1
         try:
-            raw, _ = await self.forwarder.send(
-                "ModelInfer", wire.encode(request), self.model, "", self.call
-            )
+            async with self._in_flight:
+                raw, _ = await self.forwarder.send(
+                    "ModelInfer", wire.encode(request), self.model, "", self.call
+                )
         except aio.AioRpcError as error:
             raise Unavailable(
                 f"model {self.model!r} failed while being explained: {error.details()}"

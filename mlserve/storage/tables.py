@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 21
 
 
 class BaseModel(pw.Model):
@@ -418,6 +418,12 @@ class Deployment(BaseModel):
     pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
     # Seconds one load on one server may take (schema 16); 0: the server's default.
     load_timeout = pw.FloatField(default=0.0)
+    # Schema 20: "eager" or "on_demand", and the on-demand limits (issue 16).
+    loading = pw.CharField(max_length=16, default="eager")
+    min_copies = pw.IntegerField(default=0)
+    max_copies = pw.IntegerField(default=0)
+    idle_unload_after = pw.FloatField(default=0.0)
+    pinned = pw.BooleanField(default=False)
 
 
 class DeploymentTarget(BaseModel):
@@ -520,6 +526,45 @@ class AssayResult(BaseModel):
         indexes = ((("assay", "window_start"), True),)
 
 
+class TrainingJob(BaseModel):
+    """One training job (owned by mlserve.training; schema 19): what was asked, where it
+    is, and what it made. Keyset-paged newest first by id; deleting the model deletes
+    its jobs. The dataset is kept by name and number: a job does not hold its
+    dataset back from deletion (it copied the files before it ran)."""
+
+    id = pw.AutoField()
+    job_id = pw.CharField(unique=True, max_length=64)
+    model = pw.ForeignKeyField(Model, backref="training_jobs", on_delete="CASCADE")
+    code_version = pw.BigIntegerField()
+    code_path = pw.TextField()
+    code_sha256 = pw.CharField(max_length=64, default="")
+    # Schema 21: the script from a dataset version instead of a code artifact.
+    code_dataset = pw.CharField(max_length=128, default="")
+    code_dataset_version = pw.BigIntegerField(default=0)
+    dataset = pw.CharField(max_length=128)
+    dataset_version = pw.BigIntegerField()
+    dataset_sha256 = pw.CharField(max_length=64, default="")
+    parameters = pw.TextField(default="{}")  # JSON object of strings
+    env_path = pw.TextField(default="")
+    env_sha256 = pw.CharField(max_length=64, default="")
+    env_requirements = pw.TextField(default="[]")  # JSON list of requirement strings
+    runner_labels = pw.TextField(default="[]")  # JSON list
+    network = pw.BooleanField(default=False)
+    # The MLServe instance whose runner has it: a restart fails only its own jobs.
+    instance = pw.CharField(max_length=253)
+    state = pw.CharField(max_length=16)
+    reason = pw.TextField(default="")
+    metrics = pw.TextField(default="{}")  # JSON object of numbers
+    version = pw.BigIntegerField(default=0)
+    create_time = pw.DateTimeField(default=utcnow)
+    start_time = pw.DateTimeField(null=True)
+    end_time = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "training_job"
+        indexes = ((("model", "id"), False), (("state", "id"), False))
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -556,6 +601,7 @@ TABLES: list[type[BaseModel]] = [
     DatasetFile,
     Assay,
     AssayResult,
+    TrainingJob,
 ]
 
 
@@ -849,6 +895,40 @@ def _add_capacities(db: pw.Database) -> None:
     )
 
 
+def _add_training_jobs(db: pw.Database) -> None:
+    """Training jobs in the database, not only in a process's memory (issue 15)."""
+    db.create_tables([TrainingJob])
+
+
+def _add_on_demand_loading(db: pw.Database) -> None:
+    """Deployments loaded on demand, their copies, idle unloading and pins (issue 16)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        *(
+            migrator.add_column("deployment", column, getattr(Deployment, column))
+            for column in ("loading", "min_copies", "max_copies", "idle_unload_after", "pinned")
+        )
+    )
+
+
+def _add_training_code_datasets(db: pw.Database) -> None:
+    """A training job's script may come from a dataset version (issue 15).
+
+    Schema 18's migration creates the table from the current class, so a database
+    that passed through it since has the columns already.
+    """
+    columns = {column.name for column in db.get_columns("training_job")}
+    if "code_dataset" in columns:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("training_job", "code_dataset", TrainingJob.code_dataset),
+        migrator.add_column(
+            "training_job", "code_dataset_version", TrainingJob.code_dataset_version
+        ),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -867,6 +947,9 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     15: _add_load_timeouts,
     16: _add_pipeline_assays,
     17: _add_capacities,
+    18: _add_training_jobs,
+    19: _add_on_demand_loading,
+    20: _add_training_code_datasets,
 }
 
 

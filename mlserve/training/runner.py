@@ -1,8 +1,10 @@
 """Where training jobs run. ``Runner`` is what the training service needs of any
 engine; ``LocalRunner`` runs jobs on this host in the sandbox, from a bounded
 queue, a fixed number at a time. A cluster engine (Ray Jobs, Kubernetes Jobs)
-is another ``Runner``: it takes the same ``JobSpec`` and reports the same
-``JobResult`` and log lines.
+is another ``Runner``: it takes the same ``JobSpec``, reports the same
+``JobResult`` and log lines, and says what it offers (``Capabilities``: labels,
+network, the packages of its interpreter) so a job is refused at create, not
+after it queued, when it asks for what the runner lacks.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import contextlib
 import datetime as dt
 import enum
 import functools
-from collections.abc import Awaitable, Callable
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mlserve.core.errors import FailedPrecondition, NotFound, ResourceExhausted
 from mlserve.training.sandboxed import JobResult, JobSpec, Outcome, SandboxedJob
-from mlserve.triton.sandbox import Sandbox
+from mlserve.triton.sandbox import Sandbox, scrubbed_environment
+
+log = logging.getLogger(__name__)
 
 
 class JobState(enum.Enum):
@@ -47,11 +54,32 @@ class JobStatus:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Finished = Callable[[JobStatus], Awaitable[None]]
-"""Called once a job ends (any final state), before its watchers hear of it."""
+Changed = Callable[[JobStatus], Awaitable[None]]
+"""Called when a job starts running and once it ends (any final state), before its
+watchers hear of it."""
+
+# What the sandbox's interpreter has installed: canonical name -> version.
+_PACKAGES_PROBE = """
+import importlib.metadata as m, json, re
+print(json.dumps({re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
+                  for d in m.distributions() if d.metadata["Name"]}))
+"""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runner offers jobs: its labels, whether they may use the network, and
+    the distributions its interpreter has (canonical name -> version)."""
+
+    labels: frozenset[str]
+    network: bool
+    packages: Mapping[str, str]
 
 
 class Runner(Protocol):
+    async def capabilities(self) -> Capabilities:
+        """What this runner offers; CreateTrainingJob checks a job against it."""
+
     async def submit(self, job_id: str, spec: JobSpec) -> JobStatus:
         """Queue the job; ResourceExhausted when the queue is full."""
 
@@ -72,12 +100,23 @@ class RunnerLimits:
 
 
 class LocalRunner:
-    """Jobs on this host: at most ``limits.queued`` waiting, ``limits.concurrent`` running."""
+    """Jobs on this host: at most ``limits.queued`` waiting, ``limits.concurrent`` running,
+    with ``labels``, and the network only when ``allow_network``."""
 
-    def __init__(self, sandbox: Sandbox, limits: RunnerLimits, finished: Finished) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        limits: RunnerLimits,
+        changed: Changed,
+        labels: frozenset[str] = frozenset(),
+        allow_network: bool = False,
+    ) -> None:
         self.sandbox = sandbox
         self.limits = limits
-        self.finished = finished
+        self.changed = changed
+        self.labels = labels
+        self.allow_network = allow_network
+        self._packages: dict[str, str] | None = None
         self._queue: asyncio.Queue[tuple[str, JobSpec]] = asyncio.Queue(limits.queued)
         self._jobs: dict[str, JobStatus] = {}
         self._running: dict[str, SandboxedJob] = {}
@@ -101,7 +140,42 @@ class LocalRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
 
+    async def capabilities(self) -> Capabilities:
+        if self._packages is None:
+            self._packages = await self._probe_packages()
+        return Capabilities(self.labels, self.allow_network, self._packages)
+
+    async def _probe_packages(self) -> dict[str, str]:
+        """The distributions the interpreter jobs run in sees, asked of it in the sandbox
+        (once: the installation does not change under a running MLServe)."""
+        command = self.sandbox.wrap(
+            [sys.executable, "-E", "-s", "-c", _PACKAGES_PROBE],
+            placed={},
+            read_only=(),
+            network=False,
+        )
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=scrubbed_environment((), ()),
+        )
+        out, err = await process.communicate()
+        if process.returncode != 0:
+            raise FailedPrecondition(
+                "could not list the training runner's packages to check the env artifact: "
+                f"{err.decode(errors='replace').strip()[-500:]}"
+            )
+        packages: dict[str, str] = json.loads(out)
+        return packages
+
     async def submit(self, job_id: str, spec: JobSpec) -> JobStatus:
+        if spec.network and not self.allow_network:
+            raise FailedPrecondition(
+                "this runner gives training jobs no network: an admin allows it with "
+                "--training-allow-network"
+            )
         if job_id in self._jobs:
             raise FailedPrecondition(f"training job {job_id!r} was submitted already")
         try:
@@ -152,7 +226,12 @@ class LocalRunner:
             job = SandboxedJob(spec, self.sandbox, on_line=functools.partial(self._line, status))
             self._running[job_id] = job
             status.start_time = _now()
-            self._set(status, JobState.RUNNING)
+            status.state = JobState.RUNNING
+            try:
+                await self.changed(status)
+            except Exception:  # the job runs all the same; its end is recorded again
+                log.exception("training job %s: recording its start failed", job_id)
+            self._publish(status)
             try:
                 result = await job.run()
             except Exception as error:  # a job's fault must not stop the worker
@@ -166,15 +245,11 @@ class LocalRunner:
         status.end_time = _now()
         status.state = state
         try:
-            await self.finished(status)
+            await self.changed(status)
         finally:
             status.ended.set()
             self._publish(status)
             self._watchers.pop(status.job_id, None)
-
-    def _set(self, status: JobStatus, state: JobState) -> None:
-        status.state = state
-        self._publish(status)
 
     def _line(self, status: JobStatus, line: str) -> None:
         status.lines.append(line)

@@ -4,7 +4,8 @@ The script runs in the sandbox the embedded Triton runs in
 (``mlserve.triton.sandbox``: bubblewrap, a scrubbed environment, the unprivileged
 ``nobody``, its own pid namespace), and more tightly:
 
-- its own, empty network namespace: no connection leads anywhere;
+- its own, empty network namespace: no connection leads anywhere (unless the
+  job asked for the network and the admin allows it: ``JobSpec.network``);
 - its inputs (the script's folder and the dataset) read-only at
   ``/mlserve/code`` and ``/mlserve/data``; only ``/mlserve/output`` (and a
   private ``/tmp``) writable; the parameters in ``/mlserve/params.json``;
@@ -69,6 +70,9 @@ class JobSpec:
     output: Path
     parameters: Mapping[str, Any] = field(default_factory=dict)
     limits: JobLimits = JobLimits()
+    network: bool = False
+    """The host's network namespace instead of an empty one (the runner checks it is
+    allowed before it queues the job)."""
 
 
 @dataclass(frozen=True)
@@ -174,11 +178,14 @@ class SandboxedJob:
         spec, sandbox = self.spec, self.sandbox
         script = sandbox.inside("code", spec.code) / spec.entry_point
         return sandbox.wrap(
-            [sys.executable, "-I", str(script)],
+            # -E -s, not -I: the same isolation from the environment and the user's
+            # site-packages, but the script's folder stays on sys.path, so modules beside
+            # it (a code dataset's) import.
+            [sys.executable, "-E", "-s", str(script)],
             placed={"code": spec.code, "data": spec.data, "params.json": params},
             read_only=(),
             writable={"output": spec.output},
-            network=False,
+            network=spec.network,
         )
 
     def _environment(self, params: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlserve_api.v1 import assay_pb2, assay_pb2_grpc, deployment_pb2, inference_log_pb2
 from tests.support.checks import delete_model_quietly, expect_error, wait_until
+from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import add_model_files, scale_model_files
 from tests.support.pipelines import Members, chain, cleanup, create, upload
@@ -119,7 +120,11 @@ def _run(
 
 
 def test_an_assay_of_a_pipeline_scores_its_logged_inputs_and_outputs(
-    assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs, pipeline: str, traffic: dt.datetime
+    mlserve: MLServeProcess,
+    assays: assay_pb2_grpc.AssayServiceStub,
+    stubs: Stubs,
+    pipeline: str,
+    traffic: dt.datetime,
 ) -> None:
     name = f"{pipeline}-a"
     created = assays.CreateAssay(
@@ -137,6 +142,12 @@ def test_an_assay_of_a_pipeline_scores_its_logged_inputs_and_outputs(
             assay_pb2.ListAssaysRequest(page_size=1000), metadata=stubs.auth
         )
         assert name in [a.name for a in everything.assays]
+        listed_by_cli = mlserve_cli(mlserve, "assays", "list", "--pipeline", pipeline)
+        assert listed_by_cli.returncode == 0, listed_by_cli.stderr
+        assert f"pipeline {pipeline}" in listed_by_cli.stdout
+        shown = mlserve_cli(mlserve, "assays", "get", name)
+        assert f"pipeline {pipeline}" in shown.stdout
+        assert "baseline 20 values" in shown.stdout
         same = _run(assays, stubs, traffic, name=name)
         assert (same.count, same.score, same.status) == (
             len(VALUES),
@@ -148,6 +159,10 @@ def test_an_assay_of_a_pipeline_scores_its_logged_inputs_and_outputs(
         assert shifted.count == len(VALUES)
         assert shifted.status == assay_pb2.ASSAY_STATUS_ALERT
         assert list(shifted.window_densities) == [0, 0, 0, 0, 0, 0, 1]
+        # The log records the deployed pipeline version: version 1 holds every call.
+        pinned = _assay(pipeline, "", "input A 0", traffic)
+        pinned.version = 1
+        assert _run(assays, stubs, traffic, assay=pinned).count == len(VALUES)
     finally:
         assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
 
@@ -271,3 +286,19 @@ def test_deleting_a_pipeline_deletes_its_assays(
     )
     listed = assays.ListAssays(assay_pb2.ListAssaysRequest(page_size=1000), metadata=stubs.auth)
     assert f"{name}-a" not in [a.name for a in listed.assays]
+
+
+def test_a_pipeline_version_that_does_not_exist_is_invalid(
+    assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs, pipeline: str, traffic: dt.datetime
+) -> None:
+    assay = _assay(pipeline, f"{pipeline}-v9", "input A 0", traffic)
+    assay.version = 9
+    error = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        assays.CreateAssay,
+        assay_pb2.CreateAssayRequest(assay=assay),
+        metadata=stubs.auth,
+    )
+    assert f"version: pipeline {pipeline!r} has no version 9" in (error.details() or "")
+    listed = assays.ListAssays(assay_pb2.ListAssaysRequest(pipeline=pipeline), metadata=stubs.auth)
+    assert assay.name not in [a.name for a in listed.assays]

@@ -6,6 +6,7 @@ webhook received by a local HTTP server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import http.server
 import json
@@ -25,6 +26,7 @@ from mlserve.assays.scheduler import AssayScheduler
 from mlserve.assays.service import Assays
 from mlserve.assays.spec import AssaySpec, Baseline, Window
 from mlserve.assays.spec import Path as AssayPath
+from mlserve.catalog.pipelines import Spec, Step
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet
 from mlserve.monitor.records import Record
@@ -38,14 +40,16 @@ MODEL = "scored"
 SETTLE = dt.timedelta(seconds=2)
 
 
-def _records(start: dt.datetime, values: list[float]) -> list[Record]:
+def _records(
+    start: dt.datetime, values: list[float], model: str = MODEL, tensor: str = "INPUT"
+) -> list[Record]:
     return [
         Record(
             time=start + dt.timedelta(seconds=i),
-            model=MODEL,
+            model=model,
             version=1,
-            deployment=MODEL,
-            inputs=[Tensor("INPUT", "FP32", (4,), np.array([v, 0, 0, 0], np.float32))],
+            deployment=model,
+            inputs=[Tensor(tensor, "FP32", (4,), np.array([v, 0, 0, 0], np.float32))],
         )
         for i, v in enumerate(values)
     ]
@@ -159,3 +163,28 @@ def test_inactive_assays_are_not_run(log_root: Path, webhook: str) -> None:
     scheduler = AssayScheduler(assays, CollectorRegistry(), SETTLE)
     assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=10))) == 0
     assert _stored() == []
+
+
+def test_a_pipeline_assay_is_scheduled_over_the_pipelines_own_records(
+    log_root: Path, webhook: str
+) -> None:
+    """A one-step pipeline over the model: its calls are logged under its name with its
+    input A; the model's own log (INPUT) is not what the assay reads."""
+    spec = Spec(["A"], ["OUT"], [Step("s", MODEL, 0, {"INPUT": "A"}, {"OUTPUT": "OUT"})])
+    chain = tables.Pipeline.create(name="chain")
+    tables.PipelineVersion.create(pipeline=chain, version=1, spec=spec.to_json())
+    same = [i / 50 for i in range(50)]
+    parquet.write(log_root, _records(T0, same, "chain", "A"))
+    shifted = [5 + v for v in same]
+    parquet.write(log_root, _records(T0 + dt.timedelta(minutes=1), shifted, "chain", "A"))
+    assays = _assays(log_root)
+    pipeline_spec = dataclasses.replace(
+        _spec(webhook), name="chain-drift", model="", pipeline="chain", path=AssayPath("input", "A")
+    )
+    asyncio.run(assays.create(pipeline_spec))
+    scheduler = AssayScheduler(assays, CollectorRegistry(), SETTLE)
+    assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=2, seconds=5))) == 2
+    naive = T0.replace(tzinfo=None)
+    assert _stored() == [(naive, "ok"), (naive + dt.timedelta(minutes=1), "alert")]
+    (alert,) = Hook.received
+    assert (alert["assay"], alert["pipeline"], alert["model"]) == ("chain-drift", "chain", "")

@@ -18,6 +18,7 @@ import pytest
 from mlserve_api.v1 import assay_pb2, assay_pb2_grpc, dataset_pb2, model_pb2
 from mlserve_client import Client
 from tests.support.checks import delete_model_quietly, expect_error
+from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import scale_model_files
 from tests.support.pipelines import upload
@@ -237,7 +238,7 @@ def test_a_dataset_the_caller_may_not_see_answers_like_a_missing_one(
         delete_model_quietly(stubs, own)
 
 
-def test_the_client_reads_a_dataset_baseline_from_yaml(
+def test_the_client_and_cli_read_a_dataset_baseline_from_yaml(
     mlserve: MLServeProcess, stubs: Stubs, model: str, dataset: str, tmp_path: Path
 ) -> None:
     name = f"{model}-yaml"
@@ -252,5 +253,7 @@ def test_the_client_reads_a_dataset_baseline_from_yaml(
         try:
             assert created.baseline.dataset.column == "x"
             assert created.baseline.dataset.version == 1
+            shown = mlserve_cli(mlserve, "assays", "get", name)
+            assert f"baseline dataset {dataset} version 1 column x" in shown.stdout
         finally:
             client.assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name))

@@ -109,6 +109,7 @@ OWNERS: dict[str, set[str]] = {
     "LoggingPolicy": {"monitor.policy"},
     "Assay": {"assays.service", "assays.scheduler"},
     "AssayResult": {"assays.service", "assays.scheduler"},
+    "TrainingJob": {"training.store"},
 }
 
 # (module, table): today's references to the deployment-side tables from

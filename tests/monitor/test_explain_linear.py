@@ -5,8 +5,10 @@ and grpcurl and the CLI ask the same."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,8 +16,10 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
+import tritonclient.grpc as triton
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from mlserve_api.v1 import dataset_pb2, explain_pb2, model_pb2
+from mlserve_api.v1 import dataset_pb2, explain_pb2, inference_log_pb2, model_pb2
 from mlserve_client import Client
 from tests.support.checks import expect_error
 from tests.support.commands import grpcurl, mlserve_cli
@@ -78,12 +82,12 @@ def linear(
 
 def explain(stubs: Stubs, model: str, rows: list[list[float]], dataset: str,
             **options: object) -> explain_pb2.ExplainResponse:  # fmt: skip
+    """Explain ``rows``, the background ``dataset`` (or, for "", what ``options`` name)."""
     request = explain_pb2.ExplainRequest(
-        model=model,
-        rows=[explain_pb2.ExplainRow(values=row) for row in rows],
-        background_dataset=model_pb2.DatasetVersionRef(dataset=dataset),
-        **options,
+        model=model, rows=[explain_pb2.ExplainRow(values=row) for row in rows], **options
     )
+    if dataset:
+        request.background_dataset.CopyFrom(model_pb2.DatasetVersionRef(dataset=dataset))
     response: explain_pb2.ExplainResponse = stubs.explain.Explain(
         request, metadata=stubs.auth, timeout=120
     )
@@ -91,9 +95,20 @@ def explain(stubs: Stubs, model: str, rows: list[list[float]], dataset: str,
 
 
 def executions(stubs: Stubs, model: str) -> int:
-    """How many calls of ``model`` Triton itself has run (no dynamic batching: one a request)."""
-    (stats,) = local_triton(stubs).get_inference_statistics(model).model_stats
-    return int(stats.execution_count)
+    """How many calls of ``model`` Triton itself has run (no dynamic batching: one a request),
+    once its statistics have settled: Triton counts a call just after answering it."""
+
+    def count() -> int:
+        (stats,) = local_triton(stubs).get_inference_statistics(model).model_stats
+        return int(stats.execution_count)
+
+    seen = count()
+    while True:
+        time.sleep(0.25)
+        now = count()
+        if now == seen:
+            return now
+        seen = now
 
 
 def test_contributions_of_a_linear_model_are_exact(stubs: Stubs, linear: Linear) -> None:
@@ -112,7 +127,7 @@ def test_contributions_of_a_linear_model_are_exact(stubs: Stubs, linear: Linear)
     assert response.model_calls == 1 + len(rows) * math.ceil(coalitions * BACKGROUND / MAX_BATCH)
 
 
-def test_rows_of_the_wrong_type_or_width_never_reach_the_model(
+def test_rows_of_the_wrong_type_or_width_and_bad_options_never_reach_the_model(
     stubs: Stubs, linear: Linear
 ) -> None:
     good = [1.0] * FEATURES
@@ -127,6 +142,23 @@ def test_rows_of_the_wrong_type_or_width_never_reach_the_model(
     ]
     for model, rows, said in cases:
         error = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model, rows, linear.dataset)
+        assert said in error.details(), error.details()
+    # Options out of range, each refused saying which.
+    options: list[tuple[list[list[float]], dict[str, object], str]] = [
+        ([], {}, "between 1 and 100 rows"),
+        ([good] * 101, {}, "between 1 and 100 rows"),
+        ([good], {"samples": -1}, "samples must be in"),
+        ([good], {"samples": 100_001}, "samples must be in"),
+        ([good], {"background_size": 1001}, "background_size"),
+        ([good], {"output": "NOPE"}, "its outputs are PREDICTION"),
+        ([good], {"output_index": 1}, "output_index 1 is out of range"),
+        ([good], {"output_index": -1}, "output_index -1 is out of range"),
+        ([good], {"feature_names": ["x0", "x1"]}, "2 feature names"),
+        ([good], {"feature_names": [*NAMES[:5], "nope"]}, "no column 'nope'"),
+    ]
+    for rows, fields, said in options:
+        error = expect_error(Code.INVALID_ARGUMENT, explain, stubs, linear.model, rows,
+                             linear.dataset, **fields)  # fmt: skip
         assert said in error.details(), error.details()
     # Whole numbers in range are fine for the INT32 model, which agrees with the FP64 one.
     whole = explain(stubs, linear.whole, [[3.0, -1.0, 0.0, 2.0, 4.0, -3.0]], linear.dataset)
@@ -180,3 +212,96 @@ def test_grpcurl_and_the_cli_explain_and_refuse(mlserve: MLServeProcess, linear:
     assert "INVALID_ARGUMENT" in wrong.stdout + wrong.stderr
     assert "feature 'x3' is missing" in wrong.stdout + wrong.stderr
     assert "Traceback" not in wrong.stdout + wrong.stderr
+
+
+def stamp(moment: dt.datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(moment)
+    return value
+
+
+def logged_calls(stubs: Stubs, model: str, since: dt.datetime) -> int:
+    request = inference_log_pb2.ListInferenceLogsRequest(
+        model=model, start_time=stamp(since), page_size=1000
+    )
+    return len(stubs.logs.ListInferenceLogs(request, metadata=stubs.auth).records)
+
+
+def test_a_window_of_the_inference_log_as_background(
+    mlserve: MLServeProcess, stubs: Stubs, linear: Linear
+) -> None:
+    began = dt.datetime.now(dt.timezone.utc)
+    since = explain_pb2.LogWindow(start_time=stamp(began))
+    row = [[1.0, 2.0, -3.0, 0.5, 0.0, -1.5]]
+    # Nothing logged in the window yet: FAILED_PRECONDITION, saying what to do.
+    empty = expect_error(Code.FAILED_PRECONDITION, explain, stubs, linear.model, row, "",
+                         background_log=since)  # fmt: skip
+    assert "no logged inputs of model" in empty.details()
+    assert "INPUTS" in empty.details()
+    # Calls logged with metadata only (the default policy) carry no inputs either.
+    traffic = np.random.default_rng(5).normal(size=(40, FEATURES))
+    gateway = triton.InferenceServerClient(mlserve.address)
+    auth = {"authorization": f"Bearer {stubs.key}"}
+
+    def call(rows: np.ndarray) -> None:
+        tensor = triton.InferInput("FEATURES", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        gateway.infer(linear.model, [tensor], headers=auth)
+
+    call(traffic[:4])
+    wait_for(lambda: logged_calls(stubs, linear.model, began) == 1, 30, "the call to be logged")
+    expect_error(Code.FAILED_PRECONDITION, explain, stubs, linear.model, row, "",
+                 background_log=since)  # fmt: skip
+    stubs.logs.UpdateLoggingPolicy(
+        inference_log_pb2.UpdateLoggingPolicyRequest(
+            policy=inference_log_pb2.LoggingPolicy(
+                deployment=linear.model, mode=inference_log_pb2.LOGGING_MODE_INPUTS
+            )
+        ),
+        metadata=stubs.auth,
+    )
+    recorded = dt.datetime.now(dt.timezone.utc)
+    for start in range(0, 40, 10):
+        call(traffic[start : start + 10])
+    wait_for(lambda: logged_calls(stubs, linear.model, recorded) == 4, 30, "the calls logged")
+    window = explain_pb2.LogWindow(start_time=stamp(recorded))
+    # 40 logged rows, fewer than background_size: their exact mean is the base.
+    answered = explain(stubs, linear.model, row, "", background_log=window,
+                       include_prediction=True)  # fmt: skip
+    mean = traffic.mean(axis=0)
+    np.testing.assert_allclose(
+        answered.explanations[0].contributions, linear.weights * (row[0] - mean), atol=1e-6
+    )
+    assert list(answered.feature_names) == [f"FEATURES[{i}]" for i in range(FEATURES)]
+    # Summarised by k-means to 5 centres: still adds up to the prediction.
+    summarised = explain(stubs, linear.model, row, "", background_log=window,
+                         background_size=5, include_prediction=True)  # fmt: skip
+    (one,) = summarised.explanations
+    assert abs(summarised.base_value + sum(one.contributions) - one.prediction) < 1e-6
+    # A window that ends before the calls: empty again.
+    before = explain_pb2.LogWindow(start_time=stamp(began), end_time=stamp(recorded))
+    expect_error(Code.FAILED_PRECONDITION, explain, stubs, linear.model, row, "",
+                 background_log=before)  # fmt: skip
+    # Backwards, or both a dataset and a window: INVALID_ARGUMENT.
+    backwards = explain_pb2.LogWindow(start_time=stamp(recorded), end_time=stamp(began))
+    expect_error(Code.INVALID_ARGUMENT, explain, stubs, linear.model, row, "",
+                 background_log=backwards)  # fmt: skip
+    both = expect_error(Code.INVALID_ARGUMENT, explain, stubs, linear.model, row,
+                        linear.dataset, background_log=window)  # fmt: skip
+    assert "one background" in both.details()
+    gateway.close()
+    # The Python client and the CLI name a window by how long ago it starts.
+    with Client(mlserve.address, mlserve.key) as client:
+        again = client.explain(linear.model, row, log_since=recorded, timeout=120)
+    np.testing.assert_allclose(
+        again.explanations[0].contributions, answered.explanations[0].contributions, atol=1e-9
+    )
+    shown = mlserve_cli(mlserve, "explain", linear.model, "--log-since", "1h",
+                        "--row", ",".join(str(v) for v in row[0]))  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    first = next(line for line in shown.stdout.splitlines() if line.startswith("FEATURES[0]"))
+    assert f"{answered.explanations[0].contributions[0]:.6g}" in first
+    old = mlserve_cli(mlserve, "explain", linear.model, "--log-since", "2h", "--log-until", "1h",
+                      "--row", ",".join(str(v) for v in row[0]))  # fmt: skip
+    assert old.returncode != 0
+    assert "no logged inputs" in old.stdout + old.stderr

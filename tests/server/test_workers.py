@@ -10,6 +10,8 @@ worker and pid. Every other series is summed over the workers.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve_api.v1 import model_pb2
 from tests.support.checks import wait_until
+from tests.support.databases import DATABASE_KINDS
 from tests.support.mlserve import MLServeProcess
 from tests.support.models import upload_add
 from tests.support.ports import free_port
+from tests.support.postgres import PostgresCluster
 from tests.support.procfs import children, triton_pid
 from tests.support.tritons import add_inputs, deploy
 
@@ -55,12 +59,19 @@ class Workers:
         }
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Workers]:
+    """``--workers 2`` on each store kind: SQLite (WAL) in the home, or PostgreSQL."""
     metrics_port = free_port()
+    database: tuple[str, ...] = ()
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        database = ("--database", cluster.url(cluster.create_database()))
     process = MLServeProcess(
         tmp_path_factory.mktemp("workers"),
-        "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+        "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics_port}", *database,
     )  # fmt: skip
     try:
         process.start()  # worker 0 answers health once its Triton is up
@@ -169,3 +180,20 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(tmp_path: Path) -> None:
+    process = MLServeProcess(tmp_path / "home", "--workers", "2", "--no-embedded-triton")
+    try:
+        process.start(wait_for_triton=False)
+        wait_until(lambda: "2 workers serve" in process.log.read_text(), timeout=120)
+        assert process.process is not None
+        workers = children(process.process.pid)
+        second = next(pid for pid in workers if _slot_of(pid).startswith("MLSERVE_WORKER_SLOT=1/"))
+        os.kill(second, signal.SIGKILL)
+        assert process.process.wait(60) == 1
+        assert "worker 1 (pid" in process.log.read_text()
+        for pid in workers:
+            assert not _alive(pid)
+    finally:
+        process.stop()

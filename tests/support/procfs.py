@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 
@@ -20,6 +21,16 @@ def children(pid: int) -> list[int]:
         if parent == pid:
             found.append(int(entry.name))
     return found
+
+
+def gone(pids: list[int], within: float = 30.0) -> bool:
+    """Whether every one of ``pids`` has exited (waiting up to ``within`` seconds)."""
+    deadline = time.monotonic() + within
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def triton_pid(mlserve_pid: int) -> int:

@@ -4,11 +4,13 @@ a queued and of a running job, watching log lines and states."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib.metadata
 from pathlib import Path
 
 import pytest
 
-from mlserve.core.errors import NotFound, ResourceExhausted
+from mlserve.core.errors import FailedPrecondition, NotFound, ResourceExhausted
 from mlserve.training.runner import JobState, JobStatus, LocalRunner, RunnerLimits
 from mlserve.training.sandboxed import JobLimits, JobSpec
 from mlserve.triton.sandbox import Sandbox
@@ -29,7 +31,8 @@ def test_one_at_a_time_a_bounded_queue_cancel_and_watch(tmp_path: Path) -> None:
     finished: list[tuple[str, JobState]] = []
 
     async def record(status: JobStatus) -> None:
-        finished.append((status.job_id, status.state))
+        if status.state.finished:
+            finished.append((status.job_id, status.state))
 
     async def scenario() -> None:
         runner = LocalRunner(Sandbox.find(), RunnerLimits(concurrent=1, queued=2), record)
@@ -75,3 +78,26 @@ def test_one_at_a_time_a_bounded_queue_cancel_and_watch(tmp_path: Path) -> None:
         ("third", JobState.SUCCEEDED),
         ("waiting", JobState.CANCELLED),
     ]
+
+
+def test_capabilities_name_the_labels_network_and_the_sandboxs_packages(tmp_path: Path) -> None:
+    async def ignore(status: JobStatus) -> None:
+        pass
+
+    async def scenario() -> None:
+        runner = LocalRunner(
+            Sandbox.find(), RunnerLimits(), ignore, labels=frozenset({"cpu", "local"})
+        )
+        offered = await runner.capabilities()
+        assert offered.labels == {"cpu", "local"}
+        assert offered.network is False
+        # What the sandbox's interpreter imports, by canonical name.
+        assert offered.packages["numpy"] == importlib.metadata.version("numpy")
+        assert offered.packages["scikit-learn"] == importlib.metadata.version("scikit-learn")
+        networked = spec(tmp_path, "net", "pass")
+        with pytest.raises(FailedPrecondition, match="--training-allow-network"):
+            await runner.submit("net", dataclasses.replace(networked, network=True))
+        with pytest.raises(NotFound):
+            runner.status("net")  # refused: never queued
+
+    asyncio.run(scenario())

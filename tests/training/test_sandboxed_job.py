@@ -23,7 +23,11 @@ def sandbox() -> Sandbox:
 
 
 def run(
-    sandbox: Sandbox, tmp_path: Path, script: str, limits: JobLimits | None = None
+    sandbox: Sandbox,
+    tmp_path: Path,
+    script: str,
+    limits: JobLimits | None = None,
+    network: bool = False,
 ) -> tuple[JobResult, Path]:
     code, data, output = tmp_path / "code", tmp_path / "data", tmp_path / "job" / "output"
     code.mkdir()
@@ -31,7 +35,13 @@ def run(
     (code / "train.py").write_text(script)
     (data / "train.csv").write_text("x,y\n1,2\n3,4\n")
     spec = JobSpec(
-        code, "train.py", data, output, {"alpha": 0.5}, limits or JobLimits(wall_seconds=60)
+        code,
+        "train.py",
+        data,
+        output,
+        {"alpha": 0.5},
+        limits or JobLimits(wall_seconds=60),
+        network=network,
     )
     return asyncio.run(SandboxedJob(spec, sandbox).run()), output
 
@@ -100,6 +110,24 @@ def test_no_network_reaches_out(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result.outcome is Outcome.FAILED
     assert "exited with code 1" in result.reason
     assert "Error" in result.reason
+
+
+def test_a_job_given_the_network_reaches_a_loopback_port(sandbox: Sandbox, tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        script = (
+            "import socket\n"
+            f"with socket.create_connection(('127.0.0.1', {port}), timeout=30) as s:\n"
+            "    s.sendall(b'from the job')\n"
+        )
+        result, _ = run(sandbox, tmp_path, script, network=True)
+        listener.settimeout(30)
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.recv(100) == b"from the job"
+    assert result.outcome is Outcome.SUCCEEDED, result
 
 
 def test_mlserves_home_is_not_there(sandbox: Sandbox, tmp_path: Path) -> None:

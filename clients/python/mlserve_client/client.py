@@ -368,17 +368,52 @@ class Client:
         code_version: int = 0,
         dataset_version: int = 0,
         parameters: Mapping[str, str] | None = None,
+        env_path: str = "",
+        runner_labels: Sequence[str] = (),
+        network: bool = False,
+        code_dataset: str = "",
+        code_dataset_version: int = 0,
     ) -> training_pb2.TrainingJob:
         """Queue a training job: ``model``'s code artifact ``code_path`` (of
-        ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest)."""
+        ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest).
+        ``env_path``: an env artifact of the same version whose requirements the runner
+        must meet; ``runner_labels``: labels the runner must have; ``network``: run with
+        the host's network (when the admin allows it); ``code_dataset``: take the script
+        ``code_path`` from that dataset (``code_dataset_version``; 0: the latest) instead."""
         job = training_pb2.TrainingJob(
             model=model,
             code_version=code_version,
             code_path=code_path,
             training_dataset=model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version),
             parameters=dict(parameters or {}),
+            env_path=env_path,
+            runner_labels=list(runner_labels),
+            network=network,
+            code_dataset=model_pb2.DatasetVersionRef(
+                dataset=code_dataset, version=code_dataset_version
+            )
+            if code_dataset
+            else None,
         )
         return self.training.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(job=job))
+
+    def list_training_jobs(
+        self, *, model: str = "", state: str = ""
+    ) -> Iterator[training_pb2.TrainingJob]:
+        """Every visible training job, newest first, of ``model`` and in ``state`` (e.g.
+        ``"RUNNING"``) when given."""
+        value = training_pb2.TrainingJobState.Value(
+            f"TRAINING_JOB_STATE_{state}" if state else "TRAINING_JOB_STATE_UNSPECIFIED"
+        )
+
+        def page(token: str) -> tuple[Sequence[training_pb2.TrainingJob], str]:
+            request = training_pb2.ListTrainingJobsRequest(
+                model=model, state=value, page_token=token
+            )
+            response = self.training.ListTrainingJobs(request)
+            return response.jobs, response.next_page_token
+
+        return _every_page(page)
 
     def follow_training(
         self, job_id: str, on_line: Callable[[str], None] | None = None
@@ -409,12 +444,16 @@ class Client:
         background_size: int = 0,
         output: str = "",
         include_prediction: bool = False,
+        log_since: dt.datetime | dt.timedelta | None = None,
+        log_until: dt.datetime | dt.timedelta | None = None,
         timeout: float | None = None,
     ) -> explain_pb2.ExplainResponse:
         """KernelSHAP contributions of each feature to ``model``'s output for each row.
 
         The background is the deployed version's training dataset unless ``dataset``
-        names one; 0 for ``samples`` / ``background_size`` means the server's defaults."""
+        names one, or ``log_since`` / ``log_until`` (a datetime, or a timedelta: that
+        long ago) name a window of the inference log whose logged inputs serve; 0 for
+        ``samples`` / ``background_size`` means the server's defaults."""
         request = explain_pb2.ExplainRequest(
             model=model,
             rows=[explain_pb2.ExplainRow(values=list(row)) for row in rows],
@@ -426,6 +465,13 @@ class Client:
         if dataset:
             request.background_dataset.CopyFrom(
                 model_pb2.DatasetVersionRef(dataset=dataset, version=dataset_version)
+            )
+        if log_since is not None or log_until is not None:
+            request.background_log.CopyFrom(
+                explain_pb2.LogWindow(
+                    start_time=inference_logs.timestamp(log_since),
+                    end_time=inference_logs.timestamp(log_until),
+                )
             )
         return self.explain_service.Explain(request, timeout=timeout)
 

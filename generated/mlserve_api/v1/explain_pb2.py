@@ -22,24 +22,27 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mlserve_api.v1 import model_pb2 as mlserve_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlserve/v1/explain.proto\x12\nmlserve.v1\x1a\x16mlserve/v1/model.proto\"\x83\x02\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04rows\x18\x02 \x03(\x0b\x32\x16.mlserve.v1.ExplainRow\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x14\n\x0coutput_index\x18\x04 \x01(\x03\x12\x39\n\x12\x62\x61\x63kground_dataset\x18\x05 \x01(\x0b\x32\x1d.mlserve.v1.DatasetVersionRef\x12\x17\n\x0f\x62\x61\x63kground_size\x18\x06 \x01(\x03\x12\x0f\n\x07samples\x18\x07 \x01(\x03\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x1a\n\x12include_prediction\x18\t \x01(\x08\"\x1c\n\nExplainRow\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xb1\x01\n\x0f\x45xplainResponse\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x12\n\nbase_value\x18\x04 \x01(\x01\x12-\n\x0c\x65xplanations\x18\x05 \x03(\x0b\x32\x17.mlserve.v1.Explanation\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x13\n\x0bmodel_calls\x18\x07 \x01(\x03\"8\n\x0b\x45xplanation\x12\x15\n\rcontributions\x18\x01 \x03(\x01\x12\x12\n\nprediction\x18\x02 \x01(\x01\x32T\n\x0e\x45xplainService\x12\x42\n\x07\x45xplain\x12\x1a.mlserve.v1.ExplainRequest\x1a\x1b.mlserve.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlserve/v1/explain.proto\x12\nmlserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mlserve/v1/model.proto\"\xb2\x02\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04rows\x18\x02 \x03(\x0b\x32\x16.mlserve.v1.ExplainRow\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x14\n\x0coutput_index\x18\x04 \x01(\x03\x12\x39\n\x12\x62\x61\x63kground_dataset\x18\x05 \x01(\x0b\x32\x1d.mlserve.v1.DatasetVersionRef\x12\x17\n\x0f\x62\x61\x63kground_size\x18\x06 \x01(\x03\x12\x0f\n\x07samples\x18\x07 \x01(\x03\x12\x15\n\rfeature_names\x18\x08 \x03(\t\x12\x1a\n\x12include_prediction\x18\t \x01(\x08\x12-\n\x0e\x62\x61\x63kground_log\x18\n \x01(\x0b\x32\x15.mlserve.v1.LogWindow\"i\n\tLogWindow\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\nExplainRow\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xb1\x01\n\x0f\x45xplainResponse\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x12\n\nbase_value\x18\x04 \x01(\x01\x12-\n\x0c\x65xplanations\x18\x05 \x03(\x0b\x32\x17.mlserve.v1.Explanation\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x13\n\x0bmodel_calls\x18\x07 \x01(\x03\"8\n\x0b\x45xplanation\x12\x15\n\rcontributions\x18\x01 \x03(\x01\x12\x12\n\nprediction\x18\x02 \x01(\x01\x32T\n\x0e\x45xplainService\x12\x42\n\x07\x45xplain\x12\x1a.mlserve.v1.ExplainRequest\x1a\x1b.mlserve.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlserve_api.v1.explain_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPLAINREQUEST']._serialized_start=65
-  _globals['_EXPLAINREQUEST']._serialized_end=324
-  _globals['_EXPLAINROW']._serialized_start=326
-  _globals['_EXPLAINROW']._serialized_end=354
-  _globals['_EXPLAINRESPONSE']._serialized_start=357
-  _globals['_EXPLAINRESPONSE']._serialized_end=534
-  _globals['_EXPLANATION']._serialized_start=536
-  _globals['_EXPLANATION']._serialized_end=592
-  _globals['_EXPLAINSERVICE']._serialized_start=594
-  _globals['_EXPLAINSERVICE']._serialized_end=678
+  _globals['_EXPLAINREQUEST']._serialized_start=98
+  _globals['_EXPLAINREQUEST']._serialized_end=404
+  _globals['_LOGWINDOW']._serialized_start=406
+  _globals['_LOGWINDOW']._serialized_end=511
+  _globals['_EXPLAINROW']._serialized_start=513
+  _globals['_EXPLAINROW']._serialized_end=541
+  _globals['_EXPLAINRESPONSE']._serialized_start=544
+  _globals['_EXPLAINRESPONSE']._serialized_end=721
+  _globals['_EXPLANATION']._serialized_start=723
+  _globals['_EXPLANATION']._serialized_end=779
+  _globals['_EXPLAINSERVICE']._serialized_start=781
+  _globals['_EXPLAINSERVICE']._serialized_end=865
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from mlserve_api.v1 import model_pb2 as _model_pb2
 import builtins as _builtins
@@ -34,6 +35,7 @@ class ExplainRequest(_message.Message):
     SAMPLES_FIELD_NUMBER: _builtins.int
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     INCLUDE_PREDICTION_FIELD_NUMBER: _builtins.int
+    BACKGROUND_LOG_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The deployed model."""
     output: _builtins.str
@@ -63,6 +65,15 @@ class ExplainRequest(_message.Message):
         background dataset's columns.
         """
 
+    @_builtins.property
+    def background_log(self) -> Global___LogWindow:
+        """The background from the inference log instead of a dataset: the inputs
+        of the model's successful calls logged in this window (its deployment's
+        logging policy must record inputs: LOGGING_MODE_INPUTS or _ALL), at most
+        10,000 rows evenly spread over the window, summarised like a dataset.
+        At most one of background_dataset and background_log.
+        """
+
     def __init__(
         self,
         *,
@@ -75,14 +86,45 @@ class ExplainRequest(_message.Message):
         samples: _builtins.int = ...,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         include_prediction: _builtins.bool = ...,
+        background_log: Global___LogWindow | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["background_dataset", b"background_dataset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["background_dataset", b"background_dataset", "background_log", b"background_log"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_dataset", b"background_dataset", "background_size", b"background_size", "feature_names", b"feature_names", "include_prediction", b"include_prediction", "model", b"model", "output", b"output", "output_index", b"output_index", "rows", b"rows", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_dataset", b"background_dataset", "background_log", b"background_log", "background_size", b"background_size", "feature_names", b"feature_names", "include_prediction", b"include_prediction", "model", b"model", "output", b"output", "output_index", b"output_index", "rows", b"rows", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainRequest: _TypeAlias = ExplainRequest  # noqa: Y015
+
+@_typing.final
+class LogWindow(_message.Message):
+    """LogWindow is a time range of the inference log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """From this time on; unset for the log's beginning."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Before this time; unset for now."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogWindow: _TypeAlias = LogWindow  # noqa: Y015
 
 @_typing.final
 class ExplainRow(_message.Message):

@@ -57,7 +57,8 @@ class ExplainServiceServicer:
         chosen output and the base value they add up from. FAILED_PRECONDITION
         when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
         width (naming the features) or a model whose input is not numeric;
-        NOT_FOUND for a background dataset the caller may not see.
+        NOT_FOUND for a background dataset the caller may not see;
+        FAILED_PRECONDITION for a background_log window with no logged inputs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

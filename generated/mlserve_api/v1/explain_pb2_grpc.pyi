@@ -42,7 +42,8 @@ class ExplainServiceStub:
     chosen output and the base value they add up from. FAILED_PRECONDITION
     when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
     width (naming the features) or a model whose input is not numeric;
-    NOT_FOUND for a background dataset the caller may not see.
+    NOT_FOUND for a background dataset the caller may not see;
+    FAILED_PRECONDITION for a background_log window with no logged inputs.
     """
 
 @_typing.type_check_only
@@ -59,7 +60,8 @@ class ExplainServiceAsyncStub(ExplainServiceStub):
     chosen output and the base value they add up from. FAILED_PRECONDITION
     when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
     width (naming the features) or a model whose input is not numeric;
-    NOT_FOUND for a background dataset the caller may not see.
+    NOT_FOUND for a background dataset the caller may not see;
+    FAILED_PRECONDITION for a background_log window with no logged inputs.
     """
 
 class ExplainServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -79,7 +81,8 @@ class ExplainServiceServicer(metaclass=_abc_1.ABCMeta):
         chosen output and the base value they add up from. FAILED_PRECONDITION
         when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
         width (naming the features) or a model whose input is not numeric;
-        NOT_FOUND for a background dataset the caller may not see.
+        NOT_FOUND for a background dataset the caller may not see;
+        FAILED_PRECONDITION for a background_log window with no logged inputs.
         """
 
 def add_ExplainServiceServicer_to_server(servicer: ExplainServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -118,6 +118,13 @@ class TrainingJob(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CODE_SHA256_FIELD_NUMBER: _builtins.int
     DATASET_SHA256_FIELD_NUMBER: _builtins.int
+    ENV_PATH_FIELD_NUMBER: _builtins.int
+    ENV_REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    ENV_SHA256_FIELD_NUMBER: _builtins.int
+    RUNNER_LABELS_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    CODE_DATASET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job's id, assigned on create. Output only."""
     model: _builtins.str
@@ -136,6 +143,21 @@ class TrainingJob(_message.Message):
     """sha256 of the script and the dataset version's manifest. Output only."""
     dataset_sha256: _builtins.str
     """sha256 of the dataset version's manifest. Output only."""
+    env_path: _builtins.str
+    """An artifact of kind env of code_version (requirements.txt style): every
+    requirement must be installed in the runner's interpreter, else
+    CreateTrainingJob is FAILED_PRECONDITION naming it. Nothing is installed.
+    """
+    env_sha256: _builtins.str
+    """sha256 of the env artifact. Output only."""
+    network: _builtins.bool
+    """Run with the host's network instead of none; FAILED_PRECONDITION unless
+    MLServe runs with --training-allow-network.
+    """
+    instance: _builtins.str
+    """The MLServe instance (--instance-name) whose runner runs the job; its log
+    and cancel are there. Output only.
+    """
     @_builtins.property
     def training_dataset(self) -> _model_pb2.DatasetVersionRef:
         """The dataset version the script reads at $MLSERVE_DATA."""
@@ -160,6 +182,23 @@ class TrainingJob(_message.Message):
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """What the script wrote to metrics.json (name to number). Output only."""
 
+    @_builtins.property
+    def env_requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The env artifact's requirements as checked (one per line). Output only."""
+
+    @_builtins.property
+    def runner_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Placement: labels the runner must have (all of them); none means any
+        runner. FAILED_PRECONDITION naming a label no runner has.
+        """
+
+    @_builtins.property
+    def code_dataset(self) -> _model_pb2.DatasetVersionRef:
+        """Instead of a code artifact: a dataset version holding the script (a *.py
+        file at code_path) and any modules beside it, all placed at $MLSERVE_CODE.
+        code_version must then be 0; env_path is not supported with it.
+        """
+
     def __init__(
         self,
         *,
@@ -178,10 +217,17 @@ class TrainingJob(_message.Message):
         version: _builtins.int = ...,
         code_sha256: _builtins.str = ...,
         dataset_sha256: _builtins.str = ...,
+        env_path: _builtins.str = ...,
+        env_requirements: _abc.Iterable[_builtins.str] | None = ...,
+        env_sha256: _builtins.str = ...,
+        runner_labels: _abc.Iterable[_builtins.str] | None = ...,
+        network: _builtins.bool = ...,
+        instance: _builtins.str = ...,
+        code_dataset: _model_pb2.DatasetVersionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "training_dataset", b"training_dataset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_dataset", b"code_dataset", "create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_path", b"code_path", "code_sha256", b"code_sha256", "code_version", b"code_version", "create_time", b"create_time", "dataset_sha256", b"dataset_sha256", "end_time", b"end_time", "id", b"id", "metrics", b"metrics", "model", b"model", "parameters", b"parameters", "reason", b"reason", "start_time", b"start_time", "state", b"state", "training_dataset", b"training_dataset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_dataset", b"code_dataset", "code_path", b"code_path", "code_sha256", b"code_sha256", "code_version", b"code_version", "create_time", b"create_time", "dataset_sha256", b"dataset_sha256", "end_time", b"end_time", "env_path", b"env_path", "env_requirements", b"env_requirements", "env_sha256", b"env_sha256", "id", b"id", "instance", b"instance", "metrics", b"metrics", "model", b"model", "network", b"network", "parameters", b"parameters", "reason", b"reason", "runner_labels", b"runner_labels", "start_time", b"start_time", "state", b"state", "training_dataset", b"training_dataset", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -241,19 +287,27 @@ class ListTrainingJobsRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Only this model's jobs."""
     state: Global___TrainingJobState.ValueType
     """Only jobs in this state."""
+    page_size: _builtins.int
+    """At most this many jobs (0: 50; at most 1000)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, with the same filters."""
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         state: Global___TrainingJobState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +320,9 @@ class ListTrainingJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingJob]:
         """Newest first."""
@@ -274,10 +331,11 @@ class ListTrainingJobsResponse(_message.Message):
         self,
         *,
         jobs: _abc.Iterable[Global___TrainingJob] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,8 +28,10 @@ if _version_not_supported:
 class TrainingServiceStub:
     """TrainingService runs a model's training script on a dataset version in
     MLServe's sandbox and commits what it writes as the model's next version.
-    Jobs are kept in the memory of the MLServe process that runs them: they
-    do not survive its restart, and another replica does not know them.
+    Jobs are rows of the database: they survive a restart (a job that was
+    queued or running then ends FAILED, "interrupted by a restart"), and every
+    replica can get and list them; a job's log and cancel are on the replica
+    that runs it (TrainingJob.instance).
     """
 
     def __init__(self, channel):
@@ -68,12 +70,16 @@ class TrainingServiceStub:
 class TrainingServiceServicer:
     """TrainingService runs a model's training script on a dataset version in
     MLServe's sandbox and commits what it writes as the model's next version.
-    Jobs are kept in the memory of the MLServe process that runs them: they
-    do not survive its restart, and another replica does not know them.
+    Jobs are rows of the database: they survive a restart (a job that was
+    queued or running then ends FAILED, "interrupted by a restart"), and every
+    replica can get and list them; a job's log and cancel are on the replica
+    that runs it (TrainingJob.instance).
     """
 
     def CreateTrainingJob(self, request, context):
-        """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full.
+        """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+        FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+        env artifact, a runner label, or network the admin does not allow.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,7 +95,7 @@ class TrainingServiceServicer:
 
     def ListTrainingJobs(self, request, context):
         """ListTrainingJobs returns the jobs of the models the caller may see,
-        newest first, filtered by model and state.
+        newest first, filtered by model and state, in pages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,8 +156,10 @@ def add_TrainingServiceServicer_to_server(servicer, server):
 class TrainingService:
     """TrainingService runs a model's training script on a dataset version in
     MLServe's sandbox and commits what it writes as the model's next version.
-    Jobs are kept in the memory of the MLServe process that runs them: they
-    do not survive its restart, and another replica does not know them.
+    Jobs are rows of the database: they survive a restart (a job that was
+    queued or running then ends FAILED, "interrupted by a restart"), and every
+    replica can get and list them; a job's log and cancel are on the replica
+    that runs it (TrainingJob.instance).
     """
 
     @staticmethod

@@ -29,8 +29,10 @@ GRPC_VERSION: str
 class TrainingServiceStub:
     """TrainingService runs a model's training script on a dataset version in
     MLServe's sandbox and commits what it writes as the model's next version.
-    Jobs are kept in the memory of the MLServe process that runs them: they
-    do not survive its restart, and another replica does not know them.
+    Jobs are rows of the database: they survive a restart (a job that was
+    queued or running then ends FAILED, "interrupted by a restart"), and every
+    replica can get and list them; a job's log and cancel are on the replica
+    that runs it (TrainingJob.instance).
     """
 
     @_typing.overload
@@ -38,14 +40,17 @@ class TrainingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrainingServiceAsyncStub: ...
     CreateTrainingJob: _grpc.UnaryUnaryMultiCallable[_training_pb2.CreateTrainingJobRequest, _training_pb2.TrainingJob]
-    """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full."""
+    """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+    FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+    env artifact, a runner label, or network the admin does not allow.
+    """
     GetTrainingJob: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetTrainingJobRequest, _training_pb2.TrainingJob]
     """GetTrainingJob returns one job; NOT_FOUND alike for a missing one and
     one of a model the caller may not see.
     """
     ListTrainingJobs: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListTrainingJobsRequest, _training_pb2.ListTrainingJobsResponse]
     """ListTrainingJobs returns the jobs of the models the caller may see,
-    newest first, filtered by model and state.
+    newest first, filtered by model and state, in pages.
     """
     CancelTrainingJob: _grpc.UnaryUnaryMultiCallable[_training_pb2.CancelTrainingJobRequest, _training_pb2.TrainingJob]
     """CancelTrainingJob ends a job: its process group is gone when the call
@@ -60,20 +65,25 @@ class TrainingServiceStub:
 class TrainingServiceAsyncStub(TrainingServiceStub):
     """TrainingService runs a model's training script on a dataset version in
     MLServe's sandbox and commits what it writes as the model's next version.
-    Jobs are kept in the memory of the MLServe process that runs them: they
-    do not survive its restart, and another replica does not know them.
+    Jobs are rows of the database: they survive a restart (a job that was
+    queued or running then ends FAILED, "interrupted by a restart"), and every
+    replica can get and list them; a job's log and cancel are on the replica
+    that runs it (TrainingJob.instance).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTrainingJob: _aio.UnaryUnaryMultiCallable[_training_pb2.CreateTrainingJobRequest, _training_pb2.TrainingJob]  # type: ignore[assignment]
-    """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full."""
+    """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+    FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+    env artifact, a runner label, or network the admin does not allow.
+    """
     GetTrainingJob: _aio.UnaryUnaryMultiCallable[_training_pb2.GetTrainingJobRequest, _training_pb2.TrainingJob]  # type: ignore[assignment]
     """GetTrainingJob returns one job; NOT_FOUND alike for a missing one and
     one of a model the caller may not see.
     """
     ListTrainingJobs: _aio.UnaryUnaryMultiCallable[_training_pb2.ListTrainingJobsRequest, _training_pb2.ListTrainingJobsResponse]  # type: ignore[assignment]
     """ListTrainingJobs returns the jobs of the models the caller may see,
-    newest first, filtered by model and state.
+    newest first, filtered by model and state, in pages.
     """
     CancelTrainingJob: _aio.UnaryUnaryMultiCallable[_training_pb2.CancelTrainingJobRequest, _training_pb2.TrainingJob]  # type: ignore[assignment]
     """CancelTrainingJob ends a job: its process group is gone when the call
@@ -87,8 +97,10 @@ class TrainingServiceAsyncStub(TrainingServiceStub):
 class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
     """TrainingService runs a model's training script on a dataset version in
     MLServe's sandbox and commits what it writes as the model's next version.
-    Jobs are kept in the memory of the MLServe process that runs them: they
-    do not survive its restart, and another replica does not know them.
+    Jobs are rows of the database: they survive a restart (a job that was
+    queued or running then ends FAILED, "interrupted by a restart"), and every
+    replica can get and list them; a job's log and cancel are on the replica
+    that runs it (TrainingJob.instance).
     """
 
     @_abc_1.abstractmethod
@@ -97,7 +109,10 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.CreateTrainingJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.TrainingJob, _abc.Awaitable[_training_pb2.TrainingJob]]:
-        """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full."""
+        """CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+        FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+        env artifact, a runner label, or network the admin does not allow.
+        """
 
     @_abc_1.abstractmethod
     def GetTrainingJob(
@@ -116,7 +131,7 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.ListTrainingJobsResponse, _abc.Awaitable[_training_pb2.ListTrainingJobsResponse]]:
         """ListTrainingJobs returns the jobs of the models the caller may see,
-        newest first, filtered by model and state.
+        newest first, filtered by model and state, in pages.
         """
 
     @_abc_1.abstractmethod

@@ -7,6 +7,7 @@ import argparse
 from mlserve_client import Client
 from mlserve_client.cli.common import Subcommands, command
 from mlserve_client.cli.output import print_table
+from mlserve_client.inference_logs import parse_span
 
 
 def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> None:
@@ -28,6 +29,13 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
     explain.add_argument("--samples", type=int, default=0, help="default: 2048")
     explain.add_argument("--background-size", type=int, default=0, help="default: 50")
     explain.add_argument("--output", default="", help="default: the model's first output")
+    explain.add_argument(
+        "--log-since", type=parse_span,
+        help="background: the inputs the inference log recorded this recently, e.g. 1h, 7d",
+    )  # fmt: skip
+    explain.add_argument(
+        "--log-until", type=parse_span, help="with --log-since: up to this long ago"
+    )
 
 
 def _explain(client: Client, args: argparse.Namespace) -> int:
@@ -45,6 +53,8 @@ def _explain(client: Client, args: argparse.Namespace) -> int:
         background_size=args.background_size,
         output=args.output,
         include_prediction=True,
+        log_since=args.log_since,
+        log_until=args.log_until,
     )
     print(f"{response.method} of {response.output} (version {response.version}), "
           f"base value {response.base_value:.6g}, {response.model_calls} model calls")  # fmt: skip

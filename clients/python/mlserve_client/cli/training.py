@@ -21,12 +21,31 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         example="mlserve training run diabetes train.py --dataset diabetes --follow",
     )
     run.add_argument("model")
-    run.add_argument("code_path", help="the code artifact (a .py file) to run")
+    run.add_argument("code_path", help="the code artifact (or --code-dataset file) to run")
     run.add_argument("--dataset", required=True)
     run.add_argument("--dataset-version", type=int, default=0, help="default: the latest")
     run.add_argument("--code-version", type=int, default=0, help="default: the latest")
     run.add_argument(
+        "--code-dataset", default="", help="take the script from this dataset, not an artifact"
+    )
+    run.add_argument("--code-dataset-version", type=int, default=0, help="default: the latest")
+    run.add_argument(
         "--param", dest="params", action="append", default=[], help="name=value, repeatable"
+    )
+    run.add_argument(
+        "--env", default="", help="an env artifact (requirements) the runner must meet"
+    )
+    run.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=[],
+        help="a label the runner must have, repeatable",
+    )
+    run.add_argument(
+        "--network",
+        action="store_true",
+        help="run with the host's network (the admin must allow it)",
     )
     run.add_argument("--follow", action="store_true", help="print its log until it ends")
     listing = command(
@@ -34,6 +53,12 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         example="mlserve training list --model diabetes",
     )  # fmt: skip
     listing.add_argument("--model", default="")
+    listing.add_argument(
+        "--state",
+        default="",
+        type=str.upper,
+        choices=("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"),
+    )
     follow = command(
         training, "follow", _follow, "print a job's log until it ends", connection,
         example="mlserve training follow job-0123",
@@ -66,6 +91,11 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         code_version=args.code_version,
         dataset_version=args.dataset_version,
         parameters=params,
+        env_path=args.env,
+        runner_labels=args.labels,
+        network=args.network,
+        code_dataset=args.code_dataset,
+        code_dataset_version=args.code_dataset_version,
     )
     if not args.follow:
         print(f"training job {job.id} {_state(job)}")
@@ -83,12 +113,12 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.training.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(model=args.model))
+    jobs = client.list_training_jobs(model=args.model, state=args.state)
     print_table(
         ("ID", "MODEL", "STATE", "VERSION", "CREATED", "REASON"),
         (
             (j.id, j.model, _state(j), str(j.version or "-"), when(j.create_time), j.reason)
-            for j in jobs.jobs
+            for j in jobs
         ),
     )
     return 0

@@ -21,7 +21,8 @@ type ExplainServiceClient interface {
 	// chosen output and the base value they add up from. FAILED_PRECONDITION
 	// when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
 	// width (naming the features) or a model whose input is not numeric;
-	// NOT_FOUND for a background dataset the caller may not see.
+	// NOT_FOUND for a background dataset the caller may not see;
+	// FAILED_PRECONDITION for a background_log window with no logged inputs.
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
 }
 
@@ -50,7 +51,8 @@ type ExplainServiceServer interface {
 	// chosen output and the base value they add up from. FAILED_PRECONDITION
 	// when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
 	// width (naming the features) or a model whose input is not numeric;
-	// NOT_FOUND for a background dataset the caller may not see.
+	// NOT_FOUND for a background dataset the caller may not see;
+	// FAILED_PRECONDITION for a background_log window with no logged inputs.
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
 	mustEmbedUnimplementedExplainServiceServer()
 }

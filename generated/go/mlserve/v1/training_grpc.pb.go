@@ -17,13 +17,15 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type TrainingServiceClient interface {
-	// CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full.
+	// CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+	// FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+	// env artifact, a runner label, or network the admin does not allow.
 	CreateTrainingJob(ctx context.Context, in *CreateTrainingJobRequest, opts ...grpc.CallOption) (*TrainingJob, error)
 	// GetTrainingJob returns one job; NOT_FOUND alike for a missing one and
 	// one of a model the caller may not see.
 	GetTrainingJob(ctx context.Context, in *GetTrainingJobRequest, opts ...grpc.CallOption) (*TrainingJob, error)
 	// ListTrainingJobs returns the jobs of the models the caller may see,
-	// newest first, filtered by model and state.
+	// newest first, filtered by model and state, in pages.
 	ListTrainingJobs(ctx context.Context, in *ListTrainingJobsRequest, opts ...grpc.CallOption) (*ListTrainingJobsResponse, error)
 	// CancelTrainingJob ends a job: its process group is gone when the call
 	// returns. A finished job is returned as it is.
@@ -113,13 +115,15 @@ func (x *trainingServiceWatchTrainingJobClient) Recv() (*TrainingJobEvent, error
 // All implementations must embed UnimplementedTrainingServiceServer
 // for forward compatibility
 type TrainingServiceServer interface {
-	// CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full.
+	// CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+	// FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+	// env artifact, a runner label, or network the admin does not allow.
 	CreateTrainingJob(context.Context, *CreateTrainingJobRequest) (*TrainingJob, error)
 	// GetTrainingJob returns one job; NOT_FOUND alike for a missing one and
 	// one of a model the caller may not see.
 	GetTrainingJob(context.Context, *GetTrainingJobRequest) (*TrainingJob, error)
 	// ListTrainingJobs returns the jobs of the models the caller may see,
-	// newest first, filtered by model and state.
+	// newest first, filtered by model and state, in pages.
 	ListTrainingJobs(context.Context, *ListTrainingJobsRequest) (*ListTrainingJobsResponse, error)
 	// CancelTrainingJob ends a job: its process group is gone when the call
 	// returns. A finished job is returned as it is.

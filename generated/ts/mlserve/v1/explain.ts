@@ -18,6 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Timestamp } from "../../google/protobuf/timestamp";
 import { DatasetVersionRef } from "./model";
 
 export const protobufPackage = "mlserve.v1";
@@ -53,6 +54,24 @@ export interface ExplainRequest {
   featureNames: string[];
   /** Also return the model's prediction for each row. */
   includePrediction: boolean;
+  /**
+   * The background from the inference log instead of a dataset: the inputs
+   * of the model's successful calls logged in this window (its deployment's
+   * logging policy must record inputs: LOGGING_MODE_INPUTS or _ALL), at most
+   * 10,000 rows evenly spread over the window, summarised like a dataset.
+   * At most one of background_dataset and background_log.
+   */
+  backgroundLog?: LogWindow | undefined;
+}
+
+/** LogWindow is a time range of the inference log. */
+export interface LogWindow {
+  /** From this time on; unset for the log's beginning. */
+  startTime?:
+    | Date
+    | undefined;
+  /** Before this time; unset for now. */
+  endTime?: Date | undefined;
 }
 
 /** ExplainRow is one input row. */
@@ -98,6 +117,7 @@ function createBaseExplainRequest(): ExplainRequest {
     samples: "0",
     featureNames: [],
     includePrediction: false,
+    backgroundLog: undefined,
   };
 }
 
@@ -129,6 +149,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     }
     if (message.includePrediction !== false) {
       writer.uint32(72).bool(message.includePrediction);
+    }
+    if (message.backgroundLog !== undefined) {
+      LogWindow.encode(message.backgroundLog, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -218,6 +241,14 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
             message.includePrediction = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.backgroundLog = LogWindow.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -261,6 +292,11 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
         : isSet(object.include_prediction)
         ? globalThis.Boolean(object.include_prediction)
         : false,
+      backgroundLog: isSet(object.backgroundLog)
+        ? LogWindow.fromJSON(object.backgroundLog)
+        : isSet(object.background_log)
+        ? LogWindow.fromJSON(object.background_log)
+        : undefined,
     };
   },
 
@@ -293,6 +329,9 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     if (message.includePrediction !== false) {
       obj.includePrediction = message.includePrediction;
     }
+    if (message.backgroundLog !== undefined) {
+      obj.backgroundLog = LogWindow.toJSON(message.backgroundLog);
+    }
     return obj;
   },
 
@@ -312,6 +351,102 @@ export const ExplainRequest: MessageFns<ExplainRequest> = {
     message.samples = object.samples ?? "0";
     message.featureNames = object.featureNames?.map((e) => e) || [];
     message.includePrediction = object.includePrediction ?? false;
+    message.backgroundLog = (object.backgroundLog !== undefined && object.backgroundLog !== null)
+      ? LogWindow.fromPartial(object.backgroundLog)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLogWindow(): LogWindow {
+  return { startTime: undefined, endTime: undefined };
+}
+
+export const LogWindow: MessageFns<LogWindow> = {
+  encode(message: LogWindow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.startTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.startTime), writer.uint32(10).fork()).join();
+    }
+    if (message.endTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.endTime), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogWindow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogWindow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.endTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogWindow {
+    return {
+      startTime: isSet(object.startTime)
+        ? fromJsonTimestamp(object.startTime)
+        : isSet(object.start_time)
+        ? fromJsonTimestamp(object.start_time)
+        : undefined,
+      endTime: isSet(object.endTime)
+        ? fromJsonTimestamp(object.endTime)
+        : isSet(object.end_time)
+        ? fromJsonTimestamp(object.end_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LogWindow): unknown {
+    const obj: any = {};
+    if (message.startTime !== undefined) {
+      obj.startTime = message.startTime.toISOString();
+    }
+    if (message.endTime !== undefined) {
+      obj.endTime = message.endTime.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogWindow>, I>>(base?: I): LogWindow {
+    return LogWindow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogWindow>, I>>(object: I): LogWindow {
+    const message = createBaseLogWindow();
+    message.startTime = object.startTime ?? undefined;
+    message.endTime = object.endTime ?? undefined;
     return message;
   },
 };
@@ -692,7 +827,8 @@ export const ExplainServiceService = {
    * chosen output and the base value they add up from. FAILED_PRECONDITION
    * when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
    * width (naming the features) or a model whose input is not numeric;
-   * NOT_FOUND for a background dataset the caller may not see.
+   * NOT_FOUND for a background dataset the caller may not see;
+   * FAILED_PRECONDITION for a background_log window with no logged inputs.
    */
   explain: {
     path: "/mlserve.v1.ExplainService/Explain" as const,
@@ -711,7 +847,8 @@ export interface ExplainServiceServer extends UntypedServiceImplementation {
    * chosen output and the base value they add up from. FAILED_PRECONDITION
    * when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
    * width (naming the features) or a model whose input is not numeric;
-   * NOT_FOUND for a background dataset the caller may not see.
+   * NOT_FOUND for a background dataset the caller may not see;
+   * FAILED_PRECONDITION for a background_log window with no logged inputs.
    */
   explain: handleUnaryCall<ExplainRequest, ExplainResponse>;
 }
@@ -722,7 +859,8 @@ export interface ExplainServiceClient extends Client {
    * chosen output and the base value they add up from. FAILED_PRECONDITION
    * when the model is not deployed; INVALID_ARGUMENT for rows of the wrong
    * width (naming the features) or a model whose input is not numeric;
-   * NOT_FOUND for a background dataset the caller may not see.
+   * NOT_FOUND for a background dataset the caller may not see;
+   * FAILED_PRECONDITION for a background_log window with no logged inputs.
    */
   explain(
     request: ExplainRequest,
@@ -765,6 +903,28 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000).toString();
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (globalThis.Number(t.seconds) || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

@@ -131,6 +131,37 @@ export interface TrainingJob {
   codeSha256: string;
   /** sha256 of the dataset version's manifest. Output only. */
   datasetSha256: string;
+  /**
+   * An artifact of kind env of code_version (requirements.txt style): every
+   * requirement must be installed in the runner's interpreter, else
+   * CreateTrainingJob is FAILED_PRECONDITION naming it. Nothing is installed.
+   */
+  envPath: string;
+  /** The env artifact's requirements as checked (one per line). Output only. */
+  envRequirements: string[];
+  /** sha256 of the env artifact. Output only. */
+  envSha256: string;
+  /**
+   * Placement: labels the runner must have (all of them); none means any
+   * runner. FAILED_PRECONDITION naming a label no runner has.
+   */
+  runnerLabels: string[];
+  /**
+   * Run with the host's network instead of none; FAILED_PRECONDITION unless
+   * MLServe runs with --training-allow-network.
+   */
+  network: boolean;
+  /**
+   * The MLServe instance (--instance-name) whose runner runs the job; its log
+   * and cancel are there. Output only.
+   */
+  instance: string;
+  /**
+   * Instead of a code artifact: a dataset version holding the script (a *.py
+   * file at code_path) and any modules beside it, all placed at $MLSERVE_CODE.
+   * code_version must then be 0; env_path is not supported with it.
+   */
+  codeDataset?: DatasetVersionRef | undefined;
 }
 
 export interface TrainingJob_ParametersEntry {
@@ -161,12 +192,18 @@ export interface ListTrainingJobsRequest {
   model: string;
   /** Only jobs in this state. */
   state: TrainingJobState;
+  /** At most this many jobs (0: 50; at most 1000). */
+  pageSize: number;
+  /** next_page_token of the previous page, with the same filters. */
+  pageToken: string;
 }
 
 /** ListTrainingJobsResponse lists jobs. */
 export interface ListTrainingJobsResponse {
   /** Newest first. */
   jobs: TrainingJob[];
+  /** The next page's token; empty on the last page. */
+  nextPageToken: string;
 }
 
 /** CancelTrainingJobRequest names the job to cancel. */
@@ -208,6 +245,13 @@ function createBaseTrainingJob(): TrainingJob {
     version: "0",
     codeSha256: "",
     datasetSha256: "",
+    envPath: "",
+    envRequirements: [],
+    envSha256: "",
+    runnerLabels: [],
+    network: false,
+    instance: "",
+    codeDataset: undefined,
   };
 }
 
@@ -257,6 +301,27 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     }
     if (message.datasetSha256 !== "") {
       writer.uint32(122).string(message.datasetSha256);
+    }
+    if (message.envPath !== "") {
+      writer.uint32(130).string(message.envPath);
+    }
+    for (const v of message.envRequirements) {
+      writer.uint32(138).string(v!);
+    }
+    if (message.envSha256 !== "") {
+      writer.uint32(146).string(message.envSha256);
+    }
+    for (const v of message.runnerLabels) {
+      writer.uint32(154).string(v!);
+    }
+    if (message.network !== false) {
+      writer.uint32(160).bool(message.network);
+    }
+    if (message.instance !== "") {
+      writer.uint32(170).string(message.instance);
+    }
+    if (message.codeDataset !== undefined) {
+      DatasetVersionRef.encode(message.codeDataset, writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -400,6 +465,62 @@ export const TrainingJob: MessageFns<TrainingJob> = {
             message.datasetSha256 = reader.string();
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.envPath = reader.string();
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.envRequirements.push(reader.string());
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.envSha256 = reader.string();
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.runnerLabels.push(reader.string());
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.network = reader.bool();
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.instance = reader.string();
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.codeDataset = DatasetVersionRef.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -487,6 +608,33 @@ export const TrainingJob: MessageFns<TrainingJob> = {
         : isSet(object.dataset_sha256)
         ? globalThis.String(object.dataset_sha256)
         : "",
+      envPath: isSet(object.envPath)
+        ? globalThis.String(object.envPath)
+        : isSet(object.env_path)
+        ? globalThis.String(object.env_path)
+        : "",
+      envRequirements: globalThis.Array.isArray(object?.envRequirements)
+        ? object.envRequirements.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.env_requirements)
+        ? object.env_requirements.map((e: any) => globalThis.String(e))
+        : [],
+      envSha256: isSet(object.envSha256)
+        ? globalThis.String(object.envSha256)
+        : isSet(object.env_sha256)
+        ? globalThis.String(object.env_sha256)
+        : "",
+      runnerLabels: globalThis.Array.isArray(object?.runnerLabels)
+        ? object.runnerLabels.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.runner_labels)
+        ? object.runner_labels.map((e: any) => globalThis.String(e))
+        : [],
+      network: isSet(object.network) ? globalThis.Boolean(object.network) : false,
+      instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+      codeDataset: isSet(object.codeDataset)
+        ? DatasetVersionRef.fromJSON(object.codeDataset)
+        : isSet(object.code_dataset)
+        ? DatasetVersionRef.fromJSON(object.code_dataset)
+        : undefined,
     };
   },
 
@@ -549,6 +697,27 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     if (message.datasetSha256 !== "") {
       obj.datasetSha256 = message.datasetSha256;
     }
+    if (message.envPath !== "") {
+      obj.envPath = message.envPath;
+    }
+    if (message.envRequirements?.length) {
+      obj.envRequirements = message.envRequirements;
+    }
+    if (message.envSha256 !== "") {
+      obj.envSha256 = message.envSha256;
+    }
+    if (message.runnerLabels?.length) {
+      obj.runnerLabels = message.runnerLabels;
+    }
+    if (message.network !== false) {
+      obj.network = message.network;
+    }
+    if (message.instance !== "") {
+      obj.instance = message.instance;
+    }
+    if (message.codeDataset !== undefined) {
+      obj.codeDataset = DatasetVersionRef.toJSON(message.codeDataset);
+    }
     return obj;
   },
 
@@ -590,6 +759,15 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     message.version = object.version ?? "0";
     message.codeSha256 = object.codeSha256 ?? "";
     message.datasetSha256 = object.datasetSha256 ?? "";
+    message.envPath = object.envPath ?? "";
+    message.envRequirements = object.envRequirements?.map((e) => e) || [];
+    message.envSha256 = object.envSha256 ?? "";
+    message.runnerLabels = object.runnerLabels?.map((e) => e) || [];
+    message.network = object.network ?? false;
+    message.instance = object.instance ?? "";
+    message.codeDataset = (object.codeDataset !== undefined && object.codeDataset !== null)
+      ? DatasetVersionRef.fromPartial(object.codeDataset)
+      : undefined;
     return message;
   },
 };
@@ -899,7 +1077,7 @@ export const GetTrainingJobRequest: MessageFns<GetTrainingJobRequest> = {
 };
 
 function createBaseListTrainingJobsRequest(): ListTrainingJobsRequest {
-  return { model: "", state: 0 };
+  return { model: "", state: 0, pageSize: 0, pageToken: "" };
 }
 
 export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
@@ -909,6 +1087,12 @@ export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
     }
     if (message.state !== 0) {
       writer.uint32(16).int32(message.state);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
     }
     return writer;
   },
@@ -942,6 +1126,22 @@ export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
             message.state = reader.int32() as any;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -958,6 +1158,16 @@ export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
     return {
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       state: isSet(object.state) ? trainingJobStateFromJSON(object.state) : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -969,6 +1179,12 @@ export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
     if (message.state !== 0) {
       obj.state = trainingJobStateToJSON(message.state);
     }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
@@ -979,18 +1195,23 @@ export const ListTrainingJobsRequest: MessageFns<ListTrainingJobsRequest> = {
     const message = createBaseListTrainingJobsRequest();
     message.model = object.model ?? "";
     message.state = object.state ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListTrainingJobsResponse(): ListTrainingJobsResponse {
-  return { jobs: [] };
+  return { jobs: [], nextPageToken: "" };
 }
 
 export const ListTrainingJobsResponse: MessageFns<ListTrainingJobsResponse> = {
   encode(message: ListTrainingJobsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.jobs) {
       TrainingJob.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -1016,6 +1237,14 @@ export const ListTrainingJobsResponse: MessageFns<ListTrainingJobsResponse> = {
             message.jobs.push(TrainingJob.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1029,13 +1258,23 @@ export const ListTrainingJobsResponse: MessageFns<ListTrainingJobsResponse> = {
   },
 
   fromJSON(object: any): ListTrainingJobsResponse {
-    return { jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => TrainingJob.fromJSON(e)) : [] };
+    return {
+      jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => TrainingJob.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
   },
 
   toJSON(message: ListTrainingJobsResponse): unknown {
     const obj: any = {};
     if (message.jobs?.length) {
       obj.jobs = message.jobs.map((e) => TrainingJob.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -1046,6 +1285,7 @@ export const ListTrainingJobsResponse: MessageFns<ListTrainingJobsResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListTrainingJobsResponse>, I>>(object: I): ListTrainingJobsResponse {
     const message = createBaseListTrainingJobsResponse();
     message.jobs = object.jobs?.map((e) => TrainingJob.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -1276,12 +1516,18 @@ export const TrainingJobEvent: MessageFns<TrainingJobEvent> = {
 /**
  * TrainingService runs a model's training script on a dataset version in
  * MLServe's sandbox and commits what it writes as the model's next version.
- * Jobs are kept in the memory of the MLServe process that runs them: they
- * do not survive its restart, and another replica does not know them.
+ * Jobs are rows of the database: they survive a restart (a job that was
+ * queued or running then ends FAILED, "interrupted by a restart"), and every
+ * replica can get and list them; a job's log and cancel are on the replica
+ * that runs it (TrainingJob.instance).
  */
 export type TrainingServiceService = typeof TrainingServiceService;
 export const TrainingServiceService = {
-  /** CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full. */
+  /**
+   * CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+   * FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+   * env artifact, a runner label, or network the admin does not allow.
+   */
   createTrainingJob: {
     path: "/mlserve.v1.TrainingService/CreateTrainingJob" as const,
     requestStream: false as const,
@@ -1308,7 +1554,7 @@ export const TrainingServiceService = {
   },
   /**
    * ListTrainingJobs returns the jobs of the models the caller may see,
-   * newest first, filtered by model and state.
+   * newest first, filtered by model and state, in pages.
    */
   listTrainingJobs: {
     path: "/mlserve.v1.TrainingService/ListTrainingJobs" as const,
@@ -1352,7 +1598,11 @@ export const TrainingServiceService = {
 } as const;
 
 export interface TrainingServiceServer extends UntypedServiceImplementation {
-  /** CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full. */
+  /**
+   * CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+   * FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+   * env artifact, a runner label, or network the admin does not allow.
+   */
   createTrainingJob: handleUnaryCall<CreateTrainingJobRequest, TrainingJob>;
   /**
    * GetTrainingJob returns one job; NOT_FOUND alike for a missing one and
@@ -1361,7 +1611,7 @@ export interface TrainingServiceServer extends UntypedServiceImplementation {
   getTrainingJob: handleUnaryCall<GetTrainingJobRequest, TrainingJob>;
   /**
    * ListTrainingJobs returns the jobs of the models the caller may see,
-   * newest first, filtered by model and state.
+   * newest first, filtered by model and state, in pages.
    */
   listTrainingJobs: handleUnaryCall<ListTrainingJobsRequest, ListTrainingJobsResponse>;
   /**
@@ -1377,7 +1627,11 @@ export interface TrainingServiceServer extends UntypedServiceImplementation {
 }
 
 export interface TrainingServiceClient extends Client {
-  /** CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full. */
+  /**
+   * CreateTrainingJob queues a job; RESOURCE_EXHAUSTED when the queue is full;
+   * FAILED_PRECONDITION naming what the runner lacks: a requirement of the
+   * env artifact, a runner label, or network the admin does not allow.
+   */
   createTrainingJob(
     request: CreateTrainingJobRequest,
     callback: (error: ServiceError | null, response: TrainingJob) => void,
@@ -1414,7 +1668,7 @@ export interface TrainingServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ListTrainingJobs returns the jobs of the models the caller may see,
-   * newest first, filtered by model and state.
+   * newest first, filtered by model and state, in pages.
    */
   listTrainingJobs(
     request: ListTrainingJobsRequest,
