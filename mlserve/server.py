@@ -412,7 +412,7 @@ class MLServe:
             domain.repository,
             settings.storage_dir / "training",
             domain.tokens,
-            instance=self.instance_name,
+            instance=self.training_instance,
         )
         interrupted = await self._training.recover()
         if interrupted:
@@ -426,8 +426,15 @@ class MLServe:
 
     @property
     def instance_name(self) -> str:
-        """This instance's name: its training jobs are recorded under it."""
+        """This instance's name, as GetInstance tells callers."""
         return self.settings.instance_name or socket.gethostname()
+
+    @property
+    def training_instance(self) -> str:
+        """The name this process's training jobs are recorded under: each of
+        ``--workers`` runs the jobs created through it, so each has its own."""
+        slot = self.settings.worker_slot
+        return self.instance_name if slot is None else f"{self.instance_name} worker {slot.index}"
 
     def ready_line(self) -> str:
         """The one line that tells someone who just ran ``mlserve serve`` where things are."""
