@@ -18,6 +18,7 @@ from bench import (
     assays,
     auth,
     catalog_list,
+    cold_start,
     dedup,
     deploy,
     explain,
@@ -40,7 +41,7 @@ LATEST = RESULTS_DIR / "latest.md"
 BENCHMARKS = (
     "upload", "deploy", "gateway", "auth", "flood", "oidc", "catalog", "dedup", "pipeline", "log",
     "s3-upload", "training", "assays", "assay-scheduler", "rollout", "explain", "placement",
-    "gateway-cpu", "workers",
+    "gateway-cpu", "workers", "cold-start",
 )  # fmt: skip
 
 
@@ -163,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks.append(("rollout", lambda: rollout.run()))
     if args.which in ("placement", "all"):
         benchmarks.append(("placement", lambda: placement.run()))
+    if args.which in ("cold-start", "all"):
+        benchmarks.append(("cold-start", lambda: cold_start.run(args.rounds)))
     if args.which in ("explain", "all"):
         benchmarks.append(("explain", lambda: explain.run()))
     if args.which in ("log", "all"):

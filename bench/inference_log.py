@@ -31,7 +31,8 @@ from mlserve.core.paging import PageTokens
 from mlserve.monitor import InferenceLog, LoggingPolicy, LogSettings, Mode
 from mlserve.monitor import parquet as log_files
 from mlserve.monitor.reader import LogQuery, read_page
-from mlserve.monitor.records import Capture, decode
+from mlserve.monitor.records import Capture
+from mlserve.monitor.store import LogStore
 from mlserve_api.v1 import inference_log_pb2
 from tests.support.models import upload_add
 from tests.support.tritons import deploy
@@ -136,7 +137,7 @@ def _writer(directory: Path) -> Table:
         cpu_seconds = time.process_time() - began_cpu
     finally:
         os.sched_setaffinity(0, every_cpu)
-    on_disk = sum(path.stat().st_size for path in log_files.files(directory))
+    on_disk = sum(file.size for file in LogStore.of(directory).files())
     return Table(
         ["writer (one CPU)", "records/s", "records per CPU-second", "bytes on disk per record",
          "payload per record"],
@@ -165,8 +166,6 @@ def _listing(root: Path) -> Table:
     rows = []
     written = 0
     policy = LoggingPolicy(Mode.METADATA)
-    template = decode(_four_kib_capture(0, policy))
-    assert template is not None
     hours = 24
     now = time.time()
     for size in LIST_SIZES:
@@ -175,11 +174,9 @@ def _listing(root: Path) -> Table:
             batch = []
             for n in range(written, min(written + 10_000, size)):
                 moment = now - (hours * 3600) * (1 - n / LIST_SIZES[-1])
-                record = decode(Capture(moment, "m", 1, "local", None, policy, b"", None, "OK",
-                                        "", 0.001))  # fmt: skip
-                assert record is not None
-                record.request_id = f"r{n}"
-                batch.append(record)
+                request = service_pb2.ModelInferRequest(id=f"r{n}").SerializeToString()
+                batch.append(Capture(moment, "m", 1, "local", None, policy, request, None, "OK",
+                                     "", 0.001))  # fmt: skip
             log_files.write(root, batch)
             written += len(batch)
         first, deep = [], []
@@ -192,7 +189,7 @@ def _listing(root: Path) -> Table:
             began = time.perf_counter()
             read_page(root, LogQuery(("m",)), after, 100)
             deep.append(time.perf_counter() - began)
-        files = len(list(log_files.files(root)))
+        files = len(LogStore.of(root).files())
         rows.append([f"{size:,}", str(files), f"{statistics.median(first) * 1000:.1f}",
                      f"{statistics.median(deep) * 1000:.1f}"])  # fmt: skip
     return Table(["records in the log", "files", "p50 first page ms", "p50 page 11 ms"], rows)

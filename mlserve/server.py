@@ -73,6 +73,7 @@ from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
 from mlserve.monitor import InferenceLog, LogSettings
 from mlserve.monitor.explain import Explainer
+from mlserve.monitor.store import LogStore
 from mlserve.settings import Settings
 from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs
@@ -198,20 +199,24 @@ def build_domain(settings: Settings) -> Domain:
     datasets = Datasets(repository, tokens, blobs)
     uploads = Uploads(repository, versions, artifacts, blobs, limits, datasets)
     fleet = Fleet(tokens)
+    stats = InferenceStats(worker=worker_label(settings))
+    audit = AuditLog(tokens)
     deployments = Deployments(
         fleet,
         repository,
         tokens,
         load_timeout=settings.load_timeout,
         headroom=settings.placement_headroom,
+        registry=stats.registry,
+        audit=audit,
     )
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    stats = InferenceStats(worker=worker_label(settings))
+    deployments.watch_usage(router.usage)
     inference_log = InferenceLog(
         LogSettings(
-            settings.log_dir,
+            LogStore.at(settings.log_location),
             queue_size=settings.log_queue_size,
             flush_interval=settings.log_flush_interval,
             retention_seconds=settings.log_retention_seconds,
@@ -236,11 +241,11 @@ def build_domain(settings: Settings) -> Domain:
         Users(tokens),
         Workspaces(tokens),
         Apps(tokens),
-        AuditLog(tokens),
+        audit,
         Pipelines(tokens, usage),
         inference_log,
         datasets,
-        Assays(settings.log_dir, tokens, repository),
+        Assays(inference_log.store, tokens, repository),
         tokens,
     )
 
@@ -358,8 +363,14 @@ class MLServe:
             )
             task = asyncio.create_task(assay_scheduler.run(), name="assay-scheduler")
             self._loops.append(task)
-            share = TritonShare(domain.stats.registry)
+            # The share needs the gateway's latency of the same calls: with --workers
+            # the other workers' calls are not in this process's totals.
+            share = TritonShare(
+                domain.stats.registry, domain.stats if settings.workers == 1 else None
+            )
             hooks.append(functools.partial(share.poll, domain.router, domain.fleet))
+            # One worker unloads idle on-demand copies (by its own view of their use).
+            hooks.append(domain.deployments.unload_idle)
             sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
             self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
         # Routes: deployments changed through another replica (or worker) on the same

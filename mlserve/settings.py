@@ -769,6 +769,20 @@ class Settings:
             )
         ),
     )
+    log_storage: Path | S3Location | None = field(
+        default=None,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_LOG_STORAGE",
+                "inference log: the directory of its Parquet files, or s3://BUCKET[/PREFIX]"
+                "[?endpoint=URL&region=NAME] to write them to a bucket (default: <home>/logs, "
+                "or the logs/ prefix of --storage's bucket when --storage is s3://)",
+                parse_storage,
+                "DIR|S3URL",
+                shown_default="<home>/logs",
+            )
+        ),
+    )
     log_retention_bytes: int = field(
         default=10 * 1024**3,
         metadata=_given_by(
@@ -853,8 +867,18 @@ class Settings:
 
     @property
     def log_dir(self) -> Path:
-        """The inference log's Parquet files (mlserve.monitor)."""
-        return self.home / "logs"
+        """The inference log's Parquet files (mlserve.monitor) on the local disk."""
+        return self.log_storage if isinstance(self.log_storage, Path) else self.home / "logs"
+
+    @property
+    def log_location(self) -> Path | tuple[S3Location, str]:
+        """Where the inference log is written: a local directory, or a bucket and the
+        prefix under its location (``logs`` under --storage's bucket)."""
+        if isinstance(self.log_storage, S3Location):
+            return self.log_storage, ""
+        if self.log_storage is None and self.bucket is not None:
+            return self.bucket, "logs"
+        return self.log_dir
 
     @property
     def triton_log(self) -> Path:

@@ -28,6 +28,7 @@ from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.lifecycle import DeploymentRecord, Wanted
+from mlserve.deploy.on_demand import EAGER, ON_DEMAND, Loading
 from mlserve.deploy.placement import Capacity
 from mlserve.deploy.targets import Placement, TargetRecord
 from mlserve.gateway.stats import UsageRecord
@@ -415,6 +416,7 @@ _DEPLOYMENT_STATES = {
     "FAILED": deployment_pb2.DEPLOYMENT_STATE_FAILED,
     "UNREACHABLE": deployment_pb2.DEPLOYMENT_STATE_UNREACHABLE,
     "LOADING": deployment_pb2.DEPLOYMENT_STATE_LOADING,
+    "COLD": deployment_pb2.DEPLOYMENT_STATE_COLD,
 }
 
 
@@ -431,6 +433,11 @@ def deployment(record: DeploymentRecord) -> deployment_pb2.Deployment:
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
         load_timeout_seconds=record.load_timeout,
+        loading=_LOADING_MODES[record.loading.mode],
+        min_copies=record.loading.min_copies,
+        max_copies=record.loading.max_copies,
+        idle_unload_after_seconds=record.loading.idle_unload_after,
+        pinned=record.loading.pinned,
     )
     if record.model:
         message.serving.CopyFrom(serving_message(record.serving))
@@ -465,7 +472,25 @@ def wanted_deployment(message: deployment_pb2.Deployment) -> Wanted:
         placement=Placement(list(message.servers), message.replicas, dict(message.server_selector)),
         serving=serving_settings(message.serving) if message.HasField("serving") else None,
         load_timeout=message.load_timeout_seconds,
+        loading=Loading(
+            _LOADING_NAMES.get(message.loading, str(message.loading)),
+            message.min_copies,
+            message.max_copies,
+            message.idle_unload_after_seconds,
+            message.pinned,
+        ),
     )
+
+
+_LOADING_MODES = {
+    EAGER: deployment_pb2.LOADING_MODE_EAGER,
+    ON_DEMAND: deployment_pb2.LOADING_MODE_ON_DEMAND,
+}
+_LOADING_NAMES = {
+    deployment_pb2.LOADING_MODE_UNSPECIFIED: EAGER,
+    deployment_pb2.LOADING_MODE_EAGER: EAGER,
+    deployment_pb2.LOADING_MODE_ON_DEMAND: ON_DEMAND,
+}
 
 
 def serving_settings(message: pipeline_pb2.ServingSettings) -> ServingSettings:

@@ -70,6 +70,7 @@ class InferenceGateway:
         self.fleet = fleet
         self.deployments = deployments
         self.forwarder = Forwarder(router, fleet, stats, access, inference_log, _status_of)
+        self.forwarder.load_on_demand(deployments.warm)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         forwarder = self.forwarder

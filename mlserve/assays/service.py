@@ -53,6 +53,7 @@ from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
+from mlserve.monitor.store import LogStore
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread, utcnow
 from mlserve.storage.repository import Repository
@@ -79,7 +80,9 @@ def aware(moment: dt.datetime) -> dt.datetime:
 
 
 class Assays:
-    def __init__(self, log_root: FilePath, tokens: PageTokens, repository: Repository) -> None:
+    def __init__(
+        self, log_root: FilePath | LogStore, tokens: PageTokens, repository: Repository
+    ) -> None:
         self.log_root = log_root
         self.tokens = tokens
         self.repository = repository  # where baseline datasets and artifacts are

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from mlserve.assays.spec import Path
 from mlserve.monitor import parquet
+from mlserve.monitor.store import LogStore
 
 _HOUR = dt.timedelta(hours=1)
 _TIME = pa.timestamp("us", tz="UTC")
@@ -30,7 +31,7 @@ def micros(moment: dt.datetime) -> int:
 
 
 def logged_values(
-    root: FilePath,
+    root: FilePath | LogStore,
     model: str,
     version: int,
     path: Path,
@@ -41,13 +42,16 @@ def logged_values(
     times: list[npt.NDArray[np.int64]] = []
     values: list[npt.NDArray[np.float64]] = []
     column = path.column()
-    for file in parquet.files(root / f"model={model}"):
-        hour = parquet.partition_hour(file)
+    store = LogStore.of(root)
+    for file in store.files(f"model={model}"):
+        hour = parquet.partition_hour(file.path)
         if hour is None or hour + _HOUR <= start or hour >= end:
             continue
-        if column not in pq.read_schema(file).names:
+        if column not in pq.read_schema(file.path, filesystem=store.filesystem).names:
             continue
-        table = pq.read_table(file, columns=["time", "version", column])
+        table = pq.read_table(
+            file.path, columns=["time", "version", column], filesystem=store.filesystem
+        )
         keep = pc.and_(
             pc.greater_equal(table["time"], pa.scalar(start, _TIME)),
             pc.less(table["time"], pa.scalar(end, _TIME)),

@@ -32,7 +32,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from mlserve.access import rules
+from mlserve.access.audit import AuditLog
+from mlserve.access.rules import Principal
 from mlserve.catalog.models import model_row, writable_model
 from mlserve.catalog.namespace import refuse_pipeline_name
 from mlserve.catalog.pipelines import (
@@ -49,7 +53,7 @@ from mlserve.catalog.versions import (
     memory_needs,
     record_measurement,
 )
-from mlserve.core.aio import Backoff
+from mlserve.core.aio import Backoff, SingleFlight
 from mlserve.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -63,8 +67,17 @@ from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
 from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
-from mlserve.deploy.placement import DEFAULT_HEADROOM
+from mlserve.deploy.on_demand import Loading
+from mlserve.deploy.placement import (
+    DEFAULT_HEADROOM,
+    Host,
+    LoadPlan,
+    Resident,
+    plan_load,
+    usable_bytes,
+)
 from mlserve.deploy.targets import (
+    COLD,
     DEFAULT_SERVER,
     FAILED,
     UNREACHABLE,
@@ -91,6 +104,10 @@ DEFAULT_LOAD_TIMEOUT = 120.0
 # Beyond the deadline, what Triton's own RPC is given: our deadline fires first.
 _RPC_SLACK = 10.0
 _LIST_KEY = {"list": "deployments"}
+EAGERLY = Loading()
+NOT_LOADED_YET = "not loaded: loads on its first inference (on demand)"
+# Who the audit trail names for what MLServe does on its own (evictions).
+MLSERVE_ITSELF = Principal(key_prefix="", name="mlserve", role="admin")
 
 __all__ = ["DEFAULT_SERVER", "DeploymentRecord", "Deployments", "Placement", "Wanted"]
 
@@ -106,6 +123,7 @@ class Wanted:
     placement: Placement = field(default_factory=Placement)
     serving: ServingSettings | None = None  # None: none given
     load_timeout: float = 0.0  # seconds per load; 0: the server's default
+    loading: Loading = EAGERLY
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,7 @@ class DeploymentRecord:
     update_time: dt.datetime
     serving: ServingSettings = NO_SETTINGS
     load_timeout: float = 0.0  # as set at create; 0: the server's default
+    loading: Loading = EAGERLY
 
     @property
     def servers(self) -> list[str]:
@@ -171,6 +190,27 @@ class _OnServer:
     is_pipeline: bool
     state: str  # its target's, on that server
     models: tuple[str, ...]  # the Triton models it loads: the lock names
+    on_demand_here: bool = False  # loaded there only by an inference (or left COLD)
+
+
+@dataclass(frozen=True)
+class _ColdStart:
+    """An on-demand model deployment as a cold start reads it."""
+
+    name: str
+    servers: tuple[str, ...]
+    need: int  # bytes its version needs
+    ready: bool  # a copy is READY already
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A model a server holds, as eviction reads it."""
+
+    deployment: str
+    model: str
+    version: int
+    evictable: bool
 
 
 class Deployments:
@@ -186,6 +226,8 @@ class Deployments:
         clock: Callable[[], float] = time.monotonic,
         load_timeout: float = DEFAULT_LOAD_TIMEOUT,
         headroom: float = DEFAULT_HEADROOM,
+        registry: CollectorRegistry | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.fleet = fleet
         self.repository = repository
@@ -208,11 +250,42 @@ class Deployments:
         # Per server: held while a first load is measured by its resident memory,
         # so that two loads' growth is not counted as one's.
         self._measuring: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # On demand: one cold start per model at a time; when each copy was
+        # loaded and (from the gateway) last used and how busy it is.
+        self._cold_starts: SingleFlight[str, bool] = SingleFlight()
+        self._loaded_at: dict[tuple[str, str], float] = {}
+        self._usage: Callable[[str, str], tuple[float, int]] = lambda model, server: (0.0, 0)
+        self.audit = audit
+        registry = registry or CollectorRegistry()
+        self._evictions = Counter(
+            "mlserve_evictions",
+            "On-demand models unloaded to make room for another's load",
+            ["server"],
+            registry=registry,
+        )
+        self._idle_unloads = Counter(
+            "mlserve_idle_unloads",
+            "On-demand models unloaded after idle_unload_after_seconds unused",
+            ["server"],
+            registry=registry,
+        )
+        self._cold_loads = Counter(
+            "mlserve_on_demand_loads",
+            "Loads of on-demand models made by an inference",
+            ["server"],
+            registry=registry,
+        )
         fleet.track_holdings(targets.ServerHoldings())
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener()`` after any deployment or target state changed."""
         self._listeners.append(listener)
+
+    def watch_usage(self, usage: Callable[[str, str], tuple[float, int]]) -> None:
+        """Have ``usage(model, server)`` tell (when it was last used, on this
+        object's clock; requests in flight) for eviction and idle unloading (the
+        gateway's router)."""
+        self._usage = usage
 
     async def _notify(self) -> None:
         for listener in self._listeners:
@@ -265,7 +338,13 @@ class Deployments:
                 "load_timeout_seconds must be 0 (the server's default) or a number of "
                 "seconds above 0"
             )
+        loading = wanted.loading.checked()
         if wanted.pipeline:
+            if loading != EAGERLY:
+                raise InvalidArgument(
+                    "pipelines are loaded eagerly: leave loading, min_copies, max_copies, "
+                    "idle_unload_after_seconds and pinned unset"
+                )
             return await self._settled(await self._create_pipeline(wanted), wait)
         if wanted.name and wanted.name != wanted.model:
             raise InvalidArgument("a deployment is named after its model: leave name empty")
@@ -282,6 +361,7 @@ class Deployments:
                 wanted.placement,
                 wanted.serving or NO_SETTINGS,
                 load_timeout=wanted.load_timeout,
+                loading=loading,
             )
         return await self._settled(record, wait)
 
@@ -526,6 +606,10 @@ class Deployments:
                 if found.state != READY:
                     await in_thread(targets.set_state)(found.name, server, READY, "")
                 continue
+            if found.on_demand_here:
+                if found.state != COLD:
+                    await in_thread(targets.set_state)(found.name, server, COLD, NOT_LOADED_YET)
+                continue
             async with self._locked_if_free(found.models) as held:
                 if not held:
                     continue  # being changed here or by another MLServe: next round
@@ -539,6 +623,136 @@ class Deployments:
                     # A DeleteDeployment abandoned it; go on with the rest.
         await self._notify()
 
+    # --- on demand ----------------------------------------------------------
+
+    async def warm(self, model: str) -> bool:
+        """Load on-demand deployment ``model`` on one of its servers unless a copy is
+        READY, once however many callers ask at once (a caller that gives up does
+        not cancel it); True once a copy is READY, False when ``model`` is not an
+        on-demand model deployment (nothing to do).
+
+        Room is made by evicting, on one server, the least recently used
+        on-demand models that are neither pinned, nor kept by min_copies, nor
+        answering requests: no more than it takes (``placement.plan_load``).
+
+        Raises:
+            ResourceExhausted: no server of it can make room.
+            Unavailable: no server of it is ready, or the load failed there.
+        """
+        return await self._cold_starts.run(model, lambda: self._cold_start(model))
+
+    async def _cold_start(self, model: str) -> bool:
+        for _ in range(3):  # evictions planned outside the locks may change inside
+            order = await in_thread(_cold_start_order)(model)
+            if order is None or order.ready:
+                return order is not None
+            plan = await self._plan_cold_start(order)
+            async with self._locked([model, *plan.evict]):
+                order = await in_thread(_cold_start_order)(model)
+                if order is None or order.ready:
+                    return order is not None
+                again = await self._plan_cold_start(order)
+                if again.server != plan.server or not set(again.evict) <= set(plan.evict):
+                    continue
+                for victim in again.evict:
+                    await self._evict(victim, again.server, model)
+                await in_thread(targets.mark_loading)(model, [again.server])
+                await self._load_on(model, again.server)
+                self._cold_loads.labels(server=again.server).inc()
+            await self._notify()
+            record = await in_thread(_record_or_none)(model)
+            found = [] if record is None else record.targets
+            target = next((t for t in found if t.server == again.server), None)
+            if target is None:
+                return False  # undeployed meanwhile
+            if target.state != READY:
+                raise Unavailable(
+                    f"loading on-demand model {model!r} on server {again.server!r} failed: "
+                    f"{target.message or target.state}"
+                )
+            return True
+        raise Unavailable(f"on-demand model {model!r} could not be placed: busy; retry")
+
+    async def _plan_cold_start(self, order: _ColdStart) -> LoadPlan:
+        records = {record.name: record for record in await self.fleet.servers()}
+        ready = [
+            server
+            for server in order.servers
+            if server in records and records[server].status.state == READY
+        ]
+        if not ready:
+            raise Unavailable(
+                f"no server of on-demand model {order.name!r} is ready to load it "
+                f"(its servers: {', '.join(order.servers)})"
+            )
+        held, needs = await in_thread(_held_on)(ready)
+        hosts = [
+            Host(
+                server,
+                records[server].capacity,
+                [
+                    Resident(
+                        entry.deployment,
+                        needs.get((entry.model, entry.version), 0),
+                        self._last_use(entry.deployment, server)[0],
+                        pinned=not entry.evictable,
+                        in_flight=self._last_use(entry.deployment, server)[1],
+                    )
+                    for entry in held.get(server, ())
+                ],
+            )
+            for server in ready
+        ]
+        return plan_load(hosts, order.need, self.placer.headroom)
+
+    def _last_use(self, name: str, server: str) -> tuple[float, int]:
+        """(when ``name`` was last used on ``server``, requests in flight): a copy never
+        used counts as used when it was loaded (or first seen here)."""
+        used, in_flight = self._usage(name, server)
+        loaded = self._loaded_at.setdefault((name, server), self._clock())
+        return max(used, loaded), in_flight
+
+    async def _evict(self, victim: str, server: str, for_model: str) -> None:
+        """Unload ``victim`` from ``server`` to make room for ``for_model`` and record
+        it: the target's state (COLD, and why), the counter, the audit trail."""
+        await self.placer.unload_quietly(victim, server)
+        message = (
+            f"evicted from {server} at {db.utcnow():%Y-%m-%d %H:%M:%S} UTC to make room "
+            f"for {for_model!r}"
+        )
+        await in_thread(targets.set_state)(victim, server, COLD, message)
+        self._loaded_at.pop((victim, server), None)
+        self._evictions.labels(server=server).inc()
+        log.info("on demand: %s", message.replace("evicted", f"evicted {victim}", 1))
+        if self.audit is not None:
+            await self.audit.record(
+                MLSERVE_ITSELF, "mlserve.v1.DeploymentService/Evict", victim, message
+            )
+
+    async def unload_idle(self) -> None:
+        """Unload each on-demand copy unused for its deployment's
+        idle_unload_after_seconds, down to min_copies (those are never idled out),
+        skipping copies with requests in flight or being changed (the health
+        loop calls it after every round)."""
+        now = self._clock()
+        unloaded = 0
+        for name, server, after in await in_thread(_idle_candidates)():
+            used, in_flight = self._last_use(name, server)
+            if in_flight or now - used < after:
+                continue
+            async with self._locked_if_free([name]) as held:
+                if not held:
+                    continue
+                await self.placer.unload_quietly(name, server)
+                await in_thread(targets.set_state)(
+                    name, server, COLD, f"unloaded from {server} after {after:g} s unused"
+                )
+                self._loaded_at.pop((name, server), None)
+                self._idle_unloads.labels(server=server).inc()
+                unloaded += 1
+        if unloaded:
+            await self._notify()
+
     # --- the work -----------------------------------------------------------
 
     async def _apply(
@@ -549,10 +763,12 @@ class Deployments:
         settings: ServingSettings | None = None,
         *,
         load_timeout: float = 0.0,
+        loading: Loading | None = None,
     ) -> DeploymentRecord:
         """Record the desired state of a model deployment and start making the servers
         match (in the background); the caller holds the model's lock. ``settings``
-        None keeps the deployment's; ``load_timeout`` is a new deployment's."""
+        None keeps the deployment's; ``load_timeout`` and ``loading`` are a new
+        deployment's (None: the deployment's, eager for a new one)."""
         placed = await in_thread(lambda: placed_model(_deployable_model(model)))()
         target = await in_thread(find_version)(model, version)
         if settings is not None:  # refuse settings the config cannot take, before anything
@@ -563,25 +779,56 @@ class Deployments:
                     f"deployed pipeline {pipeline!r} runs version {used} of {model!r}; "
                     "undeploy the pipeline before deploying another version"
                 )
+        loading = loading or await in_thread(_loading_of)(model)
+        need = target.memory.bytes
+        # On demand, a load makes room by evicting: placement does not refuse it.
         servers = await self.placer.place(
-            placement, [placed], need=target.memory.bytes, deployment=model
+            placement, [placed], need=0 if loading.on_demand else need, deployment=model
         )
+        if loading.min_copies > len(servers):
+            raise InvalidArgument(
+                f"min_copies is {loading.min_copies} but the deployment is placed on "
+                f"{len(servers)} server(s)"
+            )
+        if loading.pinned:
+            await self._check_pins(model, servers, need)
         await self.placer.require_ready(servers)
         # A new version is loaded beside the serving one first (a rollout), so the
         # route can move to it; the loads of the version alone then run in the background.
         serving_both = await self._load_beside(model, target.version, servers, settings)
         previous = await in_thread(_write_model)(
-            model, target.version, servers, settings, serving_both, load_timeout
+            model, target.version, servers, settings, serving_both, load_timeout, loading
         )
         if serving_both:
             await self._notify()  # the route moves to the new version where it serves
         for server in sorted(set(previous) - set(servers)):
             await self.placer.unload_unused(server, {model})
         # Loading the version alone also unloads the old one where both served;
-        # Triton lets the requests in flight on it finish first.
-        await self._start_loads(model, servers, [model])
+        # Triton lets the requests in flight on it finish first. On demand, only
+        # min_copies and the copies serving now are loaded; the rest are COLD.
+        warm = await in_thread(_warm_targets)(model)
+        for server in servers:
+            if server not in warm:
+                await in_thread(targets.set_state)(model, server, COLD, NOT_LOADED_YET)
+        await self._start_loads(model, warm, [model])
         await self._notify()
         return await self.get(model)
+
+    async def _check_pins(self, model: str, servers: Sequence[str], need: int) -> None:
+        """FailedPrecondition when pinning ``model`` (``need`` bytes) on ``servers``
+        would pin more than one of them holds less the headroom."""
+        pinned = await in_thread(_pinned_bytes)(model)
+        records = {record.name: record for record in await self.fleet.servers()}
+        for server in servers:
+            usable = usable_bytes(records[server].capacity, self.placer.headroom)
+            total = pinned.get(server, 0) + need
+            if usable is not None and total > usable:
+                raise FailedPrecondition(
+                    f"pinned deployments on server {server!r} would need {total} bytes, more "
+                    f"than its {usable} bytes of model memory (capacity less "
+                    f"{self.placer.headroom:.0%} headroom); unpin some or add capacity. "
+                    "Nothing was deployed."
+                )
 
     async def _start_loads(self, name: str, servers: Sequence[str], models: list[str]) -> None:
         """Mark ``name``'s targets on ``servers`` LOADING and load it there in a task
@@ -666,6 +913,8 @@ class Deployments:
                 self.placer.unload_unused(server, set(order.models), except_deployment=name)
             )
         await in_thread(targets.set_state)(name, server, state, message, members)
+        if state == READY:
+            self._loaded_at[(name, server)] = self._clock()
         # An unreachable server is the health loop's to watch; a refused load is ours.
         self._count_load(name, server, failed=state == FAILED)
         # Only to show what is loaded; the caller holds the deployment's locks,
@@ -894,6 +1143,7 @@ def _write_model(
     settings: ServingSettings | None,
     serving_both: Sequence[str] = (),
     load_timeout: float = 0.0,
+    loading: Loading = EAGERLY,
 ) -> list[str]:
     """Make the store say "model at version on servers"; return the servers it named
     before. Targets on ``serving_both`` stay READY: the new version serves there."""
@@ -906,6 +1156,11 @@ def _write_model(
                 version=version,
                 serving=(settings or NO_SETTINGS).to_json(),
                 load_timeout=load_timeout,
+                loading=loading.mode,
+                min_copies=loading.min_copies,
+                max_copies=loading.max_copies,
+                idle_unload_after=loading.idle_unload_after,
+                pinned=loading.pinned,
             )
             new_version = False
         else:
@@ -991,8 +1246,16 @@ def _on_server(server: str) -> list[_OnServer]:
         row = _row_or_none(name)
         if row is not None:
             is_pipeline = row.pipeline_id is not None
+            position = [target.server for target in targets.of(row)].index(server)
             found.append(
-                _OnServer(name, row.version, is_pipeline, state, (name, *_member_names(row)))
+                _OnServer(
+                    name,
+                    row.version,
+                    is_pipeline,
+                    state,
+                    (name, *_member_names(row)),
+                    on_demand_here=_loading(row).evictable(position),
+                )
             )
     return found
 
@@ -1033,4 +1296,96 @@ def _record(row: Any) -> DeploymentRecord:
         update_time=row.update_time,
         serving=ServingSettings.from_json(row.serving),
         load_timeout=row.load_timeout,
+        loading=_loading(row),
     )
+
+
+def _loading(row: Any) -> Loading:
+    return Loading(row.loading, row.min_copies, row.max_copies, row.idle_unload_after, row.pinned)
+
+
+def _loading_of(name: str) -> Loading:
+    """Deployment ``name``'s loading; eager when it is not deployed."""
+    row = _row_or_none(name)
+    return EAGERLY if row is None else _loading(row)
+
+
+def _warm_targets(name: str) -> list[str]:
+    """The servers deployment ``name`` is loaded on now: every target when eager; on
+    demand its first min_copies targets and those where a copy is READY."""
+    row = _row_or_none(name)
+    if row is None:
+        return []
+    loading = _loading(row)
+    found = targets.of(row)
+    keep = loading.warm_positions(len(found))
+    return [t.server for i, t in enumerate(found) if i < keep or t.state == READY]
+
+
+def _pinned_bytes(except_deployment: str) -> dict[str, int]:
+    """Per server, the bytes the pinned model deployments but ``except_deployment``
+    targeting it need."""
+    rows = tables.Deployment.select().where(
+        tables.Deployment.pinned
+        & tables.Deployment.model.is_null(False)
+        & (tables.Deployment.name != except_deployment)
+    )
+    placed = [(row.name, row.version, targets.of(row)) for row in rows]
+    needs = memory_needs((name, version) for name, version, _ in placed)
+    pinned: defaultdict[str, int] = defaultdict(int)
+    for name, version, found in placed:
+        need = needs.get((name, version))
+        for target in found:
+            pinned[target.server] += need.bytes if need is not None else 0
+    return dict(pinned)
+
+
+def _cold_start_order(name: str) -> _ColdStart | None:
+    """What a cold start of ``name`` needs to know; None unless it is an on-demand
+    model deployment."""
+    row = _row_or_none(name)
+    if row is None or row.model_id is None or not _loading(row).on_demand:
+        return None
+    found = targets.of(row)
+    loading = _loading(row)
+    ready = [t.server for t in found if t.state == READY]
+    allowed = loading.copies_allowed(len(found))
+    return _ColdStart(
+        name,
+        tuple(t.server for t in found),
+        find_version(name, row.version).memory.bytes,
+        bool(ready) or len(ready) >= allowed,
+    )
+
+
+def _held_on(
+    servers: Sequence[str],
+) -> tuple[dict[str, list[_Held]], dict[tuple[str, int], int]]:
+    """Per server of ``servers``, the models loaded there, each with whether it may be
+    evicted; and their memory needs by (model, version)."""
+    loadings = {row.name: (row, _loading(row)) for row in tables.Deployment.select()}
+    held: defaultdict[str, list[_Held]] = defaultdict(list)
+    for entry in targets.served():
+        if entry.server not in servers or not entry.ready:
+            continue
+        row, loading = loadings[entry.deployment]
+        position = [t.server for t in targets.of(row)].index(entry.server)
+        evictable = entry.model == entry.deployment and loading.evictable(position)
+        held[entry.server].append(_Held(entry.deployment, entry.model, entry.version, evictable))
+    needs = memory_needs((h.model, h.version) for found in held.values() for h in found)
+    return dict(held), {key: need.bytes for key, need in needs.items()}
+
+
+def _idle_candidates() -> list[tuple[str, str, float]]:
+    """(deployment, server, idle_unload_after) of every READY on-demand copy that
+    may be unloaded when idle."""
+    rows = tables.Deployment.select().where(
+        (tables.Deployment.loading == "on_demand") & (tables.Deployment.idle_unload_after > 0)
+    )
+    found = []
+    for row in rows:
+        loading = _loading(row)
+        for position, target in enumerate(targets.of(row)):
+            if target.state == READY and loading.evictable(position):
+                found.append((row.name, target.server, loading.idle_unload_after))
+    return found

@@ -34,8 +34,9 @@ PENDING = "PENDING"
 LOADING = "LOADING"
 FAILED = "FAILED"
 UNREACHABLE = "UNREACHABLE"
+COLD = "COLD"  # on demand: not loaded there now (never yet, evicted or idle)
 # Worst first: the overall state of a deployment is its worst target's.
-_SEVERITY = [FAILED, UNREACHABLE, PENDING, LOADING, READY]
+_SEVERITY = [FAILED, UNREACHABLE, PENDING, LOADING, COLD, READY]
 DEFAULT_SERVER = "local"
 
 
@@ -78,6 +79,7 @@ class Served:
     model: str
     version: int
     ready: bool
+    on_demand: bool = False  # its deployment loads on demand
 
 
 def severity(states: Iterable[str]) -> str:
@@ -355,7 +357,8 @@ def served() -> list[Served]:
     found: list[Served] = []
     for target in rows:
         name, server, ready = target.deployment.name, target.server.name, target.state == READY
-        found.append(Served(name, server, name, target.deployment.version, ready))
+        lazy = target.deployment.loading == "on_demand"
+        found.append(Served(name, server, name, target.deployment.version, ready, lazy))
         found.extend(
             Served(name, server, model, version, ready)
             for model, version, *_ in json.loads(target.members)
@@ -366,11 +369,12 @@ def served() -> list[Served]:
 def memory_used(except_deployment: str = "") -> dict[str, int]:
     """Per server, the bytes the model versions deployments but ``except_deployment``
     keep there need: measured where measured, else estimated; a model two
-    deployments share counts once (blocking)."""
+    deployments share counts once, an on-demand one only where it is loaded
+    (blocking)."""
     entries = {
         (entry.server, entry.model, entry.version)
         for entry in served()
-        if entry.deployment != except_deployment
+        if entry.deployment != except_deployment and (entry.ready or not entry.on_demand)
     }
     needs = memory_needs((model, version) for _, model, version in entries)
     used: defaultdict[str, int] = defaultdict(int)

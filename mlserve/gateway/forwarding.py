@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ from grpc import aio
 from tritonclient.grpc import service_pb2
 
 from mlserve.access import Access, current_principal
-from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied
+from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied, Unavailable
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.gateway import wire
 from mlserve.gateway.router import Choice, Route, Router
@@ -87,6 +87,28 @@ class Forwarder:
         self.access = access
         self.log = inference_log
         self.describe_error = describe_error or (lambda error: (type(error).__name__, str(error)))
+        self._warm: Callable[[str], Awaitable[bool]] | None = None
+
+    def load_on_demand(self, warm: Callable[[str], Awaitable[bool]]) -> None:
+        """Have ``warm(model)`` load a cold on-demand model before a call to it is
+        routed (the deployments' single-flight cold start)."""
+        self._warm = warm
+
+    async def _warm_if_cold(self, model: str, timeout: float | None) -> None:
+        """Load ``model`` first when it is routed to no ready copy and loads on
+        demand; the call waits for that load within its ``timeout``."""
+        route = self.router.route(model)
+        if self._warm is None or (route is not None and route.servers):
+            return
+        try:
+            loaded = await asyncio.wait_for(self._warm(model), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"model {model!r} is loading on demand and was not ready within the "
+                "call's deadline; retry"
+            ) from None
+        if loaded:
+            await self.router.reload()
 
     async def _may_infer(self, model: str) -> tuple[int, float | None]:
         """Raise unless the caller may use ``model``: (attempts, per-call timeout or None)."""
@@ -117,9 +139,17 @@ class Forwarder:
         return response, choice.version
 
     async def send(
-        self, method: str, request: bytes, model: str, version: str, call: Call
+        self,
+        method: str,
+        request: bytes,
+        model: str,
+        version: str,
+        call: Call,
+        *,
+        warm: bool = False,
     ) -> tuple[bytes, Choice]:
         """Send ``request`` to a ready replica; returns the response and the replica used.
+        With ``warm`` (inferences), a cold on-demand model is loaded first.
 
         The common case — a routed model, a client already open — awaits
         nothing but the forwarded call itself.
@@ -133,6 +163,8 @@ class Forwarder:
         timeout = call.time_remaining()
         if app_timeout is not None:
             timeout = app_timeout if timeout is None else min(timeout, app_timeout)
+        if warm:
+            await self._warm_if_cold(model, timeout)
         tried: frozenset[str] = frozenset()
         while True:
             route = self.router.route(model)
@@ -147,7 +179,7 @@ class Forwarder:
             if not version and method in _PINNED_METHODS:
                 sent = wire.with_version(request, choice.version)
             try:
-                with self.router.in_flight(choice.server):
+                with self.router.in_flight(choice.server, model):
                     response: bytes = await client.raw_unary(method)(sent, timeout=timeout)
                 return response, choice
             except aio.AioRpcError as error:
@@ -171,7 +203,9 @@ class Forwarder:
         began = time.time()
         start = time.perf_counter()
         try:
-            response, choice = await self.send("ModelInfer", request, model, version, call)
+            response, choice = await self.send(
+                "ModelInfer", request, model, version, call, warm=True
+            )
         except BaseException as error:
             self._count(model, False)
             if self.log is not None and isinstance(error, Exception):
@@ -283,6 +317,7 @@ class Forwarder:
                     try:
                         model, version = wire.model_name_and_version(request)
                         await self._may_infer(model)
+                        await self._warm_if_cold(model, None)
                         choice = await self.router.choose(model, version)
                     except (MLServeError, wire.WireError, UnicodeDecodeError) as error:
                         await responses.put(_stream_error(str(error)))

@@ -18,7 +18,7 @@ from mlserve.storage.db import in_thread
 
 RECENT_SECONDS = 300
 RECENT_CALLS = 100_000  # per model: the window holds at most this many calls
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass
@@ -55,9 +55,11 @@ class InferenceStats:
             "Time from a ModelInfer call's arrival at the gateway to its answer",
             ["model", "version"],
             registry=self.registry,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
         )
         self._latencies: dict[tuple[str, int], Histogram] = {}
+        # (model, version) -> [calls, seconds] observed, for Triton's share of them.
+        self._latency_totals: dict[tuple[str, int], list[float]] = {}
         # Which process served the calls: with --workers the merged /metrics sums
         # every other series over the workers, this one keeps them apart.
         self._served_here = Counter(
@@ -92,7 +94,21 @@ class InferenceStats:
                     model, str(version)
                 )
             histogram.observe(latency)
+            totals = self._latency_totals.get((model, version))
+            if totals is None:
+                totals = self._latency_totals[(model, version)] = [0, 0.0]
+            totals[0] += 1
+            totals[1] += latency
             self._recent[model].append((time.monotonic(), latency))
+
+    def versions(self, model: str) -> list[int]:
+        """The versions of ``model`` whose latency this process observed."""
+        return [version for name, version in list(self._latency_totals) if name == model]
+
+    def latency_totals(self, model: str, version: int) -> tuple[int, float]:
+        """Calls of one version whose latency was observed, and their seconds summed."""
+        calls, seconds = self._latency_totals.get((model, version), (0, 0.0))
+        return int(calls), seconds
 
     def recent_latency(self, model: str) -> RecentLatency:
         """p50 and p99 of ``model``'s calls over the last ``RECENT_SECONDS`` (this process)."""

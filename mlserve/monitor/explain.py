@@ -43,6 +43,10 @@ MAX_ROWS = 100
 # Logged rows read for a background from the inference log, evenly spread over
 # the window, before k-means: bounds the time and memory one Explain takes.
 MAX_LOG_ROWS = 10_000
+# Model calls one explanation has in flight at once: enough to keep a model's
+# instances busy, few enough that a small max_batch_size (thousands of calls)
+# never floods the gateway or Triton's queue.
+MAX_IN_FLIGHT = 8
 # Triton datatypes the explainer can send, as numpy types.
 NUMERIC = {
     "FP64": np.float64, "FP32": np.float32, "FP16": np.float16,
@@ -253,8 +257,13 @@ class Explainer:
     def _read_frame(self, record: DatasetVersionRecord) -> Any:
         import pandas as pd
 
+        if not record.tables:
+            raise InvalidArgument(
+                f"dataset {record.dataset!r} version {record.version} holds no CSV or Parquet "
+                "table (only scripts): name a dataset of rows as the background"
+            )
         frames = []
-        for entry in record.files:
+        for entry in record.tables:
             with self.repository.open_blob(entry.spec.sha256) as handle:
                 data = io.BytesIO(handle.read())
             if entry.spec.path.lower().endswith(".parquet"):
@@ -345,16 +354,14 @@ def _kernel_shap(
     asks for them again: Triton sees 1 call plus ⌈samples·background /
     max_batch_size⌉ per row, and the predictions come for free.
     """
-    import shap
-
-    from mlserve.monitor.kernel_shap import KernelExplainer
+    from mlserve.monitor.kernel_shap import KernelExplainer, summarise
 
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
 
     # A background no larger than asked for is used as it is (exact means);
     # a larger one is summarised to ``size`` weighted k-means centres.
-    summary: Any = background if len(background) <= size else shap.kmeans(background, size)
+    summary: Any = background if len(background) <= size else summarise(background, size)
     points = np.ascontiguousarray(summary if len(background) <= size else summary.data)
     answers = model(np.concatenate([points, rows]))
     known = {points.tobytes(): answers[: len(points)]}
@@ -386,6 +393,7 @@ class _Predictor:
         self.index = index
         self.call = call
         self.calls = 0
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def batched(self, rows: Array) -> Array:
         step = self.signature.max_batch_size or 1
@@ -412,9 +420,10 @@ class _Predictor:
         )
         self.calls += 1
         try:
-            raw, _ = await self.forwarder.send(
-                "ModelInfer", wire.encode(request), self.model, "", self.call
-            )
+            async with self._in_flight:
+                raw, _ = await self.forwarder.send(
+                    "ModelInfer", wire.encode(request), self.model, "", self.call
+                )
         except aio.AioRpcError as error:
             raise Unavailable(
                 f"model {self.model!r} failed while being explained: {error.details()}"

@@ -34,8 +34,9 @@ from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.policy import LoggingPolicy, Mode, Policies
-from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, models_in, read_page
-from mlserve.monitor.records import Capture, Record, decode
+from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
+from mlserve.monitor.records import Capture, Record
+from mlserve.monitor.store import LogStore
 from mlserve.storage.db import in_thread
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ _RETENTION_INTERVAL = 60.0
 class LogSettings:
     """Where the log goes and how much of it is kept."""
 
-    directory: Path
+    directory: Path | LogStore
+    """A local directory, or a store (an s3:// prefix)."""
     queue_size: int = 10_000
     """Records waiting for the writer at most; more are dropped and counted."""
     flush_interval: float = 1.0
@@ -70,6 +72,7 @@ class InferenceLog:
         self, settings: LogSettings, registry: CollectorRegistry, tokens: PageTokens
     ) -> None:
         self.settings = settings
+        self.store = LogStore.of(settings.directory)
         self.tokens = tokens
         self.policies = Policies()
         self._queue: deque[Capture | Record] = deque()
@@ -130,7 +133,7 @@ class InferenceLog:
                 status,
                 message,
                 latency,
-            ),
+            ).trimmed(),
             model,
         )
 
@@ -152,11 +155,10 @@ class InferenceLog:
     # --- the writer ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Sweep what a killed writer left, check the directory, start the writer thread."""
+        """Sweep what a killed writer left, check the store, start the writer thread."""
         try:
-            self.settings.directory.mkdir(parents=True, exist_ok=True)
             if self.settings.housekeeping:
-                parquet.sweep_temporary(self.settings.directory)
+                self.store.sweep_temporary()
         except OSError as error:
             self._failed(error)
         self.check_writable()
@@ -172,34 +174,25 @@ class InferenceLog:
     def flush(self) -> int:
         """Decode and write what is queued now (the writer thread's step); returns records
         written."""
-        batch: list[Record] = []
+        batch: list[Capture | Record] = []
         while self._queue:
-            item = self._queue.popleft()
-            try:
-                record = decode(item) if isinstance(item, Capture) else item
-            except Exception:
-                log.exception("could not decode an inference log record; it is dropped")
-                continue
-            if record is not None:
-                batch.append(record)
+            batch.append(self._queue.popleft())
         if not batch:
             return 0
         try:
-            parquet.write(self.settings.directory, batch, self.settings.file_tag)
+            written = parquet.write(self.store, batch, self.settings.file_tag)
         except OSError as error:
             self._failed(error)
             return 0
-        self.writable = True
-        self._written.inc(len(batch))
-        return len(batch)
+        if written.records:
+            self.writable = True
+        self._written.inc(written.records)
+        return written.records
 
     def check_writable(self) -> bool:
-        """Probe the directory with a file; updates ``writable`` (health reads it)."""
-        probe = self.settings.directory / ".probe"
+        """Probe the store with a file; updates ``writable`` (health reads it)."""
         try:
-            self.settings.directory.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
+            self.store.probe()
         except OSError as error:
             self._failed(error)
             return False
@@ -219,7 +212,7 @@ class InferenceLog:
             if due and self.settings.housekeeping:
                 self._last_retention = now
                 retention.apply(
-                    self.settings.directory,
+                    self.store,
                     self.settings.retention_seconds,
                     self.settings.retention_bytes,
                 )
@@ -235,7 +228,7 @@ class InferenceLog:
             log.error(
                 "the inference log cannot write to %s (%s); inference goes on, records are "
                 "lost until it can (logged at most once a minute)",
-                self.settings.directory,
+                self.store,
                 error,
             )
 
@@ -262,7 +255,7 @@ class InferenceLog:
 
     def models(self) -> list[str]:
         """The models the log has records of."""
-        return models_in(self.settings.directory)
+        return self.store.models()
 
     async def list(self, query: LogQuery, requested_size: int, token: str) -> Page[Record]:
         """One page of the records ``query`` asks for, among the models the caller may see.
@@ -293,7 +286,7 @@ class InferenceLog:
         narrowed = replace(query, models=models)
         records, last = await asyncio.to_thread(
             read_page,
-            self.settings.directory,
+            self.store,
             narrowed,
             None if after is None else (after[0], str(after[1])),
             size,
@@ -311,7 +304,7 @@ class InferenceLog:
         if query.start is not None and query.end is not None and query.start > query.end:
             raise InvalidArgument("the window's start_time is after its end_time: swap them")
         await in_thread(self._visible_models)((query.model,))
-        return await asyncio.to_thread(logged_rows, self.settings.directory, query)
+        return await asyncio.to_thread(logged_rows, self.store, query)
 
     def _visible_models(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         if wanted:

@@ -2,9 +2,9 @@
 
     logs/model=NAME/date=YYYY-MM-DD/hour=HH/part-<time>-<id>.parquet
 
-One file per partition per flush. A file is written under a hidden
-temporary name and renamed into place, so a reader (or a SIGKILL) never
-meets a half-written file; leftovers of a killed writer are swept at start.
+One file per partition per flush, written whole into the log's store (a
+local directory or an s3:// prefix, ``store``): a reader (or a SIGKILL)
+never meets a half-written file.
 
 Columns: the metadata of every record (``META``), then per tensor a list
 column ``input.NAME`` / ``output.NAME`` of its elements (typed, see
@@ -17,30 +17,33 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import operator
-import os
 import time
-import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.monitor import tensors
-from mlserve.monitor.records import Record
+from mlserve.monitor.records import (
+    INPUT,
+    SCALARS,
+    Capture,
+    Record,
+    Row,
+    Scalars,
+    row_of,
+    row_of_record,
+)
+from mlserve.monitor.store import LogStore
 from mlserve.monitor.tensors import Tensor
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".parquet"
-_TEMPORARY = ".tmp"
-INPUT, OUTPUT = "input", "output"
 
 META = pa.schema(
     [
@@ -69,8 +72,12 @@ _DICTIONARY_COLUMNS = [
     "deployment", "server", "caller", "caller_kind", "app", "status", "message", "source",
 ]  # fmt: skip
 _STATISTICS_COLUMNS = ["id", "time", "version", *_DICTIONARY_COLUMNS]
-_SCALARS = [name for name in META.names if name not in ("time", "truncated", "truncated_tensors")]
-_SCALAR_GETTER = operator.attrgetter(*_SCALARS)
+_SCALARS = list(SCALARS)
+_SCALAR_TYPES = [META.field(name).type for name in _SCALARS]
+_HOUR_MICROS = 3600 * 1_000_000
+_GROUP_ELEMENTS = 64 * 1024**2
+"""Tensor elements in one file at most: more start another file (and keep a list
+column's 32-bit offsets far from overflowing)."""
 
 
 @dataclass(frozen=True)
@@ -79,16 +86,27 @@ class Partition:
     date: str  # YYYY-MM-DD
     hour: str  # HH
 
-    def directory(self, root: Path) -> Path:
-        return root / f"model={self.model}" / f"date={self.date}" / f"hour={self.hour}"
+    def directory(self) -> str:
+        """The partition's directory, relative to the log's root."""
+        return f"model={self.model}/date={self.date}/hour={self.hour}"
 
     @staticmethod
-    def of(record: Record) -> Partition:
-        return Partition(record.model, record.time.strftime("%Y-%m-%d"), record.time.strftime("%H"))
+    def of(model: str, micros: int) -> Partition:
+        moment = time.gmtime(micros // 1_000_000)
+        return Partition(model, time.strftime("%Y-%m-%d", moment), time.strftime("%H", moment))
 
 
-def write(root: Path, records: Iterable[Record], tag: str = "") -> int:
-    """Write ``records`` as one file per partition (and tensor schema); returns bytes written.
+@dataclass(frozen=True)
+class Written:
+    records: int
+    bytes: int
+
+
+def write(root: Path | LogStore, items: Iterable[Capture | Record], tag: str = "") -> Written:
+    """Write captured calls and records as one file per partition (and tensor schema).
+
+    A capture or record that cannot be decoded is logged and left out; so is one
+    whose model is not a valid name (it never becomes a path).
 
     ``tag`` goes into the file names (``part-<time>-<tag><id>``): each writing
     process has its own, so several never pick the same name.
@@ -96,56 +114,131 @@ def write(root: Path, records: Iterable[Record], tag: str = "") -> int:
     Raises:
         OSError: the directory cannot be written (full disk, permissions).
     """
-    by_partition: defaultdict[Partition, list[Record]] = defaultdict(list)
-    names: dict[str, bool] = {}
-    partitions: dict[tuple[str, int], Partition] = {}
-    for record in records:
-        valid = names.get(record.model)
-        if valid is None:
-            valid = names[record.model] = valid_name(record.model)
-        if not valid:
-            log.error("inference log record for %r dropped: not a model name", record.model)
-            continue
-        # One Partition per model and hour, not one strftime per record.
-        key = (record.model, int(record.time.timestamp()) // 3600)
-        partition = partitions.get(key)
-        if partition is None:
-            partition = partitions[key] = Partition.of(record)
-        by_partition[partition].append(record)
-    written = 0
-    for partition, rows in by_partition.items():
-        directory = partition.directory(root)
-        directory.mkdir(parents=True, exist_ok=True)
-        for group in _compatible_groups(rows):
-            written += _write_file(directory, table_of(group), tag)
-    return written
+    store = LogStore.of(root)
+    batches = _batches(items)
+    records = written = 0
+    for partition, groups in batches.items():
+        for batch in groups:
+            written += store.write_table(partition.directory(), batch.table(), tag, **_OPTIONS)
+            records += batch.rows
+    return Written(records, written)
+
+
+def decode(capture: Capture) -> Record | None:
+    """The record a capture becomes in the log, as reading it back gives it."""
+    row = row_of(capture)
+    if row is None:
+        return None
+    batch = Batch()
+    batch.add(row)
+    (record,) = records_of(batch.table(), capture.model)
+    return record
 
 
 def table_of(records: list[Record]) -> Any:
-    """One Arrow table of records sharing tensor datatypes (see ``_compatible_groups``)."""
-    # Column-wise: one attrgetter pass over the records, then one Arrow array per column.
-    rows = [_SCALAR_GETTER(record) for record in records]
-    scalars = list(zip(*rows, strict=True)) if rows else [()] * len(_SCALARS)
-    columns: dict[str, Any] = {
-        name: pa.array(values, META.field(name).type)
-        for name, values in zip(_SCALARS, scalars, strict=True)
-    }
-    columns["time"] = pa.array([r.time for r in records], META.field("time").type)
-    truncated = [_truncated_names(r) for r in records]
-    columns["truncated"] = pa.array([bool(names) for names in truncated], pa.bool_())
-    columns["truncated_tensors"] = pa.array(truncated, pa.list_(pa.string()))
-    fields = list(META)
-    arrays = [columns[name] for name in META.names]
-    for (role, name), datatype in _tensor_columns(records).items():
-        found = [_find(r, role, name) for r in records]
-        metadata = {"datatype": datatype, "tensor": name, "role": role}
-        fields.append(pa.field(f"{role}.{name}", pa.list_(tensors.storage_type(datatype)),
-                               metadata=metadata))  # fmt: skip
-        arrays.append(tensors.list_column(datatype, [None if t is None else t.values
-                                                     for t in found]))  # fmt: skip
-        fields.append(pa.field(f"{role}_shape.{name}", pa.list_(pa.int64()), metadata=metadata))
-        arrays.append(tensors.shape_column([None if t is None else t.shape for t in found]))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    """One Arrow table of records sharing tensor datatypes."""
+    batch = Batch()
+    for record in records:
+        row = row_of_record(record)
+        if not batch.fits(row):
+            raise ValueError("records with one tensor name in two datatypes need two tables")
+        batch.add(row)
+    return batch.table()
+
+
+class Batch:
+    """Rows of one partition as columns, a tensor name having one datatype among them."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._scalars: list[Scalars] = []
+        self._micros: list[int] = []
+        self._truncated: list[list[str]] = []
+        self._tensors: dict[tuple[str, str], tensors.TensorColumn] = {}
+        self._elements = 0
+
+    def fits(self, row: Row) -> bool:
+        """Whether ``row`` can join: its tensors' datatypes agree, and the batch has room."""
+        if self._elements > _GROUP_ELEMENTS:
+            return False
+        for role, name, datatype, *_ in row.tensors:
+            column = self._tensors.get((role, name))
+            if column is not None and column.datatype != datatype:
+                return False
+        return True
+
+    def add(self, row: Row) -> None:
+        index = self.rows
+        self.rows += 1
+        self._scalars.append(row.scalars)
+        self._micros.append(row.micros)
+        cut: list[str] = []
+        for role, name, datatype, shape, chunk, length, truncated in row.tensors:
+            column = self._tensors.get((role, name))
+            if column is None:
+                column = self._tensors[(role, name)] = tensors.TensorColumn(datatype)
+            column.add(index, shape, chunk, length)
+            self._elements += length
+            if truncated:
+                cut.append(f"{role}.{name}")
+        self._truncated.append(cut)
+
+    def table(self) -> Any:
+        """The batch as one Arrow table, each column built in one call."""
+        columns = list(zip(*self._scalars, strict=True)) if self._scalars else [()] * len(_SCALARS)
+        arrays: dict[str, Any] = {
+            name: pa.array(values, kind)
+            for name, values, kind in zip(_SCALARS, columns, _SCALAR_TYPES, strict=True)
+        }
+        arrays["time"] = pa.array(np.array(self._micros, dtype=np.int64)).cast(
+            META.field("time").type
+        )
+        arrays["truncated"] = pa.array([bool(names) for names in self._truncated], pa.bool_())
+        arrays["truncated_tensors"] = pa.array(self._truncated, pa.list_(pa.string()))
+        fields = list(META)
+        ordered = [arrays[name] for name in META.names]
+        for (role, name), column in self._tensors.items():
+            metadata = {"datatype": column.datatype, "tensor": name, "role": role}
+            elements, shapes = column.arrays(self.rows)
+            fields.append(pa.field(f"{role}.{name}", elements.type, metadata=metadata))
+            fields.append(pa.field(f"{role}_shape.{name}", shapes.type, metadata=metadata))
+            ordered += [elements, shapes]
+        return pa.Table.from_arrays(ordered, schema=pa.schema(fields))
+
+
+def _batches(items: Iterable[Capture | Record]) -> dict[Partition, list[Batch]]:
+    batches: dict[Partition, list[Batch]] = {}
+    names: dict[str, bool] = {}
+    partitions: dict[tuple[str, int], Partition] = {}
+    for item in items:
+        valid = names.get(item.model)
+        if valid is None:
+            valid = names[item.model] = valid_name(item.model)
+        if not valid:
+            log.error("inference log record for %r dropped: not a model name", item.model)
+            continue
+        try:
+            row = row_of(item) if isinstance(item, Capture) else row_of_record(item)
+        except Exception:
+            log.exception("could not decode an inference log record; it is dropped")
+            continue
+        if row is None:
+            continue
+        # One Partition per model and hour, not one strftime per record.
+        key = (row.model, row.micros // _HOUR_MICROS)
+        partition = partitions.get(key)
+        if partition is None:
+            partition = partitions[key] = Partition.of(row.model, row.micros)
+        groups = batches.setdefault(partition, [])
+        # The usual case: one signature, so the newest batch takes the row.
+        for batch in reversed(groups):
+            if batch.fits(row):
+                break
+        else:
+            batch = Batch()
+            groups.append(batch)
+        batch.add(row)
+    return batches
 
 
 def records_of(table: Any, model: str) -> list[Record]:
@@ -178,22 +271,6 @@ def records_of(table: Any, model: str) -> list[Record]:
     return records
 
 
-def files(directory: Path) -> Iterator[Path]:
-    """The complete log files under ``directory`` (never a temporary one)."""
-    if directory.is_dir():
-        yield from sorted(directory.rglob(f"*{SUFFIX}"))
-
-
-def sweep_temporary(root: Path) -> int:
-    """Remove what a killed writer left half-written; returns how many."""
-    removed = 0
-    if root.is_dir():
-        for leftover in root.rglob(f".*{SUFFIX}{_TEMPORARY}"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def valid_name(model: str) -> bool:
     """Whether ``model`` may name a partition directory (a valid resource name)."""
     try:
@@ -203,81 +280,20 @@ def valid_name(model: str) -> bool:
     return True
 
 
-def _write_file(directory: Path, table: Any, tag: str) -> int:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    name = f"part-{stamp}-{tag}{uuid.uuid4().hex[:12]}{SUFFIX}"
-    temporary = directory / f".{name}{_TEMPORARY}"
-    try:
-        pq.write_table(
-            table,
-            temporary,
-            compression="zstd",
-            # Level 1: the writer must keep up with the gateway on one core.
-            compression_level=1,
-            # Dictionaries and statistics pay off on the metadata (filters, repeated
-            # names), not on tensor elements, which are mostly distinct.
-            use_dictionary=_DICTIONARY_COLUMNS,
-            write_statistics=_STATISTICS_COLUMNS,
-        )
-        os.replace(temporary, directory / name)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return (directory / name).stat().st_size
+_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    # Level 1: the writer must keep up with the gateway on one core.
+    "compression_level": 1,
+    # Dictionaries and statistics pay off on the metadata (filters, repeated
+    # names), not on tensor elements, which are mostly distinct.
+    "use_dictionary": _DICTIONARY_COLUMNS,
+    "write_statistics": _STATISTICS_COLUMNS,
+}
 
 
-def _tensor_columns(records: list[Record]) -> dict[tuple[str, str], str]:
-    columns: dict[tuple[str, str], str] = {}
-    for record in records:
-        for role, found in ((INPUT, record.inputs), (OUTPUT, record.outputs)):
-            for tensor in found:
-                columns.setdefault((role, tensor.name), tensor.datatype)
-    return columns
-
-
-def _compatible_groups(records: list[Record]) -> list[list[Record]]:
-    """Split records so that in each group a tensor name has one datatype (one column type).
-
-    Records with the same tensors (the usual case: one model, one signature) are
-    grouped first, so the per-record work is one tuple.
-    """
-    by_signature: defaultdict[tuple[tuple[str, str, str], ...], list[Record]] = defaultdict(list)
-    for record in records:
-        signature = tuple((INPUT, t.name, t.datatype) for t in record.inputs) + tuple(
-            (OUTPUT, t.name, t.datatype) for t in record.outputs
-        )
-        by_signature[signature].append(record)
-    groups: list[tuple[dict[tuple[str, str], str], list[Record]]] = []
-    for signature, members in by_signature.items():
-        wanted = {(role, name): datatype for role, name, datatype in signature}
-        for types, group in groups:
-            if all(types.get(key, datatype) == datatype for key, datatype in wanted.items()):
-                types.update(wanted)
-                group.extend(members)
-                break
-        else:
-            groups.append((wanted, list(members)))
-    return [group for _, group in groups]
-
-
-def _find(record: Record, role: str, name: str) -> Tensor | None:
-    for tensor in record.inputs if role == INPUT else record.outputs:
-        if tensor.name == name:
-            return tensor
-    return None
-
-
-def _truncated_names(record: Record) -> list[str]:
-    return [
-        f"{role}.{t.name}"
-        for role, found in ((INPUT, record.inputs), (OUTPUT, record.outputs))
-        for t in found
-        if t.truncated
-    ]
-
-
-def partition_hour(path: Path) -> dt.datetime | None:
+def partition_hour(where: str | Path) -> dt.datetime | None:
     """The UTC hour a file's partition stands for, from its path."""
+    path = PurePosixPath(where)
     try:
         date = path.parent.parent.name.removeprefix("date=")
         hour = path.parent.name.removeprefix("hour=")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from mlserve.monitor import parquet
 from mlserve.monitor.records import Record
+from mlserve.monitor.store import LogStore
 
 _HOUR = dt.timedelta(hours=1)
 _TIME = pa.timestamp("us", tz="UTC")
@@ -45,25 +46,19 @@ class LogQuery:
     newest_first: bool = True
 
 
-def models_in(root: Path) -> list[str]:
-    """The models the log has records of."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name.removeprefix("model=") for p in root.glob("model=*") if p.is_dir())
-
-
 def read_page(
-    root: Path, query: LogQuery, after: Key | None, size: int
+    root: Path | LogStore, query: LogQuery, after: Key | None, size: int
 ) -> tuple[list[Record], Key | None]:
     """Up to ``size`` records after ``after``, and the key to continue from (None at the end)."""
-    buckets = _hour_buckets(root, query)
+    store = LogStore.of(root)
+    buckets = _hour_buckets(store, query)
     where = _filter(query, after)
     found: list[Any] = []
     count = 0
     for _, paths in buckets:
-        table = ds.dataset([str(p) for p in paths], schema=parquet.META, format="parquet").to_table(
-            columns=["id", "time", "__filename"], filter=where
-        )
+        table = ds.dataset(
+            paths, schema=parquet.META, format="parquet", filesystem=store.filesystem
+        ).to_table(columns=["id", "time", "__filename"], filter=where)
         if table.num_rows:
             found.append(table)
             count += table.num_rows
@@ -74,17 +69,18 @@ def read_page(
     order = "descending" if query.newest_first else "ascending"
     candidates = pa.concat_tables(found).sort_by([("time", order), ("id", order)])
     page = candidates.slice(0, size)
-    records = _whole_rows(page)
+    records = _whole_rows(store, page)
     if candidates.num_rows <= size:
         return records, None
     last = records[-1]
     return records, (_micros(last.time), last.id)
 
 
-def _hour_buckets(root: Path, query: LogQuery) -> list[tuple[dt.datetime, list[Path]]]:
-    by_hour: defaultdict[dt.datetime, list[Path]] = defaultdict(list)
+def _hour_buckets(store: LogStore, query: LogQuery) -> list[tuple[dt.datetime, list[str]]]:
+    by_hour: defaultdict[dt.datetime, list[str]] = defaultdict(list)
     for model in query.models:
-        for path in parquet.files(root / f"model={model}"):
+        for file in store.files(f"model={model}"):
+            path = file.path
             hour = parquet.partition_hour(path)
             if hour is None:
                 continue
@@ -125,16 +121,16 @@ def _filter(query: LogQuery, after: Key | None) -> Any:
     return where
 
 
-def _whole_rows(page: Any) -> list[Record]:
+def _whole_rows(store: LogStore, page: Any) -> list[Record]:
     ids: list[str] = page.column("id").to_pylist()
     by_file: defaultdict[str, list[str]] = defaultdict(list)
     for record_id, filename in zip(ids, page.column("__filename").to_pylist(), strict=True):
         by_file[filename].append(record_id)
     decoded: dict[str, Record] = {}
     for filename, wanted in by_file.items():
-        table = pq.read_table(filename)
+        table = pq.read_table(filename, filesystem=store.filesystem)
         table = table.filter(pc.is_in(table.column("id"), pa.array(wanted)))
-        model = Path(filename).parent.parent.parent.name.removeprefix("model=")
+        model = PurePosixPath(filename).parent.parent.parent.name.removeprefix("model=")
         for record in parquet.records_of(table, model):
             decoded[record.id] = record
     return [decoded[record_id] for record_id in ids if record_id in decoded]
@@ -164,7 +160,7 @@ class RowsQuery:
     limit: int
 
 
-def logged_rows(root: Path, query: RowsQuery) -> Any:
+def logged_rows(root: Path | LogStore, query: RowsQuery) -> Any:
     """The rows the query's input carried in its model's successful logged calls, as a
     float64 array; at most ``limit`` of them, evenly spread over the window when there
     are more.
@@ -176,15 +172,18 @@ def logged_rows(root: Path, query: RowsQuery) -> Any:
     model, width, start, end, limit = query.model, query.width, query.start, query.end, query.limit
     column = f"input.{query.tensor}"
     found: list[Any] = []
-    for file in parquet.files(root / f"model={model}"):
-        hour = parquet.partition_hour(file)
+    store = LogStore.of(root)
+    for file in store.files(f"model={model}"):
+        hour = parquet.partition_hour(file.path)
         if hour is None or (start is not None and hour + _HOUR <= start):
             continue
         if end is not None and hour >= end:
             continue
-        if column not in pq.read_schema(file).names:
+        if column not in pq.read_schema(file.path, filesystem=store.filesystem).names:
             continue
-        table = pq.read_table(file, columns=["time", "status", column])
+        table = pq.read_table(
+            file.path, columns=["time", "status", column], filesystem=store.filesystem
+        )
         keep = pc.equal(table["status"], "OK")
         if start is not None:
             keep = pc.and_(keep, pc.greater_equal(table["time"], pa.scalar(start, _TIME)))

@@ -4,9 +4,10 @@ hot path) and as the writer decoded it (a ``Record``, one row of Parquet)."""
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,39 @@ class Capture:
     status: str  # a status code name
     message: str
     latency: float  # seconds
+    request_size: int | None = None
+    """Bytes of the request as received, when ``request`` holds only what is kept of it."""
+    response_size: int | None = None
+    """Likewise for ``response``."""
+
+    def trimmed(self) -> Capture:
+        """This capture holding only what its policy records: a large request's or
+        response's bytes are let go at once when no tensor of them is kept.
+
+        The gateway's buffers are then freed when the call ends instead of waiting
+        for the writer (up to a flush interval: hundreds of MiB at a few calls a
+        second of 4 MiB tensors, which the allocator then maps afresh).
+        """
+        policy = self.policy
+        request, response = self.request, self.response
+        keep_request = (
+            policy.mode.inputs
+            or (bool(policy.sampling_key) and not policy.header_key)
+            or len(request) <= _PARSED_BELOW
+        )
+        keep_response = (
+            policy.mode.outputs or self.status == STREAMED or response is None
+            or len(response) <= _PARSED_BELOW
+        )  # fmt: skip
+        if keep_request and keep_response:
+            return self
+        return replace(
+            self,
+            request=request if keep_request else _id_only(_request_id(request)),
+            response=response if keep_response else b"",
+            request_size=len(request),
+            response_size=None if response is None else len(response),
+        )
 
 
 @dataclass(slots=True)
@@ -109,8 +143,39 @@ def caller_of(principal: Principal | None) -> tuple[str, str, str]:
     return principal.name, "user", ""
 
 
-def decode(capture: Capture) -> Record | None:
-    """The record of a captured call, or None when a sampling key leaves it out."""
+INPUT, OUTPUT = "input", "output"
+
+Entry = tuple[str, str, str, tuple[int, ...], Any, int, bool]
+"""One tensor of a row: (role, name, datatype, shape, chunk, elements, truncated), the
+chunk as ``tensors.TensorColumn.add`` takes it."""
+
+Scalars = tuple[Any, ...]
+"""A row's metadata in the order of ``SCALARS``."""
+
+SCALARS = (
+    "id", "version", "deployment", "server", "caller", "caller_kind", "app", "status",
+    "message", "latency_ms", "request_id", "request_bytes", "response_bytes", "source",
+    "input_json", "output_json",
+)  # fmt: skip
+_SCALAR_GETTER = operator.attrgetter(*SCALARS)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record as the writer lays it into columns."""
+
+    model: str
+    micros: int  # microseconds since the epoch, UTC
+    scalars: Scalars
+    tensors: list[Entry]
+
+
+def row_of(capture: Capture) -> Row | None:
+    """The row of a captured call, or None when a sampling key leaves it out.
+
+    Each message is parsed once; the raw tensor payloads go into the row as the
+    bytes that crossed (cut to the policy's cap), never as per-record arrays.
+    """
     policy = capture.policy
     keyed = bool(policy.sampling_key) and not policy.header_key
     # Metadata alone needs only the request's id. Parsing copies every tensor (8 MiB
@@ -121,72 +186,84 @@ def decode(capture: Capture) -> Record | None:
     if keyed and not _key_sampled(policy, request):
         return None
     request_id = request.id if request is not None else _request_id(capture.request)
-    response_bytes = capture.response
     status, message = capture.status, capture.message
+    response: Any = None
     if status == STREAMED:
         streamed: Any = _parse(service_pb2.ModelStreamInferResponse, capture.response)
         failed = streamed is None or bool(streamed.error_message)
         status = STREAM_ERROR if failed else "OK"
         message = "" if streamed is None else streamed.error_message
-        response_bytes = None if failed else streamed.infer_response.SerializeToString()
-    caller, kind, app = caller_of(capture.principal)
-    record = Record(
-        time=dt.datetime.fromtimestamp(capture.time, dt.timezone.utc),
-        model=capture.model,
-        version=capture.version,
-        deployment=capture.model,
-        server=capture.server,
-        caller=caller,
-        caller_kind=kind,
-        app=app,
-        status=status,
-        message=message,
-        latency_ms=capture.latency * 1000,
-        request_id=request_id,
-        request_bytes=len(capture.request),
-        response_bytes=len(response_bytes or b""),
-    )
+        response = None if failed else streamed.infer_response
+        response_size = 0 if response is None else response.ByteSize()
+    else:
+        response_size = len(capture.response or b"")
+        if policy.mode.outputs:
+            response = _parse(service_pb2.ModelInferResponse, capture.response)
+    entries: list[Entry] = []
     notes: list[str] = []
+    cap = policy.max_payload_bytes
     if policy.mode.inputs and request is not None:
-        record.inputs = _tensors(
-            request.inputs, request.raw_input_contents, policy.max_payload_bytes, notes
-        )
-    if policy.mode.outputs and response_bytes is not None:
-        response: Any = _parse(service_pb2.ModelInferResponse, response_bytes)
-        if response is not None:
-            record.outputs = _tensors(
-                response.outputs, response.raw_output_contents, policy.max_payload_bytes, notes
-            )
+        _entries(INPUT, request.inputs, request.raw_input_contents, cap, entries, notes)
+    if policy.mode.outputs and response is not None:
+        _entries(OUTPUT, response.outputs, response.raw_output_contents, cap, entries, notes)
     if notes:
-        record.message = "; ".join(filter(None, [record.message, *notes]))
-    return record
+        message = "; ".join(filter(None, [message, *notes]))
+    caller, kind, app = caller_of(capture.principal)
+    scalars = (
+        new_id(), capture.version, capture.model, capture.server, caller, kind, app, status,
+        message, capture.latency * 1000, request_id,
+        len(capture.request) if capture.request_size is None else capture.request_size,
+        response_size if capture.response_size is None else capture.response_size,
+        GATEWAY, "", "",
+    )  # fmt: skip
+    return Row(capture.model, round(capture.time * 1_000_000), scalars, entries)
 
 
-def _tensors(declared: Any, raws: Any, cap: int, notes: list[str]) -> list[Tensor]:
-    decoded: list[Tensor] = []
+def row_of_record(record: Record) -> Row:
+    """The row of a decoded record (one recorded from outside, or read back)."""
+    entries: list[Entry] = []
+    for role, found in ((INPUT, record.inputs), (OUTPUT, record.outputs)):
+        for tensor in found:
+            chunk, length = tensors.chunk_of(tensor.datatype, tensor.values)
+            entries.append((role, tensor.name, tensor.datatype, tensor.shape, chunk, length,
+                            tensor.truncated))  # fmt: skip
+    micros = (record.time - _EPOCH) // dt.timedelta(microseconds=1)
+    return Row(record.model, micros, _SCALAR_GETTER(record), entries)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _entries(
+    role: str, declared: Any, raws: Any, cap: int, entries: list[Entry], notes: list[str]
+) -> None:
     count = len(raws)
     for position, tensor in enumerate(declared):
         datatype = tensor.datatype
+        # The usual tensor, raw and within the cap: its bytes are the chunk as they are.
+        itemsize = tensors.AS_STORED.get(datatype)
+        if itemsize is not None and position < count:
+            raw = raws[position]
+            size = len(raw)
+            if size <= cap and not size % itemsize:
+                entries.append((role, tensor.name, datatype, tuple(tensor.shape[:]), raw,
+                                size // itemsize, False))  # fmt: skip
+                continue
         if not tensors.known(datatype):
             notes.append(f"tensor {tensor.name!r} not logged: datatype {datatype!r}")
             continue
         try:
             if position < count:
-                raw = raws[position]
-                values = tensors.from_raw(datatype, raw)
-                # A raw payload within the cap keeps every element: no need to count.
-                cut = False
-                if len(raw) > cap:
-                    values, cut = tensors.truncate(datatype, values, cap)
+                chunk, length, cut = tensors.raw_chunk(datatype, raws[position], cap)
             else:
                 values = tensors.from_contents(datatype, tensor.contents)
                 values, cut = tensors.truncate(datatype, values, cap)
+                chunk, length = tensors.chunk_of(datatype, values)
         except Exception as error:  # a malformed tensor Triton will refuse too
             notes.append(f"tensor {tensor.name!r} not logged: {error}")
             continue
         # shape[:] first: a list converts to a tuple faster than upb's repeated field.
-        decoded.append(Tensor(tensor.name, datatype, tuple(tensor.shape[:]), values, cut))
-    return decoded
+        entries.append((role, tensor.name, datatype, tuple(tensor.shape[:]), chunk, length, cut))
 
 
 def _parse(kind: Any, data: bytes | None) -> Any:
@@ -196,6 +273,11 @@ def _parse(kind: Any, data: bytes | None) -> Any:
         return kind.FromString(data)
     except DecodeError:
         return None
+
+
+def _id_only(request_id: str) -> bytes:
+    """A ModelInferRequest carrying only ``request_id``: what metadata keeps of a request."""
+    return bytes(service_pb2.ModelInferRequest(id=request_id).SerializeToString())
 
 
 def _request_id(data: bytes) -> str:

@@ -12,8 +12,8 @@ to the same array.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,11 @@ _TYPES: dict[str, tuple[str, Any, str]] = {
 }
 DATATYPES = tuple(_TYPES)
 _ITEMSIZE = {name: np.dtype(raw).itemsize for name, (raw, _, _) in _TYPES.items() if raw}
+_STORAGE_ITEMSIZE = {
+    name: np.dtype(arrow.to_pandas_dtype()).itemsize
+    for name, (raw, arrow, _) in _TYPES.items()
+    if raw
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,46 +123,140 @@ def truncate(datatype: str, values: Any, max_bytes: int) -> tuple[Any, bool]:
     return values[:limit], True
 
 
-def list_column(datatype: str, rows: Sequence[Any | None]) -> Any:
-    """One Arrow list column: each row a tensor's values, or None when it has none."""
-    arrow_type = storage_type(datatype)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    present = [row for row in rows if row is not None]
-    lengths = [0 if row is None else len(row) for row in rows]
-    np.cumsum(lengths, out=offsets[1:])
-    if datatype == "BYTES":
-        values = pa.array([v for row in present for v in row], type=arrow_type)
-    elif present:
-        values = _concatenated(arrow_type, present, int(offsets[-1]))
-    else:
-        values = pa.array([], type=arrow_type)
-    if len(present) == len(rows):  # the usual case: every record has the tensor
-        return pa.ListArray.from_arrays(pa.array(offsets), values)
-    mask = pa.array([row is None for row in rows], type=pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+class TensorColumn:
+    """One tensor's column of a batch, filled row by row and built in bulk.
 
+    A row adds its elements as one chunk: bytes in the storage layout (a raw
+    payload is one, as it crossed the wire) or, for BYTES, a list of elements.
+    Fixed-width chunks are appended to one values buffer at once, so the chunk
+    itself is freed straight away; ``arrays`` makes the list column from that
+    buffer and the rows' offsets with NumPy: a few Arrow calls per batch, not
+    per record. Rows that never added a chunk are null.
 
-def _concatenated(arrow_type: Any, present: list[Any], total: int) -> Any:
-    """The rows' elements end to end as one Arrow array, copied once.
-
-    The buffer comes from Arrow's memory pool, which keeps freed pages: a fresh
-    NumPy array of a batch's 4 MiB is mapped anew each flush, and touching new
-    pages on this VM cost several times the copy itself (5-10 ms per 1,000
-    records against under 1 ms). BOOL (bit-packed in Arrow) and rows not already
-    in the storage dtype go through ``pa.array``, which casts safely.
+    The buffer comes from Arrow's memory pool, which keeps freed pages: a batch's
+    payload held as separate bytes objects (or joined into a fresh one) is mapped
+    anew each flush, and on this VM touching new pages costs more than the copy.
     """
-    dtype = np.dtype(arrow_type.to_pandas_dtype())
-    if arrow_type == pa.bool_() or not all(
-        isinstance(row, np.ndarray) and row.dtype == dtype for row in present
-    ):
-        return pa.array(np.concatenate(present), type=arrow_type)
-    buffer = pa.allocate_buffer(total * dtype.itemsize)
-    np.concatenate(present, out=np.frombuffer(buffer, dtype=dtype))
-    return pa.Array.from_buffers(arrow_type, total, [None, buffer])
+
+    __slots__ = (
+        "_buffer", "_elements", "_lengths", "_rows", "_shapes", "_used", "_view", "datatype",
+    )  # fmt: skip
+
+    def __init__(self, datatype: str) -> None:
+        self.datatype = datatype
+        self._buffer: Any = None  # fixed-width: a resizable buffer of Arrow's pool
+        self._view = memoryview(b"")
+        self._used = 0
+        self._elements: list[bytes] = []  # BYTES
+        self._lengths: list[int] = []
+        self._rows: list[int] = []
+        self._shapes: list[tuple[int, ...]] = []
+
+    def add(self, row: int, shape: tuple[int, ...], chunk: Any, length: int) -> None:
+        """Row ``row``'s ``length`` elements (``chunk``) and the tensor's shape."""
+        self._rows.append(row)
+        self._shapes.append(shape)
+        self._lengths.append(length)
+        if self.datatype == "BYTES":
+            self._elements.extend(chunk)
+            return
+        used = self._used
+        end = used + len(chunk)
+        if end > len(self._view):
+            self._grow(end)
+        self._view[used:end] = chunk
+        self._used = end
+
+    def _grow(self, needed: int) -> None:
+        self._view.release()
+        if self._buffer is None:
+            self._buffer = pa.allocate_buffer(max(needed, 1 << 16), resizable=True)
+        else:
+            self._buffer.resize(max(needed, 2 * self._buffer.size))
+        self._view = memoryview(self._buffer).cast("B")
+
+    def arrays(self, rows: int) -> tuple[Any, Any]:
+        """The list column of the elements and the list<int64> column of the shapes."""
+        arrow_type = storage_type(self.datatype)
+        if self.datatype == "BYTES":
+            values = pa.array(self._elements, type=arrow_type)
+        else:
+            self._view.release()
+            buffer = pa.py_buffer(b"") if self._buffer is None else self._buffer
+            buffer = buffer.slice(0, self._used)
+            if self.datatype == "BOOL":  # bit-packed in Arrow
+                values = pa.array(np.frombuffer(buffer, dtype=np.bool_), type=arrow_type)
+            else:
+                values = pa.Array.from_buffers(arrow_type, sum(self._lengths), [None, buffer])
+        mask = None
+        if len(self._rows) != rows:
+            missing = np.ones(rows, dtype=np.bool_)
+            missing[self._rows] = False
+            mask = pa.array(missing)
+        elements = pa.ListArray.from_arrays(_offsets(rows, self._rows, self._lengths), values,
+                                            mask=mask)  # fmt: skip
+        dims = pa.array(list(chain.from_iterable(self._shapes)), type=pa.int64())
+        shape_lengths = [len(shape) for shape in self._shapes]
+        shapes = pa.ListArray.from_arrays(_offsets(rows, self._rows, shape_lengths), dims,
+                                          mask=mask)  # fmt: skip
+        return elements, shapes
 
 
-def shape_column(rows: Sequence[tuple[int, ...] | None]) -> Any:
-    return pa.array([None if row is None else list(row) for row in rows], pa.list_(pa.int64()))
+def _offsets(rows: int, present: list[int], lengths: list[int]) -> Any:
+    per_row = np.zeros(rows, dtype=np.int64)
+    per_row[present] = lengths
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(per_row, out=offsets[1:])
+    if offsets[-1] > _MAX_OFFSET:
+        raise ValueError("a batch's tensor column holds more than 2**31 - 1 elements")
+    return pa.array(offsets.astype(np.int32))
+
+
+_MAX_OFFSET = 2**31 - 1
+
+
+def chunk_of(datatype: str, values: Any) -> tuple[Any, int]:
+    """A tensor's values in the storage form as a ``TensorColumn`` chunk, and its length.
+
+    Values not already in the storage dtype are cast by Arrow, which refuses a
+    lossy cast.
+    """
+    if datatype == "BYTES":
+        return list(values), len(values)
+    dtype = np.dtype(storage_type(datatype).to_pandas_dtype())
+    if not (isinstance(values, np.ndarray) and values.dtype == dtype):
+        values = pa.array(np.asarray(values), type=storage_type(datatype)).to_numpy(
+            zero_copy_only=False
+        )
+    return np.ascontiguousarray(values).tobytes(), len(values)
+
+
+def raw_chunk(datatype: str, raw: bytes, max_bytes: int) -> tuple[Any, int, bool]:
+    """A raw payload as a ``TensorColumn`` chunk: (chunk, elements, truncated).
+
+    For the common datatypes the raw bytes are the storage layout and are kept
+    as they are; only the leading ``max_bytes`` are kept of a longer payload.
+    """
+    if datatype == "BYTES":
+        elements, cut = truncate(datatype, _split_bytes(raw), max_bytes)
+        return elements, len(elements), cut
+    itemsize = _ITEMSIZE[datatype]
+    size = len(raw)
+    if size % itemsize:
+        raise InvalidArgument(
+            f"{size} bytes of raw contents are not a whole number of {datatype} elements"
+        )
+    cut = size > max_bytes
+    if cut:
+        raw = raw[: max_bytes // itemsize * itemsize]
+    if datatype in _WIDENED:
+        raw = from_raw(datatype, raw).tobytes()
+    return raw, len(raw) // _STORAGE_ITEMSIZE[datatype], cut
+
+
+_WIDENED = ("FP16", "BF16")
+AS_STORED = {name: size for name, size in _ITEMSIZE.items() if name not in _WIDENED}
+"""Datatype -> element size, for the datatypes whose raw bytes are their storage layout."""
 
 
 def values_of(datatype: str, cell: Any) -> Any:

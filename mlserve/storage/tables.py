@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 21
 
 
 class BaseModel(pw.Model):
@@ -418,6 +418,12 @@ class Deployment(BaseModel):
     pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="deployments", on_delete="RESTRICT")
     # Seconds one load on one server may take (schema 16); 0: the server's default.
     load_timeout = pw.FloatField(default=0.0)
+    # Schema 20: "eager" or "on_demand", and the on-demand limits (issue 16).
+    loading = pw.CharField(max_length=16, default="eager")
+    min_copies = pw.IntegerField(default=0)
+    max_copies = pw.IntegerField(default=0)
+    idle_unload_after = pw.FloatField(default=0.0)
+    pinned = pw.BooleanField(default=False)
 
 
 class DeploymentTarget(BaseModel):
@@ -532,6 +538,9 @@ class TrainingJob(BaseModel):
     code_version = pw.BigIntegerField()
     code_path = pw.TextField()
     code_sha256 = pw.CharField(max_length=64, default="")
+    # Schema 21: the script from a dataset version instead of a code artifact.
+    code_dataset = pw.CharField(max_length=128, default="")
+    code_dataset_version = pw.BigIntegerField(default=0)
     dataset = pw.CharField(max_length=128)
     dataset_version = pw.BigIntegerField()
     dataset_sha256 = pw.CharField(max_length=64, default="")
@@ -891,6 +900,35 @@ def _add_training_jobs(db: pw.Database) -> None:
     db.create_tables([TrainingJob])
 
 
+def _add_on_demand_loading(db: pw.Database) -> None:
+    """Deployments loaded on demand, their copies, idle unloading and pins (issue 16)."""
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        *(
+            migrator.add_column("deployment", column, getattr(Deployment, column))
+            for column in ("loading", "min_copies", "max_copies", "idle_unload_after", "pinned")
+        )
+    )
+
+
+def _add_training_code_datasets(db: pw.Database) -> None:
+    """A training job's script may come from a dataset version (issue 15).
+
+    Schema 18's migration creates the table from the current class, so a database
+    that passed through it since has the columns already.
+    """
+    columns = {column.name for column in db.get_columns("training_job")}
+    if "code_dataset" in columns:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("training_job", "code_dataset", TrainingJob.code_dataset),
+        migrator.add_column(
+            "training_job", "code_dataset_version", TrainingJob.code_dataset_version
+        ),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -910,6 +948,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     16: _add_pipeline_assays,
     17: _add_capacities,
     18: _add_training_jobs,
+    19: _add_on_demand_loading,
+    20: _add_training_code_datasets,
 }
 
 

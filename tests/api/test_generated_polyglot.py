@@ -46,6 +46,7 @@ def test_the_vendored_triton_protos_and_their_stubs_are_fresh(fresh: Path) -> No
         assert not stale, f"generated/{folder} is stale, run `make generate`: {stale}"
 
 
+@pytest.mark.slow  # over ~20 s
 def test_the_typescript_stubs_compile(tmp_path: Path) -> None:
     """Strict tsc over generated/ts, with the packages the stubs import (from .tools)."""
     tools = ROOT / ".tools" / "node_modules"

@@ -396,6 +396,7 @@ steps:
 """
 
 
+@pytest.mark.slow  # over ~20 s
 def test_the_cli_creates_deploys_and_removes_a_pipeline_from_yaml(
     stubs: Stubs, mlserve: MLServeProcess, members: Members, tmp_path: Path
 ) -> None:

@@ -351,6 +351,7 @@ def test_sigkill_one_replica_under_load_then_restart(
 # --- restarts the health rounds do not see (own MLServe processes) ---------------
 
 
+@pytest.mark.slow  # over ~20 s
 def test_restart_between_health_rounds_is_reconciled(tmp_path: Path) -> None:
     interval = 2.0  # MLServe's default --health-interval
     process = MLServeProcess(

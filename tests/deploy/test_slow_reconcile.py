@@ -26,22 +26,24 @@ from tests.support.tritons import (
 )
 from tests.support.uploading import stream
 
-pytestmark = pytest.mark.integration
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INTERVAL = 1.0  # a's --health-interval
 LOAD_SECONDS = 25
-FIRST_LOADS_SECONDS = 20.0  # time for the start, the uploads and the first deploys
+SLOW_LOADS = "MLSERVE_TEST_SLOW_LOADS"  # set in the restarted Triton's environment
 READY = deployment_pb2.DEPLOYMENT_STATE_READY
 
 
-def sleepy_model_files(slow_from: float) -> dict[str, bytes]:
-    """The "add" model named "sleepy", whose initialize() sleeps when loaded after
-    ``slow_from`` (a time.time()). A clock, not a file, says when: the sandboxed
-    Triton sees none of the test's files, but it shares the host's clock."""
+def sleepy_model_files() -> dict[str, bytes]:
+    """The "add" model named "sleepy", whose initialize() sleeps when its Triton's
+    environment has ``SLOW_LOADS``. The environment, not a file, says when: the
+    sandboxed Triton sees none of the test's files, but keeps the variables it is
+    started with. (A clock made the test wait out a fixed time before the restart.)"""
     return with_initialize(
         add_model_files(name="sleepy"),
-        "        import time\n"
-        f"        if time.time() >= {slow_from!r}:\n"
+        "        import os, time\n"
+        f"        if os.environ.get({SLOW_LOADS!r}):\n"
         f"            time.sleep({LOAD_SECONDS})\n",
     )
 
@@ -65,9 +67,6 @@ def health_ages(stubs: Stubs, server: str) -> list[float]:
 
 def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    # Loads before this are quick (the first deploy); later ones are slow. Were
-    # the first deploy late, it would only be slow too, and the test longer.
-    slow_from = time.time() + FIRST_LOADS_SECONDS
     a = MLServeProcess(home, "--no-embedded-triton", "--health-interval", str(INTERVAL))
     # b never runs a health round of its own: it only changes a deployment.
     b = MLServeProcess(home, "--no-embedded-triton", "--health-interval", "3600")
@@ -82,7 +81,7 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
         # Deployed in this order, reconciled in this order: quick, then sleepy.
         upload_add(stubs, "quick")
         assert deploy(stubs, "quick").state == READY
-        files = sleepy_model_files(slow_from)
+        files = sleepy_model_files()
         config = files.pop("config.pbtxt").decode()
         stubs.models.UploadModelVersion(
             stream("sleepy", files, config=config), metadata=stubs.auth, timeout=30
@@ -92,8 +91,8 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
 
         # Triton restarts with nothing loaded; a's reconciler loads both again,
         # and sleepy's load now takes LOAD_SECONDS.
-        time.sleep(max(0.0, slow_from - time.time()))
         slowpoke.kill()
+        slowpoke.environment = {SLOW_LOADS: "1"}
         slowpoke.start()
         wait_for(lambda: ready_on(slowpoke, "quick"), timeout=30, what="quick reloaded")
         load_started = time.monotonic()

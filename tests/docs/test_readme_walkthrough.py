@@ -33,6 +33,9 @@ RUNNABLE = "<!-- runnable -->"
 README_ADDRESS = "127.0.0.1:50051"
 _FENCE = re.compile(r"^```(\w*)\s*$")
 
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @dataclass(frozen=True)
 class Block:

@@ -16,6 +16,7 @@ import queue
 import subprocess
 import time
 import urllib.request
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -558,19 +559,35 @@ def test_prometheus_metrics(tuned: Tuned) -> None:
 
 
 def test_triton_share_of_latency_from_its_statistics(tuned: Tuned) -> None:
-    def triton_requests() -> float:
+    def triton_samples() -> dict[str, float]:
         with urllib.request.urlopen(tuned.metrics_url, timeout=10) as response:
             text = response.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "mlserve_triton_inference_requests_total"
-            and sample.labels.get("model") == "add"
-        )
+        found: dict[str, float] = defaultdict(float)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("model") == "add" and "le" not in sample.labels:
+                    found[sample.name] += sample.value
+        return found
 
-    before = triton_requests()  # counted from the first health round on
-    wait_until(lambda: triton_requests() > before or _infer_once(tuned))
+    before = triton_samples()["mlserve_triton_inference_requests_total"]
+    # Counted from the first health round on; a round with calls observes both histograms.
+    wait_until(
+        lambda: (
+            (
+                triton_samples()["mlserve_triton_inference_requests_total"] > before
+                and triton_samples()["mlserve_triton_share_ratio_count"] > 0
+            )
+            or _infer_once(tuned)
+        )
+    )
+    samples = triton_samples()
+    rounds = samples["mlserve_triton_interval_mean_seconds_count"]
+    assert rounds > 0
+    # Triton's mean time per inference of the add model: well under a second, above zero.
+    assert 0 < samples["mlserve_triton_interval_mean_seconds_sum"] / rounds < 1.0
+    # Triton's part of the gateway's time: a share, above zero.
+    share = samples["mlserve_triton_share_ratio_sum"] / samples["mlserve_triton_share_ratio_count"]
+    assert 0 < share < 1.5
 
 
 def _infer_once(tuned: Tuned) -> bool:
@@ -587,6 +604,7 @@ def test_message_over_the_limit_is_resource_exhausted(tuned: Tuned) -> None:
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), small + small)
 
 
+@pytest.mark.slow  # over ~20 s
 def test_64_mib_tensor_by_default(
     gateway: triton.InferenceServerClient, headers: Headers, added: str
 ) -> None:

@@ -29,6 +29,9 @@ from tests.support.uploading import stream
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "triton_examples"
 REPOSITORY = Path(__file__).resolve().parents[2]
 
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:

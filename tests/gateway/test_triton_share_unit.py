@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from mlserve.gateway.stats import InferenceStats
 from mlserve.gateway.triton_share import TritonShare
 
 
@@ -39,3 +41,39 @@ def test_servers_are_counted_apart_and_versions_by_label() -> None:
         share.add(server, "m", {1: (1, 1_000_000), 2: (2, 2_000_000)})
     assert _value(registry, "mlserve_triton_inference_requests_total", "1") == 2
     assert _value(registry, "mlserve_triton_inference_requests_total", "2") == 4
+
+
+def _histogram(registry: CollectorRegistry, name: str, bucket: str) -> float | None:
+    labels = {"model": "m", "version": "1", "le": bucket}
+    return registry.get_sample_value(f"{name}_bucket", labels)
+
+
+def test_each_rounds_mean_is_one_observation_of_the_interval_histogram() -> None:
+    registry = CollectorRegistry()
+    share = TritonShare(registry)
+    share.add("local", "m", {1: (0, 0)})
+    share.add("local", "m", {1: (10, 10 * 1_000_000)})  # 1 ms each
+    share.add("local", "m", {1: (10, 10 * 1_000_000)})  # no traffic: no observation
+    share.add("local", "m", {1: (12, 10 * 1_000_000 + 2 * 40_000_000)})  # 40 ms each
+    name = "mlserve_triton_interval_mean_seconds"
+    assert registry.get_sample_value(f"{name}_count", {"model": "m", "version": "1"}) == 2
+    assert _histogram(registry, name, "0.001") == 1
+    assert _histogram(registry, name, "0.02") == 1
+    assert _histogram(registry, name, "0.05") == 2
+
+
+def test_the_share_is_tritons_time_over_the_gateways_in_the_same_round() -> None:
+    registry = CollectorRegistry()
+    stats = InferenceStats(registry)
+    share = TritonShare(registry, stats)
+    share.share("m", {})  # the gateway's baseline
+    for _ in range(4):
+        stats.record("m", 1, True, 0.010)
+    share.share("m", {1: (4, 4 * 3_000_000)})  # 3 ms of each 10 ms in Triton
+    share.share("m", {})  # no traffic this round: nothing observed
+    name = "mlserve_triton_share_ratio"
+    labels = {"model": "m", "version": "1"}
+    assert registry.get_sample_value(f"{name}_count", labels) == 1
+    assert registry.get_sample_value(f"{name}_sum", labels) == pytest.approx(0.3)
+    assert _histogram(registry, name, "0.2") == 0
+    assert _histogram(registry, name, "0.3") == 1

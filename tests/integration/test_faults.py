@@ -23,6 +23,9 @@ from tests.support.uploading import Request, chunk, header, stream
 
 MiB = 1024 * 1024
 
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

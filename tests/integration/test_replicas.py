@@ -35,7 +35,8 @@ from tests.support.postgres import PostgresCluster
 from tests.support.tritons import add_inputs, deploy, remove_model
 from tests.support.uploading import chunks, header, stream
 
-pytestmark = pytest.mark.integration
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @dataclass

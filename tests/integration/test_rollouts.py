@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as triton
 
 from mlserve_api.v1 import deployment_pb2
@@ -24,6 +25,9 @@ from tests.support.tritons import (
 )
 
 ROLLOUTS = 10
+
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
 
 
 def upload_two_versions(stubs: Stubs, model: str) -> None:

@@ -24,7 +24,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from mlserve_api.v1 import deployment_pb2, model_pb2
+from mlserve_api.v1 import deployment_pb2, inference_log_pb2, model_pb2
 from mlserve_client import Client
 from tests.support.mlserve import MLServeProcess, Stubs, free_port
 from tests.support.models import upload_add
@@ -40,7 +40,8 @@ from tests.support.tritons import (
 )
 from tests.support.uploading import chunks, header
 
-pytestmark = pytest.mark.integration
+# Over ~20 s each (or a slow module start): `pytest -m "not slow"` leaves them out.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @dataclass
@@ -171,6 +172,42 @@ def test_a_triton_reading_the_bucket_loads_by_name(on_bucket: OnBucket) -> None:
         np.testing.assert_allclose(infer(on_bucket.a, "add-read"), [11, 22, 33, 44])
         # b learns of the deployment from the database at its next health round.
         wait_for(lambda: routed(on_bucket.b, "add-read"), 30, "b to route add-read")
+
+
+def test_the_inference_log_goes_to_the_bucket_from_each_replica(on_bucket: OnBucket) -> None:
+    """Every call is logged (the default policy, metadata); each replica writes whole
+    Parquet objects of its own under the bucket's logs/ prefix, nothing on its disk,
+    and either replica lists the calls both took."""
+    with deployed(on_bucket.a, "add-logged", "local"):
+        wait_for(lambda: routed(on_bucket.b, "add-logged"), 30, "b to route add-logged")
+        sent = {"a-0", "a-1", "a-2", "b-0", "b-1"}  # request ids, apart from routed()'s calls
+        for request_id in sorted(sent):
+            replica = on_bucket.a if request_id.startswith("a") else on_bucket.b
+            gateway = triton.InferenceServerClient(replica.address)
+            gateway.infer("add-logged", add_inputs(), request_id=request_id,
+                          headers={"authorization": f"Bearer {replica.key}"})  # fmt: skip
+        prefix = "fleet/logs/model=add-logged/"
+
+        def objects() -> list[str]:
+            return [
+                k for k in on_bucket.moto.keys(on_bucket.bucket, prefix) if k.endswith(".parquet")
+            ]
+
+        def replicas() -> set[str]:
+            return {key.rsplit("-", 2)[-2] for key in objects()}  # part-<time>-<replica>-<id>
+
+        wait_for(lambda: len(replicas()) == 2, 30, "both replicas' log files in the bucket")
+        for replica in (on_bucket.a, on_bucket.b):
+            assert not list((replica.home / "logs").rglob("*.parquet"))
+
+        def listed(replica: MLServeProcess) -> set[str]:
+            with stubs_of(replica) as stubs:
+                request = inference_log_pb2.ListInferenceLogsRequest(model="add-logged")
+                records = stubs.logs.ListInferenceLogs(request, metadata=stubs.auth).records
+                return {record.request_id for record in records} & sent
+
+        wait_for(lambda: listed(on_bucket.a) == sent, 30, "a to list the five calls")
+        assert listed(on_bucket.b) == sent
 
 
 def test_an_unreachable_bucket_at_start_is_a_clear_error(tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ from mlserve.core.errors import InvalidArgument
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.log import InferenceLog, LogSettings
+from mlserve.monitor.parquet import decode
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
-from mlserve.monitor.records import Capture, decode, new_id
-from mlserve.monitor.tensors import list_column, to_raw
+from mlserve.monitor.records import Capture, new_id
+from mlserve.monitor.store import LogStore
+from mlserve.monitor.tensors import TensorColumn, chunk_of, to_raw
 
 ALL = LoggingPolicy(Mode.ALL)
 
@@ -64,6 +66,10 @@ def _capture(request: Any, response: Any = None, policy: LoggingPolicy = ALL) ->
     return Capture(time.time(), "m", 1, "local", None, policy, request.SerializeToString(),
                    None if response is None else response.SerializeToString(), "OK", "",
                    0.002)  # fmt: skip
+
+
+def _files(root: Path) -> list[Path]:
+    return [Path(file.path) for file in LogStore.of(root).files()]
 
 
 def _read_all(root: Path, **filters: Any) -> list[Any]:
@@ -195,12 +201,12 @@ def test_retention_deletes_old_files_then_bytes_beyond_the_cap(tmp_path: Path) -
         record = decode(_capture(_request("INT8", True)))
         assert record is not None
         parquet.write(tmp_path, [record])
-    files = list(parquet.files(tmp_path))
+    files = _files(tmp_path)
     old = time.time() - 3600
     os.utime(files[0], (old, old))
     assert retention.apply(tmp_path, max_age_seconds=60, max_bytes_per_model=10**9) == 1
     assert retention.apply(tmp_path, max_age_seconds=60, max_bytes_per_model=1) == 2
-    assert list(parquet.files(tmp_path)) == []
+    assert _files(tmp_path) == []
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> None:
@@ -216,14 +222,53 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> Non
     assert len(_read_all(tmp_path)) == 2
 
 
+def _large_call() -> tuple[bytes, bytes]:
+    request = service_pb2.ModelInferRequest(model_name="m", id="big-1")
+    request.inputs.add(name="X", datatype="FP32", shape=[256 * 1024])
+    request.raw_input_contents.append(np.ones(256 * 1024, np.float32).tobytes())
+    response = service_pb2.ModelInferResponse(model_name="m", id="big-1")
+    response.outputs.add(name="Y", datatype="FP32", shape=[256 * 1024])
+    response.raw_output_contents.append(np.ones(256 * 1024, np.float32).tobytes())
+    return request.SerializeToString(), response.SerializeToString()
+
+
+def test_metadata_lets_a_large_calls_bytes_go_at_once_and_records_the_same(
+    tmp_path: Path,
+) -> None:
+    request, response = _large_call()
+    log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
+    log.capture("m", 1, "local", None, request, response, "OK", "", time.time(), 0.001)
+    (queued,) = log._queue
+    assert isinstance(queued, Capture)
+    assert len(queued.request) < 100
+    assert queued.response == b""
+    assert (queued.request_size, queued.response_size) == (len(request), len(response))
+    assert log.flush() == 1
+    (record,) = _read_all(tmp_path)
+    assert (record.request_id, record.request_bytes) == ("big-1", len(request))
+    assert record.response_bytes == len(response)
+
+
+def test_a_policy_that_keeps_tensors_keeps_the_bytes(tmp_path: Path) -> None:
+    request, response = _large_call()
+    log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
+    log.policies._policies["m"] = ALL
+    log.capture("m", 1, "local", None, request, response, "OK", "", time.time(), 0.001)
+    (queued,) = log._queue
+    assert isinstance(queued, Capture)
+    assert queued.request is request
+    assert queued.response is response
+    assert queued.request_size is None
+
+
 def test_a_killed_writers_leftovers_are_swept_and_never_read(tmp_path: Path) -> None:
     record = decode(_capture(_request("INT8", True)))
     assert record is not None
     parquet.write(tmp_path, [record])
-    directory = next(parquet.files(tmp_path)).parent
+    directory = _files(tmp_path)[0].parent
     (directory / ".part-x.parquet.tmp").write_bytes(b"PAR1 half")
     assert len(_read_all(tmp_path)) == 1
-    assert parquet.sweep_temporary(tmp_path) == 1
+    assert LogStore.of(tmp_path).sweep_temporary() == 1
 
 
 def test_an_unwritable_directory_marks_the_log_unwritable(tmp_path: Path) -> None:
@@ -241,14 +286,14 @@ def test_time_filters(tmp_path: Path) -> None:
     later = record.time + dt.timedelta(seconds=1)
     assert _read_all(tmp_path, start=later) == []
     assert len(_read_all(tmp_path, end=later)) == 1
-    assert pq.read_table(next(parquet.files(tmp_path))).num_rows == 1
+    assert pq.read_table(_files(tmp_path)[0]).num_rows == 1
 
 
 def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path) -> None:
     record = decode(_capture(_request("INT8", True)))
     assert record is not None
     record.model = "../escape"
-    assert parquet.write(tmp_path / "logs", [record]) == 0
+    assert parquet.write(tmp_path / "logs", [record]).records == 0
     assert list(tmp_path.rglob("*.parquet")) == []
 
 
@@ -281,13 +326,24 @@ def test_record_ids_are_distinct_version_4_uuids() -> None:
         assert (parsed.hex, parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
 
 
+def _list_column(datatype: str, rows: list[Any]) -> Any:
+    column = TensorColumn(datatype)
+    for index, values in enumerate(rows):
+        if values is not None:
+            column.add(index, (len(values),), *chunk_of(datatype, values))
+    elements, shapes = column.arrays(len(rows))
+    assert shapes.to_pylist() == [None if v is None else [len(v)] for v in rows]
+    return elements
+
+
 def test_a_list_column_keeps_missing_rows_and_casts_other_dtypes() -> None:
-    pooled = list_column("FP32", [np.array([1, 2], np.float32), None, np.array([3], np.float32)])
-    cast = list_column("FP32", [np.array([1, 2], np.float64), None, [3.0]])
+    pooled = _list_column("FP32", [np.array([1, 2], np.float32), None, np.array([3], np.float32)])
+    cast = _list_column("FP32", [np.array([1, 2], np.float64), None, [3.0]])
     for column in (pooled, cast):
         assert column.to_pylist() == [[1.0, 2.0], None, [3.0]]
         assert str(column.type.value_type) == "float"
-    assert list_column("BOOL", [np.array([True, False])]).to_pylist() == [[True, False]]
+    assert _list_column("BOOL", [np.array([True, False])]).to_pylist() == [[True, False]]
+    assert _list_column("BYTES", [None, [b"a", b""]]).to_pylist() == [None, [b"a", b""]]
 
 
 def test_logged_rows_are_the_whole_rows_of_successful_calls(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from mlserve.settings import SettingError, Settings, markdown_table, options, resolve
+from mlserve.storage.s3 import S3Location
 from mlserve_api.v1 import server_pb2
 from tests.support.mlserve import MLServeProcess
 from tests.support.uploading import stream
@@ -160,6 +161,8 @@ def test_help_shows_every_flag_with_its_variable_and_default() -> None:
         (["--oidc-issuer", "https://id"], {}, "--oidc-issuer needs --oidc-audience"),
         (["--storage", "s3://b/p"], {}, "argument --storage: 'b' is not an S3 bucket name"),
         (["--storage", "gs://b/p"], {}, "give a local directory or s3://BUCKET[/PREFIX]"),
+        (["--log-storage", "s3://b"], {}, "argument --log-storage: 'b' is not an S3 bucket name"),
+        (["--log-storage", "gs://b/p"], {}, "give a local directory or s3://BUCKET[/PREFIX]"),
         (["--listen", "nohost"], {}, "argument --listen: give host:port"),
         ([], {"MLSERVE_WORKERS": "abc"}, "MLSERVE_WORKERS='abc': give a whole number"),
         ([], {"MLSERVE_LISTEN": "x"}, "MLSERVE_LISTEN='x': give host:port"),
@@ -220,3 +223,15 @@ def test_a_server_reads_its_variables(tmp_path: Path) -> None:
         stubs.channel.close()
     finally:
         assert server.stop() == 0
+
+
+def test_the_log_goes_where_storage_goes_unless_named(tmp_path: Path) -> None:
+    home = {"home": tmp_path}
+    assert resolve(home, {}).log_location == tmp_path / "logs"
+    on_bucket = resolve({**home, "storage": S3Location("fleet-bucket", "p")}, {})
+    assert on_bucket.log_location == (S3Location("fleet-bucket", "p"), "logs")
+    named = resolve({**home, "storage": S3Location("fleet-bucket", "p")},
+                    {"MLSERVE_LOG_STORAGE": "s3://log-bucket/here"})  # fmt: skip
+    assert named.log_location == (S3Location("log-bucket", "here"), "")
+    local = resolve(home, {"MLSERVE_LOG_STORAGE": str(tmp_path / "elsewhere")})
+    assert local.log_location == tmp_path / "elsewhere"

@@ -39,7 +39,11 @@ class TritonProcess:
         repository_url: str = "",
         environment: dict[str, str] | None = None,
     ) -> None:
-        """``repository_url``/``environment``: a Triton reading a bucket (s3://…)."""
+        """``repository_url``/``environment``: a Triton reading a bucket (s3://…).
+
+        ``environment`` (variables Triton and its model code see) is read at each
+        start, so a test may change it for a restart.
+        """
         self.repository_url = repository_url
         self.environment = environment
         self.name = name

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import tritonclient.grpc as triton
 from sklearn.linear_model import LinearRegression
 
@@ -110,6 +111,17 @@ def test_the_diabetes_example_trains_deploys_and_serves(
             )
         )
         assert len(weights["coef"]) == 10
+        # Explained with no background named: the trained version's own training
+        # dataset (442 rows, k-means summarised to 50) is the background.
+        with Client(mlserve.address, mlserve.key) as client:
+            explained = client.explain(model_name, features[:2], include_prediction=True,
+                                       timeout=300)  # fmt: skip
+        assert explained.version == 2
+        assert list(explained.feature_names) == list(frame.columns[:10])
+        for explanation, wanted in zip(explained.explanations, expected[:2], strict=True):
+            assert explanation.prediction == pytest.approx(wanted, rel=1e-4)
+            total = explained.base_value + sum(explanation.contributions)
+            assert total == pytest.approx(explanation.prediction, abs=1e-2)
     finally:
         remove_model(stubs, model_name)
         stubs.datasets.DeleteDataset(

@@ -29,7 +29,7 @@ from mlserve_api.v1 import inference_log_pb2 as mlserve_dot_v1_dot_inference__lo
 from mlserve_api.v1 import pipeline_pb2 as mlserve_dot_v1_dot_pipeline__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmlserve/v1/deployment.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emlserve/v1/inference_log.proto\x1a\x19mlserve/v1/pipeline.proto\"\xbb\x01\n\x10\x44\x65ploymentTarget\x12\x0e\n\x06server\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.mlserve.v1.DeploymentState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07members\x18\n \x03(\x0b\x32\x18.mlserve.v1.MemberTarget\"k\n\x0cMemberTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.mlserve.v1.DeploymentState\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xcc\x04\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07servers\x18\x04 \x03(\t\x12-\n\x07targets\x18\x05 \x03(\x0b\x32\x1c.mlserve.v1.DeploymentTarget\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.mlserve.v1.DeploymentState\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replicas\x18\t \x01(\x05\x12\x43\n\x0fserver_selector\x18\n \x03(\x0b\x32*.mlserve.v1.Deployment.ServerSelectorEntry\x12\x10\n\x08pipeline\x18\x14 \x01(\t\x12,\n\x07serving\x18\x15 \x01(\x0b\x32\x1b.mlserve.v1.ServingSettings\x12*\n\x07logging\x18\x1e \x01(\x0b\x32\x19.mlserve.v1.LoggingPolicy\x12*\n\x07latency\x18\x1f \x01(\x0b\x32\x19.mlserve.v1.RecentLatency\x12\x1c\n\x14load_timeout_seconds\x18( \x01(\x01\x1a\x35\n\x13ServerSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x17\x43reateDeploymentRequest\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.mlserve.v1.Deployment\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListDeploymentsResponse\x12+\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x16.mlserve.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x01\n\x17UpdateDeploymentRequest\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.mlserve.v1.Deployment\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"3\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t*\xca\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_PENDING\x10\x01\x12\x1a\n\x16\x44\x45PLOYMENT_STATE_READY\x10\x02\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x03\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNREACHABLE\x10\x04\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_LOADING\x10\x05\x32\xb7\x04\n\x11\x44\x65ploymentService\x12O\n\x10\x43reateDeployment\x12#.mlserve.v1.CreateDeploymentRequest\x1a\x16.mlserve.v1.Deployment\x12I\n\rGetDeployment\x12 .mlserve.v1.GetDeploymentRequest\x1a\x16.mlserve.v1.Deployment\x12Z\n\x0fListDeployments\x12\".mlserve.v1.ListDeploymentsRequest\x1a#.mlserve.v1.ListDeploymentsResponse\x12O\n\x10UpdateDeployment\x12#.mlserve.v1.UpdateDeploymentRequest\x1a\x16.mlserve.v1.Deployment\x12O\n\x10\x44\x65leteDeployment\x12#.mlserve.v1.DeleteDeploymentRequest\x1a\x16.google.protobuf.Empty\x12\x41\n\tLoadModel\x12\x1c.mlserve.v1.LoadModelRequest\x1a\x16.mlserve.v1.Deployment\x12\x45\n\x0bUnloadModel\x12\x1e.mlserve.v1.UnloadModelRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmlserve/v1/deployment.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emlserve/v1/inference_log.proto\x1a\x19mlserve/v1/pipeline.proto\"\xbb\x01\n\x10\x44\x65ploymentTarget\x12\x0e\n\x06server\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.mlserve.v1.DeploymentState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07members\x18\n \x03(\x0b\x32\x18.mlserve.v1.MemberTarget\"k\n\x0cMemberTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.mlserve.v1.DeploymentState\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xd1\x05\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07servers\x18\x04 \x03(\t\x12-\n\x07targets\x18\x05 \x03(\x0b\x32\x1c.mlserve.v1.DeploymentTarget\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.mlserve.v1.DeploymentState\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08replicas\x18\t \x01(\x05\x12\x43\n\x0fserver_selector\x18\n \x03(\x0b\x32*.mlserve.v1.Deployment.ServerSelectorEntry\x12\x10\n\x08pipeline\x18\x14 \x01(\t\x12,\n\x07serving\x18\x15 \x01(\x0b\x32\x1b.mlserve.v1.ServingSettings\x12*\n\x07logging\x18\x1e \x01(\x0b\x32\x19.mlserve.v1.LoggingPolicy\x12*\n\x07latency\x18\x1f \x01(\x0b\x32\x19.mlserve.v1.RecentLatency\x12\x1c\n\x14load_timeout_seconds\x18( \x01(\x01\x12(\n\x07loading\x18) \x01(\x0e\x32\x17.mlserve.v1.LoadingMode\x12\x12\n\nmin_copies\x18* \x01(\x05\x12\x12\n\nmax_copies\x18+ \x01(\x05\x12!\n\x19idle_unload_after_seconds\x18, \x01(\x01\x12\x0e\n\x06pinned\x18- \x01(\x08\x1a\x35\n\x13ServerSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x17\x43reateDeploymentRequest\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.mlserve.v1.Deployment\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListDeploymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListDeploymentsResponse\x12+\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x16.mlserve.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x01\n\x17UpdateDeploymentRequest\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.mlserve.v1.Deployment\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x15\n\rallow_missing\x18\x03 \x01(\x08\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"3\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t*\xe5\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_PENDING\x10\x01\x12\x1a\n\x16\x44\x45PLOYMENT_STATE_READY\x10\x02\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x03\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNREACHABLE\x10\x04\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_LOADING\x10\x05\x12\x19\n\x15\x44\x45PLOYMENT_STATE_COLD\x10\x06*_\n\x0bLoadingMode\x12\x1c\n\x18LOADING_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOADING_MODE_EAGER\x10\x01\x12\x1a\n\x16LOADING_MODE_ON_DEMAND\x10\x02\x32\xb7\x04\n\x11\x44\x65ploymentService\x12O\n\x10\x43reateDeployment\x12#.mlserve.v1.CreateDeploymentRequest\x1a\x16.mlserve.v1.Deployment\x12I\n\rGetDeployment\x12 .mlserve.v1.GetDeploymentRequest\x1a\x16.mlserve.v1.Deployment\x12Z\n\x0fListDeployments\x12\".mlserve.v1.ListDeploymentsRequest\x1a#.mlserve.v1.ListDeploymentsResponse\x12O\n\x10UpdateDeployment\x12#.mlserve.v1.UpdateDeploymentRequest\x1a\x16.mlserve.v1.Deployment\x12O\n\x10\x44\x65leteDeployment\x12#.mlserve.v1.DeleteDeploymentRequest\x1a\x16.google.protobuf.Empty\x12\x41\n\tLoadModel\x12\x1c.mlserve.v1.LoadModelRequest\x1a\x16.mlserve.v1.Deployment\x12\x45\n\x0bUnloadModel\x12\x1e.mlserve.v1.UnloadModelRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEPLOYMENT_SERVERSELECTORENTRY']._loaded_options = None
   _globals['_DEPLOYMENT_SERVERSELECTORENTRY']._serialized_options = b'8\001'
-  _globals['_DEPLOYMENTSTATE']._serialized_start=1708
-  _globals['_DEPLOYMENTSTATE']._serialized_end=1910
+  _globals['_DEPLOYMENTSTATE']._serialized_start=1841
+  _globals['_DEPLOYMENTSTATE']._serialized_end=2070
+  _globals['_LOADINGMODE']._serialized_start=2072
+  _globals['_LOADINGMODE']._serialized_end=2167
   _globals['_DEPLOYMENTTARGET']._serialized_start=199
   _globals['_DEPLOYMENTTARGET']._serialized_end=386
   _globals['_MEMBERTARGET']._serialized_start=388
   _globals['_MEMBERTARGET']._serialized_end=495
   _globals['_DEPLOYMENT']._serialized_start=498
-  _globals['_DEPLOYMENT']._serialized_end=1086
-  _globals['_DEPLOYMENT_SERVERSELECTORENTRY']._serialized_start=1033
-  _globals['_DEPLOYMENT_SERVERSELECTORENTRY']._serialized_end=1086
-  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=1088
-  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=1171
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1173
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1209
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1211
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1274
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1276
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1371
-  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1374
-  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1529
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1531
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1570
-  _globals['_LOADMODELREQUEST']._serialized_start=1572
-  _globals['_LOADMODELREQUEST']._serialized_end=1652
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1654
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1705
-  _globals['_DEPLOYMENTSERVICE']._serialized_start=1913
-  _globals['_DEPLOYMENTSERVICE']._serialized_end=2480
+  _globals['_DEPLOYMENT']._serialized_end=1219
+  _globals['_DEPLOYMENT_SERVERSELECTORENTRY']._serialized_start=1166
+  _globals['_DEPLOYMENT_SERVERSELECTORENTRY']._serialized_end=1219
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=1221
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=1304
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1306
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1342
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1344
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1407
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1409
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1504
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_start=1507
+  _globals['_UPDATEDEPLOYMENTREQUEST']._serialized_end=1662
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1664
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1703
+  _globals['_LOADMODELREQUEST']._serialized_start=1705
+  _globals['_LOADMODELREQUEST']._serialized_end=1785
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1787
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1838
+  _globals['_DEPLOYMENTSERVICE']._serialized_start=2170
+  _globals['_DEPLOYMENTSERVICE']._serialized_end=2737
 # @@protoc_insertion_point(module_scope)

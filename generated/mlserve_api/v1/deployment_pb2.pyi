@@ -43,6 +43,11 @@ class _DeploymentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deplo
     """Being loaded in the background; becomes READY or FAILED, at the latest
     after the deployment's load_timeout_seconds.
     """
+    DEPLOYMENT_STATE_COLD: _DeploymentState.ValueType  # 6
+    """An on-demand deployment not loaded on that server: never yet, evicted to
+    make room for another model, or unloaded after idle_unload_after_seconds
+    (message says which). The next inference loads it.
+    """
 
 class DeploymentState(_DeploymentState, metaclass=_DeploymentStateEnumTypeWrapper):
     """DeploymentState is the state of a deployment on one server, or overall."""
@@ -61,7 +66,40 @@ DEPLOYMENT_STATE_LOADING: DeploymentState.ValueType  # 5
 """Being loaded in the background; becomes READY or FAILED, at the latest
 after the deployment's load_timeout_seconds.
 """
+DEPLOYMENT_STATE_COLD: DeploymentState.ValueType  # 6
+"""An on-demand deployment not loaded on that server: never yet, evicted to
+make room for another model, or unloaded after idle_unload_after_seconds
+(message says which). The next inference loads it.
+"""
 Global___DeploymentState: _TypeAlias = DeploymentState  # noqa: Y015
+
+class _LoadingMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LoadingModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LoadingMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOADING_MODE_UNSPECIFIED: _LoadingMode.ValueType  # 0
+    """EAGER."""
+    LOADING_MODE_EAGER: _LoadingMode.ValueType  # 1
+    """Loaded on every server at once, and kept loaded."""
+    LOADING_MODE_ON_DEMAND: _LoadingMode.ValueType  # 2
+    """Loaded by its first inference (min_copies at once), evictable to make
+    room for another on-demand model, unloaded when idle.
+    """
+
+class LoadingMode(_LoadingMode, metaclass=_LoadingModeEnumTypeWrapper):
+    """LoadingMode says when a deployment is loaded on its servers."""
+
+LOADING_MODE_UNSPECIFIED: LoadingMode.ValueType  # 0
+"""EAGER."""
+LOADING_MODE_EAGER: LoadingMode.ValueType  # 1
+"""Loaded on every server at once, and kept loaded."""
+LOADING_MODE_ON_DEMAND: LoadingMode.ValueType  # 2
+"""Loaded by its first inference (min_copies at once), evictable to make
+room for another on-demand model, unloaded when idle.
+"""
+Global___LoadingMode: _TypeAlias = LoadingMode  # noqa: Y015
 
 @_typing.final
 class DeploymentTarget(_message.Message):
@@ -182,6 +220,11 @@ class Deployment(_message.Message):
     LOGGING_FIELD_NUMBER: _builtins.int
     LATENCY_FIELD_NUMBER: _builtins.int
     LOAD_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    LOADING_FIELD_NUMBER: _builtins.int
+    MIN_COPIES_FIELD_NUMBER: _builtins.int
+    MAX_COPIES_FIELD_NUMBER: _builtins.int
+    IDLE_UNLOAD_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name: the model's name (one deployment per model)."""
     model: _builtins.str
@@ -205,6 +248,25 @@ class Deployment(_message.Message):
     """How long one load of it on one server may take before it is FAILED
     with "load did not finish in N s"; 0 at create means the server's
     default (mlserve serve --load-timeout). Set at create.
+    """
+    loading: Global___LoadingMode.ValueType
+    """When it is loaded (README, "Lazy loading and eviction"). Set at create."""
+    min_copies: _builtins.int
+    """On demand: copies loaded at create and never unloaded for idleness or
+    evicted; 0 lets it scale to zero. Set at create.
+    """
+    max_copies: _builtins.int
+    """On demand: at most this many servers hold it; 0 means as many as its
+    servers. Set at create.
+    """
+    idle_unload_after_seconds: _builtins.float
+    """On demand: unload a copy unused this long, down to min_copies; 0 means
+    never. Set at create.
+    """
+    pinned: _builtins.bool
+    """Never evicted nor unloaded for idleness. The pinned deployments on one
+    server must fit in its capacity less the headroom (FAILED_PRECONDITION
+    otherwise). Set at create.
     """
     @_builtins.property
     def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -268,10 +330,15 @@ class Deployment(_message.Message):
         logging: _inference_log_pb2.LoggingPolicy | None = ...,
         latency: _inference_log_pb2.RecentLatency | None = ...,
         load_timeout_seconds: _builtins.float = ...,
+        loading: Global___LoadingMode.ValueType = ...,
+        min_copies: _builtins.int = ...,
+        max_copies: _builtins.int = ...,
+        idle_unload_after_seconds: _builtins.float = ...,
+        pinned: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "logging", b"logging", "serving", b"serving", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "load_timeout_seconds", b"load_timeout_seconds", "logging", b"logging", "model", b"model", "name", b"name", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "idle_unload_after_seconds", b"idle_unload_after_seconds", "latency", b"latency", "load_timeout_seconds", b"load_timeout_seconds", "loading", b"loading", "logging", b"logging", "max_copies", b"max_copies", "min_copies", b"min_copies", "model", b"model", "name", b"name", "pinned", b"pinned", "pipeline", b"pipeline", "replicas", b"replicas", "server_selector", b"server_selector", "servers", b"servers", "serving", b"serving", "state", b"state", "targets", b"targets", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -45,6 +45,12 @@ export enum DeploymentState {
    * after the deployment's load_timeout_seconds.
    */
   DEPLOYMENT_STATE_LOADING = 5,
+  /**
+   * DEPLOYMENT_STATE_COLD - An on-demand deployment not loaded on that server: never yet, evicted to
+   * make room for another model, or unloaded after idle_unload_after_seconds
+   * (message says which). The next inference loads it.
+   */
+  DEPLOYMENT_STATE_COLD = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -68,6 +74,9 @@ export function deploymentStateFromJSON(object: any): DeploymentState {
     case 5:
     case "DEPLOYMENT_STATE_LOADING":
       return DeploymentState.DEPLOYMENT_STATE_LOADING;
+    case 6:
+    case "DEPLOYMENT_STATE_COLD":
+      return DeploymentState.DEPLOYMENT_STATE_COLD;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -89,7 +98,55 @@ export function deploymentStateToJSON(object: DeploymentState): string {
       return "DEPLOYMENT_STATE_UNREACHABLE";
     case DeploymentState.DEPLOYMENT_STATE_LOADING:
       return "DEPLOYMENT_STATE_LOADING";
+    case DeploymentState.DEPLOYMENT_STATE_COLD:
+      return "DEPLOYMENT_STATE_COLD";
     case DeploymentState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** LoadingMode says when a deployment is loaded on its servers. */
+export enum LoadingMode {
+  /** LOADING_MODE_UNSPECIFIED - EAGER. */
+  LOADING_MODE_UNSPECIFIED = 0,
+  /** LOADING_MODE_EAGER - Loaded on every server at once, and kept loaded. */
+  LOADING_MODE_EAGER = 1,
+  /**
+   * LOADING_MODE_ON_DEMAND - Loaded by its first inference (min_copies at once), evictable to make
+   * room for another on-demand model, unloaded when idle.
+   */
+  LOADING_MODE_ON_DEMAND = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function loadingModeFromJSON(object: any): LoadingMode {
+  switch (object) {
+    case 0:
+    case "LOADING_MODE_UNSPECIFIED":
+      return LoadingMode.LOADING_MODE_UNSPECIFIED;
+    case 1:
+    case "LOADING_MODE_EAGER":
+      return LoadingMode.LOADING_MODE_EAGER;
+    case 2:
+    case "LOADING_MODE_ON_DEMAND":
+      return LoadingMode.LOADING_MODE_ON_DEMAND;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return LoadingMode.UNRECOGNIZED;
+  }
+}
+
+export function loadingModeToJSON(object: LoadingMode): string {
+  switch (object) {
+    case LoadingMode.LOADING_MODE_UNSPECIFIED:
+      return "LOADING_MODE_UNSPECIFIED";
+    case LoadingMode.LOADING_MODE_EAGER:
+      return "LOADING_MODE_EAGER";
+    case LoadingMode.LOADING_MODE_ON_DEMAND:
+      return "LOADING_MODE_ON_DEMAND";
+    case LoadingMode.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -199,6 +256,29 @@ export interface Deployment {
    * default (mlserve serve --load-timeout). Set at create.
    */
   loadTimeoutSeconds: number;
+  /** When it is loaded (README, "Lazy loading and eviction"). Set at create. */
+  loading: LoadingMode;
+  /**
+   * On demand: copies loaded at create and never unloaded for idleness or
+   * evicted; 0 lets it scale to zero. Set at create.
+   */
+  minCopies: number;
+  /**
+   * On demand: at most this many servers hold it; 0 means as many as its
+   * servers. Set at create.
+   */
+  maxCopies: number;
+  /**
+   * On demand: unload a copy unused this long, down to min_copies; 0 means
+   * never. Set at create.
+   */
+  idleUnloadAfterSeconds: number;
+  /**
+   * Never evicted nor unloaded for idleness. The pinned deployments on one
+   * server must fit in its capacity less the headroom (FAILED_PRECONDITION
+   * otherwise). Set at create.
+   */
+  pinned: boolean;
 }
 
 export interface Deployment_ServerSelectorEntry {
@@ -553,6 +633,11 @@ function createBaseDeployment(): Deployment {
     logging: undefined,
     latency: undefined,
     loadTimeoutSeconds: 0,
+    loading: 0,
+    minCopies: 0,
+    maxCopies: 0,
+    idleUnloadAfterSeconds: 0,
+    pinned: false,
   };
 }
 
@@ -602,6 +687,21 @@ export const Deployment: MessageFns<Deployment> = {
     }
     if (message.loadTimeoutSeconds !== 0) {
       writer.uint32(321).double(message.loadTimeoutSeconds);
+    }
+    if (message.loading !== 0) {
+      writer.uint32(328).int32(message.loading);
+    }
+    if (message.minCopies !== 0) {
+      writer.uint32(336).int32(message.minCopies);
+    }
+    if (message.maxCopies !== 0) {
+      writer.uint32(344).int32(message.maxCopies);
+    }
+    if (message.idleUnloadAfterSeconds !== 0) {
+      writer.uint32(353).double(message.idleUnloadAfterSeconds);
+    }
+    if (message.pinned !== false) {
+      writer.uint32(360).bool(message.pinned);
     }
     return writer;
   },
@@ -742,6 +842,46 @@ export const Deployment: MessageFns<Deployment> = {
             message.loadTimeoutSeconds = reader.double();
             continue;
           }
+          case 41: {
+            if (tag !== 328) {
+              break;
+            }
+
+            message.loading = reader.int32() as any;
+            continue;
+          }
+          case 42: {
+            if (tag !== 336) {
+              break;
+            }
+
+            message.minCopies = reader.int32();
+            continue;
+          }
+          case 43: {
+            if (tag !== 344) {
+              break;
+            }
+
+            message.maxCopies = reader.int32();
+            continue;
+          }
+          case 44: {
+            if (tag !== 353) {
+              break;
+            }
+
+            message.idleUnloadAfterSeconds = reader.double();
+            continue;
+          }
+          case 45: {
+            if (tag !== 360) {
+              break;
+            }
+
+            message.pinned = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -811,6 +951,23 @@ export const Deployment: MessageFns<Deployment> = {
         : isSet(object.load_timeout_seconds)
         ? globalThis.Number(object.load_timeout_seconds)
         : 0,
+      loading: isSet(object.loading) ? loadingModeFromJSON(object.loading) : 0,
+      minCopies: isSet(object.minCopies)
+        ? globalThis.Number(object.minCopies)
+        : isSet(object.min_copies)
+        ? globalThis.Number(object.min_copies)
+        : 0,
+      maxCopies: isSet(object.maxCopies)
+        ? globalThis.Number(object.maxCopies)
+        : isSet(object.max_copies)
+        ? globalThis.Number(object.max_copies)
+        : 0,
+      idleUnloadAfterSeconds: isSet(object.idleUnloadAfterSeconds)
+        ? globalThis.Number(object.idleUnloadAfterSeconds)
+        : isSet(object.idle_unload_after_seconds)
+        ? globalThis.Number(object.idle_unload_after_seconds)
+        : 0,
+      pinned: isSet(object.pinned) ? globalThis.Boolean(object.pinned) : false,
     };
   },
 
@@ -867,6 +1024,21 @@ export const Deployment: MessageFns<Deployment> = {
     if (message.loadTimeoutSeconds !== 0) {
       obj.loadTimeoutSeconds = floatToJson(message.loadTimeoutSeconds);
     }
+    if (message.loading !== 0) {
+      obj.loading = loadingModeToJSON(message.loading);
+    }
+    if (message.minCopies !== 0) {
+      obj.minCopies = Math.round(message.minCopies);
+    }
+    if (message.maxCopies !== 0) {
+      obj.maxCopies = Math.round(message.maxCopies);
+    }
+    if (message.idleUnloadAfterSeconds !== 0) {
+      obj.idleUnloadAfterSeconds = floatToJson(message.idleUnloadAfterSeconds);
+    }
+    if (message.pinned !== false) {
+      obj.pinned = message.pinned;
+    }
     return obj;
   },
 
@@ -904,6 +1076,11 @@ export const Deployment: MessageFns<Deployment> = {
       ? RecentLatency.fromPartial(object.latency)
       : undefined;
     message.loadTimeoutSeconds = object.loadTimeoutSeconds ?? 0;
+    message.loading = object.loading ?? 0;
+    message.minCopies = object.minCopies ?? 0;
+    message.maxCopies = object.maxCopies ?? 0;
+    message.idleUnloadAfterSeconds = object.idleUnloadAfterSeconds ?? 0;
+    message.pinned = object.pinned ?? false;
     return message;
   },
 };
