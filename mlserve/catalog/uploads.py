@@ -38,7 +38,7 @@ from mlserve.catalog.datasets import (
     DATASET_UPLOAD,
     Datasets,
     DatasetVersionRecord,
-    check_dataset_path,
+    check_dataset_file,
     dataset_blobs,
     dataset_version_row,
     find_dataset_version,
@@ -435,7 +435,7 @@ class Uploads:
             raise InvalidArgument("a dataset version needs at least one file")
         files = dict(sorted(self._check_files(header.files).items()))
         for path in files:
-            check_dataset_path(path)
+            check_dataset_file(path)
         manifest_sha256 = _manifest_sha256(
             {"dataset": [[s.path, s.size, s.sha256] for s in files.values()]}
         )

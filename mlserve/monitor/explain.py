@@ -257,8 +257,13 @@ class Explainer:
     def _read_frame(self, record: DatasetVersionRecord) -> Any:
         import pandas as pd
 
+        if not record.tables:
+            raise InvalidArgument(
+                f"dataset {record.dataset!r} version {record.version} holds no CSV or Parquet "
+                "table (only scripts): name a dataset of rows as the background"
+            )
         frames = []
-        for entry in record.files:
+        for entry in record.tables:
             with self.repository.open_blob(entry.spec.sha256) as handle:
                 data = io.BytesIO(handle.read())
             if entry.spec.path.lower().endswith(".parquet"):
@@ -349,16 +354,14 @@ def _kernel_shap(
     asks for them again: Triton sees 1 call plus ⌈samples·background /
     max_batch_size⌉ per row, and the predictions come for free.
     """
-    import shap
-
-    from mlserve.monitor.kernel_shap import KernelExplainer
+    from mlserve.monitor.kernel_shap import KernelExplainer, summarise
 
     def model(batch: Array) -> Array:
         return asyncio.run_coroutine_threadsafe(predict.batched(batch), loop).result()
 
     # A background no larger than asked for is used as it is (exact means);
     # a larger one is summarised to ``size`` weighted k-means centres.
-    summary: Any = background if len(background) <= size else shap.kmeans(background, size)
+    summary: Any = background if len(background) <= size else summarise(background, size)
     points = np.ascontiguousarray(summary if len(background) <= size else summary.data)
     answers = model(np.concatenate([points, rows]))
     known = {points.tobytes(): answers[: len(points)]}

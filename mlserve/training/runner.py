@@ -149,7 +149,10 @@ class LocalRunner:
         """The distributions the interpreter jobs run in sees, asked of it in the sandbox
         (once: the installation does not change under a running MLServe)."""
         command = self.sandbox.wrap(
-            [sys.executable, "-I", "-c", _PACKAGES_PROBE], placed={}, read_only=(), network=False
+            [sys.executable, "-E", "-s", "-c", _PACKAGES_PROBE],
+            placed={},
+            read_only=(),
+            network=False,
         )
         process = await asyncio.create_subprocess_exec(
             *command,

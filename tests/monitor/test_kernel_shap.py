@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import shap
 
-from mlserve.monitor.kernel_shap import KernelExplainer
+from mlserve.monitor.kernel_shap import KernelExplainer, summarise
 
 # shap 0.46 warns on every explanation that l1_reg="auto" will change; both sides use it.
 pytestmark = pytest.mark.filterwarnings("ignore:l1_reg=:DeprecationWarning")
@@ -45,3 +45,10 @@ def test_a_summarised_background_is_weighted_the_same() -> None:
     ours = KernelExplainer(model, summary).shap_values(rows, nsamples=64, silent=True)
     theirs = shap.KernelExplainer(model, summary).shap_values(rows, nsamples=64, silent=True)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=0, atol=1e-12)
+
+
+def test_summarise_is_shaps_kmeans() -> None:
+    rows = np.random.default_rng(2).normal(size=(300, 4))
+    ours, theirs = summarise(rows, 5), shap.kmeans(rows, 5)
+    np.testing.assert_array_equal(ours.data, theirs.data)
+    np.testing.assert_array_equal(ours.weights, theirs.weights)

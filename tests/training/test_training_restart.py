@@ -82,6 +82,26 @@ def test_jobs_survive_a_restart_and_unfinished_ones_end_failed(
         process.stop()
 
 
+def test_a_graceful_stop_ends_a_running_job_failed_not_cancelled(tmp_path: Path) -> None:
+    process = MLServeProcess(tmp_path / "home", "--no-embedded-triton")
+    process.start(wait_for_triton=False)
+    try:
+        stubs = process.stubs()
+        dataset = make_trainable(stubs, "stopped", {"slow.py": SLOW})
+        running = create(stubs, "stopped", dataset, "slow.py")
+        wait_running(stubs, running.id)
+        assert process.stop() == 0  # SIGTERM: the runner ends its job and says why
+        process.start(wait_for_triton=False)
+        ended = get(process.stubs(), running.id)
+        assert (ended.state, ended.reason) == (
+            FAILED,
+            "interrupted: MLServe stopped while it ran; create it again",
+        )
+        assert ended.version == 0
+    finally:
+        process.stop()
+
+
 CONNECT = """
 import os, pathlib, socket
 with socket.create_connection(("127.0.0.1", {port}), timeout=30) as connection:

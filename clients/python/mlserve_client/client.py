@@ -354,12 +354,15 @@ class Client:
         env_path: str = "",
         runner_labels: Sequence[str] = (),
         network: bool = False,
+        code_dataset: str = "",
+        code_dataset_version: int = 0,
     ) -> training_pb2.TrainingJob:
         """Queue a training job: ``model``'s code artifact ``code_path`` (of
         ``code_version``; 0: the latest) on ``dataset`` (``dataset_version``; 0: the latest).
         ``env_path``: an env artifact of the same version whose requirements the runner
         must meet; ``runner_labels``: labels the runner must have; ``network``: run with
-        the host's network (when the admin allows it)."""
+        the host's network (when the admin allows it); ``code_dataset``: take the script
+        ``code_path`` from that dataset (``code_dataset_version``; 0: the latest) instead."""
         job = training_pb2.TrainingJob(
             model=model,
             code_version=code_version,
@@ -369,6 +372,11 @@ class Client:
             env_path=env_path,
             runner_labels=list(runner_labels),
             network=network,
+            code_dataset=model_pb2.DatasetVersionRef(
+                dataset=code_dataset, version=code_dataset_version
+            )
+            if code_dataset
+            else None,
         )
         return self.training.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(job=job))
 
