@@ -85,7 +85,7 @@ from mlserve.training.runner import JobStatus, LocalRunner, RunnerLimits
 from mlserve.triton.host import host_capacity, tree_resident_bytes
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
-from mlserve.triton.supervisor import TritonSupervisor
+from mlserve.triton.supervisor import LivenessProbing, TritonSupervisor
 from mlserve.workers import MULTIPROCESS_VARIABLE, report_ready
 from mlserve_api.v1 import (
     app_pb2,
@@ -627,7 +627,14 @@ class MLServe:
         )
         await register(self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
-        supervisor = TritonSupervisor(self._triton, register)
+        probing = LivenessProbing(
+            interval=settings.triton_liveness_interval,
+            timeout=settings.triton_liveness_timeout,
+            failures=settings.triton_liveness_failures,
+        )
+        supervisor = TritonSupervisor(
+            self._triton, register, probing=probing, registry=domain.stats.registry
+        )
         self._loops.append(asyncio.create_task(supervisor.run(), name="triton-supervisor"))
 
     async def _update_health(self) -> None:
