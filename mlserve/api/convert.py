@@ -268,7 +268,7 @@ def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | 
 
 
 def file_chunk(chunk: model_pb2.FileChunk) -> Chunk:
-    return Chunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+    return Chunk(path=chunk.path, offset=chunk.offset, data=chunk.data, sha256=chunk.sha256)
 
 
 _ARTIFACT_KINDS: dict[int, str] = {

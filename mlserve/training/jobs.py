@@ -106,9 +106,7 @@ class TrainingJobs:
     async def stop(self) -> None:
         """Stop the runner; the jobs it ends so are FAILED (``STOPPED``), not CANCELLED."""
         self._stopping = True
-        stop = getattr(self.runner, "stop", None)
-        if stop is not None:
-            await stop()
+        await self.runner.stop()
 
     async def create(self, request: JobRequest) -> TrainingJobRecord:
         """Check the request (the caller must be able to change the model and see the code,

@@ -92,6 +92,9 @@ class Runner(Protocol):
     def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
         """A queue receiving the job's new log lines (str) and status changes."""
 
+    async def stop(self) -> None:
+        """End every running job (each reported as CANCELLED) and take no more."""
+
 
 @dataclass(frozen=True)
 class RunnerLimits:

@@ -16,6 +16,8 @@ from tests.support.mlserve import MLServeProcess, Stubs, started_without_triton
 from tests.support.procfs import descendants, gone
 from tests.support.training import SLOW, TRAIN, create, job_ids, make_trainable, wait_running, watch
 
+pytestmark = pytest.mark.slow  # each test starts (and restarts) its own MLServe
+
 SUCCEEDED, FAILED = (
     training_pb2.TRAINING_JOB_STATE_SUCCEEDED,
     training_pb2.TRAINING_JOB_STATE_FAILED,

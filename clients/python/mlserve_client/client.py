@@ -50,6 +50,7 @@ from mlserve_client.channel import (
     read_admin_key,
     upload_scope,
 )
+from mlserve_client.digests import DigestCache
 from mlserve_client.download import ArtifactWriter, VersionWriter, artifact_destination
 from mlserve_client.errors import ClientError
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
@@ -58,6 +59,7 @@ from mlserve_client.upload import (
     DEFAULT_CHUNK_SIZE,
     Progress,
     artifact_requests,
+    as_declared,
     missing_chunks,
     received_offsets,
     upload_requests,
@@ -148,12 +150,19 @@ class Client:
         upload_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: Progress | None = None,
+        prehash: bool = False,
     ) -> model_pb2.ModelVersion:
         """Upload the model folder ``path`` as a new version of ``name``, resuming if begun.
 
         Without ``upload_id`` one is derived from the name and the content, so running
         the same upload again continues where it stopped (or returns the version).
         Content the model already has as a version returns that version.
+
+        Each file is hashed while it is sent, its digest following its bytes, unless
+        its digest is known already (``digests.DigestCache``: files this client
+        uploaded before, unchanged) or ``prehash`` asks to hash every file first;
+        content the server already stores is sent again only when its digest was
+        not known before sending.
         """
         return self.upload_version(
             path,
@@ -162,6 +171,7 @@ class Client:
             upload_id=upload_id,
             chunk_size=chunk_size,
             progress=progress,
+            prehash=prehash,
         ).version
 
     def upload_version(
@@ -173,11 +183,16 @@ class Client:
         upload_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: Progress | None = None,
+        prehash: bool = False,
     ) -> UploadedVersion:
         """``upload``, also telling whether the content was already stored as a version."""
-        version = read_model_directory(Path(path), version_dir)
+        cache = DigestCache.default()
+        version = read_model_directory(
+            Path(path), version_dir, known=None if prehash else cache.get
+        )
         upload_id = upload_id or derive_upload_id(name, version, self._upload_scope)
         before = self.find_upload(upload_id)
+        version = as_declared(version, before)
         done, received = self._announce(
             self.models.UploadModelVersion,
             version_header(name, upload_id, version),
@@ -189,6 +204,8 @@ class Client:
                 name, upload_id, version, received, chunk_size=chunk_size, progress=progress
             )
             done = self.models.UploadModelVersion(requests)
+        verified = {file.path: file.sha256 for file in done.files}
+        cache.remember((file.identity, verified.get(file.path, "")) for file in version.files)
         # Identical content is answered with the version it made before: through this
         # upload id (committed already), or through another one.
         already_stored = done.upload_id != upload_id or (
