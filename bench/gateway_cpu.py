@@ -1,17 +1,18 @@
-"""The gateway's CPU per small call at concurrency 1: this checkout against
+"""The gateway's CPU per call at concurrency 1: this checkout against
 earlier revisions of MLServe, side by side in one run.
 
 Each revision's ``mlserve/`` package is taken with ``git archive`` and run
 from a temporary directory (``PYTHONPATH``; ``PYTHONSAFEPATH`` keeps the
-checkout's own package out of the way; its generated stubs and
-client package come from the same revision), with the same venv, the same client
-and each its own embedded Triton. In interleaved rounds each MLServe is first
-left idle (its CPU per second then is the background: health rounds, the log
-writer's wake-ups), then loaded with the 1x4 FP32 "add" model at c=1
-(``tritonclient.grpc.aio``). CPU per call is the MLServe process's CPU (all
-threads, ``/proc/<pid>/stat``) over the calls answered; "per call without the
-background" subtracts the idle rate for the same seconds, since at c=1 a
-fixed cost per second is spread over few calls.
+checkout's own package out of the way; its generated stubs and client
+package come from the same revision), with the same venv, the same client
+and each its own embedded Triton. In interleaved rounds each MLServe is
+first left idle (its CPU per second then is the background: health rounds,
+the log writer's wake-ups), then loaded with the 1x4 FP32 "add" model at
+c=1 (``tritonclient.grpc.aio``), then with two 4 MiB inputs at c=1. CPU per
+call is the MLServe process's CPU (all threads, ``/proc/<pid>/stat``) over
+the calls answered; "per call without the background" subtracts the idle
+rate for the same seconds, since at c=1 a fixed cost per second is spread
+over few calls.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from tests.support.tritons import deploy
 DEFAULT_SECONDS = 4.0
 DEFAULT_ROUNDS = 3
 IDLE_SECONDS = 3.0
+LARGE_ELEMENTS = 1024 * 1024  # FP32 per input: 4 MiB each, two inputs
 # The last commit before the inference log and the per-call version pin landed.
 DEFAULT_AGAINST = ("208dfbe",)
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +62,7 @@ class _Variant:
     rates: list[float] = field(default_factory=list)
     per_call: list[float] = field(default_factory=list)  # µs of CPU per call
     idle: list[float] = field(default_factory=list)  # ms of CPU per second, idle
+    large: list[float] = field(default_factory=list)  # µs of CPU per 2x4 MiB call
 
     def measure(self, seconds: float) -> None:
         assert self.server.process is not None
@@ -75,6 +78,9 @@ class _Variant:
         self.rates.append(run.rate)
         self.per_call.append(used / calls * 1e6)
         self.idle.append(idle_rate * 1000)
+        before = cpu_seconds(pid)
+        run = asyncio.run(load(self.server.address, headers, LARGE_ELEMENTS, 1, seconds))
+        self.large.append((cpu_seconds(pid) - before) / max(run.rate * seconds, 1) * 1e6)
 
     def row(self, seconds: float) -> list[str]:
         median = statistics.median
@@ -82,7 +88,8 @@ class _Variant:
         # The background's share of each call: idle CPU per second over calls per second.
         without = per_call - idle / 1000 / rate * 1e6
         return [self.label, f"{rate:.0f}", f"{per_call:.0f}", f"{idle:.1f}", f"{without:.0f}",
-                f"{min(self.per_call):.0f}-{max(self.per_call):.0f}"]  # fmt: skip
+                f"{min(self.per_call):.0f}-{max(self.per_call):.0f}",
+                f"{median(self.large):.0f}"]  # fmt: skip
 
 
 def run(
@@ -123,10 +130,11 @@ def run(
             for variant in variants:
                 variant.server.stop()
     header = ["code", "req/s", "CPU us/call", "idle CPU ms/s", "us/call without the background",
-              "CPU us/call range"]  # fmt: skip
+              "CPU us/call range", "4 MiB c=1 CPU us/call"]  # fmt: skip
     notes = [
         f"{rounds} interleaved rounds per revision: {IDLE_SECONDS:.0f} s idle, then "
-        f"{seconds:.0f} s of 1x4 FP32 at c=1; medians",
+        f"{seconds:.0f} s of 1x4 FP32 at c=1, then {seconds:.0f} s of 2 x 4 MiB FP32 at c=1; "
+        "medians",
         "each MLServe with its own embedded Triton, health interval 0.5 s (as in the tests)",
     ]
     table = Table(header, [variant.row(seconds) for variant in variants])

@@ -85,7 +85,7 @@ from mlserve.training.runner import JobStatus, LocalRunner, RunnerLimits
 from mlserve.triton.host import host_capacity, tree_resident_bytes
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
-from mlserve.triton.supervisor import TritonSupervisor
+from mlserve.triton.supervisor import LivenessProbing, TritonSupervisor
 from mlserve.workers import MULTIPROCESS_VARIABLE, report_ready
 from mlserve_api.v1 import (
     app_pb2,
@@ -412,7 +412,7 @@ class MLServe:
             domain.repository,
             settings.storage_dir / "training",
             domain.tokens,
-            instance=self.instance_name,
+            instance=self.training_instance,
         )
         interrupted = await self._training.recover()
         if interrupted:
@@ -426,8 +426,15 @@ class MLServe:
 
     @property
     def instance_name(self) -> str:
-        """This instance's name: its training jobs are recorded under it."""
+        """This instance's name, as GetInstance tells callers."""
         return self.settings.instance_name or socket.gethostname()
+
+    @property
+    def training_instance(self) -> str:
+        """The name this process's training jobs are recorded under: each of
+        ``--workers`` runs the jobs created through it, so each has its own."""
+        slot = self.settings.worker_slot
+        return self.instance_name if slot is None else f"{self.instance_name} worker {slot.index}"
 
     def ready_line(self) -> str:
         """The one line that tells someone who just ran ``mlserve serve`` where things are."""
@@ -620,7 +627,14 @@ class MLServe:
         )
         await register(self._triton.address)
         log.info("embedded Triton ready at %s as server %r", self._triton.address, DEFAULT_SERVER)
-        supervisor = TritonSupervisor(self._triton, register)
+        probing = LivenessProbing(
+            interval=settings.triton_liveness_interval,
+            timeout=settings.triton_liveness_timeout,
+            failures=settings.triton_liveness_failures,
+        )
+        supervisor = TritonSupervisor(
+            self._triton, register, probing=probing, registry=domain.stats.registry
+        )
         self._loops.append(asyncio.create_task(supervisor.run(), name="triton-supervisor"))
 
     async def _update_health(self) -> None:

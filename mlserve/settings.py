@@ -511,6 +511,41 @@ class Settings:
             )
         ),
     )
+    triton_liveness_interval: float = field(
+        default=5.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRITON_LIVENESS_INTERVAL",
+                "seconds between liveness probes (ServerLive) of the embedded Triton; 0: "
+                "no probes, so a hung Triton is never restarted",
+                parse_seconds,
+                "SECONDS",
+            )
+        ),
+    )
+    triton_liveness_timeout: float = field(
+        default=2.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRITON_LIVENESS_TIMEOUT",
+                "seconds one liveness probe of the embedded Triton may take before it fails",
+                parse_interval,
+                "SECONDS",
+            )
+        ),
+    )
+    triton_liveness_failures: int = field(
+        default=3,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRITON_LIVENESS_FAILURES",
+                "failed liveness probes in a row after which the embedded Triton counts as "
+                "hung: its process group is killed (SIGKILL) and Triton restarted",
+                parse_count,
+                "N",
+            )
+        ),
+    )
     max_upload_bytes: int = field(
         default=64 * 1024**3,
         metadata=_given_by(

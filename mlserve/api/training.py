@@ -48,6 +48,11 @@ def job_message(record: TrainingJobRecord) -> training_pb2.TrainingJob:
         runner_labels=list(record.runner_labels),
         network=record.network,
         instance=record.instance,
+        code_dataset=model_pb2.DatasetVersionRef(
+            dataset=record.code_dataset, version=record.code_dataset_version
+        )
+        if record.code_dataset
+        else None,
     )
 
 
@@ -79,6 +84,8 @@ class TrainingService(training_pb2_grpc.TrainingServiceServicer):
                 env_path=job.env_path,
                 runner_labels=list(job.runner_labels),
                 network=job.network,
+                code_dataset=job.code_dataset.dataset,
+                code_dataset_version=job.code_dataset.version,
             )
         )
         return job_message(record)

@@ -1,5 +1,7 @@
 """Datasets: named, workspace-owned families of immutable versions, each a set of
-CSV or Parquet files whose schema (columns, types, rows) is read from the files.
+CSV or Parquet files whose schema (columns, types, rows) is read from the files,
+and optionally Python scripts (``*.py``, stored as they are: a training job's
+code may come from a dataset).
 
 Who may see and change a dataset follows the rules of models (``access.rules``:
 workspace and visibility; a hidden dataset answers like a missing one). Files
@@ -40,6 +42,8 @@ from mlserve.storage.repository import Repository
 # The upload kind (tables.Upload.artifact_kind) of a dataset version's upload.
 DATASET_UPLOAD = "dataset"
 FORMATS = {".csv": "CSV", ".parquet": "Parquet"}
+# Files a dataset keeps beside its tables without reading them: training scripts.
+SCRIPTS = (".py",)
 UPDATABLE = ("description", "tags", "visibility")
 
 
@@ -80,6 +84,11 @@ class DatasetVersionRecord:
     row_count: int
     upload_id: str
     create_time: dt.datetime
+
+    @property
+    def tables(self) -> list[DatasetFileRecord]:
+        """The CSV and Parquet files (what has the schema), without the scripts."""
+        return [entry for entry in self.files if is_table(entry.spec.path)]
 
 
 @dataclass(frozen=True)
@@ -286,26 +295,31 @@ class Datasets:
     def commit_dataset_version(
         self, *, dataset: str, upload_id: str, files: Sequence[FileSpec], manifest_sha256: str
     ) -> DatasetVersionRecord:
-        """Read each stored file's schema and number the upload as the next version
+        """Read each stored table's schema and number the upload as the next version
         (blocking; every file is a blob the upload pins). The same manifest returns
-        the existing version.
+        the existing version. Scripts are kept unread (no columns, no rows).
 
         Raises:
-            InvalidArgument: a file does not parse as its format, or the files'
+            InvalidArgument: a table does not parse as its format, or the tables'
                 columns differ.
         """
-        schemas = [self.read_schema(spec) for spec in files]
-        columns = schemas[0].columns if schemas else []
-        for spec, schema in zip(files, schemas, strict=True):
+        schemas = [
+            self.read_schema(spec) if is_table(spec.path) else TableSchema([], 0) for spec in files
+        ]
+        tables_read = [(s, t) for s, t in zip(files, schemas, strict=True) if is_table(s.path)]
+        columns = tables_read[0][1].columns if tables_read else []
+        for spec, schema in tables_read:
             if schema.columns != columns:
                 raise InvalidArgument(
                     f"file {spec.path!r} has columns {_describe(schema.columns)} but "
-                    f"{files[0].path!r} has {_describe(columns)}: a version's files must "
-                    "share one schema"
+                    f"{tables_read[0][0].path!r} has {_describe(columns)}: a version's "
+                    "tables must share one schema"
                 )
         for _ in range(20):
             try:
-                return self._commit_once(dataset, upload_id, files, schemas, manifest_sha256)
+                return self._commit_once(
+                    dataset, upload_id, files, schemas, columns, manifest_sha256
+                )
             except LostRace:
                 continue
         raise FailedPrecondition(f"could not number a new version of dataset {dataset!r}; retry")
@@ -321,6 +335,7 @@ class Datasets:
         upload_id: str,
         files: Sequence[FileSpec],
         schemas: Sequence[TableSchema],
+        columns: list[tuple[str, str]],
         manifest_sha256: str,
     ) -> DatasetVersionRecord:
         version = tables.DatasetVersion
@@ -338,7 +353,7 @@ class Datasets:
                         version=number,
                         sha256=manifest_sha256,
                         size_bytes=sum(spec.size for spec in files),
-                        columns=json.dumps(schemas[0].columns if schemas else []),
+                        columns=json.dumps(columns),
                         row_count=sum(schema.row_count for schema in schemas),
                         upload_id=upload_id,
                     )
@@ -446,8 +461,22 @@ def dataset_column(
     """
     record = find_dataset_version(dataset, version)
     what = f"dataset {dataset!r} version {record.version}"
-    specs = [entry.spec for entry in record.files]
+    specs = [entry.spec for entry in record.tables]
     return record.version, read_numeric_column(repository, specs, column, what)
+
+
+def is_table(path: str) -> bool:
+    """Whether ``path`` names a CSV or Parquet file (a table, with a schema)."""
+    return _suffix(path) in FORMATS
+
+
+def check_dataset_file(path: str) -> None:
+    """InvalidArgument unless ``path`` names a file a dataset holds: a table or a script."""
+    if not is_table(path) and _suffix(path) not in SCRIPTS:
+        raise InvalidArgument(
+            f"file {path!r} is not a dataset file: name it *.csv or *.parquet "
+            f"({' or '.join(FORMATS.values())}), or *.py for a training script"
+        )
 
 
 def check_dataset_path(path: str) -> None:

@@ -262,8 +262,13 @@ class Explainer:
     def _read_frame(self, record: DatasetVersionRecord) -> Any:
         import pandas as pd
 
+        if not record.tables:
+            raise InvalidArgument(
+                f"dataset {record.dataset!r} version {record.version} holds no CSV or Parquet "
+                "table (only scripts): name a dataset of rows as the background"
+            )
         frames = []
-        for entry in record.files:
+        for entry in record.tables:
             with self.repository.open_blob(entry.spec.sha256) as handle:
                 data = io.BytesIO(handle.read())
             if entry.spec.path.lower().endswith(".parquet"):

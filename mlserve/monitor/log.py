@@ -133,7 +133,7 @@ class InferenceLog:
                 status,
                 message,
                 latency,
-            ),
+            ).trimmed(),
             model,
         )
 

@@ -7,7 +7,7 @@ import datetime as dt
 import operator
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,39 @@ class Capture:
     status: str  # a status code name
     message: str
     latency: float  # seconds
+    request_size: int | None = None
+    """Bytes of the request as received, when ``request`` holds only what is kept of it."""
+    response_size: int | None = None
+    """Likewise for ``response``."""
+
+    def trimmed(self) -> Capture:
+        """This capture holding only what its policy records: a large request's or
+        response's bytes are let go at once when no tensor of them is kept.
+
+        The gateway's buffers are then freed when the call ends instead of waiting
+        for the writer (up to a flush interval: hundreds of MiB at a few calls a
+        second of 4 MiB tensors, which the allocator then maps afresh).
+        """
+        policy = self.policy
+        request, response = self.request, self.response
+        keep_request = (
+            policy.mode.inputs
+            or (bool(policy.sampling_key) and not policy.header_key)
+            or len(request) <= _PARSED_BELOW
+        )
+        keep_response = (
+            policy.mode.outputs or self.status == STREAMED or response is None
+            or len(response) <= _PARSED_BELOW
+        )  # fmt: skip
+        if keep_request and keep_response:
+            return self
+        return replace(
+            self,
+            request=request if keep_request else _id_only(_request_id(request)),
+            response=response if keep_response else b"",
+            request_size=len(request),
+            response_size=None if response is None else len(response),
+        )
 
 
 @dataclass(slots=True)
@@ -179,7 +212,9 @@ def row_of(capture: Capture) -> Row | None:
     scalars = (
         new_id(), capture.version, capture.model, capture.server, caller, kind, app, status,
         message, capture.latency * 1000, request_id,
-        len(capture.request), response_size, GATEWAY, "", "",
+        len(capture.request) if capture.request_size is None else capture.request_size,
+        response_size if capture.response_size is None else capture.response_size,
+        GATEWAY, "", "",
     )  # fmt: skip
     return Row(capture.model, round(capture.time * 1_000_000), scalars, entries)
 
@@ -238,6 +273,11 @@ def _parse(kind: Any, data: bytes | None) -> Any:
         return kind.FromString(data)
     except DecodeError:
         return None
+
+
+def _id_only(request_id: str) -> bytes:
+    """A ModelInferRequest carrying only ``request_id``: what metadata keeps of a request."""
+    return bytes(service_pb2.ModelInferRequest(id=request_id).SerializeToString())
 
 
 def _request_id(data: bytes) -> str:

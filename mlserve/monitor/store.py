@@ -123,7 +123,9 @@ class LogStore:
         object, ``.probe``, overwritten each time: deleting it would make pyarrow
         leave a directory marker in its place).
         """
-        probe = self.path(".probe")
+        # On a local disk one name per process: workers probing the same directory
+        # must not delete each other's probe.
+        probe = self.path(f".probe-{os.getpid()}" if self.local else ".probe")
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         with self.filesystem.open_output_stream(probe) as stream:

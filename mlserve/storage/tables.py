@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 20
+SCHEMA_VERSION = 21
 
 
 class BaseModel(pw.Model):
@@ -538,6 +538,9 @@ class TrainingJob(BaseModel):
     code_version = pw.BigIntegerField()
     code_path = pw.TextField()
     code_sha256 = pw.CharField(max_length=64, default="")
+    # Schema 21: the script from a dataset version instead of a code artifact.
+    code_dataset = pw.CharField(max_length=128, default="")
+    code_dataset_version = pw.BigIntegerField(default=0)
     dataset = pw.CharField(max_length=128)
     dataset_version = pw.BigIntegerField()
     dataset_sha256 = pw.CharField(max_length=64, default="")
@@ -908,6 +911,24 @@ def _add_on_demand_loading(db: pw.Database) -> None:
     )
 
 
+def _add_training_code_datasets(db: pw.Database) -> None:
+    """A training job's script may come from a dataset version (issue 15).
+
+    Schema 18's migration creates the table from the current class, so a database
+    that passed through it since has the columns already.
+    """
+    columns = {column.name for column in db.get_columns("training_job")}
+    if "code_dataset" in columns:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("training_job", "code_dataset", TrainingJob.code_dataset),
+        migrator.add_column(
+            "training_job", "code_dataset_version", TrainingJob.code_dataset_version
+        ),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -928,6 +949,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     17: _add_capacities,
     18: _add_training_jobs,
     19: _add_on_demand_loading,
+    20: _add_training_code_datasets,
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from mlserve.catalog.artifacts import ArtifactRecord, find_artifact
-from mlserve.catalog.datasets import find_dataset_version
+from mlserve.catalog.datasets import find_dataset_version, is_table
 from mlserve.catalog.models import writable_model
 from mlserve.catalog.uploads import Chunk, UploadHeader, Uploads
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -58,6 +58,20 @@ class JobRequest:
     env_path: str = ""
     runner_labels: Sequence[str] = ()
     network: bool = False
+    code_dataset: str = ""
+    code_dataset_version: int = 0
+
+
+@dataclass(frozen=True)
+class _Code:
+    """Where a job's script comes from: its files (sha256, path in the code folder), the
+    one to run, and its lineage."""
+
+    files: list[tuple[str, str]]
+    entry_point: str
+    sha256: str
+    version: int = 0
+    dataset_version: int = 0
 
 
 class TrainingJobs:
@@ -92,9 +106,7 @@ class TrainingJobs:
     async def stop(self) -> None:
         """Stop the runner; the jobs it ends so are FAILED (``STOPPED``), not CANCELLED."""
         self._stopping = True
-        stop = getattr(self.runner, "stop", None)
-        if stop is not None:
-            await stop()
+        await self.runner.stop()
 
     async def create(self, request: JobRequest) -> TrainingJobRecord:
         """Check the request (the caller must be able to change the model and see the code,
@@ -112,11 +124,11 @@ class TrainingJobs:
         """
         job_id = "job-" + uuid.uuid4().hex[:16]
         offered = await self.runner.capabilities()
-        record = await in_thread(self._prepare)(job_id, request, offered)
+        record, entry_point = await in_thread(self._prepare)(job_id, request, offered)
         folder = self.workdir / job_id
         spec = JobSpec(
             code=folder / "code",
-            entry_point=Path(request.code_path).name,
+            entry_point=entry_point,
             data=folder / "data",
             output=folder / "output",
             parameters=dict(request.parameters),
@@ -133,13 +145,14 @@ class TrainingJobs:
 
     def _prepare(
         self, job_id: str, request: JobRequest, offered: Capabilities
-    ) -> TrainingJobRecord:
+    ) -> tuple[TrainingJobRecord, str]:
+        """The stored job and its entry point (relative to its code folder)."""
         model = writable_model(request.model)
         if not request.code_path.endswith(".py"):
             raise InvalidArgument(
-                f"code_path {request.code_path!r} is not a Python script: name a .py artifact"
+                f"code_path {request.code_path!r} is not a Python script: name a .py file"
             )
-        code = find_artifact(request.model, request.code_version, request.code_path)
+        code = _code_of(request)
         env, requirements = self._env(request, code.version)
         dataset = find_dataset_version(request.dataset, request.dataset_version)
         _check_placement(request, offered)
@@ -149,10 +162,11 @@ class TrainingJobs:
         (folder / "code").mkdir(parents=True)
         try:
             (folder / "data").mkdir()
-            self._copy_blob(code.sha256, folder / "code" / Path(code.path).name)
+            for sha256, path in code.files:
+                self._copy_blob(sha256, folder / "code" / path)
             for entry in dataset.files:
                 self._copy_blob(entry.spec.sha256, folder / "data" / entry.spec.path)
-            return store.insert_job(
+            stored = store.insert_job(
                 TrainingJobRecord(
                     job_id=job_id,
                     model=request.model,
@@ -163,6 +177,8 @@ class TrainingJobs:
                     instance=self.instance,
                     parameters=dict(request.parameters),
                     code_sha256=code.sha256,
+                    code_dataset=request.code_dataset,
+                    code_dataset_version=code.dataset_version,
                     dataset_sha256=dataset.sha256,
                     env_path=request.env_path,
                     env_sha256=env.sha256 if env is not None else "",
@@ -172,6 +188,7 @@ class TrainingJobs:
                 ),
                 model,
             )
+            return stored, code.entry_point
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -314,6 +331,44 @@ class TrainingJobs:
 
         version = await self.uploads.receive(parts())
         return metrics, version.version
+
+
+def _code_of(request: JobRequest) -> _Code:
+    """The job's script: a code artifact of the model's ``code_version``, or a file of
+    the ``code_dataset`` version with the dataset's other scripts beside it (blocking).
+
+    Raises:
+        NotFound: the artifact, dataset version or file (or one hidden).
+        InvalidArgument: both a code version and a code dataset, or an env artifact
+            with a code dataset.
+    """
+    if not request.code_dataset:
+        artifact = find_artifact(request.model, request.code_version, request.code_path)
+        name = Path(artifact.path).name
+        return _Code([(artifact.sha256, name)], name, artifact.sha256, version=artifact.version)
+    if request.code_version:
+        raise InvalidArgument(
+            "give code_version (the script is a code artifact) or code_dataset (the script is "
+            "a dataset's file), not both"
+        )
+    if request.env_path:
+        raise InvalidArgument(
+            "env_path names an env artifact of code_version; a job whose code comes from a "
+            "dataset cannot name one yet: drop env_path, or attach the script as a code artifact"
+        )
+    source = find_dataset_version(request.code_dataset, request.code_dataset_version)
+    scripts = {e.spec.path: e.spec.sha256 for e in source.files if not is_table(e.spec.path)}
+    if request.code_path not in scripts:
+        raise NotFound(
+            f"dataset {request.code_dataset!r} version {source.version} has no script "
+            f"{request.code_path!r} (it has: {', '.join(sorted(scripts)) or 'none'})"
+        )
+    return _Code(
+        [(sha256, path) for path, sha256 in sorted(scripts.items())],
+        request.code_path,
+        scripts[request.code_path],
+        dataset_version=source.version,
+    )
 
 
 def _check_placement(request: JobRequest, offered: Capabilities) -> None:

@@ -92,6 +92,9 @@ class Runner(Protocol):
     def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
         """A queue receiving the job's new log lines (str) and status changes."""
 
+    async def stop(self) -> None:
+        """End every running job (each reported as CANCELLED) and take no more."""
+
 
 @dataclass(frozen=True)
 class RunnerLimits:
@@ -149,7 +152,10 @@ class LocalRunner:
         """The distributions the interpreter jobs run in sees, asked of it in the sandbox
         (once: the installation does not change under a running MLServe)."""
         command = self.sandbox.wrap(
-            [sys.executable, "-I", "-c", _PACKAGES_PROBE], placed={}, read_only=(), network=False
+            [sys.executable, "-E", "-s", "-c", _PACKAGES_PROBE],
+            placed={},
+            read_only=(),
+            network=False,
         )
         process = await asyncio.create_subprocess_exec(
             *command,

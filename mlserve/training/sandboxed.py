@@ -178,7 +178,10 @@ class SandboxedJob:
         spec, sandbox = self.spec, self.sandbox
         script = sandbox.inside("code", spec.code) / spec.entry_point
         return sandbox.wrap(
-            [sys.executable, "-I", str(script)],
+            # -E -s, not -I: the same isolation from the environment and the user's
+            # site-packages, but the script's folder stays on sys.path, so modules beside
+            # it (a code dataset's) import.
+            [sys.executable, "-E", "-s", str(script)],
             placed={"code": spec.code, "data": spec.data, "params.json": params},
             read_only=(),
             writable={"output": spec.output},

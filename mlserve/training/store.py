@@ -36,6 +36,8 @@ class TrainingJobRecord:
     state: JobState = JobState.QUEUED
     parameters: Mapping[str, str] = field(default_factory=dict)
     code_sha256: str = ""
+    code_dataset: str = ""
+    code_dataset_version: int = 0
     dataset_sha256: str = ""
     env_path: str = ""
     env_sha256: str = ""
@@ -58,6 +60,8 @@ def insert_job(record: TrainingJobRecord, model: Any) -> TrainingJobRecord:
         code_version=record.code_version,
         code_path=record.code_path,
         code_sha256=record.code_sha256,
+        code_dataset=record.code_dataset,
+        code_dataset_version=record.code_dataset_version,
         dataset=record.dataset,
         dataset_version=record.dataset_version,
         dataset_sha256=record.dataset_sha256,
@@ -187,6 +191,8 @@ def _record(row: Any, model: str) -> TrainingJobRecord:
         state=JobState(row.state),
         parameters=json.loads(row.parameters),
         code_sha256=row.code_sha256,
+        code_dataset=row.code_dataset,
+        code_dataset_version=row.code_dataset_version,
         dataset_sha256=row.dataset_sha256,
         env_path=row.env_path,
         env_sha256=row.env_sha256,

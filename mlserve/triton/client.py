@@ -81,6 +81,15 @@ class TritonClient:
         if channel is not None:
             await channel.close(grace=None)
 
+    async def is_live(self, timeout: float = 2.0) -> bool:
+        """True if the server answers ServerLive with live; False, never an error, if it
+        does not answer within ``timeout`` seconds (hung, stopped, gone)."""
+        try:
+            live = await self._call("ServerLive", service_pb2.ServerLiveRequest(), timeout)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError):
+            return False
+        return bool(live.live)
+
     async def is_ready(self, timeout: float = 2.0) -> bool:
         """True if the server is live and ready; False, never an error, if unreachable.
 

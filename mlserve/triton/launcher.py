@@ -150,6 +150,7 @@ class EmbeddedTriton:
         self._sandboxed_pid: int | None = None  # Triton's own pid when bwrap wraps it
         self._log_offset = 0  # where the current run's part of the log starts
         self._stopping = False
+        self._probe: TritonClient | None = None  # is_live's channel to the current run
 
     @property
     def log_path(self) -> Path:
@@ -218,6 +219,37 @@ class EmbeddedTriton:
         """The last lines Triton wrote since it was last started."""
         return self._log_tail(self._log_offset)
 
+    async def is_live(self, timeout: float) -> bool:
+        """Whether the running Triton answers ServerLive within ``timeout`` seconds
+        (one channel per run, reused across probes)."""
+        probe = self._probe
+        if probe is None or probe.address != self.address:
+            await self._close_probe()
+            probe = self._probe = TritonClient("embedded", self.address)
+        return await probe.is_live(timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL Triton's whole process group, and Triton itself inside the sandbox
+        (which runs it in a session of its own), then reap it. SIGKILL because a
+        stopped or deadlocked Triton handles no SIGTERM. Unlike :meth:`stop`, this
+        counts as an exit: :meth:`wait_exit` answers the signal."""
+        process = self._process
+        if process is None:
+            return
+        if self._sandboxed_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._sandboxed_pid, signal.SIGKILL)
+        # Popen started Triton as the leader of a new session: its group is its pid.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await _wait_exit(process, None)
+        await self._close_probe()
+
+    async def _close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await probe.close()
+
     async def stop(self, timeout: float = 15.0) -> None:
         """Stop Triton: SIGTERM, then SIGKILL after ``timeout`` seconds. Safe to repeat."""
         process = self._process
@@ -233,6 +265,7 @@ class EmbeddedTriton:
                 process.kill()
                 await _wait_exit(process, None)
         self._process = None
+        await self._close_probe()
 
     def _terminate(self, process: subprocess.Popen[bytes]) -> None:
         """SIGTERM to Triton itself. In the sandbox, ``process`` is bubblewrap,
@@ -311,6 +344,9 @@ class EmbeddedTriton:
                 env={**_triton_environment(installation), **self._environment},
                 cwd=self._workdir,
                 pass_fds=() if writer is None else (writer,),
+                # Its own process group, so that kill() reaches every process of it
+                # (backend stubs too) and nothing of MLServe's.
+                start_new_session=True,
             )
         self._sandboxed_pid = None
         if reader is not None and writer is not None:

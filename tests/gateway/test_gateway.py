@@ -466,7 +466,7 @@ def test_inferences_are_counted_per_model_and_version(
             model, version = _usage(stubs, model_name)
             return (model.inference_count, version.inference_count) == (7, 7)
 
-        wait_for(counted, timeout=5, what="7 inferences counted")
+        wait_for(counted, timeout=30, what="7 inferences counted")
         model, version = _usage(stubs, model_name)
         assert (model.inference_failures, version.inference_failures) == (2, 2)
         for counted_at in (model.last_inference_time, version.last_inference_time):
@@ -496,7 +496,7 @@ def test_stream_refusals_are_counted_as_failures(
         def counted() -> bool:
             return _usage(stubs, model_name)[0].inference_count == 1
 
-        wait_for(counted, timeout=5, what="the stream inference counted")
+        wait_for(counted, timeout=30, what="the stream inference counted")
         assert _usage(stubs, model_name)[0].inference_failures == 1
     finally:
         remove_model(stubs, model_name)

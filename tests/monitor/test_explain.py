@@ -4,6 +4,7 @@ the contributions add up to the prediction, and each bad input gets its exact co
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from mlserve_client import Client
 from tests.support.checks import expect_error
 from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.training import make_dataset
 from tests.support.tritons import deploy, remove_model, wait_for
 from tests.support.users import PID, make_user
 from tests.training.test_diabetes_example import diabetes_csv, run_by_hand
@@ -69,6 +71,7 @@ def test_explain_the_diabetes_model(
     small.mkdir()
     frame.head(40).to_csv(small / "diabetes.csv", index=False)
     dataset, background = "explain-" + model_name, "explain-bg-" + model_name
+    scripts = "explain-scripts-" + model_name
     bytes_model = "bytes-" + model_name
     try:
         with Client(mlserve.address, mlserve.key) as client:
@@ -150,6 +153,12 @@ def test_explain_the_diabetes_model(
         short = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model_name, rows[:, :9],
                              background_dataset=named)  # fmt: skip
         assert "'s6'" in short.details()
+        # A background of scripts only (a code dataset): INVALID_ARGUMENT, no rows in it.
+        make_dataset(stubs, scripts, {"train.py": b"print('not rows')\n"})
+        only_scripts = model_pb2.DatasetVersionRef(dataset=scripts)
+        no_rows = expect_error(Code.INVALID_ARGUMENT, explain, stubs, model_name, rows,
+                               background_dataset=only_scripts)  # fmt: skip
+        assert "holds no CSV or Parquet table" in no_rows.details()
         # A BYTES-input model: INVALID_ARGUMENT, not supported.
         wrong_type = wait_for(
             lambda: [
@@ -197,6 +206,10 @@ def test_explain_the_diabetes_model(
         for name in (dataset, background):
             stubs.datasets.DeleteDataset(
                 dataset_pb2.DeleteDatasetRequest(name=name), metadata=stubs.auth
+            )
+        with contextlib.suppress(grpc.RpcError):
+            stubs.datasets.DeleteDataset(
+                dataset_pb2.DeleteDatasetRequest(name=scripts), metadata=stubs.auth
             )
 
 

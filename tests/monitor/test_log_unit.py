@@ -252,6 +252,45 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path: Path) -> Non
     assert len(_read_all(tmp_path)) == 2
 
 
+def _large_call() -> tuple[bytes, bytes]:
+    request = service_pb2.ModelInferRequest(model_name="m", id="big-1")
+    request.inputs.add(name="X", datatype="FP32", shape=[256 * 1024])
+    request.raw_input_contents.append(np.ones(256 * 1024, np.float32).tobytes())
+    response = service_pb2.ModelInferResponse(model_name="m", id="big-1")
+    response.outputs.add(name="Y", datatype="FP32", shape=[256 * 1024])
+    response.raw_output_contents.append(np.ones(256 * 1024, np.float32).tobytes())
+    return request.SerializeToString(), response.SerializeToString()
+
+
+def test_metadata_lets_a_large_calls_bytes_go_at_once_and_records_the_same(
+    tmp_path: Path,
+) -> None:
+    request, response = _large_call()
+    log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
+    log.capture("m", 1, "local", None, request, response, "OK", "", time.time(), 0.001)
+    (queued,) = log._queue
+    assert isinstance(queued, Capture)
+    assert len(queued.request) < 100
+    assert queued.response == b""
+    assert (queued.request_size, queued.response_size) == (len(request), len(response))
+    assert log.flush() == 1
+    (record,) = _read_all(tmp_path)
+    assert (record.request_id, record.request_bytes) == ("big-1", len(request))
+    assert record.response_bytes == len(response)
+
+
+def test_a_policy_that_keeps_tensors_keeps_the_bytes(tmp_path: Path) -> None:
+    request, response = _large_call()
+    log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
+    log.policies._policies["m"] = ALL
+    log.capture("m", 1, "local", None, request, response, "OK", "", time.time(), 0.001)
+    (queued,) = log._queue
+    assert isinstance(queued, Capture)
+    assert queued.request is request
+    assert queued.response is response
+    assert queued.request_size is None
+
+
 def test_a_killed_writers_leftovers_are_swept_and_never_read(tmp_path: Path) -> None:
     record = decode(_capture(_request("INT8", True)))
     assert record is not None

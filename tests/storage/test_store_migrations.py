@@ -11,6 +11,8 @@ from pathlib import Path
 import peewee as pw
 import psycopg2
 import pytest
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as migrate_schema
 
 from mlserve.storage import db, tables
 from tests.support.databases import close_database
@@ -277,5 +279,48 @@ def test_schema_16_assays_keep_their_rows_and_may_name_a_pipeline(
         tables.Assay.create(name="scratch-drift", model=scratch, spec="{}")
         scratch.delete_instance()
         assert not tables.Assay.select().where(tables.Assay.name == "scratch-drift").exists()
+    finally:
+        close_database(opened)
+
+
+def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore_foundation(database_url)
+    with monkeypatch.context() as schema_20:
+        schema_20.setattr(tables, "SCHEMA_VERSION", 20)
+        opened = tables.connect(database_url)
+    # Schema 18 creates training_job from today's class; make it what schema 20 had.
+    migrate_schema(
+        SchemaMigrator.from_database(opened).drop_column("training_job", "code_dataset"),
+        SchemaMigrator.from_database(opened).drop_column("training_job", "code_dataset_version"),
+    )
+    resnet = tables.Model.get(tables.Model.name == "resnet")
+    opened.execute_sql(  # type: ignore[no-untyped-call]
+        "INSERT INTO training_job (job_id, model_id, code_version, code_path, code_sha256, "
+        "dataset, dataset_version, dataset_sha256, parameters, env_path, env_sha256, "
+        "env_requirements, runner_labels, network, instance, state, reason, metrics, version, "
+        "create_time) VALUES ('job-old', %s, 1, 'train.py', 'c', 'ds', 1, 'd', '{}', '', '', "
+        "'[]', '[]', %s, 'here', 'SUCCEEDED', '', '{}', 2, %s)".replace(
+            "%s", "?" if database_url.startswith("sqlite") else "%s"
+        ),
+        (resnet.id, False, WHEN),
+    )
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        kept = tables.TrainingJob.get(tables.TrainingJob.job_id == "job-old")
+        assert (kept.model.name, kept.version, kept.create_time) == ("resnet", 2, WHEN)
+        assert (kept.code_dataset, kept.code_dataset_version) == ("", 0)
+        scratch = tables.Model.create(name="scratch")
+        tables.TrainingJob.create(
+            job_id="job-new", model=scratch, code_version=0, code_path="train.py",
+            code_dataset="code", code_dataset_version=3, dataset="ds", dataset_version=1,
+            instance="here", state="QUEUED",
+        )  # fmt: skip
+        scratch.delete_instance()  # the rebuilt table (SQLite) kept the model's cascade
+        assert [job.job_id for job in tables.TrainingJob.select()] == ["job-old"]
     finally:
         close_database(opened)

@@ -50,8 +50,11 @@ def attach_code(stubs: Stubs, model: str, path: str, script: bytes) -> None:
     attach_artifact(stubs, model, path, script)
 
 
-def make_dataset(stubs: Stubs, dataset: str, csv: bytes = CSV) -> None:
-    """Dataset ``dataset`` with one version: ``train.csv``."""
+def make_dataset(
+    stubs: Stubs, dataset: str, files: dict[str, bytes] | None = None
+) -> dataset_pb2.DatasetVersion:
+    """Dataset ``dataset`` with one version of ``files`` (default: ``train.csv``)."""
+    files = {"train.csv": CSV} if files is None else files
     stubs.datasets.CreateDataset(
         dataset_pb2.CreateDatasetRequest(dataset=dataset_pb2.Dataset(name=dataset)),
         metadata=stubs.auth,
@@ -61,15 +64,21 @@ def make_dataset(stubs: Stubs, dataset: str, csv: bytes = CSV) -> None:
             dataset=dataset,
             files=[
                 model_pb2.FileManifest(
-                    path="train.csv", size=len(csv), sha256=hashlib.sha256(csv).hexdigest()
+                    path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest()
                 )
+                for path, data in files.items()
             ],
         )
     )
-    chunk = dataset_pb2.UploadDatasetVersionRequest(
-        chunk=model_pb2.FileChunk(path="train.csv", offset=0, data=csv)
+    chunks = [
+        dataset_pb2.UploadDatasetVersionRequest(
+            chunk=model_pb2.FileChunk(path=path, offset=0, data=data)
+        )
+        for path, data in files.items()
+    ]
+    return stubs.datasets.UploadDatasetVersion(
+        iter([header, *chunks]), metadata=stubs.auth, timeout=60
     )
-    stubs.datasets.UploadDatasetVersion(iter([header, chunk]), metadata=stubs.auth, timeout=60)
 
 
 def make_trainable(stubs: Stubs, model: str, scripts: dict[str, bytes]) -> str:

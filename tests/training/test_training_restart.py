@@ -16,6 +16,8 @@ from tests.support.mlserve import MLServeProcess, Stubs, started_without_triton
 from tests.support.procfs import descendants, gone
 from tests.support.training import SLOW, TRAIN, create, job_ids, make_trainable, wait_running, watch
 
+pytestmark = pytest.mark.slow  # each test starts (and restarts) its own MLServe
+
 SUCCEEDED, FAILED = (
     training_pb2.TRAINING_JOB_STATE_SUCCEEDED,
     training_pb2.TRAINING_JOB_STATE_FAILED,
@@ -78,6 +80,26 @@ def test_jobs_survive_a_restart_and_unfinished_ones_end_failed(
         # The runner takes jobs again, and nothing the killed jobs did was committed.
         after = watch(stubs, create(stubs, model, dataset, "train.py", parameters={"note": "b"}).id)
         assert (after[1].state, after[1].version) == (SUCCEEDED, 3)
+    finally:
+        process.stop()
+
+
+def test_a_graceful_stop_ends_a_running_job_failed_not_cancelled(tmp_path: Path) -> None:
+    process = MLServeProcess(tmp_path / "home", "--no-embedded-triton")
+    process.start(wait_for_triton=False)
+    try:
+        stubs = process.stubs()
+        dataset = make_trainable(stubs, "stopped", {"slow.py": SLOW})
+        running = create(stubs, "stopped", dataset, "slow.py")
+        wait_running(stubs, running.id)
+        assert process.stop() == 0  # SIGTERM: the runner ends its job and says why
+        process.start(wait_for_triton=False)
+        ended = get(process.stubs(), running.id)
+        assert (ended.state, ended.reason) == (
+            FAILED,
+            "interrupted: MLServe stopped while it ran; create it again",
+        )
+        assert ended.version == 0
     finally:
         process.stop()
 

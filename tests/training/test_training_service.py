@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,11 +18,13 @@ from tests.support.checks import delete_model_quietly, expect_error, version_num
 from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.training import (
+    CSV,
     SLOW,
     TRAIN,
     attach_artifact,
     create,
     job_ids,
+    make_dataset,
     make_trainable,
     watch,
 )
@@ -339,3 +342,100 @@ def test_a_private_models_jobs_answer_not_found_to_other_workspaces(
     assert job.id not in job_ids(outsider)
     expect_error(Code.NOT_FOUND, create, outsider, model, dataset, "train.py")
     assert job_ids(stubs, model) == [job.id]
+
+
+HELPER = b"def slope(rows):\n    return (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])\n"
+FROM_DATASET = b"""
+import csv, json, os, pathlib
+from lib.fit import slope
+rows = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(
+    open(pathlib.Path(os.environ["MLSERVE_DATA"], "train.csv")))]
+out = pathlib.Path(os.environ["MLSERVE_OUTPUT"])
+(out / "model.py").write_text(f"# slope {slope(rows)} from a dataset's script\\n")
+(out / "metrics.json").write_text(json.dumps({"slope": slope(rows)}))
+"""
+
+
+@pytest.fixture
+def code_dataset(stubs: Stubs, model_name: str) -> Iterator[str]:
+    """A dataset holding a training script, the module it imports, and a table."""
+    name = "code-ds-" + model_name
+    version = make_dataset(
+        stubs,
+        name,
+        {"train.py": FROM_DATASET, "lib/__init__.py": b"", "lib/fit.py": HELPER, "t.csv": CSV},
+    )
+    # The schema is the table's; the scripts are kept unread.
+    assert [column.name for column in version.columns] == ["x", "y"]
+    assert version.row_count == 3
+    yield name
+    stubs.datasets.DeleteDataset(dataset_pb2.DeleteDatasetRequest(name=name), metadata=stubs.auth)
+
+
+def from_dataset(
+    stubs: Stubs, model: str, dataset: str, source: str, code_path: str = "train.py", **fields: Any
+) -> training_pb2.TrainingJob:
+    job = training_pb2.TrainingJob(
+        model=model,
+        code_path=code_path,
+        code_dataset=model_pb2.DatasetVersionRef(dataset=source),
+        training_dataset=model_pb2.DatasetVersionRef(dataset=dataset),
+        **fields,
+    )
+    return stubs.training.CreateTrainingJob(
+        training_pb2.CreateTrainingJobRequest(job=job), metadata=stubs.auth
+    )
+
+
+def test_the_script_may_come_from_a_dataset(
+    stubs: Stubs, trainable: tuple[str, str], code_dataset: str
+) -> None:
+    model, dataset = trainable
+    job = from_dataset(stubs, model, dataset, code_dataset)
+    assert (job.code_dataset.dataset, job.code_dataset.version) == (code_dataset, 1)
+    assert job.code_sha256 == hashlib.sha256(FROM_DATASET).hexdigest()
+    assert job.code_version == 0
+    done = watch(stubs, job.id)[1]
+    assert done.state == training_pb2.TRAINING_JOB_STATE_SUCCEEDED, done.reason
+    assert (done.version, done.metrics["slope"]) == (2, 2.0)
+
+
+def test_bad_code_datasets_get_their_codes(
+    stubs: Stubs, mlserve: MLServeProcess, trainable: tuple[str, str], code_dataset: str
+) -> None:
+    model, dataset = trainable
+    cases: list[tuple[grpc.StatusCode, dict[str, Any], str]] = [
+        (Code.INVALID_ARGUMENT, {"code_version": 1}, "not both"),
+        (Code.INVALID_ARGUMENT, {"env_path": "env-ok.txt"}, "drop env_path"),
+        (Code.NOT_FOUND, {"code_path": "lib/missing.py"}, "has no script 'lib/missing.py'"),
+        (Code.NOT_FOUND, {"code_path": "t.py"}, "it has: lib/__init__.py, lib/fit.py, train.py"),
+        (Code.INVALID_ARGUMENT, {"code_path": "t.csv"}, "not a Python script"),
+    ]
+    for code, fields, says in cases:
+        error = expect_error(code, from_dataset, stubs, model, dataset, code_dataset, **fields)
+        assert says in error.details(), fields
+    expect_error(Code.NOT_FOUND, from_dataset, stubs, model, dataset, "no-such-" + code_dataset)
+    nothing_committed(stubs, mlserve, model, [])
+
+
+def test_a_code_dataset_the_caller_may_not_see_is_not_found(
+    stubs: Stubs, code_dataset: str, model_name: str
+) -> None:
+    outsider = make_user(stubs, f"train-coder-{PID}-{len(model_name)}", "editor")
+    own = "own-" + model_name
+    dataset = make_trainable(outsider, own, {})
+    try:
+        error = expect_error(Code.NOT_FOUND, from_dataset, outsider, own, dataset, code_dataset)
+        missing = expect_error(
+            Code.NOT_FOUND, from_dataset, outsider, own, dataset, "no-such-" + code_dataset
+        )
+        assert error.details().replace(code_dataset, "X") == missing.details().replace(
+            "no-such-" + code_dataset, "X"
+        )
+        assert version_numbers(outsider, own) == [1]
+        assert job_ids(outsider, own) == []
+    finally:
+        delete_model_quietly(outsider, own)
+        outsider.datasets.DeleteDataset(
+            dataset_pb2.DeleteDatasetRequest(name=dataset), metadata=outsider.auth
+        )

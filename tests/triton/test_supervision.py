@@ -1,12 +1,16 @@
 """The embedded Triton is supervised: SIGKILLed, it is restarted and its
-deployments come back without anyone asking; one that exits at start-up stops
-MLServe with an error naming Triton's log. Real MLServe and Triton processes."""
+deployments come back without anyone asking; SIGSTOPped (alive but hung), it
+fails its liveness probes, is killed and restarted the same way; one that
+exits at start-up stops MLServe with an error naming Triton's log. Real
+MLServe and Triton processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,8 @@ from tritonclient.utils import InferenceServerException
 from mlserve_api.v1 import deployment_pb2, server_pb2
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import upload_add
-from tests.support.procfs import tritonserver_pids
+from tests.support.ports import free_port
+from tests.support.procfs import descendants, gone, tritonserver_pids
 from tests.support.tritons import add_inputs, deploy, wait_for
 
 pytestmark = pytest.mark.integration
@@ -55,7 +60,14 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    process = MLServeProcess(tmp_path / "home").start()
+    with serving_add(tmp_path / "home") as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving_add(home: Path, *extra: str) -> Iterator[Served]:
+    """An MLServe started with ``extra`` arguments, serving the "add" model."""
+    process = MLServeProcess(home, *extra).start()
     stubs = process.stubs()
     gateway = triton.InferenceServerClient(process.address)
     try:
@@ -134,3 +146,60 @@ def test_a_triton_that_exits_at_start_up_stops_mlserve_naming_its_log(tmp_path: 
     ) in log
     assert "failed to stat file /nonexistent/models" in log  # Triton's own words
     assert "Traceback" not in log
+
+
+def test_a_stopped_triton_is_killed_restarted_and_serves_its_deployments_again(
+    tmp_path: Path,
+) -> None:
+    metrics_port = free_port()
+    probed_often = (
+        "--triton-liveness-interval", "0.5", "--triton-liveness-failures", "3",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    with serving_add(tmp_path / "home", *probed_often) as served:
+        stopped = served.the_tritonserver()
+        os.kill(stopped, signal.SIGSTOP)  # alive, but answers nothing: hung
+        stopped_at = time.monotonic()
+        try:
+            wait_for(
+                lambda: stopped not in tritonserver_pids(served.pid),
+                60,
+                "the stopped Triton to be killed",
+                0.1,
+            )
+            wait_for(served.serves, 60, "inference after the SIGSTOP", 0.1)
+            recovered_after = time.monotonic() - stopped_at
+            assert gone([stopped]), "the stopped Triton is still there"
+            assert not stopped_processes(served.pid)
+            assert served.the_tritonserver() != stopped
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)  # never leave it behind if the test fails
+
+        log = served.process.log.read_text()
+        hung = next(line for line in log.splitlines() if " is hung: " in line)
+        assert "is hung: it failed 3 liveness probes in a row" in hung
+        assert "killing its process group with SIGKILL" in hung
+        assert "after a hang; restarts so far: 1 (exits 0, hangs 1)" in log
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
+        ) as response:
+            metrics = response.read().decode()
+        assert 'mlserve_triton_restarts_total{reason="hung"} 1.0' in metrics
+        assert 'mlserve_triton_restarts_total{reason="exited"} 0.0' in metrics
+        local = served.stubs.servers.GetServer(
+            server_pb2.GetServerRequest(name="local"), metadata=served.stubs.auth, timeout=5
+        )
+        assert local.state == SERVER_READY
+        print(f"\nSIGSTOP -> serving again through MLServe in {recovered_after:.1f}s (probes 0.5s)")
+
+
+def stopped_processes(mlserve_pid: int) -> list[int]:
+    """The processes below an MLServe in the stopped state (T)."""
+    found = []
+    for pid in descendants(mlserve_pid):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rpartition(")")[2].split()[0] in ("T", "t"):
+                found.append(pid)
+    return found

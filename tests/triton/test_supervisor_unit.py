@@ -1,8 +1,10 @@
 """The supervisor's decisions over a scripted process: restart after an exit,
 back-off that grows while restarts fail and resets after a stable run, the
-fleet told the new address, and no restart after a deliberate stop.
+fleet told the new address, no restart after a deliberate stop, and a kill and
+restart after failed liveness probes (scripted answers).
 
-The integration tests (tests/triton/test_supervision.py) SIGKILL a real Triton."""
+The integration tests (tests/triton/test_supervision.py) SIGKILL and SIGSTOP a
+real Triton."""
 
 from __future__ import annotations
 
@@ -10,10 +12,16 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mlserve.core.aio import Backoff
 from mlserve.core.errors import Unavailable
-from mlserve.triton.supervisor import TritonSupervisor, describe_exit
+from mlserve.triton.supervisor import (
+    Liveness,
+    LivenessProbing,
+    TritonSupervisor,
+    describe_exit,
+)
 from tests.support.aio import run
 
 FAST = Backoff(initial=0.001, cap=0.004)
@@ -28,6 +36,9 @@ class ScriptedProcess:
         self.running = True
         self.starts = 0
         self.start_errors: list[Exception] = []  # raised by the next starts, in order
+        self.answers: list[bool | Exception] = []  # the next liveness probes' answers
+        self.probes = 0
+        self.probed_when_killed: list[int] = []
         self._exits: asyncio.Queue[int | None] = asyncio.Queue()
 
     @property
@@ -53,6 +64,18 @@ class ScriptedProcess:
         code = await self._exits.get()
         self.running = False
         return code
+
+    async def is_live(self, timeout: float) -> bool:
+        """The next scripted answer; live once the script is done."""
+        self.probes += 1
+        answer = self.answers.pop(0) if self.answers else True
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def kill(self) -> None:
+        self.probed_when_killed.append(self.probes)
+        self.exit(-9)
 
     def log_tail(self) -> str:
         return f"E1201 the last line Triton wrote (start {self.starts})"
@@ -184,3 +207,111 @@ def test_exit_codes_are_described_for_people() -> None:
     assert describe_exit(-100) == "killed by signal 100"
     assert describe_exit(137) == "exit code 137: killed by SIGKILL"  # through the sandbox
     assert describe_exit(255) == "exit code 255"
+
+
+THREE_MISSES = LivenessProbing(interval=1.0, timeout=0.5, failures=3, startup=10.0)
+
+
+def verdicts(liveness: Liveness, answers: list[tuple[bool, float]]) -> list[str | None]:
+    return [liveness.observe(live, now) for live, now in answers]
+
+
+def test_three_failed_probes_in_a_row_make_triton_hung() -> None:
+    liveness = Liveness(THREE_MISSES, started_at=0.0)
+    said = verdicts(liveness, [(True, 1), (False, 2), (False, 3), (False, 4)])
+    assert said[:3] == [None, None, None]
+    assert said[3] == ("it failed 3 liveness probes in a row (ServerLive every 1s, 0.5s deadline)")
+
+
+def test_a_success_starts_the_count_over() -> None:
+    liveness = Liveness(THREE_MISSES, started_at=0.0)
+    answers = [(True, 1), (False, 2), (False, 3), (True, 4), (False, 5), (False, 6)]
+    assert verdicts(liveness, answers) == [None] * 6
+    assert liveness.observe(False, 7) is not None  # the third in a row since the success
+
+
+def test_failures_before_the_first_answer_count_only_against_the_startup_bound() -> None:
+    liveness = Liveness(THREE_MISSES, started_at=100.0)
+    # Still starting: many failures, none counted.
+    assert verdicts(liveness, [(False, 100.0 + t) for t in range(1, 10)]) == [None] * 9
+    assert liveness.observe(True, 109.5) is None
+    assert verdicts(liveness, [(False, 110), (False, 111)]) == [None, None]  # counted now
+    assert liveness.observe(False, 112) is not None
+
+    never = Liveness(THREE_MISSES, started_at=100.0)
+    assert never.observe(False, 109.9) is None
+    assert never.observe(False, 110.0) == (
+        "it has not answered a liveness probe in the 10s since it started"
+    )
+
+
+FAST_PROBES = LivenessProbing(interval=0.001, timeout=0.5, failures=3, startup=3600.0)
+
+
+def test_a_hung_triton_is_killed_restarted_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+
+    async def scenario() -> tuple[ScriptedProcess, Fleet, TritonSupervisor]:
+        process, fleet = ScriptedProcess(), Fleet()
+        # Live, two misses (a probe that raises is one), live again, then three misses.
+        process.answers = [True, False, RuntimeError("no channel"), True, False, False, False]
+        supervisor = TritonSupervisor(
+            process, fleet, backoff=FAST, probing=FAST_PROBES, registry=registry
+        )
+        task = asyncio.create_task(supervisor.run())
+        await fleet.told(1)
+        process.exit(None)
+        await task
+        return process, fleet, supervisor
+
+    process, fleet, supervisor = run(scenario)
+    assert process.probed_when_killed == [7]  # killed at the third miss in a row, once
+    assert (process.starts, fleet.addresses) == (1, ["127.0.0.1:8001"])
+    assert supervisor.restarts_by_reason == {"exited": 0, "hung": 1}
+    assert registry.get_sample_value("mlserve_triton_restarts_total", {"reason": "hung"}) == 1
+    assert registry.get_sample_value("mlserve_triton_restarts_total", {"reason": "exited"}) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    (hung,) = [m for m in messages if " is hung: " in m]
+    assert hung == (
+        "the embedded Triton (pid 4000) is hung: it failed 3 liveness probes in a row "
+        "(ServerLive every 0.001s, 0.5s deadline); killing its process group with SIGKILL"
+    )
+    (restarting,) = [m for m in messages if "restarting it in" in m]
+    assert restarting.startswith(
+        "the embedded Triton (pid 4000) hung (it failed 3 liveness probes in a row "
+        "(ServerLive every 0.001s, 0.5s deadline)) and was killed (killed by SIGKILL) after"
+    )
+    assert (
+        "the embedded Triton is running again (pid 4001) at 127.0.0.1:8001 after a hang; "
+        "restarts so far: 1 (exits 0, hangs 1)"
+    ) in caplog.text
+
+
+def test_an_exit_is_counted_as_exited() -> None:
+    registry = CollectorRegistry()
+
+    async def scenario() -> TritonSupervisor:
+        process, fleet = ScriptedProcess(), Fleet()
+        supervisor = TritonSupervisor(process, fleet, backoff=FAST, registry=registry)
+        task = asyncio.create_task(supervisor.run())
+        process.exit(-11)
+        await fleet.told(1)
+        task.cancel()
+        return supervisor
+
+    assert run(scenario).restarts_by_reason == {"exited": 1, "hung": 0}
+    assert registry.get_sample_value("mlserve_triton_restarts_total", {"reason": "exited"}) == 1
+
+
+def test_no_probes_when_probing_is_off() -> None:
+    async def scenario() -> ScriptedProcess:
+        process, fleet = ScriptedProcess(), Fleet()
+        process.answers = [False] * 10
+        off = LivenessProbing(interval=0)
+        task = asyncio.create_task(TritonSupervisor(process, fleet, probing=off).run())
+        await asyncio.sleep(0.05)
+        process.exit(None)
+        await task
+        return process
+
+    assert run(scenario).probes == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +28,9 @@ from google.protobuf import json_format
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.triton import EmbeddedTriton, IndexEntry, TritonClient, TritonInstallation
 from mlserve.triton import launcher as launcher_module
+from mlserve.triton.sandbox import Sandbox
 from tests.support.models import add_model_config, add_model_files, write_add_model
+from tests.support.procfs import descendants
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +61,16 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]
 
 def with_client(address: str, body: Callable[[TritonClient], Awaitable[T]]) -> T:
     """Run ``body`` with a fresh client in a fresh event loop, as a sync test must."""
+    return asyncio.run(with_client_async(address, body))
 
-    async def main() -> T:
-        client = TritonClient(SERVER, address)
-        try:
-            return await body(client)
-        finally:
-            await client.close()
 
-    return asyncio.run(main())
+async def with_client_async(address: str, body: Callable[[TritonClient], Awaitable[T]]) -> T:
+    """Run ``body`` with a fresh client, closed after."""
+    client = TritonClient(SERVER, address)
+    try:
+        return await body(client)
+    finally:
+        await client.close()
 
 
 def config_json(name: str, *, versions: tuple[int, ...] = ()) -> str:
@@ -257,10 +261,54 @@ def test_triton_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
             triton_pid = int(parent.stdout.readline())
         finally:
             parent.kill()
+    wait_dead([triton_pid], "Triton outlived its parent")
+
+
+def wait_dead(pids: list[int], what: str) -> None:
+    """Wait (up to 20 s) until none of ``pids`` is alive; fail naming ``what`` and them."""
     deadline = time.monotonic() + 20
-    while process_alive(triton_pid):
-        assert time.monotonic() < deadline, f"Triton {triton_pid} outlived its parent"
+    while left := [pid for pid in pids if process_alive(pid)]:
+        assert time.monotonic() < deadline, f"{what}: {left} still alive"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("confined", [True, False], ids=["sandboxed", "unconfined"])
+def test_kill_ends_a_stopped_triton_and_its_backend_stubs(tmp_path: Path, confined: bool) -> None:
+    # What the supervisor does to a hung Triton: SIGTERM would never be handled.
+    write_add_model(tmp_path / "repo", name="add")
+    sandbox = Sandbox.find() if confined else Sandbox(None)
+    server = EmbeddedTriton(
+        tmp_path / "repo", tmp_path / "work", log_path=tmp_path / "t.log", sandbox=sandbox
+    )
+
+    async def scenario() -> tuple[list[int], bool, int | None]:
+        await server.start()
+        try:
+            await with_client_async(server.address, lambda c: c.load("add"))
+            assert server.pid is not None
+            tree = [server.pid, *descendants(server.pid)]
+            tritonserver = [pid for pid in tree if command_name(pid) == "tritonserver"]
+            assert len(tritonserver) == 1
+            assert any(command_name(pid).startswith("triton_python") for pid in tree)
+            os.kill(tritonserver[0], signal.SIGSTOP)
+            live = await server.is_live(timeout=1.0)
+            exit_code = asyncio.ensure_future(server.wait_exit())
+            await server.kill()
+            return tree, live, await exit_code
+        finally:
+            await server.stop()
+
+    tree, live, exit_code = asyncio.run(scenario())
+    assert not live
+    assert exit_code == -signal.SIGKILL  # an exit, not a deliberate stop (that answers None)
+    wait_dead(tree, "after kill()")
+
+
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def process_alive(pid: int) -> bool:

@@ -33,7 +33,8 @@ class DatasetServiceStub:
     immutable, numbered versions, each a set of CSV or Parquet files uploaded
     by the same resumable, checksummed, deduplicated stream as model versions.
     Each version's schema (columns and their types, row count) is read from
-    its files, never typed in. Who may see and change a dataset follows the
+    its files, never typed in. A version may also hold Python scripts (*.py),
+    kept unread: a training job's code may come from a dataset. Who may see and change a dataset follows the
     rules of models: a private dataset the caller may not see answers exactly
     like a missing one (NOT_FOUND).
     """
@@ -92,7 +93,8 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     immutable, numbered versions, each a set of CSV or Parquet files uploaded
     by the same resumable, checksummed, deduplicated stream as model versions.
     Each version's schema (columns and their types, row count) is read from
-    its files, never typed in. Who may see and change a dataset follows the
+    its files, never typed in. A version may also hold Python scripts (*.py),
+    kept unread: a training job's code may come from a dataset. Who may see and change a dataset follows the
     rules of models: a private dataset the caller may not see answers exactly
     like a missing one (NOT_FOUND).
     """
@@ -147,7 +149,8 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
     immutable, numbered versions, each a set of CSV or Parquet files uploaded
     by the same resumable, checksummed, deduplicated stream as model versions.
     Each version's schema (columns and their types, row count) is read from
-    its files, never typed in. Who may see and change a dataset follows the
+    its files, never typed in. A version may also hold Python scripts (*.py),
+    kept unread: a training job's code may come from a dataset. Who may see and change a dataset follows the
     rules of models: a private dataset the caller may not see answers exactly
     like a missing one (NOT_FOUND).
     """

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mlserve_api.v1 import model_pb2 as mlserve_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mlserve/v1/training.proto\x12\nmlserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mlserve/v1/model.proto\"\xe5\x05\n\x0bTrainingJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x03 \x01(\x03\x12\x11\n\tcode_path\x18\x04 \x01(\t\x12\x37\n\x10training_dataset\x18\x05 \x01(\x0b\x32\x1d.mlserve.v1.DatasetVersionRef\x12;\n\nparameters\x18\x06 \x03(\x0b\x32\'.mlserve.v1.TrainingJob.ParametersEntry\x12+\n\x05state\x18\x07 \x01(\x0e\x32\x1c.mlserve.v1.TrainingJobState\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07metrics\x18\x0c \x03(\x0b\x32$.mlserve.v1.TrainingJob.MetricsEntry\x12\x0f\n\x07version\x18\r \x01(\x03\x12\x13\n\x0b\x63ode_sha256\x18\x0e \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x0f \x01(\t\x12\x10\n\x08\x65nv_path\x18\x10 \x01(\t\x12\x18\n\x10\x65nv_requirements\x18\x11 \x03(\t\x12\x12\n\nenv_sha256\x18\x12 \x01(\t\x12\x15\n\rrunner_labels\x18\x13 \x03(\t\x12\x0f\n\x07network\x18\x14 \x01(\x08\x12\x10\n\x08instance\x18\x15 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x18\x43reateTrainingJobRequest\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.mlserve.v1.TrainingJob\"#\n\x15GetTrainingJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"|\n\x17ListTrainingJobsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.mlserve.v1.TrainingJobState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Z\n\x18ListTrainingJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.mlserve.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x18\x43\x61ncelTrainingJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"%\n\x17WatchTrainingJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x10TrainingJobEvent\x12\x12\n\x08log_line\x18\x01 \x01(\tH\x00\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x17.mlserve.v1.TrainingJobH\x00\x42\x07\n\x05\x65vent*\xd8\x01\n\x10TrainingJobState\x12\"\n\x1eTRAINING_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRAINING_JOB_STATE_QUEUED\x10\x01\x12\x1e\n\x1aTRAINING_JOB_STATE_RUNNING\x10\x02\x12 \n\x1cTRAINING_JOB_STATE_SUCCEEDED\x10\x03\x12\x1d\n\x19TRAINING_JOB_STATE_FAILED\x10\x04\x12 \n\x1cTRAINING_JOB_STATE_CANCELLED\x10\x05\x32\xbf\x03\n\x0fTrainingService\x12R\n\x11\x43reateTrainingJob\x12$.mlserve.v1.CreateTrainingJobRequest\x1a\x17.mlserve.v1.TrainingJob\x12L\n\x0eGetTrainingJob\x12!.mlserve.v1.GetTrainingJobRequest\x1a\x17.mlserve.v1.TrainingJob\x12]\n\x10ListTrainingJobs\x12#.mlserve.v1.ListTrainingJobsRequest\x1a$.mlserve.v1.ListTrainingJobsResponse\x12R\n\x11\x43\x61ncelTrainingJob\x12$.mlserve.v1.CancelTrainingJobRequest\x1a\x17.mlserve.v1.TrainingJob\x12W\n\x10WatchTrainingJob\x12#.mlserve.v1.WatchTrainingJobRequest\x1a\x1c.mlserve.v1.TrainingJobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mlserve/v1/training.proto\x12\nmlserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mlserve/v1/model.proto\"\x9a\x06\n\x0bTrainingJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x03 \x01(\x03\x12\x11\n\tcode_path\x18\x04 \x01(\t\x12\x37\n\x10training_dataset\x18\x05 \x01(\x0b\x32\x1d.mlserve.v1.DatasetVersionRef\x12;\n\nparameters\x18\x06 \x03(\x0b\x32\'.mlserve.v1.TrainingJob.ParametersEntry\x12+\n\x05state\x18\x07 \x01(\x0e\x32\x1c.mlserve.v1.TrainingJobState\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07metrics\x18\x0c \x03(\x0b\x32$.mlserve.v1.TrainingJob.MetricsEntry\x12\x0f\n\x07version\x18\r \x01(\x03\x12\x13\n\x0b\x63ode_sha256\x18\x0e \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x0f \x01(\t\x12\x10\n\x08\x65nv_path\x18\x10 \x01(\t\x12\x18\n\x10\x65nv_requirements\x18\x11 \x03(\t\x12\x12\n\nenv_sha256\x18\x12 \x01(\t\x12\x15\n\rrunner_labels\x18\x13 \x03(\t\x12\x0f\n\x07network\x18\x14 \x01(\x08\x12\x10\n\x08instance\x18\x15 \x01(\t\x12\x33\n\x0c\x63ode_dataset\x18\x16 \x01(\x0b\x32\x1d.mlserve.v1.DatasetVersionRef\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"@\n\x18\x43reateTrainingJobRequest\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.mlserve.v1.TrainingJob\"#\n\x15GetTrainingJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"|\n\x17ListTrainingJobsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.mlserve.v1.TrainingJobState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Z\n\x18ListTrainingJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.mlserve.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x18\x43\x61ncelTrainingJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"%\n\x17WatchTrainingJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x10TrainingJobEvent\x12\x12\n\x08log_line\x18\x01 \x01(\tH\x00\x12&\n\x03job\x18\x02 \x01(\x0b\x32\x17.mlserve.v1.TrainingJobH\x00\x42\x07\n\x05\x65vent*\xd8\x01\n\x10TrainingJobState\x12\"\n\x1eTRAINING_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRAINING_JOB_STATE_QUEUED\x10\x01\x12\x1e\n\x1aTRAINING_JOB_STATE_RUNNING\x10\x02\x12 \n\x1cTRAINING_JOB_STATE_SUCCEEDED\x10\x03\x12\x1d\n\x19TRAINING_JOB_STATE_FAILED\x10\x04\x12 \n\x1cTRAINING_JOB_STATE_CANCELLED\x10\x05\x32\xbf\x03\n\x0fTrainingService\x12R\n\x11\x43reateTrainingJob\x12$.mlserve.v1.CreateTrainingJobRequest\x1a\x17.mlserve.v1.TrainingJob\x12L\n\x0eGetTrainingJob\x12!.mlserve.v1.GetTrainingJobRequest\x1a\x17.mlserve.v1.TrainingJob\x12]\n\x10ListTrainingJobs\x12#.mlserve.v1.ListTrainingJobsRequest\x1a$.mlserve.v1.ListTrainingJobsResponse\x12R\n\x11\x43\x61ncelTrainingJob\x12$.mlserve.v1.CancelTrainingJobRequest\x1a\x17.mlserve.v1.TrainingJob\x12W\n\x10WatchTrainingJob\x12#.mlserve.v1.WatchTrainingJobRequest\x1a\x1c.mlserve.v1.TrainingJobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,28 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGJOB_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGJOB_METRICSENTRY']._loaded_options = None
   _globals['_TRAININGJOB_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TRAININGJOBSTATE']._serialized_start=1332
-  _globals['_TRAININGJOBSTATE']._serialized_end=1548
+  _globals['_TRAININGJOBSTATE']._serialized_start=1385
+  _globals['_TRAININGJOBSTATE']._serialized_end=1601
   _globals['_TRAININGJOB']._serialized_start=99
-  _globals['_TRAININGJOB']._serialized_end=840
-  _globals['_TRAININGJOB_PARAMETERSENTRY']._serialized_start=743
-  _globals['_TRAININGJOB_PARAMETERSENTRY']._serialized_end=792
-  _globals['_TRAININGJOB_METRICSENTRY']._serialized_start=794
-  _globals['_TRAININGJOB_METRICSENTRY']._serialized_end=840
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=842
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=906
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=908
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=943
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=945
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1069
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1071
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1161
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1163
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1201
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1203
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1240
-  _globals['_TRAININGJOBEVENT']._serialized_start=1242
-  _globals['_TRAININGJOBEVENT']._serialized_end=1329
-  _globals['_TRAININGSERVICE']._serialized_start=1551
-  _globals['_TRAININGSERVICE']._serialized_end=1998
+  _globals['_TRAININGJOB']._serialized_end=893
+  _globals['_TRAININGJOB_PARAMETERSENTRY']._serialized_start=796
+  _globals['_TRAININGJOB_PARAMETERSENTRY']._serialized_end=845
+  _globals['_TRAININGJOB_METRICSENTRY']._serialized_start=847
+  _globals['_TRAININGJOB_METRICSENTRY']._serialized_end=893
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=895
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=959
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=961
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=996
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=998
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1122
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1124
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1214
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1216
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1254
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1256
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1293
+  _globals['_TRAININGJOBEVENT']._serialized_start=1295
+  _globals['_TRAININGJOBEVENT']._serialized_end=1382
+  _globals['_TRAININGSERVICE']._serialized_start=1604
+  _globals['_TRAININGSERVICE']._serialized_end=2051
 # @@protoc_insertion_point(module_scope)

@@ -124,6 +124,7 @@ class TrainingJob(_message.Message):
     RUNNER_LABELS_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
+    CODE_DATASET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job's id, assigned on create. Output only."""
     model: _builtins.str
@@ -191,6 +192,13 @@ class TrainingJob(_message.Message):
         runner. FAILED_PRECONDITION naming a label no runner has.
         """
 
+    @_builtins.property
+    def code_dataset(self) -> _model_pb2.DatasetVersionRef:
+        """Instead of a code artifact: a dataset version holding the script (a *.py
+        file at code_path) and any modules beside it, all placed at $MLSERVE_CODE.
+        code_version must then be 0; env_path is not supported with it.
+        """
+
     def __init__(
         self,
         *,
@@ -215,10 +223,11 @@ class TrainingJob(_message.Message):
         runner_labels: _abc.Iterable[_builtins.str] | None = ...,
         network: _builtins.bool = ...,
         instance: _builtins.str = ...,
+        code_dataset: _model_pb2.DatasetVersionRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "training_dataset", b"training_dataset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_dataset", b"code_dataset", "create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_path", b"code_path", "code_sha256", b"code_sha256", "code_version", b"code_version", "create_time", b"create_time", "dataset_sha256", b"dataset_sha256", "end_time", b"end_time", "env_path", b"env_path", "env_requirements", b"env_requirements", "env_sha256", b"env_sha256", "id", b"id", "instance", b"instance", "metrics", b"metrics", "model", b"model", "network", b"network", "parameters", b"parameters", "reason", b"reason", "runner_labels", b"runner_labels", "start_time", b"start_time", "state", b"state", "training_dataset", b"training_dataset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_dataset", b"code_dataset", "code_path", b"code_path", "code_sha256", b"code_sha256", "code_version", b"code_version", "create_time", b"create_time", "dataset_sha256", b"dataset_sha256", "end_time", b"end_time", "env_path", b"env_path", "env_requirements", b"env_requirements", "env_sha256", b"env_sha256", "id", b"id", "instance", b"instance", "metrics", b"metrics", "model", b"model", "network", b"network", "parameters", b"parameters", "reason", b"reason", "runner_labels", b"runner_labels", "start_time", b"start_time", "state", b"state", "training_dataset", b"training_dataset", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

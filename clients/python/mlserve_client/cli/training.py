@@ -21,10 +21,14 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
         example="mlserve training run diabetes train.py --dataset diabetes --follow",
     )
     run.add_argument("model")
-    run.add_argument("code_path", help="the code artifact (a .py file) to run")
+    run.add_argument("code_path", help="the code artifact (or --code-dataset file) to run")
     run.add_argument("--dataset", required=True)
     run.add_argument("--dataset-version", type=int, default=0, help="default: the latest")
     run.add_argument("--code-version", type=int, default=0, help="default: the latest")
+    run.add_argument(
+        "--code-dataset", default="", help="take the script from this dataset, not an artifact"
+    )
+    run.add_argument("--code-dataset-version", type=int, default=0, help="default: the latest")
     run.add_argument(
         "--param", dest="params", action="append", default=[], help="name=value, repeatable"
     )
@@ -90,6 +94,8 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         env_path=args.env,
         runner_labels=args.labels,
         network=args.network,
+        code_dataset=args.code_dataset,
+        code_dataset_version=args.code_dataset_version,
     )
     if not args.follow:
         print(f"training job {job.id} {_state(job)}")

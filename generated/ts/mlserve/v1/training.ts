@@ -156,6 +156,12 @@ export interface TrainingJob {
    * and cancel are there. Output only.
    */
   instance: string;
+  /**
+   * Instead of a code artifact: a dataset version holding the script (a *.py
+   * file at code_path) and any modules beside it, all placed at $MLSERVE_CODE.
+   * code_version must then be 0; env_path is not supported with it.
+   */
+  codeDataset?: DatasetVersionRef | undefined;
 }
 
 export interface TrainingJob_ParametersEntry {
@@ -245,6 +251,7 @@ function createBaseTrainingJob(): TrainingJob {
     runnerLabels: [],
     network: false,
     instance: "",
+    codeDataset: undefined,
   };
 }
 
@@ -312,6 +319,9 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     }
     if (message.instance !== "") {
       writer.uint32(170).string(message.instance);
+    }
+    if (message.codeDataset !== undefined) {
+      DatasetVersionRef.encode(message.codeDataset, writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -503,6 +513,14 @@ export const TrainingJob: MessageFns<TrainingJob> = {
             message.instance = reader.string();
             continue;
           }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.codeDataset = DatasetVersionRef.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -612,6 +630,11 @@ export const TrainingJob: MessageFns<TrainingJob> = {
         : [],
       network: isSet(object.network) ? globalThis.Boolean(object.network) : false,
       instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+      codeDataset: isSet(object.codeDataset)
+        ? DatasetVersionRef.fromJSON(object.codeDataset)
+        : isSet(object.code_dataset)
+        ? DatasetVersionRef.fromJSON(object.code_dataset)
+        : undefined,
     };
   },
 
@@ -692,6 +715,9 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     if (message.instance !== "") {
       obj.instance = message.instance;
     }
+    if (message.codeDataset !== undefined) {
+      obj.codeDataset = DatasetVersionRef.toJSON(message.codeDataset);
+    }
     return obj;
   },
 
@@ -739,6 +765,9 @@ export const TrainingJob: MessageFns<TrainingJob> = {
     message.runnerLabels = object.runnerLabels?.map((e) => e) || [];
     message.network = object.network ?? false;
     message.instance = object.instance ?? "";
+    message.codeDataset = (object.codeDataset !== undefined && object.codeDataset !== null)
+      ? DatasetVersionRef.fromPartial(object.codeDataset)
+      : undefined;
     return message;
   },
 };

@@ -1,0 +1,125 @@
+"""On-demand decisions over scripted Triton clients: a cold start evicts the least
+recently used idle model, never one with requests in flight, and never a
+min_copies one; idle copies go after idle_unload_after on the lifecycle's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import peewee as pw
+
+from mlserve.catalog import sizing
+from mlserve.core.paging import PageTokens
+from mlserve.deploy.fleet import Fleet, ServerFields
+from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
+from mlserve.deploy.on_demand import ON_DEMAND, Loading
+from mlserve.deploy.placement import DEFAULT_HEADROOM, Capacity
+from mlserve.storage.repository import LocalRepository
+from tests.deploy.test_lifecycle_unit import add_versions
+from tests.support.scripted_triton import ScriptedTritons
+
+NEED = sizing.estimate(0, "python")  # what each scripted "add" version needs
+MODELS = ("a", "b", "c")
+
+
+class Scene:
+    """Three on-demand models on one scripted server with room for two."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.tritons = ScriptedTritons()
+        self.now = 0.0
+        self.used: dict[str, float] = {}
+        self.in_flight: dict[str, int] = {}
+
+    async def start(self, *, min_copies: dict[str, int] | None = None, idle: float = 0.0) -> None:
+        fleet = Fleet(PageTokens(b"k" * 32), client_factory=self.tritons.client)
+        room = Capacity(host_memory_bytes=math.floor((3 * NEED - 1) / (1 - DEFAULT_HEADROOM)))
+        await fleet.register("s", ServerFields(address="s.test:8001", capacity=room))
+        repository = LocalRepository(
+            self.tmp_path / "repository", self.tmp_path / "staging", self.tmp_path / "blobs"
+        )
+        self.deployments = Deployments(
+            fleet, repository, PageTokens(b"k" * 32), clock=lambda: self.now
+        )
+        self.deployments.watch_usage(
+            lambda model, server: (self.used.get(model, 0.0), self.in_flight.get(model, 0))
+        )
+        for model in MODELS:
+            loading = Loading(ON_DEMAND, (min_copies or {}).get(model, 0), idle_unload_after=idle)
+            await self.deployments.create(
+                Wanted(model=model, placement=Placement(["s"]), loading=loading), wait=True
+            )
+
+    async def use(self, model: str) -> None:
+        self.now += 1.0
+        assert await self.deployments.warm(model)
+        self.used[model] = self.now
+
+    def unloaded(self) -> list[str]:
+        return [model for method, model in self.tritons["s"].calls if method == "unload"]
+
+    async def state(self, model: str) -> tuple[str, str]:
+        (target,) = (await self.deployments.get(model)).targets
+        return target.state, target.message
+
+
+def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(
+    store_db: pw.Database, tmp_path: Path
+) -> None:
+    for model in MODELS:
+        add_versions(model, 1)
+    scene = Scene(tmp_path)
+
+    async def scenario() -> tuple[list[str], tuple[str, str], tuple[str, str]]:
+        await scene.start()
+        await scene.use("a")
+        await scene.use("b")
+        scene.in_flight["a"] = 1  # a is the least recently used, but busy
+        await scene.use("c")
+        return scene.unloaded(), await scene.state("b"), await scene.state("a")
+
+    unloaded, evicted, busy = asyncio.run(scenario())
+    assert unloaded == ["b"]
+    assert evicted[0] == "COLD"
+    assert "to make room for 'c'" in evicted[1]
+    assert busy == ("READY", "")
+
+
+def test_min_copies_are_never_evicted(store_db: pw.Database, tmp_path: Path) -> None:
+    for model in MODELS:
+        add_versions(model, 1)
+    scene = Scene(tmp_path)
+
+    async def scenario() -> list[str]:
+        await scene.start(min_copies={"a": 1})  # a is loaded at create, for good
+        await scene.use("b")
+        await scene.use("c")  # a is older than b but kept
+        return scene.unloaded()
+
+    assert asyncio.run(scenario()) == ["b"]
+
+
+def test_idle_copies_go_after_idle_unload_after(store_db: pw.Database, tmp_path: Path) -> None:
+    for model in MODELS:
+        add_versions(model, 1)
+    scene = Scene(tmp_path)
+
+    async def scenario() -> tuple[list[str], list[str], tuple[str, str]]:
+        await scene.start(idle=30.0)
+        await scene.use("a")
+        await scene.use("b")
+        scene.now += 29.5  # a unused 30.5 s, b 29.5 s
+        await scene.deployments.unload_idle()
+        first = scene.unloaded()
+        scene.now += 1.0
+        scene.in_flight["b"] = 1  # busy: kept however long ago it started
+        await scene.deployments.unload_idle()
+        return first, scene.unloaded(), await scene.state("a")
+
+    first, second, idle = asyncio.run(scenario())
+    assert first == ["a"]
+    assert second == ["a"]
+    assert idle == ("COLD", "unloaded from s after 30 s unused")
