@@ -439,6 +439,7 @@ class Deployments:
             servers = await self.placer.place(
                 wanted.placement, placed, need=need, deployment=pipeline
             )
+            await self.placer.require_room(wanted.placement, servers, need, pipeline)
             await self.placer.require_ready(servers)
             await in_thread(_write_pipeline)(plan, servers, wanted.load_timeout)
             await self._start_loads(pipeline, servers, [pipeline, *members])
@@ -905,6 +906,8 @@ class Deployments:
             )
         if loading.pinned:
             await self._check_pins(model, servers, need)
+        if not loading.on_demand:
+            await self.placer.require_room(placement, servers, need, model)
         await self.placer.require_ready(servers)
         # A new version is loaded beside the serving one first (a rollout), so the
         # route can move to it; the loads of the version alone then run in the background.

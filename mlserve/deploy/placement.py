@@ -127,6 +127,25 @@ def choose(rooms: Sequence[Room], need: int, wanted: int, headroom: float) -> li
     )
 
 
+def check_named(rooms: Sequence[Room], need: int, headroom: float) -> None:
+    """Nothing when each of ``rooms`` (servers named by the caller) has room for
+    ``need`` more bytes without going above its usable memory.
+
+    Raises:
+        ResourceExhausted: naming the first server without room, the need and
+            that server's free space.
+    """
+    for room in rooms:
+        free = free_bytes(room.capacity, room.used, headroom)
+        if free is not None and free < need:
+            raise ResourceExhausted(
+                f"server {room.server!r} has {free} bytes of model memory free "
+                f"({_mib(free)}, {headroom:.0%} headroom kept) but this deployment needs "
+                f"{need} bytes ({_mib(need)}) there; free memory on it (unload or undeploy "
+                "models), add capacity, or name another server. Nothing was deployed."
+            )
+
+
 def _mib(size: int) -> str:
     return f"{size / 1024**2:.1f} MiB"
 

@@ -5,7 +5,8 @@ The embedded Triton registers the host's memory; a version's memory need is
 estimated at upload and measured on its first load; ListServers shows used
 and free memory; CreateDeployment with replicas skips a server without room
 and, when none has room, is RESOURCE_EXHAUSTED naming the need and the
-largest free space, with nothing written. Bad capacities are INVALID_ARGUMENT
+largest free space (a named server without room: its free space), with
+nothing written. Bad capacities are INVALID_ARGUMENT
 naming the field, and nothing is registered or changed.
 """
 
@@ -250,3 +251,44 @@ def test_replicas_go_where_there_is_room_else_resource_exhausted(
             "labels",
             "capacity",
         )
+
+
+def test_a_named_server_without_room_is_resource_exhausted_and_nothing_written(
+    stubs: Stubs, served: MLServeProcess, second: str, model_name: str
+) -> None:
+    upload_add(stubs, model_name)
+    local = get_server(stubs, "local")
+    try:
+        tiny = server_pb2.Capacity(host_memory_bytes=MiB)
+        update_server(stubs, server_pb2.Server(name="local", capacity=tiny), "capacity")
+        need = get_version(stubs, model_name).memory.bytes
+        free = get_server(stubs, "local").free_memory_bytes
+        with nothing_written(stubs, served.home):
+            error = expect_error(
+                Code.RESOURCE_EXHAUSTED,
+                stubs.deployments.CreateDeployment,
+                deployment_pb2.CreateDeploymentRequest(
+                    wait=True,
+                    # The roomy server first: every named server is checked.
+                    deployment=deployment_pb2.Deployment(
+                        model=model_name, servers=[second, "local"]
+                    ),
+                ),
+                metadata=stubs.auth,
+                timeout=60,
+            )
+            assert "server 'local'" in error.details()
+            assert f"has {free} bytes of model memory free" in error.details()
+            assert f"needs {need} bytes" in error.details()
+            expect_error(
+                Code.NOT_FOUND,
+                stubs.deployments.GetDeployment,
+                deployment_pb2.GetDeploymentRequest(name=model_name),
+                metadata=stubs.auth,
+            )
+        assert not get_server(stubs, second).used_memory_bytes
+        deployed = deploy(stubs, model_name, servers=[second])
+        assert deployed.state == deployment_pb2.DEPLOYMENT_STATE_READY
+    finally:
+        remove_model(stubs, model_name)
+        update_server(stubs, server_pb2.Server(name="local", capacity=local.capacity), "capacity")
