@@ -103,6 +103,27 @@ def update_server(stubs: Stubs, server: server_pb2.Server, *paths: str) -> serve
     return updated
 
 
+def exhausted(stubs: Stubs, deployment: deployment_pb2.Deployment) -> grpc.RpcError:
+    """The RESOURCE_EXHAUSTED error of creating ``deployment``."""
+    error: grpc.RpcError = expect_error(
+        Code.RESOURCE_EXHAUSTED,
+        stubs.deployments.CreateDeployment,
+        deployment_pb2.CreateDeploymentRequest(wait=True, deployment=deployment),
+        metadata=stubs.auth,
+        timeout=60,
+    )
+    return error
+
+
+def assert_not_deployed(stubs: Stubs, name: str) -> None:
+    expect_error(
+        Code.NOT_FOUND,
+        stubs.deployments.GetDeployment,
+        deployment_pb2.GetDeploymentRequest(name=name),
+        metadata=stubs.auth,
+    )
+
+
 def server_names(stubs: Stubs) -> list[str]:
     response = stubs.servers.ListServers(
         server_pb2.ListServersRequest(page_size=1000), metadata=stubs.auth
@@ -213,28 +234,15 @@ def test_replicas_go_where_there_is_room_else_resource_exhausted(
         )
         need = get_version(stubs, model_name).memory.bytes
         with nothing_written(stubs, served.home):
-            error = expect_error(
-                Code.RESOURCE_EXHAUSTED,
-                stubs.deployments.CreateDeployment,
-                deployment_pb2.CreateDeploymentRequest(
-                    wait=True,
-                    deployment=deployment_pb2.Deployment(
-                        model=model_name, replicas=2, server_selector=POOL
-                    ),
-                ),
-                metadata=stubs.auth,
-                timeout=60,
+            error = exhausted(
+                stubs,
+                deployment_pb2.Deployment(model=model_name, replicas=2, server_selector=POOL),
             )
             roomy = get_server(stubs, second)
             assert f"need {need} bytes" in error.details()
             assert f"largest free space is {roomy.free_memory_bytes} bytes" in error.details()
             assert repr(second) in error.details()
-            expect_error(
-                Code.NOT_FOUND,
-                stubs.deployments.GetDeployment,
-                deployment_pb2.GetDeploymentRequest(name=model_name),
-                metadata=stubs.auth,
-            )
+            assert_not_deployed(stubs, model_name)
         deployed = deploy(stubs, model_name, replicas=1, server_selector=POOL)
         assert list(deployed.servers) == [second]
         assert deployed.state == deployment_pb2.DEPLOYMENT_STATE_READY
@@ -264,28 +272,14 @@ def test_a_named_server_without_room_is_resource_exhausted_and_nothing_written(
         need = get_version(stubs, model_name).memory.bytes
         free = get_server(stubs, "local").free_memory_bytes
         with nothing_written(stubs, served.home):
-            error = expect_error(
-                Code.RESOURCE_EXHAUSTED,
-                stubs.deployments.CreateDeployment,
-                deployment_pb2.CreateDeploymentRequest(
-                    wait=True,
-                    # The roomy server first: every named server is checked.
-                    deployment=deployment_pb2.Deployment(
-                        model=model_name, servers=[second, "local"]
-                    ),
-                ),
-                metadata=stubs.auth,
-                timeout=60,
+            # The roomy server first: every named server is checked.
+            error = exhausted(
+                stubs, deployment_pb2.Deployment(model=model_name, servers=[second, "local"])
             )
             assert "server 'local'" in error.details()
             assert f"has {free} bytes of model memory free" in error.details()
             assert f"needs {need} bytes" in error.details()
-            expect_error(
-                Code.NOT_FOUND,
-                stubs.deployments.GetDeployment,
-                deployment_pb2.GetDeploymentRequest(name=model_name),
-                metadata=stubs.auth,
-            )
+            assert_not_deployed(stubs, model_name)
         assert not get_server(stubs, second).used_memory_bytes
         deployed = deploy(stubs, model_name, servers=[second])
         assert deployed.state == deployment_pb2.DEPLOYMENT_STATE_READY

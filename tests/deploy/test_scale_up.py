@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 
 from mlserve_api.v1 import audit_pb2, deployment_pb2
-from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.mlserve import MLServeProcess, Stubs, free_port, metric
 from tests.support.models import scale_model_files
 from tests.support.pipelines import upload
 from tests.support.tritons import TritonProcess, register, remove_model, wait_for
@@ -77,15 +76,6 @@ def second(home: Path, stubs: Stubs) -> Iterator[str]:
         yield "second"
     finally:
         tritonserver.stop()
-
-
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((name + "{", name + " "))
-    )
 
 
 def ready_servers(stubs: Stubs, model: str) -> list[str]:
