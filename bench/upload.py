@@ -16,6 +16,10 @@ One run, side by side, on one file of random bytes, in interleaved rounds:
    The client hashes the file once before any clock starts (the manifest
    carries the digest); that time is reported on its own line. The version is
    deleted after each round.
+4. The Python client (``Client.upload``, what ``mlserve models upload`` runs) on a
+   folder holding the file, every byte of it inside the clock: the client hashes
+   while it sends (its digest cache off, so every round sends every byte) and the
+   digest follows the bytes; the server hashes beside writing, fsyncs once.
 
 During every MLServe upload a thread samples the server's VmRSS every 50 ms;
 the kernel's VmHWM (reset just before) catches any spike between samples.
@@ -37,7 +41,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +60,11 @@ from bench.common import (
     reset_peak_rss,
 )
 from mlserve_api.v1 import model_pb2
+from mlserve_client import Client
+from mlserve_client.digests import ENV as DIGEST_CACHE_ENV
 
 DEFAULT_SIZE = 2 * 1024**3
-DEFAULT_CHUNK = 2 * MIB
+DEFAULT_CHUNK = 1 * MIB
 DEFAULT_ROUNDS = 3
 DEFAULT_SETTLE = 10.0
 WRITE_BLOCK = 16 * MIB
@@ -66,7 +72,7 @@ HASH_BLOCK = 4 * MIB
 WARMUP_SIZE = 1 * MIB
 MODEL = "bench-upload"
 FILE_PATH = "model.onnx"  # the name alone tells MLServe the backend; no config needed
-RATIO_AIM = 0.5
+RATIO_AIM = 0.8
 RSS_AIM = 100 * MIB
 
 Request = model_pb2.UploadModelVersionRequest
@@ -92,6 +98,8 @@ class UploadFigures:
     cp_warm: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
     mlserve: list[float] = field(default_factory=list)
+    client: list[float] = field(default_factory=list)
+    client_prehash: list[float] = field(default_factory=list)
     usage: list[ServerUsage] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
     rss_baseline: int = 0
@@ -131,7 +139,8 @@ def run(
 
 def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
     size = figures.size
-    source = work / "source.bin"
+    (work / "model").mkdir()
+    source = work / "model" / FILE_PATH
     print(f"upload: writing {format_size(size)} of random bytes to {source}", flush=True)
     write_random_file(source, size)
     print("upload: hashing it (client side, before any clock starts)", flush=True)
@@ -165,10 +174,16 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
             figures.floor.append(time_disk_work(source, work / "floor.bin", figures.chunk_size))
             settle(figures.settle)
             figures.mlserve.append(uploader.upload(source))
+            settle(figures.settle)
+            figures.client.append(uploader.upload_with_client(source.parent))
+            settle(figures.settle)
+            figures.client_prehash.append(uploader.upload_with_client(source.parent, prehash=True))
             print(
                 f"upload: round {number}/{rounds}: cp {cp:.2f}s + fsync {cp_fsync:.2f}s "
                 f"(warm cp {warm:.2f}s), disk work alone {figures.floor[-1]:.2f}s, "
-                f"MLServe {figures.mlserve[-1]:.2f}s",
+                f"MLServe (stubs, pre-hashed) {figures.mlserve[-1]:.2f}s, "
+                f"MLServe (Python client, hashing while sending) {figures.client[-1]:.2f}s, "
+                f"(Python client, hashing first) {figures.client_prehash[-1]:.2f}s",
                 flush=True,
             )
         uploader.finish()
@@ -187,6 +202,7 @@ class Uploader:
         assert server.process is not None
         self.pid = server.process.pid
         self.stubs = server.stubs()
+        self.client = Client(server.address, server.key)
         self.digest = digest
         self.figures = figures
         # A small upload first, so one-time costs (the upload code path, the
@@ -199,22 +215,48 @@ class Uploader:
         self.client_before = read_rss(os.getpid())
 
     def upload(self, source: Path) -> float:
+        """Seconds for the raw stubs to send the pre-hashed file, recording server usage."""
+        f = self.figures
+        return self._timed(
+            lambda: self._send(MODEL, self.digest, f.size, read_chunks(source, f.chunk_size)),
+            record_usage=True,
+        )
+
+    def upload_with_client(self, folder: Path, *, prehash: bool = False) -> float:
+        """Seconds for ``Client.upload`` of ``folder``, hashing while sending (or first)."""
+        previous = os.environ.get(DIGEST_CACHE_ENV)
+        os.environ[DIGEST_CACHE_ENV] = "off"
+        try:
+            return self._timed(
+                lambda: self.client.upload(
+                    folder, MODEL, chunk_size=self.figures.chunk_size, prehash=prehash
+                ),
+                record_usage=False,
+            )
+        finally:
+            if previous is None:
+                del os.environ[DIGEST_CACHE_ENV]
+            else:
+                os.environ[DIGEST_CACHE_ENV] = previous
+
+    def _timed(self, send: Callable[[], model_pb2.ModelVersion], *, record_usage: bool) -> float:
         f = self.figures
         before = _process_stat(self.pid)
         client_cpu_before = cpu_seconds(os.getpid())
         with RssSampler(self.pid) as sampler, RssSampler(os.getpid()) as client_sampler:
             started = time.perf_counter()
-            version = self._send(MODEL, self.digest, f.size, read_chunks(source, f.chunk_size))
+            version = send()
             seconds = time.perf_counter() - started
         after = _process_stat(self.pid)
-        f.usage.append(
-            ServerUsage(
-                user_seconds=after[0] - before[0],
-                system_seconds=after[1] - before[1],
-                minor_faults=after[2] - before[2],
+        if record_usage:
+            f.usage.append(
+                ServerUsage(
+                    user_seconds=after[0] - before[0],
+                    system_seconds=after[1] - before[1],
+                    minor_faults=after[2] - before[2],
+                )
             )
-        )
-        f.client_cpu.append(cpu_seconds(os.getpid()) - client_cpu_before)
+            f.client_cpu.append(cpu_seconds(os.getpid()) - client_cpu_before)
         f.rss_peak_sampled = max(f.rss_peak_sampled, sampler.peak)
         f.rss_samples += len(sampler.samples)
         f.client_rss_growth = max(f.client_rss_growth, client_sampler.peak - self.client_before)
@@ -236,6 +278,7 @@ class Uploader:
             f.rss_peak_kernel = read_status_kib(self.pid, "VmHWM") * 1024
         f.rss_after = read_rss(self.pid)
         self.stubs.channel.close()
+        self.client.close()
 
     def _send(
         self, model: str, digest: str, size: int, blocks: Iterator[bytes] | list[bytes]
@@ -357,6 +400,8 @@ def report(figures: UploadFigures) -> Report:
     cp_fsync = median([a + b for a, b in zip(f.cp, f.cp_fsync, strict=True)])
     warm_fsync = median([a + b for a, b in zip(f.cp_warm, f.cp_fsync, strict=True)])
     mlserve = median(f.mlserve)
+    client = median(f.client)
+    client_prehash = median(f.client_prehash)
 
     def row(what: str, seconds: float, each: list[float], ratio: str = "") -> list[str]:
         rounds = " ".join(f"{value:.2f}" for value in each)
@@ -368,9 +413,17 @@ def report(figures: UploadFigures) -> Report:
     speed = [
         row("cp, no fsync", cp, f.cp),
         row("cp + fsync of the copy", cp_fsync, totals(f.cp, f.cp_fsync)),
-        row("MLServe UploadModelVersion (server fsyncs)", mlserve, f.mlserve),
+        row("MLServe UploadModelVersion, raw stubs, sha256 in header", mlserve, f.mlserve),
         ["  MLServe / (cp + fsync), throughput", "", "", f"{cp_fsync / mlserve:.2f}", ""],
         ["  MLServe / cp, throughput", "", "", f"{cp / mlserve:.2f}", ""],
+        row("MLServe Client.upload, hashing while sending", client, f.client),
+        ["  Client.upload / (cp + fsync), throughput", "", "", f"{cp_fsync / client:.2f}", ""],
+        row(
+            "ref: Client.upload(prehash=True), hashing first (the old way)",
+            client_prehash,
+            f.client_prehash,
+            f"{cp_fsync / client_prehash:.2f}",
+        ),
         row(
             "ref: cp again at once, pages just freed (warm), + fsync",
             warm_fsync,
@@ -399,6 +452,7 @@ def report(figures: UploadFigures) -> Report:
     ]
     ratio = cp_fsync / mlserve
     strict = cp / mlserve
+    client_ratio = cp_fsync / client
     user = median([u.user_seconds for u in f.usage])
     system = median([u.system_seconds for u in f.usage])
     faults = median([u.minor_faults for u in f.usage])
@@ -410,6 +464,8 @@ def report(figures: UploadFigures) -> Report:
         f"before committing), {'meets' if ratio >= RATIO_AIM else 'misses'} the aim of "
         f">= {RATIO_AIM}; against cp without fsync {strict:.3f} "
         f"({'meets' if strict >= RATIO_AIM else 'misses'} it).",
+        f"throughput ratio Client.upload (every byte hashed while sent) / (cp + fsync) = "
+        f"{client_ratio:.3f}, {'meets' if client_ratio >= RATIO_AIM else 'misses'} the aim.",
         f"peak RSS growth {f.rss_growth / MIB:.1f} MiB "
         f"{'meets' if f.rss_growth < RSS_AIM else 'misses'} the aim of < {RSS_AIM // MIB} MiB.",
         f"server CPU per upload (median): user {user:.1f}s, system {system:.1f}s, "

@@ -14,6 +14,16 @@ from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.uploading import stream, upload
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The client's digest cache in the session's temporary directory, not the user's
+    ~/.cache (the CLI's subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("digest-cache") / "digests.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLSERVE_DIGEST_CACHE", str(path))
+        yield
+
+
 @pytest.fixture(scope="session")
 def mlserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
     """One MLServe with its embedded Triton for the whole session."""

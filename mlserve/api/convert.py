@@ -268,7 +268,7 @@ def upload_part(message: model_pb2.UploadModelVersionRequest) -> UploadHeader | 
 
 
 def file_chunk(chunk: model_pb2.FileChunk) -> Chunk:
-    return Chunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+    return Chunk(path=chunk.path, offset=chunk.offset, data=chunk.data, sha256=chunk.sha256)
 
 
 _ARTIFACT_KINDS: dict[int, str] = {
@@ -472,13 +472,18 @@ def wanted_deployment(message: deployment_pb2.Deployment) -> Wanted:
         placement=Placement(list(message.servers), message.replicas, dict(message.server_selector)),
         serving=serving_settings(message.serving) if message.HasField("serving") else None,
         load_timeout=message.load_timeout_seconds,
-        loading=Loading(
-            _LOADING_NAMES.get(message.loading, str(message.loading)),
-            message.min_copies,
-            message.max_copies,
-            message.idle_unload_after_seconds,
-            message.pinned,
-        ),
+        loading=loading(message),
+    )
+
+
+def loading(message: deployment_pb2.Deployment) -> Loading:
+    """A deployment's loading fields as the domain takes them (unchecked)."""
+    return Loading(
+        _LOADING_NAMES.get(message.loading, str(message.loading)),
+        message.min_copies,
+        message.max_copies,
+        message.idle_unload_after_seconds,
+        message.pinned,
     )
 
 

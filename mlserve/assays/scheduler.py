@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http.client
 import json
 import logging
 import urllib.request
@@ -100,6 +101,9 @@ class AssayScheduler:
                 stored.extend(self._run_assay(row, now))
             except MLServeError as error:
                 log.warning("assay %r not run: %s", row.name, error.message)
+            except Exception:
+                # An unreadable log file, say: this assay waits, the others still run.
+                log.exception("assay %r not run", row.name)
         return stored
 
     def _run_assay(self, row: tables.Assay, now: dt.datetime) -> list[Stored]:
@@ -178,5 +182,6 @@ def _post(url: str, message: dict[str, object]) -> None:
     try:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS):
             pass
-    except OSError as error:
+    except (OSError, http.client.HTTPException) as error:
+        # HTTPException: a server that answers something other than HTTP.
         log.warning("assay %r: the alert webhook %s failed: %s", message["assay"], url, error)

@@ -6,6 +6,11 @@ re-sent below it are skipped, a chunk that starts beyond it (a gap) or runs
 past the declared size is OUT_OF_RANGE. Bytes go to disk as they arrive, so a
 killed server keeps what it wrote; the version exists only once every file
 matches its declared size and sha256.
+
+A file's sha256 may also follow its bytes (the header leaves it empty, the
+chunk that ends the file carries it), so a client can hash while it sends
+instead of reading the file twice. The server hashes what it writes on a
+thread of its own, beside the writer thread, and checks the two at commit.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import peewee as pw
@@ -112,6 +117,8 @@ class Chunk:
     path: str
     offset: int
     data: bytes
+    # The whole file's sha256, on the chunk that ends it, when the header left it empty.
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,13 @@ class _StagedFile:
         # The running digest covers the file only if this stream wrote it from
         # byte 0; after a resume the prefix is hashed from disk at commit.
         self.digest: Any = hashlib.sha256() if self.received == 0 else None
+        # The digest sent after the bytes (FileChunk.sha256), for a file declared without one.
+        self.trailing_sha256 = ""
+
+    @property
+    def expected_sha256(self) -> str:
+        """The digest the file must have: declared in the header, or sent after its bytes."""
+        return self.spec.sha256 or self.trailing_sha256
 
 
 class Uploads:
@@ -251,9 +265,12 @@ class Uploads:
             return committed
         with self.repository.upload_lock(plan.upload_id):
             staged = await in_thread(self._stage)(plan)
-            # One writer thread per upload: writes (and the final close) run in
-            # order, off the event loop, while the next chunk is being received.
+            # One writer thread and one hashing thread per upload: writes (and
+            # the final close) run in order, and so do digest updates, off the
+            # event loop and beside each other (both release the GIL), while
+            # the next chunk is being received.
             writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+            hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-hash")
             loop = asyncio.get_running_loop()
             in_flight: deque[asyncio.Future[None]] = deque()
             try:
@@ -262,10 +279,14 @@ class Uploads:
                         raise InvalidArgument("the header was sent twice; send it once, first")
                     job = self._accept(staged, part)
                     if job is not None:
+                        target, data = job
                         in_flight.append(
                             loop.run_in_executor(writer, self._append, plan.upload_id, *job)
                         )
-                    while len(in_flight) > _WRITES_IN_FLIGHT:
+                        if target.digest is not None:
+                            hashed = loop.run_in_executor(hasher, target.digest.update, data)
+                            in_flight.append(hashed)
+                    while len(in_flight) > 2 * _WRITES_IN_FLIGHT:
                         await in_flight.popleft()
                 while in_flight:
                     await in_flight.popleft()
@@ -276,6 +297,7 @@ class Uploads:
                 # closed under a write; the lock is held until then.
                 closed = loop.run_in_executor(writer, _close_all, staged.values())
                 writer.shutdown(wait=False)
+                hasher.shutdown(wait=False)
                 await asyncio.shield(closed)
                 # Bytes arrived: the expiry clock starts again (under the lock,
                 # so the sweep cannot take the upload in between).
@@ -420,10 +442,8 @@ class Uploads:
             modelconfig.parse_upload(header.config, model, files, self.limits.allowed_backends)
         )
         ordered = dict(sorted(files.items()))
-        manifest_sha256 = _manifest_sha256(
-            {"config": config, "files": [[s.path, s.size, s.sha256] for s in ordered.values()]}
-        )
-        upload_id = _upload_id(header.upload_id, model, manifest_sha256)
+        manifest_sha256 = _manifest_sha256("", config, 0, ordered)
+        upload_id = _upload_id(header.upload_id, model, manifest_sha256, ordered.values())
         return _UploadPlan(
             model, upload_id, ordered, config, manifest_sha256, training_dataset_id=training_id
         )
@@ -436,10 +456,10 @@ class Uploads:
         files = dict(sorted(self._check_files(header.files).items()))
         for path in files:
             check_dataset_file(path)
-        manifest_sha256 = _manifest_sha256(
-            {"dataset": [[s.path, s.size, s.sha256] for s in files.values()]}
+        manifest_sha256 = _manifest_sha256(DATASET_UPLOAD, "", 0, files)
+        upload_id = _upload_id(
+            header.upload_id, "dataset/" + dataset, manifest_sha256, files.values()
         )
-        upload_id = _upload_id(header.upload_id, "dataset/" + dataset, manifest_sha256)
         return _UploadPlan(dataset, upload_id, files, "", manifest_sha256, DATASET_UPLOAD)
 
     def _check_files(self, declared: Sequence[FileSpec]) -> dict[str, FileSpec]:
@@ -473,14 +493,8 @@ class Uploads:
         self._check_total(spec.size)
         writable_model(model)
         version = find_version(model, header.version).version
-        manifest_sha256 = _manifest_sha256(
-            {
-                "artifact": header.kind,
-                "version": version,
-                "file": [spec.path, spec.size, spec.sha256],
-            }
-        )
-        upload_id = _upload_id(header.upload_id, model, manifest_sha256)
+        manifest_sha256 = _manifest_sha256(header.kind, "", version, {spec.path: spec})
+        upload_id = _upload_id(header.upload_id, model, manifest_sha256, [spec])
         return _UploadPlan(
             model, upload_id, {spec.path: spec}, "", manifest_sha256, header.kind, version
         )
@@ -625,11 +639,31 @@ class Uploads:
                 f"chunk for {chunk.path!r} starts at byte {chunk.offset} but only "
                 f"{target.accepted} have been received: resume from {target.accepted}"
             )
+        if chunk.sha256:
+            self._accept_digest(target, chunk)
         skip = target.accepted - chunk.offset
         if skip >= size:
             return None  # already have these bytes
         target.accepted += size - skip
         return target, memoryview(chunk.data)[skip:]
+
+    def _accept_digest(self, target: _StagedFile, chunk: Chunk) -> None:
+        """Take the digest a chunk carries for its file: only on the chunk that ends
+        the file, and never one that contradicts the header."""
+        path = target.spec.path
+        if chunk.offset + len(chunk.data) != target.spec.size:
+            raise InvalidArgument(
+                f"chunk for {path!r} at byte {chunk.offset} carries a sha256 but does not end "
+                f"the file: send the digest on the chunk that ends at byte {target.spec.size} "
+                "(an empty one will do)"
+            )
+        digest = _check_digest(chunk.sha256, f"the last chunk of {path!r}")
+        if target.spec.sha256 and digest != target.spec.sha256:
+            raise InvalidArgument(
+                f"the last chunk of {path!r} carries sha256 {digest}, but the header declared "
+                f"{target.spec.sha256}; send one digest"
+            )
+        target.trailing_sha256 = digest
 
     def _append(self, upload_id: str, target: _StagedFile, data: memoryview) -> None:
         if target.fd is None:
@@ -638,8 +672,6 @@ class Uploads:
         while written < len(data):
             written += os.pwrite(target.fd, data[written:], target.received + written)
         target.received += written
-        if target.digest is not None:
-            target.digest.update(data)
         db.run(self.repository.checkpoint, upload_id, target.spec.path, target.received)
 
     def _commit(
@@ -654,6 +686,13 @@ class Uploads:
                 f"upload {plan.upload_id!r} is incomplete ({described}); send the rest "
                 "from the offsets GetUpload reports"
             )
+        unsigned = [f.spec.path for f in staged.values() if not f.expected_sha256]
+        if unsigned:
+            raise FailedPrecondition(
+                f"upload {plan.upload_id!r} has every byte of {unsigned[0]!r} but not its sha256: "
+                "the header left it empty, so send it on the chunk that ends the file "
+                "(an empty chunk at the file's size will do)"
+            )
         for target in staged.values():
             if target.stored:
                 continue
@@ -661,15 +700,16 @@ class Uploads:
                 # Nothing was ever sent for an empty file; it must still exist.
                 os.close(self.repository.open_staged_for_write(plan.upload_id, target.spec.path))
             actual = self._digest(plan.upload_id, target)
-            if actual != target.spec.sha256:
+            if actual != target.expected_sha256:
                 self.repository.discard_staged_file(plan.upload_id, target.spec.path)
                 raise DataLoss(
                     f"file {target.spec.path!r} arrived with sha256 {actual}, not the declared "
-                    f"{target.spec.sha256}; its bytes were discarded, send the file again"
+                    f"{target.expected_sha256}; its bytes were discarded, send the file again"
                 )
+        plan = _with_digests(plan, staged)
         for target in staged.values():
             if not target.stored:
-                self.blobs.ingest(plan.upload_id, target.spec)
+                self.blobs.ingest(plan.upload_id, plan.files[target.spec.path])
                 target.stored = True
         if plan.artifact_kind == DATASET_UPLOAD:
             return self._commit_dataset(plan)
@@ -713,6 +753,19 @@ class Uploads:
             return sha256_of(handle)
 
 
+def _with_digests(plan: _UploadPlan, staged: dict[str, _StagedFile]) -> _UploadPlan:
+    """The plan with every file's verified digest, and its manifest digest over them
+    (unchanged when the header declared them all)."""
+    if all(target.spec.sha256 for target in staged.values()):
+        return plan
+    files = {
+        path: replace(spec, sha256=staged[path].expected_sha256)
+        for path, spec in plan.files.items()
+    }
+    manifest = _manifest_sha256(plan.artifact_kind, plan.config, plan.artifact_version, files)
+    return replace(plan, files=files, manifest_sha256=manifest)
+
+
 def _parents(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
@@ -724,28 +777,53 @@ def _check_spec(spec: FileSpec) -> FileSpec:
     if spec.size < 0:
         raise InvalidArgument(f"file {path!r} has a negative size")
     digest = spec.sha256.lower()
-    if len(digest) != 64 or not set(digest) <= _HEX:
-        raise InvalidArgument(f"file {path!r}: sha256 must be 64 hex digits")
+    if digest:
+        digest = _check_digest(digest, f"file {path!r}")
     return FileSpec(path, spec.size, digest)
 
 
-def _manifest_sha256(document: dict[str, Any]) -> str:
+def _check_digest(digest: str, what: str) -> str:
+    """A sha256 in lower-case hex, or InvalidArgument naming ``what`` carries it."""
+    lowered = digest.lower()
+    if len(lowered) != 64 or not set(lowered) <= _HEX:
+        raise InvalidArgument(f"{what}: sha256 must be 64 hex digits")
+    return lowered
+
+
+def _manifest_sha256(kind: str, config: str, version: int, files: dict[str, FileSpec]) -> str:
     """The digest of an upload's canonical manifest: identical content, identical digest.
 
-    Compact JSON in the document's own key order; never change it, or stored
-    versions stop matching re-uploads of the same content.
+    ``kind`` is "" for a model version, DATASET_UPLOAD for a dataset version, else
+    the artifact kind (of ``version``'s one file). Compact JSON in the document's
+    own key order; never change it, or stored versions stop matching re-uploads
+    of the same content.
     """
+    listed = [[spec.path, spec.size, spec.sha256] for spec in files.values()]
+    document: dict[str, Any]
+    if kind == DATASET_UPLOAD:
+        document = {"dataset": listed}
+    elif kind:
+        document = {"artifact": kind, "version": version, "file": listed[0]}
+    else:
+        document = {"config": config, "files": listed}
     return hashlib.sha256(json.dumps(document, separators=(",", ":")).encode()).hexdigest()
 
 
-def _upload_id(chosen: str, model: str, manifest_sha256: str) -> str:
+def _upload_id(chosen: str, model: str, manifest_sha256: str, files: Iterable[FileSpec]) -> str:
     """The client's upload id, or one derived from the content so a rerun resumes.
 
     A derived id is the caller's own: two users sending the same content never
-    meet on one id (uploads belong to their creator).
+    meet on one id (uploads belong to their creator). A file whose digest follows
+    its bytes leaves the content unknown, so such an upload must name its id.
     """
     if chosen:
         return check_name(chosen, "upload_id")
+    late = next((spec.path for spec in files if not spec.sha256), None)
+    if late is not None:
+        raise InvalidArgument(
+            f"file {late!r} is declared without a sha256 (it follows the bytes), so the "
+            "upload cannot be named by its content: set upload_id in the header"
+        )
     principal = rules.caller()
     owner = "" if principal is None or principal.user_id is None else f"\n{principal.user_id}"
     digest = hashlib.sha256(f"{model}\n{manifest_sha256}{owner}".encode()).hexdigest()

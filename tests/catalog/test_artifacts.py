@@ -195,14 +195,18 @@ def test_new_version_sends_only_the_bytes_the_server_lacks(
     first, second = ((repository / str(v) / "weights.bin").stat() for v in (1, 2))
     assert first.st_ino == second.st_ino  # one copy on disk, linked into both versions
 
-    # The Python client does the same: only model.py's bytes travel.
+    # The Python client does the same when it hashes first (its default hashes while
+    # sending, and knows only the digests of files it uploaded): only model.py's
+    # bytes travel.
     folder = tmp_path / "v3"
     folder.mkdir()
     (folder / "model.py").write_bytes(b"# v3\n")
     (folder / "weights.bin").write_bytes(weights)
     reports: list[tuple[int, int]] = []
     with client_for(mlserve) as client:
-        made = client.upload(folder, model_name, progress=lambda d, t: reports.append((d, t)))
+        made = client.upload(
+            folder, model_name, prehash=True, progress=lambda d, t: reports.append((d, t))
+        )
     assert reports[0] == (len(weights), len(weights) + 5)
     assert download(stubs, model_name, made.version)["weights.bin"] == weights
     delete_model_quietly(stubs, model_name)

@@ -50,6 +50,7 @@ from mlserve_client.channel import (
     read_admin_key,
     upload_scope,
 )
+from mlserve_client.digests import DigestCache
 from mlserve_client.download import ArtifactWriter, VersionWriter, artifact_destination
 from mlserve_client.errors import ClientError
 from mlserve_client.layout import LocalFile, derive_upload_id, file_sha256, read_model_directory
@@ -58,6 +59,7 @@ from mlserve_client.upload import (
     DEFAULT_CHUNK_SIZE,
     Progress,
     artifact_requests,
+    as_declared,
     missing_chunks,
     received_offsets,
     upload_requests,
@@ -148,12 +150,19 @@ class Client:
         upload_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: Progress | None = None,
+        prehash: bool = False,
     ) -> model_pb2.ModelVersion:
         """Upload the model folder ``path`` as a new version of ``name``, resuming if begun.
 
         Without ``upload_id`` one is derived from the name and the content, so running
         the same upload again continues where it stopped (or returns the version).
         Content the model already has as a version returns that version.
+
+        Each file is hashed while it is sent, its digest following its bytes, unless
+        its digest is known already (``digests.DigestCache``: files this client
+        uploaded before, unchanged) or ``prehash`` asks to hash every file first;
+        content the server already stores is sent again only when its digest was
+        not known before sending.
         """
         return self.upload_version(
             path,
@@ -162,6 +171,7 @@ class Client:
             upload_id=upload_id,
             chunk_size=chunk_size,
             progress=progress,
+            prehash=prehash,
         ).version
 
     def upload_version(
@@ -173,11 +183,16 @@ class Client:
         upload_id: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: Progress | None = None,
+        prehash: bool = False,
     ) -> UploadedVersion:
         """``upload``, also telling whether the content was already stored as a version."""
-        version = read_model_directory(Path(path), version_dir)
+        cache = DigestCache.default()
+        version = read_model_directory(
+            Path(path), version_dir, known=None if prehash else cache.get
+        )
         upload_id = upload_id or derive_upload_id(name, version, self._upload_scope)
         before = self.find_upload(upload_id)
+        version = as_declared(version, before)
         done, received = self._announce(
             self.models.UploadModelVersion,
             version_header(name, upload_id, version),
@@ -189,6 +204,8 @@ class Client:
                 name, upload_id, version, received, chunk_size=chunk_size, progress=progress
             )
             done = self.models.UploadModelVersion(requests)
+        verified = {file.path: file.sha256 for file in done.files}
+        cache.remember((file.identity, verified.get(file.path, "")) for file in version.files)
         # Identical content is answered with the version it made before: through this
         # upload id (committed already), or through another one.
         already_stored = done.upload_id != upload_id or (
@@ -664,6 +681,11 @@ class Client:
         logging: inference_log_pb2.LoggingPolicy | None = None,
         wait: bool = True,
         progress: LoadProgress | None = None,
+        on_demand: bool = False,
+        min_copies: int = 0,
+        max_copies: int = 0,
+        idle_unload_after: float = 0.0,
+        pinned: bool = False,
     ) -> deployment_pb2.Deployment:
         """Create or update the model's deployment; 0 means the latest version.
 
@@ -671,14 +693,29 @@ class Client:
         choose ("local") for a new one. ``logging`` (see ``inference_logs.policy``) is set
         first, so a policy the server refuses deploys nothing. With ``wait`` (the
         default) it returns once the loads finished (see ``wait_for_deployment``);
-        without, at once, LOADING.
+        without, at once, LOADING. ``on_demand`` and the limits after it apply to a
+        new deployment (an existing one keeps its own): it is loaded by its first
+        inference (``min_copies`` at once), evictable unless ``pinned``, unloaded
+        after ``idle_unload_after`` seconds unused (0: never).
         """
         if logging is not None:
             self.set_logging_policy(logging, deployment=model)
         fields = ["version"] if servers is None else ["version", "servers"]
         request = deployment_pb2.UpdateDeploymentRequest(
             deployment=deployment_pb2.Deployment(
-                name=model, model=model, version=version, servers=servers or ()
+                name=model,
+                model=model,
+                version=version,
+                servers=servers or (),
+                loading=(
+                    deployment_pb2.LOADING_MODE_ON_DEMAND
+                    if on_demand
+                    else deployment_pb2.LOADING_MODE_UNSPECIFIED
+                ),
+                min_copies=min_copies,
+                max_copies=max_copies,
+                idle_unload_after_seconds=idle_unload_after,
+                pinned=pinned,
             ),
             allow_missing=True,
         )

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlserve_api.v1 import model_pb2
+from mlserve_client.digests import file_identity
 from mlserve_client.errors import ModelDirectoryError
 
 CONFIG_FILE = "config.pbtxt"
@@ -34,7 +35,14 @@ class LocalFile:
     """Where it is on disk."""
     size: int
     sha256: str
-    """Lower-case hex digest."""
+    """Lower-case hex digest; "" when not known yet (it is computed while sending)."""
+    identity: str = ""
+    """What identifies this unchanged file on disk (``digests.file_identity``)."""
+
+    @property
+    def content_key(self) -> str:
+        """The digest, or, before it is known, the file's identity on this disk."""
+        return self.sha256 or f"local:{self.identity}"
 
     def manifest(self) -> model_pb2.FileManifest:
         return model_pb2.FileManifest(path=self.path, size=self.size, sha256=self.sha256)
@@ -58,9 +66,10 @@ class LocalVersion:
         return [file.manifest() for file in self.files]
 
     def canonical_manifest(self) -> str:
-        """Config and every file's path, size and digest, as one stable string."""
+        """Config and every file's path, size and digest (or, for a file not hashed yet,
+        its identity on this disk), as one stable string."""
         return json.dumps(
-            {"config": self.config, "files": [[f.path, f.size, f.sha256] for f in self.files]},
+            {"config": self.config, "files": [[f.path, f.size, f.content_key] for f in self.files]},
             separators=(",", ":"),
         )
 
@@ -77,15 +86,25 @@ def derive_upload_id(model: str, version: LocalVersion, scope: str = "") -> str:
     return "c-" + digest.hexdigest()[:40]
 
 
-def read_model_directory(path: Path, version_dir: str | None = None) -> LocalVersion:
-    """Find the version in ``path`` and describe every file of it."""
+KnownDigest = Callable[[str], str]
+"""The sha256 known for a file identity, "" when none (``DigestCache.get``)."""
+
+
+def read_model_directory(
+    path: Path, version_dir: str | None = None, *, known: KnownDigest | None = None
+) -> LocalVersion:
+    """Find the version in ``path`` and describe every file of it.
+
+    Every file is hashed, unless ``known`` is given: then each file gets the
+    digest ``known`` has for it, or none ("", to be computed while it is sent).
+    """
     if not path.is_dir():
         raise ModelDirectoryError(f"{path} is not a directory")
     root = _version_root(path, version_dir)
     is_flat = root == path
     files = sorted(
         (
-            _describe(relative, source)
+            _describe(relative, source, known)
             for relative, source in _regular_files(root)
             if not (is_flat and relative == CONFIG_FILE)
         ),
@@ -158,9 +177,14 @@ def _regular_files(folder: Path, prefix: str = "") -> Iterator[tuple[str, Path]]
             raise ModelDirectoryError(f"{location} is not a regular file or folder")
 
 
-def _describe(relative: str, source: Path) -> LocalFile:
-    size, sha256 = file_sha256(source)
-    return LocalFile(path=relative, source=source, size=size, sha256=sha256)
+def _describe(relative: str, source: Path, known: KnownDigest | None) -> LocalFile:
+    info = source.stat()
+    identity = file_identity(info)
+    if known is None:
+        size, sha256 = file_sha256(source)
+    else:
+        size, sha256 = info.st_size, known(identity)
+    return LocalFile(path=relative, source=source, size=size, sha256=sha256, identity=identity)
 
 
 def _read_config(config: Path) -> str:

@@ -585,7 +585,12 @@ class FileManifest(_message.Message):
     size: _builtins.int
     """Size in bytes."""
     sha256: _builtins.str
-    """Lower-case hex sha256 digest of the whole file."""
+    """Lower-case hex sha256 digest of the whole file. In an upload header it
+    may be left empty when the client hashes while it sends: the digest then
+    follows the bytes, on the file's last FileChunk (FileChunk.sha256), and
+    the header must name an upload_id. Content declared this way is not
+    deduplicated before its bytes travel (it is stored once all the same).
+    """
     def __init__(
         self,
         *,
@@ -610,22 +615,30 @@ class FileChunk(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path of the file, as declared in the manifest."""
     offset: _builtins.int
     """Byte offset of data within the file."""
     data: _builtins.bytes
     """The bytes; at most 4 MiB per chunk."""
+    sha256: _builtins.str
+    """The whole file's lower-case hex sha256, for a file whose header entry
+    left it empty; only on the chunk that ends the file (offset + size of
+    data = the file's size; data may be empty). A mismatch with what arrived
+    is DATA_LOSS and the file's staged bytes are discarded.
+    """
     def __init__(
         self,
         *,
         path: _builtins.str = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "path", b"path", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

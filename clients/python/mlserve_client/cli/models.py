@@ -35,6 +35,12 @@ def add_commands(commands: Subcommands, connection: argparse.ArgumentParser) -> 
     upload.add_argument("--name", required=True, help="model name")
     upload.add_argument("--version-dir", help="which version folder to upload (default: highest)")
     upload.add_argument("--upload-id", help="resume id (default: derived from name and content)")
+    upload.add_argument(
+        "--prehash",
+        action="store_true",
+        help="hash every file before sending, so content the server has is never sent "
+        "(default: hash while sending; digests of files uploaded before are remembered)",
+    )
     listing = command(
         models,
         "list",
@@ -139,6 +145,7 @@ def _upload(client: Client, args: argparse.Namespace) -> int:
             version_dir=args.version_dir,
             upload_id=args.upload_id,
             progress=progress,
+            prehash=args.prehash,
         ),
     )
     version = uploaded.version

@@ -469,7 +469,13 @@ export interface FileManifest {
   path: string;
   /** Size in bytes. */
   size: string;
-  /** Lower-case hex sha256 digest of the whole file. */
+  /**
+   * Lower-case hex sha256 digest of the whole file. In an upload header it
+   * may be left empty when the client hashes while it sends: the digest then
+   * follows the bytes, on the file's last FileChunk (FileChunk.sha256), and
+   * the header must name an upload_id. Content declared this way is not
+   * deduplicated before its bytes travel (it is stored once all the same).
+   */
   sha256: string;
 }
 
@@ -481,6 +487,13 @@ export interface FileChunk {
   offset: string;
   /** The bytes; at most 4 MiB per chunk. */
   data: Buffer;
+  /**
+   * The whole file's lower-case hex sha256, for a file whose header entry
+   * left it empty; only on the chunk that ends the file (offset + size of
+   * data = the file's size; data may be empty). A mismatch with what arrived
+   * is DATA_LOSS and the file's staged bytes are discarded.
+   */
+  sha256: string;
 }
 
 /** ModelVersion is one immutable, numbered set of files plus a config. */
@@ -2376,7 +2389,7 @@ export const FileManifest: MessageFns<FileManifest> = {
 };
 
 function createBaseFileChunk(): FileChunk {
-  return { path: "", offset: "0", data: Buffer.alloc(0) };
+  return { path: "", offset: "0", data: Buffer.alloc(0), sha256: "" };
 }
 
 export const FileChunk: MessageFns<FileChunk> = {
@@ -2389,6 +2402,9 @@ export const FileChunk: MessageFns<FileChunk> = {
     }
     if (message.data.length !== 0) {
       writer.uint32(26).bytes(message.data);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(34).string(message.sha256);
     }
     return writer;
   },
@@ -2430,6 +2446,14 @@ export const FileChunk: MessageFns<FileChunk> = {
             message.data = Buffer.from(reader.bytes());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2447,6 +2471,7 @@ export const FileChunk: MessageFns<FileChunk> = {
       path: isSet(object.path) ? globalThis.String(object.path) : "",
       offset: isSet(object.offset) ? globalThis.String(object.offset) : "0",
       data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
     };
   },
 
@@ -2461,6 +2486,9 @@ export const FileChunk: MessageFns<FileChunk> = {
     if (message.data.length !== 0) {
       obj.data = base64FromBytes(message.data);
     }
+    if (message.sha256 !== "") {
+      obj.sha256 = message.sha256;
+    }
     return obj;
   },
 
@@ -2472,6 +2500,7 @@ export const FileChunk: MessageFns<FileChunk> = {
     message.path = object.path ?? "";
     message.offset = object.offset ?? "0";
     message.data = object.data ?? Buffer.alloc(0);
+    message.sha256 = object.sha256 ?? "";
     return message;
   },
 };
