@@ -572,10 +572,10 @@ class MLServe:
             "inference_log": INFERENCE_LOG_SERVICE in SERVICES,
             "datasets": "mlserve.v1.DatasetService" in SERVICES,
             "s3_storage": settings.bucket is not None,
-            # Not built yet (assays has its maths, no service).
-            "assays": False,
-            "training": False,
-            "explain": False,
+            "assays": True,
+            "explain": True,
+            # Jobs run only in the sandbox; without one the runner is never made.
+            "training": self._runner is not None,
         }
         return InstanceDescription(
             name=self.instance_name,

@@ -472,13 +472,18 @@ def wanted_deployment(message: deployment_pb2.Deployment) -> Wanted:
         placement=Placement(list(message.servers), message.replicas, dict(message.server_selector)),
         serving=serving_settings(message.serving) if message.HasField("serving") else None,
         load_timeout=message.load_timeout_seconds,
-        loading=Loading(
-            _LOADING_NAMES.get(message.loading, str(message.loading)),
-            message.min_copies,
-            message.max_copies,
-            message.idle_unload_after_seconds,
-            message.pinned,
-        ),
+        loading=loading(message),
+    )
+
+
+def loading(message: deployment_pb2.Deployment) -> Loading:
+    """A deployment's loading fields as the domain takes them (unchecked)."""
+    return Loading(
+        _LOADING_NAMES.get(message.loading, str(message.loading)),
+        message.min_copies,
+        message.max_copies,
+        message.idle_unload_after_seconds,
+        message.pinned,
     )
 
 

@@ -101,6 +101,7 @@ class DeploymentService(deployment_pb2_grpc.DeploymentServiceServicer):
             list(wanted.servers) if "servers" in mask else None,
             allow_missing=request.allow_missing,
             wait=request.wait,
+            loading=convert.loading(wanted),
         )
         return convert.deployment(record)
 

@@ -53,6 +53,7 @@ from mlserve.catalog.versions import find_version
 from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
+from mlserve.monitor.reader import micros
 from mlserve.monitor.store import LogStore
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread, utcnow
@@ -209,7 +210,7 @@ class Assays:
         )
         results = []
         for begin, finish in spans:
-            low, high = np.searchsorted(times, [source.micros(begin), source.micros(finish)])
+            low, high = np.searchsorted(times, [micros(begin), micros(finish)])
             score = maths.score_window(values[low:high], baseline, spec.summarizer)
             results.append(
                 WindowResult(spec.name, begin, finish, baseline.edges, baseline.densities, score)

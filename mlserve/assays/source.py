@@ -1,8 +1,8 @@
 """Reading one number per call out of the inference log, vectorised.
 
-Reads only the ``time``, ``version`` and one tensor column of each hour
-partition the range touches (``mlserve.monitor.parquet``'s layout), and takes
-element ``index`` of every row's list with numpy (no loop over rows).
+Reads only the ``time`` and one tensor column of each hour partition the
+range touches (``mlserve.monitor.reader.logged_tables``), and takes element
+``index`` of every row's list with numpy (no loop over rows).
 """
 
 from __future__ import annotations
@@ -14,20 +14,10 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mlserve.assays.spec import Path
-from mlserve.monitor import parquet
+from mlserve.monitor.reader import logged_tables
 from mlserve.monitor.store import LogStore
-
-_HOUR = dt.timedelta(hours=1)
-_TIME = pa.timestamp("us", tz="UTC")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def micros(moment: dt.datetime) -> int:
-    """Microseconds since the epoch (the log's time unit)."""
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def logged_values(
@@ -42,25 +32,8 @@ def logged_values(
     times: list[npt.NDArray[np.int64]] = []
     values: list[npt.NDArray[np.float64]] = []
     column = path.column()
-    store = LogStore.of(root)
-    for file in store.files(f"model={model}"):
-        hour = parquet.partition_hour(file.path)
-        if hour is None or hour + _HOUR <= start or hour >= end:
-            continue
-        if column not in pq.read_schema(file.path, filesystem=store.filesystem).names:
-            continue
-        table = pq.read_table(
-            file.path, columns=["time", "version", column], filesystem=store.filesystem
-        )
-        keep = pc.and_(
-            pc.greater_equal(table["time"], pa.scalar(start, _TIME)),
-            pc.less(table["time"], pa.scalar(end, _TIME)),
-        )
-        if version:
-            keep = pc.and_(keep, pc.equal(table["version"], version))
-        table = table.filter(keep)
-        if not table.num_rows:
-            continue
+    where = None if not version else pc.field("version") == version
+    for table in logged_tables(root, model, [column], start, end, where):
         found, element = _element(table[column].combine_chunks(), path.index)
         stamps = table["time"].combine_chunks().cast(pa.int64()).to_numpy()
         times.append(stamps[found])

@@ -425,21 +425,33 @@ class Deployments:
         *,
         allow_missing: bool = False,
         wait: bool = False,
+        loading: Loading = EAGERLY,
     ) -> DeploymentRecord:
         """Move model deployment ``name`` to ``version`` and/or ``servers`` (None: keep);
         loads run in the background as for ``create`` (``wait``: wait for them).
 
-        ``allow_missing`` deploys it when it is not deployed yet. Pipelines are
-        deployed again to change them (InvalidArgument says so).
+        ``allow_missing`` deploys it when it is not deployed yet, with ``loading``;
+        an existing deployment keeps its loading (InvalidArgument when ``loading``
+        asks for another). Pipelines are deployed again to change them
+        (InvalidArgument says so).
         """
+        loading = loading.checked()
         await in_thread(_deployable_model)(name)
         async with self._locked([name]):
             current = await in_thread(_record_or_none)(name)
             if current is None:
                 if not allow_missing:
                     raise NotFound(f"model {name!r} is not deployed")
-                record = await self._apply(name, version or 0, Placement(servers or ()))
+                record = await self._apply(
+                    name, version or 0, Placement(servers or ()), loading=loading
+                )
             else:
+                if loading not in (EAGERLY, current.loading):
+                    raise InvalidArgument(
+                        f"deployment {name!r} is {current.loading.mode} with its limits set at "
+                        "create; loading, min_copies, max_copies, idle_unload_after_seconds and "
+                        "pinned cannot change: undeploy it and deploy again"
+                    )
                 record = await self._apply(
                     name,
                     current.version if version is None else version,
@@ -980,7 +992,14 @@ class Deployments:
         size, how = (reported, "triton") if reported > 0 else (grown, "rss")
         if size <= 0:
             return
-        if await in_thread(record_measurement)(version.model, version.version, size, server, how):
+        try:
+            first = await in_thread(record_measurement)(
+                version.model, version.version, size, server, how
+            )
+        except MLServeError as error:  # deleted meanwhile: the load itself worked
+            log.warning("could not record %s's memory: %s", version.model, error.message)
+            return
+        if first:
             log.info(
                 "%s v%d measured on %s: %d bytes (%s; estimated %d)",
                 version.model, version.version, server, size, how, version.memory.estimated,

@@ -136,10 +136,15 @@ class Explainer:
         rows = _checked_rows(query.rows, names, signature.input_type)
         predict = _Predictor(self.forwarder, query.model, signature, query.output_index, call)
         loop = asyncio.get_running_loop()
-        # asyncio.to_thread copies the context: the model calls run as the caller.
-        values, base, predicted = await asyncio.to_thread(
-            _kernel_shap, predict, loop, background, rows, size, samples
-        )
+        try:
+            # asyncio.to_thread copies the context: the model calls run as the caller.
+            values, base, predicted = await asyncio.to_thread(
+                _kernel_shap, predict, loop, background, rows, size, samples
+            )
+        finally:
+            # A cancelled await leaves shap's thread running: its next model call
+            # ends it, instead of thousands of calls for a caller who has gone.
+            predict.abandoned = True
         predictions: list[float | None] = [None] * len(rows)
         if query.include_prediction:
             predictions = [float(p) for p in predicted]
@@ -289,21 +294,46 @@ def _check_count(names: Sequence[str], width: int) -> None:
 def _feature_columns(
     frame: Any, names: Sequence[str], width: int, record: DatasetVersionRecord
 ) -> tuple[list[str], Array]:
+    """The feature columns of a background dataset, and its rows with a finite value in
+    each (a missing value reads as NaN: such a row is left out, as shap cannot use it)."""
+    import pandas as pd
+
     what = f"dataset {record.dataset!r} version {record.version}"
+    # pandas' own tests: numpy's issubdtype raises on pandas' dtypes (its text is one).
+    kinds = pd.api.types
+    numeric = [
+        str(c) for c in frame.columns
+        if kinds.is_numeric_dtype(frame[c]) and not kinds.is_bool_dtype(frame[c])
+    ]  # fmt: skip
     if names:
         _check_count(names, width)
         missing = [name for name in names if name not in frame.columns]
         if missing:
             raise InvalidArgument(f"{what} has no column {missing[0]!r}")
+        wrong = [
+            name for name in names
+            if not (name in numeric or kinds.is_bool_dtype(frame[name]))
+        ]  # fmt: skip
+        if wrong:
+            raise InvalidArgument(
+                f"column {wrong[0]!r} of {what} is {frame[wrong[0]].dtype}, not numbers: "
+                "name numeric columns as feature_names (or the model's features metadata)"
+            )
         chosen = list(names)
     else:
-        numeric = [str(c) for c in frame.columns if np.issubdtype(frame[c].dtype, np.number)]
         if len(numeric) < width:
             raise InvalidArgument(
                 f"{what} has {len(numeric)} numeric columns; the model takes {width} features"
             )
         chosen = numeric[:width]
-    return chosen, frame[chosen].to_numpy(dtype=np.float64)
+    rows = frame[chosen].to_numpy(dtype=np.float64)
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    if not len(rows):
+        raise InvalidArgument(
+            f"{what} has no row with a finite value in each of {', '.join(chosen)}: "
+            "name another background"
+        )
+    return chosen, rows
 
 
 def _checked_rows(rows: list[list[float]], names: list[str], datatype: str) -> Array:
@@ -393,6 +423,7 @@ class _Predictor:
         self.index = index
         self.call = call
         self.calls = 0
+        self.abandoned = False  # the explanation's caller has gone: call nothing more
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def batched(self, rows: Array) -> Array:
@@ -418,9 +449,11 @@ class _Predictor:
             ],
             raw_input_contents=[data.tobytes()],
         )
-        self.calls += 1
         try:
             async with self._in_flight:
+                if self.abandoned:
+                    raise Unavailable(f"the explanation of model {self.model!r} was abandoned")
+                self.calls += 1
                 raw, _ = await self.forwarder.send(
                     "ModelInfer", wire.encode(request), self.model, "", self.call
                 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -46,11 +47,29 @@ class LogQuery:
     newest_first: bool = True
 
 
+# Listings of the log read again when retention removed a file listed a moment before.
+_RELISTS = 3
+
+
 def read_page(
     root: Path | LogStore, query: LogQuery, after: Key | None, size: int
 ) -> tuple[list[Record], Key | None]:
-    """Up to ``size`` records after ``after``, and the key to continue from (None at the end)."""
+    """Up to ``size`` records after ``after``, and the key to continue from (None at the end).
+
+    Retention may delete a file between the listing and the read: the page is then
+    read again from a new listing, so it never fails for a file that is gone."""
     store = LogStore.of(root)
+    for _ in range(_RELISTS - 1):
+        try:
+            return _read_page(store, query, after, size)
+        except FileNotFoundError:
+            continue
+    return _read_page(store, query, after, size)
+
+
+def _read_page(
+    store: LogStore, query: LogQuery, after: Key | None, size: int
+) -> tuple[list[Record], Key | None]:
     buckets = _hour_buckets(store, query)
     where = _filter(query, after)
     found: list[Any] = []
@@ -73,23 +92,80 @@ def read_page(
     if candidates.num_rows <= size:
         return records, None
     last = records[-1]
-    return records, (_micros(last.time), last.id)
+    return records, (micros(last.time), last.id)
 
 
 def _hour_buckets(store: LogStore, query: LogQuery) -> list[tuple[dt.datetime, list[str]]]:
     by_hour: defaultdict[dt.datetime, list[str]] = defaultdict(list)
     for model in query.models:
-        for file in store.files(f"model={model}"):
-            path = file.path
-            hour = parquet.partition_hour(path)
-            if hour is None:
-                continue
-            if query.start is not None and hour + _HOUR <= query.start:
-                continue
-            if query.end is not None and hour >= query.end:
-                continue
+        for hour, path in _files_in_window(store, model, query.start, query.end):
             by_hour[hour].append(path)
     return sorted(by_hour.items(), reverse=query.newest_first)
+
+
+def _files_in_window(
+    store: LogStore, model: str, start: dt.datetime | None, end: dt.datetime | None
+) -> Iterator[tuple[dt.datetime, str]]:
+    """(hour, path) of each of ``model``'s log files whose hour meets [start, end)
+    (None: open), oldest hour first."""
+    for file in store.files(f"model={model}"):
+        hour = parquet.partition_hour(file.path)
+        if hour is None:
+            continue
+        if start is not None and hour + _HOUR <= start:
+            continue
+        if end is not None and hour >= end:
+            continue
+        yield hour, file.path
+
+
+def logged_tables(
+    root: Path | LogStore,
+    model: str,
+    columns: Sequence[str],
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    where: Any = None,
+) -> Iterator[pa.Table]:
+    """``columns`` of ``model``'s calls logged in [start, end) (None: open) that match
+    ``where`` (a ``pyarrow.compute`` expression, None: all), one table per log file,
+    files oldest first, each file's calls in time order; a file lacking one of
+    ``columns`` (its calls' policy did not record that tensor) is passed over, as is
+    one with no such calls.
+
+    The one place the log is read by time range for numbers (Explain's
+    backgrounds, assays' windows): only the hours the range meets are opened, and
+    only the named columns read.
+    """
+    store = LogStore.of(root)
+    conditions = [] if where is None else [where]
+    if start is not None:
+        conditions.append(pc.field("time") >= pa.scalar(start, _TIME))
+    if end is not None:
+        conditions.append(pc.field("time") < pa.scalar(end, _TIME))
+    for _, path in _files_in_window(store, model, start, end):
+        try:
+            names = pq.read_schema(path, filesystem=store.filesystem).names
+            if not all(column in names for column in columns):
+                continue
+            table = pq.read_table(
+                path,
+                columns=list(dict.fromkeys(["time", *columns])),
+                filters=_all_of(conditions),
+                filesystem=store.filesystem,
+            )
+        except FileNotFoundError:
+            continue  # deleted by retention since the listing: its calls are gone
+        if table.num_rows:
+            yield table
+
+
+def _all_of(conditions: Sequence[Any]) -> Any:
+    """The conjunction of ``conditions`` (None when there are none)."""
+    where: Any = None
+    for condition in conditions:
+        where = condition if where is None else where & condition
+    return where
 
 
 def _filter(query: LogQuery, after: Key | None) -> Any:
@@ -115,10 +191,7 @@ def _filter(query: LogQuery, after: Key | None) -> Any:
                 (ds.field("time") == moment) & (ds.field("id") > after[1])
             )
         conditions.append(beyond)
-    where: Any = None
-    for condition in conditions:
-        where = condition if where is None else where & condition
-    return where
+    return _all_of(conditions)
 
 
 def _whole_rows(store: LogStore, page: Any) -> list[Record]:
@@ -139,12 +212,13 @@ def _whole_rows(store: LogStore, page: Any) -> list[Record]:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def _micros(moment: dt.datetime) -> int:
+def micros(moment: dt.datetime) -> int:
+    """Microseconds since the epoch (the log's time unit)."""
     return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
-def _from_micros(micros: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=micros)
+def _from_micros(value: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=value)
 
 
 @dataclass(frozen=True)
@@ -167,38 +241,31 @@ def logged_rows(root: Path | LogStore, query: RowsQuery) -> Any:
 
     A call's tensor is its batch's elements end to end; one whose element count is
     not a multiple of ``width`` (another shape, or cut by the payload limit inside
-    a row) is skipped, as is a call whose policy did not record inputs.
+    a row) is skipped, as is a call whose policy did not record inputs. A row with
+    a value that is not finite (NaN, ±inf: a client may send them) is left out, as
+    no background can hold it.
+
+    Memory stays within one log file and 2·``limit`` rows however long the window:
+    every ``stride``-th row is kept, and the stride doubles (every other kept row
+    dropped) whenever more than 2·``limit`` are kept.
     """
-    model, width, start, end, limit = query.model, query.width, query.start, query.end, query.limit
-    column = f"input.{query.tensor}"
-    found: list[Any] = []
-    store = LogStore.of(root)
-    for file in store.files(f"model={model}"):
-        hour = parquet.partition_hour(file.path)
-        if hour is None or (start is not None and hour + _HOUR <= start):
-            continue
-        if end is not None and hour >= end:
-            continue
-        if column not in pq.read_schema(file.path, filesystem=store.filesystem).names:
-            continue
-        table = pq.read_table(
-            file.path, columns=["time", "status", column], filesystem=store.filesystem
-        )
-        keep = pc.equal(table["status"], "OK")
-        if start is not None:
-            keep = pc.and_(keep, pc.greater_equal(table["time"], pa.scalar(start, _TIME)))
-        if end is not None:
-            keep = pc.and_(keep, pc.less(table["time"], pa.scalar(end, _TIME)))
-        lists = table.filter(keep)[column].combine_chunks()
-        if not len(lists):
-            continue
+    width, limit, column = query.width, query.limit, f"input.{query.tensor}"
+    kept = np.zeros((0, width))
+    stride, seen = 1, 0  # rows kept: those at positions seen so far that stride divides
+    ok = pc.field("status") == "OK"
+    for table in logged_tables(root, query.model, [column], query.start, query.end, ok):
+        lists = table[column].combine_chunks()
         offsets = lists.offsets.to_numpy()
         lengths = np.diff(offsets)
         valid = np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         whole = valid & (lengths > 0) & (lengths % width == 0)
         flat = lists.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
-        found.append(np.asarray(flat[np.repeat(whole, lengths)], dtype=np.float64))
-    rows = np.concatenate(found).reshape(-1, width) if found else np.zeros((0, width))
-    if len(rows) > limit:
-        rows = rows[np.linspace(0, len(rows) - 1, limit).round().astype(np.int64)]
-    return rows
+        rows = np.asarray(flat[np.repeat(whole, lengths)], dtype=np.float64).reshape(-1, width)
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        kept = np.concatenate([kept, rows[(-seen) % stride :: stride]])
+        seen += len(rows)
+        while len(kept) > 2 * limit:
+            kept, stride = kept[::2], stride * 2
+    if len(kept) > limit:
+        kept = kept[np.linspace(0, len(kept) - 1, limit).round().astype(np.int64)]
+    return kept

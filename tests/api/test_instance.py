@@ -50,9 +50,11 @@ def test_the_instance_says_what_it_is_and_what_is_on(
     assert instance.authentication.oidc_audience == AUDIENCE
     assert set(instance.features) == FEATURES
     on = {name for name, enabled in instance.features.items() if enabled}
-    # started with --no-embedded-triton, SQLite, plaintext, no metrics; nothing unbuilt is on
-    assert on <= {"oidc", "pipelines", "inference_log", "datasets"}
-    assert {"oidc", "pipelines"} <= on
+    # started with --no-embedded-triton, SQLite, plaintext, no metrics, local storage
+    assert on <= {
+        "oidc", "pipelines", "inference_log", "datasets", "assays", "explain", "training",
+    }  # fmt: skip
+    assert {"oidc", "pipelines", "inference_log", "datasets", "assays", "explain"} <= on
 
 
 def test_a_viewer_signed_in_by_token_may_read_it(server: MLServeProcess, issuer: Issuer) -> None:

@@ -10,6 +10,8 @@ import dataclasses
 import datetime as dt
 import http.server
 import json
+import logging
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +190,53 @@ def test_a_pipeline_assay_is_scheduled_over_the_pipelines_own_records(
     assert _stored() == [(naive, "ok"), (naive + dt.timedelta(minutes=1), "alert")]
     (alert,) = Hook.received
     assert (alert["assay"], alert["pipeline"], alert["model"]) == ("chain-drift", "chain", "")
+
+
+def test_a_broken_assay_or_webhook_does_not_stop_the_others(
+    log_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An assay whose log has a file that does not read (a non-MLServe error) is logged
+    and skipped, and a webhook answering something other than HTTP is logged: the
+    other assays' windows are stored and published all the same."""
+    spec = Spec(["A"], ["OUT"], [Step("s", MODEL, 0, {"INPUT": "A"}, {"OUTPUT": "OUT"})])
+    broken = tables.Pipeline.create(name="broken")
+    tables.PipelineVersion.create(pipeline=broken, version=1, spec=spec.to_json())
+    parquet.write(log_root, _records(T0, [1.0], "broken", "A"))
+    (damaged,) = (log_root / "model=broken").rglob("*.parquet")
+    damaged.write_bytes(b"not parquet at all")
+    garbage = socket.create_server(("127.0.0.1", 0))
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                connection, _ = garbage.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"garbage\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    hook = f"http://127.0.0.1:{garbage.getsockname()[1]}/alerts"
+    assays = _assays(log_root)
+    first = dataclasses.replace(
+        _spec(hook), name="a-broken", model="", pipeline="broken", path=AssayPath("input", "A")
+    )
+    asyncio.run(assays.create(first))  # created first: the scheduler meets it first
+    asyncio.run(assays.create(_spec(hook)))
+    registry = CollectorRegistry()
+    scheduler = AssayScheduler(assays, registry, SETTLE)
+    try:
+        with caplog.at_level(logging.WARNING, "mlserve.assays.scheduler"):
+            assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=2, seconds=5))) == 2
+            # The broken one fails again at the next poll: logged once a minute, not again.
+            assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=2, seconds=6))) == 0
+    finally:
+        garbage.close()
+    assert [r.getMessage() for r in caplog.records if "not run" in r.getMessage()] == [
+        "assay 'a-broken' not run"
+    ]
+    naive = T0.replace(tzinfo=None)
+    assert _stored() == [(naive, "ok"), (naive + dt.timedelta(minutes=1), "alert")]
+    assert registry.get_sample_value("mlserve_assay_status", {"assay": "drift"}) == 2
+    assert registry.get_sample_value("mlserve_assay_status", {"assay": "a-broken"}) is None

@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 from mlserve.deploy.placement import DEFAULT_HEADROOM
 from mlserve_api.v1 import audit_pb2, deployment_pb2, model_pb2, server_pb2
 from tests.support.checks import expect_error, nothing_written
+from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs, free_port
 from tests.support.models import upload_add
 from tests.support.tritons import add_inputs, remove_model, wait_for
@@ -334,5 +335,33 @@ def test_a_cold_start_without_room_anywhere_is_resource_exhausted(
         assert f"needs {need} bytes" in raised.value.message()
         assert target(stubs, model_name).state == COLD
         assert triton_loads(served, model_name) == 0
+    finally:
+        remove_model(stubs, model_name)
+
+
+def test_mlserve_deploy_on_demand_from_the_cli(
+    served: MLServeProcess, stubs: Stubs, model_name: str
+) -> None:
+    upload_add(stubs, model_name)
+    try:
+        deployed = mlserve_cli(
+            served, "deploy", model_name, "--on-demand", "--idle-unload-after", "600"
+        )
+        assert deployed.returncode == 0, deployed.stderr
+        assert "COLD" in deployed.stdout
+        shown = stubs.deployments.GetDeployment(
+            deployment_pb2.GetDeploymentRequest(name=model_name), metadata=stubs.auth
+        )
+        assert shown.loading == ON_DEMAND
+        assert shown.idle_unload_after_seconds == 600
+        infer(served, stubs, model_name)
+        assert target(stubs, model_name).state == READY
+        # A new version keeps the deployment's loading; asking for another is refused.
+        again = mlserve_cli(served, "deploy", model_name, "--pinned")
+        assert again.returncode != 0
+        assert "cannot change" in again.stderr
+        assert not stubs.deployments.GetDeployment(
+            deployment_pb2.GetDeploymentRequest(name=model_name), metadata=stubs.auth
+        ).pinned
     finally:
         remove_model(stubs, model_name)

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -305,3 +306,109 @@ def test_a_window_of_the_inference_log_as_background(
                       "--row", ",".join(str(v) for v in row[0]))  # fmt: skip
     assert old.returncode != 0
     assert "no logged inputs" in old.stdout + old.stderr
+
+
+def test_rows_a_background_cannot_hold_are_left_out_or_refused(
+    mlserve: MLServeProcess, stubs: Stubs, linear: Linear, tmp_path: Path
+) -> None:
+    """A dataset row with a missing value, and a logged row with NaN or ±inf, are left out
+    of the background (shap cannot use them; k-means refused ±inf as INTERNAL); a
+    background with none left, or a feature column of text, is refused and calls nothing."""
+    good = [[1.0, 2.0, -3.0, 0.5, 0.0, -1.5]]
+    name = f"linear-messy-{PID}"
+    frame = pd.DataFrame(linear.background[:4], columns=NAMES)
+    frame.loc[1, "x3"] = math.nan  # a blank cell in the CSV
+    frame["label"] = ["a", "b", "c", "d"]
+    holey = frame.copy()
+    holey["x0"] = math.nan
+    for table, file in ((frame, "messy.csv"), (holey, "holey.csv")):
+        table.to_csv(tmp_path / file, index=False)
+    before = executions(stubs, linear.model)
+    try:
+        with Client(mlserve.address, mlserve.key) as client:
+            client.create_dataset(name)
+            client.upload_dataset(name, [tmp_path / "messy.csv"])
+            answered = explain(stubs, linear.model, good, name)
+            mean = linear.background[[0, 2, 3]].mean(axis=0)
+            np.testing.assert_allclose(
+                answered.explanations[0].contributions,
+                linear.weights * (good[0] - mean),
+                atol=1e-6,
+            )
+            calls = answered.model_calls
+            text = expect_error(Code.INVALID_ARGUMENT, explain, stubs, linear.model, good, name,
+                                feature_names=[*NAMES[:5], "label"])  # fmt: skip
+            assert "column 'label'" in text.details()
+            assert "not numbers" in text.details()
+            client.upload_dataset(name, [tmp_path / "holey.csv"])
+            empty = expect_error(Code.INVALID_ARGUMENT, explain, stubs, linear.model, good, name)
+            assert "no row with a finite value" in empty.details()
+    finally:
+        stubs.datasets.DeleteDataset(
+            dataset_pb2.DeleteDatasetRequest(name=name), metadata=stubs.auth
+        )
+    assert executions(stubs, linear.model) - before == calls
+    # Logged calls: NaN and ±inf in every row leave no background, whatever its size.
+    stubs.logs.UpdateLoggingPolicy(
+        inference_log_pb2.UpdateLoggingPolicyRequest(
+            policy=inference_log_pb2.LoggingPolicy(
+                deployment=linear.model, mode=inference_log_pb2.LOGGING_MODE_INPUTS
+            )
+        ),
+        metadata=stubs.auth,
+    )
+    began = dt.datetime.now(dt.timezone.utc)
+    gateway = triton.InferenceServerClient(mlserve.address)
+    auth = {"authorization": f"Bearer {stubs.key}"}
+
+    def call(rows: np.ndarray) -> None:
+        tensor = triton.InferInput("FEATURES", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        gateway.infer(linear.model, [tensor], headers=auth)
+
+    unusable = np.ones((3, FEATURES))
+    unusable[0, 1], unusable[1, 4], unusable[2, 0] = math.nan, math.inf, -math.inf
+    call(unusable)
+    wait_for(lambda: logged_calls(stubs, linear.model, began) == 1, 30, "the call logged")
+    window = explain_pb2.LogWindow(start_time=stamp(began))
+    for size in (1, 50):
+        refused = expect_error(Code.FAILED_PRECONDITION, explain, stubs, linear.model, good, "",
+                               background_log=window, background_size=size)  # fmt: skip
+        assert "no logged inputs" in refused.details()
+    finite = np.random.default_rng(9).normal(size=(4, FEATURES))
+    call(finite)
+    gateway.close()
+    wait_for(lambda: logged_calls(stubs, linear.model, began) == 2, 30, "the calls logged")
+    for size in (2, 50):  # summarised by k-means, or as it is
+        logged = explain(stubs, linear.model, good, "", background_log=window,
+                         background_size=size, include_prediction=True)  # fmt: skip
+        (one,) = logged.explanations
+        assert abs(logged.base_value + sum(one.contributions) - one.prediction) < 1e-6
+    np.testing.assert_allclose(
+        one.contributions, linear.weights * (good[0] - finite.mean(axis=0)), atol=1e-6
+    )
+
+
+def test_a_cancelled_explanation_stops_calling_the_model(stubs: Stubs, linear: Linear) -> None:
+    """shap runs in a thread the cancelled call does not stop: its next model call ends
+    it. After the cancel settles, a second explanation's calls are all Triton runs."""
+    rows = [[float(i % 7 - 3)] * FEATURES for i in range(100)]
+    per_row = math.ceil(min(2048, 2**FEATURES - 2) * BACKGROUND / MAX_BATCH)
+    whole = 1 + len(rows) * per_row
+    before = executions(stubs, linear.model)
+    request = explain_pb2.ExplainRequest(
+        model=linear.model, rows=[explain_pb2.ExplainRow(values=row) for row in rows]
+    )
+    request.background_dataset.CopyFrom(model_pb2.DatasetVersionRef(dataset=linear.dataset))
+    pending = stubs.explain.Explain.future(request, metadata=stubs.auth, timeout=300)
+
+    def started() -> bool:
+        (stats,) = local_triton(stubs).get_inference_statistics(linear.model).model_stats
+        return int(stats.execution_count) > before + per_row
+
+    wait_for(started, 120, "the explanation's perturbations to reach Triton")
+    pending.cancel()
+    stopped = executions(stubs, linear.model)
+    assert stopped - before < whole
+    again = explain(stubs, linear.model, rows[:1], linear.dataset)
+    assert executions(stubs, linear.model) - stopped == again.model_calls

@@ -27,7 +27,7 @@ from mlserve.monitor.parquet import decode
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
 from mlserve.monitor.records import Capture, new_id
-from mlserve.monitor.store import LogStore
+from mlserve.monitor.store import LogFile, LogStore
 from mlserve.monitor.tensors import TensorColumn, chunk_of, to_raw
 
 ALL = LoggingPolicy(Mode.ALL)
@@ -196,6 +196,64 @@ def test_pages_follow_each_other_newest_first_without_gaps(tmp_path: Path) -> No
     assert times == sorted(times, reverse=True)
 
 
+def test_logged_rows_of_a_long_window_are_thinned_as_they_are_read(tmp_path: Path) -> None:
+    """Rows 0..n-1 over several files: the limit's worth, in order, the first kept,
+    spread over the whole window, never more than 2·limit held at once."""
+    first = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.timezone.utc)
+    for hour in range(5):  # one file an hour, 40 calls of one row each
+        records = []
+        for call in range(40):
+            number = hour * 40 + call
+            request = service_pb2.ModelInferRequest(model_name="m")
+            request.inputs.add(name="X", datatype="FP64", shape=[1, 2])
+            request.raw_input_contents.append(np.asarray([number, -number], np.float64).tobytes())
+            moment = first + dt.timedelta(hours=hour, seconds=call)
+            capture = Capture(moment.timestamp(), "m", 1, "local", None,
+                              LoggingPolicy(Mode.INPUTS), request.SerializeToString(), None,
+                              "OK", "", 0.001)  # fmt: skip
+            records.append(decode(capture))
+        parquet.write(tmp_path, [r for r in records if r is not None])
+    rows = logged_rows(tmp_path, RowsQuery("m", "X", 2, None, None, 7))
+    assert len(rows) == 7
+    numbers = rows[:, 0].astype(int).tolist()
+    assert numbers == sorted(numbers)
+    assert numbers[0] == 0
+    assert numbers[-1] >= 200 - 200 // 7  # the last hour is in it
+    np.testing.assert_array_equal(rows[:, 1], -rows[:, 0])
+    everything = logged_rows(tmp_path, RowsQuery("m", "X", 2, None, None, 1000))
+    np.testing.assert_array_equal(everything[:, 0], np.arange(200))
+
+
+class _RacedByRetention(LogStore):
+    """A store whose first listings still name a file retention has just deleted."""
+
+    def __init__(self, directory: Path, stale: int) -> None:
+        local = LogStore.local_directory(directory)
+        super().__init__(local.filesystem, local.root, local.where)
+        self.stale = stale
+
+    def files(self, *under: str) -> list[LogFile]:
+        found = super().files(*under)
+        if self.stale > 0:
+            self.stale -= 1
+            gone = str(Path(found[0].path).with_name("part-deleted.parquet"))
+            found = [LogFile(gone, 1, 0.0), *found]
+        return found
+
+
+def test_a_file_deleted_after_the_listing_is_no_error(tmp_path: Path) -> None:
+    records = [decode(_capture(_request("FP32", True))) for _ in range(3)]
+    parquet.write(tmp_path, [r for r in records if r is not None])
+    page, after = read_page(_RacedByRetention(tmp_path, 1), LogQuery(("m",)), None, 10)
+    assert len(page) == 3
+    assert after is None
+    rows = logged_rows(_RacedByRetention(tmp_path, 1), RowsQuery("m", "X", 3, None, None, 10))
+    assert rows.shape == (3, 3)
+    # Stale every time: the listing's own error, not a page missing records.
+    with pytest.raises(FileNotFoundError):
+        read_page(_RacedByRetention(tmp_path, 99), LogQuery(("m",)), None, 10)
+
+
 def test_retention_deletes_old_files_then_bytes_beyond_the_cap(tmp_path: Path) -> None:
     for _ in range(3):
         record = decode(_capture(_request("INT8", True)))
@@ -346,7 +404,7 @@ def test_a_list_column_keeps_missing_rows_and_casts_other_dtypes() -> None:
     assert _list_column("BYTES", [None, [b"a", b""]]).to_pylist() == [None, [b"a", b""]]
 
 
-def test_logged_rows_are_the_whole_rows_of_successful_calls(tmp_path: Path) -> None:
+def test_logged_rows_are_the_whole_finite_rows_of_successful_calls(tmp_path: Path) -> None:
     def call(rows: list[list[float]], status: str = "OK", mode: Mode = Mode.INPUTS) -> Any:
         request = service_pb2.ModelInferRequest(model_name="m")
         request.inputs.add(name="X", datatype="FP64", shape=[len(rows), len(rows[0])])
@@ -361,6 +419,7 @@ def test_logged_rows_are_the_whole_rows_of_successful_calls(tmp_path: Path) -> N
         call([[9, 9, 9]], status="INVALID_ARGUMENT"),  # refused: not what the model took
         call([[8, 8, 8]], mode=Mode.METADATA),  # its inputs were not recorded
         call([[7, 8, 9]]),
+        call([[float("nan"), 1, 2], [float("inf"), 3, 4]]),  # no background holds them
     ]
     parquet.write(tmp_path, [r for r in records if r is not None])
     everything = RowsQuery("m", "X", 3, None, None, 100)

@@ -681,6 +681,11 @@ class Client:
         logging: inference_log_pb2.LoggingPolicy | None = None,
         wait: bool = True,
         progress: LoadProgress | None = None,
+        on_demand: bool = False,
+        min_copies: int = 0,
+        max_copies: int = 0,
+        idle_unload_after: float = 0.0,
+        pinned: bool = False,
     ) -> deployment_pb2.Deployment:
         """Create or update the model's deployment; 0 means the latest version.
 
@@ -688,14 +693,29 @@ class Client:
         choose ("local") for a new one. ``logging`` (see ``inference_logs.policy``) is set
         first, so a policy the server refuses deploys nothing. With ``wait`` (the
         default) it returns once the loads finished (see ``wait_for_deployment``);
-        without, at once, LOADING.
+        without, at once, LOADING. ``on_demand`` and the limits after it apply to a
+        new deployment (an existing one keeps its own): it is loaded by its first
+        inference (``min_copies`` at once), evictable unless ``pinned``, unloaded
+        after ``idle_unload_after`` seconds unused (0: never).
         """
         if logging is not None:
             self.set_logging_policy(logging, deployment=model)
         fields = ["version"] if servers is None else ["version", "servers"]
         request = deployment_pb2.UpdateDeploymentRequest(
             deployment=deployment_pb2.Deployment(
-                name=model, model=model, version=version, servers=servers or ()
+                name=model,
+                model=model,
+                version=version,
+                servers=servers or (),
+                loading=(
+                    deployment_pb2.LOADING_MODE_ON_DEMAND
+                    if on_demand
+                    else deployment_pb2.LOADING_MODE_UNSPECIFIED
+                ),
+                min_copies=min_copies,
+                max_copies=max_copies,
+                idle_unload_after_seconds=idle_unload_after,
+                pinned=pinned,
             ),
             allow_missing=True,
         )

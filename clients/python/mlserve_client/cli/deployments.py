@@ -37,6 +37,24 @@ def add_deploy_commands(commands: Subcommands, connection: argparse.ArgumentPars
     )
     add_wait_option(deploy)
     add_logging_options(deploy)
+    lazy = deploy.add_argument_group("loading on demand (for a new deployment)")
+    lazy.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="load it on its first inference, evict it to make room, unload it when idle",
+    )
+    lazy.add_argument("--min-copies", type=int, default=0, help="copies kept loaded (default 0)")
+    lazy.add_argument(
+        "--max-copies", type=int, default=0, help="most servers holding it (default: all)"
+    )
+    lazy.add_argument(
+        "--idle-unload-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="unload a copy unused this long (default: never)",
+    )
+    lazy.add_argument("--pinned", action="store_true", help="never evict it")
     undeploy_command = command(
         commands,
         "undeploy",
@@ -95,6 +113,11 @@ def _deploy(client: Client, args: argparse.Namespace) -> int:
         logging=logging,
         wait=args.wait,
         progress=show_progress,
+        on_demand=args.on_demand,
+        min_copies=args.min_copies,
+        max_copies=args.max_copies,
+        idle_unload_after=args.idle_unload_after,
+        pinned=args.pinned,
     )
     return report_deployment(deployment)
 
