@@ -70,6 +70,8 @@ TRANSFER = TransferConfig(
 )
 _CONTENT_LOCK_KEY = zlib.crc32(b"mlserve content lock")
 DEFAULT_PART_SIZE = 64 * 1024**2
+# The largest object one CopyObject may copy (S3's limit).
+_COPY_OBJECT_LIMIT = 5 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,8 @@ class S3Repository(Repository):
     ) -> None:
         prefix = self._version_prefix(model, version)
         for spec in files:
-            self._client.copy(
-                {"Bucket": self.location.bucket, "Key": self._blob_key(spec.sha256)},
-                self.location.bucket,
-                prefix + check_relative_path(spec.path),
-                Config=TRANSFER,
+            self._copy(
+                self._blob_key(spec.sha256), prefix + check_relative_path(spec.path), spec.size
             )
         if not files:
             # An empty version still needs its directory for Triton to see it.
@@ -302,16 +301,28 @@ class S3Repository(Repository):
                         upload_id, path, parts[0].multipart_id, len(parts) + 1, staged.read()
                     )
             staged_key = self._complete(upload_id, path, _parts(upload_id, path))
-            self._client.copy(
-                {"Bucket": self.location.bucket, "Key": staged_key},
-                self.location.bucket,
-                key,
-                Config=TRANSFER,
-            )
+            self._copy(staged_key, key, size)
             self._client.delete_object(Bucket=self.location.bucket, Key=staged_key)
         else:
             self._client.upload_file(str(source), self.location.bucket, key, Config=TRANSFER)
         os.unlink(source)
+
+    def _copy(self, source: str, target: str, size: int) -> None:
+        """A server-side copy within the bucket: one CopyObject up to S3's 5 GiB limit
+        for it (a multipart copy re-assembles the object once more), parts beyond."""
+        if size <= _COPY_OBJECT_LIMIT:
+            self._client.copy_object(
+                Bucket=self.location.bucket,
+                Key=target,
+                CopySource={"Bucket": self.location.bucket, "Key": source},
+            )
+        else:
+            self._client.copy(
+                {"Bucket": self.location.bucket, "Key": source},
+                self.location.bucket,
+                target,
+                Config=TRANSFER,
+            )
 
     def open_blob(self, sha256: str) -> BinaryIO:
         return self._open(self._blob_key(sha256), sha256)
@@ -469,7 +480,14 @@ class S3Repository(Repository):
                     f"upload {upload_id!r} is being written by another stream; "
                     "wait for it to finish or fail, then resume"
                 )
-            yield
+            try:
+                yield
+            finally:
+                # Unlocked here, not left to the server noticing the closed
+                # connection (asynchronous): a resume sent right after this
+                # stream's answer must find the upload free.
+                with contextlib.suppress(Exception), connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", (key,))
         finally:
             connection.close()
 
