@@ -16,6 +16,7 @@ import datetime as dt
 import http.client
 import json
 import logging
+import time
 import urllib.request
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_WINDOWS_PER_STEP = 1000
 WEBHOOK_TIMEOUT_SECONDS = 5.0
+WARN_EVERY_SECONDS = 60.0
 # Gauge values of a window's status.
 STATUS_VALUES = {Status.OK: 0, Status.WARNING: 1, Status.ALERT: 2, Status.NO_DATA: -1}
 
@@ -56,6 +58,9 @@ class AssayScheduler:
         self.assays = assays
         self.settle = settle
         self.poll_seconds = poll_seconds
+        # assay -> when (time.monotonic()) its failure was last logged: once a minute,
+        # not at every poll, while it keeps failing.
+        self._warned: dict[str, float] = {}
         self._score = Gauge(
             "mlserve_assay_score",
             "Score of the assay's latest scheduled window (absent while it had no data)",
@@ -100,11 +105,24 @@ class AssayScheduler:
             try:
                 stored.extend(self._run_assay(row, now))
             except MLServeError as error:
-                log.warning("assay %r not run: %s", row.name, error.message)
+                if self._may_warn(row.name):
+                    log.warning("assay %r not run: %s", row.name, error.message)
             except Exception:
                 # An unreadable log file, say: this assay waits, the others still run.
-                log.exception("assay %r not run", row.name)
+                if self._may_warn(row.name):
+                    log.exception("assay %r not run", row.name)
+            else:
+                self._warned.pop(row.name, None)
         return stored
+
+    def _may_warn(self, assay: str) -> bool:
+        """Whether to log ``assay``'s failure now: its first, then once a minute."""
+        moment = time.monotonic()
+        last = self._warned.get(assay)
+        if last is not None and moment - last < WARN_EVERY_SECONDS:
+            return False
+        self._warned[assay] = moment
+        return True
 
     def _run_assay(self, row: tables.Assay, now: dt.datetime) -> list[Stored]:
         spec = from_json(row.spec)

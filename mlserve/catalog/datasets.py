@@ -414,7 +414,8 @@ def read_numeric_column(
                 f"{what}: file {spec.path!r} does not read as {FORMATS[_suffix(spec.path)]}: "
                 f"{error}"
             ) from None
-        values = pc.fill_null(table.column(0).cast(pa.float64()), float("nan"))
+        # Unsafe: an int64 beyond 2^53 (an id, say) is rounded, not refused as INTERNAL.
+        values = pc.fill_null(table.column(0).cast(pa.float64(), safe=False), float("nan"))
         parts.append(np.asarray(values.to_numpy(), dtype=np.float64))
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
 
@@ -424,19 +425,26 @@ def _read_column(handle: BinaryIO, path: str, column: str, what: str) -> pa.Tabl
         parquet = pa_parquet.ParquetFile(handle)
         _check_numeric_column(parquet.schema_arrow, column, what)
         return parquet.read(columns=[column])
-    schema = pa_csv.open_csv(handle).schema
-    _check_numeric_column(schema, column, what)
+    _check_has_column(pa_csv.open_csv(handle).schema, column, what)
     handle.seek(0)
     options = pa_csv.ConvertOptions(include_columns=[column])
-    return pa_csv.read_csv(handle, convert_options=options)
+    table = pa_csv.read_csv(handle, convert_options=options)
+    # The type of every row's value: the first block's (open_csv) may be numbers
+    # where text comes later, or null where numbers do.
+    _check_numeric_column(table.schema, column, what)
+    return table
 
 
-def _check_numeric_column(schema: pa.Schema, column: str, what: str) -> None:
+def _check_has_column(schema: pa.Schema, column: str, what: str) -> None:
     if column not in schema.names:
         raise InvalidArgument(
             f"column {column!r}: {what} has no such column; its columns: "
             f"{', '.join(schema.names) or 'none'}"
         )
+
+
+def _check_numeric_column(schema: pa.Schema, column: str, what: str) -> None:
+    _check_has_column(schema, column, what)
     kind = schema.field(column).type
     if not (
         pa.types.is_integer(kind)

@@ -355,9 +355,20 @@ class Fleet:
 
         A server whose previous check is still running is not checked twice;
         a check that outlasts ``timeout`` goes on in the background, so one
-        slow server never holds up the round's view of the others.
+        slow server never holds up the round's view of the others. A server whose
+        address changed in the store (an embedded Triton restarted by another
+        process: a replica, or worker 0 of ``--workers``) gets a new client first.
         """
-        checks = [self._check_soon(name) for name in await self.names()]
+
+        def fetch() -> list[tuple[str, str]]:
+            return [(row.name, row.address) for row in tables.Server.select()]
+
+        servers = await in_thread(fetch)()
+        for name, address in servers:
+            client = self._clients.get(name)
+            if client is not None and client.address != address:
+                await self._drop_client(name)
+        checks = [self._check_soon(name) for name, _ in servers]
         if checks:
             await asyncio.wait(checks, timeout=timeout)
 

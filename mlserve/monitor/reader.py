@@ -244,9 +244,14 @@ def logged_rows(root: Path | LogStore, query: RowsQuery) -> Any:
     a row) is skipped, as is a call whose policy did not record inputs. A row with
     a value that is not finite (NaN, ±inf: a client may send them) is left out, as
     no background can hold it.
+
+    Memory stays within one log file and 2·``limit`` rows however long the window:
+    every ``stride``-th row is kept, and the stride doubles (every other kept row
+    dropped) whenever more than 2·``limit`` are kept.
     """
-    width, column = query.width, f"input.{query.tensor}"
-    found: list[Any] = []
+    width, limit, column = query.width, query.limit, f"input.{query.tensor}"
+    kept = np.zeros((0, width))
+    stride, seen = 1, 0  # rows kept: those at positions seen so far that stride divides
     ok = pc.field("status") == "OK"
     for table in logged_tables(root, query.model, [column], query.start, query.end, ok):
         lists = table[column].combine_chunks()
@@ -255,9 +260,12 @@ def logged_rows(root: Path | LogStore, query: RowsQuery) -> Any:
         valid = np.asarray(lists.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         whole = valid & (lengths > 0) & (lengths % width == 0)
         flat = lists.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
-        found.append(np.asarray(flat[np.repeat(whole, lengths)], dtype=np.float64))
-    rows = np.concatenate(found).reshape(-1, width) if found else np.zeros((0, width))
-    rows = rows[np.isfinite(rows).all(axis=1)]
-    if len(rows) > query.limit:
-        rows = rows[np.linspace(0, len(rows) - 1, query.limit).round().astype(np.int64)]
-    return rows
+        rows = np.asarray(flat[np.repeat(whole, lengths)], dtype=np.float64).reshape(-1, width)
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        kept = np.concatenate([kept, rows[(-seen) % stride :: stride]])
+        seen += len(rows)
+        while len(kept) > 2 * limit:
+            kept, stride = kept[::2], stride * 2
+    if len(kept) > limit:
+        kept = kept[np.linspace(0, len(kept) - 1, limit).round().astype(np.int64)]
+    return kept

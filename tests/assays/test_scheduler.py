@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import http.server
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -191,7 +192,9 @@ def test_a_pipeline_assay_is_scheduled_over_the_pipelines_own_records(
     assert (alert["assay"], alert["pipeline"], alert["model"]) == ("chain-drift", "chain", "")
 
 
-def test_a_broken_assay_or_webhook_does_not_stop_the_others(log_root: Path) -> None:
+def test_a_broken_assay_or_webhook_does_not_stop_the_others(
+    log_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An assay whose log has a file that does not read (a non-MLServe error) is logged
     and skipped, and a webhook answering something other than HTTP is logged: the
     other assays' windows are stored and published all the same."""
@@ -224,9 +227,15 @@ def test_a_broken_assay_or_webhook_does_not_stop_the_others(log_root: Path) -> N
     registry = CollectorRegistry()
     scheduler = AssayScheduler(assays, registry, SETTLE)
     try:
-        assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=2, seconds=5))) == 2
+        with caplog.at_level(logging.WARNING, "mlserve.assays.scheduler"):
+            assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=2, seconds=5))) == 2
+            # The broken one fails again at the next poll: logged once a minute, not again.
+            assert asyncio.run(scheduler.step(T0 + dt.timedelta(minutes=2, seconds=6))) == 0
     finally:
         garbage.close()
+    assert [r.getMessage() for r in caplog.records if "not run" in r.getMessage()] == [
+        "assay 'a-broken' not run"
+    ]
     naive = T0.replace(tzinfo=None)
     assert _stored() == [(naive, "ok"), (naive + dt.timedelta(minutes=1), "alert")]
     assert registry.get_sample_value("mlserve_assay_status", {"assay": "drift"}) == 2

@@ -257,3 +257,36 @@ def test_the_client_and_cli_read_a_dataset_baseline_from_yaml(
             assert f"baseline dataset {dataset} version 1 column x" in shown.stdout
         finally:
             client.assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name))
+
+
+def test_an_artifact_whose_column_turns_to_text_or_that_does_not_parse_is_invalid(
+    assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs, model: str
+) -> None:
+    """Data artifacts are not parsed at upload: numbers for the first 1 MiB and text
+    later, or bytes that are not Parquet, are INVALID_ARGUMENT (were INTERNAL), nothing
+    stored; ids beyond float64's precision are read."""
+    _attach(stubs, model, "late.csv", b"x,id\n" + b"1,1152921504606846977\n" * 60_000 + b"a,1\n")
+    _attach(stubs, model, "broken.parquet", b"not parquet at all")
+    name = f"{model}-late"
+    for path, column, said in (
+        ("late.csv", "x", "is string, not numeric"),
+        ("broken.parquet", "x", "does not read as Parquet"),
+    ):
+        baseline = assay_pb2.AssayBaseline(
+            artifact=assay_pb2.AssayArtifactColumn(model=model, path=path, column=column)
+        )
+        error = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            assays.CreateAssay,
+            assay_pb2.CreateAssayRequest(assay=_assay(model, name, baseline)),
+            metadata=stubs.auth,
+        )
+        assert said in error.details()
+    assert name not in _names(assays, stubs, model)
+    ids = assay_pb2.AssayBaseline(
+        artifact=assay_pb2.AssayArtifactColumn(model=model, path="late.csv", column="id")
+    )
+    summary = assays.PreviewBaseline(
+        assay_pb2.PreviewBaselineRequest(assay=_assay(model, "", ids)), metadata=stubs.auth
+    )
+    assert summary.count == 60_001

@@ -64,3 +64,31 @@ def test_a_text_column_is_not_numeric(repository: LocalRepository, path: str) ->
     files = [_stored(repository, path, data)]
     with pytest.raises(InvalidArgument, match="'city' of dataset 'd' version 1 is string, not"):
         read_numeric_column(repository, files, "city", "dataset 'd' version 1")
+
+
+def test_the_type_is_every_rows_not_the_first_blocks(repository: LocalRepository) -> None:
+    """Arrow guesses a CSV column's type from its first block (1 MiB): numbers there and
+    text later is refused as text; blank there and numbers later is read (it was
+    refused as null, or read and then failed the cast: INTERNAL)."""
+    block = b"1\n" * 600_000  # 1.2 MB: beyond the first block
+    late_text = [_stored(repository, "late.csv", b"x\n" + block + b"seven\n")]
+    with pytest.raises(InvalidArgument, match="'x' of artifact 'a' is string, not numeric"):
+        read_numeric_column(repository, late_text, "x", "artifact 'a'")
+    late_numbers = [_stored(repository, "blank.csv", b"x,y\n" + b",1\n" * 600_000 + b"2.5,1\n")]
+    values = read_numeric_column(repository, late_numbers, "x", "artifact 'a'")
+    assert values.size == 600_001
+    assert values[-1] == 2.5
+    assert np.isnan(values[:-1]).all()
+
+
+def test_integers_beyond_float64s_precision_are_rounded(repository: LocalRepository) -> None:
+    big = 2**60 + 1  # an id, say: a safe cast to float64 refuses it
+    files = [_stored(repository, "ids.parquet", _parquet(pa.table({"id": pa.array([big, 1])})))]
+    values = read_numeric_column(repository, files, "id", "dataset 'd' version 1")
+    np.testing.assert_array_equal(values, [float(big), 1.0])
+
+
+def test_a_file_that_does_not_parse_is_invalid(repository: LocalRepository) -> None:
+    files = [_stored(repository, "a.parquet", b"not parquet at all")]
+    with pytest.raises(InvalidArgument, match=r"file 'a\.parquet' does not read as Parquet"):
+        read_numeric_column(repository, files, "x", "artifact 'a.parquet'")

@@ -13,6 +13,8 @@ import pytest
 
 from mlserve.deploy.fleet import READY, UNREACHABLE, Fleet
 from mlserve.deploy.health import HealthLoop
+from mlserve.storage import tables
+from mlserve.storage.db import in_thread
 from tests.support.aio import run, running
 from tests.support.scripted_triton import ScriptedTritons, scripted_fleet
 
@@ -171,5 +173,28 @@ def test_a_deleted_server_leaves_nothing_for_the_reconciler() -> None:
         assert fleet.reconciler.pending() == {}
         await HealthLoop(fleet, INTERVAL).round()
         assert fleet.reconciler.pending() == {}
+
+    run(scenario)
+
+
+def test_a_round_follows_an_address_another_process_changed_in_the_store() -> None:
+    async def scenario() -> None:
+        tritons = ScriptedTritons()
+        fleet = await scripted_fleet(tritons, "a")
+        assert fleet.cached_client("a") is not None
+        # What another process's supervisor writes after restarting its Triton.
+        await in_thread(
+            lambda: (
+                tables.Server.update(address="a.test:9001")
+                .where(tables.Server.name == "a")
+                .execute()
+            )
+        )()
+        del tritons.by_name["a"]  # the scripted factory hands out a new client
+        await HealthLoop(fleet, INTERVAL).round()
+        client = fleet.cached_client("a")
+        assert client is not None
+        assert client.address == "a.test:9001"
+        assert fleet.status("a").state == READY
 
     run(scenario)

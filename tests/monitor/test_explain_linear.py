@@ -228,6 +228,27 @@ def logged_calls(stubs: Stubs, model: str, since: dt.datetime) -> int:
     return len(stubs.logs.ListInferenceLogs(request, metadata=stubs.auth).records)
 
 
+def record_inputs(stubs: Stubs, model: str) -> None:
+    """Have the gateway log ``model``'s calls with their inputs."""
+    stubs.logs.UpdateLoggingPolicy(
+        inference_log_pb2.UpdateLoggingPolicyRequest(
+            policy=inference_log_pb2.LoggingPolicy(
+                deployment=model, mode=inference_log_pb2.LOGGING_MODE_INPUTS
+            )
+        ),
+        metadata=stubs.auth,
+    )
+
+
+def infer(
+    gateway: triton.InferenceServerClient, stubs: Stubs, model: str, rows: np.ndarray
+) -> None:
+    """One call of ``rows`` (FP64) to ``model`` through MLServe's gateway."""
+    tensor = triton.InferInput("FEATURES", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    gateway.infer(model, [tensor], headers={"authorization": f"Bearer {stubs.key}"})
+
+
 def test_a_window_of_the_inference_log_as_background(
     mlserve: MLServeProcess, stubs: Stubs, linear: Linear
 ) -> None:
@@ -242,25 +263,15 @@ def test_a_window_of_the_inference_log_as_background(
     # Calls logged with metadata only (the default policy) carry no inputs either.
     traffic = np.random.default_rng(5).normal(size=(40, FEATURES))
     gateway = triton.InferenceServerClient(mlserve.address)
-    auth = {"authorization": f"Bearer {stubs.key}"}
 
     def call(rows: np.ndarray) -> None:
-        tensor = triton.InferInput("FEATURES", list(rows.shape), "FP64")
-        tensor.set_data_from_numpy(rows)
-        gateway.infer(linear.model, [tensor], headers=auth)
+        infer(gateway, stubs, linear.model, rows)
 
     call(traffic[:4])
     wait_for(lambda: logged_calls(stubs, linear.model, began) == 1, 30, "the call to be logged")
     expect_error(Code.FAILED_PRECONDITION, explain, stubs, linear.model, row, "",
                  background_log=since)  # fmt: skip
-    stubs.logs.UpdateLoggingPolicy(
-        inference_log_pb2.UpdateLoggingPolicyRequest(
-            policy=inference_log_pb2.LoggingPolicy(
-                deployment=linear.model, mode=inference_log_pb2.LOGGING_MODE_INPUTS
-            )
-        ),
-        metadata=stubs.auth,
-    )
+    record_inputs(stubs, linear.model)
     recorded = dt.datetime.now(dt.timezone.utc)
     for start in range(0, 40, 10):
         call(traffic[start : start + 10])
@@ -349,22 +360,12 @@ def test_rows_a_background_cannot_hold_are_left_out_or_refused(
         )
     assert executions(stubs, linear.model) - before == calls
     # Logged calls: NaN and ±inf in every row leave no background, whatever its size.
-    stubs.logs.UpdateLoggingPolicy(
-        inference_log_pb2.UpdateLoggingPolicyRequest(
-            policy=inference_log_pb2.LoggingPolicy(
-                deployment=linear.model, mode=inference_log_pb2.LOGGING_MODE_INPUTS
-            )
-        ),
-        metadata=stubs.auth,
-    )
+    record_inputs(stubs, linear.model)
     began = dt.datetime.now(dt.timezone.utc)
     gateway = triton.InferenceServerClient(mlserve.address)
-    auth = {"authorization": f"Bearer {stubs.key}"}
 
     def call(rows: np.ndarray) -> None:
-        tensor = triton.InferInput("FEATURES", list(rows.shape), "FP64")
-        tensor.set_data_from_numpy(rows)
-        gateway.infer(linear.model, [tensor], headers=auth)
+        infer(gateway, stubs, linear.model, rows)
 
     unusable = np.ones((3, FEATURES))
     unusable[0, 1], unusable[1, 4], unusable[2, 0] = math.nan, math.inf, -math.inf

@@ -196,6 +196,34 @@ def test_pages_follow_each_other_newest_first_without_gaps(tmp_path: Path) -> No
     assert times == sorted(times, reverse=True)
 
 
+def test_logged_rows_of_a_long_window_are_thinned_as_they_are_read(tmp_path: Path) -> None:
+    """Rows 0..n-1 over several files: the limit's worth, in order, the first kept,
+    spread over the whole window, never more than 2·limit held at once."""
+    first = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.timezone.utc)
+    for hour in range(5):  # one file an hour, 40 calls of one row each
+        records = []
+        for call in range(40):
+            number = hour * 40 + call
+            request = service_pb2.ModelInferRequest(model_name="m")
+            request.inputs.add(name="X", datatype="FP64", shape=[1, 2])
+            request.raw_input_contents.append(np.asarray([number, -number], np.float64).tobytes())
+            moment = first + dt.timedelta(hours=hour, seconds=call)
+            capture = Capture(moment.timestamp(), "m", 1, "local", None,
+                              LoggingPolicy(Mode.INPUTS), request.SerializeToString(), None,
+                              "OK", "", 0.001)  # fmt: skip
+            records.append(decode(capture))
+        parquet.write(tmp_path, [r for r in records if r is not None])
+    rows = logged_rows(tmp_path, RowsQuery("m", "X", 2, None, None, 7))
+    assert len(rows) == 7
+    numbers = rows[:, 0].astype(int).tolist()
+    assert numbers == sorted(numbers)
+    assert numbers[0] == 0
+    assert numbers[-1] >= 200 - 200 // 7  # the last hour is in it
+    np.testing.assert_array_equal(rows[:, 1], -rows[:, 0])
+    everything = logged_rows(tmp_path, RowsQuery("m", "X", 2, None, None, 1000))
+    np.testing.assert_array_equal(everything[:, 0], np.arange(200))
+
+
 class _RacedByRetention(LogStore):
     """A store whose first listings still name a file retention has just deleted."""
 
