@@ -837,6 +837,8 @@ class Deployments:
             async with self._locked_if_free([order.name]) as held:
                 if not held:
                     continue  # being changed: the next round sees it again
+                if await in_thread(_scale_up_order_of)(order.name) != order:
+                    continue  # changed before the lock (another replica scaled it, say)
                 await in_thread(targets.mark_loading)(order.name, [chosen])
                 await self._load_on(order.name, chosen)
             loaded_any = True  # its target's state changed, READY or not
@@ -1486,15 +1488,27 @@ def _scale_up_candidates() -> list[_ScaleUp]:
     rows = tables.Deployment.select().where(
         (tables.Deployment.loading == "on_demand") & tables.Deployment.model.is_null(False)
     )
-    found = []
-    for row in rows:
-        on = targets.of(row)
-        loaded = frozenset(t.server for t in on if t.state == READY)
-        allowed = _loading(row).copies_allowed(len(on))
-        if loaded and len(loaded) < allowed:
-            need = find_version(row.name, row.version).memory.bytes
-            found.append(_ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need))
-    return found
+    return [order for row in rows if (order := _scale_up_order(row)) is not None]
+
+
+def _scale_up_order_of(name: str) -> _ScaleUp | None:
+    """``_scale_up_order`` of deployment ``name`` as the store has it now."""
+    row = _row_or_none(name)
+    return None if row is None else _scale_up_order(row)
+
+
+def _scale_up_order(row: Any) -> _ScaleUp | None:
+    """What scaling up deployment ``row`` reads; None unless it is an on-demand model
+    deployment with a READY copy and fewer than it may have."""
+    if row.model_id is None or not _loading(row).on_demand:
+        return None
+    on = targets.of(row)
+    loaded = frozenset(t.server for t in on if t.state == READY)
+    allowed = _loading(row).copies_allowed(len(on))
+    if not loaded or len(loaded) >= allowed:
+        return None
+    need = find_version(row.name, row.version).memory.bytes
+    return _ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need)
 
 
 def _held_on(
