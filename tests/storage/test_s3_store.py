@@ -266,7 +266,7 @@ def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
     sent = {"model.py": b"# gap\n", "weights.bin": weights[: 16 * 1024**2]}
     with pytest.raises(FailedPrecondition, match="incomplete"):
         upload(first, "m", files, send=sent, upload_id="gapped")
-    assert [part.number for part in tables.UploadPart.select()] == [1, 2, 3]
+    assert sorted(part.number for part in tables.UploadPart.select()) == [1, 2, 3]
     tables.UploadPart.delete().where(tables.UploadPart.number == 2).execute()  # "failed"
     second = domain_on(S3Repository(location, tmp_path / "b" / "staging"), tmp_path / "b")
     status = asyncio.run(second.uploads.get("gapped"))
