@@ -202,7 +202,20 @@ async def named_locks(names: Iterable[str], *, wait: bool = True) -> AsyncIterat
         held = await asyncio.to_thread(_take_locks, connection, keys, wait)
         yield held
     finally:
-        await asyncio.to_thread(connection.close)  # a closed session holds no locks
+        await asyncio.to_thread(_release_and_close, connection)
+
+
+def _release_and_close(connection: Any) -> None:
+    """Release the session's locks, then close it. Closing alone would release them
+    too, but only once the server has ended the session, after close() returns: a
+    try-lock made right after (the next health round's, say) could find them held."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock_all()")
+    except psycopg2.Error as error:
+        log.debug("releasing named locks: %s; closing the session releases them", error)
+    finally:
+        connection.close()
 
 
 def own_connection(db: pw.PostgresqlDatabase) -> Any:
