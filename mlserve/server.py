@@ -369,6 +369,12 @@ class MLServe:
                 domain.stats.registry, domain.stats if settings.workers == 1 else None
             )
             hooks.append(functools.partial(share.poll, domain.router, domain.fleet))
+            # After the poll: hot on-demand models gain a copy from this round's queue times.
+            hooks.append(
+                functools.partial(
+                    self._scale_up, share, domain.deployments, settings.scale_up_queue_ms
+                )
+            )
             # One worker unloads idle on-demand copies (by its own view of their use).
             hooks.append(domain.deployments.unload_idle)
             sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
@@ -380,6 +386,10 @@ class MLServe:
         log.info("%s", self.ready_line())
         if settings.worker_slot is not None:
             report_ready(settings.worker_slot.ready_fd, self.port)
+
+    @staticmethod
+    async def _scale_up(share: TritonShare, deployments: Deployments, threshold_ms: float) -> None:
+        await deployments.scale_up(share.queue_growth(), threshold_ms)
 
     async def _start_training(self, domain: Domain, sandbox: Sandbox | None) -> None:
         """The local training runner, in the sandbox Triton uses (found here when there is

@@ -221,6 +221,17 @@ def parse_headroom(text: str) -> float:
     return value
 
 
+def parse_milliseconds(text: str) -> float:
+    """Milliseconds, 0 or more (0: off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError("give a number of milliseconds, e.g. 50 (0: off)") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingError("give a number of milliseconds that is 0 (off) or more")
+    return value
+
+
 def parse_message_size(text: str) -> int:
     size = parse_size(text)
     if size > GRPC_MESSAGE_LIMIT:
@@ -666,6 +677,19 @@ class Settings:
                 parse_headroom,
                 "FRACTION",
                 shown_default="10%",
+            )
+        ),
+    )
+    scale_up_queue_ms: float = field(
+        default=50.0,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_SCALE_UP_QUEUE_MS",
+                "an on-demand model below max_copies gains a copy when, over one health "
+                "interval, its mean Triton queue time per request exceeds this on every "
+                "loaded copy; 0: never",
+                parse_milliseconds,
+                "MS",
             )
         ),
     )

@@ -295,7 +295,7 @@ class Uploads:
             finally:
                 # Queued behind any write still running, so no descriptor is
                 # closed under a write; the lock is held until then.
-                closed = loop.run_in_executor(writer, _close_all, staged.values())
+                closed = loop.run_in_executor(writer, self._end_stream, plan.upload_id, staged)
                 writer.shutdown(wait=False)
                 hasher.shutdown(wait=False)
                 await asyncio.shield(closed)
@@ -673,6 +673,10 @@ class Uploads:
             written += os.pwrite(target.fd, data[written:], target.received + written)
         target.received += written
         db.run(self.repository.checkpoint, upload_id, target.spec.path, target.received)
+
+    def _end_stream(self, upload_id: str, staged: dict[str, _StagedFile]) -> None:
+        _close_all(staged.values())
+        db.run(self.repository.settle, upload_id)
 
     def _commit(
         self, plan: _UploadPlan, staged: dict[str, _StagedFile]

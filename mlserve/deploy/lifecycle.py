@@ -28,7 +28,15 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +80,11 @@ from mlserve.deploy.placement import (
     DEFAULT_HEADROOM,
     Host,
     LoadPlan,
+    QueueGrowth,
     Resident,
+    Room,
     plan_load,
+    scale_up_to,
     usable_bytes,
 )
 from mlserve.deploy.targets import (
@@ -204,6 +215,17 @@ class _ColdStart:
 
 
 @dataclass(frozen=True)
+class _ScaleUp:
+    """An on-demand model deployment as scaling up reads it."""
+
+    name: str
+    servers: tuple[str, ...]  # its targets, in order
+    loaded: frozenset[str]  # those where a copy is READY
+    allowed: int  # copies it may have at once (max_copies)
+    need: int  # bytes its version needs
+
+
+@dataclass(frozen=True)
 class _Held:
     """A model a server holds, as eviction reads it."""
 
@@ -266,6 +288,12 @@ class Deployments:
         self._idle_unloads = Counter(
             "mlserve_idle_unloads",
             "On-demand models unloaded after idle_unload_after_seconds unused",
+            ["server"],
+            registry=registry,
+        )
+        self._scale_ups = Counter(
+            "mlserve_scale_ups",
+            "Copies of hot on-demand models loaded because their Triton queue time grew",
             ["server"],
             registry=registry,
         )
@@ -411,6 +439,7 @@ class Deployments:
             servers = await self.placer.place(
                 wanted.placement, placed, need=need, deployment=pipeline
             )
+            await self.placer.require_room(wanted.placement, servers, need, pipeline)
             await self.placer.require_ready(servers)
             await in_thread(_write_pipeline)(plan, servers, wanted.load_timeout)
             await self._start_loads(pipeline, servers, [pipeline, *members])
@@ -769,6 +798,81 @@ class Deployments:
         if unloaded:
             await self._notify()
 
+    async def scale_up(
+        self, queue_growth: Mapping[tuple[str, str], QueueGrowth], threshold_ms: float
+    ) -> None:
+        """Give each hot on-demand model deployment one more copy, up to max_copies:
+        hot when, on every server where a copy is READY, ``queue_growth[(model,
+        server)]`` (this round's Triton statistics; a copy missing from it had no
+        traffic) has a mean queue time per request above ``threshold_ms``
+        (``placement.scale_up_to``). The copy goes on the ready server of its
+        targets with the most free memory, only if that one has room (nothing is
+        evicted for it); at most one per deployment per call (the health loop
+        calls it after every round); counted in ``mlserve_scale_ups_total`` and
+        audited. ``threshold_ms`` 0: never."""
+        if threshold_ms <= 0:
+            return
+        ready = {
+            server.name: server.capacity
+            for server in await self.fleet.servers()
+            if server.status.state == READY
+        }
+        used: dict[str, int] | None = None
+        loaded_any = False
+        idle = QueueGrowth(0, 0)
+        for order in await in_thread(_scale_up_candidates)():
+            loaded = {
+                server: queue_growth.get((order.name, server), idle) for server in order.loaded
+            }
+            if not all(g.mean_queue_ns() > threshold_ms * 1e6 for g in loaded.values()):
+                continue  # cheap check first: most rounds scale nothing
+            used = used if used is not None else await in_thread(targets.memory_used)()
+            rooms = [
+                Room(server, ready[server], used.get(server, 0))
+                for server in order.servers
+                # a server whose last loads of it failed waits out its back-off
+                if server in ready and self._may_retry(order.name, server)
+            ]
+            chosen = scale_up_to(
+                loaded, rooms, order.need, order.allowed, threshold_ms * 1e6, self.placer.headroom
+            )
+            if chosen is None:
+                continue
+            async with self._locked_if_free([order.name]) as held:
+                if not held:
+                    continue  # being changed: the next round sees it again
+                if await in_thread(_scale_up_order_of)(order.name) != order:
+                    continue  # changed before the lock (another replica scaled it, say)
+                await in_thread(targets.mark_loading)(order.name, [chosen])
+                await self._load_on(order.name, chosen)
+            loaded_any = True  # its target's state changed, READY or not
+            record = await in_thread(_record_or_none)(order.name)
+            states = {t.server: t.state for t in record.targets} if record else {}
+            if states.get(chosen) == READY:
+                used[chosen] = used.get(chosen, 0) + order.need
+                await self._record_scale_up(order, chosen, loaded, threshold_ms)
+        if loaded_any:
+            await self._notify()
+
+    async def _record_scale_up(
+        self, order: _ScaleUp, server: str, loaded: Mapping[str, QueueGrowth], threshold_ms: float
+    ) -> None:
+        queued = ", ".join(
+            f"{name} {growth.mean_queue_ns() / 1e6:.0f} ms"
+            for name, growth in sorted(loaded.items())
+        )
+        message = (
+            f"scaled up onto {server} at {db.utcnow():%Y-%m-%d %H:%M:%S} UTC: mean queue "
+            f"time per request over the last round above {threshold_ms:g} ms on every "
+            f"copy ({queued})"
+        )
+        self._scale_ups.labels(server=server).inc()
+        log.info("on demand: %s %s", order.name, message)
+        if self.audit is not None:
+            await self.audit.record(
+                MLSERVE_ITSELF, "mlserve.v1.DeploymentService/ScaleUp", order.name, message
+            )
+
     # --- the work -----------------------------------------------------------
 
     async def _apply(
@@ -808,6 +912,8 @@ class Deployments:
             )
         if loading.pinned:
             await self._check_pins(model, servers, need)
+        if not loading.on_demand:
+            await self.placer.require_room(placement, servers, need, model)
         await self.placer.require_ready(servers)
         # A new version is loaded beside the serving one first (a rollout), so the
         # route can move to it; the loads of the version alone then run in the background.
@@ -1388,6 +1494,34 @@ def _cold_start_order(name: str) -> _ColdStart | None:
         find_version(name, row.version).memory.bytes,
         bool(ready) or len(ready) >= allowed,
     )
+
+
+def _scale_up_candidates() -> list[_ScaleUp]:
+    """Every on-demand model deployment with a READY copy and room for more copies."""
+    rows = tables.Deployment.select().where(
+        (tables.Deployment.loading == "on_demand") & tables.Deployment.model.is_null(False)
+    )
+    return [order for row in rows if (order := _scale_up_order(row)) is not None]
+
+
+def _scale_up_order_of(name: str) -> _ScaleUp | None:
+    """``_scale_up_order`` of deployment ``name`` as the store has it now."""
+    row = _row_or_none(name)
+    return None if row is None else _scale_up_order(row)
+
+
+def _scale_up_order(row: Any) -> _ScaleUp | None:
+    """What scaling up deployment ``row`` reads; None unless it is an on-demand model
+    deployment with a READY copy and fewer than it may have."""
+    if row.model_id is None or not _loading(row).on_demand:
+        return None
+    on = targets.of(row)
+    loaded = frozenset(t.server for t in on if t.state == READY)
+    allowed = _loading(row).copies_allowed(len(on))
+    if not loaded or len(loaded) >= allowed:
+        return None
+    need = find_version(row.name, row.version).memory.bytes
+    return _ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need)
 
 
 def _held_on(

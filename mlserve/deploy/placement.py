@@ -14,7 +14,7 @@ A server whose capacity is not stated (0) is never refused for memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,25 @@ def choose(rooms: Sequence[Room], need: int, wanted: int, headroom: float) -> li
     )
 
 
+def check_named(rooms: Sequence[Room], need: int, headroom: float) -> None:
+    """Nothing when each of ``rooms`` (servers named by the caller) has room for
+    ``need`` more bytes without going above its usable memory.
+
+    Raises:
+        ResourceExhausted: naming the first server without room, the need and
+            that server's free space.
+    """
+    for room in rooms:
+        free = free_bytes(room.capacity, room.used, headroom)
+        if free is not None and free < need:
+            raise ResourceExhausted(
+                f"server {room.server!r} has {free} bytes of model memory free "
+                f"({_mib(free)}, {headroom:.0%} headroom kept) but this deployment needs "
+                f"{need} bytes ({_mib(need)}) there; free memory on it (unload or undeploy "
+                "models), add capacity, or name another server. Nothing was deployed."
+            )
+
+
 def _mib(size: int) -> str:
     return f"{size / 1024**2:.1f} MiB"
 
@@ -237,3 +256,52 @@ def plan_load(
             f"({_mib(largest)}). Add capacity, unpin models, or undeploy some."
         )
     return best[1]
+
+
+@dataclass(frozen=True)
+class QueueGrowth:
+    """What one loaded copy's Triton statistics grew by over one health round."""
+
+    requests: int  # successful inferences
+    queue_ns: int  # nanoseconds they waited in Triton's queue, summed
+
+    def mean_queue_ns(self) -> float:
+        return self.queue_ns / self.requests if self.requests else 0.0
+
+
+def scale_up_to(
+    loaded: Mapping[str, QueueGrowth],
+    rooms: Sequence[Room],
+    need: int,
+    allowed: int,
+    threshold_ns: float,
+    headroom: float,
+) -> str | None:
+    """The server to load one more copy of a hot on-demand model on, or None.
+
+    One more copy is wanted when the model is loaded somewhere, on fewer than
+    ``allowed`` servers, and on *every* loaded copy (``loaded``: server -> its
+    growth this round) the mean queue time per request over the round is above
+    ``threshold_ns``: a copy with no traffic, or a short queue, can take more.
+    It goes on the server of ``rooms`` (those that may hold it, none loaded
+    with it) with the most free memory, if that one has room for ``need``
+    (``choose``); never evicting for it. At most one server per call: a
+    deployment gains at most one copy per round.
+    """
+    if not loaded or len(loaded) >= allowed or threshold_ns <= 0:
+        return None
+    if any(growth.mean_queue_ns() <= threshold_ns for growth in loaded.values()):
+        return None
+    spare = [room for room in rooms if room.server not in loaded]
+    # Most free first; a server whose capacity is not stated has no limit.
+    spare.sort(key=lambda room: -_free_or_unlimited(room, headroom))
+    try:
+        chosen = choose(spare[:1], need, 1, headroom)
+    except ResourceExhausted:
+        return None  # no room without evicting: the copies it has keep serving
+    return chosen[0]
+
+
+def _free_or_unlimited(room: Room, headroom: float) -> float:
+    free = free_bytes(room.capacity, room.used, headroom)
+    return math.inf if free is None else free

@@ -106,7 +106,8 @@ class Placer:
         """The servers a deployment with ``placement`` goes on, each one whose
         ``workspaces`` admit everything in ``placed``.
 
-        Named servers as given (each must be registered); else ``replicas``
+        Named servers as given (each must be registered; their room is
+        checked by ``require_room``); else ``replicas``
         servers matching ``selector``, ready and least used first, each with
         ``need`` bytes free besides what the deployments but ``deployment``
         need there (``placement.choose``); else the default server, or the
@@ -143,6 +144,20 @@ class Placer:
             "name the servers to deploy on: there is no 'local' server and "
             f"{len(names)} are registered"
         )
+
+    async def require_room(
+        self, placement: Placement, servers: Sequence[str], need: int, deployment: str
+    ) -> None:
+        """When ``placement`` names its servers, ResourceExhausted naming the first of
+        ``servers`` without ``need`` bytes free besides what the deployments but
+        ``deployment`` need there (``placement.check_named``), before anything is
+        written; servers chosen by ``place`` had room already."""
+        if not placement.servers or not need:
+            return
+        used = await db.in_thread(memory_used)(deployment)
+        records = [await self.fleet.get(server) for server in servers]
+        rooms = [by_memory.Room(r.name, r.capacity, used.get(r.name, 0)) for r in records]
+        by_memory.check_named(rooms, need, self.headroom)
 
     async def require_ready(self, servers: Iterable[str]) -> None:
         """Raise Unavailable, naming the first server that does not answer, before

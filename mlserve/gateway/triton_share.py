@@ -13,7 +13,10 @@ and says nothing about a single request. Each health round (every
   means, one observation per round, not of single requests;
 - observes, per version with traffic in the round, Triton's time over the
   gateway's in the same round (``mlserve_triton_share_ratio``): how much of a
-  call's time was spent in Triton, one observation per round.
+  call's time was spent in Triton, one observation per round;
+- keeps, per model and server, what its queue time grew by in the round
+  (``queue_growth``), for scaling hot on-demand models up
+  (``Deployments.scale_up``).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mlserve.core.errors import MLServeError
 from mlserve.deploy.fleet import READY, Fleet
+from mlserve.deploy.placement import QueueGrowth
 from mlserve.gateway.router import Router
 from mlserve.gateway.stats import LATENCY_BUCKETS, InferenceStats
 
 log = logging.getLogger(__name__)
 
-Totals = dict[int, tuple[int, int]]  # version -> (count, ns), as Triton reports them
+Totals = dict[int, tuple[int, int, int]]  # version -> (count, ns, queue ns), as Triton reports
 _SHARE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
@@ -69,6 +73,12 @@ class TritonShare:
         )
         self._last: dict[tuple[str, str], Totals] = {}
         self._gateway_last: dict[tuple[str, int], tuple[int, float]] = {}
+        self._queue_round: dict[tuple[str, str], QueueGrowth] = {}
+
+    def queue_growth(self) -> dict[tuple[str, str], QueueGrowth]:
+        """Per (model, server) read in the last round, what its successful inferences
+        and their queue time grew by since the round before (every version)."""
+        return dict(self._queue_round)
 
     def add(self, server: str, model: str, totals: Totals) -> dict[int, tuple[int, int]]:
         """Count what grew since ``server`` last reported ``model``; the first report is the
@@ -79,17 +89,22 @@ class TritonShare:
         grown: dict[int, tuple[int, int]] = {}
         if previous is None:
             return grown
-        for version, (count, nanoseconds) in totals.items():
-            old_count, old_ns = previous.get(version, (0, 0))
-            if count < old_count or nanoseconds < old_ns:
+        queued = QueueGrowth(0, 0)
+        for version, (count, nanoseconds, queue_ns) in totals.items():
+            old_count, old_ns, old_queue_ns = previous.get(version, (0, 0, 0))
+            if count < old_count or nanoseconds < old_ns or queue_ns < old_queue_ns:
                 continue  # restarted: counted from here on
             if count > old_count:
                 label = str(version)
                 requests, spent = count - old_count, nanoseconds - old_ns
+                queued = QueueGrowth(
+                    queued.requests + requests, queued.queue_ns + queue_ns - old_queue_ns
+                )
                 grown[version] = (requests, spent)
                 self._requests.labels(model, label).inc(requests)
                 self._seconds.labels(model, label).inc(spent / 1e9)
                 self._interval_mean.labels(model, label).observe(spent / requests / 1e9)
+        self._queue_round[(model, server)] = queued
         return grown
 
     def share(self, model: str, grown: dict[int, tuple[int, int]]) -> None:
@@ -116,6 +131,7 @@ class TritonShare:
 
     async def poll(self, router: Router, fleet: Fleet) -> None:
         """Read every routed model's totals from the ready servers it is routed to."""
+        self._queue_round = {}
         for route in router.routes():
             grown: defaultdict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
             for server in route.servers:

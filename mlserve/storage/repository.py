@@ -196,6 +196,10 @@ class Repository(abc.ABC):
         """Called as staged ``path`` grows to ``received`` bytes: an implementation may
         commit whole parts of it elsewhere (a bucket), so another replica can resume."""
 
+    def settle(self, upload_id: str) -> None:  # noqa: B027
+        """At the end of a stream on the upload (its lock still held): wait for any
+        work ``checkpoint`` left running, so the next stream starts from what is recorded."""
+
     def restore_staged(self, upload_id: str, path: str) -> None:  # noqa: B027
         """Before a stream resumes: bring what was committed elsewhere of ``path`` back
         into local staging when it is more than this disk has."""

@@ -34,8 +34,10 @@ import logging
 import os
 import re
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
@@ -70,6 +72,9 @@ TRANSFER = TransferConfig(
 )
 _CONTENT_LOCK_KEY = zlib.crc32(b"mlserve content lock")
 DEFAULT_PART_SIZE = 64 * 1024**2
+# Parts of a staged file being sent to the bucket at once, beside the stream's
+# writer (as boto3's upload_file does); each holds a part in memory.
+_PARTS_IN_FLIGHT = 4
 # The largest object one CopyObject may copy (S3's limit).
 _COPY_OBJECT_LIMIT = 5 * 1024**3
 
@@ -166,6 +171,16 @@ def _s3_call(method: Callable[P, R]) -> Callable[P, R]:
     return call
 
 
+@dataclass
+class _Sending:
+    """The parts of one staged file handed to the senders during a stream."""
+
+    multipart_id: str
+    next_number: int
+    submitted: int  # bytes handed to the senders, from 0
+    pending: deque[Future[None]] = field(default_factory=deque)
+
+
 class S3Repository(Repository):
     """Versions and contents in a bucket; uploads staged on this replica's disk."""
 
@@ -187,6 +202,8 @@ class S3Repository(Repository):
             ),
         )
         self._local_lock = staging.parent / ".content.lock"
+        self._senders = ThreadPoolExecutor(_PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
+        self._sending: dict[tuple[str, str], _Sending] = {}
 
     def describe(self) -> str:
         return f"bucket {self.location}"
@@ -287,20 +304,26 @@ class S3Repository(Repository):
         source = self.staged_file(upload_id, path)
         key = self._blob_key(sha256)
         size = os.lstat(source).st_size
+        self._settle_file(upload_id, path)
         parts = _parts(upload_id, path)
         if self._size_of(key) == size:
             pass  # stored meanwhile by another upload: the parts are dropped with staging
         elif parts:
             self.checkpoint(upload_id, path, size)
+            self._settle_file(upload_id, path)
             parts = _parts(upload_id, path)
             committed = sum(part.size for part in parts)
+            count = len(parts)
             if committed < size:
                 with self.open_staged_for_read(upload_id, path) as staged:
                     staged.seek(committed)
                     self._send_part(
                         upload_id, path, parts[0].multipart_id, len(parts) + 1, staged.read()
                     )
-            staged_key = self._complete(upload_id, path, _parts(upload_id, path))
+                count += 1
+            # Exactly the parts that make the file: a record beyond them (left
+            # by a part in flight when an earlier one failed) is not part of it.
+            staged_key = self._complete(upload_id, path, _parts(upload_id, path)[:count])
             self._copy(staged_key, key, size)
             self._client.delete_object(Bucket=self.location.bucket, Key=staged_key)
         else:
@@ -361,25 +384,61 @@ class S3Repository(Repository):
 
     @_s3_call
     def checkpoint(self, upload_id: str, path: str, received: int) -> None:
-        """Send every whole part of the staged file not yet in the bucket, recording each
-        in the database once S3 has it: that is what a resume elsewhere continues from."""
-        parts = _parts(upload_id, path)
-        committed = sum(part.size for part in parts)
-        if received - committed < self.location.part_size:
+        """Hand every whole part of the staged file not yet handed on to the senders
+        (several at once, beside the writer); each is recorded in the database once S3
+        has it: that is what a resume elsewhere continues from."""
+        sending = self._sending.get((upload_id, path))
+        if sending is None:
+            parts = _parts(upload_id, path)
+            committed = sum(part.size for part in parts)
+            if received - committed < self.location.part_size:
+                return
+            multipart_id = (
+                parts[0].multipart_id if parts else self._start_multipart(upload_id, path)
+            )
+            sending = _Sending(multipart_id, len(parts) + 1, committed)
+            self._sending[upload_id, path] = sending
+        if received - sending.submitted < self.location.part_size:
             return
-        multipart_id = parts[0].multipart_id if parts else self._start_multipart(upload_id, path)
-        with self.open_staged_for_read(upload_id, path) as staged:
-            while received - committed >= self.location.part_size:
-                staged.seek(committed)
-                self._send_part(
-                    upload_id,
-                    path,
-                    multipart_id,
-                    len(parts) + 1,
-                    staged.read(self.location.part_size),
-                )
-                parts.append(_parts(upload_id, path)[-1])
-                committed += self.location.part_size
+        try:
+            with self.open_staged_for_read(upload_id, path) as staged:
+                while received - sending.submitted >= self.location.part_size:
+                    staged.seek(sending.submitted)
+                    data = staged.read(self.location.part_size)
+                    sending.pending.append(
+                        self._senders.submit(
+                            db.run, self._send_part, upload_id, path,
+                            sending.multipart_id, sending.next_number, data,
+                        )
+                    )  # fmt: skip
+                    sending.submitted += len(data)
+                    sending.next_number += 1
+                    while len(sending.pending) >= _PARTS_IN_FLIGHT:
+                        sending.pending.popleft().result()
+        except BaseException:
+            self._settle_file(upload_id, path)
+            raise
+
+    def settle(self, upload_id: str) -> None:
+        # list(): a C-level copy, so another upload's writer adding a key meanwhile
+        # cannot break the iteration.
+        for upload, path in [key for key in list(self._sending) if key[0] == upload_id]:
+            with contextlib.suppress(Exception):  # what S3 took is recorded; that counts
+                self._settle_file(upload, path)
+
+    def _settle_file(self, upload_id: str, path: str) -> None:
+        """Wait for the file's parts in flight and forget them; the first error raised."""
+        sending = self._sending.pop((upload_id, path), None)
+        if sending is None:
+            return
+        errors = []
+        for pending in sending.pending:
+            try:
+                pending.result()
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def _start_multipart(self, upload_id: str, path: str) -> str:
         answer = self._client.create_multipart_upload(
@@ -397,6 +456,8 @@ class S3Repository(Repository):
             PartNumber=number,
             Body=data,
         )
+        # A replace: a part sent again after a resume (beyond a gap left by a
+        # failed one) supersedes its earlier record, as S3 keeps the last upload.
         tables.UploadPart.insert(
             upload=upload_id,
             path=path,
@@ -404,7 +465,16 @@ class S3Repository(Repository):
             number=number,
             size=len(data),
             etag=answer["ETag"],
-        ).execute()
+        ).on_conflict(
+            conflict_target=[
+                tables.UploadPart.upload, tables.UploadPart.path, tables.UploadPart.number
+            ],
+            update={
+                tables.UploadPart.multipart_id: multipart_id,
+                tables.UploadPart.size: len(data),
+                tables.UploadPart.etag: answer["ETag"],
+            },
+        ).execute()  # fmt: skip
 
     def _complete(self, upload_id: str, path: str, parts: Sequence[Any]) -> str:
         """Complete the multipart upload of ``parts`` at the staging key; the key."""
@@ -517,12 +587,20 @@ class S3Repository(Repository):
 
 
 def _parts(upload_id: str, path: str) -> list[Any]:
-    """The parts of staged ``path`` recorded in the database, in order."""
-    return list(
+    """The parts of staged ``path`` recorded in the database, in order, up to the first
+    gap: parts are sent several at once, so one may be recorded after a later one
+    failed; only the unbroken run from part 1 is what the bucket holds of the file."""
+    recorded = (
         tables.UploadPart.select()
         .where((tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path))
         .order_by(tables.UploadPart.number)
     )
+    unbroken: list[Any] = []
+    for part in recorded:
+        if part.number != len(unbroken) + 1:
+            break
+        unbroken.append(part)
+    return unbroken
 
 
 class _ObjectReader(io.RawIOBase):

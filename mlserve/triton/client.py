@@ -210,8 +210,10 @@ class TritonClient:
 
     async def inference_totals(
         self, model: str, timeout: float = 5.0
-    ) -> dict[int, tuple[int, int]]:
-        """Triton's cumulative successful inferences of ``model``: version -> (count, ns).
+    ) -> dict[int, tuple[int, int, int]]:
+        """Triton's cumulative successful inferences of ``model``: version -> (count, ns,
+        queue ns): how many, the time they took (queue and compute) and the part of it
+        they waited in the queue.
 
         Raises:
             Unavailable: the server does not answer (a model it does not serve
@@ -228,6 +230,7 @@ class TritonClient:
             int(stats.version): (
                 int(stats.inference_stats.success.count),
                 int(stats.inference_stats.success.ns),
+                int(stats.inference_stats.queue.ns),
             )
             for stats in response.model_stats
             if stats.version.isdigit()

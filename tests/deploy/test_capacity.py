@@ -5,7 +5,8 @@ The embedded Triton registers the host's memory; a version's memory need is
 estimated at upload and measured on its first load; ListServers shows used
 and free memory; CreateDeployment with replicas skips a server without room
 and, when none has room, is RESOURCE_EXHAUSTED naming the need and the
-largest free space, with nothing written. Bad capacities are INVALID_ARGUMENT
+largest free space (a named server without room: its free space), with
+nothing written. Bad capacities are INVALID_ARGUMENT
 naming the field, and nothing is registered or changed.
 """
 
@@ -100,6 +101,27 @@ def update_server(stubs: Stubs, server: server_pb2.Server, *paths: str) -> serve
         metadata=stubs.auth,
     )
     return updated
+
+
+def exhausted(stubs: Stubs, deployment: deployment_pb2.Deployment) -> grpc.RpcError:
+    """The RESOURCE_EXHAUSTED error of creating ``deployment``."""
+    error: grpc.RpcError = expect_error(
+        Code.RESOURCE_EXHAUSTED,
+        stubs.deployments.CreateDeployment,
+        deployment_pb2.CreateDeploymentRequest(wait=True, deployment=deployment),
+        metadata=stubs.auth,
+        timeout=60,
+    )
+    return error
+
+
+def assert_not_deployed(stubs: Stubs, name: str) -> None:
+    expect_error(
+        Code.NOT_FOUND,
+        stubs.deployments.GetDeployment,
+        deployment_pb2.GetDeploymentRequest(name=name),
+        metadata=stubs.auth,
+    )
 
 
 def server_names(stubs: Stubs) -> list[str]:
@@ -212,28 +234,15 @@ def test_replicas_go_where_there_is_room_else_resource_exhausted(
         )
         need = get_version(stubs, model_name).memory.bytes
         with nothing_written(stubs, served.home):
-            error = expect_error(
-                Code.RESOURCE_EXHAUSTED,
-                stubs.deployments.CreateDeployment,
-                deployment_pb2.CreateDeploymentRequest(
-                    wait=True,
-                    deployment=deployment_pb2.Deployment(
-                        model=model_name, replicas=2, server_selector=POOL
-                    ),
-                ),
-                metadata=stubs.auth,
-                timeout=60,
+            error = exhausted(
+                stubs,
+                deployment_pb2.Deployment(model=model_name, replicas=2, server_selector=POOL),
             )
             roomy = get_server(stubs, second)
             assert f"need {need} bytes" in error.details()
             assert f"largest free space is {roomy.free_memory_bytes} bytes" in error.details()
             assert repr(second) in error.details()
-            expect_error(
-                Code.NOT_FOUND,
-                stubs.deployments.GetDeployment,
-                deployment_pb2.GetDeploymentRequest(name=model_name),
-                metadata=stubs.auth,
-            )
+            assert_not_deployed(stubs, model_name)
         deployed = deploy(stubs, model_name, replicas=1, server_selector=POOL)
         assert list(deployed.servers) == [second]
         assert deployed.state == deployment_pb2.DEPLOYMENT_STATE_READY
@@ -250,3 +259,30 @@ def test_replicas_go_where_there_is_room_else_resource_exhausted(
             "labels",
             "capacity",
         )
+
+
+def test_a_named_server_without_room_is_resource_exhausted_and_nothing_written(
+    stubs: Stubs, served: MLServeProcess, second: str, model_name: str
+) -> None:
+    upload_add(stubs, model_name)
+    local = get_server(stubs, "local")
+    try:
+        tiny = server_pb2.Capacity(host_memory_bytes=MiB)
+        update_server(stubs, server_pb2.Server(name="local", capacity=tiny), "capacity")
+        need = get_version(stubs, model_name).memory.bytes
+        free = get_server(stubs, "local").free_memory_bytes
+        with nothing_written(stubs, served.home):
+            # The roomy server first: every named server is checked.
+            error = exhausted(
+                stubs, deployment_pb2.Deployment(model=model_name, servers=[second, "local"])
+            )
+            assert "server 'local'" in error.details()
+            assert f"has {free} bytes of model memory free" in error.details()
+            assert f"needs {need} bytes" in error.details()
+            assert_not_deployed(stubs, model_name)
+        assert not get_server(stubs, second).used_memory_bytes
+        deployed = deploy(stubs, model_name, servers=[second])
+        assert deployed.state == deployment_pb2.DEPLOYMENT_STATE_READY
+    finally:
+        remove_model(stubs, model_name)
+        update_server(stubs, server_pb2.Server(name="local", capacity=local.capacity), "capacity")

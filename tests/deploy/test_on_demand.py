@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from mlserve.deploy.placement import DEFAULT_HEADROOM
 from mlserve_api.v1 import audit_pb2, deployment_pb2, model_pb2, server_pb2
 from tests.support.checks import expect_error, nothing_written
 from tests.support.commands import mlserve_cli
-from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.mlserve import MLServeProcess, Stubs, free_port, metric
 from tests.support.models import add_model_files, upload_add, with_initialize
 from tests.support.tritons import add_inputs, remove_model, wait_for
 from tests.support.uploading import stream
@@ -121,15 +120,6 @@ def triton_loads(served: MLServeProcess, model: str) -> int:
     """How many times Triton itself says it loaded ``model`` (its log)."""
     log = Path(served.home / "triton.log").read_text(errors="replace")
     return log.count(f"successfully loaded '{model}'")
-
-
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((name + "{", name + " "))
-    )
 
 
 def infer(served: MLServeProcess, stubs: Stubs, model: str) -> np.ndarray:

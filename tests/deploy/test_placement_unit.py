@@ -13,6 +13,7 @@ from mlserve.deploy.placement import (
     LoadPlan,
     Resident,
     Room,
+    check_named,
     choose,
     evictions,
     free_bytes,
@@ -68,6 +69,18 @@ def test_choose_names_the_need_and_the_largest_free_space() -> None:
     assert f"need {4 * GIB} bytes" in message
     assert f"largest free space is {3 * GIB} bytes" in message
     assert "'b'" in message
+
+
+def test_named_servers_are_each_checked_for_room() -> None:
+    roomy = Room("a", Capacity(host_memory_bytes=10 * GIB), 0)
+    full = Room("b", Capacity(host_memory_bytes=10 * GIB), 8 * GIB)
+    unstated = Room("c", Capacity(), 100 * GIB)
+    check_named([roomy, unstated], 4 * GIB, 0.1)  # room, or no stated limit
+    with pytest.raises(ResourceExhausted) as raised:
+        check_named([roomy, full], 4 * GIB, 0.1)
+    message = raised.value.message
+    assert f"server 'b' has {1 * GIB} bytes of model memory free" in message
+    assert f"needs {4 * GIB} bytes" in message
 
 
 def test_eviction_takes_the_least_recently_used_and_no_more_than_it_needs() -> None:

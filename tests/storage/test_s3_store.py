@@ -248,3 +248,29 @@ def test_a_resume_through_another_replica_continues_from_the_parts_in_the_bucket
     assert tables.UploadPart.select().count() == 0
     assert not [key for key in keys(moto_server, bucket) if "/staging/" in key]
     assert moto_server.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads") is None
+
+
+def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+) -> None:
+    """Parts go to the bucket several at once, so part 3 may be recorded while part 2
+    failed: what counts is the unbroken run from part 1, the resume sends part 2 and
+    on again (replacing the stale record), and the committed file is the right one."""
+    location = dataclasses.replace(bucket, part_size=5 * 1024**2)
+    first = domain_on(S3Repository(location, tmp_path / "a" / "staging"), tmp_path / "a")
+    weights = os.urandom(17 * 1024**2 + 5)
+    files = {"model.py": b"# gap\n", "weights.bin": weights}
+    sent = {"model.py": b"# gap\n", "weights.bin": weights[: 16 * 1024**2]}
+    with pytest.raises(FailedPrecondition, match="incomplete"):
+        upload(first, "m", files, send=sent, upload_id="gapped")
+    assert sorted(part.number for part in tables.UploadPart.select()) == [1, 2, 3]
+    tables.UploadPart.delete().where(tables.UploadPart.number == 2).execute()  # "failed"
+    second = domain_on(S3Repository(location, tmp_path / "b" / "staging"), tmp_path / "b")
+    status = asyncio.run(second.uploads.get("gapped"))
+    assert {f.spec.path: f.received for f in status.files}["weights.bin"] == 5 * 1024**2
+    assert upload(second, "m", files, upload_id="gapped").version == 1
+    assert read_version(second, "m", 1) == files
+    assert tables.UploadPart.select().count() == 0

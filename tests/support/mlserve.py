@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,3 +167,14 @@ def started_without_triton(home: Path, *options: str) -> Iterator[MLServeProcess
         yield process.start(wait_for_triton=False)
     finally:
         process.stop()
+
+
+def metric(port: int, name: str) -> float:
+    """The sum of every sample of Prometheus metric ``name`` (all labels) that
+    MLServe serves on ``--metrics-listen 127.0.0.1:port``."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
