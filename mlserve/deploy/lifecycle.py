@@ -707,10 +707,13 @@ class Deployments:
             if target is None:
                 return False  # undeployed meanwhile
             if target.state != READY:
-                raise Unavailable(
-                    f"loading on-demand model {model!r} on server {again.server!r} failed: "
-                    f"{target.message or target.state}"
-                )
+                # The caller may be a consumer: Triton's words and the server's name are
+                # for MLServe's log and the target's state (GetDeployment), not for it.
+                log.warning(
+                    "on-demand load of %s on server %s failed: %s",
+                    model, again.server, target.message or target.state,
+                )  # fmt: skip
+                raise Unavailable(_could_not_load(model))
             return True
         raise Unavailable(f"on-demand model {model!r} could not be placed: busy; retry")
 
@@ -722,10 +725,11 @@ class Deployments:
             if server in records and records[server].status.state == READY
         ]
         if not ready:
-            raise Unavailable(
-                f"no server of on-demand model {order.name!r} is ready to load it "
-                f"(its servers: {', '.join(order.servers)})"
-            )
+            log.warning(
+                "on-demand model %s: none of its servers (%s) is ready to load it",
+                order.name, ", ".join(order.servers),
+            )  # fmt: skip
+            raise Unavailable(_could_not_load(order.name))
         held, needs = await in_thread(_held_on)(ready)
         hosts = [
             Host(
@@ -837,6 +841,8 @@ class Deployments:
             async with self._locked_if_free([order.name]) as held:
                 if not held:
                     continue  # being changed: the next round sees it again
+                if await in_thread(_scale_up_order_of)(order.name) != order:
+                    continue  # changed before the lock (another replica scaled it, say)
                 await in_thread(targets.mark_loading)(order.name, [chosen])
                 await self._load_on(order.name, chosen)
             loaded_any = True  # its target's state changed, READY or not
@@ -1463,6 +1469,15 @@ def _pinned_bytes(except_deployment: str) -> dict[str, int]:
     return dict(pinned)
 
 
+def _could_not_load(model: str) -> str:
+    """What an inference caller hears of a cold load that failed: no server name and
+    no Triton text (they are in the log and the deployment's targets)."""
+    return (
+        f"on-demand model {model!r} could not be loaded: retry later, or ask its owner "
+        "to check the deployment's targets (GetDeployment)"
+    )
+
+
 def _cold_start_order(name: str) -> _ColdStart | None:
     """What a cold start of ``name`` needs to know; None unless it is an on-demand
     model deployment."""
@@ -1486,15 +1501,27 @@ def _scale_up_candidates() -> list[_ScaleUp]:
     rows = tables.Deployment.select().where(
         (tables.Deployment.loading == "on_demand") & tables.Deployment.model.is_null(False)
     )
-    found = []
-    for row in rows:
-        on = targets.of(row)
-        loaded = frozenset(t.server for t in on if t.state == READY)
-        allowed = _loading(row).copies_allowed(len(on))
-        if loaded and len(loaded) < allowed:
-            need = find_version(row.name, row.version).memory.bytes
-            found.append(_ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need))
-    return found
+    return [order for row in rows if (order := _scale_up_order(row)) is not None]
+
+
+def _scale_up_order_of(name: str) -> _ScaleUp | None:
+    """``_scale_up_order`` of deployment ``name`` as the store has it now."""
+    row = _row_or_none(name)
+    return None if row is None else _scale_up_order(row)
+
+
+def _scale_up_order(row: Any) -> _ScaleUp | None:
+    """What scaling up deployment ``row`` reads; None unless it is an on-demand model
+    deployment with a READY copy and fewer than it may have."""
+    if row.model_id is None or not _loading(row).on_demand:
+        return None
+    on = targets.of(row)
+    loaded = frozenset(t.server for t in on if t.state == READY)
+    allowed = _loading(row).copies_allowed(len(on))
+    if not loaded or len(loaded) >= allowed:
+        return None
+    need = find_version(row.name, row.version).memory.bytes
+    return _ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need)
 
 
 def _held_on(
