@@ -110,7 +110,7 @@ class InferenceGateway:
     async def _model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
-        async for response in self.forwarder.stream(requests):
+        async for response in self.forwarder.stream(requests, context):
             yield response
 
     # --- MLServe's own answers ----------------------------------------------

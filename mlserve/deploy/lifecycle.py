@@ -707,10 +707,13 @@ class Deployments:
             if target is None:
                 return False  # undeployed meanwhile
             if target.state != READY:
-                raise Unavailable(
-                    f"loading on-demand model {model!r} on server {again.server!r} failed: "
-                    f"{target.message or target.state}"
-                )
+                # The caller may be a consumer: Triton's words and the server's name are
+                # for MLServe's log and the target's state (GetDeployment), not for it.
+                log.warning(
+                    "on-demand load of %s on server %s failed: %s",
+                    model, again.server, target.message or target.state,
+                )  # fmt: skip
+                raise Unavailable(_could_not_load(model))
             return True
         raise Unavailable(f"on-demand model {model!r} could not be placed: busy; retry")
 
@@ -722,10 +725,11 @@ class Deployments:
             if server in records and records[server].status.state == READY
         ]
         if not ready:
-            raise Unavailable(
-                f"no server of on-demand model {order.name!r} is ready to load it "
-                f"(its servers: {', '.join(order.servers)})"
-            )
+            log.warning(
+                "on-demand model %s: none of its servers (%s) is ready to load it",
+                order.name, ", ".join(order.servers),
+            )  # fmt: skip
+            raise Unavailable(_could_not_load(order.name))
         held, needs = await in_thread(_held_on)(ready)
         hosts = [
             Host(
@@ -1463,6 +1467,15 @@ def _pinned_bytes(except_deployment: str) -> dict[str, int]:
         for target in found:
             pinned[target.server] += need.bytes if need is not None else 0
     return dict(pinned)
+
+
+def _could_not_load(model: str) -> str:
+    """What an inference caller hears of a cold load that failed: no server name and
+    no Triton text (they are in the log and the deployment's targets)."""
+    return (
+        f"on-demand model {model!r} could not be loaded: retry later, or ask its owner "
+        "to check the deployment's targets (GetDeployment)"
+    )
 
 
 def _cold_start_order(name: str) -> _ColdStart | None:

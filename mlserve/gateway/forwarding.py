@@ -40,6 +40,10 @@ from mlserve.monitor import InferenceLog
 from mlserve.monitor.records import STREAMED
 
 MAX_ATTEMPTS = 3
+# How long a stream's request waits for its cold on-demand model to load when the
+# stream has no deadline (and no app timeout): a load that hangs must not hold the
+# stream, its later requests and the pump forever.
+STREAM_WARM_SECONDS = 120.0
 # Calls about one version that name none go out naming the deployed one: while a
 # rollout loads the next version beside it, Triton's own choice (the highest)
 # would move them before the route does. ModelStatistics without a version
@@ -160,9 +164,7 @@ class Forwarder:
             aio.AioRpcError: a Triton's own final answer, to pass on unchanged.
         """
         attempts, app_timeout = await self._may_infer(model)
-        timeout = call.time_remaining()
-        if app_timeout is not None:
-            timeout = app_timeout if timeout is None else min(timeout, app_timeout)
+        timeout = _within(call.time_remaining(), app_timeout)
         if warm:
             await self._warm_if_cold(model, timeout)
         tried: frozenset[str] = frozenset()
@@ -281,11 +283,16 @@ class Forwarder:
                 served.append(ServedModel(route, serving))
         return served
 
-    async def stream(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def stream(
+        self, requests: AsyncIterator[bytes], stream_call: Call
+    ) -> AsyncIterator[bytes]:
         """ModelStreamInfer: one upstream stream per replica used; responses merged as they come.
 
-        A request that cannot be routed, or an upstream that fails, answers
-        with a response carrying ``error_message``; the stream goes on. Each
+        A request to a cold on-demand model waits for its load within the
+        stream's deadline (capped by an app consumer's timeout), or
+        ``STREAM_WARM_SECONDS`` when neither is set. A request that cannot be
+        routed, or an upstream that fails, answers with a response carrying
+        ``error_message``; the stream goes on. Each
         answered request goes to the inference log like a ModelInfer call.
         """
         responses: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -316,8 +323,11 @@ class Forwarder:
                 async for request in requests:
                     try:
                         model, version = wire.model_name_and_version(request)
-                        await self._may_infer(model)
-                        await self._warm_if_cold(model, None)
+                        _, app_timeout = await self._may_infer(model)
+                        timeout = _within(stream_call.time_remaining(), app_timeout)
+                        await self._warm_if_cold(
+                            model, STREAM_WARM_SECONDS if timeout is None else timeout
+                        )
                         choice = await self.router.choose(model, version)
                     except (MLServeError, wire.WireError, UnicodeDecodeError) as error:
                         await responses.put(_stream_error(str(error)))
@@ -351,6 +361,14 @@ class Forwarder:
             pumping.cancel()
             for call in upstreams.values():
                 call.cancel()
+
+
+def _within(deadline: float | None, app_timeout: float | None) -> float | None:
+    """Seconds a call may take: the sooner of its deadline and an app consumer's
+    timeout, None when neither is set."""
+    if deadline is None or app_timeout is None:
+        return app_timeout if deadline is None else deadline
+    return min(deadline, app_timeout)
 
 
 def _header(call: Call, name: str) -> str | None:

@@ -236,7 +236,10 @@ class TrainingJobs:
         try:
             await self.runner.cancel(job_id)
         except NotFound:
-            raise self._elsewhere(record, "cancel") from None
+            # Ended meanwhile (the runner forgets a job once its end is stored), or not ours.
+            record = await self.get(job_id)
+            if not record.state.finished:
+                raise self._elsewhere(record, "cancel") from None
         return await self.get(job_id)
 
     async def watch(self, job_id: str) -> AsyncIterator[str | TrainingJobRecord]:
@@ -246,6 +249,7 @@ class TrainingJobs:
         try:
             queue = self.runner.watch(job_id)
         except NotFound:
+            record = await self.get(job_id)  # it may have ended since: then its row says so
             if not record.state.finished:
                 raise self._elsewhere(record, "watch") from None
             yield record

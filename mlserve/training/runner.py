@@ -17,12 +17,19 @@ import functools
 import json
 import logging
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mlserve.core.errors import FailedPrecondition, NotFound, ResourceExhausted
-from mlserve.training.sandboxed import JobResult, JobSpec, Outcome, SandboxedJob
+from mlserve.training.sandboxed import (
+    LOG_TAIL_LINES,
+    JobResult,
+    JobSpec,
+    Outcome,
+    SandboxedJob,
+)
 from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 
 log = logging.getLogger(__name__)
@@ -43,14 +50,15 @@ class JobState(enum.Enum):
 
 @dataclass
 class JobStatus:
-    """What a runner knows of one job; ``lines`` is its log so far."""
+    """What a runner knows of one job; ``lines`` is the tail of its log so far (the last
+    ``LOG_TAIL_LINES``, each cut to ``LINE_CAP_BYTES``: a script's output is hostile)."""
 
     job_id: str
     state: JobState = JobState.QUEUED
     result: JobResult | None = None
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
-    lines: list[str] = field(default_factory=list)
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -87,7 +95,8 @@ class Runner(Protocol):
         """End the job (a queued one never starts); its processes are gone on return."""
 
     def status(self, job_id: str) -> JobStatus:
-        """The job's status; NotFound for a job this runner does not know."""
+        """The job's status; NotFound for a job this runner does not know (a finished
+        job is forgotten once its end is recorded: the database has it)."""
 
     def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
         """A queue receiving the job's new log lines (str) and status changes."""
@@ -120,7 +129,8 @@ class LocalRunner:
         self.labels = labels
         self.allow_network = allow_network
         self._packages: dict[str, str] | None = None
-        self._queue: asyncio.Queue[tuple[str, JobSpec]] = asyncio.Queue(limits.queued)
+        self._queue: asyncio.Queue[tuple[JobStatus, JobSpec]] = asyncio.Queue(limits.queued)
+        # Queued and running jobs, and finished ones whose end could not be recorded.
         self._jobs: dict[str, JobStatus] = {}
         self._running: dict[str, SandboxedJob] = {}
         self._watchers: dict[str, list[asyncio.Queue[JobStatus | str]]] = {}
@@ -136,7 +146,8 @@ class LocalRunner:
     async def stop(self) -> None:
         """Cancel every job and stop the workers."""
         for job_id in list(self._running):
-            await self.cancel(job_id)
+            with contextlib.suppress(NotFound):  # it ended meanwhile, and was forgotten
+                await self.cancel(job_id)
         for worker in self._workers:
             worker.cancel()
         for worker in self._workers:
@@ -181,14 +192,15 @@ class LocalRunner:
             )
         if job_id in self._jobs:
             raise FailedPrecondition(f"training job {job_id!r} was submitted already")
+        status = JobStatus(job_id)
         try:
-            self._queue.put_nowait((job_id, spec))
+            self._queue.put_nowait((status, spec))
         except asyncio.QueueFull:
             raise ResourceExhausted(
                 f"{self._queue.qsize()} training jobs are queued already, the most this "
                 "runner holds (--training-queue): retry once some have finished"
             ) from None
-        status = self._jobs[job_id] = JobStatus(job_id)
+        self._jobs[job_id] = status
         return status
 
     async def cancel(self, job_id: str) -> JobStatus:
@@ -222,8 +234,8 @@ class LocalRunner:
 
     async def _work(self) -> None:
         while True:
-            job_id, spec = await self._queue.get()
-            status = self._jobs[job_id]
+            status, spec = await self._queue.get()
+            job_id = status.job_id
             if status.state.finished:  # cancelled while queued
                 continue
             job = SandboxedJob(spec, self.sandbox, on_line=functools.partial(self._line, status))
@@ -249,6 +261,8 @@ class LocalRunner:
         status.state = state
         try:
             await self.changed(status)
+            # Recorded: the database answers for it from now on, not this process's memory.
+            self._jobs.pop(status.job_id, None)
         finally:
             status.ended.set()
             self._publish(status)
@@ -257,7 +271,8 @@ class LocalRunner:
     def _line(self, status: JobStatus, line: str) -> None:
         status.lines.append(line)
         for queue in self._watchers.get(status.job_id, []):
-            queue.put_nowait(line)
+            if queue.qsize() < LOG_TAIL_LINES:  # a watcher that fell behind skips lines
+                queue.put_nowait(line)
 
     def _publish(self, status: JobStatus) -> None:
         for queue in self._watchers.get(status.job_id, []):

@@ -31,7 +31,8 @@ import resource
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 # How long a cancelled or timed-out job gets after SIGTERM before SIGKILL.
 KILL_GRACE_SECONDS = 1.0
+# A script's output is hostile: MLServe holds at most the last LOG_TAIL_LINES lines of
+# a job, each cut to LINE_CAP_BYTES (and marked so), and reads its pipe in bounded
+# pieces, so neither many lines nor one endless line grows MLServe's memory.
+LOG_TAIL_LINES = 1000
+LINE_CAP_BYTES = 8 * 1024
+TRUNCATED_MARK = " [line truncated at {cap} bytes]"
 
 
 class Outcome(enum.Enum):
@@ -94,7 +101,7 @@ class SandboxedJob:
         self.on_line = on_line
         self._process: asyncio.subprocess.Process | None = None
         self._cancelled = asyncio.Event()
-        self._lines: list[str] = []
+        self._lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
 
     async def run(self) -> JobResult:
         """Run the script to its end; SUCCEEDED only on exit 0 within every limit."""
@@ -113,6 +120,7 @@ class SandboxedJob:
                 env=self._environment(params),
                 start_new_session=True,
                 preexec_fn=_limiter(spec.limits, cgroup),
+                limit=LINE_CAP_BYTES,
             )
             reading = asyncio.create_task(self._read_lines())
             cancelled = asyncio.create_task(self._cancelled.wait())
@@ -142,7 +150,7 @@ class SandboxedJob:
     def _result(self, timed_out: bool) -> JobResult:
         assert self._process is not None
         code = self._process.returncode
-        log = "".join(self._lines)
+        log = "\n".join(self._lines)
         if self._cancelled.is_set():
             return JobResult(Outcome.CANCELLED, "cancelled", code, log)
         if timed_out:
@@ -168,11 +176,10 @@ class SandboxedJob:
     async def _read_lines(self) -> None:
         assert self._process is not None
         assert self._process.stdout is not None
-        async for raw in self._process.stdout:
-            line = raw.decode(errors="replace")
+        async for line in capped_lines(self._process.stdout, LINE_CAP_BYTES):
             self._lines.append(line)
             if self.on_line is not None:
-                self.on_line(line.rstrip("\n"))
+                self.on_line(line)
 
     def _command(self, params: Path) -> list[str]:
         spec, sandbox = self.spec, self.sandbox
@@ -198,6 +205,33 @@ class SandboxedJob:
             MLSERVE_PARAMS=str(sandbox.inside("params.json", params)),
         )
         return env
+
+
+async def capped_lines(stream: asyncio.StreamReader, cap: int) -> AsyncIterator[str]:
+    """The stream's lines without their newline, each cut to its first ``cap`` bytes
+    (then ending with ``TRUNCATED_MARK``); a line of any length never raises and is
+    never held whole (the reader buffers at most about twice its limit)."""
+    line = bytearray()
+    cut = False
+    while True:
+        ended = eof = False
+        try:
+            part = await stream.readuntil(b"\n")
+            ended = True
+        except asyncio.LimitOverrunError as error:  # past the reader's limit: in pieces
+            part = await stream.read(error.consumed)
+        except asyncio.IncompleteReadError as error:  # the end, maybe a last line
+            part, ended, eof = error.partial, bool(error.partial or line), True
+        room = cap - len(line)
+        cut = cut or len(part.rstrip(b"\n")) > room
+        line += part[: max(room, 0)]
+        if ended:
+            text = line.decode(errors="replace").rstrip("\n")
+            yield text + TRUNCATED_MARK.format(cap=cap) if cut else text
+            line.clear()
+            cut = False
+        if eof:
+            return
 
 
 def _limiter(limits: JobLimits, cgroup: Path | None) -> Callable[[], None]:

@@ -30,8 +30,9 @@ from mlserve_api.v1 import audit_pb2, deployment_pb2, model_pb2, server_pb2
 from tests.support.checks import expect_error, nothing_written
 from tests.support.commands import mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs, free_port, metric
-from tests.support.models import upload_add
+from tests.support.models import add_model_files, upload_add, with_initialize
 from tests.support.tritons import add_inputs, remove_model, wait_for
+from tests.support.uploading import stream
 
 pytestmark = pytest.mark.integration
 
@@ -353,5 +354,34 @@ def test_mlserve_deploy_on_demand_from_the_cli(
         assert not stubs.deployments.GetDeployment(
             deployment_pb2.GetDeploymentRequest(name=model_name), metadata=stubs.auth
         ).pinned
+    finally:
+        remove_model(stubs, model_name)
+
+
+def test_a_failed_cold_load_tells_the_caller_no_triton_text_and_no_server(
+    served: MLServeProcess, stubs: Stubs, model_name: str
+) -> None:
+    secret = "triton-side-detail-of-the-failed-initialize"
+    files = with_initialize(
+        add_model_files(name=model_name), f"        raise RuntimeError({secret!r})\n"
+    )
+    config = files.pop("config.pbtxt").decode()
+    stubs.models.UploadModelVersion(
+        stream(model_name, files, config=config), metadata=stubs.auth, timeout=60
+    )
+    try:
+        deploy_on_demand(stubs, model_name)
+        with pytest.raises(InferenceServerException) as raised:
+            infer(served, stubs, model_name)
+        assert raised.value.status() == str(Code.UNAVAILABLE)
+        assert raised.value.message() == (
+            f"on-demand model {model_name!r} could not be loaded: retry later, or ask its "
+            "owner to check the deployment's targets (GetDeployment)"
+        )
+        # The details are for those who may see the deployment, and for MLServe's log.
+        failed = target(stubs, model_name)
+        assert failed.server == "local"
+        assert secret in failed.message
+        assert secret in served.log.read_text(errors="replace")
     finally:
         remove_model(stubs, model_name)

@@ -12,7 +12,13 @@ import pytest
 
 from mlserve.core.errors import FailedPrecondition, NotFound, ResourceExhausted
 from mlserve.training.runner import JobState, JobStatus, LocalRunner, RunnerLimits
-from mlserve.training.sandboxed import JobLimits, JobSpec
+from mlserve.training.sandboxed import (
+    LINE_CAP_BYTES,
+    LOG_TAIL_LINES,
+    TRUNCATED_MARK,
+    JobLimits,
+    JobSpec,
+)
 from mlserve.triton.sandbox import Sandbox
 
 
@@ -49,7 +55,7 @@ def test_one_at_a_time_a_bounded_queue_cancel_and_watch(tmp_path: Path) -> None:
             assert slow.state is JobState.RUNNING
             waiting = await runner.submit("waiting", spec(tmp_path, "waiting", "pass"))
             third = spec(tmp_path, "third", "print('third', flush=True)")
-            await runner.submit("third", third)
+            done = await runner.submit("third", third)
             with pytest.raises(ResourceExhausted):
                 await runner.submit("fourth", spec(tmp_path, "fourth", "pass"))
             assert waiting.state is JobState.QUEUED  # one at a time
@@ -63,10 +69,13 @@ def test_one_at_a_time_a_bounded_queue_cancel_and_watch(tmp_path: Path) -> None:
                 if isinstance(item, JobStatus) and item.state.finished:
                     break
             assert "hi" in seen
-            done = runner.status("third")
             await done.ended.wait()
             assert done.state is JobState.SUCCEEDED
-            assert done.lines == ["third"]
+            assert list(done.lines) == ["third"]
+            # Its end recorded, the runner forgets it: the database answers for it.
+            for gone in ("slow", "waiting", "third"):
+                with pytest.raises(NotFound):
+                    runner.status(gone)
             with pytest.raises(NotFound):
                 runner.status("never")
         finally:
@@ -101,3 +110,48 @@ def test_capabilities_name_the_labels_network_and_the_sandboxs_packages(tmp_path
             runner.status("net")  # refused: never queued
 
     asyncio.run(scenario())
+
+
+HOSTILE_LINES = 100_000
+# One line of 1 MiB (no newline for all of it: past any reader's buffer), then many.
+HOSTILE = f"""
+import sys
+sys.stdout.write("x" * (1024 * 1024) + "\\n")
+for n in range({HOSTILE_LINES}):
+    print(n)
+sys.stdout.write("last line, without its newline")
+"""
+
+
+def test_a_flood_of_output_is_held_as_a_bounded_tail(tmp_path: Path) -> None:
+    async def ignore(status: JobStatus) -> None:
+        pass
+
+    async def scenario() -> tuple[JobStatus, list[str]]:
+        runner = LocalRunner(Sandbox.find(), RunnerLimits(), ignore)
+        runner.start()
+        try:
+            status = await runner.submit("flood", spec(tmp_path, "flood", HOSTILE))
+            watched = runner.watch("flood")
+            streamed: list[str] = []
+            while True:
+                item = await watched.get()
+                if isinstance(item, str):
+                    streamed.append(item)
+                elif item.state.finished:
+                    break
+            return status, streamed
+        finally:
+            await runner.stop()
+
+    status, streamed = asyncio.run(scenario())
+    assert status.state is JobState.SUCCEEDED, status.result
+    assert status.lines.maxlen == LOG_TAIL_LINES
+    assert len(status.lines) == LOG_TAIL_LINES
+    assert status.lines[-1] == "last line, without its newline"
+    assert status.lines[-2] == str(HOSTILE_LINES - 1)
+    assert status.result is not None
+    assert len(status.result.log.splitlines()) == LOG_TAIL_LINES
+    # The long line reached the watcher cut, and marked so.
+    assert streamed[0] == "x" * LINE_CAP_BYTES + TRUNCATED_MARK.format(cap=LINE_CAP_BYTES)
+    assert max(len(line) for line in streamed) == len(streamed[0])

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from mlserve.training.sandboxed import LINE_CAP_BYTES, TRUNCATED_MARK
 from mlserve_api.v1 import dataset_pb2, model_pb2, training_pb2
 from tests.support.checks import delete_model_quietly, expect_error, version_numbers
 from tests.support.commands import mlserve_cli
@@ -42,6 +43,11 @@ ENVS = {
     "env-url.txt": "numpy @ https://example.com/numpy.whl\n",
     "env-garbage.txt": "numpy>=>1\n",
 }
+# A hostile log: one 1 MiB line, then 100,000 lines, then exit 3.
+FLOOD = (
+    b"import sys\nsys.stdout.write('x' * 1024 * 1024 + '\\n')\n"
+    b"for n in range(100_000):\n    print(n)\nprint('flooded')\nsys.exit(3)\n"
+)
 
 
 @pytest.fixture
@@ -54,6 +60,7 @@ def trainable(stubs: Stubs, model_name: str) -> Iterator[tuple[str, str]]:
             "train.py": TRAIN,
             "fails.py": b"import sys\nprint('bad data')\nsys.exit(3)\n",
             "slow.py": SLOW,
+            "flood.py": FLOOD,
             "notes.txt": b"not code",
         },
     )
@@ -109,14 +116,22 @@ def test_a_job_trains_the_next_version_with_its_lineage(
     assert got.instance
 
 
+@pytest.mark.parametrize(
+    ("script", "last_line"),
+    [("fails.py", "bad data"), ("flood.py", "flooded")],
+    ids=["exit", "flood"],
+)
 def test_a_failing_script_ends_failed_with_its_reason_and_commits_nothing(
-    stubs: Stubs, trainable: tuple[str, str]
+    stubs: Stubs, trainable: tuple[str, str], script: str, last_line: str
 ) -> None:
     model, dataset = trainable
-    lines, done = watch(stubs, create(stubs, model, dataset, "fails.py").id)
+    lines, done = watch(stubs, create(stubs, model, dataset, script).id)
     assert done.state == training_pb2.TRAINING_JOB_STATE_FAILED
-    assert done.reason == "exited with code 3: bad data"
-    assert "bad data" in lines
+    assert done.reason == f"exited with code 3: {last_line}"
+    # Streamed, each line within the cap (a flood's watcher that falls behind skips lines).
+    longest = LINE_CAP_BYTES + len(TRUNCATED_MARK.format(cap=LINE_CAP_BYTES))
+    assert lines
+    assert max(len(line) for line in lines) <= longest
     assert done.version == 0
     assert version_numbers(stubs, model) == [1]
 
