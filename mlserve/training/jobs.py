@@ -259,9 +259,13 @@ class TrainingJobs:
             if isinstance(item, str):
                 yield item
                 continue
+            if item.state.finished:
+                # The runner marks the shared status finished before the commit and
+                # the row are written; the row answers once `ended` is set.
+                await item.ended.wait()
             record = await self.get(job_id)
             if item.state.finished and not record.state.finished:
-                record = replace(record, state=item.state)  # the row is written first; belt
+                record = replace(record, state=item.state)  # recording the end failed
             yield record
             if item.state.finished:
                 return
