@@ -52,8 +52,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
-from scipy.spatial import distance
 
 from mlserve.core.errors import InvalidArgument
 
@@ -312,6 +310,11 @@ def score_window(
 
 
 def _unbinned(metric: Metric, window: Floats, w: Floats, baseline: BaselineSummary) -> float:
+    # Imported here: scipy.stats costs every MLServe process ~0.7 s at start, and
+    # only these metrics need it.
+    from scipy import stats
+    from scipy.spatial import distance
+
     if metric is Metric.KS:
         return float(stats.ks_2samp(window, baseline.values).statistic)
     if metric is Metric.WASSERSTEIN:
