@@ -81,11 +81,15 @@ typecheck: install
 # The store tests also run on a throwaway PostgreSQL cluster: Debian's server
 # is installed first when absent (tests/support/postgres.py starts and removes it),
 # and so is bubblewrap, the embedded Triton's sandbox.
+# Two pytest workers (pytest-xdist), one test module each at a time: the
+# integration tests mostly wait on the processes they start, so two of them
+# share this 2-core machine well. PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 2
 test: install lint
 	scripts/ensure_postgresql.sh
 	scripts/ensure_bubblewrap.sh
 	scripts/ensure_go.sh
-	$(BIN)/pytest -q -ra $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(BIN)/pytest -q -ra -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
