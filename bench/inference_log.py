@@ -105,25 +105,39 @@ def _gateway(home: Path) -> Table:
 _RANDOM = np.random.default_rng(13)
 
 
-def _four_kib_capture(n: int, policy: LoggingPolicy) -> Capture:
+def _capture(n: int, policy: LoggingPolicy, floats: int) -> Capture:
+    """A call of ``floats`` FP32 values in and as many out."""
     # Distinct random floats per record: the worst case for compression.
-    data = _RANDOM.random(1024, dtype=np.float32).tobytes()
+    data = _RANDOM.random(floats, dtype=np.float32).tobytes()
     request = service_pb2.ModelInferRequest(model_name="m", id=f"r{n}")
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 1024])
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, floats])
     request.raw_input_contents.append(data)
     response = service_pb2.ModelInferResponse(model_name="m", id=f"r{n}")
-    response.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, 1024])
+    response.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, floats])
     response.raw_output_contents.append(data[::-1])
     return Capture(time.time(), "m", 1, "local", None, policy, request.SerializeToString(),
                    response.SerializeToString(), "OK", "", 0.001)  # fmt: skip
 
 
 def _writer(directory: Path) -> Table:
+    """Records of 4 KiB in + 4 KiB out, and of 4 KiB in all (2 + 2)."""
+    rows = [
+        _write(directory / "8k", 1024, "4 KiB in + 4 KiB out, zstd"),
+        _write(directory / "4k", 512, "2 KiB in + 2 KiB out, zstd"),
+    ]
+    return Table(
+        ["writer (one CPU)", "records/s", "records per CPU-second", "bytes on disk per record",
+         "payload per record"],
+        rows,
+    )  # fmt: skip
+
+
+def _write(directory: Path, floats: int, label: str) -> list[str]:
     policy = LoggingPolicy(Mode.ALL)
     log = InferenceLog(
         LogSettings(directory, queue_size=WRITER_RECORDS), CollectorRegistry(), PageTokens(b"b")
     )
-    captures = [_four_kib_capture(n, policy) for n in range(WRITER_RECORDS)]
+    captures = [_capture(n, policy, floats) for n in range(WRITER_RECORDS)]
     every_cpu = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(every_cpu)})
     try:
@@ -138,12 +152,8 @@ def _writer(directory: Path) -> Table:
     finally:
         os.sched_setaffinity(0, every_cpu)
     on_disk = sum(file.size for file in LogStore.of(directory).files())
-    return Table(
-        ["writer (one CPU)", "records/s", "records per CPU-second", "bytes on disk per record",
-         "payload per record"],
-        [["4 KiB in + 4 KiB out, zstd", f"{WRITER_RECORDS / seconds:.0f}",
-          f"{WRITER_RECORDS / cpu_seconds:.0f}", f"{on_disk / WRITER_RECORDS:.0f}", "8192"]],
-    )  # fmt: skip
+    return [label, f"{WRITER_RECORDS / seconds:.0f}", f"{WRITER_RECORDS / cpu_seconds:.0f}",
+            f"{on_disk / WRITER_RECORDS:.0f}", str(8 * floats)]  # fmt: skip
 
 
 def _sampling() -> Table:
