@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from mlserve.training.sandboxed import LINE_CAP_BYTES, TRUNCATED_MARK
 from mlserve_api.v1 import dataset_pb2, model_pb2, training_pb2
 from tests.support.checks import delete_model_quietly, expect_error, version_numbers
-from tests.support.commands import mlserve_cli
+from tests.support.commands import grpcurl, mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.training import (
     CSV,
@@ -208,6 +209,51 @@ def test_the_cli_runs_follows_lists_and_cancels(
         assert says in refused.stderr
     missing = mlserve_cli(mlserve, "training", "cancel", "job-nope")
     assert missing.returncode != 0
+    assert "does not exist" in missing.stderr
+
+
+def json_messages(text: str) -> list[dict[str, Any]]:
+    """grpcurl's output of a server stream: JSON objects one after another."""
+    decoder, messages, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        message, at = decoder.raw_decode(text, at)
+        messages.append(message)
+    return messages
+
+
+def test_grpcurl_creates_watches_lists_and_gets_jobs_by_reflection(
+    mlserve: MLServeProcess, trainable: tuple[str, str]
+) -> None:
+    model, dataset = trainable
+    service = "mlserve.v1.TrainingService/"
+    job = {
+        "model": model, "codeVersion": 1, "codePath": "train.py",
+        "trainingDataset": {"dataset": dataset}, "parameters": {"note": "grpcurl"},
+    }  # fmt: skip
+    made = grpcurl(
+        mlserve, "-d", json.dumps({"job": job}), mlserve.address, service + "CreateTrainingJob"
+    )
+    assert made.returncode == 0, made.stderr
+    job_id = json.loads(made.stdout)["id"]
+    watched = grpcurl(
+        mlserve, "-d", json.dumps({"id": job_id}), mlserve.address, service + "WatchTrainingJob"
+    )
+    assert watched.returncode == 0, watched.stderr
+    # The job may well have ended before grpcurl started: a finished job's watch is
+    # its final state alone (its log lines are not kept once it ended).
+    final = json_messages(watched.stdout)[-1]["job"]
+    assert (final["state"], final["version"]) == ("TRAINING_JOB_STATE_SUCCEEDED", "2")
+    assert final["metrics"] == {"slope": 2}
+    listed = grpcurl(
+        mlserve, "-d", json.dumps({"model": model}), mlserve.address, service + "ListTrainingJobs"
+    )
+    assert [found["id"] for found in json.loads(listed.stdout)["jobs"]] == [job_id]
+    missing = grpcurl(
+        mlserve, "-d", json.dumps({"id": "job-nope"}), mlserve.address, service + "GetTrainingJob"
+    )
+    assert missing.returncode != 0
+    assert "Code: NotFound" in missing.stderr
     assert "does not exist" in missing.stderr
 
 
