@@ -69,7 +69,11 @@ class LogStore:
             scheme, _, host = resolved.endpoint.partition("://")
             options.update(endpoint_override=host.rstrip("/"), scheme=scheme,
                            force_virtual_addressing=False)  # fmt: skip
-        filesystem = pafs.S3FileSystem(**options, connect_timeout=3, request_timeout=60)
+        # Delayed open: a small object is one PutObject when the stream closes, so a
+        # process killed mid-write leaves no dangling multipart upload in the bucket.
+        filesystem = pafs.S3FileSystem(
+            **options, connect_timeout=3, request_timeout=60, allow_delayed_open=True
+        )
         root = "/".join(part for part in (resolved.bucket, resolved.key(under)) if part)
         return LogStore(filesystem, root, f"s3://{root}", replica)
 

@@ -106,3 +106,18 @@ def test_an_unreachable_bucket_marks_the_log_unwritable(bucket: str) -> None:
     log._offer(_capture(0), "m")
     assert log.flush() == 0
     assert not log.writable
+
+
+def test_a_write_killed_before_it_closes_leaves_no_multipart_upload_behind(
+    bucket: str,
+    moto_server: MotoServer,  # noqa: F811
+) -> None:
+    # A replica SIGKILLed between open and close (the probe, a small log file) must
+    # not leave an incomplete multipart upload that the bucket bills until a
+    # lifecycle rule removes it: small objects go up as one PutObject at close.
+    store = _store(bucket)
+    with store.filesystem.open_output_stream(store.path(".probe")) as stream:
+        stream.write(b"half")
+        pending = moto_server.client().list_multipart_uploads(Bucket=bucket)
+    assert pending.get("Uploads", []) == []
+    assert moto_server.keys(bucket, "fleet/logs/") == ["fleet/logs/.probe"]
