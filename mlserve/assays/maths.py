@@ -83,6 +83,7 @@ class Metric(enum.Enum):
 
 
 _BINNED = (Metric.PSI, Metric.MAX_DIFF, Metric.SUM_DIFF)
+_RAW = (Metric.KS, Metric.WASSERSTEIN)
 
 
 class Status(enum.Enum):
@@ -105,6 +106,12 @@ class Summarizer:
     metric: Metric = Metric.PSI
     warning_threshold: float | None = None
     alert_threshold: float = DEFAULT_ALERT_THRESHOLD
+
+    @property
+    def scores_raw_values(self) -> bool:
+        """Whether windows are scored against the baseline's raw values (ks and
+        wasserstein with density aggregation), not only its bins."""
+        return self.aggregation is Aggregation.DENSITY and self.metric in _RAW
 
     @property
     def bin_count(self) -> int:

@@ -136,7 +136,7 @@ class AssayScheduler:
         spans = windows(spec, origin, after, latest_start + dt.timedelta(microseconds=1))
         if not spans:
             return []
-        baseline = self.assays.baseline_of(spec)
+        baseline = self.assays.kept_baseline(row, spec)
         stored = []
         for result in self.assays.score(spec, baseline, spans):
             if _insert(row, result):

@@ -25,7 +25,8 @@ import numpy.typing as npt
 
 from mlserve.access import rules
 from mlserve.access.workspaces import workspace_names
-from mlserve.assays import maths, source
+from mlserve.assays import binned, maths, source
+from mlserve.assays.binned import KeptBaseline
 from mlserve.assays.maths import BaselineSummary, Status, WindowScore
 from mlserve.assays.spec import (
     DATASET,
@@ -50,10 +51,9 @@ from mlserve.catalog.pipelines import (
     writable_pipeline,
 )
 from mlserve.catalog.versions import find_version
-from mlserve.core.errors import AlreadyExists, InvalidArgument, NotFound
+from mlserve.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mlserve.core.names import check_name, check_update_mask
 from mlserve.core.paging import Listing, Page, PageTokens
-from mlserve.monitor.reader import micros
 from mlserve.monitor.store import LogStore
 from mlserve.storage import tables
 from mlserve.storage.db import in_thread, utcnow
@@ -93,8 +93,9 @@ class Assays:
     @in_thread
     def create(self, spec: AssaySpec) -> AssayRecord:
         """Check ``spec`` (fields, path against the model's config or the pipeline's
-        inputs and outputs, a baseline with values) and store it, active. A table
-        baseline's version 0 is stored as the version it read.
+        inputs and outputs, a baseline with values) and store it, active, with its
+        baseline binned (``binned``: what windows are scored against from now on). A
+        table baseline's version 0 is stored as the version it read.
 
         Raises:
             InvalidArgument: a field breaks a rule (named), or the baseline has no data.
@@ -106,10 +107,12 @@ class Assays:
         check_name(spec.name, "assay.name")
         check_spec(spec)
         owner = _writable_owner(spec)
-        spec = self._checked_with_data(spec)
+        spec, summary = self._baseline(self._checked(spec))
         if tables.Assay.select().where(tables.Assay.name == spec.name).exists():
             raise AlreadyExists(f"assay {spec.name!r} exists already: pick another name")
-        row = tables.Assay.create(name=spec.name, spec=to_json(spec), **owner)
+        row = tables.Assay.create(
+            name=spec.name, spec=to_json(spec), **owner, **binned.kept_columns(spec, summary)
+        )
         return _record(row)
 
     @in_thread
@@ -141,13 +144,25 @@ class Assays:
 
     @in_thread
     def update(self, name: str, new: AssaySpec, mask: Sequence[str]) -> AssayRecord:
-        """Change the fields ``mask`` names, checked as on create."""
+        """Change the fields ``mask`` names, checked as on create. The baseline is
+        binned again only when the change touches what its bins depend on (the
+        baseline, path, version, or the summarizer's bin mode, bins and edges);
+        otherwise the kept bins stay, even when the baseline's data is gone.
+
+        Raises:
+            FailedPrecondition: the change needs the baseline binned again, but its
+                log range has lost values since it was binned (retention deleted
+                them); nothing is changed.
+            InvalidArgument, NotFound, PermissionDenied: as on create.
+        """
         check_update_mask(mask, UPDATABLE_FIELDS)
         row = _writable_row(name)
-        spec = from_json(row.spec)
         changes = {field: getattr(new, field) for field in mask}
-        spec = self._checked_with_data(dataclasses.replace(spec, **changes))
+        spec = self._checked(dataclasses.replace(from_json(row.spec), **changes))
+        spec, summary = self._rebinned(spec, binned.kept_of(row))
         row.spec = to_json(spec)
+        for column, value in binned.kept_columns(spec, summary).items():
+            setattr(row, column, value)
         row.update_time = utcnow()
         row.save()
         return _record(row)
@@ -171,28 +186,31 @@ class Assays:
 
     @in_thread
     def preview(self, spec: AssaySpec) -> BaselineSummary:
-        """The baseline binned as ``spec`` says; stores nothing."""
+        """The baseline binned as ``spec`` says, read now; stores nothing."""
         check_spec(spec)
         _readable_owner(spec)
-        return self.baseline_of(self._checked(spec))
+        return self._baseline(self._checked(spec))[1]
 
     @in_thread
     def run(
         self, name: str, inline: AssaySpec | None, start: dt.datetime, end: dt.datetime
     ) -> tuple[BaselineSummary, list[WindowResult]]:
-        """Every window of ``name`` (or of ``inline``) starting in [start, end); stores nothing."""
+        """Every window of ``name`` (or of ``inline``) starting in [start, end); stores
+        no result. A stored assay's windows are scored against its kept baseline (as
+        the scheduler's are), an inline one's against its baseline binned now."""
         if end <= start:
             raise InvalidArgument("range: end_time must be after start_time")
         if name:
             row = _assay_row(name)
             spec, created = from_json(row.spec), aware(row.create_time)
+            baseline = self.kept_baseline(row, spec)
         elif inline is not None:
             check_spec(inline)
             _readable_owner(inline)
             spec, created = self._checked(inline), dt.datetime.now(dt.timezone.utc)
+            baseline = self._baseline(spec)[1]
         else:
             raise InvalidArgument("name or assay is required: the assay to run")
-        baseline = self.baseline_of(spec)
         spans = windows(spec, first_window_start(spec, created), start, end)
         return baseline, self.score(spec, baseline, spans)
 
@@ -202,25 +220,63 @@ class Assays:
         baseline: BaselineSummary,
         spans: list[tuple[dt.datetime, dt.datetime]],
     ) -> list[WindowResult]:
-        """Score ``spans`` with one read of the log they cover (blocking)."""
-        if not spans:
-            return []
-        times, values = source.logged_values(
-            self.log_root, spec.subject, spec.version, spec.path, spans[0][0], spans[-1][1]
-        )
+        """Score ``spans`` (by start, as ``windows`` gives them) in one pass over the
+        log they cover, holding no more of it than the hours the current window
+        spans (``source.window_values``; blocking)."""
+        found = source.window_values(self.log_root, spec.subject, spec.version, spec.path, spans)
         results = []
-        for begin, finish in spans:
-            low, high = np.searchsorted(times, [micros(begin), micros(finish)])
-            score = maths.score_window(values[low:high], baseline, spec.summarizer)
+        for (begin, finish), values in zip(spans, found, strict=True):
+            score = maths.score_window(values, baseline, spec.summarizer)
             results.append(
                 WindowResult(spec.name, begin, finish, baseline.edges, baseline.densities, score)
             )
         return results
 
-    def _checked_with_data(self, spec: AssaySpec) -> AssaySpec:
-        """``spec`` checked, and its baseline found to have values (a table column's
-        version resolved, so the baseline stays what it was)."""
-        return self._baseline(self._checked(spec))[0]
+    def kept_baseline(self, row: Any, spec: AssaySpec) -> BaselineSummary:
+        """The baseline stored assay ``row`` (whose spec is ``spec``) scores windows
+        against: the one kept with it; for a row that keeps none (stored before
+        schema 22) or one that no longer fits its spec, binned now and kept, unless
+        the row changed meanwhile (blocking).
+
+        Raises:
+            InvalidArgument, FailedPrecondition: there is none kept and the baseline
+                has no values now (as on create and update).
+        """
+        kept = binned.kept_of(row)
+        if kept is not None and kept.serves(spec):
+            return kept.summary
+        spec, summary = self._rebinned(spec, kept)
+        # Only over the spec it was binned for: an update since keeps its own.
+        tables.Assay.update(**binned.kept_columns(spec, summary)).where(
+            (tables.Assay.id == row.id) & (tables.Assay.spec == row.spec)
+        ).execute()
+        return summary
+
+    def _rebinned(
+        self, spec: AssaySpec, kept: KeptBaseline | None
+    ) -> tuple[AssaySpec, BaselineSummary]:
+        """``spec``'s binned baseline given the one kept so far: that one while it
+        serves; binned again from its raw values when only the bins changed and it
+        has them; else read again from the baseline's source, refusing when that is
+        a log range that has lost values since it was binned."""
+        if kept is None or not kept.same_source(spec):
+            return self._baseline(spec)
+        if kept.serves(spec):
+            return spec, kept.summary
+        if kept.has_values:
+            return spec, maths.summarize_baseline(kept.summary.values, spec.summarizer)
+        if not spec.baseline.is_range:
+            return self._baseline(spec)
+        values = maths.finite(self._logged_baseline(spec))
+        if values.size < kept.summary.count:
+            raise FailedPrecondition(
+                f"baseline.range: the log of {spec.subject!r} {_range_text(spec)} now holds "
+                f"{values.size} of the {kept.summary.count} values the assay's baseline was "
+                "binned from (log retention deleted the rest), so it cannot be binned again: "
+                "keep the summarizer's bins, or give a baseline that has its data (a later "
+                "range, a dataset column or values)"
+            )
+        return spec, maths.summarize_baseline(values, spec.summarizer)
 
     def _checked(self, spec: AssaySpec) -> AssaySpec:
         """``spec`` checked, with its path resolved against the model version's config
@@ -238,25 +294,17 @@ class Assays:
         owner = f"{spec.noun} {spec.subject!r}"
         return dataclasses.replace(spec, path=resolve_path(spec.path, tensors, owner))
 
-    def baseline_of(self, spec: AssaySpec) -> BaselineSummary:
-        """The binned baseline of a checked spec; InvalidArgument when it has no values
-        (blocking)."""
-        return self._baseline(spec)[1]
-
     def _baseline(self, spec: AssaySpec) -> tuple[AssaySpec, BaselineSummary]:
-        """The baseline binned, and ``spec`` with a table column's version 0 resolved."""
+        """The baseline of a checked spec read and binned now, and ``spec`` with a table
+        column's version 0 resolved; InvalidArgument when it has no values (blocking)."""
         baseline = spec.baseline
         if baseline.is_range:
-            assert baseline.start is not None
-            assert baseline.end is not None
-            _, values = source.logged_values(
-                self.log_root, spec.subject, spec.version, spec.path, baseline.start, baseline.end
-            )
+            values = self._logged_baseline(spec)
             if not np.isfinite(values).any():
                 raise InvalidArgument(
                     f"baseline.range: the log of {spec.subject!r} has no {spec.path.role} "
-                    f"{spec.path.tensor!r}[{spec.path.index}] from {baseline.start.isoformat()} "
-                    f"to {baseline.end.isoformat()}: choose a range with logged calls"
+                    f"{spec.path.tensor!r}[{spec.path.index}] {_range_text(spec)}: choose a "
+                    "range with logged calls"
                 )
         elif baseline.column is not None:
             column = baseline.column
@@ -273,6 +321,15 @@ class Assays:
         else:
             values = np.asarray(baseline.values)
         return spec, maths.summarize_baseline(values, spec.summarizer)
+
+    def _logged_baseline(self, spec: AssaySpec) -> npt.NDArray[np.float64]:
+        """The values of a range baseline in the log (blocking)."""
+        start, end = spec.baseline.start, spec.baseline.end
+        assert start is not None
+        assert end is not None
+        return source.logged_values(
+            self.log_root, spec.subject, spec.version, spec.path, start, end
+        )[1]
 
     def _column(self, column: TableColumn) -> tuple[int, npt.NDArray[np.float64]]:
         if column.source == DATASET:
@@ -344,6 +401,14 @@ def result_json(result: WindowResult) -> str:
             "max_diff_bin": result.score.max_diff_bin,
         }
     )
+
+
+def _range_text(spec: AssaySpec) -> str:
+    """How messages name a range baseline: from START to END."""
+    start, end = spec.baseline.start, spec.baseline.end
+    assert start is not None
+    assert end is not None
+    return f"from {start.isoformat()} to {end.isoformat()}"
 
 
 def _naive(moment: dt.datetime) -> dt.datetime:

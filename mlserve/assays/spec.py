@@ -257,6 +257,33 @@ def windows(
         k += 1
 
 
+def binned_from(spec: AssaySpec) -> dict[str, Any]:
+    """What an assay's binned baseline depends on, as plain JSON: where its values
+    come from (``source``: the model or pipeline, version, path and baseline) and how
+    they are binned (``bins``: bin mode, num_bins, outlier edges, provided edges).
+    The metric, weights, aggregation, thresholds, window and webhook are not in it:
+    changing them keeps the binned baseline."""
+    s = spec.summarizer
+    parts: dict[str, Any] = _plain(
+        {
+            "source": {
+                "model": spec.model,
+                "pipeline": spec.pipeline,
+                "version": spec.version,
+                "path": dataclasses.asdict(spec.path),
+                "baseline": dataclasses.asdict(spec.baseline),
+            },
+            "bins": {
+                "bin_mode": s.bin_mode,
+                "num_bins": s.num_bins,
+                "add_outlier_edges": s.add_outlier_edges,
+                "provided_edges": s.provided_edges,
+            },
+        }
+    )
+    return parts
+
+
 # --- JSON for the table ---------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ whole from their files.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -137,27 +138,75 @@ def logged_tables(
     backgrounds, assays' windows): only the hours the range meets are opened, and
     only the named columns read.
     """
-    store = LogStore.of(root)
+    store, conditions = LogStore.of(root), _range_filter(where, start, end)
+    for _, paths in _hours(store, model, start, end):
+        for path in paths:  # one file at a time
+            if (table := _logged_file(store, path, columns, conditions)) is not None:
+                yield table
+
+
+def logged_hours(
+    root: Path | LogStore,
+    model: str,
+    columns: Sequence[str],
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    where: Any = None,
+) -> Iterator[tuple[dt.datetime, list[pa.Table]]]:
+    """``logged_tables`` grouped by hour partition: (hour, that hour's tables), oldest
+    hour first, hours without such calls left out. The log files a call under its
+    time's hour, so once hour h is yielded, every call before h + 1 hour is known:
+    a reader may go on through a long range holding only the hours it still needs.
+    """
+    store, conditions = LogStore.of(root), _range_filter(where, start, end)
+    for hour, paths in _hours(store, model, start, end):
+        tables = [
+            table
+            for path in paths
+            if (table := _logged_file(store, path, columns, conditions)) is not None
+        ]
+        if tables:
+            yield hour, tables
+
+
+def _hours(
+    store: LogStore, model: str, start: dt.datetime | None, end: dt.datetime | None
+) -> Iterator[tuple[dt.datetime, list[str]]]:
+    """The paths of ``model``'s files meeting [start, end), by hour, oldest first (from
+    one listing: grouping the paths reads no file ahead)."""
+    files = _files_in_window(store, model, start, end)
+    for hour, group in itertools.groupby(files, key=lambda item: item[0]):
+        yield hour, [path for _, path in group]
+
+
+def _range_filter(where: Any, start: dt.datetime | None, end: dt.datetime | None) -> list[Any]:
+    """``where`` (None: none) and the time range, as conditions for ``_all_of``."""
     conditions = [] if where is None else [where]
     if start is not None:
         conditions.append(pc.field("time") >= pa.scalar(start, _TIME))
     if end is not None:
         conditions.append(pc.field("time") < pa.scalar(end, _TIME))
-    for _, path in _files_in_window(store, model, start, end):
-        try:
-            names = pq.read_schema(path, filesystem=store.filesystem).names
-            if not all(column in names for column in columns):
-                continue
-            table = pq.read_table(
-                path,
-                columns=list(dict.fromkeys(["time", *columns])),
-                filters=_all_of(conditions),
-                filesystem=store.filesystem,
-            )
-        except FileNotFoundError:
-            continue  # deleted by retention since the listing: its calls are gone
-        if table.num_rows:
-            yield table
+    return conditions
+
+
+def _logged_file(
+    store: LogStore, path: str, columns: Sequence[str], conditions: Sequence[Any]
+) -> pa.Table | None:
+    """``columns`` of one file's calls that meet ``conditions``; None when it lacks a
+    column, has no such calls, or is gone."""
+    try:
+        names = pq.read_schema(path, filesystem=store.filesystem).names
+        if not all(column in names for column in columns):
+            return None
+        table = pq.read_table(
+            path,
+            columns=list(dict.fromkeys(["time", *columns])),
+            filters=_all_of(conditions),
+            filesystem=store.filesystem,
+        )
+    except FileNotFoundError:
+        return None  # deleted by retention since the listing: its calls are gone
+    return table if table.num_rows else None
 
 
 def _all_of(conditions: Sequence[Any]) -> Any:

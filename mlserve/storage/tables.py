@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 21
+SCHEMA_VERSION = 22
 
 
 class BaseModel(pw.Model):
@@ -496,6 +496,9 @@ class Assay(BaseModel):
 
     The spec (path, baseline, window, summarizer) is one JSON document: it is
     only ever read whole. ``next_window`` is where the scheduler goes on.
+    ``baseline_summary`` (JSON) and ``baseline_values`` (float64 bytes, only for
+    the metrics that read them) keep the baseline as binned when the assay was
+    created or last re-binned (schema 22, mlserve.assays.binned); NULL before.
     """
 
     id = pw.AutoField()
@@ -507,6 +510,8 @@ class Assay(BaseModel):
     create_time = pw.DateTimeField(default=utcnow)
     update_time = pw.DateTimeField(default=utcnow)
     pipeline = pw.ForeignKeyField(Pipeline, null=True, backref="assays", on_delete="CASCADE")
+    baseline_summary = pw.TextField(null=True)
+    baseline_values = pw.BlobField(null=True)
 
 
 class AssayResult(BaseModel):
@@ -929,6 +934,23 @@ def _add_training_code_datasets(db: pw.Database) -> None:
     )
 
 
+def _add_assay_baselines(db: pw.Database) -> None:
+    """Assays keep their binned baseline (issue 14); rows stored before have none
+    and are binned at first use.
+
+    Schema 14 creates the assay table from the current class, so a database that
+    passed through it since has the columns already.
+    """
+    columns = {column.name for column in db.get_columns("assay")}
+    if "baseline_summary" in columns:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate_schema(
+        migrator.add_column("assay", "baseline_summary", Assay.baseline_summary),
+        migrator.add_column("assay", "baseline_values", Assay.baseline_values),
+    )
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -950,6 +972,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     18: _add_training_jobs,
     19: _add_on_demand_loading,
     20: _add_training_code_datasets,
+    21: _add_assay_baselines,
 }
 
 

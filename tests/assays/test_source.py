@@ -60,3 +60,66 @@ def test_logged_values_are_the_element_of_each_call_in_the_range(tmp_path: FileP
         times, nothing = source.logged_values(tmp_path, model, 0, path, START, end)
         assert times.size == 0
         assert nothing.size == 0
+
+
+def _one_shot(
+    root: FilePath, version: int, path: Path, spans: list[tuple[dt.datetime, dt.datetime]]
+) -> list[np.ndarray]:
+    """Each span's values cut from one read of the whole range (how RunAssay read the
+    log before it read it hour by hour)."""
+    times, values = source.logged_values(root, "m", version, path, spans[0][0], spans[-1][1])
+    cuts = []
+    for begin, finish in spans:
+        low, high = np.searchsorted(times, [micros(begin), micros(finish)])
+        cuts.append(values[low:high])
+    return cuts
+
+
+def test_window_values_read_hour_by_hour_equal_one_read_of_the_range(
+    tmp_path: FilePath,
+) -> None:
+    """Overlapping 25-minute windows every 10 minutes over five hours: windows across
+    hour boundaries, an hour with two files whose calls interleave (two replicas), an
+    empty hour, versions, and windows past the last call."""
+    rng = np.random.default_rng(3)
+    second = dt.timedelta(seconds=1)
+    base = START.replace(minute=0)
+    calls = [
+        _call(base + int(s) * second, [float(v), float(v) * 2], version=1 + int(s) % 2)
+        for s, v in zip(rng.integers(0, 2 * 3600, 400), rng.normal(0, 1, 400), strict=True)
+    ]
+    later = [  # hour 3 is empty; hour 4 has calls
+        _call(base + int(s) * second, [float(v), 0.0])
+        for s, v in zip(rng.integers(4 * 3600, 5 * 3600, 100), rng.normal(3, 1, 100), strict=True)
+    ]
+    half = len(calls) // 2
+    parquet.write(tmp_path, calls[:half])  # each write is one file per hour, in time order
+    parquet.write(tmp_path, calls[half:] + later)
+    assert len(list(tmp_path.rglob("*.parquet"))) == 5
+    minute = dt.timedelta(minutes=1)
+    spans = [(base + 10 * k * minute, base + (10 * k + 25) * minute) for k in range(36)]
+    for version, path in ((0, Path("input", "X", 0)), (2, Path("input", "X", 1))):
+        expected = _one_shot(tmp_path, version, path, spans)
+        found = list(source.window_values(tmp_path, "m", version, path, spans))
+        assert len(found) == len(spans)
+        for got, want in zip(found, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        _, whole = source.logged_values(tmp_path, "m", version, path, base, spans[-1][1])
+        assert sum(map(len, found)) > len(whole) > 0  # the windows overlap
+    assert list(source.window_values(tmp_path, "m", 0, Path("input", "X", 0), [])) == []
+
+
+def test_window_values_do_not_read_an_hour_before_a_window_needs_it(
+    tmp_path: FilePath,
+) -> None:
+    """The first window's values come before the later hours' files are opened: a file
+    removed in between (as retention would) is not in memory, so its window is empty."""
+    minute = dt.timedelta(minutes=1)
+    parquet.write(tmp_path, [_call(START, [1.0]), _call(START + 60 * minute, [2.0])])
+    spans = [(START, START + 10 * minute), (START + 60 * minute, START + 70 * minute)]
+    found = source.window_values(tmp_path, "m", 0, Path("input", "X", 0), spans)
+    np.testing.assert_array_equal(next(found), [1.0])
+    (later,) = (tmp_path / "model=m").glob("date=*/hour=11/*.parquet")
+    later.unlink()
+    assert next(found).size == 0
+    assert next(found, None) is None

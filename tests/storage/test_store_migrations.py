@@ -324,3 +324,39 @@ def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
         assert [job.job_id for job in tables.TrainingJob.select()] == ["job-old"]
     finally:
         close_database(opened)
+
+
+def test_schema_21_assays_keep_their_rows_and_gain_an_empty_kept_baseline(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore_foundation(database_url)
+    with monkeypatch.context() as schema_21:
+        schema_21.setattr(tables, "SCHEMA_VERSION", 21)
+        opened = tables.connect(database_url)
+    # Schema 14 creates the assay table from today's class; make it what schema 21 had.
+    migrator = SchemaMigrator.from_database(opened)
+    migrate_schema(
+        migrator.drop_column("assay", "baseline_summary"),
+        migrator.drop_column("assay", "baseline_values"),
+    )
+    resnet = tables.Model.get(tables.Model.name == "resnet")
+    opened.execute_sql(  # type: ignore[no-untyped-call]
+        "INSERT INTO assay (name, model_id, spec, active, create_time, update_time) "
+        "VALUES ('drift', %s, '{}', %s, %s, %s)".replace(
+            "%s", "?" if database_url.startswith("sqlite") else "%s"
+        ),
+        (resnet.id, True, WHEN, WHEN),
+    )
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        kept = tables.Assay.get(tables.Assay.name == "drift")
+        assert (kept.model.name, kept.spec, kept.create_time) == ("resnet", "{}", WHEN)
+        # None kept yet: mlserve.assays bins it at first use.
+        assert (kept.baseline_summary, kept.baseline_values) == (None, None)
+        tables.Assay.update(baseline_summary="{}", baseline_values=b"\x00\xff").execute()
+        assert bytes(tables.Assay.get_by_id(kept.id).baseline_values) == b"\x00\xff"
+    finally:
+        close_database(opened)
