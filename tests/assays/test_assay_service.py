@@ -4,6 +4,7 @@ and every bad input answered with its exact code, nothing stored."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -319,6 +320,90 @@ def test_assays_of_a_model_the_caller_may_not_see_answer_like_missing_ones(
         assert name in _names(assays, stubs, model)  # nothing deleted
     finally:
         assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
+
+
+def _run_by_name(
+    assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs, name: str
+) -> assay_pb2.RunAssayResponse:
+    answer: assay_pb2.RunAssayResponse = assays.RunAssay(
+        assay_pb2.RunAssayRequest(
+            name=name,
+            range=assay_pb2.AssayTimeRange(
+                start_time=_stamp(T0), end_time=_stamp(T0 + dt.timedelta(seconds=180))
+            ),
+        ),
+        metadata=stubs.auth,
+    )
+    return answer
+
+
+def test_a_stored_assay_keeps_its_baseline_after_retention_deleted_its_hour(
+    mlserve: MLServeProcess, assays: assay_pb2_grpc.AssayServiceStub, stubs: Stubs
+) -> None:
+    """Baseline minute in hour 9, windows in hour 10; hour 9's files deleted (as
+    retention does): RunAssay by name scores with the baseline kept at creation, and
+    an UpdateAssay that would re-bin it is FAILED_PRECONDITION, nothing changed."""
+    model = f"t-assay-kept-{PID}"
+    upload(stubs, scale_model_files(model, dims=(4,)), model)
+    baseline_start = T0 - dt.timedelta(hours=1)
+    name = f"{model}-a"
+    try:
+        for i in range(ROWS):
+            _record(stubs, model, baseline_start + dt.timedelta(seconds=i), i / ROWS)
+            _record(stubs, model, T0 + dt.timedelta(seconds=i), i / ROWS)
+            _record(stubs, model, T0 + dt.timedelta(seconds=60 + i), 5 + i / ROWS)
+        wait_until(lambda: _logged(stubs, model) == 3 * ROWS, timeout=120)
+        assay = _assay(model, name)
+        assay.baseline.range.start_time.CopyFrom(_stamp(baseline_start))
+        assay.baseline.range.end_time.CopyFrom(_stamp(baseline_start + dt.timedelta(seconds=60)))
+        assay.window.start_time.CopyFrom(_stamp(T0))
+        created = assays.CreateAssay(assay_pb2.CreateAssayRequest(assay=assay), metadata=stubs.auth)
+        before = _run_by_name(assays, stubs, name)
+        hour = mlserve.home / "logs" / f"model={model}" / "date=2026-01-01" / "hour=09"
+        assert list(hour.glob("*.parquet"))
+        shutil.rmtree(hour)
+        expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            assays.PreviewBaseline,
+            assay_pb2.PreviewBaselineRequest(assay=assay),
+            metadata=stubs.auth,
+        )  # binned on the fly: the data is gone
+
+        after = _run_by_name(assays, stubs, name)
+        assert after == before
+        assert [r.status for r in after.results] == [
+            assay_pb2.ASSAY_STATUS_OK,
+            assay_pb2.ASSAY_STATUS_ALERT,
+            assay_pb2.ASSAY_STATUS_NO_DATA,
+        ]
+        assert after.baseline.count == ROWS
+        rebinned = _assay(model, name)
+        rebinned.summarizer.num_bins = 7
+        error = expect_error(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            assays.UpdateAssay,
+            assay_pb2.UpdateAssayRequest(
+                assay=rebinned, update_mask=FieldMask(paths=["summarizer"])
+            ),
+            metadata=stubs.auth,
+        )
+        assert "holds 0 of the 50 values" in (error.details() or "")
+        got = assays.GetAssay(assay_pb2.GetAssayRequest(name=name), metadata=stubs.auth)
+        assert got == created
+        assert _run_by_name(assays, stubs, name) == before  # nothing re-binned
+        # A threshold is not in the bins: it changes, the kept baseline stays.
+        calmer = _assay(model, name)
+        calmer.summarizer.warning_threshold = 0.2
+        updated = assays.UpdateAssay(
+            assay_pb2.UpdateAssayRequest(assay=calmer, update_mask=FieldMask(paths=["summarizer"])),
+            metadata=stubs.auth,
+        )
+        assert updated.summarizer.warning_threshold == pytest.approx(0.2)
+        assert _run_by_name(assays, stubs, name).baseline == before.baseline
+    finally:
+        with contextlib.suppress(grpc.RpcError):
+            assays.DeleteAssay(assay_pb2.DeleteAssayRequest(name=name), metadata=stubs.auth)
+        delete_model_quietly(stubs, model)
 
 
 def test_the_cli_and_client_create_run_and_chart_an_assay(
