@@ -6,7 +6,8 @@ calls). After downtime every missed window is computed (catch-up, at most
 ``MAX_WINDOWS_PER_STEP`` per assay per step). A result row is unique by
 (assay, window_start): when several replicas on one database compute the same
 window, the first insert wins and the others skip it, so no window is stored
-(or alerted on) twice.
+(or alerted on) twice. Windows are scored against the baseline the assay keeps
+(``mlserve.assays.binned``), never read again from its source.
 """
 
 from __future__ import annotations

@@ -14,10 +14,8 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import peewee as pw
 import pytest
-from google.protobuf import text_format
 from prometheus_client import CollectorRegistry
 
 from mlserve.assays.maths import BaselineSummary, Metric, Summarizer
@@ -29,10 +27,9 @@ from mlserve.core.errors import FailedPrecondition, InvalidArgument
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet, retention
 from mlserve.monitor.records import Record
-from mlserve.monitor.tensors import Tensor
 from mlserve.storage import tables
 from mlserve.storage.repository import LocalRepository
-from tests.support.models import scale_model_config
+from tests.support.assays import records, store_scale_model
 
 T0 = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)  # the windows' hour
 MODEL = "kept"
@@ -44,28 +41,14 @@ DAY = 86400.0
 
 
 def _records(start: dt.datetime, values: list[float]) -> list[Record]:
-    return [
-        Record(
-            time=start + dt.timedelta(seconds=i),
-            model=MODEL,
-            version=1,
-            deployment=MODEL,
-            inputs=[Tensor("INPUT", "FP32", (4,), np.array([v, 0, 0, 0], np.float32))],
-        )
-        for i, v in enumerate(values)
-    ]
+    return records(start, values, MODEL)
 
 
 @pytest.fixture
 def assays(store_db: pw.Database, tmp_path: Path) -> Assays:
     """A model with a version; its log: the baseline over hours 8 and 9, then minute 0
     of hour 10 like it and minute 1 shifted by 5."""
-    model = tables.Model.create(name=MODEL)
-    config = text_format.MessageToString(scale_model_config(MODEL, dims=(4,)))
-    tables.ModelVersion.create(
-        model=model, version=1, sha256="0" * 64, size_bytes=0, files="[]", config=config,
-        upload_id="u",
-    )  # fmt: skip
+    store_scale_model(MODEL)
     root = tmp_path / "logs"
     parquet.write(root, _records(T0 - 61 * MINUTE, SAME[:25]))
     parquet.write(root, _records(T0 - 60 * MINUTE, SAME[25:]))

@@ -17,10 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import peewee as pw
 import pytest
-from google.protobuf import text_format
 from prometheus_client import CollectorRegistry
 
 from mlserve.assays.maths import Summarizer
@@ -32,10 +30,9 @@ from mlserve.catalog.pipelines import Spec, Step
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet
 from mlserve.monitor.records import Record
-from mlserve.monitor.tensors import Tensor
 from mlserve.storage import tables
 from mlserve.storage.repository import LocalRepository
-from tests.support.models import scale_model_config
+from tests.support.assays import records, store_scale_model
 
 T0 = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
 MODEL = "scored"
@@ -45,28 +42,14 @@ SETTLE = dt.timedelta(seconds=2)
 def _records(
     start: dt.datetime, values: list[float], model: str = MODEL, tensor: str = "INPUT"
 ) -> list[Record]:
-    return [
-        Record(
-            time=start + dt.timedelta(seconds=i),
-            model=model,
-            version=1,
-            deployment=model,
-            inputs=[Tensor(tensor, "FP32", (4,), np.array([v, 0, 0, 0], np.float32))],
-        )
-        for i, v in enumerate(values)
-    ]
+    return records(start, values, model, tensor)
 
 
 @pytest.fixture
 def log_root(store_db: pw.Database, tmp_path: Path) -> Path:
     """A model row with a version, and a log: minute 0 like the baseline, minute 1
     shifted by 5, minute 2 empty."""
-    model = tables.Model.create(name=MODEL)
-    config = text_format.MessageToString(scale_model_config(MODEL, dims=(4,)))
-    tables.ModelVersion.create(
-        model=model, version=1, sha256="0" * 64, size_bytes=0, files="[]", config=config,
-        upload_id="u",
-    )  # fmt: skip
+    store_scale_model(MODEL)
     root = tmp_path / "logs"
     same = [i / 50 for i in range(50)]
     parquet.write(root, _records(T0, same))
