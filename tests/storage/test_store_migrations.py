@@ -324,3 +324,42 @@ def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
         assert [job.job_id for job in tables.TrainingJob.select()] == ["job-old"]
     finally:
         close_database(opened)
+
+
+def test_schema_21_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore_foundation(database_url)
+    with monkeypatch.context() as schema_21:
+        schema_21.setattr(tables, "SCHEMA_VERSION", 21)
+        opened = tables.connect(database_url)
+    # Schemas 4 and 12 create these tables from today's classes; make them schema 21's.
+    migrate_schema(
+        SchemaMigrator.from_database(opened).drop_column("blob", "location"),
+        SchemaMigrator.from_database(opened).drop_column("upload_part", "key"),
+    )
+    sha = "ab" * 32
+    opened.execute_sql(  # type: ignore[no-untyped-call]
+        "INSERT INTO blob (sha256, size, create_time) VALUES (%s, 5, %s)".replace(
+            "%s", "?" if database_url.startswith("sqlite") else "%s"
+        ),
+        (sha, WHEN),
+    )
+    tables.Upload.create(upload_id="old", model="m", files="[]", config="", manifest_sha256="0")
+    opened.execute_sql(  # type: ignore[no-untyped-call]
+        "INSERT INTO upload_part (upload_id, path, multipart_id, number, size, etag) "
+        "VALUES ('old', 'w.bin', 'mp', 1, 5242880, 'e')"
+    )
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        blob = tables.Blob.get(tables.Blob.sha256 == sha)
+        assert (blob.size, blob.create_time, blob.location) == (5, WHEN, "")
+        part = tables.UploadPart.get()
+        assert (part.upload_id, part.number, part.multipart_id, part.key) == ("old", 1, "mp", "")
+        tables.Blob.create(sha256="cd" * 32, size=1, location="blobs/uploads/new/1")
+        assert tables.Blob.get(tables.Blob.sha256 == "cd" * 32).location == "blobs/uploads/new/1"
+    finally:
+        close_database(opened)
