@@ -144,8 +144,10 @@ class Server(_message.Message):
     the Triton needs no shared storage.
     """
     used_memory_bytes: _builtins.int
-    """Memory the model versions deployed here need, in bytes: each version's
-    measured need where one was measured, else its estimate. Output only.
+    """Host memory the model versions deployed here need, in bytes: each
+    version's measured need where one was measured, else its estimate; a
+    version whose instances all run on GPUs counts in gpus instead. Output
+    only.
     """
     free_memory_bytes: _builtins.int
     """What placement may still put here: host_memory_bytes less the headroom

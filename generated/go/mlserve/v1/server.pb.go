@@ -197,8 +197,10 @@ type Server struct {
 	// Triton's is read from the host) and with UpdateServer (mask "capacity").
 	// Unset or zero host_memory_bytes: not stated, placement does not limit it.
 	Capacity *Capacity `protobuf:"bytes,13,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	// Memory the model versions deployed here need, in bytes: each version's
-	// measured need where one was measured, else its estimate. Output only.
+	// Host memory the model versions deployed here need, in bytes: each
+	// version's measured need where one was measured, else its estimate; a
+	// version whose instances all run on GPUs counts in gpus instead. Output
+	// only.
 	UsedMemoryBytes int64 `protobuf:"varint,14,opt,name=used_memory_bytes,json=usedMemoryBytes,proto3" json:"used_memory_bytes,omitempty"`
 	// What placement may still put here: host_memory_bytes less the headroom
 	// (mlserve serve --placement-headroom) less used_memory_bytes, never below

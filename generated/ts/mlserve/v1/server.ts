@@ -138,8 +138,10 @@ export interface Server {
     | Capacity
     | undefined;
   /**
-   * Memory the model versions deployed here need, in bytes: each version's
-   * measured need where one was measured, else its estimate. Output only.
+   * Host memory the model versions deployed here need, in bytes: each
+   * version's measured need where one was measured, else its estimate; a
+   * version whose instances all run on GPUs counts in gpus instead. Output
+   * only.
    */
   usedMemoryBytes: string;
   /**
