@@ -398,8 +398,8 @@ def test_restart_between_health_rounds_is_reconciled(tmp_path: Path) -> None:
         if time.monotonic() - round_at > 0.85 * interval:
             pytest.skip("the restart took longer than a health interval; inconclusive")
 
-        # No round saw Triton down, yet the model must serve again: only noticing the
-        # restart itself (a new Triton) gets it reloaded. Without that it never would,
+        # No round saw Triton down, yet the model must serve again: the rounds that find
+        # it READY must still find the model missing. Without that it never would serve,
         # so the bound is generous (a push load on a loaded machine), not a timing claim.
         def serving() -> bool:
             with contextlib.suppress(InferenceServerException):
