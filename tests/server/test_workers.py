@@ -34,7 +34,7 @@ from tests.support.mlserve import MLServeProcess
 from tests.support.models import upload_add
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresCluster
-from tests.support.procfs import children, gone, triton_pid
+from tests.support.procfs import children, gone, triton_pid, tritonserver_pids
 from tests.support.tritons import add_inputs, deploy
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -229,6 +229,37 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(served: Workers) -> None:
     assert samples[("mlserve_inference_requests_total", ok)] >= load.ok
 
 
+def test_a_killed_worker_0_comes_back_with_a_new_embedded_triton(served: Workers) -> None:
+    assert served.process.process is not None
+    parent = served.process.process.pid
+    killed = next(pid for pid in served.workers if _slot_of(pid).startswith(_SLOT_0))
+    old_triton = tritonserver_pids(killed)
+    assert old_triton
+    os.kill(killed, signal.SIGKILL)
+    assert gone(old_triton, within=60)  # it dies with the worker that started it
+    wait_until(lambda: "worker 0 serves again" in served.process.log.read_text(), timeout=120)
+    (replacement,) = [pid for pid in children(parent) if pid not in served.workers]
+    served.workers[:] = sorted([*(pid for pid in served.workers if pid != killed), replacement])
+    triton_pid(replacement)
+    # Both workers route to the new Triton once they read its address from the store.
+    wait_until(lambda: _ten_calls_succeed(served.process), timeout=180)
+    wait_until(lambda: _metrics_answer(served.metrics_url), timeout=60)
+    assert served.samples()[("mlserve_worker_restarts_total", (("worker", "0"),))] == 1
+
+
+def _ten_calls_succeed(process: MLServeProcess) -> bool:
+    headers = {"authorization": f"Bearer {process.key}"}
+    for _ in range(10):
+        client = _fresh_client(process.address)
+        try:
+            client.infer("add", add_inputs(), headers=headers, client_timeout=30)
+        except triton.InferenceServerException:
+            return False
+        finally:
+            client.close()
+    return True
+
+
 def test_sigterm_stops_every_process_and_each_worker_logged_to_its_own_files(
     served: Workers,
 ) -> None:
@@ -267,8 +298,9 @@ _SLOT_0 = "MLSERVE_WORKER_SLOT=0/"
 _SLOT_1 = "MLSERVE_WORKER_SLOT=1/"
 
 
-def _restarts(metrics_port: int, worker: str) -> float:
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
+def _restarts(metrics: int | str, worker: str) -> float:
+    """The restarts the merged /metrics counts (a port on 127.0.0.1, or a URL)."""
+    url = metrics if isinstance(metrics, str) else f"http://127.0.0.1:{metrics}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     return next(
@@ -279,9 +311,9 @@ def _restarts(metrics_port: int, worker: str) -> float:
     )
 
 
-def _metrics_answer(metrics_port: int) -> bool:
+def _metrics_answer(metrics: int | str) -> bool:
     try:
-        _restarts(metrics_port, "0")
+        _restarts(metrics, "0")
     except OSError:
         return False
     return True
