@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 21
+SCHEMA_VERSION = 22
 
 
 class BaseModel(pw.Model):
@@ -565,6 +565,22 @@ class TrainingJob(BaseModel):
         indexes = ((("model", "id"), False), (("state", "id"), False))
 
 
+class BusyMark(BaseModel):
+    """MLServe process ``process`` has requests in flight for ``model`` on ``server``
+    ("" = any of its servers: requests waiting for its on-demand load) until
+    ``expire_time`` at least (schema 22, owned by mlserve.deploy.busy). Refreshed
+    while the process stays busy; a crashed process's marks simply expire."""
+
+    process = pw.CharField(max_length=253)
+    server = pw.CharField(max_length=128)
+    model = pw.CharField(max_length=128)
+    expire_time = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "busy_mark"
+        indexes = ((("process", "server", "model"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -602,6 +618,7 @@ TABLES: list[type[BaseModel]] = [
     Assay,
     AssayResult,
     TrainingJob,
+    BusyMark,
 ]
 
 
@@ -929,6 +946,11 @@ def _add_training_code_datasets(db: pw.Database) -> None:
     )
 
 
+def _add_busy_marks(db: pw.Database) -> None:
+    """Requests in flight, shared by every MLServe process on the database (issue 16)."""
+    db.create_tables([BusyMark])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -950,6 +972,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     18: _add_training_jobs,
     19: _add_on_demand_loading,
     20: _add_training_code_datasets,
+    21: _add_busy_marks,
 }
 
 
