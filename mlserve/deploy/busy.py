@@ -183,9 +183,10 @@ class BusyMarks:
 
     async def busy(self, servers: Iterable[str]) -> set[Key]:
         """(server, model) with requests in flight through any process, on ``servers``
-        or on ``ANY_SERVER`` (see ``is_busy``): the marks not expired, and this
-        process's own count (which a failed publish may have left unmarked)."""
-        found = await in_thread(busy_marks)(servers)
+        or on ``ANY_SERVER`` (see ``is_busy``): the other processes' marks not
+        expired, and this process's own count, which is exact (its own marks may
+        outlive its requests by a refresh interval or two)."""
+        found = await in_thread(busy_marks)(servers, self.process)
         return found | self.local()
 
 
@@ -194,10 +195,14 @@ def is_busy(busy: set[Key], server: str, model: str) -> bool:
     return (server, model) in busy or (ANY_SERVER, model) in busy
 
 
-def busy_marks(servers: Iterable[str]) -> set[Key]:
-    """The (server, model) of every unexpired mark on ``servers`` or ``ANY_SERVER``."""
+def busy_marks(servers: Iterable[str], except_process: str = "") -> set[Key]:
+    """The (server, model) of every unexpired mark on ``servers`` or ``ANY_SERVER``,
+    but those of ``except_process``."""
     wanted = [*set(servers), ANY_SERVER]
-    rows = tables.BusyMark.select(tables.BusyMark.server, tables.BusyMark.model).where(
-        (tables.BusyMark.expire_time > db.utcnow()) & tables.BusyMark.server.in_(wanted)
+    mark = tables.BusyMark
+    rows = mark.select(mark.server, mark.model).where(
+        (mark.expire_time > db.utcnow())
+        & mark.server.in_(wanted)
+        & (mark.process != except_process)
     )
     return {(row.server, row.model) for row in rows.distinct()}

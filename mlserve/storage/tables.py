@@ -459,7 +459,8 @@ class AuditEvent(BaseModel):
     key_prefix = pw.CharField(max_length=32)
     method = pw.CharField(max_length=200)
     resource = pw.CharField(max_length=300, index=True)
-    outcome = pw.CharField(max_length=32)
+    # Text since schema 22: MLServe's own events (an eviction, a scale-up) say why.
+    outcome = pw.TextField()
 
 
 class InferenceCount(BaseModel):
@@ -947,8 +948,12 @@ def _add_training_code_datasets(db: pw.Database) -> None:
 
 
 def _add_busy_marks(db: pw.Database) -> None:
-    """Requests in flight, shared by every MLServe process on the database (issue 16)."""
+    """Requests in flight, shared by every MLServe process on the database; and audit
+    outcomes of any length, for the eviction and scale-up events that say why (on
+    PostgreSQL their 32 characters refused them; issue 16)."""
     db.create_tables([BusyMark])
+    if isinstance(db, pw.PostgresqlDatabase):  # SQLite never enforced the length
+        db.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE TEXT')  # type: ignore[no-untyped-call]
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
