@@ -17,11 +17,12 @@ from mlserve.storage import db, tables
 
 
 class CountingMarks(BusyMarks):
-    """BusyMarks that count their database writes (one per publish)."""
+    """BusyMarks that count their database writes (one per publish), or fail them."""
 
-    def __init__(self, process: str) -> None:
+    def __init__(self, process: str, *, unreachable: bool = False) -> None:
         super().__init__(process)
         self.writes: list[list[tuple[str, str]]] = []
+        self.unreachable = unreachable  # every write fails as a lost database does
 
     def _publish(
         self,
@@ -31,6 +32,8 @@ class CountingMarks(BusyMarks):
     ) -> None:
         keys = list(keys)
         self.writes.append(keys)
+        if self.unreachable:
+            raise Unavailable("the database cannot be reached")
         super()._publish(keys, cleared, purge)
 
 
@@ -140,18 +143,8 @@ def test_a_crashed_process_marks_expire(store_db: pw.Database) -> None:
     assert tables.BusyMark.select().count() == 0
 
 
-class UnreachableMarks(BusyMarks):
-    def _publish(
-        self,
-        keys: Iterable[tuple[str, str]],
-        cleared: Iterable[tuple[str, str]] = (),
-        purge: bool = False,
-    ) -> None:
-        raise Unavailable("the database cannot be reached")
-
-
 def test_an_unreachable_database_does_not_fail_the_request(store_db: pw.Database) -> None:
-    marks = UnreachableMarks("p")
+    marks = CountingMarks("p", unreachable=True)
     asyncio.run(marks.enter("s", "m"))  # logged, not raised
     # Still counted here: this process's own evictor sees it.
     assert marks.local() == {("s", "m")}

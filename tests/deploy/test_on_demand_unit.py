@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import peewee as pw
+import pytest
 
 from mlserve.catalog import sizing
 from mlserve.core.paging import PageTokens
@@ -69,12 +70,14 @@ class Scene:
         return target.state, target.message
 
 
-def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(
-    store_db: pw.Database, tmp_path: Path
-) -> None:
+@pytest.fixture
+def scene(store_db: pw.Database, tmp_path: Path) -> Scene:
     for model in MODELS:
         add_versions(model, 1)
-    scene = Scene(tmp_path)
+    return Scene(tmp_path)
+
+
+def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(scene: Scene) -> None:
 
     async def scenario() -> tuple[list[str], tuple[str, str], tuple[str, str]]:
         await scene.start()
@@ -91,10 +94,7 @@ def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(
     assert busy == ("READY", "")
 
 
-def test_min_copies_are_never_evicted(store_db: pw.Database, tmp_path: Path) -> None:
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
+def test_min_copies_are_never_evicted(scene: Scene) -> None:
 
     async def scenario() -> list[str]:
         await scene.start(min_copies={"a": 1})  # a is loaded at create, for good
@@ -105,10 +105,7 @@ def test_min_copies_are_never_evicted(store_db: pw.Database, tmp_path: Path) -> 
     assert asyncio.run(scenario()) == ["b"]
 
 
-def test_idle_copies_go_after_idle_unload_after(store_db: pw.Database, tmp_path: Path) -> None:
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
+def test_idle_copies_go_after_idle_unload_after(scene: Scene) -> None:
 
     async def scenario() -> tuple[list[str], list[str], tuple[str, str]]:
         await scene.start(idle=30.0)
@@ -128,14 +125,9 @@ def test_idle_copies_go_after_idle_unload_after(store_db: pw.Database, tmp_path:
     assert idle == ("COLD", "unloaded from s after 30 s unused")
 
 
-def test_a_model_waiting_for_its_load_elsewhere_is_not_evicted(
-    store_db: pw.Database, tmp_path: Path
-) -> None:
+def test_a_model_waiting_for_its_load_elsewhere_is_not_evicted(scene: Scene) -> None:
     """A mark on ANY_SERVER (requests waiting in some process for a cold load)
     keeps the model on every server."""
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
 
     async def scenario() -> list[str]:
         await scene.start()
@@ -148,13 +140,8 @@ def test_a_model_waiting_for_its_load_elsewhere_is_not_evicted(
     assert asyncio.run(scenario()) == ["b"]
 
 
-def test_a_copy_used_through_another_process_is_not_idle(
-    store_db: pw.Database, tmp_path: Path
-) -> None:
+def test_a_copy_used_through_another_process_is_not_idle(scene: Scene) -> None:
     """This process sent nothing; the Triton says b answered a second ago."""
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
 
     async def scenario() -> list[str]:
         await scene.start(idle=30.0)
@@ -168,12 +155,7 @@ def test_a_copy_used_through_another_process_is_not_idle(
     assert asyncio.run(scenario()) == ["a"]
 
 
-def test_no_copy_is_idled_out_when_its_server_cannot_say_when_it_was_used(
-    store_db: pw.Database, tmp_path: Path
-) -> None:
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
+def test_no_copy_is_idled_out_when_its_server_cannot_say_when_it_was_used(scene: Scene) -> None:
 
     async def scenario() -> list[str]:
         await scene.start(idle=30.0)
