@@ -81,12 +81,14 @@ from mlserve.deploy.placement import (
     DEFAULT_HEADROOM,
     Host,
     LoadPlan,
+    Need,
     QueueGrowth,
     Resident,
     Room,
+    memory_name,
+    over_usable,
     plan_load,
     scale_up_to,
-    usable_bytes,
 )
 from mlserve.deploy.targets import (
     COLD,
@@ -211,7 +213,7 @@ class _ColdStart:
 
     name: str
     servers: tuple[str, ...]
-    need: int  # bytes its version needs
+    need: Need  # what its version needs, and where
     ready: bool  # a copy is READY already
 
 
@@ -223,7 +225,7 @@ class _ScaleUp:
     servers: tuple[str, ...]  # its targets, in order
     loaded: frozenset[str]  # those where a copy is READY
     allowed: int  # copies it may have at once (max_copies)
-    need: int  # bytes its version needs
+    need: Need  # what its version needs, and where
 
 
 @dataclass(frozen=True)
@@ -445,7 +447,7 @@ class Deployments:
             needs = await in_thread(memory_needs)(
                 (member.model, member.version) for member in plan.members.values()
             )
-            need = sum(found.bytes for found in needs.values())
+            need = [targets.need_of(found) for _, found in sorted(needs.items())]
             servers = await self.placer.place(
                 wanted.placement, placed, need=need, deployment=pipeline
             )
@@ -759,9 +761,10 @@ class Deployments:
                 server,
                 records[server].capacity,
                 [
-                    Resident(
+                    Resident.of(
                         entry.deployment,
-                        needs.get((entry.model, entry.version), 0),
+                        needs.get((entry.model, entry.version), Need(0)),
+                        records[server].capacity,
                         used(server, entry),
                         pinned=not entry.evictable,
                         in_flight=int(is_busy(busy, server, entry.deployment)),
@@ -876,7 +879,7 @@ class Deployments:
             for server in await self.fleet.servers()
             if server.status.state == READY
         }
-        used: dict[str, int] | None = None
+        holding: dict[str, list[Need]] | None = None
         loaded_any = False
         idle = QueueGrowth(0, 0)
         for order in await in_thread(_scale_up_candidates)():
@@ -885,9 +888,9 @@ class Deployments:
             }
             if not all(g.mean_queue_ns() > threshold_ms * 1e6 for g in loaded.values()):
                 continue  # cheap check first: most rounds scale nothing
-            used = used if used is not None else await in_thread(targets.memory_used)()
+            holding = holding if holding is not None else await in_thread(targets.needs_held)()
             rooms = [
-                Room(server, ready[server], used.get(server, 0))
+                Room.holding(server, ready[server], holding.get(server, ()))
                 for server in order.servers
                 # a server whose last loads of it failed waits out its back-off
                 if server in ready and self._may_retry(order.name, server)
@@ -908,7 +911,7 @@ class Deployments:
             record = await in_thread(_record_or_none)(order.name)
             states = {t.server: t.state for t in record.targets} if record else {}
             if states.get(chosen) == READY:
-                used[chosen] = used.get(chosen, 0) + order.need
+                holding.setdefault(chosen, []).append(order.need)
                 await self._record_scale_up(order, chosen, loaded, threshold_ms)
         if loaded_any:
             await self._notify()
@@ -959,10 +962,14 @@ class Deployments:
                     "undeploy the pipeline before deploying another version"
                 )
         loading = loading or await in_thread(_loading_of)(model)
-        need = target.memory.bytes
-        # On demand, a load makes room by evicting: placement does not refuse it.
+        need = targets.need_of(target.memory)
+        # On demand, a load makes room by evicting: placement does not refuse it
+        # for memory, only for GPUs its config names that a server does not have.
         servers = await self.placer.place(
-            placement, [placed], need=0 if loading.on_demand else need, deployment=model
+            placement,
+            [placed],
+            need=Need(0, need.instance_groups) if loading.on_demand else need,
+            deployment=model,
         )
         if loading.min_copies > len(servers):
             raise InvalidArgument(
@@ -995,20 +1002,22 @@ class Deployments:
         await self._notify()
         return await self.get(model)
 
-    async def _check_pins(self, model: str, servers: Sequence[str], need: int) -> None:
-        """FailedPrecondition when pinning ``model`` (``need`` bytes) on ``servers``
-        would pin more than one of them holds less the headroom."""
-        pinned = await in_thread(_pinned_bytes)(model)
+    async def _check_pins(self, model: str, servers: Sequence[str], need: Need) -> None:
+        """FailedPrecondition when pinning ``model`` (``need``) on ``servers`` would pin
+        more on one of their memories (host, a GPU) than it holds less the headroom."""
+        pinned = await in_thread(_pinned_needs)(model)
         records = {record.name: record for record in await self.fleet.servers()}
         for server in servers:
-            usable = usable_bytes(records[server].capacity, self.placer.headroom)
-            total = pinned.get(server, 0) + need
-            if usable is not None and total > usable:
+            over = over_usable(
+                records[server].capacity, [*pinned.get(server, ()), need], self.placer.headroom
+            )
+            if over is not None:
+                memory, total, usable = over
                 raise FailedPrecondition(
-                    f"pinned deployments on server {server!r} would need {total} bytes, more "
-                    f"than its {usable} bytes of model memory (capacity less "
-                    f"{self.placer.headroom:.0%} headroom); unpin some or add capacity. "
-                    "Nothing was deployed."
+                    f"pinned deployments on server {server!r} would need {total} bytes of "
+                    f"{memory_name(memory)}, more than its {usable} bytes for models "
+                    f"(capacity less {self.placer.headroom:.0%} headroom); unpin some or add "
+                    "capacity. Nothing was deployed."
                 )
 
     async def _start_loads(self, name: str, servers: Sequence[str], models: list[str]) -> None:
@@ -1508,9 +1517,9 @@ def _warm_targets(name: str) -> list[str]:
     return [t.server for i, t in enumerate(found) if i < keep or t.state == READY]
 
 
-def _pinned_bytes(except_deployment: str) -> dict[str, int]:
-    """Per server, the bytes the pinned model deployments but ``except_deployment``
-    targeting it need."""
+def _pinned_needs(except_deployment: str) -> dict[str, list[Need]]:
+    """Per server, the needs of the pinned model deployments but
+    ``except_deployment`` targeting it."""
     rows = tables.Deployment.select().where(
         tables.Deployment.pinned
         & tables.Deployment.model.is_null(False)
@@ -1518,11 +1527,12 @@ def _pinned_bytes(except_deployment: str) -> dict[str, int]:
     )
     placed = [(row.name, row.version, targets.of(row)) for row in rows]
     needs = memory_needs((name, version) for name, version, _ in placed)
-    pinned: defaultdict[str, int] = defaultdict(int)
+    pinned: defaultdict[str, list[Need]] = defaultdict(list)
     for name, version, found in placed:
         need = needs.get((name, version))
         for target in found:
-            pinned[target.server] += need.bytes if need is not None else 0
+            if need is not None:
+                pinned[target.server].append(targets.need_of(need))
     return dict(pinned)
 
 
@@ -1548,7 +1558,7 @@ def _cold_start_order(name: str) -> _ColdStart | None:
     return _ColdStart(
         name,
         tuple(t.server for t in found),
-        find_version(name, row.version).memory.bytes,
+        targets.need_of(find_version(name, row.version).memory),
         bool(ready) or len(ready) >= allowed,
     )
 
@@ -1577,13 +1587,13 @@ def _scale_up_order(row: Any) -> _ScaleUp | None:
     allowed = _loading(row).copies_allowed(len(on))
     if not loaded or len(loaded) >= allowed:
         return None
-    need = find_version(row.name, row.version).memory.bytes
+    need = targets.need_of(find_version(row.name, row.version).memory)
     return _ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need)
 
 
 def _held_on(
     servers: Sequence[str],
-) -> tuple[dict[str, list[_Held]], dict[tuple[str, int], int]]:
+) -> tuple[dict[str, list[_Held]], dict[tuple[str, int], Need]]:
     """Per server of ``servers``, the models loaded there, each with whether it may be
     evicted; and their memory needs by (model, version)."""
     loadings = {row.name: (row, _loading(row)) for row in tables.Deployment.select()}
@@ -1605,7 +1615,7 @@ def _held_on(
             )
         )
     needs = memory_needs((h.model, h.version) for found in held.values() for h in found)
-    return dict(held), {key: need.bytes for key, need in needs.items()}
+    return dict(held), {key: targets.need_of(need) for key, need in needs.items()}
 
 
 def _idle_candidates() -> list[_IdleCandidate]:
