@@ -73,6 +73,7 @@ from mlserve.core.errors import (
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
+from mlserve.deploy.busy import BusyMarks, is_busy
 from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.on_demand import Loading
@@ -235,6 +236,17 @@ class _Held:
     model: str
     version: int
     evictable: bool
+    loaded_at: float  # when its target there last became READY (seconds since the epoch)
+
+
+@dataclass(frozen=True)
+class _IdleCandidate:
+    """An on-demand copy that idle unloading may take."""
+
+    deployment: str
+    server: str
+    after: float  # its idle_unload_after, seconds
+    loaded_at: float  # when its target there last became READY (seconds since the epoch)
 
 
 class Deployments:
@@ -248,6 +260,8 @@ class Deployments:
         *,
         retry: Backoff = RELOAD_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        busy: BusyMarks | None = None,
         load_timeout: float = DEFAULT_LOAD_TIMEOUT,
         headroom: float = DEFAULT_HEADROOM,
         registry: CollectorRegistry | None = None,
@@ -265,6 +279,7 @@ class Deployments:
         # when the reconciler may try again.
         self._retry = retry
         self._clock = clock
+        self._wall_clock = wall_clock
         self._failed_loads: dict[tuple[str, str], tuple[int, float]] = {}
         self.load_timeout = load_timeout
         # The background load of each deployment being loaded, by its name.
@@ -274,11 +289,12 @@ class Deployments:
         # Per server: held while a first load is measured by its resident memory,
         # so that two loads' growth is not counted as one's.
         self._measuring: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # On demand: one cold start per model at a time; when each copy was
-        # loaded and (from the gateway) last used and how busy it is.
+        # On demand: one cold start per model at a time. What eviction and idle
+        # unloading read is shared by every MLServe process on the database: when a
+        # copy was last used is Triton's own record, and what is in flight is the
+        # busy marks every process publishes (``mlserve.deploy.busy``).
         self._cold_starts: SingleFlight[str, bool] = SingleFlight()
-        self._loaded_at: dict[tuple[str, str], float] = {}
-        self._usage: Callable[[str, str], tuple[float, int]] = lambda model, server: (0.0, 0)
+        self.busy = busy or BusyMarks()
         self.audit = audit
         registry = registry or CollectorRegistry()
         self._evictions = Counter(
@@ -310,12 +326,6 @@ class Deployments:
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener()`` after any deployment or target state changed."""
         self._listeners.append(listener)
-
-    def watch_usage(self, usage: Callable[[str, str], tuple[float, int]]) -> None:
-        """Have ``usage(model, server)`` tell (when it was last used, on this
-        object's clock; requests in flight) for eviction and idle unloading (the
-        gateway's router)."""
-        self._usage = usage
 
     async def _notify(self) -> None:
         for listener in self._listeners:
@@ -733,6 +743,19 @@ class Deployments:
             )  # fmt: skip
             raise Unavailable(_could_not_load(order.name))
         held, needs = await in_thread(_held_on)(ready)
+        # Read only when some server holds a model it could evict: most cold
+        # starts find room, and then nobody's use matters.
+        evictable = [s for s in ready if any(entry.evictable for entry in held.get(s, ()))]
+        busy = await self.busy.busy(evictable) if evictable else set()
+        last_used = {server: await self._last_inferences(server) for server in evictable}
+        now = self._wall_clock()
+
+        def used(server: str, entry: _Held) -> float:
+            seen = last_used.get(server)
+            if seen is None:
+                return now  # its server cannot say: as if just used, evicted last
+            return max(seen.get(entry.model, 0.0), entry.loaded_at)
+
         hosts = [
             Host(
                 server,
@@ -742,9 +765,9 @@ class Deployments:
                         entry.deployment,
                         needs.get((entry.model, entry.version), Need(0)),
                         records[server].capacity,
-                        self._last_use(entry.deployment, server)[0],
+                        used(server, entry),
                         pinned=not entry.evictable,
-                        in_flight=self._last_use(entry.deployment, server)[1],
+                        in_flight=int(is_busy(busy, server, entry.deployment)),
                     )
                     for entry in held.get(server, ())
                 ],
@@ -753,12 +776,18 @@ class Deployments:
         ]
         return plan_load(hosts, order.need, self.placer.headroom)
 
-    def _last_use(self, name: str, server: str) -> tuple[float, int]:
-        """(when ``name`` was last used on ``server``, requests in flight): a copy never
-        used counts as used when it was loaded (or first seen here)."""
-        used, in_flight = self._usage(name, server)
-        loaded = self._loaded_at.setdefault((name, server), self._clock())
-        return max(used, loaded), in_flight
+    async def _last_inferences(self, server: str) -> dict[str, float] | None:
+        """Model -> when ``server``'s Triton last answered an inference of it (seconds
+        since the epoch; absent: never since it loaded), or None when it cannot say.
+
+        Triton's statistics count every inference, through whichever MLServe
+        process (worker or replica) it came: the same answer for every evictor."""
+        try:
+            client = self.fleet.cached_client(server) or await self.fleet.client(server)
+            return await client.last_inferences()
+        except MLServeError as error:
+            log.warning("no statistics from server %s: %s", server, error)
+            return None
 
     async def _evict(self, victim: str, server: str, for_model: str) -> None:
         """Unload ``victim`` from ``server`` to make room for ``for_model`` and record
@@ -769,7 +798,6 @@ class Deployments:
             f"for {for_model!r}"
         )
         await in_thread(targets.set_state)(victim, server, COLD, message)
-        self._loaded_at.pop((victim, server), None)
         self._evictions.labels(server=server).inc()
         log.info("on demand: %s", message.replace("evicted", f"evicted {victim}", 1))
         if self.audit is not None:
@@ -781,25 +809,56 @@ class Deployments:
         """Unload each on-demand copy unused for its deployment's
         idle_unload_after_seconds, down to min_copies (those are never idled out),
         skipping copies with requests in flight or being changed (the health
-        loop calls it after every round)."""
-        now = self._clock()
+        loop calls it after every round).
+
+        Unused means: no inference answered by that server's Triton (its own
+        ``last_inference``, whichever MLServe process sent it) nor a load of the
+        copy within the time, and no busy mark of any process on it. A server
+        whose statistics cannot be read keeps its copies this round."""
+        now = self._wall_clock()
+        due = [c for c in await in_thread(_idle_candidates)() if now - c.loaded_at >= c.after]
+        if not due:
+            return  # cheap check first: nothing loaded long enough to be idle
+        servers = {candidate.server for candidate in due}
+        busy = await self.busy.busy(servers)
+        last_used = {server: await self._last_inferences(server) for server in servers}
         unloaded = 0
-        for name, server, after in await in_thread(_idle_candidates)():
-            used, in_flight = self._last_use(name, server)
-            if in_flight or now - used < after:
+        for candidate in due:
+            name, server = candidate.deployment, candidate.server
+            if not self._idle(candidate, busy, last_used.get(server), now):
                 continue
             async with self._locked_if_free([name]) as held:
                 if not held:
                     continue
+                # Read again under the lock, just before unloading: a request may
+                # have begun through another process meanwhile.
+                now = self._wall_clock()
+                again = await self._last_inferences(server)
+                if not self._idle(candidate, await self.busy.busy([server]), again, now):
+                    continue
                 await self.placer.unload_quietly(name, server)
                 await in_thread(targets.set_state)(
-                    name, server, COLD, f"unloaded from {server} after {after:g} s unused"
+                    name,
+                    server,
+                    COLD,
+                    f"unloaded from {server} after {candidate.after:g} s unused",
                 )
-                self._loaded_at.pop((name, server), None)
                 self._idle_unloads.labels(server=server).inc()
                 unloaded += 1
         if unloaded:
             await self._notify()
+
+    @staticmethod
+    def _idle(
+        candidate: _IdleCandidate,
+        busy: set[tuple[str, str]],
+        last_used: Mapping[str, float] | None,
+        now: float,
+    ) -> bool:
+        if last_used is None or is_busy(busy, candidate.server, candidate.deployment):
+            return False
+        used = max(last_used.get(candidate.deployment, 0.0), candidate.loaded_at)
+        return now - used >= candidate.after
 
     async def scale_up(
         self, queue_growth: Mapping[tuple[str, str], QueueGrowth], threshold_ms: float
@@ -1044,8 +1103,6 @@ class Deployments:
                 self.placer.unload_unused(server, set(order.models), except_deployment=name)
             )
         await in_thread(targets.set_state)(name, server, state, message, members)
-        if state == READY:
-            self._loaded_at[(name, server)] = self._clock()
         # An unreachable server is the health loop's to watch; a refused load is ours.
         self._count_load(name, server, failed=state == FAILED)
         # Only to show what is loaded; the caller holds the deployment's locks,
@@ -1545,16 +1602,24 @@ def _held_on(
         if entry.server not in servers or not entry.ready:
             continue
         row, loading = loadings[entry.deployment]
-        position = [t.server for t in targets.of(row)].index(entry.server)
+        found = targets.of(row)
+        position = [t.server for t in found].index(entry.server)
         evictable = entry.model == entry.deployment and loading.evictable(position)
-        held[entry.server].append(_Held(entry.deployment, entry.model, entry.version, evictable))
+        held[entry.server].append(
+            _Held(
+                entry.deployment,
+                entry.model,
+                entry.version,
+                evictable,
+                _epoch_seconds(found[position].update_time),
+            )
+        )
     needs = memory_needs((h.model, h.version) for found in held.values() for h in found)
     return dict(held), {key: targets.need_of(need) for key, need in needs.items()}
 
 
-def _idle_candidates() -> list[tuple[str, str, float]]:
-    """(deployment, server, idle_unload_after) of every READY on-demand copy that
-    may be unloaded when idle."""
+def _idle_candidates() -> list[_IdleCandidate]:
+    """Every READY on-demand copy that may be unloaded when idle."""
     rows = tables.Deployment.select().where(
         (tables.Deployment.loading == "on_demand") & (tables.Deployment.idle_unload_after > 0)
     )
@@ -1563,5 +1628,17 @@ def _idle_candidates() -> list[tuple[str, str, float]]:
         loading = _loading(row)
         for position, target in enumerate(targets.of(row)):
             if target.state == READY and loading.evictable(position):
-                found.append((row.name, target.server, loading.idle_unload_after))
+                found.append(
+                    _IdleCandidate(
+                        row.name,
+                        target.server,
+                        loading.idle_unload_after,
+                        _epoch_seconds(target.update_time),
+                    )
+                )
     return found
+
+
+def _epoch_seconds(naive_utc: dt.datetime) -> float:
+    """A time the store keeps (naive UTC, ``db.utcnow``) in seconds since the epoch."""
+    return naive_utc.replace(tzinfo=dt.timezone.utc).timestamp()
