@@ -5,7 +5,7 @@ Keys under the prefix:
 - ``blobs/uploads/<upload_id>/<random>``: each distinct file content once, at
   the key its upload's multipart upload completed at; the blob's row
   (its ``location``) names it. ``blobs/sha256/ab/abcd…`` (by digest):
-  blobs stored before schema 22, still read;
+  blobs stored before schema 23, still read;
 - ``repository/<model>/<version>/<path>`` and ``repository/<model>/config.pbtxt``:
   Triton's layout, for Tritons that read the bucket themselves
   (``--model-repository=s3://host:port/bucket/prefix/repository``), written
@@ -239,7 +239,7 @@ class S3Repository(Repository):
         return self.location.key("repository", model, str(int(version))) + "/"
 
     def _digest_key(self, sha256: str) -> str:
-        """Where a blob stored before schema 22 is: by its digest."""
+        """Where a blob stored before schema 23 is: by its digest."""
         if not _SHA256.fullmatch(sha256):
             raise InvalidArgument(f"{sha256!r} is not a lower-case hex sha256")
         return self.location.key("blobs", "sha256", sha256[:2], sha256)
@@ -604,7 +604,7 @@ class S3Repository(Repository):
                         UploadId=pending["UploadId"],
                     )
         tables.UploadPart.delete().where(tables.UploadPart.upload == upload_id).execute()
-        # Objects of schema 21 and before, completed at the staging key.
+        # Objects of schema 22 and before, completed at the staging key.
         self._delete_under(staging)
 
     @contextlib.contextmanager
@@ -681,7 +681,7 @@ def _parts(upload_id: str, path: str) -> list[Any]:
     gap: parts are sent several at once, so one may be recorded after a later one
     failed; only the unbroken run from part 1 is what the bucket holds of the file.
     Parts of one multipart upload only (a record of another, older one, or of
-    schema 21's staging key, ends the run)."""
+    schema 22's staging key, ends the run)."""
     recorded = (
         tables.UploadPart.select()
         .where((tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path))

@@ -344,12 +344,12 @@ def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
         close_database(opened)
 
 
-def test_schema_21_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
+def test_schema_22_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Schemas 4 and 12 create these tables from today's classes; make them schema 21's.
+    # Schemas 4 and 12 create these tables from today's classes; make them schema 22's.
     added = [("blob", "location"), ("upload_part", "key")]
-    opened = opened_at_schema(database_url, monkeypatch, 21, added)
+    opened = opened_at_schema(database_url, monkeypatch, 22, added)
     sha = "ab" * 32
     insert_sql(
         database_url, "INSERT INTO blob (sha256, size, create_time) VALUES (%s, 5, %s)", (sha, WHEN)
