@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 BUF := .tools/node_modules/.bin/buf
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck generate check-generated bench clean
+.PHONY: install run test lint typecheck generate check-generated bench docs clean
 
 TS_PROTO := .tools/node_modules/.bin/protoc-gen-ts_proto
 # Pinned: the committed TypeScript stubs are what this version writes.
@@ -98,6 +98,13 @@ test: install lint
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
+
+# The README's pictures: its mermaid diagrams drawn with Graphviz (docs/diagrams.py)
+# and the drift chart drawn with the real assay code (docs/drift_picture.py).
+docs: $(INSTALLED)
+	scripts/ensure_graphviz.sh
+	$(BIN)/python docs/diagrams.py
+	$(BIN)/python docs/drift_picture.py
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

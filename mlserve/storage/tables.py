@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 24
 
 
 class BaseModel(pw.Model):
@@ -303,6 +303,9 @@ class Blob(BaseModel):
     sha256 = pw.CharField(primary_key=True, max_length=64)
     size = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
+    # Where the store keeps it when that is not its digest's place: a bucket's
+    # object key, written where the upload's parts went (S3Repository). "": by sha256.
+    location = pw.TextField(default="")
 
 
 class VersionFile(BaseModel):
@@ -336,6 +339,9 @@ class UploadPart(BaseModel):
     number = pw.IntegerField()  # S3's PartNumber, from 1
     size = pw.BigIntegerField()
     etag = pw.TextField()
+    # The object key the multipart upload completes at ("": the staging key of
+    # schema 22 and before).
+    key = pw.TextField(default="")
 
     class Meta:
         table_name = "upload_part"
@@ -459,7 +465,8 @@ class AuditEvent(BaseModel):
     key_prefix = pw.CharField(max_length=32)
     method = pw.CharField(max_length=200)
     resource = pw.CharField(max_length=300, index=True)
-    outcome = pw.CharField(max_length=32)
+    # Text since schema 22: MLServe's own events (an eviction, a scale-up) say why.
+    outcome = pw.TextField()
 
 
 class InferenceCount(BaseModel):
@@ -498,7 +505,7 @@ class Assay(BaseModel):
     only ever read whole. ``next_window`` is where the scheduler goes on.
     ``baseline_summary`` (JSON) and ``baseline_values`` (float64 bytes, only for
     the metrics that read them) keep the baseline as binned when the assay was
-    created or last re-binned (schema 22, mlserve.assays.binned); NULL before.
+    created or last re-binned (schema 24, mlserve.assays.binned); NULL before.
     """
 
     id = pw.AutoField()
@@ -570,6 +577,22 @@ class TrainingJob(BaseModel):
         indexes = ((("model", "id"), False), (("state", "id"), False))
 
 
+class BusyMark(BaseModel):
+    """MLServe process ``process`` has requests in flight for ``model`` on ``server``
+    ("" = any of its servers: requests waiting for its on-demand load) until
+    ``expire_time`` at least (schema 22, owned by mlserve.deploy.busy). Refreshed
+    while the process stays busy; a crashed process's marks simply expire."""
+
+    process = pw.CharField(max_length=253)
+    server = pw.CharField(max_length=128)
+    model = pw.CharField(max_length=128)
+    expire_time = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "busy_mark"
+        indexes = ((("process", "server", "model"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -607,6 +630,7 @@ TABLES: list[type[BaseModel]] = [
     Assay,
     AssayResult,
     TrainingJob,
+    BusyMark,
 ]
 
 
@@ -934,6 +958,32 @@ def _add_training_code_datasets(db: pw.Database) -> None:
     )
 
 
+def _add_blob_locations(db: pw.Database) -> None:
+    """A blob's object key in the bucket, and the key an upload's parts complete at
+    (issue 16: no copy from a staging key to the blob's).
+
+    Schemas 4 and 12 create these tables from the current classes, so a database
+    that passed through them since has the columns already.
+    """
+    migrator = SchemaMigrator.from_database(db)
+    missing = [
+        migrator.add_column(table, column.column_name, column)
+        for table, column in (("blob", Blob.location), ("upload_part", UploadPart.key))
+        if column.column_name not in {c.name for c in db.get_columns(table)}
+    ]
+    if missing:
+        migrate_schema(*missing)
+
+
+def _add_busy_marks(db: pw.Database) -> None:
+    """Requests in flight, shared by every MLServe process on the database; and audit
+    outcomes of any length, for the eviction and scale-up events that say why (on
+    PostgreSQL their 32 characters refused them; issue 16)."""
+    db.create_tables([BusyMark])
+    if isinstance(db, pw.PostgresqlDatabase):  # SQLite never enforced the length
+        db.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE TEXT')  # type: ignore[no-untyped-call]
+
+
 def _add_assay_baselines(db: pw.Database) -> None:
     """Assays keep their binned baseline (issue 14); rows stored before have none
     and are binned at first use.
@@ -972,7 +1022,9 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     18: _add_training_jobs,
     19: _add_on_demand_loading,
     20: _add_training_code_datasets,
-    21: _add_assay_baselines,
+    21: _add_busy_marks,
+    22: _add_blob_locations,
+    23: _add_assay_baselines,
 }
 
 
