@@ -22,6 +22,11 @@ from typing import Any
 
 from mlserve.storage.db import POSTGRESQL_SCHEMES
 from mlserve.storage.s3 import S3Location
+from mlserve.training.sandboxed import JobLimits
+
+_JOB_LIMITS = JobLimits()  # the training limits' defaults: the sandbox's own
+# One job's log at most (lines times bytes per line): it is kept in the database.
+MAX_JOB_LOG_BYTES = 256 * 1024**2
 
 GRPC_MESSAGE_LIMIT = 2**31 - 1  # gRPC's own ceiling, and what Triton accepts
 
@@ -202,6 +207,62 @@ def parse_size(text: str) -> int:
     if not math.isfinite(value) or value < 1:
         raise SettingError("give a size of at least 1 byte")
     return int(value * unit)
+
+
+def _within(low: float, high: float, text: str, value: float, what: str) -> None:
+    if not low <= value <= high:
+        raise SettingError(f"{text!r} is not a {what} from {_shown(low)} to {_shown(high)}")
+
+
+def _shown(value: float) -> str:
+    return f"{value:g}"
+
+
+def parse_job_cpu_time(text: str) -> int:
+    """Whole CPU seconds (a duration, rounded up), from 1 s to 7 days."""
+    seconds = math.ceil(parse_duration(text))
+    _within(1, 7 * 86400, text, seconds, "CPU time in seconds (or with s/m/h/d)")
+    return seconds
+
+
+def parse_job_wall_time(text: str) -> float:
+    """A duration from 1 s to 7 days."""
+    seconds = parse_duration(text)
+    _within(1, 7 * 86400, text, seconds, "wall-clock time in seconds (or with s/m/h/d)")
+    return seconds
+
+
+def parse_job_memory(text: str) -> int:
+    """A size from 128 MiB (less cannot start Python with its libraries) to 64 TiB."""
+    size = parse_size(text)
+    _within(128 * 1024**2, 64 * 1024**4, text, size, "memory size in bytes (128M to 64T)")
+    return size
+
+
+def parse_job_file_size(text: str) -> int:
+    """A size from 1 MiB to 64 TiB."""
+    size = parse_size(text)
+    _within(1024**2, 64 * 1024**4, text, size, "file size in bytes (1M to 64T)")
+    return size
+
+
+def parse_job_processes(text: str) -> int:
+    """From 4 (the sandbox and the script need some) to 32768."""
+    count = parse_count(text)
+    _within(4, 32768, text, count, "number of processes")
+    return count
+
+
+def parse_job_log_lines(text: str) -> int:
+    count = parse_count(text)
+    _within(10, 100_000, text, count, "number of log lines")
+    return count
+
+
+def parse_job_log_line_bytes(text: str) -> int:
+    size = parse_size(text)
+    _within(256, 1024**2, text, size, "line length in bytes (256 to 1M)")
+    return size
 
 
 def parse_model_memory(text: str) -> int:
@@ -654,6 +715,94 @@ class Settings:
             )
         ),
     )
+    training_cpu_time: int = field(
+        default=_JOB_LIMITS.cpu_seconds,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_CPU_TIME",
+                "CPU time one training job may use (RLIMIT_CPU; then it is killed and "
+                "FAILED), 1s to 7d; s/m/h/d suffixes",
+                parse_job_cpu_time,
+                "DURATION",
+                shown_default="10m",
+            )
+        ),
+    )
+    training_wall_time: float = field(
+        default=_JOB_LIMITS.wall_seconds,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_WALL_TIME",
+                "how long one training job may run, queueing not counted (then its process "
+                "group is killed and it is FAILED), 1s to 7d; s/m/h/d suffixes",
+                parse_job_wall_time,
+                "DURATION",
+                shown_default="30m",
+            )
+        ),
+    )
+    training_memory: int = field(
+        default=_JOB_LIMITS.memory_bytes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_MEMORY",
+                "address space of each process of a training job (RLIMIT_AS), 128M to 64T; "
+                "k/M/G/T suffixes",
+                parse_job_memory,
+                "SIZE",
+                shown_default="4G",
+            )
+        ),
+    )
+    training_file_size: int = field(
+        default=_JOB_LIMITS.file_bytes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_FILE_SIZE",
+                "largest file a training job may write, output files included "
+                "(RLIMIT_FSIZE), 1M to 64T; k/M/G/T suffixes",
+                parse_job_file_size,
+                "SIZE",
+                shown_default="1G",
+            )
+        ),
+    )
+    training_processes: int = field(
+        default=_JOB_LIMITS.processes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_PROCESSES",
+                "processes one training job may have at once (a pids cgroup where the host "
+                "offers one), 4 to 32768",
+                parse_job_processes,
+                "N",
+            )
+        ),
+    )
+    training_log_lines: int = field(
+        default=_JOB_LIMITS.log_lines,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_LOG_LINES",
+                "a training job's log lines kept (the newest; in the database), 10 to 100000",
+                parse_job_log_lines,
+                "N",
+            )
+        ),
+    )
+    training_log_line_bytes: int = field(
+        default=_JOB_LIMITS.log_line_bytes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_LOG_LINE_BYTES",
+                "a training job's log line is cut (and marked so) past this, 256 to 1M; "
+                "lines times bytes at most 256M; k/M suffixes",
+                parse_job_log_line_bytes,
+                "SIZE",
+                shown_default="8k",
+            )
+        ),
+    )
     model_memory: int = field(
         default=0,
         metadata=_given_by(
@@ -847,6 +996,13 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.training_log_lines * self.training_log_line_bytes > MAX_JOB_LOG_BYTES:
+            raise SettingError(
+                f"--training-log-lines {self.training_log_lines} times --training-log-line-bytes "
+                f"{self.training_log_line_bytes} keeps more than {MAX_JOB_LOG_BYTES // 1024**2} "
+                "MiB of log per job (MLSERVE_TRAINING_LOG_LINES, "
+                "MLSERVE_TRAINING_LOG_LINE_BYTES): lower one of them"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingError(
                 "--tls-cert and --tls-key (MLSERVE_TLS_CERT, MLSERVE_TLS_KEY) go together"
@@ -856,6 +1012,19 @@ class Settings:
                 "--oidc-issuer needs --oidc-audience (MLSERVE_OIDC_AUDIENCE): the audience "
                 "tokens for this MLServe carry, so tokens for other services are refused"
             )
+
+    @property
+    def training_limits(self) -> JobLimits:
+        """What one training job may use."""
+        return JobLimits(
+            cpu_seconds=self.training_cpu_time,
+            memory_bytes=self.training_memory,
+            file_bytes=self.training_file_size,
+            processes=self.training_processes,
+            wall_seconds=self.training_wall_time,
+            log_lines=self.training_log_lines,
+            log_line_bytes=self.training_log_line_bytes,
+        )
 
     @property
     def upload_sweep_interval(self) -> float:

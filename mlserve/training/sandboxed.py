@@ -42,11 +42,6 @@ from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 # How long a cancelled or timed-out job gets after SIGTERM before SIGKILL.
 KILL_GRACE_SECONDS = 1.0
-# A script's output is hostile: MLServe holds at most the last LOG_TAIL_LINES lines of
-# a job, each cut to LINE_CAP_BYTES (and marked so), and reads its pipe in bounded
-# pieces, so neither many lines nor one endless line grows MLServe's memory.
-LOG_TAIL_LINES = 1000
-LINE_CAP_BYTES = 8 * 1024
 TRUNCATED_MARK = " [line truncated at {cap} bytes]"
 
 
@@ -58,13 +53,21 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class JobLimits:
-    """What one job may use; each is enforced by the kernel or by MLServe's clock."""
+    """What one job may use; each is enforced by the kernel or by MLServe's clock.
+    The defaults are those of ``mlserve.settings`` (``--training-*``).
+
+    A script's output is hostile: MLServe keeps at most the last ``log_lines`` lines
+    of a job, each cut to ``log_line_bytes`` (and marked so), and reads its pipe in
+    bounded pieces, so neither many lines nor one endless line grows MLServe's
+    memory or its database."""
 
     cpu_seconds: int = 600
     memory_bytes: int = 4 * 1024**3
     file_bytes: int = 1024**3
     processes: int = 64
     wall_seconds: float = 1800.0
+    log_lines: int = 1000
+    log_line_bytes: int = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class SandboxedJob:
         self.on_line = on_line
         self._process: asyncio.subprocess.Process | None = None
         self._cancelled = asyncio.Event()
-        self._lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._lines: deque[str] = deque(maxlen=spec.limits.log_lines)
 
     async def run(self) -> JobResult:
         """Run the script to its end; SUCCEEDED only on exit 0 within every limit."""
@@ -120,7 +123,7 @@ class SandboxedJob:
                 env=self._environment(params),
                 start_new_session=True,
                 preexec_fn=_limiter(spec.limits, cgroup),
-                limit=LINE_CAP_BYTES,
+                limit=spec.limits.log_line_bytes,
             )
             reading = asyncio.create_task(self._read_lines())
             cancelled = asyncio.create_task(self._cancelled.wait())
@@ -176,7 +179,7 @@ class SandboxedJob:
     async def _read_lines(self) -> None:
         assert self._process is not None
         assert self._process.stdout is not None
-        async for line in capped_lines(self._process.stdout, LINE_CAP_BYTES):
+        async for line in capped_lines(self._process.stdout, self.spec.limits.log_line_bytes):
             self._lines.append(line)
             if self.on_line is not None:
                 self.on_line(line)

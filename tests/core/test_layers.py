@@ -110,6 +110,7 @@ OWNERS: dict[str, set[str]] = {
     "Assay": {"assays.service", "assays.scheduler"},
     "AssayResult": {"assays.service", "assays.scheduler"},
     "TrainingJob": {"training.store"},
+    "TrainingJobLogLine": {"training.store"},
 }
 
 # (module, table): today's references to the deployment-side tables from
