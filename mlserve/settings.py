@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlserve.storage.db import POSTGRESQL_SCHEMES
 from mlserve.storage.s3 import S3Location
@@ -209,62 +209,6 @@ def parse_size(text: str) -> int:
     return int(value * unit)
 
 
-def _within(low: float, high: float, text: str, value: float, what: str) -> None:
-    if not low <= value <= high:
-        raise SettingError(f"{text!r} is not a {what} from {_shown(low)} to {_shown(high)}")
-
-
-def _shown(value: float) -> str:
-    return f"{value:g}"
-
-
-def parse_job_cpu_time(text: str) -> int:
-    """Whole CPU seconds (a duration, rounded up), from 1 s to 7 days."""
-    seconds = math.ceil(parse_duration(text))
-    _within(1, 7 * 86400, text, seconds, "CPU time in seconds (or with s/m/h/d)")
-    return seconds
-
-
-def parse_job_wall_time(text: str) -> float:
-    """A duration from 1 s to 7 days."""
-    seconds = parse_duration(text)
-    _within(1, 7 * 86400, text, seconds, "wall-clock time in seconds (or with s/m/h/d)")
-    return seconds
-
-
-def parse_job_memory(text: str) -> int:
-    """A size from 128 MiB (less cannot start Python with its libraries) to 64 TiB."""
-    size = parse_size(text)
-    _within(128 * 1024**2, 64 * 1024**4, text, size, "memory size in bytes (128M to 64T)")
-    return size
-
-
-def parse_job_file_size(text: str) -> int:
-    """A size from 1 MiB to 64 TiB."""
-    size = parse_size(text)
-    _within(1024**2, 64 * 1024**4, text, size, "file size in bytes (1M to 64T)")
-    return size
-
-
-def parse_job_processes(text: str) -> int:
-    """From 4 (the sandbox and the script need some) to 32768."""
-    count = parse_count(text)
-    _within(4, 32768, text, count, "number of processes")
-    return count
-
-
-def parse_job_log_lines(text: str) -> int:
-    count = parse_count(text)
-    _within(10, 100_000, text, count, "number of log lines")
-    return count
-
-
-def parse_job_log_line_bytes(text: str) -> int:
-    size = parse_size(text)
-    _within(256, 1024**2, text, size, "line length in bytes (256 to 1M)")
-    return size
-
-
 def parse_model_memory(text: str) -> int:
     """A size (``parse_size``), or ``auto`` (0: read from the host at start)."""
     return 0 if text.lower() == "auto" else parse_size(text)
@@ -347,6 +291,41 @@ def parse_bool(text: str) -> bool:
     if text.lower() in _FALSE:
         return False
     raise SettingError("give true or false (also 1/0, yes/no, on/off)")
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _ranged(
+    parse: Callable[[str], Number], low: Number, high: Number, what: str
+) -> Callable[[str], Number]:
+    """``parse``, refusing a value outside ``low``..``high``: "TEXT is not WHAT" (which
+    says the range)."""
+
+    def parse_within(text: str) -> Number:
+        value = parse(text)
+        if not low <= value <= high:
+            raise SettingError(f"{text!r} is not {what}")
+        return value
+
+    return parse_within
+
+
+_WEEK = 7 * 86400
+# The training job limits: values past these are mistakes, not policies.
+parse_job_cpu_time = _ranged(
+    lambda text: math.ceil(parse_duration(text)), 1, _WEEK, "a CPU time from 1s to 7d"
+)
+parse_job_wall_time = _ranged(parse_duration, 1.0, _WEEK, "a wall-clock time from 1s to 7d")
+# Under 128 MiB of address space Python cannot start with its libraries.
+parse_job_memory = _ranged(
+    parse_size, 128 * 1024**2, 64 * 1024**4, "a memory size from 128M to 64T"
+)
+parse_job_file_size = _ranged(parse_size, 1024**2, 64 * 1024**4, "a file size from 1M to 64T")
+# The sandbox and the script need a few.
+parse_job_processes = _ranged(parse_count, 4, 32768, "a number of processes from 4 to 32768")
+parse_job_log_lines = _ranged(parse_count, 10, 100_000, "a number of log lines from 10 to 100000")
+parse_job_log_line_bytes = _ranged(parse_size, 256, 1024**2, "a line length from 256 to 1M bytes")
 
 
 # --- the settings -------------------------------------------------------------

@@ -7,15 +7,13 @@ and started again."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from mlserve_api.v1 import training_pb2
-from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.mlserve import MLServeProcess, Stubs, hand_on_admin_key, stubs_of
 from tests.support.postgres import PostgresCluster
 from tests.support.s3 import MotoServer, moto_server  # noqa: F401 (a fixture)
 from tests.support.training import TRAIN, create, make_trainable, watch
@@ -55,24 +53,14 @@ def replicas(
                 root / f"home-{name}", "--no-embedded-triton", "--instance-name", name,
                 "--database", url, "--storage", storage, env=moto_server.env(),
             )  # fmt: skip
-            if started:  # the admin key is the first replica's; its operator hands it on
-                process.home.mkdir(parents=True)
-                shutil.copy(started[0].home / "admin.key", process.home / "admin.key")
+            if started:  # the admin key is the first replica's
+                hand_on_admin_key(started[0], process)
             started.append(process.start(wait_for_triton=False))
         yield Replicas(*started)
     finally:
         for process in started:
             process.stop()
         postgres_cluster.drop_database(database)
-
-
-@contextlib.contextmanager
-def stubs_of(replica: MLServeProcess) -> Iterator[Stubs]:
-    stubs = replica.stubs()
-    try:
-        yield stubs
-    finally:
-        stubs.channel.close()
 
 
 def get(stubs: Stubs, job_id: str) -> training_pb2.TrainingJob:
