@@ -2,7 +2,8 @@
 its newest lines only however much it prints, a retried batch is stored once, a
 NUL a script printed is stored, the lines go with the job's model; and a watcher
 with its own ``TrainingJobs`` (as on another replica) follows a job another one
-runs: its lines as they come, then its final state."""
+runs: its lines as they come, then its final state; lines whose write failed
+wait for the next one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import peewee as pw
+import pytest
 
+from mlserve.core.errors import Unavailable
 from mlserve.storage import tables
 from mlserve.training import store
 from mlserve.training.jobs import TrainingJobs
@@ -136,3 +139,32 @@ def test_a_watcher_elsewhere_follows_the_lines_then_the_final_state(
     numbers = [int(line.split()[1]) for line in lines]
     assert numbers == sorted(set(numbers))
     assert [seq for seq, _ in stored("job-w")] == list(range(201, 301))
+
+
+def test_lines_whose_write_failed_wait_for_the_next_within_the_bound(
+    store_db: pw.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tables.Model.create(name="outage")
+    add_job("job-o", model)
+    written = store.append_log
+
+    def unreachable(job_id: str, lines: list[tuple[int, str]], keep: int) -> bool:
+        raise Unavailable("the database is unreachable")
+
+    async def scenario() -> None:
+        logs = JobLogs(keep=5)
+        for number in range(4):
+            logs.append("job-o", f"before {number}")
+        with monkeypatch.context() as outage:
+            outage.setattr(store, "append_log", unreachable)
+            await logs.flush()  # fails: the lines wait
+        for number in range(3):
+            logs.append("job-o", f"during {number}")
+        assert store.append_log is written
+        await logs.close("job-o")
+
+    asyncio.run(scenario())
+    # The newest 5 of the 7, in order: the ring bounds what waits.
+    assert [line for _, line in stored("job-o")] == [
+        "before 2", "before 3", "during 0", "during 1", "during 2",
+    ]  # fmt: skip
