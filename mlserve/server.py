@@ -213,7 +213,6 @@ def build_domain(settings: Settings) -> Domain:
     fleet.on_change(deployments.server_changed)
     router = Router(fleet)
     deployments.on_change(router.reload)
-    deployments.watch_usage(router.usage)
     inference_log = InferenceLog(
         LogSettings(
             LogStore.at(settings.log_location),
@@ -375,7 +374,8 @@ class MLServe:
                     self._scale_up, share, domain.deployments, settings.scale_up_queue_ms
                 )
             )
-            # One worker unloads idle on-demand copies (by its own view of their use).
+            # One worker unloads idle on-demand copies; what it reads is shared by
+            # every process (Triton's last_inference, the busy marks).
             hooks.append(domain.deployments.unload_idle)
             sweep = expire_uploads(domain.uploads, settings.upload_sweep_interval)
             self._loops.append(asyncio.create_task(sweep, name="upload-expiry"))
@@ -383,6 +383,8 @@ class MLServe:
         # database. Policies likewise; the log's directory is probed for its health.
         health_loop = HealthLoop(domain.fleet, settings.health_interval, hooks=hooks)
         self._loops.append(asyncio.create_task(health_loop.run(), name="health-loop"))
+        # Every process renews the busy marks of its own requests in flight.
+        self._loops.append(asyncio.create_task(domain.deployments.busy.run(), name="busy-marks"))
         log.info("%s", self.ready_line())
         if settings.worker_slot is not None:
             report_ready(settings.worker_slot.ready_fd, self.port)

@@ -30,7 +30,7 @@ from mlserve.deploy.fleet import ServerFields, ServerRecord
 from mlserve.deploy.lifecycle import DeploymentRecord, Wanted
 from mlserve.deploy.on_demand import EAGER, ON_DEMAND, Loading
 from mlserve.deploy.placement import Capacity
-from mlserve.deploy.targets import Placement, TargetRecord
+from mlserve.deploy.targets import NO_MEMORY, Placement, ServerMemory, TargetRecord
 from mlserve.gateway.stats import UsageRecord
 from mlserve.storage.blobs import FileSpec
 from mlserve.triton.serving import ServingSettings
@@ -355,10 +355,10 @@ _SERVER_STATES = {
 def server(
     record: ServerRecord,
     serving: Sequence[tuple[str, int]] = (),
-    memory: tuple[int, int | None] = (0, None),
+    memory: ServerMemory = NO_MEMORY,
 ) -> server_pb2.Server:
     """``serving``: deployments loaded there that Triton's index may not list (push);
-    ``memory``: (used, free) bytes, free None when the capacity is not stated."""
+    ``memory``: used and free bytes on the host and each GPU (free None: not stated)."""
     status = record.status
     listed = {(entry.name, entry.version) for entry in status.loaded}
     pushed = [
@@ -390,8 +390,14 @@ def server(
             gpu_memory_bytes=record.capacity.gpu_memory_bytes,
             host_memory_bytes=record.capacity.host_memory_bytes,
         ),
-        used_memory_bytes=memory[0],
-        free_memory_bytes=memory[1] or 0,
+        used_memory_bytes=memory.used,
+        free_memory_bytes=memory.free or 0,
+        gpus=[
+            server_pb2.GpuMemory(
+                index=gpu.index, used_memory_bytes=gpu.used, free_memory_bytes=gpu.free or 0
+            )
+            for gpu in memory.gpus
+        ],
     )
 
 

@@ -69,7 +69,9 @@ class InferenceGateway:
     ) -> None:
         self.fleet = fleet
         self.deployments = deployments
-        self.forwarder = Forwarder(router, fleet, stats, access, inference_log, _status_of)
+        self.forwarder = Forwarder(
+            router, fleet, stats, access, inference_log, _status_of, busy=deployments.busy
+        )
         self.forwarder.load_on_demand(deployments.warm)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:

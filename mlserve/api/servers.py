@@ -9,6 +9,7 @@ from google.protobuf.empty_pb2 import Empty
 from mlserve.api import convert
 from mlserve.deploy.fleet import Fleet, ServerRecord
 from mlserve.deploy.lifecycle import Deployments
+from mlserve.deploy.targets import NO_MEMORY
 from mlserve_api.v1 import server_pb2, server_pb2_grpc
 
 Context = Any
@@ -24,7 +25,7 @@ class ServerService(server_pb2_grpc.ServerServiceServicer):
         serving = await self.deployments.serving()
         memory = await self.deployments.placer.memory()
         return [
-            convert.server(record, serving.get(record.name, ()), memory.get(record.name, (0, None)))
+            convert.server(record, serving.get(record.name, ()), memory.get(record.name, NO_MEMORY))
             for record in records
         ]
 

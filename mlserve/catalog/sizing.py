@@ -53,6 +53,16 @@ def backend_of(config_text: str, model: str) -> str:
     return backend
 
 
+def instance_groups_of(config_text: str, model: str) -> tuple[modelconfig.InstanceGroup, ...]:
+    """Where a version's config puts its instances (``modelconfig.instance_groups``);
+    on the CPU when the config cannot be read."""
+    try:
+        config = modelconfig.parse(config_text, model)
+    except InvalidArgument:
+        return modelconfig.ON_CPU
+    return modelconfig.instance_groups(config)
+
+
 def estimate(size_bytes: int, backend: str) -> int:
     """The memory a version of ``size_bytes`` on disk is expected to need with ``backend``."""
     cost = BACKEND_COSTS.get(backend, UNKNOWN_BACKEND)

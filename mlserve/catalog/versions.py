@@ -34,6 +34,7 @@ from mlserve.storage import db, tables
 from mlserve.storage.blobs import Blobs, FileSpec
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository
+from mlserve.triton import modelconfig
 
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
@@ -47,6 +48,9 @@ class MemoryNeed:
     measured_on: str = ""  # the server
     measurement: str = ""  # "triton" (Triton's model statistics) or "rss"
     measure_time: dt.datetime | None = None
+    # Where its config puts its instances: placement counts the need on each GPU
+    # they run on, and on the host when some run on the CPU.
+    instance_groups: tuple[modelconfig.InstanceGroup, ...] = modelconfig.ON_CPU
 
     @property
     def bytes(self) -> int:
@@ -331,6 +335,7 @@ def _memory_need(row: Any, model: str) -> MemoryNeed:
         row.measured_on,
         row.measurement,
         row.measure_time,
+        sizing.instance_groups_of(row.config, model),
     )
 
 

@@ -73,6 +73,7 @@ from mlserve.core.errors import (
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
+from mlserve.deploy.busy import BusyMarks, is_busy
 from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.on_demand import Loading
@@ -80,12 +81,14 @@ from mlserve.deploy.placement import (
     DEFAULT_HEADROOM,
     Host,
     LoadPlan,
+    Need,
     QueueGrowth,
     Resident,
     Room,
+    memory_name,
+    over_usable,
     plan_load,
     scale_up_to,
-    usable_bytes,
 )
 from mlserve.deploy.targets import (
     COLD,
@@ -210,7 +213,7 @@ class _ColdStart:
 
     name: str
     servers: tuple[str, ...]
-    need: int  # bytes its version needs
+    need: Need  # what its version needs, and where
     ready: bool  # a copy is READY already
 
 
@@ -222,7 +225,7 @@ class _ScaleUp:
     servers: tuple[str, ...]  # its targets, in order
     loaded: frozenset[str]  # those where a copy is READY
     allowed: int  # copies it may have at once (max_copies)
-    need: int  # bytes its version needs
+    need: Need  # what its version needs, and where
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,17 @@ class _Held:
     model: str
     version: int
     evictable: bool
+    loaded_at: float  # when its target there last became READY (seconds since the epoch)
+
+
+@dataclass(frozen=True)
+class _IdleCandidate:
+    """An on-demand copy that idle unloading may take."""
+
+    deployment: str
+    server: str
+    after: float  # its idle_unload_after, seconds
+    loaded_at: float  # when its target there last became READY (seconds since the epoch)
 
 
 class Deployments:
@@ -246,6 +260,8 @@ class Deployments:
         *,
         retry: Backoff = RELOAD_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        busy: BusyMarks | None = None,
         load_timeout: float = DEFAULT_LOAD_TIMEOUT,
         headroom: float = DEFAULT_HEADROOM,
         registry: CollectorRegistry | None = None,
@@ -263,6 +279,7 @@ class Deployments:
         # when the reconciler may try again.
         self._retry = retry
         self._clock = clock
+        self._wall_clock = wall_clock
         self._failed_loads: dict[tuple[str, str], tuple[int, float]] = {}
         self.load_timeout = load_timeout
         # The background load of each deployment being loaded, by its name.
@@ -272,11 +289,12 @@ class Deployments:
         # Per server: held while a first load is measured by its resident memory,
         # so that two loads' growth is not counted as one's.
         self._measuring: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # On demand: one cold start per model at a time; when each copy was
-        # loaded and (from the gateway) last used and how busy it is.
+        # On demand: one cold start per model at a time. What eviction and idle
+        # unloading read is shared by every MLServe process on the database: when a
+        # copy was last used is Triton's own record, and what is in flight is the
+        # busy marks every process publishes (``mlserve.deploy.busy``).
         self._cold_starts: SingleFlight[str, bool] = SingleFlight()
-        self._loaded_at: dict[tuple[str, str], float] = {}
-        self._usage: Callable[[str, str], tuple[float, int]] = lambda model, server: (0.0, 0)
+        self.busy = busy or BusyMarks()
         self.audit = audit
         registry = registry or CollectorRegistry()
         self._evictions = Counter(
@@ -308,12 +326,6 @@ class Deployments:
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener()`` after any deployment or target state changed."""
         self._listeners.append(listener)
-
-    def watch_usage(self, usage: Callable[[str, str], tuple[float, int]]) -> None:
-        """Have ``usage(model, server)`` tell (when it was last used, on this
-        object's clock; requests in flight) for eviction and idle unloading (the
-        gateway's router)."""
-        self._usage = usage
 
     async def _notify(self) -> None:
         for listener in self._listeners:
@@ -435,7 +447,7 @@ class Deployments:
             needs = await in_thread(memory_needs)(
                 (member.model, member.version) for member in plan.members.values()
             )
-            need = sum(found.bytes for found in needs.values())
+            need = [targets.need_of(found) for _, found in sorted(needs.items())]
             servers = await self.placer.place(
                 wanted.placement, placed, need=need, deployment=pipeline
             )
@@ -731,17 +743,31 @@ class Deployments:
             )  # fmt: skip
             raise Unavailable(_could_not_load(order.name))
         held, needs = await in_thread(_held_on)(ready)
+        # Read only when some server holds a model it could evict: most cold
+        # starts find room, and then nobody's use matters.
+        evictable = [s for s in ready if any(entry.evictable for entry in held.get(s, ()))]
+        busy = await self.busy.busy(evictable) if evictable else set()
+        last_used = {server: await self._last_inferences(server) for server in evictable}
+        now = self._wall_clock()
+
+        def used(server: str, entry: _Held) -> float:
+            seen = last_used.get(server)
+            if seen is None:
+                return now  # its server cannot say: as if just used, evicted last
+            return max(seen.get(entry.model, 0.0), entry.loaded_at)
+
         hosts = [
             Host(
                 server,
                 records[server].capacity,
                 [
-                    Resident(
+                    Resident.of(
                         entry.deployment,
-                        needs.get((entry.model, entry.version), 0),
-                        self._last_use(entry.deployment, server)[0],
+                        needs.get((entry.model, entry.version), Need(0)),
+                        records[server].capacity,
+                        used(server, entry),
                         pinned=not entry.evictable,
-                        in_flight=self._last_use(entry.deployment, server)[1],
+                        in_flight=int(is_busy(busy, server, entry.deployment)),
                     )
                     for entry in held.get(server, ())
                 ],
@@ -750,12 +776,18 @@ class Deployments:
         ]
         return plan_load(hosts, order.need, self.placer.headroom)
 
-    def _last_use(self, name: str, server: str) -> tuple[float, int]:
-        """(when ``name`` was last used on ``server``, requests in flight): a copy never
-        used counts as used when it was loaded (or first seen here)."""
-        used, in_flight = self._usage(name, server)
-        loaded = self._loaded_at.setdefault((name, server), self._clock())
-        return max(used, loaded), in_flight
+    async def _last_inferences(self, server: str) -> dict[str, float] | None:
+        """Model -> when ``server``'s Triton last answered an inference of it (seconds
+        since the epoch; absent: never since it loaded), or None when it cannot say.
+
+        Triton's statistics count every inference, through whichever MLServe
+        process (worker or replica) it came: the same answer for every evictor."""
+        try:
+            client = self.fleet.cached_client(server) or await self.fleet.client(server)
+            return await client.last_inferences()
+        except MLServeError as error:
+            log.warning("no statistics from server %s: %s", server, error)
+            return None
 
     async def _evict(self, victim: str, server: str, for_model: str) -> None:
         """Unload ``victim`` from ``server`` to make room for ``for_model`` and record
@@ -766,7 +798,6 @@ class Deployments:
             f"for {for_model!r}"
         )
         await in_thread(targets.set_state)(victim, server, COLD, message)
-        self._loaded_at.pop((victim, server), None)
         self._evictions.labels(server=server).inc()
         log.info("on demand: %s", message.replace("evicted", f"evicted {victim}", 1))
         if self.audit is not None:
@@ -778,25 +809,56 @@ class Deployments:
         """Unload each on-demand copy unused for its deployment's
         idle_unload_after_seconds, down to min_copies (those are never idled out),
         skipping copies with requests in flight or being changed (the health
-        loop calls it after every round)."""
-        now = self._clock()
+        loop calls it after every round).
+
+        Unused means: no inference answered by that server's Triton (its own
+        ``last_inference``, whichever MLServe process sent it) nor a load of the
+        copy within the time, and no busy mark of any process on it. A server
+        whose statistics cannot be read keeps its copies this round."""
+        now = self._wall_clock()
+        due = [c for c in await in_thread(_idle_candidates)() if now - c.loaded_at >= c.after]
+        if not due:
+            return  # cheap check first: nothing loaded long enough to be idle
+        servers = {candidate.server for candidate in due}
+        busy = await self.busy.busy(servers)
+        last_used = {server: await self._last_inferences(server) for server in servers}
         unloaded = 0
-        for name, server, after in await in_thread(_idle_candidates)():
-            used, in_flight = self._last_use(name, server)
-            if in_flight or now - used < after:
+        for candidate in due:
+            name, server = candidate.deployment, candidate.server
+            if not self._idle(candidate, busy, last_used.get(server), now):
                 continue
             async with self._locked_if_free([name]) as held:
                 if not held:
                     continue
+                # Read again under the lock, just before unloading: a request may
+                # have begun through another process meanwhile.
+                now = self._wall_clock()
+                again = await self._last_inferences(server)
+                if not self._idle(candidate, await self.busy.busy([server]), again, now):
+                    continue
                 await self.placer.unload_quietly(name, server)
                 await in_thread(targets.set_state)(
-                    name, server, COLD, f"unloaded from {server} after {after:g} s unused"
+                    name,
+                    server,
+                    COLD,
+                    f"unloaded from {server} after {candidate.after:g} s unused",
                 )
-                self._loaded_at.pop((name, server), None)
                 self._idle_unloads.labels(server=server).inc()
                 unloaded += 1
         if unloaded:
             await self._notify()
+
+    @staticmethod
+    def _idle(
+        candidate: _IdleCandidate,
+        busy: set[tuple[str, str]],
+        last_used: Mapping[str, float] | None,
+        now: float,
+    ) -> bool:
+        if last_used is None or is_busy(busy, candidate.server, candidate.deployment):
+            return False
+        used = max(last_used.get(candidate.deployment, 0.0), candidate.loaded_at)
+        return now - used >= candidate.after
 
     async def scale_up(
         self, queue_growth: Mapping[tuple[str, str], QueueGrowth], threshold_ms: float
@@ -817,7 +879,7 @@ class Deployments:
             for server in await self.fleet.servers()
             if server.status.state == READY
         }
-        used: dict[str, int] | None = None
+        holding: dict[str, list[Need]] | None = None
         loaded_any = False
         idle = QueueGrowth(0, 0)
         for order in await in_thread(_scale_up_candidates)():
@@ -826,9 +888,9 @@ class Deployments:
             }
             if not all(g.mean_queue_ns() > threshold_ms * 1e6 for g in loaded.values()):
                 continue  # cheap check first: most rounds scale nothing
-            used = used if used is not None else await in_thread(targets.memory_used)()
+            holding = holding if holding is not None else await in_thread(targets.needs_held)()
             rooms = [
-                Room(server, ready[server], used.get(server, 0))
+                Room.holding(server, ready[server], holding.get(server, ()))
                 for server in order.servers
                 # a server whose last loads of it failed waits out its back-off
                 if server in ready and self._may_retry(order.name, server)
@@ -849,7 +911,7 @@ class Deployments:
             record = await in_thread(_record_or_none)(order.name)
             states = {t.server: t.state for t in record.targets} if record else {}
             if states.get(chosen) == READY:
-                used[chosen] = used.get(chosen, 0) + order.need
+                holding.setdefault(chosen, []).append(order.need)
                 await self._record_scale_up(order, chosen, loaded, threshold_ms)
         if loaded_any:
             await self._notify()
@@ -900,10 +962,14 @@ class Deployments:
                     "undeploy the pipeline before deploying another version"
                 )
         loading = loading or await in_thread(_loading_of)(model)
-        need = target.memory.bytes
-        # On demand, a load makes room by evicting: placement does not refuse it.
+        need = targets.need_of(target.memory)
+        # On demand, a load makes room by evicting: placement does not refuse it
+        # for memory, only for GPUs its config names that a server does not have.
         servers = await self.placer.place(
-            placement, [placed], need=0 if loading.on_demand else need, deployment=model
+            placement,
+            [placed],
+            need=Need(0, need.instance_groups) if loading.on_demand else need,
+            deployment=model,
         )
         if loading.min_copies > len(servers):
             raise InvalidArgument(
@@ -936,20 +1002,22 @@ class Deployments:
         await self._notify()
         return await self.get(model)
 
-    async def _check_pins(self, model: str, servers: Sequence[str], need: int) -> None:
-        """FailedPrecondition when pinning ``model`` (``need`` bytes) on ``servers``
-        would pin more than one of them holds less the headroom."""
-        pinned = await in_thread(_pinned_bytes)(model)
+    async def _check_pins(self, model: str, servers: Sequence[str], need: Need) -> None:
+        """FailedPrecondition when pinning ``model`` (``need``) on ``servers`` would pin
+        more on one of their memories (host, a GPU) than it holds less the headroom."""
+        pinned = await in_thread(_pinned_needs)(model)
         records = {record.name: record for record in await self.fleet.servers()}
         for server in servers:
-            usable = usable_bytes(records[server].capacity, self.placer.headroom)
-            total = pinned.get(server, 0) + need
-            if usable is not None and total > usable:
+            over = over_usable(
+                records[server].capacity, [*pinned.get(server, ()), need], self.placer.headroom
+            )
+            if over is not None:
+                memory, total, usable = over
                 raise FailedPrecondition(
-                    f"pinned deployments on server {server!r} would need {total} bytes, more "
-                    f"than its {usable} bytes of model memory (capacity less "
-                    f"{self.placer.headroom:.0%} headroom); unpin some or add capacity. "
-                    "Nothing was deployed."
+                    f"pinned deployments on server {server!r} would need {total} bytes of "
+                    f"{memory_name(memory)}, more than its {usable} bytes for models "
+                    f"(capacity less {self.placer.headroom:.0%} headroom); unpin some or add "
+                    "capacity. Nothing was deployed."
                 )
 
     async def _start_loads(self, name: str, servers: Sequence[str], models: list[str]) -> None:
@@ -1035,8 +1103,6 @@ class Deployments:
                 self.placer.unload_unused(server, set(order.models), except_deployment=name)
             )
         await in_thread(targets.set_state)(name, server, state, message, members)
-        if state == READY:
-            self._loaded_at[(name, server)] = self._clock()
         # An unreachable server is the health loop's to watch; a refused load is ours.
         self._count_load(name, server, failed=state == FAILED)
         # Only to show what is loaded; the caller holds the deployment's locks,
@@ -1451,9 +1517,9 @@ def _warm_targets(name: str) -> list[str]:
     return [t.server for i, t in enumerate(found) if i < keep or t.state == READY]
 
 
-def _pinned_bytes(except_deployment: str) -> dict[str, int]:
-    """Per server, the bytes the pinned model deployments but ``except_deployment``
-    targeting it need."""
+def _pinned_needs(except_deployment: str) -> dict[str, list[Need]]:
+    """Per server, the needs of the pinned model deployments but
+    ``except_deployment`` targeting it."""
     rows = tables.Deployment.select().where(
         tables.Deployment.pinned
         & tables.Deployment.model.is_null(False)
@@ -1461,11 +1527,12 @@ def _pinned_bytes(except_deployment: str) -> dict[str, int]:
     )
     placed = [(row.name, row.version, targets.of(row)) for row in rows]
     needs = memory_needs((name, version) for name, version, _ in placed)
-    pinned: defaultdict[str, int] = defaultdict(int)
+    pinned: defaultdict[str, list[Need]] = defaultdict(list)
     for name, version, found in placed:
         need = needs.get((name, version))
         for target in found:
-            pinned[target.server] += need.bytes if need is not None else 0
+            if need is not None:
+                pinned[target.server].append(targets.need_of(need))
     return dict(pinned)
 
 
@@ -1491,7 +1558,7 @@ def _cold_start_order(name: str) -> _ColdStart | None:
     return _ColdStart(
         name,
         tuple(t.server for t in found),
-        find_version(name, row.version).memory.bytes,
+        targets.need_of(find_version(name, row.version).memory),
         bool(ready) or len(ready) >= allowed,
     )
 
@@ -1520,13 +1587,13 @@ def _scale_up_order(row: Any) -> _ScaleUp | None:
     allowed = _loading(row).copies_allowed(len(on))
     if not loaded or len(loaded) >= allowed:
         return None
-    need = find_version(row.name, row.version).memory.bytes
+    need = targets.need_of(find_version(row.name, row.version).memory)
     return _ScaleUp(row.name, tuple(t.server for t in on), loaded, allowed, need)
 
 
 def _held_on(
     servers: Sequence[str],
-) -> tuple[dict[str, list[_Held]], dict[tuple[str, int], int]]:
+) -> tuple[dict[str, list[_Held]], dict[tuple[str, int], Need]]:
     """Per server of ``servers``, the models loaded there, each with whether it may be
     evicted; and their memory needs by (model, version)."""
     loadings = {row.name: (row, _loading(row)) for row in tables.Deployment.select()}
@@ -1535,16 +1602,24 @@ def _held_on(
         if entry.server not in servers or not entry.ready:
             continue
         row, loading = loadings[entry.deployment]
-        position = [t.server for t in targets.of(row)].index(entry.server)
+        found = targets.of(row)
+        position = [t.server for t in found].index(entry.server)
         evictable = entry.model == entry.deployment and loading.evictable(position)
-        held[entry.server].append(_Held(entry.deployment, entry.model, entry.version, evictable))
+        held[entry.server].append(
+            _Held(
+                entry.deployment,
+                entry.model,
+                entry.version,
+                evictable,
+                _epoch_seconds(found[position].update_time),
+            )
+        )
     needs = memory_needs((h.model, h.version) for found in held.values() for h in found)
-    return dict(held), {key: need.bytes for key, need in needs.items()}
+    return dict(held), {key: targets.need_of(need) for key, need in needs.items()}
 
 
-def _idle_candidates() -> list[tuple[str, str, float]]:
-    """(deployment, server, idle_unload_after) of every READY on-demand copy that
-    may be unloaded when idle."""
+def _idle_candidates() -> list[_IdleCandidate]:
+    """Every READY on-demand copy that may be unloaded when idle."""
     rows = tables.Deployment.select().where(
         (tables.Deployment.loading == "on_demand") & (tables.Deployment.idle_unload_after > 0)
     )
@@ -1553,5 +1628,17 @@ def _idle_candidates() -> list[tuple[str, str, float]]:
         loading = _loading(row)
         for position, target in enumerate(targets.of(row)):
             if target.state == READY and loading.evictable(position):
-                found.append((row.name, target.server, loading.idle_unload_after))
+                found.append(
+                    _IdleCandidate(
+                        row.name,
+                        target.server,
+                        loading.idle_unload_after,
+                        _epoch_seconds(target.update_time),
+                    )
+                )
     return found
+
+
+def _epoch_seconds(naive_utc: dt.datetime) -> float:
+    """A time the store keeps (naive UTC, ``db.utcnow``) in seconds since the epoch."""
+    return naive_utc.replace(tzinfo=dt.timezone.utc).timestamp()

@@ -20,7 +20,7 @@ from typing import Any
 
 import peewee as pw
 
-from mlserve.catalog.versions import VersionRecord, memory_needs
+from mlserve.catalog.versions import MemoryNeed, VersionRecord, memory_needs
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.deploy import placement as by_memory
 from mlserve.deploy.fleet import READY, Fleet
@@ -82,6 +82,35 @@ class Served:
     on_demand: bool = False  # its deployment loads on demand
 
 
+@dataclass(frozen=True)
+class GpuMemory:
+    """One GPU of a server: bytes its deployments need there, bytes free for more
+    (None: its size is not stated)."""
+
+    index: int
+    used: int
+    free: int | None
+
+
+@dataclass(frozen=True)
+class ServerMemory:
+    """A server's memory as ListServers shows it: host used and free (None: not
+    stated), and each GPU's."""
+
+    used: int = 0
+    free: int | None = None
+    gpus: tuple[GpuMemory, ...] = ()
+
+
+NO_MEMORY = ServerMemory()  # a server placement has not seen yet
+
+
+def need_of(memory: MemoryNeed) -> by_memory.Need:
+    """What placement counts of a version's memory need: its bytes, where its config
+    runs it."""
+    return by_memory.Need(memory.bytes, memory.instance_groups)
+
+
 def severity(states: Iterable[str]) -> str:
     """The overall state of targets in ``states``: the worst of them."""
     present = set(states)
@@ -100,63 +129,74 @@ class Placer:
         placement: Placement,
         placed: Sequence[Placed],
         *,
-        need: int = 0,
+        need: by_memory.Wanted = 0,
         deployment: str = "",
     ) -> list[str]:
         """The servers a deployment with ``placement`` goes on, each one whose
-        ``workspaces`` admit everything in ``placed``.
+        ``workspaces`` admit everything in ``placed`` and that can run ``need``
+        (its config's GPUs are there: ``placement.misfit``).
 
         Named servers as given (each must be registered; their room is
         checked by ``require_room``); else ``replicas``
         servers matching ``selector``, ready and least used first, each with
-        ``need`` bytes free besides what the deployments but ``deployment``
-        need there (``placement.choose``); else the default server, or the
-        only one.
+        room for ``need`` on each memory it uses (host, GPUs) besides what the
+        deployments but ``deployment`` need there (``placement.choose``); else
+        the default server, or the only one.
 
         Raises:
             InvalidArgument: a server named twice, negative replicas, or no
                 default to fall back on.
             NotFound: a named server is not registered.
-            FailedPrecondition: fewer matching servers than replicas, or a
-                chosen server may not hold one of ``placed``.
+            FailedPrecondition: fewer matching servers than replicas, a chosen
+                server may not hold one of ``placed``, or cannot run ``need``
+                (a GPU model where no GPU is recorded).
             ResourceExhausted: fewer matching servers than replicas have
-                ``need`` bytes free.
+                room for ``need``.
         """
         servers = placement.servers
         if servers:
             if len(set(servers)) != len(servers):
                 raise InvalidArgument("servers lists a server twice")
             for server in servers:
-                check_may_hold(await self.fleet.get(server), placed)  # NotFound if unknown
+                record = await self.fleet.get(server)  # NotFound if unknown
+                check_may_hold(record, placed)
+                by_memory.check_runs_on(server, record.capacity, need)
             return list(servers)
         if placement.replicas < 0:
             raise InvalidArgument(f"replicas must not be negative, got {placement.replicas}")
         if placement.replicas or placement.selector:
             return await self._choose(placement, placed, need, deployment)
         names = await self.fleet.names()
-        if DEFAULT_SERVER in names:
-            check_may_hold(await self.fleet.get(DEFAULT_SERVER), placed)
-            return [DEFAULT_SERVER]
-        if len(names) == 1:
-            check_may_hold(await self.fleet.get(names[0]), placed)
-            return names
+        fallback = (
+            DEFAULT_SERVER if DEFAULT_SERVER in names else names[0] if len(names) == 1 else ""
+        )
+        if fallback:
+            record = await self.fleet.get(fallback)
+            check_may_hold(record, placed)
+            by_memory.check_runs_on(fallback, record.capacity, need)
+            return [fallback]
         raise InvalidArgument(
             "name the servers to deploy on: there is no 'local' server and "
             f"{len(names)} are registered"
         )
 
     async def require_room(
-        self, placement: Placement, servers: Sequence[str], need: int, deployment: str
+        self,
+        placement: Placement,
+        servers: Sequence[str],
+        need: by_memory.Wanted,
+        deployment: str,
     ) -> None:
         """When ``placement`` names its servers, ResourceExhausted naming the first of
-        ``servers`` without ``need`` bytes free besides what the deployments but
-        ``deployment`` need there (``placement.check_named``), before anything is
-        written; servers chosen by ``place`` had room already."""
-        if not placement.servers or not need:
+        ``servers`` without room for ``need`` on a memory it uses (host or a GPU)
+        besides what the deployments but ``deployment`` need there
+        (``placement.check_named``), before anything is written; servers chosen
+        by ``place`` had room already."""
+        if not placement.servers or not any(n.bytes for n in by_memory.needs_of(need)):
             return
-        used = await db.in_thread(memory_used)(deployment)
+        held = await db.in_thread(needs_held)(deployment)
         records = [await self.fleet.get(server) for server in servers]
-        rooms = [by_memory.Room(r.name, r.capacity, used.get(r.name, 0)) for r in records]
+        rooms = [by_memory.Room.holding(r.name, r.capacity, held.get(r.name, ())) for r in records]
         by_memory.check_named(rooms, need, self.headroom)
 
     async def require_ready(self, servers: Iterable[str]) -> None:
@@ -188,7 +228,11 @@ class Placer:
             await self.unload_quietly(model, server)
 
     async def _choose(
-        self, placement: Placement, placed: Sequence[Placed], need: int, deployment: str
+        self,
+        placement: Placement,
+        placed: Sequence[Placed],
+        need: by_memory.Wanted,
+        deployment: str,
     ) -> list[str]:
         """Ready servers matching the selector first, the least used among them first;
         servers whose workspaces do not admit ``placed`` are never candidates, nor
@@ -210,24 +254,28 @@ class Placer:
                 f"match {described or 'any labels'} and may hold workspace(s) "
                 + ", ".join(repr(w) for w in workspaces)
             )
-        used = await db.in_thread(memory_used)(deployment)
+        held = await db.in_thread(needs_held)(deployment)
         rooms = [
-            by_memory.Room(server.name, server.capacity, used.get(server.name, 0))
+            by_memory.Room.holding(server.name, server.capacity, held.get(server.name, ()))
             for server in candidates
         ]
         return by_memory.choose(rooms, need, wanted, self.headroom)
 
-    async def memory(self) -> dict[str, tuple[int, int | None]]:
-        """Per registered server, (bytes its deployments need, bytes free for more:
-        None when its capacity is not stated)."""
-        used = await db.in_thread(memory_used)()
-        return {
-            server.name: (
-                used.get(server.name, 0),
-                by_memory.free_bytes(server.capacity, used.get(server.name, 0), self.headroom),
+    async def memory(self) -> dict[str, ServerMemory]:
+        """Per registered server, the bytes its deployments need and the bytes free
+        for more, on the host and on each GPU."""
+        held = await db.in_thread(needs_held)()
+        found: dict[str, ServerMemory] = {}
+        for server in await self.fleet.servers():
+            room = by_memory.Room.holding(server.name, server.capacity, held.get(server.name, ()))
+            gpus = tuple(
+                GpuMemory(gpu, room.used_on(gpu), free)
+                for gpu, free in room.gpu_free(self.headroom)
             )
-            for server in await self.fleet.servers()
-        }
+            found[server.name] = ServerMemory(
+                room.used, room.free_on(by_memory.HOST, self.headroom), gpus
+            )
+        return found
 
 
 def files_to_push(repository: Repository, record: VersionRecord) -> dict[str, bytes]:
@@ -381,23 +429,23 @@ def served() -> list[Served]:
     return found
 
 
-def memory_used(except_deployment: str = "") -> dict[str, int]:
-    """Per server, the bytes the model versions deployments but ``except_deployment``
-    keep there need: measured where measured, else estimated; a model two
-    deployments share counts once, an on-demand one only where it is loaded
-    (blocking)."""
+def needs_held(except_deployment: str = "") -> dict[str, list[by_memory.Need]]:
+    """Per server, the needs of the model versions deployments but
+    ``except_deployment`` keep there: measured where measured, else estimated,
+    with where their configs run them; a model two deployments share counts
+    once, an on-demand one only where it is loaded (blocking)."""
     entries = {
         (entry.server, entry.model, entry.version)
         for entry in served()
         if entry.deployment != except_deployment and (entry.ready or not entry.on_demand)
     }
     needs = memory_needs((model, version) for _, model, version in entries)
-    used: defaultdict[str, int] = defaultdict(int)
-    for server, model, version in entries:
+    held: defaultdict[str, list[by_memory.Need]] = defaultdict(list)
+    for server, model, version in sorted(entries):
         need = needs.get((model, version))  # a pipeline's ensemble has none
         if need is not None:
-            used[server] += need.bytes
-    return dict(used)
+            held[server].append(need_of(need))
+    return dict(held)
 
 
 def shares_repository(server: str) -> bool | None:

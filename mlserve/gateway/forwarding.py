@@ -32,6 +32,7 @@ from tritonclient.grpc import service_pb2
 
 from mlserve.access import Access, current_principal
 from mlserve.core.errors import InvalidArgument, MLServeError, PermissionDenied, Unavailable
+from mlserve.deploy.busy import ANY_SERVER, BusyMarks
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.gateway import wire
 from mlserve.gateway.router import Choice, Route, Router
@@ -84,8 +85,11 @@ class Forwarder:
         access: Access,
         inference_log: InferenceLog | None = None,
         describe_error: DescribeError | None = None,
+        busy: BusyMarks | None = None,
     ) -> None:
         self.router = router
+        # Requests in flight per model, published for every process's evictor.
+        self.busy = busy or BusyMarks()
         self.fleet = fleet
         self.stats = stats
         self.access = access
@@ -105,7 +109,10 @@ class Forwarder:
         if self._warm is None or (route is not None and route.servers):
             return
         try:
-            loaded = await asyncio.wait_for(self._warm(model), timeout)
+            # Waiting here counts as in flight: no process may evict the copy
+            # being loaded for it before it is routed there.
+            async with self.busy.holding(ANY_SERVER, model):
+                loaded = await asyncio.wait_for(self._warm(model), timeout)
         except TimeoutError:
             raise Unavailable(
                 f"model {model!r} is loading on demand and was not ready within the "
@@ -180,8 +187,9 @@ class Forwarder:
             sent = request
             if not version and method in _PINNED_METHODS:
                 sent = wire.with_version(request, choice.version)
+            await self.busy.enter(choice.server, model)
             try:
-                with self.router.in_flight(choice.server, model):
+                with self.router.in_flight(choice.server):
                     response: bytes = await client.raw_unary(method)(sent, timeout=timeout)
                 return response, choice
             except aio.AioRpcError as error:
@@ -191,6 +199,8 @@ class Forwarder:
                 self.fleet.suspect(choice.server)
                 if len(tried) >= attempts:
                     raise
+            finally:
+                self.busy.leave(choice.server, model)
 
     async def routed(self, method: str, request: bytes, call: Call) -> bytes:
         """Forward a call about one model (ModelMetadata, ModelConfig) to a replica of it."""
@@ -308,6 +318,7 @@ class Forwarder:
                 async for response in call:
                     if sent:
                         model, version, request, began, start = sent.popleft()
+                        self.busy.leave(server, model)
                         failed = wire.stream_response_failed(response)
                         latency = time.perf_counter() - start
                         self.stats.record(model, version, not failed, latency)
@@ -317,6 +328,9 @@ class Forwarder:
                     await responses.put(response)
             except aio.AioRpcError as error:
                 await responses.put(_stream_error(error.details() or error.code().name))
+            finally:
+                while sent:  # never answered: no longer in flight either
+                    self.busy.leave(server, sent.popleft()[0])
 
         async def pump() -> None:
             try:
@@ -340,6 +354,7 @@ class Forwarder:
                         readers.append(
                             asyncio.create_task(read(call, choice.server, waiting[choice.server]))
                         )
+                    await self.busy.enter(choice.server, model)
                     waiting[choice.server].append(
                         (model, choice.version, request, time.time(), time.perf_counter())
                     )

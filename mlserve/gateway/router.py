@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,11 +43,9 @@ class Router:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self._routes: dict[str, Route] = {}
+        # Requests in flight per server, this process's: for least-outstanding.
+        # (What on-demand eviction reads is shared by every process: deploy.busy.)
         self._outstanding: defaultdict[str, int] = defaultdict(int)
-        # (server, model) -> requests in flight, and when it was last chosen
-        # (time.monotonic()): what on-demand eviction and idle unloading read.
-        self._model_outstanding: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self._last_used: dict[tuple[str, str], float] = {}
         self._turn = itertools.count()
 
     async def reload(self) -> None:
@@ -111,27 +108,16 @@ class Router:
             start = next(self._turn) % len(ready)
             rotated = ready[start:] + ready[:start]
             chosen = min(rotated, key=self._outstanding.__getitem__)
-        self._last_used[(chosen, model)] = time.monotonic()
         return Choice(chosen, route.version)
 
     @contextmanager
-    def in_flight(self, server: str, model: str = "") -> Iterator[None]:
+    def in_flight(self, server: str) -> Iterator[None]:
+        """Count a request in flight to ``server`` for the block."""
         self._outstanding[server] += 1
-        self._model_outstanding[(server, model)] += 1
         try:
             yield
         finally:
             self._outstanding[server] -= 1
-            self._model_outstanding[(server, model)] -= 1
-            self._last_used[(server, model)] = time.monotonic()
-
-    def usage(self, model: str, server: str) -> tuple[float, int]:
-        """(when ``model`` was last sent to ``server``, on time.monotonic(), 0.0 if
-        never; its requests in flight there)."""
-        return (
-            self._last_used.get((server, model), 0.0),
-            self._model_outstanding.get((server, model), 0),
-        )
 
     async def _explain_missing(self, model: str) -> None:
         exists = await in_thread(

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 23
 
 
 class BaseModel(pw.Model):
@@ -459,7 +459,8 @@ class AuditEvent(BaseModel):
     key_prefix = pw.CharField(max_length=32)
     method = pw.CharField(max_length=200)
     resource = pw.CharField(max_length=300, index=True)
-    outcome = pw.CharField(max_length=32)
+    # Text since schema 22: MLServe's own events (an eviction, a scale-up) say why.
+    outcome = pw.TextField()
 
 
 class InferenceCount(BaseModel):
@@ -565,8 +566,24 @@ class TrainingJob(BaseModel):
         indexes = ((("model", "id"), False), (("state", "id"), False))
 
 
+class BusyMark(BaseModel):
+    """MLServe process ``process`` has requests in flight for ``model`` on ``server``
+    ("" = any of its servers: requests waiting for its on-demand load) until
+    ``expire_time`` at least (schema 22, owned by mlserve.deploy.busy). Refreshed
+    while the process stays busy; a crashed process's marks simply expire."""
+
+    process = pw.CharField(max_length=253)
+    server = pw.CharField(max_length=128)
+    model = pw.CharField(max_length=128)
+    expire_time = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "busy_mark"
+        indexes = ((("process", "server", "model"), True),)
+
+
 class TrainingJobLogLine(BaseModel):
-    """One line of a training job's log (owned by mlserve.training; schema 22), so every
+    """One line of a training job's log (owned by mlserve.training; schema 23), so every
     replica and worker reads it and it outlives the process that ran the job. ``seq``
     numbers the job's lines from 1 as the script printed them; only the newest
     ``--training-log-lines`` of a job are kept (older ones are deleted as new ones
@@ -621,6 +638,7 @@ TABLES: list[type[BaseModel]] = [
     Assay,
     AssayResult,
     TrainingJob,
+    BusyMark,
     TrainingJobLogLine,
 ]
 
@@ -949,6 +967,15 @@ def _add_training_code_datasets(db: pw.Database) -> None:
     )
 
 
+def _add_busy_marks(db: pw.Database) -> None:
+    """Requests in flight, shared by every MLServe process on the database; and audit
+    outcomes of any length, for the eviction and scale-up events that say why (on
+    PostgreSQL their 32 characters refused them; issue 16)."""
+    db.create_tables([BusyMark])
+    if isinstance(db, pw.PostgresqlDatabase):  # SQLite never enforced the length
+        db.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE TEXT')  # type: ignore[no-untyped-call]
+
+
 def _add_training_job_logs(db: pw.Database) -> None:
     """Training jobs' log lines in the database, readable by every replica (issue 15)."""
     db.create_tables([TrainingJobLogLine])
@@ -975,7 +1002,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     18: _add_training_jobs,
     19: _add_on_demand_loading,
     20: _add_training_code_datasets,
-    21: _add_training_job_logs,
+    21: _add_busy_marks,
+    22: _add_training_job_logs,
 }
 
 

@@ -236,6 +236,28 @@ class TritonClient:
             if stats.version.isdigit()
         }
 
+    async def last_inferences(self, timeout: float = 5.0) -> dict[str, float]:
+        """When each model this server has loaded last answered an inference, any
+        version, as Triton's statistics say (``last_inference``, on the server's
+        clock): model -> seconds since the epoch; a model never used is absent.
+        One call for every model: whichever MLServe process (or client) sent the
+        inferences, this is the same answer.
+
+        Raises:
+            Unavailable: the server does not answer.
+        """
+        request = service_pb2.ModelStatisticsRequest()
+        try:
+            response = await self._call("ModelStatistics", request, timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "query") from None
+        last: dict[str, float] = {}
+        for stats in response.model_stats:
+            if stats.last_inference:
+                seconds = stats.last_inference / 1000
+                last[stats.name] = max(last.get(stats.name, 0.0), seconds)
+        return last
+
     async def reported_memory(self, model: str, version: int, timeout: float = 5.0) -> int:
         """The bytes Triton's model statistics report ``model`` ``version`` holding
         (its ``memory_usage``, summed over host and device); 0 when the backend

@@ -8,6 +8,7 @@ parser accepts, and its messages reach the user unchanged.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
@@ -208,6 +209,35 @@ def _check_entry_file(config: ModelConfig, files: Collection[str]) -> None:
             f"files: a Python-backend version needs its {entry!r} at the top of the version "
             "(the file Triton's Python backend runs); add it to the upload"
         )
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """Where one of a config's instance groups puts its instances: ``kind`` is
+    Triton's without the prefix (``CPU``, ``GPU``, ``AUTO``, ``MODEL``) and
+    ``gpus`` the GPU indices it names (empty: every GPU of the server)."""
+
+    kind: str
+    gpus: tuple[int, ...] = ()
+
+
+# Triton's default when a config has no instance_group: one group of KIND_AUTO,
+# which runs on every GPU of a server that has GPUs, else on the CPU.
+DEFAULT_INSTANCE_GROUPS = (InstanceGroup("AUTO"),)
+ON_CPU = (InstanceGroup("CPU"),)
+_KIND_PREFIX = "KIND_"
+
+
+def instance_groups(config: ModelConfig) -> tuple[InstanceGroup, ...]:
+    """Where ``config``'s instances run, group by group, as Triton reads it (no
+    instance_group: ``DEFAULT_INSTANCE_GROUPS``)."""
+    if not config.instance_group:
+        return DEFAULT_INSTANCE_GROUPS
+    kinds = model_config_pb2.ModelInstanceGroup.Kind
+    return tuple(
+        InstanceGroup(kinds.Name(group.kind).removeprefix(_KIND_PREFIX), tuple(group.gpus))
+        for group in config.instance_group
+    )
 
 
 def render(config: ModelConfig) -> str:

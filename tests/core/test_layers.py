@@ -111,6 +111,7 @@ OWNERS: dict[str, set[str]] = {
     "AssayResult": {"assays.service", "assays.scheduler"},
     "TrainingJob": {"training.store"},
     "TrainingJobLogLine": {"training.store"},
+    "BusyMark": {"deploy.busy"},
 }
 
 # (module, table): today's references to the deployment-side tables from

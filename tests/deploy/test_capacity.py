@@ -26,7 +26,15 @@ from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
 from tests.support.checks import expect_error, nothing_written
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import upload_add
-from tests.support.tritons import TritonProcess, deploy, register, remove_model
+from tests.support.tritons import (
+    TritonProcess,
+    assert_not_deployed,
+    deploy,
+    get_server,
+    register,
+    remove_model,
+    update_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,28 +87,11 @@ def second(home: Path, stubs: Stubs) -> Iterator[str]:
         triton.stop()
 
 
-def get_server(stubs: Stubs, name: str) -> server_pb2.Server:
-    server: server_pb2.Server = stubs.servers.GetServer(
-        server_pb2.GetServerRequest(name=name), metadata=stubs.auth
-    )
-    return server
-
-
 def get_version(stubs: Stubs, model: str) -> model_pb2.ModelVersion:
     version: model_pb2.ModelVersion = stubs.models.GetModelVersion(
         model_pb2.GetModelVersionRequest(model=model, version=0), metadata=stubs.auth
     )
     return version
-
-
-def update_server(stubs: Stubs, server: server_pb2.Server, *paths: str) -> server_pb2.Server:
-    updated: server_pb2.Server = stubs.servers.UpdateServer(
-        server_pb2.UpdateServerRequest(
-            server=server, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
-        ),
-        metadata=stubs.auth,
-    )
-    return updated
 
 
 def exhausted(stubs: Stubs, deployment: deployment_pb2.Deployment) -> grpc.RpcError:
@@ -113,15 +104,6 @@ def exhausted(stubs: Stubs, deployment: deployment_pb2.Deployment) -> grpc.RpcEr
         timeout=60,
     )
     return error
-
-
-def assert_not_deployed(stubs: Stubs, name: str) -> None:
-    expect_error(
-        Code.NOT_FOUND,
-        stubs.deployments.GetDeployment,
-        deployment_pb2.GetDeploymentRequest(name=name),
-        metadata=stubs.auth,
-    )
 
 
 def server_names(stubs: Stubs) -> list[str]:

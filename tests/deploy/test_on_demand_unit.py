@@ -1,17 +1,22 @@
 """On-demand decisions over scripted Triton clients: a cold start evicts the least
-recently used idle model, never one with requests in flight, and never a
-min_copies one; idle copies go after idle_unload_after on the lifecycle's clock."""
+recently used idle model (by the Triton's own last_inference), never one with
+requests in flight through any process (a busy mark another process published),
+and never a min_copies one; idle copies go after idle_unload_after on the
+lifecycle's clock, unless busy or their server cannot tell when they were used."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 
 import peewee as pw
+import pytest
 
 from mlserve.catalog import sizing
 from mlserve.core.paging import PageTokens
+from mlserve.deploy.busy import ANY_SERVER, BusyMarks
 from mlserve.deploy.fleet import Fleet, ServerFields
 from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
 from mlserve.deploy.on_demand import ON_DEMAND, Loading
@@ -30,9 +35,11 @@ class Scene:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.tritons = ScriptedTritons()
-        self.now = 0.0
-        self.used: dict[str, float] = {}
-        self.in_flight: dict[str, int] = {}
+        # Well after the load times the store records (real time): the scripted
+        # uses below, not those, decide what is least recently used.
+        self.now = time.time() + 1000.0
+        # Another MLServe process on the same database: its requests in flight.
+        self.other = BusyMarks("other-process")
 
     async def start(self, *, min_copies: dict[str, int] | None = None, idle: float = 0.0) -> None:
         fleet = Fleet(PageTokens(b"k" * 32), client_factory=self.tritons.client)
@@ -42,10 +49,7 @@ class Scene:
             self.tmp_path / "repository", self.tmp_path / "staging", self.tmp_path / "blobs"
         )
         self.deployments = Deployments(
-            fleet, repository, PageTokens(b"k" * 32), clock=lambda: self.now
-        )
-        self.deployments.watch_usage(
-            lambda model, server: (self.used.get(model, 0.0), self.in_flight.get(model, 0))
+            fleet, repository, PageTokens(b"k" * 32), wall_clock=lambda: self.now
         )
         for model in MODELS:
             loading = Loading(ON_DEMAND, (min_copies or {}).get(model, 0), idle_unload_after=idle)
@@ -56,7 +60,7 @@ class Scene:
     async def use(self, model: str) -> None:
         self.now += 1.0
         assert await self.deployments.warm(model)
-        self.used[model] = self.now
+        self.tritons["s"].last_inference[model] = self.now  # answered through anyone
 
     def unloaded(self) -> list[str]:
         return [model for method, model in self.tritons["s"].calls if method == "unload"]
@@ -66,18 +70,20 @@ class Scene:
         return target.state, target.message
 
 
-def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(
-    store_db: pw.Database, tmp_path: Path
-) -> None:
+@pytest.fixture
+def scene(store_db: pw.Database, tmp_path: Path) -> Scene:
     for model in MODELS:
         add_versions(model, 1)
-    scene = Scene(tmp_path)
+    return Scene(tmp_path)
+
+
+def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(scene: Scene) -> None:
 
     async def scenario() -> tuple[list[str], tuple[str, str], tuple[str, str]]:
         await scene.start()
         await scene.use("a")
         await scene.use("b")
-        scene.in_flight["a"] = 1  # a is the least recently used, but busy
+        await scene.other.enter("s", "a")  # a is the least recently used, but busy
         await scene.use("c")
         return scene.unloaded(), await scene.state("b"), await scene.state("a")
 
@@ -88,10 +94,7 @@ def test_a_cold_start_evicts_the_lru_model_but_not_one_in_flight(
     assert busy == ("READY", "")
 
 
-def test_min_copies_are_never_evicted(store_db: pw.Database, tmp_path: Path) -> None:
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
+def test_min_copies_are_never_evicted(scene: Scene) -> None:
 
     async def scenario() -> list[str]:
         await scene.start(min_copies={"a": 1})  # a is loaded at create, for good
@@ -102,10 +105,7 @@ def test_min_copies_are_never_evicted(store_db: pw.Database, tmp_path: Path) -> 
     assert asyncio.run(scenario()) == ["b"]
 
 
-def test_idle_copies_go_after_idle_unload_after(store_db: pw.Database, tmp_path: Path) -> None:
-    for model in MODELS:
-        add_versions(model, 1)
-    scene = Scene(tmp_path)
+def test_idle_copies_go_after_idle_unload_after(scene: Scene) -> None:
 
     async def scenario() -> tuple[list[str], list[str], tuple[str, str]]:
         await scene.start(idle=30.0)
@@ -115,7 +115,7 @@ def test_idle_copies_go_after_idle_unload_after(store_db: pw.Database, tmp_path:
         await scene.deployments.unload_idle()
         first = scene.unloaded()
         scene.now += 1.0
-        scene.in_flight["b"] = 1  # busy: kept however long ago it started
+        await scene.other.enter("s", "b")  # busy: kept however long ago it started
         await scene.deployments.unload_idle()
         return first, scene.unloaded(), await scene.state("a")
 
@@ -123,3 +123,46 @@ def test_idle_copies_go_after_idle_unload_after(store_db: pw.Database, tmp_path:
     assert first == ["a"]
     assert second == ["a"]
     assert idle == ("COLD", "unloaded from s after 30 s unused")
+
+
+def test_a_model_waiting_for_its_load_elsewhere_is_not_evicted(scene: Scene) -> None:
+    """A mark on ANY_SERVER (requests waiting in some process for a cold load)
+    keeps the model on every server."""
+
+    async def scenario() -> list[str]:
+        await scene.start()
+        await scene.use("a")
+        await scene.use("b")
+        await scene.other.enter(ANY_SERVER, "a")
+        await scene.use("c")
+        return scene.unloaded()
+
+    assert asyncio.run(scenario()) == ["b"]
+
+
+def test_a_copy_used_through_another_process_is_not_idle(scene: Scene) -> None:
+    """This process sent nothing; the Triton says b answered a second ago."""
+
+    async def scenario() -> list[str]:
+        await scene.start(idle=30.0)
+        await scene.use("a")
+        await scene.use("b")
+        scene.now += 40.0
+        scene.tritons["s"].last_inference["b"] = scene.now - 1.0
+        await scene.deployments.unload_idle()
+        return scene.unloaded()
+
+    assert asyncio.run(scenario()) == ["a"]
+
+
+def test_no_copy_is_idled_out_when_its_server_cannot_say_when_it_was_used(scene: Scene) -> None:
+
+    async def scenario() -> list[str]:
+        await scene.start(idle=30.0)
+        await scene.use("a")
+        scene.now += 40.0
+        scene.tritons["s"].ready = False
+        await scene.deployments.unload_idle()
+        return scene.unloaded()
+
+    assert asyncio.run(scenario()) == []

@@ -326,12 +326,12 @@ def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
         close_database(opened)
 
 
-def test_schema_21_gains_training_job_log_lines_that_go_with_their_job(
+def test_schema_22_gains_training_job_log_lines_that_go_with_their_job(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     restore_foundation(database_url)
-    with monkeypatch.context() as schema_21:
-        schema_21.setattr(tables, "SCHEMA_VERSION", 21)
+    with monkeypatch.context() as schema_22:
+        schema_22.setattr(tables, "SCHEMA_VERSION", 22)
         opened = tables.connect(database_url)
     assert not opened.table_exists("training_job_log_line")
     close_database(opened)

@@ -2,8 +2,8 @@
 
 ``Fleet(tokens, client_factory=ScriptedTritons().client)`` makes every
 server's client a :class:`ScriptedTriton`: it answers ``is_ready``,
-``index``, ``load``, ``unload``, ``model_ready`` and ``reported_memory`` from
-what the test set,
+``index``, ``load``, ``unload``, ``model_ready``, ``reported_memory`` and
+``last_inferences`` from what the test set,
 records each call, and can hold a call until the test releases it (a slow
 Triton). Integration tests never use it: they run a real Triton.
 """
@@ -28,6 +28,8 @@ class ScriptedTriton(TritonClient):
         self.loaded: dict[str, int] = {}  # model -> version that serves
         self.load_errors: dict[str, MLServeError] = {}  # model -> what its load raises
         self.memory: dict[str, int] = {}  # model -> bytes its statistics report
+        # model -> its statistics' last_inference, seconds since the epoch
+        self.last_inference: dict[str, float] = {}
         self.calls: list[tuple[str, str]] = []
         # Set to hold every call of that method until the event is set.
         self.gates: dict[str, asyncio.Event] = {}
@@ -75,6 +77,11 @@ class ScriptedTriton(TritonClient):
         await self._called("reported_memory", model)
         self._reachable()
         return self.memory.get(model, 0) if model in self.loaded else 0
+
+    async def last_inferences(self, timeout: float = 5.0) -> dict[str, float]:
+        await self._called("last_inferences")
+        self._reachable()
+        return {m: t for m, t in self.last_inference.items() if m in self.loaded}
 
     def hold(self, method: str) -> asyncio.Event:
         """Make calls of ``method`` wait until the returned event is set."""

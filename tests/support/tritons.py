@@ -16,10 +16,12 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
+from google.protobuf import field_mask_pb2
 from tritonclient.utils import InferenceServerException
 
 from mlserve.triton.launcher import EmbeddedTriton
 from mlserve_api.v1 import deployment_pb2, model_pb2, server_pb2
+from tests.support.checks import expect_error
 from tests.support.mlserve import Stubs, free_port
 
 
@@ -181,3 +183,32 @@ def ready_on(tritonserver: TritonProcess, model: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def get_server(stubs: Stubs, name: str) -> server_pb2.Server:
+    """GetServer ``name``."""
+    server: server_pb2.Server = stubs.servers.GetServer(
+        server_pb2.GetServerRequest(name=name), metadata=stubs.auth
+    )
+    return server
+
+
+def update_server(stubs: Stubs, server: server_pb2.Server, *paths: str) -> server_pb2.Server:
+    """UpdateServer of ``server``'s fields named in ``paths`` (the update mask)."""
+    updated: server_pb2.Server = stubs.servers.UpdateServer(
+        server_pb2.UpdateServerRequest(
+            server=server, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+        ),
+        metadata=stubs.auth,
+    )
+    return updated
+
+
+def assert_not_deployed(stubs: Stubs, name: str) -> None:
+    """GetDeployment ``name`` is NOT_FOUND."""
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        stubs.deployments.GetDeployment,
+        deployment_pb2.GetDeploymentRequest(name=name),
+        metadata=stubs.auth,
+    )

@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlserve/v1/server.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x91\x04\n\x06Server\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.mlserve.v1.ServerState\x12.\n\rloaded_models\x18\x04 \x03(\x0b\x32\x17.mlserve.v1.LoadedModel\x12\x34\n\x10last_health_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.mlserve.v1.Server.LabelsEntry\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65mbedded\x18\t \x01(\x08\x12\x16\n\x0estatus_message\x18\n \x01(\t\x12\x19\n\x11shares_repository\x18\x0b \x01(\x08\x12\x12\n\nworkspaces\x18\x0c \x03(\t\x12&\n\x08\x63\x61pacity\x18\r \x01(\x0b\x32\x14.mlserve.v1.Capacity\x12\x19\n\x11used_memory_bytes\x18\x0e \x01(\x03\x12\x19\n\x11\x66ree_memory_bytes\x18\x0f \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\x08\x43\x61pacity\x12\x11\n\tgpu_count\x18\x01 \x01(\x05\x12\x18\n\x10gpu_memory_bytes\x18\x02 \x01(\x03\x12\x19\n\x11host_memory_bytes\x18\x03 \x01(\x03\";\n\x15RegisterServerRequest\x12\"\n\x06server\x18\x01 \x01(\x0b\x32\x12.mlserve.v1.Server\" \n\x10GetServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListServersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x13ListServersResponse\x12#\n\x07servers\x18\x01 \x03(\x0b\x32\x12.mlserve.v1.Server\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x13UpdateServerRequest\x12\"\n\x06server\x18\x01 \x01(\x0b\x32\x12.mlserve.v1.Server\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"#\n\x13\x44\x65leteServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*}\n\x0bServerState\x12\x1c\n\x18SERVER_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SERVER_STATE_READY\x10\x01\x12\x1a\n\x16SERVER_STATE_NOT_READY\x10\x02\x12\x1c\n\x18SERVER_STATE_UNREACHABLE\x10\x03\x32\xf5\x02\n\rServerService\x12G\n\x0eRegisterServer\x12!.mlserve.v1.RegisterServerRequest\x1a\x12.mlserve.v1.Server\x12=\n\tGetServer\x12\x1c.mlserve.v1.GetServerRequest\x1a\x12.mlserve.v1.Server\x12N\n\x0bListServers\x12\x1e.mlserve.v1.ListServersRequest\x1a\x1f.mlserve.v1.ListServersResponse\x12\x43\n\x0cUpdateServer\x12\x1f.mlserve.v1.UpdateServerRequest\x1a\x12.mlserve.v1.Server\x12G\n\x0c\x44\x65leteServer\x12\x1f.mlserve.v1.DeleteServerRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mlserve/v1/server.proto\x12\nmlserve.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xb6\x04\n\x06Server\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.mlserve.v1.ServerState\x12.\n\rloaded_models\x18\x04 \x03(\x0b\x32\x17.mlserve.v1.LoadedModel\x12\x34\n\x10last_health_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.mlserve.v1.Server.LabelsEntry\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65mbedded\x18\t \x01(\x08\x12\x16\n\x0estatus_message\x18\n \x01(\t\x12\x19\n\x11shares_repository\x18\x0b \x01(\x08\x12\x12\n\nworkspaces\x18\x0c \x03(\t\x12&\n\x08\x63\x61pacity\x18\r \x01(\x0b\x32\x14.mlserve.v1.Capacity\x12\x19\n\x11used_memory_bytes\x18\x0e \x01(\x03\x12\x19\n\x11\x66ree_memory_bytes\x18\x0f \x01(\x03\x12#\n\x04gpus\x18\x10 \x03(\x0b\x32\x15.mlserve.v1.GpuMemory\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\tGpuMemory\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x19\n\x11used_memory_bytes\x18\x02 \x01(\x03\x12\x19\n\x11\x66ree_memory_bytes\x18\x03 \x01(\x03\"R\n\x08\x43\x61pacity\x12\x11\n\tgpu_count\x18\x01 \x01(\x05\x12\x18\n\x10gpu_memory_bytes\x18\x02 \x01(\x03\x12\x19\n\x11host_memory_bytes\x18\x03 \x01(\x03\";\n\x15RegisterServerRequest\x12\"\n\x06server\x18\x01 \x01(\x0b\x32\x12.mlserve.v1.Server\" \n\x10GetServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListServersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x13ListServersResponse\x12#\n\x07servers\x18\x01 \x03(\x0b\x32\x12.mlserve.v1.Server\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x13UpdateServerRequest\x12\"\n\x06server\x18\x01 \x01(\x0b\x32\x12.mlserve.v1.Server\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"#\n\x13\x44\x65leteServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*}\n\x0bServerState\x12\x1c\n\x18SERVER_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SERVER_STATE_READY\x10\x01\x12\x1a\n\x16SERVER_STATE_NOT_READY\x10\x02\x12\x1c\n\x18SERVER_STATE_UNREACHABLE\x10\x03\x32\xf5\x02\n\rServerService\x12G\n\x0eRegisterServer\x12!.mlserve.v1.RegisterServerRequest\x1a\x12.mlserve.v1.Server\x12=\n\tGetServer\x12\x1c.mlserve.v1.GetServerRequest\x1a\x12.mlserve.v1.Server\x12N\n\x0bListServers\x12\x1e.mlserve.v1.ListServersRequest\x1a\x1f.mlserve.v1.ListServersResponse\x12\x43\n\x0cUpdateServer\x12\x1f.mlserve.v1.UpdateServerRequest\x1a\x12.mlserve.v1.Server\x12G\n\x0c\x44\x65leteServer\x12\x1f.mlserve.v1.DeleteServerRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVER_LABELSENTRY']._loaded_options = None
   _globals['_SERVER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SERVERSTATE']._serialized_start=1214
-  _globals['_SERVERSTATE']._serialized_end=1339
+  _globals['_SERVERSTATE']._serialized_start=1333
+  _globals['_SERVERSTATE']._serialized_end=1458
   _globals['_LOADEDMODEL']._serialized_start=135
   _globals['_LOADEDMODEL']._serialized_end=210
   _globals['_SERVER']._serialized_start=213
-  _globals['_SERVER']._serialized_end=742
-  _globals['_SERVER_LABELSENTRY']._serialized_start=697
-  _globals['_SERVER_LABELSENTRY']._serialized_end=742
-  _globals['_CAPACITY']._serialized_start=744
-  _globals['_CAPACITY']._serialized_end=826
-  _globals['_REGISTERSERVERREQUEST']._serialized_start=828
-  _globals['_REGISTERSERVERREQUEST']._serialized_end=887
-  _globals['_GETSERVERREQUEST']._serialized_start=889
-  _globals['_GETSERVERREQUEST']._serialized_end=921
-  _globals['_LISTSERVERSREQUEST']._serialized_start=923
-  _globals['_LISTSERVERSREQUEST']._serialized_end=982
-  _globals['_LISTSERVERSRESPONSE']._serialized_start=984
-  _globals['_LISTSERVERSRESPONSE']._serialized_end=1067
-  _globals['_UPDATESERVERREQUEST']._serialized_start=1069
-  _globals['_UPDATESERVERREQUEST']._serialized_end=1175
-  _globals['_DELETESERVERREQUEST']._serialized_start=1177
-  _globals['_DELETESERVERREQUEST']._serialized_end=1212
-  _globals['_SERVERSERVICE']._serialized_start=1342
-  _globals['_SERVERSERVICE']._serialized_end=1715
+  _globals['_SERVER']._serialized_end=779
+  _globals['_SERVER_LABELSENTRY']._serialized_start=734
+  _globals['_SERVER_LABELSENTRY']._serialized_end=779
+  _globals['_GPUMEMORY']._serialized_start=781
+  _globals['_GPUMEMORY']._serialized_end=861
+  _globals['_CAPACITY']._serialized_start=863
+  _globals['_CAPACITY']._serialized_end=945
+  _globals['_REGISTERSERVERREQUEST']._serialized_start=947
+  _globals['_REGISTERSERVERREQUEST']._serialized_end=1006
+  _globals['_GETSERVERREQUEST']._serialized_start=1008
+  _globals['_GETSERVERREQUEST']._serialized_end=1040
+  _globals['_LISTSERVERSREQUEST']._serialized_start=1042
+  _globals['_LISTSERVERSREQUEST']._serialized_end=1101
+  _globals['_LISTSERVERSRESPONSE']._serialized_start=1103
+  _globals['_LISTSERVERSRESPONSE']._serialized_end=1186
+  _globals['_UPDATESERVERREQUEST']._serialized_start=1188
+  _globals['_UPDATESERVERREQUEST']._serialized_end=1294
+  _globals['_DELETESERVERREQUEST']._serialized_start=1296
+  _globals['_DELETESERVERREQUEST']._serialized_end=1331
+  _globals['_SERVERSERVICE']._serialized_start=1461
+  _globals['_SERVERSERVICE']._serialized_end=1834
 # @@protoc_insertion_point(module_scope)

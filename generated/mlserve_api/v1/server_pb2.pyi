@@ -124,6 +124,7 @@ class Server(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     USED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     FREE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: letters, digits, '_', '-' and '.', at most 128 characters."""
     address: _builtins.str
@@ -143,13 +144,16 @@ class Server(_message.Message):
     the Triton needs no shared storage.
     """
     used_memory_bytes: _builtins.int
-    """Memory the model versions deployed here need, in bytes: each version's
-    measured need where one was measured, else its estimate. Output only.
+    """Host memory the model versions deployed here need, in bytes: each
+    version's measured need where one was measured, else its estimate; a
+    version whose instances all run on GPUs counts in gpus instead. Output
+    only.
     """
     free_memory_bytes: _builtins.int
     """What placement may still put here: host_memory_bytes less the headroom
     (mlserve serve --placement-headroom) less used_memory_bytes, never below
-    0; 0 when the capacity is not stated. Output only.
+    0; 0 when the capacity is not stated. Output only. Host memory only:
+    each GPU's is in gpus.
     """
     @_builtins.property
     def loaded_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoadedModel]:
@@ -183,6 +187,14 @@ class Server(_message.Message):
         Unset or zero host_memory_bytes: not stated, placement does not limit it.
         """
 
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuMemory]:
+        """Each GPU (capacity.gpu_count of them), with the memory the model versions
+        whose configs run instances on it need there (a version holds its whole
+        need on each GPU it runs on) and what placement may still put there.
+        Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -201,14 +213,48 @@ class Server(_message.Message):
         capacity: Global___Capacity | None = ...,
         used_memory_bytes: _builtins.int = ...,
         free_memory_bytes: _builtins.int = ...,
+        gpus: _abc.Iterable[Global___GpuMemory] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "create_time", b"create_time", "last_health_time", b"last_health_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "free_memory_bytes", b"free_memory_bytes", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message", "used_memory_bytes", b"used_memory_bytes", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "create_time", b"create_time", "description", b"description", "embedded", b"embedded", "free_memory_bytes", b"free_memory_bytes", "gpus", b"gpus", "labels", b"labels", "last_health_time", b"last_health_time", "loaded_models", b"loaded_models", "name", b"name", "shares_repository", b"shares_repository", "state", b"state", "status_message", b"status_message", "used_memory_bytes", b"used_memory_bytes", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Server: _TypeAlias = Server  # noqa: Y015
+
+@_typing.final
+class GpuMemory(_message.Message):
+    """GpuMemory is one GPU of a server as placement counts it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    USED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    FREE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its index on the server, as instance_group gpus names it (0, 1, ...)."""
+    used_memory_bytes: _builtins.int
+    """Memory the model versions running instances on it need there, in bytes."""
+    free_memory_bytes: _builtins.int
+    """What placement may still put there: capacity.gpu_memory_bytes less the
+    headroom less used_memory_bytes, never below 0; 0 when gpu_memory_bytes
+    is not stated.
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        used_memory_bytes: _builtins.int = ...,
+        free_memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_memory_bytes", b"free_memory_bytes", "index", b"index", "used_memory_bytes", b"used_memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuMemory: _TypeAlias = GpuMemory  # noqa: Y015
 
 @_typing.final
 class Capacity(_message.Message):

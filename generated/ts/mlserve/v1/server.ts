@@ -138,21 +138,45 @@ export interface Server {
     | Capacity
     | undefined;
   /**
-   * Memory the model versions deployed here need, in bytes: each version's
-   * measured need where one was measured, else its estimate. Output only.
+   * Host memory the model versions deployed here need, in bytes: each
+   * version's measured need where one was measured, else its estimate; a
+   * version whose instances all run on GPUs counts in gpus instead. Output
+   * only.
    */
   usedMemoryBytes: string;
   /**
    * What placement may still put here: host_memory_bytes less the headroom
    * (mlserve serve --placement-headroom) less used_memory_bytes, never below
-   * 0; 0 when the capacity is not stated. Output only.
+   * 0; 0 when the capacity is not stated. Output only. Host memory only:
+   * each GPU's is in gpus.
    */
   freeMemoryBytes: string;
+  /**
+   * Each GPU (capacity.gpu_count of them), with the memory the model versions
+   * whose configs run instances on it need there (a version holds its whole
+   * need on each GPU it runs on) and what placement may still put there.
+   * Output only.
+   */
+  gpus: GpuMemory[];
 }
 
 export interface Server_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** GpuMemory is one GPU of a server as placement counts it. */
+export interface GpuMemory {
+  /** Its index on the server, as instance_group gpus names it (0, 1, ...). */
+  index: number;
+  /** Memory the model versions running instances on it need there, in bytes. */
+  usedMemoryBytes: string;
+  /**
+   * What placement may still put there: capacity.gpu_memory_bytes less the
+   * headroom less used_memory_bytes, never below 0; 0 when gpu_memory_bytes
+   * is not stated.
+   */
+  freeMemoryBytes: string;
 }
 
 /** Capacity is what one server has for models. */
@@ -346,6 +370,7 @@ function createBaseServer(): Server {
     capacity: undefined,
     usedMemoryBytes: "0",
     freeMemoryBytes: "0",
+    gpus: [],
   };
 }
 
@@ -395,6 +420,9 @@ export const Server: MessageFns<Server> = {
     }
     if (message.freeMemoryBytes !== "0") {
       writer.uint32(120).int64(message.freeMemoryBytes);
+    }
+    for (const v of message.gpus) {
+      GpuMemory.encode(v!, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -535,6 +563,14 @@ export const Server: MessageFns<Server> = {
             message.freeMemoryBytes = reader.int64().toString();
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.gpus.push(GpuMemory.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -607,6 +643,9 @@ export const Server: MessageFns<Server> = {
         : isSet(object.free_memory_bytes)
         ? globalThis.String(object.free_memory_bytes)
         : "0",
+      gpus: globalThis.Array.isArray(object?.gpus)
+        ? object.gpus.map((e: any) => GpuMemory.fromJSON(e))
+        : [],
     };
   },
 
@@ -663,6 +702,9 @@ export const Server: MessageFns<Server> = {
     if (message.freeMemoryBytes !== "0") {
       obj.freeMemoryBytes = message.freeMemoryBytes;
     }
+    if (message.gpus?.length) {
+      obj.gpus = message.gpus.map((e) => GpuMemory.toJSON(e));
+    }
     return obj;
   },
 
@@ -696,6 +738,7 @@ export const Server: MessageFns<Server> = {
       : undefined;
     message.usedMemoryBytes = object.usedMemoryBytes ?? "0";
     message.freeMemoryBytes = object.freeMemoryBytes ?? "0";
+    message.gpus = object.gpus?.map((e) => GpuMemory.fromPartial(e)) || [];
     return message;
   },
 };
@@ -781,6 +824,115 @@ export const Server_LabelsEntry: MessageFns<Server_LabelsEntry> = {
     const message = createBaseServer_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseGpuMemory(): GpuMemory {
+  return { index: 0, usedMemoryBytes: "0", freeMemoryBytes: "0" };
+}
+
+export const GpuMemory: MessageFns<GpuMemory> = {
+  encode(message: GpuMemory, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).int32(message.index);
+    }
+    if (message.usedMemoryBytes !== "0") {
+      writer.uint32(16).int64(message.usedMemoryBytes);
+    }
+    if (message.freeMemoryBytes !== "0") {
+      writer.uint32(24).int64(message.freeMemoryBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GpuMemory {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGpuMemory();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.usedMemoryBytes = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.freeMemoryBytes = reader.int64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GpuMemory {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      usedMemoryBytes: isSet(object.usedMemoryBytes)
+        ? globalThis.String(object.usedMemoryBytes)
+        : isSet(object.used_memory_bytes)
+        ? globalThis.String(object.used_memory_bytes)
+        : "0",
+      freeMemoryBytes: isSet(object.freeMemoryBytes)
+        ? globalThis.String(object.freeMemoryBytes)
+        : isSet(object.free_memory_bytes)
+        ? globalThis.String(object.free_memory_bytes)
+        : "0",
+    };
+  },
+
+  toJSON(message: GpuMemory): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.usedMemoryBytes !== "0") {
+      obj.usedMemoryBytes = message.usedMemoryBytes;
+    }
+    if (message.freeMemoryBytes !== "0") {
+      obj.freeMemoryBytes = message.freeMemoryBytes;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GpuMemory>, I>>(base?: I): GpuMemory {
+    return GpuMemory.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GpuMemory>, I>>(object: I): GpuMemory {
+    const message = createBaseGpuMemory();
+    message.index = object.index ?? 0;
+    message.usedMemoryBytes = object.usedMemoryBytes ?? "0";
+    message.freeMemoryBytes = object.freeMemoryBytes ?? "0";
     return message;
   },
 };
