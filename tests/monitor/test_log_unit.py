@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet, retention
-from mlserve.monitor.log import InferenceLog, LogSettings
+from mlserve.monitor.log import ABANDONED_AFTER, InferenceLog, LogSettings
 from mlserve.monitor.parquet import decode
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
@@ -327,6 +327,20 @@ def test_a_killed_writers_leftovers_are_swept_and_never_read(tmp_path: Path) -> 
     (directory / ".part-x.parquet.tmp").write_bytes(b"PAR1 half")
     assert len(_read_all(tmp_path)) == 1
     assert LogStore.of(tmp_path).sweep_temporary() == 1
+
+
+def test_a_half_written_file_still_being_written_is_left_to_its_writer(tmp_path: Path) -> None:
+    directory = tmp_path / "model=m"
+    directory.mkdir()
+    fresh = directory / ".part-live.parquet.tmp"  # another worker writing it now
+    fresh.write_bytes(b"PAR1 half")
+    stale = directory / ".part-dead.parquet.tmp"
+    stale.write_bytes(b"PAR1 half")
+    long_ago = time.time() - ABANDONED_AFTER - 60
+    os.utime(stale, (long_ago, long_ago))
+    assert LogStore.of(tmp_path).sweep_temporary(ABANDONED_AFTER) == 1
+    assert fresh.exists()
+    assert not stale.exists()
 
 
 def test_an_unwritable_directory_marks_the_log_unwritable(tmp_path: Path) -> None:
