@@ -27,7 +27,6 @@ import contextlib
 import enum
 import json
 import os
-import resource
 import signal
 import sys
 import uuid
@@ -113,7 +112,7 @@ class SandboxedJob:
         params = spec.output.parent / f".params-{uuid.uuid4().hex}.json"
         params.write_text(json.dumps(dict(spec.parameters)))
         cgroup = _make_pids_cgroup(spec.limits.processes)
-        command = self._command(params)
+        command = _limited(spec.limits, cgroup, self._command(params))
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *command,
@@ -122,7 +121,6 @@ class SandboxedJob:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._environment(params),
                 start_new_session=True,
-                preexec_fn=_limiter(spec.limits, cgroup),
                 limit=spec.limits.log_line_bytes,
             )
             reading = asyncio.create_task(self._read_lines())
@@ -237,18 +235,32 @@ async def capped_lines(stream: asyncio.StreamReader, cap: int) -> AsyncIterator[
             return
 
 
-def _limiter(limits: JobLimits, cgroup: Path | None) -> Callable[[], None]:
-    """What the child runs before it execs: join the pids cgroup, set the rlimits."""
+# Joins the pids cgroup, sets the rlimits, then execs the sandbox: a fresh interpreter
+# between MLServe and bubblewrap. Not a preexec_fn: that runs Python between fork and
+# exec in a process full of threads (gRPC's, the database's), where the child can
+# deadlock or crash on a lock one of them held at the fork (it did: now and then a
+# job died of SIGSEGV before its script started).
+_LIMIT_THEN_EXEC = """
+import os, resource, sys
+cpu, memory, files, cgroup, *command = sys.argv[1:]
+if cgroup:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 1))
+resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(files), int(files)))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+os.execvp(command[0], command)
+"""
 
-    def limit() -> None:
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    return limit
+def _limited(limits: JobLimits, cgroup: Path | None, command: list[str]) -> list[str]:
+    """``command`` run in the pids cgroup (when there is one) under the job's rlimits."""
+    numbers = (limits.cpu_seconds, limits.memory_bytes, limits.file_bytes)
+    return [
+        sys.executable, "-I", "-S", "-c", _LIMIT_THEN_EXEC,
+        *(str(n) for n in numbers), str(cgroup or ""), *command,
+    ]  # fmt: skip
 
 
 def _make_pids_cgroup(processes: int) -> Path | None:

@@ -83,7 +83,7 @@ def test_jobs_survive_a_restart_and_unfinished_ones_end_failed(
         assert [job.id for job in rest.jobs] == [running.id, done[1].id]
         # The runner takes jobs again, and nothing the killed jobs did was committed.
         after = watch(stubs, create(stubs, model, dataset, "train.py", parameters={"note": "b"}).id)
-        assert (after[1].state, after[1].version) == (SUCCEEDED, 3)
+        assert (after[1].state, after[1].version) == (SUCCEEDED, 3), after[1].reason
     finally:
         process.stop()
 
