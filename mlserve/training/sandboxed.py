@@ -238,8 +238,8 @@ async def capped_lines(stream: asyncio.StreamReader, cap: int) -> AsyncIterator[
 # Joins the pids cgroup, sets the rlimits, then execs the sandbox: a fresh interpreter
 # between MLServe and bubblewrap. Not a preexec_fn: that runs Python between fork and
 # exec in a process full of threads (gRPC's, the database's), where the child can
-# deadlock or crash on a lock one of them held at the fork (it did: now and then a
-# job died of SIGSEGV before its script started).
+# deadlock or crash on a lock one of them held at the fork (with one, now and then a
+# job died of SIGSEGV; without, none has).
 _LIMIT_THEN_EXEC = """
 import os, resource, sys
 cpu, memory, files, cgroup, *command = sys.argv[1:]
