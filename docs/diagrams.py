@@ -21,6 +21,7 @@ translate; ``tests/docs/test_diagrams.py`` runs it.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -196,6 +197,16 @@ def to_dot(chart: Flowchart) -> str:
         out.extend(f"    {_node(member, chart.nodes[member])}" for member in cluster.members)
         if not cluster.members:  # an empty subgraph still needs something to draw
             out.append(f'    {name}_anchor [label="", shape=point, style=invis];')
+        elif _unlinked(chart, cluster.members):
+            # Members with no edges among them sit side by side in the order the
+            # source lists them (dot would otherwise order them as it likes).
+            out.append(f"    {{ rank=same; {'; '.join(cluster.members)} }}")
+            # Left to right in TB; in LR dot stacks a rank bottom up, so reversed.
+            order = cluster.members if chart.direction == "TB" else cluster.members[::-1]
+            out.extend(
+                f"    {first} -> {second} [style=invis];"
+                for first, second in itertools.pairwise(order)
+            )
         out.append("  }")
     for edge in chart.edges:
         attributes = [] if edge.arrow else ["arrowhead=none"]
@@ -204,13 +215,24 @@ def to_dot(chart: Flowchart) -> str:
         tail, head = edge.tail, edge.head
         if tail in chart.clusters:
             attributes.append(f"ltail=cluster_{tail}")
-            tail = chart.clusters[tail].members[0]
+            tail = _anchor(chart, tail)
         if head in chart.clusters:
             attributes.append(f"lhead=cluster_{head}")
-            head = chart.clusters[head].members[0]
+            head = _anchor(chart, head)
         out.append(f"  {tail} -> {head} [{', '.join(attributes)}];")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _unlinked(chart: Flowchart, members: list[str]) -> bool:
+    inside = set(members)
+    return not any(e.tail in inside and e.head in inside for e in chart.edges)
+
+
+def _anchor(chart: Flowchart, cluster: str) -> str:
+    """The node an edge to or from a whole subgraph is drawn to: its middle one."""
+    members = chart.clusters[cluster].members
+    return members[len(members) // 2] if members else f"{cluster}_anchor"
 
 
 def _node(name: str, node: Node) -> str:

@@ -1099,7 +1099,12 @@ class Deployments:
         async def load(server: str, shares: bool) -> bool:
             try:
                 client = await self.fleet.client(server)
-                files = None if shares else await in_thread(rollout.files_to_push)(self.repository)
+                files = None
+                if shares:
+                    for record in rollout.versions:
+                        await in_thread(targets.place_for_shared_load)(self.repository, record)
+                else:
+                    files = await in_thread(rollout.files_to_push)(self.repository)
                 await client.load(model, config_json=rollout.config_json, files=files)
             except MLServeError as error:
                 log.warning(
@@ -1166,7 +1171,9 @@ class Deployments:
         try:
             client = await self.fleet.client(server)
             files = None
-            if not order.shares_repository:
+            if order.shares_repository:
+                await in_thread(targets.place_for_shared_load)(self.repository, version)
+            else:
                 files = await in_thread(targets.files_to_push)(self.repository, version)
             load = client.load(
                 order.name, config_json=order.config_json, files=files, timeout=timeout

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _FAILURE_LOG_INTERVAL = 60.0
 _RETENTION_INTERVAL = 60.0
+# Seconds a half-written file stays untouched before the sweep takes it for a killed
+# writer's: a live writer (another worker, another replica) writes a file in seconds.
+ABANDONED_AFTER = 600.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class InferenceLog:
         """Sweep what a killed writer left, check the store, start the writer thread."""
         try:
             if self.settings.housekeeping:
-                self.store.sweep_temporary()
+                self.store.sweep_temporary(ABANDONED_AFTER)
         except OSError as error:
             self._failed(error)
         self.check_writable()
@@ -216,6 +219,7 @@ class InferenceLog:
                     self.settings.retention_seconds,
                     self.settings.retention_bytes,
                 )
+                self.store.sweep_temporary(ABANDONED_AFTER)
         except Exception:
             log.exception("inference log writer step failed")
 

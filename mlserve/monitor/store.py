@@ -137,17 +137,21 @@ class LogStore:
         if self.local:
             self.filesystem.delete_file(probe)
 
-    def sweep_temporary(self) -> int:
+    def sweep_temporary(self, older_than: float = 0.0) -> int:
         """Remove what a killed writer left half-written (a local disk only: a bucket never
-        holds a partial object); returns how many."""
+        holds a partial object), untouched for ``older_than`` seconds: a writer still
+        writing (another worker or replica) keeps its file; returns how many."""
         if not self.local:
             return 0
         removed = 0
         root = Path(self.root)
         if root.is_dir():
+            before = time.time() - older_than
             for leftover in root.rglob(f".*{SUFFIX}{_TEMPORARY}"):
-                leftover.unlink(missing_ok=True)
-                removed += 1
+                with contextlib.suppress(FileNotFoundError):  # its writer just finished
+                    if leftover.stat().st_mtime <= before:
+                        leftover.unlink()
+                        removed += 1
         return removed
 
     def delete(self, path: str) -> None:

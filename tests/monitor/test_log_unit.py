@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.paging import PageTokens
 from mlserve.monitor import parquet, retention
-from mlserve.monitor.log import InferenceLog, LogSettings
+from mlserve.monitor.log import ABANDONED_AFTER, InferenceLog, LogSettings
 from mlserve.monitor.parquet import decode
 from mlserve.monitor.policy import LoggingPolicy, Mode, mode_named
 from mlserve.monitor.reader import LogQuery, RowsQuery, logged_rows, read_page
@@ -310,7 +310,7 @@ def test_metadata_lets_a_large_calls_bytes_go_at_once_and_records_the_same(
 def test_a_policy_that_keeps_tensors_keeps_the_bytes(tmp_path: Path) -> None:
     request, response = _large_call()
     log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
-    log.policies._policies["m"] = ALL
+    log.policies._policies.value["m"] = ALL
     log.capture("m", 1, "local", None, request, response, "OK", "", time.time(), 0.001)
     (queued,) = log._queue
     assert isinstance(queued, Capture)
@@ -327,6 +327,20 @@ def test_a_killed_writers_leftovers_are_swept_and_never_read(tmp_path: Path) -> 
     (directory / ".part-x.parquet.tmp").write_bytes(b"PAR1 half")
     assert len(_read_all(tmp_path)) == 1
     assert LogStore.of(tmp_path).sweep_temporary() == 1
+
+
+def test_a_half_written_file_still_being_written_is_left_to_its_writer(tmp_path: Path) -> None:
+    directory = tmp_path / "model=m"
+    directory.mkdir()
+    fresh = directory / ".part-live.parquet.tmp"  # another worker writing it now
+    fresh.write_bytes(b"PAR1 half")
+    stale = directory / ".part-dead.parquet.tmp"
+    stale.write_bytes(b"PAR1 half")
+    long_ago = time.time() - ABANDONED_AFTER - 60
+    os.utime(stale, (long_ago, long_ago))
+    assert LogStore.of(tmp_path).sweep_temporary(ABANDONED_AFTER) == 1
+    assert fresh.exists()
+    assert not stale.exists()
 
 
 def test_an_unwritable_directory_marks_the_log_unwritable(tmp_path: Path) -> None:
@@ -358,7 +372,7 @@ def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path)
 def test_a_header_sampling_key_is_decided_on_the_hot_path_by_its_value(tmp_path: Path) -> None:
     log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
     policy = LoggingPolicy(Mode.METADATA, 0.5, sampling_key="header:X-User").checked()
-    log.policies._policies = {"m": policy}
+    log.policies._policies.write({"m": policy})
     payload = _request("INT8", True).SerializeToString()
     users = [f"user-{n}" for n in range(40)]
     for _ in range(3):  # the same users, three times over

@@ -143,9 +143,12 @@ def test_cancel_ends_a_running_job(stubs: Stubs, trainable: tuple[str, str]) -> 
     events = stubs.training.WatchTrainingJob(
         training_pb2.WatchTrainingJobRequest(id=job.id), metadata=stubs.auth, timeout=120
     )
-    for event in events:
-        if event.log_line == "go":
-            break
+    try:
+        for event in events:
+            if event.log_line == "go":
+                break
+    finally:
+        events.cancel()
     cancelled = stubs.training.CancelTrainingJob(
         training_pb2.CancelTrainingJobRequest(id=job.id), metadata=stubs.auth
     )
