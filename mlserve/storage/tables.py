@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 23
+SCHEMA_VERSION = 24
 
 
 class BaseModel(pw.Model):
@@ -588,6 +588,25 @@ class BusyMark(BaseModel):
         indexes = ((("process", "server", "model"), True),)
 
 
+class TrainingJobLogLine(BaseModel):
+    """One line of a training job's log (owned by mlserve.training; schema 24), so every
+    replica and worker reads it and it outlives the process that ran the job. ``seq``
+    numbers the job's lines from 1 as the script printed them; only the newest
+    ``--training-log-lines`` of a job are kept (older ones are deleted as new ones
+    come). Deleting the job (with its model) deletes its lines."""
+
+    id = pw.AutoField()
+    job = pw.ForeignKeyField(
+        TrainingJob, field=TrainingJob.job_id, backref="log_lines", on_delete="CASCADE"
+    )
+    seq = pw.BigIntegerField()
+    line = pw.TextField()
+
+    class Meta:
+        table_name = "training_job_log_line"
+        indexes = ((("job", "seq"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -626,6 +645,7 @@ TABLES: list[type[BaseModel]] = [
     AssayResult,
     TrainingJob,
     BusyMark,
+    TrainingJobLogLine,
 ]
 
 
@@ -979,6 +999,11 @@ def _add_busy_marks(db: pw.Database) -> None:
         db.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE TEXT')  # type: ignore[no-untyped-call]
 
 
+def _add_training_job_logs(db: pw.Database) -> None:
+    """Training jobs' log lines in the database, readable by every replica (issue 15)."""
+    db.create_tables([TrainingJobLogLine])
+
+
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _add_inference_counts,
     2: _add_shares_repository,
@@ -1002,6 +1027,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     20: _add_training_code_datasets,
     21: _add_busy_marks,
     22: _add_blob_locations,
+    23: _add_training_job_logs,
 }
 
 

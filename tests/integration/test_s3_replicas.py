@@ -26,7 +26,12 @@ from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, inference_log_pb2, model_pb2
 from mlserve_client import Client
-from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.mlserve import (
+    MLServeProcess,
+    free_port,
+    hand_on_admin_key,
+    stubs_of,
+)
 from tests.support.models import upload_add
 from tests.support.postgres import PostgresCluster
 from tests.support.rollouts import ANSWERS, roll_to
@@ -83,10 +88,8 @@ def on_bucket(
                 "--database", url, "--storage", storage, *extra,
                 env=moto_server.env(),
             )  # fmt: skip
-            if started:
-                # The admin key is the first replica's; its operator hands it on.
-                process.home.mkdir(parents=True)
-                shutil.copy(started[0].home / "admin.key", process.home / "admin.key")
+            if started:  # the admin key is the first replica's
+                hand_on_admin_key(started[0], process)
             started.append(process.start(wait_for_triton=name == "a"))
         reader.start()
         with stubs_of(started[0]) as stubs:
@@ -97,15 +100,6 @@ def on_bucket(
         for process in started:
             process.stop()
         postgres_cluster.drop_database(database)
-
-
-@contextlib.contextmanager
-def stubs_of(replica: MLServeProcess) -> Iterator[Stubs]:
-    stubs = replica.stubs()
-    try:
-        yield stubs
-    finally:
-        stubs.channel.close()
 
 
 def infer(replica: MLServeProcess, model: str) -> np.ndarray:

@@ -373,3 +373,27 @@ def test_schema_22_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
         assert tables.Blob.get(tables.Blob.sha256 == "cd" * 32).location == "blobs/uploads/new/1"
     finally:
         close_database(opened)
+
+
+def test_schema_23_gains_training_job_log_lines_that_go_with_their_job(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = opened_at_schema(database_url, monkeypatch, 23, [])
+    assert not opened.table_exists("training_job_log_line")
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        scratch = tables.Model.create(name="scratch")
+        job = tables.TrainingJob.create(
+            job_id="job-logged", model=scratch, code_version=1, code_path="train.py",
+            dataset="ds", dataset_version=1, instance="here", state="RUNNING",
+        )  # fmt: skip
+        tables.TrainingJobLogLine.create(job=job.job_id, seq=1, line="epoch 1")
+        with pytest.raises(pw.IntegrityError), opened.atomic():  # one row per line number
+            tables.TrainingJobLogLine.create(job=job.job_id, seq=1, line="again")
+        scratch.delete_instance()  # the model's jobs go, and their lines with them
+        assert tables.TrainingJobLogLine.select().count() == 0
+    finally:
+        close_database(opened)
