@@ -1,4 +1,4 @@
-"""The binned baseline an assay keeps with its row (schema 24).
+"""The binned baseline an assay keeps with its row (schema 25).
 
 An assay's baseline is binned once: when the assay is created, and again when an
 update changes what the bins depend on (``spec.binned_from``: the baseline, the
@@ -6,7 +6,7 @@ path, the version, the summarizer's bin mode, num_bins, outlier edges and
 provided edges). The scheduler and RunAssay by name score windows against the
 kept summary: the baseline is not read and binned again at every window, and a
 baseline range of the log whose hours retention has deleted since still scores
-windows, with the same bins. A row stored before schema 24 keeps none; its
+windows, with the same bins. A row stored before schema 25 keeps none; its
 baseline is binned at first use and kept then.
 
 What is kept: a JSON summary (edges, per-bin counts, count, min, max, mean,
@@ -77,7 +77,7 @@ def kept_columns(spec: AssaySpec, summary: BaselineSummary) -> dict[str, Any]:
 
 
 def kept_of(row: Any) -> KeptBaseline | None:
-    """The summary an Assay row keeps; None when it keeps none (stored before schema 24)."""
+    """The summary an Assay row keeps; None when it keeps none (stored before schema 25)."""
     if row.baseline_summary is None:
         return None
     data = json.loads(row.baseline_summary)

@@ -235,7 +235,7 @@ class Assays:
     def kept_baseline(self, row: Any, spec: AssaySpec) -> BaselineSummary:
         """The baseline stored assay ``row`` (whose spec is ``spec``) scores windows
         against: the one kept with it; for a row that keeps none (stored before
-        schema 24) or one that no longer fits its spec, binned now and kept, unless
+        schema 25) or one that no longer fits its spec, binned now and kept, unless
         the row changed meanwhile (blocking).
 
         Raises:

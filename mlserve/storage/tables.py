@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 24
+SCHEMA_VERSION = 25
 
 
 class BaseModel(pw.Model):
@@ -505,7 +505,7 @@ class Assay(BaseModel):
     only ever read whole. ``next_window`` is where the scheduler goes on.
     ``baseline_summary`` (JSON) and ``baseline_values`` (float64 bytes, only for
     the metrics that read them) keep the baseline as binned when the assay was
-    created or last re-binned (schema 24, mlserve.assays.binned); NULL before.
+    created or last re-binned (schema 25, mlserve.assays.binned); NULL before.
     """
 
     id = pw.AutoField()
@@ -593,6 +593,25 @@ class BusyMark(BaseModel):
         indexes = ((("process", "server", "model"), True),)
 
 
+class TrainingJobLogLine(BaseModel):
+    """One line of a training job's log (owned by mlserve.training; schema 24), so every
+    replica and worker reads it and it outlives the process that ran the job. ``seq``
+    numbers the job's lines from 1 as the script printed them; only the newest
+    ``--training-log-lines`` of a job are kept (older ones are deleted as new ones
+    come). Deleting the job (with its model) deletes its lines."""
+
+    id = pw.AutoField()
+    job = pw.ForeignKeyField(
+        TrainingJob, field=TrainingJob.job_id, backref="log_lines", on_delete="CASCADE"
+    )
+    seq = pw.BigIntegerField()
+    line = pw.TextField()
+
+    class Meta:
+        table_name = "training_job_log_line"
+        indexes = ((("job", "seq"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -631,6 +650,7 @@ TABLES: list[type[BaseModel]] = [
     AssayResult,
     TrainingJob,
     BusyMark,
+    TrainingJobLogLine,
 ]
 
 
@@ -984,6 +1004,11 @@ def _add_busy_marks(db: pw.Database) -> None:
         db.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE TEXT')  # type: ignore[no-untyped-call]
 
 
+def _add_training_job_logs(db: pw.Database) -> None:
+    """Training jobs' log lines in the database, readable by every replica (issue 15)."""
+    db.create_tables([TrainingJobLogLine])
+
+
 def _add_assay_baselines(db: pw.Database) -> None:
     """Assays keep their binned baseline (issue 14); rows stored before have none
     and are binned at first use.
@@ -1024,7 +1049,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     20: _add_training_code_datasets,
     21: _add_busy_marks,
     22: _add_blob_locations,
-    23: _add_assay_baselines,
+    23: _add_training_job_logs,
+    24: _add_assay_baselines,
 }
 
 

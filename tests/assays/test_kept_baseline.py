@@ -3,7 +3,7 @@
 RunAssay score windows against it after retention has deleted the baseline's
 hours; an update re-bins only when the bins depend on what it changes, and
 refuses (nothing stored) when the data to re-bin is gone; an assay stored
-before schema 24 is binned at first use and kept."""
+before schema 25 is binned at first use and kept."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def test_a_ks_assay_keeps_the_raw_values_and_re_bins_from_them(assays: Assays) -
         _update(assays, metric=Metric.KS, num_bins=8)
 
 
-def test_an_assay_stored_before_schema_24_is_binned_at_first_use_and_kept(
+def test_an_assay_stored_before_schema_25_is_binned_at_first_use_and_kept(
     assays: Assays,
 ) -> None:
     asyncio.run(assays.create(_spec()))

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,15 @@ from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, inference_log_pb2, model_pb2
 from mlserve_client import Client
-from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.mlserve import (
+    MLServeProcess,
+    free_port,
+    hand_on_admin_key,
+    stubs_of,
+)
 from tests.support.models import upload_add
 from tests.support.postgres import PostgresCluster
+from tests.support.rollouts import ANSWERS, roll_to
 from tests.support.s3 import MotoServer, moto_server  # noqa: F401 (a fixture)
 from tests.support.tritons import (
     TritonProcess,
@@ -82,10 +88,8 @@ def on_bucket(
                 "--database", url, "--storage", storage, *extra,
                 env=moto_server.env(),
             )  # fmt: skip
-            if started:
-                # The admin key is the first replica's; its operator hands it on.
-                process.home.mkdir(parents=True)
-                shutil.copy(started[0].home / "admin.key", process.home / "admin.key")
+            if started:  # the admin key is the first replica's
+                hand_on_admin_key(started[0], process)
             started.append(process.start(wait_for_triton=name == "a"))
         reader.start()
         with stubs_of(started[0]) as stubs:
@@ -98,25 +102,16 @@ def on_bucket(
         postgres_cluster.drop_database(database)
 
 
-@contextlib.contextmanager
-def stubs_of(replica: MLServeProcess) -> Iterator[Stubs]:
-    stubs = replica.stubs()
-    try:
-        yield stubs
-    finally:
-        stubs.channel.close()
-
-
 def infer(replica: MLServeProcess, model: str) -> np.ndarray:
     gateway = triton.InferenceServerClient(replica.address)
     result = gateway.infer(model, add_inputs(), headers={"authorization": f"Bearer {replica.key}"})
     return np.asarray(result.as_numpy("OUTPUT0"))
 
 
-def routed(replica: MLServeProcess, model: str) -> bool:
-    """True once ``replica`` answers ``model`` with the right sums."""
+def routed(replica: MLServeProcess, model: str, answer: Sequence[float] = (11, 22, 33, 44)) -> bool:
+    """True once ``replica`` answers ``model`` with the right sums (``answer``)."""
     try:
-        return bool(np.allclose(infer(replica, model), [11, 22, 33, 44]))
+        return bool(np.allclose(infer(replica, model), answer))
     except InferenceServerException:
         return False
 
@@ -178,6 +173,26 @@ def test_a_triton_reading_the_bucket_loads_by_name(on_bucket: OnBucket) -> None:
         np.testing.assert_allclose(infer(on_bucket.a, "add-read"), [11, 22, 33, 44])
         # b learns of the deployment from the database at its next health round.
         wait_for(lambda: routed(on_bucket.b, "add-read"), 30, "b to route add-read")
+
+
+def test_a_rollout_on_a_triton_reading_the_bucket_lays_out_the_new_version(
+    on_bucket: OnBucket,
+) -> None:
+    """v1 deployed on the bucket reader through a, v2 uploaded and rolled to through
+    b: v2 is put in Triton's layout before the reader loads it, and serves."""
+    with deployed(on_bucket.a, "add-rolled", "reader"), stubs_of(on_bucket.b) as stubs:
+        prefix = "fleet/repository/add-rolled/"
+        assert upload_add(stubs, "add-rolled", offset=100).version == 2
+        assert not [k for k in on_bucket.moto.keys(on_bucket.bucket, prefix) if "/2/" in k]
+        rolled = roll_to(stubs, "add-rolled", 2)
+        assert rolled.state == deployment_pb2.DEPLOYMENT_STATE_READY, rolled
+        assert f"{prefix}2/model.py" in on_bucket.moto.keys(on_bucket.bucket, prefix)
+        assert on_bucket.reader.client().is_model_ready("add-rolled", "2")
+        wait_for(
+            lambda: routed(on_bucket.a, "add-rolled", ANSWERS[2]),
+            60,
+            "a to route add-rolled to version 2",
+        )
 
 
 def test_the_inference_log_goes_to_the_bucket_from_each_replica(on_bucket: OnBucket) -> None:

@@ -375,12 +375,36 @@ def test_schema_22_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
         close_database(opened)
 
 
-def test_schema_23_assays_keep_their_rows_and_gain_an_empty_kept_baseline(
+def test_schema_23_gains_training_job_log_lines_that_go_with_their_job(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Schema 14 creates the assay table from today's class; make it what schema 23 had.
+    opened = opened_at_schema(database_url, monkeypatch, 23, [])
+    assert not opened.table_exists("training_job_log_line")
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        scratch = tables.Model.create(name="scratch")
+        job = tables.TrainingJob.create(
+            job_id="job-logged", model=scratch, code_version=1, code_path="train.py",
+            dataset="ds", dataset_version=1, instance="here", state="RUNNING",
+        )  # fmt: skip
+        tables.TrainingJobLogLine.create(job=job.job_id, seq=1, line="epoch 1")
+        with pytest.raises(pw.IntegrityError), opened.atomic():  # one row per line number
+            tables.TrainingJobLogLine.create(job=job.job_id, seq=1, line="again")
+        scratch.delete_instance()  # the model's jobs go, and their lines with them
+        assert tables.TrainingJobLogLine.select().count() == 0
+    finally:
+        close_database(opened)
+
+
+def test_schema_24_assays_keep_their_rows_and_gain_an_empty_kept_baseline(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schema 14 creates the assay table from today's class; make it what schema 24 had.
     added = [("assay", "baseline_summary"), ("assay", "baseline_values")]
-    opened = opened_at_schema(database_url, monkeypatch, 23, added)
+    opened = opened_at_schema(database_url, monkeypatch, 24, added)
     resnet = tables.Model.get(tables.Model.name == "resnet")
     insert_sql(
         database_url,
