@@ -69,7 +69,7 @@ RESTARTS_METRIC = "mlserve_worker_restarts"
 CRASH_LOOP_EXITS = 4  # exits in a row, each soon after its start: the worker is not restarted
 STABLE_SECONDS = 30.0  # a worker that served this long before it exited was not crash-looping
 _FIRST_DELAY = 1.0  # seconds before the second restart in a row; doubled each time after
-_MAX_DELAY = 30.0
+MAX_DELAY = 30.0
 _STOP_MARGIN = 15.0  # seconds past the grace period before a worker is killed
 _POLL = 0.2  # seconds between looks at the workers
 _PR_SET_PDEATHSIG = 1
@@ -84,7 +84,7 @@ class _Worker:
 
 
 @dataclass
-class _Slot:
+class Slot:
     """One worker's place in the set, across its restarts."""
 
     index: int
@@ -97,7 +97,7 @@ class _Slot:
         """Seconds to wait before starting it again: none after a lone exit."""
         if self.early_exits <= 1:
             return 0.0
-        return min(_FIRST_DELAY * 2.0 ** (self.early_exits - 2), _MAX_DELAY)
+        return min(_FIRST_DELAY * 2.0 ** (self.early_exits - 2), MAX_DELAY)
 
 
 class WorkerSet:
@@ -106,7 +106,7 @@ class WorkerSet:
     def __init__(self, settings: Settings, argv: Sequence[str]) -> None:
         self.settings = settings
         self.argv = list(argv)  # the command line of `mlserve` after the program name
-        self.slots = [_Slot(index) for index in range(settings.workers)]
+        self.slots = [Slot(index) for index in range(settings.workers)]
         self._stopping = False
         self._port = 0
 
@@ -178,7 +178,7 @@ class WorkerSet:
             time.sleep(_POLL)
         return 0
 
-    def _ended(self, slot: _Slot, metrics: RunMetrics) -> bool:
+    def _ended(self, slot: Slot, metrics: RunMetrics) -> bool:
         """Whether the slot's worker has just exited; if so, when it starts again."""
         worker = slot.worker
         status = None if worker is None else worker.process.poll()
@@ -198,7 +198,7 @@ class WorkerSet:
             )  # fmt: skip
         return True
 
-    def _start(self, slot: _Slot, listen: str, environ: dict[str, str]) -> bool:
+    def _start(self, slot: Slot, listen: str, environ: dict[str, str]) -> bool:
         """Start the slot's worker on ``listen``; whether it serves (its port is kept)."""
         read_end, write_end = os.pipe()
         command = [sys.executable, "-m", "mlserve", *self.argv, "--listen", listen]
@@ -252,7 +252,7 @@ class WorkerSet:
                     worker.process.wait()
 
 
-def _status(slot: _Slot) -> int | None:
+def _status(slot: Slot) -> int | None:
     return None if slot.worker is None else slot.worker.process.poll()
 
 
