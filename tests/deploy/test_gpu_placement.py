@@ -6,7 +6,8 @@ RegisterServer's capacity fields, which is what placement reads. A model
 whose config puts instances on GPUs (KIND_GPU) is FAILED_PRECONDITION where
 no server records a GPU, or names a GPU the server lacks;
 RESOURCE_EXHAUSTED when its GPU lacks room (naming the GPU need and the
-largest free GPU space); nothing is written either way. Where its GPU has
+largest free GPU space); nothing is written either way. On demand it is
+refused for missing GPUs too. Where its GPU has
 room it is placed there and ListServers counts it on that GPU only.
 """
 
@@ -139,7 +140,8 @@ def test_a_gpu_model_where_no_server_records_a_gpu_is_failed_precondition(
         )
         assert not get_server(stubs, "local").gpus
         with nothing_written(stubs, served.home):
-            for placement in ({}, {"servers": ["local"]}):
+            on_demand = {"loading": deployment_pb2.LOADING_MODE_ON_DEMAND}
+            for placement in ({}, {"servers": ["local"]}, on_demand):
                 details = refused(stubs, Code.FAILED_PRECONDITION, model_name, **placement)
                 assert "server 'local' cannot run this deployment" in details, details
                 assert "records no GPU" in details, details
