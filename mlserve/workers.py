@@ -53,11 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
+
+from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
 
 from mlserve.settings import Settings
 
@@ -73,6 +76,7 @@ MAX_DELAY = 30.0
 _STOP_MARGIN = 15.0  # seconds past the grace period before a worker is killed
 _POLL = 0.2  # seconds between looks at the workers
 _PR_SET_PDEATHSIG = 1
+_HEADER_BYTES = 8  # of a prometheus_client multiprocess file: the bytes used, padding
 
 
 @dataclass
@@ -320,8 +324,6 @@ class RunMetrics:
 
     def process_dead(self, pid: int) -> None:
         """A worker exited: its gauges in live modes stop counting (prometheus_client)."""
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
 
     def __exit__(self, *exc: object) -> None:
@@ -332,6 +334,28 @@ class RunMetrics:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+class MergedWorkers(multiprocess.MultiProcessCollector):
+    """Every worker's series, merged, as ``/metrics`` serves them (worker 0).
+
+    A process creates its file empty and sizes it a moment later; prometheus_client
+    fails the whole merge on a file read in that moment, and on every scrape after
+    when the process was killed in it (prometheus/client_python#1199). A file of
+    fewer than 8 bytes (its header) holds no value yet, so it is left out.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        directory = Path(self._path)
+        files = [str(path) for path in directory.glob("*.db") if _holds_values(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _holds_values(path: Path) -> bool:
+    try:
+        return path.stat().st_size >= _HEADER_BYTES
+    except FileNotFoundError:  # a live gauge's file, just dropped by mark_process_dead
+        return False
 
 
 def sweep_dead_runs(parent: Path) -> list[str]:

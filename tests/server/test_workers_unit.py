@@ -6,10 +6,13 @@ import itertools
 import os
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, values
+
 from mlserve.workers import (
     CRASH_LOOP_EXITS,
     MAX_DELAY,
     MULTIPROCESS_VARIABLE,
+    MergedWorkers,
     RunMetrics,
     Slot,
     sweep_dead_runs,
@@ -56,3 +59,15 @@ def test_a_dead_workers_live_gauges_go_and_its_counters_stay(tmp_path: Path) -> 
             "counter_42.db",
             "gauge_livemostrecent_43.db",
         ]
+
+
+def test_the_merge_leaves_out_a_file_created_but_not_yet_sized(tmp_path: Path) -> None:
+    # prometheus_client/client_python#1199: one such file used to fail every scrape.
+    with RunMetrics(tmp_path) as run:
+        value_class = values.MultiProcessValue(lambda: 7)  # type: ignore[no-untyped-call]
+        value = value_class("counter", "calls", "calls_total", (), (), "help")
+        value.inc(3)
+        (run.directory / "counter_8.db").write_bytes(b"")  # a worker killed in that moment
+        merged = CollectorRegistry()
+        MergedWorkers(merged)  # type: ignore[no-untyped-call]
+        assert merged.get_sample_value("calls_total") == 3
