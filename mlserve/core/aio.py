@@ -31,6 +31,36 @@ class SingleFlight(Generic[K, R]):
         return await asyncio.shield(running)
 
 
+class Freshest(Generic[R]):
+    """A value read from the store again and again by reads that may overlap: a
+    health round's reload and the one right after a change, say. A read that began
+    earlier saw older rows; it never replaces what a later read, or a write of this
+    process's own, already put in place (before, whichever ended last won, so a
+    change could vanish from memory until the next round).
+    """
+
+    def __init__(self, value: R) -> None:
+        self.value = value
+        self._begun = 0  # reads and writes begun, in order
+        self._held = 0  # which of them ``value`` comes from
+
+    async def read(self, load: Callable[[], Awaitable[R]]) -> R:
+        """Run ``load`` and keep what it read unless something begun later is in
+        place; returns the value in place afterwards."""
+        self._begun += 1
+        mine = self._begun
+        loaded = await load()
+        if mine > self._held:
+            self.value, self._held = loaded, mine
+        return self.value
+
+    def write(self, value: R) -> None:
+        """Put ``value`` in place now, once it is stored: reads begun before read the
+        store without it, so they are kept out."""
+        self._begun += 1
+        self.value, self._held = value, self._begun
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Delays that double from ``initial`` up to ``cap`` seconds: retry soon, then rarely."""

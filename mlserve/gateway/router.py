@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mlserve.core.aio import Freshest
 from mlserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mlserve.deploy import targets
 from mlserve.deploy.fleet import READY, Fleet
@@ -42,21 +43,23 @@ class Choice:
 class Router:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self._routes: dict[str, Route] = {}
+        self._routes: Freshest[dict[str, Route]] = Freshest({})
         # Requests in flight per server, this process's: for least-outstanding.
         # (What on-demand eviction reads is shared by every process: deploy.busy.)
         self._outstanding: defaultdict[str, int] = defaultdict(int)
         self._turn = itertools.count()
 
     async def reload(self) -> None:
-        """Read the routes from the store (call after any deployment change)."""
-        self._routes = await in_thread(_load_routes)()
+        """Read the routes from the store (call after any deployment change). Reloads
+        overlap (the health round's, one after a change): one that began earlier never
+        puts its older routes back over a later one's."""
+        await self._routes.read(in_thread(_load_routes))
 
     def routes(self) -> list[Route]:
-        return sorted(self._routes.values(), key=lambda route: route.model)
+        return sorted(self._routes.value.values(), key=lambda route: route.model)
 
     def route(self, model: str) -> Route | None:
-        return self._routes.get(model)
+        return self._routes.value.get(model)
 
     async def choose(
         self, model: str, version: str, exclude: frozenset[str] = frozenset()
@@ -68,10 +71,10 @@ class Router:
         another replica on the same database (the health loop's reload may have
         seen it still loading).
         """
-        route = self._routes.get(model)
+        route = self.route(model)
         if route is None or not route.servers:
             await self.reload()
-            route = self._routes.get(model)
+            route = self.route(model)
         if route is None:
             await self._explain_missing(model)
             raise AssertionError("explained by raising")  # pragma: no cover

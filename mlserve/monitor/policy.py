@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mlserve.core.aio import Freshest
 from mlserve.core.errors import InvalidArgument
 from mlserve.core.names import check_name
 from mlserve.storage import tables
@@ -110,15 +111,16 @@ class Policies:
     """The policy of every deployment, in memory for the gateway, stored for all replicas."""
 
     def __init__(self) -> None:
-        self._policies: dict[str, LoggingPolicy] = {}
+        self._policies: Freshest[dict[str, LoggingPolicy]] = Freshest({})
 
     def get(self, deployment: str) -> LoggingPolicy:
         """The policy in force (DEFAULT when none was set); no I/O."""
-        return self._policies.get(deployment, DEFAULT)
+        return self._policies.value.get(deployment, DEFAULT)
 
     async def reload(self) -> None:
-        """Read every policy from the store."""
-        self._policies = await in_thread(_load)()
+        """Read every policy from the store (a read begun before a ``set`` here never
+        undoes it)."""
+        await self._policies.read(in_thread(_load))
 
     async def set(self, deployment: str, policy: LoggingPolicy) -> LoggingPolicy:
         """Store ``policy`` for ``deployment`` (validated) and apply it in this process at once.
@@ -129,7 +131,7 @@ class Policies:
         check_name(deployment, "deployment")
         policy = policy.checked()
         await in_thread(_store)(deployment, policy)
-        self._policies = {**self._policies, deployment: policy}
+        self._policies.write({**self._policies.value, deployment: policy})
         return policy
 
     async def stored(self, deployment: str) -> LoggingPolicy:

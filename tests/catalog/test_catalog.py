@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb
 
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from mlserve_client import Client
-from tests.support.checks import expect_error
+from tests.support.checks import expect_error, wait_until
 from tests.support.commands import grpcurl, mlserve_cli
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.models import upload_add
@@ -410,6 +410,9 @@ def test_keyset_paging_while_another_client_inserts(
     writer = threading.Thread(target=insert_meanwhile)
     writer.start()
     try:
+        # The 20 pages take a fraction of a second; a writer still opening its channel
+        # on a loaded machine would insert nothing meanwhile. List once it writes.
+        wait_until(lambda: bool(inserted) or not writer.is_alive())
         seen = names(stubs, "", page_size=25, tags_all=["bulk"], order_by="create_time desc")
     finally:
         stop.set()

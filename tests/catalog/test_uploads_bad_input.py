@@ -440,14 +440,17 @@ def test_upload_larger_than_the_free_disk(tmp_path: Path) -> None:
     server.start(wait_for_triton=False)
     try:
         stubs = server.stubs()
-        free = os.statvfs(server.home).f_bavail * os.statvfs(server.home).f_frsize
+        # More than the whole disk, not just more than is free now: others on the machine
+        # free and fill the disk meanwhile, so "free + 1 GiB" could fit a moment later.
+        disk = os.statvfs(server.home)
+        too_big = disk.f_blocks * disk.f_frsize + 1024**3
         message = Request(
             header=model_pb2.UploadHeader(
                 model="huge",
                 upload_id="huge-1",
                 files=[
                     model_pb2.FileManifest(path="model.py", size=1, sha256=sha(b"#")),
-                    model_pb2.FileManifest(path="w.bin", size=free + 1024**3, sha256="0" * 64),
+                    model_pb2.FileManifest(path="w.bin", size=too_big, sha256="0" * 64),
                 ],
                 config='backend: "python"',
             )

@@ -85,6 +85,9 @@ def test_the_node_client_walks_through_against_mlserve_and_triton(
 
 
 @pytest.mark.slow  # over ~20 s
+# Compiling Debian's grpc-go and protobuf-go with a cold build cache takes about a
+# minute on a quiet machine, several on a busy one: more than the suite's 300 s.
+@pytest.mark.timeout(900)
 def test_the_go_client_walks_through_against_mlserve_and_triton(
     server: MLServeProcess, issuer: Issuer, tmp_path: Path
 ) -> None:

@@ -177,11 +177,20 @@ def test_replicas_place_the_model_on_two_servers(
         assert ready_on(tritonserver, "spread") is (name in servers), name
         assert not list(tritonserver.repository.iterdir()), "push placement writes no repository"
 
-    listed = fleet.servers()
+    # Health rounds run every 0.5 s; on a loaded machine one may come late, so wait
+    # for a round that checked every server after this test began (not an age bound).
+    began = time.time()
+
+    def checked_since_began() -> dict[str, server_pb2.Server] | None:
+        listed = fleet.servers()
+        fresh = all(s.last_health_time.ToSeconds() >= int(began) for s in listed.values())
+        return listed if fresh else None
+
+    listed = wait_for(checked_since_began, timeout=60, what="a health round of every server")
     now = time.time()
     for server in listed.values():
         assert server.state == SERVER_READY, server
-        assert now - 5 <= server.last_health_time.ToSeconds() <= now + 1, server
+        assert server.last_health_time.ToSeconds() <= now + 1, server
         # Triton's index lists repository directories only; MLServe adds what
         # it pushed, so exactly the two chosen servers show the model.
         shown = "spread" in {model.name for model in server.loaded_models}
@@ -298,25 +307,25 @@ def test_sigkill_one_replica_under_load_then_restart(
     load = SteadyLoad(fleet, "spread")
     load.start()
     try:
-        wait_for(lambda: load.successes_since(0) >= 20, timeout=30, what="a steady load")
+        wait_for(lambda: load.successes_since(0) >= 20, timeout=60, what="a steady load")
         killed_at = time.monotonic()
         victim.kill()
 
         def unreachable() -> bool:
             return fleet.servers()[victim.name].state == SERVER_UNREACHABLE
 
-        wait_for(unreachable, timeout=15, what=f"{victim.name} listed UNREACHABLE")
+        wait_for(unreachable, timeout=60, what=f"{victim.name} listed UNREACHABLE")
         unreachable_at = time.monotonic()
         wait_for(
             lambda: fleet.deployment("spread").targets[0].state != READY,
-            timeout=10,
+            timeout=60,
             what="the victim's target no longer READY",
         )
 
         # From now on the survivor serves everything.
         survivor_before = executions(survivor, "spread")
         mark = len(load.outcomes)
-        wait_for(lambda: load.successes_since(mark) >= 50, timeout=30, what="50 more successes")
+        wait_for(lambda: load.successes_since(mark) >= 50, timeout=120, what="50 more successes")
         assert all(outcome.code is None for outcome in load.outcomes[mark:])
         # The load thread may have one call in flight across the mark: Triton
         # counted it before `survivor_before` was read, the thread recorded it
@@ -324,7 +333,7 @@ def test_sigkill_one_replica_under_load_then_restart(
         successes = load.successes_since(mark)
         wait_for(
             lambda: executions(survivor, "spread") - survivor_before >= successes - 1,
-            timeout=15,
+            timeout=60,
             what="the survivor counted every success since the mark",
         )
 
@@ -332,16 +341,16 @@ def test_sigkill_one_replica_under_load_then_restart(
         # anything, the reconciler pushes the model again on its own.
         victim.start()
         restarted_at = time.monotonic()
-        wait_for(lambda: ready_on(victim, "spread"), timeout=15, what="the model reloaded")
+        wait_for(lambda: ready_on(victim, "spread"), timeout=120, what="the model reloaded")
         reloaded_at = time.monotonic()
         wait_for(
             lambda: fleet.deployment("spread").state == READY,
-            timeout=15,
+            timeout=60,
             what="the deployment READY again",
         )
         assert fleet.servers()[victim.name].state == SERVER_READY
         # ... and the restarted Triton takes a share of the load again.
-        wait_for(lambda: executions(victim, "spread") >= 20, timeout=30, what="victim serving")
+        wait_for(lambda: executions(victim, "spread") >= 20, timeout=120, what="victim serving")
     finally:
         outcomes = load.stop()
 
@@ -381,21 +390,24 @@ def test_restart_between_health_rounds_is_reconciled(tmp_path: Path) -> None:
             return int(single.servers()["quick"].last_health_time.ToNanoseconds())
 
         seen = last_round()
-        wait_for(lambda: last_round() != seen, timeout=2 * interval, what="a health round")
+        # Rounds come every 2 s, later on a loaded machine: the bound is only for a hang.
+        wait_for(lambda: last_round() != seen, timeout=60, what="a health round")
         round_at = time.monotonic()
         quick.kill()
         quick.start()
         if time.monotonic() - round_at > 0.85 * interval:
             pytest.skip("the restart took longer than a health interval; inconclusive")
 
-        # Three health rounds later the model must serve again.
+        # No round saw Triton down, yet the model must serve again: the rounds that find
+        # it READY must still find the model missing. Without that it never would serve,
+        # so the bound is generous (a push load on a loaded machine), not a timing claim.
         def serving() -> bool:
             with contextlib.suppress(InferenceServerException):
                 single.infer("add")
                 return True
             return False
 
-        wait_for(serving, timeout=3 * interval + 1, what="inference after the restart", step=0.2)
+        wait_for(serving, timeout=120, what="inference after the restart", step=0.2)
         assert ready_on(quick, "add")
         single.gateway.close()
     finally:
@@ -422,7 +434,7 @@ def test_failed_deploy_to_a_server_that_just_came_up_answers(tmp_path: Path) -> 
 
         def deployed() -> deployment_pb2.Deployment | None:
             try:
-                return deploy(stubs, "broken", servers=["late"], timeout=6)
+                return deploy(stubs, "broken", servers=["late"], timeout=60)
             except grpc.RpcError as error:
                 # MLServe's channel may still be in gRPC's reconnect backoff from
                 # the refused registration check: UNAVAILABLE, nothing recorded.
@@ -432,7 +444,7 @@ def test_failed_deploy_to_a_server_that_just_came_up_answers(tmp_path: Path) -> 
                     return None
                 pytest.fail(f"CreateDeployment did not answer: {error.code()} {error.details()}")
 
-        deployment = wait_for(deployed, timeout=10, what="a deployment answer", step=0.2)
+        deployment = wait_for(deployed, timeout=120, what="a deployment answer", step=0.2)
         assert deployment.state == FAILED, deployment
         assert "does not load" in deployment.targets[0].message
     finally:
@@ -457,17 +469,17 @@ def test_all_replicas_down_is_unavailable(fleet: Fleet) -> None:
         assert "no replica of model 'only-b' is reachable" in down.value.message()
         wait_for(
             lambda: fleet.servers()["b1"].state == SERVER_UNREACHABLE,
-            timeout=15,
+            timeout=60,
             what="b1 UNREACHABLE",
         )
     # The other Tritons still answer, so MLServe is still SERVING.
-    check = fleet.stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    check = fleet.stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert check.status == SERVING
 
 
 def _health(stubs: Stubs) -> dict[str, int]:
     return {
-        name: stubs.health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+        name: stubs.health.Check(health_pb2.HealthCheckRequest(service=name), timeout=30).status
         for name in HEALTH_NAMES
     }
 
@@ -481,7 +493,7 @@ def test_health_check_follows_the_tritons(fleet: Fleet) -> None:
     stopped_at = time.monotonic()
     wait_for(
         lambda: set(_health(fleet.stubs).values()) == {NOT_SERVING},
-        timeout=5,
+        timeout=60,
         what="NOT_SERVING for every service name",
     )
     noticed = time.monotonic() - stopped_at
@@ -494,7 +506,7 @@ def test_health_check_follows_the_tritons(fleet: Fleet) -> None:
     fleet.tritons["a1"].start()
     wait_for(
         lambda: set(_health(fleet.stubs).values()) == {SERVING},
-        timeout=10,
+        timeout=60,
         what="SERVING again with one Triton back",
     )
     print(f"\nall Tritons stopped -> NOT_SERVING after {noticed:.2f}s")
@@ -532,7 +544,7 @@ def test_health_watch_streams_the_changes(fleet: Fleet) -> None:
             tritonserver.stop()
     if not a1.running:
         a1.start()
-    wait_for(lambda: _health(fleet.stubs)[""] == SERVING, timeout=30, what="SERVING")
+    wait_for(lambda: _health(fleet.stubs)[""] == SERVING, timeout=60, what="SERVING")
     watches = [HealthWatch(fleet.stubs, name) for name in HEALTH_NAMES]
     for watch in watches:
         watch.start()
@@ -545,17 +557,17 @@ def test_health_watch_streams_the_changes(fleet: Fleet) -> None:
                     pytest.fail(f"Watch failed: {code} {details}")
             return all(watch.statuses for watch in watches)
 
-        wait_for(answered, timeout=15, what="the first Watch answers")
+        wait_for(answered, timeout=60, what="the first Watch answers")
         a1.stop()
         wait_for(
             lambda: all(w.statuses[-1] == NOT_SERVING for w in watches),
-            timeout=15,
+            timeout=60,
             what="Watch streaming NOT_SERVING",
         )
         a1.start()
         wait_for(
             lambda: all(w.statuses[-1] == SERVING for w in watches),
-            timeout=30,
+            timeout=60,
             what="Watch streaming SERVING again",
         )
     finally:

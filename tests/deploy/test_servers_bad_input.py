@@ -50,7 +50,7 @@ def test_deploy_to_an_unreachable_triton_is_unavailable(
             )
             return bool(server.state == server_pb2.SERVER_STATE_UNREACHABLE)
 
-        wait_until(unreachable, timeout=15)
+        wait_until(unreachable, timeout=60)
         with nothing_written(stubs, mlserve.home):
             error = expect_error(
                 Code.UNAVAILABLE,

@@ -31,6 +31,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INTERVAL = 1.0  # a's --health-interval
 LOAD_SECONDS = 25
+# Held up behind the slow reconcile, a health round or a route reload would wait
+# for most of LOAD_SECONDS; on time, it comes every INTERVAL, later on a loaded
+# 2-core machine. The bounds sit between the two with room on both sides.
+FRESH = 6.0  # the oldest last_health_time a round on time can show
+CHECKED_FOR = 15.0  # seconds after the slow load began that the ages are watched
 SLOW_LOADS = "MLSERVE_TEST_SLOW_LOADS"  # set in the restarted Triton's environment
 READY = deployment_pb2.DEPLOYMENT_STATE_READY
 
@@ -56,10 +61,10 @@ def age(stamp: Timestamp) -> float:
 def health_ages(stubs: Stubs, server: str) -> list[float]:
     """How old ``server``'s last health check is, as ListServers and GetServer tell it."""
     listed = stubs.servers.ListServers(
-        server_pb2.ListServersRequest(), metadata=stubs.auth, timeout=5
+        server_pb2.ListServersRequest(), metadata=stubs.auth, timeout=30
     )
     got = stubs.servers.GetServer(
-        server_pb2.GetServerRequest(name=server), metadata=stubs.auth, timeout=5
+        server_pb2.GetServerRequest(name=server), metadata=stubs.auth, timeout=30
     )
     (row,) = [s for s in listed.servers if s.name == server]
     return [age(row.last_health_time), age(got.last_health_time)]
@@ -94,7 +99,7 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
         slowpoke.kill()
         slowpoke.environment = {SLOW_LOADS: "1"}
         slowpoke.start()
-        wait_for(lambda: ready_on(slowpoke, "quick"), timeout=30, what="quick reloaded")
+        wait_for(lambda: ready_on(slowpoke, "quick"), timeout=60, what="quick reloaded")
         load_started = time.monotonic()
         assert not ready_on(slowpoke, "sleepy")
 
@@ -116,12 +121,14 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
                 return "model 'quick' is not deployed" in (error.message() or "")
             return False
 
-        wait_for(routes_reloaded, timeout=5 * INTERVAL, what="a's routes to drop quick", step=0.2)
-        while time.monotonic() - load_started < 10 * INTERVAL:
+        wait_for(
+            routes_reloaded, timeout=LOAD_SECONDS / 2, what="a's routes to drop quick", step=0.2
+        )
+        while time.monotonic() - load_started < CHECKED_FOR:
             ages.extend(health_ages(stubs, "slowpoke"))
             time.sleep(0.2)
         assert not ready_on(slowpoke, "sleepy"), "the load was over before the checks were"
-        assert max(ages) <= 2 * INTERVAL, f"last_health_time ages seen: {sorted(ages)[-5:]}"
+        assert max(ages) <= FRESH, f"last_health_time ages seen: {sorted(ages)[-5:]}"
 
         # The slow reconcile finishes on its own, and sleepy serves through a.
         def sleepy_serves() -> bool:
@@ -132,7 +139,7 @@ def test_health_and_routes_stay_fresh_during_a_25_second_reconcile(tmp_path: Pat
                 return False
             return True
 
-        wait_for(sleepy_serves, timeout=LOAD_SECONDS + 30, what="sleepy serving", step=0.5)
+        wait_for(sleepy_serves, timeout=LOAD_SECONDS + 90, what="sleepy serving", step=0.5)
         print(f"\nlast_health_time age during the slow load: max {max(ages):.2f}s")
     finally:
         if gateway is not None:

@@ -138,14 +138,16 @@ def test_model_and_server_queries_are_identical(
     assert gateway.is_model_ready(added, headers=headers) is direct.is_model_ready(added) is True
     assert gateway.is_server_live(headers=headers) is direct.is_server_live() is True
     assert gateway.is_server_ready(headers=headers) is direct.is_server_ready() is True
+
+    def counted() -> int:
+        return int(direct.get_inference_statistics(added).model_stats[0].inference_count)
+
+    # The module's earlier tests called the model too: wait for this call's count.
+    before = counted()
     gateway.infer(added, add_inputs(), headers=headers)  # so the statistics are not all zero
     # Triton counts a call just after sending its answer: wait for the count
     # (bounded), so the two reads below see the same, settled statistics.
-    wait_for(
-        lambda: direct.get_inference_statistics(added).model_stats[0].inference_count >= 1,
-        timeout=30,
-        what="Triton to count the inference",
-    )
+    wait_for(lambda: counted() >= before + 1, timeout=30, what="Triton to count the inference")
     through = gateway.get_inference_statistics(added, headers=headers)
     assert through == direct.get_inference_statistics(added)
     assert through.model_stats[0].inference_count >= 1

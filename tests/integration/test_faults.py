@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from mlserve_api.v1 import model_pb2
-from tests.support.checks import delete_model_quietly, download
+from tests.support.checks import delete_model_quietly, download, wait_until
 from tests.support.mlserve import MLServeProcess, Stubs
 from tests.support.procfs import triton_pid
 from tests.support.uploading import Request, chunk, header, stream
@@ -48,7 +48,7 @@ def test_sigkill_mid_upload_then_resume(tmp_path: Path) -> None:
                 if index == sent_before_kill:
                     # Let the server take in what was sent, then kill it without warning.
                     staged = home / "staging" / upload_id / "weights.bin"
-                    deadline = time.monotonic() + 10
+                    deadline = time.monotonic() + 60
                     while time.monotonic() < deadline and (
                         not staged.exists() or staged.stat().st_size < MiB
                     ):
@@ -186,13 +186,12 @@ def test_sigterm_stops_gracefully_with_its_triton(tmp_path: Path) -> None:
     try:
         assert server.process is not None
         triton = triton_pid(server.process.pid)
-        started = time.monotonic()
         server.process.terminate()
-        code = server.process.wait(30)
-        elapsed = time.monotonic() - started
+        # Graceful: nothing is in flight, so it stops with Triton well within the
+        # bound (which is only there for a stop that hangs, on a loaded machine).
+        code = server.process.wait(120)
         assert code == 0, (server.home / "mlserve.log").read_text()[-3000:]
-        assert elapsed < 30
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not _gone(triton):
             assert time.monotonic() < deadline, f"Triton (pid {triton}) outlived MLServe"
             time.sleep(0.1)
@@ -205,7 +204,9 @@ def test_sigterm_stops_gracefully_with_its_triton(tmp_path: Path) -> None:
 
 def test_sigterm_lets_an_inflight_upload_finish_and_keep_its_bytes(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    server = MLServeProcess(home, "--no-embedded-triton").start(wait_for_triton=False)
+    # A grace period that a loaded machine cannot outrun: the stream must end by itself.
+    server = MLServeProcess(home, "--no-embedded-triton", "--shutdown-grace", "60")
+    server.start(wait_for_triton=False)
     restarted: MLServeProcess | None = None
     try:
         data = os.urandom(8 * MiB)
@@ -230,13 +231,14 @@ def test_sigterm_lets_an_inflight_upload_finish_and_keep_its_bytes(tmp_path: Pat
             time.sleep(0.02)
         assert server.process is not None
         server.process.terminate()
-        time.sleep(0.5)  # shutdown has begun while the stream is open
+        # Shutdown has begun while the stream is open (its first step says so).
+        wait_until(lambda: "shutting down: in-flight calls" in server.log.read_text(), 60)
         release.set()
         with pytest.raises(grpc.RpcError) as incomplete:
             call.result(timeout=60)
         # The stream ran to its end within the grace period and was judged on its bytes.
         assert incomplete.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert server.process.wait(30) == 0
+        assert server.process.wait(90) == 0
         stubs.channel.close()
 
         restarted = MLServeProcess(home, "--no-embedded-triton", port=server.port)

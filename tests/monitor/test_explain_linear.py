@@ -95,21 +95,31 @@ def explain(stubs: Stubs, model: str, rows: list[list[float]], dataset: str,
     return response
 
 
-def executions(stubs: Stubs, model: str) -> int:
+SETTLED_FOR = 1.0  # seconds without a new count: Triton has counted what it answered
+
+
+def executions(stubs: Stubs, model: str, at_least: int = 0) -> int:
     """How many calls of ``model`` Triton itself has run (no dynamic batching: one a request),
-    once its statistics have settled: Triton counts a call just after answering it."""
+    once its statistics have settled: Triton counts a call just after answering it, later
+    on a loaded machine. ``at_least``: first wait (bounded) for that many."""
+
+    client = local_triton(stubs)
 
     def count() -> int:
-        (stats,) = local_triton(stubs).get_inference_statistics(model).model_stats
+        (stats,) = client.get_inference_statistics(model).model_stats
         return int(stats.execution_count)
 
-    seen = count()
-    while True:
-        time.sleep(0.25)
-        now = count()
-        if now == seen:
-            return now
-        seen = now
+    try:
+        wait_for(lambda: count() >= at_least, 60, f"Triton to count {at_least} calls of {model}")
+        seen, since = count(), time.monotonic()
+        while time.monotonic() - since < SETTLED_FOR:
+            time.sleep(0.25)
+            now = count()
+            if now != seen:
+                seen, since = now, time.monotonic()
+        return seen
+    finally:
+        client.close()
 
 
 def test_contributions_of_a_linear_model_are_exact(stubs: Stubs, linear: Linear) -> None:
@@ -168,7 +178,8 @@ def test_rows_of_the_wrong_type_or_width_and_bad_options_never_reach_the_model(
         whole.explanations[0].contributions, exact.explanations[0].contributions, atol=1e-6
     )
     # The refused requests made no inference at all: only the two good ones did.
-    after = {model: executions(stubs, model) for model in before}
+    expected = {linear.model: exact.model_calls, linear.whole: whole.model_calls}
+    after = {model: executions(stubs, model, before[model] + expected[model]) for model in before}
     assert after[linear.model] - before[linear.model] == exact.model_calls
     assert after[linear.whole] - before[linear.whole] == whole.model_calls
 
@@ -358,7 +369,7 @@ def test_rows_a_background_cannot_hold_are_left_out_or_refused(
         stubs.datasets.DeleteDataset(
             dataset_pb2.DeleteDatasetRequest(name=name), metadata=stubs.auth
         )
-    assert executions(stubs, linear.model) - before == calls
+    assert executions(stubs, linear.model, before + calls) - before == calls
     # Logged calls: NaN and ±inf in every row leave no background, whatever its size.
     record_inputs(stubs, linear.model)
     began = dt.datetime.now(dt.timezone.utc)
@@ -412,4 +423,6 @@ def test_a_cancelled_explanation_stops_calling_the_model(stubs: Stubs, linear: L
     stopped = executions(stubs, linear.model)
     assert stopped - before < whole
     again = explain(stubs, linear.model, rows[:1], linear.dataset)
-    assert executions(stubs, linear.model) - stopped == again.model_calls
+    assert (
+        executions(stubs, linear.model, stopped + again.model_calls) - stopped == again.model_calls
+    )

@@ -95,8 +95,11 @@ def test_an_unwritable_log_directory_keeps_inference_working(tmp_path: Path) -> 
             _health(stubs, "inference.GRPCInferenceService")
             == health_pb2.HealthCheckResponse.SERVING
         )
-        log_text = process.log.read_text()
-        assert log_text.count("the inference log cannot write") == 1  # once a minute, not per call
+        # The writer marks the log unwritable, then logs why: the health answer can
+        # come between the two, so wait for the line before counting it.
+        failure = "the inference log cannot write"
+        wait_until(lambda: failure in process.log.read_text())
+        assert process.log.read_text().count(failure) == 1  # once a minute, not per call
         logs.unlink()
         wait_until(lambda: _health(stubs, LOG_SERVICE) == health_pb2.HealthCheckResponse.SERVING)
         _infer(process, 1)

@@ -310,7 +310,7 @@ def test_metadata_lets_a_large_calls_bytes_go_at_once_and_records_the_same(
 def test_a_policy_that_keeps_tensors_keeps_the_bytes(tmp_path: Path) -> None:
     request, response = _large_call()
     log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
-    log.policies._policies["m"] = ALL
+    log.policies._policies.value["m"] = ALL
     log.capture("m", 1, "local", None, request, response, "OK", "", time.time(), 0.001)
     (queued,) = log._queue
     assert isinstance(queued, Capture)
@@ -372,7 +372,7 @@ def test_a_record_whose_model_is_not_a_name_never_becomes_a_path(tmp_path: Path)
 def test_a_header_sampling_key_is_decided_on_the_hot_path_by_its_value(tmp_path: Path) -> None:
     log = InferenceLog(LogSettings(tmp_path), CollectorRegistry(), PageTokens(b"k"))
     policy = LoggingPolicy(Mode.METADATA, 0.5, sampling_key="header:X-User").checked()
-    log.policies._policies = {"m": policy}
+    log.policies._policies.write({"m": policy})
     payload = _request("INT8", True).SerializeToString()
     users = [f"user-{n}" for n in range(40)]
     for _ in range(3):  # the same users, three times over

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,9 @@ from mlserve_api.v1 import (
 from tests.support.ports import free_port
 
 STARTUP_TIMEOUT = 90.0
+# What ``mlserve serve`` logs once its start-up is over (loops, sweeps, runner all
+# started). Health answers earlier, while it still starts.
+READY_LINE = "ready: serving on "
 
 
 @dataclass
@@ -91,6 +95,7 @@ class MLServeProcess:
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
         self.log = home / "mlserve.log"
+        self._log_start = 0  # where this run's lines begin in the log
 
     @property
     def address(self) -> str:
@@ -102,6 +107,7 @@ class MLServeProcess:
 
     def start(self, *, wait_for_triton: bool = True) -> MLServeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         command = [
             sys.executable, "-m", "mlserve", "--home", str(self.home),
             "serve", "--listen", self.address, "--health-interval", "0.5", *self.extra,
@@ -126,10 +132,20 @@ class MLServeProcess:
                 except grpc.RpcError:
                     time.sleep(0.2)
                     continue
-                if not serving or status == health_pb2.HealthCheckResponse.SERVING:
+                # Health answers before start-up is over: also wait for the ready line,
+                # so a test never races what the process does last (its log included).
+                if (
+                    not serving or status == health_pb2.HealthCheckResponse.SERVING
+                ) and READY_LINE in self._log_since_start():
                     return
                 time.sleep(0.2)
         raise RuntimeError(f"mlserve did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def _log_since_start(self) -> str:
+        """This run's part of the log (a restarted process appends to the same file)."""
+        with self.log.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def channel(self) -> grpc.Channel:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -157,6 +173,23 @@ class MLServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         return int(self.process.returncode)
+
+
+@contextlib.contextmanager
+def stubs_of(replica: MLServeProcess) -> Iterator[Stubs]:
+    """Stubs on a channel of their own to ``replica``, closed when the block ends."""
+    stubs = replica.stubs()
+    try:
+        yield stubs
+    finally:
+        stubs.channel.close()
+
+
+def hand_on_admin_key(first: MLServeProcess, replica: MLServeProcess) -> None:
+    """Give ``replica`` (not started yet, its own home) the admin key of ``first``, as
+    the operator of replicas without a shared disk does."""
+    replica.home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first.home / "admin.key", replica.home / "admin.key")
 
 
 @contextlib.contextmanager

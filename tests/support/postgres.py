@@ -66,13 +66,13 @@ class PostgresCluster:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200"
         )
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
+        self._run("pg_ctl", "start", "-w", "-t", "120", "-D", str(self.data), "-l", str(self.log),
                   "-o", options)  # fmt: skip
         return self
 
     def stop(self) -> None:
         """Stop the server (fast mode: clients are disconnected); ``start()`` brings it back."""
-        self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
+        self._run("pg_ctl", "stop", "-w", "-t", "120", "-m", "fast", "-D", str(self.data))
 
     def destroy(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -52,7 +52,8 @@ class MotoServer:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **AWS_ENV},
             )
-        deadline = time.monotonic() + 30
+        # moto imports Flask and most of boto first: slow on a loaded machine.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"moto exited early:\n{self.log.read_text()[-2000:]}")

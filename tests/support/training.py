@@ -112,24 +112,32 @@ def create(
 def watch(stubs: Stubs, job_id: str) -> tuple[list[str], training_pb2.TrainingJob]:
     """The job's log lines and its final state (watched to its end)."""
     lines, last = [], None
-    for event in stubs.training.WatchTrainingJob(
+    events = stubs.training.WatchTrainingJob(
         training_pb2.WatchTrainingJobRequest(id=job_id), metadata=stubs.auth, timeout=120
-    ):
-        if event.HasField("log_line"):
-            lines.append(event.log_line)
-        else:
-            last = event.job
+    )
+    try:
+        for event in events:
+            if event.HasField("log_line"):
+                lines.append(event.log_line)
+            else:
+                last = event.job
+    finally:
+        events.cancel()  # a failing read must not leave the stream open
     assert last is not None
     return lines, last
 
 
 def wait_running(stubs: Stubs, job_id: str) -> None:
     """Return once the job printed its first line (it runs)."""
-    for event in stubs.training.WatchTrainingJob(
+    events = stubs.training.WatchTrainingJob(
         training_pb2.WatchTrainingJobRequest(id=job_id), metadata=stubs.auth, timeout=120
-    ):
-        if event.HasField("log_line"):
-            return
+    )
+    try:
+        for event in events:
+            if event.HasField("log_line"):
+                return
+    finally:
+        events.cancel()  # the job runs on: stop watching it here
     raise AssertionError(f"job {job_id} ended before it printed")
 
 
