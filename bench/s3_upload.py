@@ -11,11 +11,10 @@ upload of the same file to the same S3-compatible server (moto's), in one run.
    its own for reference.
 
 MLServe's path: the stream is staged on local disk, each 64 MiB part sent to the
-bucket as it is complete (4 at once, each recorded in the database), the tail at the end, the
-multipart upload completed at a staging key and copied server side to the blob's
-key, then to the version's key in the repository (one CopyObject each). moto
-keeps every object itself, so its copies cost what a real S3's server-side
-copies do not.
+bucket as it is complete (4 at once, each recorded in the database) as a part of a
+multipart upload at the blob's own key, the tail at the end, and once the sha256
+checks out the multipart upload completed there: no copy inside the bucket (the
+version's copy in Triton's layout waits for a Triton that reads the bucket to load it).
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ def _measure(work: Path, moto: MotoServer, size: int) -> Report:
             f"ratio {ratio:.2f} (aim {RATIO_AIM}); one run of each, moto as a child process "
             "on loopback, MLServe on SQLite",
             "MLServe's extra work: local staging with fsync, sha256 on both sides, "
-            "parts sent 4 at once beside the stream's writer thread, and two server-side "
-            "CopyObjects (staging key -> blob, blob -> version) that moto does itself",
+            "parts sent 4 at once beside the stream's writer thread (boto3: 8), each "
+            "recorded in the database; the multipart upload completes at the blob's key",
         ],
     )

@@ -410,11 +410,16 @@ class MLServe:
             assert self._training is not None
             await self._training.changed(status)
 
+        def logged(job_id: str, line: str) -> None:
+            assert self._training is not None
+            self._training.logged(job_id, line)
+
         settings = self.settings
         self._runner = LocalRunner(
             sandbox,
             RunnerLimits(concurrent=settings.training_concurrency, queued=settings.training_queue),
             changed,
+            logged,
             labels=frozenset(settings.training_labels),
             allow_network=settings.training_allow_network,
         )
@@ -425,6 +430,7 @@ class MLServe:
             settings.storage_dir / "training",
             domain.tokens,
             instance=self.training_instance,
+            limits=settings.training_limits,
         )
         interrupted = await self._training.recover()
         if interrupted:
@@ -434,6 +440,7 @@ class MLServe:
                 len(interrupted),
                 ", ".join(interrupted),
             )
+        self._training.start()
         self._runner.start()
 
     @property

@@ -18,10 +18,15 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlserve.storage.db import POSTGRESQL_SCHEMES
 from mlserve.storage.s3 import S3Location
+from mlserve.training.sandboxed import JobLimits
+
+_JOB_LIMITS = JobLimits()  # the training limits' defaults: the sandbox's own
+# One job's log at most (lines times bytes per line): it is kept in the database.
+MAX_JOB_LOG_BYTES = 256 * 1024**2
 
 GRPC_MESSAGE_LIMIT = 2**31 - 1  # gRPC's own ceiling, and what Triton accepts
 
@@ -286,6 +291,41 @@ def parse_bool(text: str) -> bool:
     if text.lower() in _FALSE:
         return False
     raise SettingError("give true or false (also 1/0, yes/no, on/off)")
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _ranged(
+    parse: Callable[[str], Number], low: Number, high: Number, what: str
+) -> Callable[[str], Number]:
+    """``parse``, refusing a value outside ``low``..``high``: "TEXT is not WHAT" (which
+    says the range)."""
+
+    def parse_within(text: str) -> Number:
+        value = parse(text)
+        if not low <= value <= high:
+            raise SettingError(f"{text!r} is not {what}")
+        return value
+
+    return parse_within
+
+
+_WEEK = 7 * 86400
+# The training job limits: values past these are mistakes, not policies.
+parse_job_cpu_time = _ranged(
+    lambda text: math.ceil(parse_duration(text)), 1, _WEEK, "a CPU time from 1s to 7d"
+)
+parse_job_wall_time = _ranged(parse_duration, 1.0, _WEEK, "a wall-clock time from 1s to 7d")
+# Under 128 MiB of address space Python cannot start with its libraries.
+parse_job_memory = _ranged(
+    parse_size, 128 * 1024**2, 64 * 1024**4, "a memory size from 128M to 64T"
+)
+parse_job_file_size = _ranged(parse_size, 1024**2, 64 * 1024**4, "a file size from 1M to 64T")
+# The sandbox and the script need a few.
+parse_job_processes = _ranged(parse_count, 4, 32768, "a number of processes from 4 to 32768")
+parse_job_log_lines = _ranged(parse_count, 10, 100_000, "a number of log lines from 10 to 100000")
+parse_job_log_line_bytes = _ranged(parse_size, 256, 1024**2, "a line length from 256 to 1M bytes")
 
 
 # --- the settings -------------------------------------------------------------
@@ -654,6 +694,94 @@ class Settings:
             )
         ),
     )
+    training_cpu_time: int = field(
+        default=_JOB_LIMITS.cpu_seconds,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_CPU_TIME",
+                "CPU time one training job may use (RLIMIT_CPU; then it is killed and "
+                "FAILED), 1s to 7d; s/m/h/d suffixes",
+                parse_job_cpu_time,
+                "DURATION",
+                shown_default="10m",
+            )
+        ),
+    )
+    training_wall_time: float = field(
+        default=_JOB_LIMITS.wall_seconds,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_WALL_TIME",
+                "how long one training job may run, queueing not counted (then its process "
+                "group is killed and it is FAILED), 1s to 7d; s/m/h/d suffixes",
+                parse_job_wall_time,
+                "DURATION",
+                shown_default="30m",
+            )
+        ),
+    )
+    training_memory: int = field(
+        default=_JOB_LIMITS.memory_bytes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_MEMORY",
+                "address space of each process of a training job (RLIMIT_AS), 128M to 64T; "
+                "k/M/G/T suffixes",
+                parse_job_memory,
+                "SIZE",
+                shown_default="4G",
+            )
+        ),
+    )
+    training_file_size: int = field(
+        default=_JOB_LIMITS.file_bytes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_FILE_SIZE",
+                "largest file a training job may write, output files included "
+                "(RLIMIT_FSIZE), 1M to 64T; k/M/G/T suffixes",
+                parse_job_file_size,
+                "SIZE",
+                shown_default="1G",
+            )
+        ),
+    )
+    training_processes: int = field(
+        default=_JOB_LIMITS.processes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_PROCESSES",
+                "processes one training job may have at once (a pids cgroup where the host "
+                "offers one), 4 to 32768",
+                parse_job_processes,
+                "N",
+            )
+        ),
+    )
+    training_log_lines: int = field(
+        default=_JOB_LIMITS.log_lines,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_LOG_LINES",
+                "a training job's log lines kept (the newest; in the database), 10 to 100000",
+                parse_job_log_lines,
+                "N",
+            )
+        ),
+    )
+    training_log_line_bytes: int = field(
+        default=_JOB_LIMITS.log_line_bytes,
+        metadata=_given_by(
+            Option(
+                "MLSERVE_TRAINING_LOG_LINE_BYTES",
+                "a training job's log line is cut (and marked so) past this, 256 to 1M; "
+                "lines times bytes at most 256M; k/M suffixes",
+                parse_job_log_line_bytes,
+                "SIZE",
+                shown_default="8k",
+            )
+        ),
+    )
     model_memory: int = field(
         default=0,
         metadata=_given_by(
@@ -847,6 +975,13 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.training_log_lines * self.training_log_line_bytes > MAX_JOB_LOG_BYTES:
+            raise SettingError(
+                f"--training-log-lines {self.training_log_lines} times --training-log-line-bytes "
+                f"{self.training_log_line_bytes} keeps more than {MAX_JOB_LOG_BYTES // 1024**2} "
+                "MiB of log per job (MLSERVE_TRAINING_LOG_LINES, "
+                "MLSERVE_TRAINING_LOG_LINE_BYTES): lower one of them"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingError(
                 "--tls-cert and --tls-key (MLSERVE_TLS_CERT, MLSERVE_TLS_KEY) go together"
@@ -856,6 +991,19 @@ class Settings:
                 "--oidc-issuer needs --oidc-audience (MLSERVE_OIDC_AUDIENCE): the audience "
                 "tokens for this MLServe carry, so tokens for other services are refused"
             )
+
+    @property
+    def training_limits(self) -> JobLimits:
+        """What one training job may use."""
+        return JobLimits(
+            cpu_seconds=self.training_cpu_time,
+            memory_bytes=self.training_memory,
+            file_bytes=self.training_file_size,
+            processes=self.training_processes,
+            wall_seconds=self.training_wall_time,
+            log_lines=self.training_log_lines,
+            log_line_bytes=self.training_log_line_bytes,
+        )
 
     @property
     def upload_sweep_interval(self) -> float:

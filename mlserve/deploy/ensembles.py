@@ -131,10 +131,15 @@ class EnsembleLoader:
         """Load a member unless it is ``ready`` already (shared with another deployment)."""
         config_json = modelconfig.to_json(member.config)
         if shares:
-            # Triton reloads members from here when the ensemble loads.
-            await in_thread(self.repository.write_model_config)(
-                member.model, modelconfig.render(member.config)
+            # Triton reloads members from here when the ensemble loads: the
+            # version's files in its layout first (a bucket writes them only
+            # for such a load), then the member's config.
+            rendered = modelconfig.render(member.config)
+            record = await in_thread(find_version)(member.model, member.version)
+            await in_thread(self.repository.place_version)(
+                member.model, member.version, record.files, rendered
             )
+            await in_thread(self.repository.write_model_config)(member.model, rendered)
         if ready:
             return  # only at this version and config: clashes were refused at planning
         if shares:

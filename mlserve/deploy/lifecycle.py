@@ -68,12 +68,13 @@ from mlserve.core.errors import (
     InvalidArgument,
     MLServeError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
-from mlserve.deploy.busy import BusyMarks, is_busy
+from mlserve.deploy.busy import REFRESH_INTERVAL, BusyMarks, is_busy
 from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.on_demand import Loading
@@ -226,6 +227,19 @@ class _ScaleUp:
     loaded: frozenset[str]  # those where a copy is READY
     allowed: int  # copies it may have at once (max_copies)
     need: Need  # what its version needs, and where
+
+
+# How long a cold start waits for other processes' busy marks to clear when only
+# they stand between it and room (a mark lingers up to two refresh intervals).
+_QUIET_WAIT = 3 * REFRESH_INTERVAL
+
+
+class _BusyElsewhere(Exception):
+    """No room, but evicting what other processes mark busy would make it."""
+
+    def __init__(self, exhausted: ResourceExhausted) -> None:
+        super().__init__(str(exhausted))
+        self.exhausted = exhausted
 
 
 @dataclass(frozen=True)
@@ -699,7 +713,7 @@ class Deployments:
             order = await in_thread(_cold_start_order)(model)
             if order is None or order.ready:
                 return order is not None
-            plan = await self._plan_cold_start(order)
+            plan = await self._plan_waiting_for_quiet(order)
             async with self._locked([model, *plan.evict]):
                 order = await in_thread(_cold_start_order)(model)
                 if order is None or order.ready:
@@ -728,6 +742,20 @@ class Deployments:
                 raise Unavailable(_could_not_load(model))
             return True
         raise Unavailable(f"on-demand model {model!r} could not be placed: busy; retry")
+
+    async def _plan_waiting_for_quiet(self, order: _ColdStart) -> LoadPlan:
+        """``_plan_cold_start``; when no server can make room only because models are
+        marked busy by other processes, planned again as their marks clear (a mark
+        outlives its process's last request by up to two refresh intervals), for at
+        most ``_QUIET_WAIT`` seconds."""
+        deadline = self._clock() + _QUIET_WAIT
+        while True:
+            try:
+                return await self._plan_cold_start(order)
+            except _BusyElsewhere as blocked:
+                if self._clock() >= deadline:
+                    raise blocked.exhausted from None
+            await asyncio.sleep(REFRESH_INTERVAL / 4)
 
     async def _plan_cold_start(self, order: _ColdStart) -> LoadPlan:
         records = {record.name: record for record in await self.fleet.servers()}
@@ -774,7 +802,13 @@ class Deployments:
             )
             for server in ready
         ]
-        return plan_load(hosts, order.need, self.placer.headroom)
+        try:
+            return plan_load(hosts, order.need, self.placer.headroom)
+        except ResourceExhausted as exhausted:
+            marked = busy - self.busy.local()
+            if any(is_busy(marked, host.server, r.model) for host in hosts for r in host.resident):
+                raise _BusyElsewhere(exhausted) from None
+            raise
 
     async def _last_inferences(self, server: str) -> dict[str, float] | None:
         """Model -> when ``server``'s Triton last answered an inference of it (seconds
@@ -1065,7 +1099,12 @@ class Deployments:
         async def load(server: str, shares: bool) -> bool:
             try:
                 client = await self.fleet.client(server)
-                files = None if shares else await in_thread(rollout.files_to_push)(self.repository)
+                files = None
+                if shares:
+                    for record in rollout.versions:
+                        await in_thread(targets.place_for_shared_load)(self.repository, record)
+                else:
+                    files = await in_thread(rollout.files_to_push)(self.repository)
                 await client.load(model, config_json=rollout.config_json, files=files)
             except MLServeError as error:
                 log.warning(
@@ -1132,7 +1171,9 @@ class Deployments:
         try:
             client = await self.fleet.client(server)
             files = None
-            if not order.shares_repository:
+            if order.shares_repository:
+                await in_thread(targets.place_for_shared_load)(self.repository, version)
+            else:
                 files = await in_thread(targets.files_to_push)(self.repository, version)
             load = client.load(
                 order.name, config_json=order.config_json, files=files, timeout=timeout

@@ -278,6 +278,12 @@ class Placer:
         return found
 
 
+def place_for_shared_load(repository: Repository, record: VersionRecord) -> None:
+    """Put ``record`` in the repository's Triton layout (files, then config), for a
+    Triton that reads the repository itself to load it by name (blocking)."""
+    repository.place_version(record.model, record.version, record.files, record.config)
+
+
 def files_to_push(repository: Repository, record: VersionRecord) -> dict[str, bytes]:
     """A version's files keyed as RepositoryModelLoad takes them (blocking)."""
     files: dict[str, bytes] = {}

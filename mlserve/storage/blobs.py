@@ -1,6 +1,8 @@
 """Content-addressed storage: each distinct file content is stored once, by sha256.
 
-A blob is a row (``tables.Blob``) and a file or object (``Repository.store_blob``). What
+A blob is a row (``tables.Blob``) and a file or object (``Repository.store_blob``),
+found by its digest or, in a bucket, at the object key its row records
+(``Blob.location``: where its upload's parts completed, so it is never copied). What
 uses a blob is a row too: ``VersionFile`` (a version's file, hard-linked to the
 blob in the directory Triton reads), ``Artifact`` and ``DatasetFile``. An upload that was told
 "this content is already here, skip its bytes" holds a ``BlobPin`` until it
@@ -69,7 +71,8 @@ class Blobs:
         return {
             row.sha256
             for row in candidates
-            if row.size == wanted[row.sha256] and self.repository.has_blob(row.sha256, row.size)
+            if row.size == wanted[row.sha256]
+            and self.repository.has_blob(row.sha256, row.size, row.location)
         }
 
     def pin_stored(
@@ -96,18 +99,33 @@ class Blobs:
         return {str(sha256) for (sha256,) in query.tuples()}
 
     def ingest(self, upload_id: str, spec: FileSpec) -> None:
-        """Move the verified staged file of ``spec`` into the store, pinned for ``upload_id``."""
+        """Move the verified staged file of ``spec`` into the store, pinned for ``upload_id``.
+
+        One object per content: when another upload stored the same content at
+        once (at a key of its own), the row names the first and this one's is
+        deleted.
+        """
         with self._lock(exclusive=False):
             # The file first: a crash between the two leaves a file with no
             # row, which the startup sweep removes, never a row with no file.
-            self.repository.store_blob(upload_id, spec.path, spec.sha256)
+            location = self.repository.store_blob(upload_id, spec.path, spec.sha256)
+            superseded = ""
             with db.database.atomic():
                 tables.Blob.insert(
-                    sha256=spec.sha256, size=spec.size
+                    sha256=spec.sha256, size=spec.size, location=location
                 ).on_conflict_ignore().execute()
+                row = tables.Blob.get(tables.Blob.sha256 == spec.sha256)
+                if row.location != location:
+                    if self.repository.has_blob(spec.sha256, spec.size, row.location):
+                        superseded = location  # the other upload's object is the blob
+                    else:  # the row's object is gone: this one takes its place
+                        row.location = location
+                        row.save()
                 tables.BlobPin.insert(
                     upload=upload_id, blob=spec.sha256
                 ).on_conflict_ignore().execute()
+            if superseded:
+                self.repository.remove_blob(spec.sha256, superseded)
 
     def release(self, upload_id: str) -> None:
         """Drop the upload's pins (call in the transaction that records its blobs' uses)."""
@@ -117,47 +135,60 @@ class Blobs:
         """Delete every blob nothing uses or pins, rows then files; their sha256s."""
         with self._lock(exclusive=True):
             with db.database.atomic():
-                unused = [str(sha256) for (sha256,) in _unused_blobs().tuples()]
+                unused = [(str(sha), str(where)) for (sha, where) in _unused_blobs().tuples()]
                 freed = []
-                for sha256 in unused:
+                for sha256, location in unused:
                     try:
                         with db.database.atomic():  # a savepoint per blob
                             tables.Blob.delete().where(tables.Blob.sha256 == sha256).execute()
                     except pw.IntegrityError:
                         continue  # used or pinned after all: the foreign key said no
-                    freed.append(sha256)
-            for sha256 in freed:
-                self.repository.remove_blob(sha256)
+                    freed.append((sha256, location))
+            for sha256, location in freed:
+                self.repository.remove_blob(sha256, location)
         if freed:
             log.info("garbage collection freed %d blobs", len(freed))
-        return freed
+        return [sha256 for sha256, _ in freed]
 
     def sweep(self) -> list[str]:
-        """At startup: collect, then remove blob files no row names (a crash's leftovers)."""
+        """At startup: collect, then remove blob files no row names (a crash's leftovers,
+        or the object of an upload that lost a race it did not live to clean up);
+        the sha256s freed, then the orphans' sha256s or locations."""
         freed = self.collect()
         with self._lock(exclusive=True):
-            on_disk = list(self.repository.stored_blobs())
-            known: set[str] = set()
-            for start in range(0, len(on_disk), 500):
-                batch = on_disk[start : start + 500]
-                query = tables.Blob.select(tables.Blob.sha256).where(tables.Blob.sha256.in_(batch))
-                known.update(row.sha256 for row in query)
-            orphans = [sha256 for sha256 in on_disk if sha256 not in known]
-            for sha256 in orphans:
-                self.repository.remove_blob(sha256)
+            stored = list(self.repository.stored_blobs())
+            known: set[tuple[str, str]] = set()
+            for start in range(0, len(stored), 500):
+                batch = stored[start : start + 500]
+                digests = [sha256 for sha256, location in batch if not location]
+                locations = [location for _, location in batch if location]
+                query = tables.Blob.select(tables.Blob.sha256, tables.Blob.location).where(
+                    (tables.Blob.sha256.in_(digests) & (tables.Blob.location == ""))
+                    | tables.Blob.location.in_(locations)
+                )
+                known.update(("" if row.location else row.sha256, row.location) for row in query)
+            orphans = [entry for entry in stored if entry not in known]
+            for sha256, location in orphans:
+                self.repository.remove_blob(sha256, location)
         if orphans:
             log.info("removed %d blob files that no database row names", len(orphans))
-        return freed + orphans
+        return freed + [sha256 or location for sha256, location in orphans]
 
     def _lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
         return self.repository.content_lock(exclusive=exclusive)
+
+
+def recorded_location(sha256: str) -> str | None:
+    """Where the row of blob ``sha256`` says it is ("": by its digest); None without a row."""
+    row = tables.Blob.get_or_none(tables.Blob.sha256 == sha256)
+    return None if row is None else str(row.location)
 
 
 def _unused_blobs() -> Any:
     def used_by(model: Any) -> Any:
         return model.select(model.blob).where(model.blob == tables.Blob.sha256)
 
-    return tables.Blob.select(tables.Blob.sha256).where(
+    return tables.Blob.select(tables.Blob.sha256, tables.Blob.location).where(
         ~pw.fn.EXISTS(used_by(tables.VersionFile))
         & ~pw.fn.EXISTS(used_by(tables.Artifact))
         & ~pw.fn.EXISTS(used_by(tables.DatasetFile))

@@ -103,6 +103,12 @@ class Repository(abc.ABC):
         the repository never sees a config naming files not there yet.
         """
 
+    def place_version(  # noqa: B027 (publish_version placed it, where that is enough)
+        self, model: str, version: int, files: Sequence[FileSpec], config: str
+    ) -> None:
+        """Before a Triton that reads this repository loads ``model``/``version`` by name:
+        make sure its files are in Triton's layout, then its config (files first)."""
+
     @abc.abstractmethod
     def delete_version(self, model: str, version: int) -> None: ...
 
@@ -112,23 +118,26 @@ class Repository(abc.ABC):
     # --- contents (blobs) -----------------------------------------------------
 
     @abc.abstractmethod
-    def has_blob(self, sha256: str, size: int) -> bool:
-        """True when blob ``sha256`` is stored with ``size`` bytes."""
+    def has_blob(self, sha256: str, size: int, location: str = "") -> bool:
+        """True when blob ``sha256`` is stored with ``size`` bytes at ``location`` (its
+        row's ``Blob.location``; "": by its digest)."""
 
     @abc.abstractmethod
-    def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> str:
         """Move the verified staged file ``path`` into the store as ``sha256``
-        (a blob already stored is kept and the staged copy dropped)."""
+        (a blob already stored is kept and the staged copy dropped); return where
+        the blob is, for its row: "" when the store finds it by its digest."""
 
     @abc.abstractmethod
     def open_blob(self, sha256: str) -> BinaryIO: ...
 
     @abc.abstractmethod
-    def remove_blob(self, sha256: str) -> None: ...
+    def remove_blob(self, sha256: str, location: str = "") -> None: ...
 
     @abc.abstractmethod
-    def stored_blobs(self) -> Iterator[str]:
-        """The sha256 of every stored blob."""
+    def stored_blobs(self) -> Iterator[tuple[str, str]]:
+        """(sha256, location) of every stored blob: sha256 "" when only its location
+        (an object key of its own) names it, location "" when it is by digest."""
 
     @abc.abstractmethod
     def content_lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[None]:
@@ -324,16 +333,18 @@ class LocalRepository(Repository):
             raise InvalidArgument(f"{sha256!r} is not a lower-case hex sha256")
         return safe_join(self.blobs, "sha256", sha256[:2], sha256)
 
-    def has_blob(self, sha256: str, size: int) -> bool:
-        """True when blob ``sha256`` is on disk, a regular file of ``size`` bytes."""
+    def has_blob(self, sha256: str, size: int, location: str = "") -> bool:
+        """True when blob ``sha256`` is on disk, a regular file of ``size`` bytes (on a
+        disk every blob is by its digest: ``location`` is always "")."""
         try:
             info = os.lstat(self.blob_path(sha256))
         except FileNotFoundError:
             return False
         return stat.S_ISREG(info.st_mode) and info.st_size == size
 
-    def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
-        """Move the verified staged file ``path`` into the blob store as ``sha256``.
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> str:
+        """Move the verified staged file ``path`` into the blob store as ``sha256``; ""
+        (a blob on disk is found by its digest).
 
         A blob already there is kept (its inode is what versions link to) and
         the staged copy dropped.
@@ -349,21 +360,22 @@ class LocalRepository(Repository):
             # Read-only: every version linking it shares this inode.
             os.chmod(target, 0o444)
         os.unlink(source)
+        return ""
 
     def open_blob(self, sha256: str) -> BinaryIO:
         """Open a blob for reading (not through a symlink; any number of links)."""
         return open_regular_file(self.blob_path(sha256), self._blob_inode(sha256))
 
-    def remove_blob(self, sha256: str) -> None:
+    def remove_blob(self, sha256: str, location: str = "") -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.blob_path(sha256))
 
-    def stored_blobs(self) -> Iterator[str]:
-        """The sha256 of every blob file on disk (removing scratch copies a crash left)."""
+    def stored_blobs(self) -> Iterator[tuple[str, str]]:
+        """Every blob file on disk, by digest (removing scratch copies a crash left)."""
         for shard in sorted((self.blobs / "sha256").glob("??")):
             for entry in sorted(shard.iterdir()):
                 if _SHA256.fullmatch(entry.name) and entry.name[:2] == shard.name:
-                    yield entry.name
+                    yield entry.name, ""
                 elif entry.name.startswith(_SCRATCH_PREFIX) and not entry.is_symlink():
                     entry.unlink()
 

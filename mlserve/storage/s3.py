@@ -2,17 +2,29 @@
 
 Keys under the prefix:
 
-- ``blobs/sha256/ab/abcd…``: each distinct file content once, by sha256;
+- ``blobs/uploads/<upload_id>/<random>``: each distinct file content once, at
+  the key its upload's multipart upload completed at; the blob's row
+  (its ``location``) names it. ``blobs/sha256/ab/abcd…`` (by digest):
+  blobs stored before schema 23, still read;
 - ``repository/<model>/<version>/<path>`` and ``repository/<model>/config.pbtxt``:
   Triton's layout, for Tritons that read the bucket themselves
-  (``--model-repository=s3://host:port/bucket/prefix/repository``).
+  (``--model-repository=s3://host:port/bucket/prefix/repository``), written
+  only for a version deployed on such a Triton (``place_version``).
 
-A version is published by copying its blobs to its keys inside the bucket
-(server side, no bytes through MLServe), and only then writing the model's
-``config.pbtxt``: a Triton listing the bucket never finds a config naming
-files that are not there yet. Uploads are staged on the local disk of the
-replica receiving them (``Repository``'s part) and move into the bucket once
-verified.
+An upload is staged on the local disk of the replica receiving it
+(``Repository``'s part) and, as each part is complete, sent to the bucket as a
+part of a multipart upload at the blob's final key, recorded in the database.
+Once the file is verified (size and sha256) the multipart upload is completed
+there: before that S3 shows no object at all, so nothing unverified is ever
+visible, and no copy follows. When the content turns out to be stored already
+(dedup by digest) the parts are aborted instead; when two uploads of one content
+complete at once, the row names one object and the other is deleted.
+
+A version is put in Triton's layout when a Triton that reads the bucket is to
+load it: its blobs copied to its keys inside the bucket (server side, no bytes
+through MLServe), and only then the model's ``config.pbtxt``, so a Triton
+listing the bucket never finds a config naming files that are not there yet.
+A version deployed only on Tritons that get pushes is stored once.
 
 The lock ordering blob collection against uploads (see blobs.py) is a
 PostgreSQL advisory lock, held by the transaction around the step, so every
@@ -33,6 +45,7 @@ import io
 import logging
 import os
 import re
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,7 +63,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from mlserve.core.names import check_name, check_relative_path
-from mlserve.storage import db, tables
+from mlserve.storage import blobs, db, tables
 from mlserve.storage.repository import CONFIG_FILE, Repository, flocked
 
 if TYPE_CHECKING:
@@ -175,7 +188,7 @@ def _s3_call(method: Callable[P, R]) -> Callable[P, R]:
 class _Sending:
     """The parts of one staged file handed to the senders during a stream."""
 
-    multipart_id: str
+    multipart: _Multipart
     next_number: int
     submitted: int  # bytes handed to the senders, from 0
     pending: deque[Future[None]] = field(default_factory=deque)
@@ -225,10 +238,26 @@ class S3Repository(Repository):
             return self.location.key("repository", model) + "/"
         return self.location.key("repository", model, str(int(version))) + "/"
 
-    def _blob_key(self, sha256: str) -> str:
+    def _digest_key(self, sha256: str) -> str:
+        """Where a blob stored before schema 23 is: by its digest."""
         if not _SHA256.fullmatch(sha256):
             raise InvalidArgument(f"{sha256!r} is not a lower-case hex sha256")
         return self.location.key("blobs", "sha256", sha256[:2], sha256)
+
+    def _location_key(self, sha256: str, location: str) -> str:
+        return self.location.key(location) if location else self._digest_key(sha256)
+
+    def _blob_key(self, sha256: str) -> str:
+        """The object key of stored blob ``sha256``, as its row records it."""
+        return self._location_key(sha256, blobs.recorded_location(sha256) or "")
+
+    def _uploads_prefix(self, upload_id: str) -> str:
+        """The relative prefix of the objects ``upload_id``'s files complete at."""
+        return "/".join(("blobs", "uploads", check_name(upload_id, "upload_id"))) + "/"
+
+    def _new_location(self, upload_id: str) -> str:
+        """A key no object ever had: a blob's final place, chosen before its digest is known."""
+        return self._uploads_prefix(upload_id) + uuid.uuid4().hex
 
     def open_version_file(self, model: str, version: int, path: str, sha256: str = "") -> BinaryIO:
         # A version's file is a copy of its blob: reading the blob is the same bytes.
@@ -244,16 +273,25 @@ class S3Repository(Repository):
             Bucket=self.location.bucket, Key=key, Body=config_text.encode("utf-8")
         )
 
-    @_s3_call
     def publish_version(
         self, upload_id: str, model: str, version: int, files: Sequence[FileSpec], config: str
     ) -> None:
+        """Nothing to move: the version's files are its blobs, already in the bucket.
+        Triton's layout is written when a Triton reading the bucket needs it
+        (``place_version``), so a version is not stored twice for nothing."""
+
+    @_s3_call
+    def place_version(
+        self, model: str, version: int, files: Sequence[FileSpec], config: str
+    ) -> None:
+        """Copy (server side) each of the version's blobs missing from Triton's layout to
+        its key there, then write the model's config.pbtxt: files first, config last."""
         prefix = self._version_prefix(model, version)
         for spec in files:
-            self._copy(
-                self._blob_key(spec.sha256), prefix + check_relative_path(spec.path), spec.size
-            )
-        if not files:
+            target = prefix + check_relative_path(spec.path)
+            if self._size_of(target) != spec.size:
+                self._copy(self._blob_key(spec.sha256), target, spec.size)
+        if not files and self._size_of(prefix) is None:
             # An empty version still needs its directory for Triton to see it.
             self._client.put_object(Bucket=self.location.bucket, Key=prefix, Body=b"")
         self.write_model_config(model, config)
@@ -284,8 +322,8 @@ class S3Repository(Repository):
     # --- blobs --------------------------------------------------------------
 
     @_s3_call
-    def has_blob(self, sha256: str, size: int) -> bool:
-        return self._size_of(self._blob_key(sha256)) == size
+    def has_blob(self, sha256: str, size: int, location: str = "") -> bool:
+        return self._size_of(self._location_key(sha256, location)) == size
 
     def _size_of(self, key: str) -> int | None:
         try:
@@ -297,17 +335,20 @@ class S3Repository(Repository):
         return int(head["ContentLength"])
 
     @_s3_call
-    def store_blob(self, upload_id: str, path: str, sha256: str) -> None:
-        """The verified staged file into the bucket: the parts sent while it arrived
-        completed with its tail and copied (server side) to its blob key, or, for a
-        file smaller than a part, one upload."""
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> str:
+        """The verified staged file into the bucket, at a key of its own: the parts sent
+        while it arrived completed with its tail there (no copy), or, for a file
+        smaller than a part, one upload. A content stored already is kept and the
+        parts aborted. Returns the blob's location (relative to the prefix)."""
         source = self.staged_file(upload_id, path)
-        key = self._blob_key(sha256)
         size = os.lstat(source).st_size
         self._settle_file(upload_id, path)
         parts = _parts(upload_id, path)
-        if self._size_of(key) == size:
-            pass  # stored meanwhile by another upload: the parts are dropped with staging
+        stored = blobs.recorded_location(sha256)
+        if stored is not None and self.has_blob(sha256, size, stored):
+            # Stored meanwhile by another upload: this one's parts are not needed.
+            self._abort_parts(upload_id, path)
+            location = stored
         elif parts:
             self.checkpoint(upload_id, path, size)
             self._settle_file(upload_id, path)
@@ -318,17 +359,19 @@ class S3Repository(Repository):
                 with self.open_staged_for_read(upload_id, path) as staged:
                     staged.seek(committed)
                     self._send_part(
-                        upload_id, path, parts[0].multipart_id, len(parts) + 1, staged.read()
+                        upload_id, path, _multipart_of(parts), len(parts) + 1, staged.read()
                     )
                 count += 1
             # Exactly the parts that make the file: a record beyond them (left
             # by a part in flight when an earlier one failed) is not part of it.
-            staged_key = self._complete(upload_id, path, _parts(upload_id, path)[:count])
-            self._copy(staged_key, key, size)
-            self._client.delete_object(Bucket=self.location.bucket, Key=staged_key)
+            location = self._complete(upload_id, path, _parts(upload_id, path)[:count])
         else:
-            self._client.upload_file(str(source), self.location.bucket, key, Config=TRANSFER)
+            location = self._new_location(upload_id)
+            self._client.upload_file(
+                str(source), self.location.bucket, self.location.key(location), Config=TRANSFER
+            )
         os.unlink(source)
+        return location
 
     def _copy(self, source: str, target: str, size: int) -> None:
         """A server-side copy within the bucket: one CopyObject up to S3's 5 GiB limit
@@ -357,16 +400,23 @@ class S3Repository(Repository):
         return cast(BinaryIO, io.BufferedReader(_ObjectReader(self, key, size), 1024 * 1024))
 
     @_s3_call
-    def remove_blob(self, sha256: str) -> None:
-        self._client.delete_object(Bucket=self.location.bucket, Key=self._blob_key(sha256))
+    def remove_blob(self, sha256: str, location: str = "") -> None:
+        self._client.delete_object(
+            Bucket=self.location.bucket, Key=self._location_key(sha256, location)
+        )
 
     @_s3_call
-    def stored_blobs(self) -> Iterator[str]:
-        found = []
-        for key in self._keys_under(self.location.key("blobs", "sha256") + "/"):
+    def stored_blobs(self) -> Iterator[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        by_digest = self.location.key("blobs", "sha256") + "/"
+        by_upload = self.location.key("blobs", "uploads") + "/"
+        root = self.location.key()
+        for key in self._keys_under(self.location.key("blobs") + "/"):
             name = key.rpartition("/")[2]
-            if _SHA256.fullmatch(name):
-                found.append(name)
+            if key.startswith(by_digest) and _SHA256.fullmatch(name):
+                found.append((name, ""))
+            elif key.startswith(by_upload):
+                found.append(("", key[len(root) + 1 :] if root else key))
         return iter(found)
 
     # --- staging: parts in the bucket ---------------------------------------
@@ -393,10 +443,8 @@ class S3Repository(Repository):
             committed = sum(part.size for part in parts)
             if received - committed < self.location.part_size:
                 return
-            multipart_id = (
-                parts[0].multipart_id if parts else self._start_multipart(upload_id, path)
-            )
-            sending = _Sending(multipart_id, len(parts) + 1, committed)
+            multipart = _multipart_of(parts) if parts else self._start_multipart(upload_id)
+            sending = _Sending(multipart, len(parts) + 1, committed)
             self._sending[upload_id, path] = sending
         if received - sending.submitted < self.location.part_size:
             return
@@ -408,7 +456,7 @@ class S3Repository(Repository):
                     sending.pending.append(
                         self._senders.submit(
                             db.run, self._send_part, upload_id, path,
-                            sending.multipart_id, sending.next_number, data,
+                            sending.multipart, sending.next_number, data,
                         )
                     )  # fmt: skip
                     sending.submitted += len(data)
@@ -440,19 +488,21 @@ class S3Repository(Repository):
         if errors:
             raise errors[0]
 
-    def _start_multipart(self, upload_id: str, path: str) -> str:
+    def _start_multipart(self, upload_id: str) -> _Multipart:
+        """A multipart upload at a new blob key: where the file will be once verified."""
+        location = self._new_location(upload_id)
         answer = self._client.create_multipart_upload(
-            Bucket=self.location.bucket, Key=self._staging_key(upload_id, path)
+            Bucket=self.location.bucket, Key=self.location.key(location)
         )
-        return str(answer["UploadId"])
+        return _Multipart(str(answer["UploadId"]), location)
 
     def _send_part(
-        self, upload_id: str, path: str, multipart_id: str, number: int, data: bytes
+        self, upload_id: str, path: str, multipart: _Multipart, number: int, data: bytes
     ) -> None:
         answer = self._client.upload_part(
             Bucket=self.location.bucket,
-            Key=self._staging_key(upload_id, path),
-            UploadId=multipart_id,
+            Key=self.location.key(multipart.location),
+            UploadId=multipart.multipart_id,
             PartNumber=number,
             Body=data,
         )
@@ -461,7 +511,8 @@ class S3Repository(Repository):
         tables.UploadPart.insert(
             upload=upload_id,
             path=path,
-            multipart_id=multipart_id,
+            multipart_id=multipart.multipart_id,
+            key=multipart.location,
             number=number,
             size=len(data),
             etag=answer["ETag"],
@@ -470,27 +521,39 @@ class S3Repository(Repository):
                 tables.UploadPart.upload, tables.UploadPart.path, tables.UploadPart.number
             ],
             update={
-                tables.UploadPart.multipart_id: multipart_id,
+                tables.UploadPart.multipart_id: multipart.multipart_id,
+                tables.UploadPart.key: multipart.location,
                 tables.UploadPart.size: len(data),
                 tables.UploadPart.etag: answer["ETag"],
             },
         ).execute()  # fmt: skip
 
     def _complete(self, upload_id: str, path: str, parts: Sequence[Any]) -> str:
-        """Complete the multipart upload of ``parts`` at the staging key; the key."""
-        key = self._staging_key(upload_id, path)
+        """Complete the multipart upload of ``parts`` (at the key they were sent to) and
+        forget their records; the object's location."""
+        location = str(parts[0].key)
         self._client.complete_multipart_upload(
             Bucket=self.location.bucket,
-            Key=key,
+            Key=self.location.key(location),
             UploadId=parts[0].multipart_id,
             MultipartUpload={
                 "Parts": [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
             },
         )
-        tables.UploadPart.delete().where(
-            (tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path)
-        ).execute()
-        return key
+        _forget_parts(upload_id, path)
+        return location
+
+    def _abort_parts(self, upload_id: str, path: str) -> None:
+        """Abort the multipart upload of staged ``path`` (if any) and forget its parts."""
+        parts = _parts(upload_id, path)
+        if parts:
+            with contextlib.suppress(ClientError):  # aborted already: nothing is kept
+                self._client.abort_multipart_upload(
+                    Bucket=self.location.bucket,
+                    Key=self.location.key(parts[0].key),
+                    UploadId=parts[0].multipart_id,
+                )
+        _forget_parts(upload_id, path)
 
     @_s3_call
     def restore_staged(self, upload_id: str, path: str) -> None:
@@ -500,13 +563,25 @@ class S3Repository(Repository):
         committed = sum(part.size for part in parts)
         if committed <= super().staged_size(upload_id, path):
             return
-        key = self._complete(upload_id, path, parts)
-        target = self._staged_file_with_parents(upload_id, path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(target)
-        self._client.download_file(self.location.bucket, key, str(target), Config=TRANSFER)
-        self._client.delete_object(Bucket=self.location.bucket, Key=key)
+        # Under the content lock: the object is completed under blobs/ for the
+        # moment of its download, and the startup sweep must not take it as a
+        # crash's leftover meanwhile.
+        with self.content_lock(exclusive=False):
+            key = self.location.key(self._complete(upload_id, path, parts))
+            target = self._staged_file_with_parents(upload_id, path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            self._client.download_file(self.location.bucket, key, str(target), Config=TRANSFER)
+            self._client.delete_object(Bucket=self.location.bucket, Key=key)
         log.info("upload %s: %d bytes of %s restored from the bucket", upload_id, committed, path)
+
+    def discard_staged_file(self, upload_id: str, path: str) -> None:
+        """The staged file and what of it went to the bucket (its multipart upload
+        aborted): bytes that failed their checksum are never restored on a resume."""
+        with contextlib.suppress(Exception):  # whatever S3 took is aborted below
+            self._settle_file(upload_id, path)
+        _s3_call(S3Repository._abort_parts)(self, upload_id, path)
+        super().discard_staged_file(upload_id, path)
 
     def discard_staging(self, upload_id: str) -> None:
         super().discard_staging(upload_id)
@@ -514,16 +589,23 @@ class S3Repository(Repository):
 
     @_s3_call
     def _abort_staged(self, upload_id: str) -> None:
-        prefix = self.location.key("staging", check_name(upload_id, "upload_id")) + "/"
-        pages = self._client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.location.bucket, Prefix=prefix
-        )
-        for page in pages:
-            for pending in page.get("Uploads", []):
-                self._client.abort_multipart_upload(
-                    Bucket=self.location.bucket, Key=pending["Key"], UploadId=pending["UploadId"]
-                )
-        self._delete_under(prefix)
+        """Abort the upload's multipart uploads not completed (the blobs it completed
+        are objects, not multipart uploads, and stay)."""
+        staging = self.location.key("staging", check_name(upload_id, "upload_id")) + "/"
+        for prefix in (self.location.key(self._uploads_prefix(upload_id)), staging):
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for pending in page.get("Uploads", []):
+                    self._client.abort_multipart_upload(
+                        Bucket=self.location.bucket,
+                        Key=pending["Key"],
+                        UploadId=pending["UploadId"],
+                    )
+        tables.UploadPart.delete().where(tables.UploadPart.upload == upload_id).execute()
+        # Objects of schema 22 and before, completed at the staging key.
+        self._delete_under(staging)
 
     @contextlib.contextmanager
     def upload_lock(self, upload_id: str) -> Iterator[None]:
@@ -586,10 +668,20 @@ class S3Repository(Repository):
         return answer["Body"]
 
 
+@dataclass(frozen=True)
+class _Multipart:
+    """An S3 multipart upload of one staged file: its id and the key it completes at."""
+
+    multipart_id: str
+    location: str  # relative to the prefix
+
+
 def _parts(upload_id: str, path: str) -> list[Any]:
     """The parts of staged ``path`` recorded in the database, in order, up to the first
     gap: parts are sent several at once, so one may be recorded after a later one
-    failed; only the unbroken run from part 1 is what the bucket holds of the file."""
+    failed; only the unbroken run from part 1 is what the bucket holds of the file.
+    Parts of one multipart upload only (a record of another, older one, or of
+    schema 22's staging key, ends the run)."""
     recorded = (
         tables.UploadPart.select()
         .where((tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path))
@@ -597,10 +689,22 @@ def _parts(upload_id: str, path: str) -> list[Any]:
     )
     unbroken: list[Any] = []
     for part in recorded:
-        if part.number != len(unbroken) + 1:
+        if part.number != len(unbroken) + 1 or not part.key:
+            break
+        if unbroken and part.multipart_id != unbroken[0].multipart_id:
             break
         unbroken.append(part)
     return unbroken
+
+
+def _multipart_of(parts: Sequence[Any]) -> _Multipart:
+    return _Multipart(str(parts[0].multipart_id), str(parts[0].key))
+
+
+def _forget_parts(upload_id: str, path: str) -> None:
+    tables.UploadPart.delete().where(
+        (tables.UploadPart.upload == upload_id) & (tables.UploadPart.path == path)
+    ).execute()
 
 
 class _ObjectReader(io.RawIOBase):

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 22
+SCHEMA_VERSION = 24
 
 
 class BaseModel(pw.Model):
@@ -303,6 +303,9 @@ class Blob(BaseModel):
     sha256 = pw.CharField(primary_key=True, max_length=64)
     size = pw.BigIntegerField()
     create_time = pw.DateTimeField(default=utcnow)
+    # Where the store keeps it when that is not its digest's place: a bucket's
+    # object key, written where the upload's parts went (S3Repository). "": by sha256.
+    location = pw.TextField(default="")
 
 
 class VersionFile(BaseModel):
@@ -336,6 +339,9 @@ class UploadPart(BaseModel):
     number = pw.IntegerField()  # S3's PartNumber, from 1
     size = pw.BigIntegerField()
     etag = pw.TextField()
+    # The object key the multipart upload completes at ("": the staging key of
+    # schema 22 and before).
+    key = pw.TextField(default="")
 
     class Meta:
         table_name = "upload_part"
@@ -582,6 +588,25 @@ class BusyMark(BaseModel):
         indexes = ((("process", "server", "model"), True),)
 
 
+class TrainingJobLogLine(BaseModel):
+    """One line of a training job's log (owned by mlserve.training; schema 24), so every
+    replica and worker reads it and it outlives the process that ran the job. ``seq``
+    numbers the job's lines from 1 as the script printed them; only the newest
+    ``--training-log-lines`` of a job are kept (older ones are deleted as new ones
+    come). Deleting the job (with its model) deletes its lines."""
+
+    id = pw.AutoField()
+    job = pw.ForeignKeyField(
+        TrainingJob, field=TrainingJob.job_id, backref="log_lines", on_delete="CASCADE"
+    )
+    seq = pw.BigIntegerField()
+    line = pw.TextField()
+
+    class Meta:
+        table_name = "training_job_log_line"
+        indexes = ((("job", "seq"), True),)
+
+
 TABLES: list[type[BaseModel]] = [
     SchemaInfo,
     Setting,
@@ -620,6 +645,7 @@ TABLES: list[type[BaseModel]] = [
     AssayResult,
     TrainingJob,
     BusyMark,
+    TrainingJobLogLine,
 ]
 
 
@@ -947,6 +973,23 @@ def _add_training_code_datasets(db: pw.Database) -> None:
     )
 
 
+def _add_blob_locations(db: pw.Database) -> None:
+    """A blob's object key in the bucket, and the key an upload's parts complete at
+    (issue 16: no copy from a staging key to the blob's).
+
+    Schemas 4 and 12 create these tables from the current classes, so a database
+    that passed through them since has the columns already.
+    """
+    migrator = SchemaMigrator.from_database(db)
+    missing = [
+        migrator.add_column(table, column.column_name, column)
+        for table, column in (("blob", Blob.location), ("upload_part", UploadPart.key))
+        if column.column_name not in {c.name for c in db.get_columns(table)}
+    ]
+    if missing:
+        migrate_schema(*missing)
+
+
 def _add_busy_marks(db: pw.Database) -> None:
     """Requests in flight, shared by every MLServe process on the database; and audit
     outcomes of any length, for the eviction and scale-up events that say why (on
@@ -954,6 +997,11 @@ def _add_busy_marks(db: pw.Database) -> None:
     db.create_tables([BusyMark])
     if isinstance(db, pw.PostgresqlDatabase):  # SQLite never enforced the length
         db.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE TEXT')  # type: ignore[no-untyped-call]
+
+
+def _add_training_job_logs(db: pw.Database) -> None:
+    """Training jobs' log lines in the database, readable by every replica (issue 15)."""
+    db.create_tables([TrainingJobLogLine])
 
 
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -978,6 +1026,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     19: _add_on_demand_loading,
     20: _add_training_code_datasets,
     21: _add_busy_marks,
+    22: _add_blob_locations,
+    23: _add_training_job_logs,
 }
 
 

@@ -2,7 +2,8 @@
 success committed as the model's next version (with its training dataset).
 
 A job is a row of the database from its create on (``store``); the runner of this
-process runs it and keeps its log lines in memory. At start, the jobs this
+process runs it, and its log lines go to the database as they come (``logs``), so
+any process on that database answers for it and follows its log. At start, the jobs this
 instance had queued or running when it stopped end FAILED ("interrupted by a
 restart"), not re-queued: a script may have half-done its work, and it runs
 again only when someone asks. A job is seen through its model: NotFound alike
@@ -12,12 +13,13 @@ for a missing job and one of a model the caller may not see.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -32,6 +34,7 @@ from mlserve.storage.blobs import FileSpec
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository, sha256_of
 from mlserve.training import store
+from mlserve.training.logs import JobLogs
 from mlserve.training.requirements import (
     MAX_ENV_BYTES,
     check_requirements,
@@ -44,6 +47,8 @@ from mlserve.training.store import TrainingJobRecord
 CHUNK_BYTES = 1024 * 1024
 # What the script may write beside the model's files, which are not files of the version.
 _CONFIG, _METRICS = "config.pbtxt", "metrics.json"
+# Log lines read from the database at once by a watcher.
+WATCH_PAGE_LINES = 1000
 STOPPED = "interrupted: MLServe stopped while it ran; create it again"
 
 
@@ -92,7 +97,14 @@ class TrainingJobs:
         self.tokens = tokens
         self.instance = instance
         self.limits = limits or JobLimits()
+        self.logs = JobLogs(self.limits.log_lines)
+        self._flushing: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def start(self) -> None:
+        """Start writing log lines to the database (call from the running event loop,
+        before the runner takes jobs)."""
+        self._flushing = asyncio.create_task(self.logs.run(), name="training-log-writer")
 
     async def recover(self) -> list[str]:
         """End as FAILED the jobs this instance had queued or running when it last
@@ -104,9 +116,19 @@ class TrainingJobs:
         return interrupted
 
     async def stop(self) -> None:
-        """Stop the runner; the jobs it ends so are FAILED (``STOPPED``), not CANCELLED."""
+        """Stop the runner; the jobs it ends so are FAILED (``STOPPED``), not CANCELLED,
+        each with its log written."""
         self._stopping = True
         await self.runner.stop()
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
+        await self.logs.flush()
+
+    def logged(self, job_id: str, line: str) -> None:
+        """The runner's word that a job printed ``line``: it goes to the database."""
+        self.logs.append(job_id, line)
 
     async def create(self, request: JobRequest) -> TrainingJobRecord:
         """Check the request (the caller must be able to change the model and see the code,
@@ -243,32 +265,31 @@ class TrainingJobs:
         return await self.get(job_id)
 
     async def watch(self, job_id: str) -> AsyncIterator[str | TrainingJobRecord]:
-        """The job's log lines so far and as they come, and its states, until it ends.
-        A finished job this process did not run gives its final state alone."""
-        record = await self.get(job_id)
-        try:
-            queue = self.runner.watch(job_id)
-        except NotFound:
-            record = await self.get(job_id)  # it may have ended since: then its row says so
-            if not record.state.finished:
-                raise self._elsewhere(record, "watch") from None
-            yield record
-            return
+        """The job's stored log lines (its newest ``log_lines``) and its state, then new
+        lines and each change of state as they come, until it ends; from any process
+        on the job's database (``logs`` says how soon). A watcher that falls behind a
+        flood skips the lines deleted meanwhile. A finished job gives its log and its
+        final state. NotFound if the job (or its model) is gone or hidden."""
+        shown: JobState | None = None
+        after = 0
         while True:
-            item = await queue.get()
-            if isinstance(item, str):
-                yield item
-                continue
-            if item.state.finished:
-                # The runner marks the shared status finished before the commit and
-                # the row are written; the row answers once `ended` is set.
-                await item.ended.wait()
+            change = self.logs.next_change()
+            # The state first: a job's lines are all written before its end is, so
+            # the lines read after a final state are all of them.
             record = await self.get(job_id)
-            if item.state.finished and not record.state.finished:
-                record = replace(record, state=item.state)  # recording the end failed
-            yield record
-            if item.state.finished:
+            while True:
+                lines = await in_thread(store.log_lines)(job_id, after, WATCH_PAGE_LINES)
+                for seq, line in lines:
+                    yield line
+                    after = seq
+                if len(lines) < WATCH_PAGE_LINES:
+                    break
+            if record.state is not shown:
+                shown = record.state
+                yield record
+            if record.state.finished:
                 return
+            await self.logs.wait(change)
 
     def _elsewhere(self, record: TrainingJobRecord, what: str) -> FailedPrecondition:
         return FailedPrecondition(
@@ -286,6 +307,7 @@ class TrainingJobs:
         """
         if status.state is JobState.RUNNING:
             await in_thread(store.record_start)(status.job_id, status.start_time)
+            self.logs.notify()
             return
         folder = self.workdir / status.job_id
         reason, version = "", 0
@@ -308,9 +330,11 @@ class TrainingJobs:
                     reason = f"its output could not be committed: {error}"
         finally:
             await in_thread(shutil.rmtree)(folder, ignore_errors=True)
+            await self.logs.close(status.job_id)  # before the end: see watch
             await in_thread(store.record_end)(
                 status.job_id, status.state, reason, status.end_time, metrics, version
             )
+            self.logs.notify()
 
     async def _commit(
         self, record: TrainingJobRecord, output: Path

@@ -2,9 +2,10 @@
 engine; ``LocalRunner`` runs jobs on this host in the sandbox, from a bounded
 queue, a fixed number at a time. A cluster engine (Ray Jobs, Kubernetes Jobs)
 is another ``Runner``: it takes the same ``JobSpec``, reports the same
-``JobResult`` and log lines, and says what it offers (``Capabilities``: labels,
-network, the packages of its interpreter) so a job is refused at create, not
-after it queued, when it asks for what the runner lacks.
+``JobResult``, hands each log line to ``Logged`` as it comes, and says what it
+offers (``Capabilities``: labels, network, the packages of its interpreter) so a
+job is refused at create, not after it queued, when it asks for what the runner
+lacks.
 """
 
 from __future__ import annotations
@@ -17,19 +18,12 @@ import functools
 import json
 import logging
 import sys
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mlserve.core.errors import FailedPrecondition, NotFound, ResourceExhausted
-from mlserve.training.sandboxed import (
-    LOG_TAIL_LINES,
-    JobResult,
-    JobSpec,
-    Outcome,
-    SandboxedJob,
-)
+from mlserve.training.sandboxed import JobResult, JobSpec, Outcome, SandboxedJob
 from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 
 log = logging.getLogger(__name__)
@@ -50,21 +44,22 @@ class JobState(enum.Enum):
 
 @dataclass
 class JobStatus:
-    """What a runner knows of one job; ``lines`` is the tail of its log so far (the last
-    ``LOG_TAIL_LINES``, each cut to ``LINE_CAP_BYTES``: a script's output is hostile)."""
+    """What a runner knows of one job (its log lines went to ``Logged``)."""
 
     job_id: str
     state: JobState = JobState.QUEUED
     result: JobResult | None = None
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
-    lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 Changed = Callable[[JobStatus], Awaitable[None]]
 """Called when a job starts running and once it ends (any final state), before its
-watchers hear of it."""
+anyone is told it ended."""
+Logged = Callable[[str, str], None]
+"""Called with (job id, line) for each line a job prints, each cut to the job's
+``log_line_bytes``, as it comes; it must not block (it runs on the event loop)."""
 
 # What the sandbox's interpreter has installed: canonical name -> version.
 _PACKAGES_PROBE = """
@@ -98,9 +93,6 @@ class Runner(Protocol):
         """The job's status; NotFound for a job this runner does not know (a finished
         job is forgotten once its end is recorded: the database has it)."""
 
-    def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
-        """A queue receiving the job's new log lines (str) and status changes."""
-
     async def stop(self) -> None:
         """End every running job (each reported as CANCELLED) and take no more."""
 
@@ -120,12 +112,14 @@ class LocalRunner:
         sandbox: Sandbox,
         limits: RunnerLimits,
         changed: Changed,
+        logged: Logged,
         labels: frozenset[str] = frozenset(),
         allow_network: bool = False,
     ) -> None:
         self.sandbox = sandbox
         self.limits = limits
         self.changed = changed
+        self.logged = logged
         self.labels = labels
         self.allow_network = allow_network
         self._packages: dict[str, str] | None = None
@@ -133,7 +127,6 @@ class LocalRunner:
         # Queued and running jobs, and finished ones whose end could not be recorded.
         self._jobs: dict[str, JobStatus] = {}
         self._running: dict[str, SandboxedJob] = {}
-        self._watchers: dict[str, list[asyncio.Queue[JobStatus | str]]] = {}
         self._workers: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -222,23 +215,13 @@ class LocalRunner:
             raise NotFound(f"training job {job_id!r} does not exist")
         return found
 
-    def watch(self, job_id: str) -> asyncio.Queue[JobStatus | str]:
-        status = self.status(job_id)
-        queue: asyncio.Queue[JobStatus | str] = asyncio.Queue()
-        for line in status.lines:
-            queue.put_nowait(line)
-        queue.put_nowait(status)
-        if not status.state.finished:
-            self._watchers.setdefault(job_id, []).append(queue)
-        return queue
-
     async def _work(self) -> None:
         while True:
             status, spec = await self._queue.get()
             job_id = status.job_id
             if status.state.finished:  # cancelled while queued
                 continue
-            job = SandboxedJob(spec, self.sandbox, on_line=functools.partial(self._line, status))
+            job = SandboxedJob(spec, self.sandbox, on_line=functools.partial(self.logged, job_id))
             self._running[job_id] = job
             status.start_time = _now()
             status.state = JobState.RUNNING
@@ -246,7 +229,6 @@ class LocalRunner:
                 await self.changed(status)
             except Exception:  # the job runs all the same; its end is recorded again
                 log.exception("training job %s: recording its start failed", job_id)
-            self._publish(status)
             try:
                 result = await job.run()
             except Exception as error:  # a job's fault must not stop the worker
@@ -265,18 +247,6 @@ class LocalRunner:
             self._jobs.pop(status.job_id, None)
         finally:
             status.ended.set()
-            self._publish(status)
-            self._watchers.pop(status.job_id, None)
-
-    def _line(self, status: JobStatus, line: str) -> None:
-        status.lines.append(line)
-        for queue in self._watchers.get(status.job_id, []):
-            if queue.qsize() < LOG_TAIL_LINES:  # a watcher that fell behind skips lines
-                queue.put_nowait(line)
-
-    def _publish(self, status: JobStatus) -> None:
-        for queue in self._watchers.get(status.job_id, []):
-            queue.put_nowait(status)
 
 
 def _now() -> dt.datetime:

@@ -27,7 +27,6 @@ import contextlib
 import enum
 import json
 import os
-import resource
 import signal
 import sys
 import uuid
@@ -42,11 +41,6 @@ from mlserve.triton.sandbox import Sandbox, scrubbed_environment
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 # How long a cancelled or timed-out job gets after SIGTERM before SIGKILL.
 KILL_GRACE_SECONDS = 1.0
-# A script's output is hostile: MLServe holds at most the last LOG_TAIL_LINES lines of
-# a job, each cut to LINE_CAP_BYTES (and marked so), and reads its pipe in bounded
-# pieces, so neither many lines nor one endless line grows MLServe's memory.
-LOG_TAIL_LINES = 1000
-LINE_CAP_BYTES = 8 * 1024
 TRUNCATED_MARK = " [line truncated at {cap} bytes]"
 
 
@@ -58,13 +52,21 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class JobLimits:
-    """What one job may use; each is enforced by the kernel or by MLServe's clock."""
+    """What one job may use; each is enforced by the kernel or by MLServe's clock.
+    The defaults are those of ``mlserve.settings`` (``--training-*``).
+
+    A script's output is hostile: MLServe keeps at most the last ``log_lines`` lines
+    of a job, each cut to ``log_line_bytes`` (and marked so), and reads its pipe in
+    bounded pieces, so neither many lines nor one endless line grows MLServe's
+    memory or its database."""
 
     cpu_seconds: int = 600
     memory_bytes: int = 4 * 1024**3
     file_bytes: int = 1024**3
     processes: int = 64
     wall_seconds: float = 1800.0
+    log_lines: int = 1000
+    log_line_bytes: int = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class SandboxedJob:
         self.on_line = on_line
         self._process: asyncio.subprocess.Process | None = None
         self._cancelled = asyncio.Event()
-        self._lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._lines: deque[str] = deque(maxlen=spec.limits.log_lines)
 
     async def run(self) -> JobResult:
         """Run the script to its end; SUCCEEDED only on exit 0 within every limit."""
@@ -110,7 +112,7 @@ class SandboxedJob:
         params = spec.output.parent / f".params-{uuid.uuid4().hex}.json"
         params.write_text(json.dumps(dict(spec.parameters)))
         cgroup = _make_pids_cgroup(spec.limits.processes)
-        command = self._command(params)
+        command = _limited(spec.limits, cgroup, self._command(params))
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *command,
@@ -119,8 +121,7 @@ class SandboxedJob:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._environment(params),
                 start_new_session=True,
-                preexec_fn=_limiter(spec.limits, cgroup),
-                limit=LINE_CAP_BYTES,
+                limit=spec.limits.log_line_bytes,
             )
             reading = asyncio.create_task(self._read_lines())
             cancelled = asyncio.create_task(self._cancelled.wait())
@@ -176,7 +177,7 @@ class SandboxedJob:
     async def _read_lines(self) -> None:
         assert self._process is not None
         assert self._process.stdout is not None
-        async for line in capped_lines(self._process.stdout, LINE_CAP_BYTES):
+        async for line in capped_lines(self._process.stdout, self.spec.limits.log_line_bytes):
             self._lines.append(line)
             if self.on_line is not None:
                 self.on_line(line)
@@ -234,18 +235,32 @@ async def capped_lines(stream: asyncio.StreamReader, cap: int) -> AsyncIterator[
             return
 
 
-def _limiter(limits: JobLimits, cgroup: Path | None) -> Callable[[], None]:
-    """What the child runs before it execs: join the pids cgroup, set the rlimits."""
+# Joins the pids cgroup, sets the rlimits, then execs the sandbox: a fresh interpreter
+# between MLServe and bubblewrap. Not a preexec_fn: that runs Python between fork and
+# exec in a process full of threads (gRPC's, the database's), where the child can
+# deadlock or crash on a lock one of them held at the fork (with one, now and then a
+# job died of SIGSEGV; without, none has).
+_LIMIT_THEN_EXEC = """
+import os, resource, sys
+cpu, memory, files, cgroup, *command = sys.argv[1:]
+if cgroup:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+        procs.write(str(os.getpid()))
+resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 1))
+resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(files), int(files)))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+os.execvp(command[0], command)
+"""
 
-    def limit() -> None:
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    return limit
+def _limited(limits: JobLimits, cgroup: Path | None, command: list[str]) -> list[str]:
+    """``command`` run in the pids cgroup (when there is one) under the job's rlimits."""
+    numbers = (limits.cpu_seconds, limits.memory_bytes, limits.file_bytes)
+    return [
+        sys.executable, "-I", "-S", "-c", _LIMIT_THEN_EXEC,
+        *(str(n) for n in numbers), str(cgroup or ""), *command,
+    ]  # fmt: skip
 
 
 def _make_pids_cgroup(processes: int) -> Path | None:

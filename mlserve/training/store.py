@@ -1,6 +1,7 @@
-"""Training jobs in the database (``tables.TrainingJob``, owned here): every job is a
-row from its create on, so GetTrainingJob and ListTrainingJobs answer after a
-restart and on every replica. Blocking functions (call them through
+"""Training jobs in the database (``tables.TrainingJob`` and their log lines,
+``tables.TrainingJobLogLine``, owned here): every job is a row from its create
+on, so GetTrainingJob and ListTrainingJobs answer after a restart and on every
+replica, and so do its log lines (``logs``). Blocking functions (call them through
 ``db.in_thread``). A job is seen through its model: NotFound alike for a missing
 job and one of a model the caller may not see.
 """
@@ -13,12 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import peewee as pw
+
 from mlserve.catalog.models import model_names, model_row, visible_model_ids
 from mlserve.core.errors import NotFound
 from mlserve.core.paging import Listing, Page, PageTokens
 from mlserve.storage import db, tables
 from mlserve.training.runner import JobState
 
+# Rows per INSERT of log lines: well under SQLite's and PostgreSQL's parameter limits.
+_INSERT_ROWS = 250
 INTERRUPTED = "interrupted by a restart of MLServe while it was queued or running; create it again"
 
 
@@ -129,6 +134,41 @@ def interrupt_unfinished(instance: str) -> list[str]:
                 unfinished & job.job_id.in_(ids)
             ).execute()
     return ids
+
+
+def append_log(job_id: str, lines: Sequence[tuple[int, str]], keep: int) -> bool:
+    """Store the job's ``lines`` (seq, text; ascending) and delete its lines older than
+    the newest ``keep``, in one transaction; a line stored already (a retried batch)
+    stays as it was. False, storing nothing, when the job's row is gone (its model was
+    deleted meanwhile)."""
+    if not lines:
+        return True
+    line = tables.TrainingJobLogLine
+    rows = [{"job": job_id, "seq": seq, "line": text} for seq, text in lines]
+    try:
+        with db.database.atomic():
+            if not job_exists(job_id):
+                return False
+            for batch in pw.chunked(rows, _INSERT_ROWS):
+                line.insert_many(batch).on_conflict_ignore().execute()
+            oldest_kept = lines[-1][0] - keep + 1
+            line.delete().where((line.job == job_id) & (line.seq < oldest_kept)).execute()
+    except pw.IntegrityError:  # the row went between the check and the insert
+        return False
+    return True
+
+
+def log_lines(job_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+    """Up to ``limit`` of the job's stored lines numbered above ``after``, oldest first
+    (seq, text). The caller checked the job is visible."""
+    line = tables.TrainingJobLogLine
+    query = (
+        line.select(line.seq, line.line)
+        .where((line.job == job_id) & (line.seq > after))
+        .order_by(line.seq)
+        .limit(limit)
+    )
+    return [(row.seq, row.line) for row in query]
 
 
 def find_job(job_id: str) -> TrainingJobRecord:

@@ -110,6 +110,7 @@ OWNERS: dict[str, set[str]] = {
     "Assay": {"assays.service", "assays.scheduler"},
     "AssayResult": {"assays.service", "assays.scheduler"},
     "TrainingJob": {"training.store"},
+    "TrainingJobLogLine": {"training.store"},
     "BusyMark": {"deploy.busy"},
 }
 

@@ -15,8 +15,10 @@ import peewee as pw
 import pytest
 
 from mlserve.catalog import sizing
+from mlserve.core.errors import ResourceExhausted
 from mlserve.core.paging import PageTokens
-from mlserve.deploy.busy import ANY_SERVER, BusyMarks
+from mlserve.deploy import lifecycle
+from mlserve.deploy.busy import ANY_SERVER, REFRESH_INTERVAL, BusyMarks
 from mlserve.deploy.fleet import Fleet, ServerFields
 from mlserve.deploy.lifecycle import Deployments, Placement, Wanted
 from mlserve.deploy.on_demand import ON_DEMAND, Loading
@@ -166,3 +168,46 @@ def test_no_copy_is_idled_out_when_its_server_cannot_say_when_it_was_used(scene:
         return scene.unloaded()
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_cold_start_waits_for_marks_that_outlived_their_requests(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every candidate was used through another process a moment ago: its marks
+    linger until that process's refresher clears them, and the load waits."""
+    monkeypatch.setattr(lifecycle, "_QUIET_WAIT", 120.0)  # however slow this machine
+
+    async def scenario() -> list[str]:
+        await scene.start()
+        await scene.use("a")
+        await scene.use("b")
+        for model in ("a", "b"):
+            async with scene.other.holding("s", model):
+                pass  # ended; its mark stays for a refresh interval or two
+        cold = asyncio.create_task(scene.deployments.warm("c"))
+        await asyncio.sleep(0.5)
+        for key in list(scene.other._ended_at):  # as if quiet for a refresh interval
+            scene.other._ended_at[key] -= REFRESH_INTERVAL
+        await scene.other.refresh()
+        assert await cold
+        return scene.unloaded()
+
+    assert asyncio.run(scenario()) == ["a"]
+
+
+def test_a_cold_start_without_room_but_for_busy_models_is_resource_exhausted(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle, "_QUIET_WAIT", 0.5)
+
+    async def scenario() -> None:
+        await scene.start()
+        await scene.use("a")
+        await scene.use("b")
+        for model in ("a", "b"):
+            await scene.other.enter("s", model)  # still in flight
+        with pytest.raises(ResourceExhausted, match="no server can free that much"):
+            await scene.deployments.warm("c")
+
+    asyncio.run(scenario())
+    assert scene.unloaded() == []

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,15 @@ from tritonclient.utils import InferenceServerException
 
 from mlserve_api.v1 import deployment_pb2, inference_log_pb2, model_pb2
 from mlserve_client import Client
-from tests.support.mlserve import MLServeProcess, Stubs, free_port
+from tests.support.mlserve import (
+    MLServeProcess,
+    free_port,
+    hand_on_admin_key,
+    stubs_of,
+)
 from tests.support.models import upload_add
 from tests.support.postgres import PostgresCluster
+from tests.support.rollouts import ANSWERS, roll_to
 from tests.support.s3 import MotoServer, moto_server  # noqa: F401 (a fixture)
 from tests.support.tritons import (
     TritonProcess,
@@ -82,10 +88,8 @@ def on_bucket(
                 "--database", url, "--storage", storage, *extra,
                 env=moto_server.env(),
             )  # fmt: skip
-            if started:
-                # The admin key is the first replica's; its operator hands it on.
-                process.home.mkdir(parents=True)
-                shutil.copy(started[0].home / "admin.key", process.home / "admin.key")
+            if started:  # the admin key is the first replica's
+                hand_on_admin_key(started[0], process)
             started.append(process.start(wait_for_triton=name == "a"))
         reader.start()
         with stubs_of(started[0]) as stubs:
@@ -98,25 +102,16 @@ def on_bucket(
         postgres_cluster.drop_database(database)
 
 
-@contextlib.contextmanager
-def stubs_of(replica: MLServeProcess) -> Iterator[Stubs]:
-    stubs = replica.stubs()
-    try:
-        yield stubs
-    finally:
-        stubs.channel.close()
-
-
 def infer(replica: MLServeProcess, model: str) -> np.ndarray:
     gateway = triton.InferenceServerClient(replica.address)
     result = gateway.infer(model, add_inputs(), headers={"authorization": f"Bearer {replica.key}"})
     return np.asarray(result.as_numpy("OUTPUT0"))
 
 
-def routed(replica: MLServeProcess, model: str) -> bool:
-    """True once ``replica`` answers ``model`` with the right sums."""
+def routed(replica: MLServeProcess, model: str, answer: Sequence[float] = (11, 22, 33, 44)) -> bool:
+    """True once ``replica`` answers ``model`` with the right sums (``answer``)."""
     try:
-        return bool(np.allclose(infer(replica, model), [11, 22, 33, 44]))
+        return bool(np.allclose(infer(replica, model), answer))
     except InferenceServerException:
         return False
 
@@ -128,18 +123,18 @@ def test_upload_through_one_replica_download_through_the_other(
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.py").write_bytes(b"# on the bucket\n")
     with Client(on_bucket.a.address, on_bucket.a.key) as a:
-        first = a.upload(folder, "bucketed")
+        first = a.upload(folder, "bucketed", upload_id="bucketed-1")
     with Client(on_bucket.b.address, on_bucket.b.key) as b:
         b.download("bucketed", first.version, tmp_path / "via-b")
         (folder / "1" / "model.py").write_bytes(b"# second, through b\n")
-        assert b.upload(folder, "bucketed").version == 2
+        assert b.upload(folder, "bucketed", upload_id="bucketed-2").version == 2
     assert (tmp_path / "via-b" / "model.py").read_bytes() == b"# on the bucket\n"
-    keys = on_bucket.moto.keys(on_bucket.bucket, "fleet/repository/bucketed/")
-    assert keys == [
-        "fleet/repository/bucketed/1/model.py",
-        "fleet/repository/bucketed/2/model.py",
-        "fleet/repository/bucketed/config.pbtxt",
-    ]
+    # Each content once, where its upload's bytes went; nothing in Triton's layout
+    # until a Triton reading the bucket loads the version.
+    for upload_id in ("bucketed-1", "bucketed-2"):
+        stored = on_bucket.moto.keys(on_bucket.bucket, f"fleet/blobs/uploads/{upload_id}/")
+        assert len(stored) == 1, stored
+    assert on_bucket.moto.keys(on_bucket.bucket, "fleet/repository/bucketed/") == []
     # Neither home holds a repository or blobs: they are in the bucket.
     for replica in (on_bucket.a, on_bucket.b):
         assert not (replica.home / "blobs").exists()
@@ -163,15 +158,41 @@ def test_deployed_through_b_pushed_to_the_embedded_triton(on_bucket: OnBucket) -
     with deployed(on_bucket.b, "add-pushed", "local"):
         wait_for(lambda: routed(on_bucket.a, "add-pushed"), 30, "a to route add-pushed")
         np.testing.assert_allclose(infer(on_bucket.b, "add-pushed"), [11, 22, 33, 44])
+        # Pushed from the blobs: the version is not stored a second time in the layout.
+        assert on_bucket.moto.keys(on_bucket.bucket, "fleet/repository/add-pushed/") == []
 
 
 def test_a_triton_reading_the_bucket_loads_by_name(on_bucket: OnBucket) -> None:
     with deployed(on_bucket.a, "add-read", "reader"):
-        # Straight from the Triton: it read the version out of the bucket.
+        # Straight from the Triton: it read the version out of the bucket, where
+        # the deployment put it in Triton's layout (files, then the config).
         assert on_bucket.reader.client().is_model_ready("add-read", "1")
+        laid_out = on_bucket.moto.keys(on_bucket.bucket, "fleet/repository/add-read/")
+        assert "fleet/repository/add-read/1/model.py" in laid_out
+        assert "fleet/repository/add-read/config.pbtxt" in laid_out
         np.testing.assert_allclose(infer(on_bucket.a, "add-read"), [11, 22, 33, 44])
         # b learns of the deployment from the database at its next health round.
         wait_for(lambda: routed(on_bucket.b, "add-read"), 30, "b to route add-read")
+
+
+def test_a_rollout_on_a_triton_reading_the_bucket_lays_out_the_new_version(
+    on_bucket: OnBucket,
+) -> None:
+    """v1 deployed on the bucket reader through a, v2 uploaded and rolled to through
+    b: v2 is put in Triton's layout before the reader loads it, and serves."""
+    with deployed(on_bucket.a, "add-rolled", "reader"), stubs_of(on_bucket.b) as stubs:
+        prefix = "fleet/repository/add-rolled/"
+        assert upload_add(stubs, "add-rolled", offset=100).version == 2
+        assert not [k for k in on_bucket.moto.keys(on_bucket.bucket, prefix) if "/2/" in k]
+        rolled = roll_to(stubs, "add-rolled", 2)
+        assert rolled.state == deployment_pb2.DEPLOYMENT_STATE_READY, rolled
+        assert f"{prefix}2/model.py" in on_bucket.moto.keys(on_bucket.bucket, prefix)
+        assert on_bucket.reader.client().is_model_ready("add-rolled", "2")
+        wait_for(
+            lambda: routed(on_bucket.a, "add-rolled", ANSWERS[2]),
+            60,
+            "a to route add-rolled to version 2",
+        )
 
 
 def test_the_inference_log_goes_to_the_bucket_from_each_replica(on_bucket: OnBucket) -> None:
@@ -301,3 +322,37 @@ def test_an_upload_killed_on_one_replica_resumes_on_another_from_the_bucket(
     pending = on_bucket.moto.client().list_multipart_uploads(Bucket=on_bucket.bucket)
     left = [u["Key"] for u in pending.get("Uploads", []) if not u["Key"].startswith("fleet/logs/")]
     assert left == [], pending.get("Uploads")
+
+
+def test_a_file_failing_its_checksum_is_data_loss_and_leaves_nothing_in_the_bucket(
+    on_bucket: OnBucket,
+) -> None:
+    """12 MiB through b in 5 MiB parts with a wrong sha256 declared: DATA_LOSS; the
+    multipart upload aborted, no object, no version; the upload then resumes from 0."""
+    weights = os.urandom(12 * 1024 * 1024 + 3)
+    files = {"model.py": b"# checked\n", "weights.bin": weights}
+    upload_id = "checksum-lie"
+    lie = header("checked", files, upload_id=upload_id)
+    lie.header.files[1].sha256 = "0" * 64  # weights.bin's (files sorted by path)
+    with stubs_of(on_bucket.b) as stubs:
+        with pytest.raises(grpc.RpcError) as refused:
+            stubs.models.UploadModelVersion(
+                iter([lie, *chunks(files)]), metadata=stubs.auth, timeout=120
+            )
+        assert refused.value.code() == grpc.StatusCode.DATA_LOSS
+        pending = on_bucket.moto.client().list_multipart_uploads(
+            Bucket=on_bucket.bucket, Prefix=f"fleet/blobs/uploads/{upload_id}/"
+        )
+        assert pending.get("Uploads", []) == []
+        assert on_bucket.moto.keys(on_bucket.bucket, f"fleet/blobs/uploads/{upload_id}/") == []
+        assert on_bucket.moto.keys(on_bucket.bucket, "fleet/repository/checked/") == []
+        status = stubs.models.GetUpload(
+            model_pb2.GetUploadRequest(upload_id=upload_id), metadata=stubs.auth, timeout=30
+        )
+        assert {f.path: f.received_bytes for f in status.files}["weights.bin"] == 0
+        with pytest.raises(grpc.RpcError) as missing:
+            stubs.models.GetModel(model_pb2.GetModelRequest(name="checked"), metadata=stubs.auth)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        stubs.models.CancelUpload(
+            model_pb2.CancelUploadRequest(upload_id=upload_id), metadata=stubs.auth, timeout=30
+        )

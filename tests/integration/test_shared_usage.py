@@ -1,17 +1,23 @@
 """Eviction and idle unloading read what every MLServe process sees, not one
-process's own traffic: two real replicas on one PostgreSQL, one real Triton.
+process's own traffic: a real Triton, and two MLServe processes on one
+PostgreSQL — two replicas (a with the embedded Triton, b without), or
+``--workers 2`` (worker 0 with the embedded Triton and the idle unloading).
 
-Replica a runs the embedded Triton and decides (its cold starts evict, its
-health rounds idle-unload); replica b has no Triton and only forwards. A
-request in flight through b on a slow Python-backend model keeps that model
-from being evicted when a's cold start of another model needs room (b's busy
-mark), although it is the least recently used; a model used only through b is
-not idle-unloaded by a (Triton's own last_inference), and is once unused.
+The *decider* (replica a, or worker 0 through a connection it serves) makes
+the cold starts that evict and the health rounds that idle-unload; the
+*other* process (replica b, or worker 1 through a connection it serves) only
+forwards. A request in flight through the other process on a slow
+Python-backend model keeps that model from being evicted when the decider's
+cold start of another model needs room (the other's busy mark), although it
+is the least recently used; a model used only through the other process is not
+idle-unloaded by the decider (Triton's own last_inference), and is once unused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,15 +28,16 @@ import numpy as np
 import psycopg2
 import pytest
 import tritonclient.grpc as triton
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlserve.deploy.placement import DEFAULT_HEADROOM
 from mlserve_api.v1 import deployment_pb2, model_pb2
 from tests.deploy.test_on_demand import deploy_on_demand, get_server, set_capacity, target
-from tests.support.mlserve import MLServeProcess, Stubs
+from tests.support.mlserve import MLServeProcess, Stubs, free_port
 from tests.support.models import local_triton, scale_model_files, upload_add
 from tests.support.pipelines import upload
 from tests.support.postgres import PostgresCluster
-from tests.support.tritons import add_inputs, remove_model, wait_for
+from tests.support.tritons import add_inputs, deploy, remove_model, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,35 +47,56 @@ READY = deployment_pb2.DEPLOYMENT_STATE_READY
 # on a busy machine while it is in flight.
 SLOW_SECONDS = 40.0
 IDLE_SECONDS = 10
+PROBE = "probe"  # an eager model: which worker answered a connection's call
+
+
+class Gateway:
+    """One way into MLServe's gateway: a replica's port, or one worker's connection."""
+
+    def __init__(self, address: str, key: str, *, pinned: bool = False) -> None:
+        self.address, self.key = address, key
+        # A worker is reached through one kept connection (SO_REUSEPORT spreads
+        # connections, not calls); a replica through a fresh client per call.
+        self._client = _own_connection(address) if pinned else None
+
+    def infer(self, model: str, inputs: list[triton.InferInput]) -> Any:
+        client = self._client or triton.InferenceServerClient(self.address)
+        try:
+            return client.infer(
+                model, inputs, headers={"authorization": f"Bearer {self.key}"}, client_timeout=180
+            )
+        finally:
+            if client is not self._client:
+                client.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 @dataclass
-class Replicas:
-    a: MLServeProcess  # the embedded Triton; the one that decides here
-    b: MLServeProcess  # no Triton: only forwards
-    a_stubs: Stubs
+class Shared:
+    """Two MLServe processes on one PostgreSQL and one embedded Triton."""
+
+    decider: Gateway  # its cold starts evict, its health rounds idle-unload
+    other: Gateway  # a process that only forwards here
+    stubs: Stubs
+    home: Path  # the embedded Triton's log is there
     url: str  # the database's, for psycopg2
 
-    def infer(self, through: MLServeProcess, model: str, inputs: list[triton.InferInput]) -> Any:
-        client = triton.InferenceServerClient(through.address)
-        try:
-            return client.infer(
-                model,
-                inputs,
-                headers={"authorization": f"Bearer {through.key}"},
-                client_timeout=180,
-            )
-        finally:
-            client.close()
+
+def _own_connection(address: str) -> triton.InferenceServerClient:
+    # A subchannel pool of its own: a new TCP connection, so the kernel picks a worker.
+    return triton.InferenceServerClient(
+        address, channel_args=[("grpc.use_local_subchannel_pool", 1)]
+    )
 
 
-@pytest.fixture(scope="module")
-def replicas(
-    postgres_cluster: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Replicas]:
-    database = postgres_cluster.create_database("shared_usage")
-    url = postgres_cluster.url(database, max_connections=8)
-    home = tmp_path_factory.mktemp("shared-usage")
+@contextlib.contextmanager
+def two_replicas(cluster: PostgresCluster, home: Path) -> Iterator[Shared]:
+    """Replica a with the embedded Triton decides; b (no Triton) only forwards."""
+    database = cluster.create_database("shared_usage_replicas")
+    url = cluster.url(database, max_connections=8)
     started: list[MLServeProcess] = []
     stubs: Stubs | None = None
     try:
@@ -76,19 +104,88 @@ def replicas(
             process = MLServeProcess(home, "--database", url, *extra)
             process.log = home / f"mlserve-{name}.log"
             started.append(process.start(wait_for_triton=name == "a"))
-        stubs = started[0].stubs()
-        yield Replicas(started[0], started[1], stubs, postgres_cluster.url(database))
+        a, b = started
+        stubs = a.stubs()
+        yield Shared(
+            Gateway(a.address, a.key), Gateway(b.address, b.key), stubs, home, cluster.url(database)
+        )
     finally:
         if stubs is not None:
             stubs.channel.close()
         for process in reversed(started):
             process.stop()
-        postgres_cluster.drop_database(database)
+        cluster.drop_database(database)
 
 
-def marked_busy(replicas: Replicas, model: str, server: str) -> bool:
+@contextlib.contextmanager
+def two_workers(cluster: PostgresCluster, home: Path) -> Iterator[Shared]:
+    """``--workers 2``: worker 0 (the embedded Triton, idle unloading) decides, through
+    a connection it serves; worker 1 only forwards, through one it serves."""
+    database = cluster.create_database("shared_usage_workers")
+    metrics_port = free_port()
+    process = MLServeProcess(
+        home, "--workers", "2", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+        "--database", cluster.url(database, max_connections=8),
+    )  # fmt: skip
+    pinned: dict[str, Gateway] = {}
+    stubs: Stubs | None = None
+    try:
+        process.start()
+        wait_for(lambda: "2 workers serve" in process.log.read_text(), 120, "both workers")
+        stubs = process.stubs()
+        upload_add(stubs, PROBE)
+        deploy(stubs, PROBE)
+        for _ in range(200):  # connections until each worker holds one
+            gateway = Gateway(process.address, process.key, pinned=True)
+            before = served_per_worker(metrics_port)
+            gateway.infer(PROBE, add_inputs())
+            after = served_per_worker(metrics_port)
+            (worker,) = (w for w, calls in after.items() if calls > before.get(w, 0.0))
+            if worker in pinned:
+                gateway.close()
+            else:
+                pinned[worker] = gateway
+            if len(pinned) == 2:
+                break
+        assert sorted(pinned) == ["0", "1"], "the kernel never gave both workers a connection"
+        yield Shared(pinned["0"], pinned["1"], stubs, home, cluster.url(database))
+    finally:
+        for gateway in pinned.values():
+            gateway.close()
+        if stubs is not None:
+            remove_model(stubs, PROBE)
+            stubs.channel.close()
+        process.stop()
+        cluster.drop_database(database)
+
+
+def served_per_worker(metrics_port: int) -> dict[str, float]:
+    """Inference calls each worker answered (by its ``worker`` label), merged /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["worker"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mlserve_worker_inference_requests_total"
+    }
+
+
+@pytest.fixture(scope="module", params=["replicas", "workers"])
+def shared(
+    request: pytest.FixtureRequest,
+    postgres_cluster: PostgresCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Shared]:
+    start = two_replicas if request.param == "replicas" else two_workers
+    with start(postgres_cluster, tmp_path_factory.mktemp(f"shared-{request.param}")) as found:
+        yield found
+
+
+def marked_busy(shared: Shared, model: str, server: str) -> bool:
     """Whether some process has an unexpired busy mark for ``model`` on ``server``."""
-    with psycopg2.connect(replicas.url) as connection, connection.cursor() as cursor:
+    with psycopg2.connect(shared.url) as connection, connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM busy_mark WHERE model = %s AND server = %s "
             "AND expire_time > (now() AT TIME ZONE 'utc')",
@@ -116,10 +213,10 @@ def triton_loads(home: Path, model: str) -> int:
     return (home / "triton.log").read_text(errors="replace").count(f"successfully loaded '{model}'")
 
 
-def test_a_request_in_flight_through_another_replica_keeps_its_model(
-    replicas: Replicas, model_name: str
+def test_a_request_in_flight_through_another_process_keeps_its_model(
+    shared: Shared, model_name: str
 ) -> None:
-    stubs = replicas.a_stubs
+    stubs = shared.stubs
     slow, other, third = (f"{model_name}-{n}" for n in ("slow", "other", "third"))
     capacity = get_server(stubs).capacity.host_memory_bytes
     pool = ThreadPoolExecutor(max_workers=1)
@@ -129,19 +226,21 @@ def test_a_request_in_flight_through_another_replica_keeps_its_model(
             upload_add(stubs, name)
         for name in (slow, other, third):
             deploy_on_demand(stubs, name)
-        # Through b: slow is loaded on demand, and its one call stays in flight.
-        slow_call = pool.submit(replicas.infer, replicas.b, slow, slow_inputs())
-        wait_for(lambda: marked_busy(replicas, slow, "local"), 120, "b's busy mark on slow")
+        # Through the other process: slow is loaded on demand, its one call stays
+        # in flight.
+        slow_call = pool.submit(shared.other.infer, slow, slow_inputs())
+        wait_for(lambda: marked_busy(shared, slow, "local"), 120, "the busy mark on slow")
         assert target(stubs, slow).state == READY
-        # Through a: other is used after slow was loaded, so slow is the least
+        # Through the decider: other is used after slow was loaded, so slow is the least
         # recently used of the two (Triton has recorded no inference of it yet).
-        replicas.infer(replicas.a, other, add_inputs())
+        shared.decider.infer(other, add_inputs())
         # Room for the two loaded but not a third: loading it must evict one.
-        usable = need(stubs, slow) + need(stubs, other) + need(stubs, third) - 1
+        # (With --workers, an eager probe model is loaded there too.)
+        usable = get_server(stubs).used_memory_bytes + need(stubs, third) - 1
         set_capacity(stubs, int(usable / (1 - DEFAULT_HEADROOM)))
         assert get_server(stubs).free_memory_bytes < need(stubs, third)
 
-        replicas.infer(replicas.a, third, add_inputs())  # a decides what to evict
+        shared.decider.infer(third, add_inputs())  # the decider evicts
 
         evicted = target(stubs, other)
         assert evicted.state == COLD, evicted
@@ -157,22 +256,21 @@ def test_a_request_in_flight_through_another_replica_keeps_its_model(
             remove_model(stubs, name)
 
 
-def test_a_model_used_through_another_replica_is_not_idle(
-    replicas: Replicas, model_name: str
-) -> None:
-    stubs = replicas.a_stubs
+def test_a_model_used_through_another_process_is_not_idle(shared: Shared, model_name: str) -> None:
+    stubs = shared.stubs
     try:
         upload_add(stubs, model_name)
         deploy_on_demand(stubs, model_name, idle_unload_after_seconds=IDLE_SECONDS)
-        # Used only through b for three idle periods: a never sends it anything.
+        # Used only through the other process for three idle periods: the decider
+        # never sends it anything.
         ends = time.monotonic() + 3 * IDLE_SECONDS
         while time.monotonic() < ends:
-            replicas.infer(replicas.b, model_name, add_inputs())
+            shared.other.infer(model_name, add_inputs())
             time.sleep(0.5)
-        assert triton_loads(replicas.a.home, model_name) == 1  # never idled out meanwhile
+        assert triton_loads(shared.home, model_name) == 1  # never idled out meanwhile
         assert target(stubs, model_name).state == READY
         # Unused now, it is idled out. (Its target's message may be the reconciler's
-        # "not loaded" instead of "unloaded after …": the other replica's reconciler
+        # "not loaded" instead of "unloaded after …": another replica's reconciler
         # can see the copy gone before the unloading one records why.)
         wait_for(
             lambda: target(stubs, model_name).state == COLD, 120, "the idle copy to be unloaded"

@@ -17,6 +17,7 @@ import pytest
 
 from mlserve.settings import SettingError, Settings, markdown_table, options, resolve
 from mlserve.storage.s3 import S3Location
+from mlserve.training.sandboxed import JobLimits
 from mlserve_api.v1 import server_pb2
 from tests.support.mlserve import MLServeProcess
 from tests.support.uploading import stream
@@ -118,6 +119,66 @@ def test_a_bad_variable_is_named_with_what_to_give(variable: str, value: str, sa
     assert says in str(error.value)
 
 
+def test_the_training_limits_are_read_and_default_to_the_sandboxs_own() -> None:
+    assert Settings().training_limits == JobLimits()
+    limits = resolve(
+        {},
+        {
+            "MLSERVE_TRAINING_CPU_TIME": "90.5",
+            "MLSERVE_TRAINING_WALL_TIME": "2h",
+            "MLSERVE_TRAINING_MEMORY": "512M",
+            "MLSERVE_TRAINING_FILE_SIZE": "10M",
+            "MLSERVE_TRAINING_PROCESSES": "8",
+            "MLSERVE_TRAINING_LOG_LINES": "50",
+            "MLSERVE_TRAINING_LOG_LINE_BYTES": "1k",
+        },
+    ).training_limits
+    assert limits == JobLimits(
+        cpu_seconds=91,  # whole seconds, rounded up
+        wall_seconds=7200.0,
+        memory_bytes=512 * 1024**2,
+        file_bytes=10 * 1024**2,
+        processes=8,
+        log_lines=50,
+        log_line_bytes=1024,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MLSERVE_TRAINING_CPU_TIME", "0", "above 0"),
+        ("MLSERVE_TRAINING_CPU_TIME", "8d", "'8d' is not a CPU time from 1s to 7d"),
+        (
+            "MLSERVE_TRAINING_WALL_TIME",
+            "0.5",
+            "'0.5' is not a wall-clock time from 1s to 7d",
+        ),
+        ("MLSERVE_TRAINING_WALL_TIME", "-1", "above 0"),
+        ("MLSERVE_TRAINING_MEMORY", "1M", "'1M' is not a memory size from 128M to 64T"),
+        ("MLSERVE_TRAINING_MEMORY", "100T", "memory size"),
+        ("MLSERVE_TRAINING_FILE_SIZE", "1k", "'1k' is not a file size from 1M to 64T"),
+        ("MLSERVE_TRAINING_PROCESSES", "1", "'1' is not a number of processes from 4 to 32768"),
+        ("MLSERVE_TRAINING_PROCESSES", "1000000", "number of processes"),
+        ("MLSERVE_TRAINING_LOG_LINES", "5", "'5' is not a number of log lines from 10 to 100000"),
+        ("MLSERVE_TRAINING_LOG_LINES", "many", "whole number"),
+        ("MLSERVE_TRAINING_LOG_LINE_BYTES", "10", "is not a line length from 256 to 1M bytes"),
+        ("MLSERVE_TRAINING_LOG_LINE_BYTES", "2M", "is not a line length from 256 to 1M bytes"),
+    ],
+)
+def test_an_absurd_training_limit_is_named_with_its_range(
+    variable: str, value: str, says: str
+) -> None:
+    test_a_bad_variable_is_named_with_what_to_give(variable, value, says)
+
+
+def test_a_training_log_over_256_mib_a_job_is_refused() -> None:
+    big = {"MLSERVE_TRAINING_LOG_LINES": "100000", "MLSERVE_TRAINING_LOG_LINE_BYTES": "1M"}
+    with pytest.raises(SettingError, match="more than 256 MiB of log per job"):
+        resolve({}, big)
+    assert resolve({}, {**big, "MLSERVE_TRAINING_LOG_LINES": "256"}).training_log_lines == 256
+
+
 def test_workers_auto_is_one_per_core_but_one() -> None:
     cores = len(os.sched_getaffinity(0))
     assert resolve({}, {"MLSERVE_WORKERS": "auto"}).workers == max(1, cores - 1)
@@ -167,6 +228,13 @@ def test_help_shows_every_flag_with_its_variable_and_default() -> None:
         ([], {"MLSERVE_WORKERS": "abc"}, "MLSERVE_WORKERS='abc': give a whole number"),
         ([], {"MLSERVE_LISTEN": "x"}, "MLSERVE_LISTEN='x': give host:port"),
         (["--tls-cert", "c.pem"], {}, "--tls-cert and --tls-key"),
+        (["--training-processes", "2"], {}, "argument --training-processes: '2' is not a"),
+        (["--training-memory", "64k"], {}, "argument --training-memory: '64k' is not a memory"),
+        (
+            ["--training-log-lines", "100000"],
+            {"MLSERVE_TRAINING_LOG_LINE_BYTES": "64k"},
+            "--training-log-lines 100000 times --training-log-line-bytes 65536 keeps more",
+        ),
     ],
 )
 def test_a_bad_value_exits_2_with_a_clear_error(

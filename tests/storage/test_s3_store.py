@@ -16,12 +16,12 @@ from typing import Any
 import peewee as pw
 import pytest
 
-from mlserve.catalog.uploads import UploadLimits, Uploads
-from mlserve.core.errors import FailedPrecondition, Unavailable
+from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
+from mlserve.core.errors import DataLoss, FailedPrecondition, Unavailable
 from mlserve.settings import resolve
 from mlserve.storage import tables
 from mlserve.storage.s3 import S3Location, S3Repository
-from tests.storage.test_blobs_unit import Domain, read_version, upload
+from tests.storage.test_blobs_unit import Domain, read_version, specs, upload
 from tests.support.catalog import open_catalog
 from tests.support.mlserve import free_port
 from tests.support.s3 import AWS_ENV, MotoServer, moto_server  # noqa: F401 (a fixture)
@@ -58,29 +58,72 @@ def keys(moto: MotoServer, bucket: S3Location) -> list[str]:
     return moto.keys(bucket.bucket, bucket.prefix + "/")
 
 
-def test_a_version_lands_in_the_bucket_in_tritons_layout(
+def blob_keys(moto: MotoServer, bucket: S3Location) -> dict[str, str]:
+    """Each blob row's object key, by sha256, checked to hold exactly its content."""
+    found = {}
+    for row in tables.Blob.select():
+        key = f"{bucket.prefix}/{row.location}"
+        body = moto.client().get_object(Bucket=bucket.bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == row.sha256
+        found[row.sha256] = key
+    return found
+
+
+def pending_multipart_uploads(moto: MotoServer, bucket: S3Location) -> list[Any]:
+    return list(moto.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads", []))
+
+
+def record_calls(repository: S3Repository, *operations: str) -> list[tuple[str, str]]:
+    """(operation, key) of each of ``operations`` the repository's client makes from now."""
+    made: list[tuple[str, str]] = []
+    for operation in operations:
+
+        def record(params: dict[str, Any], operation: str = operation, **_: Any) -> None:
+            made.append((operation, params["Key"]))
+
+        repository._client.meta.events.register(f"provide-client-params.s3.{operation}", record)
+    return made
+
+
+def test_a_version_is_stored_once_and_laid_out_for_triton_only_when_placed(
     domain: Domain,
     bucket: S3Location,
     moto_server: MotoServer,  # noqa: F811
 ) -> None:
+    """An upload leaves one object per content, at the key its row records, no copy
+    and nothing in Triton's layout; placing the version (a Triton reading the bucket
+    is to load it) copies its blobs there, config last."""
+    repository = domain.repository
+    assert isinstance(repository, S3Repository)
+    copies = record_calls(repository, "CopyObject", "UploadPartCopy")
     files = {"model.py": b"# one\n", "weights.bin": WEIGHTS}
-    assert upload(domain, "m", files).version == 1
+    record = upload(domain, "m", files, upload_id="once")
+    assert record.version == 1
     code_sha = hashlib.sha256(b"# one\n").hexdigest()
-    assert keys(moto_server, bucket) == sorted(
-        [
-            f"team/models/blobs/sha256/{code_sha[:2]}/{code_sha}",
-            f"team/models/blobs/sha256/{SHA[:2]}/{SHA}",
-            "team/models/repository/m/1/model.py",
-            "team/models/repository/m/1/weights.bin",
-            "team/models/repository/m/config.pbtxt",
-        ]
-    )
-    stored = moto_server.client().get_object(
-        Bucket=bucket.bucket, Key="team/models/repository/m/1/weights.bin"
-    )
-    assert stored["Body"].read() == WEIGHTS
+    stored = blob_keys(moto_server, bucket)
+    assert set(stored) == {code_sha, SHA}
+    assert all(key.startswith("team/models/blobs/uploads/once/") for key in stored.values())
+    assert keys(moto_server, bucket) == sorted(stored.values())
+    assert copies == []
     assert read_version(domain, "m", 1) == files
     assert not list((domain.home / "staging").iterdir())  # staged bytes moved into the bucket
+    assert pending_multipart_uploads(moto_server, bucket) == []
+
+    repository.place_version("m", 1, record.files, record.config)
+    laid_out = [key for key in keys(moto_server, bucket) if "/repository/" in key]
+    assert laid_out == [
+        "team/models/repository/m/1/model.py",
+        "team/models/repository/m/1/weights.bin",
+        "team/models/repository/m/config.pbtxt",
+    ]
+    body = moto_server.client().get_object(
+        Bucket=bucket.bucket, Key="team/models/repository/m/1/weights.bin"
+    )["Body"]
+    assert body.read() == WEIGHTS
+    # Placing it again copies nothing more.
+    copies.clear()
+    repository.place_version("m", 1, record.files, record.config)
+    assert copies == []
 
 
 def test_config_is_written_after_every_file_of_the_version(
@@ -88,16 +131,12 @@ def test_config_is_written_after_every_file_of_the_version(
 ) -> None:
     """The client's own calls, in order: a Triton listing the bucket never sees a
     config.pbtxt before the files it names."""
-    written: list[str] = []
-
-    def record(params: dict[str, Any], **_: Any) -> None:
-        written.append(params["Key"])
-
-    client = domain.repository._client  # type: ignore[attr-defined]
-    for operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
-        client.meta.events.register(f"provide-client-params.s3.{operation}", record)
-    upload(domain, "m", {"model.py": b"# a\n", "b/c.bin": WEIGHTS})
-    in_repository = [key for key in written if "/repository/" in key]
+    repository = domain.repository
+    assert isinstance(repository, S3Repository)
+    record = upload(domain, "m", {"model.py": b"# a\n", "b/c.bin": WEIGHTS})
+    written = record_calls(repository, "PutObject", "CopyObject", "CreateMultipartUpload")
+    repository.place_version("m", 1, record.files, record.config)
+    in_repository = [key for _, key in written if "/repository/" in key]
     assert in_repository[-1] == "team/models/repository/m/config.pbtxt"
     assert sorted(in_repository[:-1]) == [
         "team/models/repository/m/1/b/c.bin",
@@ -110,16 +149,18 @@ def test_dedup_deletion_and_collection_in_the_bucket(
     bucket: S3Location,
     moto_server: MotoServer,  # noqa: F811
 ) -> None:
-    upload(domain, "m", {"model.py": b"# one\n", "weights.bin": WEIGHTS})
+    first = upload(domain, "m", {"model.py": b"# one\n", "weights.bin": WEIGHTS})
+    domain.repository.place_version("m", 1, first.files, first.config)
     second = {"model.py": b"# two\n", "weights.bin": WEIGHTS}
     assert upload(domain, "m", second, send={"model.py": b"# two\n"}).version == 2
     assert read_version(domain, "m", 2) == second
+    one_sha = hashlib.sha256(b"# one\n").hexdigest()
+    one_key = blob_keys(moto_server, bucket)[one_sha]
     asyncio.run(domain.catalog.versions.delete_version("m", 1))
     remaining = keys(moto_server, bucket)
     assert not any(key.startswith("team/models/repository/m/1/") for key in remaining)
-    one_sha = hashlib.sha256(b"# one\n").hexdigest()
-    assert f"team/models/blobs/sha256/{one_sha[:2]}/{one_sha}" not in remaining
-    assert f"team/models/blobs/sha256/{SHA[:2]}/{SHA}" in remaining
+    assert one_key not in remaining
+    assert blob_keys(moto_server, bucket)[SHA] in remaining
     asyncio.run(domain.catalog.models.delete_model("m"))
     assert keys(moto_server, bucket) == []
     assert tables.Blob.select().count() == 0
@@ -134,8 +175,15 @@ def test_startup_sweep_removes_objects_no_row_names(
     moto_server.client().put_object(
         Bucket=bucket.bucket, Key=f"team/models/blobs/sha256/ab/{orphan}", Body=b"left by a crash"
     )
-    assert domain.blobs.sweep() == [orphan]
-    assert keys(moto_server, bucket) == []
+    # An object completed at a key of its own whose row was never written (killed
+    # between the two, or the loser of a race that did not live to delete it).
+    moto_server.client().put_object(
+        Bucket=bucket.bucket, Key="team/models/blobs/uploads/gone/0123", Body=b"no row"
+    )
+    upload(domain, "m", {"model.py": b"# kept\n"})
+    (kept,) = blob_keys(moto_server, bucket).values()
+    assert sorted(domain.blobs.sweep()) == sorted([orphan, "blobs/uploads/gone/0123"])
+    assert keys(moto_server, bucket) == [kept]
 
 
 @pytest.fixture
@@ -274,3 +322,113 @@ def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
     assert upload(second, "m", files, upload_id="gapped").version == 1
     assert read_version(second, "m", 1) == files
     assert tables.UploadPart.select().count() == 0
+
+
+def parted_domain(tmp_path: Path, bucket: S3Location, name: str = "a") -> Domain:
+    """A replica whose parts are 5 MiB (S3's smallest): a 12 MiB file spans three."""
+    location = dataclasses.replace(bucket, part_size=5 * 1024**2)
+    return domain_on(S3Repository(location, tmp_path / name / "staging"), tmp_path / name)
+
+
+def test_content_stored_by_another_upload_meanwhile_aborts_this_ones_parts(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+) -> None:
+    """Dedup after the bytes: the content was not stored when this upload began (so
+    its bytes went to the bucket in parts), but another upload stored it before this
+    one committed. The blob stays the other's object; this one's multipart upload is
+    aborted, nothing of it stays, and its version reads the shared blob."""
+    domain = parted_domain(tmp_path, bucket)
+    weights = os.urandom(12 * 1024**2 + 1)
+    files = {"model.py": b"# late\n", "weights.bin": weights}
+
+    async def the_other_upload_first() -> None:
+        async def parts() -> Any:
+            other = {"model.py": b"# first\n", "weights.bin": weights}
+            yield UploadHeader("other", "first", specs(other))
+            yield Chunk("model.py", 0, other["model.py"])
+            for offset in range(0, len(weights), 1024**2):
+                yield Chunk("weights.bin", offset, weights[offset : offset + 1024**2])
+
+        await domain.uploads.receive(parts())
+
+    record = upload(domain, "m", files, upload_id="late", after_header=the_other_upload_first)
+    assert read_version(domain, "m", record.version) == files
+    stored = blob_keys(moto_server, bucket)
+    assert stored[hashlib.sha256(weights).hexdigest()].startswith(
+        "team/models/blobs/uploads/first/"
+    )
+    assert keys(moto_server, bucket) == sorted(stored.values())  # one object per content
+    assert pending_multipart_uploads(moto_server, bucket) == []
+    assert tables.UploadPart.select().count() == 0
+
+
+class _RacedRepository(S3Repository):
+    """A bucket where another upload of the same content writes its blob row just
+    after this one completed its object: the interleaving of two ingests at once.
+    ``winner_present``: that other upload's object is in the bucket (else it is gone)."""
+
+    winner = "blobs/uploads/other/winner"
+
+    def __init__(self, location: S3Location, staging: Path, *, winner_present: bool) -> None:
+        super().__init__(location, staging)
+        self.winner_present = winner_present
+
+    def store_blob(self, upload_id: str, path: str, sha256: str) -> str:
+        location = super().store_blob(upload_id, path, sha256)
+        if path == "weights.bin":
+            if self.winner_present:
+                self._client.put_object(
+                    Bucket=self.location.bucket, Key=self.location.key(self.winner), Body=WEIGHTS
+                )
+            tables.Blob.create(sha256=sha256, size=len(WEIGHTS), location=self.winner)
+        return location
+
+
+@pytest.mark.parametrize("winner_present", [True, False], ids=["winner-stored", "winner-gone"])
+def test_two_uploads_storing_one_content_at_once_leave_one_object(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+    winner_present: bool,
+) -> None:
+    repository = _RacedRepository(bucket, tmp_path / "staging", winner_present=winner_present)
+    domain = domain_on(repository, tmp_path)
+    files = {"model.py": b"# raced\n", "weights.bin": WEIGHTS}
+    assert read_version(domain, "m", upload(domain, "m", files, upload_id="raced").version) == files
+    weights_key = blob_keys(moto_server, bucket)[SHA]
+    if winner_present:
+        assert weights_key == f"team/models/{_RacedRepository.winner}"
+    else:  # the row's object was gone: this upload's object took its place
+        assert weights_key.startswith("team/models/blobs/uploads/raced/")
+    assert keys(moto_server, bucket) == sorted(blob_keys(moto_server, bucket).values())
+
+
+def test_a_file_that_fails_its_checksum_leaves_nothing_in_the_bucket(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+) -> None:
+    """12 MiB sent in 5 MiB parts, one byte wrong: DataLoss, the multipart upload
+    aborted and its parts forgotten (a resume must not bring the bad bytes back from
+    the bucket), no object, no version; the right bytes then commit."""
+    domain = parted_domain(tmp_path, bucket)
+    weights = os.urandom(12 * 1024**2 + 7)
+    files = {"model.py": b"# checked\n", "weights.bin": weights}
+    corrupted = {**files, "weights.bin": weights[:-1] + bytes([weights[-1] ^ 1])}
+    with pytest.raises(DataLoss, match=r"weights\.bin"):
+        upload(domain, "m", files, send=corrupted, upload_id="bad")
+    assert tables.ModelVersion.select().count() == 0
+    assert tables.UploadPart.select().count() == 0
+    assert pending_multipart_uploads(moto_server, bucket) == []
+    assert keys(moto_server, bucket) == []  # files are verified before any is stored
+    status = asyncio.run(domain.uploads.get("bad"))
+    assert {f.spec.path: f.received for f in status.files}["weights.bin"] == 0
+    assert upload(domain, "m", files, upload_id="bad").version == 1
+    assert read_version(domain, "m", 1) == files
+    assert pending_multipart_uploads(moto_server, bucket) == []
+    assert keys(moto_server, bucket) == sorted(blob_keys(moto_server, bucket).values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import peewee as pw
@@ -283,27 +284,44 @@ def test_schema_16_assays_keep_their_rows_and_may_name_a_pipeline(
         close_database(opened)
 
 
+def opened_at_schema(
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    version: int,
+    added_later: Sequence[tuple[str, str]],
+) -> pw.Database:
+    """The foundation database migrated up to schema ``version`` only, open, without
+    the (table, column)s of ``added_later``: an earlier migration that creates a
+    table from today's class made them already."""
+    restore_foundation(database_url)
+    with monkeypatch.context() as older:
+        older.setattr(tables, "SCHEMA_VERSION", version)
+        opened = tables.connect(database_url)
+    migrator = SchemaMigrator.from_database(opened)
+    migrate_schema(*(migrator.drop_column(table, column) for table, column in added_later))
+    return opened
+
+
+def insert_sql(database_url: str, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run ``sql`` with %s placeholders on either database kind."""
+    placeholder = "?" if database_url.startswith("sqlite") else "%s"
+    db.database.execute_sql(sql.replace("%s", placeholder), params)
+
+
 def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    restore_foundation(database_url)
-    with monkeypatch.context() as schema_20:
-        schema_20.setattr(tables, "SCHEMA_VERSION", 20)
-        opened = tables.connect(database_url)
     # Schema 18 creates training_job from today's class; make it what schema 20 had.
-    migrate_schema(
-        SchemaMigrator.from_database(opened).drop_column("training_job", "code_dataset"),
-        SchemaMigrator.from_database(opened).drop_column("training_job", "code_dataset_version"),
-    )
+    added = [("training_job", "code_dataset"), ("training_job", "code_dataset_version")]
+    opened = opened_at_schema(database_url, monkeypatch, 20, added)
     resnet = tables.Model.get(tables.Model.name == "resnet")
-    opened.execute_sql(  # type: ignore[no-untyped-call]
+    insert_sql(
+        database_url,
         "INSERT INTO training_job (job_id, model_id, code_version, code_path, code_sha256, "
         "dataset, dataset_version, dataset_sha256, parameters, env_path, env_sha256, "
         "env_requirements, runner_labels, network, instance, state, reason, metrics, version, "
         "create_time) VALUES ('job-old', %s, 1, 'train.py', 'c', 'ds', 1, 'd', '{}', '', '', "
-        "'[]', '[]', %s, 'here', 'SUCCEEDED', '', '{}', 2, %s)".replace(
-            "%s", "?" if database_url.startswith("sqlite") else "%s"
-        ),
+        "'[]', '[]', %s, 'here', 'SUCCEEDED', '', '{}', 2, %s)",
         (resnet.id, False, WHEN),
     )
     close_database(opened)
@@ -322,5 +340,60 @@ def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
         )  # fmt: skip
         scratch.delete_instance()  # the rebuilt table (SQLite) kept the model's cascade
         assert [job.job_id for job in tables.TrainingJob.select()] == ["job-old"]
+    finally:
+        close_database(opened)
+
+
+def test_schema_22_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schemas 4 and 12 create these tables from today's classes; make them schema 22's.
+    added = [("blob", "location"), ("upload_part", "key")]
+    opened = opened_at_schema(database_url, monkeypatch, 22, added)
+    sha = "ab" * 32
+    insert_sql(
+        database_url, "INSERT INTO blob (sha256, size, create_time) VALUES (%s, 5, %s)", (sha, WHEN)
+    )
+    tables.Upload.create(upload_id="old", model="m", files="[]", config="", manifest_sha256="0")
+    insert_sql(
+        database_url,
+        "INSERT INTO upload_part (upload_id, path, multipart_id, number, size, etag) "
+        "VALUES ('old', 'w.bin', 'mp', 1, 5242880, 'e')",
+    )
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        blob = tables.Blob.get(tables.Blob.sha256 == sha)
+        assert (blob.size, blob.create_time, blob.location) == (5, WHEN, "")
+        part = tables.UploadPart.get()
+        assert (part.upload_id, part.number, part.multipart_id, part.key) == ("old", 1, "mp", "")
+        tables.Blob.create(sha256="cd" * 32, size=1, location="blobs/uploads/new/1")
+        assert tables.Blob.get(tables.Blob.sha256 == "cd" * 32).location == "blobs/uploads/new/1"
+    finally:
+        close_database(opened)
+
+
+def test_schema_23_gains_training_job_log_lines_that_go_with_their_job(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = opened_at_schema(database_url, monkeypatch, 23, [])
+    assert not opened.table_exists("training_job_log_line")
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        scratch = tables.Model.create(name="scratch")
+        job = tables.TrainingJob.create(
+            job_id="job-logged", model=scratch, code_version=1, code_path="train.py",
+            dataset="ds", dataset_version=1, instance="here", state="RUNNING",
+        )  # fmt: skip
+        tables.TrainingJobLogLine.create(job=job.job_id, seq=1, line="epoch 1")
+        with pytest.raises(pw.IntegrityError), opened.atomic():  # one row per line number
+            tables.TrainingJobLogLine.create(job=job.job_id, seq=1, line="again")
+        scratch.delete_instance()  # the model's jobs go, and their lines with them
+        assert tables.TrainingJobLogLine.select().count() == 0
     finally:
         close_database(opened)

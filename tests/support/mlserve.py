@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,6 +173,23 @@ class MLServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         return int(self.process.returncode)
+
+
+@contextlib.contextmanager
+def stubs_of(replica: MLServeProcess) -> Iterator[Stubs]:
+    """Stubs on a channel of their own to ``replica``, closed when the block ends."""
+    stubs = replica.stubs()
+    try:
+        yield stubs
+    finally:
+        stubs.channel.close()
+
+
+def hand_on_admin_key(first: MLServeProcess, replica: MLServeProcess) -> None:
+    """Give ``replica`` (not started yet, its own home) the admin key of ``first``, as
+    the operator of replicas without a shared disk does."""
+    replica.home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first.home / "admin.key", replica.home / "admin.key")
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """Training jobs across MLServe's restarts and with the admin's settings, each on its
 own Triton-less MLServe: jobs are rows of the database (SQLite and PostgreSQL), so
-they are there after a SIGKILL and a start, the ones queued or running then ended
-FAILED "interrupted by a restart"; a job asking for the network gets it only where
-the admin allows it, and reaches a loopback port the test opens."""
+they are there after a SIGKILL and a start, with their logs, the ones queued or
+running then ended FAILED "interrupted by a restart"; a job asking for the network
+gets it only where the admin allows it, and reaches a loopback port the test opens."""
 
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ def test_jobs_survive_a_restart_and_unfinished_ones_end_failed(
             assert ended.version == 0
             assert not (process.home / "training" / job_id).exists()
         assert get(stubs, done[1].id) == done[1]  # a finished job as it was
+        assert watch(stubs, done[1].id) == done  # its log included
+        # The killed job keeps the lines written before the kill (a watcher saw "go",
+        # read from the database).
+        assert watch(stubs, running.id)[0] == ["go"]
         assert job_ids(stubs, model) == [queued.id, running.id, done[1].id]
         # A token from before the restart goes on where it left off.
         rest = stubs.training.ListTrainingJobs(
@@ -79,7 +83,7 @@ def test_jobs_survive_a_restart_and_unfinished_ones_end_failed(
         assert [job.id for job in rest.jobs] == [running.id, done[1].id]
         # The runner takes jobs again, and nothing the killed jobs did was committed.
         after = watch(stubs, create(stubs, model, dataset, "train.py", parameters={"note": "b"}).id)
-        assert (after[1].state, after[1].version) == (SUCCEEDED, 3)
+        assert (after[1].state, after[1].version) == (SUCCEEDED, 3), after[1].reason
     finally:
         process.stop()
 

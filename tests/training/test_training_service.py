@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from mlserve.training.sandboxed import LINE_CAP_BYTES, TRUNCATED_MARK
+from mlserve.training.sandboxed import TRUNCATED_MARK, JobLimits
 from mlserve_api.v1 import dataset_pb2, model_pb2, training_pb2
 from tests.support.checks import delete_model_quietly, expect_error, version_numbers
 from tests.support.commands import grpcurl, mlserve_cli
@@ -130,7 +130,8 @@ def test_a_failing_script_ends_failed_with_its_reason_and_commits_nothing(
     assert done.state == training_pb2.TRAINING_JOB_STATE_FAILED
     assert done.reason == f"exited with code 3: {last_line}"
     # Streamed, each line within the cap (a flood's watcher that falls behind skips lines).
-    longest = LINE_CAP_BYTES + len(TRUNCATED_MARK.format(cap=LINE_CAP_BYTES))
+    cap = JobLimits().log_line_bytes  # the default
+    longest = cap + len(TRUNCATED_MARK.format(cap=cap))
     assert lines
     assert max(len(line) for line in lines) <= longest
     assert done.version == 0
@@ -244,8 +245,10 @@ def test_grpcurl_creates_watches_lists_and_gets_jobs_by_reflection(
     )
     assert watched.returncode == 0, watched.stderr
     # The job may well have ended before grpcurl started: a finished job's watch is
-    # its final state alone (its log lines are not kept once it ended).
-    final = json_messages(watched.stdout)[-1]["job"]
+    # its stored log, then its final state.
+    messages = json_messages(watched.stdout)
+    assert {"logLine": "fitted 2.0"} in messages
+    final = messages[-1]["job"]
     assert (final["state"], final["version"]) == ("TRAINING_JOB_STATE_SUCCEEDED", "2")
     assert final["metrics"] == {"slope": 2}
     listed = grpcurl(
