@@ -86,7 +86,8 @@ typecheck: install
 # share this 2-core machine well. PYTEST_WORKERS=0 runs the suite in one process.
 # A failed test is run once more (pytest-rerunfailures) before the suite fails:
 # on a shared machine a real process can miss a deadline once. Each rerun is
-# listed as RERUN in the summary, so a flaky test is reported, not hidden;
+# listed as RERUN in the summary with the traceback of its failed try, so a
+# flaky test is reported, not hidden;
 # PYTEST_RERUNS=0 turns it off.
 PYTEST_WORKERS ?= 2
 PYTEST_RERUNS ?= 1
@@ -94,7 +95,7 @@ test: install lint
 	scripts/ensure_postgresql.sh
 	scripts/ensure_bubblewrap.sh
 	scripts/ensure_go.sh
-	$(BIN)/pytest -q -raR -n $(PYTEST_WORKERS) --dist loadfile --reruns $(PYTEST_RERUNS) $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(BIN)/pytest -q -raR -n $(PYTEST_WORKERS) --dist loadfile --reruns $(PYTEST_RERUNS) --rerun-show-tracebacks $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from tests.support.mlserve import (
 )
 from tests.support.models import upload_add
 from tests.support.postgres import PostgresCluster
+from tests.support.rollouts import ANSWERS, roll_to
 from tests.support.s3 import MotoServer, moto_server  # noqa: F401 (a fixture)
 from tests.support.tritons import (
     TritonProcess,
@@ -107,10 +108,10 @@ def infer(replica: MLServeProcess, model: str) -> np.ndarray:
     return np.asarray(result.as_numpy("OUTPUT0"))
 
 
-def routed(replica: MLServeProcess, model: str) -> bool:
-    """True once ``replica`` answers ``model`` with the right sums."""
+def routed(replica: MLServeProcess, model: str, answer: Sequence[float] = (11, 22, 33, 44)) -> bool:
+    """True once ``replica`` answers ``model`` with the right sums (``answer``)."""
     try:
-        return bool(np.allclose(infer(replica, model), [11, 22, 33, 44]))
+        return bool(np.allclose(infer(replica, model), answer))
     except InferenceServerException:
         return False
 
@@ -172,6 +173,26 @@ def test_a_triton_reading_the_bucket_loads_by_name(on_bucket: OnBucket) -> None:
         np.testing.assert_allclose(infer(on_bucket.a, "add-read"), [11, 22, 33, 44])
         # b learns of the deployment from the database at its next health round.
         wait_for(lambda: routed(on_bucket.b, "add-read"), 30, "b to route add-read")
+
+
+def test_a_rollout_on_a_triton_reading_the_bucket_lays_out_the_new_version(
+    on_bucket: OnBucket,
+) -> None:
+    """v1 deployed on the bucket reader through a, v2 uploaded and rolled to through
+    b: v2 is put in Triton's layout before the reader loads it, and serves."""
+    with deployed(on_bucket.a, "add-rolled", "reader"), stubs_of(on_bucket.b) as stubs:
+        prefix = "fleet/repository/add-rolled/"
+        assert upload_add(stubs, "add-rolled", offset=100).version == 2
+        assert not [k for k in on_bucket.moto.keys(on_bucket.bucket, prefix) if "/2/" in k]
+        rolled = roll_to(stubs, "add-rolled", 2)
+        assert rolled.state == deployment_pb2.DEPLOYMENT_STATE_READY, rolled
+        assert f"{prefix}2/model.py" in on_bucket.moto.keys(on_bucket.bucket, prefix)
+        assert on_bucket.reader.client().is_model_ready("add-rolled", "2")
+        wait_for(
+            lambda: routed(on_bucket.a, "add-rolled", ANSWERS[2]),
+            60,
+            "a to route add-rolled to version 2",
+        )
 
 
 def test_the_inference_log_goes_to_the_bucket_from_each_replica(on_bucket: OnBucket) -> None:

@@ -204,9 +204,35 @@ func (c *Client) ReceivedBytes(ctx context.Context, uploadID string) (map[string
 	return held, nil
 }
 
+// abortedRetry bounds how long Upload keeps trying while another stream holds
+// the upload.
+const abortedRetry = 15 * time.Second
+
 // Upload uploads folder as a new version of model (created when missing),
 // resuming an interrupted upload of the same content from where MLServe got to.
+// Aborted means another stream holds the upload (often one just interrupted,
+// which the server is still closing): Upload tries again, resuming from what
+// that stream stored, for up to 15 s.
 func (c *Client) Upload(ctx context.Context, model, folder string) (*v1.ModelVersion, error) {
+	deadline := time.Now().Add(abortedRetry)
+	pause := 100 * time.Millisecond
+	for {
+		version, err := c.uploadOnce(ctx, model, folder)
+		if status.Code(err) != codes.Aborted || time.Now().Add(pause).After(deadline) {
+			return version, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(pause):
+		}
+		if pause < 2*time.Second {
+			pause *= 2
+		}
+	}
+}
+
+func (c *Client) uploadOnce(ctx context.Context, model, folder string) (*v1.ModelVersion, error) {
 	prepared, err := c.PrepareUpload(model, folder)
 	if err != nil {
 		return nil, err

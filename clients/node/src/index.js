@@ -116,9 +116,24 @@ export class MLServe {
    * one numbered folder of them (Triton's layout). Resumable: the upload id is
    * derived from the manifest, so calling again after an interruption sends
    * only what MLServe has not stored (GetUpload says how far each file got).
+   * ABORTED means another stream holds this upload — often one just
+   * interrupted, which the server is still closing — so the call tries again,
+   * resuming from what that stream stored, for up to `abortedRetrySeconds`.
    * @returns the ModelVersion made (or the existing one for identical content)
    */
-  async upload(model, folder) {
+  async upload(model, folder, { abortedRetrySeconds = 15 } = {}) {
+    const deadline = Date.now() + abortedRetrySeconds * 1000;
+    for (let pause = 100; ; pause = Math.min(pause * 2, 2000)) {
+      try {
+        return await this.#uploadOnce(model, folder);
+      } catch (error) {
+        if (error.code !== grpc.status.ABORTED || Date.now() + pause > deadline) throw error;
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      }
+    }
+  }
+
+  async #uploadOnce(model, folder) {
     const { files, config, manifest, uploadId } = await this.prepareUpload(model, folder);
     const received = await this.receivedBytes(uploadId);
     return new Promise((resolve, reject) => {
