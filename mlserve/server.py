@@ -19,7 +19,7 @@ import grpc
 import peewee as pw
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from mlserve import __version__
 from mlserve.access import ADMIN_KEY_FILE, Access
@@ -86,7 +86,7 @@ from mlserve.triton.host import host_capacity, tree_resident_bytes
 from mlserve.triton.launcher import EmbeddedTriton, bundled_backends
 from mlserve.triton.sandbox import Sandbox
 from mlserve.triton.supervisor import LivenessProbing, TritonSupervisor
-from mlserve.workers import MULTIPROCESS_VARIABLE, report_ready
+from mlserve.workers import MULTIPROCESS_VARIABLE, MergedWorkers, report_ready
 from mlserve_api.v1 import (
     app_pb2,
     app_pb2_grpc,
@@ -687,7 +687,7 @@ def metrics_registry(domain: Domain) -> CollectorRegistry:
     if MULTIPROCESS_VARIABLE not in os.environ:
         return domain.stats.registry
     merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    MergedWorkers(merged)  # type: ignore[no-untyped-call]
     return merged
 
 

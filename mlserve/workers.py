@@ -53,11 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
+
+from prometheus_client import multiprocess
+from prometheus_client.metrics_core import Metric
 
 from mlserve.settings import Settings
 
@@ -69,10 +72,11 @@ RESTARTS_METRIC = "mlserve_worker_restarts"
 CRASH_LOOP_EXITS = 4  # exits in a row, each soon after its start: the worker is not restarted
 STABLE_SECONDS = 30.0  # a worker that served this long before it exited was not crash-looping
 _FIRST_DELAY = 1.0  # seconds before the second restart in a row; doubled each time after
-_MAX_DELAY = 30.0
+MAX_DELAY = 30.0
 _STOP_MARGIN = 15.0  # seconds past the grace period before a worker is killed
 _POLL = 0.2  # seconds between looks at the workers
 _PR_SET_PDEATHSIG = 1
+_HEADER_BYTES = 8  # of a prometheus_client multiprocess file: the bytes used, padding
 
 
 @dataclass
@@ -84,7 +88,7 @@ class _Worker:
 
 
 @dataclass
-class _Slot:
+class Slot:
     """One worker's place in the set, across its restarts."""
 
     index: int
@@ -97,7 +101,7 @@ class _Slot:
         """Seconds to wait before starting it again: none after a lone exit."""
         if self.early_exits <= 1:
             return 0.0
-        return min(_FIRST_DELAY * 2.0 ** (self.early_exits - 2), _MAX_DELAY)
+        return min(_FIRST_DELAY * 2.0 ** (self.early_exits - 2), MAX_DELAY)
 
 
 class WorkerSet:
@@ -106,7 +110,7 @@ class WorkerSet:
     def __init__(self, settings: Settings, argv: Sequence[str]) -> None:
         self.settings = settings
         self.argv = list(argv)  # the command line of `mlserve` after the program name
-        self.slots = [_Slot(index) for index in range(settings.workers)]
+        self.slots = [Slot(index) for index in range(settings.workers)]
         self._stopping = False
         self._port = 0
 
@@ -178,7 +182,7 @@ class WorkerSet:
             time.sleep(_POLL)
         return 0
 
-    def _ended(self, slot: _Slot, metrics: RunMetrics) -> bool:
+    def _ended(self, slot: Slot, metrics: RunMetrics) -> bool:
         """Whether the slot's worker has just exited; if so, when it starts again."""
         worker = slot.worker
         status = None if worker is None else worker.process.poll()
@@ -198,7 +202,7 @@ class WorkerSet:
             )  # fmt: skip
         return True
 
-    def _start(self, slot: _Slot, listen: str, environ: dict[str, str]) -> bool:
+    def _start(self, slot: Slot, listen: str, environ: dict[str, str]) -> bool:
         """Start the slot's worker on ``listen``; whether it serves (its port is kept)."""
         read_end, write_end = os.pipe()
         command = [sys.executable, "-m", "mlserve", *self.argv, "--listen", listen]
@@ -252,7 +256,7 @@ class WorkerSet:
                     worker.process.wait()
 
 
-def _status(slot: _Slot) -> int | None:
+def _status(slot: Slot) -> int | None:
     return None if slot.worker is None else slot.worker.process.poll()
 
 
@@ -320,8 +324,6 @@ class RunMetrics:
 
     def process_dead(self, pid: int) -> None:
         """A worker exited: its gauges in live modes stop counting (prometheus_client)."""
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
 
     def __exit__(self, *exc: object) -> None:
@@ -332,6 +334,28 @@ class RunMetrics:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+
+
+class MergedWorkers(multiprocess.MultiProcessCollector):
+    """Every worker's series, merged, as ``/metrics`` serves them (worker 0).
+
+    A process creates its file empty and sizes it a moment later; prometheus_client
+    fails the whole merge on a file read in that moment, and on every scrape after
+    when the process was killed in it (prometheus/client_python#1199). A file of
+    fewer than 8 bytes (its header) holds no value yet, so it is left out.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        directory = Path(self._path)
+        files = [str(path) for path in directory.glob("*.db") if _holds_values(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _holds_values(path: Path) -> bool:
+    try:
+        return path.stat().st_size >= _HEADER_BYTES
+    except FileNotFoundError:  # a live gauge's file, just dropped by mark_process_dead
+        return False
 
 
 def sweep_dead_runs(parent: Path) -> list[str]:

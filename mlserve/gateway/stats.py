@@ -122,12 +122,14 @@ class InferenceStats:
             _quantile(latencies, 0.5) * 1000, _quantile(latencies, 0.99) * 1000, len(latencies)
         )
 
-    @in_thread
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Add what was counted since the last flush to the store."""
+        # Taken on the event loop, where record() runs: in the store's thread the
+        # swap could fall between a record()'s lookup and its increments, and that
+        # call would be counted into a batch already written, so never stored.
         pending, self._pending = self._pending, defaultdict(_Pending)
-        for (model, version), counts in pending.items():
-            _add(model, version, counts)
+        if pending:
+            await in_thread(_add_all)(pending)
 
     @in_thread
     def usage(self, model: str, version: int | None = None) -> UsageRecord:
@@ -153,6 +155,11 @@ class RecentLatency:
 
 def _quantile(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _add_all(pending: dict[tuple[str, int], _Pending]) -> None:
+    for (model, version), counts in pending.items():
+        _add(model, version, counts)
 
 
 def _add(model: str, version: int, counts: _Pending) -> None:

@@ -1,6 +1,6 @@
 """Abandoned uploads expire, and one user's staging is capped, over real sockets.
 
-The expiry test runs an MLServe whose uploads expire after five seconds and
+The expiry test runs an MLServe whose uploads expire after ten seconds and
 waits for the sweep to take one (polling, no timed assertion). The cap test
 runs one with a tiny per-user cap and checks the refusal's code, its message
 (the cap and what is held) and that nothing was written.
@@ -28,7 +28,11 @@ CAP = 10_000
 @pytest.fixture(scope="module")
 def expiring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServeProcess]:
     with started_without_triton(
-        tmp_path_factory.mktemp("expiring-home"), "--upload-expiry", "5s"
+        # Long enough for the steps before the blob check to run on a loaded machine
+        # before the upload expires (the sweep comes every quarter of it).
+        tmp_path_factory.mktemp("expiring-home"),
+        "--upload-expiry",
+        "10s",
     ) as process:
         yield process
 

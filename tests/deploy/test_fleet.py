@@ -67,7 +67,7 @@ class Fleet:
 
     def infer(self, model: str, client: triton.InferenceServerClient | None = None) -> Any:
         result = (client or self.gateway).infer(
-            model, add_inputs(), headers=self.headers, client_timeout=10
+            model, add_inputs(), headers=self.headers, client_timeout=60
         )
         np.testing.assert_allclose(result.as_numpy("OUTPUT0"), [11, 22, 33, 44])
         return result

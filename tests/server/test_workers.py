@@ -181,8 +181,8 @@ class _Load:
                 for _ in range(5):
                     try:
                         client.infer(self.model, add_inputs(), headers=headers, client_timeout=60)
-                    except triton.InferenceServerException:
-                        self.failed += 1  # a call on the killed worker's connection
+                    except Exception:  # a call on the killed worker's connection
+                        self.failed += 1
                     else:
                         self.ok += 1
             finally:
@@ -209,6 +209,8 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(served: Workers) -> None:
         os.kill(killed, signal.SIGKILL)
         wait_until(lambda: "worker 1 serves again" in served.process.log.read_text(), timeout=120)
         (replacement,) = [pid for pid in children(parent) if pid not in served.workers]
+        # At once: the tests after this one look for the workers the set has now.
+        served.workers[:] = sorted([*(pid for pid in served.workers if pid != killed), replacement])
         assert _slot_of(replacement).startswith(_SLOT_1)
         before = load.ok
         # The kernel hands new connections to the new process too, and calls go on.
@@ -216,7 +218,6 @@ def test_a_killed_worker_is_replaced_while_calls_go_on(served: Workers) -> None:
         wait_until(lambda: load.ok >= before + 20, timeout=120)
     finally:
         load.stop()
-    served.workers[:] = sorted([*(pid for pid in served.workers if pid != killed), replacement])
     assert "worker 1 (pid" in served.process.log.read_text()
     samples = served.samples()
     assert samples[("mlserve_worker_restarts_total", (("worker", "1"),))] >= 1

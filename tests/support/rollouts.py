@@ -51,7 +51,9 @@ def infer_until(
     try:
         while not stop.is_set():
             try:
-                result = client.infer(model, add_inputs(), headers=headers)
+                # Bounded: a caller stuck on a hung call would keep the join below,
+                # and the test process, from ever ending.
+                result = client.infer(model, add_inputs(), headers=headers, client_timeout=60)
             except InferenceServerException as error:
                 outcomes.failed(error)
                 continue
@@ -68,7 +70,7 @@ def steady_inference(mlserve: MLServeProcess, model: str) -> Iterator[Outcomes]:
     outcomes = Outcomes()
     stop = threading.Event()
     callers = [
-        threading.Thread(target=infer_until, args=(stop, mlserve, model, outcomes))
+        threading.Thread(target=infer_until, args=(stop, mlserve, model, outcomes), daemon=True)
         for _ in range(CONCURRENCY)
     ]
     for caller in callers:
@@ -78,7 +80,7 @@ def steady_inference(mlserve: MLServeProcess, model: str) -> Iterator[Outcomes]:
     finally:
         stop.set()
         for caller in callers:
-            caller.join()
+            caller.join(120)
 
 
 def roll_to(stubs: Stubs, model: str, version: int) -> deployment_pb2.Deployment:

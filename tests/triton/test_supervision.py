@@ -52,7 +52,7 @@ class Served:
     def serves(self) -> bool:
         headers = {"authorization": f"Bearer {self.stubs.key}"}
         try:
-            self.gateway.infer("add", add_inputs(), headers=headers, client_timeout=5)
+            self.gateway.infer("add", add_inputs(), headers=headers, client_timeout=30)
         except InferenceServerException:
             return False
         return True
