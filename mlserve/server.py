@@ -491,6 +491,11 @@ class MLServe:
             await self._server.stop(self.settings.shutdown_grace)
         if self._domain is not None:
             await self._domain.stats.flush()
+            # Its requests are over: other processes may evict their models at once.
+            try:
+                await self._domain.deployments.busy.withdraw()
+            except MLServeError as error:
+                log.warning("busy marks left to expire: %s", error.message)
             # After the server: calls that finished in the grace period are logged too.
             await self._domain.inference_log.close()
             await self._domain.fleet.close()

@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 
 ANY_SERVER = ""  # a mark for every server of the model
 REFRESH_INTERVAL = 2.0  # seconds between two renewals of a busy process's marks
-# How long a published mark holds: several refresh intervals, so that a refresher
-# late on a busy machine (or a slow database write) does not let a mark lapse.
-MARK_LIFETIME = 15.0
+# How long a published mark holds: four refresh intervals, so that a refresher
+# late on a busy machine (or a slow database write) does not let a mark lapse,
+# yet a killed process's marks do not keep its models for long.
+MARK_LIFETIME = 8.0
 # Marks this long past their expiry are deleted, every as long, by whichever
 # process refreshes.
 _PURGE_AFTER = 60.0
@@ -94,7 +95,9 @@ class BusyMarks:
         """A request for ``model`` on ``server`` begins: counted, and marked in the
         database first unless a mark of this process is already valid (the common
         case: a dictionary lookup). A database that cannot be reached does not stop
-        the request; it is counted here only (logged)."""
+        the request; it is counted here only (logged), and the next try is the
+        refresher's, so requests do not queue up behind a database that fails.
+        A request cancelled while its mark is written is counted out again."""
         key = (server, model)
         self._in_flight[key] += 1
         self._ended_at.pop(key, None)
@@ -106,7 +109,11 @@ class BusyMarks:
                     return  # published by the call that held the lock
                 await in_thread(self._publish)([key])
         except MLServeError as error:
+            self._trusted_until[key] = time.monotonic() + REFRESH_INTERVAL
             log.warning("could not mark %s busy on %r: %s", model, server, error)
+        except BaseException:
+            self.leave(server, model)
+            raise
 
     def leave(self, server: str, model: str) -> None:
         """A request counted by ``enter`` ended."""
@@ -170,6 +177,13 @@ class BusyMarks:
         trusted = started + MARK_LIFETIME - REFRESH_INTERVAL
         for key in keys:
             self._trusted_until[key] = trusted
+
+    async def withdraw(self) -> None:
+        """Delete every mark of this process (it stops: its requests are over)."""
+        async with self._writing:
+            mark = tables.BusyMark
+            await in_thread(mark.delete().where(mark.process == self.process).execute)()
+            self._trusted_until.clear()
 
     async def run(self) -> None:
         """Call ``refresh`` every ``REFRESH_INTERVAL`` until cancelled (each process

@@ -74,7 +74,7 @@ from mlserve.core.errors import (
 from mlserve.core.names import check_name
 from mlserve.core.paging import Page, PageTokens, page_size
 from mlserve.deploy import ensembles, targets
-from mlserve.deploy.busy import REFRESH_INTERVAL, BusyMarks, is_busy
+from mlserve.deploy.busy import MARK_LIFETIME, REFRESH_INTERVAL, BusyMarks, is_busy
 from mlserve.deploy.ensembles import EnsembleLoader, EnsemblePlan
 from mlserve.deploy.fleet import READY, Fleet
 from mlserve.deploy.on_demand import Loading
@@ -230,8 +230,9 @@ class _ScaleUp:
 
 
 # How long a cold start waits for other processes' busy marks to clear when only
-# they stand between it and room (a mark lingers up to two refresh intervals).
-_QUIET_WAIT = 3 * REFRESH_INTERVAL
+# they stand between it and room: a mark lingers up to two refresh intervals after
+# its process's last request, and a killed process's marks up to their lifetime.
+_QUIET_WAIT = MARK_LIFETIME + REFRESH_INTERVAL
 
 
 class _BusyElsewhere(Exception):
@@ -718,7 +719,10 @@ class Deployments:
                 order = await in_thread(_cold_start_order)(model)
                 if order is None or order.ready:
                     return order is not None
-                again = await self._plan_cold_start(order)
+                try:
+                    again = await self._plan_cold_start(order)
+                except _BusyElsewhere:
+                    continue  # a victim became busy elsewhere meanwhile: plan again
                 if again.server != plan.server or not set(again.evict) <= set(plan.evict):
                     continue
                 for victim in again.evict:

@@ -331,6 +331,10 @@ class Forwarder:
             finally:
                 while sent:  # never answered: no longer in flight either
                     self.busy.leave(server, sent.popleft()[0])
+                # Nothing reads this upstream any more: the next request to the
+                # server opens a new one instead of waiting on this one forever.
+                if upstreams.get(server) is call:
+                    del upstreams[server]
 
         async def pump() -> None:
             try:
@@ -355,12 +359,19 @@ class Forwarder:
                             asyncio.create_task(read(call, choice.server, waiting[choice.server]))
                         )
                     await self.busy.enter(choice.server, model)
-                    waiting[choice.server].append(
-                        (model, choice.version, request, time.time(), time.perf_counter())
-                    )
-                    await call.write(
-                        request if version else wire.with_version(request, choice.version)
-                    )
+                    queue = waiting[choice.server]
+                    entry = (model, choice.version, request, time.time(), time.perf_counter())
+                    queue.append(entry)
+                    try:
+                        await call.write(
+                            request if version else wire.with_version(request, choice.version)
+                        )
+                    except BaseException:
+                        # Not sent: out of flight, unless the reader already counted it out.
+                        if entry in queue:
+                            queue.remove(entry)
+                            self.busy.leave(choice.server, model)
+                        raise
                 for call in upstreams.values():
                     await call.done_writing()
                 await asyncio.gather(*readers)

@@ -5,6 +5,7 @@ only what is still in flight; a crashed process's marks expire."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Iterable
 
@@ -149,3 +150,52 @@ def test_an_unreachable_database_does_not_fail_the_request(store_db: pw.Database
     # Still counted here: this process's own evictor sees it.
     assert marks.local() == {("s", "m")}
     assert is_busy(asyncio.run(marks.busy(["s"])), "s", "m")
+
+
+def test_after_a_failed_write_requests_leave_the_retry_to_the_refresher(
+    store_db: pw.Database,
+) -> None:
+    # A database that fails must not put a write (and its timeout) in front of
+    # every request: the next try is the refresher's.
+    marks = CountingMarks("p", unreachable=True)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            await marks.enter("s", "m")
+
+    asyncio.run(scenario())
+    assert len(marks.writes) == 1
+    marks.unreachable = False
+    asyncio.run(marks.refresh())  # the refresher tries again, and now it lands
+    assert marks.writes[-1] == [("s", "m")]
+    assert ("s", "m") in busy_marks(["s"])
+
+
+def test_a_request_cancelled_while_its_mark_is_written_is_counted_out(
+    store_db: pw.Database,
+) -> None:
+    marks = BusyMarks("p")
+
+    async def scenario() -> None:
+        async with marks._writing:  # a refresh is writing: the request waits on it
+            entering = asyncio.create_task(marks.enter("s", "m"))
+            await asyncio.sleep(0)
+            assert marks.local() == {("s", "m")}
+            entering.cancel()  # the client's deadline, say
+            with contextlib.suppress(asyncio.CancelledError):
+                await entering
+
+    asyncio.run(scenario())
+    assert marks.local() == set()  # not in flight for ever: its model may go
+
+
+def test_a_stopping_process_withdraws_its_marks(store_db: pw.Database) -> None:
+    stopping, other = BusyMarks("stopping"), BusyMarks("other")
+
+    async def scenario() -> None:
+        await stopping.enter("s", "m")
+        await other.enter("s", "n")
+        await stopping.withdraw()
+
+    asyncio.run(scenario())
+    assert busy_marks(["s"]) == {("s", "n")}

@@ -186,6 +186,8 @@ def test_a_cold_start_waits_for_marks_that_outlived_their_requests(
                 pass  # ended; its mark stays for a refresh interval or two
         cold = asyncio.create_task(scene.deployments.warm("c"))
         await asyncio.sleep(0.5)
+        assert not cold.done()  # it waits for the marks: nothing evicted yet
+        assert scene.unloaded() == []
         for key in list(scene.other._ended_at):  # as if quiet for a refresh interval
             scene.other._ended_at[key] -= REFRESH_INTERVAL
         await scene.other.refresh()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
+import peewee as pw
 from tritonclient.grpc import service_pb2
 
 from mlserve.access.keys import Access
@@ -28,7 +29,10 @@ class ShortDeadline:
         return ()
 
 
-def test_a_stream_request_waits_for_a_cold_load_only_within_the_deadline() -> None:
+def test_a_stream_request_waits_for_a_cold_load_only_within_the_deadline(
+    store_db: pw.Database,
+) -> None:
+    # store_db: the wait holds a busy mark, which is written to the store.
     async def scenario() -> list[str]:
         fleet = Fleet(PageTokens(b"k" * 32))
         forwarder = Forwarder(Router(fleet), fleet, InferenceStats(), Access())
