@@ -532,16 +532,33 @@ class S3Repository(Repository):
         """Complete the multipart upload of ``parts`` (at the key they were sent to) and
         forget their records; the object's location."""
         location = str(parts[0].key)
-        self._client.complete_multipart_upload(
-            Bucket=self.location.bucket,
-            Key=self.location.key(location),
-            UploadId=parts[0].multipart_id,
-            MultipartUpload={
-                "Parts": [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
-            },
-        )
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self.location.bucket,
+                Key=self.location.key(location),
+                UploadId=parts[0].multipart_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
+                },
+            )
+        except ClientError as error:
+            # Completed by an earlier try whose transaction then rolled back (a failed
+            # restore on PostgreSQL brings the part rows back): the object is there.
+            code = error.response.get("Error", {}).get("Code")
+            if code != "NoSuchUpload" or not self._holds(location, sum(p.size for p in parts)):
+                raise
         _forget_parts(upload_id, path)
         return location
+
+    def _holds(self, location: str, size: int) -> bool:
+        """Whether the object at ``location`` exists with ``size`` bytes."""
+        try:
+            head = self._client.head_object(
+                Bucket=self.location.bucket, Key=self.location.key(location)
+            )
+        except ClientError:
+            return False
+        return int(head["ContentLength"]) == size
 
     def _abort_parts(self, upload_id: str, path: str) -> None:
         """Abort the multipart upload of staged ``path`` (if any) and forget its parts."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import peewee as pw
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from mlserve.catalog.uploads import Chunk, UploadHeader, UploadLimits, Uploads
 from mlserve.core.errors import DataLoss, FailedPrecondition, Unavailable
@@ -432,3 +433,40 @@ def test_a_file_that_fails_its_checksum_leaves_nothing_in_the_bucket(
     assert read_version(domain, "m", 1) == files
     assert pending_multipart_uploads(moto_server, bucket) == []
     assert keys(moto_server, bucket) == sorted(blob_keys(moto_server, bucket).values())
+
+
+def test_a_restore_that_failed_after_completing_the_parts_resumes_later(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second replica completes the first one's parts, then cannot fetch them (the
+    bucket drops the download). On PostgreSQL the transaction brings the part rows
+    back while S3 has completed their multipart upload; the next resume must use the
+    object, not be stuck on a multipart upload that no longer exists."""
+    location = dataclasses.replace(bucket, part_size=5 * 1024**2)
+    first = domain_on(S3Repository(location, tmp_path / "a" / "staging"), tmp_path / "a")
+    weights = os.urandom(12 * 1024**2 + 3)
+    files = {"model.py": b"# parts\n", "weights.bin": weights}
+    sent = {"model.py": b"# parts\n", "weights.bin": weights[: 11 * 1024**2]}
+    with pytest.raises(FailedPrecondition, match="incomplete"):
+        upload(first, "m", files, send=sent, upload_id="parted")
+    second = domain_on(S3Repository(location, tmp_path / "b" / "staging"), tmp_path / "b")
+    client = second.repository._client
+    download, dropped = client.download_file, []
+
+    def dropped_once(*args: Any, **kwargs: Any) -> Any:
+        if not dropped:
+            dropped.append(args)
+            raise EndpointConnectionError(endpoint_url=bucket.endpoint)
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(client, "download_file", dropped_once)
+    with pytest.raises(Unavailable, match="cannot be reached"):
+        upload(second, "m", files, upload_id="parted")
+    assert upload(second, "m", files, upload_id="parted").version == 1
+    assert read_version(second, "m", 1) == files
+    assert tables.UploadPart.select().count() == 0
+    assert pending_multipart_uploads(moto_server, bucket) == []
