@@ -344,6 +344,35 @@ def test_schema_20_training_jobs_keep_their_rows_and_gain_a_code_dataset(
         close_database(opened)
 
 
+def test_schema_21_gains_busy_marks_and_audit_outcomes_of_any_length(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = opened_at_schema(database_url, monkeypatch, 21, [])
+    assert not opened.table_exists("busy_mark")
+    if isinstance(opened, pw.PostgresqlDatabase):  # schema 5 makes it from today's class
+        opened.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "outcome" TYPE VARCHAR(32)')
+    insert_sql(
+        database_url,
+        "INSERT INTO audit_event (time, actor, key_prefix, method, resource, outcome) "
+        "VALUES (%s, 'admin', 'k', 'CreateModel', 'm', 'OK')",
+        (WHEN,),
+    )
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        assert [e.outcome for e in tables.AuditEvent.select()] == ["OK"]
+        why = "evicted to make room for 'big' on server 'local': " + "x" * 200
+        tables.AuditEvent.create(actor="mlserve", key_prefix="", method="Evict",
+                                 resource="m", outcome=why)  # fmt: skip
+        assert tables.AuditEvent.get(tables.AuditEvent.method == "Evict").outcome == why
+        tables.BusyMark.create(process="p", server="s", model="m", expire_time=WHEN)
+        assert tables.BusyMark.select().count() == 1
+    finally:
+        close_database(opened)
+
+
 def test_schema_22_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
