@@ -16,8 +16,11 @@ from mlserve.storage import db
 
 
 @pytest.fixture
-def missing_folder(tmp_path: Path) -> Iterator[Path]:
+def missing_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder = tmp_path / "not-yet"
+    # The outage log is the process's: a test before this one (same xdist worker)
+    # may have left an outage begun, and its first line would not come again.
+    monkeypatch.setattr(db, "_outage", db._OutageLog())
     before = db.database.obj
     db.database.initialize(pw.SqliteDatabase(str(folder / "mlserve.db")))
     try:
