@@ -273,6 +273,20 @@ def test_storage_setting_takes_a_bucket_url() -> None:
     assert resolve({}, {}).bucket is None
 
 
+def parted_by_a_first_replica(
+    tmp_path: Path, bucket: S3Location
+) -> tuple[dict[str, bytes], Domain]:
+    """A first replica (its own staging) sent 11 of weights.bin's 12 MiB of upload
+    "parted" in 5 MiB parts and stopped; the files, and a second replica's domain
+    (its own staging) on the same database and bucket."""
+    weights = os.urandom(12 * 1024**2 + 3)
+    files = {"model.py": b"# parts\n", "weights.bin": weights}
+    sent = {"model.py": b"# parts\n", "weights.bin": weights[: 11 * 1024**2]}
+    with pytest.raises(FailedPrecondition, match="incomplete"):
+        upload(parted_domain(tmp_path, bucket, "a"), "m", files, send=sent, upload_id="parted")
+    return files, parted_domain(tmp_path, bucket, "b")
+
+
 def test_a_resume_through_another_replica_continues_from_the_parts_in_the_bucket(
     store_db: pw.Database,
     tmp_path: Path,
@@ -281,15 +295,8 @@ def test_a_resume_through_another_replica_continues_from_the_parts_in_the_bucket
 ) -> None:
     """Two repositories with their own staging (two replicas), one database and bucket:
     what the first sent to the bucket in parts is where the second resumes."""
-    location = dataclasses.replace(bucket, part_size=5 * 1024**2)
-    first = domain_on(S3Repository(location, tmp_path / "a" / "staging"), tmp_path / "a")
-    weights = os.urandom(12 * 1024**2 + 3)
-    files = {"model.py": b"# parts\n", "weights.bin": weights}
-    sent = {"model.py": b"# parts\n", "weights.bin": weights[: 11 * 1024**2]}
-    with pytest.raises(FailedPrecondition, match="incomplete"):
-        upload(first, "m", files, send=sent, upload_id="parted")
+    files, second = parted_by_a_first_replica(tmp_path, bucket)
     assert [part.size for part in tables.UploadPart.select()] == [5 * 1024**2] * 2
-    second = domain_on(S3Repository(location, tmp_path / "b" / "staging"), tmp_path / "b")
     status = asyncio.run(second.uploads.get("parted"))
     assert {f.spec.path: f.received for f in status.files}["weights.bin"] == 10 * 1024**2
     assert upload(second, "m", files, upload_id="parted").version == 1
@@ -446,14 +453,7 @@ def test_a_restore_that_failed_after_completing_the_parts_resumes_later(
     bucket drops the download). On PostgreSQL the transaction brings the part rows
     back while S3 has completed their multipart upload; the next resume must use the
     object, not be stuck on a multipart upload that no longer exists."""
-    location = dataclasses.replace(bucket, part_size=5 * 1024**2)
-    first = domain_on(S3Repository(location, tmp_path / "a" / "staging"), tmp_path / "a")
-    weights = os.urandom(12 * 1024**2 + 3)
-    files = {"model.py": b"# parts\n", "weights.bin": weights}
-    sent = {"model.py": b"# parts\n", "weights.bin": weights[: 11 * 1024**2]}
-    with pytest.raises(FailedPrecondition, match="incomplete"):
-        upload(first, "m", files, send=sent, upload_id="parted")
-    second = domain_on(S3Repository(location, tmp_path / "b" / "staging"), tmp_path / "b")
+    files, second = parted_by_a_first_replica(tmp_path, bucket)
     client = second.repository._client
     download, dropped = client.download_file, []
 
