@@ -7,9 +7,12 @@ and started again."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import grpc
 import pytest
 
 from mlserve_api.v1 import training_pb2
@@ -63,6 +66,10 @@ def replicas(
         postgres_cluster.drop_database(database)
 
 
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
 def get(stubs: Stubs, job_id: str) -> training_pb2.TrainingJob:
     return stubs.training.GetTrainingJob(
         training_pb2.GetTrainingJobRequest(id=job_id), metadata=stubs.auth, timeout=60
@@ -72,9 +79,10 @@ def get(stubs: Stubs, job_id: str) -> training_pb2.TrainingJob:
 def test_a_job_run_through_one_replica_is_followed_and_read_through_the_other(
     replicas: Replicas,
 ) -> None:
+    model = unique("trained-on-a")  # a rerun of this test starts afresh
     with stubs_of(replicas.a) as a, stubs_of(replicas.b) as b:
-        dataset = make_trainable(a, "trained-on-a", {"train.py": TRAIN, "waits.py": WAITS})
-        waiting = create(a, "trained-on-a", dataset, "waits.py")
+        dataset = make_trainable(a, model, {"train.py": TRAIN, "waits.py": WAITS})
+        waiting = create(a, model, dataset, "waits.py")
         assert waiting.instance == "a"
         followed = b.training.WatchTrainingJob(
             training_pb2.WatchTrainingJobRequest(id=waiting.id), metadata=b.auth, timeout=120
@@ -87,7 +95,8 @@ def test_a_job_run_through_one_replica_is_followed_and_read_through_the_other(
                     lines.append(event.log_line)
                 else:
                     states.append(event.job.state)
-                if len(lines) == 3:
+                # A watcher that starts late gets the lines stored so far, then the state.
+                if len(lines) == 3 and RUNNING in states:
                     break
             assert lines == ["go 0", "go 1", "go 2"]
             assert states[-1] == RUNNING  # seen before it ended: it waits to be cancelled
@@ -98,10 +107,16 @@ def test_a_job_run_through_one_replica_is_followed_and_read_through_the_other(
             rest = list(followed)
         finally:
             followed.cancel()
+            # Never leave the job waiting: it would hold the runner from the next tests.
+            with contextlib.suppress(grpc.RpcError):
+                a.training.CancelTrainingJob(
+                    training_pb2.CancelTrainingJobRequest(id=waiting.id), metadata=a.auth,
+                    timeout=60,
+                )  # fmt: skip
         assert [e.job.state for e in rest if e.HasField("job")] == [CANCELLED]
         assert not [e for e in rest if e.HasField("log_line")]
 
-        trained = create(a, "trained-on-a", dataset, "train.py", parameters={"note": "a"})
+        trained = create(a, model, dataset, "train.py", parameters={"note": "a"})
         done = watch(a, trained.id)[1]
         assert (done.state, done.version) == (SUCCEEDED, 2), done.reason
         assert get(b, trained.id) == done
@@ -113,10 +128,10 @@ def test_a_job_run_through_one_replica_is_followed_and_read_through_the_other(
 def test_a_finished_jobs_log_outlives_a_kill_of_the_replica_that_ran_it(
     replicas: Replicas,
 ) -> None:
+    model = unique("trained-then-killed")  # a rerun of this test starts afresh
     with stubs_of(replicas.a) as a:
-        dataset = make_trainable(a, "trained-then-killed", {"train.py": TRAIN})
-        done = watch(a, create(a, "trained-then-killed", dataset, "train.py",
-                               parameters={"note": "k"}).id)  # fmt: skip
+        dataset = make_trainable(a, model, {"train.py": TRAIN})
+        done = watch(a, create(a, model, dataset, "train.py", parameters={"note": "k"}).id)
     assert done[1].state == SUCCEEDED, done[1].reason
     replicas.a.kill()
     replicas.a.start(wait_for_triton=False)
