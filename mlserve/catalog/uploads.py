@@ -69,7 +69,7 @@ from mlserve.core.errors import (
 )
 from mlserve.core.names import check_name, check_relative_path
 from mlserve.core.paging import Listing, Page
-from mlserve.storage import db, tables
+from mlserve.storage import db, tables, writeback
 from mlserve.storage.blobs import Blobs, FileSpec
 from mlserve.storage.db import in_thread
 from mlserve.storage.repository import Repository, sha256_of
@@ -190,6 +190,8 @@ class _StagedFile:
         self.received = spec.size if stored else received  # on disk (the writer thread's)
         self.accepted = self.received  # taken for writing, in flight or done (event loop)
         self.fd: int | None = None
+        # Where the writeback this stream started has reached (storage.writeback).
+        self.written_back = self.received
         # The running digest covers the file only if this stream wrote it from
         # byte 0; after a resume the prefix is hashed from disk at commit.
         self.digest: Any = hashlib.sha256() if self.received == 0 else None
@@ -672,6 +674,9 @@ class Uploads:
         while written < len(data):
             written += os.pwrite(target.fd, data[written:], target.received + written)
         target.received += written
+        if target.received - target.written_back >= writeback.EVERY:
+            writeback.start(target.fd, target.written_back, target.received - target.written_back)
+            target.written_back = target.received
         db.run(self.repository.checkpoint, upload_id, target.spec.path, target.received)
 
     def _end_stream(self, upload_id: str, staged: dict[str, _StagedFile]) -> None:
