@@ -184,6 +184,33 @@ def _s3_call(method: Callable[P, R]) -> Callable[P, R]:
     return call
 
 
+def client_config(location: S3Location) -> Config:
+    """How MLServe's S3 client talks to the bucket (``bench s3-upload``'s reference too).
+
+    Payloads are not signed, on any endpoint: each part carries a CRC32 checksum
+    that S3 verifies, which is what botocore does by default on https. botocore
+    would otherwise hash every byte again with sha256 on a plain-http endpoint,
+    0.6 CPU-seconds per GiB on top of the sha256 MLServe itself checks. Signing
+    the payload over plain http would not protect the bytes anyway: nothing
+    signs what S3 (or a Triton reading the bucket) gets back, so plain http is
+    for loopback or a trusted network only (README, security model).
+    """
+    s3: dict[str, Any] = {"payload_signing_enabled": False}
+    if location.endpoint:
+        s3["addressing_style"] = "path"
+    return Config(
+        # Fail a call in seconds, not minutes, when the bucket is away:
+        # the caller gets UNAVAILABLE and retries.
+        connect_timeout=3,
+        read_timeout=60,
+        retries={"max_attempts": 2, "mode": "standard"},
+        s3=s3,
+        # The part checksum stands in for the payload signature: always sent.
+        request_checksum_calculation="when_supported",
+        max_pool_connections=32,
+    )
+
+
 @dataclass
 class _Sending:
     """The parts of one staged file handed to the senders during a stream."""
@@ -204,15 +231,7 @@ class S3Repository(Repository):
             "s3",
             endpoint_url=location.endpoint or None,
             region_name=location.region,
-            config=Config(
-                # Fail a call in seconds, not minutes, when the bucket is away:
-                # the caller gets UNAVAILABLE and retries.
-                connect_timeout=3,
-                read_timeout=60,
-                retries={"max_attempts": 2, "mode": "standard"},
-                s3={"addressing_style": "path"} if location.endpoint else {},
-                max_pool_connections=32,
-            ),
+            config=client_config(location),
         )
         self._local_lock = staging.parent / ".content.lock"
         self._senders = ThreadPoolExecutor(_PARTS_IN_FLIGHT, thread_name_prefix="s3-part")

@@ -306,6 +306,36 @@ def test_a_resume_through_another_replica_continues_from_the_parts_in_the_bucket
     assert moto_server.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads") is None
 
 
+def test_every_part_carries_a_crc32_in_place_of_a_payload_signature(
+    store_db: pw.Database,
+    tmp_path: Path,
+    bucket: S3Location,
+    moto_server: MotoServer,  # noqa: F811
+) -> None:
+    """Parts go unsigned (no second sha256 pass over every byte) but never unchecked:
+    each carries a CRC32 that S3 verifies, on plain http as on https."""
+    domain = parted_domain(tmp_path, bucket)
+    assert isinstance(domain.repository, S3Repository)
+    sent: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append(
+            {
+                name.lower(): value.decode() if isinstance(value, bytes) else value
+                for name, value in request.headers.items()
+            }
+        )
+
+    domain.repository._client.meta.events.register("before-send.s3.UploadPart", record)
+    weights = os.urandom(12 * 1024**2 + 3)
+    files = {"model.py": b"# parts\n", "weights.bin": weights}
+    assert upload(domain, "m", files).version == 1
+    assert len(sent) == 3  # 5 + 5 + 2 MiB
+    assert {headers["x-amz-content-sha256"] for headers in sent} == {"UNSIGNED-PAYLOAD"}
+    assert all(headers.get("x-amz-checksum-crc32") for headers in sent)
+    assert read_version(domain, "m", 1) == files
+
+
 def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
     store_db: pw.Database,
     tmp_path: Path,
