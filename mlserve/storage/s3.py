@@ -64,6 +64,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mlserve.core.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from mlserve.core.names import check_name, check_relative_path
 from mlserve.storage import blobs, db, tables
+from mlserve.storage.buffers import BufferPool
 from mlserve.storage.repository import CONFIG_FILE, Repository, flocked
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ TRANSFER = TransferConfig(
 _CONTENT_LOCK_KEY = zlib.crc32(b"mlserve content lock")
 DEFAULT_PART_SIZE = 64 * 1024**2
 # Parts of a staged file being sent to the bucket at once, beside the stream's
-# writer (as boto3's upload_file does); each holds a part in memory.
+# writer (as boto3's upload_file does); each holds a part's buffer, reused while
+# parts are sent and freed when none is.
 _PARTS_IN_FLIGHT = 4
 # The largest object one CopyObject may copy (S3's limit).
 _COPY_OBJECT_LIMIT = 5 * 1024**3
@@ -235,6 +237,7 @@ class S3Repository(Repository):
         )
         self._local_lock = staging.parent / ".content.lock"
         self._senders = ThreadPoolExecutor(_PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
+        self._part_buffers = BufferPool(location.part_size, _PARTS_IN_FLIGHT)
         self._sending: dict[tuple[str, str], _Sending] = {}
 
     def describe(self) -> str:
@@ -470,15 +473,14 @@ class S3Repository(Repository):
         try:
             with self.open_staged_for_read(upload_id, path) as staged:
                 while received - sending.submitted >= self.location.part_size:
-                    staged.seek(sending.submitted)
-                    data = staged.read(self.location.part_size)
+                    part = self._read_part(staged, sending.submitted)
                     sending.pending.append(
                         self._senders.submit(
-                            db.run, self._send_part, upload_id, path,
-                            sending.multipart, sending.next_number, data,
+                            self._send_buffered, upload_id, path,
+                            sending.multipart, sending.next_number, part,
                         )
                     )  # fmt: skip
-                    sending.submitted += len(data)
+                    sending.submitted += len(part)
                     sending.next_number += 1
                     while len(sending.pending) >= _PARTS_IN_FLIGHT:
                         sending.pending.popleft().result()
@@ -486,12 +488,39 @@ class S3Repository(Repository):
             self._settle_file(upload_id, path)
             raise
 
+    def _read_part(self, staged: BinaryIO, offset: int) -> bytearray:
+        """The whole part of the staged file at ``offset``, in a buffer of the pool."""
+        part = self._part_buffers.take()
+        try:
+            staged.seek(offset)
+            view = memoryview(part)
+            filled = 0
+            while filled < len(part):
+                count = staged.readinto(view[filled:])  # type: ignore[attr-defined]
+                if not count:
+                    raise OSError(f"staged file ended at byte {offset + filled}, inside a part")
+                filled += count
+            return part
+        except BaseException:
+            self._part_buffers.give(part)
+            raise
+
+    def _send_buffered(
+        self, upload_id: str, path: str, multipart: _Multipart, number: int, part: bytearray
+    ) -> None:
+        try:
+            db.run(self._send_part, upload_id, path, multipart, number, part)
+        finally:
+            self._part_buffers.give(part)
+
     def settle(self, upload_id: str) -> None:
         # list(): a C-level copy, so another upload's writer adding a key meanwhile
         # cannot break the iteration.
         for upload, path in [key for key in list(self._sending) if key[0] == upload_id]:
             with contextlib.suppress(Exception):  # what S3 took is recorded; that counts
                 self._settle_file(upload, path)
+        if not self._sending:
+            self._part_buffers.drop_idle()
 
     def _settle_file(self, upload_id: str, path: str) -> None:
         """Wait for the file's parts in flight and forget them; the first error raised."""
@@ -516,7 +545,7 @@ class S3Repository(Repository):
         return _Multipart(str(answer["UploadId"]), location)
 
     def _send_part(
-        self, upload_id: str, path: str, multipart: _Multipart, number: int, data: bytes
+        self, upload_id: str, path: str, multipart: _Multipart, number: int, data: bytes | bytearray
     ) -> None:
         answer = self._client.upload_part(
             Bucket=self.location.bucket,

@@ -334,6 +334,7 @@ def test_every_part_carries_a_crc32_in_place_of_a_payload_signature(
     assert {headers["x-amz-content-sha256"] for headers in sent} == {"UNSIGNED-PAYLOAD"}
     assert all(headers.get("x-amz-checksum-crc32") for headers in sent)
     assert read_version(domain, "m", 1) == files
+    assert domain.repository._part_buffers.idle == 0  # an idle server keeps no part's memory
 
 
 def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
