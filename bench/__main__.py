@@ -64,13 +64,13 @@ def parser() -> argparse.ArgumentParser:
         "--chunk-size",
         type=parse_size,
         default=upload.DEFAULT_CHUNK,
-        help="upload chunk size, at most 4M (default: 2M)",
+        help="upload chunk size, at most 4M (default: 1M)",
     )
     root.add_argument(
         "--upload-rounds",
         type=int,
         default=upload.DEFAULT_ROUNDS,
-        help="interleaved cp / MLServe upload rounds (default: %(default)s)",
+        help="rounds of upload (cp / MLServe, interleaved) and of s3-upload (default: %(default)s)",
     )
     root.add_argument(
         "--settle",
@@ -153,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.which in ("pipeline", "all"):
         benchmarks.append(("pipeline", lambda: pipeline.run()))
     if args.which in ("s3-upload", "all"):
-        benchmarks.append(("s3-upload", lambda: s3_upload.run(args.upload_size)))
+        benchmarks.append(
+            ("s3-upload", lambda: s3_upload.run(args.upload_size, args.upload_rounds))
+        )
     if args.which in ("training", "all"):
         benchmarks.append(("training", lambda: training.run()))
     if args.which in ("assays", "all"):

@@ -258,3 +258,15 @@ def read_meminfo_kib(field: str) -> int:
     except OSError:
         return 0
     return 0
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` to ``cpus``; threads started later inherit it from their
+    creator, and so do processes started by a pinned thread."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for thread in threads:
+        with contextlib.suppress(OSError):  # the thread has just ended
+            os.sched_setaffinity(int(thread), cpus)

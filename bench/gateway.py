@@ -16,7 +16,6 @@ medians over the rounds, in two CPU layouts:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
-from bench.common import RESULTS_DIR, MLServeProcess, Report, Table, cpu_seconds
+from bench.common import RESULTS_DIR, MLServeProcess, Report, Table, cpu_seconds, pin_threads
 from mlserve_api.v1 import server_pb2
 from tests.support.models import upload_add
 from tests.support.tritons import deploy
@@ -163,25 +162,14 @@ def _own_core_for(gateway_pid: int) -> Iterator[None]:
     first, second = sorted(every_cpu)[:2]
     triton = _descendants(gateway_pid)
     for pid in (os.getpid(), *triton):
-        _pin(pid, {first})
-    _pin(gateway_pid, {second})
+        pin_threads(pid, {first})
+    pin_threads(gateway_pid, {second})
     time.sleep(0.5)
     try:
         yield
     finally:
         for pid in (os.getpid(), gateway_pid, *triton):
-            _pin(pid, every_cpu)
-
-
-def _pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid``; threads started later inherit it from their creator."""
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return
-    for thread in threads:
-        with contextlib.suppress(OSError):  # the thread has just ended
-            os.sched_setaffinity(int(thread), cpus)
+            pin_threads(pid, every_cpu)
 
 
 def _descendants(pid: int) -> list[int]:
