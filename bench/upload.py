@@ -8,8 +8,12 @@ One run, side by side, on one file of random bytes, in interleaved rounds:
    A second ``cp`` right after the first (same pages, just freed) is reported
    for reference as "warm".
 2. The disk work the server must do, alone, in this process: read the file in
-   chunks, ``pwrite`` them to a new file, sha256 them, fsync. This is the floor
-   for a single-threaded receiver, without any gRPC.
+   chunks, ``pwrite`` them to a new file, sha256 them, start writeback every
+   16 MiB as the server does, fsync. This is the floor for a single-threaded
+   receiver, without any gRPC. Beside it, the bare gRPC transfer of the file
+   (``bench/grpc_floor.py``: a grpc.aio server in a child process that only
+   counts the bytes, the sync client MLServe's Python client uses), with both
+   sides' CPU: what any gRPC upload pays before a byte is hashed or written.
 3. MLServe (``--no-embedded-triton``, its home on the same file system)
    receives the file as a one-file model version through ``UploadModelVersion``,
    driven by the raw generated stubs in this process, 2 MiB chunks read lazily.
@@ -33,6 +37,7 @@ would win. With it every step starts from the same state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -59,6 +64,8 @@ from bench.common import (
     read_status_kib,
     reset_peak_rss,
 )
+from bench.grpc_floor import BareReceiver, Transfer
+from mlserve.storage import writeback
 from mlserve_api.v1 import model_pb2
 from mlserve_client import Client
 from mlserve_client.digests import ENV as DIGEST_CACHE_ENV
@@ -97,6 +104,7 @@ class UploadFigures:
     cp_fsync: list[float] = field(default_factory=list)
     cp_warm: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
+    transport: list[Transfer] = field(default_factory=list)
     mlserve: list[float] = field(default_factory=list)
     client: list[float] = field(default_factory=list)
     client_prehash: list[float] = field(default_factory=list)
@@ -148,6 +156,7 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
     digest = file_sha256(source)
     figures.hash_seconds = time.perf_counter() - started
 
+    stack = contextlib.ExitStack()
     server = MLServeProcess(
         work / "home",
         "--no-embedded-triton",
@@ -162,6 +171,7 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
     )
     server.start(wait_for_triton=False)
     try:
+        bare = stack.enter_context(BareReceiver())
         uploader = Uploader(server, digest, figures)
         for number in range(1, rounds + 1):
             settle(figures.settle)
@@ -173,6 +183,8 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
             settle(figures.settle)
             figures.floor.append(time_disk_work(source, work / "floor.bin", figures.chunk_size))
             settle(figures.settle)
+            figures.transport.append(bare.transfer(source, figures.chunk_size))
+            settle(figures.settle)
             figures.mlserve.append(uploader.upload(source))
             settle(figures.settle)
             figures.client.append(uploader.upload_with_client(source.parent))
@@ -181,6 +193,7 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
             print(
                 f"upload: round {number}/{rounds}: cp {cp:.2f}s + fsync {cp_fsync:.2f}s "
                 f"(warm cp {warm:.2f}s), disk work alone {figures.floor[-1]:.2f}s, "
+                f"bare gRPC transfer {figures.transport[-1].seconds:.2f}s, "
                 f"MLServe (stubs, pre-hashed) {figures.mlserve[-1]:.2f}s, "
                 f"MLServe (Python client, hashing while sending) {figures.client[-1]:.2f}s, "
                 f"(Python client, hashing first) {figures.client_prehash[-1]:.2f}s",
@@ -192,6 +205,7 @@ def measure(work: Path, figures: UploadFigures, rounds: int) -> UploadFigures:
         print(f"upload: the server's log ends with:\n{server.log.read_text()[-3000:]}")
         raise
     finally:
+        stack.close()
         server.stop()
 
 
@@ -336,7 +350,8 @@ def time_cp(source: Path, destination: Path) -> tuple[float, float]:
 
 
 def time_disk_work(source: Path, destination: Path, chunk_size: int) -> float:
-    """Seconds to do what the server does with the bytes, minus gRPC: pwrite, sha256, fsync."""
+    """Seconds to do what the server does with the bytes, minus gRPC, on one thread:
+    pwrite, sha256, writeback started every 16 MiB, fsync."""
     digest = hashlib.sha256()
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -348,6 +363,8 @@ def time_disk_work(source: Path, destination: Path, chunk_size: int) -> float:
             while written < len(data):
                 written += os.pwrite(fd, data[written:], offset + written)
             digest.update(data)
+            if (offset + written) // writeback.EVERY > offset // writeback.EVERY:
+                writeback.start(fd, offset + written - writeback.EVERY, writeback.EVERY)
             offset += written
         os.fsync(fd)
         return time.perf_counter() - started
@@ -402,6 +419,7 @@ def report(figures: UploadFigures) -> Report:
     mlserve = median(f.mlserve)
     client = median(f.client)
     client_prehash = median(f.client_prehash)
+    transport = [t.seconds for t in f.transport]
 
     def row(what: str, seconds: float, each: list[float], ratio: str = "") -> list[str]:
         rounds = " ".join(f"{value:.2f}" for value in each)
@@ -430,6 +448,20 @@ def report(figures: UploadFigures) -> Report:
             totals(f.cp_warm, f.cp_fsync),
             f"{warm_fsync / mlserve:.2f}",
         ),
+        row(
+            "ref: bare gRPC transfer, nothing hashed or written",
+            median(transport),
+            transport,
+            f"{median(transport) / mlserve:.2f}",
+        ),
+        [
+            f"  its CPU (median): server {median([t.server_cpu for t in f.transport]):.2f} s, "
+            f"client {median([t.client_cpu for t in f.transport]):.2f} s",
+            "",
+            "",
+            "",
+            "",
+        ],
         row(
             "ref: server's disk work alone (pwrite+sha256+fsync)",
             median(f.floor),
