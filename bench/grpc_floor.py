@@ -45,11 +45,17 @@ class BareReceiver:
 
     def __enter__(self) -> BareReceiver:
         self._process.start()
-        if not self._ready.wait(60):
-            raise RuntimeError("the bare gRPC receiver did not start")
         self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=_OPTIONS)
-        self._send = self._channel.stream_unary(_METHOD)
-        self._send(iter([b"warm-up"]), timeout=30)
+        try:
+            deadline = time.monotonic() + 60
+            while not self._ready.wait(0.2):
+                if not self._process.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the bare gRPC receiver did not start")
+            self._send = self._channel.stream_unary(_METHOD)
+            self._send(iter([b"warm-up"]), timeout=30)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -16,7 +16,7 @@ One run, side by side, on one file of random bytes, in interleaved rounds:
    sides' CPU: what any gRPC upload pays before a byte is hashed or written.
 3. MLServe (``--no-embedded-triton``, its home on the same file system)
    receives the file as a one-file model version through ``UploadModelVersion``,
-   driven by the raw generated stubs in this process, 2 MiB chunks read lazily.
+   driven by the raw generated stubs in this process, 1 MiB chunks read lazily.
    The client hashes the file once before any clock starts (the manifest
    carries the digest); that time is reported on its own line. The version is
    deleted after each round.

@@ -207,8 +207,9 @@ def client_config(location: S3Location) -> Config:
         read_timeout=60,
         retries={"max_attempts": 2, "mode": "standard"},
         s3=s3,
-        # The part checksum stands in for the payload signature: always sent.
-        request_checksum_calculation="when_supported",
+        # A CRC32 on every part stands in for the payload signature: botocore's
+        # default from 1.36 (pyproject requires it), left to the operator's
+        # AWS_REQUEST_CHECKSUM_CALCULATION for stores that refuse the header.
         max_pool_connections=32,
     )
 
@@ -237,7 +238,15 @@ class S3Repository(Repository):
         )
         self._local_lock = staging.parent / ".content.lock"
         self._senders = ThreadPoolExecutor(_PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
-        self._part_buffers = BufferPool(location.part_size, _PARTS_IN_FLIGHT)
+        # Over plain http botocore sends a bytearray body as it is; on https it
+        # streams the body through io.BytesIO for a trailing checksum, which
+        # shares bytes but copies a bytearray. So buffers are reused on http
+        # only, and on https each part is read into bytes of its own.
+        self._part_buffers = (
+            BufferPool(location.part_size, _PARTS_IN_FLIGHT)
+            if location.endpoint.startswith("http://")
+            else None
+        )
         self._sending: dict[tuple[str, str], _Sending] = {}
 
     def describe(self) -> str:
@@ -474,12 +483,7 @@ class S3Repository(Repository):
             with self.open_staged_for_read(upload_id, path) as staged:
                 while received - sending.submitted >= self.location.part_size:
                     part = self._read_part(staged, sending.submitted)
-                    sending.pending.append(
-                        self._senders.submit(
-                            self._send_buffered, upload_id, path,
-                            sending.multipart, sending.next_number, part,
-                        )
-                    )  # fmt: skip
+                    self._submit_part(upload_id, path, sending, part)
                     sending.submitted += len(part)
                     sending.next_number += 1
                     while len(sending.pending) >= _PARTS_IN_FLIGHT:
@@ -488,11 +492,17 @@ class S3Repository(Repository):
             self._settle_file(upload_id, path)
             raise
 
-    def _read_part(self, staged: BinaryIO, offset: int) -> bytearray:
-        """The whole part of the staged file at ``offset``, in a buffer of the pool."""
+    def _read_part(self, staged: BinaryIO, offset: int) -> bytes | bytearray:
+        """The whole part of the staged file at ``offset``: in a buffer of the pool
+        (given back once sent), or in bytes of its own where there is no pool."""
+        staged.seek(offset)
+        if self._part_buffers is None:
+            data = staged.read(self.location.part_size)
+            if len(data) < self.location.part_size:
+                raise OSError(f"staged file ended at byte {offset + len(data)}, inside a part")
+            return data
         part = self._part_buffers.take()
         try:
-            staged.seek(offset)
             view = memoryview(part)
             filled = 0
             while filled < len(part):
@@ -505,12 +515,30 @@ class S3Repository(Repository):
             self._part_buffers.give(part)
             raise
 
+    def _submit_part(
+        self, upload_id: str, path: str, sending: _Sending, part: bytes | bytearray
+    ) -> None:
+        """Hand ``part`` to the senders as the file's next part (its buffer back to
+        the pool if it cannot be handed on)."""
+        try:
+            pending = self._senders.submit(
+                self._send_buffered, upload_id, path, sending.multipart, sending.next_number, part
+            )
+        except BaseException:
+            self._give_back(part)
+            raise
+        sending.pending.append(pending)
+
     def _send_buffered(
-        self, upload_id: str, path: str, multipart: _Multipart, number: int, part: bytearray
+        self, upload_id: str, path: str, multipart: _Multipart, number: int, part: bytes | bytearray
     ) -> None:
         try:
             db.run(self._send_part, upload_id, path, multipart, number, part)
         finally:
+            self._give_back(part)
+
+    def _give_back(self, part: bytes | bytearray) -> None:
+        if self._part_buffers is not None and isinstance(part, bytearray):
             self._part_buffers.give(part)
 
     def settle(self, upload_id: str) -> None:
@@ -519,7 +547,7 @@ class S3Repository(Repository):
         for upload, path in [key for key in list(self._sending) if key[0] == upload_id]:
             with contextlib.suppress(Exception):  # what S3 took is recorded; that counts
                 self._settle_file(upload, path)
-        if not self._sending:
+        if self._part_buffers is not None and not self._sending:
             self._part_buffers.drop_idle()
 
     def _settle_file(self, upload_id: str, path: str) -> None:

@@ -20,7 +20,7 @@ def test_take_waits_while_every_buffer_is_lent() -> None:
     pool = BufferPool(16, 2)
     held = [pool.take(), pool.take()]
     taken: list[bytearray] = []
-    waiter = threading.Thread(target=lambda: taken.append(pool.take()))
+    waiter = threading.Thread(target=lambda: taken.append(pool.take()), daemon=True)
     waiter.start()
     waiter.join(0.2)
     assert waiter.is_alive()  # the third waits

@@ -337,6 +337,17 @@ def test_every_part_carries_a_crc32_in_place_of_a_payload_signature(
     assert domain.repository._part_buffers.idle == 0  # an idle server keeps no part's memory
 
 
+def test_part_buffers_are_reused_over_plain_http_only(tmp_path: Path) -> None:
+    """On https botocore copies a reused buffer (io.BytesIO of a bytearray), so there
+    each part gets memory of its own; no connection is made to build either."""
+    plain = S3Repository(S3Location("b", "p", "http://127.0.0.1:9", "us-east-1"), tmp_path / "a")
+    secure = S3Repository(S3Location("b", "p", "https://s3.example", "us-east-1"), tmp_path / "b")
+    aws = S3Repository(S3Location("b", "p", "", "us-east-1"), tmp_path / "c")
+    assert plain._part_buffers is not None
+    assert secure._part_buffers is None
+    assert aws._part_buffers is None
+
+
 def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
     store_db: pw.Database,
     tmp_path: Path,
