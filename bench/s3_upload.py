@@ -21,6 +21,10 @@ Both, in two CPU layouts one after the other:
   MLServe to the other, for the boto3 run too: the S3 server as another machine,
   which it is in any deployment.
 
+Each pair of runs (boto3, then MLServe) has a moto of its own, started for it:
+moto keeps every object in its process, and one holding the gigabytes of earlier
+runs spent up to 40 % more CPU on the later ones.
+
 The CPU seconds moto, the uploading process and MLServe's server spend during
 each upload are printed beside the times.
 
@@ -67,15 +71,22 @@ class Timed:
 
 
 def run(size: int = DEFAULT_SIZE, rounds: int = DEFAULT_ROUNDS) -> Report:
+    with tempfile.TemporaryDirectory(prefix="mlserve-bench-s3-") as scratch:
+        return _measure(Path(scratch), size, rounds)
+
+
+@contextlib.contextmanager
+def _fresh_moto() -> Iterator[MotoServer]:
+    """A moto of its own for one pair of runs: moto keeps every object in its process,
+    and one holding the gigabytes of earlier runs spent more CPU on the next ones."""
     moto = MotoServer().start()
     try:
-        with tempfile.TemporaryDirectory(prefix="mlserve-bench-s3-") as scratch:
-            return _measure(Path(scratch), moto, size, rounds)
+        yield moto
     finally:
         moto.stop()
 
 
-def _measure(work: Path, moto: MotoServer, size: int, rounds: int) -> Report:
+def _measure(work: Path, size: int, rounds: int) -> Report:
     folder = work / "model"
     (folder / "1").mkdir(parents=True)
     # A python model (the one backend allowed by default) with the weights beside it.
@@ -93,7 +104,7 @@ def _measure(work: Path, moto: MotoServer, size: int, rounds: int) -> Report:
     results: list[tuple[str, Timed, Timed]] = []
     for round_number in range(1, rounds + 1):
         for number, layout in enumerate(LAYOUTS):
-            with _layout(layout, moto):
+            with _fresh_moto() as moto, _layout(layout, moto):
                 plain = _boto3_upload(moto, source)
                 home = work / f"home-{round_number}-{number}"
                 through = _mlserve_upload(moto, home, folder, size)

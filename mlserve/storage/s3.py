@@ -236,6 +236,12 @@ class S3Repository(Repository):
             region_name=location.region,
             config=client_config(location),
         )
+        # Multipart uploads declare the CRC32 their parts carry (as boto3's upload_file
+        # does), unless the operator turned checksums off for a store that refuses
+        # them (AWS_REQUEST_CHECKSUM_CALCULATION=when_required).
+        self._part_checksums = self._client.meta.config.request_checksum_calculation != (
+            "when_required"
+        )
         self._local_lock = staging.parent / ".content.lock"
         self._senders = ThreadPoolExecutor(_PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
         # Over plain http botocore sends a bytearray body as it is; on https it
@@ -568,7 +574,9 @@ class S3Repository(Repository):
         """A multipart upload at a new blob key: where the file will be once verified."""
         location = self._new_location(upload_id)
         answer = self._client.create_multipart_upload(
-            Bucket=self.location.bucket, Key=self.location.key(location)
+            Bucket=self.location.bucket,
+            Key=self.location.key(location),
+            **({"ChecksumAlgorithm": "CRC32"} if self._part_checksums else {}),
         )
         return _Multipart(str(answer["UploadId"]), location)
 
@@ -592,6 +600,7 @@ class S3Repository(Repository):
             number=number,
             size=len(data),
             etag=answer["ETag"],
+            checksum=answer.get("ChecksumCRC32", ""),
         ).on_conflict(
             conflict_target=[
                 tables.UploadPart.upload, tables.UploadPart.path, tables.UploadPart.number
@@ -601,6 +610,7 @@ class S3Repository(Repository):
                 tables.UploadPart.key: multipart.location,
                 tables.UploadPart.size: len(data),
                 tables.UploadPart.etag: answer["ETag"],
+                tables.UploadPart.checksum: answer.get("ChecksumCRC32", ""),
             },
         ).execute()  # fmt: skip
 
@@ -613,9 +623,7 @@ class S3Repository(Repository):
                 Bucket=self.location.bucket,
                 Key=self.location.key(location),
                 UploadId=parts[0].multipart_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
-                },
+                MultipartUpload={"Parts": [_completed(part) for part in parts]},
             )
         except ClientError as error:
             # Completed by an earlier try whose transaction then rolled back (a failed
@@ -788,6 +796,14 @@ def _parts(upload_id: str, path: str) -> list[Any]:
             break
         unbroken.append(part)
     return unbroken
+
+
+def _completed(part: Any) -> dict[str, Any]:
+    """A part as CompleteMultipartUpload names it: number, ETag and its CRC32 if any."""
+    named = {"PartNumber": part.number, "ETag": part.etag}
+    if part.checksum:
+        named["ChecksumCRC32"] = part.checksum
+    return named
 
 
 def _multipart_of(parts: Sequence[Any]) -> _Multipart:

@@ -26,7 +26,7 @@ from mlserve.storage.db import database, open_database, run, utcnow
 # advisory lock that lets one replica at a time create or migrate the schema.
 _MIGRATION_LOCK = 0x6D6C7376
 
-SCHEMA_VERSION = 25
+SCHEMA_VERSION = 26
 
 
 class BaseModel(pw.Model):
@@ -342,6 +342,9 @@ class UploadPart(BaseModel):
     # The object key the multipart upload completes at ("": the staging key of
     # schema 22 and before).
     key = pw.TextField(default="")
+    # The part's CRC32 as S3 answered it (base64), which completing a multipart
+    # upload declared with CRC32 must repeat ("": none, as before schema 26).
+    checksum = pw.TextField(default="")
 
     class Meta:
         table_name = "upload_part"
@@ -995,6 +998,18 @@ def _add_blob_locations(db: pw.Database) -> None:
         migrate_schema(*missing)
 
 
+def _add_part_checksums(db: pw.Database) -> None:
+    """Each upload part's CRC32: multipart uploads declare it, as boto3's own do, so S3
+    keeps a composite CRC32 of the object (and moto need not checksum it whole).
+
+    Schema 12 creates the table from the current class, so a database that passed
+    through it since has the column already.
+    """
+    if "checksum" not in {c.name for c in db.get_columns("upload_part")}:
+        migrator = SchemaMigrator.from_database(db)
+        migrate_schema(migrator.add_column("upload_part", "checksum", UploadPart.checksum))
+
+
 def _add_busy_marks(db: pw.Database) -> None:
     """Requests in flight, shared by every MLServe process on the database; and audit
     outcomes of any length, for the eviction and scale-up events that say why (on
@@ -1051,6 +1066,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     22: _add_blob_locations,
     23: _add_training_job_logs,
     24: _add_assay_baselines,
+    25: _add_part_checksums,
 }
 
 

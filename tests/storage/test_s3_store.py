@@ -297,11 +297,21 @@ def test_a_resume_through_another_replica_continues_from_the_parts_in_the_bucket
     what the first sent to the bucket in parts is where the second resumes."""
     files, second = parted_by_a_first_replica(tmp_path, bucket)
     assert [part.size for part in tables.UploadPart.select()] == [5 * 1024**2] * 2
+    # Each part's CRC32 as S3 answered it: completing the upload repeats them.
+    assert all(part.checksum for part in tables.UploadPart.select())
     status = asyncio.run(second.uploads.get("parted"))
     assert {f.spec.path: f.received for f in status.files}["weights.bin"] == 10 * 1024**2
     assert upload(second, "m", files, upload_id="parted").version == 1
     assert read_version(second, "m", 1) == files
     assert tables.UploadPart.select().count() == 0
+    # The multipart upload declared CRC32, as boto3's do: S3 keeps a composite one.
+    weights_key = blob_keys(moto_server, bucket)[hashlib.sha256(files["weights.bin"]).hexdigest()]
+    head = moto_server.client().head_object(
+        Bucket=bucket.bucket, Key=weights_key, ChecksumMode="ENABLED"
+    )
+    # (moto leaves out the composite's "-3" suffix that S3 adds)
+    assert head.get("ChecksumCRC32")
+    assert "ChecksumCRC64NVME" not in head
     assert not [key for key in keys(moto_server, bucket) if "/staging/" in key]
     assert moto_server.client().list_multipart_uploads(Bucket=bucket.bucket).get("Uploads") is None
 

@@ -377,7 +377,7 @@ def test_schema_22_blobs_and_upload_parts_keep_their_rows_and_gain_locations(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Schemas 4 and 12 create these tables from today's classes; make them schema 22's.
-    added = [("blob", "location"), ("upload_part", "key")]
+    added = [("blob", "location"), ("upload_part", "key"), ("upload_part", "checksum")]
     opened = opened_at_schema(database_url, monkeypatch, 22, added)
     sha = "ab" * 32
     insert_sql(
@@ -452,5 +452,30 @@ def test_schema_24_assays_keep_their_rows_and_gain_an_empty_kept_baseline(
         assert (kept.baseline_summary, kept.baseline_values) == (None, None)
         tables.Assay.update(baseline_summary="{}", baseline_values=b"\x00\xff").execute()
         assert bytes(tables.Assay.get_by_id(kept.id).baseline_values) == b"\x00\xff"
+    finally:
+        close_database(opened)
+
+
+def test_schema_25_upload_parts_keep_their_rows_and_gain_an_empty_checksum(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schema 12 creates the table from today's class; make it what schema 25 had.
+    opened = opened_at_schema(database_url, monkeypatch, 25, [("upload_part", "checksum")])
+    tables.Upload.create(upload_id="old", model="m", files="[]", config="", manifest_sha256="0")
+    insert_sql(
+        database_url,
+        "INSERT INTO upload_part (upload_id, path, multipart_id, number, size, etag, key) "
+        "VALUES ('old', 'w.bin', 'mp', 1, 5242880, 'e', 'blobs/uploads/old/1')",
+    )
+    close_database(opened)
+
+    opened = tables.connect(database_url)
+    try:
+        assert tables.SchemaInfo.get().version == tables.SCHEMA_VERSION
+        part = tables.UploadPart.get()
+        # Completed without a checksum, as the multipart upload was begun without one.
+        assert (part.upload_id, part.number, part.etag, part.checksum) == ("old", 1, "e", "")
+        tables.UploadPart.update(checksum="AAAAAA==").execute()
+        assert tables.UploadPart.get().checksum == "AAAAAA=="
     finally:
         close_database(opened)
