@@ -358,6 +358,17 @@ def test_part_buffers_are_reused_over_plain_http_only(tmp_path: Path) -> None:
     assert aws._part_buffers is None
 
 
+def test_checksums_turned_off_by_the_operator_stay_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS_REQUEST_CHECKSUM_CALCULATION=when_required (a store that refuses the
+    headers): multipart uploads then declare no CRC32 their parts would not carry."""
+    location = S3Location("b", "p", "http://127.0.0.1:9", "us-east-1")
+    assert S3Repository(location, tmp_path / "a")._part_checksums
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    assert not S3Repository(location, tmp_path / "b")._part_checksums
+
+
 def test_a_part_recorded_beyond_a_gap_is_not_counted_and_the_resume_is_whole(
     store_db: pw.Database,
     tmp_path: Path,
