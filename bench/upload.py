@@ -357,15 +357,15 @@ def time_disk_work(source: Path, destination: Path, chunk_size: int) -> float:
     try:
         started = time.perf_counter()
         offset = 0
+        growing = writeback.Growing(fd)
         for block in read_chunks(source, chunk_size):
             data = memoryview(block)
             written = 0
             while written < len(data):
                 written += os.pwrite(fd, data[written:], offset + written)
             digest.update(data)
-            if (offset + written) // writeback.EVERY > offset // writeback.EVERY:
-                writeback.start(fd, offset + written - writeback.EVERY, writeback.EVERY)
             offset += written
+            growing.grew_to(offset)
         os.fsync(fd)
         return time.perf_counter() - started
     finally:

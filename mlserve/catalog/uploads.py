@@ -190,8 +190,7 @@ class _StagedFile:
         self.received = spec.size if stored else received  # on disk (the writer thread's)
         self.accepted = self.received  # taken for writing, in flight or done (event loop)
         self.fd: int | None = None
-        # Where the writeback this stream started has reached (storage.writeback).
-        self.written_back = self.received
+        self.writeback: writeback.Growing | None = None  # with fd, from this stream's start
         # The running digest covers the file only if this stream wrote it from
         # byte 0; after a resume the prefix is hashed from disk at commit.
         self.digest: Any = hashlib.sha256() if self.received == 0 else None
@@ -670,13 +669,13 @@ class Uploads:
     def _append(self, upload_id: str, target: _StagedFile, data: memoryview) -> None:
         if target.fd is None:
             target.fd = self.repository.open_staged_for_write(upload_id, target.spec.path)
+            target.writeback = writeback.Growing(target.fd, target.received)
         written = 0
         while written < len(data):
             written += os.pwrite(target.fd, data[written:], target.received + written)
         target.received += written
-        if target.received - target.written_back >= writeback.EVERY:
-            writeback.start(target.fd, target.written_back, target.received - target.written_back)
-            target.written_back = target.received
+        assert target.writeback is not None  # set with fd
+        target.writeback.grew_to(target.received)
         db.run(self.repository.checkpoint, upload_id, target.spec.path, target.received)
 
     def _end_stream(self, upload_id: str, staged: dict[str, _StagedFile]) -> None:

@@ -52,3 +52,18 @@ def start(fd: int, offset: int, length: int) -> None:
     """
     if _sync_file_range is not None and length > 0:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+class Growing:
+    """One file being appended to: writeback started every ``EVERY`` bytes it grows."""
+
+    def __init__(self, fd: int, started: int = 0) -> None:
+        self.fd = fd
+        self.started = started  # where the writeback started so far reaches
+
+    def grew_to(self, end: int) -> None:
+        """The file now holds ``end`` bytes: start writing back the range since the last
+        start once it is ``EVERY`` bytes long."""
+        if end - self.started >= EVERY:
+            start(self.fd, self.started, end - self.started)
+            self.started = end

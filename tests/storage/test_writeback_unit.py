@@ -40,3 +40,16 @@ def test_a_descriptor_it_cannot_use_raises_nothing() -> None:
         os.close(read_end)
         os.close(write_end)
     writeback.start(write_end, 0, 4096)
+
+
+def test_a_growing_file_starts_writeback_once_a_range_is_long_enough(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "staged", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        growing = writeback.Growing(fd, started=100)  # a resume: 100 bytes were there
+        os.pwrite(fd, b"x" * (writeback.EVERY + 100), 0)
+        growing.grew_to(writeback.EVERY)  # not yet EVERY bytes since 100
+        assert growing.started == 100
+        growing.grew_to(writeback.EVERY + 100)
+        assert growing.started == writeback.EVERY + 100
+    finally:
+        os.close(fd)
